@@ -1,0 +1,313 @@
+//! Matrix products on row-major buffers: `C (+)= A B`, `C (+)= A Bᵀ`, `C (+)= Aᵀ B`.
+//!
+//! Every matrix is a row-major slice `[rows, cols]` (row stride = `cols`), the layout the
+//! engine's time-major buffers have. The products are thin wrappers over faer's views (no
+//! copies: a transpose is a view), except where faer is slow: products with few rows, such
+//! as the recurrent step at batch 1, where faer reaches only 6-32 GFLOP/s on this machine.
+//! [`gemm_nn`] sends those to [`small_m_gemm_nn`], a pulp kernel that keeps a strip of `C` in
+//! registers and streams `B` by rows.
+//!
+//! All products here split work over rows or columns only, never over the inner dimension,
+//! and the kernel choice depends only on the shape: results are bitwise identical for any
+//! [`Par`].
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use pulp::{Simd, WithSimd};
+
+use crate::float::Float;
+
+/// The shape of a product `C[m, n] (+)= op(A)[m, k] · op(B)[k, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    /// Rows of `C`.
+    pub m: usize,
+    /// Columns of `C`.
+    pub n: usize,
+    /// The inner (summed) dimension.
+    pub k: usize,
+}
+
+impl GemmShape {
+    /// A shape `m x n x k`.
+    pub const fn new(m: usize, n: usize, k: usize) -> Self {
+        Self { m, n, k }
+    }
+
+    /// Floating-point operations of the product (`2 m n k`).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// Largest `m` for which [`gemm_nn`] uses the pulp small-M kernel instead of faer.
+///
+/// Measured with `cargo bench -p kernels --bench kernels -- gemm_small`: the pulp kernel wins
+/// at every H from 64 to 1024 up to about 16 rows; from 32 rows faer's packed kernels win.
+pub const SMALL_M_MAX: usize = 16;
+
+#[track_caller]
+fn check<T>(dst: &[T], a: &[T], b: &[T], s: GemmShape) {
+    assert!(
+        dst.len() == s.m * s.n && a.len() == s.m * s.k && b.len() == s.k * s.n,
+        "gemm shape {s:?}: dst.len() = {} (want m*n = {}), a.len() = {} (want m*k = {}), \
+         b.len() = {} (want k*n = {})",
+        dst.len(),
+        s.m * s.n,
+        a.len(),
+        s.m * s.k,
+        b.len(),
+        s.k * s.n
+    );
+}
+
+/// `C[m, n] (+)= A[m, k] · B[k, n]`, all row-major.
+///
+/// With `m <= SMALL_M_MAX` this runs the pulp small-M kernel (sequential), otherwise faer.
+///
+/// # Panics
+/// If a slice length does not match the shape.
+///
+/// # Example
+/// ```
+/// use kernels::gemm::{gemm_nn, GemmShape};
+/// use faer::{Accum, Par};
+/// let a = [1.0f32, 2.0]; // [1, 2]
+/// let b = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
+/// let mut c = [1.0f32; 3];
+/// gemm_nn(&mut c, Accum::Add, &a, &b, GemmShape::new(1, 3, 2), Par::Seq);
+/// assert_eq!(c, [10.0, 13.0, 16.0]);
+/// ```
+#[track_caller]
+pub fn gemm_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+    check(dst, a, b, s);
+    if s.m <= SMALL_M_MAX {
+        small_m_gemm_nn(dst, accum, a, b, s);
+    } else {
+        faer_nn(dst, accum, a, b, s, par);
+    }
+}
+
+/// `C[m, n] (+)= A[m, k] · B[k, n]` through faer only (the reference for [`gemm_nn`]).
+///
+/// # Panics
+/// If a slice length does not match the shape.
+#[track_caller]
+pub fn faer_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+    check(dst, a, b, s);
+    let GemmShape { m, n, k } = s;
+    let a = MatRef::from_row_major_slice(a, m, k);
+    let b = MatRef::from_row_major_slice(b, k, n);
+    let c = MatMut::from_row_major_slice_mut(dst, m, n);
+    matmul(c, accum, a, b, T::one(), par);
+}
+
+/// `C[m, n] (+)= A[m, k] · B[n, k]ᵀ`: `B` is stored row-major as `[n, k]` (a PyTorch weight
+/// `[out, in]` applied to rows of `A`).
+///
+/// # Panics
+/// If a slice length does not match the shape.
+///
+/// # Example
+/// ```
+/// use kernels::gemm::{gemm_nt, GemmShape};
+/// use faer::{Accum, Par};
+/// let x = [1.0f64, 2.0]; // [1, 2]
+/// let w = [1.0f64, 0.0, 0.0, 1.0, 1.0, 1.0]; // [3, 2]
+/// let mut y = [0.0f64; 3];
+/// gemm_nt(&mut y, Accum::Replace, &x, &w, GemmShape::new(1, 3, 2), Par::Seq);
+/// assert_eq!(y, [1.0, 2.0, 3.0]);
+/// ```
+#[track_caller]
+pub fn gemm_nt<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+    check(dst, a, b, s);
+    let GemmShape { m, n, k } = s;
+    let a = MatRef::from_row_major_slice(a, m, k);
+    let b = MatRef::from_row_major_slice(b, n, k);
+    let c = MatMut::from_row_major_slice_mut(dst, m, n);
+    matmul(c, accum, a, b.transpose(), T::one(), par);
+}
+
+/// `C[m, n] (+)= A[k, m]ᵀ · B[k, n]`: `A` is stored row-major as `[k, m]` (weight gradients
+/// `dW = dZᵀ X` summed over all `k = T·B` rows).
+///
+/// # Panics
+/// If a slice length does not match the shape.
+///
+/// # Example
+/// ```
+/// use kernels::gemm::{gemm_tn, GemmShape};
+/// use faer::{Accum, Par};
+/// let dz = [1.0f32, 2.0, 3.0, 4.0]; // [k=2, m=2]
+/// let x = [1.0f32, 1.0]; // [k=2, n=1]
+/// let mut dw = [0.0f32; 2];
+/// gemm_tn(&mut dw, Accum::Replace, &dz, &x, GemmShape::new(2, 1, 2), Par::Seq);
+/// assert_eq!(dw, [4.0, 6.0]);
+/// ```
+#[track_caller]
+pub fn gemm_tn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+    check(dst, a, b, s);
+    let GemmShape { m, n, k } = s;
+    let a = MatRef::from_row_major_slice(a, k, m);
+    let b = MatRef::from_row_major_slice(b, k, n);
+    let c = MatMut::from_row_major_slice_mut(dst, m, n);
+    matmul(c, accum, a.transpose(), b, T::one(), par);
+}
+
+/// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major.
+///
+/// The engine packs `W_hhᵀ` once per training step with it, so the forward recurrent product
+/// streams contiguous rows like the backward one does.
+///
+/// # Panics
+/// If `src.len() != rows * cols` or `dst.len() != rows * cols`.
+#[track_caller]
+pub fn transpose<T: Float>(dst: &mut [T], src: &[T], rows: usize, cols: usize) {
+    assert!(
+        src.len() == rows * cols && dst.len() == rows * cols,
+        "transpose: lengths"
+    );
+    let src = MatRef::from_row_major_slice(src, rows, cols);
+    let mut dst = MatMut::from_row_major_slice_mut(dst, cols, rows);
+    dst.copy_from(src.transpose());
+}
+
+/// `C[m, n] (+)= A[m, k] · B[k, n]`, all row-major, by the pulp small-M kernel.
+///
+/// For few rows (the recurrent step of a small batch): tiles of up to 4 rows of `C` times 2-4
+/// registers stay in registers while `k` rows of `B` stream past, so there are no horizontal
+/// reductions and `B` (a weight matrix, hot in L2 across time steps) is read once per tile of
+/// rows. Sums run over `k` in order, one accumulator per output: the result does not depend on
+/// the instruction set's width except through FMA contraction.
+///
+/// # Panics
+/// If a slice length does not match the shape.
+#[track_caller]
+pub fn small_m_gemm_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape) {
+    check(dst, a, b, s);
+    crate::arch::dispatch(SmallGemm {
+        dst,
+        accum,
+        a,
+        b,
+        s,
+    });
+}
+
+struct SmallGemm<'a, T> {
+    dst: &'a mut [T],
+    accum: Accum,
+    a: &'a [T],
+    b: &'a [T],
+    s: GemmShape,
+}
+
+impl<T: Float> WithSimd for SmallGemm<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self {
+            dst,
+            accum,
+            a,
+            b,
+            s,
+        } = self;
+        let lanes = T::lanes::<S>();
+        let mut row = 0;
+        while row < s.m {
+            let rows = (s.m - row).min(4);
+            let strip = Strip {
+                row,
+                accum,
+                a,
+                b,
+                s,
+            };
+            match rows {
+                // One row (batch 1, a GEMV): wider strips keep more loads in flight.
+                1 if s.m == 1 => strip.run::<S, 1, 4>(simd, dst, lanes),
+                1 => strip.run::<S, 1, 2>(simd, dst, lanes),
+                2 => strip.run::<S, 2, 2>(simd, dst, lanes),
+                3 => strip.run::<S, 3, 2>(simd, dst, lanes),
+                _ => strip.run::<S, 4, 2>(simd, dst, lanes),
+            }
+            row += rows;
+        }
+    }
+}
+
+/// Rows `row..row + MR` of the product, swept left to right in tiles of `NR` registers.
+struct Strip<'a, T> {
+    row: usize,
+    accum: Accum,
+    a: &'a [T],
+    b: &'a [T],
+    s: GemmShape,
+}
+
+impl<T: Float> Strip<'_, T> {
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NR: usize>(&self, simd: S, dst: &mut [T], lanes: usize) {
+        let n = self.s.n;
+        let mut col = 0;
+        while col + NR * lanes <= n {
+            self.tile::<S, MR, NR>(simd, dst, col, NR * lanes);
+            col += NR * lanes;
+        }
+        while col < n {
+            let width = (n - col).min(lanes);
+            self.tile::<S, MR, 1>(simd, dst, col, width);
+            col += width;
+        }
+    }
+
+    /// `C[row..row+MR, col..col+width] (+)= A[row..row+MR, :] · B[:, col..col+width]`, with
+    /// `width <= NR * lanes`; a partial last register goes through partial loads and stores
+    /// so it rounds exactly like a full one.
+    #[inline(always)]
+    fn tile<S: Simd, const MR: usize, const NR: usize>(
+        &self,
+        simd: S,
+        dst: &mut [T],
+        col: usize,
+        width: usize,
+    ) {
+        let GemmShape { n, k, .. } = self.s;
+        let lanes = T::lanes::<S>();
+        let full = width == NR * lanes;
+        let zero = T::splat(simd, T::zero());
+        let mut acc = [[zero; NR]; MR];
+        let a_rows: [&[T]; MR] =
+            core::array::from_fn(|r| &self.a[(self.row + r) * k..(self.row + r + 1) * k]);
+        for kk in 0..k {
+            let b_row = &self.b[kk * n + col..kk * n + col + width];
+            let bv: [T::Lanes<S>; NR] = if full {
+                let (regs, _) = T::as_simd::<S>(b_row);
+                core::array::from_fn(|c| regs[c])
+            } else {
+                core::array::from_fn(|c| T::partial_load(simd, &b_row[(c * lanes).min(width)..]))
+            };
+            for r in 0..MR {
+                let av = T::splat(simd, a_rows[r][kk]);
+                for c in 0..NR {
+                    acc[r][c] = T::vmul_add(simd, av, bv[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..MR {
+            let out = &mut dst[(self.row + r) * n + col..(self.row + r) * n + col + width];
+            for c in 0..NR {
+                let lo = (c * lanes).min(width);
+                let hi = ((c + 1) * lanes).min(width);
+                let chunk = &mut out[lo..hi];
+                let v = match self.accum {
+                    Accum::Replace => acc[r][c],
+                    Accum::Add => T::vadd(simd, T::partial_load(simd, chunk), acc[r][c]),
+                };
+                T::partial_store(simd, chunk, v);
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Losses with their gradients in the same pass: softmax cross-entropy and squared error.
+//!
+//! Both return the *sum* of the per-element losses and write the gradient multiplied by the
+//! caller's `scale` (the reduction: `1 / count` for a mean, `1` for a sum), so the backward pass
+//! starts from `dlogits` directly.
+
+use pulp::{Simd, WithSimd};
+
+use crate::float::Float;
+use crate::lanewise::{Lanewise, zip_rows};
+
+struct SoftmaxCeRow<'a, T> {
+    dlogits: &'a mut [T],
+    logits: &'a [T],
+    label: usize,
+    scale: T,
+}
+
+impl<T: Float> WithSimd for SoftmaxCeRow<'_, T> {
+    type Output = T;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) -> T {
+        let Self {
+            dlogits,
+            logits,
+            label,
+            scale,
+        } = self;
+        // Pass 1: the row maximum, so exp never overflows (logits of ±1e4 are fine).
+        let (xv, xt) = T::as_simd::<S>(logits);
+        let neg_inf = T::splat(s, T::neg_infinity());
+        let mut m = neg_inf;
+        for v in xv {
+            m = T::vmax(s, m, *v);
+        }
+        // The tail is folded in as scalars, so zero-filled missing lanes never win.
+        let max = xt.iter().fold(T::vreduce_max(s, m), |a, &b| {
+            if b > a || b.is_nan() { b } else { a }
+        });
+        // Pass 2: e = exp(x - max) into dlogits, and its sum.
+        let mv = T::splat(s, max);
+        let (ev, et) = T::as_mut_simd::<S>(dlogits);
+        let mut sum = T::splat(s, T::zero());
+        for (e, x) in ev.iter_mut().zip(xv) {
+            *e = T::vexp(s, T::vsub(s, *x, mv));
+            sum = T::vadd(s, sum, *e);
+        }
+        let mut total = T::vreduce_sum(s, sum);
+        if !et.is_empty() {
+            let e = T::vexp(s, T::vsub(s, T::partial_load(s, xt), mv));
+            T::partial_store(s, et, e);
+            total = total + et.iter().fold(T::zero(), |a, &b| a + b);
+        }
+        // Pass 3: softmax * scale, then subtract scale at the label.
+        let k = T::splat(s, scale / total);
+        for e in ev.iter_mut() {
+            *e = T::vmul(s, *e, k);
+        }
+        if !et.is_empty() {
+            let e = T::vmul(s, T::partial_load(s, et), k);
+            T::partial_store(s, et, e);
+        }
+        dlogits[label] = dlogits[label] - scale;
+        // loss = log Σ exp(x) - x[label] = log(total) + max - x[label]
+        total.ln() + max - logits[label]
+    }
+}
+
+/// Softmax cross-entropy of each row of `logits` (`[rows, classes]`) against `labels`
+/// (`[rows]`): returns `Σ_rows -log softmax(logits_r)[label_r]` and writes
+/// `dlogits = (softmax(logits) - onehot(labels)) * scale`.
+///
+/// Numerically stable: the row maximum is subtracted before `exp`, so logits of ±1e4 give a
+/// finite loss and an exact one-hot gradient.
+///
+/// # Panics
+/// If the lengths do not match `[rows, classes]` or a label is `>= classes` (the engine
+/// validates labels with a typed error before it gets here).
+///
+/// ```
+/// let mut d = [0.0f32; 2];
+/// let loss = kernels::loss::softmax_cross_entropy(&mut d, &[0.0, 0.0], &[1], 2, 1.0);
+/// assert!((loss - 2f32.ln()).abs() < 1e-7);
+/// assert_eq!(d, [0.5, -0.5]);
+/// ```
+#[track_caller]
+pub fn softmax_cross_entropy<T: Float>(
+    dlogits: &mut [T],
+    logits: &[T],
+    labels: &[usize],
+    classes: usize,
+    scale: T,
+) -> T {
+    assert!(
+        logits.len() == labels.len() * classes && dlogits.len() == logits.len() && classes > 0,
+        "softmax_cross_entropy: logits {} and dlogits {} must be labels {} x classes {classes}",
+        logits.len(),
+        dlogits.len(),
+        labels.len()
+    );
+    let mut loss = T::zero();
+    for ((d, x), &label) in dlogits
+        .chunks_exact_mut(classes)
+        .zip(logits.chunks_exact(classes))
+        .zip(labels)
+    {
+        assert!(label < classes, "label {label} >= classes {classes}");
+        loss = loss
+            + crate::arch::dispatch(SoftmaxCeRow {
+                dlogits: d,
+                logits: x,
+                label,
+                scale,
+            });
+    }
+    loss
+}
+
+#[derive(Clone, Copy)]
+struct SquaredErrorGrad<T>(T);
+impl<T: Float> Lanewise<T, 2> for SquaredErrorGrad<T> {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        _: T::Lanes<S>,
+        [y, t]: [T::Lanes<S>; 2],
+        _: T::Lanes<S>,
+    ) -> T::Lanes<S> {
+        T::vmul(s, T::vsub(s, y, t), T::splat(s, self.0))
+    }
+}
+
+/// Squared error: returns `Σ (y - target)²` and writes `dy = 2 (y - target) * scale`.
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// let mut dy = [0.0f64; 2];
+/// let sse = kernels::loss::squared_error(&mut dy, &[1.0, 3.0], &[0.0, 1.0], 0.5);
+/// assert_eq!(sse, 5.0);
+/// assert_eq!(dy, [1.0, 2.0]);
+/// ```
+#[track_caller]
+pub fn squared_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) -> T {
+    let two_scale = scale + scale;
+    zip_rows(SquaredErrorGrad(two_scale), dy, [y, target], None);
+    // Summed from the differences themselves (not from dy / 2s, which is inexact for tiny s).
+    let mut sse = T::zero();
+    for (&a, &b) in y.iter().zip(target) {
+        let d = a - b;
+        sse = sse + d * d;
+    }
+    sse
+}

@@ -1,0 +1,238 @@
+//! Fused optimizer updates over flat parameter buffers, with PyTorch's exact formulas.
+//!
+//! Each update reads the gradient once, multiplied by `grad_scale` on the fly: global-norm
+//! clipping folds its factor in there instead of rewriting the gradient buffer.
+
+use pulp::{Simd, WithSimd};
+
+use crate::float::Float;
+
+/// Hyper-parameters of [`sgd`] (PyTorch's `torch.optim.SGD` with `dampening = 0`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep<T> {
+    /// Learning rate.
+    pub lr: T,
+    /// Momentum factor (0 disables the velocity buffer's effect).
+    pub momentum: T,
+    /// L2 penalty added to the gradient: `g += weight_decay * p`.
+    pub weight_decay: T,
+    /// Nesterov momentum: step along `g + momentum * v` instead of `v`.
+    pub nesterov: bool,
+    /// Factor applied to every gradient element (the clipping factor, or 1).
+    pub grad_scale: T,
+}
+
+/// Hyper-parameters of [`adam`] (PyTorch's `Adam`, or `AdamW` when `decoupled`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep<T> {
+    /// Learning rate.
+    pub lr: T,
+    /// Decay of the first moment.
+    pub beta1: T,
+    /// Decay of the second moment.
+    pub beta2: T,
+    /// Added to the denominator.
+    pub eps: T,
+    /// Weight decay: L2 in the gradient (Adam) or `p *= 1 - lr * wd` (AdamW).
+    pub weight_decay: T,
+    /// AdamW's decoupled weight decay.
+    pub decoupled: bool,
+    /// The 1-based step number, for bias correction.
+    pub step: u64,
+    /// Factor applied to every gradient element (the clipping factor, or 1).
+    pub grad_scale: T,
+}
+
+struct Sgd<'a, T> {
+    p: &'a mut [T],
+    v: &'a mut [T],
+    g: &'a [T],
+    h: SgdStep<T>,
+}
+
+impl<T: Float> Sgd<'_, T> {
+    #[inline(always)]
+    fn lane<S: Simd>(
+        s: S,
+        h: &SgdStep<T>,
+        p: T::Lanes<S>,
+        v: T::Lanes<S>,
+        g: T::Lanes<S>,
+    ) -> (T::Lanes<S>, T::Lanes<S>) {
+        let mut g = T::vmul(s, g, T::splat(s, h.grad_scale));
+        g = T::vmul_add(s, T::splat(s, h.weight_decay), p, g);
+        let mom = T::splat(s, h.momentum);
+        let v = T::vmul_add(s, mom, v, g);
+        let dir = if h.nesterov {
+            T::vmul_add(s, mom, v, g)
+        } else {
+            v
+        };
+        (T::vneg_mul_add(s, T::splat(s, h.lr), dir, p), v)
+    }
+}
+
+impl<T: Float> WithSimd for Sgd<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self { p, v, g, h } = self;
+        let (pv, pt) = T::as_mut_simd::<S>(p);
+        let (vv, vt) = T::as_mut_simd::<S>(v);
+        let (gv, gt) = T::as_simd::<S>(g);
+        for ((p, v), g) in pv.iter_mut().zip(vv.iter_mut()).zip(gv) {
+            (*p, *v) = Self::lane(s, &h, *p, *v, *g);
+        }
+        let (np, nv) = Self::lane(
+            s,
+            &h,
+            T::partial_load(s, pt),
+            T::partial_load(s, vt),
+            T::partial_load(s, gt),
+        );
+        T::partial_store(s, pt, np);
+        T::partial_store(s, vt, nv);
+    }
+}
+
+/// One SGD step: `g = grad_scale * grad + wd * p; v = momentum * v + g;
+/// p -= lr * (nesterov ? g + momentum * v : v)`.
+///
+/// With `v` starting at zero this equals PyTorch's SGD (`dampening = 0`), whose first step
+/// sets `v = g`.
+///
+/// # Panics
+/// If the three lengths differ.
+///
+/// ```
+/// use kernels::optim::{sgd, SgdStep};
+/// let (mut p, mut v) = ([1.0f32], [0.0f32]);
+/// let h = SgdStep { lr: 0.1, momentum: 0.9, weight_decay: 0.0, nesterov: false, grad_scale: 1.0 };
+/// sgd(&mut p, &mut v, &[2.0], h);
+/// assert_eq!((p[0], v[0]), (0.8, 2.0));
+/// ```
+#[track_caller]
+pub fn sgd<T: Float>(p: &mut [T], v: &mut [T], g: &[T], h: SgdStep<T>) {
+    assert!(
+        p.len() == v.len() && p.len() == g.len(),
+        "sgd: lengths {} {} {}",
+        p.len(),
+        v.len(),
+        g.len()
+    );
+    crate::arch::dispatch(Sgd { p, v, g, h });
+}
+
+struct Adam<'a, T> {
+    p: &'a mut [T],
+    m: &'a mut [T],
+    v: &'a mut [T],
+    g: &'a [T],
+    h: AdamStep<T>,
+}
+
+struct AdamConsts<S: Simd, T: Float> {
+    scale: T::Lanes<S>,
+    wd: T::Lanes<S>,
+    decay: T::Lanes<S>,
+    b1: T::Lanes<S>,
+    one_b1: T::Lanes<S>,
+    b2: T::Lanes<S>,
+    one_b2: T::Lanes<S>,
+    step_size: T::Lanes<S>,
+    inv_sqrt_bc2: T::Lanes<S>,
+    eps: T::Lanes<S>,
+    decoupled: bool,
+}
+
+impl<T: Float> Adam<'_, T> {
+    #[inline(always)]
+    fn lane<S: Simd>(
+        s: S,
+        c: &AdamConsts<S, T>,
+        p: T::Lanes<S>,
+        m: T::Lanes<S>,
+        v: T::Lanes<S>,
+        g: T::Lanes<S>,
+    ) -> [T::Lanes<S>; 3] {
+        let mut g = T::vmul(s, g, c.scale);
+        let p = if c.decoupled {
+            T::vmul(s, p, c.decay)
+        } else {
+            g = T::vmul_add(s, c.wd, p, g);
+            p
+        };
+        let m = T::vmul_add(s, c.b1, m, T::vmul(s, c.one_b1, g));
+        let v = T::vmul_add(s, c.b2, v, T::vmul(s, c.one_b2, T::vmul(s, g, g)));
+        // PyTorch: denom = sqrt(v) / sqrt(1 - b2^t) + eps; p -= lr / (1 - b1^t) * m / denom.
+        let denom = T::vadd(s, T::vmul(s, T::vsqrt(s, v), c.inv_sqrt_bc2), c.eps);
+        let p = T::vneg_mul_add(s, c.step_size, T::vdiv(s, m, denom), p);
+        [p, m, v]
+    }
+}
+
+impl<T: Float> WithSimd for Adam<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self { p, m, v, g, h } = self;
+        let t = i32::try_from(h.step.max(1)).unwrap_or(i32::MAX);
+        let bc1 = T::one() - h.beta1.powi(t);
+        let bc2 = T::one() - h.beta2.powi(t);
+        let sp = |x: T| T::splat(s, x);
+        let c = AdamConsts::<S, T> {
+            scale: sp(h.grad_scale),
+            wd: sp(h.weight_decay),
+            decay: sp(T::one() - h.lr * h.weight_decay),
+            b1: sp(h.beta1),
+            one_b1: sp(T::one() - h.beta1),
+            b2: sp(h.beta2),
+            one_b2: sp(T::one() - h.beta2),
+            step_size: sp(h.lr / bc1),
+            inv_sqrt_bc2: sp(T::one() / bc2.sqrt()),
+            eps: sp(h.eps),
+            decoupled: h.decoupled,
+        };
+        let (pv, pt) = T::as_mut_simd::<S>(p);
+        let (mv, mt) = T::as_mut_simd::<S>(m);
+        let (vv, vt) = T::as_mut_simd::<S>(v);
+        let (gv, gt) = T::as_simd::<S>(g);
+        for (((p, m), v), g) in pv.iter_mut().zip(mv.iter_mut()).zip(vv.iter_mut()).zip(gv) {
+            [*p, *m, *v] = Self::lane(s, &c, *p, *m, *v, *g);
+        }
+        let load = |x: &[T]| T::partial_load(s, x);
+        let [np, nm, nv] = Self::lane(s, &c, load(pt), load(mt), load(vt), load(gt));
+        T::partial_store(s, pt, np);
+        T::partial_store(s, mt, nm);
+        T::partial_store(s, vt, nv);
+    }
+}
+
+/// One Adam / AdamW step with PyTorch's formulas (`amsgrad = false`):
+/// `g = grad_scale * grad (+ wd * p for Adam)`; AdamW first does `p *= 1 - lr * wd`;
+/// `m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g²;
+/// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+///
+/// # Panics
+/// If the four lengths differ.
+///
+/// ```
+/// use kernels::optim::{adam, AdamStep};
+/// let (mut p, mut m, mut v) = ([1.0f64], [0.0], [0.0]);
+/// let h = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0,
+///                    decoupled: false, step: 1, grad_scale: 1.0 };
+/// adam(&mut p, &mut m, &mut v, &[0.5], h);
+/// assert!((p[0] - 0.9).abs() < 1e-7); // the first Adam step moves by lr
+/// ```
+#[track_caller]
+pub fn adam<T: Float>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], h: AdamStep<T>) {
+    assert!(
+        p.len() == m.len() && p.len() == v.len() && p.len() == g.len(),
+        "adam: lengths {} {} {} {}",
+        p.len(),
+        m.len(),
+        v.len(),
+        g.len()
+    );
+    crate::arch::dispatch(Adam { p, m, v, g, h });
+}

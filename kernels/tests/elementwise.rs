@@ -1,0 +1,425 @@
+//! Every elementwise kernel against a scalar `std` reference, at lengths that straddle the
+//! register widths, on every instruction set this CPU has, in f32 and f64.
+
+use approx::assert_relative_eq;
+use faer::Accum;
+use kernels::arch::{Isa, with_isa};
+use kernels::{Float, activation, loss, optim, reduce};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+const LENGTHS: [usize; 10] = [0, 1, 7, 15, 16, 17, 31, 33, 1000, 1023];
+
+fn random<T: Float>(rng: &mut StdRng, n: usize, scale: f64) -> Vec<T> {
+    (0..n)
+        .map(|_| T::of(rng.random_range(-scale..scale)))
+        .collect()
+}
+
+/// Runs `check` for every instruction set and length.
+fn sweep(mut check: impl FnMut(Isa, usize, &mut StdRng)) {
+    let mut rng = StdRng::seed_from_u64(0);
+    for isa in Isa::available() {
+        for n in LENGTHS {
+            with_isa(isa, || check(isa, n, &mut rng));
+        }
+    }
+}
+
+fn close<T: Float>(got: &[T], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g.f64() - w).abs();
+        assert!(
+            err <= tol * (1.0 + w.abs()),
+            "{what} [{}] at {i}: got {g}, want {w} (err {err:e})",
+            T::NAME
+        );
+    }
+}
+
+fn activations_match<T: Float>() {
+    let tol = T::EPSILON.f64() * 4.0;
+    sweep(|isa, n, rng| {
+        let z: Vec<T> = random(rng, n, 6.0);
+        let mut out = vec![T::zero(); n];
+        activation::tanh(&mut out, &z);
+        close(
+            &out,
+            &z.iter().map(|x| x.f64().tanh()).collect::<Vec<_>>(),
+            tol,
+            &format!("tanh {isa:?}"),
+        );
+        activation::sigmoid(&mut out, &z);
+        let sig: Vec<f64> = z.iter().map(|x| 1.0 / (1.0 + (-x.f64()).exp())).collect();
+        close(&out, &sig, tol, &format!("sigmoid {isa:?}"));
+
+        // Bias broadcast over rows: 3 rows of n/3 (or one row).
+        for rows in [1, 3] {
+            if n % rows != 0 || n == 0 {
+                continue;
+            }
+            let bias: Vec<T> = random(rng, n / rows, 1.0);
+            let b = |i: usize| bias[i % bias.len()].f64();
+            activation::bias_tanh(&mut out, &z, &bias);
+            let want: Vec<f64> = z
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (x.f64() + b(i)).tanh())
+                .collect();
+            close(&out, &want, tol, "bias_tanh");
+            activation::bias_relu(&mut out, &z, &bias);
+            let want: Vec<f64> = z
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (x.f64() + b(i)).max(0.0))
+                .collect();
+            close(&out, &want, tol, "bias_relu");
+        }
+
+        let (dy, y): (Vec<T>, Vec<T>) = (random(rng, n, 2.0), random(rng, n, 1.0));
+        let init: Vec<T> = random(rng, n, 1.0);
+        for accum in [Accum::Replace, Accum::Add] {
+            let base = |i: usize| {
+                if matches!(accum, Accum::Add) {
+                    init[i].f64()
+                } else {
+                    0.0
+                }
+            };
+            let mut d = init.clone();
+            activation::tanh_backward(&mut d, accum, &dy, &y);
+            let want: Vec<f64> = (0..n)
+                .map(|i| base(i) + dy[i].f64() * (1.0 - y[i].f64() * y[i].f64()))
+                .collect();
+            close(&d, &want, tol, "tanh_backward");
+            let mut d = init.clone();
+            activation::relu_backward(&mut d, accum, &dy, &y);
+            let want: Vec<f64> = (0..n)
+                .map(|i| base(i) + if y[i].f64() > 0.0 { dy[i].f64() } else { 0.0 })
+                .collect();
+            close(&d, &want, tol, "relu_backward");
+            let mut d = init.clone();
+            activation::sigmoid_backward(&mut d, accum, &dy, &y);
+            let want: Vec<f64> = (0..n)
+                .map(|i| base(i) + dy[i].f64() * y[i].f64() * (1.0 - y[i].f64()))
+                .collect();
+            close(&d, &want, tol, "sigmoid_backward");
+        }
+    });
+}
+
+#[test]
+fn activations_match_reference_f32() {
+    activations_match::<f32>();
+}
+
+#[test]
+fn activations_match_reference_f64() {
+    activations_match::<f64>();
+}
+
+/// tanh within 1e-6 (f32) / 1e-14 (f64) absolute of std over a dense sweep of [-20, 20].
+fn tanh_dense_sweep<T: Float>(tol: f64) {
+    let n = 400_001;
+    let x: Vec<T> = (0..n)
+        .map(|i| T::of(-20.0 + 40.0 * i as f64 / (n - 1) as f64))
+        .collect();
+    for isa in Isa::available() {
+        let mut y = vec![T::zero(); n];
+        with_isa(isa, || activation::tanh(&mut y, &x));
+        let worst = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a.f64().tanh() - b.f64()).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= tol,
+            "{isa:?} {}: worst tanh error {worst:e}",
+            T::NAME
+        );
+    }
+}
+
+#[test]
+fn tanh_is_accurate_f32() {
+    tanh_dense_sweep::<f32>(1e-6);
+}
+
+#[test]
+fn tanh_is_accurate_f64() {
+    tanh_dense_sweep::<f64>(1e-14);
+}
+
+fn tanh_edges<T: Float>() {
+    let inf = T::infinity();
+    let x = [
+        T::zero(),
+        -T::zero(),
+        T::of(4e-4),
+        T::of(8.0),
+        T::of(-8.0),
+        T::of(25.0),
+        T::of(-25.0),
+        inf,
+        -inf,
+        T::nan(),
+    ];
+    for isa in Isa::available() {
+        let mut y = [T::zero(); 10];
+        with_isa(isa, || activation::tanh(&mut y, &x));
+        assert_eq!(y[0], T::zero());
+        assert!(
+            y[1] == T::zero() && y[1].is_sign_negative(),
+            "tanh(-0) = -0"
+        );
+        assert_relative_eq!(
+            y[2].f64(),
+            (4e-4f64).tanh(),
+            max_relative = 4.0 * T::EPSILON.f64()
+        );
+        assert_relative_eq!(y[3].f64(), 8f64.tanh(), epsilon = 2.0 * T::EPSILON.f64());
+        assert_eq!(y[4], -y[3], "tanh is odd");
+        assert_eq!(
+            &y[5..9],
+            &[T::one(), -T::one(), T::one(), -T::one()],
+            "exactly ±1 past saturation"
+        );
+        assert!(y[9].is_nan(), "NaN in, NaN out");
+        let mut s = [T::zero(); 10];
+        with_isa(isa, || activation::sigmoid(&mut s, &x));
+        assert_eq!(s[7], T::one());
+        assert_eq!(s[8], T::zero());
+        assert!(s[9].is_nan());
+        let mut r = [T::zero(); 10];
+        with_isa(isa, || activation::bias_relu(&mut r, &x, &[T::zero()]));
+        assert!(r[9].is_nan(), "relu keeps NaN");
+    }
+}
+
+#[test]
+fn tanh_sigmoid_edges() {
+    tanh_edges::<f32>();
+    tanh_edges::<f64>();
+}
+
+fn losses_match<T: Float>() {
+    let tol = T::EPSILON.f64() * 16.0;
+    sweep(|isa, n, rng| {
+        // Softmax CE over 3 rows of n classes (n > 0).
+        if n > 0 {
+            let rows = 3;
+            let logits: Vec<T> = random(rng, rows * n, 8.0);
+            let labels: Vec<usize> = (0..rows).map(|_| rng.random_range(0..n)).collect();
+            let mut d = vec![T::zero(); rows * n];
+            let l = loss::softmax_cross_entropy(&mut d, &logits, &labels, n, T::of(0.5));
+            let (mut want_l, mut want_d) = (0.0, vec![0.0; rows * n]);
+            for r in 0..rows {
+                let row: Vec<f64> = logits[r * n..(r + 1) * n].iter().map(|x| x.f64()).collect();
+                let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
+                want_l += z.ln() + m - row[labels[r]];
+                for j in 0..n {
+                    want_d[r * n + j] =
+                        0.5 * ((row[j] - m).exp() / z - if j == labels[r] { 1.0 } else { 0.0 });
+                }
+            }
+            close(&d, &want_d, tol, &format!("ce grad {isa:?}"));
+            assert_relative_eq!(l.f64(), want_l, max_relative = tol * 10.0);
+        }
+        let (y, t): (Vec<T>, Vec<T>) = (random(rng, n, 3.0), random(rng, n, 3.0));
+        let mut dy = vec![T::zero(); n];
+        let sse = loss::squared_error(&mut dy, &y, &t, T::of(0.25));
+        let want: f64 = y
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| (a.f64() - b.f64()).powi(2))
+            .sum();
+        assert_relative_eq!(sse.f64(), want, max_relative = tol * 10.0, epsilon = tol);
+        let want_d: Vec<f64> = y
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| 0.5 * (a.f64() - b.f64()))
+            .collect();
+        close(&dy, &want_d, tol, "mse grad");
+    });
+}
+
+#[test]
+fn losses_match_reference() {
+    losses_match::<f32>();
+    losses_match::<f64>();
+}
+
+#[test]
+fn softmax_survives_huge_logits() {
+    for isa in Isa::available() {
+        let logits = [1e4f32, -1e4, 0.0, 1e4 - 1.0];
+        let mut d = [0.0f32; 4];
+        let l = with_isa(isa, || {
+            loss::softmax_cross_entropy(&mut d, &logits, &[1], 4, 1.0)
+        });
+        assert!(l.is_finite());
+        assert_relative_eq!(
+            l,
+            2e4 + (1.0f32 + (-1.0f32).exp()).ln(),
+            max_relative = 1e-6
+        );
+        assert!(d.iter().all(|x| x.is_finite()));
+        assert_eq!(d[1], -1.0);
+    }
+}
+
+fn reductions_match<T: Float>() {
+    let tol = T::EPSILON.f64() * 64.0;
+    sweep(|_, n, rng| {
+        let x: Vec<T> = random(rng, n, 2.0);
+        let ss = reduce::sum_squares(&x).f64();
+        let want: f64 = x.iter().map(|v| v.f64().powi(2)).sum();
+        assert_relative_eq!(ss, want, max_relative = tol, epsilon = tol);
+
+        for cols in [1, 7, 17] {
+            let rows = n / cols;
+            let src = &x[..rows * cols];
+            let init: Vec<T> = random(rng, cols, 1.0);
+            for accum in [Accum::Replace, Accum::Add] {
+                let mut dst = init.clone();
+                reduce::col_sums(&mut dst, accum, src);
+                let want: Vec<f64> = (0..cols)
+                    .map(|j| {
+                        let b = if matches!(accum, Accum::Add) {
+                            init[j].f64()
+                        } else {
+                            0.0
+                        };
+                        b + (0..rows).map(|r| src[r * cols + j].f64()).sum::<f64>()
+                    })
+                    .collect();
+                close(&dst, &want, tol, "col_sums");
+            }
+        }
+        let y0: Vec<T> = random(rng, n, 1.0);
+        let mut y = y0.clone();
+        reduce::axpy(&mut y, T::of(-1.5), &x);
+        close(
+            &y,
+            &(0..n)
+                .map(|i| y0[i].f64() - 1.5 * x[i].f64())
+                .collect::<Vec<_>>(),
+            tol,
+            "axpy",
+        );
+        reduce::scale(&mut y, T::of(2.0));
+        close(
+            &y,
+            &(0..n)
+                .map(|i| 2.0 * (y0[i].f64() - 1.5 * x[i].f64()))
+                .collect::<Vec<_>>(),
+            tol,
+            "scale",
+        );
+        let mut c = x.clone();
+        reduce::clamp(&mut c, T::of(-1.0), T::of(0.5));
+        close(
+            &c,
+            &x.iter()
+                .map(|v| v.f64().clamp(-1.0, 0.5))
+                .collect::<Vec<_>>(),
+            0.0,
+            "clamp",
+        );
+    });
+}
+
+#[test]
+fn reductions_match_reference() {
+    reductions_match::<f32>();
+    reductions_match::<f64>();
+}
+
+fn optimizers_match<T: Float>() {
+    let tol = T::EPSILON.f64() * 16.0;
+    sweep(|isa, n, rng| {
+        let (p0, g): (Vec<T>, Vec<T>) = (random(rng, n, 1.0), random(rng, n, 1.0));
+        let v0: Vec<T> = random(rng, n, 0.1);
+        for nesterov in [false, true] {
+            let h = optim::SgdStep {
+                lr: T::of(0.1),
+                momentum: T::of(0.9),
+                weight_decay: T::of(0.01),
+                nesterov,
+                grad_scale: T::of(0.5),
+            };
+            let (mut p, mut v) = (p0.clone(), v0.clone());
+            optim::sgd(&mut p, &mut v, &g, h);
+            let (mut wp, mut wv) = (vec![0.0; n], vec![0.0; n]);
+            for i in 0..n {
+                let gi = 0.5 * g[i].f64() + 0.01 * p0[i].f64();
+                wv[i] = 0.9 * v0[i].f64() + gi;
+                let dir = if nesterov { gi + 0.9 * wv[i] } else { wv[i] };
+                wp[i] = p0[i].f64() - 0.1 * dir;
+            }
+            close(&p, &wp, tol, &format!("sgd p {isa:?}"));
+            close(&v, &wv, tol, "sgd v");
+        }
+        let m0: Vec<T> = random(rng, n, 0.1);
+        let s0: Vec<T> = (0..n).map(|_| T::of(rng.random_range(0.0..0.1))).collect();
+        for decoupled in [false, true] {
+            let h = optim::AdamStep {
+                lr: T::of(0.01),
+                beta1: T::of(0.9),
+                beta2: T::of(0.999),
+                eps: T::of(1e-8),
+                weight_decay: T::of(0.1),
+                decoupled,
+                step: 3,
+                grad_scale: T::of(0.5),
+            };
+            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), s0.clone());
+            optim::adam(&mut p, &mut m, &mut v, &g, h);
+            for i in 0..n {
+                let mut gi = 0.5 * g[i].f64();
+                let mut pi = p0[i].f64();
+                if decoupled {
+                    pi *= 1.0 - 0.01 * 0.1
+                } else {
+                    gi += 0.1 * pi
+                }
+                let mi = 0.9 * m0[i].f64() + 0.1 * gi;
+                let vi = 0.999 * s0[i].f64() + 0.001 * gi * gi;
+                let denom = vi.sqrt() / (1.0 - 0.999f64.powi(3)).sqrt() + 1e-8;
+                pi -= 0.01 / (1.0 - 0.9f64.powi(3)) * mi / denom;
+                for (got, want, what) in [(p[i], pi, "p"), (m[i], mi, "m"), (v[i], vi, "v")] {
+                    assert!(
+                        (got.f64() - want).abs() <= tol * (1.0 + want.abs()) * 8.0,
+                        "adam {what} {isa:?} at {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn optimizers_match_reference() {
+    optimizers_match::<f32>();
+    optimizers_match::<f64>();
+}
+
+/// The vector body and the tail must round identically, so results cannot depend on where a
+/// buffer is split: compare a whole-buffer call with element-by-element calls.
+#[test]
+fn tail_rounds_like_body() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let x: Vec<f32> = random(&mut rng, 1000, 5.0);
+    for isa in Isa::available() {
+        with_isa(isa, || {
+            let mut whole = vec![0.0f32; 1000];
+            activation::tanh(&mut whole, &x);
+            for (i, xi) in x.iter().enumerate() {
+                let mut one = [0.0f32];
+                activation::tanh(&mut one, &[*xi]);
+                assert_eq!(one[0].to_bits(), whole[i].to_bits(), "{isa:?} at {i}");
+            }
+        });
+    }
+}

@@ -1,0 +1,172 @@
+//! Matrix products against a naive triple loop, at edge sizes and random shapes.
+
+use faer::{Accum, Par};
+use kernels::Float;
+use kernels::arch::{Isa, with_isa};
+use kernels::gemm::{self, GemmShape};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+fn random<T: Float>(rng: &mut StdRng, n: usize) -> Vec<T> {
+    (0..n).map(|_| T::of(rng.random_range(-1.0..1.0))).collect()
+}
+
+/// `C = beta C + A B` in f64 with explicit strides: a(i, p) and b(p, j) index functions.
+fn naive(
+    c0: &[f64],
+    add: bool,
+    s: GemmShape,
+    a: impl Fn(usize, usize) -> f64,
+    b: impl Fn(usize, usize) -> f64,
+) -> Vec<f64> {
+    let mut c = vec![0.0; s.m * s.n];
+    for i in 0..s.m {
+        for j in 0..s.n {
+            let dot: f64 = (0..s.k).map(|p| a(i, p) * b(p, j)).sum();
+            c[i * s.n + j] = if add { c0[i * s.n + j] } else { 0.0 } + dot;
+        }
+    }
+    c
+}
+
+fn check_all<T: Float>(s: GemmShape, rng: &mut StdRng) {
+    let GemmShape { m, n, k } = s;
+    let tol = T::EPSILON.f64() * (k as f64 + 2.0) * 2.0;
+    let c0: Vec<T> = random(rng, m * n);
+    let c0f: Vec<f64> = c0.iter().map(|x| x.f64()).collect();
+    let a: Vec<T> = random(rng, m * k);
+    let b: Vec<T> = random(rng, k * n);
+    let at = |x: &[T], i: usize| x[i].f64();
+    let assert_close = |got: &[T], want: &[f64], what: &str| {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g.f64() - w).abs() <= tol,
+                "{what} {s:?} {} at {i}: {g} vs {w}",
+                T::NAME
+            );
+        }
+    };
+    for accum in [Accum::Replace, Accum::Add] {
+        let add = matches!(accum, Accum::Add);
+        // nn: A[m,k] B[k,n]
+        let want = naive(
+            &c0f,
+            add,
+            s,
+            |i, p| at(&a, i * k + p),
+            |p, j| at(&b, p * n + j),
+        );
+        for isa in Isa::available() {
+            let mut c = c0.clone();
+            with_isa(isa, || gemm::gemm_nn(&mut c, accum, &a, &b, s, Par::Seq));
+            assert_close(&c, &want, &format!("gemm_nn {isa:?} {accum:?}"));
+            let mut c = c0.clone();
+            with_isa(isa, || gemm::small_m_gemm_nn(&mut c, accum, &a, &b, s));
+            assert_close(&c, &want, &format!("small_m {isa:?} {accum:?}"));
+        }
+        let mut c = c0.clone();
+        gemm::faer_nn(&mut c, accum, &a, &b, s, Par::rayon(2));
+        assert_close(&c, &want, "faer_nn");
+        // nt: A[m,k] B[n,k]^T (reuse b's storage as [n,k])
+        let want = naive(
+            &c0f,
+            add,
+            s,
+            |i, p| at(&a, i * k + p),
+            |p, j| at(&b, j * k + p),
+        );
+        let mut c = c0.clone();
+        gemm::gemm_nt(&mut c, accum, &a, &b, s, Par::Seq);
+        assert_close(&c, &want, "gemm_nt");
+        // tn: A[k,m]^T B[k,n] (reuse a's storage as [k,m])
+        let want = naive(
+            &c0f,
+            add,
+            s,
+            |i, p| at(&a, p * m + i),
+            |p, j| at(&b, p * n + j),
+        );
+        let mut c = c0.clone();
+        gemm::gemm_tn(&mut c, accum, &a, &b, s, Par::Seq);
+        assert_close(&c, &want, "gemm_tn");
+    }
+}
+
+#[test]
+fn products_at_edge_sizes() {
+    let mut rng = StdRng::seed_from_u64(0);
+    for m in [1, 2, 3, 4, 5, 15, 16, 17, 33] {
+        for n in [1, 7, 15, 16, 17, 31, 33, 64, 129] {
+            for k in [0, 1, 7, 17, 64] {
+                check_all::<f32>(GemmShape::new(m, n, k), &mut rng);
+                check_all::<f64>(GemmShape::new(m, n, k), &mut rng);
+            }
+        }
+    }
+}
+
+#[test]
+fn small_m_kernel_is_deterministic_and_matches_for_large_k() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (m, h) in [(1, 127), (1, 128), (1, 129), (4, 512), (16, 256)] {
+        check_all::<f32>(GemmShape::new(m, h, h), &mut rng);
+    }
+}
+
+#[test]
+fn empty_products() {
+    let mut c: Vec<f32> = vec![];
+    gemm::gemm_nn(
+        &mut c,
+        Accum::Replace,
+        &[],
+        &[1.0, 2.0],
+        GemmShape::new(0, 2, 1),
+        Par::Seq,
+    );
+    let mut c = vec![5.0f32; 2];
+    gemm::gemm_nn(
+        &mut c,
+        Accum::Replace,
+        &[],
+        &[],
+        GemmShape::new(1, 2, 0),
+        Par::Seq,
+    );
+    assert_eq!(c, [0.0, 0.0]);
+}
+
+#[test]
+#[should_panic(expected = "gemm shape")]
+fn mismatched_lengths_panic_with_shape() {
+    let mut c = vec![0.0f32; 3];
+    gemm::gemm_nn(
+        &mut c,
+        Accum::Replace,
+        &[1.0],
+        &[1.0, 2.0],
+        GemmShape::new(1, 2, 1),
+        Par::Seq,
+    );
+}
+
+#[test]
+fn transpose_roundtrip() {
+    let src: Vec<f32> = (0..12).map(|x| x as f32).collect();
+    let mut t = vec![0.0f32; 12];
+    gemm::transpose(&mut t, &src, 3, 4);
+    assert_eq!(t[1], 4.0); // t[0][1] = src[1][0]
+    let mut back = vec![0.0f32; 12];
+    gemm::transpose(&mut back, &t, 4, 3);
+    assert_eq!(back, src);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn random_shapes(m in 1usize..40, n in 1usize..70, k in 0usize..70, seed in 0u64..1000) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        check_all::<f32>(GemmShape::new(m, n, k), &mut rng);
+        check_all::<f64>(GemmShape::new(m, n, k), &mut rng);
+    }
+}
