@@ -5,32 +5,71 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use kernels::gemm::{self, GemmShape};
-use kernels::{activation, Float};
+use kernels::{Float, activation};
 
 fn data<T: Float>(n: usize) -> Vec<T> {
-    (0..n).map(|i| T::of(((i * 7919) % 1000) as f64 / 500.0 - 1.0)).collect()
+    (0..n)
+        .map(|i| T::of(((i * 7919) % 1000) as f64 / 500.0 - 1.0))
+        .collect()
 }
 
 /// The recurrent product `Z[B, H] += H_prev[B, H] · W[H, H]` by the small-M kernel and by faer.
 fn recurrent_products(c: &mut Criterion) {
-    for (b, h) in [(1, 64), (1, 256), (1, 512), (1, 1024), (4, 256), (8, 256), (16, 256), (32, 256), (64, 1024)] {
+    for (b, h) in [
+        (1, 64),
+        (1, 256),
+        (1, 512),
+        (1, 1024),
+        (4, 256),
+        (8, 256),
+        (16, 256),
+        (32, 256),
+        (64, 1024),
+    ] {
         let s = GemmShape::new(b, h, h);
         let mut group = c.benchmark_group(format!("gemm_small_b{b}_h{h}"));
         group.throughput(Throughput::Elements(s.flops() as u64));
         let (a, w) = (data::<f32>(b * h), data::<f32>(h * h));
         let mut z = vec![0.0f32; b * h];
         group.bench_function("gemm_nn", |bch| {
-            bch.iter(|| gemm::gemm_nn(&mut z, Accum::Add, black_box(&a), black_box(&w), s, Par::Seq))
+            bch.iter(|| {
+                gemm::gemm_nn(
+                    &mut z,
+                    Accum::Add,
+                    black_box(&a),
+                    black_box(&w),
+                    s,
+                    Par::Seq,
+                )
+            })
         });
         group.bench_function("faer_nn", |bch| {
-            bch.iter(|| gemm::faer_nn(&mut z, Accum::Add, black_box(&a), black_box(&w), s, Par::Seq))
+            bch.iter(|| {
+                gemm::faer_nn(
+                    &mut z,
+                    Accum::Add,
+                    black_box(&a),
+                    black_box(&w),
+                    s,
+                    Par::Seq,
+                )
+            })
         });
         // faer's best orientation for a GEMV: the weight on the left, column-major.
         group.bench_function("faer_nt", |bch| {
-            bch.iter(|| gemm::gemm_nt(&mut z, Accum::Add, black_box(&a), black_box(&w), s, Par::Seq))
+            bch.iter(|| {
+                gemm::gemm_nt(
+                    &mut z,
+                    Accum::Add,
+                    black_box(&a),
+                    black_box(&w),
+                    s,
+                    Par::Seq,
+                )
+            })
         });
         group.finish();
     }
@@ -54,7 +93,9 @@ fn tanh_throughput<T: Float>(c: &mut Criterion) {
         });
         let dh = data::<T>(n);
         group.bench_with_input(BenchmarkId::new("tanh_backward", n), &n, |b, _| {
-            b.iter(|| activation::tanh_backward(&mut y, Accum::Replace, black_box(&dh), black_box(&x)))
+            b.iter(|| {
+                activation::tanh_backward(&mut y, Accum::Replace, black_box(&dh), black_box(&x))
+            })
         });
     }
     group.finish();

@@ -208,7 +208,13 @@ impl<T: Float> WithSimd for SmallGemm<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self { dst, accum, a, b, s } = self;
+        let Self {
+            dst,
+            accum,
+            a,
+            b,
+            s,
+        } = self;
         let lanes = T::lanes::<S>();
         if s.m == 1 {
             return gemv_rows(simd, dst, accum, a, b, s.n);
@@ -216,7 +222,13 @@ impl<T: Float> WithSimd for SmallGemm<'_, T> {
         let mut row = 0;
         while row < s.m {
             let rows = (s.m - row).min(4);
-            let strip = Strip { row, accum, a, b, s };
+            let strip = Strip {
+                row,
+                accum,
+                a,
+                b,
+                s,
+            };
             match rows {
                 1 => strip.run::<S, 1, 2>(simd, dst, lanes),
                 2 => strip.run::<S, 2, 2>(simd, dst, lanes),
@@ -241,7 +253,8 @@ fn gemv_rows<T: Float, S: Simd>(simd: S, z: &mut [T], accum: Accum, a: &[T], b: 
     let (b_blocks, b_rest) = b.split_at(blocks.len() * 4 * n);
     for (coef, rows) in blocks.iter().zip(b_blocks.chunks_exact(4 * n)) {
         let c: [T::Lanes<S>; 4] = core::array::from_fn(|r| T::splat(simd, coef[r]));
-        let r: [(&[T::Lanes<S>], &[T]); 4] = core::array::from_fn(|i| T::as_simd::<S>(&rows[i * n..(i + 1) * n]));
+        let r: [(&[T::Lanes<S>], &[T]); 4] =
+            core::array::from_fn(|i| T::as_simd::<S>(&rows[i * n..(i + 1) * n]));
         let (zv, zt) = T::as_mut_simd::<S>(z);
         for (j, zj) in zv.iter_mut().enumerate() {
             let mut acc = *zj;
@@ -266,7 +279,12 @@ fn gemv_rows<T: Float, S: Simd>(simd: S, z: &mut [T], accum: Accum, a: &[T], b: 
             *zj = T::vmul_add(simd, c, *bj, *zj);
         }
         if !zt.is_empty() {
-            let acc = T::vmul_add(simd, c, T::partial_load(simd, rt), T::partial_load(simd, zt));
+            let acc = T::vmul_add(
+                simd,
+                c,
+                T::partial_load(simd, rt),
+                T::partial_load(simd, zt),
+            );
             T::partial_store(simd, zt, acc);
         }
     }

@@ -6,7 +6,10 @@ use std::process::{Command, ExitCode};
 
 fn run(args: &[&str]) -> bool {
     eprintln!("+ cargo {}", args.join(" "));
-    Command::new(env!("CARGO")).args(args).status().is_ok_and(|s| s.success())
+    Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn main() -> ExitCode {
@@ -15,12 +18,23 @@ fn main() -> ExitCode {
         "ci" => {
             run(&["test", "--workspace"])
                 && run(&["fmt", "--all", "--check"])
-                && run(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+                && run(&[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
         }
         _ => {
             eprintln!("usage: cargo xtask ci");
             false
         }
     };
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

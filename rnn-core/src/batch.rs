@@ -1,0 +1,177 @@
+//! A batch of sequences and its validation at the API boundary.
+
+use kernels::Float;
+
+use crate::config::{LossKind, LossSpec, RnnConfig};
+use crate::error::{Result, RnnError, shape};
+
+/// What the head's outputs are scored against.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a, T> {
+    /// Float targets for MSE: `[T, B, O]`, or `[B, O]` when many-to-one.
+    Values(&'a [T]),
+    /// Class labels for cross-entropy: `[T, B]`, or `[B]` when many-to-one.
+    Classes(&'a [usize]),
+}
+
+/// A time-major batch of `B` sequences of `T` steps.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a, T> {
+    /// `T`, steps.
+    pub seq_len: usize,
+    /// `B`, sequences.
+    pub batch: usize,
+    /// `[T, B, I]` inputs.
+    pub x: &'a [T],
+    /// The targets.
+    pub target: Target<'a, T>,
+    /// Optional per-sequence lengths in `1..=T` (PyTorch's packed-sequence semantics):
+    /// positions at or past a sequence's length score no loss and leave its state unchanged.
+    pub lengths: Option<&'a [usize]>,
+    /// Optional initial state `[L, B, H]` (zeros when `None`).
+    pub h0: Option<&'a [T]>,
+}
+
+impl<'a, T: Float> Batch<'a, T> {
+    /// A batch with no lengths and a zero initial state.
+    pub fn new(seq_len: usize, batch: usize, x: &'a [T], target: Target<'a, T>) -> Self {
+        Self {
+            seq_len,
+            batch,
+            x,
+            target,
+            lengths: None,
+            h0: None,
+        }
+    }
+
+    /// Whether sequence `b` is still running at step `t`.
+    #[inline]
+    pub fn active(&self, t: usize, b: usize) -> bool {
+        self.lengths.is_none_or(|l| t < l[b])
+    }
+
+    /// Whether every sequence is running at step `t`.
+    #[inline]
+    pub fn all_active(&self, t: usize) -> bool {
+        self.lengths.is_none_or(|l| l.iter().all(|&n| t < n))
+    }
+
+    /// Checks every shape, length, label and value against `config` and `loss`.
+    ///
+    /// # Errors
+    /// The first problem found, as a typed [`RnnError`] naming it.
+    pub fn validate(&self, config: &RnnConfig, loss: &LossSpec) -> Result<()> {
+        let (t, b) = (self.seq_len, self.batch);
+        if t == 0 {
+            return Err(RnnError::Empty {
+                what: "sequence length T",
+            });
+        }
+        if b == 0 {
+            return Err(RnnError::Empty {
+                what: "batch size B",
+            });
+        }
+        let (i, h, o, l) = (
+            config.input_size,
+            config.hidden_size,
+            config.output_size,
+            config.num_layers,
+        );
+        if self.x.len() != t * b * i {
+            return Err(shape(
+                "x",
+                format!("[T={t}, B={b}, I={i}] = {}", t * b * i),
+                self.x.len(),
+            ));
+        }
+        finite("x", self.x)?;
+        if let Some(h0) = self.h0 {
+            if h0.len() != l * b * h {
+                return Err(shape(
+                    "h0",
+                    format!("[L={l}, B={b}, H={h}] = {}", l * b * h),
+                    h0.len(),
+                ));
+            }
+            finite("h0", h0)?;
+        }
+        if let Some(lengths) = self.lengths {
+            if lengths.len() != b {
+                return Err(shape("lengths", format!("[B={b}]"), lengths.len()));
+            }
+            if let Some((index, &length)) =
+                lengths.iter().enumerate().find(|&(_, &n)| n == 0 || n > t)
+            {
+                return Err(RnnError::LengthOutOfRange {
+                    index,
+                    length,
+                    seq_len: t,
+                });
+            }
+        }
+        let positions = if loss.many_to_one { b } else { t * b };
+        match (loss.kind, self.target) {
+            (LossKind::Mse, Target::Values(v)) => {
+                if v.len() != positions * o {
+                    let want = if loss.many_to_one {
+                        format!("[B={b}, O={o}]")
+                    } else {
+                        format!("[T={t}, B={b}, O={o}]")
+                    };
+                    return Err(shape("target", want, v.len()));
+                }
+                finite("target", v)?;
+            }
+            (LossKind::CrossEntropy, Target::Classes(c)) => {
+                if c.len() != positions {
+                    let want = if loss.many_to_one {
+                        format!("[B={b}]")
+                    } else {
+                        format!("[T={t}, B={b}]")
+                    };
+                    return Err(shape("target labels", want, c.len()));
+                }
+                for (p, &label) in c.iter().enumerate() {
+                    let (tt, bb) = if loss.many_to_one {
+                        (0, p)
+                    } else {
+                        (p / b, p % b)
+                    };
+                    let scored = loss.many_to_one || self.active(tt, bb);
+                    if scored && label >= o {
+                        return Err(RnnError::LabelOutOfRange {
+                            t: tt,
+                            b: bb,
+                            label,
+                            classes: o,
+                        });
+                    }
+                }
+            }
+            (LossKind::Mse, Target::Classes(_)) => {
+                return Err(RnnError::Config(
+                    "MSE needs float targets, got class labels".into(),
+                ));
+            }
+            (LossKind::CrossEntropy, Target::Values(_)) => {
+                return Err(RnnError::Config(
+                    "cross-entropy needs class labels, got float targets".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn finite<T: Float>(what: &'static str, v: &[T]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(RnnError::NonFiniteInput {
+            what,
+            index,
+            value: v[index].f64(),
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,95 @@
+//! The one error type of the public API.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `rnn-core`, each naming the offending thing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RnnError {
+    /// A buffer or tensor has the wrong size or shape.
+    #[error("shape mismatch for {what}: expected {expected}, got {got}")]
+    ShapeMismatch {
+        /// What was checked (`"x"`, `"target"`, `"rnn.weight_hh_l0"`, ...).
+        what: String,
+        /// The expected shape or length.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// A dimension that must be positive is zero (`T`, `B`, a layer size).
+    #[error("{what} must be at least 1, got 0")]
+    Empty {
+        /// The dimension's name.
+        what: &'static str,
+    },
+    /// A per-sequence length outside `1..=T`.
+    #[error("sequence {index} has length {length}, outside 1..={seq_len}")]
+    LengthOutOfRange {
+        /// The sequence (batch row).
+        index: usize,
+        /// Its length.
+        length: usize,
+        /// The batch's `T`.
+        seq_len: usize,
+    },
+    /// A class label `>= O`.
+    #[error("label {label} at step {t}, sequence {b} is out of range for {classes} classes")]
+    LabelOutOfRange {
+        /// Time step (0 for many-to-one targets).
+        t: usize,
+        /// Sequence.
+        b: usize,
+        /// The label.
+        label: usize,
+        /// The number of classes `O`.
+        classes: usize,
+    },
+    /// A NaN or infinity in an input.
+    #[error("non-finite value {value} in {what} at flat index {index}")]
+    NonFiniteInput {
+        /// Which input.
+        what: &'static str,
+        /// Flat index of the first offending element.
+        index: usize,
+        /// The value (as f64).
+        value: f64,
+    },
+    /// A NaN or infinite loss or gradient: the step was rejected, weights and optimizer state
+    /// are exactly as they were.
+    #[error("non-finite {what} at training step {step}: update rejected, weights unchanged")]
+    NonFinite {
+        /// `"loss"` or `"gradient norm"`.
+        what: &'static str,
+        /// The step number that was rejected (0-based count of completed steps).
+        step: u64,
+    },
+    /// A configuration that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A weight or checkpoint file is malformed, or misses or misshapes a tensor.
+    #[error("bad weight file: {0}")]
+    Format(String),
+}
+
+/// `Result` with [`RnnError`].
+pub type Result<T, E = RnnError> = std::result::Result<T, E>;
+
+pub(crate) fn shape(
+    what: impl Into<String>,
+    expected: impl ToString,
+    got: impl ToString,
+) -> RnnError {
+    RnnError::ShapeMismatch {
+        what: what.into(),
+        expected: expected.to_string(),
+        got: got.to_string(),
+    }
+}

@@ -1,0 +1,115 @@
+//! Parameters in one flat buffer with an offset table, under PyTorch's names.
+//!
+//! Gradients and optimizer state mirror the same layout, so global-norm clipping and the
+//! optimizer update are single passes over flat slices.
+
+use std::ops::Range;
+
+use kernels::Float;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::config::RnnConfig;
+
+/// Where one recurrent layer's tensors live in the flat buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerSlots {
+    /// `weight_ih_l{k}`: `[H, I]` (layer 0) or `[H, H]`.
+    pub w_ih: Range<usize>,
+    /// `weight_hh_l{k}`: `[H, H]`.
+    pub w_hh: Range<usize>,
+    /// `bias_ih_l{k}`: `[H]`.
+    pub b_ih: Range<usize>,
+    /// `bias_hh_l{k}`: `[H]`.
+    pub b_hh: Range<usize>,
+}
+
+/// One named tensor of the layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tensor {
+    /// State-dict name: `rnn.weight_ih_l0`, ..., `head.weight`, `head.bias`.
+    pub name: String,
+    /// PyTorch shape.
+    pub shape: Vec<usize>,
+    /// Elements in the flat buffer.
+    pub range: Range<usize>,
+}
+
+/// The offset table of a model's parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Recurrent layers, bottom first.
+    pub layers: Vec<LayerSlots>,
+    /// `head.weight`: `[O, H]`.
+    pub w_hy: Range<usize>,
+    /// `head.bias`: `[O]`.
+    pub b_y: Range<usize>,
+    /// Every tensor in state-dict order.
+    pub tensors: Vec<Tensor>,
+    /// Total number of scalars.
+    pub len: usize,
+}
+
+impl Layout {
+    /// The layout of `config`.
+    pub fn new(config: &RnnConfig) -> Self {
+        let h = config.hidden_size;
+        let mut tensors = Vec::new();
+        let mut at = 0;
+        let mut push = |name: String, shape: Vec<usize>| {
+            let n: usize = shape.iter().product();
+            let range = at..at + n;
+            at += n;
+            tensors.push(Tensor {
+                name,
+                shape,
+                range: range.clone(),
+            });
+            range
+        };
+        let layers = (0..config.num_layers)
+            .map(|k| LayerSlots {
+                w_ih: push(
+                    format!("rnn.weight_ih_l{k}"),
+                    vec![h, config.layer_input(k)],
+                ),
+                w_hh: push(format!("rnn.weight_hh_l{k}"), vec![h, h]),
+                b_ih: push(format!("rnn.bias_ih_l{k}"), vec![h]),
+                b_hh: push(format!("rnn.bias_hh_l{k}"), vec![h]),
+            })
+            .collect();
+        let w_hy = push("head.weight".into(), vec![config.output_size, h]);
+        let b_y = push("head.bias".into(), vec![config.output_size]);
+        Self {
+            layers,
+            w_hy,
+            b_y,
+            tensors,
+            len: at,
+        }
+    }
+
+    /// The tensor called `name`, if any.
+    pub fn find(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// PyTorch's default initialisation: every recurrent tensor uniform in `±1/sqrt(H)`
+/// (`nn.RNN.reset_parameters`), the head's weight and bias uniform in `±1/sqrt(H)`
+/// (`nn.Linear`: Kaiming-uniform with `a = sqrt(5)` gives the same bound).
+///
+/// ```
+/// use rnn_core::{config::RnnConfig, params::{init_params, Layout}};
+/// let cfg = RnnConfig::new(3, 4, 2);
+/// let p: Vec<f32> = init_params(&cfg, 0);
+/// assert_eq!(p.len(), Layout::new(&cfg).len);
+/// assert!(p.iter().all(|x| x.abs() <= 0.5));
+/// ```
+pub fn init_params<T: Float>(config: &RnnConfig, seed: u64) -> Vec<T> {
+    let layout = Layout::new(config);
+    let bound = 1.0 / (config.hidden_size as f64).sqrt();
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..layout.len)
+        .map(|_| T::of(rng.random_range(-bound..=bound)))
+        .collect()
+}

@@ -1,0 +1,182 @@
+//! One object that owns a model, its gradients, workspace and optimizer, and trains it.
+
+use faer::Par;
+use kernels::{Float, reduce};
+
+use crate::batch::Batch;
+use crate::config::{LossSpec, RnnConfig};
+use crate::error::{Result, RnnError};
+use crate::network::{PassOptions, forward_backward};
+use crate::optim::{Clip, Optimizer, OptimizerKind};
+use crate::params::{Layout, init_params};
+use crate::workspace::Workspace;
+
+/// What one training step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport<T> {
+    /// The loss before the update.
+    pub loss: T,
+    /// The global gradient norm before clipping.
+    pub grad_norm: T,
+    /// The factor clipping applied (1 when it did nothing).
+    pub clip_scale: T,
+}
+
+/// A model with everything needed to train it.
+///
+/// ```
+/// use rnn_core::prelude::*;
+/// let cfg = RnnConfig::new(2, 8, 1);
+/// let mut tr = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::sgd(0.1), 0).unwrap();
+/// let (x, y) = (vec![0.5f32; 4 * 3 * 2], vec![0.25f32; 4 * 3]);
+/// let batch = Batch::new(4, 3, &x, Target::Values(&y));
+/// let first = tr.step(&batch).unwrap().loss;
+/// for _ in 0..20 { tr.step(&batch).unwrap(); }
+/// assert!(tr.step(&batch).unwrap().loss < first);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Trainer<T: Float> {
+    /// The architecture.
+    pub config: RnnConfig,
+    /// The parameter layout.
+    pub layout: Layout,
+    /// Parameters, flat.
+    pub params: Vec<T>,
+    /// Gradients of the last step, flat.
+    pub grads: Vec<T>,
+    /// Activations and temporaries.
+    pub workspace: Workspace<T>,
+    /// The loss.
+    pub loss: LossSpec,
+    /// The optimizer and its state.
+    pub optimizer: Optimizer<T>,
+    /// Gradient clipping.
+    pub clip: Clip<T>,
+    /// Parallelism of the big GEMMs.
+    pub par: Par,
+}
+
+impl<T: Float> Trainer<T> {
+    /// A trainer with PyTorch-style initial weights from `seed`.
+    ///
+    /// # Errors
+    /// [`RnnError::Empty`] if a size in `config` is zero.
+    pub fn new(
+        config: RnnConfig,
+        loss: LossSpec,
+        optimizer: OptimizerKind<T>,
+        seed: u64,
+    ) -> Result<Self> {
+        config.validate()?;
+        let params = init_params(&config, seed);
+        Self::with_params(config, loss, optimizer, params)
+    }
+
+    /// A trainer starting from given parameters (layout of [`Layout::new`]).
+    ///
+    /// # Errors
+    /// [`RnnError::ShapeMismatch`] if `params` has the wrong length.
+    pub fn with_params(
+        config: RnnConfig,
+        loss: LossSpec,
+        optimizer: OptimizerKind<T>,
+        params: Vec<T>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let layout = Layout::new(&config);
+        if params.len() != layout.len {
+            return Err(crate::error::shape("params", layout.len, params.len()));
+        }
+        let n = layout.len;
+        Ok(Self {
+            config,
+            layout,
+            params,
+            grads: vec![T::zero(); n],
+            workspace: Workspace::new(),
+            loss,
+            optimizer: Optimizer::new(optimizer, n),
+            clip: Clip::None,
+            par: Par::Seq,
+        })
+    }
+
+    /// Sets gradient clipping.
+    pub fn with_clip(mut self, clip: Clip<T>) -> Self {
+        self.clip = clip;
+        self
+    }
+
+    /// Sets the number of threads for the big GEMMs (1: sequential). Results are bitwise
+    /// identical for any count.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.par = if threads <= 1 {
+            Par::Seq
+        } else {
+            Par::rayon(threads)
+        };
+        self
+    }
+
+    /// Forward, backward, clipping and one optimizer update.
+    ///
+    /// # Errors
+    /// Validation errors of the batch; [`RnnError::NonFinite`] if the loss or the gradient
+    /// is NaN or infinite — then parameters and optimizer state are exactly as before.
+    pub fn step(&mut self, batch: &Batch<T>) -> Result<StepReport<T>> {
+        let opts = PassOptions {
+            par: self.par,
+            input_grad: false,
+        };
+        let loss = forward_backward(
+            &self.config,
+            &self.layout,
+            &self.params,
+            &mut self.grads,
+            &mut self.workspace,
+            batch,
+            &self.loss,
+            opts,
+        )?;
+        let step = self.optimizer.steps;
+        if !loss.is_finite() {
+            return Err(RnnError::NonFinite { what: "loss", step });
+        }
+        let grad_norm = reduce::sum_squares(&self.grads).sqrt();
+        if !grad_norm.is_finite() {
+            return Err(RnnError::NonFinite {
+                what: "gradient norm",
+                step,
+            });
+        }
+        let clip_scale = self.clip.apply(&mut self.grads, grad_norm);
+        self.optimizer
+            .update(&mut self.params, &self.grads, clip_scale);
+        Ok(StepReport {
+            loss,
+            grad_norm,
+            clip_scale,
+        })
+    }
+
+    /// The loss and gradients of `batch` without updating (gradients land in `self.grads`).
+    ///
+    /// # Errors
+    /// Validation errors of the batch.
+    pub fn loss_and_grads(&mut self, batch: &Batch<T>) -> Result<T> {
+        let opts = PassOptions {
+            par: self.par,
+            input_grad: false,
+        };
+        forward_backward(
+            &self.config,
+            &self.layout,
+            &self.params,
+            &mut self.grads,
+            &mut self.workspace,
+            batch,
+            &self.loss,
+            opts,
+        )
+    }
+}

@@ -1,0 +1,393 @@
+//! Every gradient the engine computes, checked against central finite differences in f64,
+//! for every option and odd shape; and f32 against f64.
+
+use approx::assert_relative_eq;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rnn_core::batch::{Batch, Target};
+use rnn_core::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
+use rnn_core::network::{PassOptions, forward_backward};
+use rnn_core::params::{Layout, init_params};
+use rnn_core::workspace::Workspace;
+
+#[derive(Clone, Debug)]
+struct Case {
+    t: usize,
+    b: usize,
+    i: usize,
+    h: usize,
+    o: usize,
+    layers: usize,
+    act: Nonlinearity,
+    kind: LossKind,
+    reduction: Reduction,
+    many_to_one: bool,
+    lengths: bool,
+    h0: bool,
+}
+
+struct Data {
+    x: Vec<f64>,
+    values: Vec<f64>,
+    classes: Vec<usize>,
+    lengths: Vec<usize>,
+    h0: Vec<f64>,
+}
+
+fn data(c: &Case, rng: &mut StdRng) -> Data {
+    let positions = if c.many_to_one { c.b } else { c.t * c.b };
+    let mut lengths: Vec<usize> = (0..c.b).map(|_| rng.random_range(1..=c.t)).collect();
+    lengths[0] = c.t; // at least one full-length sequence
+    Data {
+        x: (0..c.t * c.b * c.i)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect(),
+        values: (0..positions * c.o)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect(),
+        classes: (0..positions).map(|_| rng.random_range(0..c.o)).collect(),
+        lengths,
+        h0: (0..c.layers * c.b * c.h)
+            .map(|_| rng.random_range(-0.5..0.5))
+            .collect(),
+    }
+}
+
+fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
+    let target = match c.kind {
+        LossKind::Mse => Target::Values(&d.values),
+        LossKind::CrossEntropy => Target::Classes(&d.classes),
+    };
+    Batch {
+        seq_len: c.t,
+        batch: c.b,
+        x: &d.x,
+        target,
+        lengths: c.lengths.then_some(&d.lengths[..]),
+        h0: c.h0.then_some(&d.h0[..]),
+    }
+}
+
+fn check(c: &Case, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cfg = RnnConfig::new(c.i, c.h, c.o)
+        .layers(c.layers)
+        .nonlinearity(c.act);
+    let layout = Layout::new(&cfg);
+    // Larger weights than PyTorch's init make every path matter numerically.
+    let params: Vec<f64> = init_params::<f64>(&cfg, seed)
+        .iter()
+        .map(|p| p * 2.0)
+        .collect();
+    let d = data(c, &mut rng);
+    let spec = LossSpec {
+        kind: c.kind,
+        reduction: c.reduction,
+        many_to_one: c.many_to_one,
+    };
+    let mut ws = Workspace::new();
+    let mut grads = vec![0.0; layout.len];
+    let opts = PassOptions {
+        input_grad: true,
+        ..Default::default()
+    };
+    forward_backward(
+        &cfg,
+        &layout,
+        &params,
+        &mut grads,
+        &mut ws,
+        &batch(c, &d),
+        &spec,
+        opts,
+    )
+    .unwrap();
+    let (dx, dh0) = (ws.dx.clone(), ws.dh0.clone());
+
+    let eps = 1e-6;
+    let mut scratch = vec![0.0; layout.len];
+    let mut loss_at = |p: &[f64], d: &Data| {
+        let mut ws = Workspace::new();
+        forward_backward(
+            &cfg,
+            &layout,
+            p,
+            &mut scratch,
+            &mut ws,
+            &batch(c, d),
+            &spec,
+            PassOptions::default(),
+        )
+        .unwrap()
+    };
+    let close = |analytic: f64, numeric: f64, what: &str| {
+        assert!(
+            (analytic - numeric).abs() <= 1e-7 + 1e-5 * numeric.abs().max(analytic.abs()),
+            "{c:?}: {what}: analytic {analytic} vs numeric {numeric}"
+        );
+    };
+    for tensor in &layout.tensors {
+        for idx in tensor.range.clone() {
+            let mut p = params.clone();
+            p[idx] += eps;
+            let up = loss_at(&p, &d);
+            p[idx] -= 2.0 * eps;
+            let down = loss_at(&p, &d);
+            close(
+                grads[idx],
+                (up - down) / (2.0 * eps),
+                &format!("{}[{}]", tensor.name, idx - tensor.range.start),
+            );
+        }
+    }
+    let mut perturbed = |field: fn(&mut Data) -> &mut Vec<f64>, idx: usize, delta: f64| {
+        let mut dd = data(c, &mut StdRng::seed_from_u64(seed)); // the same draw as `d`
+        field(&mut dd)[idx] += delta;
+        loss_at(&params, &dd)
+    };
+    for idx in 0..d.x.len() {
+        let numeric =
+            (perturbed(|d| &mut d.x, idx, eps) - perturbed(|d| &mut d.x, idx, -eps)) / (2.0 * eps);
+        close(dx[idx], numeric, &format!("x[{idx}]"));
+    }
+    if c.h0 {
+        for idx in 0..d.h0.len() {
+            let numeric = (perturbed(|d| &mut d.h0, idx, eps)
+                - perturbed(|d| &mut d.h0, idx, -eps))
+                / (2.0 * eps);
+            close(dh0[idx], numeric, &format!("h0[{idx}]"));
+        }
+    }
+}
+
+fn base() -> Case {
+    Case {
+        t: 4,
+        b: 3,
+        i: 3,
+        h: 5,
+        o: 3,
+        layers: 1,
+        act: Nonlinearity::Tanh,
+        kind: LossKind::Mse,
+        reduction: Reduction::Mean,
+        many_to_one: false,
+        lengths: false,
+        h0: true,
+    }
+}
+
+#[test]
+fn every_option_matches_finite_differences() {
+    let mut seed = 0;
+    for act in [Nonlinearity::Tanh, Nonlinearity::Relu] {
+        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+            for many_to_one in [false, true] {
+                for lengths in [false, true] {
+                    for reduction in [Reduction::Mean, Reduction::Sum] {
+                        seed += 1;
+                        check(
+                            &Case {
+                                act,
+                                kind,
+                                many_to_one,
+                                lengths,
+                                reduction,
+                                ..base()
+                            },
+                            seed,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn stacked_layers_match_finite_differences() {
+    for layers in [2, 3] {
+        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+            check(
+                &Case {
+                    layers,
+                    kind,
+                    lengths: true,
+                    ..base()
+                },
+                100 + layers as u64,
+            );
+            check(
+                &Case {
+                    layers,
+                    kind,
+                    many_to_one: true,
+                    act: Nonlinearity::Relu,
+                    ..base()
+                },
+                200 + layers as u64,
+            );
+        }
+    }
+}
+
+#[test]
+fn odd_shapes_match_finite_differences() {
+    // B = 1 (the GEMV path), T = 1, sizes that are not multiples of any vector width,
+    // H = 17 straddles a 16-lane register.
+    for (t, b, i, h, o) in [
+        (1, 1, 1, 1, 1),
+        (1, 3, 2, 4, 2),
+        (5, 1, 2, 17, 3),
+        (3, 2, 17, 9, 5),
+        (2, 5, 1, 33, 2),
+    ] {
+        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+            check(
+                &Case {
+                    t,
+                    b,
+                    i,
+                    h,
+                    o,
+                    kind,
+                    ..base()
+                },
+                (t * 100 + b * 10 + h) as u64,
+            );
+            check(
+                &Case {
+                    t,
+                    b,
+                    i,
+                    h,
+                    o,
+                    kind,
+                    h0: false,
+                    many_to_one: true,
+                    ..base()
+                },
+                (t * 7 + h) as u64,
+            );
+        }
+    }
+}
+
+/// Without a given h0 the engine still reports dL/dh0: it equals the gradient at h0 = 0.
+#[test]
+fn zero_h0_gradient_equals_explicit_zero_state() {
+    let c = Case {
+        h0: false,
+        layers: 2,
+        ..base()
+    };
+    let cfg = RnnConfig::new(c.i, c.h, c.o).layers(2);
+    let layout = Layout::new(&cfg);
+    let params = init_params::<f64>(&cfg, 9);
+    let d = data(&c, &mut StdRng::seed_from_u64(9));
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let zeros = vec![0.0; c.layers * c.b * c.h];
+    let run = |h0: Option<&[f64]>| {
+        let mut ws = Workspace::new();
+        let mut g = vec![0.0; layout.len];
+        let b = Batch {
+            h0,
+            ..batch(&c, &d)
+        };
+        let l = forward_backward(
+            &cfg,
+            &layout,
+            &params,
+            &mut g,
+            &mut ws,
+            &b,
+            &spec,
+            PassOptions::default(),
+        )
+        .unwrap();
+        (l, g, ws.dh0)
+    };
+    let (l1, g1, d1) = run(None);
+    let (l2, g2, d2) = run(Some(&zeros));
+    assert_eq!((l1, g1), (l2, g2));
+    assert_eq!(d1, d2);
+    assert!(d1.iter().any(|v| *v != 0.0));
+}
+
+/// The f32 engine agrees with the f64 one to f32 precision.
+#[test]
+fn f32_agrees_with_f64() {
+    for (b, kind) in [
+        (1, LossKind::Mse),
+        (4, LossKind::CrossEntropy),
+        (16, LossKind::Mse),
+    ] {
+        let c = Case {
+            t: 20,
+            b,
+            i: 7,
+            h: 33,
+            o: 5,
+            kind,
+            lengths: b > 1,
+            layers: 2,
+            ..base()
+        };
+        let cfg = RnnConfig::new(c.i, c.h, c.o).layers(c.layers);
+        let layout = Layout::new(&cfg);
+        let p64 = init_params::<f64>(&cfg, 5);
+        let p32: Vec<f32> = p64.iter().map(|&v| v as f32).collect();
+        let d = data(&c, &mut StdRng::seed_from_u64(5));
+        let spec = LossSpec {
+            kind,
+            reduction: Reduction::Mean,
+            many_to_one: false,
+        };
+        let mut g64 = vec![0.0; layout.len];
+        let l64 = forward_backward(
+            &cfg,
+            &layout,
+            &p64,
+            &mut g64,
+            &mut Workspace::new(),
+            &batch(&c, &d),
+            &spec,
+            PassOptions::default(),
+        )
+        .unwrap();
+        let x32: Vec<f32> = d.x.iter().map(|&v| v as f32).collect();
+        let v32: Vec<f32> = d.values.iter().map(|&v| v as f32).collect();
+        let h32: Vec<f32> = d.h0.iter().map(|&v| v as f32).collect();
+        let target = match kind {
+            LossKind::Mse => Target::Values(&v32[..]),
+            LossKind::CrossEntropy => Target::Classes(&d.classes[..]),
+        };
+        let b32 = Batch {
+            seq_len: c.t,
+            batch: c.b,
+            x: &x32,
+            target,
+            lengths: c.lengths.then_some(&d.lengths[..]),
+            h0: Some(&h32),
+        };
+        let mut g32 = vec![0.0f32; layout.len];
+        let l32 = forward_backward(
+            &cfg,
+            &layout,
+            &p32,
+            &mut g32,
+            &mut Workspace::new(),
+            &b32,
+            &spec,
+            PassOptions::default(),
+        )
+        .unwrap();
+        assert_relative_eq!(l32 as f64, l64, max_relative = 1e-5);
+        let scale = g64.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in g32.iter().zip(&g64).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() <= 1e-5 * scale,
+                "grad {i}: f32 {a} vs f64 {b}"
+            );
+        }
+    }
+}
