@@ -1,1 +1,368 @@
-//! placeholder
+//! Weights and checkpoints in safetensors, with PyTorch's state-dict names.
+//!
+//! A model's file holds `rnn.weight_ih_l{k}`, `rnn.weight_hh_l{k}`, `rnn.bias_ih_l{k}`,
+//! `rnn.bias_hh_l{k}`, `head.weight`, `head.bias` (the names of a PyTorch module with
+//! submodules `rnn = nn.RNN(...)` and `head = nn.Linear(...)`), so
+//! `safetensors.torch.save_file(model.state_dict(), path)` loads here and our files load into
+//! PyTorch. F32 and F64 tensors are accepted and converted to the model's type.
+//!
+//! Files are written atomically: to a temporary file in the same folder, flushed to disk,
+//! then renamed over the target, so a crash leaves either the old or the new file.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use kernels::Float;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::config::{Nonlinearity, RnnConfig};
+use crate::error::{Result, RnnError, shape};
+use crate::optim::Optimizer;
+use crate::params::Layout;
+
+/// Reads a whole file, naming it in the error.
+///
+/// # Errors
+/// [`RnnError::Io`].
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|source| RnnError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses safetensors bytes (header and every offset are checked against the buffer).
+///
+/// # Errors
+/// [`RnnError::Format`] for anything malformed.
+pub fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>> {
+    SafeTensors::deserialize(bytes)
+        .map_err(|e| RnnError::Format(format!("not a valid safetensors file: {e}")))
+}
+
+/// Tensor `name` as floats of type `T` (from F32 or F64), with its shape.
+///
+/// # Errors
+/// [`RnnError::Format`] if it is missing or not a float tensor.
+pub fn float_tensor<T: Float>(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<T>, Vec<usize>)> {
+    let view = st
+        .tensor(name)
+        .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
+    let data = view.data();
+    let values = match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| T::of(f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| T::of(f64::from_le_bytes(c.try_into().expect("8 bytes"))))
+            .collect(),
+        other => {
+            return Err(RnnError::Format(format!(
+                "tensor {name:?} has dtype {other:?}, expected F32 or F64"
+            )));
+        }
+    };
+    Ok((values, view.shape().to_vec()))
+}
+
+/// Tensor `name` as integers (from I64 or I32), with its shape.
+///
+/// # Errors
+/// [`RnnError::Format`] if it is missing or not an integer tensor.
+pub fn int_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+    let view = st
+        .tensor(name)
+        .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
+    let data = view.data();
+    let values = match view.dtype() {
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+            .collect(),
+        other => {
+            return Err(RnnError::Format(format!(
+                "tensor {name:?} has dtype {other:?}, expected I64 or I32"
+            )));
+        }
+    };
+    Ok((values, view.shape().to_vec()))
+}
+
+/// The parameters of `layout` from a parsed file, every tensor checked by name and shape.
+///
+/// # Errors
+/// [`RnnError::Format`] for a missing tensor or wrong dtype, [`RnnError::ShapeMismatch`] for
+/// a misshapen one.
+pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Vec<T>> {
+    let mut params = vec![T::zero(); layout.len];
+    for t in &layout.tensors {
+        let (values, got) = float_tensor::<T>(st, &t.name)?;
+        if got != t.shape {
+            return Err(shape(
+                t.name.clone(),
+                format!("{:?}", t.shape),
+                format!("{got:?}"),
+            ));
+        }
+        params[t.range.clone()].copy_from_slice(&values);
+    }
+    Ok(params)
+}
+
+/// A tensor to write: dtype, shape and little-endian bytes.
+#[derive(Clone, Debug)]
+pub struct OwnedTensor {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian data.
+    pub bytes: Vec<u8>,
+}
+
+impl OwnedTensor {
+    /// A float tensor, stored as `T`'s own dtype.
+    pub fn float<T: Float>(shape: Vec<usize>, values: &[T]) -> Self {
+        let dtype = if T::BYTES == 4 {
+            Dtype::F32
+        } else {
+            Dtype::F64
+        };
+        Self {
+            dtype,
+            shape,
+            bytes: bytemuck::cast_slice(values).to_vec(),
+        }
+    }
+}
+
+/// Serializes named tensors with metadata to `path`, atomically.
+///
+/// # Errors
+/// [`RnnError::Io`] if the file cannot be written, [`RnnError::Format`] if serialization fails.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, OwnedTensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(n, t)| {
+            Ok((
+                n.clone(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                    .map_err(|e| RnnError::Format(e.to_string()))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| RnnError::Format(e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+///
+/// # Errors
+/// [`RnnError::Io`].
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| RnnError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("not a file path")))?;
+    let mut tmp_name = file_name.to_os_string();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp: PathBuf = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// The model's tensors under their PyTorch names.
+pub fn param_tensors<T: Float>(layout: &Layout, params: &[T]) -> Vec<(String, OwnedTensor)> {
+    layout
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                OwnedTensor::float(t.shape.clone(), &params[t.range.clone()]),
+            )
+        })
+        .collect()
+}
+
+/// The metadata describing `config` (`cell`, `layers`, `nonlinearity`, sizes).
+pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
+    HashMap::from([
+        ("cell".into(), "rnn".into()),
+        ("layers".into(), config.num_layers.to_string()),
+        ("nonlinearity".into(), config.nonlinearity.as_str().into()),
+        ("input_size".into(), config.input_size.to_string()),
+        ("hidden_size".into(), config.hidden_size.to_string()),
+        ("output_size".into(), config.output_size.to_string()),
+    ])
+}
+
+/// The architecture of a file: `layers` and `nonlinearity` from metadata (defaults 1 and
+/// tanh) and the sizes from the tensors' shapes, as PyTorch's own files carry no sizes.
+///
+/// # Errors
+/// [`RnnError::Format`] if the metadata or the first layer's tensors are missing or bad.
+pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) -> Result<RnnConfig> {
+    let layers = match metadata.get("layers") {
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| RnnError::Format(format!("metadata layers = {s:?} is not a number")))?,
+        None => 1,
+    };
+    let nonlinearity = match metadata.get("nonlinearity") {
+        Some(s) => Nonlinearity::parse(s).map_err(|e| RnnError::Format(e.to_string()))?,
+        None => Nonlinearity::Tanh,
+    };
+    if let Some(cell) = metadata.get("cell").filter(|c| c.as_str() != "rnn") {
+        return Err(RnnError::Format(format!(
+            "cell {cell:?} is not supported (this build has: rnn)"
+        )));
+    }
+    let dims = |name: &str| -> Result<Vec<usize>> {
+        let v = st
+            .tensor(name)
+            .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
+        Ok(v.shape().to_vec())
+    };
+    let w_ih = dims("rnn.weight_ih_l0")?;
+    let w_hy = dims("head.weight")?;
+    if w_ih.len() != 2 || w_hy.len() != 2 {
+        return Err(RnnError::Format(
+            "rnn.weight_ih_l0 and head.weight must be 2-D".into(),
+        ));
+    }
+    let config = RnnConfig {
+        input_size: w_ih[1],
+        hidden_size: w_ih[0],
+        num_layers: layers,
+        output_size: w_hy[0],
+        nonlinearity,
+    };
+    config
+        .validate()
+        .map_err(|e| RnnError::Format(e.to_string()))?;
+    Ok(config)
+}
+
+/// Saves a model's weights (PyTorch names, the model's float type) to `path`, atomically.
+///
+/// # Errors
+/// [`RnnError::Io`] / [`RnnError::Format`].
+pub fn save_weights<T: Float>(path: &Path, config: &RnnConfig, params: &[T]) -> Result<()> {
+    write_tensors(
+        path,
+        &param_tensors(&Layout::new(config), params),
+        config_metadata(config),
+    )
+}
+
+/// Loads a model's weights: the architecture from the file, every tensor checked.
+///
+/// # Errors
+/// [`RnnError::Io`], [`RnnError::Format`], [`RnnError::ShapeMismatch`].
+pub fn load_weights<T: Float>(path: &Path) -> Result<(RnnConfig, Vec<T>)> {
+    let bytes = read_bytes(path)?;
+    let st = parse(&bytes)?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| RnnError::Format(e.to_string()))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let config = infer_config(&st, &metadata)?;
+    let params = load_params(&st, &Layout::new(&config))?;
+    Ok((config, params))
+}
+
+/// Saves weights, optimizer state (`optim.state1`, `optim.state2`) and its step count.
+///
+/// # Errors
+/// [`RnnError::Io`] / [`RnnError::Format`].
+pub fn save_checkpoint<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &[T],
+    optimizer: &Optimizer<T>,
+) -> Result<()> {
+    let mut tensors = param_tensors(&Layout::new(config), params);
+    tensors.push((
+        "optim.state1".into(),
+        OwnedTensor::float(vec![optimizer.state1.len()], &optimizer.state1),
+    ));
+    tensors.push((
+        "optim.state2".into(),
+        OwnedTensor::float(vec![optimizer.state2.len()], &optimizer.state2),
+    ));
+    let mut meta = config_metadata(config);
+    meta.insert("optim.steps".into(), optimizer.steps.to_string());
+    write_tensors(path, &tensors, meta)
+}
+
+/// Loads a checkpoint into `params` and `optimizer` (whose kind and hyper-parameters stay
+/// as given); the file's architecture must equal `config`.
+///
+/// # Errors
+/// [`RnnError::Io`], [`RnnError::Format`] (including an architecture mismatch),
+/// [`RnnError::ShapeMismatch`].
+pub fn load_checkpoint<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &mut Vec<T>,
+    optimizer: &mut Optimizer<T>,
+) -> Result<()> {
+    let bytes = read_bytes(path)?;
+    let st = parse(&bytes)?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| RnnError::Format(e.to_string()))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let found = infer_config(&st, &metadata)?;
+    if found != *config {
+        return Err(RnnError::Format(format!(
+            "checkpoint is for {found:?}, the model is {config:?}"
+        )));
+    }
+    let new_params = load_params(&st, &Layout::new(config))?;
+    let (s1, _) = float_tensor::<T>(&st, "optim.state1")?;
+    let (s2, _) = float_tensor::<T>(&st, "optim.state2")?;
+    if s1.len() != optimizer.state1.len() || s2.len() != optimizer.state2.len() {
+        return Err(RnnError::Format(format!(
+            "optimizer state of {}+{} values does not fit this optimizer ({}+{})",
+            s1.len(),
+            s2.len(),
+            optimizer.state1.len(),
+            optimizer.state2.len()
+        )));
+    }
+    let steps = metadata
+        .get("optim.steps")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            RnnError::Format("metadata optim.steps is missing or not a number".into())
+        })?;
+    *params = new_params;
+    optimizer.state1 = s1;
+    optimizer.state2 = s2;
+    optimizer.steps = steps;
+    Ok(())
+}

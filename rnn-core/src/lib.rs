@@ -34,6 +34,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod dump;
 pub mod error;
 pub mod io;
 pub mod network;

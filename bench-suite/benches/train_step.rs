@@ -1,0 +1,63 @@
+//! One full training step per workload, tokens/s (`cargo bench -p bench-suite`), beside a
+//! same-run faer GEMM (512x512x512) for the hardware's rate.
+
+use std::hint::black_box;
+
+use bench_suite::WORKLOADS;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use faer::{Accum, Par};
+use kernels::gemm::{GemmShape, gemm_nn};
+
+fn train_step(c: &mut Criterion) {
+    let only: Option<String> = std::env::var("BENCH_WORKLOADS").ok();
+    for w in WORKLOADS {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == w.name))
+        {
+            continue;
+        }
+        for threads in [1usize] {
+            let mut group = c.benchmark_group(format!("rnn_{}_t{threads}", w.name));
+            group.throughput(Throughput::Elements(w.tokens() as u64));
+            if w.t * w.h * w.h * w.b > 50_000_000 {
+                group.sample_size(10);
+            }
+            let data = w.data();
+            let mut trainer = w.trainer(threads);
+            group.bench_function(BenchmarkId::from_parameter(w.t), |b| {
+                b.iter(|| trainer.step(black_box(&data.batch())).unwrap())
+            });
+            group.finish();
+        }
+    }
+}
+
+fn gemm_reference(c: &mut Criterion) {
+    let n = 512;
+    let (a, b) = (vec![0.5f32; n * n], vec![0.25f32; n * n]);
+    let mut out = vec![0.0f32; n * n];
+    let mut group = c.benchmark_group("gemm_reference_512");
+    group.throughput(Throughput::Elements((2 * n * n * n) as u64));
+    group.bench_function("faer_seq", |bch| {
+        bch.iter(|| {
+            gemm_nn(
+                &mut out,
+                Accum::Replace,
+                black_box(&a),
+                black_box(&b),
+                GemmShape::new(n, n, n),
+                Par::Seq,
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(15).warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = gemm_reference, train_step
+}
+criterion_main!(benches);

@@ -1,0 +1,188 @@
+//! The `grad_dump` file contract: loss, outputs and every gradient of one batch described
+//! by a safetensors file, for checking against PyTorch and for users porting a model.
+//!
+//! ```text
+//! cargo run --release -p rnn-core --example grad_dump -- IN.safetensors OUT.safetensors
+//! ```
+//!
+//! IN holds the parameters (`rnn.*`, `head.*`), `x` [T,B,I], `h0` [L,B,H], `target` (mse:
+//! floats [T,B,O] or [B,O] when many-to-one; ce: int64 labels [T,B] or [B]), optionally
+//! `lengths` int64 [B], and metadata `cell` (rnn), `layers`, `nonlinearity` (tanh|relu),
+//! `loss` (mse|ce), `many_to_one` (true|false), `reduction` (mean|sum). It computes in the
+//! float type of `x` (F32 or F64) and writes `out.loss` [1], `out.y`, `out.h_last` [L,B,H],
+//! `grad.<parameter>` for every parameter, `grad.x` and `grad.h0`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::batch::{Batch, Target};
+use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
+use crate::error::{Result, RnnError};
+use crate::io::{self, OwnedTensor};
+use crate::network::{PassOptions, forward_backward};
+use crate::params::Layout;
+use crate::workspace::Workspace;
+use kernels::Float;
+use safetensors::tensor::{Dtype, SafeTensors};
+
+fn meta<'a>(m: &'a HashMap<String, String>, key: &str, default: &'a str) -> &'a str {
+    m.get(key).map_or(default, String::as_str)
+}
+
+fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
+    let kind = match meta(m, "loss", "mse") {
+        "mse" => LossKind::Mse,
+        "ce" => LossKind::CrossEntropy,
+        other => {
+            return Err(RnnError::Format(format!(
+                "metadata loss = {other:?}, expected mse or ce"
+            )));
+        }
+    };
+    let many_to_one = match meta(m, "many_to_one", "false") {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(RnnError::Format(format!(
+                "metadata many_to_one = {other:?}, expected true or false"
+            )));
+        }
+    };
+    let reduction = match meta(m, "reduction", "mean") {
+        "mean" => Reduction::Mean,
+        "sum" => Reduction::Sum,
+        other => {
+            return Err(RnnError::Format(format!(
+                "metadata reduction = {other:?}, expected mean or sum"
+            )));
+        }
+    };
+    Ok(LossSpec {
+        kind,
+        reduction,
+        many_to_one,
+    })
+}
+
+fn non_negative(name: &str, v: Vec<i64>) -> Result<Vec<usize>> {
+    v.into_iter()
+        .map(|x| {
+            usize::try_from(x)
+                .map_err(|_| RnnError::Format(format!("{name} holds a negative value {x}")))
+        })
+        .collect()
+}
+
+fn run<T: Float>(
+    st: &SafeTensors<'_>,
+    m: &HashMap<String, String>,
+) -> Result<Vec<(String, OwnedTensor)>> {
+    let config: RnnConfig = io::infer_config(st, m)?;
+    let spec = loss_spec(m)?;
+    let layout = Layout::new(&config);
+    let params = io::load_params::<T>(st, &layout)?;
+    let (x, x_shape) = io::float_tensor::<T>(st, "x")?;
+    if x_shape.len() != 3 {
+        return Err(RnnError::Format(format!(
+            "x must be [T, B, I], got shape {x_shape:?}"
+        )));
+    }
+    let (t, b) = (x_shape[0], x_shape[1]);
+    let (h0, _) = io::float_tensor::<T>(st, "h0")?;
+    let lengths = match st.tensor("lengths") {
+        Ok(_) => Some(non_negative("lengths", io::int_tensor(st, "lengths")?.0)?),
+        Err(_) => None,
+    };
+    let (values, classes);
+    let target = match spec.kind {
+        LossKind::Mse => {
+            values = io::float_tensor::<T>(st, "target")?.0;
+            Target::Values(&values[..])
+        }
+        LossKind::CrossEntropy => {
+            classes = non_negative("target", io::int_tensor(st, "target")?.0)?;
+            Target::Classes(&classes[..])
+        }
+    };
+    let batch = Batch {
+        seq_len: t,
+        batch: b,
+        x: &x,
+        target,
+        lengths: lengths.as_deref(),
+        h0: Some(&h0),
+    };
+    let mut ws = Workspace::new();
+    let mut grads = vec![T::zero(); layout.len];
+    let opts = PassOptions {
+        input_grad: true,
+        ..Default::default()
+    };
+    let loss = forward_backward(
+        &config, &layout, &params, &mut grads, &mut ws, &batch, &spec, opts,
+    )?;
+
+    let (h, o, l) = (config.hidden_size, config.output_size, config.num_layers);
+    let y_shape = if spec.many_to_one {
+        vec![b, o]
+    } else {
+        vec![t, b, o]
+    };
+    let mut h_last = Vec::with_capacity(l * b * h);
+    for layer in &ws.layers {
+        h_last.extend_from_slice(&layer.hs[t * b * h..(t + 1) * b * h]);
+    }
+    let mut out = vec![
+        ("out.loss".to_string(), OwnedTensor::float(vec![1], &[loss])),
+        ("out.y".to_string(), OwnedTensor::float(y_shape, &ws.y)),
+        (
+            "out.h_last".to_string(),
+            OwnedTensor::float(vec![l, b, h], &h_last),
+        ),
+        (
+            "grad.x".to_string(),
+            OwnedTensor::float(x_shape.clone(), &ws.dx),
+        ),
+        (
+            "grad.h0".to_string(),
+            OwnedTensor::float(vec![l, b, h], &ws.dh0),
+        ),
+    ];
+    for tensor in &layout.tensors {
+        out.push((
+            format!("grad.{}", tensor.name),
+            OwnedTensor::float(tensor.shape.clone(), &grads[tensor.range.clone()]),
+        ));
+    }
+    Ok(out)
+}
+
+/// Runs the file contract above on the bytes of an IN file and returns OUT's tensors.
+///
+/// # Errors
+/// A typed error for anything malformed in the file, or invalid in the batch it describes.
+pub fn grad_dump(bytes: &[u8]) -> Result<Vec<(String, OwnedTensor)>> {
+    let st = io::parse(&bytes)?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| RnnError::Format(e.to_string()))?;
+    let m = header.metadata().clone().unwrap_or_default();
+    let x = st
+        .tensor("x")
+        .map_err(|_| RnnError::Format("missing tensor \"x\"".into()))?;
+    match x.dtype() {
+        Dtype::F32 => run::<f32>(&st, &m),
+        Dtype::F64 => run::<f64>(&st, &m),
+        other => Err(RnnError::Format(format!(
+            "x has dtype {other:?}, expected F32 or F64"
+        ))),
+    }
+}
+
+/// Reads IN, runs [`grad_dump`], writes OUT atomically.
+///
+/// # Errors
+/// As [`grad_dump`], plus I/O errors naming the file.
+pub fn grad_dump_file(input: &Path, output: &Path) -> Result<()> {
+    let tensors = grad_dump(&io::read_bytes(input)?)?;
+    io::write_tensors(output, &tensors, HashMap::new())
+}

@@ -1,0 +1,117 @@
+//! Parity with PyTorch: fixtures made by `scripts/torch_fixtures.py` (torch 2.15, CPU) in
+//! grad_dump's format; every output and gradient must match.
+
+use std::path::PathBuf;
+
+use rnn_core::dump::grad_dump;
+use rnn_core::io;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn check(name: &str, tol: f64) {
+    let input = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
+    let got = grad_dump(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let want_bytes = io::read_bytes(&fixture(&format!("{name}.expected.safetensors"))).unwrap();
+    let want = io::parse(&want_bytes).unwrap();
+    let want_names = want.names();
+    assert_eq!(
+        got.len(),
+        want_names.len(),
+        "{name}: tensor count (got {:?})",
+        got.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    for (tensor, out) in &got {
+        let (expected, shape) =
+            io::float_tensor::<f64>(&want, tensor).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(shape, out.shape, "{name}: shape of {tensor}");
+        let values: Vec<f64> = if out.bytes.len() == expected.len() * 4 {
+            out.bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect()
+        } else {
+            out.bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let scale = expected.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in values.iter().zip(&expected).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * scale,
+                "{name}: {tensor}[{i}] = {g}, PyTorch {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tanh_mse() {
+    check("tanh_mse", 1e-12);
+}
+
+#[test]
+fn relu_ce_two_layers() {
+    check("relu_ce_2layers", 1e-12);
+}
+
+#[test]
+fn packed_lengths_ce_three_layers() {
+    check("lengths_ce_3layers", 1e-12);
+}
+
+#[test]
+fn packed_lengths_mse_sum() {
+    check("lengths_mse_sum", 1e-12);
+}
+
+#[test]
+fn many_to_one_ce_with_lengths() {
+    check("many_to_one_ce_lengths", 1e-12);
+}
+
+#[test]
+fn many_to_one_mse_relu_sum() {
+    check("many_to_one_mse_relu", 1e-12);
+}
+
+#[test]
+fn batch_one_f32() {
+    check("batch1_f32", 2e-5);
+}
+
+#[test]
+fn batch_eight_ce_f32() {
+    check("batch8_ce_f32", 2e-5);
+}
+
+/// A PyTorch file round-trips: loaded weights saved again load back identically.
+#[test]
+fn pytorch_weights_roundtrip() {
+    let bytes = io::read_bytes(&fixture("relu_ce_2layers.in.safetensors")).unwrap();
+    let st = io::parse(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let config = io::infer_config(&st, &header.metadata().clone().unwrap()).unwrap();
+    assert_eq!(
+        (
+            config.input_size,
+            config.hidden_size,
+            config.num_layers,
+            config.output_size
+        ),
+        (3, 5, 2, 4)
+    );
+    let params = io::load_params::<f64>(&st, &rnn_core::params::Layout::new(&config)).unwrap();
+    let dir = std::env::temp_dir().join(format!("rnn-core-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    io::save_weights(&path, &config, &params).unwrap();
+    let (config2, params2) = io::load_weights::<f64>(&path).unwrap();
+    assert_eq!(config2, config);
+    assert_eq!(params2, params);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Writes PyTorch parity fixtures for rnn-core's grad_dump format.
+
+    pip install torch safetensors numpy && python3 scripts/torch_fixtures.py
+
+For each case: rnn-core/tests/fixtures/<name>.in.safetensors (grad_dump's input) and
+<name>.expected.safetensors (what PyTorch computes: out.loss, out.y, out.h_last, grad.*).
+Variable lengths go through pack_padded_sequence, as a PyTorch user would write it.
+"""
+import os
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "fixtures")
+
+
+class Model(nn.Module):
+    def __init__(self, i, h, o, layers, nonlinearity):
+        super().__init__()
+        self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity)
+        self.head = nn.Linear(h, o)
+
+
+def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
+         reduction="mean", lengths=None, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    m = Model(I, H, O, layers, nonlinearity).to(dtype)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    h0 = (0.5 * torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True)
+    if lengths is not None:
+        lens = torch.tensor(lengths, dtype=torch.int64)
+        packed = pack_padded_sequence(x, lens, enforce_sorted=False)
+        out, hn = m.rnn(packed, h0)
+        out, _ = pad_packed_sequence(out, total_length=T)
+        valid = (torch.arange(T)[:, None] < lens[None, :])  # [T, B]
+    else:
+        out, hn = m.rnn(x, h0)
+        valid = torch.ones(T, B, dtype=torch.bool)
+    y = m.head(hn[-1]) if many_to_one else m.head(out)
+    scored = torch.ones(B, dtype=torch.bool) if many_to_one else valid
+    if loss == "mse":
+        target = torch.randn(*y.shape, dtype=dtype)
+        se = ((y - target) ** 2) * scored[..., None]
+        value = se.sum() / (scored.sum() * O) if reduction == "mean" else se.sum()
+        stored_target = target
+    else:
+        labels = torch.randint(0, O, scored.shape)
+        ignore = torch.where(scored, labels, torch.full_like(labels, -100))
+        value = F.cross_entropy(y.reshape(-1, O), ignore.reshape(-1), reduction=reduction, ignore_index=-100)
+        stored_target = torch.where(scored, labels, torch.zeros_like(labels))  # unscored: any valid label
+    value.backward()
+
+    inputs = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+    inputs["x"] = x.detach().clone()
+    inputs["h0"] = h0.detach().clone()
+    inputs["target"] = stored_target.detach().clone().contiguous()
+    if lengths is not None:
+        inputs["lengths"] = torch.tensor(lengths, dtype=torch.int64)
+    meta = {"cell": "rnn", "layers": str(layers), "nonlinearity": nonlinearity, "loss": loss,
+            "many_to_one": "true" if many_to_one else "false", "reduction": reduction}
+    save_file(inputs, os.path.join(OUT, f"{name}.in.safetensors"), metadata=meta)
+
+    expected = {"out.loss": value.detach().reshape(1), "out.y": y.detach().contiguous(),
+                "out.h_last": hn.detach().contiguous(), "grad.x": x.grad, "grad.h0": h0.grad}
+    for k, p in m.named_parameters():
+        expected[f"grad.{k}"] = p.grad
+    save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(OUT, f"{name}.expected.safetensors"))
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    case("tanh_mse", 5, 3, 4, 6, 3)
+    case("relu_ce_2layers", 6, 4, 3, 5, 4, layers=2, nonlinearity="relu", loss="ce", seed=1)
+    case("lengths_ce_3layers", 5, 3, 4, 7, 5, layers=3, loss="ce", lengths=[5, 2, 4], seed=2)
+    case("lengths_mse_sum", 6, 4, 2, 5, 2, lengths=[3, 6, 1, 4], reduction="sum", seed=3)
+    case("many_to_one_ce_lengths", 7, 3, 3, 9, 4, layers=2, loss="ce", many_to_one=True, lengths=[7, 3, 5], seed=4)
+    case("many_to_one_mse_relu", 4, 2, 3, 6, 2, nonlinearity="relu", many_to_one=True, reduction="sum", seed=5)
+    case("batch1_f32", 9, 1, 5, 17, 3, dtype=torch.float32, seed=6)
+    case("batch8_ce_f32", 12, 8, 7, 33, 6, loss="ce", layers=2, dtype=torch.float32, seed=7)
+    print("fixtures written to", os.path.normpath(OUT))
