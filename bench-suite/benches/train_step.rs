@@ -17,7 +17,8 @@ fn train_step(c: &mut Criterion) {
         {
             continue;
         }
-        for threads in [1usize] {
+        {
+            let threads = 1usize;
             let mut group = c.benchmark_group(format!("rnn_{}_t{threads}", w.name));
             group.throughput(Throughput::Elements(w.tokens() as u64));
             if w.t * w.h * w.h * w.b > 50_000_000 {

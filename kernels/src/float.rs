@@ -10,9 +10,15 @@
 //! the edges that training relies on: `tanh` is exactly `±1` past saturation, odd, keeps `-0`,
 //! and NaN in gives NaN out.
 
+// Cephes' coefficients are kept exactly as published, so they can be checked against the source.
+#![allow(clippy::excessive_precision)]
+
 use core::fmt::{Debug, Display};
 
 use pulp::Simd;
+
+/// A slice split into whole registers and a shorter tail.
+pub(crate) type Split<'a, T, S> = (&'a [<T as Float>::Lanes<S>], &'a [T]);
 
 /// A floating-point element type the kernels support: `f32` (first-class) or `f64`.
 ///

@@ -253,7 +253,7 @@ fn gemv_rows<T: Float, S: Simd>(simd: S, z: &mut [T], accum: Accum, a: &[T], b: 
     let (b_blocks, b_rest) = b.split_at(blocks.len() * 4 * n);
     for (coef, rows) in blocks.iter().zip(b_blocks.chunks_exact(4 * n)) {
         let c: [T::Lanes<S>; 4] = core::array::from_fn(|r| T::splat(simd, coef[r]));
-        let r: [(&[T::Lanes<S>], &[T]); 4] =
+        let r: [crate::float::Split<'_, T, S>; 4] =
             core::array::from_fn(|i| T::as_simd::<S>(&rows[i * n..(i + 1) * n]));
         let (zv, zt) = T::as_mut_simd::<S>(z);
         for (j, zj) in zv.iter_mut().enumerate() {

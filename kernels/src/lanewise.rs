@@ -47,7 +47,7 @@ impl<T: Float, F: Lanewise<T, N>, const N: usize> WithSimd for ZipRows<'_, T, F,
             let at = r * row_len;
             let ins: [&[T]; N] = core::array::from_fn(|j| &inputs[j][at..at + out_row.len()]);
             let (out_v, out_t) = T::as_mut_simd::<S>(out_row);
-            let split: [(&[T::Lanes<S>], &[T]); N] =
+            let split: [crate::float::Split<'_, T, S>; N] =
                 core::array::from_fn(|j| T::as_simd::<S>(ins[j]));
             let (row_v, row_t) = match row_vec {
                 Some(v) => T::as_simd::<S>(v),
@@ -92,7 +92,8 @@ pub(crate) fn zip_rows<T: Float, F: Lanewise<T, N>, const N: usize>(
     }
     if let Some(v) = row_vec {
         assert!(
-            (v.is_empty() && dst.is_empty()) || (!v.is_empty() && dst.len() % v.len() == 0),
+            (v.is_empty() && dst.is_empty())
+                || (!v.is_empty() && dst.len().is_multiple_of(v.len())),
             "dst length {} is not a whole number of rows of {}",
             dst.len(),
             v.len()

@@ -50,7 +50,7 @@ impl<T: Float> WithSimd for SoftmaxCeRow<'_, T> {
         if !et.is_empty() {
             let e = T::vexp(s, T::vsub(s, T::partial_load(s, xt), mv));
             T::partial_store(s, et, e);
-            total = total + et.iter().fold(T::zero(), |a, &b| a + b);
+            total += et.iter().fold(T::zero(), |a, &b| a + b);
         }
         // Pass 3: softmax * scale, then subtract scale at the label.
         let k = T::splat(s, scale / total);
@@ -61,7 +61,7 @@ impl<T: Float> WithSimd for SoftmaxCeRow<'_, T> {
             let e = T::vmul(s, T::partial_load(s, et), k);
             T::partial_store(s, et, e);
         }
-        dlogits[label] = dlogits[label] - scale;
+        dlogits[label] -= scale;
         // loss = log Σ exp(x) - x[label] = log(total) + max - x[label]
         total.ln() + max - logits[label]
     }
@@ -106,13 +106,12 @@ pub fn softmax_cross_entropy<T: Float>(
         .zip(labels)
     {
         assert!(label < classes, "label {label} >= classes {classes}");
-        loss = loss
-            + crate::arch::dispatch(SoftmaxCeRow {
-                dlogits: d,
-                logits: x,
-                label,
-                scale,
-            });
+        loss += crate::arch::dispatch(SoftmaxCeRow {
+            dlogits: d,
+            logits: x,
+            label,
+            scale,
+        });
     }
     loss
 }
@@ -151,7 +150,7 @@ pub fn squared_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) ->
     let mut sse = T::zero();
     for (&a, &b) in y.iter().zip(target) {
         let d = a - b;
-        sse = sse + d * d;
+        sse += d * d;
     }
     sse
 }

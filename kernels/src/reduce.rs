@@ -81,7 +81,7 @@ impl<T: Float> Lanewise<T, 0> for AddRow {
 pub fn col_sums<T: Float>(dst: &mut [T], accum: Accum, src: &[T]) {
     let cols = dst.len();
     assert!(
-        (cols == 0 && src.is_empty()) || (cols > 0 && src.len() % cols == 0),
+        (cols == 0 && src.is_empty()) || (cols > 0 && src.len().is_multiple_of(cols)),
         "col_sums: src length {} is not a multiple of {cols}",
         src.len()
     );

@@ -223,7 +223,7 @@ fn layer_backward<T: Float>(
                     .iter_mut()
                     .zip(&g_t[bb * h..(bb + 1) * h])
                 {
-                    *d = *d + *g;
+                    *d += *g;
                 }
             }
         }
@@ -298,22 +298,15 @@ fn loss_forward_backward<T: Float>(
         }
         for (lo, hi) in rows {
             let r = block.start + lo * o..block.start + hi * o;
-            total = total
-                + match batch.target {
-                    Target::Values(v) => {
-                        kloss::squared_error(&mut ws.dy[r.clone()], &ws.y[r.clone()], &v[r], scale)
-                    }
-                    Target::Classes(c) => {
-                        let labels = &c[t * b + lo..t * b + hi];
-                        kloss::softmax_cross_entropy(
-                            &mut ws.dy[r.clone()],
-                            &ws.y[r],
-                            labels,
-                            o,
-                            scale,
-                        )
-                    }
-                };
+            total += match batch.target {
+                Target::Values(v) => {
+                    kloss::squared_error(&mut ws.dy[r.clone()], &ws.y[r.clone()], &v[r], scale)
+                }
+                Target::Classes(c) => {
+                    let labels = &c[t * b + lo..t * b + hi];
+                    kloss::softmax_cross_entropy(&mut ws.dy[r.clone()], &ws.y[r], labels, o, scale)
+                }
+            };
         }
     }
     total * scale

@@ -1,0 +1,343 @@
+//! The public API's promises: typed errors for bad input, rejected non-finite steps that
+//! leave everything untouched, bitwise determinism across thread counts, checkpoints.
+
+use rnn_core::io;
+use rnn_core::prelude::*;
+
+fn trainer(opt: OptimizerKind<f32>) -> Trainer<f32> {
+    Trainer::new(
+        RnnConfig::new(3, 8, 4).layers(2),
+        LossSpec::every_step(LossKind::CrossEntropy),
+        opt,
+        7,
+    )
+    .unwrap()
+}
+
+fn data(t: usize, b: usize) -> (Vec<f32>, Vec<usize>) {
+    let x = (0..t * b * 3)
+        .map(|k| ((k * 37 % 100) as f32) / 50.0 - 1.0)
+        .collect();
+    let y = (0..t * b).map(|k| k * 7 % 4).collect();
+    (x, y)
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let mut tr = trainer(OptimizerKind::sgd(0.1));
+    let (x, y) = data(5, 2);
+    let ok = Batch::new(5, 2, &x, Target::Classes(&y));
+    let err = |b: Batch<f32>, tr: &mut Trainer<f32>| tr.step(&b).unwrap_err();
+
+    assert!(matches!(
+        err(Batch { seq_len: 0, ..ok }, &mut tr),
+        RnnError::Empty {
+            what: "sequence length T"
+        }
+    ));
+    assert!(matches!(
+        err(Batch { batch: 0, ..ok }, &mut tr),
+        RnnError::Empty {
+            what: "batch size B"
+        }
+    ));
+    let e = err(Batch { x: &x[1..], ..ok }, &mut tr);
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "x"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("[T=5, B=2, I=3]"), "{e}");
+    let e = err(
+        Batch {
+            target: Target::Classes(&y[1..]),
+            ..ok
+        },
+        &mut tr,
+    );
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "target labels"),
+        "{e}"
+    );
+    let mut bad_y = y.clone();
+    bad_y[7] = 4;
+    let e = err(
+        Batch {
+            target: Target::Classes(&bad_y),
+            ..ok
+        },
+        &mut tr,
+    );
+    assert!(
+        matches!(
+            e,
+            RnnError::LabelOutOfRange {
+                t: 3,
+                b: 1,
+                label: 4,
+                classes: 4
+            }
+        ),
+        "{e}"
+    );
+    for bad in [[0usize, 5], [6, 5]] {
+        let e = err(
+            Batch {
+                lengths: Some(&bad),
+                ..ok
+            },
+            &mut tr,
+        );
+        assert!(
+            matches!(e, RnnError::LengthOutOfRange { seq_len: 5, .. }),
+            "{e}"
+        );
+    }
+    let e = err(
+        Batch {
+            lengths: Some(&[5]),
+            ..ok
+        },
+        &mut tr,
+    );
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "lengths"),
+        "{e}"
+    );
+    let mut nan_x = x.clone();
+    nan_x[4] = f32::NAN;
+    let e = err(Batch { x: &nan_x, ..ok }, &mut tr);
+    assert!(
+        matches!(
+            e,
+            RnnError::NonFiniteInput {
+                what: "x",
+                index: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let h0 = vec![f32::INFINITY; 2 * 2 * 8];
+    assert!(matches!(
+        err(
+            Batch {
+                h0: Some(&h0),
+                ..ok
+            },
+            &mut tr
+        ),
+        RnnError::NonFiniteInput { what: "h0", .. }
+    ));
+    assert!(matches!(
+        err(
+            Batch {
+                h0: Some(&h0[1..]),
+                ..ok
+            },
+            &mut tr
+        ),
+        RnnError::ShapeMismatch { .. }
+    ));
+    let vals = vec![0.0f32; 40];
+    assert!(matches!(
+        err(
+            Batch {
+                target: Target::Values(&vals),
+                ..ok
+            },
+            &mut tr
+        ),
+        RnnError::Config(_)
+    ));
+    // A label past a sequence's end is not scored, so it may be anything.
+    let mut padded = y.clone();
+    padded[9] = 99; // t = 4, b = 1
+    tr.step(&Batch {
+        target: Target::Classes(&padded),
+        lengths: Some(&[5, 4]),
+        ..ok
+    })
+    .unwrap();
+    assert!(RnnConfig::new(0, 4, 2).validate().is_err());
+}
+
+#[test]
+fn non_finite_loss_rejects_the_step_and_keeps_everything() {
+    for opt in [
+        OptimizerKind::sgd(0.1),
+        OptimizerKind::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: true,
+        },
+        OptimizerKind::adam(0.01),
+    ] {
+        let mut tr = trainer(opt);
+        let (x, y) = data(5, 2);
+        tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap();
+        let (params, s1, s2, steps) = (
+            tr.params.clone(),
+            tr.optimizer.state1.clone(),
+            tr.optimizer.state2.clone(),
+            tr.optimizer.steps,
+        );
+        // Huge weights overflow the logits to infinity: the loss is not finite.
+        let w = tr.layout.w_hy.clone();
+        let saved = tr.params[w.clone()].to_vec();
+        tr.params[w.clone()].iter_mut().for_each(|p| *p = f32::MAX);
+        let params_bad = tr.params.clone();
+        let e = tr
+            .step(&Batch::new(5, 2, &x, Target::Classes(&y)))
+            .unwrap_err();
+        assert!(matches!(e, RnnError::NonFinite { step: 1, .. }), "{e}");
+        assert!(e.to_string().contains("weights unchanged"));
+        assert_eq!(
+            tr.params.iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
+            params_bad.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (
+                &tr.optimizer.state1,
+                &tr.optimizer.state2,
+                tr.optimizer.steps
+            ),
+            (&s1, &s2, steps)
+        );
+        tr.params[w].copy_from_slice(&saved);
+        assert_eq!(tr.params, params);
+        tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap(); // training goes on
+    }
+}
+
+#[test]
+fn one_and_two_threads_give_bitwise_identical_weights() {
+    let run = |threads: usize| {
+        let cfg = RnnConfig::new(6, 96, 10).layers(2);
+        let mut tr = Trainer::<f32>::new(
+            cfg,
+            LossSpec::every_step(LossKind::CrossEntropy),
+            OptimizerKind::adam(1e-2),
+            3,
+        )
+        .unwrap()
+        .with_clip(Clip::Norm(1.0))
+        .with_threads(threads);
+        for step in 0..5 {
+            let (t, b) = (24, 16);
+            let x: Vec<f32> = (0..t * b * 6)
+                .map(|k| (((k + step) * 7919 % 1000) as f32) / 500.0 - 1.0)
+                .collect();
+            let y: Vec<usize> = (0..t * b).map(|k| (k + step) * 13 % 10).collect();
+            tr.step(&Batch::new(t, b, &x, Target::Classes(&y))).unwrap();
+        }
+        tr.params.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
+    };
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let one = pool(1).install(|| run(1));
+    let two = pool(2).install(|| run(2));
+    assert_eq!(one, two);
+}
+
+#[test]
+fn clipping_by_norm_and_value() {
+    let mut tr = trainer(OptimizerKind::sgd(0.0)).with_clip(Clip::Norm(1e-3));
+    let (x, y) = data(5, 2);
+    let r = tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap();
+    assert!(r.grad_norm > 1e-3);
+    assert!((r.clip_scale * r.grad_norm - 1e-3).abs() < 1e-6);
+    let mut tr = trainer(OptimizerKind::sgd(0.0)).with_clip(Clip::Value(1e-4));
+    tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap();
+    assert!(tr.grads.iter().all(|g| g.abs() <= 1e-4));
+    assert!(tr.grads.iter().any(|g| g.abs() == 1e-4));
+}
+
+#[test]
+fn learning_rate_changes_between_steps() {
+    let mut tr = trainer(OptimizerKind::sgd(0.1));
+    tr.optimizer.kind.set_lr(0.0);
+    let before = tr.params.clone();
+    let (x, y) = data(5, 2);
+    tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap();
+    assert_eq!(tr.params, before);
+    assert_eq!(tr.optimizer.kind.lr(), 0.0);
+}
+
+#[test]
+fn checkpoint_roundtrip_resumes_exactly() {
+    let dir = std::env::temp_dir().join(format!("rnn-core-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ckpt.safetensors");
+    let (x, y) = data(5, 2);
+    let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+    let mut a = trainer(OptimizerKind::adam(0.01));
+    for _ in 0..3 {
+        a.step(&batch).unwrap();
+    }
+    io::save_checkpoint(&path, &a.config, &a.params, &a.optimizer).unwrap();
+    assert!(
+        std::fs::read_dir(&dir).unwrap().count() == 1,
+        "no temporary file left behind"
+    );
+    let mut b = trainer(OptimizerKind::adam(0.01));
+    io::load_checkpoint(&path, &b.config.clone(), &mut b.params, &mut b.optimizer).unwrap();
+    for _ in 0..2 {
+        a.step(&batch).unwrap();
+        b.step(&batch).unwrap();
+    }
+    assert_eq!(a.params, b.params);
+    assert_eq!(a.optimizer.state2, b.optimizer.state2);
+
+    // A model of another shape, a truncated file, a missing file: clear errors.
+    let mut other = Trainer::<f32>::new(
+        RnnConfig::new(3, 9, 4),
+        LossSpec::every_step(LossKind::Mse),
+        OptimizerKind::adam(0.1),
+        0,
+    )
+    .unwrap();
+    let cfg = other.config;
+    let e = io::load_checkpoint(&path, &cfg, &mut other.params, &mut other.optimizer).unwrap_err();
+    assert!(matches!(e, RnnError::Format(_)), "{e}");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(
+        io::load_weights::<f32>(&path).unwrap_err(),
+        RnnError::Format(_)
+    ));
+    assert!(matches!(
+        io::load_weights::<f32>(&dir.join("missing")).unwrap_err(),
+        RnnError::Io { .. }
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn misnamed_or_misshapen_tensors_are_named() {
+    let cfg = RnnConfig::new(3, 4, 2);
+    let params = rnn_core::params::init_params::<f32>(&cfg, 0);
+    let layout = rnn_core::params::Layout::new(&cfg);
+    let mut tensors = io::param_tensors(&layout, &params);
+    tensors[1].1.shape = vec![2, 8];
+    let dir = std::env::temp_dir().join(format!("rnn-core-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    io::write_tensors(&path, &tensors, io::config_metadata(&cfg)).unwrap();
+    let e = io::load_weights::<f32>(&path).unwrap_err();
+    assert!(e.to_string().contains("rnn.weight_hh_l0"), "{e}");
+    tensors[1].1.shape = vec![4, 4];
+    tensors[1].0 = "rnn.weight_hh_l0_typo".into();
+    io::write_tensors(&path, &tensors, io::config_metadata(&cfg)).unwrap();
+    let e = io::load_weights::<f32>(&path).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing tensor \"rnn.weight_hh_l0\""),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
