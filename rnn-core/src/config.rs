@@ -56,6 +56,9 @@ pub struct RnnConfig {
     pub output_size: usize,
     /// The recurrent activation.
     pub nonlinearity: Nonlinearity,
+    /// Learn the initial state: a parameter `rnn.h0` `[L, H]` (zeros at first) broadcast over the
+    /// batch whenever a batch gives no `h0` of its own.
+    pub learn_h0: bool,
 }
 
 impl RnnConfig {
@@ -67,6 +70,7 @@ impl RnnConfig {
             num_layers: 1,
             output_size,
             nonlinearity: Nonlinearity::Tanh,
+            learn_h0: false,
         }
     }
 
@@ -79,6 +83,12 @@ impl RnnConfig {
     /// Sets the activation.
     pub fn nonlinearity(mut self, nonlinearity: Nonlinearity) -> Self {
         self.nonlinearity = nonlinearity;
+        self
+    }
+
+    /// Makes the initial state a learned parameter.
+    pub fn learned_h0(mut self) -> Self {
+        self.learn_h0 = true;
         self
     }
 

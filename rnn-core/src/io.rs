@@ -218,6 +218,7 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
         ("input_size".into(), config.input_size.to_string()),
         ("hidden_size".into(), config.hidden_size.to_string()),
         ("output_size".into(), config.output_size.to_string()),
+        ("learn_h0".into(), config.learn_h0.to_string()),
     ])
 }
 
@@ -261,6 +262,7 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
         num_layers: layers,
         output_size: w_hy[0],
         nonlinearity,
+        learn_h0: st.tensor("rnn.h0").is_ok(),
     };
     config
         .validate()

@@ -61,7 +61,13 @@ pub fn forward<T: Float>(
         } else {
             &below[k - 1].hs[b * h..]
         };
-        let h0 = batch.h0.map(|h0| &h0[k * b * h..(k + 1) * b * h]);
+        let h0 = match (batch.h0, &layout.h0) {
+            (Some(h0), _) => InitialState::PerSequence(&h0[k * b * h..(k + 1) * b * h]),
+            (None, Some(learned)) => {
+                InitialState::Broadcast(&params[learned.start + k * h..learned.start + (k + 1) * h])
+            }
+            (None, None) => InitialState::Zeros,
+        };
         layer_forward(
             config,
             layout,
@@ -104,6 +110,15 @@ pub fn forward<T: Float>(
     }
 }
 
+/// Where a layer's `h_{-1}` comes from.
+enum InitialState<'a, T> {
+    Zeros,
+    /// `[B, H]`, given with the batch.
+    PerSequence(&'a [T]),
+    /// `[H]`, a learned state shared by every sequence.
+    Broadcast(&'a [T]),
+}
+
 /// One layer forward: `Z = X W_ihᵀ` (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ` and
 /// `h_t = act(Z_t + b_ih + b_hh)`. Sequences past their length keep their state.
 ///
@@ -115,7 +130,7 @@ fn layer_forward<T: Float>(
     k: usize,
     buf: &mut LayerBuffers<T>,
     input: &[T],
-    h0: Option<&[T]>,
+    h0: InitialState<'_, T>,
     batch: &Batch<T>,
     par: Par,
 ) {
@@ -145,8 +160,11 @@ fn layer_forward<T: Float>(
         par,
     );
     match h0 {
-        Some(h0) => buf.hs[..step].copy_from_slice(h0),
-        None => buf.hs[..step].fill(T::zero()),
+        InitialState::PerSequence(h0) => buf.hs[..step].copy_from_slice(h0),
+        InitialState::Broadcast(h0) => buf.hs[..step]
+            .chunks_exact_mut(h)
+            .for_each(|row| row.copy_from_slice(h0)),
+        InitialState::Zeros => buf.hs[..step].fill(T::zero()),
     }
     let recurrent = GemmShape::new(b, h, h);
     for t in 0..t_len {

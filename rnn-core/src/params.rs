@@ -43,6 +43,8 @@ pub struct Layout {
     pub w_hy: Range<usize>,
     /// `head.bias`: `[O]`.
     pub b_y: Range<usize>,
+    /// `rnn.h0`: `[L, H]`, the learned initial state (when the config asks for one).
+    pub h0: Option<Range<usize>>,
     /// Every tensor in state-dict order.
     pub tensors: Vec<Tensor>,
     /// Total number of scalars.
@@ -79,10 +81,14 @@ impl Layout {
             .collect();
         let w_hy = push("head.weight".into(), vec![config.output_size, h]);
         let b_y = push("head.bias".into(), vec![config.output_size]);
+        let h0 = config
+            .learn_h0
+            .then(|| push("rnn.h0".into(), vec![config.num_layers, h]));
         Self {
             layers,
             w_hy,
             b_y,
+            h0,
             tensors,
             len: at,
         }
@@ -96,7 +102,8 @@ impl Layout {
 
 /// PyTorch's default initialisation: every recurrent tensor uniform in `±1/sqrt(H)`
 /// (`nn.RNN.reset_parameters`), the head's weight and bias uniform in `±1/sqrt(H)`
-/// (`nn.Linear`: Kaiming-uniform with `a = sqrt(5)` gives the same bound).
+/// (`nn.Linear`: Kaiming-uniform with `a = sqrt(5)` gives the same bound). A learned `h0`
+/// starts at zero.
 ///
 /// ```
 /// use rnn_core::{config::RnnConfig, params::{init_params, Layout}};
@@ -104,12 +111,19 @@ impl Layout {
 /// let p: Vec<f32> = init_params(&cfg, 0);
 /// assert_eq!(p.len(), Layout::new(&cfg).len);
 /// assert!(p.iter().all(|x| x.abs() <= 0.5));
+/// let learned: Vec<f32> = init_params(&cfg.learned_h0(), 0);
+/// assert_eq!(&learned[..p.len()], &p[..]); // same draw for the shared tensors
+/// assert!(learned[p.len()..].iter().all(|&x| x == 0.0));
 /// ```
 pub fn init_params<T: Float>(config: &RnnConfig, seed: u64) -> Vec<T> {
     let layout = Layout::new(config);
     let bound = 1.0 / (config.hidden_size as f64).sqrt();
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..layout.len)
+    let mut params: Vec<T> = (0..layout.len)
         .map(|_| T::of(rng.random_range(-bound..=bound)))
-        .collect()
+        .collect();
+    if let Some(h0) = layout.h0 {
+        params[h0].fill(T::zero());
+    }
+    params
 }

@@ -23,6 +23,7 @@ struct Case {
     many_to_one: bool,
     lengths: bool,
     h0: bool,
+    learn_h0: bool,
 }
 
 struct Data {
@@ -173,6 +174,7 @@ fn base() -> Case {
         many_to_one: false,
         lengths: false,
         h0: true,
+        learn_h0: false,
     }
 }
 
@@ -270,6 +272,40 @@ fn odd_shapes_match_finite_differences() {
             );
         }
     }
+}
+
+/// A learned initial state (`rnn.h0`, broadcast over the batch) gets the gradient summed over
+/// sequences; `check` perturbs it like every other parameter.
+#[test]
+fn learned_h0_matches_finite_differences() {
+    for (layers, kind, lengths) in [
+        (1, LossKind::Mse, false),
+        (2, LossKind::CrossEntropy, true),
+        (3, LossKind::Mse, true),
+    ] {
+        check(
+            &Case {
+                layers,
+                kind,
+                lengths,
+                h0: false,
+                learn_h0: true,
+                ..base()
+            },
+            300 + layers as u64,
+        );
+    }
+    check(
+        &Case {
+            b: 1,
+            t: 1,
+            h0: false,
+            learn_h0: true,
+            many_to_one: true,
+            ..base()
+        },
+        399,
+    );
 }
 
 /// Without a given h0 the engine still reports dL/dh0: it equals the gradient at h0 = 0.

@@ -1,0 +1,32 @@
+//! Runs training steps of one workload in a loop, for profilers:
+//! `cargo run --release -p bench-suite --example profile_step -- medium 50 [threads]`.
+
+use std::time::Instant;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let name = args.next().unwrap_or_else(|| "medium".into());
+    let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let threads: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let Some(w) = bench_suite::Workload::named(&name) else {
+        eprintln!(
+            "unknown workload {name:?}; known: {:?}",
+            bench_suite::WORKLOADS.map(|w| w.name)
+        );
+        std::process::exit(2);
+    };
+    let data = w.data();
+    let mut trainer = w.trainer(threads);
+    trainer.step(&data.batch()).expect("step");
+    let start = Instant::now();
+    for _ in 0..steps {
+        trainer.step(&data.batch()).expect("step");
+    }
+    let secs = start.elapsed().as_secs_f64() / steps as f64;
+    println!(
+        "{name}: {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+        secs * 1e3,
+        w.tokens() as f64 / secs,
+        w.flops() / secs / 1e9
+    );
+}
