@@ -110,6 +110,10 @@ fn pytorch_weights_roundtrip() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("w.safetensors");
     io::save_weights(&path, &config, &params).unwrap();
+    // `scripts/check_export.py` loads this copy into PyTorch with load_state_dict(strict=True).
+    if let Some(out) = std::env::var_os("RNN_EXPORT_TO") {
+        std::fs::copy(&path, out).unwrap();
+    }
     let (config2, params2) = io::load_weights::<f64>(&path).unwrap();
     assert_eq!(config2, config);
     assert_eq!(params2, params);
