@@ -9,7 +9,7 @@ use rnn_core::prelude::*;
 /// One benchmark workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workload {
-    /// Name as in workloads.md.
+    /// Name as in workloads.md (or a sweep's, like `medium_t4096`).
     pub name: &'static str,
     /// Steps.
     pub t: usize,
@@ -58,10 +58,41 @@ pub const WORKLOADS: [Workload; 9] = [
     w("seq1024", 1024, 32, 64, 256, 64, LossKind::CrossEntropy),
 ];
 
+/// Sweeps around the medium shape: sequence length, hidden size, batch size.
+pub const SWEEPS: [Workload; 7] = [
+    w(
+        "medium_t4096",
+        4096,
+        32,
+        64,
+        256,
+        64,
+        LossKind::CrossEntropy,
+    ),
+    w("medium_h128", 100, 32, 64, 128, 64, LossKind::CrossEntropy),
+    w("medium_h512", 100, 32, 64, 512, 64, LossKind::CrossEntropy),
+    w(
+        "medium_h1024",
+        100,
+        32,
+        64,
+        1024,
+        64,
+        LossKind::CrossEntropy,
+    ),
+    w("medium_b1", 100, 1, 64, 256, 64, LossKind::CrossEntropy),
+    w("medium_b8", 100, 8, 64, 256, 64, LossKind::CrossEntropy),
+    w("medium_b128", 100, 128, 64, 256, 64, LossKind::CrossEntropy),
+];
+
 impl Workload {
-    /// Looks a workload up by name.
+    /// Looks a workload up by name, in [`WORKLOADS`] then [`SWEEPS`].
     pub fn named(name: &str) -> Option<Workload> {
-        WORKLOADS.iter().copied().find(|w| w.name == name)
+        WORKLOADS
+            .iter()
+            .chain(&SWEEPS)
+            .copied()
+            .find(|w| w.name == name)
     }
 
     /// Matrix-multiply flops of one vanilla-RNN training step: `T B (4 I H + 6 H² + 6 H O)`.
@@ -123,5 +154,139 @@ impl WorkloadData {
             LossKind::CrossEntropy => Target::Classes(&self.classes),
         };
         Batch::new(self.w.t, self.w.b, &self.x, target)
+    }
+}
+
+/// One benchmark record (`cargo xtask bench --json` writes an array of these).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// `rnn` (`lstm`, `gru` as they land).
+    pub cell: &'static str,
+    /// Workload name (workloads.md's, or a sweep's like `medium_t4096`).
+    pub workload: String,
+    /// Steps.
+    pub t: usize,
+    /// Batch.
+    pub b: usize,
+    /// Inputs.
+    pub i: usize,
+    /// Hidden.
+    pub h: usize,
+    /// Outputs.
+    pub o: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Median tokens per second.
+    pub tokens_per_s: f64,
+    /// Achieved matrix-multiply GFLOP/s.
+    pub gflops: f64,
+    /// `gflops` over the same-run faer GEMM rate at the same thread count.
+    pub peak_fraction: f64,
+    /// The same-run GEMM rate (GFLOP/s).
+    pub gemm_gflops: f64,
+    /// Peak resident memory of the measuring process.
+    pub peak_rss_bytes: u64,
+}
+
+impl Record {
+    /// The record as one JSON object (field names are the `--json` contract).
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"cell\":\"{}\",\"workload\":\"{}\",\"T\":{},\"B\":{},\"I\":{},\"H\":{},\"O\":{},\"threads\":{},\
+             \"tokens_per_s\":{:.1},\"gflops\":{:.3},\"peak_fraction\":{:.4},\"gemm_gflops\":{:.3},\"peak_rss_bytes\":{}}}",
+            self.cell,
+            self.workload,
+            self.t,
+            self.b,
+            self.i,
+            self.h,
+            self.o,
+            self.threads,
+            self.tokens_per_s,
+            self.gflops,
+            self.peak_fraction,
+            self.gemm_gflops,
+            self.peak_rss_bytes
+        )
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures `w` at `threads`: rounds alternate a faer GEMM reference (512³, same thread
+/// count) with training steps, so noise from a shared machine hits both; the medians give
+/// tokens/s and the fraction of the same-run GEMM rate.
+pub fn measure(w: &Workload, threads: usize, min_secs: f64) -> Record {
+    use faer::{Accum, Par};
+    use kernels::gemm::{GemmShape, gemm_nn};
+    use std::time::Instant;
+
+    let data = w.data();
+    let mut trainer = w.trainer(threads);
+    let par = if threads <= 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    };
+    let n = 512;
+    let (a, b) = (vec![0.5f32; n * n], vec![0.25f32; n * n]);
+    let mut c = vec![0.0f32; n * n];
+    let mut gemm = || {
+        let start = Instant::now();
+        gemm_nn(&mut c, Accum::Replace, &a, &b, GemmShape::new(n, n, n), par);
+        start.elapsed().as_secs_f64()
+    };
+    let warm = Instant::now();
+    trainer.step(&data.batch()).expect("workload step");
+    // Steps per round: enough for ~20 ms, so a round measures warm caches, not the GEMM's
+    // eviction of them.
+    let per_round = (0.02 / warm.elapsed().as_secs_f64())
+        .ceil()
+        .clamp(1.0, 1000.0) as usize;
+    gemm();
+    let (mut steps, mut gemms) = (Vec::new(), Vec::new());
+    let begin = Instant::now();
+    while steps.len() < 5 || (begin.elapsed().as_secs_f64() < min_secs && steps.len() < 1000) {
+        gemms.push((0..3).map(|_| gemm()).fold(f64::INFINITY, f64::min));
+        let start = Instant::now();
+        for _ in 0..per_round {
+            trainer.step(&data.batch()).expect("workload step");
+        }
+        steps.push(start.elapsed().as_secs_f64() / per_round as f64);
+    }
+    let (step, gemm_s) = (median(steps), median(gemms));
+    let gemm_gflops = 2.0 * (n * n * n) as f64 / gemm_s / 1e9;
+    let gflops = w.flops() / step / 1e9;
+    Record {
+        cell: "rnn",
+        workload: w.name.to_string(),
+        t: w.t,
+        b: w.b,
+        i: w.i,
+        h: w.h,
+        o: w.o,
+        threads,
+        tokens_per_s: w.tokens() as f64 / step,
+        gflops,
+        peak_fraction: gflops / gemm_gflops,
+        gemm_gflops,
+        peak_rss_bytes: peak_rss_bytes(),
     }
 }

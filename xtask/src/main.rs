@@ -1,40 +1,450 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
-//! Tasks land with their issues; today only `ci` (what `.ci/run` does) exists.
+//! - `bench`: runs the benchmark suite (`--quick` in under 3 minutes), prints a table and
+//!   writes `target/bench-report/{report.json, report.md, tokens_vs_seq_len_<cell>.svg}`;
+//!   `--json PATH` writes the records as a JSON array; `--peer torch` runs the same workloads
+//!   in PyTorch; `--check` compares with the committed baseline; `--update-baseline` writes it.
+//! - `ci`: what `.ci/run` does.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-fn run(args: &[&str]) -> bool {
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the benchmark suite and write the report.
+    Bench(BenchArgs),
+    /// Tests, formatting and lints, as CI runs them.
+    Ci,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The small set (under 3 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the records as a JSON array to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Run the same workloads in a peer framework (`torch`) and print the ratio.
+    #[arg(long, value_name = "PEER")]
+    peer: Option<String>,
+    /// Compare with the committed baseline for this machine; exit non-zero on a regression.
+    #[arg(long)]
+    check: bool,
+    /// Write the measured records as this machine's baseline.
+    #[arg(long)]
+    update_baseline: bool,
+    /// Seconds to measure each record (at least 5 steps).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+}
+
+/// A geometric-mean drop of the GEMM-relative ratio beyond this fails `--check`.
+const CHECK_GEOMEAN_TOLERANCE: f64 = 0.12;
+/// A single record dropping beyond this fails `--check`.
+const CHECK_RECORD_TOLERANCE: f64 = 0.25;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> bool {
     eprintln!("+ cargo {}", args.join(" "));
     Command::new(env!("CARGO"))
         .args(args)
+        .current_dir(root())
         .status()
         .is_ok_and(|s| s.success())
 }
 
+/// (workload, threads) pairs of a run.
+fn plan(args: &BenchArgs) -> Vec<(&'static str, usize)> {
+    if args.check {
+        return vec![("tiny", 1), ("small", 1), ("medium", 1), ("seq64", 1)];
+    }
+    let mut p: Vec<(&str, usize)> = ["tiny", "small", "medium", "seq16", "seq64", "seq256"]
+        .iter()
+        .map(|&w| (w, 1))
+        .collect();
+    p.push(("medium", 2));
+    if !args.quick {
+        for w in [
+            "char",
+            "large",
+            "seq1024",
+            "medium_t4096",
+            "medium_h128",
+            "medium_h512",
+            "medium_h1024",
+            "medium_b1",
+            "medium_b8",
+            "medium_b128",
+        ] {
+            p.push((w, 1));
+        }
+        for w in ["tiny", "small", "char", "large"] {
+            p.push((w, 2));
+        }
+    }
+    p
+}
+
+fn machine_key() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown-cpu".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slug: String = cpu
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let slug = slug
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    format!("{slug}-{cores}c")
+}
+
+fn baseline_path() -> PathBuf {
+    root()
+        .join("bench-suite/baselines")
+        .join(format!("{}.json", machine_key()))
+}
+
+fn key(r: &Value) -> String {
+    format!(
+        "{}/{}/t{}",
+        r["cell"].as_str().unwrap_or("?"),
+        r["workload"].as_str().unwrap_or("?"),
+        r["threads"]
+    )
+}
+
+fn peer_torch(plan: &[(&str, usize)]) -> Result<BTreeMap<String, f64>, String> {
+    let ok = Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        return Err("--peer torch: `import torch` fails in python3; install it with `pip install torch` and retry".into());
+    }
+    let mut out = BTreeMap::new();
+    for &(w, threads) in plan {
+        let o = Command::new("python3")
+            .arg(root().join("scripts/torch_bench.py"))
+            .args([w, &threads.to_string()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!(
+                "torch_bench.py {w}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let v: Value =
+            serde_json::from_slice(&o.stdout).map_err(|e| format!("torch_bench.py output: {e}"))?;
+        out.insert(
+            format!("rnn/{w}/t{threads}"),
+            v["tokens_per_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(out)
+}
+
+fn svg(records: &[Value], cell: &str) -> String {
+    let mut pts: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for r in records.iter().filter(|r| {
+        r["cell"] == cell && r["threads"] == 1 && r["B"] == 32 && r["H"] == 256 && r["I"] == 64
+    }) {
+        pts.insert(
+            r["T"].as_u64().unwrap_or(0),
+            (
+                r["T"].as_f64().unwrap_or(1.0),
+                r["tokens_per_s"].as_f64().unwrap_or(0.0),
+            ),
+        );
+    }
+    let (w, h, pad) = (640.0, 360.0, 60.0);
+    let xs: Vec<f64> = pts.values().map(|p| p.0.log2()).collect();
+    let ymax = pts.values().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let (x0, x1) = (
+        xs.iter().cloned().fold(f64::INFINITY, f64::min),
+        xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+    );
+    let sx = |x: f64| pad + (x - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * pad);
+    let sy = |y: f64| h - pad - y / ymax * (h - 2.0 * pad);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{cell}: tokens/s against sequence length (B=32, I=64, H=256, O=64, 1 thread)</text>",
+        w / 2.0
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>",
+        h - pad,
+        w - pad,
+        h - pad,
+        h - pad
+    );
+    for k in 0..=4 {
+        let y = ymax * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}k</text>",
+            pad - 5.0,
+            sy(y) + 4.0,
+            y / 1e3
+        );
+    }
+    let line: Vec<String> = pts
+        .values()
+        .map(|&(t, v)| format!("{:.1},{:.1}", sx(t.log2()), sy(v)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>",
+        line.join(" ")
+    );
+    for &(t, v) in pts.values() {
+        let _ = writeln!(
+            s,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f77b4\"/><text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">T={t}</text>",
+            sx(t.log2()),
+            sy(v),
+            sx(t.log2()),
+            h - pad + 18.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn table(records: &[Value], peer: &BTreeMap<String, f64>) -> String {
+    let mut md = String::from(
+        "| cell | workload | T | B | I | H | O | threads | tokens/s | GFLOP/s | share of GEMM rate | peak RSS (MiB) |",
+    );
+    let with_peer = !peer.is_empty();
+    if with_peer {
+        md.push_str(" torch tokens/s | ratio |");
+    }
+    md.push('\n');
+    md.push_str(&"|---".repeat(if with_peer { 14 } else { 12 }));
+    md.push_str("|\n");
+    for r in records {
+        let _ = write!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} % | {:.0} |",
+            r["cell"].as_str().unwrap_or(""),
+            r["workload"].as_str().unwrap_or(""),
+            r["T"],
+            r["B"],
+            r["I"],
+            r["H"],
+            r["O"],
+            r["threads"],
+            r["tokens_per_s"].as_f64().unwrap_or(0.0),
+            r["gflops"].as_f64().unwrap_or(0.0),
+            100.0 * r["peak_fraction"].as_f64().unwrap_or(0.0),
+            r["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        if with_peer {
+            match peer.get(&key(r)) {
+                Some(p) => {
+                    let _ = write!(
+                        md,
+                        " {p:.0} | {:.2}x |",
+                        r["tokens_per_s"].as_f64().unwrap_or(0.0) / p
+                    );
+                }
+                None => md.push_str(" | |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Compares `records` with the baseline by their GEMM-relative ratio (`peak_fraction`),
+/// which cancels most of a shared machine's noise. Returns the verdict lines and pass/fail.
+fn check(records: &[Value], baseline: &[Value]) -> (String, bool) {
+    let base: BTreeMap<String, f64> = baseline
+        .iter()
+        .map(|r| (key(r), r["peak_fraction"].as_f64().unwrap_or(0.0)))
+        .collect();
+    let mut out = String::new();
+    let (mut log_sum, mut n, mut ok) = (0.0, 0, true);
+    for r in records {
+        let Some(&b) = base.get(&key(r)) else {
+            let _ = writeln!(out, "  {}: no baseline, skipped", key(r));
+            continue;
+        };
+        let now = r["peak_fraction"].as_f64().unwrap_or(0.0);
+        let ratio = now / b;
+        log_sum += ratio.ln();
+        n += 1;
+        let bad = ratio < 1.0 - CHECK_RECORD_TOLERANCE;
+        ok &= !bad;
+        let _ = writeln!(
+            out,
+            "  {}: {:.3} of GEMM rate, baseline {:.3} ({:+.1} %){}",
+            key(r),
+            now,
+            b,
+            100.0 * (ratio - 1.0),
+            if bad { "  REGRESSION" } else { "" }
+        );
+    }
+    if n > 0 {
+        let geo = (log_sum / n as f64).exp();
+        let bad = geo < 1.0 - CHECK_GEOMEAN_TOLERANCE;
+        ok &= !bad;
+        let _ = writeln!(
+            out,
+            "  geometric mean: {:+.1} % (fails below -{:.0} %){}",
+            100.0 * (geo - 1.0),
+            100.0 * CHECK_GEOMEAN_TOLERANCE,
+            if bad { "  REGRESSION" } else { "" }
+        );
+    }
+    (out, ok)
+}
+
+fn bench(args: BenchArgs) -> Result<(), String> {
+    let plan = plan(&args);
+    let peer = match args.peer.as_deref() {
+        None => BTreeMap::new(),
+        Some("torch") => peer_torch(&plan)?,
+        Some(other) => return Err(format!("--peer {other}: only `torch` is supported")),
+    };
+    if !cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "bench-suite",
+        "--bin",
+        "bench-runner",
+    ]) {
+        return Err("building bench-runner failed".into());
+    }
+    let runner = root().join("target/release/bench-runner");
+    let mut records = Vec::new();
+    for (w, threads) in &plan {
+        let o = Command::new(&runner)
+            .args([w.to_string(), threads.to_string(), args.seconds.to_string()])
+            .output()
+            .map_err(|e| format!("running bench-runner: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "bench-runner {w} {threads}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let v: Value =
+            serde_json::from_slice(&o.stdout).map_err(|e| format!("bench-runner output: {e}"))?;
+        eprintln!(
+            "  {:24} {:>12.0} tokens/s  {:5.1} % of GEMM rate",
+            key(&v),
+            v["tokens_per_s"].as_f64().unwrap_or(0.0),
+            100.0 * v["peak_fraction"].as_f64().unwrap_or(0.0)
+        );
+        records.push(v);
+    }
+    let dir = root().join("target/bench-report");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&Value::Array(records.clone())).expect("json");
+    let md = table(&records, &peer);
+    let write =
+        |p: PathBuf, s: &str| std::fs::write(&p, s).map_err(|e| format!("{}: {e}", p.display()));
+    write(dir.join("report.json"), &json)?;
+    write(
+        dir.join("report.md"),
+        &format!(
+            "Machine: {} ({} cores). Command: `cargo xtask bench{}`.\n\n{md}",
+            machine_key(),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            if args.quick { " --quick" } else { "" }
+        ),
+    )?;
+    write(dir.join("tokens_vs_seq_len_rnn.svg"), &svg(&records, "rnn"))?;
+    if let Some(p) = &args.json {
+        write(p.clone(), &json)?;
+    }
+    println!("{md}");
+    println!("report: {}", dir.display());
+    if args.update_baseline {
+        let p = baseline_path();
+        std::fs::create_dir_all(p.parent().expect("dir")).map_err(|e| e.to_string())?;
+        write(p.clone(), &json)?;
+        println!("baseline written: {}", p.display());
+    }
+    if args.check {
+        let p = baseline_path();
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            println!(
+                "check: no baseline for this machine ({}); run `cargo xtask bench --check --update-baseline` on it",
+                p.display()
+            );
+            return Ok(());
+        };
+        let baseline: Vec<Value> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let (report, ok) = check(&records, &baseline);
+        println!("check against {}:\n{report}", p.display());
+        if !ok {
+            return Err("performance regression".into());
+        }
+        println!("check: passed");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    let ok = match task.as_str() {
-        "ci" => {
-            run(&["test", "--workspace"])
-                && run(&["fmt", "--all", "--check"])
-                && run(&[
+    let result = match Cli::parse().task {
+        Task::Bench(args) => bench(args),
+        Task::Ci => {
+            let ok = cargo(&["test", "--workspace"])
+                && cargo(&["fmt", "--all", "--check"])
+                && cargo(&[
                     "clippy",
                     "--workspace",
                     "--all-targets",
                     "--",
                     "-D",
                     "warnings",
-                ])
-        }
-        _ => {
-            eprintln!("usage: cargo xtask ci");
-            false
+                ]);
+            if ok { Ok(()) } else { Err("ci failed".into()) }
         }
     };
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

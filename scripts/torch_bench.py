@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""The reference training step in PyTorch, for `cargo xtask bench --peer torch`.
+
+    python3 scripts/torch_bench.py WORKLOAD [THREADS]   -> one JSON line with tokens_per_s
+
+Same step as bench-suite: nn.RNN + Linear head at every step, MSE or cross-entropy (mean),
+backward, clip_grad_norm_(1.0), SGD(lr=1e-3). Workload shapes mirror bench-suite/src/lib.rs.
+"""
+import json
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+WORKLOADS = {
+    "tiny": (100, 1, 16, 64, 16, "mse"), "small": (100, 16, 32, 128, 32, "mse"),
+    "medium": (100, 32, 64, 256, 64, "ce"), "char": (128, 32, 65, 512, 65, "ce"),
+    "large": (50, 64, 256, 1024, 256, "mse"), "seq16": (16, 32, 64, 256, 64, "ce"),
+    "seq64": (64, 32, 64, 256, 64, "ce"), "seq256": (256, 32, 64, 256, 64, "ce"),
+    "seq1024": (1024, 32, 64, 256, 64, "ce"), "medium_t4096": (4096, 32, 64, 256, 64, "ce"),
+    "medium_h128": (100, 32, 64, 128, 64, "ce"), "medium_h512": (100, 32, 64, 512, 64, "ce"),
+    "medium_h1024": (100, 32, 64, 1024, 64, "ce"), "medium_b1": (100, 1, 64, 256, 64, "ce"),
+    "medium_b8": (100, 8, 64, 256, 64, "ce"), "medium_b128": (100, 128, 64, 256, 64, "ce"),
+}
+
+
+def main():
+    name = sys.argv[1]
+    threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    torch.set_num_threads(threads)
+    T, B, I, H, O, loss = WORKLOADS[name]
+    torch.manual_seed(0)
+    rnn, head = nn.RNN(I, H), nn.Linear(H, O)
+    params = list(rnn.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3)
+    x = torch.randn(T, B, I)
+    target = torch.randn(T, B, O) if loss == "mse" else torch.randint(0, O, (T * B,))
+
+    def step():
+        opt.zero_grad()
+        y = head(rnn(x)[0])
+        value = F.mse_loss(y, target) if loss == "mse" else F.cross_entropy(y.reshape(-1, O), target)
+        value.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    step()
+    times, begin = [], time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - begin < 2.0 and len(times) < 1000):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    median = times[len(times) // 2]
+    print(json.dumps({"cell": "rnn", "workload": name, "threads": threads, "tokens_per_s": T * B / median,
+                      "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
