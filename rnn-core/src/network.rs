@@ -449,4 +449,16 @@ fn backward<T: Float>(
             );
         }
     }
+    if let Some(learned) = &layout.h0 {
+        // A broadcast state's gradient is the sum over the sequences that used it; a batch
+        // that brings its own h0 does not use it.
+        let dh0 = &mut grads[learned.clone()];
+        if batch.h0.is_some() {
+            dh0.fill(T::zero());
+        } else {
+            for (k, dst) in dh0.chunks_exact_mut(h).enumerate() {
+                reduce::col_sums(dst, Accum::Replace, &ws.dh0[k * b * h..(k + 1) * b * h]);
+            }
+        }
+    }
 }

@@ -70,9 +70,10 @@ fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
 
 fn check(c: &Case, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let cfg = RnnConfig::new(c.i, c.h, c.o)
+    let mut cfg = RnnConfig::new(c.i, c.h, c.o)
         .layers(c.layers)
         .nonlinearity(c.act);
+    cfg.learn_h0 = c.learn_h0;
     let layout = Layout::new(&cfg);
     // Larger weights than PyTorch's init make every path matter numerically.
     let params: Vec<f64> = init_params::<f64>(&cfg, seed)
