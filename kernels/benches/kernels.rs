@@ -46,6 +46,9 @@ fn recurrent_products(c: &mut Criterion) {
                 )
             })
         });
+        group.bench_function("small_m", |bch| {
+            bch.iter(|| gemm::small_m_gemm_nn(&mut z, Accum::Add, black_box(&a), black_box(&w), s))
+        });
         group.bench_function("faer_nn", |bch| {
             bch.iter(|| {
                 gemm::faer_nn(
