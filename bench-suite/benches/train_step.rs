@@ -1,16 +1,18 @@
-//! One full training step per workload, tokens/s (`cargo bench -p bench-suite`), beside a
-//! same-run faer GEMM (512x512x512) for the hardware's rate.
+//! One full training step per workload and sweep (sequence length, hidden size, batch), at 1
+//! and 2 threads, tokens/s (`cargo bench -p bench-suite`; `BENCH_WORKLOADS=tiny,medium` to
+//! pick), beside a same-run faer GEMM (512x512x512) for the hardware's rate. `cargo xtask
+//! bench` gives the same measurements as records with memory and GEMM-relative ratios.
 
 use std::hint::black_box;
 
-use bench_suite::WORKLOADS;
+use bench_suite::{SWEEPS, WORKLOADS};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use kernels::gemm::{GemmShape, gemm_nn};
 
 fn train_step(c: &mut Criterion) {
     let only: Option<String> = std::env::var("BENCH_WORKLOADS").ok();
-    for w in WORKLOADS {
+    for w in WORKLOADS.iter().chain(&SWEEPS) {
         if only
             .as_ref()
             .is_some_and(|o| !o.split(',').any(|n| n == w.name))

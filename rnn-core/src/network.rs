@@ -19,6 +19,20 @@ use crate::error::Result;
 use crate::params::Layout;
 use crate::workspace::{LayerBuffers, Workspace};
 
+/// All-steps products smaller than this many flops run sequentially even when threads are
+/// allowed: a fork-join costs more than it saves there (tiny at 2 threads ran 3x slower).
+const PARALLEL_MIN_FLOPS: f64 = 16e6;
+
+/// The parallelism for an all-steps product: `par`, unless the product is small, or has a
+/// single row (where faer's result depends on the thread count).
+fn split(par: Par, s: GemmShape) -> Par {
+    if s.m < 2 || s.flops() < PARALLEL_MIN_FLOPS {
+        Par::Seq
+    } else {
+        par
+    }
+}
+
 /// Options of one forward + backward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct PassOptions {
@@ -98,7 +112,7 @@ pub fn forward<T: Float>(
         states,
         w_hy,
         GemmShape::new(rows, o, h),
-        par,
+        split(par, GemmShape::new(rows, o, h)),
     );
     if !many_to_one && batch.lengths.is_some() {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
@@ -157,7 +171,7 @@ fn layer_forward<T: Float>(
         &input[..t_len * b * i],
         &params[slots.w_ih.clone()],
         GemmShape::new(t_len * b, h, i),
-        par,
+        split(par, GemmShape::new(t_len * b, h, i)),
     );
     match h0 {
         InitialState::PerSequence(h0) => buf.hs[..step].copy_from_slice(h0),
@@ -254,7 +268,7 @@ fn layer_backward<T: Float>(
         dz,
         &buf.hs[..rows * h],
         GemmShape::new(h, h, rows),
-        par,
+        split(par, GemmShape::new(h, h, rows)),
     );
     gemm_tn(
         &mut grads[slots.w_ih.clone()],
@@ -262,7 +276,7 @@ fn layer_backward<T: Float>(
         dz,
         &input[..rows * i],
         GemmShape::new(h, i, rows),
-        par,
+        split(par, GemmShape::new(h, i, rows)),
     );
     reduce::col_sums(&mut grads[slots.b_ih.clone()], Accum::Replace, dz);
     grads.copy_within(slots.b_ih.clone(), slots.b_hh.start);
@@ -273,7 +287,7 @@ fn layer_backward<T: Float>(
             dz,
             &params[slots.w_ih.clone()],
             GemmShape::new(rows, i, h),
-            par,
+            split(par, GemmShape::new(rows, i, h)),
         );
     }
 }
@@ -408,7 +422,7 @@ fn backward<T: Float>(
             &ws.dy,
             states,
             GemmShape::new(o, h, rows),
-            opts.par,
+            split(opts.par, GemmShape::new(o, h, rows)),
         );
         reduce::col_sums(&mut grads[layout.b_y.clone()], Accum::Replace, &ws.dy);
         gemm_nn(
@@ -417,7 +431,7 @@ fn backward<T: Float>(
             &ws.dy,
             w_hy,
             GemmShape::new(rows, h, o),
-            opts.par,
+            split(opts.par, GemmShape::new(rows, h, o)),
         );
         if many_to_one {
             buf.g[..(t_len - 1) * b * h].fill(T::zero());
