@@ -125,10 +125,14 @@ impl Workload {
         let x = (0..self.t * self.b * self.i)
             .map(|k| ((k * 7919 % 2000) as f32 / 1000.0) - 1.0)
             .collect();
-        let values = (0..self.t * self.b * self.o)
+        let mse = self.loss == LossKind::Mse;
+        // Only the target the loss uses, so peak memory counts no dead input.
+        let values = (0..if mse { self.t * self.b * self.o } else { 0 })
             .map(|k| ((k * 104_729 % 2000) as f32 / 1000.0) - 1.0)
             .collect();
-        let classes = (0..self.t * self.b).map(|k| k * 31 % self.o).collect();
+        let classes = (0..if mse { 0 } else { self.t * self.b })
+            .map(|k| k * 31 % self.o)
+            .collect();
         WorkloadData {
             w: *self,
             x,

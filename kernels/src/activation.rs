@@ -136,6 +136,23 @@ enum Kind {
     Sigmoid,
 }
 
+impl Kind {
+    /// `dy * act'(y)` from the forward output `y`.
+    #[inline(always)]
+    fn grad<T: Float, S: Simd>(self, s: S, dy: T::Lanes<S>, y: T::Lanes<S>) -> T::Lanes<S> {
+        let one = T::splat(s, T::one());
+        let zero = T::splat(s, T::zero());
+        match self {
+            // d tanh = 1 - h^2
+            Kind::Tanh => T::vmul(s, dy, T::vneg_mul_add(s, y, y, one)),
+            // d relu = [h > 0]
+            Kind::Relu => T::vselect_gt(s, y, zero, dy, zero),
+            // d sigmoid = y (1 - y)
+            Kind::Sigmoid => T::vmul(s, dy, T::vmul(s, y, T::vsub(s, one, y))),
+        }
+    }
+}
+
 impl<T: Float> Lanewise<T, 2> for Backward {
     #[inline(always)]
     fn apply<S: Simd>(
@@ -145,21 +162,53 @@ impl<T: Float> Lanewise<T, 2> for Backward {
         [dy, y]: [T::Lanes<S>; 2],
         _: T::Lanes<S>,
     ) -> T::Lanes<S> {
-        let one = T::splat(s, T::one());
-        let zero = T::splat(s, T::zero());
-        let g = match self.kind {
-            // d tanh = 1 - h^2
-            Kind::Tanh => T::vmul(s, dy, T::vneg_mul_add(s, y, y, one)),
-            // d relu = [h > 0]
-            Kind::Relu => T::vselect_gt(s, y, zero, dy, zero),
-            // d sigmoid = y (1 - y)
-            Kind::Sigmoid => T::vmul(s, dy, T::vmul(s, y, T::vsub(s, one, y))),
-        };
+        let g = self.kind.grad::<T, S>(s, dy, y);
         match self.accum {
             Accum::Replace => g,
             Accum::Add => T::vadd(s, old, g),
         }
     }
+}
+
+#[derive(Clone, Copy)]
+struct BackwardInPlace(Kind);
+
+impl<T: Float> Lanewise<T, 1> for BackwardInPlace {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        dy: T::Lanes<S>,
+        [y]: [T::Lanes<S>; 1],
+        _: T::Lanes<S>,
+    ) -> T::Lanes<S> {
+        self.0.grad::<T, S>(s, dy, y)
+    }
+}
+
+/// `g *= 1 - h²` in place: the tanh backward when the gradient buffer becomes `dz` (the engine
+/// keeps one buffer for `dL/dh` and `dL/dz`).
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// let mut g = [2.0f32, 2.0];
+/// kernels::activation::tanh_backward_in_place(&mut g, &[0.0, 0.5]);
+/// assert_eq!(g, [2.0, 1.5]);
+/// ```
+#[track_caller]
+pub fn tanh_backward_in_place<T: Float>(g: &mut [T], h: &[T]) {
+    zip_rows(BackwardInPlace(Kind::Tanh), g, [h], None);
+}
+
+/// `g *= [h > 0]` in place: the ReLU backward when the gradient buffer becomes `dz`.
+///
+/// # Panics
+/// If the lengths differ.
+#[track_caller]
+pub fn relu_backward_in_place<T: Float>(g: &mut [T], h: &[T]) {
+    zip_rows(BackwardInPlace(Kind::Relu), g, [h], None);
 }
 
 /// `dz (+)= dh * (1 - h²)`, the tanh backward from the forward output `h`.

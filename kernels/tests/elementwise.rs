@@ -98,6 +98,18 @@ fn activations_match<T: Float>() {
                 .map(|i| base(i) + if y[i].f64() > 0.0 { dy[i].f64() } else { 0.0 })
                 .collect();
             close(&d, &want, tol, "relu_backward");
+            if matches!(accum, Accum::Replace) {
+                // In place must equal out of place, bitwise.
+                let mut out = init.clone();
+                activation::tanh_backward(&mut out, accum, &dy, &y);
+                let mut g = dy.clone();
+                activation::tanh_backward_in_place(&mut g, &y);
+                assert_eq!(g, out, "tanh_backward_in_place {isa:?}");
+                activation::relu_backward(&mut out, accum, &dy, &y);
+                let mut g = dy.clone();
+                activation::relu_backward_in_place(&mut g, &y);
+                assert_eq!(g, out, "relu_backward_in_place {isa:?}");
+            }
             let mut d = init.clone();
             activation::sigmoid_backward(&mut d, accum, &dy, &y);
             let want: Vec<f64> = (0..n)

@@ -199,8 +199,8 @@ fn layer_forward<T: Float>(
     }
 }
 
-/// One layer backward, the mirror of [`layer_forward`]. Reads `buf.hs` and `buf.g`
-/// (`dL/dh_t` from above); leaves `dZ` in `buf.z`; writes this layer's gradients into
+/// One layer backward, the mirror of [`layer_forward`]. Reads `buf.hs`, and `buf.z` holding
+/// `dL/dh_t` from above (the pre-activations are dead by then); leaves `dZ` in `buf.z`; writes this layer's gradients into
 /// `grads`, `dL/dh0` into `dh0` and, when given, `dL/d input` into `dinput`.
 fn layer_backward<T: Float>(
     config: &RnnConfig,
@@ -226,39 +226,39 @@ fn layer_backward<T: Float>(
     let w_hh = &params[slots.w_hh.clone()];
     let recurrent = GemmShape::new(b, h, h);
     for t in (0..t_len).rev() {
-        let dz_t = &mut buf.z[t * step..(t + 1) * step];
+        // z holds G_t = dL/dh_t on entry and becomes dZ_t in place.
+        let (before, rest) = buf.z.split_at_mut(t * step);
+        let dz_t = &mut rest[..step];
         let h_t = &buf.hs[(t + 1) * step..(t + 2) * step];
-        let (g_before, g_rest) = buf.g.split_at_mut(t * step);
-        let g_t = &g_rest[..step];
-        match config.nonlinearity {
-            Nonlinearity::Tanh => activation::tanh_backward(dz_t, Accum::Replace, g_t, h_t),
-            Nonlinearity::Relu => activation::relu_backward(dz_t, Accum::Replace, g_t, h_t),
-        }
+        let dh_prev = if t > 0 {
+            &mut before[(t - 1) * step..]
+        } else {
+            &mut dh0[..]
+        };
+        // Every sequence is active at t = 0 (lengths are >= 1), so the carry below never
+        // touches dh0, which the product then overwrites.
         let all_active = batch.all_active(t);
+        if !all_active {
+            // A finished sequence's state passed through unchanged: so does its gradient.
+            for bb in (0..b).filter(|&bb| !batch.active(t, bb)) {
+                let rows = bb * h..(bb + 1) * h;
+                for (d, g) in dh_prev[rows.clone()].iter_mut().zip(&dz_t[rows]) {
+                    *d += *g;
+                }
+            }
+        }
+        match config.nonlinearity {
+            Nonlinearity::Tanh => activation::tanh_backward_in_place(dz_t, h_t),
+            Nonlinearity::Relu => activation::relu_backward_in_place(dz_t, h_t),
+        }
         if !all_active {
             for bb in (0..b).filter(|&bb| !batch.active(t, bb)) {
                 dz_t[bb * h..(bb + 1) * h].fill(T::zero());
             }
         }
-        // dh_{t-1} = dZ_t W_hh, added into G_{t-1} (or dh0 at t = 0).
-        let dh_prev = if t > 0 {
-            &mut g_before[(t - 1) * step..]
-        } else {
-            &mut dh0[..]
-        };
+        // dh_{t-1} = dZ_t W_hh, added into G_{t-1} (or written to dh0 at t = 0).
         let accum = if t > 0 { Accum::Add } else { Accum::Replace };
         gemm_nn(dh_prev, accum, dz_t, w_hh, recurrent, Par::Seq);
-        if !all_active {
-            // A finished sequence's state passed through unchanged: so does its gradient.
-            for bb in (0..b).filter(|&bb| !batch.active(t, bb)) {
-                for (d, g) in dh_prev[bb * h..(bb + 1) * h]
-                    .iter_mut()
-                    .zip(&g_t[bb * h..(bb + 1) * h])
-                {
-                    *d += *g;
-                }
-            }
-        }
     }
     let rows = t_len * b;
     let dz = &buf.z[..rows * h];
@@ -411,9 +411,9 @@ fn backward<T: Float>(
     {
         let buf = &mut ws.layers[top];
         let (states, g_rows) = if many_to_one {
-            (&buf.hs[t_len * b * h..], &mut buf.g[(t_len - 1) * b * h..])
+            (&buf.hs[t_len * b * h..], &mut buf.z[(t_len - 1) * b * h..])
         } else {
-            (&buf.hs[b * h..], &mut buf.g[..])
+            (&buf.hs[b * h..], &mut buf.z[..])
         };
         let rows = states.len() / h;
         gemm_tn(
@@ -434,7 +434,7 @@ fn backward<T: Float>(
             split(opts.par, GemmShape::new(rows, h, o)),
         );
         if many_to_one {
-            buf.g[..(t_len - 1) * b * h].fill(T::zero());
+            buf.z[..(t_len - 1) * b * h].fill(T::zero());
         }
     }
     for k in (0..config.num_layers).rev() {
@@ -442,6 +442,10 @@ fn backward<T: Float>(
         let buf = &mut rest[0];
         let dh0 = &mut ws.dh0[k * b * h..(k + 1) * b * h];
         if k == 0 {
+            // dL/dx costs a [T, B, I] buffer and a GEMM: only when asked for.
+            if opts.input_grad {
+                ws.dx.resize(t_len * b * config.input_size, T::zero());
+            }
             let dx = opts.input_grad.then_some(&mut ws.dx[..]);
             layer_backward(
                 config, layout, params, grads, k, buf, batch.x, dh0, dx, batch, opts.par,
@@ -457,7 +461,7 @@ fn backward<T: Float>(
                 buf,
                 &prev.hs[b * h..],
                 dh0,
-                Some(&mut prev.g),
+                Some(&mut prev.z),
                 batch,
                 opts.par,
             );

@@ -124,20 +124,7 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch; [`RnnError::NonFinite`] if the loss or the gradient
     /// is NaN or infinite — then parameters and optimizer state are exactly as before.
     pub fn step(&mut self, batch: &Batch<T>) -> Result<StepReport<T>> {
-        let opts = PassOptions {
-            par: self.par,
-            input_grad: false,
-        };
-        let loss = forward_backward(
-            &self.config,
-            &self.layout,
-            &self.params,
-            &mut self.grads,
-            &mut self.workspace,
-            batch,
-            &self.loss,
-            opts,
-        )?;
+        let loss = self.loss_and_grads(batch)?;
         let step = self.optimizer.steps;
         if !loss.is_finite() {
             return Err(RnnError::NonFinite { what: "loss", step });
