@@ -119,3 +119,89 @@ fn pytorch_weights_roundtrip() {
     assert_eq!(params2, params);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Rebuilds a fixture's IN file with `edit` applied to its tensors and metadata.
+fn edited(
+    name: &str,
+    edit: impl FnOnce(
+        &mut Vec<(String, io::OwnedTensor)>,
+        &mut std::collections::HashMap<String, String>,
+    ),
+) -> Vec<u8> {
+    let bytes = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
+    let st = io::parse(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut tensors: Vec<(String, io::OwnedTensor)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                io::OwnedTensor {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    bytes: v.data().to_vec(),
+                },
+            )
+        })
+        .collect();
+    edit(&mut tensors, &mut meta);
+    let dir = std::env::temp_dir().join(format!("rnn-core-edit-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("in.safetensors");
+    io::write_tensors(&path, &tensors, meta).unwrap();
+    let out = std::fs::read(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    out
+}
+
+fn dump_error(bytes: &[u8]) -> String {
+    match grad_dump(bytes) {
+        Ok(_) => panic!("grad_dump accepted a bad file"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn grad_dump_rejects_bad_files_clearly() {
+    assert!(dump_error(b"not a safetensors file").contains("not a valid safetensors file"));
+    let good = io::read_bytes(&fixture("tanh_mse.in.safetensors")).unwrap();
+    assert!(dump_error(&good[..good.len() - 7]).contains("not a valid safetensors file"));
+
+    let e = dump_error(&edited("tanh_mse", |_, m| {
+        m.insert("loss".into(), "hinge".into());
+    }));
+    assert!(e.contains("loss") && e.contains("hinge"), "{e}");
+    let e = dump_error(&edited("tanh_mse", |_, m| {
+        m.insert("cell".into(), "transformer".into());
+    }));
+    assert!(e.contains("transformer"), "{e}");
+    let e = dump_error(&edited("tanh_mse", |t, _| t.retain(|(n, _)| n != "x")));
+    assert!(e.contains("missing tensor \"x\""), "{e}");
+    let e = dump_error(&edited("tanh_mse", |t, _| {
+        t.retain(|(n, _)| n != "rnn.bias_hh_l0")
+    }));
+    assert!(e.contains("rnn.bias_hh_l0"), "{e}");
+    let e = dump_error(&edited("tanh_mse", |t, _| {
+        let w = t.iter_mut().find(|(n, _)| n == "rnn.weight_hh_l0").unwrap();
+        w.1.shape = vec![3, 12];
+    }));
+    assert!(e.contains("rnn.weight_hh_l0"), "{e}");
+    // A label past the class count, and a non-finite input, in an otherwise good CE file.
+    let e = dump_error(&edited("relu_ce_2layers", |t, _| {
+        let target = t.iter_mut().find(|(n, _)| n == "target").unwrap();
+        target.1.bytes[..8].copy_from_slice(&99i64.to_le_bytes());
+    }));
+    assert!(e.contains("label 99"), "{e}");
+    let e = dump_error(&edited("tanh_mse", |t, _| {
+        let x = t.iter_mut().find(|(n, _)| n == "x").unwrap();
+        x.1.bytes[8..16].copy_from_slice(&f64::NAN.to_le_bytes());
+    }));
+    assert!(e.contains("non-finite") && e.contains("x"), "{e}");
+    let e = dump_error(&edited("lengths_mse_sum", |t, _| {
+        let l = t.iter_mut().find(|(n, _)| n == "lengths").unwrap();
+        l.1.bytes[..8].copy_from_slice(&(-1i64).to_le_bytes());
+    }));
+    assert!(e.contains("lengths") && e.contains("negative"), "{e}");
+}
