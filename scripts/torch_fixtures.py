@@ -70,6 +70,32 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(OUT, f"{name}.expected.safetensors"))
 
 
+def training(name, optimizer, clip=None, steps=4, seed=10):
+    """Initial weights, a fixed batch, and the weights after `steps` optimizer steps."""
+    torch.manual_seed(seed)
+    T, B, I, H, O = 6, 3, 4, 5, 3
+    m = Model(I, H, O, 2, "tanh").double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    labels = torch.randint(0, O, (T, B))
+    initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    kind, kw = optimizer
+    opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](m.parameters(), **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        y = m.head(m.rnn(x)[0])
+        F.cross_entropy(y.reshape(-1, O), labels.reshape(-1)).backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(m.parameters(), clip)
+        opt.step()
+    tensors = {f"init.{k}": v for k, v in initial.items()}
+    tensors.update({f"final.{k}": v.detach().clone() for k, v in m.state_dict().items()})
+    tensors["x"] = x
+    tensors["target"] = labels
+    meta = {"optimizer": kind, "steps": str(steps), "clip": "none" if clip is None else str(clip)}
+    meta.update({k: str(v) for k, v in kw.items()})
+    save_file(tensors, os.path.join(OUT, f"train_{name}.safetensors"), metadata=meta)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     case("tanh_mse", 5, 3, 4, 6, 3)
@@ -80,4 +106,8 @@ if __name__ == "__main__":
     case("many_to_one_mse_relu", 4, 2, 3, 6, 2, nonlinearity="relu", many_to_one=True, reduction="sum", seed=5)
     case("batch1_f32", 9, 1, 5, 17, 3, dtype=torch.float32, seed=6)
     case("batch8_ce_f32", 12, 8, 7, 33, 6, loss="ce", layers=2, dtype=torch.float32, seed=7)
+    training("sgd_momentum_clip", ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}), clip=0.5)
+    training("sgd_nesterov", ("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True}))
+    training("adam_clip", ("adam", {"lr": 0.01, "weight_decay": 0.001}), clip=0.3)
+    training("adamw", ("adamw", {"lr": 0.02, "weight_decay": 0.1}))
     print("fixtures written to", os.path.normpath(OUT))

@@ -205,3 +205,107 @@ fn grad_dump_rejects_bad_files_clearly() {
     }));
     assert!(e.contains("lengths") && e.contains("negative"), "{e}");
 }
+
+/// Several optimizer steps with clipping, against PyTorch's own training loop
+/// (`training(...)` in scripts/torch_fixtures.py): SGD with momentum and weight decay, Nesterov,
+/// Adam with L2, AdamW; clip_grad_norm_ with its 1e-6 guard.
+fn check_training(name: &str) {
+    use rnn_core::prelude::*;
+    let bytes = io::read_bytes(&fixture(&format!("train_{name}.safetensors"))).unwrap();
+    let st = io::parse(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    let num = |k: &str, d: f64| meta.get(k).map_or(d, |v| v.parse().unwrap());
+    let cfg = RnnConfig::new(4, 5, 3).layers(2);
+    let layout = rnn_core::params::Layout::new(&cfg);
+    let load = |prefix: &str| {
+        let mut p = vec![0.0f64; layout.len];
+        for t in &layout.tensors {
+            let (v, _) = io::float_tensor::<f64>(&st, &format!("{prefix}.{}", t.name)).unwrap();
+            p[t.range.clone()].copy_from_slice(&v);
+        }
+        p
+    };
+    let (lr, wd) = (num("lr", 0.0), num("weight_decay", 0.0));
+    let optimizer = match meta["optimizer"].as_str() {
+        "sgd" => OptimizerKind::Sgd {
+            lr,
+            momentum: num("momentum", 0.0),
+            weight_decay: wd,
+            nesterov: meta.get("nesterov").is_some_and(|v| v == "True"),
+        },
+        "adam" => OptimizerKind::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: wd,
+            decoupled: false,
+        },
+        "adamw" => OptimizerKind::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: wd,
+            decoupled: true,
+        },
+        other => panic!("optimizer {other}"),
+    };
+    let clip = match meta["clip"].as_str() {
+        "none" => Clip::None,
+        c => Clip::Norm(c.parse().unwrap()),
+    };
+    let mut tr = Trainer::with_params(
+        cfg,
+        LossSpec::every_step(LossKind::CrossEntropy),
+        optimizer,
+        load("init"),
+    )
+    .unwrap()
+    .with_clip(clip);
+    let (x, _) = io::float_tensor::<f64>(&st, "x").unwrap();
+    let labels: Vec<usize> = io::int_tensor(&st, "target")
+        .unwrap()
+        .0
+        .iter()
+        .map(|&l| l as usize)
+        .collect();
+    for _ in 0..num("steps", 0.0) as usize {
+        tr.step(&Batch::new(6, 3, &x, Target::Classes(&labels)))
+            .unwrap();
+    }
+    let want = load("final");
+    for t in &layout.tensors {
+        for i in t.range.clone() {
+            assert!(
+                (tr.params[i] - want[i]).abs() <= 1e-12,
+                "{name}: {}[{}] = {} vs PyTorch {}",
+                t.name,
+                i - t.range.start,
+                tr.params[i],
+                want[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn training_matches_pytorch_sgd_momentum_weight_decay_clip() {
+    check_training("sgd_momentum_clip");
+}
+
+#[test]
+fn training_matches_pytorch_sgd_nesterov() {
+    check_training("sgd_nesterov");
+}
+
+#[test]
+fn training_matches_pytorch_adam_l2_clip() {
+    check_training("adam_clip");
+}
+
+#[test]
+fn training_matches_pytorch_adamw() {
+    check_training("adamw");
+}
