@@ -213,7 +213,7 @@ fn non_finite_loss_rejects_the_step_and_keeps_everything() {
 #[test]
 fn one_and_two_threads_give_bitwise_identical_weights() {
     let run = |threads: usize| {
-        let cfg = RnnConfig::new(6, 96, 10).layers(2);
+        let cfg = RnnConfig::new(16, 128, 10).layers(2);
         let mut tr = Trainer::<f32>::new(
             cfg,
             LossSpec::every_step(LossKind::CrossEntropy),
@@ -224,8 +224,10 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
         .with_clip(Clip::Norm(1.0))
         .with_threads(threads);
         for step in 0..5 {
-            let (t, b) = (24, 16);
-            let x: Vec<f32> = (0..t * b * 6)
+            // Large enough that the all-steps products (up to 2 x 128 x 128 x 2048 flops) run on
+            // both threads rather than being kept sequential.
+            let (t, b) = (64, 32);
+            let x: Vec<f32> = (0..t * b * 16)
                 .map(|k| (((k + step) * 7919 % 1000) as f32) / 500.0 - 1.0)
                 .collect();
             let y: Vec<usize> = (0..t * b).map(|k| (k + step) * 13 % 10).collect();
