@@ -31,7 +31,7 @@ fn waves(rng: &mut StdRng) -> (Vec<f32>, Vec<f32>) {
     (x, y)
 }
 
-fn main() -> Result<()> {
+fn run() -> Result<()> {
     let steps: usize = match std::env::args().nth(1) {
         None => 600,
         Some(s) => s
@@ -74,4 +74,14 @@ fn main() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
