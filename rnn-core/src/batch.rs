@@ -51,6 +51,14 @@ impl<'a, T: Float> Batch<'a, T> {
         self.lengths.is_none_or(|l| t < l[b])
     }
 
+    /// The sequences that have ended by step `t` (none without lengths): their state is
+    /// carried unchanged and they score no loss.
+    #[inline]
+    pub fn finished(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
+        let lengths = self.lengths.unwrap_or(&[]);
+        (0..lengths.len()).filter(move |&b| t >= lengths[b])
+    }
+
     /// Whether every sequence is running at step `t`.
     #[inline]
     pub fn all_active(&self, t: usize) -> bool {

@@ -33,6 +33,22 @@ fn split(par: Par, s: GemmShape) -> Par {
     }
 }
 
+/// The signature every `kernels::gemm` product shares.
+type Product<T> = fn(&mut [T], Accum, &[T], &[T], GemmShape, Par);
+
+/// An all-steps product, run with the parallelism [`split`] allows for its shape.
+fn all_steps<T: Float>(
+    product: Product<T>,
+    dst: &mut [T],
+    accum: Accum,
+    a: &[T],
+    b: &[T],
+    s: GemmShape,
+    par: Par,
+) {
+    product(dst, accum, a, b, s, split(par, s));
+}
+
 /// Options of one forward + backward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct PassOptions {
@@ -106,18 +122,19 @@ pub fn forward<T: Float>(
     for row in ws.y.chunks_exact_mut(o) {
         row.copy_from_slice(b_y);
     }
-    gemm_nt(
+    all_steps(
+        gemm_nt,
         &mut ws.y,
         Accum::Add,
         states,
         w_hy,
         GemmShape::new(rows, o, h),
-        split(par, GemmShape::new(rows, o, h)),
+        par,
     );
-    if !many_to_one && batch.lengths.is_some() {
+    if !many_to_one {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
         for t in 0..t_len {
-            for bb in (0..b).filter(|&bb| !batch.active(t, bb)) {
+            for bb in batch.finished(t) {
                 ws.y[(t * b + bb) * o..(t * b + bb + 1) * o].copy_from_slice(b_y);
             }
         }
@@ -165,13 +182,14 @@ fn layer_forward<T: Float>(
         *dst = *x + *y;
     }
     transpose(&mut buf.w_hh_t, &params[slots.w_hh.clone()], h, h);
-    gemm_nt(
+    all_steps(
+        gemm_nt,
         &mut buf.z,
         Accum::Replace,
         &input[..t_len * b * i],
         &params[slots.w_ih.clone()],
         GemmShape::new(t_len * b, h, i),
-        split(par, GemmShape::new(t_len * b, h, i)),
+        par,
     );
     match h0 {
         InitialState::PerSequence(h0) => buf.hs[..step].copy_from_slice(h0),
@@ -191,17 +209,16 @@ fn layer_forward<T: Float>(
             Nonlinearity::Tanh => activation::bias_tanh(h_t, z_t, &buf.bias),
             Nonlinearity::Relu => activation::bias_relu(h_t, z_t, &buf.bias),
         }
-        if !batch.all_active(t) {
-            for bb in (0..b).filter(|&bb| !batch.active(t, bb)) {
-                h_t[bb * h..(bb + 1) * h].copy_from_slice(&h_prev[bb * h..(bb + 1) * h]);
-            }
+        for bb in batch.finished(t) {
+            h_t[bb * h..(bb + 1) * h].copy_from_slice(&h_prev[bb * h..(bb + 1) * h]);
         }
     }
 }
 
 /// One layer backward, the mirror of [`layer_forward`]. Reads `buf.hs`, and `buf.z` holding
-/// `dL/dh_t` from above (the pre-activations are dead by then); leaves `dZ` in `buf.z`; writes this layer's gradients into
-/// `grads`, `dL/dh0` into `dh0` and, when given, `dL/d input` into `dinput`.
+/// `dL/dh_t` from above (the pre-activations are dead by then); leaves `dZ` in `buf.z`;
+/// writes this layer's gradients into `grads`, `dL/dh0` into `dh0` and, when given,
+/// `dL/d input` into `dinput`.
 fn layer_backward<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -237,24 +254,19 @@ fn layer_backward<T: Float>(
         };
         // Every sequence is active at t = 0 (lengths are >= 1), so the carry below never
         // touches dh0, which the product then overwrites.
-        let all_active = batch.all_active(t);
-        if !all_active {
-            // A finished sequence's state passed through unchanged: so does its gradient.
-            for bb in (0..b).filter(|&bb| !batch.active(t, bb)) {
-                let rows = bb * h..(bb + 1) * h;
-                for (d, g) in dh_prev[rows.clone()].iter_mut().zip(&dz_t[rows]) {
-                    *d += *g;
-                }
+        // A finished sequence's state passed through unchanged: so does its gradient.
+        for bb in batch.finished(t) {
+            let rows = bb * h..(bb + 1) * h;
+            for (d, g) in dh_prev[rows.clone()].iter_mut().zip(&dz_t[rows]) {
+                *d += *g;
             }
         }
         match config.nonlinearity {
             Nonlinearity::Tanh => activation::tanh_backward_in_place(dz_t, h_t),
             Nonlinearity::Relu => activation::relu_backward_in_place(dz_t, h_t),
         }
-        if !all_active {
-            for bb in (0..b).filter(|&bb| !batch.active(t, bb)) {
-                dz_t[bb * h..(bb + 1) * h].fill(T::zero());
-            }
+        for bb in batch.finished(t) {
+            dz_t[bb * h..(bb + 1) * h].fill(T::zero());
         }
         // dh_{t-1} = dZ_t W_hh, added into G_{t-1} (or written to dh0 at t = 0).
         let accum = if t > 0 { Accum::Add } else { Accum::Replace };
@@ -262,32 +274,35 @@ fn layer_backward<T: Float>(
     }
     let rows = t_len * b;
     let dz = &buf.z[..rows * h];
-    gemm_tn(
+    all_steps(
+        gemm_tn,
         &mut grads[slots.w_hh.clone()],
         Accum::Replace,
         dz,
         &buf.hs[..rows * h],
         GemmShape::new(h, h, rows),
-        split(par, GemmShape::new(h, h, rows)),
+        par,
     );
-    gemm_tn(
+    all_steps(
+        gemm_tn,
         &mut grads[slots.w_ih.clone()],
         Accum::Replace,
         dz,
         &input[..rows * i],
         GemmShape::new(h, i, rows),
-        split(par, GemmShape::new(h, i, rows)),
+        par,
     );
     reduce::col_sums(&mut grads[slots.b_ih.clone()], Accum::Replace, dz);
     grads.copy_within(slots.b_ih.clone(), slots.b_hh.start);
     if let Some(dinput) = dinput {
-        gemm_nn(
+        all_steps(
+            gemm_nn,
             dinput,
             Accum::Replace,
             dz,
             &params[slots.w_ih.clone()],
             GemmShape::new(rows, i, h),
-            split(par, GemmShape::new(rows, i, h)),
+            par,
         );
     }
 }
@@ -301,7 +316,6 @@ fn loss_forward_backward<T: Float>(
 ) -> T {
     let (b, o) = (batch.batch, config.output_size);
     let steps = if spec.many_to_one { 1 } else { batch.seq_len };
-    let scored = |t: usize, bb: usize| spec.many_to_one || batch.active(t, bb);
     let count = if spec.many_to_one {
         b
     } else {
@@ -323,7 +337,9 @@ fn loss_forward_backward<T: Float>(
         let rows: &mut dyn Iterator<Item = (usize, usize)> = if all {
             &mut std::iter::once((0, b))
         } else {
-            &mut (0..b).filter(|&bb| scored(t, bb)).map(|bb| (bb, bb + 1))
+            &mut (0..b)
+                .filter(|&bb| batch.active(t, bb))
+                .map(|bb| (bb, bb + 1))
         };
         if !all {
             ws.dy[block.clone()].fill(T::zero());
@@ -416,22 +432,24 @@ fn backward<T: Float>(
             (&buf.hs[b * h..], &mut buf.z[..])
         };
         let rows = states.len() / h;
-        gemm_tn(
+        all_steps(
+            gemm_tn,
             &mut grads[layout.w_hy.clone()],
             Accum::Replace,
             &ws.dy,
             states,
             GemmShape::new(o, h, rows),
-            split(opts.par, GemmShape::new(o, h, rows)),
+            opts.par,
         );
         reduce::col_sums(&mut grads[layout.b_y.clone()], Accum::Replace, &ws.dy);
-        gemm_nn(
+        all_steps(
+            gemm_nn,
             g_rows,
             Accum::Replace,
             &ws.dy,
             w_hy,
             GemmShape::new(rows, h, o),
-            split(opts.par, GemmShape::new(rows, h, o)),
+            opts.par,
         );
         if many_to_one {
             buf.z[..(t_len - 1) * b * h].fill(T::zero());
