@@ -162,10 +162,7 @@ fn run<T: Float>(
 /// # Errors
 /// A typed error for anything malformed in the file, or invalid in the batch it describes.
 pub fn grad_dump(bytes: &[u8]) -> Result<Vec<(String, OwnedTensor)>> {
-    let st = io::parse(bytes)?;
-    let (_, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| RnnError::Format(e.to_string()))?;
-    let m = header.metadata().clone().unwrap_or_default();
+    let (st, m) = io::parse_with_metadata(bytes)?;
     let x = st
         .tensor("x")
         .map_err(|_| RnnError::Format("missing tensor \"x\"".into()))?;

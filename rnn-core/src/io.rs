@@ -42,6 +42,19 @@ pub fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>> {
         .map_err(|e| RnnError::Format(format!("not a valid safetensors file: {e}")))
 }
 
+/// Parses safetensors bytes and returns the file's string metadata too (empty when it has
+/// none). safetensors 0.7 keeps a parsed file's metadata private, so the header is read a
+/// second time for it; headers are small.
+///
+/// # Errors
+/// [`RnnError::Format`] for anything malformed.
+pub fn parse_with_metadata(bytes: &[u8]) -> Result<(SafeTensors<'_>, HashMap<String, String>)> {
+    let st = parse(bytes)?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| RnnError::Format(e.to_string()))?;
+    Ok((st, header.metadata().clone().unwrap_or_default()))
+}
+
 /// Tensor `name` as floats of type `T` (from F32 or F64), with its shape.
 ///
 /// # Errors
@@ -288,10 +301,7 @@ pub fn save_weights<T: Float>(path: &Path, config: &RnnConfig, params: &[T]) -> 
 /// [`RnnError::Io`], [`RnnError::Format`], [`RnnError::ShapeMismatch`].
 pub fn load_weights<T: Float>(path: &Path) -> Result<(RnnConfig, Vec<T>)> {
     let bytes = read_bytes(path)?;
-    let st = parse(&bytes)?;
-    let (_, meta) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| RnnError::Format(e.to_string()))?;
-    let metadata = meta.metadata().clone().unwrap_or_default();
+    let (st, metadata) = parse_with_metadata(&bytes)?;
     let config = infer_config(&st, &metadata)?;
     let params = load_params(&st, &Layout::new(&config))?;
     Ok((config, params))
@@ -334,10 +344,7 @@ pub fn load_checkpoint<T: Float>(
     optimizer: &mut Optimizer<T>,
 ) -> Result<()> {
     let bytes = read_bytes(path)?;
-    let st = parse(&bytes)?;
-    let (_, meta) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| RnnError::Format(e.to_string()))?;
-    let metadata = meta.metadata().clone().unwrap_or_default();
+    let (st, metadata) = parse_with_metadata(&bytes)?;
     let found = infer_config(&st, &metadata)?;
     if found != *config {
         return Err(RnnError::Format(format!(

@@ -93,9 +93,8 @@ fn batch_eight_ce_f32() {
 #[test]
 fn pytorch_weights_roundtrip() {
     let bytes = io::read_bytes(&fixture("relu_ce_2layers.in.safetensors")).unwrap();
-    let st = io::parse(&bytes).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let config = io::infer_config(&st, &header.metadata().clone().unwrap()).unwrap();
+    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
+    let config = io::infer_config(&st, &meta).unwrap();
     assert_eq!(
         (
             config.input_size,
@@ -129,9 +128,7 @@ fn edited(
     ),
 ) -> Vec<u8> {
     let bytes = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
-    let st = io::parse(&bytes).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut meta = header.metadata().clone().unwrap();
+    let (st, mut meta) = io::parse_with_metadata(&bytes).unwrap();
     let mut tensors: Vec<(String, io::OwnedTensor)> = st
         .tensors()
         .into_iter()
@@ -212,9 +209,7 @@ fn grad_dump_rejects_bad_files_clearly() {
 fn check_training(name: &str) {
     use rnn_core::prelude::*;
     let bytes = io::read_bytes(&fixture(&format!("train_{name}.safetensors"))).unwrap();
-    let st = io::parse(&bytes).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = header.metadata().clone().unwrap();
+    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
     let num = |k: &str, d: f64| meta.get(k).map_or(d, |v| v.parse().unwrap());
     let cfg = RnnConfig::new(4, 5, 3).layers(2);
     let layout = rnn_core::params::Layout::new(&cfg);
