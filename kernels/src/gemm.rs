@@ -176,9 +176,10 @@ pub fn transpose<T: Float>(dst: &mut [T], src: &[T], rows: usize, cols: usize) {
 /// `C[m, n] (+)= A[m, k] · B[k, n]`, all row-major, by the pulp small-M kernel.
 ///
 /// For few rows (the recurrent step of a small batch): tiles of up to 8 rows of `C` times 2-3
-/// registers (8 x 3 with AVX-512's 32 registers, 4 x 2 otherwise) stay in registers while `k` rows of `B` stream past, so there are no horizontal
-/// reductions and `B` (a weight matrix, hot in L2 across time steps) is read once per tile of
-/// rows. Sums run over `k` in order, one accumulator per output: the result does not depend on
+/// registers (8 x 3 with AVX-512's 32 registers, 4 x 2 otherwise) stay in registers while `k`
+/// rows of `B` stream past, so there are no horizontal reductions and `B` (a weight matrix,
+/// hot in L2 across time steps) is read once per tile of rows. One row is a GEMV that streams
+/// `B` front to back instead. Sums run over `k` in order, one accumulator per output: the result does not depend on
 /// the instruction set's width except through FMA contraction.
 ///
 /// # Panics
@@ -221,10 +222,14 @@ impl<T: Float> WithSimd for SmallGemm<'_, T> {
         }
         // AVX-512 has 32 registers: an 8 x 3 tile (24 accumulators) amortises each load of B
         // over 8 rows. With 16 registers, 4 x 2.
-        let (tile_rows, wide) = if lanes >= 16 { (8, true) } else { (4, false) };
+        let wide = lanes >= 16;
         let mut row = 0;
         while row < s.m {
-            let rows = (s.m - row).min(tile_rows);
+            // The tallest tile the remaining rows fill: 8 (AVX-512 only), 4, then 3, 2, 1.
+            let rows = match s.m - row {
+                left if wide && left >= 8 => 8,
+                left => left.min(4),
+            };
             let strip = Strip {
                 row,
                 accum,
@@ -234,13 +239,13 @@ impl<T: Float> WithSimd for SmallGemm<'_, T> {
             };
             match (rows, wide) {
                 (8, _) => strip.run::<S, 8, 3>(simd, dst, lanes),
-                (4.., true) => strip.run::<S, 4, 3>(simd, dst, lanes),
-                (4.., false) => strip.run::<S, 4, 2>(simd, dst, lanes),
+                (4, true) => strip.run::<S, 4, 3>(simd, dst, lanes),
+                (4, false) => strip.run::<S, 4, 2>(simd, dst, lanes),
                 (3, _) => strip.run::<S, 3, 2>(simd, dst, lanes),
                 (2, _) => strip.run::<S, 2, 2>(simd, dst, lanes),
                 _ => strip.run::<S, 1, 2>(simd, dst, lanes),
             }
-            row += if rows > 4 && rows < 8 { 4 } else { rows };
+            row += rows;
         }
     }
 }
