@@ -1,8 +1,11 @@
 //! Every gradient the engine computes, checked against central finite differences in f64,
 //! for every option and odd shape; and f32 against f64.
 
+mod common;
+use common::Data;
+
 use approx::assert_relative_eq;
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
 use rnn_core::network::{PassOptions, forward_backward};
@@ -26,53 +29,21 @@ struct Case {
     learn_h0: bool,
 }
 
-struct Data {
-    x: Vec<f64>,
-    values: Vec<f64>,
-    classes: Vec<usize>,
-    lengths: Vec<usize>,
-    h0: Vec<f64>,
+fn cfg(c: &Case) -> RnnConfig {
+    RnnConfig::new(c.i, c.h, c.o).layers(c.layers)
 }
 
 fn data(c: &Case, rng: &mut StdRng) -> Data {
-    let positions = if c.many_to_one { c.b } else { c.t * c.b };
-    let mut lengths: Vec<usize> = (0..c.b).map(|_| rng.random_range(1..=c.t)).collect();
-    lengths[0] = c.t; // at least one full-length sequence
-    Data {
-        x: (0..c.t * c.b * c.i)
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect(),
-        values: (0..positions * c.o)
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect(),
-        classes: (0..positions).map(|_| rng.random_range(0..c.o)).collect(),
-        lengths,
-        h0: (0..c.layers * c.b * c.h)
-            .map(|_| rng.random_range(-0.5..0.5))
-            .collect(),
-    }
+    Data::random(rng, &cfg(c), c.t, c.b, c.many_to_one)
 }
 
 fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
-    let target = match c.kind {
-        LossKind::Mse => Target::Values(&d.values),
-        LossKind::CrossEntropy => Target::Classes(&d.classes),
-    };
-    Batch {
-        seq_len: c.t,
-        batch: c.b,
-        x: &d.x,
-        target,
-        lengths: c.lengths.then_some(&d.lengths[..]),
-        h0: c.h0.then_some(&d.h0[..]),
-    }
+    d.batch(c.t, c.b, c.kind, c.lengths, c.h0)
 }
 
 fn check(c: &Case, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cfg = RnnConfig::new(c.i, c.h, c.o)
-        .layers(c.layers)
-        .nonlinearity(c.act);
+    let mut cfg = cfg(c).nonlinearity(c.act);
     cfg.learn_h0 = c.learn_h0;
     let layout = Layout::new(&cfg);
     // Larger weights than PyTorch's init make every path matter numerically.

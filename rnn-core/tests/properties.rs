@@ -1,10 +1,12 @@
 //! Property tests over random shapes and options: gradients match finite differences.
 //! (Thread-count independence needs products big enough to run in parallel: see api.rs.)
 
+mod common;
+use common::Data;
+
 use faer::Par;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
 use rnn_core::network::{PassOptions, forward_backward};
 use rnn_core::params::{Layout, init_params};
@@ -73,51 +75,19 @@ fn setup() -> impl Strategy<Value = Setup> {
         )
 }
 
-struct Data {
-    x: Vec<f64>,
-    values: Vec<f64>,
-    classes: Vec<usize>,
-    lengths: Vec<usize>,
-    h0: Vec<f64>,
-}
-
 fn data(s: &Setup) -> Data {
-    let mut rng = StdRng::seed_from_u64(s.seed);
-    let c = &s.cfg;
-    let positions = if s.spec.many_to_one { s.b } else { s.t * s.b };
-    let mut lengths: Vec<usize> = (0..s.b).map(|_| rng.random_range(1..=s.t)).collect();
-    lengths[0] = s.t;
-    Data {
-        x: (0..s.t * s.b * c.input_size)
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect(),
-        values: (0..positions * c.output_size)
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect(),
-        classes: (0..positions)
-            .map(|_| rng.random_range(0..c.output_size))
-            .collect(),
-        lengths,
-        h0: (0..c.num_layers * s.b * c.hidden_size)
-            .map(|_| rng.random_range(-0.5..0.5))
-            .collect(),
-    }
+    Data::random(
+        &mut StdRng::seed_from_u64(s.seed),
+        &s.cfg,
+        s.t,
+        s.b,
+        s.spec.many_to_one,
+    )
 }
 
 fn loss_and_grads(s: &Setup, d: &Data, params: &[f64], par: Par) -> (f64, Vec<f64>) {
     let layout = Layout::new(&s.cfg);
-    let target = match s.spec.kind {
-        LossKind::Mse => Target::Values(&d.values),
-        LossKind::CrossEntropy => Target::Classes(&d.classes),
-    };
-    let batch = Batch {
-        seq_len: s.t,
-        batch: s.b,
-        x: &d.x,
-        target,
-        lengths: s.lengths.then_some(&d.lengths[..]),
-        h0: s.h0.then_some(&d.h0[..]),
-    };
+    let batch = d.batch(s.t, s.b, s.spec.kind, s.lengths, s.h0);
     let mut grads = vec![0.0; layout.len];
     let opts = PassOptions {
         par,

@@ -1,0 +1,68 @@
+//! Random batches shared by the gradient tests (`gradcheck.rs`, `properties.rs`).
+
+use rand::{Rng, rngs::StdRng};
+use rnn_core::batch::{Batch, Target};
+use rnn_core::config::{LossKind, RnnConfig};
+
+/// Inputs, both kinds of target, lengths and an initial state for one batch, in f64.
+pub struct Data {
+    pub x: Vec<f64>,
+    pub values: Vec<f64>,
+    pub classes: Vec<usize>,
+    pub lengths: Vec<usize>,
+    pub h0: Vec<f64>,
+}
+
+impl Data {
+    /// A random batch of `t` steps and `b` sequences for `cfg`; the first sequence always
+    /// has full length. Targets are `[B, ..]` when `many_to_one`, else `[T, B, ..]`.
+    pub fn random(
+        rng: &mut StdRng,
+        cfg: &RnnConfig,
+        t: usize,
+        b: usize,
+        many_to_one: bool,
+    ) -> Self {
+        let positions = if many_to_one { b } else { t * b };
+        let mut lengths: Vec<usize> = (0..b).map(|_| rng.random_range(1..=t)).collect();
+        lengths[0] = t;
+        Data {
+            x: (0..t * b * cfg.input_size)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect(),
+            values: (0..positions * cfg.output_size)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect(),
+            classes: (0..positions)
+                .map(|_| rng.random_range(0..cfg.output_size))
+                .collect(),
+            lengths,
+            h0: (0..cfg.num_layers * b * cfg.hidden_size)
+                .map(|_| rng.random_range(-0.5..0.5))
+                .collect(),
+        }
+    }
+
+    /// The batch over this data, scored by `kind`, with or without lengths and a given h0.
+    pub fn batch(
+        &self,
+        t: usize,
+        b: usize,
+        kind: LossKind,
+        lengths: bool,
+        h0: bool,
+    ) -> Batch<'_, f64> {
+        let target = match kind {
+            LossKind::Mse => Target::Values(&self.values),
+            LossKind::CrossEntropy => Target::Classes(&self.classes),
+        };
+        Batch {
+            seq_len: t,
+            batch: b,
+            x: &self.x,
+            target,
+            lengths: lengths.then_some(&self.lengths[..]),
+            h0: h0.then_some(&self.h0[..]),
+        }
+    }
+}
