@@ -165,10 +165,7 @@ fn peer_torch(plan: &[(&str, usize)]) -> Result<BTreeMap<String, f64>, String> {
         }
         let v: Value =
             serde_json::from_slice(&o.stdout).map_err(|e| format!("torch_bench.py output: {e}"))?;
-        out.insert(
-            format!("rnn/{w}/t{threads}"),
-            v["tokens_per_s"].as_f64().unwrap_or(0.0),
-        );
+        out.insert(key(&v), v["tokens_per_s"].as_f64().unwrap_or(0.0));
     }
     Ok(out)
 }
