@@ -6,6 +6,8 @@
 //! - [`gemm`]: `C (+)= A B`, `A Bᵀ`, `Aᵀ B` through faer, and a pulp kernel for products
 //!   with few rows (the recurrent step of a small batch), where faer is slow.
 //! - [`activation`]: fused bias + tanh / ReLU, sigmoid, and their backward passes.
+//! - [`gates`]: the elementwise half of LSTM and GRU steps (all gates and the state update
+//!   in one pass), forward and backward.
 //! - [`loss`]: softmax cross-entropy and squared error, loss and gradient in one pass.
 //! - [`reduce`]: sums of squares, column sums, `axpy`, scaling, clamping.
 //! - [`optim`]: fused SGD (momentum, Nesterov, weight decay) and Adam / AdamW updates.
@@ -30,6 +32,7 @@
 pub mod activation;
 pub mod arch;
 mod float;
+pub mod gates;
 pub mod gemm;
 mod lanewise;
 pub mod loss;
