@@ -28,8 +28,11 @@ pub struct Batch<'a, T> {
     /// Optional per-sequence lengths in `1..=T` (PyTorch's packed-sequence semantics):
     /// positions at or past a sequence's length score no loss and leave its state unchanged.
     pub lengths: Option<&'a [usize]>,
-    /// Optional initial state `[L, B, H]` (zeros when `None`).
+    /// Optional initial state `[L, B, H]` (zeros, or the learned state, when `None`).
     pub h0: Option<&'a [T]>,
+    /// Optional initial cell state `[L, B, H]` of an LSTM (zeros, or the learned state, when
+    /// `None`).
+    pub c0: Option<&'a [T]>,
 }
 
 impl<'a, T: Float> Batch<'a, T> {
@@ -42,6 +45,7 @@ impl<'a, T: Float> Batch<'a, T> {
             target,
             lengths: None,
             h0: None,
+            c0: None,
         }
     }
 
@@ -95,15 +99,23 @@ impl<'a, T: Float> Batch<'a, T> {
             ));
         }
         finite("x", self.x)?;
-        if let Some(h0) = self.h0 {
-            if h0.len() != l * b * h {
-                return Err(shape(
-                    "h0",
-                    format!("[L={l}, B={b}, H={h}] = {}", l * b * h),
-                    h0.len(),
-                ));
+        if self.c0.is_some() && !config.cell.has_cell_state() {
+            return Err(RnnError::Config(format!(
+                "c0 given, but a {} cell has no cell state",
+                config.cell.as_str()
+            )));
+        }
+        for (what, state) in [("h0", self.h0), ("c0", self.c0)] {
+            if let Some(state) = state {
+                if state.len() != l * b * h {
+                    return Err(shape(
+                        what,
+                        format!("[L={l}, B={b}, H={h}] = {}", l * b * h),
+                        state.len(),
+                    ));
+                }
+                finite(what, state)?;
             }
-            finite("h0", h0)?;
         }
         if let Some(lengths) = self.lengths {
             if lengths.len() != b {

@@ -40,12 +40,67 @@ impl Nonlinearity {
     }
 }
 
+/// The recurrent cell of every layer, with PyTorch's equations and gate order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Cell {
+    /// Elman RNN (`nn.RNN`): `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`.
+    #[default]
+    Rnn,
+    /// `nn.LSTM`, gates `i, f, g, o`: `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`.
+    Lstm,
+    /// `nn.GRU`, gates `r, z, n`: `n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`,
+    /// `h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}`.
+    Gru,
+}
+
+impl Cell {
+    /// Gates stacked in `weight_ih` / `weight_hh` (rows are `gates() · H`): 1, 4 or 3.
+    pub fn gates(self) -> usize {
+        match self {
+            Self::Rnn => 1,
+            Self::Lstm => 4,
+            Self::Gru => 3,
+        }
+    }
+
+    /// The name used in file metadata: `"rnn"`, `"lstm"` or `"gru"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rnn => "rnn",
+            Self::Lstm => "lstm",
+            Self::Gru => "gru",
+        }
+    }
+
+    /// Parses [`Cell::as_str`]'s names.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for anything else.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "rnn" => Ok(Self::Rnn),
+            "lstm" => Ok(Self::Lstm),
+            "gru" => Ok(Self::Gru),
+            _ => Err(RnnError::Config(format!(
+                "cell must be rnn, lstm or gru, got {s:?}"
+            ))),
+        }
+    }
+
+    /// Whether the cell carries a second state (the LSTM's `c`).
+    pub fn has_cell_state(self) -> bool {
+        self == Self::Lstm
+    }
+}
+
 /// The architecture: a stack of `L` recurrent layers and a linear head.
 ///
-/// Equivalent to PyTorch's `nn.RNN(I, H, num_layers=L, nonlinearity=...)` followed by
-/// `nn.Linear(H, O)`.
+/// Equivalent to PyTorch's `nn.RNN(I, H, num_layers=L, nonlinearity=...)` (or `nn.LSTM`,
+/// `nn.GRU`) followed by `nn.Linear(H, O)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RnnConfig {
+    /// The recurrent cell.
+    pub cell: Cell,
     /// `I`, features per input step.
     pub input_size: usize,
     /// `H`, hidden units per layer.
@@ -54,10 +109,10 @@ pub struct RnnConfig {
     pub num_layers: usize,
     /// `O`, head outputs per step (classes, for cross-entropy).
     pub output_size: usize,
-    /// The recurrent activation.
+    /// The recurrent activation of an Elman cell ([`Cell::Rnn`] only).
     pub nonlinearity: Nonlinearity,
-    /// Learn the initial state: a parameter `rnn.h0` `[L, H]` (zeros at first) broadcast over the
-    /// batch whenever a batch gives no `h0` of its own.
+    /// Learn the initial state: a parameter `rnn.h0` `[L, H]` (and for LSTM `rnn.c0`), zeros
+    /// at first, broadcast over the batch whenever a batch gives no state of its own.
     pub learn_h0: bool,
 }
 
@@ -65,6 +120,7 @@ impl RnnConfig {
     /// A one-layer tanh RNN.
     pub fn new(input_size: usize, hidden_size: usize, output_size: usize) -> Self {
         Self {
+            cell: Cell::Rnn,
             input_size,
             hidden_size,
             num_layers: 1,
@@ -72,6 +128,27 @@ impl RnnConfig {
             nonlinearity: Nonlinearity::Tanh,
             learn_h0: false,
         }
+    }
+
+    /// A one-layer LSTM.
+    ///
+    /// ```
+    /// use rnn_core::config::{Cell, RnnConfig};
+    /// assert_eq!(RnnConfig::lstm(3, 8, 2), RnnConfig::new(3, 8, 2).cell(Cell::Lstm));
+    /// ```
+    pub fn lstm(input_size: usize, hidden_size: usize, output_size: usize) -> Self {
+        Self::new(input_size, hidden_size, output_size).cell(Cell::Lstm)
+    }
+
+    /// A one-layer GRU.
+    pub fn gru(input_size: usize, hidden_size: usize, output_size: usize) -> Self {
+        Self::new(input_size, hidden_size, output_size).cell(Cell::Gru)
+    }
+
+    /// Sets the cell.
+    pub fn cell(mut self, cell: Cell) -> Self {
+        self.cell = cell;
+        self
     }
 
     /// Sets the number of layers.
@@ -92,11 +169,19 @@ impl RnnConfig {
         self
     }
 
-    /// Checks every size is positive.
+    /// Checks every size is positive and the activation fits the cell.
     ///
     /// # Errors
-    /// [`RnnError::Empty`] naming the zero size.
+    /// [`RnnError::Empty`] naming the zero size; [`RnnError::Config`] for a ReLU LSTM or GRU
+    /// (their activations are fixed, as in PyTorch).
     pub fn validate(&self) -> Result<()> {
+        if self.cell != Cell::Rnn && self.nonlinearity != Nonlinearity::Tanh {
+            return Err(RnnError::Config(format!(
+                "nonlinearity {} applies to the rnn cell only, not {}",
+                self.nonlinearity.as_str(),
+                self.cell.as_str()
+            )));
+        }
         for (what, v) in [
             ("input_size", self.input_size),
             ("hidden_size", self.hidden_size),
@@ -108,6 +193,11 @@ impl RnnConfig {
             }
         }
         Ok(())
+    }
+
+    /// Rows of `weight_ih` / `weight_hh`: `gates · H`.
+    pub fn gate_rows(&self) -> usize {
+        self.cell.gates() * self.hidden_size
     }
 
     /// Input width of layer `k` (`I` for the first, `H` above).

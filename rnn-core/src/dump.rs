@@ -7,10 +7,11 @@
 //!
 //! IN holds the parameters (`rnn.*`, `head.*`), `x` [T,B,I], `h0` [L,B,H], `target` (mse:
 //! floats [T,B,O] or [B,O] when many-to-one; ce: int64 labels [T,B] or [B]), optionally
-//! `lengths` int64 [B], and metadata `cell` (rnn), `layers`, `nonlinearity` (tanh|relu),
-//! `loss` (mse|ce), `many_to_one` (true|false), `reduction` (mean|sum). It computes in the
-//! float type of `x` (F32 or F64) and writes `out.loss` [1], `out.y`, `out.h_last` [L,B,H],
-//! `grad.<parameter>` for every parameter, `grad.x` and `grad.h0`.
+//! `lengths` int64 [B], and metadata `cell` (rnn|lstm|gru), `layers`, `nonlinearity`
+//! (tanh|relu), `loss` (mse|ce), `many_to_one` (true|false), `reduction` (mean|sum). An LSTM
+//! also reads `c0` [L,B,H]. It computes in the float type of `x` (F32 or F64) and writes
+//! `out.loss` [1], `out.y`, `out.h_last` [L,B,H], `grad.<parameter>` for every parameter,
+//! `grad.x` and `grad.h0`; an LSTM also `out.c_last` [L,B,H] and `grad.c0`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +22,7 @@ use crate::error::{Result, RnnError};
 use crate::io::{self, OwnedTensor};
 use crate::network::{PassOptions, forward_backward};
 use crate::params::Layout;
-use crate::workspace::Workspace;
+use crate::workspace::{LayerBuffers, Workspace};
 use kernels::Float;
 use safetensors::tensor::{Dtype, SafeTensors};
 
@@ -89,6 +90,11 @@ fn run<T: Float>(
     }
     let (t, b) = (x_shape[0], x_shape[1]);
     let (h0, _) = io::float_tensor::<T>(st, "h0")?;
+    let c0 = if config.cell.has_cell_state() {
+        Some(io::float_tensor::<T>(st, "c0")?.0)
+    } else {
+        None
+    };
     let lengths = match st.tensor("lengths") {
         Ok(_) => Some(non_negative("lengths", io::int_tensor(st, "lengths")?.0)?),
         Err(_) => None,
@@ -111,6 +117,7 @@ fn run<T: Float>(
         target,
         lengths: lengths.as_deref(),
         h0: Some(&h0),
+        c0: c0.as_deref(),
     };
     let mut ws = Workspace::new();
     let mut grads = vec![T::zero(); layout.len];
@@ -128,10 +135,13 @@ fn run<T: Float>(
     } else {
         vec![t, b, o]
     };
-    let mut h_last = Vec::with_capacity(l * b * h);
-    for layer in &ws.layers {
-        h_last.extend_from_slice(&layer.hs[t * b * h..(t + 1) * b * h]);
-    }
+    let last = |states: fn(&LayerBuffers<T>) -> &[T]| -> Vec<T> {
+        ws.layers
+            .iter()
+            .flat_map(|layer| states(layer)[t * b * h..(t + 1) * b * h].iter().copied())
+            .collect()
+    };
+    let h_last = last(|layer| &layer.hs);
     let mut out = vec![
         ("out.loss".to_string(), OwnedTensor::float(vec![1], &[loss])),
         ("out.y".to_string(), OwnedTensor::float(y_shape, &ws.y)),
@@ -148,6 +158,16 @@ fn run<T: Float>(
             OwnedTensor::float(vec![l, b, h], &ws.dh0),
         ),
     ];
+    if config.cell.has_cell_state() {
+        out.push((
+            "out.c_last".to_string(),
+            OwnedTensor::float(vec![l, b, h], &last(|layer| &layer.cs)),
+        ));
+        out.push((
+            "grad.c0".to_string(),
+            OwnedTensor::float(vec![l, b, h], &ws.dc0),
+        ));
+    }
     for tensor in &layout.tensors {
         out.push((
             format!("grad.{}", tensor.name),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use kernels::Float;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::config::{Nonlinearity, RnnConfig};
+use crate::config::{Cell, Nonlinearity, RnnConfig};
 use crate::error::{Result, RnnError, shape};
 use crate::optim::Optimizer;
 use crate::params::Layout;
@@ -225,7 +225,7 @@ pub fn param_tensors<T: Float>(layout: &Layout, params: &[T]) -> Vec<(String, Ow
 /// The metadata describing `config` (`cell`, `layers`, `nonlinearity`, sizes).
 pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     HashMap::from([
-        ("cell".into(), "rnn".into()),
+        ("cell".into(), config.cell.as_str().into()),
         ("layers".into(), config.num_layers.to_string()),
         ("nonlinearity".into(), config.nonlinearity.as_str().into()),
         ("input_size".into(), config.input_size.to_string()),
@@ -235,51 +235,76 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     ])
 }
 
-/// The architecture of a file: `layers` and `nonlinearity` from metadata (defaults 1 and
-/// tanh) and the sizes from the tensors' shapes, as PyTorch's own files carry no sizes.
+/// The architecture of a file: the cell, `layers` and `nonlinearity` from metadata when
+/// present, otherwise from the tensors (PyTorch's own files carry no metadata): the cell from
+/// the gate rows of `rnn.weight_hh_l0` (`[G·H, H]`: 1, 4 or 3 gates), the layer count from the
+/// `rnn.weight_ih_l{k}` present, the sizes from the shapes; nonlinearity defaults to tanh.
 ///
 /// # Errors
-/// [`RnnError::Format`] if the metadata or the first layer's tensors are missing or bad.
+/// [`RnnError::Format`] if the metadata or the first layer's tensors are missing or bad, or
+/// the metadata disagrees with the shapes.
 pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) -> Result<RnnConfig> {
-    let layers = match metadata.get("layers") {
-        Some(s) => s
-            .parse::<usize>()
-            .map_err(|_| RnnError::Format(format!("metadata layers = {s:?} is not a number")))?,
-        None => 1,
-    };
-    let nonlinearity = match metadata.get("nonlinearity") {
-        Some(s) => Nonlinearity::parse(s).map_err(|e| RnnError::Format(e.to_string()))?,
-        None => Nonlinearity::Tanh,
-    };
-    if let Some(cell) = metadata.get("cell").filter(|c| c.as_str() != "rnn") {
-        return Err(RnnError::Format(format!(
-            "cell {cell:?} is not supported (this build has: rnn)"
-        )));
-    }
+    let bad = |e: RnnError| RnnError::Format(e.to_string());
     let dims = |name: &str| -> Result<Vec<usize>> {
         let v = st
             .tensor(name)
             .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
         Ok(v.shape().to_vec())
     };
-    let w_ih = dims("rnn.weight_ih_l0")?;
-    let w_hy = dims("head.weight")?;
-    if w_ih.len() != 2 || w_hy.len() != 2 {
+    let (w_ih, w_hh, w_hy) = (
+        dims("rnn.weight_ih_l0")?,
+        dims("rnn.weight_hh_l0")?,
+        dims("head.weight")?,
+    );
+    if w_ih.len() != 2 || w_hh.len() != 2 || w_hy.len() != 2 {
         return Err(RnnError::Format(
-            "rnn.weight_ih_l0 and head.weight must be 2-D".into(),
+            "rnn.weight_ih_l0, rnn.weight_hh_l0 and head.weight must be 2-D".into(),
         ));
     }
+    let hidden = w_hh[1];
+    let gates = w_hh[0].checked_div(hidden);
+    let cell = match metadata.get("cell") {
+        Some(s) => Cell::parse(s).map_err(bad)?,
+        None => match (gates, w_hh[0] % hidden.max(1)) {
+            (Some(1), 0) => Cell::Rnn,
+            (Some(4), 0) => Cell::Lstm,
+            (Some(3), 0) => Cell::Gru,
+            _ => {
+                return Err(RnnError::Format(format!(
+                    "rnn.weight_hh_l0 has shape {w_hh:?}: not [G*H, H] for 1 (rnn), 4 (lstm) or 3 (gru) gates"
+                )));
+            }
+        },
+    };
+    if w_hh[0] != cell.gates() * hidden {
+        return Err(RnnError::Format(format!(
+            "rnn.weight_hh_l0 has shape {w_hh:?}, but a {} cell needs [{}*H, H]",
+            cell.as_str(),
+            cell.gates()
+        )));
+    }
+    let layers = match metadata.get("layers") {
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| RnnError::Format(format!("metadata layers = {s:?} is not a number")))?,
+        None => (0..)
+            .take_while(|k| st.tensor(&format!("rnn.weight_ih_l{k}")).is_ok())
+            .count(),
+    };
+    let nonlinearity = match metadata.get("nonlinearity") {
+        Some(s) => Nonlinearity::parse(s).map_err(bad)?,
+        None => Nonlinearity::Tanh,
+    };
     let config = RnnConfig {
+        cell,
         input_size: w_ih[1],
-        hidden_size: w_ih[0],
+        hidden_size: hidden,
         num_layers: layers,
         output_size: w_hy[0],
         nonlinearity,
         learn_h0: st.tensor("rnn.h0").is_ok(),
     };
-    config
-        .validate()
-        .map_err(|e| RnnError::Format(e.to_string()))?;
+    config.validate().map_err(bad)?;
     Ok(config)
 }
 

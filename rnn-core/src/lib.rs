@@ -37,6 +37,7 @@ pub mod config;
 pub mod dump;
 pub mod error;
 pub mod io;
+mod layer;
 pub mod network;
 pub mod optim;
 pub mod params;

@@ -10,16 +10,17 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::config::RnnConfig;
 
-/// Where one recurrent layer's tensors live in the flat buffer.
+/// Where one recurrent layer's tensors live in the flat buffer (`G` gates: 1 for RNN, 4 for
+/// LSTM, 3 for GRU, stacked in PyTorch's order).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerSlots {
-    /// `weight_ih_l{k}`: `[H, I]` (layer 0) or `[H, H]`.
+    /// `weight_ih_l{k}`: `[G·H, I]` (layer 0) or `[G·H, H]`.
     pub w_ih: Range<usize>,
-    /// `weight_hh_l{k}`: `[H, H]`.
+    /// `weight_hh_l{k}`: `[G·H, H]`.
     pub w_hh: Range<usize>,
-    /// `bias_ih_l{k}`: `[H]`.
+    /// `bias_ih_l{k}`: `[G·H]`.
     pub b_ih: Range<usize>,
-    /// `bias_hh_l{k}`: `[H]`.
+    /// `bias_hh_l{k}`: `[G·H]`.
     pub b_hh: Range<usize>,
 }
 
@@ -45,6 +46,8 @@ pub struct Layout {
     pub b_y: Range<usize>,
     /// `rnn.h0`: `[L, H]`, the learned initial state (when the config asks for one).
     pub h0: Option<Range<usize>>,
+    /// `rnn.c0`: `[L, H]`, the learned initial cell state of a learned-state LSTM.
+    pub c0: Option<Range<usize>>,
     /// Every tensor in state-dict order.
     pub tensors: Vec<Tensor>,
     /// Total number of scalars.
@@ -54,7 +57,7 @@ pub struct Layout {
 impl Layout {
     /// The layout of `config`.
     pub fn new(config: &RnnConfig) -> Self {
-        let h = config.hidden_size;
+        let (h, gh) = (config.hidden_size, config.gate_rows());
         let mut tensors = Vec::new();
         let mut at = 0;
         let mut push = |name: String, shape: Vec<usize>| {
@@ -72,11 +75,11 @@ impl Layout {
             .map(|k| LayerSlots {
                 w_ih: push(
                     format!("rnn.weight_ih_l{k}"),
-                    vec![h, config.layer_input(k)],
+                    vec![gh, config.layer_input(k)],
                 ),
-                w_hh: push(format!("rnn.weight_hh_l{k}"), vec![h, h]),
-                b_ih: push(format!("rnn.bias_ih_l{k}"), vec![h]),
-                b_hh: push(format!("rnn.bias_hh_l{k}"), vec![h]),
+                w_hh: push(format!("rnn.weight_hh_l{k}"), vec![gh, h]),
+                b_ih: push(format!("rnn.bias_ih_l{k}"), vec![gh]),
+                b_hh: push(format!("rnn.bias_hh_l{k}"), vec![gh]),
             })
             .collect();
         let w_hy = push("head.weight".into(), vec![config.output_size, h]);
@@ -84,11 +87,14 @@ impl Layout {
         let h0 = config
             .learn_h0
             .then(|| push("rnn.h0".into(), vec![config.num_layers, h]));
+        let c0 = (config.learn_h0 && config.cell.has_cell_state())
+            .then(|| push("rnn.c0".into(), vec![config.num_layers, h]));
         Self {
             layers,
             w_hy,
             b_y,
             h0,
+            c0,
             tensors,
             len: at,
         }
@@ -101,9 +107,9 @@ impl Layout {
 }
 
 /// PyTorch's default initialisation: every recurrent tensor uniform in `±1/sqrt(H)`
-/// (`nn.RNN.reset_parameters`), the head's weight and bias uniform in `±1/sqrt(H)`
-/// (`nn.Linear`: Kaiming-uniform with `a = sqrt(5)` gives the same bound). A learned `h0`
-/// starts at zero.
+/// (`nn.RNN` / `nn.LSTM` / `nn.GRU`'s `reset_parameters`), the head's weight and bias uniform
+/// in `±1/sqrt(H)` (`nn.Linear`: Kaiming-uniform with `a = sqrt(5)` gives the same bound). A
+/// learned `h0` (and `c0`) starts at zero.
 ///
 /// ```
 /// use rnn_core::{config::RnnConfig, params::{init_params, Layout}};
@@ -122,8 +128,8 @@ pub fn init_params<T: Float>(config: &RnnConfig, seed: u64) -> Vec<T> {
     let mut params: Vec<T> = (0..layout.len)
         .map(|_| T::of(rng.random_range(-bound..=bound)))
         .collect();
-    if let Some(h0) = layout.h0 {
-        params[h0].fill(T::zero());
+    for state in [layout.h0, layout.c0].into_iter().flatten() {
+        params[state].fill(T::zero());
     }
     params
 }

@@ -6,22 +6,52 @@
 
 use kernels::Float;
 
-use crate::config::RnnConfig;
+use crate::config::{Cell, RnnConfig};
 
-/// Buffers of one recurrent layer.
+/// Buffers of one recurrent layer (`G` gates per unit: 1 RNN, 4 LSTM, 3 GRU).
 #[derive(Clone, Debug, Default)]
 pub struct LayerBuffers<T> {
     /// `[T+1, B, H]`; `hs[0] = h0`, `hs[t+1] = h_t`. `hs[0..T]` and `hs[1..=T]` are both
     /// `[T·B, H]` views with no copy.
     pub hs: Vec<T>,
-    /// `[T, B, H]`: pre-activations without bias in the forward pass. The backward pass
-    /// reuses it: first `dL/dh_t` from above (head or next layer), to which the recurrent term
-    /// `dZ_{t+1} W_hh` is added, then `dZ_t` in place. One buffer instead of three.
+    /// `[T, B, G·H]`, the gate buffer. Forward: the pre-activations (input projection plus
+    /// recurrent product), which LSTM and GRU turn into their activated gates in place.
+    /// Backward: the pre-activation gradients `dZ_t`, in place. An RNN also parks `dL/dh_t`
+    /// here before it becomes `dZ_t`: one buffer instead of three.
     pub z: Vec<T>,
-    /// `[H, H]`: `W_hhᵀ`, packed once per pass so the recurrent product streams rows.
+    /// GRU only, `[T, B, 3H]`: the recurrent product `h_{t-1} W_hhᵀ` (its `n` slice biased,
+    /// as `r` multiplies it), then its gradient. GRU keeps the two sides apart because
+    /// `r` gates only the hidden side of `n`.
+    pub zh: Vec<T>,
+    /// LSTM only, `[T+1, B, H]`: cell states, `cs[0] = c0`.
+    pub cs: Vec<T>,
+    /// LSTM and GRU, `[T, B, H]`: `dL/dh_t` from above, to which the recurrent term is added.
+    /// (An RNN uses `z` for this.)
+    pub dh: Vec<T>,
+    /// LSTM only, `[B, H]`: `dL/dc` carried from step `t+1` to `t` in the reverse loop.
+    pub dc: Vec<T>,
+    /// `[H, G·H]`: `W_hhᵀ`, packed once per pass so the recurrent product streams rows.
     pub w_hh_t: Vec<T>,
-    /// `[H]`: `b_ih + b_hh`, added once (both biases get the same gradient).
+    /// `[G·H]`: `b_ih + b_hh` (RNN and LSTM add both biases to every gate; GRU reads them
+    /// apart).
     pub bias: Vec<T>,
+}
+
+impl<T> LayerBuffers<T> {
+    /// `[T, B, H]`: where `dL/dh_t` from above (head or next layer) goes before the layer's
+    /// backward pass.
+    pub fn grad_h(&mut self, cell: Cell) -> &mut [T] {
+        self.states_and_grad_h(cell).1
+    }
+
+    /// The hidden states `hs` and [`LayerBuffers::grad_h`] at once (the layer above reads
+    /// one and writes the other).
+    pub fn states_and_grad_h(&mut self, cell: Cell) -> (&[T], &mut [T]) {
+        match cell {
+            Cell::Rnn => (&self.hs, &mut self.z),
+            Cell::Lstm | Cell::Gru => (&self.hs, &mut self.dh),
+        }
+    }
 }
 
 /// All buffers of a forward + backward pass.
@@ -37,7 +67,9 @@ pub struct Workspace<T> {
     pub dx: Vec<T>,
     /// `[L, B, H]`: `dL/dh0`.
     pub dh0: Vec<T>,
-    shape: (usize, usize, bool),
+    /// `[L, B, H]`: `dL/dc0` (LSTM; empty otherwise).
+    pub dc0: Vec<T>,
+    shape: Option<(RnnConfig, usize, usize, bool)>,
 }
 
 fn grow<T: Float>(v: &mut Vec<T>, n: usize) {
@@ -50,26 +82,41 @@ impl<T: Float> Workspace<T> {
         Self::default()
     }
 
-    /// Sizes every buffer for `seq_len` steps of `batch` sequences (no-op when unchanged).
+    /// Sizes every buffer for `seq_len` steps of `batch` sequences of `config` (no-op when
+    /// unchanged).
     pub fn ensure(&mut self, config: &RnnConfig, seq_len: usize, batch: usize, many_to_one: bool) {
-        if self.shape == (seq_len, batch, many_to_one) && self.layers.len() == config.num_layers {
+        let key = (*config, seq_len, batch, many_to_one);
+        if self.shape == Some(key) {
             return;
         }
-        let (h, o) = (config.hidden_size, config.output_size);
+        let (h, o, gh) = (config.hidden_size, config.output_size, config.gate_rows());
         let rows = seq_len * batch;
+        let cell = config.cell;
+        let only = |yes: bool, n: usize| if yes { n } else { 0 };
         self.layers
             .resize_with(config.num_layers, LayerBuffers::default);
         for l in &mut self.layers {
             grow(&mut l.hs, (seq_len + 1) * batch * h);
-            grow(&mut l.z, rows * h);
-            grow(&mut l.w_hh_t, h * h);
-            grow(&mut l.bias, h);
+            grow(&mut l.z, rows * gh);
+            grow(&mut l.zh, only(cell == Cell::Gru, rows * gh));
+            grow(
+                &mut l.cs,
+                only(cell == Cell::Lstm, (seq_len + 1) * batch * h),
+            );
+            grow(&mut l.dh, only(cell != Cell::Rnn, rows * h));
+            grow(&mut l.dc, only(cell == Cell::Lstm, batch * h));
+            grow(&mut l.w_hh_t, h * gh);
+            grow(&mut l.bias, gh);
         }
         let y_rows = if many_to_one { batch } else { rows };
         grow(&mut self.y, y_rows * o);
         grow(&mut self.dy, y_rows * o);
         grow(&mut self.dh0, config.num_layers * batch * h);
-        self.shape = (seq_len, batch, many_to_one);
+        grow(
+            &mut self.dc0,
+            only(cell == Cell::Lstm, config.num_layers * batch * h),
+        );
+        self.shape = Some(key);
     }
 
     /// Bytes held by all buffers.
@@ -77,8 +124,18 @@ impl<T: Float> Workspace<T> {
         let per_layer: usize = self
             .layers
             .iter()
-            .map(|l| l.hs.len() + l.z.len() + l.w_hh_t.len() + l.bias.len())
+            .map(|l| {
+                l.hs.len()
+                    + l.z.len()
+                    + l.zh.len()
+                    + l.cs.len()
+                    + l.dh.len()
+                    + l.dc.len()
+                    + l.w_hh_t.len()
+                    + l.bias.len()
+            })
             .sum();
-        (per_layer + self.y.len() + self.dy.len() + self.dx.len() + self.dh0.len()) * T::BYTES
+        let rest = self.y.len() + self.dy.len() + self.dx.len() + self.dh0.len() + self.dc0.len();
+        (per_layer + rest) * T::BYTES
     }
 }

@@ -1,5 +1,5 @@
 //! Every gradient the engine computes, checked against central finite differences in f64,
-//! for every option and odd shape; and f32 against f64.
+//! for every cell, option and odd shape; and f32 against f64.
 
 mod common;
 use common::Data;
@@ -7,13 +7,14 @@ use common::Data;
 use approx::assert_relative_eq;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
-use rnn_core::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
+use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
 use rnn_core::network::{PassOptions, forward_backward};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
 
 #[derive(Clone, Debug)]
 struct Case {
+    cell: Cell,
     t: usize,
     b: usize,
     i: usize,
@@ -30,7 +31,7 @@ struct Case {
 }
 
 fn cfg(c: &Case) -> RnnConfig {
-    RnnConfig::new(c.i, c.h, c.o).layers(c.layers)
+    RnnConfig::new(c.i, c.h, c.o).cell(c.cell).layers(c.layers)
 }
 
 fn data(c: &Case, rng: &mut StdRng) -> Data {
@@ -74,7 +75,7 @@ fn check(c: &Case, seed: u64) {
         opts,
     )
     .unwrap();
-    let (dx, dh0) = (ws.dx.clone(), ws.dh0.clone());
+    let (dx, dh0, dc0) = (ws.dx.clone(), ws.dh0.clone(), ws.dc0.clone());
 
     let eps = 1e-6;
     let mut scratch = vec![0.0; layout.len];
@@ -129,11 +130,21 @@ fn check(c: &Case, seed: u64) {
                 / (2.0 * eps);
             close(dh0[idx], numeric, &format!("h0[{idx}]"));
         }
+        for idx in 0..d.c0.len() {
+            let numeric = (perturbed(|d| &mut d.c0, idx, eps)
+                - perturbed(|d| &mut d.c0, idx, -eps))
+                / (2.0 * eps);
+            close(dc0[idx], numeric, &format!("c0[{idx}]"));
+        }
     }
 }
 
+const GATED: [Cell; 2] = [Cell::Lstm, Cell::Gru];
+const CELLS: [Cell; 3] = [Cell::Rnn, Cell::Lstm, Cell::Gru];
+
 fn base() -> Case {
     Case {
+        cell: Cell::Rnn,
         t: 4,
         b: 3,
         i: 3,
@@ -177,29 +188,66 @@ fn every_option_matches_finite_differences() {
     }
 }
 
+/// LSTM and GRU: both losses, both placements, lengths, both reductions.
+#[test]
+fn gated_cells_every_option_matches_finite_differences() {
+    let mut seed = 1000;
+    for cell in GATED {
+        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+            for many_to_one in [false, true] {
+                for lengths in [false, true] {
+                    for reduction in [Reduction::Mean, Reduction::Sum] {
+                        seed += 1;
+                        check(
+                            &Case {
+                                cell,
+                                kind,
+                                many_to_one,
+                                lengths,
+                                reduction,
+                                ..base()
+                            },
+                            seed,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn stacked_layers_match_finite_differences() {
-    for layers in [2, 3] {
-        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
-            check(
-                &Case {
-                    layers,
-                    kind,
-                    lengths: true,
-                    ..base()
-                },
-                100 + layers as u64,
-            );
-            check(
-                &Case {
-                    layers,
-                    kind,
-                    many_to_one: true,
-                    act: Nonlinearity::Relu,
-                    ..base()
-                },
-                200 + layers as u64,
-            );
+    for cell in CELLS {
+        for layers in [2, 3] {
+            for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+                check(
+                    &Case {
+                        cell,
+                        layers,
+                        kind,
+                        lengths: true,
+                        ..base()
+                    },
+                    100 + layers as u64,
+                );
+                let act = if cell == Cell::Rnn {
+                    Nonlinearity::Relu
+                } else {
+                    Nonlinearity::Tanh
+                };
+                check(
+                    &Case {
+                        cell,
+                        layers,
+                        kind,
+                        many_to_one: true,
+                        act,
+                        ..base()
+                    },
+                    200 + layers as u64,
+                );
+            }
         }
     }
 }
@@ -215,9 +263,13 @@ fn odd_shapes_match_finite_differences() {
         (3, 2, 17, 9, 5),
         (2, 5, 1, 33, 2),
     ] {
-        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+        for (cell, kind) in CELLS
+            .into_iter()
+            .flat_map(|c| [(c, LossKind::Mse), (c, LossKind::CrossEntropy)])
+        {
             check(
                 &Case {
+                    cell,
                     t,
                     b,
                     i,
@@ -230,6 +282,7 @@ fn odd_shapes_match_finite_differences() {
             );
             check(
                 &Case {
+                    cell,
                     t,
                     b,
                     i,
@@ -246,17 +299,20 @@ fn odd_shapes_match_finite_differences() {
     }
 }
 
-/// A learned initial state (`rnn.h0`, broadcast over the batch) gets the gradient summed over
-/// sequences; `check` perturbs it like every other parameter.
+/// A learned initial state (`rnn.h0`, and `rnn.c0` for LSTM, broadcast over the batch) gets
+/// the gradient summed over sequences; `check` perturbs it like every other parameter.
 #[test]
 fn learned_h0_matches_finite_differences() {
-    for (layers, kind, lengths) in [
-        (1, LossKind::Mse, false),
-        (2, LossKind::CrossEntropy, true),
-        (3, LossKind::Mse, true),
-    ] {
+    for (cell, layers, kind, lengths) in CELLS.into_iter().flat_map(|cell| {
+        [
+            (cell, 1, LossKind::Mse, false),
+            (cell, 2, LossKind::CrossEntropy, true),
+            (cell, 3, LossKind::Mse, true),
+        ]
+    }) {
         check(
             &Case {
+                cell,
                 layers,
                 kind,
                 lengths,
@@ -324,12 +380,15 @@ fn zero_h0_gradient_equals_explicit_zero_state() {
 /// The f32 engine agrees with the f64 one to f32 precision.
 #[test]
 fn f32_agrees_with_f64() {
-    for (b, kind) in [
-        (1, LossKind::Mse),
-        (4, LossKind::CrossEntropy),
-        (16, LossKind::Mse),
-    ] {
+    for (cell, b, kind) in CELLS.into_iter().flat_map(|cell| {
+        [
+            (cell, 1, LossKind::Mse),
+            (cell, 4, LossKind::CrossEntropy),
+            (cell, 16, LossKind::Mse),
+        ]
+    }) {
         let c = Case {
+            cell,
             t: 20,
             b,
             i: 7,
@@ -340,7 +399,7 @@ fn f32_agrees_with_f64() {
             layers: 2,
             ..base()
         };
-        let cfg = RnnConfig::new(c.i, c.h, c.o).layers(c.layers);
+        let cfg = cfg(&c);
         let layout = Layout::new(&cfg);
         let p64 = init_params::<f64>(&cfg, 5);
         let p32: Vec<f32> = p64.iter().map(|&v| v as f32).collect();
@@ -365,6 +424,7 @@ fn f32_agrees_with_f64() {
         let x32: Vec<f32> = d.x.iter().map(|&v| v as f32).collect();
         let v32: Vec<f32> = d.values.iter().map(|&v| v as f32).collect();
         let h32: Vec<f32> = d.h0.iter().map(|&v| v as f32).collect();
+        let c32: Vec<f32> = d.c0.iter().map(|&v| v as f32).collect();
         let target = match kind {
             LossKind::Mse => Target::Values(&v32[..]),
             LossKind::CrossEntropy => Target::Classes(&d.classes[..]),
@@ -376,6 +436,7 @@ fn f32_agrees_with_f64() {
             target,
             lengths: c.lengths.then_some(&d.lengths[..]),
             h0: Some(&h32),
+            c0: (cell == Cell::Lstm).then_some(&c32[..]),
         };
         let mut g32 = vec![0.0f32; layout.len];
         let l32 = forward_backward(
@@ -394,7 +455,7 @@ fn f32_agrees_with_f64() {
         for (i, (a, b)) in g32.iter().zip(&g64).enumerate() {
             assert!(
                 (*a as f64 - b).abs() <= 1e-5 * scale,
-                "grad {i}: f32 {a} vs f64 {b}"
+                "{cell:?} grad {i}: f32 {a} vs f64 {b}"
             );
         }
     }

@@ -2,7 +2,7 @@
 
 use rand::{Rng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
-use rnn_core::config::{LossKind, RnnConfig};
+use rnn_core::config::{Cell, LossKind, RnnConfig};
 
 /// Inputs, both kinds of target, lengths and an initial state for one batch, in f64.
 pub struct Data {
@@ -11,6 +11,9 @@ pub struct Data {
     pub classes: Vec<usize>,
     pub lengths: Vec<usize>,
     pub h0: Vec<f64>,
+    /// The LSTM cell state `[L, B, H]` (empty for other cells).
+    pub c0: Vec<f64>,
+    pub cell: Cell,
 }
 
 impl Data {
@@ -40,10 +43,19 @@ impl Data {
             h0: (0..cfg.num_layers * b * cfg.hidden_size)
                 .map(|_| rng.random_range(-0.5..0.5))
                 .collect(),
+            c0: if cfg.cell == Cell::Lstm {
+                (0..cfg.num_layers * b * cfg.hidden_size)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            cell: cfg.cell,
         }
     }
 
-    /// The batch over this data, scored by `kind`, with or without lengths and a given h0.
+    /// The batch over this data, scored by `kind`, with or without lengths and a given
+    /// initial state (h0, and c0 for an LSTM).
     pub fn batch(
         &self,
         t: usize,
@@ -63,6 +75,7 @@ impl Data {
             target,
             lengths: lengths.then_some(&self.lengths[..]),
             h0: h0.then_some(&self.h0[..]),
+            c0: (h0 && self.cell == Cell::Lstm).then_some(&self.c0[..]),
         }
     }
 }

@@ -1,0 +1,247 @@
+//! One recurrent layer over all steps, forward and backward, for each cell.
+//!
+//! Every cell runs the same schedule (the crate docs' known-fast design):
+//!
+//! - forward: the input projection of all `T·B` rows is one GEMM into the gate buffer `z`;
+//!   each step does one recurrent product for all gates at once and one fused elementwise
+//!   pass (`kernels::activation` or `kernels::gates`);
+//! - backward: the reverse loop does only the elementwise backward pass and the recurrent
+//!   product `dh_{t-1} += dZ_t W_hh`; the weight gradients are then a few GEMMs over all steps.
+//!
+//! Sequences past their length keep their state, and their gradient passes straight through.
+
+mod gru;
+mod lstm;
+mod rnn;
+
+use faer::{Accum, Par};
+use kernels::Float;
+use kernels::gemm::{GemmShape, gemm_nn, gemm_tn};
+use kernels::reduce;
+
+use crate::batch::Batch;
+use crate::config::{Cell, RnnConfig};
+use crate::params::LayerSlots;
+use crate::workspace::LayerBuffers;
+
+/// All-steps products smaller than this many flops run sequentially even when threads are
+/// allowed: a fork-join costs more than it saves there (tiny at 2 threads ran 3x slower).
+const PARALLEL_MIN_FLOPS: f64 = 16e6;
+
+/// The parallelism for an all-steps product: `par`, unless the product is small, or has a
+/// single row (where faer's result depends on the thread count).
+fn split(par: Par, s: GemmShape) -> Par {
+    if s.m < 2 || s.flops() < PARALLEL_MIN_FLOPS {
+        Par::Seq
+    } else {
+        par
+    }
+}
+
+/// The signature every `kernels::gemm` product shares.
+type Product<T> = fn(&mut [T], Accum, &[T], &[T], GemmShape, Par);
+
+/// An all-steps product, run with the parallelism [`split`] allows for its shape.
+pub(crate) fn all_steps<T: Float>(
+    product: Product<T>,
+    dst: &mut [T],
+    accum: Accum,
+    a: &[T],
+    b: &[T],
+    s: GemmShape,
+    par: Par,
+) {
+    product(dst, accum, a, b, s, split(par, s));
+}
+
+/// Where a layer's `h_{-1}` (or LSTM `c_{-1}`) comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum InitialState<'a, T> {
+    Zeros,
+    /// `[B, H]`, given with the batch.
+    PerSequence(&'a [T]),
+    /// `[H]`, a learned state shared by every sequence.
+    Broadcast(&'a [T]),
+}
+
+impl<T: Float> InitialState<'_, T> {
+    /// Writes the state into `dst` `[B, H]`.
+    fn write(self, dst: &mut [T], h: usize) {
+        match self {
+            Self::PerSequence(s) => dst.copy_from_slice(s),
+            Self::Broadcast(s) => dst
+                .chunks_exact_mut(h)
+                .for_each(|row| row.copy_from_slice(s)),
+            Self::Zeros => dst.fill(T::zero()),
+        }
+    }
+}
+
+/// What one layer's pass reads.
+pub(crate) struct LayerPass<'a, T> {
+    pub config: &'a RnnConfig,
+    pub slots: &'a LayerSlots,
+    pub params: &'a [T],
+    pub batch: &'a Batch<'a, T>,
+    /// `[T, B, I_k]`: the batch's `x` or the hidden states of the layer below.
+    pub input: &'a [T],
+    /// `I_k`.
+    pub input_size: usize,
+    /// Parallelism of the all-steps products.
+    pub par: Par,
+}
+
+impl<T: Float> LayerPass<'_, T> {
+    fn w_ih(&self) -> &[T] {
+        &self.params[self.slots.w_ih.clone()]
+    }
+
+    fn w_hh(&self) -> &[T] {
+        &self.params[self.slots.w_hh.clone()]
+    }
+
+    /// `(T, B, H, G·H)`.
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        (
+            self.batch.seq_len,
+            self.batch.batch,
+            self.config.hidden_size,
+            self.config.gate_rows(),
+        )
+    }
+
+    /// `z = input W_ihᵀ` for all `T·B` rows at once (no bias).
+    fn input_projection(&self, z: &mut [T]) {
+        let (t, b, _, gh) = self.dims();
+        all_steps(
+            kernels::gemm::gemm_nt,
+            &mut z[..t * b * gh],
+            Accum::Replace,
+            &self.input[..t * b * self.input_size],
+            self.w_ih(),
+            GemmShape::new(t * b, gh, self.input_size),
+            self.par,
+        );
+    }
+
+    /// `[B, H] → [B, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ`, with `w_hh_t`
+    /// the packed `W_hhᵀ`.
+    fn recurrent(&self, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
+        let (_, b, hd, gh) = self.dims();
+        gemm_nn(dst, accum, h, w_hh_t, GemmShape::new(b, gh, hd), Par::Seq);
+    }
+
+    /// `[B, G·H] → [B, H]`: one step's `dh_prev (+)= dZ W_hh`.
+    fn recurrent_backward(&self, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
+        let (_, b, hd, gh) = self.dims();
+        gemm_nn(
+            dh_prev,
+            accum,
+            dz,
+            self.w_hh(),
+            GemmShape::new(b, hd, gh),
+            Par::Seq,
+        );
+    }
+
+    /// Copies the rows of sequences finished by step `t` from `prev` into `cur` (`[B, H]`):
+    /// their state does not change.
+    fn carry_finished(&self, t: usize, cur: &mut [T], prev: &[T]) {
+        let h = self.config.hidden_size;
+        for bb in self.batch.finished(t) {
+            cur[bb * h..(bb + 1) * h].copy_from_slice(&prev[bb * h..(bb + 1) * h]);
+        }
+    }
+
+    /// The weight, bias and input gradients from the pre-activation gradients of all steps:
+    /// `dx_side` `[T·B, G·H]` (for `W_ih`, `b_ih`, the input) and `dh_side` (for `W_hh`,
+    /// `b_hh`; `None` when it equals `dx_side`, as for RNN and LSTM), against the states
+    /// `hs_prev` `[T·B, H]` that fed the recurrent products.
+    fn weight_grads(
+        &self,
+        grads: &mut [T],
+        dx_side: &[T],
+        dh_side: Option<&[T]>,
+        hs_prev: &[T],
+        dinput: Option<&mut [T]>,
+    ) {
+        let (t, b, h, gh) = self.dims();
+        let (rows, i) = (t * b, self.input_size);
+        let s = self.slots;
+        let dh = dh_side.unwrap_or(dx_side);
+        all_steps(
+            gemm_tn,
+            &mut grads[s.w_hh.clone()],
+            Accum::Replace,
+            dh,
+            &hs_prev[..rows * h],
+            GemmShape::new(gh, h, rows),
+            self.par,
+        );
+        all_steps(
+            gemm_tn,
+            &mut grads[s.w_ih.clone()],
+            Accum::Replace,
+            dx_side,
+            &self.input[..rows * i],
+            GemmShape::new(gh, i, rows),
+            self.par,
+        );
+        reduce::col_sums(&mut grads[s.b_ih.clone()], Accum::Replace, dx_side);
+        match dh_side {
+            Some(dh) => reduce::col_sums(&mut grads[s.b_hh.clone()], Accum::Replace, dh),
+            None => grads.copy_within(s.b_ih.clone(), s.b_hh.start),
+        }
+        if let Some(dinput) = dinput {
+            all_steps(
+                gemm_nn,
+                dinput,
+                Accum::Replace,
+                dx_side,
+                self.w_ih(),
+                GemmShape::new(rows, i, gh),
+                self.par,
+            );
+        }
+    }
+}
+
+/// Where one layer's backward pass writes.
+pub(crate) struct LayerGrads<'a, T> {
+    /// All parameter gradients (this layer's slots are overwritten).
+    pub grads: &'a mut [T],
+    /// `[B, H]`: `dL/dh0` of this layer.
+    pub dh0: &'a mut [T],
+    /// `[B, H]`: `dL/dc0` of this layer (LSTM; empty otherwise).
+    pub dc0: &'a mut [T],
+    /// `[T, B, I_k]`: `dL/d input`, when wanted (overwritten).
+    pub dinput: Option<&'a mut [T]>,
+}
+
+/// Forward over all steps: fills `buf.hs` (and the cell's saved activations).
+pub(crate) fn forward<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    h0: InitialState<'_, T>,
+    c0: InitialState<'_, T>,
+) {
+    match p.config.cell {
+        Cell::Rnn => rnn::forward(p, buf, h0),
+        Cell::Lstm => lstm::forward(p, buf, h0, c0),
+        Cell::Gru => gru::forward(p, buf, h0),
+    }
+}
+
+/// Backward over all steps, the mirror of [`forward`]: reads `dL/dh_t` from
+/// [`LayerBuffers::grad_h`] and writes `out`.
+pub(crate) fn backward<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    out: LayerGrads<'_, T>,
+) {
+    match p.config.cell {
+        Cell::Rnn => rnn::backward(p, buf, out),
+        Cell::Lstm => lstm::backward(p, buf, out),
+        Cell::Gru => gru::backward(p, buf, out),
+    }
+}
