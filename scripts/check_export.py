@@ -17,8 +17,12 @@ path = sys.argv[1]
 with safe_open(path, "pt") as f:
     meta = f.metadata()
 m = nn.Module()
-m.rnn = nn.RNN(int(meta["input_size"]), int(meta["hidden_size"]), num_layers=int(meta["layers"]),
-               nonlinearity=meta["nonlinearity"]).double()
+sizes = (int(meta["input_size"]), int(meta["hidden_size"]))
+cell = meta.get("cell", "rnn")
+if cell == "rnn":
+    m.rnn = nn.RNN(*sizes, num_layers=int(meta["layers"]), nonlinearity=meta["nonlinearity"]).double()
+else:
+    m.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](*sizes, num_layers=int(meta["layers"])).double()
 m.head = nn.Linear(int(meta["hidden_size"]), int(meta["output_size"])).double()
 m.load_state_dict(load_file(path), strict=True)
 fixtures = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "fixtures")

@@ -18,27 +18,35 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "fixtur
 
 
 class Model(nn.Module):
-    def __init__(self, i, h, o, layers, nonlinearity):
+    def __init__(self, i, h, o, layers, nonlinearity, cell="rnn"):
         super().__init__()
-        self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity)
+        if cell == "rnn":
+            self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity)
+        else:
+            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](i, h, num_layers=layers)
         self.head = nn.Linear(h, o)
 
 
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
-         reduction="mean", lengths=None, dtype=torch.float64, seed=0):
+         reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn"):
     torch.manual_seed(seed)
-    m = Model(I, H, O, layers, nonlinearity).to(dtype)
+    m = Model(I, H, O, layers, nonlinearity, cell).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
     h0 = (0.5 * torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True)
+    c0 = (torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True) if cell == "lstm" else None
+    state = (h0, c0) if cell == "lstm" else h0
     if lengths is not None:
         lens = torch.tensor(lengths, dtype=torch.int64)
         packed = pack_padded_sequence(x, lens, enforce_sorted=False)
-        out, hn = m.rnn(packed, h0)
+        out, hn = m.rnn(packed, state)
         out, _ = pad_packed_sequence(out, total_length=T)
         valid = (torch.arange(T)[:, None] < lens[None, :])  # [T, B]
     else:
-        out, hn = m.rnn(x, h0)
+        out, hn = m.rnn(x, state)
         valid = torch.ones(T, B, dtype=torch.bool)
+    cn = None
+    if cell == "lstm":
+        hn, cn = hn
     y = m.head(hn[-1]) if many_to_one else m.head(out)
     scored = torch.ones(B, dtype=torch.bool) if many_to_one else valid
     if loss == "mse":
@@ -59,22 +67,27 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     inputs["target"] = stored_target.detach().clone().contiguous()
     if lengths is not None:
         inputs["lengths"] = torch.tensor(lengths, dtype=torch.int64)
-    meta = {"cell": "rnn", "layers": str(layers), "nonlinearity": nonlinearity, "loss": loss,
+    if cell == "lstm":
+        inputs["c0"] = c0.detach().clone()
+    meta = {"cell": cell, "layers": str(layers), "nonlinearity": nonlinearity, "loss": loss,
             "many_to_one": "true" if many_to_one else "false", "reduction": reduction}
     save_file(inputs, os.path.join(OUT, f"{name}.in.safetensors"), metadata=meta)
 
     expected = {"out.loss": value.detach().reshape(1), "out.y": y.detach().contiguous(),
                 "out.h_last": hn.detach().contiguous(), "grad.x": x.grad, "grad.h0": h0.grad}
+    if cell == "lstm":
+        expected["out.c_last"] = cn.detach().contiguous()
+        expected["grad.c0"] = c0.grad
     for k, p in m.named_parameters():
         expected[f"grad.{k}"] = p.grad
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(OUT, f"{name}.expected.safetensors"))
 
 
-def training(name, optimizer, clip=None, steps=4, seed=10):
+def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn"):
     """Initial weights, a fixed batch, and the weights after `steps` optimizer steps."""
     torch.manual_seed(seed)
     T, B, I, H, O = 6, 3, 4, 5, 3
-    m = Model(I, H, O, 2, "tanh").double()
+    m = Model(I, H, O, 2, "tanh", cell).double()
     x = torch.randn(T, B, I, dtype=torch.float64)
     labels = torch.randint(0, O, (T, B))
     initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
@@ -91,7 +104,8 @@ def training(name, optimizer, clip=None, steps=4, seed=10):
     tensors.update({f"final.{k}": v.detach().clone() for k, v in m.state_dict().items()})
     tensors["x"] = x
     tensors["target"] = labels
-    meta = {"optimizer": kind, "steps": str(steps), "clip": "none" if clip is None else str(clip)}
+    meta = {"optimizer": kind, "steps": str(steps), "clip": "none" if clip is None else str(clip),
+            "cell": cell}
     meta.update({k: str(v) for k, v in kw.items()})
     save_file(tensors, os.path.join(OUT, f"train_{name}.safetensors"), metadata=meta)
 
@@ -110,4 +124,16 @@ if __name__ == "__main__":
     training("sgd_nesterov", ("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True}))
     training("adam_clip", ("adam", {"lr": 0.01, "weight_decay": 0.001}), clip=0.3)
     training("adamw", ("adamw", {"lr": 0.02, "weight_decay": 0.1}))
+    # LSTM and GRU: the same options across cells.
+    case("lstm_mse", 5, 3, 4, 6, 3, cell="lstm", seed=20)
+    case("lstm_ce_2layers_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 1], cell="lstm", seed=21)
+    case("lstm_many_to_one_lengths", 7, 3, 3, 9, 4, layers=2, loss="ce", many_to_one=True, lengths=[7, 3, 5],
+         cell="lstm", seed=22)
+    case("lstm_batch1_f32", 9, 1, 5, 17, 3, dtype=torch.float32, cell="lstm", seed=23)
+    case("gru_mse_sum", 5, 3, 4, 6, 3, reduction="sum", cell="gru", seed=30)
+    case("gru_ce_3layers_lengths", 6, 4, 3, 7, 5, layers=3, loss="ce", lengths=[3, 6, 1, 4], cell="gru", seed=31)
+    case("gru_many_to_one_mse", 4, 2, 3, 6, 2, many_to_one=True, cell="gru", seed=32)
+    case("gru_batch8_ce_f32", 12, 8, 7, 33, 6, loss="ce", layers=2, dtype=torch.float32, cell="gru", seed=33)
+    training("lstm_adam_clip", ("adam", {"lr": 0.01, "weight_decay": 0.001}), clip=0.3, cell="lstm")
+    training("gru_sgd_momentum", ("sgd", {"lr": 0.1, "momentum": 0.9}), cell="gru")
     print("fixtures written to", os.path.normpath(OUT))

@@ -85,6 +85,34 @@ fn training_steps_do_not_allocate() {
             10,
             32,
         ),
+        (
+            RnnConfig::lstm(5, 40, 3).layers(2).learned_h0(),
+            LossSpec::every_step(LossKind::Mse),
+            OptimizerKind::adam(0.01),
+            9,
+            4,
+        ),
+        (
+            RnnConfig::lstm(5, 64, 3),
+            LossSpec::every_step(LossKind::CrossEntropy),
+            OptimizerKind::sgd(0.01),
+            20,
+            1,
+        ),
+        (
+            RnnConfig::gru(7, 33, 5).layers(2),
+            LossSpec::last_step(LossKind::CrossEntropy),
+            OptimizerKind::sgd(0.01),
+            11,
+            6,
+        ),
+        (
+            RnnConfig::gru(5, 64, 3),
+            LossSpec::every_step(LossKind::Mse),
+            OptimizerKind::adamw(0.01),
+            20,
+            1,
+        ),
     ];
     for (cfg, loss, opt, t, b) in cases {
         let n = allocations_of_steady_step(cfg, loss, opt, t, b);

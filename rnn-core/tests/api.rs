@@ -1,6 +1,7 @@
 //! The public API's promises: typed errors for bad input, rejected non-finite steps that
 //! leave everything untouched, bitwise determinism across thread counts, checkpoints.
 
+use rnn_core::config::Cell;
 use rnn_core::io;
 use rnn_core::prelude::*;
 
@@ -212,8 +213,14 @@ fn non_finite_loss_rejects_the_step_and_keeps_everything() {
 
 #[test]
 fn one_and_two_threads_give_bitwise_identical_weights() {
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        identical_at_one_and_two_threads(cell);
+    }
+}
+
+fn identical_at_one_and_two_threads(cell: Cell) {
     let run = |threads: usize| {
-        let cfg = RnnConfig::new(16, 128, 10).layers(2);
+        let cfg = RnnConfig::new(16, 128, 10).layers(2).cell(cell);
         let mut tr = Trainer::<f32>::new(
             cfg,
             LossSpec::every_step(LossKind::CrossEntropy),
@@ -243,7 +250,10 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
     };
     let one = pool(1).install(|| run(1));
     let two = pool(2).install(|| run(2));
-    assert_eq!(one, two);
+    assert!(
+        one == two,
+        "{cell:?}: weights differ between 1 and 2 threads"
+    );
 }
 
 #[test]
@@ -268,6 +278,121 @@ fn learning_rate_changes_between_steps() {
     tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap();
     assert_eq!(tr.params, before);
     assert_eq!(tr.optimizer.kind.lr(), 0.0);
+}
+
+/// Every cell's weights and optimizer state survive a checkpoint, and the state-dict names
+/// are PyTorch's.
+#[test]
+fn gated_cells_checkpoint_and_resume_exactly() {
+    let dir = std::env::temp_dir().join(format!("rnn-core-cells-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (x, y) = data(5, 2);
+    let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+    for cell in [Cell::Lstm, Cell::Gru] {
+        let path = dir.join(format!("{cell:?}.safetensors"));
+        let cfg = RnnConfig::new(3, 8, 4).layers(2).cell(cell).learned_h0();
+        let new = || {
+            Trainer::<f32>::new(
+                cfg,
+                LossSpec::every_step(LossKind::CrossEntropy),
+                OptimizerKind::adam(0.01),
+                7,
+            )
+            .unwrap()
+            .with_clip(Clip::Norm(1.0))
+        };
+        let mut a = new();
+        for _ in 0..3 {
+            a.step(&batch).unwrap();
+        }
+        io::save_checkpoint(&path, &a.config, &a.params, &a.optimizer).unwrap();
+        let (loaded_cfg, weights) = io::load_weights::<f32>(&path).unwrap();
+        assert_eq!(loaded_cfg, cfg);
+        assert_eq!(weights, a.params);
+        let names: Vec<&str> = a.layout.tensors.iter().map(|t| t.name.as_str()).collect();
+        let gates = cell.gates() * 8;
+        assert_eq!(
+            a.layout.find("rnn.weight_hh_l1").unwrap().shape,
+            vec![gates, 8]
+        );
+        assert!(names.contains(&"rnn.bias_ih_l1") && names.contains(&"rnn.h0"));
+        assert_eq!(names.contains(&"rnn.c0"), cell == Cell::Lstm);
+        let mut b = new();
+        io::load_checkpoint(&path, &cfg, &mut b.params, &mut b.optimizer).unwrap();
+        for _ in 0..2 {
+            a.step(&batch).unwrap();
+            b.step(&batch).unwrap();
+        }
+        assert_eq!(a.params, b.params, "{cell:?}");
+        assert_eq!(a.optimizer.state1, b.optimizer.state1, "{cell:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cell_specific_inputs_are_typed_errors() {
+    let (x, y) = data(5, 2);
+    let ok = Batch::new(5, 2, &x, Target::Classes(&y));
+    // c0 belongs to an LSTM only.
+    let c0 = vec![0.0f32; 2 * 2 * 8];
+    let mut rnn = trainer(OptimizerKind::sgd(0.1));
+    let e = rnn
+        .step(&Batch {
+            c0: Some(&c0),
+            ..ok
+        })
+        .unwrap_err();
+    assert!(matches!(&e, RnnError::Config(m) if m.contains("c0")), "{e}");
+    let mut lstm = Trainer::<f32>::new(
+        RnnConfig::lstm(3, 8, 4).layers(2),
+        LossSpec::every_step(LossKind::CrossEntropy),
+        OptimizerKind::sgd(0.1),
+        0,
+    )
+    .unwrap();
+    let e = lstm
+        .step(&Batch {
+            c0: Some(&c0[1..]),
+            ..ok
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "c0"),
+        "{e}"
+    );
+    let mut bad = c0.clone();
+    bad[3] = f32::INFINITY;
+    let e = lstm
+        .step(&Batch {
+            c0: Some(&bad),
+            ..ok
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RnnError::NonFiniteInput {
+                what: "c0",
+                index: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    lstm.step(&Batch {
+        c0: Some(&c0),
+        ..ok
+    })
+    .unwrap();
+    // ReLU is an Elman-RNN option only.
+    let e = RnnConfig::gru(3, 8, 4)
+        .nonlinearity(Nonlinearity::Relu)
+        .validate()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("relu") && e.to_string().contains("gru"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -89,6 +89,65 @@ fn batch_eight_ce_f32() {
     check("batch8_ce_f32", 2e-5);
 }
 
+#[test]
+fn lstm_mse() {
+    check("lstm_mse", 1e-12);
+}
+
+#[test]
+fn lstm_packed_lengths_ce_two_layers() {
+    check("lstm_ce_2layers_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_many_to_one_with_lengths() {
+    check("lstm_many_to_one_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_batch_one_f32() {
+    check("lstm_batch1_f32", 2e-5);
+}
+
+#[test]
+fn gru_mse_sum() {
+    check("gru_mse_sum", 1e-12);
+}
+
+#[test]
+fn gru_packed_lengths_ce_three_layers() {
+    check("gru_ce_3layers_lengths", 1e-12);
+}
+
+#[test]
+fn gru_many_to_one_mse() {
+    check("gru_many_to_one_mse", 1e-12);
+}
+
+#[test]
+fn gru_batch_eight_ce_f32() {
+    check("gru_batch8_ce_f32", 2e-5);
+}
+
+/// PyTorch's own files carry no metadata: the cell and layer count come from the shapes.
+#[test]
+fn cell_and_layers_are_inferred_from_bare_pytorch_files() {
+    for (name, cell, layers) in [
+        ("tanh_mse", "rnn", 1),
+        ("lstm_ce_2layers_lengths", "lstm", 2),
+        ("gru_ce_3layers_lengths", "gru", 3),
+    ] {
+        let bytes = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
+        let st = io::parse(&bytes).unwrap();
+        let config = io::infer_config(&st, &Default::default()).unwrap();
+        assert_eq!(
+            (config.cell.as_str(), config.num_layers),
+            (cell, layers),
+            "{name}"
+        );
+    }
+}
+
 /// A PyTorch file round-trips: loaded weights saved again load back identically.
 #[test]
 fn pytorch_weights_roundtrip() {
@@ -174,6 +233,12 @@ fn grad_dump_rejects_bad_files_clearly() {
         m.insert("cell".into(), "transformer".into());
     }));
     assert!(e.contains("transformer"), "{e}");
+    let e = dump_error(&edited("lstm_mse", |t, _| t.retain(|(n, _)| n != "c0")));
+    assert!(e.contains("missing tensor \"c0\""), "{e}");
+    let e = dump_error(&edited("lstm_mse", |_, m| {
+        m.insert("cell".into(), "gru".into());
+    }));
+    assert!(e.contains("gru") && e.contains("rnn.weight_hh_l0"), "{e}");
     let e = dump_error(&edited("tanh_mse", |t, _| t.retain(|(n, _)| n != "x")));
     assert!(e.contains("missing tensor \"x\""), "{e}");
     let e = dump_error(&edited("tanh_mse", |t, _| {
@@ -211,7 +276,9 @@ fn check_training(name: &str) {
     let bytes = io::read_bytes(&fixture(&format!("train_{name}.safetensors"))).unwrap();
     let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
     let num = |k: &str, d: f64| meta.get(k).map_or(d, |v| v.parse().unwrap());
-    let cfg = RnnConfig::new(4, 5, 3).layers(2);
+    let cell =
+        rnn_core::config::Cell::parse(meta.get("cell").map_or("rnn", String::as_str)).unwrap();
+    let cfg = RnnConfig::new(4, 5, 3).layers(2).cell(cell);
     let layout = rnn_core::params::Layout::new(&cfg);
     let load = |prefix: &str| {
         let mut p = vec![0.0f64; layout.len];
@@ -303,4 +370,14 @@ fn training_matches_pytorch_adam_l2_clip() {
 #[test]
 fn training_matches_pytorch_adamw() {
     check_training("adamw");
+}
+
+#[test]
+fn training_matches_pytorch_lstm_adam_clip() {
+    check_training("lstm_adam_clip");
+}
+
+#[test]
+fn training_matches_pytorch_gru_sgd_momentum() {
+    check_training("gru_sgd_momentum");
 }

@@ -1,4 +1,4 @@
-//! Property tests over random shapes and options: gradients match finite differences.
+//! Property tests over random cells, shapes and options: gradients match finite differences.
 //! (Thread-count independence needs products big enough to run in parallel: see api.rs.)
 
 mod common;
@@ -7,7 +7,7 @@ use common::Data;
 use faer::Par;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rnn_core::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
+use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
 use rnn_core::network::{PassOptions, forward_backward};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
@@ -42,12 +42,15 @@ fn setup() -> impl Strategy<Value = Setup> {
             any::<bool>(),
             any::<bool>(),
         ),
-        0u64..10_000,
+        (0u64..10_000, 0usize..3),
     )
         .prop_map(
-            |((t, b, i, h, o, layers), (relu, ce, last, sum, lengths, h0, learn), seed)| {
-                let mut cfg = RnnConfig::new(i, h, o.max(if ce { 2 } else { 1 })).layers(layers);
-                cfg.nonlinearity = if relu {
+            |((t, b, i, h, o, layers), (relu, ce, last, sum, lengths, h0, learn), (seed, cell))| {
+                let cell = [Cell::Rnn, Cell::Lstm, Cell::Gru][cell];
+                let mut cfg = RnnConfig::new(i, h, o.max(if ce { 2 } else { 1 }))
+                    .layers(layers)
+                    .cell(cell);
+                cfg.nonlinearity = if relu && cell == Cell::Rnn {
                     Nonlinearity::Relu
                 } else {
                     Nonlinearity::Tanh
@@ -108,7 +111,7 @@ fn loss_and_grads(s: &Setup, d: &Data, params: &[f64], par: Par) -> (f64, Vec<f6
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn gradients_match_finite_differences(s in setup()) {
