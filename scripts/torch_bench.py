@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The reference training step in PyTorch, for `cargo xtask bench --peer torch`.
 
-    python3 scripts/torch_bench.py WORKLOAD [THREADS]   -> one JSON line with tokens_per_s
+    python3 scripts/torch_bench.py WORKLOAD [THREADS] [CELL]   -> one JSON line with tokens_per_s
 
-Same step as bench-suite: nn.RNN + Linear head at every step, MSE or cross-entropy (mean),
+Same step as bench-suite: nn.RNN (or nn.LSTM / nn.GRU, CELL = rnn | lstm | gru) + Linear head at every step, MSE or cross-entropy (mean),
 backward, clip_grad_norm_(1.0), SGD(lr=1e-3). Workload shapes mirror bench-suite/src/lib.rs.
 """
 import json
@@ -29,10 +29,11 @@ WORKLOADS = {
 def main():
     name = sys.argv[1]
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    cell = sys.argv[3] if len(sys.argv) > 3 else "rnn"
     torch.set_num_threads(threads)
     T, B, I, H, O, loss = WORKLOADS[name]
     torch.manual_seed(0)
-    rnn, head = nn.RNN(I, H), nn.Linear(H, O)
+    rnn, head = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](I, H), nn.Linear(H, O)
     params = list(rnn.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=1e-3)
     x = torch.randn(T, B, I)
@@ -54,7 +55,7 @@ def main():
         times.append(time.perf_counter() - start)
     times.sort()
     median = times[len(times) // 2]
-    print(json.dumps({"cell": "rnn", "workload": name, "threads": threads, "tokens_per_s": T * B / median,
+    print(json.dumps({"cell": cell, "workload": name, "threads": threads, "tokens_per_s": T * B / median,
                       "torch": torch.__version__}))
 
 

@@ -1,6 +1,6 @@
-//! One full training step per workload and sweep (sequence length, hidden size, batch), at 1
-//! and 2 threads, tokens/s (`cargo bench -p bench-suite`; `BENCH_WORKLOADS=tiny,medium` to
-//! pick), beside a same-run faer GEMM (512x512x512) for the hardware's rate. `cargo xtask
+//! One full training step per cell, workload and sweep (sequence length, hidden size, batch),
+//! tokens/s (`cargo bench -p bench-suite`; `BENCH_WORKLOADS=tiny,medium` and
+//! `BENCH_CELLS=lstm,gru` to pick; LSTM and GRU run the workloads.md table only), beside a same-run faer GEMM (512x512x512) for the hardware's rate. `cargo xtask
 //! bench` gives the same measurements as records with memory and GEMM-relative ratios.
 
 use std::hint::black_box;
@@ -9,25 +9,30 @@ use bench_suite::{SWEEPS, WORKLOADS};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use kernels::gemm::{GemmShape, gemm_nn};
+use rnn_core::config::Cell;
+
+fn picked(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |o| o.split(',').any(|n| n == name))
+}
 
 fn train_step(c: &mut Criterion) {
-    let only: Option<String> = std::env::var("BENCH_WORKLOADS").ok();
-    for w in WORKLOADS.iter().chain(&SWEEPS) {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.split(',').any(|n| n == w.name))
-        {
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        if !picked("BENCH_CELLS", cell.as_str()) {
             continue;
         }
-        {
+        let sweeps: &[_] = if cell == Cell::Rnn { &SWEEPS } else { &[] };
+        for w in WORKLOADS.iter().chain(sweeps) {
+            if !picked("BENCH_WORKLOADS", w.name) {
+                continue;
+            }
             let threads = 1usize;
-            let mut group = c.benchmark_group(format!("rnn_{}_t{threads}", w.name));
+            let mut group = c.benchmark_group(format!("{}_{}_t{threads}", cell.as_str(), w.name));
             group.throughput(Throughput::Elements(w.tokens() as u64));
             if w.t * w.h * w.h * w.b > 50_000_000 {
                 group.sample_size(10);
             }
             let data = w.data();
-            let mut trainer = w.trainer(threads);
+            let mut trainer = w.trainer(cell, threads);
             group.bench_function(BenchmarkId::from_parameter(w.t), |b| {
                 b.iter(|| trainer.step(black_box(&data.batch())).unwrap())
             });

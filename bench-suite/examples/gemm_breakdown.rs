@@ -1,7 +1,8 @@
 //! Times every matrix product of one training step of a workload, in isolation, to show
 //! which fall short of the machine's GEMM rate:
-//! `cargo run --release -p bench-suite --example gemm_breakdown -- medium`.
+//! `cargo run --release -p bench-suite --example gemm_breakdown -- medium [rnn|lstm|gru]`.
 
+use rnn_core::config::Cell;
 use std::time::Instant;
 
 use faer::{Accum, Par};
@@ -44,23 +45,26 @@ fn time(name: &str, f: Product, s: GemmShape, a_len: usize, b_len: usize, calls:
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "medium".into());
     let w = bench_suite::Workload::named(&name).expect("workload");
+    let cell = Cell::parse(&std::env::args().nth(2).unwrap_or_else(|| "rnn".into())).expect("cell");
     let (t, b, i, h, o) = (w.t, w.b, w.i, w.h, w.o);
+    // Gate rows: every product touching W_ih or W_hh is G times wider.
+    let gh = cell.gates() * h;
     let rows = t * b;
     let mut total = 0.0;
     total += time(
         "F1 input projection (nt)",
         gemm_nt,
-        GemmShape::new(rows, h, i),
+        GemmShape::new(rows, gh, i),
         rows * i,
-        h * i,
+        gh * i,
         1,
     );
     total += time(
         "F2 recurrent step (nn)",
         gemm_nn,
-        GemmShape::new(b, h, h),
+        GemmShape::new(b, gh, h),
         b * h,
-        h * h,
+        h * gh,
         t,
     );
     total += time(
@@ -90,31 +94,31 @@ fn main() {
     total += time(
         "B3 recurrent step (nn)",
         gemm_nn,
-        GemmShape::new(b, h, h),
-        b * h,
-        h * h,
+        GemmShape::new(b, h, gh),
+        b * gh,
+        h * gh,
         t,
     );
     total += time(
         "B4 dW_hh (tn)",
         gemm_tn,
-        GemmShape::new(h, h, rows),
-        rows * h,
+        GemmShape::new(gh, h, rows),
+        rows * gh,
         rows * h,
         1,
     );
     total += time(
         "B5 dW_ih (tn)",
         gemm_tn,
-        GemmShape::new(h, i, rows),
-        rows * h,
+        GemmShape::new(gh, i, rows),
+        rows * gh,
         rows * i,
         1,
     );
     println!(
         "products total {:.2} ms, {:.1} GFLOP/s over the step's {:.2} GFLOP",
         total * 1e3,
-        w.flops() / total / 1e9,
-        w.flops() / 1e9
+        w.flops(cell) / total / 1e9,
+        w.flops(cell) / 1e9
     );
 }

@@ -1,5 +1,5 @@
 //! Runs training steps of one workload in a loop, for profilers:
-//! `cargo run --release -p bench-suite --example profile_step -- medium 50 [threads]`.
+//! `cargo run --release -p bench-suite --example profile_step -- medium 50 [threads] [cell]`.
 
 use std::time::Instant;
 
@@ -8,6 +8,11 @@ fn main() {
     let name = args.next().unwrap_or_else(|| "medium".into());
     let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20);
     let threads: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let cell = rnn_core::config::Cell::parse(&args.next().unwrap_or_else(|| "rnn".into()))
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        });
     let Some(w) = bench_suite::Workload::named(&name) else {
         eprintln!(
             "unknown workload {name:?}; known: {:?}",
@@ -16,7 +21,7 @@ fn main() {
         std::process::exit(2);
     };
     let data = w.data();
-    let mut trainer = w.trainer(threads);
+    let mut trainer = w.trainer(cell, threads);
     trainer.step(&data.batch()).expect("step");
     let start = Instant::now();
     for _ in 0..steps {
@@ -24,9 +29,10 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64() / steps as f64;
     println!(
-        "{name}: {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+        "{} {name}: {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+        cell.as_str(),
         secs * 1e3,
         w.tokens() as f64 / secs,
-        w.flops() / secs / 1e9
+        w.flops(cell) / secs / 1e9
     );
 }

@@ -4,6 +4,7 @@
 //! every step (MSE or cross-entropy, mean), full BPTT, clipping to global norm 1.0, one SGD
 //! update with lr 1e-3. Throughput is `T * B / step time` tokens per second.
 
+use rnn_core::config::Cell;
 use rnn_core::prelude::*;
 
 /// One benchmark workload.
@@ -95,10 +96,12 @@ impl Workload {
             .find(|w| w.name == name)
     }
 
-    /// Matrix-multiply flops of one vanilla-RNN training step: `T B (4 I H + 6 H² + 6 H O)`.
-    pub fn flops(&self) -> f64 {
+    /// Matrix-multiply flops of one training step with `G` gates (1 RNN, 4 LSTM, 3 GRU):
+    /// `T B (4G I H + 6G H² + 6 H O)`, workloads.md's counts.
+    pub fn flops(&self, cell: Cell) -> f64 {
         let (i, h, o) = (self.i as f64, self.h as f64, self.o as f64);
-        (self.t * self.b) as f64 * (4.0 * i * h + 6.0 * h * h + 6.0 * h * o)
+        let g = cell.gates() as f64;
+        (self.t * self.b) as f64 * (4.0 * g * i * h + 6.0 * g * h * h + 6.0 * h * o)
     }
 
     /// Tokens per step (`T * B`).
@@ -106,9 +109,9 @@ impl Workload {
         self.t * self.b
     }
 
-    /// A trainer set up as the reference step (SGD 1e-3, clip norm 1.0).
-    pub fn trainer(&self, threads: usize) -> Trainer<f32> {
-        let cfg = RnnConfig::new(self.i, self.h, self.o);
+    /// A trainer of `cell` set up as the reference step (SGD 1e-3, clip norm 1.0).
+    pub fn trainer(&self, cell: Cell, threads: usize) -> Trainer<f32> {
+        let cfg = RnnConfig::new(self.i, self.h, self.o).cell(cell);
         Trainer::new(
             cfg,
             LossSpec::every_step(self.loss),
@@ -164,7 +167,7 @@ impl WorkloadData {
 /// One benchmark record (`cargo xtask bench --json` writes an array of these).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
-    /// `rnn` (`lstm`, `gru` as they land).
+    /// `rnn`, `lstm` or `gru`.
     pub cell: &'static str,
     /// Workload name (workloads.md's, or a sweep's like `medium_t4096`).
     pub workload: String,
@@ -234,16 +237,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Measures `w` at `threads`: rounds alternate a faer GEMM reference (512³, same thread
+/// Measures `w` with `cell` at `threads`: rounds alternate a faer GEMM reference (512³, same thread
 /// count) with training steps, so noise from a shared machine hits both; the medians give
 /// tokens/s and the fraction of the same-run GEMM rate.
-pub fn measure(w: &Workload, threads: usize, min_secs: f64) -> Record {
+pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Record {
     use faer::{Accum, Par};
     use kernels::gemm::{GemmShape, gemm_nn};
     use std::time::Instant;
 
     let data = w.data();
-    let mut trainer = w.trainer(threads);
+    let mut trainer = w.trainer(cell, threads);
     let par = if threads <= 1 {
         Par::Seq
     } else {
@@ -277,9 +280,9 @@ pub fn measure(w: &Workload, threads: usize, min_secs: f64) -> Record {
     }
     let (step, gemm_s) = (median(steps), median(gemms));
     let gemm_gflops = 2.0 * (n * n * n) as f64 / gemm_s / 1e9;
-    let gflops = w.flops() / step / 1e9;
+    let gflops = w.flops(cell) / step / 1e9;
     Record {
-        cell: "rnn",
+        cell: cell.as_str(),
         workload: w.name.to_string(),
         t: w.t,
         b: w.b,

@@ -72,16 +72,29 @@ fn cargo(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// (workload, threads) pairs of a run.
-fn plan(args: &BenchArgs) -> Vec<(&'static str, usize)> {
+/// One record to measure: (cell, workload, threads).
+type Run = (&'static str, &'static str, usize);
+
+/// The records of a run.
+fn plan(args: &BenchArgs) -> Vec<Run> {
     if args.check {
-        return vec![("tiny", 1), ("small", 1), ("medium", 1), ("seq64", 1)];
+        return vec![
+            ("rnn", "tiny", 1),
+            ("rnn", "small", 1),
+            ("rnn", "medium", 1),
+            ("rnn", "seq64", 1),
+            ("lstm", "medium", 1),
+            ("gru", "medium", 1),
+        ];
     }
-    let mut p: Vec<(&str, usize)> = ["tiny", "small", "medium", "seq16", "seq64", "seq256"]
+    let mut p: Vec<Run> = ["tiny", "small", "medium", "seq16", "seq64", "seq256"]
         .iter()
-        .map(|&w| (w, 1))
+        .map(|&w| ("rnn", w, 1))
         .collect();
-    p.push(("medium", 2));
+    p.push(("rnn", "medium", 2));
+    for cell in ["lstm", "gru"] {
+        p.push((cell, "medium", 1));
+    }
     if !args.quick {
         for w in [
             "char",
@@ -95,10 +108,15 @@ fn plan(args: &BenchArgs) -> Vec<(&'static str, usize)> {
             "medium_b8",
             "medium_b128",
         ] {
-            p.push((w, 1));
+            p.push(("rnn", w, 1));
         }
         for w in ["tiny", "small", "char", "large"] {
-            p.push((w, 2));
+            p.push(("rnn", w, 2));
+        }
+        for cell in ["lstm", "gru"] {
+            for w in ["tiny", "char", "large"] {
+                p.push((cell, w, 1));
+            }
         }
     }
     p
@@ -142,7 +160,7 @@ fn key(r: &Value) -> String {
     )
 }
 
-fn peer_torch(plan: &[(&str, usize)]) -> Result<BTreeMap<String, f64>, String> {
+fn peer_torch(plan: &[Run]) -> Result<BTreeMap<String, f64>, String> {
     let ok = Command::new("python3")
         .args(["-c", "import torch"])
         .output()
@@ -151,15 +169,15 @@ fn peer_torch(plan: &[(&str, usize)]) -> Result<BTreeMap<String, f64>, String> {
         return Err("--peer torch: `import torch` fails in python3; install it with `pip install torch` and retry".into());
     }
     let mut out = BTreeMap::new();
-    for &(w, threads) in plan {
+    for &(cell, w, threads) in plan {
         let o = Command::new("python3")
             .arg(root().join("scripts/torch_bench.py"))
-            .args([w, &threads.to_string()])
+            .args([w, &threads.to_string(), cell])
             .output()
             .map_err(|e| e.to_string())?;
         if !o.status.success() {
             return Err(format!(
-                "torch_bench.py {w}: {}",
+                "torch_bench.py {cell} {w}: {}",
                 String::from_utf8_lossy(&o.stderr)
             ));
         }
@@ -350,14 +368,19 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     }
     let runner = root().join("target/release/bench-runner");
     let mut records = Vec::new();
-    for (w, threads) in &plan {
+    for (cell, w, threads) in &plan {
         let o = Command::new(&runner)
-            .args([w.to_string(), threads.to_string(), args.seconds.to_string()])
+            .args([
+                w.to_string(),
+                threads.to_string(),
+                args.seconds.to_string(),
+                cell.to_string(),
+            ])
             .output()
             .map_err(|e| format!("running bench-runner: {e}"))?;
         if !o.status.success() {
             return Err(format!(
-                "bench-runner {w} {threads}: {}",
+                "bench-runner {cell} {w} {threads}: {}",
                 String::from_utf8_lossy(&o.stderr)
             ));
         }

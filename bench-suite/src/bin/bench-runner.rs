@@ -1,7 +1,8 @@
 //! Measures one workload in this process and prints its record as one JSON line.
 //!
-//! `bench-runner WORKLOAD [THREADS] [MIN_SECONDS]` — `cargo xtask bench` runs it once per
-//! record, so each record's peak memory is its own.
+//! `bench-runner WORKLOAD [THREADS] [MIN_SECONDS] [CELL]` (cell `rnn`, `lstm` or `gru`,
+//! default `rnn`) — `cargo xtask bench` runs it once per record, so each record's peak memory
+//! is its own.
 
 use std::process::ExitCode;
 
@@ -14,13 +15,23 @@ fn main() -> ExitCode {
             .map(|w| w.name)
             .collect();
         eprintln!(
-            "usage: bench-runner WORKLOAD [THREADS] [MIN_SECONDS]; workloads: {}",
+            "usage: bench-runner WORKLOAD [THREADS] [MIN_SECONDS] [CELL]; workloads: {}; cells: rnn, lstm, gru",
             names.join(", ")
         );
         return ExitCode::from(2);
     };
     let threads = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let min_secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    println!("{}", bench_suite::measure(&w, threads, min_secs).to_json());
+    let cell = match rnn_core::config::Cell::parse(args.get(3).map_or("rnn", String::as_str)) {
+        Ok(cell) => cell,
+        Err(e) => {
+            eprintln!("bench-runner: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "{}",
+        bench_suite::measure(&w, cell, threads, min_secs).to_json()
+    );
     ExitCode::SUCCESS
 }
