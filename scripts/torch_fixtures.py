@@ -137,3 +137,58 @@ if __name__ == "__main__":
     training("lstm_adam_clip", ("adam", {"lr": 0.01, "weight_decay": 0.001}), clip=0.3, cell="lstm")
     training("gru_sgd_momentum", ("sgd", {"lr": 0.1, "momentum": 0.9}), cell="gru")
     print("fixtures written to", os.path.normpath(OUT))
+
+
+def tbptt(name, cell, k1, k2, chunks=6, reset=None, seed=40):
+    """TBPTT(k1, k2) over B streams, written the plain PyTorch way: keep the last k2 - k1
+    steps, re-run the window from the state saved at its start, score its last k1 steps,
+    detach. `reset` = (chunk, stream): zero that stream's state before that chunk."""
+    torch.manual_seed(seed)
+    B, I, H, O, L = 3, 4, 5, 3, 2
+    m = Model(I, H, O, L, "tanh", cell).double()
+    xs = torch.randn(chunks * k1, B, I, dtype=torch.float64)
+    ys = torch.randint(0, O, (chunks * k1, B))
+    initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.5)
+    zeros = lambda: torch.zeros(L, B, H, dtype=torch.float64)
+    start = (zeros(), zeros()) if cell == "lstm" else zeros()
+    hist_x, hist_y = xs[:0], ys[:0]
+    for c in range(chunks):
+        if reset is not None and reset[0] == c:
+            # Zero one stream, drop the replayed history (rnn-core's documented semantics).
+            end = run_state(m, hist_x, start)
+            for s in (end if cell == "lstm" else (end,)):
+                s[:, reset[1]] = 0
+            start, hist_x, hist_y = end, xs[:0], ys[:0]
+        wx = torch.cat([hist_x, xs[c * k1:(c + 1) * k1]])
+        wy = torch.cat([hist_y, ys[c * k1:(c + 1) * k1]])
+        out, _ = m.rnn(wx, start)
+        y = m.head(out[-k1:])
+        opt.zero_grad()
+        F.cross_entropy(y.reshape(-1, O), wy[-k1:].reshape(-1)).backward()
+        held = min(len(wx), k2 - k1)
+        new_start = run_state(m, wx[:len(wx) - held], start)  # weights before the update
+        opt.step()
+        start, hist_x, hist_y = new_start, wx[len(wx) - held:], wy[len(wy) - held:]
+    tensors = {f"init.{k}": v for k, v in initial.items()}
+    tensors.update({f"final.{k}": v.detach().clone() for k, v in m.state_dict().items()})
+    tensors["x"], tensors["target"] = xs, ys
+    meta = {"cell": cell, "k1": str(k1), "k2": str(k2), "chunks": str(chunks),
+            "reset": "none" if reset is None else f"{reset[0]},{reset[1]}"}
+    save_file(tensors, os.path.join(OUT, f"tbptt_{name}.safetensors"), metadata=meta)
+
+
+def run_state(m, x, start):
+    """The state after running `x` from `start`, without gradient."""
+    with torch.no_grad():
+        if len(x) == 0:
+            return tuple(s.clone() for s in start) if isinstance(start, tuple) else start.clone()
+        _, state = m.rnn(x, start)
+        return tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
+
+
+if __name__ == "__main__":
+    for cell in ["rnn", "lstm", "gru"]:
+        tbptt(f"{cell}_chunks", cell, 4, 4, reset=(3, 1))
+        tbptt(f"{cell}_overlap", cell, 2, 5)
+    print("tbptt fixtures written")

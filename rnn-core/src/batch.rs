@@ -33,6 +33,9 @@ pub struct Batch<'a, T> {
     /// Optional initial cell state `[L, B, H]` of an LSTM (zeros, or the learned state, when
     /// `None`).
     pub c0: Option<&'a [T]>,
+    /// Steps before this one score no loss (0: all do), for a loss at every step. Truncated
+    /// BPTT with `k2 > k1` replays steps it has already scored to carry gradient through them.
+    pub score_from: usize,
 }
 
 impl<'a, T: Float> Batch<'a, T> {
@@ -46,6 +49,7 @@ impl<'a, T: Float> Batch<'a, T> {
             lengths: None,
             h0: None,
             c0: None,
+            score_from: 0,
         }
     }
 
@@ -53,6 +57,13 @@ impl<'a, T: Float> Batch<'a, T> {
     #[inline]
     pub fn active(&self, t: usize, b: usize) -> bool {
         self.lengths.is_none_or(|l| t < l[b])
+    }
+
+    /// Whether step `t` of sequence `b` scores a loss (every-step losses): it is running and
+    /// not before [`Batch::score_from`].
+    #[inline]
+    pub fn scored(&self, t: usize, b: usize) -> bool {
+        t >= self.score_from && self.active(t, b)
     }
 
     /// The sequences that have ended by step `t` (none without lengths): their state is
@@ -117,6 +128,12 @@ impl<'a, T: Float> Batch<'a, T> {
                 finite(what, state)?;
             }
         }
+        if !loss.many_to_one && self.score_from >= t {
+            return Err(RnnError::Config(format!(
+                "score_from = {} leaves no step of T = {t} to score",
+                self.score_from
+            )));
+        }
         if let Some(lengths) = self.lengths {
             if lengths.len() != b {
                 return Err(shape("lengths", format!("[B={b}]"), lengths.len()));
@@ -159,7 +176,7 @@ impl<'a, T: Float> Batch<'a, T> {
                     } else {
                         (p / b, p % b)
                     };
-                    let scored = loss.many_to_one || self.active(tt, bb);
+                    let scored = loss.many_to_one || self.scored(tt, bb);
                     if scored && label >= o {
                         return Err(RnnError::LabelOutOfRange {
                             t: tt,

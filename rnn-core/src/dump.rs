@@ -118,6 +118,7 @@ fn run<T: Float>(
         lengths: lengths.as_deref(),
         h0: Some(&h0),
         c0: c0.as_deref(),
+        score_from: 0,
     };
     let mut ws = Workspace::new();
     let mut grads = vec![T::zero(); layout.len];

@@ -41,6 +41,7 @@ mod layer;
 pub mod network;
 pub mod optim;
 pub mod params;
+pub mod tbptt;
 pub mod trainer;
 pub mod workspace;
 
@@ -52,5 +53,6 @@ pub mod prelude {
     pub use crate::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
     pub use crate::error::{Result, RnnError};
     pub use crate::optim::{Clip, OptimizerKind};
+    pub use crate::tbptt::Tbptt;
     pub use crate::trainer::{StepReport, Trainer};
 }

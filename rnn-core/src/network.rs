@@ -30,6 +30,9 @@ pub struct PassOptions {
     pub par: Par,
     /// Also compute `dL/dx` into `Workspace::dx`.
     pub input_grad: bool,
+    /// Gradient-flow telemetry: record `‖dL/dh_t‖` per layer and step into
+    /// `Workspace::grad_h_norms` (`[L, T]`). Costs one pass over each step's gradient.
+    pub telemetry: bool,
 }
 
 impl Default for PassOptions {
@@ -37,6 +40,7 @@ impl Default for PassOptions {
         Self {
             par: Par::Seq,
             input_grad: false,
+            telemetry: false,
         }
     }
 }
@@ -144,7 +148,10 @@ fn loss_forward_backward<T: Float>(
     let count = if spec.many_to_one {
         b
     } else {
-        batch.lengths.map_or(batch.seq_len * b, |l| l.iter().sum())
+        let from = batch.score_from;
+        batch.lengths.map_or((batch.seq_len - from) * b, |l| {
+            l.iter().map(|&n| n.saturating_sub(from)).sum()
+        })
     };
     let per_position = match spec.kind {
         LossKind::Mse => o,
@@ -157,13 +164,13 @@ fn loss_forward_backward<T: Float>(
     let mut total = T::zero();
     for t in 0..steps {
         let block = t * b * o..(t + 1) * b * o;
-        let all = spec.many_to_one || batch.all_active(t);
+        let all = spec.many_to_one || (t >= batch.score_from && batch.all_active(t));
         // Whole step at once when every sequence is scored, else row by row.
         let rows: &mut dyn Iterator<Item = (usize, usize)> = if all {
             &mut std::iter::once((0, b))
         } else {
             &mut (0..b)
-                .filter(|&bb| batch.active(t, bb))
+                .filter(|&bb| batch.scored(t, bb))
                 .map(|bb| (bb, bb + 1))
         };
         if !all {
@@ -287,6 +294,12 @@ fn backward<T: Float>(
         }
     }
     let layer_state = k_rows(b * h);
+    if opts.telemetry {
+        ws.grad_h_norms.resize(config.num_layers * t_len, T::zero());
+    }
+    let mut norms = opts
+        .telemetry
+        .then(|| &mut ws.grad_h_norms[..config.num_layers * t_len]);
     for k in (0..config.num_layers).rev() {
         let (below, rest) = ws.layers.split_at_mut(k);
         let buf = &mut rest[0];
@@ -312,6 +325,9 @@ fn backward<T: Float>(
             dh0,
             dc0,
             dinput,
+            grad_h_norms: norms
+                .as_deref_mut()
+                .map(|n| &mut n[k * t_len..(k + 1) * t_len]),
         };
         layer::backward(&pass, buf, out);
     }

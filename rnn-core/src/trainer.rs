@@ -54,6 +54,8 @@ pub struct Trainer<T: Float> {
     pub clip: Clip<T>,
     /// Parallelism of the big GEMMs.
     pub par: Par,
+    /// Record gradient-flow telemetry in every step (see [`Trainer::grad_h_norms`]).
+    pub telemetry: bool,
 }
 
 impl<T: Float> Trainer<T> {
@@ -98,6 +100,7 @@ impl<T: Float> Trainer<T> {
             optimizer: Optimizer::new(optimizer, n),
             clip: Clip::None,
             par: Par::Seq,
+            telemetry: false,
         })
     }
 
@@ -116,6 +119,24 @@ impl<T: Float> Trainer<T> {
             Par::rayon(threads)
         };
         self
+    }
+
+    /// Turns on gradient-flow telemetry: every step records `‖dL/dh_t‖` per layer and step.
+    pub fn with_telemetry(mut self) -> Self {
+        self.telemetry = true;
+        self
+    }
+
+    /// `[L, T]`: the norm of `dL/dh_t` for every layer and step of the last step's batch
+    /// (the gradient reaching each hidden state: vanishing or exploding gradients show as a
+    /// decay or growth towards `t = 0`); empty without telemetry. The pre-clip global norm is
+    /// in [`StepReport::grad_norm`].
+    pub fn grad_h_norms(&self) -> &[T] {
+        if self.telemetry {
+            &self.workspace.grad_h_norms
+        } else {
+            &[]
+        }
     }
 
     /// Forward, backward, clipping and one optimizer update.
@@ -154,6 +175,7 @@ impl<T: Float> Trainer<T> {
         let opts = PassOptions {
             par: self.par,
             input_grad: false,
+            telemetry: self.telemetry,
         };
         forward_backward(
             &self.config,

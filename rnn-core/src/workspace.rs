@@ -69,6 +69,8 @@ pub struct Workspace<T> {
     pub dh0: Vec<T>,
     /// `[L, B, H]`: `dL/dc0` (LSTM; empty otherwise).
     pub dc0: Vec<T>,
+    /// `[L, T]`: `‖dL/dh_t‖` per layer and step, filled only when telemetry is asked for.
+    pub grad_h_norms: Vec<T>,
     shape: Option<(RnnConfig, usize, usize, bool)>,
 }
 

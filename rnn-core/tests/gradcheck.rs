@@ -437,6 +437,7 @@ fn f32_agrees_with_f64() {
             lengths: c.lengths.then_some(&d.lengths[..]),
             h0: Some(&h32),
             c0: (cell == Cell::Lstm).then_some(&c32[..]),
+            score_from: 0,
         };
         let mut g32 = vec![0.0f32; layout.len];
         let l32 = forward_backward(

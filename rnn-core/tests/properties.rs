@@ -94,7 +94,7 @@ fn loss_and_grads(s: &Setup, d: &Data, params: &[f64], par: Par) -> (f64, Vec<f6
     let mut grads = vec![0.0; layout.len];
     let opts = PassOptions {
         par,
-        input_grad: false,
+        ..Default::default()
     };
     let loss = forward_backward(
         &s.cfg,

@@ -42,7 +42,7 @@ pub(super) fn forward<T: Float>(
 pub(super) fn backward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
-    out: LayerGrads<'_, T>,
+    mut out: LayerGrads<'_, T>,
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
@@ -52,6 +52,7 @@ pub(super) fn backward<T: Float>(
         let h_prev = &buf.hs[t * step..(t + 1) * step];
         let (before, rest) = buf.dh.split_at_mut(t * step);
         let dh_t = &rest[..step];
+        out.record(t, dh_t);
         let (dh_prev, accum) = if t > 0 {
             (&mut before[(t - 1) * step..], Accum::Add)
         } else {

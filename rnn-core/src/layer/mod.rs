@@ -216,6 +216,18 @@ pub(crate) struct LayerGrads<'a, T> {
     pub dc0: &'a mut [T],
     /// `[T, B, I_k]`: `dL/d input`, when wanted (overwritten).
     pub dinput: Option<&'a mut [T]>,
+    /// `[T]`: `‖dL/dh_t‖` of this layer per step, when wanted (telemetry).
+    pub grad_h_norms: Option<&'a mut [T]>,
+}
+
+impl<T: Float> LayerGrads<'_, T> {
+    /// Records `‖dL/dh_t‖` (the whole gradient reaching `h_t`) when telemetry is on.
+    #[inline]
+    fn record(&mut self, t: usize, dh_t: &[T]) {
+        if let Some(norms) = self.grad_h_norms.as_deref_mut() {
+            norms[t] = reduce::sum_squares(dh_t).sqrt();
+        }
+    }
 }
 
 /// Forward over all steps: fills `buf.hs` (and the cell's saved activations).

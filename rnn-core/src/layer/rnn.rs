@@ -48,7 +48,7 @@ pub(super) fn forward<T: Float>(
 pub(super) fn backward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
-    out: LayerGrads<'_, T>,
+    mut out: LayerGrads<'_, T>,
 ) {
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
@@ -56,6 +56,7 @@ pub(super) fn backward<T: Float>(
         // z holds G_t = dL/dh_t on entry and becomes dZ_t in place.
         let (before, rest) = buf.z.split_at_mut(t * step);
         let dz_t = &mut rest[..step];
+        out.record(t, dz_t);
         let h_t = &buf.hs[(t + 1) * step..(t + 2) * step];
         let dh_prev = if t > 0 {
             &mut before[(t - 1) * step..]

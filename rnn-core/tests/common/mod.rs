@@ -76,6 +76,7 @@ impl Data {
             lengths: lengths.then_some(&self.lengths[..]),
             h0: h0.then_some(&self.h0[..]),
             c0: (h0 && self.cell == Cell::Lstm).then_some(&self.c0[..]),
+            score_from: 0,
         }
     }
 }

@@ -1,0 +1,241 @@
+//! Truncated BPTT over endless streams: TBPTT(k1, k2) (Williams & Peng 1990).
+//!
+//! `B` parallel streams (PyTorch's word-language-model batching: one long text cut into `B`
+//! rows) arrive `k1` steps at a time. After each chunk the model is updated with the loss of
+//! those `k1` new steps, backpropagated through the last `k2 >= k1` steps; the hidden state
+//! is carried across chunks with no gradient across the cut. `k1 = k2` (the common case,
+//! "detach every chunk") replays nothing and is the fastest; `k2 > k1` re-runs the last
+//! `k2 - k1` steps from the state saved at the window's start, with the current weights.
+//!
+//! Memory is the window's: a `k2`-step workspace, whatever the total length.
+
+use kernels::Float;
+
+use crate::batch::{Batch, Target};
+use crate::config::LossKind;
+use crate::error::{Result, RnnError, shape};
+use crate::trainer::{StepReport, Trainer};
+
+/// A trainer fed one chunk of `k1` steps of `B` streams at a time.
+///
+/// ```
+/// use rnn_core::prelude::*;
+/// use rnn_core::tbptt::Tbptt;
+/// let cfg = RnnConfig::lstm(1, 8, 1);
+/// let tr = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::adam(1e-2), 0)?;
+/// let (k, b) = (10, 2);
+/// let mut stream = Tbptt::new(tr, k, k, b)?;
+/// for chunk in 0..5 {
+///     // Two streams of a sine wave; predict the next value.
+///     let x: Vec<f32> = (0..k * b).map(|i| ((chunk * k + i / b) as f32 * 0.3 + (i % b) as f32).sin()).collect();
+///     let y: Vec<f32> = (0..k * b).map(|i| ((chunk * k + i / b + 1) as f32 * 0.3 + (i % b) as f32).sin()).collect();
+///     stream.step(&x, Target::Values(&y))?;
+/// }
+/// stream.reset_stream(1)?; // stream 1 starts a new episode
+/// assert!(stream.state()[8..16].iter().all(|&v| v == 0.0));
+/// # Ok::<(), rnn_core::RnnError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Tbptt<T: Float> {
+    /// The model, optimizer and workspace.
+    pub trainer: Trainer<T>,
+    k1: usize,
+    k2: usize,
+    batch: usize,
+    /// `[k2, B, I]`: the window's inputs; the first `held` steps are replayed history.
+    x: Vec<T>,
+    /// The window's targets (`[k2, B, O]` values or `[k2, B]` labels).
+    values: Vec<T>,
+    classes: Vec<usize>,
+    held: usize,
+    /// `[L, B, H]`: the state at the window's first step (`c` for an LSTM, else empty).
+    h_start: Vec<T>,
+    c_start: Vec<T>,
+    /// `[L, B, H]`: the state after the last chunk, which the streams carry.
+    h_end: Vec<T>,
+    c_end: Vec<T>,
+}
+
+impl<T: Float> Tbptt<T> {
+    /// Streams of `batch` rows, updated every `k1` steps through the last `k2` steps, from a
+    /// zero state.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] if `k1 = 0`, `k2 < k1`, `batch = 0`, or the trainer's loss is
+    /// many-to-one (a stream has no last step).
+    pub fn new(trainer: Trainer<T>, k1: usize, k2: usize, batch: usize) -> Result<Self> {
+        if k1 == 0 || k2 < k1 || batch == 0 {
+            return Err(RnnError::Config(format!(
+                "TBPTT needs 1 <= k1 <= k2 and B >= 1, got k1 = {k1}, k2 = {k2}, B = {batch}"
+            )));
+        }
+        if trainer.loss.many_to_one {
+            return Err(RnnError::Config(
+                "TBPTT scores every step: a many-to-one loss has no place in a stream".into(),
+            ));
+        }
+        let cfg = trainer.config;
+        let state = cfg.num_layers * batch * cfg.hidden_size;
+        let cell_state = if cfg.cell.has_cell_state() { state } else { 0 };
+        let per_step = match trainer.loss.kind {
+            LossKind::Mse => (cfg.output_size, 0),
+            LossKind::CrossEntropy => (0, 1),
+        };
+        Ok(Self {
+            k1,
+            k2,
+            batch,
+            x: vec![T::zero(); k2 * batch * cfg.input_size],
+            values: vec![T::zero(); k2 * batch * per_step.0],
+            classes: vec![0; k2 * batch * per_step.1],
+            held: 0,
+            h_start: vec![T::zero(); state],
+            c_start: vec![T::zero(); cell_state],
+            h_end: vec![T::zero(); state],
+            c_end: vec![T::zero(); cell_state],
+            trainer,
+        })
+    }
+
+    /// `(k1, k2)`.
+    pub fn window(&self) -> (usize, usize) {
+        (self.k1, self.k2)
+    }
+
+    /// `[L, B, H]`: the hidden state the streams carry into the next chunk.
+    pub fn state(&self) -> &[T] {
+        &self.h_end
+    }
+
+    /// `[L, B, H]`: the LSTM cell state the streams carry (empty for other cells).
+    pub fn cell_state(&self) -> &[T] {
+        &self.c_end
+    }
+
+    /// Trains on the next `k1` steps of every stream: `x` `[k1, B, I]`, targets `[k1, B, O]`
+    /// (MSE) or labels `[k1, B]` (cross-entropy).
+    ///
+    /// # Errors
+    /// Shape and value errors naming the input; [`RnnError::NonFinite`] when the step is
+    /// rejected — then the weights, optimizer state and stream state are as before, and the
+    /// chunk is dropped.
+    pub fn step(&mut self, x: &[T], target: Target<'_, T>) -> Result<StepReport<T>> {
+        let (k1, b) = (self.k1, self.batch);
+        let cfg = self.trainer.config;
+        let per_step_x = b * cfg.input_size;
+        if x.len() != k1 * per_step_x {
+            return Err(shape(
+                "x",
+                format!("[k1={k1}, B={b}, I={}]", cfg.input_size),
+                x.len(),
+            ));
+        }
+        let at = self.held;
+        self.x[at * per_step_x..(at + k1) * per_step_x].copy_from_slice(x);
+        let window_target = match target {
+            Target::Values(v) => {
+                let per = b * cfg.output_size;
+                if v.len() != k1 * per || self.values.is_empty() {
+                    return Err(shape(
+                        "target",
+                        format!("[k1={k1}, B={b}, O={}]", cfg.output_size),
+                        v.len(),
+                    ));
+                }
+                self.values[at * per..(at + k1) * per].copy_from_slice(v);
+                Target::Values(&self.values[..(at + k1) * per])
+            }
+            Target::Classes(c) => {
+                if c.len() != k1 * b || self.classes.is_empty() {
+                    return Err(shape("target labels", format!("[k1={k1}, B={b}]"), c.len()));
+                }
+                self.classes[at * b..(at + k1) * b].copy_from_slice(c);
+                Target::Classes(&self.classes[..(at + k1) * b])
+            }
+        };
+        let w = at + k1;
+        let batch = Batch {
+            seq_len: w,
+            batch: b,
+            x: &self.x[..w * per_step_x],
+            target: window_target,
+            lengths: None,
+            h0: Some(&self.h_start),
+            c0: cfg.cell.has_cell_state().then_some(&self.c_start[..]),
+            score_from: at,
+        };
+        let report = self.trainer.step(&batch)?;
+        // The next window replays the last `held` steps of this one, from the state before
+        // them; the states come from this step's forward pass (the weights before the update).
+        let held = w.min(self.k2 - k1);
+        let start = w - held;
+        self.save_state(start, w);
+        let per_step_target = |len: usize| len / self.k2;
+        let (tv, tc) = (
+            per_step_target(self.values.len()),
+            per_step_target(self.classes.len()),
+        );
+        self.x.copy_within(start * per_step_x..w * per_step_x, 0);
+        self.values.copy_within(start * tv..w * tv, 0);
+        self.classes.copy_within(start * tc..w * tc, 0);
+        self.held = held;
+        Ok(report)
+    }
+
+    /// Copies the workspace's states after `start` and `end` steps of the window into
+    /// `h_start` / `c_start` and `h_end` / `c_end`.
+    fn save_state(&mut self, start: usize, end: usize) {
+        let block = self.batch * self.trainer.config.hidden_size;
+        let ws = &self.trainer.workspace;
+        for (k, layer) in ws.layers.iter().enumerate() {
+            let dst = k * block..(k + 1) * block;
+            self.h_start[dst.clone()].copy_from_slice(&layer.hs[start * block..][..block]);
+            self.h_end[dst.clone()].copy_from_slice(&layer.hs[end * block..][..block]);
+            if !self.c_end.is_empty() {
+                self.c_start[dst.clone()].copy_from_slice(&layer.cs[start * block..][..block]);
+                self.c_end[dst].copy_from_slice(&layer.cs[end * block..][..block]);
+            }
+        }
+    }
+
+    /// Starts stream `b` afresh (an episode boundary): its state becomes zero.
+    ///
+    /// With `k2 > k1` the replayed history is dropped for every stream, so the next update
+    /// backpropagates through its own `k1` steps only (no stream's old episode leaks in).
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] if `b >= B`.
+    pub fn reset_stream(&mut self, b: usize) -> Result<()> {
+        if b >= self.batch {
+            return Err(RnnError::Config(format!(
+                "stream {b} does not exist (B = {})",
+                self.batch
+            )));
+        }
+        let h = self.trainer.config.hidden_size;
+        for layer in 0..self.trainer.config.num_layers {
+            let row = (layer * self.batch + b) * h..(layer * self.batch + b + 1) * h;
+            self.h_end[row.clone()].fill(T::zero());
+            if !self.c_end.is_empty() {
+                self.c_end[row].fill(T::zero());
+            }
+        }
+        self.h_start.copy_from_slice(&self.h_end);
+        self.c_start.copy_from_slice(&self.c_end);
+        self.held = 0;
+        Ok(())
+    }
+
+    /// Starts every stream afresh.
+    pub fn reset(&mut self) {
+        for v in [
+            &mut self.h_start,
+            &mut self.c_start,
+            &mut self.h_end,
+            &mut self.c_end,
+        ] {
+            v.fill(T::zero());
+        }
+        self.held = 0;
+    }
+}

@@ -1,0 +1,275 @@
+//! Truncated BPTT and gradient-flow telemetry: TBPTT against PyTorch training loops written
+//! the plain way (`tbptt(...)` in scripts/torch_fixtures.py), TBPTT(T, T) against full BPTT,
+//! bounded memory, and the telemetry against `dL/dh0` of suffix runs.
+
+use std::path::PathBuf;
+
+use rnn_core::config::Cell;
+use rnn_core::io;
+use rnn_core::prelude::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn check_fixture(name: &str) {
+    let bytes = io::read_bytes(&fixture(&format!("tbptt_{name}.safetensors"))).unwrap();
+    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
+    let num = |k: &str| meta[k].parse::<usize>().unwrap();
+    let (k1, k2, chunks) = (num("k1"), num("k2"), num("chunks"));
+    let reset: Option<(usize, usize)> = meta["reset"]
+        .split_once(',')
+        .map(|(c, s)| (c.parse().unwrap(), s.parse().unwrap()));
+    let cell = Cell::parse(&meta["cell"]).unwrap();
+    let (b, i) = (3, 4);
+    let cfg = RnnConfig::new(i, 5, 3).layers(2).cell(cell);
+    let layout = rnn_core::params::Layout::new(&cfg);
+    let load = |prefix: &str| {
+        let mut p = vec![0.0f64; layout.len];
+        for t in &layout.tensors {
+            let (v, _) = io::float_tensor::<f64>(&st, &format!("{prefix}.{}", t.name)).unwrap();
+            p[t.range.clone()].copy_from_slice(&v);
+        }
+        p
+    };
+    let sgd = OptimizerKind::Sgd {
+        lr: 0.2,
+        momentum: 0.5,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+    let tr = Trainer::with_params(
+        cfg,
+        LossSpec::every_step(LossKind::CrossEntropy),
+        sgd,
+        load("init"),
+    )
+    .unwrap();
+    let mut stream = Tbptt::new(tr, k1, k2, b).unwrap();
+    let (x, _) = io::float_tensor::<f64>(&st, "x").unwrap();
+    let labels: Vec<usize> = io::int_tensor(&st, "target")
+        .unwrap()
+        .0
+        .iter()
+        .map(|&l| l as usize)
+        .collect();
+    for c in 0..chunks {
+        if let Some((at, s)) = reset
+            && at == c
+        {
+            stream.reset_stream(s).unwrap();
+        }
+        let xs = &x[c * k1 * b * i..(c + 1) * k1 * b * i];
+        let ys = &labels[c * k1 * b..(c + 1) * k1 * b];
+        stream.step(xs, Target::Classes(ys)).unwrap();
+    }
+    let want = load("final");
+    for t in &layout.tensors {
+        for j in t.range.clone() {
+            let got = stream.trainer.params[j];
+            assert!(
+                (got - want[j]).abs() <= 1e-12,
+                "{name}: {}[{}] = {got} vs PyTorch {}",
+                t.name,
+                j - t.range.start,
+                want[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn detach_per_chunk_matches_pytorch_with_a_stream_reset() {
+    for cell in ["rnn", "lstm", "gru"] {
+        check_fixture(&format!("{cell}_chunks"));
+    }
+}
+
+#[test]
+fn overlapping_windows_k2_greater_than_k1_match_pytorch() {
+    for cell in ["rnn", "lstm", "gru"] {
+        check_fixture(&format!("{cell}_overlap"));
+    }
+}
+
+fn trainer(cell: Cell) -> Trainer<f64> {
+    Trainer::new(
+        RnnConfig::new(3, 6, 4).layers(2).cell(cell),
+        LossSpec::every_step(LossKind::Mse),
+        OptimizerKind::adam(0.01),
+        5,
+    )
+    .unwrap()
+    .with_clip(Clip::Norm(1.0))
+}
+
+fn stream_data(t: usize, b: usize) -> (Vec<f64>, Vec<f64>) {
+    let x = (0..t * b * 3)
+        .map(|k| ((k * 37 % 101) as f64) / 50.0 - 1.0)
+        .collect();
+    let y = (0..t * b * 4)
+        .map(|k| ((k * 53 % 97) as f64) / 48.0 - 1.0)
+        .collect();
+    (x, y)
+}
+
+/// TBPTT(T, T) over one chunk is full BPTT: bitwise the same weights.
+#[test]
+fn one_full_window_equals_full_bptt() {
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        let (t, b) = (7, 3);
+        let (x, y) = stream_data(t, b);
+        let mut full = trainer(cell);
+        full.step(&Batch::new(t, b, &x, Target::Values(&y)))
+            .unwrap();
+        let mut stream = Tbptt::new(trainer(cell), t, t, b).unwrap();
+        stream.step(&x, Target::Values(&y)).unwrap();
+        assert_eq!(stream.trainer.params, full.params, "{cell:?}");
+        // The carried state is the full run's last state.
+        let h = 6;
+        for k in 0..2 {
+            assert_eq!(
+                &stream.state()[k * b * h..(k + 1) * b * h],
+                &full.workspace.layers[k].hs[t * b * h..(t + 1) * b * h]
+            );
+        }
+    }
+}
+
+/// Memory is the window's, whatever the stream's total length.
+#[test]
+fn memory_does_not_grow_with_stream_length() {
+    let (k1, k2, b) = (4, 6, 2);
+    let (x, y) = stream_data(k1, b);
+    let mut stream = Tbptt::new(trainer(Cell::Lstm), k1, k2, b).unwrap();
+    stream.step(&x, Target::Values(&y)).unwrap();
+    stream.step(&x, Target::Values(&y)).unwrap();
+    let bytes = stream.trainer.workspace.bytes();
+    for _ in 0..50 {
+        stream.step(&x, Target::Values(&y)).unwrap();
+    }
+    assert_eq!(stream.trainer.workspace.bytes(), bytes);
+}
+
+#[test]
+fn bad_stream_input_is_a_typed_error() {
+    assert!(matches!(
+        Tbptt::new(trainer(Cell::Rnn), 4, 3, 2).unwrap_err(),
+        RnnError::Config(_)
+    ));
+    assert!(matches!(
+        Tbptt::new(trainer(Cell::Rnn), 0, 3, 2).unwrap_err(),
+        RnnError::Config(_)
+    ));
+    let last = Trainer::<f64>::new(
+        RnnConfig::new(3, 6, 4),
+        LossSpec::last_step(LossKind::Mse),
+        OptimizerKind::sgd(0.1),
+        0,
+    )
+    .unwrap();
+    assert!(matches!(
+        Tbptt::new(last, 2, 2, 2).unwrap_err(),
+        RnnError::Config(_)
+    ));
+    let mut stream = Tbptt::new(trainer(Cell::Gru), 4, 4, 2).unwrap();
+    let (x, y) = stream_data(4, 2);
+    let e = stream.step(&x[1..], Target::Values(&y)).unwrap_err();
+    assert!(e.to_string().contains("[k1=4, B=2, I=3]"), "{e}");
+    let e = stream.step(&x, Target::Values(&y[2..])).unwrap_err();
+    assert!(e.to_string().contains("target"), "{e}");
+    let e = stream.step(&x, Target::Classes(&[0; 8])).unwrap_err();
+    assert!(e.to_string().contains("target labels"), "{e}");
+    assert!(matches!(stream.reset_stream(2), Err(RnnError::Config(_))));
+    // A rejected chunk leaves the stream as it was.
+    stream.step(&x, Target::Values(&y)).unwrap();
+    let (params, state) = (stream.trainer.params.clone(), stream.state().to_vec());
+    let mut bad = x.clone();
+    bad[5] = f64::NAN;
+    assert!(matches!(
+        stream.step(&bad, Target::Values(&y)).unwrap_err(),
+        RnnError::NonFiniteInput { what: "x", .. }
+    ));
+    assert_eq!(
+        (stream.trainer.params.clone(), stream.state().to_vec()),
+        (params, state)
+    );
+}
+
+/// Telemetry's `‖dL/dh_t‖` of the top layer equals `‖dL/dh0‖` of the run over steps
+/// `t+1..T` started from the full run's state at `t` (with a many-to-one loss, the loss
+/// depends on `h_t` only through that suffix); and switching it on changes no gradient.
+#[test]
+fn telemetry_equals_suffix_state_gradients() {
+    for (cell, l) in [Cell::Rnn, Cell::Lstm, Cell::Gru]
+        .into_iter()
+        .flat_map(|c| [(c, 1), (c, 2)])
+    {
+        let (t_len, b, h) = (6, 2, 5);
+        let cfg = RnnConfig::new(3, h, 2).layers(l).cell(cell);
+        let loss = LossSpec::last_step(LossKind::Mse);
+        let mut tr = Trainer::<f64>::new(cfg, loss, OptimizerKind::sgd(0.0), 3)
+            .unwrap()
+            .with_telemetry();
+        let x: Vec<f64> = (0..t_len * b * 3)
+            .map(|k| ((k * 29 % 31) as f64) / 15.0 - 1.0)
+            .collect();
+        let y = vec![0.7; b * 2];
+        tr.loss_and_grads(&Batch::new(t_len, b, &x, Target::Values(&y)))
+            .unwrap();
+        let norms = tr.grad_h_norms().to_vec();
+        assert_eq!(norms.len(), l * t_len);
+        let grads_on = tr.grads.clone();
+        let mut plain = Trainer::<f64>::new(cfg, loss, OptimizerKind::sgd(0.0), 3).unwrap();
+        plain
+            .loss_and_grads(&Batch::new(t_len, b, &x, Target::Values(&y)))
+            .unwrap();
+        assert_eq!(plain.grads, grads_on, "telemetry changed a gradient");
+        assert!(plain.grad_h_norms().is_empty());
+
+        let block = b * h;
+        for t in 0..t_len - 1 {
+            // States after step t (hs index t + 1), every layer.
+            let state = |c: bool| -> Vec<f64> {
+                tr.workspace
+                    .layers
+                    .iter()
+                    .flat_map(|layer| {
+                        let v = if c { &layer.cs } else { &layer.hs };
+                        v[(t + 1) * block..(t + 2) * block].to_vec()
+                    })
+                    .collect()
+            };
+            let h0 = state(false);
+            let c0 = if cell == Cell::Lstm {
+                state(true)
+            } else {
+                Vec::new()
+            };
+            let suffix = Batch {
+                h0: Some(&h0),
+                c0: (cell == Cell::Lstm).then_some(&c0[..]),
+                ..Batch::new(t_len - t - 1, b, &x[(t + 1) * b * 3..], Target::Values(&y))
+            };
+            let mut other =
+                Trainer::<f64>::with_params(cfg, loss, OptimizerKind::sgd(0.0), tr.params.clone())
+                    .unwrap();
+            other.loss_and_grads(&suffix).unwrap();
+            // The top layer's: a lower layer's dL/dh_t also flows up into h_t of the layer
+            // above, which the suffix run holds fixed.
+            let k = l - 1;
+            let want = other.workspace.dh0[k * block..(k + 1) * block]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt();
+            let got = norms[k * t_len + t];
+            assert!(
+                (got - want).abs() <= 1e-12 * (1.0 + want),
+                "{cell:?} layer {k} t {t}: telemetry {got} vs suffix dL/dh0 {want}"
+            );
+        }
+    }
+}
