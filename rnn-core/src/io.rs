@@ -342,6 +342,58 @@ pub fn save_checkpoint<T: Float>(
     params: &[T],
     optimizer: &Optimizer<T>,
 ) -> Result<()> {
+    save_checkpoint_with(path, config, params, optimizer, &Extras::default())
+}
+
+/// What a training program keeps in its checkpoint beside the model and optimizer: data
+/// position, stream states, RNG state. Stored as tensors and metadata under `extra.`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras<T> {
+    /// Named float tensors (1-D).
+    pub tensors: Vec<(String, Vec<T>)>,
+    /// Named strings.
+    pub metadata: HashMap<String, String>,
+}
+
+impl<T: Float> Extras<T> {
+    /// The tensor called `name`.
+    ///
+    /// # Errors
+    /// [`RnnError::Format`] naming it when absent.
+    pub fn tensor(&self, name: &str) -> Result<&[T]> {
+        self.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| &v[..])
+            .ok_or_else(|| RnnError::Format(format!("checkpoint has no extra tensor {name:?}")))
+    }
+
+    /// The metadata entry `name`, parsed.
+    ///
+    /// # Errors
+    /// [`RnnError::Format`] naming it when absent or unparsable.
+    pub fn value<V: std::str::FromStr>(&self, name: &str) -> Result<V> {
+        self.metadata
+            .get(name)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                RnnError::Format(format!("checkpoint extra {name:?} is missing or malformed"))
+            })
+    }
+}
+
+/// [`save_checkpoint`] with the program's own state in the same file, so both are written
+/// (atomically) together.
+///
+/// # Errors
+/// [`RnnError::Io`] / [`RnnError::Format`].
+pub fn save_checkpoint_with<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &[T],
+    optimizer: &Optimizer<T>,
+    extras: &Extras<T>,
+) -> Result<()> {
     let mut tensors = param_tensors(&Layout::new(config), params);
     tensors.push((
         "optim.state1".into(),
@@ -351,8 +403,17 @@ pub fn save_checkpoint<T: Float>(
         "optim.state2".into(),
         OwnedTensor::float(vec![optimizer.state2.len()], &optimizer.state2),
     ));
+    for (name, values) in &extras.tensors {
+        tensors.push((
+            format!("extra.{name}"),
+            OwnedTensor::float(vec![values.len()], values),
+        ));
+    }
     let mut meta = config_metadata(config);
     meta.insert("optim.steps".into(), optimizer.steps.to_string());
+    for (k, v) in &extras.metadata {
+        meta.insert(format!("extra.{k}"), v.clone());
+    }
     write_tensors(path, &tensors, meta)
 }
 
@@ -368,6 +429,20 @@ pub fn load_checkpoint<T: Float>(
     params: &mut Vec<T>,
     optimizer: &mut Optimizer<T>,
 ) -> Result<()> {
+    load_checkpoint_with(path, config, params, optimizer).map(|_| ())
+}
+
+/// [`load_checkpoint`], also returning the program's [`Extras`]. Nothing is changed unless
+/// the whole file is good.
+///
+/// # Errors
+/// As [`load_checkpoint`].
+pub fn load_checkpoint_with<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &mut Vec<T>,
+    optimizer: &mut Optimizer<T>,
+) -> Result<Extras<T>> {
     let bytes = read_bytes(path)?;
     let (st, metadata) = parse_with_metadata(&bytes)?;
     let found = infer_config(&st, &metadata)?;
@@ -394,9 +469,23 @@ pub fn load_checkpoint<T: Float>(
         .ok_or_else(|| {
             RnnError::Format("metadata optim.steps is missing or not a number".into())
         })?;
+    let mut extras = Extras::default();
+    for name in st.names() {
+        if let Some(short) = name.strip_prefix("extra.") {
+            extras
+                .tensors
+                .push((short.to_string(), float_tensor::<T>(&st, name)?.0));
+        }
+    }
+    extras.tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, v) in &metadata {
+        if let Some(short) = k.strip_prefix("extra.") {
+            extras.metadata.insert(short.to_string(), v.clone());
+        }
+    }
     *params = new_params;
     optimizer.state1 = s1;
     optimizer.state2 = s2;
     optimizer.steps = steps;
-    Ok(())
+    Ok(extras)
 }

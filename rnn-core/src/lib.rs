@@ -1,12 +1,17 @@
 //! Recurrent networks trained with backpropagation through time, on the CPU, fast.
 //!
-//! A model is a stack of `L` Elman RNN layers and a linear head, exactly PyTorch's
-//! `nn.RNN(I, H, num_layers=L, nonlinearity=...)` + `nn.Linear(H, O)`, with the same parameter
-//! names, shapes and initialisation, so weights move both ways through safetensors:
+//! A model is a stack of `L` recurrent layers and a linear head, exactly PyTorch's
+//! `nn.RNN(I, H, num_layers=L, nonlinearity=...)` (or `nn.LSTM`, `nn.GRU`) + `nn.Linear(H, O)`,
+//! with the same parameter names, shapes, gate order and initialisation, so weights move both
+//! ways through safetensors:
 //!
 //! ```text
-//! h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)      act = tanh | relu
-//! y_t = W_hy h_t + b_y
+//! RNN:  h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)      act = tanh | relu
+//! LSTM: i, f, g, o = σ, σ, tanh, σ of (W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+//!       c_t = f ⊙ c_{t-1} + i ⊙ g,  h_t = o ⊙ tanh(c_t)
+//! GRU:  r, z = σ(W_i{r,z} x_t + b_i{r,z} + W_h{r,z} h_{t-1} + b_h{r,z})
+//!       n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn)),  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+//! head: y_t = W_hy h_t + b_y
 //! ```
 //!
 //! Shape legend: `T` steps, `B` sequences, `I` inputs, `H` hidden, `O` outputs, `L` layers.
@@ -27,10 +32,15 @@
 //! # Ok::<(), rnn_core::RnnError>(())
 //! ```
 //!
-//! The engine ([`network`]) follows the known-fast schedule: the input projection of all
-//! `T·B` rows is one GEMM; each step does only the recurrent product (a pulp GEMV at batch 1)
-//! and one fused bias + activation pass; the reverse loop does only `dZ_t` and `dh_{t-1}`;
-//! weight gradients are a few GEMMs over all steps. Nothing allocates inside the step loop.
+//! The engine ([`network`]) follows the known-fast schedule for every cell: the input
+//! projection of all `T·B` rows is one GEMM; each step does only the recurrent product of all
+//! gates at once (a pulp GEMV at batch 1) and one fused elementwise pass; the reverse loop does
+//! only the elementwise backward and `dh_{t-1}`; weight gradients are a few GEMMs over all
+//! steps. Nothing allocates inside the step loop.
+//!
+//! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT, and
+//! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
+//! [`predict::Predictor`] runs a trained model one step at a time.
 
 pub mod batch;
 pub mod config;
@@ -41,6 +51,7 @@ mod layer;
 pub mod network;
 pub mod optim;
 pub mod params;
+pub mod predict;
 pub mod tbptt;
 pub mod trainer;
 pub mod workspace;

@@ -226,6 +226,27 @@ impl<T: Float> Tbptt<T> {
         Ok(())
     }
 
+    /// Sets the carried state (`[L, B, H]`, and the LSTM cell state or an empty slice), e.g.
+    /// from a checkpoint's copy of [`Tbptt::state`] and [`Tbptt::cell_state`]. With
+    /// `k2 > k1` the replayed history restarts empty, as after [`Tbptt::reset_stream`].
+    ///
+    /// # Errors
+    /// [`RnnError::ShapeMismatch`] for a wrong length.
+    pub fn restore(&mut self, h: &[T], c: &[T]) -> Result<()> {
+        if h.len() != self.h_end.len() {
+            return Err(shape("h", self.h_end.len(), h.len()));
+        }
+        if c.len() != self.c_end.len() {
+            return Err(shape("c", self.c_end.len(), c.len()));
+        }
+        self.h_end.copy_from_slice(h);
+        self.c_end.copy_from_slice(c);
+        self.h_start.copy_from_slice(h);
+        self.c_start.copy_from_slice(c);
+        self.held = 0;
+        Ok(())
+    }
+
     /// Starts every stream afresh.
     pub fn reset(&mut self) {
         for v in [

@@ -468,3 +468,40 @@ fn misnamed_or_misshapen_tensors_are_named() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A program's own state rides in the checkpoint and comes back exactly.
+#[test]
+fn checkpoint_extras_roundtrip() {
+    let dir = std::env::temp_dir().join(format!("rnn-core-extras-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ckpt.safetensors");
+    let tr = trainer(OptimizerKind::adam(0.01));
+    let extras = io::Extras {
+        tensors: vec![
+            ("h".into(), vec![1.5f32, -2.0]),
+            ("losses".into(), vec![3.0]),
+        ],
+        metadata: [("pos".to_string(), "1234".to_string())].into(),
+    };
+    io::save_checkpoint_with(&path, &tr.config, &tr.params, &tr.optimizer, &extras).unwrap();
+    let mut other = trainer(OptimizerKind::adam(0.01));
+    let cfg = other.config;
+    let back =
+        io::load_checkpoint_with(&path, &cfg, &mut other.params, &mut other.optimizer).unwrap();
+    assert_eq!(back, extras);
+    assert_eq!(back.value::<usize>("pos").unwrap(), 1234);
+    assert_eq!(back.tensor("h").unwrap(), &[1.5, -2.0]);
+    assert!(
+        back.tensor("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("nope")
+    );
+    assert!(back.value::<usize>("missing").is_err());
+    // A plain checkpoint has no extras, and loads with the plain loader too.
+    io::save_checkpoint(&path, &tr.config, &tr.params, &tr.optimizer).unwrap();
+    let none =
+        io::load_checkpoint_with(&path, &cfg, &mut other.params, &mut other.optimizer).unwrap();
+    assert_eq!(none, io::Extras::default());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
