@@ -65,5 +65,5 @@ pub mod prelude {
     pub use crate::error::{Result, RnnError};
     pub use crate::optim::{Clip, OptimizerKind};
     pub use crate::tbptt::Tbptt;
-    pub use crate::trainer::{StepReport, Trainer};
+    pub use crate::trainer::{Memory, StepReport, Trainer};
 }

@@ -59,8 +59,20 @@ pub fn forward<'s, T: Float>(
     par: Par,
 ) {
     ws.ensure(config, batch.seq_len, batch.batch, many_to_one);
-    let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
-    let t_len = batch.seq_len;
+    forward_layers(config, layout, params, ws, batch, par);
+    head_forward(config, layout, params, ws, batch, many_to_one, par);
+}
+
+/// Every layer's forward pass (the workspace must be sized).
+fn forward_layers<'s, T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &'s [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<'s, T>,
+    par: Par,
+) {
+    let (b, h) = (batch.batch, config.hidden_size);
     for k in 0..config.num_layers {
         let (below, rest) = ws.layers.split_at_mut(k);
         let input = if k == 0 {
@@ -84,6 +96,20 @@ pub fn forward<'s, T: Float>(
             initial(batch.c0, layout.c0.as_ref()),
         );
     }
+}
+
+/// The head over all steps (or the final state only): `y = H W_hyᵀ + b_y`.
+fn head_forward<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<'_, T>,
+    many_to_one: bool,
+    par: Par,
+) {
+    let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
+    let t_len = batch.seq_len;
     // Head: y = H W_hyᵀ + b_y over all steps (or the final state only).
     let top = &ws.layers[config.num_layers - 1];
     let (w_hy, b_y) = (&params[layout.w_hy.clone()], &params[layout.b_y.clone()]);
@@ -137,14 +163,9 @@ fn layer_pass<'a, T: Float>(
 }
 
 /// Loss of the head outputs `ws.y` and its gradient into `ws.dy`. Returns the reduced loss.
-fn loss_forward_backward<T: Float>(
-    config: &RnnConfig,
-    ws: &mut Workspace<T>,
-    batch: &Batch<T>,
-    spec: &LossSpec,
-) -> T {
-    let (b, o) = (batch.batch, config.output_size);
-    let steps = if spec.many_to_one { 1 } else { batch.seq_len };
+/// The factor of the reduction: `1 / (scored positions [· O for MSE])` for `mean`, 1 for `sum`.
+fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> T {
+    let b = batch.batch;
     let count = if spec.many_to_one {
         b
     } else {
@@ -154,13 +175,26 @@ fn loss_forward_backward<T: Float>(
         })
     };
     let per_position = match spec.kind {
-        LossKind::Mse => o,
+        LossKind::Mse => config.output_size,
         LossKind::CrossEntropy => 1,
     };
-    let scale = match spec.reduction {
+    match spec.reduction {
         Reduction::Mean => T::one() / T::of((count * per_position) as f64),
         Reduction::Sum => T::one(),
-    };
+    }
+}
+
+/// Loss of the head outputs `ws.y` and its gradient into `ws.dy`, each position weighted by
+/// `scale`. Returns the reduced loss.
+fn loss_forward_backward<T: Float>(
+    config: &RnnConfig,
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    scale: T,
+) -> T {
+    let (b, o) = (batch.batch, config.output_size);
+    let steps = if spec.many_to_one { 1 } else { batch.seq_len };
     let mut total = T::zero();
     for t in 0..steps {
         let block = t * b * o..(t + 1) * b * o;
@@ -214,6 +248,22 @@ pub fn forward_backward<T: Float>(
     assert_eq!(params.len(), layout.len, "params length");
     assert_eq!(grads.len(), layout.len, "grads length");
     batch.validate(config, spec)?;
+    Ok(full_pass(
+        config, layout, params, grads, ws, batch, spec, opts,
+    ))
+}
+
+/// [`forward_backward`] of a validated batch.
+fn full_pass<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    opts: PassOptions,
+) -> T {
     forward(
         config,
         layout,
@@ -223,7 +273,7 @@ pub fn forward_backward<T: Float>(
         spec.many_to_one,
         opts.par,
     );
-    let loss = loss_forward_backward(config, ws, batch, spec);
+    let loss = loss_forward_backward(config, ws, batch, spec, loss_scale(config, batch, spec));
     backward(
         config,
         layout,
@@ -233,11 +283,16 @@ pub fn forward_backward<T: Float>(
         batch,
         spec.many_to_one,
         opts,
+        true,
+        None,
     );
-    Ok(loss)
+    loss
 }
 
-/// Backward from `ws.dy` (set by the loss) through the head and every layer.
+/// Backward from `ws.dy` (set by the loss) through the head and every layer. Without
+/// `head` no step of this batch is scored (a segment before the scored ones): the head's
+/// gradients are zero and nothing comes from above. `carry` (`dL/dh`, `dL/dc` `[L, B, H]`)
+/// arrives at the last step from the steps after this batch (checkpointed BPTT).
 fn backward<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -247,6 +302,8 @@ fn backward<T: Float>(
     batch: &Batch<T>,
     many_to_one: bool,
     opts: PassOptions,
+    head: bool,
+    carry: Option<(&[T], &[T])>,
 ) {
     let (t_len, b, h, o) = (
         batch.seq_len,
@@ -257,7 +314,11 @@ fn backward<T: Float>(
     let top = config.num_layers - 1;
     let w_hy = &params[layout.w_hy.clone()];
     let cell = config.cell;
-    {
+    if !head {
+        grads[layout.w_hy.clone()].fill(T::zero());
+        grads[layout.b_y.clone()].fill(T::zero());
+        ws.layers[top].grad_h(cell)[..t_len * b * h].fill(T::zero());
+    } else {
         let (hs, grad_h) = ws.layers[top].states_and_grad_h(cell);
         let states = if many_to_one {
             &hs[t_len * b * h..(t_len + 1) * b * h]
@@ -328,6 +389,10 @@ fn backward<T: Float>(
             grad_h_norms: norms
                 .as_deref_mut()
                 .map(|n| &mut n[k * t_len..(k + 1) * t_len]),
+            dh_end: carry.map(|(h_end, _)| &h_end[layer_state(k)]),
+            dc_end: carry
+                .filter(|_| cell.has_cell_state())
+                .map(|(_, c_end)| &c_end[layer_state(k)]),
         };
         layer::backward(&pass, buf, out);
     }
@@ -352,4 +417,268 @@ fn backward<T: Float>(
 /// The range of layer `k`'s block in an `[L, n]` buffer.
 fn k_rows(n: usize) -> impl Fn(usize) -> Range<usize> {
     move |k| k * n..(k + 1) * n
+}
+
+/// What checkpointed BPTT keeps besides one segment's workspace.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoints<T> {
+    /// `[n, L, B, H]`: every layer's state at the start of segments `1..n` (slot 0 unused).
+    h: Vec<T>,
+    /// The same for an LSTM's cell state.
+    c: Vec<T>,
+    /// One segment's parameter gradients, summed into the caller's.
+    grads: Vec<T>,
+    /// `[L, B, H]`: `dL/dh` (and `dL/dc`) flowing from a segment into the one before.
+    carry_h: Vec<T>,
+    carry_c: Vec<T>,
+    /// `[B]`: a segment's sequence lengths.
+    lengths: Vec<usize>,
+    /// `[T, B, I]` and `[L, T]`: `dL/dx` and telemetry gathered over segments, when asked.
+    dx: Vec<T>,
+    norms: Vec<T>,
+}
+
+impl<T: Float> Checkpoints<T> {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.h.len()
+            + self.c.len()
+            + self.grads.len()
+            + self.carry_h.len()
+            + self.carry_c.len()
+            + self.dx.len()
+            + self.norms.len())
+            * T::BYTES
+            + self.lengths.len() * std::mem::size_of::<usize>()
+    }
+}
+
+/// [`forward_backward`] in `O(√T)` activation memory (Chen et al. 2016; Gruslys et al. 2016):
+/// a first forward pass keeps only every layer's state at the start of each `segment`-step
+/// stretch; the backward pass then re-runs each stretch from its saved state, last first,
+/// carrying `dL/dh` (and `dL/dc`) from one stretch into the one before. Gradients equal full
+/// BPTT's up to summation order (within 1e-12 in f64); the extra cost is one forward pass.
+/// A `segment` of `T` or more is plain [`forward_backward`]. About `√T` minimises memory.
+///
+/// After the call, `ws.dh0` / `ws.dc0` / `ws.dx` / `ws.grad_h_norms` hold the whole batch's
+/// values; `ws.y` only the first segment's outputs.
+///
+/// # Errors
+/// The batch's validation errors; [`crate::RnnError::Config`] for `segment = 0`.
+///
+/// # Panics
+/// If `params` or `grads` do not have `layout.len` elements.
+pub fn forward_backward_checkpointed<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    opts: PassOptions,
+    segment: usize,
+) -> Result<T> {
+    assert_eq!(params.len(), layout.len, "params length");
+    assert_eq!(grads.len(), layout.len, "grads length");
+    batch.validate(config, spec)?;
+    if segment == 0 {
+        return Err(crate::RnnError::Config(
+            "checkpointed BPTT needs a segment of at least one step".into(),
+        ));
+    }
+    if segment >= batch.seq_len {
+        return Ok(full_pass(
+            config, layout, params, grads, ws, batch, spec, opts,
+        ));
+    }
+    let (t_len, b, h, l) = (
+        batch.seq_len,
+        batch.batch,
+        config.hidden_size,
+        config.num_layers,
+    );
+    let i = config.input_size;
+    let o = config.output_size;
+    let lstm = config.cell.has_cell_state();
+    let n = t_len.div_ceil(segment);
+    let block = l * b * h;
+    let Checkpoints {
+        h: mut ck_h,
+        c: mut ck_c,
+        grads: mut seg_grads,
+        mut carry_h,
+        mut carry_c,
+        mut lengths,
+        mut dx,
+        mut norms,
+    } = std::mem::take(&mut ws.checkpoints);
+    ck_h.resize(n * block, T::zero());
+    ck_c.resize(if lstm { n * block } else { 0 }, T::zero());
+    seg_grads.resize(layout.len, T::zero());
+    carry_h.resize(block, T::zero());
+    carry_c.resize(if lstm { block } else { 0 }, T::zero());
+    lengths.resize(b, 0);
+    dx.resize(if opts.input_grad { t_len * b * i } else { 0 }, T::zero());
+    norms.resize(if opts.telemetry { l * t_len } else { 0 }, T::zero());
+    let scale = loss_scale(config, batch, spec);
+    let span = |s: usize| s * segment..((s + 1) * segment).min(t_len);
+
+    // Pass 1: the states at every segment start.
+    let seg = SegmentOf {
+        batch,
+        spec,
+        segment,
+        block,
+        lstm,
+        dims: (b, i, o),
+    };
+    for s in 0..n - 1 {
+        seg.lengths(s, &mut lengths);
+        let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
+        ws.ensure(config, sub.seq_len, b, spec.many_to_one);
+        forward_layers(config, layout, params, ws, &sub, opts.par);
+        let len = sub.seq_len;
+        for (k, layer) in ws.layers.iter().enumerate() {
+            let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
+            ck_h[dst.clone()].copy_from_slice(&layer.hs[len * b * h..(len + 1) * b * h]);
+            if lstm {
+                ck_c[dst].copy_from_slice(&layer.cs[len * b * h..(len + 1) * b * h]);
+            }
+        }
+    }
+
+    // Pass 2: each segment again, last first, backward with the carried gradient.
+    grads.fill(T::zero());
+    let mut total = T::zero();
+    for s in (0..n).rev() {
+        seg.lengths(s, &mut lengths);
+        let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
+        let r = span(s);
+        ws.ensure(config, sub.seq_len, b, spec.many_to_one);
+        forward_layers(config, layout, params, ws, &sub, opts.par);
+        let scored = if spec.many_to_one {
+            s == n - 1
+        } else {
+            r.end > batch.score_from
+        };
+        if scored {
+            head_forward(config, layout, params, ws, &sub, spec.many_to_one, opts.par);
+            total += loss_forward_backward(config, ws, &sub, spec, scale);
+        }
+        let carry = (s + 1 < n).then_some((&carry_h[..], &carry_c[..]));
+        backward(
+            config,
+            layout,
+            params,
+            &mut seg_grads,
+            ws,
+            &sub,
+            spec.many_to_one,
+            opts,
+            scored,
+            carry,
+        );
+        for (g, v) in grads.iter_mut().zip(&seg_grads) {
+            *g += *v;
+        }
+        carry_h.copy_from_slice(&ws.dh0[..block]);
+        if lstm {
+            carry_c.copy_from_slice(&ws.dc0[..block]);
+        }
+        if opts.input_grad {
+            dx[r.start * b * i..r.end * b * i].copy_from_slice(&ws.dx[..r.len() * b * i]);
+        }
+        if opts.telemetry {
+            for k in 0..l {
+                norms[k * t_len + r.start..k * t_len + r.end]
+                    .copy_from_slice(&ws.grad_h_norms[k * r.len()..(k + 1) * r.len()]);
+            }
+        }
+    }
+    if opts.input_grad {
+        ws.dx.resize(dx.len(), T::zero());
+        ws.dx.copy_from_slice(&dx);
+    }
+    if opts.telemetry {
+        ws.grad_h_norms.resize(norms.len(), T::zero());
+        ws.grad_h_norms.copy_from_slice(&norms);
+    }
+    ws.checkpoints = Checkpoints {
+        h: ck_h,
+        c: ck_c,
+        grads: seg_grads,
+        carry_h,
+        carry_c,
+        lengths,
+        dx,
+        norms,
+    };
+    Ok(total)
+}
+
+/// Cuts a batch into segments for [`forward_backward_checkpointed`].
+struct SegmentOf<'a, 'b, T> {
+    batch: &'a Batch<'b, T>,
+    spec: &'a LossSpec,
+    segment: usize,
+    /// `L · B · H`.
+    block: usize,
+    lstm: bool,
+    /// `(B, I, O)`.
+    dims: (usize, usize, usize),
+}
+
+impl<T: Float> SegmentOf<'_, '_, T> {
+    fn span(&self, s: usize) -> Range<usize> {
+        s * self.segment..((s + 1) * self.segment).min(self.batch.seq_len)
+    }
+
+    /// Segment `s`'s lengths: each sequence's steps inside it (0 once it has ended).
+    fn lengths(&self, s: usize, dst: &mut [usize]) {
+        let r = self.span(s);
+        if let Some(all) = self.batch.lengths {
+            for (d, &n) in dst.iter_mut().zip(all) {
+                *d = n.saturating_sub(r.start).min(r.len());
+            }
+        }
+    }
+
+    /// Segment `s` as a batch of its own, starting from its saved state (`ck_h`, `ck_c`).
+    fn batch<'c>(
+        &'c self,
+        s: usize,
+        lengths: &'c [usize],
+        ck_h: &'c [T],
+        ck_c: &'c [T],
+    ) -> Batch<'c, T> {
+        let (b, i, o) = self.dims;
+        let r = self.span(s);
+        let len = r.len();
+        let target = match self.batch.target {
+            Target::Values(v) if self.spec.many_to_one => Target::Values(v),
+            Target::Classes(c) if self.spec.many_to_one => Target::Classes(c),
+            Target::Values(v) => Target::Values(&v[r.start * b * o..r.end * b * o]),
+            Target::Classes(c) => Target::Classes(&c[r.start * b..r.end * b]),
+        };
+        let saved = s * self.block..(s + 1) * self.block;
+        Batch {
+            seq_len: len,
+            batch: b,
+            x: &self.batch.x[r.start * b * i..r.end * b * i],
+            target,
+            lengths: self.batch.lengths.map(|_| lengths),
+            h0: if s == 0 {
+                self.batch.h0
+            } else {
+                Some(&ck_h[saved.clone()])
+            },
+            c0: if s == 0 {
+                self.batch.c0
+            } else {
+                self.lstm.then(|| &ck_c[saved])
+            },
+            score_from: self.batch.score_from.saturating_sub(r.start).min(len),
+        }
+    }
 }

@@ -6,10 +6,80 @@ use kernels::{Float, reduce};
 use crate::batch::Batch;
 use crate::config::{LossSpec, RnnConfig};
 use crate::error::{Result, RnnError};
-use crate::network::{PassOptions, forward_backward};
+use crate::network::{PassOptions, forward_backward_checkpointed};
 use crate::optim::{Clip, Optimizer, OptimizerKind};
 use crate::params::{Layout, init_params};
 use crate::workspace::Workspace;
+
+/// How much of the forward pass a training step keeps for its backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Memory {
+    /// Every step's activations: the fastest, memory grows with `T`.
+    #[default]
+    Full,
+    /// Only every layer's state at the start of each `segment`-step stretch; each stretch
+    /// is recomputed during backward (one extra forward pass; `segment ≈ √T` minimises memory).
+    /// Gradients equal full BPTT's up to summation order.
+    Checkpointed {
+        /// Steps per stretch.
+        segment: usize,
+    },
+    /// [`Memory::Full`] when the step's activations fit in `bytes`, else checkpointing with
+    /// the longest stretch that fits (or the least memory when none does).
+    Budget {
+        /// Bytes for activations and checkpoints.
+        bytes: usize,
+    },
+}
+
+impl Memory {
+    /// The stretch length for a batch of `seq_len` steps (`seq_len` for full BPTT).
+    ///
+    /// ```
+    /// use rnn_core::{config::RnnConfig, trainer::Memory};
+    /// let cfg = RnnConfig::lstm(8, 64, 8);
+    /// assert_eq!(Memory::Full.segment_for::<f32>(&cfg, 1000, 4, false), 1000);
+    /// // 1 MiB cannot hold 1000 steps of activations (~4 MiB): checkpoint instead.
+    /// let s = Memory::Budget { bytes: 1 << 20 }.segment_for::<f32>(&cfg, 1000, 4, false);
+    /// assert!(s < 1000 && s > 1);
+    /// ```
+    pub fn segment_for<T: Float>(
+        self,
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+    ) -> usize {
+        match self {
+            Memory::Full => seq_len,
+            Memory::Checkpointed { segment } => segment.max(1),
+            Memory::Budget { bytes } => {
+                let state = config.num_layers
+                    * batch
+                    * config.hidden_size
+                    * if config.cell.has_cell_state() { 2 } else { 1 }
+                    * T::BYTES;
+                let params = Layout::new(config).len * T::BYTES;
+                let cost = |s: usize| {
+                    let ws = Workspace::<T>::bytes_for(config, s, batch, many_to_one);
+                    if s >= seq_len {
+                        ws
+                    } else {
+                        ws + seq_len.div_ceil(s) * state + params
+                    }
+                };
+                (1..=seq_len)
+                    .rev()
+                    .find(|&s| cost(s) <= bytes)
+                    .unwrap_or_else(|| {
+                        (1..=seq_len)
+                            .min_by_key(|&s| cost(s))
+                            .expect("seq_len >= 1")
+                    })
+            }
+        }
+    }
+}
 
 /// What one training step did.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +126,8 @@ pub struct Trainer<T: Float> {
     pub par: Par,
     /// Record gradient-flow telemetry in every step (see [`Trainer::grad_h_norms`]).
     pub telemetry: bool,
+    /// Full or checkpointed BPTT.
+    pub memory: Memory,
 }
 
 impl<T: Float> Trainer<T> {
@@ -101,6 +173,7 @@ impl<T: Float> Trainer<T> {
             clip: Clip::None,
             par: Par::Seq,
             telemetry: false,
+            memory: Memory::Full,
         })
     }
 
@@ -118,6 +191,12 @@ impl<T: Float> Trainer<T> {
         } else {
             Par::rayon(threads)
         };
+        self
+    }
+
+    /// Sets how much a step keeps for backward ([`Memory`]).
+    pub fn with_memory(mut self, memory: Memory) -> Self {
+        self.memory = memory;
         self
     }
 
@@ -177,7 +256,13 @@ impl<T: Float> Trainer<T> {
             input_grad: false,
             telemetry: self.telemetry,
         };
-        forward_backward(
+        let segment = self.memory.segment_for::<T>(
+            &self.config,
+            batch.seq_len,
+            batch.batch,
+            self.loss.many_to_one,
+        );
+        forward_backward_checkpointed(
             &self.config,
             &self.layout,
             &self.params,
@@ -186,6 +271,7 @@ impl<T: Float> Trainer<T> {
             batch,
             &self.loss,
             opts,
+            segment,
         )
     }
 }

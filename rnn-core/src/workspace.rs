@@ -71,7 +71,46 @@ pub struct Workspace<T> {
     pub dc0: Vec<T>,
     /// `[L, T]`: `‖dL/dh_t‖` per layer and step, filled only when telemetry is asked for.
     pub grad_h_norms: Vec<T>,
+    /// Checkpointed BPTT's saved states and carries (empty unless it is used).
+    pub checkpoints: crate::network::Checkpoints<T>,
     shape: Option<(RnnConfig, usize, usize, bool)>,
+}
+
+/// Element counts of every buffer for one shape: the one place they are decided.
+struct Sizes {
+    /// Per layer: hs, z, zh, cs, dh, dc, w_hh_t, bias.
+    layer: [usize; 8],
+    /// y (and dy), dh0, dc0.
+    shared: [usize; 3],
+}
+
+impl Sizes {
+    fn of(config: &RnnConfig, seq_len: usize, batch: usize, many_to_one: bool) -> Self {
+        let (h, o, gh) = (config.hidden_size, config.output_size, config.gate_rows());
+        let rows = seq_len * batch;
+        let cell = config.cell;
+        let only = |yes: bool, n: usize| if yes { n } else { 0 };
+        let states = (seq_len + 1) * batch * h;
+        let y_rows = if many_to_one { batch } else { rows };
+        let per_layer_state = config.num_layers * batch * h;
+        Self {
+            layer: [
+                states,
+                rows * gh,
+                only(cell == Cell::Gru, rows * gh),
+                only(cell == Cell::Lstm, states),
+                only(cell != Cell::Rnn, rows * h),
+                only(cell == Cell::Lstm, batch * h),
+                h * gh,
+                gh,
+            ],
+            shared: [
+                y_rows * o,
+                per_layer_state,
+                only(cell == Cell::Lstm, per_layer_state),
+            ],
+        }
+    }
 }
 
 fn grow<T: Float>(v: &mut Vec<T>, n: usize) {
@@ -91,34 +130,34 @@ impl<T: Float> Workspace<T> {
         if self.shape == Some(key) {
             return;
         }
-        let (h, o, gh) = (config.hidden_size, config.output_size, config.gate_rows());
-        let rows = seq_len * batch;
-        let cell = config.cell;
-        let only = |yes: bool, n: usize| if yes { n } else { 0 };
+        let sizes = Sizes::of(config, seq_len, batch, many_to_one);
         self.layers
             .resize_with(config.num_layers, LayerBuffers::default);
         for l in &mut self.layers {
-            grow(&mut l.hs, (seq_len + 1) * batch * h);
-            grow(&mut l.z, rows * gh);
-            grow(&mut l.zh, only(cell == Cell::Gru, rows * gh));
-            grow(
-                &mut l.cs,
-                only(cell == Cell::Lstm, (seq_len + 1) * batch * h),
-            );
-            grow(&mut l.dh, only(cell != Cell::Rnn, rows * h));
-            grow(&mut l.dc, only(cell == Cell::Lstm, batch * h));
-            grow(&mut l.w_hh_t, h * gh);
-            grow(&mut l.bias, gh);
+            let [hs, z, zh, cs, dh, dc, w_hh_t, bias] = sizes.layer;
+            grow(&mut l.hs, hs);
+            grow(&mut l.z, z);
+            grow(&mut l.zh, zh);
+            grow(&mut l.cs, cs);
+            grow(&mut l.dh, dh);
+            grow(&mut l.dc, dc);
+            grow(&mut l.w_hh_t, w_hh_t);
+            grow(&mut l.bias, bias);
         }
-        let y_rows = if many_to_one { batch } else { rows };
-        grow(&mut self.y, y_rows * o);
-        grow(&mut self.dy, y_rows * o);
-        grow(&mut self.dh0, config.num_layers * batch * h);
-        grow(
-            &mut self.dc0,
-            only(cell == Cell::Lstm, config.num_layers * batch * h),
-        );
+        let [y, dh0, dc0] = sizes.shared;
+        grow(&mut self.y, y);
+        grow(&mut self.dy, y);
+        grow(&mut self.dh0, dh0);
+        grow(&mut self.dc0, dc0);
         self.shape = Some(key);
+    }
+
+    /// Bytes [`Workspace::ensure`] would hold for this shape (without `dx` and checkpoints):
+    /// what a memory budget is checked against before anything is allocated.
+    pub fn bytes_for(config: &RnnConfig, seq_len: usize, batch: usize, many_to_one: bool) -> usize {
+        let s = Sizes::of(config, seq_len, batch, many_to_one);
+        let [y, dh0, dc0] = s.shared;
+        (config.num_layers * s.layer.iter().sum::<usize>() + 2 * y + dh0 + dc0) * T::BYTES
     }
 
     /// Bytes held by all buffers.
@@ -138,6 +177,6 @@ impl<T: Float> Workspace<T> {
             })
             .sum();
         let rest = self.y.len() + self.dy.len() + self.dx.len() + self.dh0.len() + self.dc0.len();
-        (per_layer + rest) * T::BYTES
+        (per_layer + rest) * T::BYTES + self.checkpoints.bytes()
     }
 }

@@ -53,11 +53,12 @@ pub(super) fn backward<T: Float>(
         let (before, rest) = buf.dh.split_at_mut(t * step);
         let dh_t = &rest[..step];
         out.record(t, dh_t);
-        let (dh_prev, accum) = if t > 0 {
-            (&mut before[(t - 1) * step..], Accum::Add)
+        let dh_prev = if t > 0 {
+            &mut before[(t - 1) * step..]
         } else {
-            (&mut out.dh0[..], Accum::Replace)
+            &mut out.dh0[..]
         };
+        let accum = Accum::Add;
         if p.batch.all_active(t) {
             gates::gru_backward(dzx_t, dzh_t, h_prev, dh_t, dh_prev, accum, h);
         } else {
@@ -74,8 +75,7 @@ pub(super) fn backward<T: Float>(
                         h,
                     );
                 } else {
-                    // The state passed through unchanged: so does its gradient. Lengths are
-                    // >= 1, so t > 0 and the accumulation is an add here.
+                    // The state passed through unchanged: so does its gradient.
                     dzx_t[g.clone()].fill(T::zero());
                     dzh_t[g].fill(T::zero());
                     for (d, v) in dh_prev[r.clone()].iter_mut().zip(&dh_t[r]) {

@@ -54,7 +54,10 @@ pub(super) fn backward<T: Float>(
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    buf.dc.fill(T::zero());
+    match out.dc_end {
+        Some(carry) => buf.dc.copy_from_slice(carry),
+        None => buf.dc.fill(T::zero()),
+    }
     for t in (0..t_len).rev() {
         let dz_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (c_prev, c_t) = (
@@ -79,7 +82,7 @@ pub(super) fn backward<T: Float>(
                     gates::lstm_backward(&mut dz_t[g], cp, c, dh, &mut buf.dc[r], h);
                 } else {
                     // The state passed through unchanged, and so do both gradients (dc
-                    // stays in the carry). Lengths are >= 1, so t > 0 here.
+                    // stays in the carry).
                     dz_t[g].fill(T::zero());
                     for (d, v) in dh_prev[r.clone()].iter_mut().zip(&dh_t[r]) {
                         *d += *v;
@@ -87,8 +90,7 @@ pub(super) fn backward<T: Float>(
                 }
             }
         }
-        let accum = if t > 0 { Accum::Add } else { Accum::Replace };
-        p.recurrent_backward(dh_prev, accum, dz_t);
+        p.recurrent_backward(dh_prev, Accum::Add, dz_t);
     }
     out.dc0.copy_from_slice(&buf.dc);
     let rows = t_len * b;

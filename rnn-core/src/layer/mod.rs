@@ -218,6 +218,10 @@ pub(crate) struct LayerGrads<'a, T> {
     pub dinput: Option<&'a mut [T]>,
     /// `[T]`: `‖dL/dh_t‖` of this layer per step, when wanted (telemetry).
     pub grad_h_norms: Option<&'a mut [T]>,
+    /// `[B, H]`: `dL/dh` and (LSTM) `dL/dc` arriving at the last step from beyond it, when
+    /// the pass is one segment of a longer sequence (checkpointed BPTT).
+    pub dh_end: Option<&'a [T]>,
+    pub dc_end: Option<&'a [T]>,
 }
 
 impl<T: Float> LayerGrads<'_, T> {
@@ -251,6 +255,16 @@ pub(crate) fn backward<T: Float>(
     buf: &mut LayerBuffers<T>,
     out: LayerGrads<'_, T>,
 ) {
+    // The cells add into dh0 at t = 0 (a sequence of a later segment may already be finished
+    // there, passing its gradient straight through).
+    out.dh0.fill(T::zero());
+    if let Some(carry) = out.dh_end {
+        let (t, b, h, _) = p.dims();
+        let last = &mut buf.grad_h(p.config.cell)[(t - 1) * b * h..t * b * h];
+        for (g, c) in last.iter_mut().zip(carry) {
+            *g += *c;
+        }
+    }
     match p.config.cell {
         Cell::Rnn => rnn::backward(p, buf, out),
         Cell::Lstm => lstm::backward(p, buf, out),

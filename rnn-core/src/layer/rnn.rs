@@ -63,8 +63,6 @@ pub(super) fn backward<T: Float>(
         } else {
             &mut out.dh0[..]
         };
-        // Every sequence is active at t = 0 (lengths are >= 1), so the carry below never
-        // touches dh0, which the product then overwrites.
         // A finished sequence's state passed through unchanged: so does its gradient.
         for bb in p.batch.finished(t) {
             let rows = bb * h..(bb + 1) * h;
@@ -79,9 +77,8 @@ pub(super) fn backward<T: Float>(
         for bb in p.batch.finished(t) {
             dz_t[bb * h..(bb + 1) * h].fill(T::zero());
         }
-        // dh_{t-1} = dZ_t W_hh, added into G_{t-1} (or written to dh0 at t = 0).
-        let accum = if t > 0 { Accum::Add } else { Accum::Replace };
-        p.recurrent_backward(dh_prev, accum, dz_t);
+        // dh_{t-1} += dZ_t W_hh, into G_{t-1} (or dh0, zeroed by the caller, at t = 0).
+        p.recurrent_backward(dh_prev, Accum::Add, dz_t);
     }
     let rows = t_len * b;
     p.weight_grads(out.grads, &buf.z[..rows * h], None, &buf.hs, out.dinput);

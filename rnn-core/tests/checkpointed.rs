@@ -1,0 +1,243 @@
+//! Checkpointed (memory-efficient) BPTT gives full BPTT's loss and gradients, for every cell,
+//! option and segment length, and holds O(√T) activations.
+
+mod common;
+use common::Data;
+
+use rand::{SeedableRng, rngs::StdRng};
+use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
+use rnn_core::network::{PassOptions, forward_backward, forward_backward_checkpointed};
+use rnn_core::params::{Layout, init_params};
+use rnn_core::workspace::Workspace;
+
+struct Run {
+    loss: f64,
+    grads: Vec<f64>,
+    dx: Vec<f64>,
+    dh0: Vec<f64>,
+    dc0: Vec<f64>,
+    norms: Vec<f64>,
+}
+
+fn run(
+    cfg: &RnnConfig,
+    spec: &LossSpec,
+    d: &Data,
+    t: usize,
+    b: usize,
+    lengths: bool,
+    score_from: usize,
+    segment: Option<usize>,
+) -> Run {
+    let layout = Layout::new(cfg);
+    let params: Vec<f64> = init_params::<f64>(cfg, 11)
+        .iter()
+        .map(|p| 1.5 * p)
+        .collect();
+    let mut grads = vec![0.0; layout.len];
+    let mut ws = Workspace::new();
+    let batch = rnn_core::batch::Batch {
+        score_from,
+        ..d.batch(t, b, spec.kind, lengths, !cfg.learn_h0)
+    };
+    let opts = PassOptions {
+        input_grad: true,
+        telemetry: true,
+        ..Default::default()
+    };
+    let loss = match segment {
+        None => forward_backward(
+            cfg, &layout, &params, &mut grads, &mut ws, &batch, spec, opts,
+        ),
+        Some(s) => forward_backward_checkpointed(
+            cfg, &layout, &params, &mut grads, &mut ws, &batch, spec, opts, s,
+        ),
+    }
+    .unwrap();
+    Run {
+        loss,
+        grads,
+        dx: ws.dx.clone(),
+        dh0: ws.dh0.clone(),
+        dc0: ws.dc0.clone(),
+        norms: ws.grad_h_norms.clone(),
+    }
+}
+
+fn close(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    for (k, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-12 * (1.0 + y.abs()),
+            "{what}[{k}]: {x} vs full {y}"
+        );
+    }
+}
+
+#[test]
+fn equals_full_bptt_for_every_cell_and_option() {
+    let mut seed = 0;
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        for (kind, many_to_one, lengths, learn, score_from, layers) in [
+            (LossKind::Mse, false, false, false, 0, 1),
+            (LossKind::CrossEntropy, false, true, false, 0, 2),
+            (LossKind::Mse, true, true, true, 0, 2),
+            (LossKind::CrossEntropy, true, false, false, 0, 1),
+            (LossKind::CrossEntropy, false, true, true, 5, 3),
+        ] {
+            seed += 1;
+            let (t, b) = (11, 3);
+            let mut cfg = RnnConfig::new(3, 5, 4).cell(cell).layers(layers);
+            cfg.learn_h0 = learn;
+            let spec = LossSpec {
+                kind,
+                reduction: if seed % 2 == 0 {
+                    Reduction::Sum
+                } else {
+                    Reduction::Mean
+                },
+                many_to_one,
+            };
+            let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, many_to_one);
+            let full = run(&cfg, &spec, &d, t, b, lengths, score_from, None);
+            for segment in [1, 2, 3, 4, 10, 11, 40] {
+                let what = format!(
+                    "{cell:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} segment={segment}"
+                );
+                let ck = run(&cfg, &spec, &d, t, b, lengths, score_from, Some(segment));
+                assert!(
+                    (ck.loss - full.loss).abs() <= 1e-12 * (1.0 + full.loss.abs()),
+                    "{what}: loss {} vs {}",
+                    ck.loss,
+                    full.loss
+                );
+                close(&ck.grads, &full.grads, &format!("{what} grads"));
+                close(&ck.dx, &full.dx, &format!("{what} dx"));
+                close(&ck.dh0, &full.dh0, &format!("{what} dh0"));
+                close(&ck.dc0, &full.dc0, &format!("{what} dc0"));
+                close(&ck.norms, &full.norms, &format!("{what} telemetry"));
+            }
+        }
+    }
+}
+
+/// Activation memory: O(√T · B · H) with segments of √T, against O(T · B · H) for full BPTT.
+#[test]
+fn memory_grows_with_the_square_root_of_t() {
+    let cfg = RnnConfig::lstm(4, 16, 3);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let bytes = |t: usize, checkpointed: bool| {
+        let d = Data::random(&mut StdRng::seed_from_u64(1), &cfg, t, 2, false);
+        let layout = Layout::new(&cfg);
+        let params = init_params::<f64>(&cfg, 0);
+        let mut grads = vec![0.0; layout.len];
+        let mut ws = Workspace::new();
+        let batch = d.batch(t, 2, spec.kind, false, false);
+        let segment = (t as f64).sqrt().round() as usize;
+        if checkpointed {
+            forward_backward_checkpointed(
+                &cfg,
+                &layout,
+                &params,
+                &mut grads,
+                &mut ws,
+                &batch,
+                &spec,
+                PassOptions::default(),
+                segment,
+            )
+            .unwrap();
+        } else {
+            forward_backward(
+                &cfg,
+                &layout,
+                &params,
+                &mut grads,
+                &mut ws,
+                &batch,
+                &spec,
+                PassOptions::default(),
+            )
+            .unwrap();
+        }
+        ws.bytes() as f64
+    };
+    let (full_small, full_big) = (bytes(256, false), bytes(4096, false));
+    let (ck_small, ck_big) = (bytes(256, true), bytes(4096, true));
+    // 16x the steps: full BPTT's activations grow ~16x, checkpointed ones ~4x.
+    assert!(
+        full_big / full_small > 14.0,
+        "full: {full_small} -> {full_big}"
+    );
+    assert!(
+        ck_big / ck_small < 5.0,
+        "checkpointed: {ck_small} -> {ck_big}"
+    );
+    assert!(
+        ck_big < full_big / 10.0,
+        "checkpointed {ck_big} vs full {full_big}"
+    );
+}
+
+#[test]
+fn zero_segment_is_a_config_error() {
+    let cfg = RnnConfig::new(3, 5, 4);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let d = Data::random(&mut StdRng::seed_from_u64(1), &cfg, 4, 2, false);
+    let layout = Layout::new(&cfg);
+    let params = init_params::<f64>(&cfg, 0);
+    let mut grads = vec![0.0; layout.len];
+    let e = forward_backward_checkpointed(
+        &cfg,
+        &layout,
+        &params,
+        &mut grads,
+        &mut Workspace::new(),
+        &d.batch(4, 2, spec.kind, false, false),
+        &spec,
+        PassOptions::default(),
+        0,
+    )
+    .unwrap_err();
+    assert!(matches!(e, rnn_core::RnnError::Config(_)), "{e}");
+}
+
+/// The trainer's memory setting: checkpointed training ends where full training does, and a
+/// budget picks full BPTT when it fits.
+#[test]
+fn trainer_memory_modes_train_alike() {
+    use rnn_core::prelude::*;
+    let cfg = RnnConfig::gru(3, 6, 2).layers(2);
+    let loss = LossSpec::every_step(LossKind::Mse);
+    let (t, b) = (23, 2);
+    let x: Vec<f64> = (0..t * b * 3)
+        .map(|k| ((k * 13 % 17) as f64) / 8.0 - 1.0)
+        .collect();
+    let y: Vec<f64> = (0..t * b * 2)
+        .map(|k| ((k * 7 % 11) as f64) / 5.0 - 1.0)
+        .collect();
+    let train = |memory: Memory| {
+        let mut tr = Trainer::<f64>::new(cfg, loss, OptimizerKind::adam(0.01), 4)
+            .unwrap()
+            .with_clip(Clip::Norm(1.0))
+            .with_memory(memory);
+        for _ in 0..5 {
+            tr.step(&Batch::new(t, b, &x, Target::Values(&y))).unwrap();
+        }
+        (tr.params, tr.workspace.bytes())
+    };
+    let (full, full_bytes) = train(Memory::Full);
+    let (ck, ck_bytes) = train(Memory::Checkpointed { segment: 5 });
+    close(&ck, &full, "checkpointed weights");
+    assert!(ck_bytes < full_bytes, "{ck_bytes} vs {full_bytes}");
+    let (roomy, _) = train(Memory::Budget { bytes: 1 << 30 });
+    assert_eq!(roomy, full, "a roomy budget is full BPTT, bitwise");
+    assert_eq!(
+        Memory::Budget { bytes: 1 << 30 }.segment_for::<f64>(&cfg, t, b, false),
+        t
+    );
+    let tight = Memory::Budget { bytes: 6000 }.segment_for::<f64>(&cfg, t, b, false);
+    assert!(tight < t, "{tight}");
+    let (budget, _) = train(Memory::Budget { bytes: 6000 });
+    close(&budget, &full, "budget weights");
+}
