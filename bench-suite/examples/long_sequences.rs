@@ -76,8 +76,41 @@ fn step_time(cell: Cell, t: usize, memory: Memory, reps: usize) -> (f64, usize) 
     (best, tr.workspace.bytes())
 }
 
+/// Step time without and with gradient-flow telemetry (best of 7 alternating pairs).
+fn telemetry_cost(cell: Cell, t: usize) {
+    let (x, y) = data(0, t);
+    let batch = Batch::new(t, B, &x, Target::Classes(&y));
+    let mut off = trainer(cell);
+    let mut on = trainer(cell).with_telemetry();
+    off.step(&batch).expect("step");
+    on.step(&batch).expect("step");
+    let (mut best_off, mut best_on) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..7 {
+        let start = Instant::now();
+        off.step(&batch).expect("step");
+        best_off = best_off.min(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        on.step(&batch).expect("step");
+        best_on = best_on.min(start.elapsed().as_secs_f64());
+    }
+    println!(
+        "| {} | {t} | {:.2} | {:.2} | {:+.1} % |",
+        cell.as_str(),
+        best_off * 1e3,
+        best_on * 1e3,
+        100.0 * (best_on / best_off - 1.0)
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    println!("Gradient-flow telemetry (‖dL/dh_t‖ per layer and step), medium shape\n");
+    println!("| cell | T | off ms/step | on ms/step | cost |");
+    println!("|---|---|---|---|---|");
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        telemetry_cost(cell, 100);
+    }
+    println!();
     println!("Truncated BPTT, k1 = k2 = 64, medium shape: flat in the total length\n");
     println!("| mode | cell | total steps | tokens/s | workspace MiB |");
     println!("|---|---|---|---|---|");
