@@ -327,6 +327,19 @@ fn run(args: Args) -> Result<(), String> {
     };
 
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5a3b1e);
+    // Samples start after "//", a comment opener, so they read as the corpus's prose.
+    let sample_now = |params: &[f32], rng: &mut StdRng| {
+        sample(
+            cfg,
+            params,
+            &corpus,
+            b"//",
+            args.sample_len,
+            args.temperature,
+            rng,
+        )
+        .map_err(|e| e.to_string())
+    };
     let (mut x, mut y) = (vec![0.0f32; k1 * b * v], vec![0usize; k1 * b]);
     let start_step = losses.len();
     let bar = ProgressBar::new(args.steps as u64);
@@ -351,16 +364,7 @@ fn run(args: Args) -> Result<(), String> {
         ));
         bar.inc(1);
         if args.sample_every > 0 && (step + 1) % args.sample_every == 0 {
-            let text = sample(
-                cfg,
-                &stream.trainer.params,
-                &corpus,
-                b"//",
-                args.sample_len,
-                args.temperature,
-                &mut rng,
-            )
-            .map_err(|e| e.to_string())?;
+            let text = sample_now(&stream.trainer.params, &mut rng)?;
             // Through the bar, which also prints when it is hidden (no terminal).
             bar.suspend(|| {
                 println!(
@@ -400,16 +404,7 @@ fn run(args: Args) -> Result<(), String> {
     );
     let plot = args.out.join("loss.svg");
     common::write(&plot, &svg)?;
-    let text = sample(
-        cfg,
-        &stream.trainer.params,
-        &corpus,
-        b"//",
-        args.sample_len,
-        args.temperature,
-        &mut rng,
-    )
-    .map_err(|e| e.to_string())?;
+    let text = sample_now(&stream.trainer.params, &mut rng)?;
     println!("--- final sample ---\n//{text}\n");
     let recent = &losses[losses.len().saturating_sub(50)..];
     let final_loss = recent.iter().map(|&l| l as f64).sum::<f64>() / recent.len().max(1) as f64;

@@ -110,6 +110,18 @@ impl<T: Float> LayerPass<'_, T> {
         )
     }
 
+    /// `dst = b_ih + b_hh`: one bias for cells that add both to every gate (RNN, LSTM).
+    fn summed_bias(&self, dst: &mut [T]) {
+        let s = self.slots;
+        for ((d, x), y) in dst
+            .iter_mut()
+            .zip(&self.params[s.b_ih.clone()])
+            .zip(&self.params[s.b_hh.clone()])
+        {
+            *d = *x + *y;
+        }
+    }
+
     /// `z = input W_ihᵀ` for all `T·B` rows at once (no bias).
     fn input_projection(&self, z: &mut [T]) {
         let (t, b, _, gh) = self.dims();

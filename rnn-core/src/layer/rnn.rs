@@ -17,15 +17,7 @@ pub(super) fn forward<T: Float>(
 ) {
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
-    let s = p.slots;
-    for ((dst, x), y) in buf
-        .bias
-        .iter_mut()
-        .zip(&p.params[s.b_ih.clone()])
-        .zip(&p.params[s.b_hh.clone()])
-    {
-        *dst = *x + *y;
-    }
+    p.summed_bias(&mut buf.bias);
     transpose(&mut buf.w_hh_t, p.w_hh(), h, h);
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
