@@ -7,7 +7,9 @@
 //! PyTorch. F32 and F64 tensors are accepted and converted to the model's type.
 //!
 //! Files are written atomically: to a temporary file in the same folder, flushed to disk,
-//! then renamed over the target, so a crash leaves either the old or the new file.
+//! then renamed over the target (and the folder synced), so a crash leaves either the old or
+//! the new file. Every file written here carries a CRC-32 of its tensors in its metadata; a
+//! truncated or bit-flipped file is an error on load, never a silently different model.
 
 use std::collections::HashMap;
 use std::fs;
@@ -52,7 +54,39 @@ pub fn parse_with_metadata(bytes: &[u8]) -> Result<(SafeTensors<'_>, HashMap<Str
     let st = parse(bytes)?;
     let (_, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| RnnError::Format(e.to_string()))?;
-    Ok((st, header.metadata().clone().unwrap_or_default()))
+    let metadata = header.metadata().clone().unwrap_or_default();
+    if let Some(want) = metadata.get(CHECKSUM_KEY) {
+        let got = format!(
+            "{:08x}",
+            checksum(st.tensors().iter().map(|(n, v)| (n.as_str(), v)))
+        );
+        if *want != got {
+            return Err(RnnError::Format(format!(
+                "checksum mismatch (file says {want}, contents give {got}): the file is corrupt"
+            )));
+        }
+    }
+    Ok((st, metadata))
+}
+
+/// The metadata key of the CRC-32 that [`write_tensors`] stores (files from elsewhere, such
+/// as PyTorch's, have none and are not checked).
+pub const CHECKSUM_KEY: &str = "checksum.crc32";
+
+/// CRC-32 over every tensor's name, dtype, shape and bytes, in name order.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a TensorView<'a>)>) -> u32 {
+    let mut all: Vec<_> = tensors.collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = crc32fast::Hasher::new();
+    for (name, view) in all {
+        h.update(name.as_bytes());
+        h.update(format!("{:?}", view.dtype()).as_bytes());
+        for d in view.shape() {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        h.update(view.data());
+    }
+    h.finalize()
 }
 
 /// Tensor `name` as floats of type `T` (from F32 or F64), with its shape.
@@ -176,6 +210,14 @@ pub fn write_tensors(
             ))
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut metadata = metadata;
+    metadata.insert(
+        CHECKSUM_KEY.into(),
+        format!(
+            "{:08x}",
+            checksum(views.iter().map(|(n, v)| (n.as_str(), v)))
+        ),
+    );
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| RnnError::Format(e.to_string()))?;
     write_atomic(path, &bytes)
@@ -200,7 +242,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the directory is synced (best effort: not
+        // every platform can open a directory).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
