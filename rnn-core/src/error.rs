@@ -58,8 +58,9 @@ pub enum RnnError {
     /// are exactly as they were.
     #[error("non-finite {what} at training step {step}: update rejected, weights unchanged")]
     NonFinite {
-        /// `"loss"` or `"gradient norm"`.
-        what: &'static str,
+        /// `loss`, `gradient of <tensor>[<index>]`, or `gradient norm` (finite gradients whose
+        /// squares overflow).
+        what: String,
         /// The step number that was rejected (0-based count of completed steps).
         step: u64,
     },

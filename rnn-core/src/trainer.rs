@@ -225,16 +225,44 @@ impl<T: Float> Trainer<T> {
     /// is NaN or infinite — then parameters and optimizer state are exactly as before.
     pub fn step(&mut self, batch: &Batch<T>) -> Result<StepReport<T>> {
         let loss = self.loss_and_grads(batch)?;
+        self.update(loss)
+    }
+
+    /// Clips the gradients in [`Trainer::grads`] and applies one optimizer update; `loss` is
+    /// the loss they came from. [`Trainer::step`] is [`Trainer::loss_and_grads`] then this; call
+    /// them apart to look at or change the gradients in between.
+    ///
+    /// # Errors
+    /// [`RnnError::NonFinite`] naming the loss, the first non-finite gradient (tensor and
+    /// index) or an overflowing norm, with the step number; nothing is changed then.
+    pub fn update(&mut self, loss: T) -> Result<StepReport<T>> {
         let step = self.optimizer.steps;
         if !loss.is_finite() {
-            return Err(RnnError::NonFinite { what: "loss", step });
+            return Err(RnnError::NonFinite {
+                what: format!("loss ({})", loss.f64()),
+                step,
+            });
         }
         let grad_norm = reduce::sum_squares(&self.grads).sqrt();
         if !grad_norm.is_finite() {
-            return Err(RnnError::NonFinite {
-                what: "gradient norm",
-                step,
-            });
+            let what = match self.grads.iter().position(|g| !g.is_finite()) {
+                Some(i) => {
+                    let t = self
+                        .layout
+                        .tensors
+                        .iter()
+                        .find(|t| t.range.contains(&i))
+                        .expect("every index is in a tensor");
+                    format!(
+                        "gradient of {}[{}] ({})",
+                        t.name,
+                        i - t.range.start,
+                        self.grads[i].f64()
+                    )
+                }
+                None => "gradient norm (its square overflows)".to_string(),
+            };
+            return Err(RnnError::NonFinite { what, step });
         }
         let clip_scale = self.clip.apply(&mut self.grads, grad_norm);
         self.optimizer

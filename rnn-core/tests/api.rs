@@ -505,3 +505,43 @@ fn checkpoint_extras_roundtrip() {
     assert_eq!(none, io::Extras::default());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A NaN or infinity injected into a gradient at step k rejects that step, names the tensor
+/// and the step, leaves weights and optimizer state bitwise as they were, and training goes on.
+#[test]
+fn non_finite_gradient_is_named_and_rejected() {
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        let mut tr = Trainer::<f32>::new(
+            RnnConfig::new(3, 8, 4).layers(2).cell(cell),
+            LossSpec::every_step(LossKind::CrossEntropy),
+            OptimizerKind::adam(0.01),
+            7,
+        )
+        .unwrap();
+        let (x, y) = data(5, 2);
+        let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+        for _ in 0..3 {
+            tr.step(&batch).unwrap();
+        }
+        let before = (tr.params.clone(), tr.optimizer.clone());
+        for (bad, idx) in [(f32::NAN, 5), (f32::INFINITY, 0), (f32::NEG_INFINITY, 1)] {
+            let loss = tr.loss_and_grads(&batch).unwrap();
+            let w = tr.layout.find("rnn.weight_hh_l1").unwrap().range.clone();
+            tr.grads[w.start + idx] = bad;
+            let e = tr.update(loss).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("rnn.weight_hh_l1[{idx}]")) && msg.contains("step 3"),
+                "{cell:?}: {msg}"
+            );
+            assert_eq!(tr.params, before.0);
+            assert_eq!(tr.optimizer.state1, before.1.state1);
+            assert_eq!(tr.optimizer.state2, before.1.state2);
+            assert_eq!(tr.optimizer.steps, before.1.steps);
+        }
+        // The next batch trains as if nothing happened.
+        let r = tr.step(&batch).unwrap();
+        assert!(r.loss.is_finite());
+        assert_eq!(tr.optimizer.steps, 4);
+    }
+}
