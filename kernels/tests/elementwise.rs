@@ -435,3 +435,34 @@ fn tail_rounds_like_body() {
         });
     }
 }
+
+/// Flush-to-zero: subnormal results become zero while it is on, and the previous mode comes
+/// back when restored (so it can be scoped).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn flush_denormals_is_scoped_per_thread() {
+    use kernels::arch::set_flush_denormals;
+    use std::hint::black_box;
+    let half_min = || black_box(f32::MIN_POSITIVE) * black_box(0.5f32);
+    let was = set_flush_denormals(false);
+    assert!(half_min() > 0.0, "subnormals are kept by default");
+    // A thread that already runs keeps its own mode (new threads inherit the creator's).
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        wait.recv().unwrap();
+        half_min() > 0.0
+    });
+    assert!(!set_flush_denormals(true));
+    assert_eq!(half_min(), 0.0);
+    // Vector kernels too: a row of subnormal products.
+    let mut out = [1.0f32; 19];
+    reduce::scale(&mut out, black_box(f32::MIN_POSITIVE * 0.25));
+    let mut tiny = [f32::MIN_POSITIVE; 19];
+    reduce::scale(&mut tiny, black_box(0.5));
+    assert!(tiny.iter().all(|&v| v == 0.0), "{tiny:?}");
+    assert!(out.iter().all(|&v| v == 0.0), "{out:?}");
+    go.send(()).unwrap();
+    assert!(other.join().unwrap(), "another thread's mode changed");
+    assert!(set_flush_denormals(was));
+    assert!(half_min() > 0.0);
+}

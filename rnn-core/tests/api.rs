@@ -545,3 +545,24 @@ fn non_finite_gradient_is_named_and_rejected() {
         assert_eq!(tr.optimizer.steps, 4);
     }
 }
+
+/// Flush-to-zero is scoped to the step: results on normal data are unchanged, and the caller's
+/// thread gets its own mode back.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn flush_denormals_is_scoped_to_the_step() {
+    use std::hint::black_box;
+    let (x, y) = data(5, 2);
+    let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+    let mut plain = trainer(OptimizerKind::adam(0.01));
+    let mut flushed = trainer(OptimizerKind::adam(0.01)).with_flush_denormals();
+    for _ in 0..3 {
+        plain.step(&batch).unwrap();
+        flushed.step(&batch).unwrap();
+    }
+    assert_eq!(plain.params, flushed.params);
+    assert!(
+        black_box(f32::MIN_POSITIVE) * black_box(0.5f32) > 0.0,
+        "mode restored"
+    );
+}
