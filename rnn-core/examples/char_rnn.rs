@@ -10,7 +10,7 @@
 //!
 //! It shows a progress bar (loss, tokens/s, ETA), samples text every `--sample-every` steps
 //! at `--temperature`, checkpoints to `--out` (model, optimizer, stream state and position,
-//! loss history), draws the loss curve as an SVG, and ends with the final loss beside the
+//! loss history: `--resume` continues exactly where an uninterrupted run would be), draws the loss curve as an SVG, and ends with the final loss beside the
 //! corpus's unigram entropy (what a model that ignores context would reach).
 
 mod common;
@@ -294,11 +294,9 @@ fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("cannot resume from {}: {e}", ckpt.display()))?;
         losses = extras.tensor("losses").map_err(|e| e.to_string())?.to_vec();
         streams.pos = extras.value("pos").map_err(|e| e.to_string())?;
-        let (h, c) = (
-            extras.tensor("h").map_err(|e| e.to_string())?,
-            extras.tensor("c").map_err(|e| e.to_string())?,
-        );
-        stream.restore(h, c).map_err(|e| e.to_string())?;
+        stream
+            .restore_snapshot(&extras.tensors)
+            .map_err(|e| format!("cannot resume from {}: {e}", ckpt.display()))?;
         println!("resumed from {} at update {}", ckpt.display(), losses.len());
     }
     let unigram = corpus.unigram_entropy();
@@ -312,11 +310,10 @@ fn run(args: Args) -> Result<(), String> {
     );
     let save = |stream: &Tbptt<f32>, losses: &[f32], pos: usize| -> Result<(), String> {
         let extras = Extras {
-            tensors: vec![
-                ("losses".into(), losses.to_vec()),
-                ("h".into(), stream.state().to_vec()),
-                ("c".into(), stream.cell_state().to_vec()),
-            ],
+            tensors: [("losses".to_string(), losses.to_vec())]
+                .into_iter()
+                .chain(stream.snapshot())
+                .collect(),
             metadata: [("pos".to_string(), pos.to_string())].into(),
         };
         std::fs::create_dir_all(&args.out)
@@ -326,7 +323,10 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())
     };
 
-    let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5a3b1e);
+    // Each sample draws from its own generator, seeded by the update it follows, so a resumed
+    // run prints exactly the samples an uninterrupted one would.
+    let rng_at =
+        |update: usize| StdRng::seed_from_u64(args.seed ^ 0x5a3b1e ^ (update as u64) << 20);
     // Samples start after "//", a comment opener, so they read as the corpus's prose.
     let sample_now = |params: &[f32], rng: &mut StdRng| {
         sample(
@@ -364,7 +364,7 @@ fn run(args: Args) -> Result<(), String> {
         ));
         bar.inc(1);
         if args.sample_every > 0 && (step + 1) % args.sample_every == 0 {
-            let text = sample_now(&stream.trainer.params, &mut rng)?;
+            let text = sample_now(&stream.trainer.params, &mut rng_at(step + 1))?;
             // Through the bar, which also prints when it is hidden (no terminal).
             bar.suspend(|| {
                 println!(
@@ -404,7 +404,7 @@ fn run(args: Args) -> Result<(), String> {
     );
     let plot = args.out.join("loss.svg");
     common::write(&plot, &svg)?;
-    let text = sample_now(&stream.trainer.params, &mut rng)?;
+    let text = sample_now(&stream.trainer.params, &mut rng_at(losses.len()))?;
     println!("--- final sample ---\n//{text}\n");
     let recent = &losses[losses.len().saturating_sub(50)..];
     let final_loss = recent.iter().map(|&l| l as f64).sum::<f64>() / recent.len().max(1) as f64;

@@ -247,6 +247,92 @@ impl<T: Float> Tbptt<T> {
         Ok(())
     }
 
+    /// Everything the streams carry between chunks, as named tensors for a checkpoint
+    /// ([`crate::io::Extras`]): both states, the replayed window (labels as floats) and its
+    /// length. [`Tbptt::restore_snapshot`] makes the next chunk train exactly as it would
+    /// have without the stop.
+    pub fn snapshot(&self) -> Vec<(String, Vec<T>)> {
+        let cfg = self.trainer.config;
+        let b = self.batch;
+        let held = self.held;
+        let per_o = self.values.len() / self.k2;
+        vec![
+            ("tbptt.held".into(), vec![T::of(held as f64)]),
+            ("tbptt.h_start".into(), self.h_start.clone()),
+            ("tbptt.c_start".into(), self.c_start.clone()),
+            ("tbptt.h_end".into(), self.h_end.clone()),
+            ("tbptt.c_end".into(), self.c_end.clone()),
+            (
+                "tbptt.x".into(),
+                self.x[..held * b * cfg.input_size].to_vec(),
+            ),
+            ("tbptt.values".into(), self.values[..held * per_o].to_vec()),
+            (
+                "tbptt.classes".into(),
+                self.classes[..held * (self.classes.len() / self.k2)]
+                    .iter()
+                    .map(|&c| T::of(c as f64))
+                    .collect(),
+            ),
+        ]
+    }
+
+    /// Restores what [`Tbptt::snapshot`] saved (for the same model, `k1`, `k2` and `B`).
+    ///
+    /// # Errors
+    /// [`RnnError::Format`] naming a missing or misshapen part.
+    pub fn restore_snapshot(&mut self, tensors: &[(String, Vec<T>)]) -> Result<()> {
+        let get = |name: &str| -> Result<&[T]> {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| &v[..])
+                .ok_or_else(|| RnnError::Format(format!("stream snapshot has no {name:?}")))
+        };
+        let held = get("tbptt.held")?
+            .first()
+            .map(|v| v.f64())
+            .filter(|&v| v >= 0.0 && v.fract() == 0.0 && v as usize <= self.k2 - self.k1)
+            .ok_or_else(|| RnnError::Format("stream snapshot: bad tbptt.held".into()))?
+            as usize;
+        let b = self.batch;
+        let cfg = self.trainer.config;
+        let per_o = self.values.len() / self.k2;
+        let per_c = self.classes.len() / self.k2;
+        let fits = |name: &str, want: usize| -> Result<&[T]> {
+            let v = get(name)?;
+            if v.len() == want {
+                Ok(v)
+            } else {
+                Err(RnnError::Format(format!(
+                    "stream snapshot: {name} has {} values, this stream needs {want}",
+                    v.len()
+                )))
+            }
+        };
+        let (hs, cs) = (self.h_start.len(), self.c_start.len());
+        let parts = [
+            fits("tbptt.h_start", hs)?,
+            fits("tbptt.c_start", cs)?,
+            fits("tbptt.h_end", hs)?,
+            fits("tbptt.c_end", cs)?,
+            fits("tbptt.x", held * b * cfg.input_size)?,
+            fits("tbptt.values", held * per_o)?,
+            fits("tbptt.classes", held * per_c)?,
+        ];
+        self.h_start.copy_from_slice(parts[0]);
+        self.c_start.copy_from_slice(parts[1]);
+        self.h_end.copy_from_slice(parts[2]);
+        self.c_end.copy_from_slice(parts[3]);
+        self.x[..parts[4].len()].copy_from_slice(parts[4]);
+        self.values[..parts[5].len()].copy_from_slice(parts[5]);
+        for (dst, v) in self.classes.iter_mut().zip(parts[6]) {
+            *dst = v.f64() as usize;
+        }
+        self.held = held;
+        Ok(())
+    }
+
     /// Starts every stream afresh.
     pub fn reset(&mut self) {
         for v in [
