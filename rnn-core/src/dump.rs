@@ -74,9 +74,14 @@ fn non_negative(name: &str, v: Vec<i64>) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// Activations may take this many bytes per byte of input file (at least 1 GiB) before a
+/// file is refused: a small file cannot make the process allocate without bound.
+const MEMORY_PER_FILE_BYTE: usize = 64;
+
 fn run<T: Float>(
     st: &SafeTensors<'_>,
     m: &HashMap<String, String>,
+    file_len: usize,
 ) -> Result<Vec<(String, OwnedTensor)>> {
     let config: RnnConfig = io::infer_config(st, m)?;
     let spec = loss_spec(m)?;
@@ -88,7 +93,21 @@ fn run<T: Float>(
             "x must be [T, B, I], got shape {x_shape:?}"
         )));
     }
+    if x_shape.contains(&0) {
+        // A zero-sized x holds no bytes, so its other dimensions would be unchecked.
+        return Err(RnnError::Format(format!(
+            "x has shape {x_shape:?}: T, B and I must be positive"
+        )));
+    }
     let (t, b) = (x_shape[0], x_shape[1]);
+    let need = Workspace::<T>::bytes_for(&config, t, b, spec.many_to_one) + x.len() * T::BYTES;
+    let limit = (MEMORY_PER_FILE_BYTE * file_len).max(1 << 30);
+    if need > limit {
+        return Err(RnnError::Format(format!(
+            "the batch would need {need} bytes of activations, over the {limit} allowed for a \
+             {file_len}-byte file; call rnn_core::network directly for runs this large"
+        )));
+    }
     let (h0, _) = io::float_tensor::<T>(st, "h0")?;
     let c0 = if config.cell.has_cell_state() {
         Some(io::float_tensor::<T>(st, "c0")?.0)
@@ -188,8 +207,8 @@ pub fn grad_dump(bytes: &[u8]) -> Result<Vec<(String, OwnedTensor)>> {
         .tensor("x")
         .map_err(|_| RnnError::Format("missing tensor \"x\"".into()))?;
     match x.dtype() {
-        Dtype::F32 => run::<f32>(&st, &m),
-        Dtype::F64 => run::<f64>(&st, &m),
+        Dtype::F32 => run::<f32>(&st, &m, bytes.len()),
+        Dtype::F64 => run::<f64>(&st, &m, bytes.len()),
         other => Err(RnnError::Format(format!(
             "x has dtype {other:?}, expected F32 or F64"
         ))),

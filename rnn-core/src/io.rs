@@ -333,14 +333,21 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
             cell.gates()
         )));
     }
+    let present = (0..)
+        .take_while(|k| st.tensor(&format!("rnn.weight_ih_l{k}")).is_ok())
+        .count();
     let layers = match metadata.get("layers") {
         Some(s) => s
             .parse::<usize>()
             .map_err(|_| RnnError::Format(format!("metadata layers = {s:?} is not a number")))?,
-        None => (0..)
-            .take_while(|k| st.tensor(&format!("rnn.weight_ih_l{k}")).is_ok())
-            .count(),
+        None => present,
     };
+    // Checked before anything is sized by it: a count no tensor backs is not believed.
+    if layers > present {
+        return Err(RnnError::Format(format!(
+            "metadata layers = {layers}, but the file holds rnn.weight_ih_l0..{present}"
+        )));
+    }
     let nonlinearity = match metadata.get("nonlinearity") {
         Some(s) => Nonlinearity::parse(s).map_err(bad)?,
         None => Nonlinearity::Tanh,
@@ -375,8 +382,15 @@ pub fn save_weights<T: Float>(path: &Path, config: &RnnConfig, params: &[T]) -> 
 /// # Errors
 /// [`RnnError::Io`], [`RnnError::Format`], [`RnnError::ShapeMismatch`].
 pub fn load_weights<T: Float>(path: &Path) -> Result<(RnnConfig, Vec<T>)> {
-    let bytes = read_bytes(path)?;
-    let (st, metadata) = parse_with_metadata(&bytes)?;
+    weights_from_bytes(&read_bytes(path)?)
+}
+
+/// [`load_weights`] on a file's bytes.
+///
+/// # Errors
+/// As [`load_weights`], without the I/O.
+pub fn weights_from_bytes<T: Float>(bytes: &[u8]) -> Result<(RnnConfig, Vec<T>)> {
+    let (st, metadata) = parse_with_metadata(bytes)?;
     let config = infer_config(&st, &metadata)?;
     let params = load_params(&st, &Layout::new(&config))?;
     Ok((config, params))
@@ -493,8 +507,20 @@ pub fn load_checkpoint_with<T: Float>(
     params: &mut Vec<T>,
     optimizer: &mut Optimizer<T>,
 ) -> Result<Extras<T>> {
-    let bytes = read_bytes(path)?;
-    let (st, metadata) = parse_with_metadata(&bytes)?;
+    checkpoint_from_bytes(&read_bytes(path)?, config, params, optimizer)
+}
+
+/// [`load_checkpoint_with`] on a file's bytes.
+///
+/// # Errors
+/// As [`load_checkpoint`], without the I/O.
+pub fn checkpoint_from_bytes<T: Float>(
+    bytes: &[u8],
+    config: &RnnConfig,
+    params: &mut Vec<T>,
+    optimizer: &mut Optimizer<T>,
+) -> Result<Extras<T>> {
+    let (st, metadata) = parse_with_metadata(bytes)?;
     let found = infer_config(&st, &metadata)?;
     if found != *config {
         return Err(RnnError::Format(format!(

@@ -203,7 +203,13 @@ fn edited(
         })
         .collect();
     edit(&mut tensors, &mut meta);
-    let dir = std::env::temp_dir().join(format!("rnn-core-edit-{}-{name}", std::process::id()));
+    // One folder per call: tests editing the same fixture run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "rnn-core-edit-{}-{name}-{call}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("in.safetensors");
     io::write_tensors(&path, &tensors, meta).unwrap();
@@ -380,4 +386,24 @@ fn training_matches_pytorch_lstm_adam_clip() {
 #[test]
 fn training_matches_pytorch_gru_sgd_momentum() {
     check_training("gru_sgd_momentum");
+}
+
+/// Counts and sizes a file declares are checked against what it holds before anything is
+/// allocated from them.
+#[test]
+fn declared_sizes_are_checked_before_allocating() {
+    let e = dump_error(&edited("tanh_mse", |_, m| {
+        m.insert("layers".into(), "1000000000000".into());
+    }));
+    assert!(e.contains("layers") && e.contains("1000000000000"), "{e}");
+    // A tiny file whose batch would need terabytes of activations.
+    let e = dump_error(&edited("tanh_mse", |t, _| {
+        let x = t.iter_mut().find(|(n, _)| n == "x").unwrap();
+        x.1.shape = vec![1 << 20, 1 << 20, 0];
+        x.1.bytes.clear();
+        let h0 = t.iter_mut().find(|(n, _)| n == "h0").unwrap();
+        h0.1.shape = vec![1, 1 << 20, 6];
+        h0.1.bytes = vec![0; (1 << 20) * 6 * 8];
+    }));
+    assert!(e.contains("must be positive"), "{e}");
 }
