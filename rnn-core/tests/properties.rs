@@ -1,5 +1,5 @@
-//! Property tests over random cells, shapes and options: gradients match finite differences.
-//! (Thread-count independence needs products big enough to run in parallel: see api.rs.)
+//! Property tests over random cells, shapes and options: gradients match finite differences;
+//! chunked forwards equal the full forward; f32 agrees with f64; 1 and 2 threads agree bitwise.
 
 mod common;
 use common::Data;
@@ -133,5 +133,118 @@ proptest! {
                 "param {idx}: analytic {} vs numeric {numeric}", grads[idx]
             );
         }
+    }
+}
+
+/// A random cell, shape and batch for the cross-checks below (f64 data).
+fn cross_setup() -> impl Strategy<Value = (RnnConfig, usize, usize, u64)> {
+    (
+        0usize..3,
+        1usize..4,
+        (1usize..40, 1usize..9, 1usize..70, 1usize..70, 1usize..9),
+        0u64..1000,
+    )
+        .prop_map(|(cell, layers, (t, b, i, h, o), seed)| {
+            let cell = [Cell::Rnn, Cell::Lstm, Cell::Gru][cell];
+            (
+                RnnConfig::new(i, h, o).cell(cell).layers(layers),
+                t,
+                b,
+                seed,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Running a sequence in chunks, each starting from the state the previous one ended in
+    /// (what TBPTT's forward does), gives the full forward's hidden states.
+    #[test]
+    fn chunked_forward_equals_full_forward((cfg, t, b, seed) in cross_setup(), cut in 1usize..40) {
+        use rnn_core::batch::{Batch, Target};
+        use rnn_core::network::forward;
+        let cut = cut.min(t);
+        let layout = Layout::new(&cfg);
+        let params = init_params::<f64>(&cfg, seed);
+        let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, false);
+        let (l, h, i) = (cfg.num_layers, cfg.hidden_size, cfg.input_size);
+        let mut full = Workspace::new();
+        forward(&cfg, &layout, &params, &mut full, &Batch::new(t, b, &d.x, Target::Values(&[])), false, Par::Seq);
+        let mut state_h = vec![0.0; l * b * h];
+        let mut state_c = vec![0.0; if cfg.cell == Cell::Lstm { l * b * h } else { 0 }];
+        let mut start = 0;
+        while start < t {
+            let len = cut.min(t - start);
+            let batch = Batch {
+                h0: Some(&state_h),
+                c0: (cfg.cell == Cell::Lstm).then_some(&state_c[..]),
+                ..Batch::new(len, b, &d.x[start * b * i..(start + len) * b * i], Target::Values(&[]))
+            };
+            let mut ws = Workspace::new();
+            forward(&cfg, &layout, &params, &mut ws, &batch, false, Par::Seq);
+            for k in 0..l {
+                for s in 1..=len {
+                    let got = &ws.layers[k].hs[s * b * h..(s + 1) * b * h];
+                    let want = &full.layers[k].hs[(start + s) * b * h..(start + s + 1) * b * h];
+                    for (g, w) in got.iter().zip(want) {
+                        prop_assert!((g - w).abs() <= 1e-12, "layer {k} step {}: {g} vs {w}", start + s);
+                    }
+                }
+            }
+            let next: Vec<f64> = ws.layers.iter().flat_map(|ly| ly.hs[len * b * h..(len + 1) * b * h].to_vec()).collect();
+            state_h = next;
+            if cfg.cell == Cell::Lstm {
+                state_c = ws.layers.iter().flat_map(|ly| ly.cs[len * b * h..(len + 1) * b * h].to_vec()).collect();
+            }
+            start += len;
+        }
+    }
+
+    /// The f32 engine agrees with the f64 one, to f32 precision, on every gradient.
+    #[test]
+    fn f32_agrees_with_f64((cfg, t, b, seed) in cross_setup()) {
+        use rnn_core::batch::{Batch, Target};
+        let layout = Layout::new(&cfg);
+        let p64 = init_params::<f64>(&cfg, seed);
+        let p32: Vec<f32> = p64.iter().map(|&v| v as f32).collect();
+        let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, false);
+        let spec = LossSpec::every_step(LossKind::Mse);
+        let mut g64 = vec![0.0; layout.len];
+        let l64 = forward_backward(&cfg, &layout, &p64, &mut g64, &mut Workspace::new(),
+            &Batch::new(t, b, &d.x, Target::Values(&d.values)), &spec, PassOptions::default()).unwrap();
+        let x32: Vec<f32> = d.x.iter().map(|&v| v as f32).collect();
+        let v32: Vec<f32> = d.values.iter().map(|&v| v as f32).collect();
+        let mut g32 = vec![0.0f32; layout.len];
+        let l32 = forward_backward(&cfg, &layout, &p32, &mut g32, &mut Workspace::new(),
+            &Batch::new(t, b, &x32, Target::Values(&v32)), &spec, PassOptions::default()).unwrap();
+        prop_assert!((l32 as f64 - l64).abs() <= 1e-5 * (1.0 + l64.abs()));
+        let scale = g64.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+        for (k, (a, w)) in g32.iter().zip(&g64).enumerate() {
+            prop_assert!((*a as f64 - w).abs() <= 2e-5 * scale, "grad {k}: {a} vs {w}");
+        }
+    }
+
+    /// One and two threads give bitwise the same gradients (the shapes reach the size where
+    /// the all-steps products do run on both threads).
+    #[test]
+    fn one_and_two_threads_agree_bitwise((cfg, t, b, seed) in cross_setup()) {
+        let (t, b) = (t * 8, b * 8); // up to 312 x 64 rows: some products split across threads
+        let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, false);
+        let s = Setup {
+            cfg,
+            spec: LossSpec::every_step(LossKind::CrossEntropy),
+            t,
+            b,
+            lengths: true,
+            h0: false,
+            seed,
+        };
+        let params = init_params::<f64>(&cfg, seed);
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        let one = pool(1).install(|| loss_and_grads(&s, &d, &params, Par::Seq));
+        let two = pool(2).install(|| loss_and_grads(&s, &d, &params, Par::rayon(2)));
+        prop_assert_eq!(one.0.to_bits(), two.0.to_bits());
+        prop_assert!(one.1.iter().zip(&two.1).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the kernels' and the engine's tests under valgrind memcheck: no invalid access, no use of
+# uninitialised memory, no leak. Installs valgrind from Debian's packages when it is missing.
+# Valgrind emulates a CPU without AVX-512, so the kernels take their AVX2 and scalar paths
+# here (every path is also tested natively against the scalar reference).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v valgrind >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq valgrind
+fi
+# The test binaries, built once; their paths come from cargo's JSON messages.
+bins=$(cargo test -p kernels -p rnn-core --tests --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')
+status=0
+for bin in $bins; do
+  name=$(basename "$bin")
+  # The crash test kills child processes on purpose and the allocation test counts
+  # allocations, which valgrind's own allocator changes: both are skipped here.
+  case "$name" in crash-*|alloc-*) continue ;; esac
+  if valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+      --show-leak-kinds=definite,indirect "$bin" --test-threads=2 >"/tmp/memcheck-$name.log" 2>&1; then
+    echo "clean: $name ($(grep -o '[0-9]* passed' "/tmp/memcheck-$name.log" | tail -1))"
+  else
+    echo "FAILED: $name (see /tmp/memcheck-$name.log)"; status=1
+  fi
+done
+exit $status
