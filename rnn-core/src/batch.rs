@@ -202,7 +202,8 @@ impl<'a, T: Float> Batch<'a, T> {
     }
 }
 
-fn finite<T: Float>(what: &'static str, v: &[T]) -> Result<()> {
+/// [`RnnError::NonFiniteInput`] naming `what` and the first NaN or infinity in `v`.
+pub(crate) fn finite<T: Float>(what: &'static str, v: &[T]) -> Result<()> {
     match v.iter().position(|x| !x.is_finite()) {
         Some(index) => Err(RnnError::NonFiniteInput {
             what,

@@ -162,7 +162,6 @@ fn layer_pass<'a, T: Float>(
     }
 }
 
-/// Loss of the head outputs `ws.y` and its gradient into `ws.dy`. Returns the reduced loss.
 /// The factor of the reduction: `1 / (scored positions [· O for MSE])` for `mean`, 1 for `sum`.
 fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> T {
     let b = batch.batch;
@@ -245,12 +244,18 @@ pub fn forward_backward<T: Float>(
     spec: &LossSpec,
     opts: PassOptions,
 ) -> Result<T> {
-    assert_eq!(params.len(), layout.len, "params length");
-    assert_eq!(grads.len(), layout.len, "grads length");
-    batch.validate(config, spec)?;
-    Ok(full_pass(
-        config, layout, params, grads, ws, batch, spec, opts,
-    ))
+    // One stretch as long as the batch: plain full BPTT, with the same checks.
+    forward_backward_checkpointed(
+        config,
+        layout,
+        params,
+        grads,
+        ws,
+        batch,
+        spec,
+        opts,
+        usize::MAX,
+    )
 }
 
 /// [`forward_backward`] of a validated batch.
@@ -522,7 +527,6 @@ pub fn forward_backward_checkpointed<T: Float>(
     dx.resize(if opts.input_grad { t_len * b * i } else { 0 }, T::zero());
     norms.resize(if opts.telemetry { l * t_len } else { 0 }, T::zero());
     let scale = loss_scale(config, batch, spec);
-    let span = |s: usize| s * segment..((s + 1) * segment).min(t_len);
 
     // Pass 1: the states at every segment start.
     let seg = SegmentOf {
@@ -554,7 +558,7 @@ pub fn forward_backward_checkpointed<T: Float>(
     for s in (0..n).rev() {
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
-        let r = span(s);
+        let r = seg.span(s);
         ws.ensure(config, sub.seq_len, b, spec.many_to_one);
         forward_layers(config, layout, params, ws, &sub, opts.par);
         let scored = if spec.many_to_one {
@@ -579,9 +583,7 @@ pub fn forward_backward_checkpointed<T: Float>(
             scored,
             carry,
         );
-        for (g, v) in grads.iter_mut().zip(&seg_grads) {
-            *g += *v;
-        }
+        reduce::axpy(grads, T::one(), &seg_grads);
         carry_h.copy_from_slice(&ws.dh0[..block]);
         if lstm {
             carry_c.copy_from_slice(&ws.dc0[..block]);

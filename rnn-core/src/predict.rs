@@ -94,13 +94,7 @@ impl<'a, T: Float> Predictor<'a, T> {
                 x.len(),
             ));
         }
-        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-            return Err(RnnError::NonFiniteInput {
-                what: "x",
-                index,
-                value: x[index].f64(),
-            });
-        }
+        crate::batch::finite("x", x)?;
         forward(
             &self.config,
             &self.layout,

@@ -6,7 +6,7 @@
 
 use faer::Accum;
 use kernels::gemm::transpose;
-use kernels::{Float, gates};
+use kernels::{Float, gates, reduce};
 
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::workspace::LayerBuffers;
@@ -58,9 +58,8 @@ pub(super) fn backward<T: Float>(
         } else {
             &mut out.dh0[..]
         };
-        let accum = Accum::Add;
         if p.batch.all_active(t) {
-            gates::gru_backward(dzx_t, dzh_t, h_prev, dh_t, dh_prev, accum, h);
+            gates::gru_backward(dzx_t, dzh_t, h_prev, dh_t, dh_prev, Accum::Add, h);
         } else {
             for bb in 0..b {
                 let (r, g) = (bb * h..(bb + 1) * h, bb * gh..(bb + 1) * gh);
@@ -71,16 +70,14 @@ pub(super) fn backward<T: Float>(
                         &h_prev[r.clone()],
                         &dh_t[r.clone()],
                         &mut dh_prev[r],
-                        accum,
+                        Accum::Add,
                         h,
                     );
                 } else {
                     // The state passed through unchanged: so does its gradient.
                     dzx_t[g.clone()].fill(T::zero());
                     dzh_t[g].fill(T::zero());
-                    for (d, v) in dh_prev[r.clone()].iter_mut().zip(&dh_t[r]) {
-                        *d += *v;
-                    }
+                    reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
                 }
             }
         }

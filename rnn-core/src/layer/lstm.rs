@@ -3,7 +3,7 @@
 
 use faer::Accum;
 use kernels::gemm::transpose;
-use kernels::{Float, gates};
+use kernels::{Float, gates, reduce};
 
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::workspace::LayerBuffers;
@@ -76,9 +76,7 @@ pub(super) fn backward<T: Float>(
                     // The state passed through unchanged, and so do both gradients (dc
                     // stays in the carry).
                     dz_t[g].fill(T::zero());
-                    for (d, v) in dh_prev[r.clone()].iter_mut().zip(&dh_t[r]) {
-                        *d += *v;
-                    }
+                    reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
                 }
             }
         }

@@ -273,9 +273,7 @@ pub(crate) fn backward<T: Float>(
     if let Some(carry) = out.dh_end {
         let (t, b, h, _) = p.dims();
         let last = &mut buf.grad_h(p.config.cell)[(t - 1) * b * h..t * b * h];
-        for (g, c) in last.iter_mut().zip(carry) {
-            *g += *c;
-        }
+        reduce::axpy(last, T::one(), carry);
     }
     match p.config.cell {
         Cell::Rnn => rnn::backward(p, buf, out),

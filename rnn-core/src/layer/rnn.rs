@@ -2,7 +2,7 @@
 
 use faer::Accum;
 use kernels::gemm::transpose;
-use kernels::{Float, activation};
+use kernels::{Float, activation, reduce};
 
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::config::Nonlinearity;
@@ -58,9 +58,7 @@ pub(super) fn backward<T: Float>(
         // A finished sequence's state passed through unchanged: so does its gradient.
         for bb in p.batch.finished(t) {
             let rows = bb * h..(bb + 1) * h;
-            for (d, g) in dh_prev[rows.clone()].iter_mut().zip(&dz_t[rows]) {
-                *d += *g;
-            }
+            reduce::axpy(&mut dh_prev[rows.clone()], T::one(), &dz_t[rows]);
         }
         match p.config.nonlinearity {
             Nonlinearity::Tanh => activation::tanh_backward_in_place(dz_t, h_t),
