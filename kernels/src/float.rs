@@ -348,30 +348,28 @@ macro_rules! exp_consts {
 macro_rules! tanh_small_impl {
     (f32, $s:ident, $x:ident) => {{
         // Cephes tanhf: x + x z P(z), z = x^2.
-        let c = |v: f32| $s.splat_f32s(v);
         let z = $s.mul_f32s($x, $x);
-        let mut p = c(-5.70498872745e-3);
+        let mut p = $s.splat_f32s(-5.70498872745e-3);
         for k in [
             2.06390887954e-2,
             -5.37397155531e-2,
             1.33314422036e-1,
             -3.33332819422e-1,
         ] {
-            p = $s.mul_add_e_f32s(p, z, c(k));
+            p = $s.mul_add_e_f32s(p, z, $s.splat_f32s(k));
         }
         $s.mul_add_e_f32s($s.mul_f32s(p, z), $x, $x)
     }};
     (f64, $s:ident, $x:ident) => {{
         // Cephes tanh: x + x z P(z) / Q(z), z = x^2.
-        let c = |v: f64| $s.splat_f64s(v);
         let z = $s.mul_f64s($x, $x);
-        let mut p = c(-9.64399179425052238628e-1);
+        let mut p = $s.splat_f64s(-9.64399179425052238628e-1);
         for k in [-9.92877231001918586564e1, -1.61468768441708447952e3] {
-            p = $s.mul_add_e_f64s(p, z, c(k));
+            p = $s.mul_add_e_f64s(p, z, $s.splat_f64s(k));
         }
-        let mut q = $s.add_f64s(z, c(1.12811678491632931402e2));
+        let mut q = $s.add_f64s(z, $s.splat_f64s(1.12811678491632931402e2));
         for k in [2.23548839060100448583e3, 4.84406305325125486048e3] {
-            q = $s.mul_add_e_f64s(q, z, c(k));
+            q = $s.mul_add_e_f64s(q, z, $s.splat_f64s(k));
         }
         let r = $s.div_f64s($s.mul_f64s(p, z), q);
         $s.mul_add_e_f64s(r, $x, $x)
@@ -381,8 +379,7 @@ macro_rules! tanh_small_impl {
 macro_rules! exp_reduced_impl {
     (f32, $s:ident, $r:ident) => {{
         // Cephes expf: e^r = 1 + r + r^2 P(r), minimax on [-ln2/2, ln2/2].
-        let c = |x: f32| $s.splat_f32s(x);
-        let mut p = c(1.9875691500e-4);
+        let mut p = $s.splat_f32s(1.9875691500e-4);
         for k in [
             1.3981999507e-3,
             8.3334519073e-3,
@@ -390,29 +387,28 @@ macro_rules! exp_reduced_impl {
             1.6666665459e-1,
             5.0000001201e-1,
         ] {
-            p = $s.mul_add_e_f32s(p, $r, c(k));
+            p = $s.mul_add_e_f32s(p, $r, $s.splat_f32s(k));
         }
         let r2 = $s.mul_f32s($r, $r);
-        $s.add_f32s($s.mul_add_e_f32s(p, r2, $r), c(1.0))
+        $s.add_f32s($s.mul_add_e_f32s(p, r2, $r), $s.splat_f32s(1.0))
     }};
     (f64, $s:ident, $r:ident) => {{
         // Cephes exp: e^r = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)), Padé on [-ln2/2, ln2/2].
-        let c = |x: f64| $s.splat_f64s(x);
         let xx = $s.mul_f64s($r, $r);
-        let mut p = c(1.26177193074810590878e-4);
-        p = $s.mul_add_e_f64s(p, xx, c(3.02994407707441961300e-2));
-        p = $s.mul_add_e_f64s(p, xx, c(9.99999999999999999910e-1));
+        let mut p = $s.splat_f64s(1.26177193074810590878e-4);
+        p = $s.mul_add_e_f64s(p, xx, $s.splat_f64s(3.02994407707441961300e-2));
+        p = $s.mul_add_e_f64s(p, xx, $s.splat_f64s(9.99999999999999999910e-1));
         let px = $s.mul_f64s(p, $r);
-        let mut q = c(3.00198505138664455042e-6);
+        let mut q = $s.splat_f64s(3.00198505138664455042e-6);
         for k in [
             2.52448340349684104192e-3,
             2.27265548208155028766e-1,
             2.00000000000000000009e0,
         ] {
-            q = $s.mul_add_e_f64s(q, xx, c(k));
+            q = $s.mul_add_e_f64s(q, xx, $s.splat_f64s(k));
         }
         let ratio = $s.div_f64s(px, $s.sub_f64s(q, px));
-        $s.mul_add_e_f64s(ratio, c(2.0), c(1.0))
+        $s.mul_add_e_f64s(ratio, $s.splat_f64s(2.0), $s.splat_f64s(1.0))
     }};
 }
 

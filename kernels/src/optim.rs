@@ -179,18 +179,17 @@ impl<T: Float> WithSimd for Adam<'_, T> {
         let t = i32::try_from(h.step.max(1)).unwrap_or(i32::MAX);
         let bc1 = T::one() - h.beta1.powi(t);
         let bc2 = T::one() - h.beta2.powi(t);
-        let sp = |x: T| T::splat(s, x);
         let c = AdamConsts::<S, T> {
-            scale: sp(h.grad_scale),
-            wd: sp(h.weight_decay),
-            decay: sp(T::one() - h.lr * h.weight_decay),
-            b1: sp(h.beta1),
-            one_b1: sp(T::one() - h.beta1),
-            b2: sp(h.beta2),
-            one_b2: sp(T::one() - h.beta2),
-            step_size: sp(h.lr / bc1),
-            inv_sqrt_bc2: sp(T::one() / bc2.sqrt()),
-            eps: sp(h.eps),
+            scale: T::splat(s, h.grad_scale),
+            wd: T::splat(s, h.weight_decay),
+            decay: T::splat(s, T::one() - h.lr * h.weight_decay),
+            b1: T::splat(s, h.beta1),
+            one_b1: T::splat(s, T::one() - h.beta1),
+            b2: T::splat(s, h.beta2),
+            one_b2: T::splat(s, T::one() - h.beta2),
+            step_size: T::splat(s, h.lr / bc1),
+            inv_sqrt_bc2: T::splat(s, T::one() / bc2.sqrt()),
+            eps: T::splat(s, h.eps),
             decoupled: h.decoupled,
         };
         let (pv, pt) = T::as_mut_simd::<S>(p);
@@ -200,8 +199,14 @@ impl<T: Float> WithSimd for Adam<'_, T> {
         for (((p, m), v), g) in pv.iter_mut().zip(mv.iter_mut()).zip(vv.iter_mut()).zip(gv) {
             [*p, *m, *v] = Self::lane(s, &c, *p, *m, *v, *g);
         }
-        let load = |x: &[T]| T::partial_load(s, x);
-        let [np, nm, nv] = Self::lane(s, &c, load(pt), load(mt), load(vt), load(gt));
+        let [np, nm, nv] = Self::lane(
+            s,
+            &c,
+            T::partial_load(s, pt),
+            T::partial_load(s, mt),
+            T::partial_load(s, vt),
+            T::partial_load(s, gt),
+        );
         T::partial_store(s, pt, np);
         T::partial_store(s, mt, nm);
         T::partial_store(s, vt, nv);

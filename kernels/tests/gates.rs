@@ -283,3 +283,122 @@ fn lstm_forward_rejects_ragged_gates() {
     let mut g = [0.0f32; 7];
     gates::lstm_forward(&mut g, &[0.0; 4], &[0.0], &mut [0.0], &mut [0.0], 1);
 }
+
+/// Gate `k`'s slice `units` of a one-row `[G·H]` buffer, for every `k`.
+fn unit_block<const G: usize, T>(
+    row: &mut [T],
+    h: usize,
+    units: std::ops::Range<usize>,
+) -> [&mut [T]; G] {
+    let mut gates = row.chunks_exact_mut(h);
+    core::array::from_fn(|_| &mut gates.next().expect("a gate")[units.clone()])
+}
+
+fn unit_bias<const G: usize, T>(v: &[T], h: usize, units: std::ops::Range<usize>) -> [&[T]; G] {
+    core::array::from_fn(|k| &v[k * h + units.start..k * h + units.end])
+}
+
+/// The per-block kernels, run over two blocks of units split at `cut`, give bitwise the
+/// whole-row kernels' results: a block's edge is like a row's end, so splitting the units
+/// between workers changes nothing.
+fn units_match_whole_rows<T: Float>() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for isa in Isa::available() {
+        for h in HIDDEN.into_iter().filter(|&h| h > 1) {
+            for cut in [1, h / 2, h - 1] {
+                with_isa(isa, || {
+                    let blocks = [0..cut, cut..h];
+                    let what = format!("{isa:?} H={h} cut={cut} [{}]", T::NAME);
+                    // LSTM forward and backward.
+                    let pre: Vec<T> = random(&mut rng, 4 * h, 4.0);
+                    let bias: Vec<T> = random(&mut rng, 4 * h, 1.0);
+                    let c_prev: Vec<T> = random(&mut rng, h, 3.0);
+                    let dh: Vec<T> = random(&mut rng, h, 1.0);
+                    let dc0: Vec<T> = random(&mut rng, h, 1.0);
+                    let (mut g1, mut c1, mut h1) =
+                        (pre.clone(), vec![T::zero(); h], vec![T::zero(); h]);
+                    gates::lstm_forward(&mut g1, &bias, &c_prev, &mut c1, &mut h1, h);
+                    let (mut g2, mut c2, mut h2) =
+                        (pre.clone(), vec![T::zero(); h], vec![T::zero(); h]);
+                    for u in blocks.clone() {
+                        gates::lstm_forward_units(
+                            unit_block(&mut g2, h, u.clone()),
+                            unit_bias(&bias, h, u.clone()),
+                            &c_prev[u.clone()],
+                            &mut c2[u.clone()],
+                            &mut h2[u],
+                        );
+                    }
+                    assert_eq!((&g1, &c1, &h1), (&g2, &c2, &h2), "lstm forward {what}");
+                    let mut dc1 = dc0.clone();
+                    gates::lstm_backward(&mut g1, &c_prev, &c1, &dh, &mut dc1, h);
+                    let mut dc2 = dc0.clone();
+                    for u in blocks.clone() {
+                        gates::lstm_backward_units(
+                            unit_block(&mut g2, h, u.clone()),
+                            &c_prev[u.clone()],
+                            &c2[u.clone()],
+                            &dh[u.clone()],
+                            &mut dc2[u],
+                        );
+                    }
+                    assert_eq!((&g1, &dc1), (&g2, &dc2), "lstm backward {what}");
+                    // GRU forward and backward.
+                    let gx: Vec<T> = random(&mut rng, 3 * h, 3.0);
+                    let gh: Vec<T> = random(&mut rng, 3 * h, 3.0);
+                    let (b_ih, b_hh): (Vec<T>, Vec<T>) =
+                        (random(&mut rng, 3 * h, 1.0), random(&mut rng, 3 * h, 1.0));
+                    let h_prev: Vec<T> = random(&mut rng, h, 1.0);
+                    let (mut x1, mut y1, mut o1) = (gx.clone(), gh.clone(), vec![T::zero(); h]);
+                    gates::gru_forward(&mut x1, &mut y1, &b_ih, &b_hh, &h_prev, &mut o1, h);
+                    let (mut x2, mut y2, mut o2) = (gx.clone(), gh.clone(), vec![T::zero(); h]);
+                    for u in blocks.clone() {
+                        gates::gru_forward_units(
+                            unit_block(&mut x2, h, u.clone()),
+                            unit_block(&mut y2, h, u.clone()),
+                            unit_bias(&b_ih, h, u.clone()),
+                            unit_bias(&b_hh, h, u.clone()),
+                            &h_prev[u.clone()],
+                            &mut o2[u],
+                        );
+                    }
+                    assert_eq!((&x1, &y1, &o1), (&x2, &y2, &o2), "gru forward {what}");
+                    let mut dp1 = dc0.clone();
+                    gates::gru_backward(&mut x1, &mut y1, &h_prev, &dh, &mut dp1, Accum::Add, h);
+                    let mut dp2 = dc0.clone();
+                    for u in blocks.clone() {
+                        gates::gru_backward_units(
+                            unit_block(&mut x2, h, u.clone()),
+                            unit_block(&mut y2, h, u.clone()),
+                            &h_prev[u.clone()],
+                            &dh[u.clone()],
+                            &mut dp2[u],
+                            Accum::Add,
+                        );
+                    }
+                    assert_eq!((&x1, &y1, &dp1), (&x2, &y2, &dp2), "gru backward {what}");
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn unit_blocks_match_whole_rows() {
+    units_match_whole_rows::<f32>();
+    units_match_whole_rows::<f64>();
+}
+
+#[test]
+#[should_panic(expected = "want 3 (the block's units)")]
+fn unit_kernels_reject_mismatched_slices() {
+    let (mut i, mut f, mut g, mut o) = ([0.0f32; 3], [0.0; 3], [0.0; 3], [0.0; 2]);
+    let (mut c, mut h) = ([0.0; 3], [0.0; 3]);
+    gates::lstm_forward_units(
+        [&mut i, &mut f, &mut g, &mut o],
+        [&[0.0; 3]; 4],
+        &[0.0; 3],
+        &mut c,
+        &mut h,
+    );
+}
