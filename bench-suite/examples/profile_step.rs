@@ -1,7 +1,10 @@
 //! Runs training steps of one workload in a loop, for profilers:
-//! `cargo run --release -p bench-suite --example profile_step -- medium 50 [threads] [cell]`.
+//! `cargo run --release -p bench-suite --example profile_step -- medium 50 [threads] [cell] [split]`
+//! with `split` one of `auto` (default), `whole`, `halves` (how each step's units are divided).
 
 use std::time::Instant;
+
+use rnn_core::network::UnitSplit;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -20,8 +23,17 @@ fn main() {
         );
         std::process::exit(2);
     };
+    let split = match args.next().as_deref() {
+        None | Some("auto") => UnitSplit::Auto,
+        Some("whole") => UnitSplit::Whole,
+        Some("halves") => UnitSplit::Halves,
+        Some(other) => {
+            eprintln!("unknown split {other:?}: auto, whole or halves");
+            std::process::exit(2);
+        }
+    };
     let data = w.data();
-    let mut trainer = w.trainer(cell, threads);
+    let mut trainer = w.trainer(cell, threads).with_unit_split(split);
     trainer.step(&data.batch()).expect("step");
     let start = Instant::now();
     for _ in 0..steps {
@@ -29,7 +41,7 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64() / steps as f64;
     println!(
-        "{} {name}: {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+        "{} {name} ({split:?}, {threads} thread(s)): {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
         cell.as_str(),
         secs * 1e3,
         w.tokens() as f64 / secs,

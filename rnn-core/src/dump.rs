@@ -20,7 +20,7 @@ use crate::batch::{Batch, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
 use crate::error::{Result, RnnError};
 use crate::io::{self, OwnedTensor};
-use crate::network::{PassOptions, forward_backward};
+use crate::network::{PassOptions, UnitSplit, forward_backward};
 use crate::params::Layout;
 use crate::workspace::{LayerBuffers, Workspace};
 use kernels::Float;
@@ -82,6 +82,7 @@ fn run<T: Float>(
     st: &SafeTensors<'_>,
     m: &HashMap<String, String>,
     file_len: usize,
+    split: UnitSplit,
 ) -> Result<Vec<(String, OwnedTensor)>> {
     let config: RnnConfig = io::infer_config(st, m)?;
     let spec = loss_spec(m)?;
@@ -143,6 +144,7 @@ fn run<T: Float>(
     let mut grads = vec![T::zero(); layout.len];
     let opts = PassOptions {
         input_grad: true,
+        split,
         ..Default::default()
     };
     let loss = forward_backward(
@@ -202,13 +204,22 @@ fn run<T: Float>(
 /// # Errors
 /// A typed error for anything malformed in the file, or invalid in the batch it describes.
 pub fn grad_dump(bytes: &[u8]) -> Result<Vec<(String, OwnedTensor)>> {
+    grad_dump_with(bytes, UnitSplit::Auto)
+}
+
+/// [`grad_dump`] with each step's hidden units split as `split` says (the engine's per-step
+/// blocks; the results agree to rounding for any split).
+///
+/// # Errors
+/// As [`grad_dump`].
+pub fn grad_dump_with(bytes: &[u8], split: UnitSplit) -> Result<Vec<(String, OwnedTensor)>> {
     let (st, m) = io::parse_with_metadata(bytes)?;
     let x = st
         .tensor("x")
         .map_err(|_| RnnError::Format("missing tensor \"x\"".into()))?;
     match x.dtype() {
-        Dtype::F32 => run::<f32>(&st, &m, bytes.len()),
-        Dtype::F64 => run::<f64>(&st, &m, bytes.len()),
+        Dtype::F32 => run::<f32>(&st, &m, bytes.len(), split),
+        Dtype::F64 => run::<f64>(&st, &m, bytes.len(), split),
         other => Err(RnnError::Format(format!(
             "x has dtype {other:?}, expected F32 or F64"
         ))),

@@ -63,6 +63,7 @@ pub mod prelude {
     pub use crate::batch::{Batch, Target};
     pub use crate::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
     pub use crate::error::{Result, RnnError};
+    pub use crate::network::UnitSplit;
     pub use crate::optim::{Clip, OptimizerKind};
     pub use crate::tbptt::Tbptt;
     pub use crate::trainer::{Memory, StepReport, Trainer};

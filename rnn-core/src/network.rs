@@ -18,6 +18,7 @@ use kernels::{Float, loss as kloss, reduce};
 use crate::batch::{Batch, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
 use crate::error::Result;
+pub use crate::layer::UnitSplit;
 use crate::layer::{self, InitialState, LayerGrads, LayerPass, all_steps};
 use crate::params::Layout;
 use crate::workspace::Workspace;
@@ -33,6 +34,9 @@ pub struct PassOptions {
     /// Gradient-flow telemetry: record `‖dL/dh_t‖` per layer and step into
     /// `Workspace::grad_h_norms` (`[L, T]`). Costs one pass over each step's gradient.
     pub telemetry: bool,
+    /// How each step's hidden units are split between per-step workers (results depend on
+    /// it, never on `par`).
+    pub split: UnitSplit,
 }
 
 impl Default for PassOptions {
@@ -41,6 +45,36 @@ impl Default for PassOptions {
             par: Par::Seq,
             input_grad: false,
             telemetry: false,
+            split: UnitSplit::Auto,
+        }
+    }
+}
+
+impl PassOptions {
+    /// The threads and per-step split of the pass.
+    pub fn exec(&self) -> Exec {
+        Exec {
+            par: self.par,
+            split: self.split,
+        }
+    }
+}
+
+/// How a pass runs: the threads it may use and how each step's units are split between
+/// them. A bare [`Par`] converts with [`UnitSplit::Auto`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Exec {
+    /// Threads for the big all-steps GEMMs and the per-step blocks (`Par::Seq`: one).
+    pub par: Par,
+    /// The per-step unit blocks.
+    pub split: UnitSplit,
+}
+
+impl From<Par> for Exec {
+    fn from(par: Par) -> Self {
+        Self {
+            par,
+            split: UnitSplit::Auto,
         }
     }
 }
@@ -56,11 +90,12 @@ pub fn forward<'s, T: Float>(
     ws: &mut Workspace<T>,
     batch: &Batch<'s, T>,
     many_to_one: bool,
-    par: Par,
+    exec: impl Into<Exec>,
 ) {
+    let exec = exec.into();
     ws.ensure(config, batch.seq_len, batch.batch, many_to_one);
-    forward_layers(config, layout, params, ws, batch, par);
-    head_forward(config, layout, params, ws, batch, many_to_one, par);
+    forward_layers(config, layout, params, ws, batch, exec);
+    head_forward(config, layout, params, ws, batch, many_to_one, exec.par);
 }
 
 /// Every layer's forward pass (the workspace must be sized).
@@ -70,7 +105,7 @@ fn forward_layers<'s, T: Float>(
     params: &'s [T],
     ws: &mut Workspace<T>,
     batch: &Batch<'s, T>,
-    par: Par,
+    exec: Exec,
 ) {
     let (b, h) = (batch.batch, config.hidden_size);
     for k in 0..config.num_layers {
@@ -88,7 +123,7 @@ fn forward_layers<'s, T: Float>(
                 }
                 (None, None) => InitialState::Zeros,
             };
-        let pass = layer_pass(config, layout, params, batch, k, input, par);
+        let pass = layer_pass(config, layout, params, batch, k, input, exec);
         layer::forward(
             &pass,
             &mut rest[0],
@@ -149,7 +184,7 @@ fn layer_pass<'a, T: Float>(
     batch: &'a Batch<'a, T>,
     k: usize,
     input: &'a [T],
-    par: Par,
+    exec: Exec,
 ) -> LayerPass<'a, T> {
     LayerPass {
         config,
@@ -158,7 +193,8 @@ fn layer_pass<'a, T: Float>(
         batch,
         input,
         input_size: config.layer_input(k),
-        par,
+        par: exec.par,
+        split: exec.split,
     }
 }
 
@@ -276,7 +312,7 @@ fn full_pass<T: Float>(
         ws,
         batch,
         spec.many_to_one,
-        opts.par,
+        opts.exec(),
     );
     let loss = loss_forward_backward(config, ws, batch, spec, loss_scale(config, batch, spec));
     backward(
@@ -385,7 +421,7 @@ fn backward<T: Float>(
             let (states, grad_h) = below[k - 1].states_and_grad_h(cell);
             (&states[b * h..], Some(grad_h))
         };
-        let pass = layer_pass(config, layout, params, batch, k, input, opts.par);
+        let pass = layer_pass(config, layout, params, batch, k, input, opts.exec());
         let out = LayerGrads {
             grads: &mut *grads,
             dh0,
@@ -541,7 +577,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         ws.ensure(config, sub.seq_len, b, spec.many_to_one);
-        forward_layers(config, layout, params, ws, &sub, opts.par);
+        forward_layers(config, layout, params, ws, &sub, opts.exec());
         let len = sub.seq_len;
         for (k, layer) in ws.layers.iter().enumerate() {
             let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
@@ -560,7 +596,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         let r = seg.span(s);
         ws.ensure(config, sub.seq_len, b, spec.many_to_one);
-        forward_layers(config, layout, params, ws, &sub, opts.par);
+        forward_layers(config, layout, params, ws, &sub, opts.exec());
         let scored = if spec.many_to_one {
             s == n - 1
         } else {

@@ -1,12 +1,14 @@
 //! One object that owns a model, its gradients, workspace and optimizer, and trains it.
 
+use std::sync::Arc;
+
 use faer::Par;
 use kernels::{Float, reduce};
 
 use crate::batch::Batch;
 use crate::config::{LossSpec, RnnConfig};
 use crate::error::{Result, RnnError};
-use crate::network::{PassOptions, forward_backward_checkpointed};
+use crate::network::{PassOptions, UnitSplit, forward_backward_checkpointed};
 use crate::optim::{Clip, Optimizer, OptimizerKind};
 use crate::params::{Layout, init_params};
 use crate::workspace::Workspace;
@@ -131,14 +133,33 @@ pub struct Trainer<T: Float> {
     pub optimizer: Optimizer<T>,
     /// Gradient clipping.
     pub clip: Clip<T>,
-    /// Parallelism of the big GEMMs.
+    /// Threads of a step: the big GEMMs and the per-step unit blocks.
     pub par: Par,
+    /// How each step's hidden units are split between per-step workers.
+    pub split: UnitSplit,
     /// Record gradient-flow telemetry in every step (see [`Trainer::grad_h_norms`]).
     pub telemetry: bool,
     /// Full or checkpointed BPTT.
     pub memory: Memory,
     /// Flush subnormal floats to zero during steps ([`Trainer::with_flush_denormals`]).
     pub flush_denormals: bool,
+    /// The thread pool steps run in ([`Trainer::with_thread_pool`]); `None`: rayon's global
+    /// pool.
+    pub pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// The cores this process may use (1 if unknown).
+fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// faer's parallelism for `threads` threads.
+fn par_for(threads: usize) -> Par {
+    if threads <= 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    }
 }
 
 impl<T: Float> Trainer<T> {
@@ -182,10 +203,12 @@ impl<T: Float> Trainer<T> {
             loss,
             optimizer: Optimizer::new(optimizer, n),
             clip: Clip::None,
-            par: Par::Seq,
+            par: par_for(available_threads()),
+            split: UnitSplit::Auto,
             telemetry: false,
             memory: Memory::Full,
             flush_denormals: false,
+            pool: None,
         })
     }
 
@@ -195,14 +218,50 @@ impl<T: Float> Trainer<T> {
         self
     }
 
-    /// Sets the number of threads for the big GEMMs (1: sequential). Results are bitwise
-    /// identical for any count.
+    /// Sets the number of threads a step may use (1: sequential; default: the available
+    /// cores). Results are bitwise identical for any count. Work too small to gain from a
+    /// second thread stays on one by itself: per-step products below
+    /// [`UnitSplit::MIN_FLOPS`] and all-steps products below 100 MFLOP, so a batch-1 or tiny
+    /// model runs as on one thread.
     pub fn with_threads(mut self, threads: usize) -> Self {
-        self.par = if threads <= 1 {
-            Par::Seq
-        } else {
-            Par::rayon(threads)
-        };
+        self.par = par_for(threads);
+        self
+    }
+
+    /// Runs every step in `pool` with as many threads as it has, instead of rayon's global
+    /// pool (for a program that keeps its own pools, or pins training to some cores).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use rnn_core::prelude::*;
+    /// let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap());
+    /// let trainer = Trainer::<f32>::new(
+    ///     RnnConfig::new(4, 8, 2),
+    ///     LossSpec::every_step(LossKind::Mse),
+    ///     OptimizerKind::sgd(0.1),
+    ///     0,
+    /// )
+    /// .unwrap()
+    /// .with_thread_pool(pool);
+    /// assert_eq!(trainer.threads(), 2);
+    /// ```
+    pub fn with_thread_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.par = par_for(pool.current_num_threads());
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The number of threads a step may use.
+    pub fn threads(&self) -> usize {
+        self.par.degree()
+    }
+
+    /// Sets how each step's hidden units are split between per-step workers
+    /// ([`UnitSplit`]; default `Auto`). Results depend on the split, never on the thread
+    /// count: pin it to reproduce a run bitwise on machines where `Auto` could choose
+    /// differently.
+    pub fn with_unit_split(mut self, split: UnitSplit) -> Self {
+        self.split = split;
         self
     }
 
@@ -257,7 +316,11 @@ impl<T: Float> Trainer<T> {
             return None;
         }
         if self.par != Par::Seq {
-            rayon::broadcast(|_| kernels::arch::set_flush_denormals(true));
+            let flush = |_: rayon::BroadcastContext<'_>| kernels::arch::set_flush_denormals(true);
+            match &self.pool {
+                Some(pool) => pool.broadcast(flush),
+                None => rayon::broadcast(flush),
+            };
         }
         Some(FlushScope(kernels::arch::set_flush_denormals(true)))
     }
@@ -318,6 +381,7 @@ impl<T: Float> Trainer<T> {
             par: self.par,
             input_grad: false,
             telemetry: self.telemetry,
+            split: self.split,
         };
         let segment = self.memory.segment_for::<T>(
             &self.config,
@@ -325,16 +389,23 @@ impl<T: Float> Trainer<T> {
             batch.batch,
             self.loss.many_to_one,
         );
-        forward_backward_checkpointed(
-            &self.config,
-            &self.layout,
-            &self.params,
-            &mut self.grads,
-            &mut self.workspace,
-            batch,
-            &self.loss,
-            opts,
-            segment,
-        )
+        let pool = self.pool.clone();
+        let mut pass = || {
+            forward_backward_checkpointed(
+                &self.config,
+                &self.layout,
+                &self.params,
+                &mut self.grads,
+                &mut self.workspace,
+                batch,
+                &self.loss,
+                opts,
+                segment,
+            )
+        };
+        match pool {
+            Some(pool) => pool.install(pass),
+            None => pass(),
+        }
     }
 }

@@ -214,11 +214,15 @@ fn non_finite_loss_rejects_the_step_and_keeps_everything() {
 #[test]
 fn one_and_two_threads_give_bitwise_identical_weights() {
     for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
-        identical_at_one_and_two_threads(cell);
+        for split in [UnitSplit::Whole, UnitSplit::Halves] {
+            identical_at_one_and_two_threads(cell, split);
+        }
     }
 }
 
-fn identical_at_one_and_two_threads(cell: Cell) {
+/// With two unit blocks the two threads also split every step; the blocks depend on the
+/// split only, so the weights do not change with the thread count.
+fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit) {
     let run = |threads: usize| {
         let cfg = RnnConfig::new(16, 128, 10).layers(2).cell(cell);
         let mut tr = Trainer::<f32>::new(
@@ -229,7 +233,8 @@ fn identical_at_one_and_two_threads(cell: Cell) {
         )
         .unwrap()
         .with_clip(Clip::Norm(1.0))
-        .with_threads(threads);
+        .with_threads(threads)
+        .with_unit_split(split);
         for step in 0..5 {
             // Large enough that the all-steps products (up to 2 x 128 x 128 x 2048 flops) run on
             // both threads rather than being kept sequential.
@@ -252,7 +257,7 @@ fn identical_at_one_and_two_threads(cell: Cell) {
     let two = pool(2).install(|| run(2));
     assert!(
         one == two,
-        "{cell:?}: weights differ between 1 and 2 threads"
+        "{cell:?} {split:?}: weights differ between 1 and 2 threads"
     );
 }
 

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use rnn_core::dump::grad_dump;
+use rnn_core::dump::{grad_dump, grad_dump_with};
 use rnn_core::io;
+use rnn_core::network::UnitSplit;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -12,9 +13,17 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Checks a fixture with the engine's default split and with every step in two unit blocks
+/// (what two per-step workers run).
 fn check(name: &str, tol: f64) {
+    for split in [UnitSplit::Auto, UnitSplit::Halves] {
+        check_split(name, tol, split);
+    }
+}
+
+fn check_split(name: &str, tol: f64, split: UnitSplit) {
     let input = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
-    let got = grad_dump(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let got = grad_dump_with(&input, split).unwrap_or_else(|e| panic!("{name} {split:?}: {e}"));
     let want_bytes = io::read_bytes(&fixture(&format!("{name}.expected.safetensors"))).unwrap();
     let want = io::parse(&want_bytes).unwrap();
     let want_names = want.names();

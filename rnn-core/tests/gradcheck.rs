@@ -8,7 +8,7 @@ use approx::assert_relative_eq;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
-use rnn_core::network::{PassOptions, forward_backward};
+use rnn_core::network::{PassOptions, UnitSplit, forward_backward};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
 
@@ -28,6 +28,7 @@ struct Case {
     lengths: bool,
     h0: bool,
     learn_h0: bool,
+    split: UnitSplit,
 }
 
 fn cfg(c: &Case) -> RnnConfig {
@@ -62,6 +63,7 @@ fn check(c: &Case, seed: u64) {
     let mut grads = vec![0.0; layout.len];
     let opts = PassOptions {
         input_grad: true,
+        split: c.split,
         ..Default::default()
     };
     forward_backward(
@@ -89,7 +91,10 @@ fn check(c: &Case, seed: u64) {
             &mut ws,
             &batch(c, d),
             &spec,
-            PassOptions::default(),
+            PassOptions {
+                split: c.split,
+                ..Default::default()
+            },
         )
         .unwrap()
     };
@@ -158,6 +163,7 @@ fn base() -> Case {
         lengths: false,
         h0: true,
         learn_h0: false,
+        split: UnitSplit::Auto,
     }
 }
 
@@ -294,6 +300,45 @@ fn odd_shapes_match_finite_differences() {
                     ..base()
                 },
                 (t * 7 + h) as u64,
+            );
+        }
+    }
+}
+
+/// Each step split into two blocks of hidden units (what two per-step workers run): every
+/// cell, with lengths (finished sequences inside a block), stacked layers, odd `H` (uneven
+/// blocks, `H = 17` across a register), a learned state, one-step and batch-1 shapes.
+#[test]
+fn unit_halves_match_finite_differences() {
+    let mut seed = 500;
+    for cell in CELLS {
+        for (t, b, h, layers, lengths, many_to_one, learn_h0) in [
+            (4, 3, 5, 1, true, false, false),
+            (3, 2, 17, 2, true, true, false),
+            (1, 1, 2, 1, false, false, true),
+            (4, 3, 6, 2, false, false, true),
+        ] {
+            seed += 1;
+            check(
+                &Case {
+                    cell,
+                    t,
+                    b,
+                    h,
+                    layers,
+                    lengths,
+                    many_to_one,
+                    learn_h0,
+                    h0: !learn_h0,
+                    kind: if seed % 2 == 0 {
+                        LossKind::Mse
+                    } else {
+                        LossKind::CrossEntropy
+                    },
+                    split: UnitSplit::Halves,
+                    ..base()
+                },
+                seed,
             );
         }
     }

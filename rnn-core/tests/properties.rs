@@ -8,7 +8,7 @@ use faer::Par;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
-use rnn_core::network::{PassOptions, forward_backward};
+use rnn_core::network::{Exec, PassOptions, UnitSplit, forward_backward};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
 
@@ -88,12 +88,14 @@ fn data(s: &Setup) -> Data {
     )
 }
 
-fn loss_and_grads(s: &Setup, d: &Data, params: &[f64], par: Par) -> (f64, Vec<f64>) {
+fn loss_and_grads(s: &Setup, d: &Data, params: &[f64], exec: impl Into<Exec>) -> (f64, Vec<f64>) {
+    let exec = exec.into();
     let layout = Layout::new(&s.cfg);
     let batch = d.batch(s.t, s.b, s.spec.kind, s.lengths, s.h0);
     let mut grads = vec![0.0; layout.len];
     let opts = PassOptions {
-        par,
+        par: exec.par,
+        split: exec.split,
         ..Default::default()
     };
     let loss = forward_backward(
@@ -226,7 +228,8 @@ proptest! {
     }
 
     /// One and two threads give bitwise the same gradients (the shapes reach the size where
-    /// the all-steps products do run on both threads).
+    /// the all-steps products do run on both threads), with each step whole or in two unit
+    /// blocks (which two threads then run side by side).
     #[test]
     fn one_and_two_threads_agree_bitwise((cfg, t, b, seed) in cross_setup()) {
         let (t, b) = (t * 8, b * 8); // up to 312 x 64 rows: some products split across threads
@@ -242,9 +245,12 @@ proptest! {
         };
         let params = init_params::<f64>(&cfg, seed);
         let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
-        let one = pool(1).install(|| loss_and_grads(&s, &d, &params, Par::Seq));
-        let two = pool(2).install(|| loss_and_grads(&s, &d, &params, Par::rayon(2)));
-        prop_assert_eq!(one.0.to_bits(), two.0.to_bits());
-        prop_assert!(one.1.iter().zip(&two.1).all(|(a, b)| a.to_bits() == b.to_bits()));
+        for split in [UnitSplit::Auto, UnitSplit::Halves] {
+            let exec = |par| Exec { par, split };
+            let one = pool(1).install(|| loss_and_grads(&s, &d, &params, exec(Par::Seq)));
+            let two = pool(2).install(|| loss_and_grads(&s, &d, &params, exec(Par::rayon(2))));
+            prop_assert_eq!(one.0.to_bits(), two.0.to_bits());
+            prop_assert!(one.1.iter().zip(&two.1).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
     }
 }

@@ -4,10 +4,14 @@
 //! Because `r` gates only the hidden side of `n`, the input side (`buf.z`) and the hidden
 //! side (`buf.zh`) of the pre-activations are kept apart, and so are their gradients.
 
-use faer::Accum;
+use std::ops::Range;
+
+use faer::prelude::ReborrowMut;
+use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
+use super::blocks::{self, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::workspace::LayerBuffers;
 
@@ -25,6 +29,9 @@ pub(super) fn forward<T: Float>(
     transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
+    if p.halves() {
+        return forward_halves(p, buf);
+    }
     for t in 0..t_len {
         let gates = t * gate_step..(t + 1) * gate_step;
         let (zx_t, zh_t) = (&mut buf.z[gates.clone()], &mut buf.zh[gates]);
@@ -43,6 +50,28 @@ pub(super) fn backward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     mut out: LayerGrads<'_, T>,
+) {
+    let (t_len, b, _, gh) = p.dims();
+    if p.halves() {
+        backward_halves(p, buf, &mut out);
+    } else {
+        backward_steps(p, buf, &mut out);
+    }
+    let rows = t_len * b;
+    p.weight_grads(
+        out.grads,
+        &buf.z[..rows * gh],
+        Some(&buf.zh[..rows * gh]),
+        &buf.hs,
+        out.dinput,
+    );
+}
+
+/// [`backward`]'s step loop, each step whole.
+fn backward_steps<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    out: &mut LayerGrads<'_, T>,
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
@@ -83,12 +112,154 @@ pub(super) fn backward<T: Float>(
         }
         p.recurrent_backward(dh_prev, Accum::Add, dzh_t);
     }
-    let rows = t_len * b;
-    p.weight_grads(
-        out.grads,
-        &buf.z[..rows * gh],
-        Some(&buf.zh[..rows * gh]),
-        &buf.hs,
-        out.dinput,
-    );
+}
+
+/// [`forward`]'s step loop with each step split into two unit blocks.
+fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
+    let (t_len, b, h, gh) = p.dims();
+    let (step, gate_step) = (b * h, b * gh);
+    let units = blocks::halves(h);
+    let LayerBuffers {
+        hs, z, zh, w_hh_t, ..
+    } = buf;
+    let w_t = MatRef::from_row_major_slice(w_hh_t, h, gh);
+    blocks::in_pool(p.parallel(), || {
+        for t in 0..t_len {
+            let gates = t * gate_step..(t + 1) * gate_step;
+            let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
+            let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut zh[gates], b, gh), h);
+            let (past, future) = hs.split_at_mut((t + 1) * step);
+            let h_prev = &past[t * step..];
+            let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
+            let block = |zx, zh, h_t, units| forward_block(p, t, [zx, zh], h_t, h_prev, w_t, units);
+            blocks::run_both(
+                p.parallel(),
+                || block(x0, y0, h0, &units[0]),
+                || block(x1, y1, h1, &units[1]),
+            );
+        }
+    });
+}
+
+/// One block of one forward step: its hidden-side gate columns, the gates and its units of
+/// `h_t`.
+fn forward_block<T: Float>(
+    p: &LayerPass<'_, T>,
+    t: usize,
+    [mut zx, mut zh]: [[MatMut<'_, T>; 3]; 2],
+    mut h_t: MatMut<'_, T>,
+    h_prev: &[T],
+    w_t: MatRef<'_, T>,
+    units: &Range<usize>,
+) {
+    let (_, b, h, _) = p.dims();
+    let s = p.slots;
+    let prev = MatRef::from_row_major_slice(h_prev, b, h);
+    blocks::forward_product(&mut zh, Accum::Replace, prev, w_t, h, units);
+    let b_ih = blocks::gate_units(&p.params[s.b_ih.clone()], h, units);
+    let b_hh = blocks::gate_units(&p.params[s.b_hh.clone()], h, units);
+    let own = |r: usize| r * h + units.start..r * h + units.end;
+    for r in 0..b {
+        gates::gru_forward_units(
+            blocks::rows_mut(&mut zx, r),
+            blocks::rows_mut(&mut zh, r),
+            b_ih,
+            b_hh,
+            &h_prev[own(r)],
+            row_mut(&mut h_t, r),
+        );
+    }
+    for bb in p.batch.finished(t) {
+        row_mut(&mut h_t, bb).copy_from_slice(&h_prev[own(bb)]);
+    }
+}
+
+/// [`backward`]'s step loop with each step split into two unit blocks; as for the RNN, a
+/// block's product for step `t+1` and its gate backward for step `t` share one fork.
+fn backward_halves<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    out: &mut LayerGrads<'_, T>,
+) {
+    let (t_len, b, h, gh) = p.dims();
+    let (step, gate_step) = (b * h, b * gh);
+    let units = blocks::halves(h);
+    let w = MatRef::from_row_major_slice(p.w_hh(), gh, h);
+    let LayerBuffers { z, zh, hs, dh, .. } = buf;
+    let telemetry = out.telemetry();
+    blocks::in_pool(p.parallel(), || {
+        for t in (0..t_len).rev() {
+            let gates = t * gate_step..(t + 1) * gate_step;
+            let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates], b, gh), h);
+            let (done, later) = zh.split_at_mut((t + 1) * gate_step);
+            let dzh_next =
+                (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
+            let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut done[t * gate_step..], b, gh), h);
+            let (before, rest) = dh.split_at_mut(t * step);
+            let dh_prev = if t > 0 {
+                &mut before[(t - 1) * step..]
+            } else {
+                &mut out.dh0[..]
+            };
+            let [d0, d1] = blocks::split_units(view(&mut rest[..step], b, h), h);
+            let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
+            let h_prev = &hs[t * step..(t + 1) * step];
+            let block = |dz, grads, units, sq: &mut T| {
+                let sq = telemetry.then_some(sq);
+                backward_block(p, t, dz, grads, dzh_next, w, h_prev, units, sq)
+            };
+            let squares = blocks::run_both_summed(
+                p.parallel(),
+                |sq| block([x0, y0], [d0, p0], &units[0], sq),
+                |sq| block([x1, y1], [d1, p1], &units[1], sq),
+            );
+            out.record_squares(t, || squares);
+        }
+        let dzh0 = MatRef::from_row_major_slice(&zh[..gate_step], b, gh);
+        blocks::initial_state_product(p.parallel(), out.dh0, dzh0, w);
+    });
+}
+
+/// One block of one backward step: both sides' gate columns become their gradients; `grads`
+/// are the block's units of `dL/dh_t` (without the recurrent term yet) and `dL/dh_{t-1}`.
+#[allow(clippy::too_many_arguments)]
+fn backward_block<T: Float>(
+    p: &LayerPass<'_, T>,
+    t: usize,
+    [mut dzx, mut dzh]: [[MatMut<'_, T>; 3]; 2],
+    [mut dh_t, mut dh_prev]: [MatMut<'_, T>; 2],
+    dzh_next: Option<MatRef<'_, T>>,
+    w: MatRef<'_, T>,
+    h_prev: &[T],
+    units: &Range<usize>,
+    squares: Option<&mut T>,
+) {
+    let (_, b, h, _) = p.dims();
+    if let Some(next) = dzh_next {
+        blocks::backward_product(dh_t.rb_mut(), next, w, units);
+    }
+    if let Some(sq) = squares {
+        *sq = blocks::sum_squares(&mut dh_t);
+    }
+    for r in 0..b {
+        if p.batch.active(t, r) {
+            gates::gru_backward_units(
+                blocks::rows_mut(&mut dzx, r),
+                blocks::rows_mut(&mut dzh, r),
+                &h_prev[r * h + units.start..r * h + units.end],
+                row_mut(&mut dh_t, r),
+                row_mut(&mut dh_prev, r),
+                Accum::Add,
+            );
+        } else {
+            // The state passed through unchanged: so does its gradient.
+            for g in blocks::rows_mut(&mut dzx, r)
+                .into_iter()
+                .chain(blocks::rows_mut(&mut dzh, r))
+            {
+                g.fill(T::zero());
+            }
+            reduce::axpy(row_mut(&mut dh_prev, r), T::one(), row_mut(&mut dh_t, r));
+        }
+    }
 }

@@ -1,10 +1,14 @@
 //! The LSTM cell (PyTorch's `nn.LSTM`, gates `i, f, g, o`):
 //! `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`.
 
-use faer::Accum;
+use std::ops::Range;
+
+use faer::prelude::ReborrowMut;
+use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
+use super::blocks::{self, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::workspace::LayerBuffers;
 
@@ -23,6 +27,9 @@ pub(super) fn forward<T: Float>(
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
     c0.write(&mut buf.cs[..step], h);
+    if p.halves() {
+        return forward_halves(p, buf);
+    }
     for t in 0..t_len {
         let z_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (h_past, h_future) = buf.hs.split_at_mut((t + 1) * step);
@@ -44,12 +51,29 @@ pub(super) fn backward<T: Float>(
     buf: &mut LayerBuffers<T>,
     mut out: LayerGrads<'_, T>,
 ) {
-    let (t_len, b, h, gh) = p.dims();
-    let (step, gate_step) = (b * h, b * gh);
+    let (t_len, b, _, gh) = p.dims();
     match out.dc_end {
         Some(carry) => buf.dc.copy_from_slice(carry),
         None => buf.dc.fill(T::zero()),
     }
+    if p.halves() {
+        backward_halves(p, buf, &mut out);
+    } else {
+        backward_steps(p, buf, &mut out);
+    }
+    out.dc0.copy_from_slice(&buf.dc);
+    let rows = t_len * b;
+    p.weight_grads(out.grads, &buf.z[..rows * gh], None, &buf.hs, out.dinput);
+}
+
+/// [`backward`]'s step loop, each step whole.
+fn backward_steps<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    out: &mut LayerGrads<'_, T>,
+) {
+    let (t_len, b, h, gh) = p.dims();
+    let (step, gate_step) = (b * h, b * gh);
     for t in (0..t_len).rev() {
         let dz_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (c_prev, c_t) = (
@@ -82,7 +106,172 @@ pub(super) fn backward<T: Float>(
         }
         p.recurrent_backward(dh_prev, Accum::Add, dz_t);
     }
-    out.dc0.copy_from_slice(&buf.dc);
-    let rows = t_len * b;
-    p.weight_grads(out.grads, &buf.z[..rows * gh], None, &buf.hs, out.dinput);
+}
+
+/// [`forward`]'s step loop with each step split into two unit blocks.
+fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
+    let (t_len, b, h, gh) = p.dims();
+    let (step, gate_step) = (b * h, b * gh);
+    let units = blocks::halves(h);
+    let LayerBuffers {
+        hs,
+        cs,
+        z,
+        w_hh_t,
+        bias,
+        ..
+    } = buf;
+    let w_t = MatRef::from_row_major_slice(w_hh_t, h, gh);
+    blocks::in_pool(p.parallel(), || {
+        for t in 0..t_len {
+            let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
+            let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
+            let prev = State {
+                h: &h_past[t * step..],
+                c: &c_past[t * step..],
+            };
+            let z_t = view(&mut z[t * gate_step..(t + 1) * gate_step], b, gh);
+            let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
+            let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
+            let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
+            let block =
+                |z, h_t, c_t, units| forward_block(p, t, z, h_t, c_t, prev, w_t, bias, units);
+            blocks::run_both(
+                p.parallel(),
+                || block(z0, h0, c0, &units[0]),
+                || block(z1, h1, c1, &units[1]),
+            );
+        }
+    });
+}
+
+/// A step's whole `[B, H]` states.
+#[derive(Clone, Copy)]
+struct State<'a, T> {
+    h: &'a [T],
+    c: &'a [T],
+}
+
+/// One block of one forward step: its gate columns, the gates and its units of `c_t`, `h_t`.
+#[allow(clippy::too_many_arguments)]
+fn forward_block<T: Float>(
+    p: &LayerPass<'_, T>,
+    t: usize,
+    mut z: [MatMut<'_, T>; 4],
+    mut h_t: MatMut<'_, T>,
+    mut c_t: MatMut<'_, T>,
+    prev: State<'_, T>,
+    w_t: MatRef<'_, T>,
+    bias: &[T],
+    units: &Range<usize>,
+) {
+    let (_, b, h, _) = p.dims();
+    let h_prev = MatRef::from_row_major_slice(prev.h, b, h);
+    blocks::forward_product(&mut z, Accum::Add, h_prev, w_t, h, units);
+    let bias = blocks::gate_units(bias, h, units);
+    let own = |r: usize| r * h + units.start..r * h + units.end;
+    for r in 0..b {
+        gates::lstm_forward_units(
+            blocks::rows_mut(&mut z, r),
+            bias,
+            &prev.c[own(r)],
+            row_mut(&mut c_t, r),
+            row_mut(&mut h_t, r),
+        );
+    }
+    for bb in p.batch.finished(t) {
+        row_mut(&mut h_t, bb).copy_from_slice(&prev.h[own(bb)]);
+        row_mut(&mut c_t, bb).copy_from_slice(&prev.c[own(bb)]);
+    }
+}
+
+/// [`backward`]'s step loop with each step split into two unit blocks; as for the RNN, a
+/// block's product for step `t+1` and its gate backward for step `t` share one fork.
+fn backward_halves<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    out: &mut LayerGrads<'_, T>,
+) {
+    let (t_len, b, h, gh) = p.dims();
+    let (step, gate_step) = (b * h, b * gh);
+    let units = blocks::halves(h);
+    let w = MatRef::from_row_major_slice(p.w_hh(), gh, h);
+    let LayerBuffers { z, cs, dh, dc, .. } = buf;
+    let telemetry = out.telemetry();
+    blocks::in_pool(p.parallel(), || {
+        for t in (0..t_len).rev() {
+            let (done, later) = z.split_at_mut((t + 1) * gate_step);
+            let dz_next =
+                (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
+            let [z0, z1] = blocks::split_gates::<T, 4>(view(&mut done[t * gate_step..], b, gh), h);
+            let (before, rest) = dh.split_at_mut(t * step);
+            let dh_prev = if t > 0 {
+                &mut before[(t - 1) * step..]
+            } else {
+                &mut out.dh0[..]
+            };
+            let [d0, d1] = blocks::split_units(view(&mut rest[..step], b, h), h);
+            let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
+            let [c0, c1] = blocks::split_units(view(dc, b, h), h);
+            let states = State {
+                h: &cs[t * step..(t + 1) * step],
+                c: &cs[(t + 1) * step..(t + 2) * step],
+            };
+            let block = |dz, grads, units, sq: &mut T| {
+                let sq = telemetry.then_some(sq);
+                backward_block(p, t, dz, grads, dz_next, w, states, units, sq)
+            };
+            let squares = blocks::run_both_summed(
+                p.parallel(),
+                |sq| block(z0, [d0, p0, c0], &units[0], sq),
+                |sq| block(z1, [d1, p1, c1], &units[1], sq),
+            );
+            out.record_squares(t, || squares);
+        }
+        let dz0 = MatRef::from_row_major_slice(&z[..gate_step], b, gh);
+        blocks::initial_state_product(p.parallel(), out.dh0, dz0, w);
+    });
+}
+
+/// One block of one backward step. `grads` are the block's units of `dL/dh_t` (without the
+/// recurrent term yet), `dL/dh_{t-1}` and the `dL/dc` carry; `cells` holds `c_{t-1}` (as
+/// `h`) and `c_t` (as `c`).
+#[allow(clippy::too_many_arguments)]
+fn backward_block<T: Float>(
+    p: &LayerPass<'_, T>,
+    t: usize,
+    mut dz: [MatMut<'_, T>; 4],
+    [mut dh_t, mut dh_prev, mut dc]: [MatMut<'_, T>; 3],
+    dz_next: Option<MatRef<'_, T>>,
+    w: MatRef<'_, T>,
+    cells: State<'_, T>,
+    units: &Range<usize>,
+    squares: Option<&mut T>,
+) {
+    let (_, b, h, _) = p.dims();
+    if let Some(next) = dz_next {
+        blocks::backward_product(dh_t.rb_mut(), next, w, units);
+    }
+    if let Some(sq) = squares {
+        *sq = blocks::sum_squares(&mut dh_t);
+    }
+    let own = |r: usize| r * h + units.start..r * h + units.end;
+    for r in 0..b {
+        if p.batch.active(t, r) {
+            gates::lstm_backward_units(
+                blocks::rows_mut(&mut dz, r),
+                &cells.h[own(r)],
+                &cells.c[own(r)],
+                row_mut(&mut dh_t, r),
+                row_mut(&mut dc, r),
+            );
+        } else {
+            // The state passed through unchanged, and so do both gradients (dc stays in
+            // the carry).
+            for g in blocks::rows_mut(&mut dz, r) {
+                g.fill(T::zero());
+            }
+            reduce::axpy(row_mut(&mut dh_prev, r), T::one(), row_mut(&mut dh_t, r));
+        }
+    }
 }

@@ -10,9 +10,12 @@
 //!
 //! Sequences past their length keep their state, and their gradient passes straight through.
 
+mod blocks;
 mod gru;
 mod lstm;
 mod rnn;
+
+pub use blocks::UnitSplit;
 
 use faer::{Accum, Par};
 use kernels::Float;
@@ -25,8 +28,9 @@ use crate::params::LayerSlots;
 use crate::workspace::LayerBuffers;
 
 /// All-steps products smaller than this many flops run sequentially even when threads are
-/// allowed: a fork-join costs more than it saves there (tiny at 2 threads ran 3x slower).
-const PARALLEL_MIN_FLOPS: f64 = 16e6;
+/// allowed: a fork-join costs more than it saves there (tiny at 2 threads ran 3x slower; the
+/// small workload's 52 MFLOP products 5% slower at 16e6).
+const PARALLEL_MIN_FLOPS: f64 = 100e6;
 
 /// The parallelism for an all-steps product: `par`, unless the product is small, or has a
 /// single row (where faer's result depends on the thread count).
@@ -87,8 +91,10 @@ pub(crate) struct LayerPass<'a, T> {
     pub input: &'a [T],
     /// `I_k`.
     pub input_size: usize,
-    /// Parallelism of the all-steps products.
+    /// Parallelism of the all-steps products and of the per-step unit blocks.
     pub par: Par,
+    /// How each step's units are split into blocks.
+    pub split: UnitSplit,
 }
 
 impl<T: Float> LayerPass<'_, T> {
@@ -108,6 +114,17 @@ impl<T: Float> LayerPass<'_, T> {
             self.config.hidden_size,
             self.config.gate_rows(),
         )
+    }
+
+    /// Whether each step runs as two unit blocks ([`blocks`]).
+    fn halves(&self) -> bool {
+        let (_, b, h, gh) = self.dims();
+        self.split.blocks(b, h, gh / h) == 2
+    }
+
+    /// Whether the two unit blocks of a step run on two threads.
+    fn parallel(&self) -> bool {
+        self.par != Par::Seq
     }
 
     /// `dst = b_ih + b_hh`: one bias for cells that add both to every gate (RNN, LSTM).
@@ -240,9 +257,19 @@ impl<T: Float> LayerGrads<'_, T> {
     /// Records `‖dL/dh_t‖` (the whole gradient reaching `h_t`) when telemetry is on.
     #[inline]
     fn record(&mut self, t: usize, dh_t: &[T]) {
+        self.record_squares(t, || reduce::sum_squares(dh_t));
+    }
+
+    /// Records `‖dL/dh_t‖` from its square, computed only when telemetry is on.
+    #[inline]
+    fn record_squares(&mut self, t: usize, squares: impl FnOnce() -> T) {
         if let Some(norms) = self.grad_h_norms.as_deref_mut() {
-            norms[t] = reduce::sum_squares(dh_t).sqrt();
+            norms[t] = squares().sqrt();
         }
+    }
+
+    fn telemetry(&self) -> bool {
+        self.grad_h_norms.is_some()
     }
 }
 

@@ -1,9 +1,13 @@
 //! The Elman cell: `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`.
 
-use faer::Accum;
+use std::ops::Range;
+
+use faer::prelude::ReborrowMut;
+use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
 use kernels::{Float, activation, reduce};
 
+use super::blocks::{self, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::config::Nonlinearity;
 use crate::workspace::LayerBuffers;
@@ -21,6 +25,9 @@ pub(super) fn forward<T: Float>(
     transpose(&mut buf.w_hh_t, p.w_hh(), h, h);
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
+    if p.halves() {
+        return forward_halves(p, buf);
+    }
     for t in 0..t_len {
         let z_t = &mut buf.z[t * step..(t + 1) * step];
         let (past, future) = buf.hs.split_at_mut((t + 1) * step);
@@ -44,6 +51,11 @@ pub(super) fn backward<T: Float>(
 ) {
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
+    if p.halves() {
+        backward_halves(p, buf, &mut out);
+        let rows = t_len * b;
+        return p.weight_grads(out.grads, &buf.z[..rows * h], None, &buf.hs, out.dinput);
+    }
     for t in (0..t_len).rev() {
         // z holds G_t = dL/dh_t on entry and becomes dZ_t in place.
         let (before, rest) = buf.z.split_at_mut(t * step);
@@ -72,4 +84,152 @@ pub(super) fn backward<T: Float>(
     }
     let rows = t_len * b;
     p.weight_grads(out.grads, &buf.z[..rows * h], None, &buf.hs, out.dinput);
+}
+
+/// [`forward`]'s step loop with each step split into two unit blocks.
+fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
+    let (t_len, b, h, _) = p.dims();
+    let step = b * h;
+    let units = blocks::halves(h);
+    let LayerBuffers {
+        hs,
+        z,
+        w_hh_t,
+        bias,
+        ..
+    } = buf;
+    let w_t = MatRef::from_row_major_slice(w_hh_t, h, h);
+    blocks::in_pool(p.parallel(), || {
+        for t in 0..t_len {
+            let (past, future) = hs.split_at_mut((t + 1) * step);
+            let h_prev = &past[t * step..];
+            let [z0, z1] =
+                blocks::split_gates::<T, 1>(view(&mut z[t * step..(t + 1) * step], b, h), h);
+            let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
+            let block = |z, h_t, units| forward_block(p, t, z, h_t, h_prev, w_t, bias, units);
+            blocks::run_both(
+                p.parallel(),
+                || block(z0, h0, &units[0]),
+                || block(z1, h1, &units[1]),
+            );
+        }
+    });
+}
+
+/// One block of one forward step: its gate columns, activation and units of `h_t`.
+#[allow(clippy::too_many_arguments)]
+fn forward_block<T: Float>(
+    p: &LayerPass<'_, T>,
+    t: usize,
+    mut z: [MatMut<'_, T>; 1],
+    mut h_t: MatMut<'_, T>,
+    h_prev: &[T],
+    w_t: MatRef<'_, T>,
+    bias: &[T],
+    units: &Range<usize>,
+) {
+    let (_, b, h, _) = p.dims();
+    let prev = MatRef::from_row_major_slice(h_prev, b, h);
+    blocks::forward_product(&mut z, Accum::Add, prev, w_t, h, units);
+    let bias = &bias[units.clone()];
+    for r in 0..b {
+        let (z_r, h_r) = (row_mut(&mut z[0], r), row_mut(&mut h_t, r));
+        match p.config.nonlinearity {
+            Nonlinearity::Tanh => activation::bias_tanh(h_r, z_r, bias),
+            Nonlinearity::Relu => activation::bias_relu(h_r, z_r, bias),
+        }
+    }
+    for bb in p.batch.finished(t) {
+        row_mut(&mut h_t, bb).copy_from_slice(&h_prev[bb * h + units.start..bb * h + units.end]);
+    }
+}
+
+/// [`backward`]'s step loop with each step split into two unit blocks. A block's product
+/// for step `t+1` (`dL/dh_t += dZ_{t+1} W_hh`, its units) and its elementwise pass for step
+/// `t` run in the same fork: the product completes exactly the units the pass then reads.
+fn backward_halves<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    out: &mut LayerGrads<'_, T>,
+) {
+    let (t_len, b, h, _) = p.dims();
+    let step = b * h;
+    let units = blocks::halves(h);
+    let w = MatRef::from_row_major_slice(p.w_hh(), h, h);
+    let (z, hs) = (&mut buf.z, &buf.hs);
+    let telemetry = out.telemetry();
+    blocks::in_pool(p.parallel(), || {
+        for t in (0..t_len).rev() {
+            let (done, later) = z.split_at_mut((t + 1) * step);
+            let dz_next =
+                (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..step], b, h));
+            let (before, cur) = done.split_at_mut(t * step);
+            let prev = if t > 0 {
+                &mut before[(t - 1) * step..]
+            } else {
+                &mut out.dh0[..]
+            };
+            let h_t = &hs[(t + 1) * step..(t + 2) * step];
+            let [g0, g1] = blocks::split_units(view(cur, b, h), h);
+            let [p0, p1] = blocks::split_units(view(prev, b, h), h);
+            let block = |g_t, g_prev, units, sq: &mut T| {
+                backward_block(
+                    p,
+                    t,
+                    g_t,
+                    g_prev,
+                    dz_next,
+                    w,
+                    h_t,
+                    units,
+                    telemetry.then_some(sq),
+                )
+            };
+            let squares = blocks::run_both_summed(
+                p.parallel(),
+                |sq| block(g0, p0, &units[0], sq),
+                |sq| block(g1, p1, &units[1], sq),
+            );
+            out.record_squares(t, || squares);
+        }
+        let dz0 = MatRef::from_row_major_slice(&z[..step], b, h);
+        blocks::initial_state_product(p.parallel(), out.dh0, dz0, w);
+    });
+}
+
+/// One block of one backward step. `g_t` (its units of `dL/dh_t`, without the recurrent
+/// term yet) becomes its units of `dZ_t`; finished sequences pass their gradient on to
+/// `g_prev`. `squares` receives the block's share of `‖dL/dh_t‖²`.
+#[allow(clippy::too_many_arguments)]
+fn backward_block<T: Float>(
+    p: &LayerPass<'_, T>,
+    t: usize,
+    mut g_t: MatMut<'_, T>,
+    mut g_prev: MatMut<'_, T>,
+    dz_next: Option<MatRef<'_, T>>,
+    w: MatRef<'_, T>,
+    h_t: &[T],
+    units: &Range<usize>,
+    squares: Option<&mut T>,
+) {
+    let (_, b, h, _) = p.dims();
+    if let Some(dz) = dz_next {
+        blocks::backward_product(g_t.rb_mut(), dz, w, units);
+    }
+    if let Some(sq) = squares {
+        *sq = blocks::sum_squares(&mut g_t);
+    }
+    for bb in p.batch.finished(t) {
+        reduce::axpy(row_mut(&mut g_prev, bb), T::one(), row_mut(&mut g_t, bb));
+    }
+    for r in 0..b {
+        let h_r = &h_t[r * h + units.start..r * h + units.end];
+        match p.config.nonlinearity {
+            Nonlinearity::Tanh => activation::tanh_backward_in_place(row_mut(&mut g_t, r), h_r),
+            Nonlinearity::Relu => activation::relu_backward_in_place(row_mut(&mut g_t, r), h_r),
+        }
+    }
+    for bb in p.batch.finished(t) {
+        row_mut(&mut g_t, bb).fill(T::zero());
+    }
 }

@@ -1,0 +1,230 @@
+//! Each step's work split by hidden units between two per-step workers.
+//!
+//! The recurrent product of a step is too small for a generic parallel GEMM (faer gains
+//! 1.16x at 64x256x256 on two threads), so a step is split by *output columns*: worker `w`
+//! owns hidden units `units[w]`, computes the gate columns of those units (all gates of a unit
+//! together), applies the elementwise pass to them, and writes its units of `h_t` and `c_t`.
+//! Backward, it owns the same units of `dL/dh_{t-1}`. The inner (summed) dimension is never
+//! split, and the blocks depend only on the shape ([`UnitSplit`]), so results are bitwise the
+//! same whether the two blocks run on one thread or two.
+//!
+//! Each block is a set of column views (faer `MatMut`) into the step's `[B, G·H]` and
+//! `[B, H]` buffers; the kernels run on one row's slices of them at a time.
+
+use std::ops::Range;
+
+use faer::linalg::matmul::matmul;
+use faer::prelude::ReborrowMut;
+use faer::{Accum, MatMut, MatRef, Par};
+use kernels::Float;
+
+/// How each step's hidden units are divided between per-step workers.
+///
+/// Results depend on the split (each block's products are separate GEMMs) but never on the
+/// thread count: with one thread the blocks run one after the other. `Auto` splits when a
+/// step's recurrent product is large enough for two workers to pay off.
+///
+/// ```
+/// use rnn_core::network::UnitSplit;
+/// assert_eq!(UnitSplit::Auto.blocks(1, 1024, 4), 1); // batch 1: one block
+/// assert_eq!(UnitSplit::Auto.blocks(16, 128, 1), 1); // too small to pay off
+/// assert_eq!(UnitSplit::Auto.blocks(32, 512, 1), 2);
+/// assert_eq!(UnitSplit::Halves.blocks(1, 8, 1), 2);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnitSplit {
+    /// Two blocks when a step's recurrent product has at least [`UnitSplit::MIN_FLOPS`]
+    /// flops, the batch at least [`UnitSplit::MIN_BATCH`] rows and `H >= 2`; otherwise one.
+    #[default]
+    Auto,
+    /// One block: every step runs on one thread.
+    Whole,
+    /// Two blocks (when `H >= 2`): units `0..H/2` and `H/2..H`.
+    Halves,
+}
+
+impl UnitSplit {
+    /// The smallest recurrent product (`2·B·G·H·H` flops) that `Auto` splits. Below it the
+    /// per-step join costs more than the second core saves (measured on the small workload,
+    /// `B = 16, H = 128`: 0.5 MFLOP per step).
+    pub const MIN_FLOPS: usize = 2_000_000;
+
+    /// The smallest batch `Auto` splits: a block's product with fewer rows goes through
+    /// faer's general path, which is far slower than the whole step's batch-1 GEMV kernel.
+    pub const MIN_BATCH: usize = 4;
+
+    /// The number of unit blocks for a step of `batch` rows, `hidden` units and `gates`
+    /// gates.
+    pub fn blocks(self, batch: usize, hidden: usize, gates: usize) -> usize {
+        let splittable = hidden >= 2;
+        match self {
+            Self::Whole => 1,
+            Self::Halves if splittable => 2,
+            Self::Auto
+                if splittable
+                    && batch >= Self::MIN_BATCH
+                    && 2 * batch * gates * hidden * hidden >= Self::MIN_FLOPS =>
+            {
+                2
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// The two blocks' units: `0..H/2` and `H/2..H`.
+pub(super) fn halves(hidden: usize) -> [Range<usize>; 2] {
+    let cut = hidden / 2;
+    [0..cut, cut..hidden]
+}
+
+/// Runs the two blocks' work, on two threads when `parallel`. Which thread runs which block
+/// does not change any result.
+pub(super) fn run_both<A, B>(parallel: bool, a: A, b: B)
+where
+    A: FnOnce() + Send,
+    B: FnOnce() + Send,
+{
+    if parallel {
+        rayon::join(a, b);
+    } else {
+        a();
+        b();
+    }
+}
+
+/// [`run_both`] for blocks that each report a share of a sum (`‖dL/dh_t‖²`): returns the
+/// sum, block 0's share first.
+pub(super) fn run_both_summed<T: Float, A, B>(parallel: bool, a: A, b: B) -> T
+where
+    A: FnOnce(&mut T) + Send,
+    B: FnOnce(&mut T) + Send,
+{
+    let (mut sa, mut sb) = (T::zero(), T::zero());
+    run_both(parallel, || a(&mut sa), || b(&mut sb));
+    sa + sb
+}
+
+/// The last product of a backward pass, `dL/dh0 += dZ_0 W_hh`, split by units like every
+/// step's: `dh0` `[B, H]`, `dz0` `[B, G·H]`, `w_hh` `[G·H, H]`.
+pub(super) fn initial_state_product<T: Float>(
+    parallel: bool,
+    dh0: &mut [T],
+    dz0: MatRef<'_, T>,
+    w_hh: MatRef<'_, T>,
+) {
+    let h = w_hh.ncols();
+    let units = halves(h);
+    let [d0, d1] = split_units(view(dh0, dz0.nrows(), h), h);
+    run_both(
+        parallel,
+        || backward_product(d0, dz0, w_hh, &units[0]),
+        || backward_product(d1, dz0, w_hh, &units[1]),
+    );
+}
+
+/// Runs `op` (a time loop of [`run_both`] calls) on a rayon worker thread when `parallel`,
+/// so that each step's join is a cheap in-pool fork rather than a cold injection that puts
+/// the calling thread to sleep.
+pub(super) fn in_pool<R: Send>(parallel: bool, op: impl FnOnce() -> R + Send) -> R {
+    if parallel {
+        rayon::scope(|_| op())
+    } else {
+        op()
+    }
+}
+
+/// A row-major `[rows, cols]` view of `buf`.
+pub(super) fn view<T>(buf: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
+    MatMut::from_row_major_slice_mut(buf, rows, cols)
+}
+
+/// Splits a `[B, G·H]` gate matrix into the gate columns of the two halves' units: for
+/// each half, `G` views `[B, |units|]`, gate `k`'s columns `k·H + units`.
+pub(super) fn split_gates<T, const G: usize>(
+    m: MatMut<'_, T>,
+    hidden: usize,
+) -> [[MatMut<'_, T>; G]; 2] {
+    let cut = hidden / 2;
+    let mut rest = Some(m);
+    let mut lo: [Option<MatMut<'_, T>>; G] = core::array::from_fn(|_| None);
+    let mut hi: [Option<MatMut<'_, T>>; G] = core::array::from_fn(|_| None);
+    for k in 0..G {
+        let (gate, tail) = rest.take().expect("columns left").split_at_col_mut(hidden);
+        let (a, b) = gate.split_at_col_mut(cut);
+        lo[k] = Some(a);
+        hi[k] = Some(b);
+        rest = Some(tail);
+    }
+    [lo.map(|v| v.expect("set")), hi.map(|v| v.expect("set"))]
+}
+
+/// Splits a `[B, H]` matrix into the two halves' unit columns.
+pub(super) fn split_units<T>(m: MatMut<'_, T>, hidden: usize) -> [MatMut<'_, T>; 2] {
+    let (a, b) = m.split_at_col_mut(hidden / 2);
+    [a, b]
+}
+
+/// Row `r` of a view with unit column stride, as a slice.
+#[inline]
+pub(super) fn row_mut<'a, T>(m: &'a mut MatMut<'_, T>, r: usize) -> &'a mut [T] {
+    m.rb_mut()
+        .row_mut(r)
+        .try_as_row_major_mut()
+        .expect("unit column stride")
+        .as_slice_mut()
+}
+
+/// Row `r` of every view in `ms`.
+#[inline]
+pub(super) fn rows_mut<'a, T, const G: usize>(
+    ms: &'a mut [MatMut<'_, T>; G],
+    r: usize,
+) -> [&'a mut [T]; G] {
+    let mut it = ms.iter_mut();
+    core::array::from_fn(|_| row_mut(it.next().expect("G views"), r))
+}
+
+/// Gate `k`'s slice of `units` in a `[G·H]` vector (a bias), for every `k`.
+pub(super) fn gate_units<'a, T, const G: usize>(
+    v: &'a [T],
+    hidden: usize,
+    units: &Range<usize>,
+) -> [&'a [T]; G] {
+    core::array::from_fn(|k| &v[k * hidden + units.start..k * hidden + units.end])
+}
+
+/// Forward product of a block: `z_k (+)= h_prev · W_hhᵀ[:, k·H + units]` for each gate `k`.
+/// `w_hh_t` is the packed `[H, G·H]` transpose.
+pub(super) fn forward_product<T: Float, const G: usize>(
+    z: &mut [MatMut<'_, T>; G],
+    accum: Accum,
+    h_prev: MatRef<'_, T>,
+    w_hh_t: MatRef<'_, T>,
+    hidden: usize,
+    units: &Range<usize>,
+) {
+    for (k, zk) in z.iter_mut().enumerate() {
+        let w = w_hh_t.subcols(k * hidden + units.start, units.len());
+        matmul(zk.rb_mut(), accum, h_prev, w, T::one(), Par::Seq);
+    }
+}
+
+/// Backward product of a block: `dh_prev[:, units] += dZ · W_hh[:, units]`, with `dz` the
+/// whole step's `[B, G·H]` gradient and `w_hh` `[G·H, H]`.
+pub(super) fn backward_product<T: Float>(
+    dh_prev: MatMut<'_, T>,
+    dz: MatRef<'_, T>,
+    w_hh: MatRef<'_, T>,
+    units: &Range<usize>,
+) {
+    let w = w_hh.subcols(units.start, units.len());
+    matmul(dh_prev, Accum::Add, dz, w, T::one(), Par::Seq);
+}
+
+/// `Σ x²` over a view's rows: one block's share of `‖dL/dh_t‖²` (telemetry).
+pub(super) fn sum_squares<T: Float>(m: &mut MatMut<'_, T>) -> T {
+    (0..m.nrows()).fold(T::zero(), |acc, r| {
+        acc + kernels::reduce::sum_squares(row_mut(m, r))
+    })
+}
