@@ -1,6 +1,7 @@
 //! Times every matrix product of one training step of a workload, in isolation, to show
 //! which fall short of the machine's GEMM rate:
-//! `cargo run --release -p bench-suite --example gemm_breakdown -- medium [rnn|lstm|gru]`.
+//! `cargo run --release -p bench-suite --example gemm_breakdown -- medium [rnn|lstm|gru] [threads]`
+//! (threads for the all-steps products; the per-step ones are timed on one thread).
 
 use rnn_core::config::Cell;
 use std::time::Instant;
@@ -8,9 +9,17 @@ use std::time::Instant;
 use faer::{Accum, Par};
 use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, gemm_tn};
 
+/// Parallelism of the all-steps products (set once from the command line).
+static PAR: std::sync::OnceLock<Par> = std::sync::OnceLock::new();
+
 type Product = fn(&mut [f32], Accum, &[f32], &[f32], GemmShape, Par);
 
 fn time(name: &str, f: Product, s: GemmShape, a_len: usize, b_len: usize, calls: usize) -> f64 {
+    let par = if calls == 1 {
+        PAR.get().copied().unwrap_or(Par::Seq)
+    } else {
+        Par::Seq
+    };
     let a = vec![0.01f32; a_len * calls.min(100)];
     let b = vec![0.02f32; b_len];
     let mut c = vec![0.0f32; s.m * s.n * calls.min(100)];
@@ -25,7 +34,7 @@ fn time(name: &str, f: Product, s: GemmShape, a_len: usize, b_len: usize, calls:
                 &a[j * a_len..(j + 1) * a_len],
                 &b,
                 s,
-                Par::Seq,
+                par,
             );
         }
         best = best.min(start.elapsed().as_secs_f64());
@@ -46,6 +55,16 @@ fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "medium".into());
     let w = bench_suite::Workload::named(&name).expect("workload");
     let cell = Cell::parse(&std::env::args().nth(2).unwrap_or_else(|| "rnn".into())).expect("cell");
+    let threads: usize = std::env::args()
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    PAR.set(if threads > 1 {
+        Par::rayon(threads)
+    } else {
+        Par::Seq
+    })
+    .expect("set once");
     let (t, b, i, h, o) = (w.t, w.b, w.i, w.h, w.o);
     // Gate rows: every product touching W_ih or W_hh is G times wider.
     let gh = cell.gates() * h;
