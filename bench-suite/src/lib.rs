@@ -272,6 +272,9 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
     let begin = Instant::now();
     while steps.len() < 5 || (begin.elapsed().as_secs_f64() < min_secs && steps.len() < 1000) {
         gemms.push((0..3).map(|_| gemm()).fold(f64::INFINITY, f64::min));
+        // Let the reference GEMM's pool threads finish spinning and park, so they do not
+        // compete with a step that leaves them idle (tiny and small at two threads).
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let start = Instant::now();
         for _ in 0..per_round {
             trainer.step(&data.batch()).expect("workload step");
