@@ -85,14 +85,39 @@ pub fn col_sums<T: Float>(dst: &mut [T], accum: Accum, src: &[T]) {
         "col_sums: src length {} is not a multiple of {cols}",
         src.len()
     );
+    col_sums_of(dst, accum, src, cols, 0);
+}
+
+/// [`col_sums`] of the columns `first..first + dst.len()` of `src` `[rows, width]`, each column
+/// summed exactly as [`col_sums`] sums it: callers can split the columns between threads and
+/// get the same bits.
+///
+/// # Panics
+/// If `src.len()` is not a multiple of `width` or the columns run past `width`.
+///
+/// ```
+/// use faer::Accum;
+/// let mut db = [0.0f32; 1];
+/// kernels::reduce::col_sums_of(&mut db, Accum::Replace, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 1);
+/// assert_eq!(db, [12.0]);
+/// ```
+#[track_caller]
+pub fn col_sums_of<T: Float>(dst: &mut [T], accum: Accum, src: &[T], width: usize, first: usize) {
+    assert!(
+        first + dst.len() <= width && (width == 0 || src.len().is_multiple_of(width)),
+        "col_sums_of: columns {first}..{} of rows of {width} ({} elements)",
+        first + dst.len(),
+        src.len()
+    );
     if matches!(accum, Accum::Replace) {
         dst.fill(T::zero());
     }
-    if cols == 0 {
+    if dst.is_empty() {
         return;
     }
-    for row in src.chunks_exact(cols) {
-        zip_rows(AddRow, dst, [], Some(row));
+    let cols = first..first + dst.len();
+    for row in src.chunks_exact(width) {
+        zip_rows(AddRow, dst, [], Some(&row[cols.clone()]));
     }
 }
 

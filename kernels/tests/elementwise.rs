@@ -307,6 +307,14 @@ fn reductions_match<T: Float>() {
                     })
                     .collect();
                 close(&dst, &want, tol, "col_sums");
+                // Any split of the columns gives the same bits.
+                for cut in [0, cols / 2, cols] {
+                    let mut parts = init.clone();
+                    let (lo, hi) = parts.split_at_mut(cut);
+                    reduce::col_sums_of(lo, accum, src, cols, 0);
+                    reduce::col_sums_of(hi, accum, src, cols, cut);
+                    assert_eq!(parts, dst, "col_sums_of split at {cut} of {cols}");
+                }
             }
         }
         let y0: Vec<T> = random(rng, n, 1.0);

@@ -194,6 +194,26 @@ pub(super) fn gate_units<'a, T, const G: usize>(
     core::array::from_fn(|k| &v[k * hidden + units.start..k * hidden + units.end])
 }
 
+/// Packs `W_hhᵀ` `[H, G·H]` into `dst` from `w_hh` `[G·H, H]`, each half's gate columns by
+/// the thread that will read them (so they start out in its cache).
+pub(super) fn transpose_halves<T: Float, const G: usize>(
+    parallel: bool,
+    dst: &mut [T],
+    w_hh: &[T],
+    hidden: usize,
+) {
+    let src = MatRef::from_row_major_slice(w_hh, G * hidden, hidden);
+    let units = halves(hidden);
+    let [d0, d1] = split_gates::<T, G>(view(dst, hidden, G * hidden), hidden);
+    let pack = |mut dst: [MatMut<'_, T>; G], units: &Range<usize>| {
+        for (k, d) in dst.iter_mut().enumerate() {
+            let rows = src.subrows(k * hidden + units.start, units.len());
+            d.copy_from(rows.transpose());
+        }
+    };
+    run_both(parallel, || pack(d0, &units[0]), || pack(d1, &units[1]));
+}
+
 /// Forward product of a block: `z_k (+)= h_prev · W_hhᵀ[:, k·H + units]` for each gate `k`.
 /// `w_hh_t` is the packed `[H, G·H]` transpose.
 pub(super) fn forward_product<T: Float, const G: usize>(

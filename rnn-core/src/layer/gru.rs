@@ -26,12 +26,14 @@ pub(super) fn forward<T: Float>(
     let (step, gate_step) = (b * h, b * gh);
     let s = p.slots;
     let (b_ih, b_hh) = (&p.params[s.b_ih.clone()], &p.params[s.b_hh.clone()]);
-    transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
     if p.halves() {
+        blocks::transpose_halves::<T, 3>(p.parallel(), &mut buf.w_hh_t, p.w_hh(), h);
         return forward_halves(p, buf);
     }
+    // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
+    transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
     for t in 0..t_len {
         let gates = t * gate_step..(t + 1) * gate_step;
         let (zx_t, zh_t) = (&mut buf.z[gates.clone()], &mut buf.zh[gates]);

@@ -23,13 +23,15 @@ pub(super) fn forward<T: Float>(
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
     p.summed_bias(&mut buf.bias);
-    transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
     c0.write(&mut buf.cs[..step], h);
     if p.halves() {
+        blocks::transpose_halves::<T, 4>(p.parallel(), &mut buf.w_hh_t, p.w_hh(), h);
         return forward_halves(p, buf);
     }
+    // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
+    transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
     for t in 0..t_len {
         let z_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (h_past, h_future) = buf.hs.split_at_mut((t + 1) * step);

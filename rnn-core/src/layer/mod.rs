@@ -182,6 +182,20 @@ impl<T: Float> LayerPass<'_, T> {
         }
     }
 
+    /// `dst = Σ_rows src` (`src` `[T·B, dst.len()]`): a bias gradient, its two column halves on
+    /// two threads when allowed (each column is summed the same way either way).
+    fn bias_grad(&self, dst: &mut [T], src: &[T]) {
+        let width = dst.len();
+        if !self.parallel() || (src.len() as f64) < PARALLEL_MIN_FLOPS / 16.0 {
+            return reduce::col_sums(dst, Accum::Replace, src);
+        }
+        let (lo, hi) = dst.split_at_mut(width / 2);
+        rayon::join(
+            || reduce::col_sums_of(lo, Accum::Replace, src, width, 0),
+            || reduce::col_sums_of(hi, Accum::Replace, src, width, width / 2),
+        );
+    }
+
     /// The weight, bias and input gradients from the pre-activation gradients of all steps:
     /// `dx_side` `[T·B, G·H]` (for `W_ih`, `b_ih`, the input) and `dh_side` (for `W_hh`,
     /// `b_hh`; `None` when it equals `dx_side`, as for RNN and LSTM), against the states
@@ -216,9 +230,9 @@ impl<T: Float> LayerPass<'_, T> {
             GemmShape::new(gh, i, rows),
             self.par,
         );
-        reduce::col_sums(&mut grads[s.b_ih.clone()], Accum::Replace, dx_side);
+        self.bias_grad(&mut grads[s.b_ih.clone()], dx_side);
         match dh_side {
-            Some(dh) => reduce::col_sums(&mut grads[s.b_hh.clone()], Accum::Replace, dh),
+            Some(dh) => self.bias_grad(&mut grads[s.b_hh.clone()], dh),
             None => grads.copy_within(s.b_ih.clone(), s.b_hh.start),
         }
         if let Some(dinput) = dinput {

@@ -22,12 +22,14 @@ pub(super) fn forward<T: Float>(
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
     p.summed_bias(&mut buf.bias);
-    transpose(&mut buf.w_hh_t, p.w_hh(), h, h);
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
     if p.halves() {
+        blocks::transpose_halves::<T, 1>(p.parallel(), &mut buf.w_hh_t, p.w_hh(), h);
         return forward_halves(p, buf);
     }
+    // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
+    transpose(&mut buf.w_hh_t, p.w_hh(), h, h);
     for t in 0..t_len {
         let z_t = &mut buf.z[t * step..(t + 1) * step];
         let (past, future) = buf.hs.split_at_mut((t + 1) * step);
