@@ -18,6 +18,8 @@ use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
 use kernels::Float;
 
+use super::LayerPass;
+
 /// How each step's hidden units are divided between per-step workers.
 ///
 /// Results depend on the split (each block's products are separate GEMMs) but never on the
@@ -70,6 +72,15 @@ impl UnitSplit {
             _ => 1,
         }
     }
+}
+
+/// What both blocks of one step share: the layer's pass, the step, and the recurrent weights
+/// as the step's product reads them (`W_hhᵀ` `[H, G·H]` forward, `W_hh` `[G·H, H]` backward).
+#[derive(Clone, Copy)]
+pub(super) struct Step<'a, T> {
+    pub p: &'a LayerPass<'a, T>,
+    pub t: usize,
+    pub w: MatRef<'a, T>,
 }
 
 /// The two blocks' units: `0..H/2` and `H/2..H`.

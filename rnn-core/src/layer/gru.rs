@@ -11,7 +11,7 @@ use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
-use super::blocks::{self, row_mut, view};
+use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::workspace::LayerBuffers;
 
@@ -133,7 +133,8 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let (past, future) = hs.split_at_mut((t + 1) * step);
             let h_prev = &past[t * step..];
             let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
-            let block = |zx, zh, h_t, units| forward_block(p, t, [zx, zh], h_t, h_prev, w_t, units);
+            let step = Step { p, t, w: w_t };
+            let block = |zx, zh, h_t, units| forward_block(step, [zx, zh], h_t, h_prev, units);
             blocks::run_both(
                 p.parallel(),
                 || block(x0, y0, h0, &units[0]),
@@ -146,14 +147,13 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
 /// One block of one forward step: its hidden-side gate columns, the gates and its units of
 /// `h_t`.
 fn forward_block<T: Float>(
-    p: &LayerPass<'_, T>,
-    t: usize,
+    step: Step<'_, T>,
     [mut zx, mut zh]: [[MatMut<'_, T>; 3]; 2],
     mut h_t: MatMut<'_, T>,
     h_prev: &[T],
-    w_t: MatRef<'_, T>,
     units: &Range<usize>,
 ) {
+    let Step { p, t, w: w_t } = step;
     let (_, b, h, _) = p.dims();
     let s = p.slots;
     let prev = MatRef::from_row_major_slice(h_prev, b, h);
@@ -208,7 +208,7 @@ fn backward_halves<T: Float>(
             let h_prev = &hs[t * step..(t + 1) * step];
             let block = |dz, grads, units, sq: &mut T| {
                 let sq = telemetry.then_some(sq);
-                backward_block(p, t, dz, grads, dzh_next, w, h_prev, units, sq)
+                backward_block(Step { p, t, w }, dz, grads, dzh_next, h_prev, units, sq)
             };
             let squares = blocks::run_both_summed(
                 p.parallel(),
@@ -224,18 +224,16 @@ fn backward_halves<T: Float>(
 
 /// One block of one backward step: both sides' gate columns become their gradients; `grads`
 /// are the block's units of `dL/dh_t` (without the recurrent term yet) and `dL/dh_{t-1}`.
-#[allow(clippy::too_many_arguments)]
 fn backward_block<T: Float>(
-    p: &LayerPass<'_, T>,
-    t: usize,
+    step: Step<'_, T>,
     [mut dzx, mut dzh]: [[MatMut<'_, T>; 3]; 2],
     [mut dh_t, mut dh_prev]: [MatMut<'_, T>; 2],
     dzh_next: Option<MatRef<'_, T>>,
-    w: MatRef<'_, T>,
     h_prev: &[T],
     units: &Range<usize>,
     squares: Option<&mut T>,
 ) {
+    let Step { p, t, w } = step;
     let (_, b, h, _) = p.dims();
     if let Some(next) = dzh_next {
         blocks::backward_product(dh_t.rb_mut(), next, w, units);

@@ -8,7 +8,7 @@ use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
-use super::blocks::{self, row_mut, view};
+use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::workspace::LayerBuffers;
 
@@ -136,8 +136,9 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
             let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
             let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
-            let block =
-                |z, h_t, c_t, units| forward_block(p, t, z, h_t, c_t, prev, w_t, bias, units);
+            let block = |z, h_t, c_t, units| {
+                forward_block(Step { p, t, w: w_t }, z, h_t, c_t, prev, bias, units)
+            };
             blocks::run_both(
                 p.parallel(),
                 || block(z0, h0, c0, &units[0]),
@@ -155,18 +156,16 @@ struct State<'a, T> {
 }
 
 /// One block of one forward step: its gate columns, the gates and its units of `c_t`, `h_t`.
-#[allow(clippy::too_many_arguments)]
 fn forward_block<T: Float>(
-    p: &LayerPass<'_, T>,
-    t: usize,
+    step: Step<'_, T>,
     mut z: [MatMut<'_, T>; 4],
     mut h_t: MatMut<'_, T>,
     mut c_t: MatMut<'_, T>,
     prev: State<'_, T>,
-    w_t: MatRef<'_, T>,
     bias: &[T],
     units: &Range<usize>,
 ) {
+    let Step { p, t, w: w_t } = step;
     let (_, b, h, _) = p.dims();
     let h_prev = MatRef::from_row_major_slice(prev.h, b, h);
     blocks::forward_product(&mut z, Accum::Add, h_prev, w_t, h, units);
@@ -221,7 +220,7 @@ fn backward_halves<T: Float>(
             };
             let block = |dz, grads, units, sq: &mut T| {
                 let sq = telemetry.then_some(sq);
-                backward_block(p, t, dz, grads, dz_next, w, states, units, sq)
+                backward_block(Step { p, t, w }, dz, grads, dz_next, states, units, sq)
             };
             let squares = blocks::run_both_summed(
                 p.parallel(),
@@ -238,18 +237,16 @@ fn backward_halves<T: Float>(
 /// One block of one backward step. `grads` are the block's units of `dL/dh_t` (without the
 /// recurrent term yet), `dL/dh_{t-1}` and the `dL/dc` carry; `cells` holds `c_{t-1}` (as
 /// `h`) and `c_t` (as `c`).
-#[allow(clippy::too_many_arguments)]
 fn backward_block<T: Float>(
-    p: &LayerPass<'_, T>,
-    t: usize,
+    step: Step<'_, T>,
     mut dz: [MatMut<'_, T>; 4],
     [mut dh_t, mut dh_prev, mut dc]: [MatMut<'_, T>; 3],
     dz_next: Option<MatRef<'_, T>>,
-    w: MatRef<'_, T>,
     cells: State<'_, T>,
     units: &Range<usize>,
     squares: Option<&mut T>,
 ) {
+    let Step { p, t, w } = step;
     let (_, b, h, _) = p.dims();
     if let Some(next) = dz_next {
         blocks::backward_product(dh_t.rb_mut(), next, w, units);

@@ -7,7 +7,7 @@ use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
 use kernels::{Float, activation, reduce};
 
-use super::blocks::{self, row_mut, view};
+use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass};
 use crate::config::Nonlinearity;
 use crate::workspace::LayerBuffers;
@@ -108,7 +108,8 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let [z0, z1] =
                 blocks::split_gates::<T, 1>(view(&mut z[t * step..(t + 1) * step], b, h), h);
             let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
-            let block = |z, h_t, units| forward_block(p, t, z, h_t, h_prev, w_t, bias, units);
+            let step = Step { p, t, w: w_t };
+            let block = |z, h_t, units| forward_block(step, z, h_t, h_prev, bias, units);
             blocks::run_both(
                 p.parallel(),
                 || block(z0, h0, &units[0]),
@@ -119,17 +120,15 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
 }
 
 /// One block of one forward step: its gate columns, activation and units of `h_t`.
-#[allow(clippy::too_many_arguments)]
 fn forward_block<T: Float>(
-    p: &LayerPass<'_, T>,
-    t: usize,
+    step: Step<'_, T>,
     mut z: [MatMut<'_, T>; 1],
     mut h_t: MatMut<'_, T>,
     h_prev: &[T],
-    w_t: MatRef<'_, T>,
     bias: &[T],
     units: &Range<usize>,
 ) {
+    let Step { p, t, w: w_t } = step;
     let (_, b, h, _) = p.dims();
     let prev = MatRef::from_row_major_slice(h_prev, b, h);
     blocks::forward_product(&mut z, Accum::Add, prev, w_t, h, units);
@@ -175,17 +174,8 @@ fn backward_halves<T: Float>(
             let [g0, g1] = blocks::split_units(view(cur, b, h), h);
             let [p0, p1] = blocks::split_units(view(prev, b, h), h);
             let block = |g_t, g_prev, units, sq: &mut T| {
-                backward_block(
-                    p,
-                    t,
-                    g_t,
-                    g_prev,
-                    dz_next,
-                    w,
-                    h_t,
-                    units,
-                    telemetry.then_some(sq),
-                )
+                let sq = telemetry.then_some(sq);
+                backward_block(Step { p, t, w }, g_t, g_prev, dz_next, h_t, units, sq)
             };
             let squares = blocks::run_both_summed(
                 p.parallel(),
@@ -202,18 +192,16 @@ fn backward_halves<T: Float>(
 /// One block of one backward step. `g_t` (its units of `dL/dh_t`, without the recurrent
 /// term yet) becomes its units of `dZ_t`; finished sequences pass their gradient on to
 /// `g_prev`. `squares` receives the block's share of `‖dL/dh_t‖²`.
-#[allow(clippy::too_many_arguments)]
 fn backward_block<T: Float>(
-    p: &LayerPass<'_, T>,
-    t: usize,
+    step: Step<'_, T>,
     mut g_t: MatMut<'_, T>,
     mut g_prev: MatMut<'_, T>,
     dz_next: Option<MatRef<'_, T>>,
-    w: MatRef<'_, T>,
     h_t: &[T],
     units: &Range<usize>,
     squares: Option<&mut T>,
 ) {
+    let Step { p, t, w } = step;
     let (_, b, h, _) = p.dims();
     if let Some(dz) = dz_next {
         blocks::backward_product(g_t.rb_mut(), dz, w, units);
