@@ -38,6 +38,12 @@
 //! only the elementwise backward and `dh_{t-1}`; weight gradients are a few GEMMs over all
 //! steps. Nothing allocates inside the step loop.
 //!
+//! Threads: a step uses the available cores by default ([`trainer::Trainer::with_threads`],
+//! [`trainer::Trainer::with_thread_pool`]). Each step's hidden units are split into two blocks,
+//! one per thread, when the step is large enough ([`network::UnitSplit`]); the split depends
+//! on the shape only and no sum is ever divided between threads, so weights are bitwise the
+//! same on one thread or two.
+//!
 //! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT, and
 //! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
 //! [`predict::Predictor`] runs a trained model one step at a time.
