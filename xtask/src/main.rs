@@ -49,6 +49,10 @@ struct BenchArgs {
     /// Seconds to measure each record (at least 5 steps).
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Measure the whole plan this many times, interleaved, and keep each record's median
+    /// (by share of the GEMM rate): use 3 or more for `--update-baseline` on a shared machine.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// A geometric-mean drop of the GEMM-relative ratio beyond this fails `--check`.
@@ -417,6 +421,53 @@ fn check(records: &[Value], baseline: &[Value]) -> (String, bool) {
     (out, ok)
 }
 
+/// One record from bench-runner.
+fn measure_record(
+    runner: &Path,
+    cell: &str,
+    w: &str,
+    threads: usize,
+    seconds: f64,
+) -> Result<Value, String> {
+    let o = Command::new(runner)
+        .args([
+            w.to_string(),
+            threads.to_string(),
+            seconds.to_string(),
+            cell.to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("running bench-runner: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "bench-runner {cell} {w} {threads}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let v: Value =
+        serde_json::from_slice(&o.stdout).map_err(|e| format!("bench-runner output: {e}"))?;
+    eprintln!(
+        "  {:24} {:>12.0} tokens/s  {:5.1} % of GEMM rate",
+        key(&v),
+        v["tokens_per_s"].as_f64().unwrap_or(0.0),
+        100.0 * v["peak_fraction"].as_f64().unwrap_or(0.0)
+    );
+    Ok(v)
+}
+
+/// For each record of the plan, the round whose share of the GEMM rate is the median.
+fn median_records(rounds: Vec<Vec<Value>>) -> Vec<Value> {
+    let n = rounds.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|i| {
+            let mut same: Vec<&Value> = rounds.iter().map(|r| &r[i]).collect();
+            let share = |v: &Value| v["peak_fraction"].as_f64().unwrap_or(0.0);
+            same.sort_by(|a, b| share(a).total_cmp(&share(b)));
+            same[same.len() / 2].clone()
+        })
+        .collect()
+}
+
 fn bench(args: BenchArgs) -> Result<(), String> {
     let plan = plan(&args);
     let peer = match args.peer.as_deref() {
@@ -435,33 +486,18 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         return Err("building bench-runner failed".into());
     }
     let runner = root().join("target/release/bench-runner");
-    let mut records = Vec::new();
-    for (cell, w, threads) in &plan {
-        let o = Command::new(&runner)
-            .args([
-                w.to_string(),
-                threads.to_string(),
-                args.seconds.to_string(),
-                cell.to_string(),
-            ])
-            .output()
-            .map_err(|e| format!("running bench-runner: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "bench-runner {cell} {w} {threads}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ));
+    let mut rounds: Vec<Vec<Value>> = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        if args.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, args.rounds);
         }
-        let v: Value =
-            serde_json::from_slice(&o.stdout).map_err(|e| format!("bench-runner output: {e}"))?;
-        eprintln!(
-            "  {:24} {:>12.0} tokens/s  {:5.1} % of GEMM rate",
-            key(&v),
-            v["tokens_per_s"].as_f64().unwrap_or(0.0),
-            100.0 * v["peak_fraction"].as_f64().unwrap_or(0.0)
-        );
-        records.push(v);
+        let mut records = Vec::new();
+        for (cell, w, threads) in &plan {
+            records.push(measure_record(&runner, cell, w, *threads, args.seconds)?);
+        }
+        rounds.push(records);
     }
+    let records = median_records(rounds);
     let dir = root().join("target/bench-report");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&Value::Array(records.clone())).expect("json");
