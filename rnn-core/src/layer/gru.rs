@@ -12,7 +12,7 @@ use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
-use super::{InitialState, LayerGrads, LayerPass};
+use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::workspace::LayerBuffers;
 
 /// `Zx = X W_ihᵀ` (one GEMM), then per step `Zh_t = h_{t-1} W_hhᵀ` (all three gates in one
@@ -81,14 +81,8 @@ fn backward_steps<T: Float>(
         let gates = t * gate_step..(t + 1) * gate_step;
         let (dzx_t, dzh_t) = (&mut buf.z[gates.clone()], &mut buf.zh[gates]);
         let h_prev = &buf.hs[t * step..(t + 1) * step];
-        let (before, rest) = buf.dh.split_at_mut(t * step);
-        let dh_t = &rest[..step];
-        out.record(t, dh_t);
-        let dh_prev = if t > 0 {
-            &mut before[(t - 1) * step..]
-        } else {
-            &mut out.dh0[..]
-        };
+        let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, step);
+        record(&mut out.grad_h_norms, t, dh_t);
         if p.batch.all_active(t) {
             gates::gru_backward(dzx_t, dzh_t, h_prev, dh_t, dh_prev, Accum::Add, h);
         } else {
@@ -197,13 +191,8 @@ fn backward_halves<T: Float>(
             let dzh_next =
                 (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
             let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut done[t * gate_step..], b, gh), h);
-            let (before, rest) = dh.split_at_mut(t * step);
-            let dh_prev = if t > 0 {
-                &mut before[(t - 1) * step..]
-            } else {
-                &mut out.dh0[..]
-            };
-            let [d0, d1] = blocks::split_units(view(&mut rest[..step], b, h), h);
+            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, step);
+            let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
             let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
             let h_prev = &hs[t * step..(t + 1) * step];
             let block = |dz, grads, units, sq: &mut T| {

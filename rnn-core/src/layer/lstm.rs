@@ -9,7 +9,7 @@ use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
-use super::{InitialState, LayerGrads, LayerPass};
+use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::workspace::LayerBuffers;
 
 /// `Z = X W_ihᵀ` (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ` (all four gates in one
@@ -82,14 +82,8 @@ fn backward_steps<T: Float>(
             &buf.cs[t * step..(t + 1) * step],
             &buf.cs[(t + 1) * step..(t + 2) * step],
         );
-        let (before, rest) = buf.dh.split_at_mut(t * step);
-        let dh_t = &rest[..step];
-        out.record(t, dh_t);
-        let dh_prev = if t > 0 {
-            &mut before[(t - 1) * step..]
-        } else {
-            &mut out.dh0[..]
-        };
+        let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, step);
+        record(&mut out.grad_h_norms, t, dh_t);
         if p.batch.all_active(t) {
             gates::lstm_backward(dz_t, c_prev, c_t, dh_t, &mut buf.dc, h);
         } else {
@@ -205,13 +199,8 @@ fn backward_halves<T: Float>(
             let dz_next =
                 (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
             let [z0, z1] = blocks::split_gates::<T, 4>(view(&mut done[t * gate_step..], b, gh), h);
-            let (before, rest) = dh.split_at_mut(t * step);
-            let dh_prev = if t > 0 {
-                &mut before[(t - 1) * step..]
-            } else {
-                &mut out.dh0[..]
-            };
-            let [d0, d1] = blocks::split_units(view(&mut rest[..step], b, h), h);
+            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, step);
+            let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
             let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
             let [c0, c1] = blocks::split_units(view(dc, b, h), h);
             let states = State {

@@ -58,6 +58,23 @@ pub(crate) fn all_steps<T: Float>(
     product(dst, accum, a, b, s, split(par, s));
 }
 
+/// Step `t`'s slice of a time-major gradient buffer (`step` elements per step) and the
+/// slice its recurrent term flows into: step `t - 1`'s, or `dh0` at `t = 0`.
+fn this_and_previous<'a, T>(
+    steps: &'a mut [T],
+    dh0: &'a mut [T],
+    t: usize,
+    step: usize,
+) -> (&'a mut [T], &'a mut [T]) {
+    let (before, rest) = steps.split_at_mut(t * step);
+    let previous = if t > 0 {
+        &mut before[(t - 1) * step..]
+    } else {
+        dh0
+    };
+    (&mut rest[..step], previous)
+}
+
 /// Where a layer's `h_{-1}` (or LSTM `c_{-1}`) comes from.
 #[derive(Clone, Copy)]
 pub(crate) enum InitialState<'a, T> {
@@ -267,19 +284,27 @@ pub(crate) struct LayerGrads<'a, T> {
     pub dc_end: Option<&'a [T]>,
 }
 
-impl<T: Float> LayerGrads<'_, T> {
-    /// Records `‖dL/dh_t‖` (the whole gradient reaching `h_t`) when telemetry is on.
-    #[inline]
-    fn record(&mut self, t: usize, dh_t: &[T]) {
-        self.record_squares(t, || reduce::sum_squares(dh_t));
-    }
+/// Records `‖dL/dh_t‖` (the whole gradient reaching `h_t`) into `norms` (a
+/// [`LayerGrads::grad_h_norms`]) when telemetry is on. A function of the field alone, so the
+/// step loops can hold `dh0` at the same time.
+#[inline]
+fn record<T: Float>(norms: &mut Option<&mut [T]>, t: usize, dh_t: &[T]) {
+    record_squares(norms, t, || reduce::sum_squares(dh_t));
+}
 
+/// Records `‖dL/dh_t‖` from its square, computed only when telemetry is on.
+#[inline]
+fn record_squares<T: Float>(norms: &mut Option<&mut [T]>, t: usize, squares: impl FnOnce() -> T) {
+    if let Some(norms) = norms.as_deref_mut() {
+        norms[t] = squares().sqrt();
+    }
+}
+
+impl<T: Float> LayerGrads<'_, T> {
     /// Records `‖dL/dh_t‖` from its square, computed only when telemetry is on.
     #[inline]
     fn record_squares(&mut self, t: usize, squares: impl FnOnce() -> T) {
-        if let Some(norms) = self.grad_h_norms.as_deref_mut() {
-            norms[t] = squares().sqrt();
-        }
+        record_squares(&mut self.grad_h_norms, t, squares);
     }
 
     fn telemetry(&self) -> bool {

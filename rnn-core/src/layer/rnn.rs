@@ -8,7 +8,7 @@ use kernels::gemm::transpose;
 use kernels::{Float, activation, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
-use super::{InitialState, LayerGrads, LayerPass};
+use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::config::Nonlinearity;
 use crate::workspace::LayerBuffers;
 
@@ -52,23 +52,28 @@ pub(super) fn backward<T: Float>(
     mut out: LayerGrads<'_, T>,
 ) {
     let (t_len, b, h, _) = p.dims();
-    let step = b * h;
     if p.halves() {
         backward_halves(p, buf, &mut out);
-        let rows = t_len * b;
-        return p.weight_grads(out.grads, &buf.z[..rows * h], None, &buf.hs, out.dinput);
+    } else {
+        backward_steps(p, buf, &mut out);
     }
+    let rows = t_len * b;
+    p.weight_grads(out.grads, &buf.z[..rows * h], None, &buf.hs, out.dinput);
+}
+
+/// [`backward`]'s step loop, each step whole.
+fn backward_steps<T: Float>(
+    p: &LayerPass<'_, T>,
+    buf: &mut LayerBuffers<T>,
+    out: &mut LayerGrads<'_, T>,
+) {
+    let (t_len, b, h, _) = p.dims();
+    let step = b * h;
     for t in (0..t_len).rev() {
         // z holds G_t = dL/dh_t on entry and becomes dZ_t in place.
-        let (before, rest) = buf.z.split_at_mut(t * step);
-        let dz_t = &mut rest[..step];
-        out.record(t, dz_t);
+        let (dz_t, dh_prev) = this_and_previous(&mut buf.z, out.dh0, t, step);
+        record(&mut out.grad_h_norms, t, dz_t);
         let h_t = &buf.hs[(t + 1) * step..(t + 2) * step];
-        let dh_prev = if t > 0 {
-            &mut before[(t - 1) * step..]
-        } else {
-            &mut out.dh0[..]
-        };
         // A finished sequence's state passed through unchanged: so does its gradient.
         for bb in p.batch.finished(t) {
             let rows = bb * h..(bb + 1) * h;
@@ -84,8 +89,6 @@ pub(super) fn backward<T: Float>(
         // dh_{t-1} += dZ_t W_hh, into G_{t-1} (or dh0, zeroed by the caller, at t = 0).
         p.recurrent_backward(dh_prev, Accum::Add, dz_t);
     }
-    let rows = t_len * b;
-    p.weight_grads(out.grads, &buf.z[..rows * h], None, &buf.hs, out.dinput);
 }
 
 /// [`forward`]'s step loop with each step split into two unit blocks.
@@ -164,12 +167,7 @@ fn backward_halves<T: Float>(
             let (done, later) = z.split_at_mut((t + 1) * step);
             let dz_next =
                 (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..step], b, h));
-            let (before, cur) = done.split_at_mut(t * step);
-            let prev = if t > 0 {
-                &mut before[(t - 1) * step..]
-            } else {
-                &mut out.dh0[..]
-            };
+            let (cur, prev) = this_and_previous(done, out.dh0, t, step);
             let h_t = &hs[(t + 1) * step..(t + 2) * step];
             let [g0, g1] = blocks::split_units(view(cur, b, h), h);
             let [p0, p1] = blocks::split_units(view(prev, b, h), h);
