@@ -32,6 +32,10 @@ use crate::workspace::LayerBuffers;
 /// small workload's 52 MFLOP products 5% slower at 16e6).
 const PARALLEL_MIN_FLOPS: f64 = 100e6;
 
+/// Column sums over fewer elements than this stay on one thread: 256 Ki elements take about
+/// 0.1 ms, against a few microseconds for the fork.
+const PARALLEL_MIN_SUM: usize = 1 << 18;
+
 /// The parallelism for an all-steps product: `par`, unless the product is small, or has a
 /// single row (where faer's result depends on the thread count).
 fn split(par: Par, s: GemmShape) -> Par {
@@ -203,7 +207,7 @@ impl<T: Float> LayerPass<'_, T> {
     /// two threads when allowed (each column is summed the same way either way).
     fn bias_grad(&self, dst: &mut [T], src: &[T]) {
         let width = dst.len();
-        if !self.parallel() || (src.len() as f64) < PARALLEL_MIN_FLOPS / 16.0 {
+        if !self.parallel() || src.len() < PARALLEL_MIN_SUM {
             return reduce::col_sums(dst, Accum::Replace, src);
         }
         let (lo, hi) = dst.split_at_mut(width / 2);
