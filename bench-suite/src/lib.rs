@@ -241,17 +241,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// count) with training steps, so noise from a shared machine hits both; the medians give
 /// tokens/s and the fraction of the same-run GEMM rate.
 pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Record {
-    use faer::{Accum, Par};
+    use faer::Accum;
     use kernels::gemm::{GemmShape, gemm_nn};
     use std::time::Instant;
 
     let data = w.data();
     let mut trainer = w.trainer(cell, threads);
-    let par = if threads <= 1 {
-        Par::Seq
-    } else {
-        Par::rayon(threads)
-    };
+    // The reference GEMM runs on the threads the step may use.
+    let par = trainer.par;
     let n = 512;
     let (a, b) = (vec![0.5f32; n * n], vec![0.25f32; n * n]);
     let mut c = vec![0.0f32; n * n];
