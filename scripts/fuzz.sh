@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"
-for target in weights checkpoint grad_dump; do
+for target in weights checkpoint grad_dump text; do
   work="target/corpus/$target"
   mkdir -p "$work"
   cargo +nightly fuzz run "$target" "$work" "seeds/$target" -- \

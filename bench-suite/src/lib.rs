@@ -4,6 +4,8 @@
 //! every step (MSE or cross-entropy, mean), full BPTT, clipping to global norm 1.0, one SGD
 //! update with lr 1e-3. Throughput is `T * B / step time` tokens per second.
 
+#![forbid(unsafe_code)]
+
 use rnn_core::config::Cell;
 use rnn_core::prelude::*;
 

@@ -29,6 +29,9 @@
 //! assert!((h[0] - 0.6f32.tanh()).abs() < 1e-6 && (h[1] - 0.5f32.tanh()).abs() < 1e-6);
 //! ```
 
+// Unsafe code lives only here, and each block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod activation;
 pub mod arch;
 mod float;

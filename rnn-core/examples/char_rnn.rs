@@ -26,6 +26,7 @@ use rnn_core::config::Cell;
 use rnn_core::io::{self, Extras};
 use rnn_core::predict::Predictor;
 use rnn_core::prelude::*;
+use rnn_core::text::{CharCorpus, CharStreams};
 
 /// The built-in corpus: this project's documentation and sources.
 const CORPUS: &[&str] = &[
@@ -123,101 +124,23 @@ struct Args {
     seed: u64,
 }
 
-/// The corpus as ids into its own alphabet (bytes that occur, sorted).
-struct Corpus {
-    ids: Vec<usize>,
-    alphabet: Vec<u8>,
-}
-
-impl Corpus {
-    fn new(bytes: Vec<u8>) -> Result<Self, String> {
-        let mut seen = [false; 256];
-        for &b in &bytes {
-            seen[b as usize] = true;
-        }
-        let alphabet: Vec<u8> = (0..=255u8).filter(|&b| seen[b as usize]).collect();
-        let mut index = [0usize; 256];
-        for (i, &b) in alphabet.iter().enumerate() {
-            index[b as usize] = i;
-        }
-        if alphabet.len() < 2 {
-            return Err("the text needs at least two different characters".into());
-        }
-        Ok(Self {
-            ids: bytes.iter().map(|&b| index[b as usize]).collect(),
-            alphabet,
-        })
-    }
-
-    /// Nats per character of the best context-free model: `-Σ p ln p`.
-    fn unigram_entropy(&self) -> f64 {
-        let mut counts = vec![0usize; self.alphabet.len()];
-        for &i in &self.ids {
-            counts[i] += 1;
-        }
-        let n = self.ids.len() as f64;
-        counts
-            .iter()
-            .filter(|&&c| c > 0)
-            .map(|&c| {
-                let p = c as f64 / n;
-                -p * p.ln()
-            })
-            .sum()
-    }
-}
-
-/// `B` streams, each a contiguous stretch of the corpus, read `k` characters at a time.
-struct Streams {
-    row: usize,
-    pos: usize,
-}
-
-impl Streams {
-    /// Fills one-hot inputs `[k, B, V]` and next-character labels `[k, B]`; returns whether
-    /// the streams wrapped around to their start first (a new epoch: states reset).
-    fn next(
-        &mut self,
-        corpus: &Corpus,
-        k: usize,
-        b: usize,
-        x: &mut [f32],
-        y: &mut [usize],
-    ) -> bool {
-        let v = corpus.alphabet.len();
-        let wrapped = self.pos + k + 1 > self.row;
-        if wrapped {
-            self.pos = 0;
-        }
-        x.fill(0.0);
-        for t in 0..k {
-            for s in 0..b {
-                let at = s * self.row + self.pos + t;
-                x[(t * b + s) * v + corpus.ids[at]] = 1.0;
-                y[t * b + s] = corpus.ids[at + 1];
-            }
-        }
-        self.pos += k;
-        wrapped
-    }
-}
-
 /// Samples `len` characters, starting from `prime`, at `temperature`.
 fn sample(
     cfg: RnnConfig,
     params: &[f32],
-    corpus: &Corpus,
+    corpus: &CharCorpus,
     prime: &[u8],
     len: usize,
     temperature: f32,
     rng: &mut StdRng,
 ) -> Result<String, RnnError> {
-    let v = corpus.alphabet.len();
+    let v = corpus.classes();
     let mut p = Predictor::new(cfg, params, 1)?;
     let mut x = vec![0.0f32; v];
     let mut out = Vec::with_capacity(len);
     let mut logits = Vec::new();
-    let index = |c: u8| corpus.alphabet.iter().position(|&a| a == c).unwrap_or(0);
+    // A prime character the corpus lacks reads as its first character.
+    let index = |c: u8| corpus.id_of(c).unwrap_or(0);
     for &c in prime {
         x.fill(0.0);
         x[index(c)] = 1.0;
@@ -237,7 +160,7 @@ fn sample(
                 r <= 0.0
             })
             .unwrap_or(v - 1);
-        out.push(corpus.alphabet[next]);
+        out.push(corpus.alphabet()[next]);
         x.fill(0.0);
         x[next] = 1.0;
         logits = p.step(&x)?.to_vec();
@@ -252,20 +175,14 @@ fn run(args: Args) -> Result<(), String> {
         }
         None => CORPUS.concat().into_bytes(),
     };
-    let corpus = Corpus::new(bytes)?;
+    let corpus = CharCorpus::from_bytes(&bytes).map_err(|e| e.to_string())?;
     let (k1, b) = (args.chunk, args.batch);
     let k2 = args.k2.unwrap_or(k1);
-    let row = corpus.ids.len() / b.max(1);
-    if b == 0 || k1 == 0 || row < k1 + 1 {
-        return Err(format!(
-            "the text ({} characters) is too short for {b} streams of {k1}-step chunks",
-            corpus.ids.len()
-        ));
-    }
+    let mut streams = CharStreams::new(&corpus, b, k1).map_err(|e| e.to_string())?;
     if args.temperature <= 0.0 || args.temperature.is_nan() {
         return Err("--temperature must be positive".into());
     }
-    let v = corpus.alphabet.len();
+    let v = corpus.classes();
     let cfg = RnnConfig::new(v, args.hidden, v)
         .cell(args.cell.into())
         .layers(args.layers);
@@ -285,7 +202,6 @@ fn run(args: Args) -> Result<(), String> {
     .with_threads(threads);
     let mut stream = Tbptt::new(trainer, k1, k2, b).map_err(|e| e.to_string())?;
     let ckpt = args.out.join("char_rnn.ckpt.safetensors");
-    let mut streams = Streams { row, pos: 0 };
     let mut losses: Vec<f32> = Vec::new();
     if args.resume {
         let tr = &mut stream.trainer;
@@ -293,7 +209,9 @@ fn run(args: Args) -> Result<(), String> {
             io::load_checkpoint_with(&ckpt, &tr.config.clone(), &mut tr.params, &mut tr.optimizer)
                 .map_err(|e| format!("cannot resume from {}: {e}", ckpt.display()))?;
         losses = extras.tensor("losses").map_err(|e| e.to_string())?.to_vec();
-        streams.pos = extras.value("pos").map_err(|e| e.to_string())?;
+        streams
+            .set_position(extras.value("pos").map_err(|e| e.to_string())?)
+            .map_err(|e| format!("cannot resume from {}: {e}", ckpt.display()))?;
         stream
             .restore_snapshot(&extras.tensors)
             .map_err(|e| format!("cannot resume from {}: {e}", ckpt.display()))?;
@@ -302,7 +220,7 @@ fn run(args: Args) -> Result<(), String> {
     let unigram = corpus.unigram_entropy();
     println!(
         "{} characters, alphabet of {v}; {} {}x{} model, {} streams, TBPTT({k1}, {k2}), {threads} thread(s)",
-        corpus.ids.len(),
+        corpus.len(),
         cfg.cell.as_str(),
         args.layers,
         args.hidden,
@@ -349,7 +267,10 @@ fn run(args: Args) -> Result<(), String> {
     );
     let begin = Instant::now();
     for step in start_step..args.steps {
-        if streams.next(&corpus, k1, b, &mut x, &mut y) {
+        if streams
+            .next_chunk(&corpus, &mut x, &mut y)
+            .map_err(|e| e.to_string())?
+        {
             stream.reset();
         }
         let report = stream
@@ -375,11 +296,11 @@ fn run(args: Args) -> Result<(), String> {
             });
         }
         if (step + 1) % args.checkpoint_every == 0 {
-            save(&stream, &losses, streams.pos)?;
+            save(&stream, &losses, streams.position())?;
         }
     }
     bar.finish_and_clear();
-    save(&stream, &losses, streams.pos)?;
+    save(&stream, &losses, streams.position())?;
 
     let curve: Vec<(f64, f64)> = smooth(&losses, 50)
         .into_iter()

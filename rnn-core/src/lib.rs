@@ -46,7 +46,10 @@
 //!
 //! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT, and
 //! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
-//! [`predict::Predictor`] runs a trained model one step at a time.
+//! [`predict::Predictor`] runs a trained model one step at a time, and [`text`] turns any
+//! text into character-level training streams.
+
+#![forbid(unsafe_code)]
 
 pub mod batch;
 pub mod config;
@@ -59,6 +62,7 @@ pub mod optim;
 pub mod params;
 pub mod predict;
 pub mod tbptt;
+pub mod text;
 pub mod trainer;
 pub mod workspace;
 

@@ -6,6 +6,8 @@
 //!   in PyTorch; `--check` compares with the committed baseline; `--update-baseline` writes it.
 //! - `ci`: what `.ci/run` does.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
