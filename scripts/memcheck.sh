@@ -21,8 +21,8 @@ for bin in $bins; do
   name=$(basename "$bin")
   # The crash test kills child processes on purpose and the allocation test counts
   # allocations, which valgrind's own allocator changes: both are skipped here, and so are
-  # the two-thread comparisons, whose large shapes take an hour under valgrind (the same
-  # code paths run in the other tests at one thread).
+  # the large two-thread comparisons, which take an hour under valgrind; the two-thread step
+  # loops run here at small sizes (api.rs, split_steps_of_small_models_...).
   case "$name" in crash-*|alloc-*) continue ;; esac
   if valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
       --show-leak-kinds=definite,indirect "$bin" --test-threads=2 \
