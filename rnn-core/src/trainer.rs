@@ -52,6 +52,23 @@ impl Memory {
         batch: usize,
         many_to_one: bool,
     ) -> usize {
+        let params = match self {
+            Memory::Budget { .. } => Layout::new(config).len,
+            _ => 0,
+        };
+        self.segment_with::<T>(config, seq_len, batch, many_to_one, params)
+    }
+
+    /// [`Memory::segment_for`] for a model of `params` parameters, known to the caller: a
+    /// trainer asks every step, and building the model's [`Layout`] allocates.
+    fn segment_with<T: Float>(
+        self,
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+        params: usize,
+    ) -> usize {
         match self {
             Memory::Full => seq_len,
             Memory::Checkpointed { segment } => segment.max(1),
@@ -61,7 +78,7 @@ impl Memory {
                     * config.hidden_size
                     * if config.cell.has_cell_state() { 2 } else { 1 }
                     * T::BYTES;
-                let params = Layout::new(config).len * T::BYTES;
+                let params = params * T::BYTES;
                 let cost = |s: usize| {
                     let ws = Workspace::<T>::bytes_for(config, s, batch, many_to_one);
                     if s >= seq_len {
@@ -383,11 +400,12 @@ impl<T: Float> Trainer<T> {
             telemetry: self.telemetry,
             split: self.split,
         };
-        let segment = self.memory.segment_for::<T>(
+        let segment = self.memory.segment_with::<T>(
             &self.config,
             batch.seq_len,
             batch.batch,
             self.loss.many_to_one,
+            self.layout.len,
         );
         let pool = self.pool.clone();
         let mut pass = || {

@@ -37,13 +37,14 @@ fn allocations_of_steady_step(
     opt: OptimizerKind<f32>,
     t: usize,
     b: usize,
-    (threads, split): (usize, UnitSplit),
+    (threads, split, memory): (usize, UnitSplit, Memory),
 ) -> usize {
     let mut trainer = Trainer::<f32>::new(cfg, loss, opt, 0)
         .unwrap()
         .with_clip(Clip::Norm(1.0))
         .with_threads(threads)
-        .with_unit_split(split);
+        .with_unit_split(split)
+        .with_memory(memory);
     let x = vec![0.3f32; t * b * cfg.input_size];
     let positions = if loss.many_to_one { b } else { t * b };
     let values = vec![0.1f32; positions * cfg.output_size];
@@ -124,8 +125,14 @@ fn training_steps_do_not_allocate() {
             1,
         ),
     ];
-    // Sequential with the default split, and each step in two unit blocks on two threads.
-    let runs = [(1, UnitSplit::Auto), (2, UnitSplit::Halves)];
+    // Sequential with the default split, each step in two unit blocks on two threads, and
+    // checkpointed BPTT under a memory budget (which picks its segment every step).
+    let budget = Memory::Budget { bytes: 48 << 10 };
+    let runs = [
+        (1, UnitSplit::Auto, Memory::Full),
+        (2, UnitSplit::Halves, Memory::Full),
+        (1, UnitSplit::Auto, budget),
+    ];
     for ((cfg, loss, opt, t, b), run) in cases.into_iter().flat_map(|c| runs.map(|r| (c, r))) {
         let n = allocations_of_steady_step(cfg, loss, opt, t, b, run);
         // On two threads a step enters rayon's pool from outside (once per layer pass), and
