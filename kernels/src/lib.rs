@@ -40,6 +40,7 @@ pub mod gemm;
 mod lanewise;
 pub mod loss;
 pub mod optim;
+pub mod pair;
 pub mod reduce;
 
 pub use faer::{Accum, Par};

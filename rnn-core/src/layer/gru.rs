@@ -119,7 +119,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         hs, z, zh, w_hh_t, ..
     } = buf;
     let w_t = MatRef::from_row_major_slice(w_hh_t, h, gh);
-    blocks::in_pool(p.parallel(), || {
+    blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let gates = t * gate_step..(t + 1) * gate_step;
             let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
@@ -129,8 +129,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
             let step = Step { p, t, w: w_t };
             let block = |zx, zh, h_t, units| forward_block(step, [zx, zh], h_t, h_prev, units);
-            blocks::run_both(
-                p.parallel(),
+            pair.join(
                 || block(x0, y0, h0, &units[0]),
                 || block(x1, y1, h1, &units[1]),
             );
@@ -183,7 +182,7 @@ fn backward_halves<T: Float>(
     let w = MatRef::from_row_major_slice(p.w_hh(), gh, h);
     let LayerBuffers { z, zh, hs, dh, .. } = buf;
     let telemetry = out.telemetry();
-    blocks::in_pool(p.parallel(), || {
+    blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {
             let gates = t * gate_step..(t + 1) * gate_step;
             let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates], b, gh), h);
@@ -199,15 +198,15 @@ fn backward_halves<T: Float>(
                 let sq = telemetry.then_some(sq);
                 backward_block(Step { p, t, w }, dz, grads, dzh_next, h_prev, units, sq)
             };
-            let squares = blocks::run_both_summed(
-                p.parallel(),
+            let squares = blocks::join_summed(
+                pair,
                 |sq| block([x0, y0], [d0, p0], &units[0], sq),
                 |sq| block([x1, y1], [d1, p1], &units[1], sq),
             );
             out.record_squares(t, || squares);
         }
         let dzh0 = MatRef::from_row_major_slice(&zh[..gate_step], b, gh);
-        blocks::initial_state_product(p.parallel(), out.dh0, dzh0, w);
+        blocks::initial_state_product(pair, out.dh0, dzh0, w);
     });
 }
 

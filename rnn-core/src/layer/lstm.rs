@@ -118,7 +118,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let w_t = MatRef::from_row_major_slice(w_hh_t, h, gh);
-    blocks::in_pool(p.parallel(), || {
+    blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
             let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
@@ -133,8 +133,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let block = |z, h_t, c_t, units| {
                 forward_block(Step { p, t, w: w_t }, z, h_t, c_t, prev, bias, units)
             };
-            blocks::run_both(
-                p.parallel(),
+            pair.join(
                 || block(z0, h0, c0, &units[0]),
                 || block(z1, h1, c1, &units[1]),
             );
@@ -193,7 +192,7 @@ fn backward_halves<T: Float>(
     let w = MatRef::from_row_major_slice(p.w_hh(), gh, h);
     let LayerBuffers { z, cs, dh, dc, .. } = buf;
     let telemetry = out.telemetry();
-    blocks::in_pool(p.parallel(), || {
+    blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {
             let (done, later) = z.split_at_mut((t + 1) * gate_step);
             let dz_next =
@@ -211,15 +210,15 @@ fn backward_halves<T: Float>(
                 let sq = telemetry.then_some(sq);
                 backward_block(Step { p, t, w }, dz, grads, dz_next, states, units, sq)
             };
-            let squares = blocks::run_both_summed(
-                p.parallel(),
+            let squares = blocks::join_summed(
+                pair,
                 |sq| block(z0, [d0, p0, c0], &units[0], sq),
                 |sq| block(z1, [d1, p1, c1], &units[1], sq),
             );
             out.record_squares(t, || squares);
         }
         let dz0 = MatRef::from_row_major_slice(&z[..gate_step], b, gh);
-        blocks::initial_state_product(p.parallel(), out.dh0, dz0, w);
+        blocks::initial_state_product(pair, out.dh0, dz0, w);
     });
 }
 

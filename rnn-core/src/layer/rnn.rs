@@ -104,7 +104,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let w_t = MatRef::from_row_major_slice(w_hh_t, h, h);
-    blocks::in_pool(p.parallel(), || {
+    blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let (past, future) = hs.split_at_mut((t + 1) * step);
             let h_prev = &past[t * step..];
@@ -113,11 +113,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
             let step = Step { p, t, w: w_t };
             let block = |z, h_t, units| forward_block(step, z, h_t, h_prev, bias, units);
-            blocks::run_both(
-                p.parallel(),
-                || block(z0, h0, &units[0]),
-                || block(z1, h1, &units[1]),
-            );
+            pair.join(|| block(z0, h0, &units[0]), || block(z1, h1, &units[1]));
         }
     });
 }
@@ -162,7 +158,7 @@ fn backward_halves<T: Float>(
     let w = MatRef::from_row_major_slice(p.w_hh(), h, h);
     let (z, hs) = (&mut buf.z, &buf.hs);
     let telemetry = out.telemetry();
-    blocks::in_pool(p.parallel(), || {
+    blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {
             let (done, later) = z.split_at_mut((t + 1) * step);
             let dz_next =
@@ -175,15 +171,15 @@ fn backward_halves<T: Float>(
                 let sq = telemetry.then_some(sq);
                 backward_block(Step { p, t, w }, g_t, g_prev, dz_next, h_t, units, sq)
             };
-            let squares = blocks::run_both_summed(
-                p.parallel(),
+            let squares = blocks::join_summed(
+                pair,
                 |sq| block(g0, p0, &units[0], sq),
                 |sq| block(g1, p1, &units[1], sq),
             );
             out.record_squares(t, || squares);
         }
         let dz0 = MatRef::from_row_major_slice(&z[..step], b, h);
-        blocks::initial_state_product(p.parallel(), out.dh0, dz0, w);
+        blocks::initial_state_product(pair, out.dh0, dz0, w);
     });
 }
 
