@@ -178,9 +178,10 @@ pub fn transpose<T: Float>(dst: &mut [T], src: &[T], rows: usize, cols: usize) {
 /// For few rows (the recurrent step of a small batch): tiles of up to 8 rows of `C` times 2-3
 /// registers (8 x 3 with AVX-512's 32 registers, 4 x 2 otherwise) stay in registers while `k`
 /// rows of `B` stream past, so there are no horizontal reductions and `B` (a weight matrix,
-/// hot in L2 across time steps) is read once per tile of rows. One row is a GEMV that streams
-/// `B` front to back instead. Sums run over `k` in order, one accumulator per output: the result does not depend on
-/// the instruction set's width except through FMA contraction.
+/// hot in L2 across time steps) is read once per tile of rows. One row takes tiles of up to 8
+/// registers when `B` is small, and otherwise streams `B` front to back (a GEMV whose
+/// accumulators live in `C`). Sums run over `k` in order, one accumulator per output: the
+/// result does not depend on the instruction set's width except through FMA contraction.
 ///
 /// # Panics
 /// If a slice length does not match the shape.
@@ -195,6 +196,14 @@ pub fn small_m_gemm_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], 
         s,
     });
 }
+
+/// The largest `B` (in bytes) that a one-row product reads in register tiles, column block
+/// by column block; a larger one is streamed front to back by [`gemv_rows`]. Measured
+/// (`cargo bench -p kernels -- gemm_small_b1`, square `B`): tiles are 7 % faster at 16 KiB
+/// and the whole tiny workloads 8-25 % faster (64 KiB products), but 6 % slower at 256 KiB
+/// and 26-35 % slower at 1-4 MiB, where `B` comes from L2 or beyond and the prefetcher
+/// wants it read in order.
+const GEMV_TILE_MAX_BYTES: usize = 128 << 10;
 
 struct SmallGemm<'a, T> {
     dst: &'a mut [T],
@@ -217,12 +226,44 @@ impl<T: Float> WithSimd for SmallGemm<'_, T> {
             s,
         } = self;
         let lanes = T::lanes::<S>();
-        if s.m == 1 {
-            return gemv_rows(simd, dst, accum, a, b, s.n);
-        }
         // AVX-512 has 32 registers: an 8 x 3 tile (24 accumulators) amortises each load of B
         // over 8 rows. With 16 registers, 4 x 2.
         let wide = lanes >= 16;
+        if s.m == 1 {
+            if s.k * s.n * size_of::<T>() > GEMV_TILE_MAX_BYTES {
+                return gemv_rows(simd, dst, accum, a, b, s.n);
+            }
+            // One row in tiles of up to 8 registers: that many independent sums in flight
+            // hide the FMA latency, and `dst` is read and written once, not once per row
+            // block of `B`. A tile sums over `k` in order and then adds to `dst`, as the
+            // taller tiles below do, so a row's result does not depend on the batch size.
+            let strip = Strip {
+                row: 0,
+                accum,
+                a,
+                b,
+                s,
+            };
+            let mut col = 0;
+            while col < s.n {
+                // The widest tile the columns left fill: 8 registers (AVX-512 only), 4, 2, 1.
+                let regs = match (s.n - col).div_ceil(lanes) {
+                    left if left >= 8 && wide => 8,
+                    left if left >= 4 => 4,
+                    left if left >= 2 => 2,
+                    _ => 1,
+                };
+                let width = (regs * lanes).min(s.n - col);
+                match regs {
+                    8 => strip.tile::<S, 1, 8>(simd, dst, col, width),
+                    4 => strip.tile::<S, 1, 4>(simd, dst, col, width),
+                    2 => strip.tile::<S, 1, 2>(simd, dst, col, width),
+                    _ => strip.tile::<S, 1, 1>(simd, dst, col, width),
+                }
+                col += width;
+            }
+            return;
+        }
         let mut row = 0;
         while row < s.m {
             // The tallest tile the remaining rows fill: 8 (AVX-512 only), 4, then 3, 2, 1.
