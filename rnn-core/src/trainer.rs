@@ -394,8 +394,17 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn loss_and_grads(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
+        // A step with nothing for a second thread runs here, exactly as on one thread, without
+        // entering the pool (which costs more than a tiny step).
+        let threads = self.par != Par::Seq
+            && crate::layer::pass_uses_threads(
+                &self.config,
+                batch.seq_len,
+                batch.batch,
+                self.split,
+            );
         let opts = PassOptions {
-            par: self.par,
+            par: if threads { self.par } else { Par::Seq },
             input_grad: false,
             telemetry: self.telemetry,
             split: self.split,
@@ -422,8 +431,8 @@ impl<T: Float> Trainer<T> {
             )
         };
         match pool {
-            Some(pool) => pool.install(pass),
-            None => pass(),
+            Some(pool) if threads => pool.install(pass),
+            _ => pass(),
         }
     }
 }

@@ -29,12 +29,35 @@ use crate::workspace::LayerBuffers;
 
 /// All-steps products smaller than this many flops run sequentially even when threads are
 /// allowed: a fork-join costs more than it saves there (tiny at 2 threads ran 3x slower; the
-/// small workload's 52 MFLOP products 5% slower at 16e6).
+/// small workload's 52 MFLOP products 5 % slower at 16e6). Medium's 105 MFLOP products
+/// gain: at 200e6 RNN medium ran 25-35 % slower on two threads.
 const PARALLEL_MIN_FLOPS: f64 = 100e6;
 
 /// Column sums over fewer elements than this stay on one thread: 256 Ki elements take about
 /// 0.1 ms, against a few microseconds for the fork.
 const PARALLEL_MIN_SUM: usize = 1 << 18;
+
+/// Whether a pass over `seq_len` steps of `batch` rows gives a second thread any work: a
+/// unit split of its steps, or an all-steps product or bias sum at least as big as the
+/// thresholds above. When it does not, the caller runs the pass as on one thread (no entry
+/// into the thread pool, which would cost more than a tiny step).
+pub(crate) fn pass_uses_threads(
+    config: &RnnConfig,
+    seq_len: usize,
+    batch: usize,
+    split: UnitSplit,
+) -> bool {
+    let (h, gh) = (config.hidden_size, config.gate_rows());
+    let rows = (seq_len * batch) as f64;
+    let widest = (0..config.num_layers)
+        .map(|k| config.layer_input(k))
+        .chain([h, config.output_size])
+        .max()
+        .unwrap_or(h) as f64;
+    split.blocks(batch, h, gh / h) == 2
+        || 2.0 * rows * gh.max(h) as f64 * widest >= PARALLEL_MIN_FLOPS
+        || seq_len * batch * gh >= PARALLEL_MIN_SUM
+}
 
 /// The parallelism for an all-steps product: `par`, unless the product is small, or has a
 /// single row (where faer's result depends on the thread count).
@@ -349,5 +372,26 @@ pub(crate) fn backward<T: Float>(
         Cell::Rnn => rnn::backward(p, buf, out),
         Cell::Lstm => lstm::backward(p, buf, out),
         Cell::Gru => gru::backward(p, buf, out),
+    }
+}
+
+#[cfg(test)]
+mod thread_use_tests {
+    use super::*;
+
+    #[test]
+    fn only_passes_with_work_for_a_second_thread_use_threads() {
+        let uses = |cfg: RnnConfig, t, b| pass_uses_threads(&cfg, t, b, UnitSplit::Auto);
+        // The reference workloads: tiny and the RNN's small stay on one thread.
+        assert!(!uses(RnnConfig::new(16, 64, 16), 100, 1));
+        assert!(!uses(RnnConfig::lstm(16, 64, 16), 100, 1));
+        assert!(!uses(RnnConfig::new(32, 128, 32), 100, 16));
+        assert!(uses(RnnConfig::lstm(32, 128, 32), 100, 16)); // split steps
+        assert!(uses(RnnConfig::new(64, 256, 64), 100, 32));
+        // A long batch-1 sequence: its all-steps products are big enough.
+        assert!(uses(RnnConfig::new(512, 512, 512), 4096, 1));
+        // Split steps when pinned, whatever their size.
+        let small = RnnConfig::new(32, 128, 32);
+        assert!(pass_uses_threads(&small, 100, 16, UnitSplit::Halves));
     }
 }
