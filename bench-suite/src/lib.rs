@@ -195,14 +195,18 @@ pub struct Record {
     pub gemm_gflops: f64,
     /// Peak resident memory of the measuring process.
     pub peak_rss_bytes: u64,
+    /// With more than one thread: the one-thread rate of the same workload, measured in the
+    /// same process in alternation with this record's steps, so the speedup is free of the
+    /// drift between separately measured records.
+    pub one_thread_tokens_per_s: Option<f64>,
 }
 
 impl Record {
     /// The record as one JSON object (field names are the `--json` contract).
     pub fn to_json(&self) -> String {
-        format!(
+        let mut json = format!(
             "{{\"cell\":\"{}\",\"workload\":\"{}\",\"T\":{},\"B\":{},\"I\":{},\"H\":{},\"O\":{},\"threads\":{},\
-             \"tokens_per_s\":{:.1},\"gflops\":{:.3},\"peak_fraction\":{:.4},\"gemm_gflops\":{:.3},\"peak_rss_bytes\":{}}}",
+             \"tokens_per_s\":{:.1},\"gflops\":{:.3},\"peak_fraction\":{:.4},\"gemm_gflops\":{:.3},\"peak_rss_bytes\":{}",
             self.cell,
             self.workload,
             self.t,
@@ -216,7 +220,11 @@ impl Record {
             self.peak_fraction,
             self.gemm_gflops,
             self.peak_rss_bytes
-        )
+        );
+        if let Some(rate) = self.one_thread_tokens_per_s {
+            json += &format!(",\"one_thread_tokens_per_s\":{rate:.1}");
+        }
+        json + "}"
     }
 }
 
@@ -259,6 +267,11 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         gemm_nn(&mut c, Accum::Replace, &a, &b, GemmShape::new(n, n, n), par);
         start.elapsed().as_secs_f64()
     };
+    // Beside a multi-thread trainer, a one-thread one that takes its turn every round.
+    let mut solo = (threads > 1).then(|| w.trainer(cell, 1));
+    if let Some(solo) = &mut solo {
+        solo.step(&data.batch()).expect("workload step");
+    }
     let warm = Instant::now();
     trainer.step(&data.batch()).expect("workload step");
     // Steps per round: enough for ~20 ms, so a round measures warm caches, not the GEMM's
@@ -267,19 +280,34 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         .ceil()
         .clamp(1.0, 1000.0) as usize;
     gemm();
-    let (mut steps, mut gemms) = (Vec::new(), Vec::new());
+    let (mut steps, mut gemms, mut solo_steps) = (Vec::new(), Vec::new(), Vec::new());
     let begin = Instant::now();
     while steps.len() < 5 || (begin.elapsed().as_secs_f64() < min_secs && steps.len() < 1000) {
         gemms.push((0..3).map(|_| gemm()).fold(f64::INFINITY, f64::min));
         // Let the reference GEMM's pool threads finish spinning and park, so they do not
         // compete with a step that leaves them idle (tiny and small at two threads).
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let start = Instant::now();
-        for _ in 0..per_round {
-            trainer.step(&data.batch()).expect("workload step");
+        // Seconds per step of `per_round` steps.
+        let time = |tr: &mut Trainer<f32>| {
+            let start = Instant::now();
+            for _ in 0..per_round {
+                tr.step(&data.batch()).expect("workload step");
+            }
+            start.elapsed().as_secs_f64() / per_round as f64
+        };
+        // The two trainers take turns going first: the first after the pause runs on a
+        // core that may have slowed down while idle.
+        let solo_first = steps.len() % 2 == 1;
+        if let Some(solo) = solo.as_mut().filter(|_| solo_first) {
+            solo_steps.push(time(solo));
         }
-        steps.push(start.elapsed().as_secs_f64() / per_round as f64);
+        steps.push(time(&mut trainer));
+        if let Some(solo) = solo.as_mut().filter(|_| !solo_first) {
+            solo_steps.push(time(solo));
+        }
     }
+    let one_thread_tokens_per_s =
+        (!solo_steps.is_empty()).then(|| w.tokens() as f64 / median(solo_steps));
     let (step, gemm_s) = (median(steps), median(gemms));
     let gemm_gflops = 2.0 * (n * n * n) as f64 / gemm_s / 1e9;
     let gflops = w.flops(cell) / step / 1e9;
@@ -297,5 +325,6 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         peak_fraction: gflops / gemm_gflops,
         gemm_gflops,
         peak_rss_bytes: peak_rss_bytes(),
+        one_thread_tokens_per_s,
     }
 }
