@@ -280,6 +280,14 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         .ceil()
         .clamp(1.0, 1000.0) as usize;
     gemm();
+    // Seconds per step of `per_round` steps.
+    let time = |tr: &mut Trainer<f32>| {
+        let start = Instant::now();
+        for _ in 0..per_round {
+            tr.step(&data.batch()).expect("workload step");
+        }
+        start.elapsed().as_secs_f64() / per_round as f64
+    };
     let (mut steps, mut gemms, mut solo_steps) = (Vec::new(), Vec::new(), Vec::new());
     let begin = Instant::now();
     while steps.len() < 5 || (begin.elapsed().as_secs_f64() < min_secs && steps.len() < 1000) {
@@ -287,14 +295,6 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         // Let the reference GEMM's pool threads finish spinning and park, so they do not
         // compete with a step that leaves them idle (tiny and small at two threads).
         std::thread::sleep(std::time::Duration::from_millis(20));
-        // Seconds per step of `per_round` steps.
-        let time = |tr: &mut Trainer<f32>| {
-            let start = Instant::now();
-            for _ in 0..per_round {
-                tr.step(&data.batch()).expect("workload step");
-            }
-            start.elapsed().as_secs_f64() / per_round as f64
-        };
         // The two trainers take turns going first: the first after the pause runs on a
         // core that may have slowed down while idle.
         let solo_first = steps.len() % 2 == 1;

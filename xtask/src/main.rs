@@ -237,19 +237,12 @@ fn peer_torch(plan: &[Run]) -> Result<BTreeMap<String, f64>, String> {
     }
     let mut out = BTreeMap::new();
     for &(cell, w, threads) in plan {
-        let o = Command::new("python3")
-            .arg(root().join("scripts/torch_bench.py"))
-            .args([w, &threads.to_string(), cell])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !o.status.success() {
-            return Err(format!(
-                "torch_bench.py {cell} {w}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        let v: Value =
-            serde_json::from_slice(&o.stdout).map_err(|e| format!("torch_bench.py output: {e}"))?;
+        let v = json_output(
+            Command::new("python3")
+                .arg(root().join("scripts/torch_bench.py"))
+                .args([w, &threads.to_string(), cell]),
+            &format!("torch_bench.py {cell} {w}"),
+        )?;
         out.insert(key(&v), v["tokens_per_s"].as_f64().unwrap_or(0.0));
     }
     Ok(out)
@@ -426,6 +419,16 @@ fn check(records: &[Value], baseline: &[Value]) -> (String, bool) {
     (out, ok)
 }
 
+/// Runs `cmd` (`what` names it in errors) and parses the JSON it prints; a failed run is an
+/// error carrying its stderr.
+fn json_output(cmd: &mut Command, what: &str) -> Result<Value, String> {
+    let o = cmd.output().map_err(|e| format!("running {what}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("{what}: {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    serde_json::from_slice(&o.stdout).map_err(|e| format!("{what} output: {e}"))
+}
+
 /// One record from bench-runner.
 fn measure_record(
     runner: &Path,
@@ -434,23 +437,15 @@ fn measure_record(
     threads: usize,
     seconds: f64,
 ) -> Result<Value, String> {
-    let o = Command::new(runner)
-        .args([
+    let v = json_output(
+        Command::new(runner).args([
             w.to_string(),
             threads.to_string(),
             seconds.to_string(),
             cell.to_string(),
-        ])
-        .output()
-        .map_err(|e| format!("running bench-runner: {e}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "bench-runner {cell} {w} {threads}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    let v: Value =
-        serde_json::from_slice(&o.stdout).map_err(|e| format!("bench-runner output: {e}"))?;
+        ]),
+        &format!("bench-runner {cell} {w} {threads}"),
+    )?;
     eprintln!(
         "  {:24} {:>12.0} tokens/s  {:5.1} % of GEMM rate",
         key(&v),
