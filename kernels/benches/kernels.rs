@@ -1,13 +1,17 @@
 //! Kernel throughput: products in GFLOP/s against plain faer, elementwise kernels in GB/s
 //! against a scalar `std` loop.
 //!
-//! `cargo bench -p kernels --bench kernels -- gemm_small` (products) or `-- tanh` (activations).
+//! `cargo bench -p kernels --bench kernels -- gemm_small` (products), `-- panels` (packed
+//! step products) or `-- tanh` (activations).
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use faer::linalg::matmul::matmul;
 use faer::{Accum, Par};
+use faer::{MatMut, MatRef};
 use kernels::gemm::{self, GemmShape};
+use kernels::panels::Panels;
 use kernels::{Float, activation};
 
 fn data<T: Float>(n: usize) -> Vec<T> {
@@ -104,6 +108,45 @@ fn tanh_throughput<T: Float>(c: &mut Criterion) {
     group.finish();
 }
 
+/// A unit block's recurrent product `Z[B, n] += H[B, k] · B[k, n]`, with `B` a column block
+/// of a wider row-major weight (row stride `2n`), by faer (which repacks `B` every call)
+/// and by [`Panels`] (packed once, outside the timed loop). The shapes are the two-block
+/// steps of the reference workloads: RNN char (32 x 256 x 512), LSTM char backward
+/// (32 x 256 x 2048), RNN large / LSTM large forward per gate (64 x 512 x 1024), LSTM
+/// large backward (64 x 512 x 4096), RNN medium (32 x 128 x 256).
+fn panel_products(c: &mut Criterion) {
+    for (b, n, k) in [
+        (32, 256, 512),
+        (32, 256, 2048),
+        (64, 512, 1024),
+        (64, 512, 4096),
+        (32, 128, 256),
+    ] {
+        let s = GemmShape::new(b, n, k);
+        let mut group = c.benchmark_group(format!("panels_b{b}_n{n}_k{k}"));
+        group.throughput(Throughput::Elements(s.flops() as u64));
+        let (a, w) = (data::<f32>(b * k), data::<f32>(k * 2 * n));
+        let a = MatRef::from_row_major_slice(&a, b, k);
+        let w = MatRef::from_row_major_slice(&w, k, 2 * n).subcols(0, n);
+        let mut z = vec![0.0f32; b * n];
+        group.bench_function("faer", |bch| {
+            bch.iter(|| {
+                let z = MatMut::from_row_major_slice_mut(&mut z, b, n);
+                matmul(z, Accum::Add, black_box(a), black_box(w), 1.0, Par::Seq)
+            })
+        });
+        let mut packed = Panels::new(k, n);
+        packed.pack(w);
+        group.bench_function("panels", |bch| {
+            bch.iter(|| {
+                let z = MatMut::from_row_major_slice_mut(&mut z, b, n);
+                packed.product(z, Accum::Add, black_box(a))
+            })
+        });
+        group.finish();
+    }
+}
+
 fn activations(c: &mut Criterion) {
     tanh_throughput::<f32>(c);
     tanh_throughput::<f64>(c);
@@ -113,6 +156,6 @@ criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_millis(800));
-    targets = recurrent_products, activations
+    targets = recurrent_products, panel_products, activations
 }
 criterion_main!(benches);

@@ -5,6 +5,8 @@
 //!
 //! - [`gemm`]: `C (+)= A B`, `A Bᵀ`, `Aᵀ B` through faer, and a pulp kernel for products
 //!   with few rows (the recurrent step of a small batch), where faer is slow.
+//! - [`panels`]: a weight packed once into column panels for many few-row products (the
+//!   recurrent steps of a pass), where faer would repack it at every call.
 //! - [`activation`]: fused bias + tanh / ReLU, sigmoid, and their backward passes.
 //! - [`gates`]: the elementwise half of LSTM and GRU steps (all gates and the state update
 //!   in one pass), forward and backward.
@@ -41,7 +43,9 @@ mod lanewise;
 pub mod loss;
 pub mod optim;
 pub mod pair;
+pub mod panels;
 pub mod reduce;
+mod tile;
 
 pub use faer::{Accum, Par};
 pub use float::Float;

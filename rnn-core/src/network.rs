@@ -93,7 +93,7 @@ pub fn forward<'s, T: Float>(
     exec: impl Into<Exec>,
 ) {
     let exec = exec.into();
-    ws.ensure(config, batch.seq_len, batch.batch, many_to_one);
+    ws.ensure(config, batch.seq_len, batch.batch, many_to_one, exec.split);
     forward_layers(config, layout, params, ws, batch, exec);
     head_forward(config, layout, params, ws, batch, many_to_one, exec.par);
 }
@@ -576,7 +576,7 @@ pub fn forward_backward_checkpointed<T: Float>(
     for s in 0..n - 1 {
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
-        ws.ensure(config, sub.seq_len, b, spec.many_to_one);
+        ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
         forward_layers(config, layout, params, ws, &sub, opts.exec());
         let len = sub.seq_len;
         for (k, layer) in ws.layers.iter().enumerate() {
@@ -595,7 +595,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         let r = seg.span(s);
-        ws.ensure(config, sub.seq_len, b, spec.many_to_one);
+        ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
         forward_layers(config, layout, params, ws, &sub, opts.exec());
         let scored = if spec.many_to_one {
             s == n - 1

@@ -35,7 +35,8 @@ pub enum Memory {
 }
 
 impl Memory {
-    /// The stretch length for a batch of `seq_len` steps (`seq_len` for full BPTT).
+    /// The stretch length for a batch of `seq_len` steps (`seq_len` for full BPTT), for a
+    /// trainer with the default [`UnitSplit::Auto`].
     ///
     /// ```
     /// use rnn_core::{config::RnnConfig, trainer::Memory};
@@ -56,7 +57,7 @@ impl Memory {
             Memory::Budget { .. } => Layout::new(config).len,
             _ => 0,
         };
-        self.segment_with::<T>(config, seq_len, batch, many_to_one, params)
+        self.segment_with::<T>(config, seq_len, batch, many_to_one, UnitSplit::Auto, params)
     }
 
     /// [`Memory::segment_for`] for a model of `params` parameters, known to the caller: a
@@ -67,6 +68,7 @@ impl Memory {
         seq_len: usize,
         batch: usize,
         many_to_one: bool,
+        split: UnitSplit,
         params: usize,
     ) -> usize {
         match self {
@@ -80,7 +82,7 @@ impl Memory {
                     * T::BYTES;
                 let params = params * T::BYTES;
                 let cost = |s: usize| {
-                    let ws = Workspace::<T>::bytes_for(config, s, batch, many_to_one);
+                    let ws = Workspace::<T>::bytes_for(config, s, batch, many_to_one, split);
                     if s >= seq_len {
                         ws
                     } else {
@@ -414,6 +416,7 @@ impl<T: Float> Trainer<T> {
             batch.seq_len,
             batch.batch,
             self.loss.many_to_one,
+            self.split,
             self.layout.len,
         );
         let pool = self.pool.clone();

@@ -4,9 +4,13 @@
 //! only grows, so after the first pass at the largest shape nothing allocates again, and the
 //! step loops never allocate.
 
+use std::ops::Range;
+
 use kernels::Float;
+use kernels::panels::Panels;
 
 use crate::config::{Cell, RnnConfig};
+use crate::network::UnitSplit;
 
 /// Buffers of one recurrent layer (`G` gates per unit: 1 RNN, 4 LSTM, 3 GRU).
 #[derive(Clone, Debug, Default)]
@@ -30,11 +34,47 @@ pub struct LayerBuffers<T> {
     pub dh: Vec<T>,
     /// LSTM only, `[B, H]`: `dL/dc` carried from step `t+1` to `t` in the reverse loop.
     pub dc: Vec<T>,
-    /// `[H, G·H]`: `W_hhᵀ`, packed once per pass so the recurrent product streams rows.
+    /// `[H, G·H]`: `W_hhᵀ`, packed once per pass so the recurrent product streams rows
+    /// (steps run whole; empty when they run as unit blocks).
     pub w_hh_t: Vec<T>,
+    /// The unit blocks of steps split between two workers, each with its recurrent weights
+    /// packed once per pass (empty when steps run whole).
+    pub blocks: Vec<UnitBlock<T>>,
     /// `[G·H]`: `b_ih + b_hh` (RNN and LSTM add both biases to every gate; GRU reads them
     /// apart).
     pub bias: Vec<T>,
+}
+
+/// One block of hidden units of a split step, and `W_hh` packed for its two per-step
+/// products ([`kernels::panels`]: packed once per pass, where faer would repack the weight
+/// at every step).
+#[derive(Clone, Debug)]
+pub struct UnitBlock<T> {
+    /// The block's hidden units.
+    pub units: Range<usize>,
+    /// Per gate `k`: `W_hhᵀ[:, k·H + units]` `[H, |units|]`, for `Z_t (+)= h_{t-1} W_hhᵀ`.
+    pub forward: Vec<Panels<T>>,
+    /// `W_hh[:, units]` `[G·H, |units|]`, for `dh_{t-1}[:, units] += dZ_t W_hh[:, units]`.
+    pub backward: Panels<T>,
+}
+
+impl<T: Float> UnitBlock<T> {
+    fn new(units: Range<usize>, hidden: usize, gates: usize) -> Self {
+        let n = units.len();
+        Self {
+            units,
+            forward: (0..gates).map(|_| Panels::new(hidden, n)).collect(),
+            backward: Panels::new(gates * hidden, n),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.forward
+            .iter()
+            .chain([&self.backward])
+            .map(|p| p.k() * p.n())
+            .sum()
+    }
 }
 
 impl<T> LayerBuffers<T> {
@@ -73,20 +113,29 @@ pub struct Workspace<T> {
     pub grad_h_norms: Vec<T>,
     /// Checkpointed BPTT's saved states and carries (empty unless it is used).
     pub checkpoints: crate::network::Checkpoints<T>,
-    shape: Option<(RnnConfig, usize, usize, bool)>,
+    shape: Option<(RnnConfig, usize, usize, bool, UnitSplit)>,
 }
 
 /// Element counts of every buffer for one shape: the one place they are decided.
 struct Sizes {
-    /// Per layer: hs, z, zh, cs, dh, dc, w_hh_t, bias.
-    layer: [usize; 8],
+    /// Per layer: hs, z, zh, cs, dh, dc, w_hh_t, bias, unit blocks' packed weights.
+    layer: [usize; 9],
+    /// The hidden units of the two blocks of a split step (`None` when steps run whole).
+    blocks: Option<[Range<usize>; 2]>,
     /// y (and dy), dh0, dc0.
     shared: [usize; 3],
 }
 
 impl Sizes {
-    fn of(config: &RnnConfig, seq_len: usize, batch: usize, many_to_one: bool) -> Self {
+    fn of(
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+        split: UnitSplit,
+    ) -> Self {
         let (h, o, gh) = (config.hidden_size, config.output_size, config.gate_rows());
+        let split_steps = split.blocks(batch, h, gh / h) == 2;
         let rows = seq_len * batch;
         let cell = config.cell;
         let only = |yes: bool, n: usize| if yes { n } else { 0 };
@@ -101,9 +150,11 @@ impl Sizes {
                 only(cell == Cell::Lstm, states),
                 only(cell != Cell::Rnn, rows * h),
                 only(cell == Cell::Lstm, batch * h),
-                h * gh,
+                only(!split_steps, h * gh),
                 gh,
+                only(split_steps, 2 * h * gh),
             ],
+            blocks: split_steps.then(|| crate::layer::halves(h)),
             shared: [
                 y_rows * o,
                 per_layer_state,
@@ -123,18 +174,26 @@ impl<T: Float> Workspace<T> {
         Self::default()
     }
 
-    /// Sizes every buffer for `seq_len` steps of `batch` sequences of `config` (no-op when
-    /// unchanged).
-    pub fn ensure(&mut self, config: &RnnConfig, seq_len: usize, batch: usize, many_to_one: bool) {
-        let key = (*config, seq_len, batch, many_to_one);
+    /// Sizes every buffer for `seq_len` steps of `batch` sequences of `config`, with steps
+    /// split as `split` decides (no-op when unchanged).
+    pub fn ensure(
+        &mut self,
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+        split: UnitSplit,
+    ) {
+        let key = (*config, seq_len, batch, many_to_one, split);
         if self.shape == Some(key) {
             return;
         }
-        let sizes = Sizes::of(config, seq_len, batch, many_to_one);
+        let sizes = Sizes::of(config, seq_len, batch, many_to_one, split);
+        let (h, gates) = (config.hidden_size, config.cell.gates());
         self.layers
             .resize_with(config.num_layers, LayerBuffers::default);
         for l in &mut self.layers {
-            let [hs, z, zh, cs, dh, dc, w_hh_t, bias] = sizes.layer;
+            let [hs, z, zh, cs, dh, dc, w_hh_t, bias, _] = sizes.layer;
             grow(&mut l.hs, hs);
             grow(&mut l.z, z);
             grow(&mut l.zh, zh);
@@ -143,6 +202,16 @@ impl<T: Float> Workspace<T> {
             grow(&mut l.dc, dc);
             grow(&mut l.w_hh_t, w_hh_t);
             grow(&mut l.bias, bias);
+            let units = sizes.blocks.as_ref().map_or(&[][..], |b| &b[..]);
+            let same_blocks = l.blocks.len() == units.len()
+                && l.blocks.iter().zip(units).all(|(b, units)| {
+                    b.units == *units && b.forward.len() == gates && b.backward.k() == gates * h
+                });
+            if !same_blocks {
+                l.blocks = (units.iter())
+                    .map(|units| UnitBlock::new(units.clone(), h, gates))
+                    .collect();
+            }
         }
         let [y, dh0, dc0] = sizes.shared;
         grow(&mut self.y, y);
@@ -154,8 +223,14 @@ impl<T: Float> Workspace<T> {
 
     /// Bytes [`Workspace::ensure`] would hold for this shape (without `dx` and checkpoints):
     /// what a memory budget is checked against before anything is allocated.
-    pub fn bytes_for(config: &RnnConfig, seq_len: usize, batch: usize, many_to_one: bool) -> usize {
-        let s = Sizes::of(config, seq_len, batch, many_to_one);
+    pub fn bytes_for(
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+        split: UnitSplit,
+    ) -> usize {
+        let s = Sizes::of(config, seq_len, batch, many_to_one, split);
         let [y, dh0, dc0] = s.shared;
         (config.num_layers * s.layer.iter().sum::<usize>() + 2 * y + dh0 + dc0) * T::BYTES
     }
@@ -174,6 +249,7 @@ impl<T: Float> Workspace<T> {
                     + l.dc.len()
                     + l.w_hh_t.len()
                     + l.bias.len()
+                    + l.blocks.iter().map(UnitBlock::len).sum::<usize>()
             })
             .sum();
         let rest = self.y.len() + self.dy.len() + self.dx.len() + self.dh0.len() + self.dc0.len();

@@ -16,16 +16,21 @@
 //! step through an atomic ([`Pair::join`]), so block 1's half of `W_hh` stays in the
 //! helper's core's cache. Against a `rayon::join` per step this measured 5-20 % faster at
 //! two threads (char, large; `kernels::pair`).
+//!
+//! Each block's two products read its own copy of `W_hh`, packed once per pass into
+//! `kernels::panels` by the thread that runs the block ([`pack_forward`],
+//! [`pack_backward`]). faer would repack the weight at every step; skipping that made
+//! whole training steps 4-10 % faster on one thread (char and large, every cell).
 
 use std::ops::Range;
 
-use faer::linalg::matmul::matmul;
 use faer::prelude::ReborrowMut;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef};
 use kernels::Float;
 pub(super) use kernels::pair::{Pair, with_pair};
 
 use super::LayerPass;
+use crate::workspace::UnitBlock;
 
 /// How each step's hidden units are divided between per-step workers.
 ///
@@ -83,17 +88,15 @@ impl UnitSplit {
     }
 }
 
-/// What both blocks of one step share: the layer's pass, the step, and the recurrent weights
-/// as the step's product reads them (`W_hhᵀ` `[H, G·H]` forward, `W_hh` `[G·H, H]` backward).
+/// What both blocks of one step share: the layer's pass and the step.
 #[derive(Clone, Copy)]
 pub(super) struct Step<'a, T> {
     pub p: &'a LayerPass<'a, T>,
     pub t: usize,
-    pub w: MatRef<'a, T>,
 }
 
 /// The two blocks' units: `0..H/2` and `H/2..H`.
-pub(super) fn halves(hidden: usize) -> [Range<usize>; 2] {
+pub(crate) fn halves(hidden: usize) -> [Range<usize>; 2] {
     let cut = hidden / 2;
     [0..cut, cut..hidden]
 }
@@ -126,19 +129,21 @@ where
 }
 
 /// The last product of a backward pass, `dL/dh0 += dZ_0 W_hh`, split by units like every
-/// step's: `dh0` `[B, H]`, `dz0` `[B, G·H]`, `w_hh` `[G·H, H]`.
+/// step's: `dh0` `[B, H]`, `dz0` `[B, G·H]`.
 pub(super) fn initial_state_product<T: Float>(
     pair: &Pair,
     dh0: &mut [T],
     dz0: MatRef<'_, T>,
-    w_hh: MatRef<'_, T>,
+    blocks: &[UnitBlock<T>],
 ) {
-    let h = w_hh.ncols();
-    let units = halves(h);
+    let [b0, b1] = blocks else {
+        unreachable!("a split step has two unit blocks")
+    };
+    let h = b1.units.end;
     let [d0, d1] = split_units(view(dh0, dz0.nrows(), h), h);
     pair.join(
-        || backward_product(d0, dz0, w_hh, &units[0]),
-        || backward_product(d1, dz0, w_hh, &units[1]),
+        || backward_product(d0, dz0, b0),
+        || backward_product(d1, dz0, b1),
     );
 }
 
@@ -202,52 +207,70 @@ pub(super) fn gate_units<'a, T, const G: usize>(
     core::array::from_fn(|k| &v[k * hidden + units.start..k * hidden + units.end])
 }
 
-/// Packs `W_hhᵀ` `[H, G·H]` into `dst` from `w_hh` `[G·H, H]`, each half's gate columns by
-/// the thread that will read them (so they start out in its cache).
-pub(super) fn transpose_halves<T: Float, const G: usize>(
+/// Packs each block's forward weights (`W_hhᵀ` restricted to its units, per gate) from
+/// `w_hh` `[G·H, H]`.
+pub(super) fn pack_forward<T: Float>(
     parallel: bool,
-    dst: &mut [T],
+    blocks: &mut [UnitBlock<T>],
     w_hh: &[T],
     hidden: usize,
 ) {
-    let src = MatRef::from_row_major_slice(w_hh, G * hidden, hidden);
-    let units = halves(hidden);
-    let [d0, d1] = split_gates::<T, G>(view(dst, hidden, G * hidden), hidden);
-    let pack = |mut dst: [MatMut<'_, T>; G], units: &Range<usize>| {
-        for (k, d) in dst.iter_mut().enumerate() {
-            let rows = src.subrows(k * hidden + units.start, units.len());
-            d.copy_from(rows.transpose());
+    let w = MatRef::from_row_major_slice(w_hh, w_hh.len() / hidden, hidden);
+    on_each_block(parallel, blocks, |block| {
+        let units = block.units.clone();
+        for (k, panels) in block.forward.iter_mut().enumerate() {
+            panels.pack(w.subrows(k * hidden + units.start, units.len()).transpose());
         }
+    });
+}
+
+/// Packs each block's backward weights (`W_hh` restricted to its units' columns).
+pub(super) fn pack_backward<T: Float>(
+    parallel: bool,
+    blocks: &mut [UnitBlock<T>],
+    w_hh: &[T],
+    hidden: usize,
+) {
+    let w = MatRef::from_row_major_slice(w_hh, w_hh.len() / hidden, hidden);
+    on_each_block(parallel, blocks, |block| {
+        let units = block.units.clone();
+        block.backward.pack(w.subcols(units.start, units.len()));
+    });
+}
+
+/// Runs `f` on both blocks, each on the thread that runs the block in the time loops (so
+/// what `f` writes starts out in that core's cache).
+fn on_each_block<T: Float>(
+    parallel: bool,
+    blocks: &mut [UnitBlock<T>],
+    f: impl Fn(&mut UnitBlock<T>) + Sync,
+) {
+    let [b0, b1] = blocks else {
+        unreachable!("a split step has two unit blocks")
     };
-    run_both(parallel, || pack(d0, &units[0]), || pack(d1, &units[1]));
+    run_both(parallel, || f(b0), || f(b1));
 }
 
 /// Forward product of a block: `z_k (+)= h_prev · W_hhᵀ[:, k·H + units]` for each gate `k`.
-/// `w_hh_t` is the packed `[H, G·H]` transpose.
 pub(super) fn forward_product<T: Float, const G: usize>(
     z: &mut [MatMut<'_, T>; G],
     accum: Accum,
     h_prev: MatRef<'_, T>,
-    w_hh_t: MatRef<'_, T>,
-    hidden: usize,
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
 ) {
-    for (k, zk) in z.iter_mut().enumerate() {
-        let w = w_hh_t.subcols(k * hidden + units.start, units.len());
-        matmul(zk.rb_mut(), accum, h_prev, w, T::one(), Par::Seq);
+    for (zk, panels) in z.iter_mut().zip(&block.forward) {
+        panels.product(zk.rb_mut(), accum, h_prev);
     }
 }
 
 /// Backward product of a block: `dh_prev[:, units] += dZ · W_hh[:, units]`, with `dz` the
-/// whole step's `[B, G·H]` gradient and `w_hh` `[G·H, H]`.
+/// whole step's `[B, G·H]` gradient.
 pub(super) fn backward_product<T: Float>(
     dh_prev: MatMut<'_, T>,
     dz: MatRef<'_, T>,
-    w_hh: MatRef<'_, T>,
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
 ) {
-    let w = w_hh.subcols(units.start, units.len());
-    matmul(dh_prev, Accum::Add, dz, w, T::one(), Par::Seq);
+    block.backward.product(dh_prev, Accum::Add, dz);
 }
 
 /// `Σ x²` over a view's rows: one block's share of `‖dL/dh_t‖²` (telemetry).

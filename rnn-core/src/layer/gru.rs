@@ -4,8 +4,6 @@
 //! Because `r` gates only the hidden side of `n`, the input side (`buf.z`) and the hidden
 //! side (`buf.zh`) of the pre-activations are kept apart, and so are their gradients.
 
-use std::ops::Range;
-
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
@@ -13,7 +11,7 @@ use kernels::{Float, gates, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
-use crate::workspace::LayerBuffers;
+use crate::workspace::{LayerBuffers, UnitBlock};
 
 /// `Zx = X W_ihᵀ` (one GEMM), then per step `Zh_t = h_{t-1} W_hhᵀ` (all three gates in one
 /// product) and one fused pass: gates and `h_t`.
@@ -29,7 +27,7 @@ pub(super) fn forward<T: Float>(
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
     if p.halves() {
-        blocks::transpose_halves::<T, 3>(p.parallel(), &mut buf.w_hh_t, p.w_hh(), h);
+        blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
         return forward_halves(p, buf);
     }
     // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
@@ -114,11 +112,16 @@ fn backward_steps<T: Float>(
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    let units = blocks::halves(h);
     let LayerBuffers {
-        hs, z, zh, w_hh_t, ..
+        hs,
+        z,
+        zh,
+        blocks: unit_blocks,
+        ..
     } = buf;
-    let w_t = MatRef::from_row_major_slice(w_hh_t, h, gh);
+    let [u0, u1] = &unit_blocks[..] else {
+        unreachable!("a split step has two unit blocks")
+    };
     blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let gates = t * gate_step..(t + 1) * gate_step;
@@ -127,12 +130,9 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let (past, future) = hs.split_at_mut((t + 1) * step);
             let h_prev = &past[t * step..];
             let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
-            let step = Step { p, t, w: w_t };
-            let block = |zx, zh, h_t, units| forward_block(step, [zx, zh], h_t, h_prev, units);
-            pair.join(
-                || block(x0, y0, h0, &units[0]),
-                || block(x1, y1, h1, &units[1]),
-            );
+            let step = Step { p, t };
+            let block = |zx, zh, h_t, unit| forward_block(step, [zx, zh], h_t, h_prev, unit);
+            pair.join(|| block(x0, y0, h0, u0), || block(x1, y1, h1, u1));
         }
     });
 }
@@ -144,13 +144,14 @@ fn forward_block<T: Float>(
     [mut zx, mut zh]: [[MatMut<'_, T>; 3]; 2],
     mut h_t: MatMut<'_, T>,
     h_prev: &[T],
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
 ) {
-    let Step { p, t, w: w_t } = step;
+    let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
     let s = p.slots;
+    let units = &block.units;
     let prev = MatRef::from_row_major_slice(h_prev, b, h);
-    blocks::forward_product(&mut zh, Accum::Replace, prev, w_t, h, units);
+    blocks::forward_product(&mut zh, Accum::Replace, prev, block);
     let b_ih = blocks::gate_units(&p.params[s.b_ih.clone()], h, units);
     let b_hh = blocks::gate_units(&p.params[s.b_hh.clone()], h, units);
     let own = |r: usize| r * h + units.start..r * h + units.end;
@@ -178,9 +179,18 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    let units = blocks::halves(h);
-    let w = MatRef::from_row_major_slice(p.w_hh(), gh, h);
-    let LayerBuffers { z, zh, hs, dh, .. } = buf;
+    blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    let LayerBuffers {
+        z,
+        zh,
+        hs,
+        dh,
+        blocks: unit_blocks,
+        ..
+    } = buf;
+    let [u0, u1] = &unit_blocks[..] else {
+        unreachable!("a split step has two unit blocks")
+    };
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {
@@ -194,19 +204,19 @@ fn backward_halves<T: Float>(
             let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
             let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
             let h_prev = &hs[t * step..(t + 1) * step];
-            let block = |dz, grads, units, sq: &mut T| {
+            let block = |dz, grads, unit, sq: &mut T| {
                 let sq = telemetry.then_some(sq);
-                backward_block(Step { p, t, w }, dz, grads, dzh_next, h_prev, units, sq)
+                backward_block(Step { p, t }, dz, grads, dzh_next, h_prev, unit, sq)
             };
             let squares = blocks::join_summed(
                 pair,
-                |sq| block([x0, y0], [d0, p0], &units[0], sq),
-                |sq| block([x1, y1], [d1, p1], &units[1], sq),
+                |sq| block([x0, y0], [d0, p0], u0, sq),
+                |sq| block([x1, y1], [d1, p1], u1, sq),
             );
             out.record_squares(t, || squares);
         }
         let dzh0 = MatRef::from_row_major_slice(&zh[..gate_step], b, gh);
-        blocks::initial_state_product(pair, out.dh0, dzh0, w);
+        blocks::initial_state_product(pair, out.dh0, dzh0, unit_blocks);
     });
 }
 
@@ -218,13 +228,14 @@ fn backward_block<T: Float>(
     [mut dh_t, mut dh_prev]: [MatMut<'_, T>; 2],
     dzh_next: Option<MatRef<'_, T>>,
     h_prev: &[T],
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
     squares: Option<&mut T>,
 ) {
-    let Step { p, t, w } = step;
+    let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
+    let units = &block.units;
     if let Some(next) = dzh_next {
-        blocks::backward_product(dh_t.rb_mut(), next, w, units);
+        blocks::backward_product(dh_t.rb_mut(), next, block);
     }
     if let Some(sq) = squares {
         *sq = blocks::sum_squares(&mut dh_t);

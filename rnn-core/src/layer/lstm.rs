@@ -1,8 +1,6 @@
 //! The LSTM cell (PyTorch's `nn.LSTM`, gates `i, f, g, o`):
 //! `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`.
 
-use std::ops::Range;
-
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
@@ -10,7 +8,7 @@ use kernels::{Float, gates, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
-use crate::workspace::LayerBuffers;
+use crate::workspace::{LayerBuffers, UnitBlock};
 
 /// `Z = X W_ihᵀ` (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ` (all four gates in one
 /// product) and one fused pass: gates, `c_t`, `h_t`. `buf.z` keeps the activated gates.
@@ -27,7 +25,7 @@ pub(super) fn forward<T: Float>(
     h0.write(&mut buf.hs[..step], h);
     c0.write(&mut buf.cs[..step], h);
     if p.halves() {
-        blocks::transpose_halves::<T, 4>(p.parallel(), &mut buf.w_hh_t, p.w_hh(), h);
+        blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
         return forward_halves(p, buf);
     }
     // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
@@ -108,16 +106,17 @@ fn backward_steps<T: Float>(
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    let units = blocks::halves(h);
     let LayerBuffers {
         hs,
         cs,
         z,
-        w_hh_t,
+        blocks: unit_blocks,
         bias,
         ..
     } = buf;
-    let w_t = MatRef::from_row_major_slice(w_hh_t, h, gh);
+    let [u0, u1] = &unit_blocks[..] else {
+        unreachable!("a split step has two unit blocks")
+    };
     blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
@@ -130,13 +129,9 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
             let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
             let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
-            let block = |z, h_t, c_t, units| {
-                forward_block(Step { p, t, w: w_t }, z, h_t, c_t, prev, bias, units)
-            };
-            pair.join(
-                || block(z0, h0, c0, &units[0]),
-                || block(z1, h1, c1, &units[1]),
-            );
+            let block =
+                |z, h_t, c_t, unit| forward_block(Step { p, t }, z, h_t, c_t, prev, bias, unit);
+            pair.join(|| block(z0, h0, c0, u0), || block(z1, h1, c1, u1));
         }
     });
 }
@@ -156,12 +151,13 @@ fn forward_block<T: Float>(
     mut c_t: MatMut<'_, T>,
     prev: State<'_, T>,
     bias: &[T],
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
 ) {
-    let Step { p, t, w: w_t } = step;
+    let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
+    let units = &block.units;
     let h_prev = MatRef::from_row_major_slice(prev.h, b, h);
-    blocks::forward_product(&mut z, Accum::Add, h_prev, w_t, h, units);
+    blocks::forward_product(&mut z, Accum::Add, h_prev, block);
     let bias = blocks::gate_units(bias, h, units);
     let own = |r: usize| r * h + units.start..r * h + units.end;
     for r in 0..b {
@@ -188,9 +184,18 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    let units = blocks::halves(h);
-    let w = MatRef::from_row_major_slice(p.w_hh(), gh, h);
-    let LayerBuffers { z, cs, dh, dc, .. } = buf;
+    blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    let LayerBuffers {
+        z,
+        cs,
+        dh,
+        dc,
+        blocks: unit_blocks,
+        ..
+    } = buf;
+    let [u0, u1] = &unit_blocks[..] else {
+        unreachable!("a split step has two unit blocks")
+    };
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {
@@ -206,19 +211,19 @@ fn backward_halves<T: Float>(
                 h: &cs[t * step..(t + 1) * step],
                 c: &cs[(t + 1) * step..(t + 2) * step],
             };
-            let block = |dz, grads, units, sq: &mut T| {
+            let block = |dz, grads, unit, sq: &mut T| {
                 let sq = telemetry.then_some(sq);
-                backward_block(Step { p, t, w }, dz, grads, dz_next, states, units, sq)
+                backward_block(Step { p, t }, dz, grads, dz_next, states, unit, sq)
             };
             let squares = blocks::join_summed(
                 pair,
-                |sq| block(z0, [d0, p0, c0], &units[0], sq),
-                |sq| block(z1, [d1, p1, c1], &units[1], sq),
+                |sq| block(z0, [d0, p0, c0], u0, sq),
+                |sq| block(z1, [d1, p1, c1], u1, sq),
             );
             out.record_squares(t, || squares);
         }
         let dz0 = MatRef::from_row_major_slice(&z[..gate_step], b, gh);
-        blocks::initial_state_product(pair, out.dh0, dz0, w);
+        blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
     });
 }
 
@@ -231,13 +236,14 @@ fn backward_block<T: Float>(
     [mut dh_t, mut dh_prev, mut dc]: [MatMut<'_, T>; 3],
     dz_next: Option<MatRef<'_, T>>,
     cells: State<'_, T>,
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
     squares: Option<&mut T>,
 ) {
-    let Step { p, t, w } = step;
+    let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
+    let units = &block.units;
     if let Some(next) = dz_next {
-        blocks::backward_product(dh_t.rb_mut(), next, w, units);
+        blocks::backward_product(dh_t.rb_mut(), next, block);
     }
     if let Some(sq) = squares {
         *sq = blocks::sum_squares(&mut dh_t);

@@ -16,6 +16,7 @@ mod lstm;
 mod rnn;
 
 pub use blocks::UnitSplit;
+pub(crate) use blocks::halves;
 
 use faer::{Accum, Par};
 use kernels::Float;

@@ -1,7 +1,5 @@
 //! The Elman cell: `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`.
 
-use std::ops::Range;
-
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
 use kernels::gemm::transpose;
@@ -10,7 +8,7 @@ use kernels::{Float, activation, reduce};
 use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::config::Nonlinearity;
-use crate::workspace::LayerBuffers;
+use crate::workspace::{LayerBuffers, UnitBlock};
 
 /// `Z = X W_ihᵀ` (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ` and
 /// `h_t = act(Z_t + b_ih + b_hh)`.
@@ -25,7 +23,7 @@ pub(super) fn forward<T: Float>(
     p.input_projection(&mut buf.z);
     h0.write(&mut buf.hs[..step], h);
     if p.halves() {
-        blocks::transpose_halves::<T, 1>(p.parallel(), &mut buf.w_hh_t, p.w_hh(), h);
+        blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
         return forward_halves(p, buf);
     }
     // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
@@ -95,15 +93,16 @@ fn backward_steps<T: Float>(
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
-    let units = blocks::halves(h);
     let LayerBuffers {
         hs,
         z,
-        w_hh_t,
+        blocks: unit_blocks,
         bias,
         ..
     } = buf;
-    let w_t = MatRef::from_row_major_slice(w_hh_t, h, h);
+    let [u0, u1] = &unit_blocks[..] else {
+        unreachable!("a split step has two unit blocks")
+    };
     blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let (past, future) = hs.split_at_mut((t + 1) * step);
@@ -111,9 +110,9 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             let [z0, z1] =
                 blocks::split_gates::<T, 1>(view(&mut z[t * step..(t + 1) * step], b, h), h);
             let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
-            let step = Step { p, t, w: w_t };
-            let block = |z, h_t, units| forward_block(step, z, h_t, h_prev, bias, units);
-            pair.join(|| block(z0, h0, &units[0]), || block(z1, h1, &units[1]));
+            let step = Step { p, t };
+            let block = |z, h_t, unit| forward_block(step, z, h_t, h_prev, bias, unit);
+            pair.join(|| block(z0, h0, u0), || block(z1, h1, u1));
         }
     });
 }
@@ -125,12 +124,13 @@ fn forward_block<T: Float>(
     mut h_t: MatMut<'_, T>,
     h_prev: &[T],
     bias: &[T],
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
 ) {
-    let Step { p, t, w: w_t } = step;
+    let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
+    let units = &block.units;
     let prev = MatRef::from_row_major_slice(h_prev, b, h);
-    blocks::forward_product(&mut z, Accum::Add, prev, w_t, h, units);
+    blocks::forward_product(&mut z, Accum::Add, prev, block);
     let bias = &bias[units.clone()];
     for r in 0..b {
         let (z_r, h_r) = (row_mut(&mut z[0], r), row_mut(&mut h_t, r));
@@ -154,9 +154,11 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
-    let units = blocks::halves(h);
-    let w = MatRef::from_row_major_slice(p.w_hh(), h, h);
-    let (z, hs) = (&mut buf.z, &buf.hs);
+    blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    let (z, hs, unit_blocks) = (&mut buf.z, &buf.hs, &buf.blocks);
+    let [u0, u1] = &unit_blocks[..] else {
+        unreachable!("a split step has two unit blocks")
+    };
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {
@@ -167,19 +169,16 @@ fn backward_halves<T: Float>(
             let h_t = &hs[(t + 1) * step..(t + 2) * step];
             let [g0, g1] = blocks::split_units(view(cur, b, h), h);
             let [p0, p1] = blocks::split_units(view(prev, b, h), h);
-            let block = |g_t, g_prev, units, sq: &mut T| {
+            let block = |g_t, g_prev, unit, sq: &mut T| {
                 let sq = telemetry.then_some(sq);
-                backward_block(Step { p, t, w }, g_t, g_prev, dz_next, h_t, units, sq)
+                backward_block(Step { p, t }, g_t, g_prev, dz_next, h_t, unit, sq)
             };
-            let squares = blocks::join_summed(
-                pair,
-                |sq| block(g0, p0, &units[0], sq),
-                |sq| block(g1, p1, &units[1], sq),
-            );
+            let squares =
+                blocks::join_summed(pair, |sq| block(g0, p0, u0, sq), |sq| block(g1, p1, u1, sq));
             out.record_squares(t, || squares);
         }
         let dz0 = MatRef::from_row_major_slice(&z[..step], b, h);
-        blocks::initial_state_product(pair, out.dh0, dz0, w);
+        blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
     });
 }
 
@@ -192,13 +191,14 @@ fn backward_block<T: Float>(
     mut g_prev: MatMut<'_, T>,
     dz_next: Option<MatRef<'_, T>>,
     h_t: &[T],
-    units: &Range<usize>,
+    block: &UnitBlock<T>,
     squares: Option<&mut T>,
 ) {
-    let Step { p, t, w } = step;
+    let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
+    let units = &block.units;
     if let Some(dz) = dz_next {
-        blocks::backward_product(g_t.rb_mut(), dz, w, units);
+        blocks::backward_product(g_t.rb_mut(), dz, block);
     }
     if let Some(sq) = squares {
         *sq = blocks::sum_squares(&mut g_t);

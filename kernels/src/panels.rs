@@ -1,0 +1,317 @@
+//! A matrix packed once into column panels, for many products `C (+)= A · B` with a
+//! few-row `A`: the recurrent step `Z_t (+)= h_{t-1} W_hhᵀ`, one product per time step
+//! against the same weights.
+//!
+//! faer packs its right-hand operand again on every call, and at a step's shape (`A` of
+//! 32-64 rows, `B` of 0.25-8 MiB) that repacking costs. [`Panels`] packs `B` once per pass
+//! instead, into column panels of 192 bytes (three AVX-512 registers) stored `k`-row after
+//! `k`-row, so a product streams each panel front to back while a tile of up to 8 x 3
+//! registers of `C` accumulates in registers.
+//!
+//! Measured against faer on the same products (`cargo bench -p kernels -- panels`, one
+//! thread, f32, GFLOP/s; `B` a column block of a wider weight, as in the engine's two-block
+//! steps): 32x256x512 103.7 → 109.4, 32x256x2048 103.6 → 106.7, 64x512x1024 106.6 → 109.1,
+//! 64x512x4096 87.3 → 101.5, 32x128x256 105.6 → 106.0. With fewer rows or a whole small
+//! weight faer is as fast or faster (4-8 rows: 110-115 against 100-111), so the engine uses
+//! panels for split steps only.
+//!
+//! Each element of `C` is summed over `k` in order, in blocks of [`K_BLOCK`] rows of `B`
+//! added to `C` one after another: the result depends on the shape only, never on how
+//! the columns are split between calls or threads.
+
+use faer::prelude::ReborrowMut;
+use faer::{Accum, MatMut, MatRef};
+use pulp::{Simd, WithSimd};
+
+use crate::float::Float;
+use crate::tile;
+
+/// Rows of `B` (and columns of `A`) summed in registers before the tile is added to `C`.
+/// A tile's 8 rows of `A` then take 16 KiB (f32), which stays in L1 while the panel's
+/// block (96 KiB) comes from L2.
+pub const K_BLOCK: usize = 512;
+
+/// `B[k, n]` packed into column panels of [`Panels::WIDTH_BYTES`] bytes.
+///
+/// ```
+/// use faer::{Accum, MatMut, MatRef};
+/// use kernels::panels::Panels;
+/// let b = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
+/// let mut packed = Panels::new(2, 3);
+/// packed.pack(MatRef::from_row_major_slice(&b, 2, 3));
+/// let a = [1.0f32, 1.0, 0.0, 1.0]; // [2, 2]
+/// let mut c = [0.0f32; 6];
+/// packed.product(
+///     MatMut::from_row_major_slice_mut(&mut c, 2, 3),
+///     Accum::Replace,
+///     MatRef::from_row_major_slice(&a, 2, 2),
+/// );
+/// assert_eq!(c, [5.0, 7.0, 9.0, 4.0, 5.0, 6.0]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Panels<T> {
+    data: Vec<T>,
+    k: usize,
+    n: usize,
+}
+
+impl<T: Float> Panels<T> {
+    /// Bytes of one full panel's row: three AVX-512 registers, six AVX2 ones.
+    pub const WIDTH_BYTES: usize = 192;
+
+    /// Columns of a full panel.
+    pub fn width() -> usize {
+        Self::WIDTH_BYTES / T::BYTES
+    }
+
+    /// Room for a `[k, n]` matrix (zeros until [`Panels::pack`]). This is the only
+    /// allocation: packing and products reuse it.
+    pub fn new(k: usize, n: usize) -> Self {
+        Self {
+            data: vec![T::zero(); k * n],
+            k,
+            n,
+        }
+    }
+
+    /// Rows of the packed matrix (the inner dimension of a product).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the packed matrix.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The panels, in order: `(first column, width, packed [k, width] data)`.
+    fn panels(&self) -> impl Iterator<Item = (usize, usize, &[T])> {
+        let (k, n, w) = (self.k, self.n, Self::width());
+        (0..n.div_ceil(w)).map(move |p| {
+            let (col, width) = (p * w, w.min(n - p * w));
+            (col, width, &self.data[col * k..(col + width) * k])
+        })
+    }
+
+    /// Copies `src` (`[k, n]`, any strides: a transposed view packs `Wᵀ` straight from
+    /// `W`) into the panels.
+    ///
+    /// # Panics
+    /// If `src` is not `k x n`.
+    #[track_caller]
+    pub fn pack(&mut self, src: MatRef<'_, T>) {
+        assert!(
+            src.nrows() == self.k && src.ncols() == self.n,
+            "Panels::pack: source is {}x{}, panels hold {}x{}",
+            src.nrows(),
+            src.ncols(),
+            self.k,
+            self.n
+        );
+        let (k, n, w) = (self.k, self.n, Self::width());
+        for col in (0..n).step_by(w.max(1)) {
+            let width = w.min(n - col);
+            let panel = &mut self.data[col * k..(col + width) * k];
+            if let Some(cols) = src.subcols(col, width).try_as_col_major() {
+                // Columns of `src` are contiguous (a transposed row-major `W`): read each
+                // once, writing it down the panel.
+                for j in 0..width {
+                    let column = cols.col(j).try_as_col_major().expect("unit row stride");
+                    for (kk, &x) in column.as_slice().iter().enumerate() {
+                        panel[kk * width + j] = x;
+                    }
+                }
+            } else if let Some(rows) = src.subcols(col, width).try_as_row_major() {
+                for (kk, dst) in panel.chunks_exact_mut(width).enumerate() {
+                    dst.copy_from_slice(
+                        rows.row(kk)
+                            .try_as_row_major()
+                            .expect("unit column stride")
+                            .as_slice(),
+                    );
+                }
+            } else {
+                for (kk, dst) in panel.chunks_exact_mut(width).enumerate() {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = src[(kk, col + j)];
+                    }
+                }
+            }
+        }
+    }
+
+    /// `C[m, n] (+)= A[m, k] · B`, where `B` is the packed matrix. `C` and `A` need unit
+    /// column stride (contiguous rows; any row stride). Sequential: the engine splits a
+    /// step's columns between threads itself.
+    ///
+    /// # Panics
+    /// If the shapes disagree or a row of `C` or `A` is not contiguous.
+    #[track_caller]
+    pub fn product(&self, dst: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>) {
+        assert!(
+            a.ncols() == self.k && dst.ncols() == self.n && dst.nrows() == a.nrows(),
+            "Panels::product: C is {}x{}, A is {}x{}, B is {}x{}",
+            dst.nrows(),
+            dst.ncols(),
+            a.nrows(),
+            a.ncols(),
+            self.k,
+            self.n
+        );
+        assert!(
+            a.col_stride() == 1 || a.ncols() <= 1,
+            "Panels::product: rows of A must be contiguous"
+        );
+        assert!(
+            dst.col_stride() == 1 || dst.ncols() <= 1,
+            "Panels::product: rows of C must be contiguous"
+        );
+        crate::arch::dispatch(Product {
+            panels: self,
+            dst,
+            accum,
+            a,
+        });
+    }
+}
+
+struct Product<'a, 'd, T> {
+    panels: &'a Panels<T>,
+    dst: MatMut<'d, T>,
+    accum: Accum,
+    a: MatRef<'a, T>,
+}
+
+impl<T: Float> WithSimd for Product<'_, '_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self {
+            panels,
+            mut dst,
+            accum,
+            a,
+        } = self;
+        let (m, k) = (a.nrows(), panels.k);
+        if m == 0 || panels.n == 0 {
+            return;
+        }
+        if k == 0 {
+            if matches!(accum, Accum::Replace) {
+                dst.fill(T::zero());
+            }
+            return;
+        }
+        let lanes = T::lanes::<S>();
+        // AVX-512's 32 registers hold an 8 x 3 tile of C (24 accumulators); AVX2's 16 a
+        // 4 x 2 one.
+        let (tall, regs_max) = if lanes * T::BYTES >= 64 {
+            (8, 3)
+        } else {
+            (4, 2)
+        };
+        for k0 in (0..k).step_by(K_BLOCK) {
+            let ks = k0..(k0 + K_BLOCK).min(k);
+            // Later blocks add to what the first block wrote.
+            let accum = if k0 == 0 { accum } else { Accum::Add };
+            for (col, width, panel) in panels.panels() {
+                let mut off = 0;
+                while off < width {
+                    let regs = (width - off).div_ceil(lanes).min(regs_max);
+                    let cols = (regs * lanes).min(width - off);
+                    let tile = Tile {
+                        panel,
+                        panel_width: width,
+                        off,
+                        cols,
+                        ks: ks.clone(),
+                        accum,
+                    };
+                    let mut row = 0;
+                    while row < m {
+                        // The tallest tile the rows left fill: 8 (AVX-512), else 4, 3, 2, 1.
+                        let rows = if m - row >= tall {
+                            tall
+                        } else {
+                            (m - row).min(4)
+                        };
+                        let d = dst
+                            .rb_mut()
+                            .subrows_mut(row, rows)
+                            .subcols_mut(col + off, cols);
+                        let a = a.subrows(row, rows);
+                        match (rows, regs) {
+                            (8, 3) => tile.run::<S, 8, 3>(simd, d, a),
+                            (8, 2) => tile.run::<S, 8, 2>(simd, d, a),
+                            (8, _) => tile.run::<S, 8, 1>(simd, d, a),
+                            (4, 3) => tile.run::<S, 4, 3>(simd, d, a),
+                            (4, 2) => tile.run::<S, 4, 2>(simd, d, a),
+                            (4, _) => tile.run::<S, 4, 1>(simd, d, a),
+                            (3, 3) => tile.run::<S, 3, 3>(simd, d, a),
+                            (3, 2) => tile.run::<S, 3, 2>(simd, d, a),
+                            (3, _) => tile.run::<S, 3, 1>(simd, d, a),
+                            (2, 3) => tile.run::<S, 2, 3>(simd, d, a),
+                            (2, 2) => tile.run::<S, 2, 2>(simd, d, a),
+                            (2, _) => tile.run::<S, 2, 1>(simd, d, a),
+                            (_, 3) => tile.run::<S, 1, 3>(simd, d, a),
+                            (_, 2) => tile.run::<S, 1, 2>(simd, d, a),
+                            _ => tile.run::<S, 1, 1>(simd, d, a),
+                        }
+                        row += rows;
+                    }
+                    off += cols;
+                }
+            }
+        }
+    }
+}
+
+/// Columns `off..off + cols` of one panel, over rows `ks` of `B`.
+struct Tile<'a, T> {
+    panel: &'a [T],
+    panel_width: usize,
+    off: usize,
+    cols: usize,
+    ks: std::ops::Range<usize>,
+    accum: Accum,
+}
+
+impl<T: Float> Tile<'_, T> {
+    /// `C[0..MR, ..] (+)= A[0..MR, ks] · panel[ks, off..off + cols]`, `cols <= NR * lanes`.
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NR: usize>(
+        &self,
+        simd: S,
+        mut dst: MatMut<'_, T>,
+        a: MatRef<'_, T>,
+    ) {
+        let (cols, pw, off) = (self.cols, self.panel_width, self.off);
+        let a_rows: [&[T]; MR] = core::array::from_fn(|r| row(a, r, self.ks.clone()));
+        let panel = &self.panel[self.ks.start * pw..self.ks.end * pw];
+        let acc = tile::accumulate::<T, S, MR, NR>(simd, panel, pw, off, cols, a_rows);
+        // Every row of C first, so the stores below index `acc` with constants only (a
+        // dynamic index would keep the accumulators in memory during the loop above).
+        let mut rest = Some(dst.rb_mut());
+        let outs: [&mut [T]; MR] = core::array::from_fn(|_| {
+            let (first, tail) = rest.take().expect("MR rows").split_at_row_mut(1);
+            rest = Some(tail);
+            first
+                .row_mut(0)
+                .try_as_row_major_mut()
+                .expect("unit column stride")
+                .as_slice_mut()
+        });
+        tile::store::<T, S, MR, NR>(simd, outs, acc, self.accum, cols);
+    }
+}
+
+/// Row `r` of `a`, columns `ks`, as a slice.
+#[inline(always)]
+fn row<T>(a: MatRef<'_, T>, r: usize, ks: std::ops::Range<usize>) -> &[T] {
+    a.row(r)
+        .subcols(ks.start, ks.len())
+        .try_as_row_major()
+        .expect("unit column stride")
+        .as_slice()
+}
