@@ -16,7 +16,6 @@ use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Simd, WithSimd};
 
 use crate::float::Float;
-use crate::tile;
 
 /// The shape of a product `C[m, n] (+)= op(A)[m, k] · op(B)[k, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,12 +378,39 @@ impl<T: Float> Strip<'_, T> {
         width: usize,
     ) {
         let GemmShape { n, k, .. } = self.s;
+        let lanes = T::lanes::<S>();
+        let full = width == NR * lanes;
+        let zero = T::splat(simd, T::zero());
+        let mut acc = [[zero; NR]; MR];
         let a_rows: [&[T]; MR] =
             core::array::from_fn(|r| &self.a[(self.row + r) * k..(self.row + r + 1) * k]);
-        let acc = tile::accumulate::<T, S, MR, NR>(simd, self.b, n, col, width, a_rows);
-        let mut rows = dst[self.row * n..(self.row + MR) * n].chunks_exact_mut(n);
-        let outs: [&mut [T]; MR] =
-            core::array::from_fn(|_| &mut rows.next().expect("MR rows")[col..col + width]);
-        tile::store::<T, S, MR, NR>(simd, outs, acc, self.accum, width);
+        for kk in 0..k {
+            let b_row = &self.b[kk * n + col..kk * n + col + width];
+            let bv: [T::Lanes<S>; NR] = if full {
+                let (regs, _) = T::as_simd::<S>(b_row);
+                core::array::from_fn(|c| regs[c])
+            } else {
+                core::array::from_fn(|c| T::partial_load(simd, &b_row[(c * lanes).min(width)..]))
+            };
+            for r in 0..MR {
+                let av = T::splat(simd, a_rows[r][kk]);
+                for c in 0..NR {
+                    acc[r][c] = T::vmul_add(simd, av, bv[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..MR {
+            let out = &mut dst[(self.row + r) * n + col..(self.row + r) * n + col + width];
+            for c in 0..NR {
+                let lo = (c * lanes).min(width);
+                let hi = ((c + 1) * lanes).min(width);
+                let chunk = &mut out[lo..hi];
+                let v = match self.accum {
+                    Accum::Replace => acc[r][c],
+                    Accum::Add => T::vadd(simd, T::partial_load(simd, chunk), acc[r][c]),
+                };
+                T::partial_store(simd, chunk, v);
+            }
+        }
     }
 }

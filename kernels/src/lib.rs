@@ -45,7 +45,6 @@ pub mod optim;
 pub mod pair;
 pub mod panels;
 pub mod reduce;
-mod tile;
 
 pub use faer::{Accum, Par};
 pub use float::Float;

@@ -24,7 +24,6 @@ use faer::{Accum, MatMut, MatRef};
 use pulp::{Simd, WithSimd};
 
 use crate::float::Float;
-use crate::tile;
 
 /// Rows of `B` (and columns of `A`) summed in registers before the tile is added to `C`.
 /// A tile's 8 rows of `A` then take 16 KiB (f32), which stays in L1 while the panel's
@@ -289,7 +288,7 @@ impl<T: Float> Tile<'_, T> {
         let (cols, pw, off) = (self.cols, self.panel_width, self.off);
         let a_rows: [&[T]; MR] = core::array::from_fn(|r| row(a, r, self.ks.clone()));
         let panel = &self.panel[self.ks.start * pw..self.ks.end * pw];
-        let acc = tile::accumulate::<T, S, MR, NR>(simd, panel, pw, off, cols, a_rows);
+        let acc = accumulate::<T, S, MR, NR>(simd, panel, pw, off, cols, a_rows);
         // Every row of C first, so the stores below index `acc` with constants only (a
         // dynamic index would keep the accumulators in memory during the loop above).
         let mut rest = Some(dst.rb_mut());
@@ -302,7 +301,7 @@ impl<T: Float> Tile<'_, T> {
                 .expect("unit column stride")
                 .as_slice_mut()
         });
-        tile::store::<T, S, MR, NR>(simd, outs, acc, self.accum, cols);
+        store::<T, S, MR, NR>(simd, outs, acc, self.accum, cols);
     }
 }
 
@@ -314,4 +313,100 @@ fn row<T>(a: MatRef<'_, T>, r: usize, ks: std::ops::Range<usize>) -> &[T] {
         .try_as_row_major()
         .expect("unit column stride")
         .as_slice()
+}
+
+// The register tile. `gemm::small_m_gemm_nn` has its own copy of this loop, with the
+// full-width test inside it: run through the one below, its batch-1 products were 12 %
+// slower at 1 x 64 x 64 (criterion `gemm_small_b1_h64`), while the panels need the
+// split loops (with the test inside, LLVM spilled their 8 x 3 accumulators: 45 GFLOP/s).
+
+/// `Σ_i A[0..MR, i] · B[i, off..off + cols]` for `B` stored with row stride `stride`
+/// (`cols <= NR * lanes`), and `a_rows` the tile's rows of `A`, all of the same length
+/// (the number of rows of `B` summed).
+#[inline(always)]
+fn accumulate<T: Float, S: Simd, const MR: usize, const NR: usize>(
+    simd: S,
+    b: &[T],
+    stride: usize,
+    off: usize,
+    cols: usize,
+    a_rows: [&[T]; MR],
+) -> [[T::Lanes<S>; NR]; MR] {
+    // Two loops, so the hot full-width one has no branch and no partial loads (whose calls
+    // would spill the accumulators).
+    if cols == NR * T::lanes::<S>() {
+        sum_rows::<T, S, MR, NR, true>(simd, b, stride, off, cols, a_rows)
+    } else {
+        sum_rows::<T, S, MR, NR, false>(simd, b, stride, off, cols, a_rows)
+    }
+}
+
+/// Adds (or writes) a tile's accumulators to its rows of `C` (`outs`, `cols` columns each).
+/// A partial last register goes through partial loads and stores, so it rounds exactly like
+/// a full one.
+#[inline(always)]
+fn store<T: Float, S: Simd, const MR: usize, const NR: usize>(
+    simd: S,
+    outs: [&mut [T]; MR],
+    acc: [[T::Lanes<S>; NR]; MR],
+    accum: Accum,
+    cols: usize,
+) {
+    let lanes = T::lanes::<S>();
+    if cols == NR * lanes {
+        // Whole registers: plain loads and stores (pulp's partial ones are calls).
+        for (out, acc_r) in outs.into_iter().zip(acc) {
+            let (regs, _) = T::as_mut_simd::<S>(&mut out[..cols]);
+            for (reg, v) in regs.iter_mut().zip(acc_r) {
+                *reg = match accum {
+                    Accum::Replace => v,
+                    Accum::Add => T::vadd(simd, *reg, v),
+                };
+            }
+        }
+        return;
+    }
+    for (out, acc_r) in outs.into_iter().zip(acc) {
+        for (c, v) in acc_r.into_iter().enumerate() {
+            let chunk = &mut out[(c * lanes).min(cols)..((c + 1) * lanes).min(cols)];
+            let v = match accum {
+                Accum::Replace => v,
+                Accum::Add => T::vadd(simd, T::partial_load(simd, chunk), v),
+            };
+            T::partial_store(simd, chunk, v);
+        }
+    }
+}
+
+/// [`accumulate`]'s loop; `FULL` when `cols == NR * lanes`.
+#[inline(always)]
+fn sum_rows<T: Float, S: Simd, const MR: usize, const NR: usize, const FULL: bool>(
+    simd: S,
+    b: &[T],
+    stride: usize,
+    off: usize,
+    cols: usize,
+    a_rows: [&[T]; MR],
+) -> [[T::Lanes<S>; NR]; MR] {
+    let lanes = T::lanes::<S>();
+    let zero = T::splat(simd, T::zero());
+    let mut acc = [[zero; NR]; MR];
+    let nk = a_rows[0].len();
+    let a_rows: [&[T]; MR] = core::array::from_fn(|r| &a_rows[r][..nk]);
+    for i in 0..nk {
+        let b_row = &b[i * stride + off..i * stride + off + cols];
+        let bv: [T::Lanes<S>; NR] = if FULL {
+            let (regs, _) = T::as_simd::<S>(b_row);
+            core::array::from_fn(|c| regs[c])
+        } else {
+            core::array::from_fn(|c| T::partial_load(simd, &b_row[(c * lanes).min(cols)..]))
+        };
+        for r in 0..MR {
+            let av = T::splat(simd, a_rows[r][i]);
+            for c in 0..NR {
+                acc[r][c] = T::vmul_add(simd, av, bv[c], acc[r][c]);
+            }
+        }
+    }
+    acc
 }
