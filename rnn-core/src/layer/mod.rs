@@ -38,26 +38,50 @@ const PARALLEL_MIN_FLOPS: f64 = 100e6;
 /// 0.1 ms, against a few microseconds for the fork.
 const PARALLEL_MIN_SUM: usize = 1 << 18;
 
-/// Whether a pass over `seq_len` steps of `batch` rows gives a second thread any work: a
-/// unit split of its steps, or an all-steps product or bias sum at least as big as the
-/// thresholds above. When it does not, the caller runs the pass as on one thread (no entry
-/// into the thread pool, which would cost more than a tiny step).
+/// The share of a pass's matrix-multiply flops that must be able to run on two threads for
+/// a pass without split steps to use them. Below it, what the second thread saves is less
+/// than the fork-joins and wake-ups cost: GRU small, whose only parallel product (dW_hh)
+/// is 27 % of its flops, ran 0.90-1.05x on two threads across four full bench runs.
+const PARALLEL_MIN_SHARE: f64 = 0.4;
+
+/// Whether a pass over `seq_len` steps of `batch` rows is worth a second thread: its steps
+/// are split into unit blocks, or enough of its flops ([`PARALLEL_MIN_SHARE`]) are in
+/// all-steps products big enough to split ([`split`]). When it is not, the caller runs the
+/// pass as on one thread, without entering the thread pool (which would cost more than a
+/// tiny step). The estimate counts the products of a pass scored at every step.
 pub(crate) fn pass_uses_threads(
     config: &RnnConfig,
     seq_len: usize,
     batch: usize,
-    split: UnitSplit,
+    split_steps: UnitSplit,
 ) -> bool {
-    let (h, gh) = (config.hidden_size, config.gate_rows());
-    let rows = (seq_len * batch) as f64;
-    let widest = (0..config.num_layers)
-        .map(|k| config.layer_input(k))
-        .chain([h, config.output_size])
-        .max()
-        .unwrap_or(h) as f64;
-    split.blocks(batch, h, gh / h) == 2
-        || 2.0 * rows * gh.max(h) as f64 * widest >= PARALLEL_MIN_FLOPS
-        || seq_len * batch * gh >= PARALLEL_MIN_SUM
+    let (h, gh, o) = (config.hidden_size, config.gate_rows(), config.output_size);
+    if split_steps.blocks(batch, h, gh / h) == 2 {
+        return true;
+    }
+    let rows = seq_len * batch;
+    let (mut total, mut parallel) = (0.0, 0.0);
+    let mut product = |s: GemmShape, all_steps: bool| {
+        total += s.flops();
+        if all_steps && split(Par::rayon(2), s) != Par::Seq {
+            parallel += s.flops();
+        }
+    };
+    for k in 0..config.num_layers {
+        let i = config.layer_input(k);
+        product(GemmShape::new(rows, gh, i), true); // input projection
+        product(GemmShape::new(rows, gh, h), false); // the steps' products, forward
+        product(GemmShape::new(rows, h, gh), false); // and backward
+        product(GemmShape::new(gh, h, rows), true); // dW_hh
+        product(GemmShape::new(gh, i, rows), true); // dW_ih
+        if k > 0 {
+            product(GemmShape::new(rows, i, gh), true); // dL/dh of the layer below
+        }
+    }
+    product(GemmShape::new(rows, o, h), true); // head
+    product(GemmShape::new(o, h, rows), true); // dW_hy
+    product(GemmShape::new(rows, h, o), true); // dL/dh from the head
+    parallel >= PARALLEL_MIN_SHARE * total
 }
 
 /// The parallelism for an all-steps product: `par`, unless the product is small, or has a
@@ -389,6 +413,8 @@ mod thread_use_tests {
         assert!(!uses(RnnConfig::new(32, 128, 32), 100, 16));
         assert!(uses(RnnConfig::lstm(32, 128, 32), 100, 16)); // split steps
         assert!(uses(RnnConfig::new(64, 256, 64), 100, 32));
+        // GRU small: whole steps, and only dW_hh (27 % of the flops) is worth splitting.
+        assert!(!uses(RnnConfig::gru(32, 128, 32), 100, 16));
         // A long batch-1 sequence: its all-steps products are big enough.
         assert!(uses(RnnConfig::new(512, 512, 512), 4096, 1));
         // Split steps when pinned, whatever their size.
