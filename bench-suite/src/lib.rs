@@ -199,6 +199,9 @@ pub struct Record {
     /// same process in alternation with this record's steps, so the speedup is free of the
     /// drift between separately measured records.
     pub one_thread_tokens_per_s: Option<f64>,
+    /// Threads a step of this workload actually uses ([`Trainer::threads_for`]): 1 when the
+    /// trainer judged the shape too small for a second thread.
+    pub threads_used: usize,
 }
 
 impl Record {
@@ -224,6 +227,7 @@ impl Record {
         if let Some(rate) = self.one_thread_tokens_per_s {
             json += &format!(",\"one_thread_tokens_per_s\":{rate:.1}");
         }
+        json += &format!(",\"threads_used\":{}", self.threads_used);
         json + "}"
     }
 }
@@ -326,5 +330,6 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         gemm_gflops,
         peak_rss_bytes: peak_rss_bytes(),
         one_thread_tokens_per_s,
+        threads_used: trainer.threads_for(w.t, w.b),
     }
 }

@@ -238,10 +238,9 @@ impl<T: Float> Trainer<T> {
     }
 
     /// Sets the number of threads a step may use (1: sequential; default: the available
-    /// cores). Results are bitwise identical for any count. Work too small to gain from a
-    /// second thread stays on one by itself: per-step products below
-    /// [`UnitSplit::MIN_FLOPS`] and all-steps products below 100 MFLOP, so a batch-1 or tiny
-    /// model runs as on one thread.
+    /// cores). Results are bitwise identical for any count. A step whose shape gives a
+    /// second thread too little work runs on one by itself ([`Trainer::threads_for`]), so a
+    /// batch-1 or tiny model runs exactly as on one thread.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.par = par_for(threads);
         self
@@ -273,6 +272,29 @@ impl<T: Float> Trainer<T> {
     /// The number of threads a step may use.
     pub fn threads(&self) -> usize {
         self.par.degree()
+    }
+
+    /// The number of threads a step of `batch` sequences of `seq_len` steps will use:
+    /// [`Trainer::threads`] when the shape gives a second thread enough work (its steps are
+    /// split between two workers, or at least 40 % of its flops are in products big enough
+    /// to split), otherwise 1, and the step then runs exactly the one-thread code.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let trainer = |h, threads| {
+    ///     let loss = LossSpec::every_step(LossKind::Mse);
+    ///     Trainer::<f32>::new(RnnConfig::lstm(16, h, 16), loss, OptimizerKind::sgd(0.1), 0)
+    ///         .unwrap()
+    ///         .with_threads(threads)
+    /// };
+    /// assert_eq!(trainer(64, 2).threads_for(100, 1), 1); // batch 1, H = 64: too small
+    /// assert_eq!(trainer(512, 2).threads_for(100, 32), 2);
+    /// assert_eq!(trainer(512, 1).threads_for(100, 32), 1);
+    /// ```
+    pub fn threads_for(&self, seq_len: usize, batch: usize) -> usize {
+        let worth_it = self.par != Par::Seq
+            && crate::layer::pass_uses_threads(&self.config, seq_len, batch, self.split);
+        if worth_it { self.threads() } else { 1 }
     }
 
     /// Sets how each step's hidden units are split between per-step workers
@@ -398,13 +420,7 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         // A step with nothing for a second thread runs here, exactly as on one thread, without
         // entering the pool (which costs more than a tiny step).
-        let threads = self.par != Par::Seq
-            && crate::layer::pass_uses_threads(
-                &self.config,
-                batch.seq_len,
-                batch.batch,
-                self.split,
-            );
+        let threads = self.threads_for(batch.seq_len, batch.batch) > 1;
         let opts = PassOptions {
             par: if threads { self.par } else { Par::Seq },
             input_grad: false,

@@ -147,9 +147,10 @@ fn speedup_goal(workload: &str) -> Option<f64> {
     }
 }
 
-/// `(cell, workload, 1-thread tokens/s, 2-thread tokens/s)` for every pair measured; the
-/// one-thread rate measured in alternation with the two-thread record when it has one.
-fn speedups(records: &[Value]) -> Vec<(String, String, f64, f64)> {
+/// `(cell, workload, 1-thread tokens/s, 2-thread tokens/s, threads the two-thread trainer
+/// used)` for every pair measured; the one-thread rate measured in alternation with the
+/// two-thread record when it has one.
+fn speedups(records: &[Value]) -> Vec<(String, String, f64, f64, u64)> {
     let rate = |cell: &Value, w: &Value, threads: u64| {
         records
             .iter()
@@ -165,7 +166,8 @@ fn speedups(records: &[Value]) -> Vec<(String, String, f64, f64)> {
                 .or_else(|| rate(&r["cell"], &r["workload"], 1))?;
             let two = r["tokens_per_s"].as_f64()?;
             let name = |v: &Value| v.as_str().unwrap_or("?").to_string();
-            Some((name(&r["cell"]), name(&r["workload"]), one, two))
+            let used = r["threads_used"].as_u64().unwrap_or(2);
+            Some((name(&r["cell"]), name(&r["workload"]), one, two, used))
         })
         .collect()
 }
@@ -175,9 +177,17 @@ fn scaling_table(records: &[Value]) -> String {
     let mut md = String::from(
         "| cell | workload | 1 thread tokens/s | 2 threads tokens/s | speedup | goal |\n|---|---|---|---|---|---|\n",
     );
-    for (cell, w, one, two) in speedups(records) {
+    for (cell, w, one, two, used) in speedups(records) {
         let goal = speedup_goal(&w).map_or(String::new(), |g| {
-            let met = if two / one >= g { "met" } else { "missed" };
+            let met = if two / one >= g {
+                "met"
+            } else if used == 1 {
+                // Both trainers ran the same one-thread code: the ratio is measurement noise
+                // between two trainers in one process, not a cost of threads.
+                "one thread chosen, same code"
+            } else {
+                "missed"
+            };
             format!(">= {g:.2}x ({met})")
         });
         let _ = writeln!(
@@ -406,7 +416,7 @@ fn check(records: &[Value], baseline: &[Value]) -> (String, bool) {
             if bad { "  REGRESSION" } else { "" }
         );
     }
-    for (cell, w, one, two) in speedups(records) {
+    for (cell, w, one, two, _) in speedups(records) {
         let bad = speedup_goal(&w).is_some_and(|g| g > 1.0) && two / one < CHECK_MIN_SPEEDUP;
         ok &= !bad;
         let _ = writeln!(
