@@ -152,6 +152,54 @@ fn mismatched_lengths_panic_with_shape() {
     );
 }
 
+/// The signature the three products share.
+type Product = fn(&mut [f32], Accum, &[f32], &[f32], GemmShape, Par);
+
+/// Split on several threads, a product is bitwise the one-thread product: each thread
+/// computes whole rows (or columns) of `C`, the same way as one thread would. Shapes
+/// include narrow sides (split by the long side), uneven cuts and `Accum::Add`.
+#[test]
+fn threaded_products_are_bitwise_the_sequential_ones() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    for (m, n, k) in [
+        (4096, 65, 64),
+        (65, 512, 300),
+        (31, 33, 70),
+        (200, 7, 129),
+        (33, 1, 40),
+        (1, 300, 20),
+    ] {
+        let s = GemmShape::new(m, n, k);
+        let (a, b, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            random(&mut rng, m.max(k) * k.max(m)),
+            random(&mut rng, k.max(n) * n.max(k)),
+            random(&mut rng, m * n),
+        );
+        let products: [(&str, Product); 3] = [
+            ("nn", gemm::gemm_nn),
+            ("nt", gemm::gemm_nt),
+            ("tn", gemm::gemm_tn),
+        ];
+        for (name, product) in products {
+            let (a, b) = (&a[..m * k], &b[..k * n]);
+            let mut want = c0.clone();
+            product(&mut want, Accum::Add, a, b, s, Par::Seq);
+            for threads in [2, 3, 4] {
+                let mut got = c0.clone();
+                pool(threads)
+                    .install(|| product(&mut got, Accum::Add, a, b, s, Par::rayon(threads)));
+                assert_eq!(got, want, "{name} {s:?} on {threads} threads");
+            }
+        }
+    }
+}
+
 #[test]
 fn transpose_roundtrip() {
     let src: Vec<f32> = (0..12).map(|x| x as f32).collect();
