@@ -12,6 +12,7 @@
 //! [`Par`].
 
 use faer::linalg::matmul::matmul;
+use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Simd, WithSimd};
 
@@ -100,7 +101,7 @@ pub fn faer_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmS
     let a = MatRef::from_row_major_slice(a, m, k);
     let b = MatRef::from_row_major_slice(b, k, n);
     let c = MatMut::from_row_major_slice_mut(dst, m, n);
-    product(c, accum, a, b, par);
+    product(c, accum, a, b, par, Leaf::Faer);
 }
 
 /// `C[m, n] (+)= A[m, k] · B[n, k]ᵀ`: `B` is stored row-major as `[n, k]` (a PyTorch weight
@@ -126,7 +127,7 @@ pub fn gemm_nt<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmS
     let a = MatRef::from_row_major_slice(a, m, k);
     let b = MatRef::from_row_major_slice(b, n, k);
     let c = MatMut::from_row_major_slice_mut(dst, m, n);
-    product(c, accum, a, b.transpose(), par);
+    product(c, accum, a, b.transpose(), par, Leaf::Faer);
 }
 
 /// `C[m, n] (+)= A[k, m]ᵀ · B[k, n]`: `A` is stored row-major as `[k, m]` (weight gradients
@@ -152,7 +153,7 @@ pub fn gemm_tn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmS
     let a = MatRef::from_row_major_slice(a, k, m);
     let b = MatRef::from_row_major_slice(b, k, n);
     let c = MatMut::from_row_major_slice_mut(dst, m, n);
-    product(c, accum, a.transpose(), b, par);
+    product(c, accum, a.transpose(), b, par, Leaf::tn(s));
 }
 
 /// The least rows (or columns) of `C` a thread's share of a split product gets: faer's
@@ -167,14 +168,85 @@ const MIN_SHARE: usize = 16;
 /// computed the same way whichever share holds it (faer's results do not depend on how
 /// the rows or columns of `C` are divided, which its own parallel mode relies on too), so
 /// the result is bitwise the one of `Par::Seq`.
-fn product<T: Float>(c: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) {
+fn product<T: Float>(
+    c: MatMut<'_, T>,
+    accum: Accum,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    par: Par,
+    leaf: Leaf,
+) {
     let threads = par.degree();
     let (m, n) = (c.nrows(), c.ncols());
     if threads < 2 || m.max(n) < 2 * MIN_SHARE {
-        return matmul(c, accum, a, b, T::one(), Par::Seq);
+        return leaf.run(c, accum, a, b);
     }
     let shares = threads.min(m.max(n) / MIN_SHARE);
-    split_product(c, accum, a, b, shares, m >= n);
+    split_product(c, accum, a, b, shares, m >= n, leaf);
+}
+
+/// How one thread computes its share of a product.
+#[derive(Clone, Copy)]
+enum Leaf {
+    /// One sequential faer product.
+    Faer,
+    /// `C = Aᵀ B` with `C` narrow and of odd width (`dW_ih` for `I = 65`): blocks of
+    /// [`NARROW_TN_ROWS`] rows of `C` computed transposed, `C_blkᵀ = Bᵀ A_blk`, then copied
+    /// back. faer's kernels run such a `C` at 56-76 GFLOP/s (char's 512 x 65 x 4096 and
+    /// 2048 x 65 x 4096); transposed, with its long side in the registers, at 79-86.
+    NarrowTn,
+}
+
+/// Rows of `C` per transposed block of [`Leaf::NarrowTn`]: the block (`64 x n`, `n` under
+/// 128) sits on the stack, and measured 79-84 GFLOP/s against 74-86 for 32-512 rows.
+const NARROW_TN_ROWS: usize = 64;
+
+impl Leaf {
+    /// The leaf for `C[m, n] = A[k, m]ᵀ B[k, n]`: the transposed blocks where `n` is narrow
+    /// and not a whole number of AVX-512 registers of f32 and `C` is tall enough to gain
+    /// (measured: `n` = 65 and 100 gain, `n` = 32, 48 and 64 do not).
+    fn tn(s: GemmShape) -> Self {
+        if s.n < 128 && !s.n.is_multiple_of(16) && s.m >= 256 && s.k >= 256 {
+            Leaf::NarrowTn
+        } else {
+            Leaf::Faer
+        }
+    }
+
+    fn run<T: Float>(self, mut c: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>, b: MatRef<'_, T>) {
+        match self {
+            Leaf::Faer => matmul(c, accum, a, b, T::one(), Par::Seq),
+            Leaf::NarrowTn => {
+                let n = c.ncols();
+                let mut block = [T::zero(); NARROW_TN_ROWS * 128];
+                for r0 in (0..c.nrows()).step_by(NARROW_TN_ROWS) {
+                    let rows = NARROW_TN_ROWS.min(c.nrows() - r0);
+                    let block = &mut block[..rows * n];
+                    let bt = MatMut::from_row_major_slice_mut(block, n, rows);
+                    matmul(
+                        bt,
+                        Accum::Replace,
+                        b.transpose(),
+                        a.subrows(r0, rows).transpose(),
+                        T::one(),
+                        Par::Seq,
+                    );
+                    let done = MatRef::from_row_major_slice(block, n, rows).transpose();
+                    let mut dst = c.rb_mut().subrows_mut(r0, rows);
+                    match accum {
+                        Accum::Replace => dst.copy_from(done),
+                        Accum::Add => {
+                            for i in 0..rows {
+                                for j in 0..n {
+                                    dst[(i, j)] += done[(i, j)];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// [`product`] cut into `shares` contiguous parts of the rows of `C` (`by_rows`) or its
@@ -186,9 +258,10 @@ fn split_product<T: Float>(
     b: MatRef<'_, T>,
     shares: usize,
     by_rows: bool,
+    leaf: Leaf,
 ) {
     if shares < 2 {
-        return matmul(c, accum, a, b, T::one(), Par::Seq);
+        return leaf.run(c, accum, a, b);
     }
     let left = shares / 2;
     if by_rows {
@@ -196,16 +269,16 @@ fn split_product<T: Float>(
         let (c0, c1) = c.split_at_row_mut(cut);
         let (a0, a1) = a.split_at_row(cut);
         rayon::join(
-            || split_product(c0, accum, a0, b, left, by_rows),
-            || split_product(c1, accum, a1, b, shares - left, by_rows),
+            || split_product(c0, accum, a0, b, left, by_rows, leaf),
+            || split_product(c1, accum, a1, b, shares - left, by_rows, leaf),
         );
     } else {
         let cut = c.ncols() * left / shares;
         let (c0, c1) = c.split_at_col_mut(cut);
         let (b0, b1) = b.split_at_col(cut);
         rayon::join(
-            || split_product(c0, accum, a, b0, left, by_rows),
-            || split_product(c1, accum, a, b1, shares - left, by_rows),
+            || split_product(c0, accum, a, b0, left, by_rows, leaf),
+            || split_product(c1, accum, a, b1, shares - left, by_rows, leaf),
         );
     }
 }

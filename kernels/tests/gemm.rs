@@ -105,6 +105,22 @@ fn products_at_edge_sizes() {
     }
 }
 
+/// Tall products with a narrow, odd-width output (`dW_ih` at `I = 65`): `gemm_tn` computes
+/// them in transposed blocks of 64 rows, including a partial last block.
+#[test]
+fn narrow_weight_gradients_match() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (m, n, k) in [
+        (256, 65, 256),
+        (300, 65, 300),
+        (513, 100, 260),
+        (256, 127, 256),
+    ] {
+        check_all::<f32>(GemmShape::new(m, n, k), &mut rng);
+        check_all::<f64>(GemmShape::new(m, n, k), &mut rng);
+    }
+}
+
 #[test]
 fn small_m_kernel_is_deterministic_and_matches_for_large_k() {
     let mut rng = StdRng::seed_from_u64(3);
@@ -170,6 +186,7 @@ fn threaded_products_are_bitwise_the_sequential_ones() {
     for (m, n, k) in [
         (4096, 65, 64),
         (65, 512, 300),
+        (600, 65, 300),
         (31, 33, 70),
         (200, 7, 129),
         (33, 1, 40),
