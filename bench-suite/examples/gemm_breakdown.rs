@@ -1,13 +1,18 @@
 //! Times every matrix product of one training step of a workload, in isolation, to show
-//! which fall short of the machine's GEMM rate:
+//! which fall short of the machine's GEMM rate (the per-step products both as whole faer
+//! products and, when the engine splits the workload's steps, as the two unit blocks'
+//! packed-panel products it actually runs):
 //! `cargo run --release -p bench-suite --example gemm_breakdown -- medium [rnn|lstm|gru] [threads]`
 //! (threads for the all-steps products; the per-step ones are timed on one thread).
 
 use rnn_core::config::Cell;
 use std::time::Instant;
 
-use faer::{Accum, Par};
+use faer::prelude::ReborrowMut;
+use faer::{Accum, MatMut, MatRef, Par};
 use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, gemm_tn};
+use kernels::panels::Panels;
+use rnn_core::network::UnitSplit;
 
 /// Parallelism of the all-steps products (set once from the command line).
 static PAR: std::sync::OnceLock<Par> = std::sync::OnceLock::new();
@@ -49,6 +54,70 @@ fn time(name: &str, f: Product, s: GemmShape, a_len: usize, b_len: usize, calls:
         s.flops() * calls as f64 / best / 1e9
     );
     best
+}
+
+/// The per-step products of a step split into two unit blocks, as the engine runs them: each
+/// block's forward product per gate (`[B, H/2] (+)= h · W_hhᵀ` columns) and its backward
+/// product (`[B, H/2] += dZ · W_hh` columns), from weights packed once
+/// (`kernels::panels`), over `t` steps. Returns the forward and backward seconds.
+fn time_panels(b: usize, h: usize, gates: usize, t: usize) -> (f64, f64) {
+    let gh = gates * h;
+    let w: Vec<f32> = (0..gh * h)
+        .map(|i| ((i % 97) as f32 - 48.0) / 480.0)
+        .collect();
+    let w = MatRef::from_row_major_slice(&w, gh, h);
+    let units = [0..h / 2, h / 2..h];
+    let forward: Vec<Vec<Panels<f32>>> = (units.iter())
+        .map(|u| {
+            (0..gates)
+                .map(|k| {
+                    let mut p = Panels::new(h, u.len());
+                    p.pack(w.subrows(k * h + u.start, u.len()).transpose());
+                    p
+                })
+                .collect()
+        })
+        .collect();
+    let backward: Vec<Panels<f32>> = (units.iter())
+        .map(|u| {
+            let mut p = Panels::new(gh, u.len());
+            p.pack(w.subcols(u.start, u.len()));
+            p
+        })
+        .collect();
+    let (hs, dz) = (vec![0.01f32; b * h], vec![0.02f32; b * gh]);
+    let (mut z, mut dh) = (vec![0.0f32; b * gh], vec![0.0f32; b * h]);
+    let best = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let fwd = best(&mut || {
+        for _ in 0..t {
+            let a = MatRef::from_row_major_slice(&hs, b, h);
+            let mut zm = MatMut::from_row_major_slice_mut(&mut z, b, gh);
+            for (u, panels) in units.iter().zip(&forward) {
+                for (k, p) in panels.iter().enumerate() {
+                    let zk = zm.rb_mut().subcols_mut(k * h + u.start, u.len());
+                    p.product(zk, Accum::Add, a);
+                }
+            }
+        }
+    });
+    let bwd = best(&mut || {
+        for _ in 0..t {
+            let a = MatRef::from_row_major_slice(&dz, b, gh);
+            let mut dm = MatMut::from_row_major_slice_mut(&mut dh, b, h);
+            for (u, p) in units.iter().zip(&backward) {
+                p.product(dm.rb_mut().subcols_mut(u.start, u.len()), Accum::Add, a);
+            }
+        }
+    });
+    (fwd, bwd)
 }
 
 fn main() {
@@ -134,6 +203,18 @@ fn main() {
         rows * i,
         1,
     );
+    if UnitSplit::Auto.blocks(b, h, cell.gates()) == 2 {
+        let (fwd, bwd) = time_panels(b, h, cell.gates(), t);
+        let flops = 2.0 * (t * b * gh * h) as f64;
+        println!(
+            "F2/B3 as the engine runs them (two unit blocks, packed panels): forward {:.3} ms \
+             {:.1} GFLOP/s, backward {:.3} ms {:.1} GFLOP/s",
+            fwd * 1e3,
+            flops / fwd / 1e9,
+            bwd * 1e3,
+            flops / bwd / 1e9
+        );
+    }
     println!(
         "products total {:.2} ms, {:.1} GFLOP/s over the step's {:.2} GFLOP",
         total * 1e3,
