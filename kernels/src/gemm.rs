@@ -5,11 +5,13 @@
 //! copies: a transpose is a view), except where faer is slow: products with few rows, such
 //! as the recurrent step at batch 1, where faer reaches only 6-32 GFLOP/s on this machine.
 //! [`gemm_nn`] sends those to [`small_m_gemm_nn`], a pulp kernel that keeps a strip of `C` in
-//! registers and streams `B` by rows.
+//! registers and streams `B` by rows; and `Aᵀ B` products with a narrow, odd-width `C`
+//! (`dW_ih` at `I = 65`), which [`gemm_tn`] computes transposed in blocks.
 //!
-//! All products here split work over rows or columns only, never over the inner dimension,
-//! and the kernel choice depends only on the shape: results are bitwise identical for any
-//! [`Par`].
+//! On several threads a product is cut by this crate into one contiguous share of `C`'s rows
+//! or columns per thread, each a sequential faer product (faer's own split barely helped the
+//! narrow products). Nothing splits the inner dimension, and the kernel choice depends only
+//! on the shape: results are bitwise identical for any [`Par`].
 
 use faer::linalg::matmul::matmul;
 use faer::prelude::ReborrowMut;
