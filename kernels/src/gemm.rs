@@ -200,15 +200,19 @@ enum Leaf {
 }
 
 /// Rows of `C` per transposed block of [`Leaf::NarrowTn`]: the block (`64 x n`, `n` under
-/// 128) sits on the stack, and measured 79-84 GFLOP/s against 74-86 for 32-512 rows.
+/// [`NARROW_TN_MAX_COLS`]) sits on the stack, and measured 79-84 GFLOP/s against 74-86 for
+/// 32-512 rows.
 const NARROW_TN_ROWS: usize = 64;
+
+/// `C` narrower than this can take [`Leaf::NarrowTn`] (wider ones gained nothing).
+const NARROW_TN_MAX_COLS: usize = 128;
 
 impl Leaf {
     /// The leaf for `C[m, n] = A[k, m]ᵀ B[k, n]`: the transposed blocks where `n` is narrow
     /// and not a whole number of AVX-512 registers of f32 and `C` is tall enough to gain
     /// (measured: `n` = 65 and 100 gain, `n` = 32, 48 and 64 do not).
     fn tn(s: GemmShape) -> Self {
-        if s.n < 128 && !s.n.is_multiple_of(16) && s.m >= 256 && s.k >= 256 {
+        if s.n < NARROW_TN_MAX_COLS && !s.n.is_multiple_of(16) && s.m >= 256 && s.k >= 256 {
             Leaf::NarrowTn
         } else {
             Leaf::Faer
@@ -220,7 +224,7 @@ impl Leaf {
             Leaf::Faer => matmul(c, accum, a, b, T::one(), Par::Seq),
             Leaf::NarrowTn => {
                 let n = c.ncols();
-                let mut block = [T::zero(); NARROW_TN_ROWS * 128];
+                let mut block = [T::zero(); NARROW_TN_ROWS * NARROW_TN_MAX_COLS];
                 for r0 in (0..c.nrows()).step_by(NARROW_TN_ROWS) {
                     let rows = NARROW_TN_ROWS.min(c.nrows() - r0);
                     let block = &mut block[..rows * n];

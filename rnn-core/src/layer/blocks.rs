@@ -136,15 +136,21 @@ pub(super) fn initial_state_product<T: Float>(
     dz0: MatRef<'_, T>,
     blocks: &[UnitBlock<T>],
 ) {
-    let [b0, b1] = blocks else {
-        unreachable!("a split step has two unit blocks")
-    };
+    let [b0, b1] = two(blocks);
     let h = b1.units.end;
     let [d0, d1] = split_units(view(dh0, dz0.nrows(), h), h);
     pair.join(
         || backward_product(d0, dz0, b0),
         || backward_product(d1, dz0, b1),
     );
+}
+
+/// The two unit blocks of a split step.
+pub(super) fn two<T>(blocks: &[UnitBlock<T>]) -> [&UnitBlock<T>; 2] {
+    let [b0, b1] = blocks else {
+        unreachable!("a split step has two unit blocks")
+    };
+    [b0, b1]
 }
 
 /// A row-major `[rows, cols]` view of `buf`.

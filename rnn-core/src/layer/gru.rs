@@ -119,9 +119,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         blocks: unit_blocks,
         ..
     } = buf;
-    let [u0, u1] = &unit_blocks[..] else {
-        unreachable!("a split step has two unit blocks")
-    };
+    let [u0, u1] = blocks::two(unit_blocks);
     blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let gates = t * gate_step..(t + 1) * gate_step;
@@ -188,9 +186,7 @@ fn backward_halves<T: Float>(
         blocks: unit_blocks,
         ..
     } = buf;
-    let [u0, u1] = &unit_blocks[..] else {
-        unreachable!("a split step has two unit blocks")
-    };
+    let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {

@@ -114,9 +114,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         bias,
         ..
     } = buf;
-    let [u0, u1] = &unit_blocks[..] else {
-        unreachable!("a split step has two unit blocks")
-    };
+    let [u0, u1] = blocks::two(unit_blocks);
     blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
@@ -193,9 +191,7 @@ fn backward_halves<T: Float>(
         blocks: unit_blocks,
         ..
     } = buf;
-    let [u0, u1] = &unit_blocks[..] else {
-        unreachable!("a split step has two unit blocks")
-    };
+    let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {

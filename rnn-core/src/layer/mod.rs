@@ -46,7 +46,7 @@ const PARALLEL_MIN_SHARE: f64 = 0.4;
 
 /// Whether a pass over `seq_len` steps of `batch` rows is worth a second thread: its steps
 /// are split into unit blocks, or enough of its flops ([`PARALLEL_MIN_SHARE`]) are in
-/// all-steps products big enough to split ([`split`]). When it is not, the caller runs the
+/// all-steps products big enough to split ([`worth_splitting`]). When it is not, the caller runs the
 /// pass as on one thread, without entering the thread pool (which would cost more than a
 /// tiny step). The estimate counts the products of a pass scored at every step.
 pub(crate) fn pass_uses_threads(
@@ -63,7 +63,7 @@ pub(crate) fn pass_uses_threads(
     let (mut total, mut parallel) = (0.0, 0.0);
     let mut product = |s: GemmShape, all_steps: bool| {
         total += s.flops();
-        if all_steps && split(Par::rayon(2), s) != Par::Seq {
+        if all_steps && worth_splitting(s) {
             parallel += s.flops();
         }
     };
@@ -84,14 +84,15 @@ pub(crate) fn pass_uses_threads(
     parallel >= PARALLEL_MIN_SHARE * total
 }
 
-/// The parallelism for an all-steps product: `par`, unless the product is small, or has a
-/// single row (where faer's result depends on the thread count).
+/// Whether an all-steps product is worth splitting between threads: not when it is small,
+/// or has a single row (where faer's result depends on the thread count).
+fn worth_splitting(s: GemmShape) -> bool {
+    s.m >= 2 && s.flops() >= PARALLEL_MIN_FLOPS
+}
+
+/// The parallelism for an all-steps product: `par` when it is [`worth_splitting`].
 fn split(par: Par, s: GemmShape) -> Par {
-    if s.m < 2 || s.flops() < PARALLEL_MIN_FLOPS {
-        Par::Seq
-    } else {
-        par
-    }
+    if worth_splitting(s) { par } else { Par::Seq }
 }
 
 /// The signature every `kernels::gemm` product shares.

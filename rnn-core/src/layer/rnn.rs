@@ -100,9 +100,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         bias,
         ..
     } = buf;
-    let [u0, u1] = &unit_blocks[..] else {
-        unreachable!("a split step has two unit blocks")
-    };
+    let [u0, u1] = blocks::two(unit_blocks);
     blocks::with_pair(p.parallel(), |pair| {
         for t in 0..t_len {
             let (past, future) = hs.split_at_mut((t + 1) * step);
@@ -156,9 +154,7 @@ fn backward_halves<T: Float>(
     let step = b * h;
     blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
     let (z, hs, unit_blocks) = (&mut buf.z, &buf.hs, &buf.blocks);
-    let [u0, u1] = &unit_blocks[..] else {
-        unreachable!("a split step has two unit blocks")
-    };
+    let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
         for t in (0..t_len).rev() {
