@@ -1,10 +1,14 @@
 //! Runs training steps of one workload in a loop, for profilers:
-//! `cargo run --release -p bench-suite --example profile_step -- medium 50 [threads] [cell] [split]`
-//! with `split` one of `auto` (default), `whole`, `halves` (how each step's units are divided).
+//! `cargo run --release -p bench-suite --example profile_step -- medium 50 [threads] [cell] [split] [chunks]`
+//! with `split` one of `auto` (default), `whole`, `halves` (how each step's units are divided)
+//! and `chunks` one of `auto` (default), `whole` or a number of steps (how many steps run at a
+//! time).
 
 use std::time::Instant;
 
-use rnn_core::network::UnitSplit;
+use std::num::NonZeroUsize;
+
+use rnn_core::network::{TimeChunks, UnitSplit};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -32,8 +36,22 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let chunks = match args.next().as_deref() {
+        None | Some("auto") => TimeChunks::Auto,
+        Some("whole") => TimeChunks::Whole,
+        Some(n) => match n.parse().ok().and_then(NonZeroUsize::new) {
+            Some(n) => TimeChunks::Steps(n),
+            None => {
+                eprintln!("unknown chunks {n:?}: auto, whole or a number of steps");
+                std::process::exit(2);
+            }
+        },
+    };
     let data = w.data();
-    let mut trainer = w.trainer(cell, threads).with_unit_split(split);
+    let mut trainer = w
+        .trainer(cell, threads)
+        .with_unit_split(split)
+        .with_time_chunks(chunks);
     trainer.step(&data.batch()).expect("step");
     let start = Instant::now();
     for _ in 0..steps {
@@ -41,7 +59,7 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64() / steps as f64;
     println!(
-        "{} {name} ({split:?}, {threads} thread(s)): {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+        "{} {name} ({split:?}, {chunks:?}, {threads} thread(s)): {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
         cell.as_str(),
         secs * 1e3,
         w.tokens() as f64 / secs,

@@ -33,10 +33,11 @@
 //! ```
 //!
 //! The engine ([`network`]) follows the known-fast schedule for every cell: the input
-//! projection of all `T·B` rows is one GEMM; each step does only the recurrent product of all
-//! gates at once (a pulp GEMV at batch 1) and one fused elementwise pass; the reverse loop does
-//! only the elementwise backward and `dh_{t-1}`; weight gradients are a few GEMMs over all
-//! steps. Nothing allocates inside the step loop.
+//! projection of many steps' rows is one GEMM; each step does only the recurrent product of
+//! all gates at once (a pulp GEMV at batch 1) and one fused elementwise pass; the reverse loop
+//! does only the elementwise backward and `dh_{t-1}`; weight gradients are a few GEMMs over
+//! many steps. "Many steps" is a time chunk sized to stay in cache between these phases
+//! ([`network::TimeChunks`]). Nothing allocates inside the step loop.
 //!
 //! Threads: a step uses the available cores by default ([`trainer::Trainer::with_threads`],
 //! [`trainer::Trainer::with_thread_pool`]). Each step's hidden units are split into two blocks,

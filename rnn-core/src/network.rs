@@ -4,10 +4,15 @@
 //! Per layer `k` (PyTorch's `nn.RNN`): `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`;
 //! head: `y_t = W_hy h_t + b_y`.
 //!
-//! The known-fast schedule (see the crate docs): the input projection of all `T·B` rows is
+//! The known-fast schedule (see the crate docs): the input projection of many steps' rows is
 //! one GEMM; each step does only the recurrent product and one fused bias + activation pass;
 //! the reverse loop does only `dZ_t = G_t ⊙ act'(h_t)` and `G_{t-1} += dZ_t W_hh`; weight
-//! gradients are then a few GEMMs over all steps at once.
+//! gradients are then a few GEMMs over many steps at once.
+//!
+//! "Many steps" is a time chunk ([`TimeChunks`]): forward, each chunk runs every layer and
+//! then the head; backward, last chunk first, the head's `dL/dh` of the chunk, then every
+//! layer top down with its weight gradients. What one phase writes is still in cache when the
+//! next reads it, where whole-sequence phases would stream `[T·B, G·H]` buffers from memory.
 
 use std::ops::Range;
 
@@ -18,16 +23,16 @@ use kernels::{Float, loss as kloss, reduce};
 use crate::batch::{Batch, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
 use crate::error::Result;
-pub use crate::layer::UnitSplit;
-use crate::layer::{self, InitialState, LayerGrads, LayerPass, all_steps};
+use crate::layer::{self, InitialState, LayerGrads, LayerPass, spans};
+pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
 use crate::workspace::Workspace;
 
 /// Options of one forward + backward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct PassOptions {
-    /// Parallelism of the big all-steps GEMMs (per-step products always run sequentially,
-    /// so results are bitwise identical for any value).
+    /// Threads for the big GEMMs and the per-step unit blocks (results are bitwise identical
+    /// for any value).
     pub par: Par,
     /// Also compute `dL/dx` into `Workspace::dx`.
     pub input_grad: bool,
@@ -37,6 +42,8 @@ pub struct PassOptions {
     /// How each step's hidden units are split between per-step workers (results depend on
     /// it, never on `par`).
     pub split: UnitSplit,
+    /// How many steps run at a time (results depend on it within rounding, never on `par`).
+    pub chunks: TimeChunks,
 }
 
 impl Default for PassOptions {
@@ -46,28 +53,33 @@ impl Default for PassOptions {
             input_grad: false,
             telemetry: false,
             split: UnitSplit::Auto,
+            chunks: TimeChunks::Auto,
         }
     }
 }
 
 impl PassOptions {
-    /// The threads and per-step split of the pass.
+    /// The threads, per-step split and time chunks of the pass.
     pub fn exec(&self) -> Exec {
         Exec {
             par: self.par,
             split: self.split,
+            chunks: self.chunks,
         }
     }
 }
 
-/// How a pass runs: the threads it may use and how each step's units are split between
-/// them. A bare [`Par`] converts with [`UnitSplit::Auto`].
+/// How a pass runs: the threads it may use, how each step's units are split between them
+/// and how many steps run at a time. A bare [`Par`] converts with [`UnitSplit::Auto`] and
+/// [`TimeChunks::Auto`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Exec {
-    /// Threads for the big all-steps GEMMs and the per-step blocks (`Par::Seq`: one).
+    /// Threads for the big GEMMs and the per-step blocks (`Par::Seq`: one).
     pub par: Par,
     /// The per-step unit blocks.
     pub split: UnitSplit,
+    /// The time chunks.
+    pub chunks: TimeChunks,
 }
 
 impl From<Par> for Exec {
@@ -75,6 +87,36 @@ impl From<Par> for Exec {
         Self {
             par,
             split: UnitSplit::Auto,
+            chunks: TimeChunks::Auto,
+        }
+    }
+}
+
+impl Exec {
+    /// The steps per chunk for `batch` under `config`.
+    fn chunk_steps<T>(&self, config: &RnnConfig, batch: &Batch<T>) -> usize {
+        let (h, gh) = (config.hidden_size, config.gate_rows());
+        self.chunks.steps(batch.seq_len, batch.batch, h, gh / h)
+    }
+}
+
+/// Which head outputs a forward pass computes.
+#[derive(Clone, Copy, PartialEq)]
+enum Head {
+    /// None (a checkpointed pass's first sweep, or an unscored segment).
+    Skip,
+    /// `y_t` at every step.
+    EveryStep,
+    /// `y` of the final state only.
+    LastStep,
+}
+
+impl Head {
+    fn of(many_to_one: bool) -> Self {
+        if many_to_one {
+            Self::LastStep
+        } else {
+            Self::EveryStep
         }
     }
 }
@@ -94,11 +136,41 @@ pub fn forward<'s, T: Float>(
 ) {
     let exec = exec.into();
     ws.ensure(config, batch.seq_len, batch.batch, many_to_one, exec.split);
-    forward_layers(config, layout, params, ws, batch, exec);
-    head_forward(config, layout, params, ws, batch, many_to_one, exec.par);
+    forward_chunks(
+        config,
+        layout,
+        params,
+        ws,
+        batch,
+        exec,
+        Head::of(many_to_one),
+    );
 }
 
-/// Every layer's forward pass (the workspace must be sized).
+/// Every layer's forward pass and the `head` outputs, chunk by chunk (the workspace must be
+/// sized).
+fn forward_chunks<'s, T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &'s [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<'s, T>,
+    exec: Exec,
+    head: Head,
+) {
+    for steps in spans(batch.seq_len, exec.chunk_steps(config, batch)) {
+        forward_layers(config, layout, params, ws, batch, exec, &steps);
+        if head == Head::EveryStep {
+            head_forward(config, layout, params, ws, batch, steps, exec.par);
+        }
+    }
+    if head == Head::LastStep {
+        let t = batch.seq_len;
+        head_forward(config, layout, params, ws, batch, t..t + 1, exec.par);
+    }
+}
+
+/// Every layer's forward pass over the chunk `steps` (the workspace must be sized).
 fn forward_layers<'s, T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -106,6 +178,7 @@ fn forward_layers<'s, T: Float>(
     ws: &mut Workspace<T>,
     batch: &Batch<'s, T>,
     exec: Exec,
+    steps: &Range<usize>,
 ) {
     let (b, h) = (batch.batch, config.hidden_size);
     for k in 0..config.num_layers {
@@ -123,7 +196,7 @@ fn forward_layers<'s, T: Float>(
                 }
                 (None, None) => InitialState::Zeros,
             };
-        let pass = layer_pass(config, layout, params, batch, k, input, exec);
+        let pass = layer_pass(config, layout, params, batch, k, input, exec, steps);
         layer::forward(
             &pass,
             &mut rest[0],
@@ -133,42 +206,42 @@ fn forward_layers<'s, T: Float>(
     }
 }
 
-/// The head over all steps (or the final state only): `y = H W_hyᵀ + b_y`.
+/// The head over the states `hs[rows]` of the top layer, `rows` counted in steps of `B`
+/// rows from the initial state (`t + 1` for step `t`'s outputs): `y = H W_hyᵀ + b_y`,
+/// into the same rows of `ws.y` less one step (or `ws.y` itself for the final state alone).
 fn head_forward<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
     params: &[T],
     ws: &mut Workspace<T>,
     batch: &Batch<'_, T>,
-    many_to_one: bool,
+    steps: Range<usize>,
     par: Par,
 ) {
     let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
-    let t_len = batch.seq_len;
-    // Head: y = H W_hyᵀ + b_y over all steps (or the final state only).
+    let last_only = steps.start == batch.seq_len;
     let top = &ws.layers[config.num_layers - 1];
     let (w_hy, b_y) = (&params[layout.w_hy.clone()], &params[layout.b_y.clone()]);
-    let states = if many_to_one {
-        &top.hs[t_len * b * h..]
+    let (from, to) = if last_only {
+        (steps.start, steps.end)
     } else {
-        &top.hs[b * h..]
+        (steps.start + 1, steps.end + 1)
     };
+    let states = &top.hs[from * b * h..to * b * h];
     let rows = states.len() / h;
-    for row in ws.y.chunks_exact_mut(o) {
+    let y = if last_only {
+        &mut ws.y[..]
+    } else {
+        &mut ws.y[steps.start * b * o..steps.end * b * o]
+    };
+    for row in y.chunks_exact_mut(o) {
         row.copy_from_slice(b_y);
     }
-    all_steps(
-        gemm_nt,
-        &mut ws.y,
-        Accum::Add,
-        states,
-        w_hy,
-        GemmShape::new(rows, o, h),
-        par,
-    );
-    if !many_to_one {
+    let s = GemmShape::new(rows, o, h);
+    gemm_nt(y, Accum::Add, states, w_hy, s, layer::chunk_split(par, s));
+    if !last_only {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
-        for t in 0..t_len {
+        for t in steps {
             for bb in batch.finished(t) {
                 ws.y[(t * b + bb) * o..(t * b + bb + 1) * o].copy_from_slice(b_y);
             }
@@ -176,7 +249,8 @@ fn head_forward<T: Float>(
     }
 }
 
-/// The arguments of layer `k`'s pass.
+/// The arguments of layer `k`'s pass over the chunk `steps`.
+#[allow(clippy::too_many_arguments)]
 fn layer_pass<'a, T: Float>(
     config: &'a RnnConfig,
     layout: &'a Layout,
@@ -185,6 +259,7 @@ fn layer_pass<'a, T: Float>(
     k: usize,
     input: &'a [T],
     exec: Exec,
+    steps: &Range<usize>,
 ) -> LayerPass<'a, T> {
     LayerPass {
         config,
@@ -195,6 +270,7 @@ fn layer_pass<'a, T: Float>(
         input_size: config.layer_input(k),
         par: exec.par,
         split: exec.split,
+        steps: steps.clone(),
     }
 }
 
@@ -330,10 +406,12 @@ fn full_pass<T: Float>(
     loss
 }
 
-/// Backward from `ws.dy` (set by the loss) through the head and every layer. Without
-/// `head` no step of this batch is scored (a segment before the scored ones): the head's
-/// gradients are zero and nothing comes from above. `carry` (`dL/dh`, `dL/dc` `[L, B, H]`)
-/// arrives at the last step from the steps after this batch (checkpointed BPTT).
+/// Backward from `ws.dy` (set by the loss) through the head and every layer, chunk by
+/// chunk, last first. Without `head` no step of this batch is scored (a segment before the
+/// scored ones): the head's gradients are zero and nothing comes from above. `carry`
+/// (`dL/dh`, `dL/dc` `[L, B, H]`) arrives at the last step from the steps after this batch
+/// (checkpointed BPTT).
+#[allow(clippy::too_many_arguments)]
 fn backward<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -346,96 +424,82 @@ fn backward<T: Float>(
     head: bool,
     carry: Option<(&[T], &[T])>,
 ) {
-    let (t_len, b, h, o) = (
-        batch.seq_len,
-        batch.batch,
-        config.hidden_size,
-        config.output_size,
-    );
+    let (t_len, b, h) = (batch.seq_len, batch.batch, config.hidden_size);
     let top = config.num_layers - 1;
-    let w_hy = &params[layout.w_hy.clone()];
     let cell = config.cell;
     if !head {
         grads[layout.w_hy.clone()].fill(T::zero());
         grads[layout.b_y.clone()].fill(T::zero());
         ws.layers[top].grad_h(cell)[..t_len * b * h].fill(T::zero());
-    } else {
-        let (hs, grad_h) = ws.layers[top].states_and_grad_h(cell);
-        let states = if many_to_one {
-            &hs[t_len * b * h..(t_len + 1) * b * h]
-        } else {
-            &hs[b * h..(t_len + 1) * b * h]
-        };
-        let g_rows = if many_to_one {
-            &mut grad_h[(t_len - 1) * b * h..t_len * b * h]
-        } else {
-            &mut grad_h[..t_len * b * h]
-        };
-        let rows = states.len() / h;
-        all_steps(
-            gemm_tn,
-            &mut grads[layout.w_hy.clone()],
-            Accum::Replace,
-            &ws.dy,
-            states,
-            GemmShape::new(o, h, rows),
+    } else if many_to_one {
+        head_backward(
+            config,
+            layout,
+            params,
+            grads,
+            ws,
+            batch,
+            t_len..t_len + 1,
             opts.par,
         );
-        reduce::col_sums(&mut grads[layout.b_y.clone()], Accum::Replace, &ws.dy);
-        all_steps(
-            gemm_nn,
-            g_rows,
-            Accum::Replace,
-            &ws.dy,
-            w_hy,
-            GemmShape::new(rows, h, o),
-            opts.par,
-        );
-        if many_to_one {
-            grad_h[..(t_len - 1) * b * h].fill(T::zero());
-        }
+        ws.layers[top].grad_h(cell)[..(t_len - 1) * b * h].fill(T::zero());
     }
     let layer_state = k_rows(b * h);
     if opts.telemetry {
         ws.grad_h_norms.resize(config.num_layers * t_len, T::zero());
     }
-    let mut norms = opts
-        .telemetry
-        .then(|| &mut ws.grad_h_norms[..config.num_layers * t_len]);
-    for k in (0..config.num_layers).rev() {
-        let (below, rest) = ws.layers.split_at_mut(k);
-        let buf = &mut rest[0];
-        let dh0 = &mut ws.dh0[layer_state(k)];
-        let dc0 = if cell.has_cell_state() {
-            &mut ws.dc0[layer_state(k)]
-        } else {
-            &mut []
-        };
-        let (input, dinput) = if k == 0 {
-            // dL/dx costs a [T, B, I] buffer and a GEMM: only when asked for.
-            if opts.input_grad {
-                ws.dx.resize(t_len * b * config.input_size, T::zero());
-            }
-            (batch.x, opts.input_grad.then_some(&mut ws.dx[..]))
-        } else {
-            let (states, grad_h) = below[k - 1].states_and_grad_h(cell);
-            (&states[b * h..], Some(grad_h))
-        };
-        let pass = layer_pass(config, layout, params, batch, k, input, opts.exec());
-        let out = LayerGrads {
-            grads: &mut *grads,
-            dh0,
-            dc0,
-            dinput,
-            grad_h_norms: norms
-                .as_deref_mut()
-                .map(|n| &mut n[k * t_len..(k + 1) * t_len]),
-            dh_end: carry.map(|(h_end, _)| &h_end[layer_state(k)]),
-            dc_end: carry
-                .filter(|_| cell.has_cell_state())
-                .map(|(_, c_end)| &c_end[layer_state(k)]),
-        };
-        layer::backward(&pass, buf, out);
+    if opts.input_grad {
+        // dL/dx costs a [T, B, I] buffer and a GEMM: only when asked for.
+        ws.dx.resize(t_len * b * config.input_size, T::zero());
+    }
+    let exec = opts.exec();
+    for steps in spans(t_len, exec.chunk_steps(config, batch)).rev() {
+        if head && !many_to_one {
+            head_backward(
+                config,
+                layout,
+                params,
+                grads,
+                ws,
+                batch,
+                steps.clone(),
+                opts.par,
+            );
+        }
+        let mut norms = opts
+            .telemetry
+            .then(|| &mut ws.grad_h_norms[..config.num_layers * t_len]);
+        for k in (0..config.num_layers).rev() {
+            let (below, rest) = ws.layers.split_at_mut(k);
+            let buf = &mut rest[0];
+            let dh0 = &mut ws.dh0[layer_state(k)];
+            let dc0 = if cell.has_cell_state() {
+                &mut ws.dc0[layer_state(k)]
+            } else {
+                &mut []
+            };
+            let (input, dinput) = if k == 0 {
+                (batch.x, opts.input_grad.then_some(&mut ws.dx[..]))
+            } else {
+                let (states, grad_h) = below[k - 1].states_and_grad_h(cell);
+                (&states[b * h..], Some(grad_h))
+            };
+            let pass = layer_pass(config, layout, params, batch, k, input, exec, &steps);
+            let out = LayerGrads {
+                grads: &mut *grads,
+                dh0,
+                dc0,
+                dinput,
+                grad_h_norms: norms
+                    .as_deref_mut()
+                    .map(|n| &mut n[k * t_len..(k + 1) * t_len]),
+                dh_end: carry.map(|(h_end, _)| &h_end[layer_state(k)]),
+                dc_end: carry
+                    .filter(|_| cell.has_cell_state())
+                    .map(|(_, c_end)| &c_end[layer_state(k)]),
+            };
+            layer::backward(&pass, buf, out);
+        }
     }
     // A broadcast state's gradient is the sum over the sequences that used it; a batch that
     // brings its own state does not use it.
@@ -453,6 +517,66 @@ fn backward<T: Float>(
             }
         }
     }
+}
+
+/// The head's backward over the chunk `steps` (counted as in [`head_forward`]): its weight
+/// gradients from `ws.dy` (overwritten by the sequence's last chunk, added to by the others)
+/// and `dL/dh` of the top layer's states there.
+#[allow(clippy::too_many_arguments)]
+fn head_backward<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    steps: Range<usize>,
+    par: Par,
+) {
+    let (t_len, b, h, o) = (
+        batch.seq_len,
+        batch.batch,
+        config.hidden_size,
+        config.output_size,
+    );
+    let last_only = steps.start == t_len;
+    let (hs, grad_h) = ws.layers[config.num_layers - 1].states_and_grad_h(config.cell);
+    // The states that fed the outputs, their gradient rows and the outputs' gradients.
+    let (states, g_rows, dy) = if last_only {
+        let s = t_len * b * h..(t_len + 1) * b * h;
+        (
+            &hs[s],
+            &mut grad_h[(t_len - 1) * b * h..t_len * b * h],
+            &ws.dy[..],
+        )
+    } else {
+        let (lo, hi) = (steps.start * b, steps.end * b);
+        (
+            &hs[lo * h + b * h..hi * h + b * h],
+            &mut grad_h[lo * h..hi * h],
+            &ws.dy[lo * o..hi * o],
+        )
+    };
+    let rows = states.len() / h;
+    let accum = if steps.end >= t_len {
+        Accum::Replace
+    } else {
+        Accum::Add
+    };
+    let w_hy = &params[layout.w_hy.clone()];
+    let s = GemmShape::new(o, h, rows);
+    let dw_hy = &mut grads[layout.w_hy.clone()];
+    gemm_tn(dw_hy, accum, dy, states, s, layer::chunk_split(par, s));
+    reduce::col_sums(&mut grads[layout.b_y.clone()], accum, dy);
+    let s = GemmShape::new(rows, h, o);
+    gemm_nn(
+        g_rows,
+        Accum::Replace,
+        dy,
+        w_hy,
+        s,
+        layer::chunk_split(par, s),
+    );
 }
 
 /// The range of layer `k`'s block in an `[L, n]` buffer.
@@ -577,7 +701,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
-        forward_layers(config, layout, params, ws, &sub, opts.exec());
+        forward_chunks(config, layout, params, ws, &sub, opts.exec(), Head::Skip);
         let len = sub.seq_len;
         for (k, layer) in ws.layers.iter().enumerate() {
             let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
@@ -596,14 +720,18 @@ pub fn forward_backward_checkpointed<T: Float>(
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         let r = seg.span(s);
         ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
-        forward_layers(config, layout, params, ws, &sub, opts.exec());
         let scored = if spec.many_to_one {
             s == n - 1
         } else {
             r.end > batch.score_from
         };
+        let head = if scored {
+            Head::of(spec.many_to_one)
+        } else {
+            Head::Skip
+        };
+        forward_chunks(config, layout, params, ws, &sub, opts.exec(), head);
         if scored {
-            head_forward(config, layout, params, ws, &sub, spec.many_to_one, opts.par);
             total += loss_forward_backward(config, ws, &sub, spec, scale);
         }
         let carry = (s + 1 < n).then_some((&carry_h[..], &carry_c[..]));

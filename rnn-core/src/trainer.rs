@@ -8,7 +8,7 @@ use kernels::{Float, reduce};
 use crate::batch::Batch;
 use crate::config::{LossSpec, RnnConfig};
 use crate::error::{Result, RnnError};
-use crate::network::{PassOptions, UnitSplit, forward_backward_checkpointed};
+use crate::network::{PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed};
 use crate::optim::{Clip, Optimizer, OptimizerKind};
 use crate::params::{Layout, init_params};
 use crate::workspace::Workspace;
@@ -156,6 +156,8 @@ pub struct Trainer<T: Float> {
     pub par: Par,
     /// How each step's hidden units are split between per-step workers.
     pub split: UnitSplit,
+    /// How many steps a pass runs at a time.
+    pub chunks: TimeChunks,
     /// Record gradient-flow telemetry in every step (see [`Trainer::grad_h_norms`]).
     pub telemetry: bool,
     /// Full or checkpointed BPTT.
@@ -224,6 +226,7 @@ impl<T: Float> Trainer<T> {
             clip: Clip::None,
             par: par_for(available_threads()),
             split: UnitSplit::Auto,
+            chunks: TimeChunks::Auto,
             telemetry: false,
             memory: Memory::Full,
             flush_denormals: false,
@@ -303,6 +306,14 @@ impl<T: Float> Trainer<T> {
     /// differently.
     pub fn with_unit_split(mut self, split: UnitSplit) -> Self {
         self.split = split;
+        self
+    }
+
+    /// Sets how many steps a pass runs at a time ([`TimeChunks`]; default `Auto`). Results
+    /// depend on it within rounding (the weight gradients are summed chunk by chunk), never
+    /// on the thread count.
+    pub fn with_time_chunks(mut self, chunks: TimeChunks) -> Self {
+        self.chunks = chunks;
         self
     }
 
@@ -426,6 +437,7 @@ impl<T: Float> Trainer<T> {
             input_grad: false,
             telemetry: self.telemetry,
             split: self.split,
+            chunks: self.chunks,
         };
         let segment = self.memory.segment_with::<T>(
             &self.config,

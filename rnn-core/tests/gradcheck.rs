@@ -8,7 +8,9 @@ use approx::assert_relative_eq;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
-use rnn_core::network::{PassOptions, UnitSplit, forward_backward};
+use std::num::NonZeroUsize;
+
+use rnn_core::network::{PassOptions, TimeChunks, UnitSplit, forward_backward};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
 
@@ -29,6 +31,7 @@ struct Case {
     h0: bool,
     learn_h0: bool,
     split: UnitSplit,
+    chunks: TimeChunks,
 }
 
 fn cfg(c: &Case) -> RnnConfig {
@@ -64,6 +67,7 @@ fn check(c: &Case, seed: u64) {
     let opts = PassOptions {
         input_grad: true,
         split: c.split,
+        chunks: c.chunks,
         ..Default::default()
     };
     forward_backward(
@@ -93,6 +97,7 @@ fn check(c: &Case, seed: u64) {
             &spec,
             PassOptions {
                 split: c.split,
+                chunks: c.chunks,
                 ..Default::default()
             },
         )
@@ -164,7 +169,12 @@ fn base() -> Case {
         h0: true,
         learn_h0: false,
         split: UnitSplit::Auto,
+        chunks: TimeChunks::Auto,
     }
+}
+
+fn steps(n: usize) -> TimeChunks {
+    TimeChunks::Steps(NonZeroUsize::new(n).expect("a positive chunk length"))
 }
 
 #[test]
@@ -336,6 +346,47 @@ fn unit_halves_match_finite_differences() {
                         LossKind::CrossEntropy
                     },
                     split: UnitSplit::Halves,
+                    ..base()
+                },
+                seed,
+            );
+        }
+    }
+}
+
+/// Steps run a chunk at a time (the gradient of a chunk's first step carried into the chunk
+/// before it, weight gradients summed over chunks): every cell, chunks of 1-3 steps at
+/// T = 5 (a shorter last chunk), with lengths (sequences ending inside and at the edge of a
+/// chunk), stacked layers, both placements and losses, given and learned initial states,
+/// whole steps and unit halves.
+#[test]
+fn time_chunks_match_finite_differences() {
+    let mut seed = 700;
+    for cell in CELLS {
+        for (chunk, layers, lengths, many_to_one, learn_h0, split) in [
+            (1, 1, true, false, false, UnitSplit::Whole),
+            (2, 2, true, false, false, UnitSplit::Halves),
+            (3, 2, true, true, false, UnitSplit::Whole),
+            (2, 1, false, false, true, UnitSplit::Halves),
+            (3, 3, true, false, true, UnitSplit::Whole),
+        ] {
+            seed += 1;
+            check(
+                &Case {
+                    cell,
+                    t: 5,
+                    layers,
+                    lengths,
+                    many_to_one,
+                    learn_h0,
+                    h0: !learn_h0,
+                    kind: if seed % 2 == 0 {
+                        LossKind::Mse
+                    } else {
+                        LossKind::CrossEntropy
+                    },
+                    split,
+                    chunks: steps(chunk),
                     ..base()
                 },
                 seed,

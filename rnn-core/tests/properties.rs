@@ -4,11 +4,13 @@
 mod common;
 use common::Data;
 
+use std::num::NonZeroUsize;
+
 use faer::Par;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
-use rnn_core::network::{Exec, PassOptions, UnitSplit, forward_backward};
+use rnn_core::network::{Exec, PassOptions, TimeChunks, UnitSplit, forward_backward};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
 
@@ -96,6 +98,7 @@ fn loss_and_grads(s: &Setup, d: &Data, params: &[f64], exec: impl Into<Exec>) ->
     let opts = PassOptions {
         par: exec.par,
         split: exec.split,
+        chunks: exec.chunks,
         ..Default::default()
     };
     let loss = forward_backward(
@@ -228,8 +231,8 @@ proptest! {
     }
 
     /// One and two threads give bitwise the same gradients (the shapes reach the size where
-    /// the all-steps products do run on both threads), with each step whole or in two unit
-    /// blocks (which two threads then run side by side).
+    /// the big products do run on both threads), with each step whole or in two unit
+    /// blocks (which two threads then run side by side), and in time chunks of any length.
     #[test]
     fn one_and_two_threads_agree_bitwise((cfg, t, b, seed) in cross_setup()) {
         let (t, b) = (t * 8, b * 8); // up to 312 x 64 rows: some products split across threads
@@ -245,8 +248,14 @@ proptest! {
         };
         let params = init_params::<f64>(&cfg, seed);
         let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
-        for split in [UnitSplit::Auto, UnitSplit::Halves] {
-            let exec = |par| Exec { par, split };
+        let three = TimeChunks::Steps(NonZeroUsize::new(3).unwrap());
+        for (split, chunks) in [
+            (UnitSplit::Auto, TimeChunks::Auto),
+            (UnitSplit::Halves, TimeChunks::Auto),
+            (UnitSplit::Auto, three),
+            (UnitSplit::Halves, three),
+        ] {
+            let exec = |par| Exec { par, split, chunks };
             let one = pool(1).install(|| loss_and_grads(&s, &d, &params, exec(Par::Seq)));
             let two = pool(2).install(|| loss_and_grads(&s, &d, &params, exec(Par::rayon(2))));
             prop_assert_eq!(one.0.to_bits(), two.0.to_bits());

@@ -13,26 +13,31 @@ use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::workspace::{LayerBuffers, UnitBlock};
 
-/// `Zx = X W_ihᵀ` (one GEMM), then per step `Zh_t = h_{t-1} W_hhᵀ` (all three gates in one
-/// product) and one fused pass: gates and `h_t`.
+/// `Zx = X W_ihᵀ` for the chunk's rows (one GEMM), then per step `Zh_t = h_{t-1} W_hhᵀ`
+/// (all three gates in one product) and one fused pass: gates and `h_t`.
 pub(super) fn forward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     h0: InitialState<'_, T>,
 ) {
-    let (t_len, b, h, gh) = p.dims();
+    let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
     let s = p.slots;
     let (b_ih, b_hh) = (&p.params[s.b_ih.clone()], &p.params[s.b_hh.clone()]);
+    if p.first_chunk() {
+        h0.write(&mut buf.hs[..step], h);
+        // Packed once per pass, so the per-step products stream the packed weights.
+        if p.halves() {
+            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+        } else {
+            transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
+        }
+    }
     p.input_projection(&mut buf.z);
-    h0.write(&mut buf.hs[..step], h);
     if p.halves() {
-        blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
         return forward_halves(p, buf);
     }
-    // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
-    transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
-    for t in 0..t_len {
+    for t in p.steps.clone() {
         let gates = t * gate_step..(t + 1) * gate_step;
         let (zx_t, zh_t) = (&mut buf.z[gates.clone()], &mut buf.zh[gates]);
         let (past, future) = buf.hs.split_at_mut((t + 1) * step);
@@ -51,20 +56,12 @@ pub(super) fn backward<T: Float>(
     buf: &mut LayerBuffers<T>,
     mut out: LayerGrads<'_, T>,
 ) {
-    let (t_len, b, _, gh) = p.dims();
     if p.halves() {
         backward_halves(p, buf, &mut out);
     } else {
         backward_steps(p, buf, &mut out);
     }
-    let rows = t_len * b;
-    p.weight_grads(
-        out.grads,
-        &buf.z[..rows * gh],
-        Some(&buf.zh[..rows * gh]),
-        &buf.hs,
-        out.dinput,
-    );
+    p.weight_grads(out.grads, &buf.z, Some(&buf.zh), &buf.hs, out.dinput);
 }
 
 /// [`backward`]'s step loop, each step whole.
@@ -73,13 +70,13 @@ fn backward_steps<T: Float>(
     buf: &mut LayerBuffers<T>,
     out: &mut LayerGrads<'_, T>,
 ) {
-    let (t_len, b, h, gh) = p.dims();
+    let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    for t in (0..t_len).rev() {
+    for t in p.steps.clone().rev() {
         let gates = t * gate_step..(t + 1) * gate_step;
         let (dzx_t, dzh_t) = (&mut buf.z[gates.clone()], &mut buf.zh[gates]);
         let h_prev = &buf.hs[t * step..(t + 1) * step];
-        let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, step);
+        let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, p.steps.start, step);
         record(&mut out.grad_h_norms, t, dh_t);
         if p.batch.all_active(t) {
             gates::gru_backward(dzx_t, dzh_t, h_prev, dh_t, dh_prev, Accum::Add, h);
@@ -110,7 +107,7 @@ fn backward_steps<T: Float>(
 
 /// [`forward`]'s step loop with each step split into two unit blocks.
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
-    let (t_len, b, h, gh) = p.dims();
+    let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
     let LayerBuffers {
         hs,
@@ -121,7 +118,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
     blocks::with_pair(p.parallel(), |pair| {
-        for t in 0..t_len {
+        for t in p.steps.clone() {
             let gates = t * gate_step..(t + 1) * gate_step;
             let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
             let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut zh[gates], b, gh), h);
@@ -177,7 +174,9 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    if p.last_chunk() {
+        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    }
     let LayerBuffers {
         z,
         zh,
@@ -189,14 +188,14 @@ fn backward_halves<T: Float>(
     let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
-        for t in (0..t_len).rev() {
+        for t in p.steps.clone().rev() {
             let gates = t * gate_step..(t + 1) * gate_step;
             let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates], b, gh), h);
             let (done, later) = zh.split_at_mut((t + 1) * gate_step);
             let dzh_next =
                 (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
             let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut done[t * gate_step..], b, gh), h);
-            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, step);
+            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
             let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
             let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
             let h_prev = &hs[t * step..(t + 1) * step];
@@ -211,8 +210,10 @@ fn backward_halves<T: Float>(
             );
             out.record_squares(t, || squares);
         }
-        let dzh0 = MatRef::from_row_major_slice(&zh[..gate_step], b, gh);
-        blocks::initial_state_product(pair, out.dh0, dzh0, unit_blocks);
+        if p.first_chunk() {
+            let dzh0 = MatRef::from_row_major_slice(&zh[..gate_step], b, gh);
+            blocks::initial_state_product(pair, out.dh0, dzh0, unit_blocks);
+        }
     });
 }
 

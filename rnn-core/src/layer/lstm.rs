@@ -10,27 +10,33 @@ use super::blocks::{self, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::workspace::{LayerBuffers, UnitBlock};
 
-/// `Z = X W_ihᵀ` (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ` (all four gates in one
-/// product) and one fused pass: gates, `c_t`, `h_t`. `buf.z` keeps the activated gates.
+/// `Z = X W_ihᵀ` for the chunk's rows (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ`
+/// (all four gates in one product) and one fused pass: gates, `c_t`, `h_t`. `buf.z` keeps
+/// the activated gates.
 pub(super) fn forward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     h0: InitialState<'_, T>,
     c0: InitialState<'_, T>,
 ) {
-    let (t_len, b, h, gh) = p.dims();
+    let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    p.summed_bias(&mut buf.bias);
+    if p.first_chunk() {
+        p.summed_bias(&mut buf.bias);
+        h0.write(&mut buf.hs[..step], h);
+        c0.write(&mut buf.cs[..step], h);
+        // Packed once per pass, so the per-step products stream the packed weights.
+        if p.halves() {
+            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+        } else {
+            transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
+        }
+    }
     p.input_projection(&mut buf.z);
-    h0.write(&mut buf.hs[..step], h);
-    c0.write(&mut buf.cs[..step], h);
     if p.halves() {
-        blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
         return forward_halves(p, buf);
     }
-    // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
-    transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
-    for t in 0..t_len {
+    for t in p.steps.clone() {
         let z_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (h_past, h_future) = buf.hs.split_at_mut((t + 1) * step);
         let (c_past, c_future) = buf.cs.split_at_mut((t + 1) * step);
@@ -51,19 +57,22 @@ pub(super) fn backward<T: Float>(
     buf: &mut LayerBuffers<T>,
     mut out: LayerGrads<'_, T>,
 ) {
-    let (t_len, b, _, gh) = p.dims();
-    match out.dc_end {
-        Some(carry) => buf.dc.copy_from_slice(carry),
-        None => buf.dc.fill(T::zero()),
+    // `buf.dc` carries dL/dc from step to step, and from chunk to chunk.
+    if p.last_chunk() {
+        match out.dc_end {
+            Some(carry) => buf.dc.copy_from_slice(carry),
+            None => buf.dc.fill(T::zero()),
+        }
     }
     if p.halves() {
         backward_halves(p, buf, &mut out);
     } else {
         backward_steps(p, buf, &mut out);
     }
-    out.dc0.copy_from_slice(&buf.dc);
-    let rows = t_len * b;
-    p.weight_grads(out.grads, &buf.z[..rows * gh], None, &buf.hs, out.dinput);
+    if p.first_chunk() {
+        out.dc0.copy_from_slice(&buf.dc);
+    }
+    p.weight_grads(out.grads, &buf.z, None, &buf.hs, out.dinput);
 }
 
 /// [`backward`]'s step loop, each step whole.
@@ -72,15 +81,15 @@ fn backward_steps<T: Float>(
     buf: &mut LayerBuffers<T>,
     out: &mut LayerGrads<'_, T>,
 ) {
-    let (t_len, b, h, gh) = p.dims();
+    let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    for t in (0..t_len).rev() {
+    for t in p.steps.clone().rev() {
         let dz_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (c_prev, c_t) = (
             &buf.cs[t * step..(t + 1) * step],
             &buf.cs[(t + 1) * step..(t + 2) * step],
         );
-        let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, step);
+        let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, p.steps.start, step);
         record(&mut out.grad_h_norms, t, dh_t);
         if p.batch.all_active(t) {
             gates::lstm_backward(dz_t, c_prev, c_t, dh_t, &mut buf.dc, h);
@@ -104,7 +113,7 @@ fn backward_steps<T: Float>(
 
 /// [`forward`]'s step loop with each step split into two unit blocks.
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
-    let (t_len, b, h, gh) = p.dims();
+    let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
     let LayerBuffers {
         hs,
@@ -116,7 +125,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
     blocks::with_pair(p.parallel(), |pair| {
-        for t in 0..t_len {
+        for t in p.steps.clone() {
             let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
             let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
             let prev = State {
@@ -182,7 +191,9 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    if p.last_chunk() {
+        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    }
     let LayerBuffers {
         z,
         cs,
@@ -194,12 +205,12 @@ fn backward_halves<T: Float>(
     let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
-        for t in (0..t_len).rev() {
+        for t in p.steps.clone().rev() {
             let (done, later) = z.split_at_mut((t + 1) * gate_step);
             let dz_next =
                 (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
             let [z0, z1] = blocks::split_gates::<T, 4>(view(&mut done[t * gate_step..], b, gh), h);
-            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, step);
+            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
             let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
             let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
             let [c0, c1] = blocks::split_units(view(dc, b, h), h);
@@ -218,8 +229,10 @@ fn backward_halves<T: Float>(
             );
             out.record_squares(t, || squares);
         }
-        let dz0 = MatRef::from_row_major_slice(&z[..gate_step], b, gh);
-        blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
+        if p.first_chunk() {
+            let dz0 = MatRef::from_row_major_slice(&z[..gate_step], b, gh);
+            blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
+        }
     });
 }
 

@@ -1,22 +1,29 @@
-//! One recurrent layer over all steps, forward and backward, for each cell.
+//! One recurrent layer over one time chunk ([`TimeChunks`]), forward and backward, for each
+//! cell. Buffers span the whole sequence and are indexed by the step.
 //!
 //! Every cell runs the same schedule (the crate docs' known-fast design):
 //!
-//! - forward: the input projection of all `T·B` rows is one GEMM into the gate buffer `z`;
+//! - forward: the input projection of the chunk's rows is one GEMM into the gate buffer `z`;
 //!   each step does one recurrent product for all gates at once and one fused elementwise
 //!   pass (`kernels::activation` or `kernels::gates`);
 //! - backward: the reverse loop does only the elementwise backward pass and the recurrent
-//!   product `dh_{t-1} += dZ_t W_hh`; the weight gradients are then a few GEMMs over all steps.
+//!   product `dh_{t-1} += dZ_t W_hh`; the chunk's weight gradients are then a few GEMMs over
+//!   its steps.
 //!
 //! Sequences past their length keep their state, and their gradient passes straight through.
 
 mod blocks;
+mod chunks;
 mod gru;
 mod lstm;
 mod rnn;
 
 pub use blocks::UnitSplit;
 pub(crate) use blocks::halves;
+pub use chunks::TimeChunks;
+pub(crate) use chunks::spans;
+
+use std::ops::Range;
 
 use faer::{Accum, Par};
 use kernels::Float;
@@ -33,6 +40,11 @@ use crate::workspace::LayerBuffers;
 /// small workload's 52 MFLOP products 5 % slower at 16e6). Medium's 105 MFLOP products
 /// gain: at 200e6 RNN medium ran 25-35 % slower on two threads.
 const PARALLEL_MIN_FLOPS: f64 = 100e6;
+
+/// Within a pass that uses threads, the products of one time chunk with fewer flops than
+/// this run on one thread. The crate's own split forks once per product (a few
+/// microseconds), so a product of 4 MFLOP (about 40 µs) still gains.
+const CHUNK_MIN_FLOPS: f64 = 4e6;
 
 /// Column sums over fewer elements than this stay on one thread: 256 Ki elements take about
 /// 0.1 ms, against a few microseconds for the fork.
@@ -90,40 +102,36 @@ fn worth_splitting(s: GemmShape) -> bool {
     s.m >= 2 && s.flops() >= PARALLEL_MIN_FLOPS
 }
 
-/// The parallelism for an all-steps product: `par` when it is [`worth_splitting`].
-fn split(par: Par, s: GemmShape) -> Par {
-    if worth_splitting(s) { par } else { Par::Seq }
+/// The parallelism for one time chunk's product in a pass that may use `par`: the pass as a
+/// whole was judged by [`pass_uses_threads`], so only products too short to gain from a
+/// fork, or with a single row, stay on one thread.
+pub(crate) fn chunk_split(par: Par, s: GemmShape) -> Par {
+    if s.m >= 2 && s.flops() >= CHUNK_MIN_FLOPS {
+        par
+    } else {
+        Par::Seq
+    }
 }
 
 /// The signature every `kernels::gemm` product shares.
 type Product<T> = fn(&mut [T], Accum, &[T], &[T], GemmShape, Par);
 
-/// An all-steps product, run with the parallelism [`split`] allows for its shape.
-pub(crate) fn all_steps<T: Float>(
-    product: Product<T>,
-    dst: &mut [T],
-    accum: Accum,
-    a: &[T],
-    b: &[T],
-    s: GemmShape,
-    par: Par,
-) {
-    product(dst, accum, a, b, s, split(par, s));
-}
-
 /// Step `t`'s slice of a time-major gradient buffer (`step` elements per step) and the
-/// slice its recurrent term flows into: step `t - 1`'s, or `dh0` at `t = 0`.
+/// slice its recurrent term flows into: step `t - 1`'s, or `carry` at the chunk's first step
+/// `start` (`dh0` at `t = 0`; before that, a carry the next chunk adds into step
+/// `start - 1`, once the gradient from above has been written there).
 fn this_and_previous<'a, T>(
     steps: &'a mut [T],
-    dh0: &'a mut [T],
+    carry: &'a mut [T],
     t: usize,
+    start: usize,
     step: usize,
 ) -> (&'a mut [T], &'a mut [T]) {
     let (before, rest) = steps.split_at_mut(t * step);
-    let previous = if t > 0 {
+    let previous = if t > start {
         &mut before[(t - 1) * step..]
     } else {
-        dh0
+        carry
     };
     (&mut rest[..step], previous)
 }
@@ -165,6 +173,8 @@ pub(crate) struct LayerPass<'a, T> {
     pub par: Par,
     /// How each step's units are split into blocks.
     pub split: UnitSplit,
+    /// The time chunk this call runs (`0..T` unchunked); buffers are indexed by the step.
+    pub steps: Range<usize>,
 }
 
 impl<T: Float> LayerPass<'_, T> {
@@ -184,6 +194,22 @@ impl<T: Float> LayerPass<'_, T> {
             self.config.hidden_size,
             self.config.gate_rows(),
         )
+    }
+
+    /// The rows `steps.start·B..steps.end·B` of the chunk in a time-major buffer.
+    fn rows(&self) -> Range<usize> {
+        let b = self.batch.batch;
+        self.steps.start * b..self.steps.end * b
+    }
+
+    /// Whether this chunk is the first of the forward pass (it sets up the pass).
+    fn first_chunk(&self) -> bool {
+        self.steps.start == 0
+    }
+
+    /// Whether this chunk is the first of the backward pass, the sequence's last.
+    fn last_chunk(&self) -> bool {
+        self.steps.end == self.batch.seq_len
     }
 
     /// Whether each step runs as two unit blocks ([`blocks`]).
@@ -209,18 +235,31 @@ impl<T: Float> LayerPass<'_, T> {
         }
     }
 
-    /// `z = input W_ihᵀ` for all `T·B` rows at once (no bias).
+    /// `z = input W_ihᵀ` for all rows of the chunk at once (no bias).
     fn input_projection(&self, z: &mut [T]) {
-        let (t, b, _, gh) = self.dims();
-        all_steps(
+        let (_, _, _, gh) = self.dims();
+        let (r, i) = (self.rows(), self.input_size);
+        self.chunk_product(
             kernels::gemm::gemm_nt,
-            &mut z[..t * b * gh],
+            &mut z[r.start * gh..r.end * gh],
             Accum::Replace,
-            &self.input[..t * b * self.input_size],
+            &self.input[r.start * i..r.end * i],
             self.w_ih(),
-            GemmShape::new(t * b, gh, self.input_size),
-            self.par,
+            GemmShape::new(r.len(), gh, i),
         );
+    }
+
+    /// One of the chunk's products, on the pass's threads when [`chunk_split`] allows.
+    fn chunk_product(
+        &self,
+        product: Product<T>,
+        dst: &mut [T],
+        accum: Accum,
+        a: &[T],
+        b: &[T],
+        s: GemmShape,
+    ) {
+        product(dst, accum, a, b, s, chunk_split(self.par, s));
     }
 
     /// `[B, H] → [B, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ`, with `w_hh_t`
@@ -252,68 +291,73 @@ impl<T: Float> LayerPass<'_, T> {
         }
     }
 
-    /// `dst = Σ_rows src` (`src` `[T·B, dst.len()]`): a bias gradient, its two column halves on
-    /// two threads when allowed (each column is summed the same way either way).
-    fn bias_grad(&self, dst: &mut [T], src: &[T]) {
+    /// `dst (+)= Σ_rows src` (`src` `[rows, dst.len()]`): a bias gradient, its two column
+    /// halves on two threads when allowed (each column is summed the same way either way).
+    fn bias_grad(&self, dst: &mut [T], accum: Accum, src: &[T]) {
         let width = dst.len();
         if !self.parallel() || src.len() < PARALLEL_MIN_SUM {
-            return reduce::col_sums(dst, Accum::Replace, src);
+            return reduce::col_sums(dst, accum, src);
         }
         let (lo, hi) = dst.split_at_mut(width / 2);
         rayon::join(
-            || reduce::col_sums_of(lo, Accum::Replace, src, width, 0),
-            || reduce::col_sums_of(hi, Accum::Replace, src, width, width / 2),
+            || reduce::col_sums_of(lo, accum, src, width, 0),
+            || reduce::col_sums_of(hi, accum, src, width, width / 2),
         );
     }
 
-    /// The weight, bias and input gradients from the pre-activation gradients of all steps:
-    /// `dx_side` `[T·B, G·H]` (for `W_ih`, `b_ih`, the input) and `dh_side` (for `W_hh`,
-    /// `b_hh`; `None` when it equals `dx_side`, as for RNN and LSTM), against the states
-    /// `hs_prev` `[T·B, H]` that fed the recurrent products.
+    /// The chunk's share of the weight and bias gradients, and its rows of the input
+    /// gradient, from the pre-activation gradients: `dx_side` `[T·B, G·H]` (for `W_ih`,
+    /// `b_ih`, the input) and `dh_side` (for `W_hh`, `b_hh`; `None` when it equals
+    /// `dx_side`, as for RNN and LSTM), against the states `hs` `[(T+1)·B, H]` (`h_{-1}`
+    /// first) that fed the recurrent products. The sequence's last chunk, the backward
+    /// pass's first, overwrites the gradients; the others add to them.
     fn weight_grads(
         &self,
         grads: &mut [T],
         dx_side: &[T],
         dh_side: Option<&[T]>,
-        hs_prev: &[T],
+        hs: &[T],
         dinput: Option<&mut [T]>,
     ) {
-        let (t, b, h, gh) = self.dims();
-        let (rows, i) = (t * b, self.input_size);
+        let (_, _, h, gh) = self.dims();
+        let (r, i) = (self.rows(), self.input_size);
+        let accum = if self.last_chunk() {
+            Accum::Replace
+        } else {
+            Accum::Add
+        };
         let s = self.slots;
-        let dh = dh_side.unwrap_or(dx_side);
-        all_steps(
+        let dx = &dx_side[r.start * gh..r.end * gh];
+        let dh = dh_side.map_or(dx, |d| &d[r.start * gh..r.end * gh]);
+        self.chunk_product(
             gemm_tn,
             &mut grads[s.w_hh.clone()],
-            Accum::Replace,
+            accum,
             dh,
-            &hs_prev[..rows * h],
-            GemmShape::new(gh, h, rows),
-            self.par,
+            &hs[r.start * h..r.end * h],
+            GemmShape::new(gh, h, r.len()),
         );
-        all_steps(
+        self.chunk_product(
             gemm_tn,
             &mut grads[s.w_ih.clone()],
-            Accum::Replace,
-            dx_side,
-            &self.input[..rows * i],
-            GemmShape::new(gh, i, rows),
-            self.par,
+            accum,
+            dx,
+            &self.input[r.start * i..r.end * i],
+            GemmShape::new(gh, i, r.len()),
         );
-        self.bias_grad(&mut grads[s.b_ih.clone()], dx_side);
+        self.bias_grad(&mut grads[s.b_ih.clone()], accum, dx);
         match dh_side {
-            Some(dh) => self.bias_grad(&mut grads[s.b_hh.clone()], dh),
+            Some(_) => self.bias_grad(&mut grads[s.b_hh.clone()], accum, dh),
             None => grads.copy_within(s.b_ih.clone(), s.b_hh.start),
         }
         if let Some(dinput) = dinput {
-            all_steps(
+            self.chunk_product(
                 gemm_nn,
-                dinput,
+                &mut dinput[r.start * i..r.end * i],
                 Accum::Replace,
-                dx_side,
+                dx,
                 self.w_ih(),
-                GemmShape::new(rows, i, gh),
-                self.par,
+                GemmShape::new(r.len(), i, gh),
             );
         }
     }
@@ -321,13 +365,15 @@ impl<T: Float> LayerPass<'_, T> {
 
 /// Where one layer's backward pass writes.
 pub(crate) struct LayerGrads<'a, T> {
-    /// All parameter gradients (this layer's slots are overwritten).
+    /// All parameter gradients: this layer's slots are overwritten by the sequence's last
+    /// chunk and added to by the others.
     pub grads: &'a mut [T],
-    /// `[B, H]`: `dL/dh0` of this layer.
+    /// `[B, H]`: `dL/dh0` of this layer after the first chunk; between chunks, the carry
+    /// into the step before the chunk (see [`backward`]).
     pub dh0: &'a mut [T],
     /// `[B, H]`: `dL/dc0` of this layer (LSTM; empty otherwise).
     pub dc0: &'a mut [T],
-    /// `[T, B, I_k]`: `dL/d input`, when wanted (overwritten).
+    /// `[T, B, I_k]`: `dL/d input`, when wanted (the chunk's rows are overwritten).
     pub dinput: Option<&'a mut [T]>,
     /// `[T]`: `‖dL/dh_t‖` of this layer per step, when wanted (telemetry).
     pub grad_h_norms: Option<&'a mut [T]>,
@@ -365,7 +411,9 @@ impl<T: Float> LayerGrads<'_, T> {
     }
 }
 
-/// Forward over all steps: fills `buf.hs` (and the cell's saved activations).
+/// Forward over the steps of `p.steps` (chunks in order): fills their rows of `buf.hs` (and
+/// the cell's saved activations). The first chunk also sets up the pass: initial state,
+/// summed bias, packed recurrent weights.
 pub(crate) fn forward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
@@ -379,21 +427,27 @@ pub(crate) fn forward<T: Float>(
     }
 }
 
-/// Backward over all steps, the mirror of [`forward`]: reads `dL/dh_t` from
-/// [`LayerBuffers::grad_h`] and writes `out`.
+/// Backward over the steps of `p.steps`, the mirror of [`forward`]: reads `dL/dh_t` from
+/// [`LayerBuffers::grad_h`] and writes `out`. Chunks run last first; between them,
+/// `out.dh0` carries what the chunk's first step sends into the step before it.
 pub(crate) fn backward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     out: LayerGrads<'_, T>,
 ) {
-    // The cells add into dh0 at t = 0 (a sequence of a later segment may already be finished
-    // there, passing its gradient straight through).
-    out.dh0.fill(T::zero());
-    if let Some(carry) = out.dh_end {
-        let (t, b, h, _) = p.dims();
-        let last = &mut buf.grad_h(p.config.cell)[(t - 1) * b * h..t * b * h];
+    let (_, b, h, _) = p.dims();
+    let end = p.steps.end;
+    let last = &mut buf.grad_h(p.config.cell)[(end - 1) * b * h..end * b * h];
+    if !p.last_chunk() {
+        // The gradient from above reached this chunk's last step after the later chunk had
+        // sent its recurrent term: add it now.
+        reduce::axpy(last, T::one(), out.dh0);
+    } else if let Some(carry) = out.dh_end {
         reduce::axpy(last, T::one(), carry);
     }
+    // The cells add into the carry at the chunk's first step (a sequence already finished
+    // there passes its gradient straight through).
+    out.dh0.fill(T::zero());
     match p.config.cell {
         Cell::Rnn => rnn::backward(p, buf, out),
         Cell::Lstm => lstm::backward(p, buf, out),

@@ -10,25 +10,30 @@ use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::config::Nonlinearity;
 use crate::workspace::{LayerBuffers, UnitBlock};
 
-/// `Z = X W_ihᵀ` (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ` and
-/// `h_t = act(Z_t + b_ih + b_hh)`.
+/// `Z = X W_ihᵀ` for the chunk's rows (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ`
+/// and `h_t = act(Z_t + b_ih + b_hh)`.
 pub(super) fn forward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     h0: InitialState<'_, T>,
 ) {
-    let (t_len, b, h, _) = p.dims();
+    let (_, b, h, _) = p.dims();
     let step = b * h;
-    p.summed_bias(&mut buf.bias);
+    if p.first_chunk() {
+        p.summed_bias(&mut buf.bias);
+        h0.write(&mut buf.hs[..step], h);
+        // Packed once per pass, so the per-step products stream the packed weights.
+        if p.halves() {
+            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+        } else {
+            transpose(&mut buf.w_hh_t, p.w_hh(), h, h);
+        }
+    }
     p.input_projection(&mut buf.z);
-    h0.write(&mut buf.hs[..step], h);
     if p.halves() {
-        blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
         return forward_halves(p, buf);
     }
-    // Packed once per pass, so the per-step product streams rows of `W_hhᵀ`.
-    transpose(&mut buf.w_hh_t, p.w_hh(), h, h);
-    for t in 0..t_len {
+    for t in p.steps.clone() {
         let z_t = &mut buf.z[t * step..(t + 1) * step];
         let (past, future) = buf.hs.split_at_mut((t + 1) * step);
         let h_prev = &past[t * step..];
@@ -49,14 +54,12 @@ pub(super) fn backward<T: Float>(
     buf: &mut LayerBuffers<T>,
     mut out: LayerGrads<'_, T>,
 ) {
-    let (t_len, b, h, _) = p.dims();
     if p.halves() {
         backward_halves(p, buf, &mut out);
     } else {
         backward_steps(p, buf, &mut out);
     }
-    let rows = t_len * b;
-    p.weight_grads(out.grads, &buf.z[..rows * h], None, &buf.hs, out.dinput);
+    p.weight_grads(out.grads, &buf.z, None, &buf.hs, out.dinput);
 }
 
 /// [`backward`]'s step loop, each step whole.
@@ -65,11 +68,11 @@ fn backward_steps<T: Float>(
     buf: &mut LayerBuffers<T>,
     out: &mut LayerGrads<'_, T>,
 ) {
-    let (t_len, b, h, _) = p.dims();
+    let (_, b, h, _) = p.dims();
     let step = b * h;
-    for t in (0..t_len).rev() {
+    for t in p.steps.clone().rev() {
         // z holds G_t = dL/dh_t on entry and becomes dZ_t in place.
-        let (dz_t, dh_prev) = this_and_previous(&mut buf.z, out.dh0, t, step);
+        let (dz_t, dh_prev) = this_and_previous(&mut buf.z, out.dh0, t, p.steps.start, step);
         record(&mut out.grad_h_norms, t, dz_t);
         let h_t = &buf.hs[(t + 1) * step..(t + 2) * step];
         // A finished sequence's state passed through unchanged: so does its gradient.
@@ -91,7 +94,7 @@ fn backward_steps<T: Float>(
 
 /// [`forward`]'s step loop with each step split into two unit blocks.
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
-    let (t_len, b, h, _) = p.dims();
+    let (_, b, h, _) = p.dims();
     let step = b * h;
     let LayerBuffers {
         hs,
@@ -102,7 +105,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
     blocks::with_pair(p.parallel(), |pair| {
-        for t in 0..t_len {
+        for t in p.steps.clone() {
             let (past, future) = hs.split_at_mut((t + 1) * step);
             let h_prev = &past[t * step..];
             let [z0, z1] =
@@ -145,6 +148,8 @@ fn forward_block<T: Float>(
 /// [`backward`]'s step loop with each step split into two unit blocks. A block's product
 /// for step `t+1` (`dL/dh_t += dZ_{t+1} W_hh`, its units) and its elementwise pass for step
 /// `t` run in the same fork: the product completes exactly the units the pass then reads.
+/// So the product of a chunk's first step runs with the next chunk's last step, or, for the
+/// sequence's first step, after the loop.
 fn backward_halves<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
@@ -152,16 +157,18 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
-    blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    if p.last_chunk() {
+        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    }
     let (z, hs, unit_blocks) = (&mut buf.z, &buf.hs, &buf.blocks);
     let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
     blocks::with_pair(p.parallel(), |pair| {
-        for t in (0..t_len).rev() {
+        for t in p.steps.clone().rev() {
             let (done, later) = z.split_at_mut((t + 1) * step);
             let dz_next =
                 (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..step], b, h));
-            let (cur, prev) = this_and_previous(done, out.dh0, t, step);
+            let (cur, prev) = this_and_previous(done, out.dh0, t, p.steps.start, step);
             let h_t = &hs[(t + 1) * step..(t + 2) * step];
             let [g0, g1] = blocks::split_units(view(cur, b, h), h);
             let [p0, p1] = blocks::split_units(view(prev, b, h), h);
@@ -173,8 +180,10 @@ fn backward_halves<T: Float>(
                 blocks::join_summed(pair, |sq| block(g0, p0, u0, sq), |sq| block(g1, p1, u1, sq));
             out.record_squares(t, || squares);
         }
-        let dz0 = MatRef::from_row_major_slice(&z[..step], b, h);
-        blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
+        if p.first_chunk() {
+            let dz0 = MatRef::from_row_major_slice(&z[..step], b, h);
+            blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
+        }
     });
 }
 
