@@ -26,11 +26,11 @@ use std::ops::Range;
 /// ```
 /// use std::num::NonZeroUsize;
 /// use rnn_core::network::TimeChunks;
-/// // (T, B, H, gates): LSTM medium runs chunks of 4 steps, GRU char of 8, an RNN of
+/// // (T, B, H, gates): LSTM medium runs chunks of 9 steps, GRU char of 16, an RNN of
 /// // medium's width at T = 1024 of 16; RNN medium (3.2 MiB of gates, they stay in cache)
 /// // and LSTM large (a 16 MiB weight gradient) run all steps at once.
-/// assert_eq!(TimeChunks::Auto.steps(100, 32, 256, 4), 4);
-/// assert_eq!(TimeChunks::Auto.steps(128, 32, 512, 3), 8);
+/// assert_eq!(TimeChunks::Auto.steps(100, 32, 256, 4), 9);
+/// assert_eq!(TimeChunks::Auto.steps(128, 32, 512, 3), 16);
 /// assert_eq!(TimeChunks::Auto.steps(1024, 32, 256, 1), 16);
 /// assert_eq!(TimeChunks::Auto.steps(100, 32, 256, 1), 100);
 /// assert_eq!(TimeChunks::Auto.steps(50, 64, 1024, 4), 50);
@@ -42,7 +42,7 @@ pub enum TimeChunks {
     /// A length from the shape: all steps at once when the whole sequence's gates are less
     /// than [`TimeChunks::AUTO_MIN_SEQUENCE_BYTES`] or the recurrent weight gradient is
     /// [`TimeChunks::AUTO_MAX_WEIGHT_BYTES`] or more; otherwise chunks whose gate rows fill
-    /// [`TimeChunks::AUTO_BYTES`], but at least `H / 2` rows, evened out over the sequence.
+    /// [`TimeChunks::AUTO_BYTES`], but at least `H` rows, evened out over the sequence.
     #[default]
     Auto,
     /// All steps at once.
@@ -82,9 +82,10 @@ impl TimeChunks {
                 {
                     return seq_len;
                 }
-                // Fewer rows than H / 2 re-read the weight gradients more often than the
-                // rows they add are worth (LSTM char: 7-10 % slower at 128 rows than 512).
-                let rows = (Self::AUTO_BYTES / gate_row).max(hidden / 2);
+                // Fewer rows than H re-read the weight gradients more often than the rows
+                // they add are worth (LSTM char: 7-10 % slower at 128 rows than 512), and
+                // give two threads more meetings than work between them.
+                let rows = (Self::AUTO_BYTES / gate_row).max(hidden);
                 let steps = rows.div_ceil(batch.max(1)).clamp(1, seq_len);
                 // Even chunks, none shorter than `steps`.
                 seq_len.div_ceil((seq_len / steps).max(1))
