@@ -23,7 +23,7 @@ use kernels::{Float, loss as kloss, reduce};
 use crate::batch::{Batch, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
 use crate::error::Result;
-use crate::layer::{self, InitialState, LayerGrads, LayerPass, spans};
+use crate::layer::{self, InitialState, LayerGrads, LayerPass, share_accum, spans};
 pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
 use crate::workspace::Workspace;
@@ -121,6 +121,52 @@ impl Head {
     }
 }
 
+/// The top layer's states one call of the head reads, and where their outputs go.
+struct HeadRows {
+    /// The steps whose states feed the head.
+    steps: Range<usize>,
+    /// Outputs kept per step (`ws.y`, `ws.dy` `[T, B, O]`), or the final state's alone
+    /// (`[B, O]`).
+    every_step: bool,
+}
+
+impl HeadRows {
+    /// The outputs of the chunk `steps`.
+    fn chunk(steps: Range<usize>) -> Self {
+        Self {
+            steps,
+            every_step: true,
+        }
+    }
+
+    /// The output of the final state of `seq_len` steps.
+    fn final_state(seq_len: usize) -> Self {
+        Self {
+            steps: seq_len - 1..seq_len,
+            every_step: false,
+        }
+    }
+
+    /// The states in `hs` (`h_{-1}` first), in steps.
+    fn states(&self) -> Range<usize> {
+        self.steps.start + 1..self.steps.end + 1
+    }
+
+    /// The outputs in `ws.y` / `ws.dy`, in steps.
+    fn outputs(&self) -> Range<usize> {
+        if self.every_step {
+            self.steps.clone()
+        } else {
+            0..1
+        }
+    }
+}
+
+/// The elements of the rows of `steps` in a time-major buffer of `width` per row.
+fn rows_of(steps: Range<usize>, batch: usize, width: usize) -> Range<usize> {
+    steps.start * batch * width..steps.end * batch * width
+}
+
 /// Forward over the whole batch: fills every layer's `hs` and the head outputs `ws.y`.
 ///
 /// `params` has [`Layout::new`]`(config)`'s layout. The batch must be validated
@@ -161,12 +207,13 @@ fn forward_chunks<'s, T: Float>(
     for steps in spans(batch.seq_len, exec.chunk_steps(config, batch)) {
         forward_layers(config, layout, params, ws, batch, exec, &steps);
         if head == Head::EveryStep {
-            head_forward(config, layout, params, ws, batch, steps, exec.par);
+            let rows = HeadRows::chunk(steps);
+            head_forward(config, layout, params, ws, batch, rows, exec.par);
         }
     }
     if head == Head::LastStep {
-        let t = batch.seq_len;
-        head_forward(config, layout, params, ws, batch, t..t + 1, exec.par);
+        let rows = HeadRows::final_state(batch.seq_len);
+        head_forward(config, layout, params, ws, batch, rows, exec.par);
     }
 }
 
@@ -206,42 +253,29 @@ fn forward_layers<'s, T: Float>(
     }
 }
 
-/// The head over the states `hs[rows]` of the top layer, `rows` counted in steps of `B`
-/// rows from the initial state (`t + 1` for step `t`'s outputs): `y = H W_hyᵀ + b_y`,
-/// into the same rows of `ws.y` less one step (or `ws.y` itself for the final state alone).
+/// The head over the top layer's states `rows`: `y = H W_hyᵀ + b_y`.
 fn head_forward<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
     params: &[T],
     ws: &mut Workspace<T>,
     batch: &Batch<'_, T>,
-    steps: Range<usize>,
+    rows: HeadRows,
     par: Par,
 ) {
     let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
-    let last_only = steps.start == batch.seq_len;
     let top = &ws.layers[config.num_layers - 1];
     let (w_hy, b_y) = (&params[layout.w_hy.clone()], &params[layout.b_y.clone()]);
-    let (from, to) = if last_only {
-        (steps.start, steps.end)
-    } else {
-        (steps.start + 1, steps.end + 1)
-    };
-    let states = &top.hs[from * b * h..to * b * h];
-    let rows = states.len() / h;
-    let y = if last_only {
-        &mut ws.y[..]
-    } else {
-        &mut ws.y[steps.start * b * o..steps.end * b * o]
-    };
+    let states = &top.hs[rows_of(rows.states(), b, h)];
+    let y = &mut ws.y[rows_of(rows.outputs(), b, o)];
     for row in y.chunks_exact_mut(o) {
         row.copy_from_slice(b_y);
     }
-    let s = GemmShape::new(rows, o, h);
+    let s = GemmShape::new(states.len() / h, o, h);
     gemm_nt(y, Accum::Add, states, w_hy, s, layer::chunk_split(par, s));
-    if !last_only {
+    if rows.every_step {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
-        for t in steps {
+        for t in rows.steps {
             for bb in batch.finished(t) {
                 ws.y[(t * b + bb) * o..(t * b + bb + 1) * o].copy_from_slice(b_y);
             }
@@ -432,16 +466,8 @@ fn backward<T: Float>(
         grads[layout.b_y.clone()].fill(T::zero());
         ws.layers[top].grad_h(cell)[..t_len * b * h].fill(T::zero());
     } else if many_to_one {
-        head_backward(
-            config,
-            layout,
-            params,
-            grads,
-            ws,
-            batch,
-            t_len..t_len + 1,
-            opts.par,
-        );
+        let rows = HeadRows::final_state(t_len);
+        head_backward(config, layout, params, grads, ws, batch, rows, opts.par);
         ws.layers[top].grad_h(cell)[..(t_len - 1) * b * h].fill(T::zero());
     }
     let layer_state = k_rows(b * h);
@@ -455,16 +481,8 @@ fn backward<T: Float>(
     let exec = opts.exec();
     for steps in spans(t_len, exec.chunk_steps(config, batch)).rev() {
         if head && !many_to_one {
-            head_backward(
-                config,
-                layout,
-                params,
-                grads,
-                ws,
-                batch,
-                steps.clone(),
-                opts.par,
-            );
+            let rows = HeadRows::chunk(steps.clone());
+            head_backward(config, layout, params, grads, ws, batch, rows, opts.par);
         }
         let mut norms = opts
             .telemetry
@@ -519,9 +537,9 @@ fn backward<T: Float>(
     }
 }
 
-/// The head's backward over the chunk `steps` (counted as in [`head_forward`]): its weight
-/// gradients from `ws.dy` (overwritten by the sequence's last chunk, added to by the others)
-/// and `dL/dh` of the top layer's states there.
+/// The head's backward over the top layer's states `rows`: its weight gradients from
+/// `ws.dy` (overwritten by the sequence's last chunk, added to by the others) and `dL/dh`
+/// of those states.
 #[allow(clippy::too_many_arguments)]
 fn head_backward<T: Float>(
     config: &RnnConfig,
@@ -530,45 +548,22 @@ fn head_backward<T: Float>(
     grads: &mut [T],
     ws: &mut Workspace<T>,
     batch: &Batch<T>,
-    steps: Range<usize>,
+    rows: HeadRows,
     par: Par,
 ) {
-    let (t_len, b, h, o) = (
-        batch.seq_len,
-        batch.batch,
-        config.hidden_size,
-        config.output_size,
-    );
-    let last_only = steps.start == t_len;
+    let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
     let (hs, grad_h) = ws.layers[config.num_layers - 1].states_and_grad_h(config.cell);
-    // The states that fed the outputs, their gradient rows and the outputs' gradients.
-    let (states, g_rows, dy) = if last_only {
-        let s = t_len * b * h..(t_len + 1) * b * h;
-        (
-            &hs[s],
-            &mut grad_h[(t_len - 1) * b * h..t_len * b * h],
-            &ws.dy[..],
-        )
-    } else {
-        let (lo, hi) = (steps.start * b, steps.end * b);
-        (
-            &hs[lo * h + b * h..hi * h + b * h],
-            &mut grad_h[lo * h..hi * h],
-            &ws.dy[lo * o..hi * o],
-        )
-    };
-    let rows = states.len() / h;
-    let accum = if steps.end >= t_len {
-        Accum::Replace
-    } else {
-        Accum::Add
-    };
+    let states = &hs[rows_of(rows.states(), b, h)];
+    let g_rows = &mut grad_h[rows_of(rows.steps.clone(), b, h)];
+    let dy = &ws.dy[rows_of(rows.outputs(), b, o)];
+    let accum = share_accum(&rows.steps, batch.seq_len);
     let w_hy = &params[layout.w_hy.clone()];
-    let s = GemmShape::new(o, h, rows);
+    let n = states.len() / h;
+    let s = GemmShape::new(o, h, n);
     let dw_hy = &mut grads[layout.w_hy.clone()];
     gemm_tn(dw_hy, accum, dy, states, s, layer::chunk_split(par, s));
     reduce::col_sums(&mut grads[layout.b_y.clone()], accum, dy);
-    let s = GemmShape::new(rows, h, o);
+    let s = GemmShape::new(n, h, o);
     gemm_nn(
         g_rows,
         Accum::Replace,

@@ -18,6 +18,8 @@
 use std::num::NonZeroUsize;
 use std::ops::Range;
 
+use faer::Accum;
+
 /// How many steps a pass runs at a time (see the module docs of `network`).
 ///
 /// The weight gradients are summed chunk by chunk, so results depend on the chunk length
@@ -91,6 +93,16 @@ impl TimeChunks {
                 seq_len.div_ceil((seq_len / steps).max(1))
             }
         }
+    }
+}
+
+/// How the chunk `steps` adds its share of a sum over all steps (a weight gradient) to it:
+/// the backward pass's first chunk, the sequence's last, overwrites; the others add.
+pub(crate) fn share_accum(steps: &Range<usize>, seq_len: usize) -> Accum {
+    if steps.end >= seq_len {
+        Accum::Replace
+    } else {
+        Accum::Add
     }
 }
 

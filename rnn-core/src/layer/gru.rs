@@ -6,33 +6,19 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
-use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
-use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
+use super::{LayerGrads, LayerPass, record, this_and_previous};
 use crate::workspace::{LayerBuffers, UnitBlock};
 
 /// `Zx = X W_ihᵀ` for the chunk's rows (one GEMM), then per step `Zh_t = h_{t-1} W_hhᵀ`
 /// (all three gates in one product) and one fused pass: gates and `h_t`.
-pub(super) fn forward<T: Float>(
-    p: &LayerPass<'_, T>,
-    buf: &mut LayerBuffers<T>,
-    h0: InitialState<'_, T>,
-) {
+pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
     let s = p.slots;
     let (b_ih, b_hh) = (&p.params[s.b_ih.clone()], &p.params[s.b_hh.clone()]);
-    if p.first_chunk() {
-        h0.write(&mut buf.hs[..step], h);
-        // Packed once per pass, so the per-step products stream the packed weights.
-        if p.halves() {
-            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
-        } else {
-            transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
-        }
-    }
     p.input_projection(&mut buf.z);
     if p.halves() {
         return forward_halves(p, buf);
@@ -174,9 +160,6 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    if p.last_chunk() {
-        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
-    }
     let LayerBuffers {
         z,
         zh,

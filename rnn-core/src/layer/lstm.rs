@@ -3,7 +3,6 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
-use kernels::gemm::transpose;
 use kernels::{Float, gates, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
@@ -16,21 +15,13 @@ use crate::workspace::{LayerBuffers, UnitBlock};
 pub(super) fn forward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
-    h0: InitialState<'_, T>,
     c0: InitialState<'_, T>,
 ) {
     let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
     if p.first_chunk() {
         p.summed_bias(&mut buf.bias);
-        h0.write(&mut buf.hs[..step], h);
         c0.write(&mut buf.cs[..step], h);
-        // Packed once per pass, so the per-step products stream the packed weights.
-        if p.halves() {
-            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
-        } else {
-            transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
-        }
     }
     p.input_projection(&mut buf.z);
     if p.halves() {
@@ -191,9 +182,6 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    if p.last_chunk() {
-        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
-    }
     let LayerBuffers {
         z,
         cs,

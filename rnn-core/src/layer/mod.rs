@@ -21,13 +21,13 @@ mod rnn;
 pub use blocks::UnitSplit;
 pub(crate) use blocks::halves;
 pub use chunks::TimeChunks;
-pub(crate) use chunks::spans;
+pub(crate) use chunks::{share_accum, spans};
 
 use std::ops::Range;
 
 use faer::{Accum, Par};
 use kernels::Float;
-use kernels::gemm::{GemmShape, gemm_nn, gemm_tn};
+use kernels::gemm::{GemmShape, gemm_nn, gemm_tn, transpose};
 use kernels::reduce;
 
 use crate::batch::Batch;
@@ -58,7 +58,7 @@ const PARALLEL_MIN_SHARE: f64 = 0.4;
 
 /// Whether a pass over `seq_len` steps of `batch` rows is worth a second thread: its steps
 /// are split into unit blocks, or enough of its flops ([`PARALLEL_MIN_SHARE`]) are in
-/// all-steps products big enough to split ([`worth_splitting`]). When it is not, the caller runs the
+/// all-steps products big enough to split ([`PARALLEL_MIN_FLOPS`]). When it is not, the caller runs the
 /// pass as on one thread, without entering the thread pool (which would cost more than a
 /// tiny step). The estimate counts the products of a pass scored at every step.
 pub(crate) fn pass_uses_threads(
@@ -75,7 +75,7 @@ pub(crate) fn pass_uses_threads(
     let (mut total, mut parallel) = (0.0, 0.0);
     let mut product = |s: GemmShape, all_steps: bool| {
         total += s.flops();
-        if all_steps && worth_splitting(s) {
+        if all_steps && worth_splitting(s, PARALLEL_MIN_FLOPS) {
             parallel += s.flops();
         }
     };
@@ -96,17 +96,17 @@ pub(crate) fn pass_uses_threads(
     parallel >= PARALLEL_MIN_SHARE * total
 }
 
-/// Whether an all-steps product is worth splitting between threads: not when it is small,
-/// or has a single row (where faer's result depends on the thread count).
-fn worth_splitting(s: GemmShape) -> bool {
-    s.m >= 2 && s.flops() >= PARALLEL_MIN_FLOPS
+/// Whether a product is worth splitting between threads: not when it has fewer than
+/// `min_flops`, or a single row (where faer's result depends on the thread count).
+fn worth_splitting(s: GemmShape, min_flops: f64) -> bool {
+    s.m >= 2 && s.flops() >= min_flops
 }
 
 /// The parallelism for one time chunk's product in a pass that may use `par`: the pass as a
 /// whole was judged by [`pass_uses_threads`], so only products too short to gain from a
-/// fork, or with a single row, stay on one thread.
+/// fork ([`CHUNK_MIN_FLOPS`]), or with a single row, stay on one thread.
 pub(crate) fn chunk_split(par: Par, s: GemmShape) -> Par {
-    if s.m >= 2 && s.flops() >= CHUNK_MIN_FLOPS {
+    if worth_splitting(s, CHUNK_MIN_FLOPS) {
         par
     } else {
         Par::Seq
@@ -321,11 +321,7 @@ impl<T: Float> LayerPass<'_, T> {
     ) {
         let (_, _, h, gh) = self.dims();
         let (r, i) = (self.rows(), self.input_size);
-        let accum = if self.last_chunk() {
-            Accum::Replace
-        } else {
-            Accum::Add
-        };
+        let accum = share_accum(&self.steps, self.batch.seq_len);
         let s = self.slots;
         let dx = &dx_side[r.start * gh..r.end * gh];
         let dh = dh_side.map_or(dx, |d| &d[r.start * gh..r.end * gh]);
@@ -412,18 +408,28 @@ impl<T: Float> LayerGrads<'_, T> {
 }
 
 /// Forward over the steps of `p.steps` (chunks in order): fills their rows of `buf.hs` (and
-/// the cell's saved activations). The first chunk also sets up the pass: initial state,
-/// summed bias, packed recurrent weights.
+/// the cell's saved activations). The first chunk also sets up the pass: the initial state
+/// and the packed recurrent weights here, the cell's own (summed bias, `c0`) in the cell.
 pub(crate) fn forward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     h0: InitialState<'_, T>,
     c0: InitialState<'_, T>,
 ) {
+    if p.first_chunk() {
+        let (_, b, h, gh) = p.dims();
+        h0.write(&mut buf.hs[..b * h], h);
+        // Packed once per pass, so the per-step products stream the packed weights.
+        if p.halves() {
+            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+        } else {
+            transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
+        }
+    }
     match p.config.cell {
-        Cell::Rnn => rnn::forward(p, buf, h0),
-        Cell::Lstm => lstm::forward(p, buf, h0, c0),
-        Cell::Gru => gru::forward(p, buf, h0),
+        Cell::Rnn => rnn::forward(p, buf),
+        Cell::Lstm => lstm::forward(p, buf, c0),
+        Cell::Gru => gru::forward(p, buf),
     }
 }
 
@@ -436,6 +442,10 @@ pub(crate) fn backward<T: Float>(
     out: LayerGrads<'_, T>,
 ) {
     let (_, b, h, _) = p.dims();
+    if p.halves() && p.last_chunk() {
+        // Packed once per pass, by the thread that runs each block.
+        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+    }
     let end = p.steps.end;
     let last = &mut buf.grad_h(p.config.cell)[(end - 1) * b * h..end * b * h];
     if !p.last_chunk() {

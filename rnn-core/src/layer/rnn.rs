@@ -2,32 +2,20 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
-use kernels::gemm::transpose;
 use kernels::{Float, activation, reduce};
 
 use super::blocks::{self, Step, row_mut, view};
-use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
+use super::{LayerGrads, LayerPass, record, this_and_previous};
 use crate::config::Nonlinearity;
 use crate::workspace::{LayerBuffers, UnitBlock};
 
 /// `Z = X W_ihᵀ` for the chunk's rows (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ`
 /// and `h_t = act(Z_t + b_ih + b_hh)`.
-pub(super) fn forward<T: Float>(
-    p: &LayerPass<'_, T>,
-    buf: &mut LayerBuffers<T>,
-    h0: InitialState<'_, T>,
-) {
+pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (_, b, h, _) = p.dims();
     let step = b * h;
     if p.first_chunk() {
         p.summed_bias(&mut buf.bias);
-        h0.write(&mut buf.hs[..step], h);
-        // Packed once per pass, so the per-step products stream the packed weights.
-        if p.halves() {
-            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
-        } else {
-            transpose(&mut buf.w_hh_t, p.w_hh(), h, h);
-        }
     }
     p.input_projection(&mut buf.z);
     if p.halves() {
@@ -157,9 +145,6 @@ fn backward_halves<T: Float>(
 ) {
     let (t_len, b, h, _) = p.dims();
     let step = b * h;
-    if p.last_chunk() {
-        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
-    }
     let (z, hs, unit_blocks) = (&mut buf.z, &buf.hs, &buf.blocks);
     let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
