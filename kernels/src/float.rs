@@ -118,8 +118,9 @@ pub trait Float:
 
     /// `2^n` for the integer-valued `n` carried in `r = n + MAGIC` (see [`Float::vexp`]).
     fn pow2_from_magic<S: Simd>(s: S, r: Self::Lanes<S>) -> Self::Lanes<S>;
-    /// `tanh(x)` for `|x| < 0.625`, relatively accurate (Cephes' odd fit).
-    fn tanh_small<S: Simd>(s: S, x: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// `tanh(ax)` for `ax = |x|` (non-negative or NaN) below [`Float::TANH_SATURATION`]:
+    /// the type's own approximation (see [`Float::vtanh`]).
+    fn tanh_abs<S: Simd>(s: S, ax: Self::Lanes<S>) -> Self::Lanes<S>;
     /// `e^r` for `|r| <= ln 2 / 2`, to within an ulp.
     fn exp_reduced<S: Simd>(s: S, r: Self::Lanes<S>) -> Self::Lanes<S>;
     /// Constants of the range reduction: `(lo clamp, hi clamp, log2(e), ln2 hi, ln2 lo, magic)`.
@@ -149,30 +150,26 @@ pub trait Float:
         Self::vkeep_nan(s, x, y)
     }
 
-    /// `tanh(x)` lane-wise as `(1 - e^{-2|x|}) / (1 + e^{-2|x|})` with the sign of `x`, and
-    /// an odd polynomial (f32) or rational (f64) fit for `|x| < 0.625`.
+    /// `tanh(x)` lane-wise, with the sign of `x`; exactly `±1` from
+    /// [`Float::TANH_SATURATION`] on, NaN in gives NaN out.
     ///
-    /// Relative error of a few ulp; exactly `±1` from [`Float::TANH_SATURATION`] on.
+    /// - f32: a rational fit `x P(x²) / Q(x²)` (the one Eigen and XLA use), one division and
+    ///   no `exp`: twice as fast as the exponential form, which mattered because an RNN step
+    ///   runs it over every unit. Over every f32 in `(0, 9.5]` its error is at most 2.45 eps
+    ///   with FMA (2.7 on the scalar path), absolute and relative; the exponential form's was
+    ///   0.75 eps absolute, 1.26 eps relative.
+    /// - f64: `(1 - e^{-2|x|}) / (1 + e^{-2|x|})`, and an odd rational fit for `|x| < 0.625`
+    ///   where that cancels; a few ulp.
     #[inline(always)]
     fn vtanh<S: Simd>(s: S, x: Self::Lanes<S>) -> Self::Lanes<S> {
         let one = Self::splat(s, Self::one());
         let ax = Self::vabs(s, x);
-        let t = Self::vexp(s, Self::vmul(s, ax, Self::splat(s, Self::of(-2.0))));
-        let th = Self::vdiv(s, Self::vsub(s, one, t), Self::vadd(s, one, t));
         let th = Self::vselect_gt(
             s,
             ax,
             Self::splat(s, Self::of(Self::TANH_SATURATION)),
             one,
-            th,
-        );
-        // Near 0, 1 - e^{-2|x|} cancels: an odd fit keeps the relative error at a few ulp.
-        let th = Self::vselect_lt(
-            s,
-            ax,
-            Self::splat(s, Self::of(0.625)),
-            Self::tanh_small(s, ax),
-            th,
+            Self::tanh_abs(s, ax),
         );
         Self::vkeep_nan(s, x, Self::vcopysign(s, th, x))
     }
@@ -309,8 +306,8 @@ macro_rules! impl_float {
             }
             const TANH_SATURATION: f64 = if Self::BYTES == 4 { 9.1 } else { 19.1 };
             #[inline(always)]
-            fn tanh_small<S: Simd>(s: S, x: S::$v) -> S::$v {
-                tanh_small_impl!($t, s, x)
+            fn tanh_abs<S: Simd>(s: S, ax: S::$v) -> S::$v {
+                tanh_abs_impl!($t, s, ax)
             }
             #[inline(always)]
             fn exp_reduced<S: Simd>(s: S, r: S::$v) -> S::$v {
@@ -345,24 +342,36 @@ macro_rules! exp_consts {
     };
 }
 
-macro_rules! tanh_small_impl {
-    (f32, $s:ident, $x:ident) => {{
-        // Cephes tanhf: x + x z P(z), z = x^2.
-        let z = $s.mul_f32s($x, $x);
-        let mut p = $s.splat_f32s(-5.70498872745e-3);
+macro_rules! tanh_abs_impl {
+    (f32, $s:ident, $ax:ident) => {{
+        // Eigen's float tanh: x P(x²) / Q(x²) on [0, 7.905...], where it reaches its maximum
+        // (0.99999976, within 2 eps of tanh up to the saturation point).
+        let x = $s.min_f32s($ax, $s.splat_f32s(7.905_311));
+        let x2 = $s.mul_f32s(x, x);
+        let mut p = $s.splat_f32s(-2.760_768_4e-16);
         for k in [
-            2.06390887954e-2,
-            -5.37397155531e-2,
-            1.33314422036e-1,
-            -3.33332819422e-1,
+            2.000_187_9e-13,
+            -8.604_671_5e-11,
+            5.122_297_3e-8,
+            1.485_722_35e-5,
+            6.372_619_3e-4,
+            4.893_524_6e-3,
         ] {
-            p = $s.mul_add_e_f32s(p, z, $s.splat_f32s(k));
+            p = $s.mul_add_e_f32s(p, x2, $s.splat_f32s(k));
         }
-        $s.mul_add_e_f32s($s.mul_f32s(p, z), $x, $x)
+        let mut q = $s.splat_f32s(1.198_258_4e-6);
+        for k in [1.185_347_1e-4, 2.268_434_7e-3, 4.893_525_2e-3] {
+            q = $s.mul_add_e_f32s(q, x2, $s.splat_f32s(k));
+        }
+        $s.div_f32s($s.mul_f32s(p, x), q)
     }};
-    (f64, $s:ident, $x:ident) => {{
-        // Cephes tanh: x + x z P(z) / Q(z), z = x^2.
-        let z = $s.mul_f64s($x, $x);
+    (f64, $s:ident, $ax:ident) => {{
+        let one = $s.splat_f64s(1.0);
+        let t = <f64 as Float>::vexp($s, $s.mul_f64s($ax, $s.splat_f64s(-2.0)));
+        let th = $s.div_f64s($s.sub_f64s(one, t), $s.add_f64s(one, t));
+        // Near 0, 1 - e^{-2|x|} cancels: Cephes' odd fit x + x z P(z) / Q(z), z = x^2,
+        // keeps the relative error at a few ulp.
+        let z = $s.mul_f64s($ax, $ax);
         let mut p = $s.splat_f64s(-9.64399179425052238628e-1);
         for k in [-9.92877231001918586564e1, -1.61468768441708447952e3] {
             p = $s.mul_add_e_f64s(p, z, $s.splat_f64s(k));
@@ -372,7 +381,8 @@ macro_rules! tanh_small_impl {
             q = $s.mul_add_e_f64s(q, z, $s.splat_f64s(k));
         }
         let r = $s.div_f64s($s.mul_f64s(p, z), q);
-        $s.mul_add_e_f64s(r, $x, $x)
+        let small = $s.mul_add_e_f64s(r, $ax, $ax);
+        <f64 as Float>::vselect_lt($s, $ax, $s.splat_f64s(0.625), small, th)
     }};
 }
 

@@ -130,7 +130,9 @@ fn activations_match_reference_f64() {
     activations_match::<f64>();
 }
 
-/// tanh within 1e-6 (f32) / 1e-14 (f64) absolute of std over a dense sweep of [-20, 20].
+/// tanh within `tol` absolute of std over a dense sweep of [-20, 20]. f32's rational fit
+/// erred by at most 2.45 eps over every f32 in `(0, 9.5]` (AVX-512, measured once
+/// exhaustively), and by 2.72 eps in this sweep on the scalar path.
 fn tanh_dense_sweep<T: Float>(tol: f64) {
     let n = 400_001;
     let x: Vec<T> = (0..n)
@@ -154,7 +156,7 @@ fn tanh_dense_sweep<T: Float>(tol: f64) {
 
 #[test]
 fn tanh_is_accurate_f32() {
-    tanh_dense_sweep::<f32>(1e-6);
+    tanh_dense_sweep::<f32>(3.0 * f64::from(f32::EPSILON));
 }
 
 #[test]
