@@ -8,10 +8,12 @@
 //! registers and streams `B` by rows; and `Aᵀ B` products with a narrow, odd-width `C`
 //! (`dW_ih` at `I = 65`), which [`gemm_tn`] computes transposed in blocks.
 //!
-//! On several threads a product is cut by this crate into one contiguous share of `C`'s rows
-//! or columns per thread, each a sequential faer product (faer's own split barely helped the
-//! narrow products). Nothing splits the inner dimension, and the kernel choice depends only
-//! on the shape: results are bitwise identical for any [`Par`].
+//! On several threads ([`Threads`]) a product is cut by this crate into one contiguous share
+//! of `C`'s rows or columns per thread, each a sequential faer product (faer's own split
+//! barely helped the narrow products). The threads are rayon's (a [`Par`]) or the two
+//! workers of a [`Pair`] already running a loop, which take a share each without waking
+//! anyone. Nothing splits the inner dimension, and the kernel choice depends only on the
+//! shape: results are bitwise identical for any [`Threads`].
 
 use faer::linalg::matmul::matmul;
 use faer::prelude::ReborrowMut;
@@ -19,6 +21,40 @@ use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Simd, WithSimd};
 
 use crate::float::Float;
+use crate::pair::Pair;
+
+/// The threads a product may use. A bare [`Par`] converts into one.
+#[derive(Clone, Copy)]
+pub enum Threads<'a> {
+    /// Shares on rayon's threads (`Par::Seq`: the calling thread alone).
+    Par(Par),
+    /// Two shares, one on each worker of the pair (in turn when it is not parallel), each
+    /// cut further over the given [`Par`]. A product inside one of the pair's joins must not
+    /// use it.
+    Pair(&'a Pair, Par),
+}
+
+impl From<Par> for Threads<'_> {
+    fn from(par: Par) -> Self {
+        Self::Par(par)
+    }
+}
+
+impl Threads<'_> {
+    /// How many threads the product may use.
+    pub fn degree(&self) -> usize {
+        match *self {
+            Self::Par(par) => par.degree(),
+            Self::Pair(pair, each) => {
+                if pair.is_parallel() {
+                    2 * each.degree()
+                } else {
+                    each.degree()
+                }
+            }
+        }
+    }
+}
 
 /// The shape of a product `C[m, n] (+)= op(A)[m, k] · op(B)[k, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,12 +119,19 @@ fn check<T>(dst: &[T], a: &[T], b: &[T], s: GemmShape) {
 /// assert_eq!(c, [10.0, 13.0, 16.0]);
 /// ```
 #[track_caller]
-pub fn gemm_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+pub fn gemm_nn<'p, T: Float>(
+    dst: &mut [T],
+    accum: Accum,
+    a: &[T],
+    b: &[T],
+    s: GemmShape,
+    threads: impl Into<Threads<'p>>,
+) {
     check(dst, a, b, s);
     if s.m <= SMALL_M_MAX {
         small_m_gemm_nn(dst, accum, a, b, s);
     } else {
-        faer_nn(dst, accum, a, b, s, par);
+        faer_nn(dst, accum, a, b, s, threads);
     }
 }
 
@@ -97,13 +140,20 @@ pub fn gemm_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmS
 /// # Panics
 /// If a slice length does not match the shape.
 #[track_caller]
-pub fn faer_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+pub fn faer_nn<'p, T: Float>(
+    dst: &mut [T],
+    accum: Accum,
+    a: &[T],
+    b: &[T],
+    s: GemmShape,
+    threads: impl Into<Threads<'p>>,
+) {
     check(dst, a, b, s);
     let GemmShape { m, n, k } = s;
     let a = MatRef::from_row_major_slice(a, m, k);
     let b = MatRef::from_row_major_slice(b, k, n);
     let c = MatMut::from_row_major_slice_mut(dst, m, n);
-    product(c, accum, a, b, par, Leaf::Faer);
+    product(c, accum, a, b, threads.into(), Leaf::Faer);
 }
 
 /// `C[m, n] (+)= A[m, k] · B[n, k]ᵀ`: `B` is stored row-major as `[n, k]` (a PyTorch weight
@@ -123,13 +173,20 @@ pub fn faer_nn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmS
 /// assert_eq!(y, [1.0, 2.0, 3.0]);
 /// ```
 #[track_caller]
-pub fn gemm_nt<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+pub fn gemm_nt<'p, T: Float>(
+    dst: &mut [T],
+    accum: Accum,
+    a: &[T],
+    b: &[T],
+    s: GemmShape,
+    threads: impl Into<Threads<'p>>,
+) {
     check(dst, a, b, s);
     let GemmShape { m, n, k } = s;
     let a = MatRef::from_row_major_slice(a, m, k);
     let b = MatRef::from_row_major_slice(b, n, k);
     let c = MatMut::from_row_major_slice_mut(dst, m, n);
-    product(c, accum, a, b.transpose(), par, Leaf::Faer);
+    product(c, accum, a, b.transpose(), threads.into(), Leaf::Faer);
 }
 
 /// `C[m, n] (+)= A[k, m]ᵀ · B[k, n]`: `A` is stored row-major as `[k, m]` (weight gradients
@@ -149,13 +206,20 @@ pub fn gemm_nt<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmS
 /// assert_eq!(dw, [4.0, 6.0]);
 /// ```
 #[track_caller]
-pub fn gemm_tn<T: Float>(dst: &mut [T], accum: Accum, a: &[T], b: &[T], s: GemmShape, par: Par) {
+pub fn gemm_tn<'p, T: Float>(
+    dst: &mut [T],
+    accum: Accum,
+    a: &[T],
+    b: &[T],
+    s: GemmShape,
+    threads: impl Into<Threads<'p>>,
+) {
     check(dst, a, b, s);
     let GemmShape { m, n, k } = s;
     let a = MatRef::from_row_major_slice(a, k, m);
     let b = MatRef::from_row_major_slice(b, k, n);
     let c = MatMut::from_row_major_slice_mut(dst, m, n);
-    product(c, accum, a.transpose(), b, par, Leaf::tn(s));
+    product(c, accum, a.transpose(), b, threads.into(), Leaf::tn(s));
 }
 
 /// The least rows (or columns) of `C` a thread's share of a split product gets: faer's
@@ -175,16 +239,50 @@ fn product<T: Float>(
     accum: Accum,
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,
-    par: Par,
+    threads: Threads<'_>,
     leaf: Leaf,
 ) {
-    let threads = par.degree();
     let (m, n) = (c.nrows(), c.ncols());
-    if threads < 2 || m.max(n) < 2 * MIN_SHARE {
-        return leaf.run(c, accum, a, b);
+    let by_rows = m >= n;
+    match threads {
+        Threads::Pair(pair, each) if pair.is_parallel() && m.max(n) >= 2 * MIN_SHARE => {
+            let (s0, s1) = halve(c, a, b, 1, 2, by_rows);
+            pair.join(
+                || product(s0.0, accum, s0.1, s0.2, each.into(), leaf),
+                || product(s1.0, accum, s1.1, s1.2, each.into(), leaf),
+            );
+        }
+        Threads::Pair(_, each) => product(c, accum, a, b, each.into(), leaf),
+        Threads::Par(par) => {
+            let shares = par.degree().min(m.max(n) / MIN_SHARE);
+            split_product(c, accum, a, b, shares, by_rows, leaf);
+        }
     }
-    let shares = threads.min(m.max(n) / MIN_SHARE);
-    split_product(c, accum, a, b, shares, m >= n, leaf);
+}
+
+/// One share of a product: its part of `C` and the operands it reads.
+type Share<'c, 'a, 'b, T> = (MatMut<'c, T>, MatRef<'a, T>, MatRef<'b, T>);
+
+/// Cuts `C (+)= A B` at `C`'s rows (`by_rows`) or columns `left / shares` of the way.
+fn halve<'c, 'a, 'b, T>(
+    c: MatMut<'c, T>,
+    a: MatRef<'a, T>,
+    b: MatRef<'b, T>,
+    left: usize,
+    shares: usize,
+    by_rows: bool,
+) -> (Share<'c, 'a, 'b, T>, Share<'c, 'a, 'b, T>) {
+    if by_rows {
+        let cut = c.nrows() * left / shares;
+        let (c0, c1) = c.split_at_row_mut(cut);
+        let (a0, a1) = a.split_at_row(cut);
+        ((c0, a0, b), (c1, a1, b))
+    } else {
+        let cut = c.ncols() * left / shares;
+        let (c0, c1) = c.split_at_col_mut(cut);
+        let (b0, b1) = b.split_at_col(cut);
+        ((c0, a, b0), (c1, a, b1))
+    }
 }
 
 /// How one thread computes its share of a product.
@@ -270,23 +368,11 @@ fn split_product<T: Float>(
         return leaf.run(c, accum, a, b);
     }
     let left = shares / 2;
-    if by_rows {
-        let cut = c.nrows() * left / shares;
-        let (c0, c1) = c.split_at_row_mut(cut);
-        let (a0, a1) = a.split_at_row(cut);
-        rayon::join(
-            || split_product(c0, accum, a0, b, left, by_rows, leaf),
-            || split_product(c1, accum, a1, b, shares - left, by_rows, leaf),
-        );
-    } else {
-        let cut = c.ncols() * left / shares;
-        let (c0, c1) = c.split_at_col_mut(cut);
-        let (b0, b1) = b.split_at_col(cut);
-        rayon::join(
-            || split_product(c0, accum, a, b0, left, by_rows, leaf),
-            || split_product(c1, accum, a, b1, shares - left, by_rows, leaf),
-        );
-    }
+    let (s0, s1) = halve(c, a, b, left, shares, by_rows);
+    rayon::join(
+        || split_product(s0.0, accum, s0.1, s0.2, left, by_rows, leaf),
+        || split_product(s1.0, accum, s1.1, s1.2, shares - left, by_rows, leaf),
+    );
 }
 
 /// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major.

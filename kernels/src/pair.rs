@@ -1,10 +1,11 @@
-//! A two-worker fork-join for loops that meet once per iteration: a recurrent layer's time
-//! loop, whose steps split into two blocks of about 50-500 µs each.
+//! A two-worker fork-join for work that meets often: a training pass, whose every time step
+//! splits into two blocks of about 50-500 µs each, and whose products between the time loops
+//! split into two shares ([`crate::gemm::Threads::Pair`]).
 //!
-//! [`with_pair`] runs a loop body on the calling rayon worker and lends a second worker to it
-//! for the whole loop: one rayon job that serves [`Pair::join`]'s second closure each time the
-//! loop posts one, spinning on an atomic between posts instead of going back to rayon's sleep
-//! machinery. A join is then a store, a compare-and-swap and a load: no queue, no condition
+//! [`with_pair`] runs a body on the calling rayon worker and lends a second worker to it for
+//! the whole body: one rayon job that serves [`Pair::join`]'s second closure each time the
+//! body posts one, spinning on an atomic between posts instead of going back to rayon's sleep
+//! machinery, from which each `rayon::join` would have to wake it again. A join is then a store, a compare-and-swap and a load: no queue, no condition
 //! variable, and the second block always runs on the same thread, which keeps its share of
 //! the weights in that core's cache.
 //!

@@ -3,7 +3,8 @@
 use faer::{Accum, Par};
 use kernels::Float;
 use kernels::arch::{Isa, with_isa};
-use kernels::gemm::{self, GemmShape};
+use kernels::gemm::{self, GemmShape, Threads};
+use kernels::pair::with_pair;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -169,11 +170,12 @@ fn mismatched_lengths_panic_with_shape() {
 }
 
 /// The signature the three products share.
-type Product = fn(&mut [f32], Accum, &[f32], &[f32], GemmShape, Par);
+type Product = fn(&mut [f32], Accum, &[f32], &[f32], GemmShape, Threads<'_>);
 
-/// Split on several threads, a product is bitwise the one-thread product: each thread
-/// computes whole rows (or columns) of `C`, the same way as one thread would. Shapes
-/// include narrow sides (split by the long side), uneven cuts and `Accum::Add`.
+/// Split on several threads, rayon's or a pair's, a product is bitwise the one-thread
+/// product: each thread computes whole rows (or columns) of `C`, the same way as one thread
+/// would. Shapes include narrow sides (split by the long side), uneven cuts and
+/// `Accum::Add`.
 #[test]
 fn threaded_products_are_bitwise_the_sequential_ones() {
     let mut rng = StdRng::seed_from_u64(11);
@@ -199,19 +201,36 @@ fn threaded_products_are_bitwise_the_sequential_ones() {
             random(&mut rng, m * n),
         );
         let products: [(&str, Product); 3] = [
-            ("nn", gemm::gemm_nn),
-            ("nt", gemm::gemm_nt),
-            ("tn", gemm::gemm_tn),
+            ("nn", |c, acc, a, b, s, t| gemm::gemm_nn(c, acc, a, b, s, t)),
+            ("nt", |c, acc, a, b, s, t| gemm::gemm_nt(c, acc, a, b, s, t)),
+            ("tn", |c, acc, a, b, s, t| gemm::gemm_tn(c, acc, a, b, s, t)),
         ];
         for (name, product) in products {
             let (a, b) = (&a[..m * k], &b[..k * n]);
             let mut want = c0.clone();
-            product(&mut want, Accum::Add, a, b, s, Par::Seq);
+            product(&mut want, Accum::Add, a, b, s, Par::Seq.into());
             for threads in [2, 3, 4] {
                 let mut got = c0.clone();
                 pool(threads)
-                    .install(|| product(&mut got, Accum::Add, a, b, s, Par::rayon(threads)));
+                    .install(|| product(&mut got, Accum::Add, a, b, s, Par::rayon(threads).into()));
                 assert_eq!(got, want, "{name} {s:?} on {threads} threads");
+            }
+            // A pair's two shares, each whole or cut again over rayon's threads; and a pair
+            // that is not parallel (one thread runs both shares).
+            for (threads, parallel, each) in [
+                (2, true, Par::Seq),
+                (1, true, Par::Seq),
+                (2, false, Par::Seq),
+                (4, true, Par::rayon(2)),
+            ] {
+                let mut got = c0.clone();
+                pool(threads).install(|| {
+                    with_pair(parallel, |pair| {
+                        let on = Threads::Pair(pair, each);
+                        product(&mut got, Accum::Add, a, b, s, on)
+                    })
+                });
+                assert_eq!(got, want, "{name} {s:?} on a pair ({threads} threads)");
             }
         }
     }

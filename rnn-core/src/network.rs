@@ -23,7 +23,7 @@ use kernels::{Float, loss as kloss, reduce};
 use crate::batch::{Batch, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
 use crate::error::Result;
-use crate::layer::{self, InitialState, LayerGrads, LayerPass, share_accum, spans};
+use crate::layer::{self, InitialState, LayerGrads, LayerPass, PassThreads, share_accum, spans};
 pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
 use crate::workspace::Workspace;
@@ -182,15 +182,36 @@ pub fn forward<'s, T: Float>(
 ) {
     let exec = exec.into();
     ws.ensure(config, batch.seq_len, batch.batch, many_to_one, exec.split);
-    forward_chunks(
-        config,
-        layout,
-        params,
-        ws,
-        batch,
-        exec,
-        Head::of(many_to_one),
-    );
+    with_threads(config, batch, exec, |threads| {
+        forward_chunks(
+            config,
+            layout,
+            params,
+            ws,
+            batch,
+            exec,
+            threads,
+            Head::of(many_to_one),
+        )
+    });
+}
+
+/// Runs `body` with the threads of a pass over `batch` under `exec`: a parallel pair for
+/// the whole pass when its steps are split and threads allowed ([`PassThreads`]).
+fn with_threads<T: Float, R: Send>(
+    config: &RnnConfig,
+    batch: &Batch<'_, T>,
+    exec: Exec,
+    body: impl FnOnce(PassThreads<'_>) -> R + Send,
+) -> R {
+    let parallel =
+        exec.par != Par::Seq && PassThreads::split_steps(config, batch.batch, exec.split);
+    kernels::pair::with_pair(parallel, |pair| {
+        body(PassThreads {
+            par: exec.par,
+            pair,
+        })
+    })
 }
 
 /// Every layer's forward pass and the `head` outputs, chunk by chunk (the workspace must be
@@ -202,18 +223,19 @@ fn forward_chunks<'s, T: Float>(
     ws: &mut Workspace<T>,
     batch: &Batch<'s, T>,
     exec: Exec,
+    threads: PassThreads<'_>,
     head: Head,
 ) {
     for steps in spans(batch.seq_len, exec.chunk_steps(config, batch)) {
-        forward_layers(config, layout, params, ws, batch, exec, &steps);
+        forward_layers(config, layout, params, ws, batch, exec, threads, &steps);
         if head == Head::EveryStep {
             let rows = HeadRows::chunk(steps);
-            head_forward(config, layout, params, ws, batch, rows, exec.par);
+            head_forward(config, layout, params, ws, batch, rows, threads);
         }
     }
     if head == Head::LastStep {
         let rows = HeadRows::final_state(batch.seq_len);
-        head_forward(config, layout, params, ws, batch, rows, exec.par);
+        head_forward(config, layout, params, ws, batch, rows, threads);
     }
 }
 
@@ -225,6 +247,7 @@ fn forward_layers<'s, T: Float>(
     ws: &mut Workspace<T>,
     batch: &Batch<'s, T>,
     exec: Exec,
+    threads: PassThreads<'_>,
     steps: &Range<usize>,
 ) {
     let (b, h) = (batch.batch, config.hidden_size);
@@ -243,7 +266,9 @@ fn forward_layers<'s, T: Float>(
                 }
                 (None, None) => InitialState::Zeros,
             };
-        let pass = layer_pass(config, layout, params, batch, k, input, exec, steps);
+        let pass = layer_pass(
+            config, layout, params, batch, k, input, exec, threads, steps,
+        );
         layer::forward(
             &pass,
             &mut rest[0],
@@ -261,7 +286,7 @@ fn head_forward<T: Float>(
     ws: &mut Workspace<T>,
     batch: &Batch<'_, T>,
     rows: HeadRows,
-    par: Par,
+    threads: PassThreads<'_>,
 ) {
     let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
     let top = &ws.layers[config.num_layers - 1];
@@ -272,7 +297,7 @@ fn head_forward<T: Float>(
         row.copy_from_slice(b_y);
     }
     let s = GemmShape::new(states.len() / h, o, h);
-    gemm_nt(y, Accum::Add, states, w_hy, s, layer::chunk_split(par, s));
+    gemm_nt(y, Accum::Add, states, w_hy, s, threads.product(s));
     if rows.every_step {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
         for t in rows.steps {
@@ -293,6 +318,7 @@ fn layer_pass<'a, T: Float>(
     k: usize,
     input: &'a [T],
     exec: Exec,
+    threads: PassThreads<'a>,
     steps: &Range<usize>,
 ) -> LayerPass<'a, T> {
     LayerPass {
@@ -302,7 +328,7 @@ fn layer_pass<'a, T: Float>(
         batch,
         input,
         input_size: config.layer_input(k),
-        par: exec.par,
+        threads,
         split: exec.split,
         steps: steps.clone(),
     }
@@ -414,15 +440,25 @@ fn full_pass<T: Float>(
     batch: &Batch<T>,
     spec: &LossSpec,
     opts: PassOptions,
+    threads: PassThreads<'_>,
 ) -> T {
-    forward(
+    ws.ensure(
+        config,
+        batch.seq_len,
+        batch.batch,
+        spec.many_to_one,
+        opts.split,
+    );
+    let head = Head::of(spec.many_to_one);
+    forward_chunks(
         config,
         layout,
         params,
         ws,
         batch,
-        spec.many_to_one,
         opts.exec(),
+        threads,
+        head,
     );
     let loss = loss_forward_backward(config, ws, batch, spec, loss_scale(config, batch, spec));
     backward(
@@ -434,6 +470,7 @@ fn full_pass<T: Float>(
         batch,
         spec.many_to_one,
         opts,
+        threads,
         true,
         None,
     );
@@ -455,6 +492,7 @@ fn backward<T: Float>(
     batch: &Batch<T>,
     many_to_one: bool,
     opts: PassOptions,
+    threads: PassThreads<'_>,
     head: bool,
     carry: Option<(&[T], &[T])>,
 ) {
@@ -467,7 +505,7 @@ fn backward<T: Float>(
         ws.layers[top].grad_h(cell)[..t_len * b * h].fill(T::zero());
     } else if many_to_one {
         let rows = HeadRows::final_state(t_len);
-        head_backward(config, layout, params, grads, ws, batch, rows, opts.par);
+        head_backward(config, layout, params, grads, ws, batch, rows, threads);
         ws.layers[top].grad_h(cell)[..(t_len - 1) * b * h].fill(T::zero());
     }
     let layer_state = k_rows(b * h);
@@ -482,7 +520,7 @@ fn backward<T: Float>(
     for steps in spans(t_len, exec.chunk_steps(config, batch)).rev() {
         if head && !many_to_one {
             let rows = HeadRows::chunk(steps.clone());
-            head_backward(config, layout, params, grads, ws, batch, rows, opts.par);
+            head_backward(config, layout, params, grads, ws, batch, rows, threads);
         }
         let mut norms = opts
             .telemetry
@@ -502,7 +540,9 @@ fn backward<T: Float>(
                 let (states, grad_h) = below[k - 1].states_and_grad_h(cell);
                 (&states[b * h..], Some(grad_h))
             };
-            let pass = layer_pass(config, layout, params, batch, k, input, exec, &steps);
+            let pass = layer_pass(
+                config, layout, params, batch, k, input, exec, threads, &steps,
+            );
             let out = LayerGrads {
                 grads: &mut *grads,
                 dh0,
@@ -549,7 +589,7 @@ fn head_backward<T: Float>(
     ws: &mut Workspace<T>,
     batch: &Batch<T>,
     rows: HeadRows,
-    par: Par,
+    threads: PassThreads<'_>,
 ) {
     let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
     let (hs, grad_h) = ws.layers[config.num_layers - 1].states_and_grad_h(config.cell);
@@ -561,17 +601,10 @@ fn head_backward<T: Float>(
     let n = states.len() / h;
     let s = GemmShape::new(o, h, n);
     let dw_hy = &mut grads[layout.w_hy.clone()];
-    gemm_tn(dw_hy, accum, dy, states, s, layer::chunk_split(par, s));
+    gemm_tn(dw_hy, accum, dy, states, s, threads.product(s));
     reduce::col_sums(&mut grads[layout.b_y.clone()], accum, dy);
     let s = GemmShape::new(n, h, o);
-    gemm_nn(
-        g_rows,
-        Accum::Replace,
-        dy,
-        w_hy,
-        s,
-        layer::chunk_split(par, s),
-    );
+    gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, threads.product(s));
 }
 
 /// The range of layer `k`'s block in an `[L, n]` buffer.
@@ -647,11 +680,33 @@ pub fn forward_backward_checkpointed<T: Float>(
             "checkpointed BPTT needs a segment of at least one step".into(),
         ));
     }
-    if segment >= batch.seq_len {
-        return Ok(full_pass(
-            config, layout, params, grads, ws, batch, spec, opts,
-        ));
-    }
+    Ok(with_threads(config, batch, opts.exec(), |threads| {
+        if segment >= batch.seq_len {
+            full_pass(
+                config, layout, params, grads, ws, batch, spec, opts, threads,
+            )
+        } else {
+            checkpointed_pass(
+                config, layout, params, grads, ws, batch, spec, opts, threads, segment,
+            )
+        }
+    }))
+}
+
+/// [`forward_backward_checkpointed`] of a validated batch, in segments shorter than it.
+#[allow(clippy::too_many_arguments)]
+fn checkpointed_pass<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    opts: PassOptions,
+    threads: PassThreads<'_>,
+    segment: usize,
+) -> T {
     let (t_len, b, h, l) = (
         batch.seq_len,
         batch.batch,
@@ -696,7 +751,8 @@ pub fn forward_backward_checkpointed<T: Float>(
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
-        forward_chunks(config, layout, params, ws, &sub, opts.exec(), Head::Skip);
+        let skip = Head::Skip;
+        forward_chunks(config, layout, params, ws, &sub, opts.exec(), threads, skip);
         let len = sub.seq_len;
         for (k, layer) in ws.layers.iter().enumerate() {
             let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
@@ -725,7 +781,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         } else {
             Head::Skip
         };
-        forward_chunks(config, layout, params, ws, &sub, opts.exec(), head);
+        forward_chunks(config, layout, params, ws, &sub, opts.exec(), threads, head);
         if scored {
             total += loss_forward_backward(config, ws, &sub, spec, scale);
         }
@@ -739,6 +795,7 @@ pub fn forward_backward_checkpointed<T: Float>(
             &sub,
             spec.many_to_one,
             opts,
+            threads,
             scored,
             carry,
         );
@@ -775,7 +832,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         dx,
         norms,
     };
-    Ok(total)
+    total
 }
 
 /// Cuts a batch into segments for [`forward_backward_checkpointed`].

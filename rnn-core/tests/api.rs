@@ -217,6 +217,14 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
         for split in [UnitSplit::Whole, UnitSplit::Halves] {
             identical_at_one_and_two_threads(cell, split, Size::LARGE);
         }
+        // Checkpointed BPTT runs its segments in the same pass (one pair session), and
+        // four threads cut each of the pair's product shares again.
+        let segments = Size {
+            memory: Memory::Checkpointed { segment: 24 },
+            threads: 4,
+            ..Size::LARGE
+        };
+        identical_at_one_and_two_threads(cell, UnitSplit::Halves, segments);
     }
 }
 
@@ -226,7 +234,12 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
 fn split_steps_of_small_models_match_across_thread_counts() {
     for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
         for (t, b) in [(7, 5), (1, 3)] {
-            let size = Size { hidden: 13, t, b };
+            let size = Size {
+                hidden: 13,
+                t,
+                b,
+                ..Size::LARGE
+            };
             identical_at_one_and_two_threads(cell, UnitSplit::Halves, size);
         }
     }
@@ -238,6 +251,9 @@ struct Size {
     hidden: usize,
     t: usize,
     b: usize,
+    memory: Memory,
+    /// The thread count compared with one thread.
+    threads: usize,
 }
 
 impl Size {
@@ -247,6 +263,8 @@ impl Size {
         hidden: 128,
         t: 64,
         b: 32,
+        memory: Memory::Full,
+        threads: 2,
     };
 }
 
@@ -264,7 +282,8 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
         .unwrap()
         .with_clip(Clip::Norm(1.0))
         .with_threads(threads)
-        .with_unit_split(split);
+        .with_unit_split(split)
+        .with_memory(size.memory);
         for step in 0..5 {
             let (t, b) = (size.t, size.b);
             let x: Vec<f32> = (0..t * b * 16)
@@ -282,11 +301,13 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
             .unwrap()
     };
     let one = pool(1).install(|| run(1));
-    let two = pool(2).install(|| run(2));
+    let more = pool(size.threads).install(|| run(size.threads));
     assert!(
-        one == two,
-        "{cell:?} {split:?} H = {}: weights differ between 1 and 2 threads",
-        size.hidden
+        one == more,
+        "{cell:?} {split:?} H = {}, {:?}: weights differ between 1 and {} threads",
+        size.hidden,
+        size.memory,
+        size.threads
     );
 }
 

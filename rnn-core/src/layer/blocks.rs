@@ -11,8 +11,9 @@
 //! Each block is a set of column views (faer `MatMut`) into the step's `[B, G·H]` and
 //! `[B, H]` buffers; the kernels run on one row's slices of them at a time.
 //!
-//! A time loop runs inside [`with_pair`]: block 0 on the calling thread, block 1 on a helper
-//! that stays with the loop from its first step to its last and meets the caller once per
+//! A pass whose steps are split runs inside one `kernels::pair::with_pair` session (the
+//! pass's [`Pair`], see `PassThreads`): block 0 on the calling thread, block 1 on a helper
+//! that stays with the pass from its first step to its last and meets the caller once per
 //! step through an atomic ([`Pair::join`]), so block 1's half of `W_hh` stays in the
 //! helper's core's cache. Against a `rayon::join` per step this measured 5-20 % faster at
 //! two threads (char, large; `kernels::pair`).
@@ -27,7 +28,7 @@ use std::ops::Range;
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
 use kernels::Float;
-pub(super) use kernels::pair::{Pair, with_pair};
+use kernels::pair::Pair;
 
 use super::LayerPass;
 use crate::workspace::UnitBlock;
@@ -99,21 +100,6 @@ pub(super) struct Step<'a, T> {
 pub(crate) fn halves(hidden: usize) -> [Range<usize>; 2] {
     let cut = hidden / 2;
     [0..cut, cut..hidden]
-}
-
-/// Runs the two blocks' work, on two threads when `parallel`, for work outside a time loop
-/// (one fork, no helper to keep). Which thread runs which block does not change any result.
-pub(super) fn run_both<A, B>(parallel: bool, a: A, b: B)
-where
-    A: FnOnce() + Send,
-    B: FnOnce() + Send,
-{
-    if parallel {
-        rayon::join(a, b);
-    } else {
-        a();
-        b();
-    }
 }
 
 /// [`Pair::join`] for blocks that each report a share of a sum (`‖dL/dh_t‖²`): returns the
@@ -216,13 +202,13 @@ pub(super) fn gate_units<'a, T, const G: usize>(
 /// Packs each block's forward weights (`W_hhᵀ` restricted to its units, per gate) from
 /// `w_hh` `[G·H, H]`.
 pub(super) fn pack_forward<T: Float>(
-    parallel: bool,
+    pair: &Pair,
     blocks: &mut [UnitBlock<T>],
     w_hh: &[T],
     hidden: usize,
 ) {
     let w = MatRef::from_row_major_slice(w_hh, w_hh.len() / hidden, hidden);
-    on_each_block(parallel, blocks, |block| {
+    on_each_block(pair, blocks, |block| {
         let units = block.units.clone();
         for (k, panels) in block.forward.iter_mut().enumerate() {
             panels.pack(w.subrows(k * hidden + units.start, units.len()).transpose());
@@ -232,13 +218,13 @@ pub(super) fn pack_forward<T: Float>(
 
 /// Packs each block's backward weights (`W_hh` restricted to its units' columns).
 pub(super) fn pack_backward<T: Float>(
-    parallel: bool,
+    pair: &Pair,
     blocks: &mut [UnitBlock<T>],
     w_hh: &[T],
     hidden: usize,
 ) {
     let w = MatRef::from_row_major_slice(w_hh, w_hh.len() / hidden, hidden);
-    on_each_block(parallel, blocks, |block| {
+    on_each_block(pair, blocks, |block| {
         let units = block.units.clone();
         block.backward.pack(w.subcols(units.start, units.len()));
     });
@@ -247,14 +233,14 @@ pub(super) fn pack_backward<T: Float>(
 /// Runs `f` on both blocks, each on the thread that runs the block in the time loops (so
 /// what `f` writes starts out in that core's cache).
 fn on_each_block<T: Float>(
-    parallel: bool,
+    pair: &Pair,
     blocks: &mut [UnitBlock<T>],
     f: impl Fn(&mut UnitBlock<T>) + Sync,
 ) {
     let [b0, b1] = blocks else {
         unreachable!("a split step has two unit blocks")
     };
-    run_both(parallel, || f(b0), || f(b1));
+    pair.join(|| f(b0), || f(b1));
 }
 
 /// Forward product of a block: `z_k (+)= h_prev · W_hhᵀ[:, k·H + units]` for each gate `k`.

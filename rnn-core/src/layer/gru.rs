@@ -103,19 +103,18 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
-    blocks::with_pair(p.parallel(), |pair| {
-        for t in p.steps.clone() {
-            let gates = t * gate_step..(t + 1) * gate_step;
-            let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
-            let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut zh[gates], b, gh), h);
-            let (past, future) = hs.split_at_mut((t + 1) * step);
-            let h_prev = &past[t * step..];
-            let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
-            let step = Step { p, t };
-            let block = |zx, zh, h_t, unit| forward_block(step, [zx, zh], h_t, h_prev, unit);
-            pair.join(|| block(x0, y0, h0, u0), || block(x1, y1, h1, u1));
-        }
-    });
+    let pair = p.pair();
+    for t in p.steps.clone() {
+        let gates = t * gate_step..(t + 1) * gate_step;
+        let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
+        let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut zh[gates], b, gh), h);
+        let (past, future) = hs.split_at_mut((t + 1) * step);
+        let h_prev = &past[t * step..];
+        let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
+        let step = Step { p, t };
+        let block = |zx, zh, h_t, unit| forward_block(step, [zx, zh], h_t, h_prev, unit);
+        pair.join(|| block(x0, y0, h0, u0), || block(x1, y1, h1, u1));
+    }
 }
 
 /// One block of one forward step: its hidden-side gate columns, the gates and its units of
@@ -170,34 +169,33 @@ fn backward_halves<T: Float>(
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
-    blocks::with_pair(p.parallel(), |pair| {
-        for t in p.steps.clone().rev() {
-            let gates = t * gate_step..(t + 1) * gate_step;
-            let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates], b, gh), h);
-            let (done, later) = zh.split_at_mut((t + 1) * gate_step);
-            let dzh_next =
-                (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
-            let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut done[t * gate_step..], b, gh), h);
-            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
-            let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
-            let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
-            let h_prev = &hs[t * step..(t + 1) * step];
-            let block = |dz, grads, unit, sq: &mut T| {
-                let sq = telemetry.then_some(sq);
-                backward_block(Step { p, t }, dz, grads, dzh_next, h_prev, unit, sq)
-            };
-            let squares = blocks::join_summed(
-                pair,
-                |sq| block([x0, y0], [d0, p0], u0, sq),
-                |sq| block([x1, y1], [d1, p1], u1, sq),
-            );
-            out.record_squares(t, || squares);
-        }
-        if p.first_chunk() {
-            let dzh0 = MatRef::from_row_major_slice(&zh[..gate_step], b, gh);
-            blocks::initial_state_product(pair, out.dh0, dzh0, unit_blocks);
-        }
-    });
+    let pair = p.pair();
+    for t in p.steps.clone().rev() {
+        let gates = t * gate_step..(t + 1) * gate_step;
+        let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates], b, gh), h);
+        let (done, later) = zh.split_at_mut((t + 1) * gate_step);
+        let dzh_next =
+            (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
+        let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut done[t * gate_step..], b, gh), h);
+        let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
+        let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
+        let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
+        let h_prev = &hs[t * step..(t + 1) * step];
+        let block = |dz, grads, unit, sq: &mut T| {
+            let sq = telemetry.then_some(sq);
+            backward_block(Step { p, t }, dz, grads, dzh_next, h_prev, unit, sq)
+        };
+        let squares = blocks::join_summed(
+            pair,
+            |sq| block([x0, y0], [d0, p0], u0, sq),
+            |sq| block([x1, y1], [d1, p1], u1, sq),
+        );
+        out.record_squares(t, || squares);
+    }
+    if p.first_chunk() {
+        let dzh0 = MatRef::from_row_major_slice(&zh[..gate_step], b, gh);
+        blocks::initial_state_product(pair, out.dh0, dzh0, unit_blocks);
+    }
 }
 
 /// One block of one backward step: both sides' gate columns become their gradients; `grads`

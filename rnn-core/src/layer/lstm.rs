@@ -115,23 +115,21 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
-    blocks::with_pair(p.parallel(), |pair| {
-        for t in p.steps.clone() {
-            let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
-            let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
-            let prev = State {
-                h: &h_past[t * step..],
-                c: &c_past[t * step..],
-            };
-            let z_t = view(&mut z[t * gate_step..(t + 1) * gate_step], b, gh);
-            let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
-            let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
-            let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
-            let block =
-                |z, h_t, c_t, unit| forward_block(Step { p, t }, z, h_t, c_t, prev, bias, unit);
-            pair.join(|| block(z0, h0, c0, u0), || block(z1, h1, c1, u1));
-        }
-    });
+    let pair = p.pair();
+    for t in p.steps.clone() {
+        let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
+        let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
+        let prev = State {
+            h: &h_past[t * step..],
+            c: &c_past[t * step..],
+        };
+        let z_t = view(&mut z[t * gate_step..(t + 1) * gate_step], b, gh);
+        let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
+        let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
+        let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
+        let block = |z, h_t, c_t, unit| forward_block(Step { p, t }, z, h_t, c_t, prev, bias, unit);
+        pair.join(|| block(z0, h0, c0, u0), || block(z1, h1, c1, u1));
+    }
 }
 
 /// A step's whole `[B, H]` states.
@@ -192,36 +190,35 @@ fn backward_halves<T: Float>(
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
-    blocks::with_pair(p.parallel(), |pair| {
-        for t in p.steps.clone().rev() {
-            let (done, later) = z.split_at_mut((t + 1) * gate_step);
-            let dz_next =
-                (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
-            let [z0, z1] = blocks::split_gates::<T, 4>(view(&mut done[t * gate_step..], b, gh), h);
-            let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
-            let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
-            let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
-            let [c0, c1] = blocks::split_units(view(dc, b, h), h);
-            let states = State {
-                h: &cs[t * step..(t + 1) * step],
-                c: &cs[(t + 1) * step..(t + 2) * step],
-            };
-            let block = |dz, grads, unit, sq: &mut T| {
-                let sq = telemetry.then_some(sq);
-                backward_block(Step { p, t }, dz, grads, dz_next, states, unit, sq)
-            };
-            let squares = blocks::join_summed(
-                pair,
-                |sq| block(z0, [d0, p0, c0], u0, sq),
-                |sq| block(z1, [d1, p1, c1], u1, sq),
-            );
-            out.record_squares(t, || squares);
-        }
-        if p.first_chunk() {
-            let dz0 = MatRef::from_row_major_slice(&z[..gate_step], b, gh);
-            blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
-        }
-    });
+    let pair = p.pair();
+    for t in p.steps.clone().rev() {
+        let (done, later) = z.split_at_mut((t + 1) * gate_step);
+        let dz_next =
+            (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
+        let [z0, z1] = blocks::split_gates::<T, 4>(view(&mut done[t * gate_step..], b, gh), h);
+        let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
+        let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);
+        let [p0, p1] = blocks::split_units(view(dh_prev, b, h), h);
+        let [c0, c1] = blocks::split_units(view(dc, b, h), h);
+        let states = State {
+            h: &cs[t * step..(t + 1) * step],
+            c: &cs[(t + 1) * step..(t + 2) * step],
+        };
+        let block = |dz, grads, unit, sq: &mut T| {
+            let sq = telemetry.then_some(sq);
+            backward_block(Step { p, t }, dz, grads, dz_next, states, unit, sq)
+        };
+        let squares = blocks::join_summed(
+            pair,
+            |sq| block(z0, [d0, p0, c0], u0, sq),
+            |sq| block(z1, [d1, p1, c1], u1, sq),
+        );
+        out.record_squares(t, || squares);
+    }
+    if p.first_chunk() {
+        let dz0 = MatRef::from_row_major_slice(&z[..gate_step], b, gh);
+        blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
+    }
 }
 
 /// One block of one backward step. `grads` are the block's units of `dL/dh_t` (without the

@@ -27,7 +27,8 @@ use std::ops::Range;
 
 use faer::{Accum, Par};
 use kernels::Float;
-use kernels::gemm::{GemmShape, gemm_nn, gemm_tn, transpose};
+use kernels::gemm::{GemmShape, Threads, gemm_nn, gemm_tn, transpose};
+use kernels::pair::Pair;
 use kernels::reduce;
 
 use crate::batch::Batch;
@@ -102,19 +103,73 @@ fn worth_splitting(s: GemmShape, min_flops: f64) -> bool {
     s.m >= 2 && s.flops() >= min_flops
 }
 
-/// The parallelism for one time chunk's product in a pass that may use `par`: the pass as a
-/// whole was judged by [`pass_uses_threads`], so only products too short to gain from a
-/// fork ([`CHUNK_MIN_FLOPS`]), or with a single row, stay on one thread.
-pub(crate) fn chunk_split(par: Par, s: GemmShape) -> Par {
-    if worth_splitting(s, CHUNK_MIN_FLOPS) {
-        par
-    } else {
-        Par::Seq
+/// The threads of one pass.
+///
+/// When the pass's steps are split into unit blocks ([`UnitSplit`]) and threads are
+/// allowed, the pass runs inside one [`Pair`] session: its helper runs the second block of
+/// every step and takes the second share of every product and column sum big enough to
+/// split, so between the phases of a pass nothing goes back to rayon's pool to be woken
+/// again. Otherwise the pair is not parallel, and the all-steps products split over `par`.
+#[derive(Clone, Copy)]
+pub(crate) struct PassThreads<'a> {
+    /// rayon's threads for the products of a pass whose steps are whole (and, past two
+    /// threads, for each of the pair's shares).
+    pub par: Par,
+    /// The pass's two workers: parallel when the steps are split and threads allowed.
+    pub pair: &'a Pair,
+}
+
+impl<'a> PassThreads<'a> {
+    /// Whether the pass's steps run as two unit blocks of `batch` rows (what makes its
+    /// [`Pair`] parallel when `par` allows threads).
+    pub fn split_steps(config: &RnnConfig, batch: usize, split: UnitSplit) -> bool {
+        let (h, gh) = (config.hidden_size, config.gate_rows());
+        split.blocks(batch, h, gh / h) == 2
+    }
+
+    /// The threads for one product of the pass: the pass as a whole was judged by
+    /// [`pass_uses_threads`], so only products too short to gain from a fork
+    /// ([`CHUNK_MIN_FLOPS`]), or with a single row, stay on one thread.
+    pub fn product(&self, s: GemmShape) -> Threads<'a> {
+        if !worth_splitting(s, CHUNK_MIN_FLOPS) {
+            Par::Seq.into()
+        } else if self.pair.is_parallel() {
+            // Past two threads each of the pair's shares splits again.
+            let each = self.par.degree() / 2;
+            Threads::Pair(
+                self.pair,
+                if each >= 2 {
+                    Par::rayon(each)
+                } else {
+                    Par::Seq
+                },
+            )
+        } else {
+            self.par.into()
+        }
+    }
+
+    /// Whether work outside the steps may run on two threads.
+    fn parallel(&self) -> bool {
+        self.pair.is_parallel() || self.par != Par::Seq
+    }
+
+    /// Runs `a` and `b` on the pair's two workers, else on rayon's when the pass may use
+    /// threads, else one after the other. Must not be called inside one of the pair's joins.
+    fn join(&self, a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
+        if self.pair.is_parallel() {
+            self.pair.join(a, b);
+        } else if self.par != Par::Seq {
+            rayon::join(a, b);
+        } else {
+            a();
+            b();
+        }
     }
 }
 
 /// The signature every `kernels::gemm` product shares.
-type Product<T> = fn(&mut [T], Accum, &[T], &[T], GemmShape, Par);
+type Product<'a, T> = fn(&mut [T], Accum, &[T], &[T], GemmShape, Threads<'a>);
 
 /// Step `t`'s slice of a time-major gradient buffer (`step` elements per step) and the
 /// slice its recurrent term flows into: step `t - 1`'s, or `carry` at the chunk's first step
@@ -169,15 +224,15 @@ pub(crate) struct LayerPass<'a, T> {
     pub input: &'a [T],
     /// `I_k`.
     pub input_size: usize,
-    /// Parallelism of the all-steps products and of the per-step unit blocks.
-    pub par: Par,
+    /// The threads of the pass.
+    pub threads: PassThreads<'a>,
     /// How each step's units are split into blocks.
     pub split: UnitSplit,
     /// The time chunk this call runs (`0..T` unchunked); buffers are indexed by the step.
     pub steps: Range<usize>,
 }
 
-impl<T: Float> LayerPass<'_, T> {
+impl<'a, T: Float> LayerPass<'a, T> {
     fn w_ih(&self) -> &[T] {
         &self.params[self.slots.w_ih.clone()]
     }
@@ -218,9 +273,9 @@ impl<T: Float> LayerPass<'_, T> {
         self.split.blocks(b, h, gh / h) == 2
     }
 
-    /// Whether the two unit blocks of a step run on two threads.
-    fn parallel(&self) -> bool {
-        self.par != Par::Seq
+    /// The pass's workers: the unit blocks of a step run as one of its joins.
+    fn pair(&self) -> &'a Pair {
+        self.threads.pair
     }
 
     /// `dst = b_ih + b_hh`: one bias for cells that add both to every gate (RNN, LSTM).
@@ -249,17 +304,17 @@ impl<T: Float> LayerPass<'_, T> {
         );
     }
 
-    /// One of the chunk's products, on the pass's threads when [`chunk_split`] allows.
+    /// One of the chunk's products, on the pass's threads ([`PassThreads::product`]).
     fn chunk_product(
         &self,
-        product: Product<T>,
+        product: Product<'a, T>,
         dst: &mut [T],
         accum: Accum,
         a: &[T],
         b: &[T],
         s: GemmShape,
     ) {
-        product(dst, accum, a, b, s, chunk_split(self.par, s));
+        product(dst, accum, a, b, s, self.threads.product(s));
     }
 
     /// `[B, H] → [B, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ`, with `w_hh_t`
@@ -295,11 +350,11 @@ impl<T: Float> LayerPass<'_, T> {
     /// halves on two threads when allowed (each column is summed the same way either way).
     fn bias_grad(&self, dst: &mut [T], accum: Accum, src: &[T]) {
         let width = dst.len();
-        if !self.parallel() || src.len() < PARALLEL_MIN_SUM {
+        if !self.threads.parallel() || src.len() < PARALLEL_MIN_SUM {
             return reduce::col_sums(dst, accum, src);
         }
         let (lo, hi) = dst.split_at_mut(width / 2);
-        rayon::join(
+        self.threads.join(
             || reduce::col_sums_of(lo, accum, src, width, 0),
             || reduce::col_sums_of(hi, accum, src, width, width / 2),
         );
@@ -421,7 +476,7 @@ pub(crate) fn forward<T: Float>(
         h0.write(&mut buf.hs[..b * h], h);
         // Packed once per pass, so the per-step products stream the packed weights.
         if p.halves() {
-            blocks::pack_forward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+            blocks::pack_forward(p.pair(), &mut buf.blocks, p.w_hh(), h);
         } else {
             transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
         }
@@ -444,7 +499,7 @@ pub(crate) fn backward<T: Float>(
     let (_, b, h, _) = p.dims();
     if p.halves() && p.last_chunk() {
         // Packed once per pass, by the thread that runs each block.
-        blocks::pack_backward(p.parallel(), &mut buf.blocks, p.w_hh(), h);
+        blocks::pack_backward(p.pair(), &mut buf.blocks, p.w_hh(), h);
     }
     let end = p.steps.end;
     let last = &mut buf.grad_h(p.config.cell)[(end - 1) * b * h..end * b * h];

@@ -92,18 +92,16 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
-    blocks::with_pair(p.parallel(), |pair| {
-        for t in p.steps.clone() {
-            let (past, future) = hs.split_at_mut((t + 1) * step);
-            let h_prev = &past[t * step..];
-            let [z0, z1] =
-                blocks::split_gates::<T, 1>(view(&mut z[t * step..(t + 1) * step], b, h), h);
-            let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
-            let step = Step { p, t };
-            let block = |z, h_t, unit| forward_block(step, z, h_t, h_prev, bias, unit);
-            pair.join(|| block(z0, h0, u0), || block(z1, h1, u1));
-        }
-    });
+    let pair = p.pair();
+    for t in p.steps.clone() {
+        let (past, future) = hs.split_at_mut((t + 1) * step);
+        let h_prev = &past[t * step..];
+        let [z0, z1] = blocks::split_gates::<T, 1>(view(&mut z[t * step..(t + 1) * step], b, h), h);
+        let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
+        let step = Step { p, t };
+        let block = |z, h_t, unit| forward_block(step, z, h_t, h_prev, bias, unit);
+        pair.join(|| block(z0, h0, u0), || block(z1, h1, u1));
+    }
 }
 
 /// One block of one forward step: its gate columns, activation and units of `h_t`.
@@ -148,28 +146,26 @@ fn backward_halves<T: Float>(
     let (z, hs, unit_blocks) = (&mut buf.z, &buf.hs, &buf.blocks);
     let [u0, u1] = blocks::two(unit_blocks);
     let telemetry = out.telemetry();
-    blocks::with_pair(p.parallel(), |pair| {
-        for t in p.steps.clone().rev() {
-            let (done, later) = z.split_at_mut((t + 1) * step);
-            let dz_next =
-                (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..step], b, h));
-            let (cur, prev) = this_and_previous(done, out.dh0, t, p.steps.start, step);
-            let h_t = &hs[(t + 1) * step..(t + 2) * step];
-            let [g0, g1] = blocks::split_units(view(cur, b, h), h);
-            let [p0, p1] = blocks::split_units(view(prev, b, h), h);
-            let block = |g_t, g_prev, unit, sq: &mut T| {
-                let sq = telemetry.then_some(sq);
-                backward_block(Step { p, t }, g_t, g_prev, dz_next, h_t, unit, sq)
-            };
-            let squares =
-                blocks::join_summed(pair, |sq| block(g0, p0, u0, sq), |sq| block(g1, p1, u1, sq));
-            out.record_squares(t, || squares);
-        }
-        if p.first_chunk() {
-            let dz0 = MatRef::from_row_major_slice(&z[..step], b, h);
-            blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
-        }
-    });
+    let pair = p.pair();
+    for t in p.steps.clone().rev() {
+        let (done, later) = z.split_at_mut((t + 1) * step);
+        let dz_next = (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..step], b, h));
+        let (cur, prev) = this_and_previous(done, out.dh0, t, p.steps.start, step);
+        let h_t = &hs[(t + 1) * step..(t + 2) * step];
+        let [g0, g1] = blocks::split_units(view(cur, b, h), h);
+        let [p0, p1] = blocks::split_units(view(prev, b, h), h);
+        let block = |g_t, g_prev, unit, sq: &mut T| {
+            let sq = telemetry.then_some(sq);
+            backward_block(Step { p, t }, g_t, g_prev, dz_next, h_t, unit, sq)
+        };
+        let squares =
+            blocks::join_summed(pair, |sq| block(g0, p0, u0, sq), |sq| block(g1, p1, u1, sq));
+        out.record_squares(t, || squares);
+    }
+    if p.first_chunk() {
+        let dz0 = MatRef::from_row_major_slice(&z[..step], b, h);
+        blocks::initial_state_product(pair, out.dh0, dz0, unit_blocks);
+    }
 }
 
 /// One block of one backward step. `g_t` (its units of `dL/dh_t`, without the recurrent
