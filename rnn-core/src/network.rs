@@ -180,76 +180,122 @@ pub fn forward<'s, T: Float>(
     many_to_one: bool,
     exec: impl Into<Exec>,
 ) {
-    let exec = exec.into();
-    ws.ensure(config, batch.seq_len, batch.batch, many_to_one, exec.split);
-    with_threads(config, batch, exec, |threads| {
-        forward_chunks(
-            config,
-            layout,
-            params,
-            ws,
-            batch,
-            exec,
-            threads,
-            Head::of(many_to_one),
-        )
+    let Exec { par, split, chunks } = exec.into();
+    let opts = PassOptions {
+        par,
+        split,
+        chunks,
+        ..PassOptions::default()
+    };
+    ws.ensure(config, batch.seq_len, batch.batch, many_to_one, split);
+    let model = Model {
+        config,
+        layout,
+        params,
+    };
+    with_pass(model, batch, opts, |p| {
+        forward_chunks(&p, ws, Head::of(many_to_one))
     });
 }
 
-/// Runs `body` with the threads of a pass over `batch` under `exec`: a parallel pair for
-/// the whole pass when its steps are split and threads allowed ([`PassThreads`]).
-fn with_threads<T: Float, R: Send>(
-    config: &RnnConfig,
-    batch: &Batch<'_, T>,
-    exec: Exec,
-    body: impl FnOnce(PassThreads<'_>) -> R + Send,
+/// The network a pass runs: its configuration, parameter layout and parameters.
+#[derive(Clone, Copy)]
+struct Model<'a, 's, T> {
+    config: &'a RnnConfig,
+    layout: &'a Layout,
+    params: &'s [T],
+}
+
+/// What every phase of one pass reads: the network, the batch (one segment of it, in
+/// checkpointed BPTT), the options and the threads.
+#[derive(Clone, Copy)]
+struct Pass<'a, 's, T> {
+    config: &'a RnnConfig,
+    layout: &'a Layout,
+    params: &'s [T],
+    batch: &'a Batch<'s, T>,
+    opts: PassOptions,
+    threads: PassThreads<'a>,
+}
+
+/// Runs `body` with the pass of `model` over `batch`: inside one pair session for the
+/// whole pass when its steps are split and threads allowed ([`PassThreads`]).
+fn with_pass<'s, T: Float, R: Send>(
+    model: Model<'_, 's, T>,
+    batch: &Batch<'s, T>,
+    opts: PassOptions,
+    body: impl FnOnce(Pass<'_, 's, T>) -> R + Send,
 ) -> R {
-    let parallel =
-        exec.par != Par::Seq && PassThreads::split_steps(config, batch.batch, exec.split);
-    kernels::pair::with_pair(parallel, |pair| {
-        body(PassThreads {
-            par: exec.par,
-            pair,
+    let Model {
+        config,
+        layout,
+        params,
+    } = model;
+    let split_steps = PassThreads::split_steps(config, batch.batch, opts.split);
+    kernels::pair::with_pair(opts.par != Par::Seq && split_steps, |pair| {
+        body(Pass {
+            config,
+            layout,
+            params,
+            batch,
+            opts,
+            threads: PassThreads {
+                par: opts.par,
+                pair,
+            },
         })
     })
 }
 
+impl<'a, 's, T: Float> Pass<'a, 's, T> {
+    /// The same pass over `batch` (a segment of this pass's batch).
+    fn over<'b>(&self, batch: &'b Batch<'b, T>) -> Pass<'b, 'b, T>
+    where
+        'a: 'b,
+        's: 'b,
+    {
+        Pass { batch, ..*self }
+    }
+
+    /// The time chunks of the pass, first to last.
+    fn chunks(&self) -> impl DoubleEndedIterator<Item = Range<usize>> + use<T> {
+        let steps = self.opts.exec().chunk_steps(self.config, self.batch);
+        spans(self.batch.seq_len, steps)
+    }
+
+    /// The arguments of layer `k`'s pass over the chunk `steps`, reading `input`.
+    fn layer<'l>(&'l self, k: usize, input: &'l [T], steps: &Range<usize>) -> LayerPass<'l, T> {
+        LayerPass {
+            config: self.config,
+            slots: &self.layout.layers[k],
+            params: self.params,
+            batch: self.batch,
+            input,
+            input_size: self.config.layer_input(k),
+            threads: self.threads,
+            split: self.opts.split,
+            steps: steps.clone(),
+        }
+    }
+}
+
 /// Every layer's forward pass and the `head` outputs, chunk by chunk (the workspace must be
 /// sized).
-fn forward_chunks<'s, T: Float>(
-    config: &RnnConfig,
-    layout: &Layout,
-    params: &'s [T],
-    ws: &mut Workspace<T>,
-    batch: &Batch<'s, T>,
-    exec: Exec,
-    threads: PassThreads<'_>,
-    head: Head,
-) {
-    for steps in spans(batch.seq_len, exec.chunk_steps(config, batch)) {
-        forward_layers(config, layout, params, ws, batch, exec, threads, &steps);
+fn forward_chunks<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head: Head) {
+    for steps in p.chunks() {
+        forward_layers(p, ws, &steps);
         if head == Head::EveryStep {
-            let rows = HeadRows::chunk(steps);
-            head_forward(config, layout, params, ws, batch, rows, threads);
+            head_forward(p, ws, HeadRows::chunk(steps));
         }
     }
     if head == Head::LastStep {
-        let rows = HeadRows::final_state(batch.seq_len);
-        head_forward(config, layout, params, ws, batch, rows, threads);
+        head_forward(p, ws, HeadRows::final_state(p.batch.seq_len));
     }
 }
 
 /// Every layer's forward pass over the chunk `steps` (the workspace must be sized).
-fn forward_layers<'s, T: Float>(
-    config: &RnnConfig,
-    layout: &Layout,
-    params: &'s [T],
-    ws: &mut Workspace<T>,
-    batch: &Batch<'s, T>,
-    exec: Exec,
-    threads: PassThreads<'_>,
-    steps: &Range<usize>,
-) {
+fn forward_layers<'s, T: Float>(p: &Pass<'_, 's, T>, ws: &mut Workspace<T>, steps: &Range<usize>) {
+    let (config, batch) = (p.config, p.batch);
     let (b, h) = (batch.batch, config.hidden_size);
     for k in 0..config.num_layers {
         let (below, rest) = ws.layers.split_at_mut(k);
@@ -262,42 +308,35 @@ fn forward_layers<'s, T: Float>(
             |given: Option<&'s [T]>, learned: Option<&Range<usize>>| match (given, learned) {
                 (Some(s), _) => InitialState::PerSequence(&s[k * b * h..(k + 1) * b * h]),
                 (None, Some(l)) => {
-                    InitialState::Broadcast(&params[l.start + k * h..l.start + (k + 1) * h])
+                    InitialState::Broadcast(&p.params[l.start + k * h..l.start + (k + 1) * h])
                 }
                 (None, None) => InitialState::Zeros,
             };
-        let pass = layer_pass(
-            config, layout, params, batch, k, input, exec, threads, steps,
-        );
         layer::forward(
-            &pass,
+            &p.layer(k, input, steps),
             &mut rest[0],
-            initial(batch.h0, layout.h0.as_ref()),
-            initial(batch.c0, layout.c0.as_ref()),
+            initial(batch.h0, p.layout.h0.as_ref()),
+            initial(batch.c0, p.layout.c0.as_ref()),
         );
     }
 }
 
 /// The head over the top layer's states `rows`: `y = H W_hyᵀ + b_y`.
-fn head_forward<T: Float>(
-    config: &RnnConfig,
-    layout: &Layout,
-    params: &[T],
-    ws: &mut Workspace<T>,
-    batch: &Batch<'_, T>,
-    rows: HeadRows,
-    threads: PassThreads<'_>,
-) {
+fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: HeadRows) {
+    let (config, batch) = (p.config, p.batch);
     let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
     let top = &ws.layers[config.num_layers - 1];
-    let (w_hy, b_y) = (&params[layout.w_hy.clone()], &params[layout.b_y.clone()]);
+    let (w_hy, b_y) = (
+        &p.params[p.layout.w_hy.clone()],
+        &p.params[p.layout.b_y.clone()],
+    );
     let states = &top.hs[rows_of(rows.states(), b, h)];
     let y = &mut ws.y[rows_of(rows.outputs(), b, o)];
     for row in y.chunks_exact_mut(o) {
         row.copy_from_slice(b_y);
     }
     let s = GemmShape::new(states.len() / h, o, h);
-    gemm_nt(y, Accum::Add, states, w_hy, s, threads.product(s));
+    gemm_nt(y, Accum::Add, states, w_hy, s, p.threads.product(s));
     if rows.every_step {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
         for t in rows.steps {
@@ -305,32 +344,6 @@ fn head_forward<T: Float>(
                 ws.y[(t * b + bb) * o..(t * b + bb + 1) * o].copy_from_slice(b_y);
             }
         }
-    }
-}
-
-/// The arguments of layer `k`'s pass over the chunk `steps`.
-#[allow(clippy::too_many_arguments)]
-fn layer_pass<'a, T: Float>(
-    config: &'a RnnConfig,
-    layout: &'a Layout,
-    params: &'a [T],
-    batch: &'a Batch<'a, T>,
-    k: usize,
-    input: &'a [T],
-    exec: Exec,
-    threads: PassThreads<'a>,
-    steps: &Range<usize>,
-) -> LayerPass<'a, T> {
-    LayerPass {
-        config,
-        slots: &layout.layers[k],
-        params,
-        batch,
-        input,
-        input_size: config.layer_input(k),
-        threads,
-        split: exec.split,
-        steps: steps.clone(),
     }
 }
 
@@ -432,48 +445,23 @@ pub fn forward_backward<T: Float>(
 
 /// [`forward_backward`] of a validated batch.
 fn full_pass<T: Float>(
-    config: &RnnConfig,
-    layout: &Layout,
-    params: &[T],
+    p: &Pass<'_, '_, T>,
     grads: &mut [T],
     ws: &mut Workspace<T>,
-    batch: &Batch<T>,
     spec: &LossSpec,
-    opts: PassOptions,
-    threads: PassThreads<'_>,
 ) -> T {
+    let (config, batch) = (p.config, p.batch);
+    let many_to_one = spec.many_to_one;
     ws.ensure(
         config,
         batch.seq_len,
         batch.batch,
-        spec.many_to_one,
-        opts.split,
+        many_to_one,
+        p.opts.split,
     );
-    let head = Head::of(spec.many_to_one);
-    forward_chunks(
-        config,
-        layout,
-        params,
-        ws,
-        batch,
-        opts.exec(),
-        threads,
-        head,
-    );
+    forward_chunks(p, ws, Head::of(many_to_one));
     let loss = loss_forward_backward(config, ws, batch, spec, loss_scale(config, batch, spec));
-    backward(
-        config,
-        layout,
-        params,
-        grads,
-        ws,
-        batch,
-        spec.many_to_one,
-        opts,
-        threads,
-        true,
-        None,
-    );
+    backward(p, grads, ws, many_to_one, true, None);
     loss
 }
 
@@ -482,20 +470,15 @@ fn full_pass<T: Float>(
 /// scored ones): the head's gradients are zero and nothing comes from above. `carry`
 /// (`dL/dh`, `dL/dc` `[L, B, H]`) arrives at the last step from the steps after this batch
 /// (checkpointed BPTT).
-#[allow(clippy::too_many_arguments)]
 fn backward<T: Float>(
-    config: &RnnConfig,
-    layout: &Layout,
-    params: &[T],
+    p: &Pass<'_, '_, T>,
     grads: &mut [T],
     ws: &mut Workspace<T>,
-    batch: &Batch<T>,
     many_to_one: bool,
-    opts: PassOptions,
-    threads: PassThreads<'_>,
     head: bool,
     carry: Option<(&[T], &[T])>,
 ) {
+    let (config, layout, batch, opts) = (p.config, p.layout, p.batch, p.opts);
     let (t_len, b, h) = (batch.seq_len, batch.batch, config.hidden_size);
     let top = config.num_layers - 1;
     let cell = config.cell;
@@ -504,8 +487,7 @@ fn backward<T: Float>(
         grads[layout.b_y.clone()].fill(T::zero());
         ws.layers[top].grad_h(cell)[..t_len * b * h].fill(T::zero());
     } else if many_to_one {
-        let rows = HeadRows::final_state(t_len);
-        head_backward(config, layout, params, grads, ws, batch, rows, threads);
+        head_backward(p, grads, ws, HeadRows::final_state(t_len));
         ws.layers[top].grad_h(cell)[..(t_len - 1) * b * h].fill(T::zero());
     }
     let layer_state = k_rows(b * h);
@@ -516,11 +498,9 @@ fn backward<T: Float>(
         // dL/dx costs a [T, B, I] buffer and a GEMM: only when asked for.
         ws.dx.resize(t_len * b * config.input_size, T::zero());
     }
-    let exec = opts.exec();
-    for steps in spans(t_len, exec.chunk_steps(config, batch)).rev() {
+    for steps in p.chunks().rev() {
         if head && !many_to_one {
-            let rows = HeadRows::chunk(steps.clone());
-            head_backward(config, layout, params, grads, ws, batch, rows, threads);
+            head_backward(p, grads, ws, HeadRows::chunk(steps.clone()));
         }
         let mut norms = opts
             .telemetry
@@ -540,9 +520,6 @@ fn backward<T: Float>(
                 let (states, grad_h) = below[k - 1].states_and_grad_h(cell);
                 (&states[b * h..], Some(grad_h))
             };
-            let pass = layer_pass(
-                config, layout, params, batch, k, input, exec, threads, &steps,
-            );
             let out = LayerGrads {
                 grads: &mut *grads,
                 dh0,
@@ -556,7 +533,7 @@ fn backward<T: Float>(
                     .filter(|_| cell.has_cell_state())
                     .map(|(_, c_end)| &c_end[layer_state(k)]),
             };
-            layer::backward(&pass, buf, out);
+            layer::backward(&p.layer(k, input, &steps), buf, out);
         }
     }
     // A broadcast state's gradient is the sum over the sequences that used it; a batch that
@@ -580,31 +557,27 @@ fn backward<T: Float>(
 /// The head's backward over the top layer's states `rows`: its weight gradients from
 /// `ws.dy` (overwritten by the sequence's last chunk, added to by the others) and `dL/dh`
 /// of those states.
-#[allow(clippy::too_many_arguments)]
 fn head_backward<T: Float>(
-    config: &RnnConfig,
-    layout: &Layout,
-    params: &[T],
+    p: &Pass<'_, '_, T>,
     grads: &mut [T],
     ws: &mut Workspace<T>,
-    batch: &Batch<T>,
     rows: HeadRows,
-    threads: PassThreads<'_>,
 ) {
+    let (config, layout, batch) = (p.config, p.layout, p.batch);
     let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
     let (hs, grad_h) = ws.layers[config.num_layers - 1].states_and_grad_h(config.cell);
     let states = &hs[rows_of(rows.states(), b, h)];
     let g_rows = &mut grad_h[rows_of(rows.steps.clone(), b, h)];
     let dy = &ws.dy[rows_of(rows.outputs(), b, o)];
     let accum = share_accum(&rows.steps, batch.seq_len);
-    let w_hy = &params[layout.w_hy.clone()];
+    let w_hy = &p.params[layout.w_hy.clone()];
     let n = states.len() / h;
     let s = GemmShape::new(o, h, n);
     let dw_hy = &mut grads[layout.w_hy.clone()];
-    gemm_tn(dw_hy, accum, dy, states, s, threads.product(s));
+    gemm_tn(dw_hy, accum, dy, states, s, p.threads.product(s));
     reduce::col_sums(&mut grads[layout.b_y.clone()], accum, dy);
     let s = GemmShape::new(n, h, o);
-    gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, threads.product(s));
+    gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, p.threads.product(s));
 }
 
 /// The range of layer `k`'s block in an `[L, n]` buffer.
@@ -680,33 +653,29 @@ pub fn forward_backward_checkpointed<T: Float>(
             "checkpointed BPTT needs a segment of at least one step".into(),
         ));
     }
-    Ok(with_threads(config, batch, opts.exec(), |threads| {
+    let model = Model {
+        config,
+        layout,
+        params,
+    };
+    Ok(with_pass(model, batch, opts, |p| {
         if segment >= batch.seq_len {
-            full_pass(
-                config, layout, params, grads, ws, batch, spec, opts, threads,
-            )
+            full_pass(&p, grads, ws, spec)
         } else {
-            checkpointed_pass(
-                config, layout, params, grads, ws, batch, spec, opts, threads, segment,
-            )
+            checkpointed_pass(&p, grads, ws, spec, segment)
         }
     }))
 }
 
 /// [`forward_backward_checkpointed`] of a validated batch, in segments shorter than it.
-#[allow(clippy::too_many_arguments)]
 fn checkpointed_pass<T: Float>(
-    config: &RnnConfig,
-    layout: &Layout,
-    params: &[T],
+    p: &Pass<'_, '_, T>,
     grads: &mut [T],
     ws: &mut Workspace<T>,
-    batch: &Batch<T>,
     spec: &LossSpec,
-    opts: PassOptions,
-    threads: PassThreads<'_>,
     segment: usize,
 ) -> T {
+    let (config, layout, batch, opts) = (p.config, p.layout, p.batch, p.opts);
     let (t_len, b, h, l) = (
         batch.seq_len,
         batch.batch,
@@ -751,8 +720,7 @@ fn checkpointed_pass<T: Float>(
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
-        let skip = Head::Skip;
-        forward_chunks(config, layout, params, ws, &sub, opts.exec(), threads, skip);
+        forward_chunks(&p.over(&sub), ws, Head::Skip);
         let len = sub.seq_len;
         for (k, layer) in ws.layers.iter().enumerate() {
             let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
@@ -781,21 +749,17 @@ fn checkpointed_pass<T: Float>(
         } else {
             Head::Skip
         };
-        forward_chunks(config, layout, params, ws, &sub, opts.exec(), threads, head);
+        let seg_pass = p.over(&sub);
+        forward_chunks(&seg_pass, ws, head);
         if scored {
             total += loss_forward_backward(config, ws, &sub, spec, scale);
         }
         let carry = (s + 1 < n).then_some((&carry_h[..], &carry_c[..]));
         backward(
-            config,
-            layout,
-            params,
+            &seg_pass,
             &mut seg_grads,
             ws,
-            &sub,
             spec.many_to_one,
-            opts,
-            threads,
             scored,
             carry,
         );
