@@ -204,6 +204,13 @@ impl<'a, T: Float> Batch<'a, T> {
 
 /// [`RnnError::NonFiniteInput`] naming `what` and the first NaN or infinity in `v`.
 pub(crate) fn finite<T: Float>(what: &'static str, v: &[T]) -> Result<()> {
+    // One vectorised pass settles the common case: a finite sum of squares means every value
+    // is finite. Only a non-finite sum (a NaN or infinity, or finite values whose squares
+    // overflow) pays for the scalar scan, which stops at the first culprit but does not
+    // vectorise: on char's 266k inputs it took about 0.2 ms of every training step.
+    if kernels::reduce::sum_squares(v).is_finite() {
+        return Ok(());
+    }
     match v.iter().position(|x| !x.is_finite()) {
         Some(index) => Err(RnnError::NonFiniteInput {
             what,

@@ -104,6 +104,15 @@ fn bad_inputs_are_typed_errors() {
         matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "lengths"),
         "{e}"
     );
+    // Finite values whose squares overflow f32 are accepted.
+    let mut big_x = x.clone();
+    big_x[3] = 3e38;
+    big_x[5] = -2e30;
+    assert!(
+        Batch { x: &big_x, ..ok }
+            .validate(&tr.config, &tr.loss)
+            .is_ok()
+    );
     let mut nan_x = x.clone();
     nan_x[4] = f32::NAN;
     let e = err(Batch { x: &nan_x, ..ok }, &mut tr);
