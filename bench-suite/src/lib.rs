@@ -202,6 +202,12 @@ pub struct Record {
     /// Threads a step of this workload actually uses ([`Trainer::threads_for`]): 1 when the
     /// trainer judged the shape too small for a second thread.
     pub threads_used: usize,
+    /// Steps per time chunk of the pass ([`rnn_core::network::TimeChunks`]; `T` when the
+    /// pass runs all steps at once).
+    pub chunk_steps: usize,
+    /// Unit blocks per step ([`rnn_core::network::UnitSplit`]): 2 when each step is split
+    /// between two workers, 1 when it runs whole.
+    pub unit_blocks: usize,
 }
 
 impl Record {
@@ -227,7 +233,10 @@ impl Record {
         if let Some(rate) = self.one_thread_tokens_per_s {
             json += &format!(",\"one_thread_tokens_per_s\":{rate:.1}");
         }
-        json += &format!(",\"threads_used\":{}", self.threads_used);
+        json += &format!(
+            ",\"threads_used\":{},\"chunk_steps\":{},\"unit_blocks\":{}",
+            self.threads_used, self.chunk_steps, self.unit_blocks
+        );
         json + "}"
     }
 }
@@ -315,6 +324,7 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
     let (step, gemm_s) = (median(steps), median(gemms));
     let gemm_gflops = 2.0 * (n * n * n) as f64 / gemm_s / 1e9;
     let gflops = w.flops(cell) / step / 1e9;
+    let gates = trainer.config.gate_rows() / w.h;
     Record {
         cell: cell.as_str(),
         workload: w.name.to_string(),
@@ -331,5 +341,50 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         peak_rss_bytes: peak_rss_bytes(),
         one_thread_tokens_per_s,
         threads_used: trainer.threads_for(w.t, w.b),
+        chunk_steps: trainer.chunks.steps(w.t, w.b, w.h, gates),
+        unit_blocks: trainer.split.blocks(w.b, w.h, gates),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--json` record's fields, names and formats are a contract (`cargo xtask bench
+    /// --check` and users' scripts read them): new fields are added, none renamed.
+    #[test]
+    fn json_record_has_every_field() {
+        let record = Record {
+            cell: "lstm",
+            workload: "char".into(),
+            t: 128,
+            b: 32,
+            i: 65,
+            h: 512,
+            o: 65,
+            threads: 2,
+            tokens_per_s: 25000.04,
+            gflops: 170.5,
+            peak_fraction: 0.85,
+            gemm_gflops: 200.0,
+            peak_rss_bytes: 123,
+            one_thread_tokens_per_s: Some(13000.0),
+            threads_used: 2,
+            chunk_steps: 8,
+            unit_blocks: 2,
+        };
+        assert_eq!(
+            record.to_json(),
+            "{\"cell\":\"lstm\",\"workload\":\"char\",\"T\":128,\"B\":32,\"I\":65,\"H\":512,\
+             \"O\":65,\"threads\":2,\"tokens_per_s\":25000.0,\"gflops\":170.500,\
+             \"peak_fraction\":0.8500,\"gemm_gflops\":200.000,\"peak_rss_bytes\":123,\
+             \"one_thread_tokens_per_s\":13000.0,\"threads_used\":2,\"chunk_steps\":8,\
+             \"unit_blocks\":2}"
+        );
+        let solo = Record {
+            one_thread_tokens_per_s: None,
+            ..record
+        };
+        assert!(!solo.to_json().contains("one_thread_tokens_per_s"));
     }
 }
