@@ -69,7 +69,7 @@ pub(crate) fn pass_uses_threads(
     split_steps: UnitSplit,
 ) -> bool {
     let (h, gh, o) = (config.hidden_size, config.gate_rows(), config.output_size);
-    if split_steps.blocks(batch, h, gh / h) == 2 {
+    if PassThreads::split_steps(config, batch, split_steps) {
         return true;
     }
     let rows = seq_len * batch;
@@ -269,8 +269,7 @@ impl<'a, T: Float> LayerPass<'a, T> {
 
     /// Whether each step runs as two unit blocks ([`blocks`]).
     fn halves(&self) -> bool {
-        let (_, b, h, gh) = self.dims();
-        self.split.blocks(b, h, gh / h) == 2
+        PassThreads::split_steps(self.config, self.batch.batch, self.split)
     }
 
     /// The pass's workers: the unit blocks of a step run as one of its joins.
