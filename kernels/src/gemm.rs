@@ -40,22 +40,6 @@ impl From<Par> for Threads<'_> {
     }
 }
 
-impl Threads<'_> {
-    /// How many threads the product may use.
-    pub fn degree(&self) -> usize {
-        match *self {
-            Self::Par(par) => par.degree(),
-            Self::Pair(pair, each) => {
-                if pair.is_parallel() {
-                    2 * each.degree()
-                } else {
-                    each.degree()
-                }
-            }
-        }
-    }
-}
-
 /// The shape of a product `C[m, n] (+)= op(A)[m, k] · op(B)[k, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmShape {

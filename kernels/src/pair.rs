@@ -5,9 +5,10 @@
 //! [`with_pair`] runs a body on the calling rayon worker and lends a second worker to it for
 //! the whole body: one rayon job that serves [`Pair::join`]'s second closure each time the
 //! body posts one, spinning on an atomic between posts instead of going back to rayon's sleep
-//! machinery, from which each `rayon::join` would have to wake it again. A join is then a store, a compare-and-swap and a load: no queue, no condition
-//! variable, and the second block always runs on the same thread, which keeps its share of
-//! the weights in that core's cache.
+//! machinery, from which each `rayon::join` would have to wake it again. A join is then a
+//! store, a compare-and-swap and a load: no queue, no condition variable, and the second
+//! block always runs on the same thread, which keeps its share of the weights in that core's
+//! cache.
 //!
 //! No result depends on which thread runs which closure, and nothing waits on a thread that
 //! may never come: when the helper has not claimed a posted closure by the time the first one

@@ -188,22 +188,9 @@ pub fn forward<'s, T: Float>(
         ..PassOptions::default()
     };
     ws.ensure(config, batch.seq_len, batch.batch, many_to_one, split);
-    let model = Model {
-        config,
-        layout,
-        params,
-    };
-    with_pass(model, batch, opts, |p| {
+    with_pass(config, layout, params, batch, opts, |p| {
         forward_chunks(&p, ws, Head::of(many_to_one))
     });
-}
-
-/// The network a pass runs: its configuration, parameter layout and parameters.
-#[derive(Clone, Copy)]
-struct Model<'a, 's, T> {
-    config: &'a RnnConfig,
-    layout: &'a Layout,
-    params: &'s [T],
 }
 
 /// What every phase of one pass reads: the network, the batch (one segment of it, in
@@ -218,19 +205,17 @@ struct Pass<'a, 's, T> {
     threads: PassThreads<'a>,
 }
 
-/// Runs `body` with the pass of `model` over `batch`: inside one pair session for the
-/// whole pass when its steps are split and threads allowed ([`PassThreads`]).
+/// Runs `body` with the pass of the network (`config`, `layout`, `params`) over `batch`:
+/// inside one pair session for the whole pass when its steps are split and threads allowed
+/// ([`PassThreads`]).
 fn with_pass<'s, T: Float, R: Send>(
-    model: Model<'_, 's, T>,
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &'s [T],
     batch: &Batch<'s, T>,
     opts: PassOptions,
     body: impl FnOnce(Pass<'_, 's, T>) -> R + Send,
 ) -> R {
-    let Model {
-        config,
-        layout,
-        params,
-    } = model;
     let split_steps = PassThreads::split_steps(config, batch.batch, opts.split);
     kernels::pair::with_pair(opts.par != Par::Seq && split_steps, |pair| {
         body(Pass {
@@ -653,12 +638,7 @@ pub fn forward_backward_checkpointed<T: Float>(
             "checkpointed BPTT needs a segment of at least one step".into(),
         ));
     }
-    let model = Model {
-        config,
-        layout,
-        params,
-    };
-    Ok(with_pass(model, batch, opts, |p| {
+    Ok(with_pass(config, layout, params, batch, opts, |p| {
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
         } else {
