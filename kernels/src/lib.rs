@@ -5,6 +5,7 @@
 //!
 //! - [`gemm`]: `C (+)= A B`, `A Bᵀ`, `Aᵀ B` through faer, and a pulp kernel for products
 //!   with few rows (the recurrent step of a small batch), where faer is slow.
+//! - [`aligned`]: a growable buffer whose elements start on a cache line.
 //! - [`panels`]: a weight packed once into column panels for many few-row products (the
 //!   recurrent steps of a pass), where faer would repack it at every call.
 //! - [`activation`]: fused bias + tanh / ReLU, sigmoid, and their backward passes.
@@ -35,6 +36,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod activation;
+pub mod aligned;
 pub mod arch;
 mod float;
 pub mod gates;

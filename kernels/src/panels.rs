@@ -28,15 +28,13 @@ use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
 use pulp::{Simd, WithSimd};
 
+use crate::aligned::AlignedVec;
 use crate::float::Float;
 
 /// Rows of `B` (and columns of `A`) summed in registers before the tile is added to `C`.
 /// A tile's 8 rows of `A` then take 16 KiB (f32), which stays in L1 while the panel's
 /// block (96 KiB) comes from L2.
 pub const K_BLOCK: usize = 512;
-
-/// Bytes of a cache line, the alignment of the packed data.
-const CACHE_LINE: usize = 64;
 
 /// `B[k, n]` packed into column panels of [`Panels::WIDTH_BYTES`] bytes.
 ///
@@ -57,10 +55,8 @@ const CACHE_LINE: usize = 64;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Panels<T> {
-    /// The packed matrix at `data[start..start + k * n]`, `start` chosen so that it begins on
-    /// a cache line (a clone keeps the offset, not necessarily the alignment).
-    data: Vec<T>,
-    start: usize,
+    /// The packed matrix, `k * n` elements starting on a cache line.
+    data: AlignedVec<T>,
     k: usize,
     n: usize,
 }
@@ -79,15 +75,13 @@ impl<T: Float> Panels<T> {
     pub fn new(k: usize, n: usize) -> Self {
         // The allocator aligns large blocks to 16 bytes: every 64-byte load of a panel row
         // would then straddle two cache lines.
-        let slack = CACHE_LINE / T::BYTES;
-        let data = vec![T::zero(); k * n + slack];
-        let start = (data.as_ptr() as usize).wrapping_neg() % CACHE_LINE / T::BYTES;
-        Self { data, start, k, n }
+        let data = AlignedVec::zeros(k * n);
+        Self { data, k, n }
     }
 
     /// The packed matrix.
     fn packed(&self) -> &[T] {
-        &self.data[self.start..self.start + self.k * self.n]
+        &self.data
     }
 
     /// Rows of the packed matrix (the inner dimension of a product).
@@ -127,8 +121,7 @@ impl<T: Float> Panels<T> {
         let (k, n, w) = (self.k, self.n, Self::width());
         for col in (0..n).step_by(w.max(1)) {
             let width = w.min(n - col);
-            let start = self.start + col * k;
-            let panel = &mut self.data[start..start + width * k];
+            let panel = &mut self.data[col * k..(col + width) * k];
             if let Some(cols) = src.subcols(col, width).try_as_col_major() {
                 // Columns of `src` are contiguous (a transposed row-major `W`): read each
                 // once, writing it down the panel.
@@ -439,10 +432,18 @@ mod tests {
     fn packed_data_starts_on_a_cache_line() {
         for (k, n) in [(1, 1), (3, 5), (64, 48), (512, 256), (2048, 256)] {
             let p = Panels::<f32>::new(k, n);
-            assert_eq!(p.packed().as_ptr() as usize % CACHE_LINE, 0, "{k}x{n} f32");
+            assert_eq!(
+                p.packed().as_ptr() as usize % crate::aligned::CACHE_LINE,
+                0,
+                "{k}x{n} f32"
+            );
             assert_eq!(p.packed().len(), k * n);
             let p = Panels::<f64>::new(k, n);
-            assert_eq!(p.packed().as_ptr() as usize % CACHE_LINE, 0, "{k}x{n} f64");
+            assert_eq!(
+                p.packed().as_ptr() as usize % crate::aligned::CACHE_LINE,
+                0,
+                "{k}x{n} f64"
+            );
         }
     }
 }

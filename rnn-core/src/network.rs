@@ -481,7 +481,7 @@ fn backward<T: Float>(
     }
     if opts.input_grad {
         // dL/dx costs a [T, B, I] buffer and a GEMM: only when asked for.
-        ws.dx.resize(t_len * b * config.input_size, T::zero());
+        ws.dx.resize(t_len * b * config.input_size);
     }
     for steps in p.chunks().rev() {
         if head && !many_to_one {
@@ -759,7 +759,7 @@ fn checkpointed_pass<T: Float>(
         }
     }
     if opts.input_grad {
-        ws.dx.resize(dx.len(), T::zero());
+        ws.dx.resize(dx.len());
         ws.dx.copy_from_slice(&dx);
     }
     if opts.telemetry {

@@ -3,10 +3,14 @@
 //! [`Workspace::ensure`] sizes all buffers for `(T, B)` in this one function; their capacity
 //! only grows, so after the first pass at the largest shape nothing allocates again, and the
 //! step loops never allocate.
+//!
+//! Every buffer is a [`AlignedVec`] whose elements start on a cache line, so a step's speed
+//! does not depend on where the allocator placed its buffers (`kernels::aligned`).
 
 use std::ops::Range;
 
 use kernels::Float;
+use kernels::aligned::AlignedVec;
 use kernels::panels::Panels;
 
 use crate::config::{Cell, RnnConfig};
@@ -17,32 +21,32 @@ use crate::network::UnitSplit;
 pub struct LayerBuffers<T> {
     /// `[T+1, B, H]`; `hs[0] = h0`, `hs[t+1] = h_t`. `hs[0..T]` and `hs[1..=T]` are both
     /// `[T·B, H]` views with no copy.
-    pub hs: Vec<T>,
+    pub hs: AlignedVec<T>,
     /// `[T, B, G·H]`, the gate buffer. Forward: the pre-activations (input projection plus
     /// recurrent product), which LSTM and GRU turn into their activated gates in place.
     /// Backward: the pre-activation gradients `dZ_t`, in place. An RNN also parks `dL/dh_t`
     /// here before it becomes `dZ_t`: one buffer instead of three.
-    pub z: Vec<T>,
+    pub z: AlignedVec<T>,
     /// GRU only, `[T, B, 3H]`: the recurrent product `h_{t-1} W_hhᵀ` (its `n` slice biased,
     /// as `r` multiplies it), then its gradient. GRU keeps the two sides apart because
     /// `r` gates only the hidden side of `n`.
-    pub zh: Vec<T>,
+    pub zh: AlignedVec<T>,
     /// LSTM only, `[T+1, B, H]`: cell states, `cs[0] = c0`.
-    pub cs: Vec<T>,
+    pub cs: AlignedVec<T>,
     /// LSTM and GRU, `[T, B, H]`: `dL/dh_t` from above, to which the recurrent term is added.
     /// (An RNN uses `z` for this.)
-    pub dh: Vec<T>,
+    pub dh: AlignedVec<T>,
     /// LSTM only, `[B, H]`: `dL/dc` carried from step `t+1` to `t` in the reverse loop.
-    pub dc: Vec<T>,
+    pub dc: AlignedVec<T>,
     /// `[H, G·H]`: `W_hhᵀ`, packed once per pass so the recurrent product streams rows
     /// (steps run whole; empty when they run as unit blocks).
-    pub w_hh_t: Vec<T>,
+    pub w_hh_t: AlignedVec<T>,
     /// The unit blocks of steps split between two workers, each with its recurrent weights
     /// packed once per pass (empty when steps run whole).
     pub blocks: Vec<UnitBlock<T>>,
     /// `[G·H]`: `b_ih + b_hh` (RNN and LSTM add both biases to every gate; GRU reads them
     /// apart).
-    pub bias: Vec<T>,
+    pub bias: AlignedVec<T>,
 }
 
 /// One block of hidden units of a split step, and `W_hh` packed for its two per-step
@@ -100,15 +104,15 @@ pub struct Workspace<T> {
     /// Recurrent layers, bottom first.
     pub layers: Vec<LayerBuffers<T>>,
     /// Head outputs: `[T, B, O]`, or `[B, O]` when the loss is many-to-one.
-    pub y: Vec<T>,
+    pub y: AlignedVec<T>,
     /// `dL/dy`, same shape as `y`.
-    pub dy: Vec<T>,
+    pub dy: AlignedVec<T>,
     /// `[T, B, I]`: `dL/dx`, allocated and filled only when asked for.
-    pub dx: Vec<T>,
+    pub dx: AlignedVec<T>,
     /// `[L, B, H]`: `dL/dh0`.
-    pub dh0: Vec<T>,
+    pub dh0: AlignedVec<T>,
     /// `[L, B, H]`: `dL/dc0` (LSTM; empty otherwise).
-    pub dc0: Vec<T>,
+    pub dc0: AlignedVec<T>,
     /// `[L, T]`: `‖dL/dh_t‖` per layer and step, filled only when telemetry is asked for.
     pub grad_h_norms: Vec<T>,
     /// Checkpointed BPTT's saved states and carries (empty unless it is used).
@@ -164,8 +168,8 @@ impl Sizes {
     }
 }
 
-fn grow<T: Float>(v: &mut Vec<T>, n: usize) {
-    v.resize(n, T::zero());
+fn grow<T: Float>(v: &mut AlignedVec<T>, n: usize) {
+    v.resize(n);
 }
 
 impl<T: Float> Workspace<T> {

@@ -57,9 +57,9 @@ fn run(
     Run {
         loss,
         grads,
-        dx: ws.dx.clone(),
-        dh0: ws.dh0.clone(),
-        dc0: ws.dc0.clone(),
+        dx: ws.dx.to_vec(),
+        dh0: ws.dh0.to_vec(),
+        dc0: ws.dc0.to_vec(),
         norms: ws.grad_h_norms.clone(),
     }
 }

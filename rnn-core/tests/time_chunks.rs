@@ -103,10 +103,14 @@ fn run(s: &Setup, d: &Data, chunks: TimeChunks, segment: Option<usize>) -> Run {
         loss,
         grads,
         // After a checkpointed pass `y` holds the first segment's outputs only.
-        y: if segment.is_some() { Vec::new() } else { ws.y },
-        dx: ws.dx,
-        dh0: ws.dh0,
-        dc0: ws.dc0,
+        y: if segment.is_some() {
+            Vec::new()
+        } else {
+            ws.y.to_vec()
+        },
+        dx: ws.dx.to_vec(),
+        dh0: ws.dh0.to_vec(),
+        dc0: ws.dc0.to_vec(),
         norms: ws.grad_h_norms,
     }
 }
