@@ -303,7 +303,13 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
     };
     let (mut steps, mut gemms, mut solo_steps) = (Vec::new(), Vec::new(), Vec::new());
     let begin = Instant::now();
-    while steps.len() < 5 || (begin.elapsed().as_secs_f64() < min_secs && steps.len() < 1000) {
+    let more = |rounds: usize| {
+        let wanted = rounds < 5 || (begin.elapsed().as_secs_f64() < min_secs && rounds < 1000);
+        // Beside a one-thread trainer, an even count: each trainer then goes first in as many
+        // rounds as the other (below), so whatever going first costs, both pay it equally.
+        wanted || (threads > 1 && rounds % 2 == 1)
+    };
+    while more(steps.len()) {
         gemms.push((0..3).map(|_| gemm()).fold(f64::INFINITY, f64::min));
         // Let the reference GEMM's pool threads finish spinning and park, so they do not
         // compete with a step that leaves them idle (tiny and small at two threads).
