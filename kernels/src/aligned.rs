@@ -7,7 +7,9 @@
 //! its workspace first (0.95-0.98x in eight `bench-runner tiny 2 2 lstm` runs). With the
 //! workspace on cache lines the same runs measured 0.99-1.05x, and one-thread `char` steps
 //! ran 1-4 % faster for LSTM (`profile_step`, three alternations); two-thread steps moved
-//! within the noise.
+//! within the noise. Some spread is left (two one-thread trainers: 0.96-1.01 over every
+//! cell's tiny and small shapes): the parameters and gradients still come from the
+//! allocator, as plain `Vec`s of the public API.
 //!
 //! ```
 //! use kernels::aligned::AlignedVec;
