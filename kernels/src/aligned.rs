@@ -4,7 +4,7 @@
 //! cache line makes every 64-byte (AVX-512) load or store of a row touch two lines, and
 //! how much that costs depends on where each buffer happened to land: two identical
 //! trainers measured 2-4 % apart on the `tiny` LSTM, the gap following which one allocated
-//! its workspace first (0.95-0.98x in eight `bench-runner tiny 2 2 lstm` runs). With the
+//! its workspace first (0.95-0.99x in ten `bench-runner tiny 2 2 lstm` runs). With the
 //! workspace on cache lines the same runs measured 0.99-1.05x, and one-thread `char` steps
 //! ran 1-4 % faster for LSTM (`profile_step`, three alternations); two-thread steps moved
 //! within the noise. Some spread is left (two one-thread trainers: 0.96-1.01 over every
