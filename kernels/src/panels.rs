@@ -79,11 +79,6 @@ impl<T: Float> Panels<T> {
         Self { data, k, n }
     }
 
-    /// The packed matrix.
-    fn packed(&self) -> &[T] {
-        &self.data
-    }
-
     /// Rows of the packed matrix (the inner dimension of a product).
     pub fn k(&self) -> usize {
         self.k
@@ -99,7 +94,7 @@ impl<T: Float> Panels<T> {
         let (k, n, w) = (self.k, self.n, Self::width());
         (0..n.div_ceil(w)).map(move |p| {
             let (col, width) = (p * w, w.min(n - p * w));
-            (col, width, &self.packed()[col * k..(col + width) * k])
+            (col, width, &self.data[col * k..(col + width) * k])
         })
     }
 
@@ -433,14 +428,14 @@ mod tests {
         for (k, n) in [(1, 1), (3, 5), (64, 48), (512, 256), (2048, 256)] {
             let p = Panels::<f32>::new(k, n);
             assert_eq!(
-                p.packed().as_ptr() as usize % crate::aligned::CACHE_LINE,
+                p.data.as_ptr() as usize % crate::aligned::CACHE_LINE,
                 0,
                 "{k}x{n} f32"
             );
-            assert_eq!(p.packed().len(), k * n);
+            assert_eq!(p.data.len(), k * n);
             let p = Panels::<f64>::new(k, n);
             assert_eq!(
-                p.packed().as_ptr() as usize % crate::aligned::CACHE_LINE,
+                p.data.as_ptr() as usize % crate::aligned::CACHE_LINE,
                 0,
                 "{k}x{n} f64"
             );

@@ -4,8 +4,10 @@
 //! only grows, so after the first pass at the largest shape nothing allocates again, and the
 //! step loops never allocate.
 //!
-//! Every buffer is a [`AlignedVec`] whose elements start on a cache line, so a step's speed
-//! does not depend on where the allocator placed its buffers (`kernels::aligned`).
+//! Every activation and gradient buffer is an [`AlignedVec`] whose elements start on a cache
+//! line, so a step's speed does not depend on where the allocator placed them
+//! (`kernels::aligned`). The telemetry norms and checkpointed BPTT's saved states stay plain
+//! `Vec`s: they are written a row per step or per segment, not streamed by the kernels.
 
 use std::ops::Range;
 
@@ -168,10 +170,6 @@ impl Sizes {
     }
 }
 
-fn grow<T: Float>(v: &mut AlignedVec<T>, n: usize) {
-    v.resize(n);
-}
-
 impl<T: Float> Workspace<T> {
     /// An empty workspace; the first pass sizes it.
     pub fn new() -> Self {
@@ -198,14 +196,14 @@ impl<T: Float> Workspace<T> {
             .resize_with(config.num_layers, LayerBuffers::default);
         for l in &mut self.layers {
             let [hs, z, zh, cs, dh, dc, w_hh_t, bias, _] = sizes.layer;
-            grow(&mut l.hs, hs);
-            grow(&mut l.z, z);
-            grow(&mut l.zh, zh);
-            grow(&mut l.cs, cs);
-            grow(&mut l.dh, dh);
-            grow(&mut l.dc, dc);
-            grow(&mut l.w_hh_t, w_hh_t);
-            grow(&mut l.bias, bias);
+            l.hs.resize(hs);
+            l.z.resize(z);
+            l.zh.resize(zh);
+            l.cs.resize(cs);
+            l.dh.resize(dh);
+            l.dc.resize(dc);
+            l.w_hh_t.resize(w_hh_t);
+            l.bias.resize(bias);
             let units = sizes.blocks.as_ref().map_or(&[][..], |b| &b[..]);
             let same_blocks = l.blocks.len() == units.len()
                 && l.blocks.iter().zip(units).all(|(b, units)| {
@@ -218,10 +216,10 @@ impl<T: Float> Workspace<T> {
             }
         }
         let [y, dh0, dc0] = sizes.shared;
-        grow(&mut self.y, y);
-        grow(&mut self.dy, y);
-        grow(&mut self.dh0, dh0);
-        grow(&mut self.dc0, dc0);
+        self.y.resize(y);
+        self.dy.resize(y);
+        self.dh0.resize(dh0);
+        self.dc0.resize(dc0);
         self.shape = Some(key);
     }
 
