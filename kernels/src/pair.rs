@@ -28,7 +28,7 @@
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, Ordering};
 
 /// Nothing posted.
 const IDLE: u8 = 0;
@@ -142,6 +142,47 @@ impl Pair {
         }
     }
 
+    /// Runs `f` once on every element of `pieces`, shared between the caller and the helper
+    /// as they go. The caller starts on `pieces[..mine]` and the helper on `pieces[mine..]`,
+    /// each from the front of its share; a thread that runs out of its own share takes the
+    /// other's pieces from the back, so a slower thread (a busy core) simply ends up with
+    /// fewer. `f` must not depend on which thread runs it or in what order the pieces run; a
+    /// panic in `f` is resumed here once both threads are done. Calls must not nest.
+    ///
+    /// ```
+    /// let mut squares: Vec<u64> = (0..100).collect();
+    /// kernels::pair::with_pair(true, |pair| pair.pull_each(&mut squares, 50, |x| *x *= *x));
+    /// assert_eq!(squares[99], 99 * 99);
+    /// ```
+    ///
+    /// # Panics
+    /// If `mine > pieces.len()`.
+    pub fn pull_each<P: Send, F: Fn(&mut P) + Sync>(&self, pieces: &mut [P], mine: usize, f: F) {
+        assert!(
+            mine <= pieces.len(),
+            "Pair::pull_each: share {mine} of {} pieces",
+            pieces.len()
+        );
+        if !self.parallel {
+            pieces.iter_mut().for_each(f);
+            return;
+        }
+        let n = u32::try_from(pieces.len()).expect("Pair::pull_each: more than 2^32 pieces");
+        let mine = mine as u32;
+        let shares = [Ends::new(0, mine), Ends::new(mine, n)];
+        let base = SharedPieces(pieces.as_mut_ptr());
+        let take = |own: &Ends, other: &Ends| {
+            while let Some(i) = own.claim(true).or_else(|| other.claim(false)) {
+                // SAFETY: `claim` hands out each index below `pieces.len()` at most once (the
+                // two shares are disjoint ranges), and `pieces` stays mutably borrowed for
+                // this whole call: this is the only reference to element `i`.
+                f(unsafe { &mut *base.at(i) });
+            }
+        };
+        let [first, second] = &shares;
+        self.join(|| take(first, second), || take(second, first));
+    }
+
     /// The helper's loop: claims and runs posted closures until [`Pair::finish`].
     fn serve(&self) {
         loop {
@@ -176,6 +217,59 @@ impl Pair {
         self.quit.store(true, Ordering::Release);
     }
 }
+
+/// The unclaimed pieces of one share of a [`Pair::pull_each`], `front..back`, in one atomic
+/// word on a cache line of its own: its owner's claims then stay in its own core's cache
+/// until the other thread comes to take from it.
+#[repr(align(64))]
+struct Ends(AtomicU64);
+
+impl Ends {
+    fn new(front: u32, back: u32) -> Self {
+        Self(AtomicU64::new(Self::pack(front, back)))
+    }
+
+    fn pack(front: u32, back: u32) -> u64 {
+        u64::from(front) | (u64::from(back) << 32)
+    }
+
+    /// Claims the first unclaimed index (`from_front`) or the last one.
+    fn claim(&self, from_front: bool) -> Option<usize> {
+        let mut claimed = None;
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let (front, back) = (word as u32, (word >> 32) as u32);
+                (front < back).then(|| {
+                    let (i, front, back) = if from_front {
+                        (front, front + 1, back)
+                    } else {
+                        (back - 1, front, back - 1)
+                    };
+                    claimed = Some(i as usize);
+                    Self::pack(front, back)
+                })
+            })
+            .ok()
+            .and(claimed)
+    }
+}
+
+/// The pieces of a [`Pair::pull_each`], shared by both threads, which reach each only
+/// through an index claimed once.
+struct SharedPieces<P>(*mut P);
+
+impl<P> SharedPieces<P> {
+    /// A pointer to piece `i` (a method, so that closures capture the whole `Sync` wrapper
+    /// rather than its raw pointer field).
+    fn at(&self, i: usize) -> *mut P {
+        self.0.wrapping_add(i)
+    }
+}
+
+// SAFETY: both threads dereference the pointer only at indices claimed once each (see
+// `Pair::pull_each`), so sharing it hands each `P` to one thread at a time: `P: Send` is
+// what that needs.
+unsafe impl<P: Send> Sync for SharedPieces<P> {}
 
 /// Spins on `ready`, then keeps polling it between yields of the core.
 fn wait_until(mut ready: impl FnMut() -> bool) {
@@ -276,6 +370,88 @@ mod tests {
                 }
             })
         });
+    }
+
+    #[test]
+    fn pull_each_runs_every_piece_once_whatever_the_threads() {
+        for threads in [1, 2, 3] {
+            for parallel in [false, true] {
+                for (n, mine) in [(0, 0), (1, 0), (1, 1), (7, 3), (64, 32), (65, 0), (65, 65)] {
+                    let mut runs = vec![0u32; n];
+                    pool(threads).install(|| {
+                        with_pair(parallel, |pair| {
+                            for _ in 0..10 {
+                                pair.pull_each(&mut runs, mine, |r| *r += 1);
+                            }
+                        })
+                    });
+                    assert!(
+                        runs.iter().all(|&r| r == 10),
+                        "{threads} {parallel} {n} {mine}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A thread held up in its share leaves the rest of that share to the other: the point
+    /// of pulling pieces instead of joining fixed halves.
+    #[test]
+    fn a_slow_thread_leaves_its_pieces_to_the_other() {
+        use std::sync::atomic::AtomicUsize;
+        pool(2).install(|| {
+            with_pair(true, |pair| {
+                let me = rayon::current_thread_index();
+                let by_helper = AtomicUsize::new(0);
+                let mut pieces: Vec<(usize, bool)> = (0..40).map(|i| (i, false)).collect();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                pair.pull_each(&mut pieces, 20, |(i, by_caller)| {
+                    *by_caller = rayon::current_thread_index() == me;
+                    if !*by_caller {
+                        by_helper.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The caller's first piece stalls until the helper has run every other
+                    // piece: its own 20 and the caller's 19 others (or a generous deadline).
+                    if *i == 0 {
+                        while by_helper.load(Ordering::Relaxed) < 39
+                            && std::time::Instant::now() < deadline
+                        {
+                            std::thread::yield_now();
+                        }
+                    }
+                });
+                let by_caller: Vec<usize> = pieces.iter().filter(|p| p.1).map(|p| p.0).collect();
+                assert_eq!(by_caller, [0], "pieces the caller ran");
+            })
+        });
+    }
+
+    #[test]
+    fn a_panic_in_a_pulled_piece_reaches_the_caller() {
+        let result = pool(2).install(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                with_pair(true, |pair| {
+                    let mut pieces = [0u8; 16];
+                    pair.pull_each(&mut pieces, 8, |p| {
+                        *p += 1;
+                        assert!(*p < 1, "piece failed");
+                    });
+                })
+            }))
+        });
+        let msg = result.unwrap_err();
+        let msg = msg
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| msg.downcast_ref::<&str>().copied())
+            .unwrap();
+        assert_eq!(msg, "piece failed");
+    }
+
+    #[test]
+    #[should_panic(expected = "share 5 of 4 pieces")]
+    fn pull_each_rejects_a_share_beyond_the_pieces() {
+        with_pair(false, |pair| pair.pull_each(&mut [0u8; 4], 5, |_| {}));
     }
 
     #[test]

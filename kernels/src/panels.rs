@@ -153,9 +153,36 @@ impl<T: Float> Panels<T> {
     /// If the shapes disagree or a row of `C` or `A` is not contiguous.
     #[track_caller]
     pub fn product(&self, dst: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>) {
+        self.product_cols(dst, accum, a, 0..self.n);
+    }
+
+    /// [`Panels::product`] restricted to columns `cols` of `B` (and `C`, whose `dst` has
+    /// `cols.len()` columns): whole panels, so `cols.start` is a multiple of
+    /// [`Panels::width`] and `cols.end` one too or `n`. Each element comes out bitwise as in
+    /// the whole product, which lets threads share a product by panels.
+    ///
+    /// # Panics
+    /// As [`Panels::product`], and if `cols` does not start and end at panel edges.
+    #[track_caller]
+    pub fn product_cols(
+        &self,
+        dst: MatMut<'_, T>,
+        accum: Accum,
+        a: MatRef<'_, T>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let w = Self::width();
         assert!(
-            a.ncols() == self.k && dst.ncols() == self.n && dst.nrows() == a.nrows(),
-            "Panels::product: C is {}x{}, A is {}x{}, B is {}x{}",
+            cols.start <= cols.end
+                && cols.end <= self.n
+                && cols.start.is_multiple_of(w)
+                && (cols.end.is_multiple_of(w) || cols.end == self.n),
+            "Panels::product_cols: columns {cols:?} are not whole panels of {w} out of {}",
+            self.n
+        );
+        assert!(
+            a.ncols() == self.k && dst.ncols() == cols.len() && dst.nrows() == a.nrows(),
+            "Panels::product: C is {}x{}, A is {}x{}, B is {}x{} (columns {cols:?})",
             dst.nrows(),
             dst.ncols(),
             a.nrows(),
@@ -176,6 +203,7 @@ impl<T: Float> Panels<T> {
             dst,
             accum,
             a,
+            cols,
         });
     }
 }
@@ -185,6 +213,8 @@ struct Product<'a, 'd, T> {
     dst: MatMut<'d, T>,
     accum: Accum,
     a: MatRef<'a, T>,
+    /// The columns of `B` to multiply by; `dst` holds just these.
+    cols: std::ops::Range<usize>,
 }
 
 impl<T: Float> WithSimd for Product<'_, '_, T> {
@@ -197,9 +227,10 @@ impl<T: Float> WithSimd for Product<'_, '_, T> {
             mut dst,
             accum,
             a,
+            cols: wanted,
         } = self;
         let (m, k) = (a.nrows(), panels.k);
-        if m == 0 || panels.n == 0 {
+        if m == 0 || wanted.is_empty() {
             return;
         }
         if k == 0 {
@@ -220,7 +251,9 @@ impl<T: Float> WithSimd for Product<'_, '_, T> {
             let ks = k0..(k0 + K_BLOCK).min(k);
             // Later blocks add to what the first block wrote.
             let accum = if k0 == 0 { accum } else { Accum::Add };
-            for (col, width, panel) in panels.panels() {
+            let chosen = panels.panels().filter(|(col, ..)| wanted.contains(col));
+            for (col, width, panel) in chosen {
+                let col = col - wanted.start;
                 let mut off = 0;
                 while off < width {
                     let regs = (width - off).div_ceil(lanes).min(regs_max);

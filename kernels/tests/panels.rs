@@ -214,6 +214,65 @@ fn column_and_row_splits_do_not_change_any_bit() {
     }
 }
 
+/// A product by whole panels of columns (how two threads share a step) gives every element
+/// bitwise as the whole product, for f32 and f64 panel widths and a ragged last panel.
+#[test]
+fn products_by_panel_columns_match_the_whole_product_bitwise() {
+    fn check_cols<T: Float>(rng: &mut StdRng) {
+        let (m, n, k) = (13, 5 * Panels::<T>::width() + 7, 600);
+        let a: Vec<T> = random(rng, m * k);
+        let b: Vec<T> = random(rng, k * n);
+        let c0: Vec<T> = random(rng, m * n);
+        let a = MatRef::from_row_major_slice(&a, m, k);
+        let mut packed = Panels::new(k, n);
+        packed.pack(MatRef::from_row_major_slice(&b, k, n));
+        let mut whole = c0.clone();
+        let c = MatMut::from_row_major_slice_mut(&mut whole, m, n);
+        packed.product(c, Accum::Add, a);
+        let w = Panels::<T>::width();
+        for cuts in [
+            vec![0, n],
+            vec![0, w, n],
+            vec![0, 2 * w, 3 * w, n],
+            vec![0, 5 * w, n],
+        ] {
+            let mut parts = c0.clone();
+            let mut rest = MatMut::from_row_major_slice_mut(&mut parts, m, n);
+            for pair in cuts.windows(2) {
+                let (part, tail) = rest.split_at_col_mut(pair[1] - pair[0]);
+                // Rows in two calls as well, as pieces of row tiles do.
+                let (top, bottom) = part.split_at_row_mut(8);
+                packed.product_cols(top, Accum::Add, a.subrows(0, 8), pair[0]..pair[1]);
+                let a_low = a.subrows(8, m - 8);
+                packed.product_cols(bottom, Accum::Add, a_low, pair[0]..pair[1]);
+                rest = tail;
+            }
+            assert!(
+                parts == whole,
+                "{} cuts {cuts:?}",
+                std::any::type_name::<T>()
+            );
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(11);
+    check_cols::<f32>(&mut rng);
+    check_cols::<f64>(&mut rng);
+}
+
+#[test]
+#[should_panic(expected = "not whole panels")]
+fn product_columns_off_a_panel_edge_panic() {
+    let w = Panels::<f32>::width();
+    let packed = Panels::<f32>::new(4, 2 * w);
+    let (a, mut c) = (vec![0.0f32; 4], vec![0.0f32; w]);
+    packed.product_cols(
+        MatMut::from_row_major_slice_mut(&mut c, 1, w),
+        Accum::Add,
+        MatRef::from_row_major_slice(&a, 1, 4),
+        1..w + 1,
+    );
+}
+
 #[test]
 fn repacking_replaces_the_old_matrix() {
     let mut packed = Panels::new(2, 2);

@@ -18,6 +18,13 @@
 //! helper's core's cache. Against a `rayon::join` per step this measured 5-20 % faster at
 //! two threads (char, large; `kernels::pair`).
 //!
+//! At two threads the LSTM's forward steps go one further: each block is cut into pieces
+//! (rows by unit groups, [`Grid`]) that the two threads pull with [`Pair::pull_each`], each
+//! starting on its own block and taking the other's last pieces when it runs out, so a core
+//! slowed by other work on a shared machine does less of each step instead of holding the
+//! other back at every meeting. The products of a piece cover whole panels, so the bits are
+//! those of whole blocks.
+//!
 //! Each block's two products read its own copy of `W_hh`, packed once per pass into
 //! `kernels::panels` by the thread that runs the block ([`pack_forward`],
 //! [`pack_backward`]). faer would repack the weight at every step; skipping that made
@@ -137,6 +144,83 @@ pub(super) fn two<T>(blocks: &[UnitBlock<T>]) -> [&UnitBlock<T>; 2] {
         unreachable!("a split step has two unit blocks")
     };
     [b0, b1]
+}
+
+/// The most pieces a pulled step is cut into; the pieces live on the stack.
+pub(super) const MAX_PIECES: usize = 128;
+
+/// How a split step is cut into pieces that the pair's two threads pull as they go
+/// ([`Pair::pull_each`]), so that a core slowed by other work does less of the step instead
+/// of holding the other one back at every meeting: each unit block into tiles of `rows`
+/// batch rows by `units` hidden units (all gates of those units).
+///
+/// A piece's product covers whole panels (`kernels::panels`), so every element is summed
+/// exactly as in the block's whole product: the pieces give the same bits as whole blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Grid {
+    pub rows: usize,
+    pub units: usize,
+}
+
+impl Grid {
+    /// Two panels of units (96 for f32): one panel per piece re-reads each gate's weights
+    /// from a cold start too often (the LSTM char forward step at one thread, pieces run in
+    /// order: 92.8 ms against 85-89 for two or more panels and 86-88 for whole blocks). Rows
+    /// in tiles of 8 (the product's tile height), more when the pieces would not fit in
+    /// [`MAX_PIECES`].
+    pub fn new<T: Float>(batch: usize, block_units: usize) -> Self {
+        let width = kernels::panels::Panels::<T>::width();
+        // Wider groups only when two blocks of two-panel groups would not fit.
+        let panels = block_units.div_ceil(width).div_ceil(MAX_PIECES / 2).max(2);
+        let units = panels * width;
+        let per_tile_row = 2 * block_units.div_ceil(units).max(1);
+        let max_tiles = (MAX_PIECES / per_tile_row).max(1);
+        let rows = 8 * batch.div_ceil(8).div_ceil(max_tiles).max(1);
+        Self { rows, units }
+    }
+
+    /// The pieces of a block of `block_units` units over `batch` rows, in the order of
+    /// [`Grid::tiles`]: `(rows, units relative to the block)`.
+    pub fn cells(
+        self,
+        batch: usize,
+        block_units: usize,
+    ) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
+        (0..block_units).step_by(self.units).flat_map(move |u| {
+            (0..batch).step_by(self.rows).map(move |r| {
+                (
+                    r..(r + self.rows).min(batch),
+                    u..(u + self.units).min(block_units),
+                )
+            })
+        })
+    }
+
+    /// `m` cut into the grid's tiles, unit group after unit group, rows within a group.
+    pub fn tiles<T>(self, m: MatMut<'_, T>) -> impl Iterator<Item = MatMut<'_, T>> {
+        let (mut rest, mut group) = (Some(m), None::<MatMut<'_, T>>);
+        std::iter::from_fn(move || {
+            loop {
+                if let Some(g) = group.take().filter(|g| g.nrows() > 0) {
+                    let height = self.rows.min(g.nrows());
+                    let (tile, below) = g.split_at_row_mut(height);
+                    group = Some(below);
+                    return Some(tile);
+                }
+                let r = rest.take().filter(|r| r.ncols() > 0)?;
+                let width = self.units.min(r.ncols());
+                let (g, tail) = r.split_at_col_mut(width);
+                (group, rest) = (Some(g), Some(tail));
+            }
+        })
+    }
+}
+
+/// Up to [`MAX_PIECES`] pieces on the stack, in order, for [`Pair::pull_each`].
+pub(super) fn stack_pieces<P>(mut pieces: impl Iterator<Item = P>) -> [Option<P>; MAX_PIECES] {
+    let slots = core::array::from_fn(|_| pieces.next());
+    assert!(pieces.next().is_none(), "more than {MAX_PIECES} pieces");
+    slots
 }
 
 /// A row-major `[rows, cols]` view of `buf`.
@@ -270,4 +354,57 @@ pub(super) fn sum_squares<T: Float>(m: &mut MatMut<'_, T>) -> T {
     (0..m.nrows()).fold(T::zero(), |acc, r| {
         acc + kernels::reduce::sum_squares(row_mut(m, r))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiles of a grid are its cells, in the same order, and cover the matrix once.
+    #[test]
+    fn grid_tiles_are_its_cells_and_cover_the_matrix() {
+        for (batch, units) in [(1, 1), (19, 150), (32, 256), (64, 512), (5, 97)] {
+            let grid = Grid::new::<f32>(batch, units);
+            let mut m = vec![0u32; batch * units];
+            let cells: Vec<_> = grid.cells(batch, units).collect();
+            let tiles: Vec<_> = grid.tiles(view(&mut m, batch, units)).collect();
+            assert_eq!(cells.len(), tiles.len());
+            for ((rows, cols), tile) in cells.iter().zip(tiles) {
+                assert_eq!((tile.nrows(), tile.ncols()), (rows.len(), cols.len()));
+                let mut tile = tile;
+                for r in 0..tile.nrows() {
+                    for c in 0..tile.ncols() {
+                        tile[(r, c)] +=
+                            (rows.start + r) as u32 * 1000 + (cols.start + c) as u32 + 1;
+                    }
+                }
+            }
+            let expected: Vec<u32> = (0..batch * units)
+                .map(|k| (k / units) as u32 * 1000 + (k % units) as u32 + 1)
+                .collect();
+            assert_eq!(m, expected, "B = {batch}, units = {units}");
+        }
+    }
+
+    /// Unit groups are whole panels (what `Panels::product_cols` needs), rows come in
+    /// multiples of the product's 8-row tile, and two blocks' pieces fit on the stack.
+    #[test]
+    fn grids_fit_the_panels_and_the_stack() {
+        let width = kernels::panels::Panels::<f32>::width();
+        for batch in [1, 4, 32, 64, 1000] {
+            for units in [1, 64, 256, 512, 4096, 40_000] {
+                let grid = Grid::new::<f32>(batch, units);
+                assert_eq!(grid.units % width, 0);
+                assert!(grid.units >= 2 * width);
+                assert_eq!(grid.rows % 8, 0);
+                let pieces = 2 * grid.cells(batch, units).count();
+                assert!(
+                    pieces <= MAX_PIECES,
+                    "B = {batch}, units = {units}: {pieces}"
+                );
+            }
+        }
+        // The char shape: groups of two panels, tiles of 8 rows.
+        assert_eq!(Grid::new::<f32>(32, 256), Grid { rows: 8, units: 96 });
+    }
 }
