@@ -254,8 +254,8 @@ fn split_steps_of_small_models_match_across_thread_counts() {
     }
 }
 
-/// Two threads pull an LSTM step's forward in pieces of rows by unit groups: blocks of 150
-/// units (a full group of 96 and a ragged one) over 19 rows (tiles of 8, 8 and 3).
+/// Two threads pull each forward step in pieces of rows by unit groups: blocks of 150 units
+/// (a full group of 96 and a ragged one) over 19 rows (tiles of 8, 8 and 3).
 #[test]
 fn pulled_pieces_match_whole_blocks_across_thread_counts() {
     let size = Size {
@@ -264,7 +264,9 @@ fn pulled_pieces_match_whole_blocks_across_thread_counts() {
         b: 19,
         ..Size::LARGE
     };
-    identical_at_one_and_two_threads(Cell::Lstm, UnitSplit::Halves, size);
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        identical_at_one_and_two_threads(cell, UnitSplit::Halves, size);
+    }
 }
 
 /// A model and batch size for [`identical_at_one_and_two_threads`].

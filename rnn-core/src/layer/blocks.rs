@@ -18,12 +18,14 @@
 //! helper's core's cache. Against a `rayon::join` per step this measured 5-20 % faster at
 //! two threads (char, large; `kernels::pair`).
 //!
-//! At two threads the LSTM's forward steps go one further: each block is cut into pieces
-//! (rows by unit groups, [`Grid`]) that the two threads pull with [`Pair::pull_each`], each
-//! starting on its own block and taking the other's last pieces when it runs out, so a core
-//! slowed by other work on a shared machine does less of each step instead of holding the
-//! other back at every meeting. The products of a piece cover whole panels, so the bits are
-//! those of whole blocks.
+//! At two threads the LSTM's and GRU's forward steps go one further ([`Sharing::Pieces`]):
+//! each block is cut into pieces (rows by unit groups, [`Grid`]) that the two threads pull
+//! with [`Pair::pull_each`], each starting on its own block and taking the other's last
+//! pieces when it runs out, so a core slowed by other work on a shared machine does less of
+//! each step instead of holding the other back at every meeting. The products of a piece
+//! cover whole panels, so the bits are those of whole blocks. Backward steps stay whole
+//! blocks: pulled the same way, the LSTM's were 1-2 ms per char training step slower in
+//! quiet phases (a piece's product re-reads its `K = 4H` panels for each row tile).
 //!
 //! Each block's two products read its own copy of `W_hh`, packed once per pass into
 //! `kernels::panels` by the thread that runs the block ([`pack_forward`],
@@ -196,6 +198,24 @@ impl Grid {
         })
     }
 
+    /// A block's pieces, in the order of [`Grid::cells`].
+    fn pieces<'a, T, const G: usize, const S: usize>(
+        self,
+        batch: usize,
+        (block, gates, states): BlockViews<'a, T, G, S>,
+    ) -> impl Iterator<Item = Piece<'a, T, G, S>> {
+        let mut gates = gates.map(|m| self.tiles(m));
+        let mut states = states.map(|m| self.tiles(m));
+        let cells = self.cells(batch, block.units.len());
+        cells.map(move |(rows, cols)| Piece {
+            gates: core::array::from_fn(|k| gates[k].next().expect("a tile per cell")),
+            states: core::array::from_fn(|k| states[k].next().expect("a tile per cell")),
+            rows,
+            cols,
+            block,
+        })
+    }
+
     /// `m` cut into the grid's tiles, unit group after unit group, rows within a group.
     pub fn tiles<T>(self, m: MatMut<'_, T>) -> impl Iterator<Item = MatMut<'_, T>> {
         let (mut rest, mut group) = (Some(m), None::<MatMut<'_, T>>);
@@ -216,8 +236,91 @@ impl Grid {
     }
 }
 
+/// A piece of a split forward step: rows `rows` of the units `cols` of `block`, with its
+/// tiles of the step's gate matrices (`G`, per gate `[rows, cols]`) and of its state
+/// matrices (`S`, `[rows, cols]` each).
+pub(super) struct Piece<'a, T, const G: usize, const S: usize> {
+    pub gates: [MatMut<'a, T>; G],
+    pub states: [MatMut<'a, T>; S],
+    /// Batch rows.
+    pub rows: Range<usize>,
+    /// Units, relative to the block's first.
+    pub cols: Range<usize>,
+    pub block: &'a UnitBlock<T>,
+}
+
+impl<T: Float, const G: usize, const S: usize> Piece<'_, T, G, S> {
+    /// The piece's hidden units.
+    pub fn units(&self) -> Range<usize> {
+        let first = self.block.units.start;
+        first + self.cols.start..first + self.cols.end
+    }
+
+    /// The recurrent product of the piece into its gate tiles from `first_gate` on (one per
+    /// gate of the block's packed weights): `gates[first_gate + k] (+)= h_prev[rows] ·
+    /// W_hhᵀ[:, k·H + units]`, `h_prev` `[B, H]`.
+    pub fn forward_product(&mut self, first_gate: usize, accum: Accum, h_prev: MatRef<'_, T>) {
+        let h_prev = h_prev.subrows(self.rows.start, self.rows.len());
+        let gates = &mut self.gates[first_gate..];
+        for (zk, panels) in gates.iter_mut().zip(&self.block.forward) {
+            panels.product_cols(zk.rb_mut(), accum, h_prev, self.cols.clone());
+        }
+    }
+}
+
+/// What a split forward step gives each block: the block, its gate columns (per gate
+/// `[B, |units|]`) and its units of the states it writes (`[B, |units|]` each).
+pub(super) type BlockViews<'a, T, const G: usize, const S: usize> =
+    (&'a UnitBlock<T>, [MatMut<'a, T>; G], [MatMut<'a, T>; S]);
+
+/// How two threads share a split forward step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Sharing {
+    /// Each thread runs one whole block.
+    Blocks,
+    /// The blocks are cut into a [`Grid`] of pieces that the threads pull
+    /// ([`Pair::pull_each`]), each starting on its own block: a core slowed by other work on
+    /// a shared machine then does less of the step instead of holding the other back.
+    Pieces,
+}
+
+/// Runs a split forward step's two blocks through `f`: on one thread each block whole, in
+/// turn (whole blocks stream each gate's weights with fewer restarts: LSTM char forward
+/// steps on one thread take 85-88 ms per training step as whole blocks, 89-93 in pieces);
+/// on two as `sharing` says. Every element comes out the same either way (the products
+/// cover whole panels).
+pub(super) fn forward_step<'a, T: Float, const G: usize, const S: usize>(
+    pair: &Pair,
+    batch: usize,
+    sharing: Sharing,
+    [first, second]: [BlockViews<'a, T, G, S>; 2],
+    f: impl Fn(&mut Piece<'a, T, G, S>) + Sync,
+) {
+    if !pair.is_parallel() || sharing == Sharing::Blocks {
+        let whole = |(block, gates, states): BlockViews<'a, T, G, S>| Piece {
+            gates,
+            states,
+            rows: 0..batch,
+            cols: 0..block.units.len(),
+            block,
+        };
+        let (mut first, mut second) = (whole(first), whole(second));
+        pair.join(|| f(&mut first), || f(&mut second));
+        return;
+    }
+    let grid = Grid::new::<T>(batch, first.0.units.len());
+    let mine = grid.cells(batch, first.0.units.len()).count();
+    let pieces = grid.pieces(batch, first).chain(grid.pieces(batch, second));
+    let mut pieces = stack_pieces(pieces);
+    pair.pull_each(&mut pieces, mine, |piece| {
+        if let Some(piece) = piece {
+            f(piece);
+        }
+    });
+}
+
 /// Up to [`MAX_PIECES`] pieces on the stack, in order, for [`Pair::pull_each`].
-pub(super) fn stack_pieces<P>(mut pieces: impl Iterator<Item = P>) -> [Option<P>; MAX_PIECES] {
+fn stack_pieces<P>(mut pieces: impl Iterator<Item = P>) -> [Option<P>; MAX_PIECES] {
     let slots = core::array::from_fn(|_| pieces.next());
     assert!(pieces.next().is_none(), "more than {MAX_PIECES} pieces");
     slots
@@ -325,18 +428,6 @@ fn on_each_block<T: Float>(
         unreachable!("a split step has two unit blocks")
     };
     pair.join(|| f(b0), || f(b1));
-}
-
-/// Forward product of a block: `z_k (+)= h_prev · W_hhᵀ[:, k·H + units]` for each gate `k`.
-pub(super) fn forward_product<T: Float, const G: usize>(
-    z: &mut [MatMut<'_, T>; G],
-    accum: Accum,
-    h_prev: MatRef<'_, T>,
-    block: &UnitBlock<T>,
-) {
-    for (zk, panels) in z.iter_mut().zip(&block.forward) {
-        panels.product(zk.rb_mut(), accum, h_prev);
-    }
 }
 
 /// Backward product of a block: `dh_prev[:, units] += dZ · W_hh[:, units]`, with `dz` the

@@ -8,7 +8,7 @@ use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef};
 use kernels::{Float, gates, reduce};
 
-use super::blocks::{self, Step, row_mut, view};
+use super::blocks::{self, Piece, Sharing, Step, row_mut, view};
 use super::{LayerGrads, LayerPass, record, this_and_previous};
 use crate::workspace::{LayerBuffers, UnitBlock};
 
@@ -91,7 +91,8 @@ fn backward_steps<T: Float>(
     }
 }
 
-/// [`forward`]'s step loop with each step split into two unit blocks.
+/// [`forward`]'s step loop with each step split into two unit blocks
+/// ([`blocks::forward_step`]: whole blocks on one thread, pulled pieces of them on two).
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
@@ -103,7 +104,6 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
-    let pair = p.pair();
     for t in p.steps.clone() {
         let gates = t * gate_step..(t + 1) * gate_step;
         let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
@@ -111,42 +111,50 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         let (past, future) = hs.split_at_mut((t + 1) * step);
         let h_prev = &past[t * step..];
         let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
-        let step = Step { p, t };
-        let block = |zx, zh, h_t, unit| forward_block(step, [zx, zh], h_t, h_prev, unit);
-        pair.join(|| block(x0, y0, h0, u0), || block(x1, y1, h1, u1));
+        let halves = [(u0, both(x0, y0), [h0]), (u1, both(x1, y1), [h1])];
+        blocks::forward_step(p.pair(), b, Sharing::Pieces, halves, |piece| {
+            forward_piece(Step { p, t }, piece, h_prev);
+        });
     }
 }
 
-/// One block of one forward step: its hidden-side gate columns, the gates and its units of
-/// `h_t`.
-fn forward_block<T: Float>(
-    step: Step<'_, T>,
-    [mut zx, mut zh]: [[MatMut<'_, T>; 3]; 2],
-    mut h_t: MatMut<'_, T>,
-    h_prev: &[T],
-    block: &UnitBlock<T>,
-) {
+/// The input side's three gate views, then the hidden side's: a GRU piece's gates.
+fn both<'a, T>([a, b, c]: [MatMut<'a, T>; 3], [d, e, f]: [MatMut<'a, T>; 3]) -> [MatMut<'a, T>; 6] {
+    [a, b, c, d, e, f]
+}
+
+/// One piece of one forward step (a whole block, or a tile of one): its hidden-side
+/// product, then the gates and its units of `h_t`. `piece.gates` holds the input side's
+/// three gate columns, then the hidden side's.
+fn forward_piece<T: Float>(step: Step<'_, T>, piece: &mut Piece<'_, T, 6, 1>, h_prev: &[T]) {
     let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
     let s = p.slots;
-    let units = &block.units;
     let prev = MatRef::from_row_major_slice(h_prev, b, h);
-    blocks::forward_product(&mut zh, Accum::Replace, prev, block);
-    let b_ih = blocks::gate_units(&p.params[s.b_ih.clone()], h, units);
-    let b_hh = blocks::gate_units(&p.params[s.b_hh.clone()], h, units);
+    piece.forward_product(3, Accum::Replace, prev);
+    let units = piece.units();
+    let b_ih = blocks::gate_units(&p.params[s.b_ih.clone()], h, &units);
+    let b_hh = blocks::gate_units(&p.params[s.b_hh.clone()], h, &units);
     let own = |r: usize| r * h + units.start..r * h + units.end;
-    for r in 0..b {
+    let [h_t] = &mut piece.states;
+    let (zx, zh) = piece.gates.split_at_mut(3);
+    let (zx, zh): (&mut [_; 3], &mut [_; 3]) = (
+        zx.try_into().expect("three gates"),
+        zh.try_into().expect("three gates"),
+    );
+    for (i, r) in piece.rows.clone().enumerate() {
         gates::gru_forward_units(
-            blocks::rows_mut(&mut zx, r),
-            blocks::rows_mut(&mut zh, r),
+            blocks::rows_mut(zx, i),
+            blocks::rows_mut(zh, i),
             b_ih,
             b_hh,
             &h_prev[own(r)],
-            row_mut(&mut h_t, r),
+            row_mut(h_t, i),
         );
     }
-    for bb in p.batch.finished(t) {
-        row_mut(&mut h_t, bb).copy_from_slice(&h_prev[own(bb)]);
+    let rows = piece.rows.clone();
+    for r in p.batch.finished(t).filter(|r| rows.contains(r)) {
+        row_mut(h_t, r - rows.start).copy_from_slice(&h_prev[own(r)]);
     }
 }
 

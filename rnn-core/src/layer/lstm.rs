@@ -2,12 +2,10 @@
 //! `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`.
 
 use faer::prelude::ReborrowMut;
-use std::ops::Range;
-
 use faer::{Accum, MatMut, MatRef};
 use kernels::{Float, gates, reduce};
 
-use super::blocks::{self, Step, row_mut, view};
+use super::blocks::{self, Piece, Sharing, Step, row_mut, view};
 use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
 use crate::workspace::{LayerBuffers, UnitBlock};
 
@@ -27,9 +25,6 @@ pub(super) fn forward<T: Float>(
     }
     p.input_projection(&mut buf.z);
     if p.halves() {
-        if p.pair().is_parallel() {
-            return forward_pulled(p, buf);
-        }
         return forward_halves(p, buf);
     }
     for t in p.steps.clone() {
@@ -107,7 +102,8 @@ fn backward_steps<T: Float>(
     }
 }
 
-/// [`forward`]'s step loop with each step split into two unit blocks.
+/// [`forward`]'s step loop with each step split into two unit blocks
+/// ([`blocks::forward_step`]: whole blocks on one thread, pulled pieces of them on two).
 fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
@@ -120,7 +116,6 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
-    let pair = p.pair();
     for t in p.steps.clone() {
         let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
         let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
@@ -132,119 +127,10 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
         let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
         let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
-        let block = |z, h_t, c_t, unit| forward_block(Step { p, t }, z, h_t, c_t, prev, bias, unit);
-        pair.join(|| block(z0, h0, c0, u0), || block(z1, h1, c1, u1));
-    }
-}
-
-/// [`forward`]'s step loop at two threads: each step cut into pieces (a tile of rows by a
-/// group of units, all four gates: [`blocks::Grid`]) that the pair's threads pull as they
-/// go. The same bits as [`forward_halves`], which one thread runs instead: its whole-block
-/// products stream the weights with fewer restarts.
-fn forward_pulled<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
-    let (_, b, h, gh) = p.dims();
-    let (step, gate_step) = (b * h, b * gh);
-    let LayerBuffers {
-        hs,
-        cs,
-        z,
-        blocks: unit_blocks,
-        bias,
-        ..
-    } = buf;
-    let [u0, u1] = blocks::two(unit_blocks);
-    let grid = blocks::Grid::new::<T>(b, u0.units.len());
-    let mine = grid.cells(b, u0.units.len()).count();
-    for t in p.steps.clone() {
-        let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
-        let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
-        let prev = State {
-            h: &h_past[t * step..],
-            c: &c_past[t * step..],
-        };
-        let z_t = view(&mut z[t * gate_step..(t + 1) * gate_step], b, gh);
-        let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
-        let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
-        let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
-        let pieces =
-            forward_pieces(grid, b, u0, z0, h0, c0).chain(forward_pieces(grid, b, u1, z1, h1, c1));
-        let mut pieces = blocks::stack_pieces(pieces);
-        p.pair().pull_each(&mut pieces, mine, |piece| {
-            if let Some(piece) = piece {
-                forward_piece(Step { p, t }, piece, prev, bias);
-            }
+        let halves = [(u0, z0, [h0, c0]), (u1, z1, [h1, c1])];
+        blocks::forward_step(p.pair(), b, Sharing::Pieces, halves, |piece| {
+            forward_piece(Step { p, t }, piece, prev, bias);
         });
-    }
-}
-
-/// A block's pieces of a forward step, in the grid's order.
-fn forward_pieces<'a, T>(
-    grid: blocks::Grid,
-    batch: usize,
-    block: &'a UnitBlock<T>,
-    z: [MatMut<'a, T>; 4],
-    h_t: MatMut<'a, T>,
-    c_t: MatMut<'a, T>,
-) -> impl Iterator<Item = ForwardPiece<'a, T>> {
-    let mut z = z.map(|m| grid.tiles(m));
-    let states = grid.tiles(h_t).zip(grid.tiles(c_t));
-    let cells = grid.cells(batch, block.units.len());
-    cells
-        .zip(states)
-        .map(move |((rows, cols), (h_t, c_t))| ForwardPiece {
-            z: core::array::from_fn(|k| z[k].next().expect("a tile per cell")),
-            h_t,
-            c_t,
-            rows,
-            cols,
-            block,
-        })
-}
-
-/// A piece of a pulled forward step: its rows of its units' gate columns and states.
-struct ForwardPiece<'a, T> {
-    /// Per gate, `[rows, cols]`.
-    z: [MatMut<'a, T>; 4],
-    h_t: MatMut<'a, T>,
-    c_t: MatMut<'a, T>,
-    /// Batch rows.
-    rows: Range<usize>,
-    /// Units, relative to the block's first.
-    cols: Range<usize>,
-    block: &'a UnitBlock<T>,
-}
-
-/// [`forward_block`] for one piece: its products (whole panels), then its gate pass.
-fn forward_piece<T: Float>(
-    step: Step<'_, T>,
-    piece: &mut ForwardPiece<'_, T>,
-    prev: State<'_, T>,
-    bias: &[T],
-) {
-    let Step { p, t } = step;
-    let (_, b, h, _) = p.dims();
-    let rows = piece.rows.clone();
-    let h_prev = MatRef::from_row_major_slice(prev.h, b, h).subrows(rows.start, rows.len());
-    for (zk, panels) in piece.z.iter_mut().zip(&piece.block.forward) {
-        panels.product_cols(zk.rb_mut(), Accum::Add, h_prev, piece.cols.clone());
-    }
-    let first = piece.block.units.start;
-    let units = first + piece.cols.start..first + piece.cols.end;
-    let bias = blocks::gate_units(bias, h, &units);
-    let own = |r: usize| r * h + units.start..r * h + units.end;
-    for (i, r) in rows.clone().enumerate() {
-        gates::lstm_forward_units(
-            blocks::rows_mut(&mut piece.z, i),
-            bias,
-            &prev.c[own(r)],
-            row_mut(&mut piece.c_t, i),
-            row_mut(&mut piece.h_t, i),
-        );
-    }
-    for r in p.batch.finished(t).filter(|r| rows.contains(r)) {
-        let i = r - rows.start;
-        row_mut(&mut piece.h_t, i).copy_from_slice(&prev.h[own(r)]);
-        row_mut(&mut piece.c_t, i).copy_from_slice(&prev.c[own(r)]);
     }
 }
 
@@ -255,35 +141,35 @@ struct State<'a, T> {
     c: &'a [T],
 }
 
-/// One block of one forward step: its gate columns, the gates and its units of `c_t`, `h_t`.
-fn forward_block<T: Float>(
+/// One piece of one forward step (a whole block, or a tile of one): its products, then the
+/// gates and its units of `c_t`, `h_t` (`piece.states`).
+fn forward_piece<T: Float>(
     step: Step<'_, T>,
-    mut z: [MatMut<'_, T>; 4],
-    mut h_t: MatMut<'_, T>,
-    mut c_t: MatMut<'_, T>,
+    piece: &mut Piece<'_, T, 4, 2>,
     prev: State<'_, T>,
     bias: &[T],
-    block: &UnitBlock<T>,
 ) {
     let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
-    let units = &block.units;
-    let h_prev = MatRef::from_row_major_slice(prev.h, b, h);
-    blocks::forward_product(&mut z, Accum::Add, h_prev, block);
-    let bias = blocks::gate_units(bias, h, units);
+    piece.forward_product(0, Accum::Add, MatRef::from_row_major_slice(prev.h, b, h));
+    let units = piece.units();
+    let bias = blocks::gate_units(bias, h, &units);
     let own = |r: usize| r * h + units.start..r * h + units.end;
-    for r in 0..b {
+    let [h_t, c_t] = &mut piece.states;
+    for (i, r) in piece.rows.clone().enumerate() {
         gates::lstm_forward_units(
-            blocks::rows_mut(&mut z, r),
+            blocks::rows_mut(&mut piece.gates, i),
             bias,
             &prev.c[own(r)],
-            row_mut(&mut c_t, r),
-            row_mut(&mut h_t, r),
+            row_mut(c_t, i),
+            row_mut(h_t, i),
         );
     }
-    for bb in p.batch.finished(t) {
-        row_mut(&mut h_t, bb).copy_from_slice(&prev.h[own(bb)]);
-        row_mut(&mut c_t, bb).copy_from_slice(&prev.c[own(bb)]);
+    let rows = piece.rows.clone();
+    for r in p.batch.finished(t).filter(|r| rows.contains(r)) {
+        let i = r - rows.start;
+        row_mut(h_t, i).copy_from_slice(&prev.h[own(r)]);
+        row_mut(c_t, i).copy_from_slice(&prev.c[own(r)]);
     }
 }
 
