@@ -284,6 +284,26 @@ pub(super) enum Sharing {
     Pieces,
 }
 
+impl Sharing {
+    /// The smallest recurrent product (`2·B·G·H·H` flops per step) whose step is pulled in
+    /// pieces. Below it the pieces' claims and the restarts of their weight streams cost more
+    /// than a slowed core does: at two threads the LSTM's small steps (2.1 MFLOP) ran 6.0-7.0
+    /// ms per training step in pieces against 5.2-5.7 whole, and its medium ones (17 MFLOP)
+    /// 36.4 against 35.2-36.2 in quiet rounds (alternating `profile_step`).
+    pub const PIECES_MIN_FLOPS: usize = 32_000_000;
+
+    /// [`Sharing::Pieces`] for a step of `batch` rows, `hidden` units and `gates` gates whose
+    /// product reaches [`Sharing::PIECES_MIN_FLOPS`], else [`Sharing::Blocks`].
+    pub fn for_step(batch: usize, hidden: usize, gates: usize) -> Self {
+        let flops = 2.0 * (batch * gates) as f64 * (hidden as f64).powi(2);
+        if flops >= Self::PIECES_MIN_FLOPS as f64 {
+            Self::Pieces
+        } else {
+            Self::Blocks
+        }
+    }
+}
+
 /// Runs a split forward step's two blocks through `f`: on one thread each block whole, in
 /// turn (whole blocks stream each gate's weights with fewer restarts: LSTM char forward
 /// steps on one thread take 85-88 ms per training step as whole blocks, 89-93 in pieces);
@@ -475,6 +495,18 @@ mod tests {
                 .collect();
             assert_eq!(m, expected, "B = {batch}, units = {units}");
         }
+    }
+
+    /// Pieces only where a step is big enough: the LSTM's and GRU's char and large shapes,
+    /// not their medium or small ones.
+    #[test]
+    fn steps_are_pulled_in_pieces_from_32_mflop() {
+        assert_eq!(Sharing::for_step(16, 128, 4), Sharing::Blocks);
+        assert_eq!(Sharing::for_step(32, 256, 4), Sharing::Blocks);
+        assert_eq!(Sharing::for_step(32, 512, 3), Sharing::Pieces);
+        assert_eq!(Sharing::for_step(32, 512, 4), Sharing::Pieces);
+        assert_eq!(Sharing::for_step(64, 1024, 3), Sharing::Pieces);
+        assert_eq!(Sharing::for_step(1, 2000, 4), Sharing::Pieces);
     }
 
     /// Unit groups are whole panels (what `Panels::product_cols` needs), rows come in

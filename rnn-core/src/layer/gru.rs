@@ -104,6 +104,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
+    let sharing = Sharing::for_step(b, h, 3);
     for t in p.steps.clone() {
         let gates = t * gate_step..(t + 1) * gate_step;
         let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
@@ -112,7 +113,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         let h_prev = &past[t * step..];
         let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
         let halves = [(u0, both(x0, y0), [h0]), (u1, both(x1, y1), [h1])];
-        blocks::forward_step(p.pair(), b, Sharing::Pieces, halves, |piece| {
+        blocks::forward_step(p.pair(), b, sharing, halves, |piece| {
             forward_piece(Step { p, t }, piece, h_prev);
         });
     }

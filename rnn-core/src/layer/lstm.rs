@@ -116,6 +116,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
+    let sharing = Sharing::for_step(b, h, 4);
     for t in p.steps.clone() {
         let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
         let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
@@ -128,7 +129,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
         let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
         let halves = [(u0, z0, [h0, c0]), (u1, z1, [h1, c1])];
-        blocks::forward_step(p.pair(), b, Sharing::Pieces, halves, |piece| {
+        blocks::forward_step(p.pair(), b, sharing, halves, |piece| {
             forward_piece(Step { p, t }, piece, prev, bias);
         });
     }
