@@ -160,14 +160,17 @@ pub(super) const MAX_PIECES: usize = 128;
 /// exactly as in the block's whole product: the pieces give the same bits as whole blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Grid {
+    /// Batch rows per piece (the last piece of a group may have fewer).
     pub rows: usize,
+    /// Hidden units per piece: whole panels (the last group of a block may be narrower).
     pub units: usize,
 }
 
 impl Grid {
     /// Two panels of units (96 for f32): one panel per piece re-reads each gate's weights
-    /// from a cold start too often (the LSTM char forward step at one thread, pieces run in
-    /// order: 92.8 ms against 85-89 for two or more panels and 86-88 for whole blocks). Rows
+    /// from a cold start too often (the LSTM char forward steps at one thread, pieces run in
+    /// order: 92.8 ms per training step, against 85-89 for two or more panels and 86-88 for
+    /// whole blocks). Rows
     /// in tiles of 8 (the product's tile height), more when the pieces would not fit in
     /// [`MAX_PIECES`].
     pub fn new<T: Float>(batch: usize, block_units: usize) -> Self {
