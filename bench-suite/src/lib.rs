@@ -208,6 +208,42 @@ pub struct Record {
     /// Unit blocks per step ([`rnn_core::network::UnitSplit`]): 2 when each step is split
     /// between two workers, 1 when it runs whole.
     pub unit_blocks: usize,
+    /// Rounds measured (each a reference GEMM, then this record's steps and, beside a
+    /// one-thread trainer, its steps).
+    pub rounds: usize,
+    /// With more than one thread: the speedup over the one-thread trainer within each round
+    /// (the two measured back to back), as its spread over the rounds. The record's speedup
+    /// is `tokens_per_s / one_thread_tokens_per_s`, a ratio of medians; this shows how much
+    /// the machine moved it from round to round.
+    pub round_speedups: Option<Spread>,
+}
+
+/// The least, median and greatest of a set of measurements.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    /// The least.
+    pub min: f64,
+    /// The median (the upper one of an even count).
+    pub median: f64,
+    /// The greatest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`, `None` when there are none.
+    ///
+    /// ```
+    /// let s = bench_suite::Spread::of(vec![1.9, 1.6, 1.8, 2.0]).unwrap();
+    /// assert_eq!((s.min, s.median, s.max), (1.6, 1.9, 2.0));
+    /// ```
+    pub fn of(mut values: Vec<f64>) -> Option<Self> {
+        values.sort_by(f64::total_cmp);
+        Some(Self {
+            min: *values.first()?,
+            median: values[values.len() / 2],
+            max: *values.last()?,
+        })
+    }
 }
 
 impl Record {
@@ -234,9 +270,15 @@ impl Record {
             json += &format!(",\"one_thread_tokens_per_s\":{rate:.1}");
         }
         json += &format!(
-            ",\"threads_used\":{},\"chunk_steps\":{},\"unit_blocks\":{}",
-            self.threads_used, self.chunk_steps, self.unit_blocks
+            ",\"threads_used\":{},\"chunk_steps\":{},\"unit_blocks\":{},\"rounds\":{}",
+            self.threads_used, self.chunk_steps, self.unit_blocks, self.rounds
         );
+        if let Some(Spread { min, median, max }) = self.round_speedups {
+            json += &format!(
+                ",\"round_speedup_min\":{min:.3},\"round_speedup_median\":{median:.3},\
+                 \"round_speedup_max\":{max:.3}"
+            );
+        }
         json + "}"
     }
 }
@@ -325,6 +367,15 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
             solo_steps.push(time(solo));
         }
     }
+    // Round by round: the one-thread step over this record's, measured back to back.
+    let round_speedups = Spread::of(
+        solo_steps
+            .iter()
+            .zip(&steps)
+            .map(|(one, s)| one / s)
+            .collect(),
+    );
+    let rounds = steps.len();
     let one_thread_tokens_per_s =
         (!solo_steps.is_empty()).then(|| w.tokens() as f64 / median(solo_steps));
     let (step, gemm_s) = (median(steps), median(gemms));
@@ -349,6 +400,8 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         threads_used: trainer.threads_for(w.t, w.b),
         chunk_steps: trainer.chunks.steps(w.t, w.b, w.h, gates),
         unit_blocks: trainer.split.blocks(w.b, w.h, gates),
+        rounds,
+        round_speedups,
     }
 }
 
@@ -378,6 +431,12 @@ mod tests {
             threads_used: 2,
             chunk_steps: 8,
             unit_blocks: 2,
+            rounds: 6,
+            round_speedups: Some(Spread {
+                min: 1.7,
+                median: 1.9,
+                max: 1.95,
+            }),
         };
         assert_eq!(
             record.to_json(),
@@ -385,12 +444,15 @@ mod tests {
              \"O\":65,\"threads\":2,\"tokens_per_s\":25000.0,\"gflops\":170.500,\
              \"peak_fraction\":0.8500,\"gemm_gflops\":200.000,\"peak_rss_bytes\":123,\
              \"one_thread_tokens_per_s\":13000.0,\"threads_used\":2,\"chunk_steps\":8,\
-             \"unit_blocks\":2}"
+             \"unit_blocks\":2,\"rounds\":6,\"round_speedup_min\":1.700,\
+             \"round_speedup_median\":1.900,\"round_speedup_max\":1.950}"
         );
         let solo = Record {
             one_thread_tokens_per_s: None,
+            round_speedups: None,
             ..record
         };
         assert!(!solo.to_json().contains("one_thread_tokens_per_s"));
+        assert!(!solo.to_json().contains("round_speedup"));
     }
 }

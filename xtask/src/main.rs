@@ -147,10 +147,29 @@ fn speedup_goal(workload: &str) -> Option<f64> {
     }
 }
 
-/// `(cell, workload, 1-thread tokens/s, 2-thread tokens/s, threads the two-thread trainer
-/// used)` for every pair measured; the one-thread rate measured in alternation with the
-/// two-thread record when it has one.
-fn speedups(records: &[Value]) -> Vec<(String, String, f64, f64, u64)> {
+/// One two-thread record against the one-thread rate of the same workload.
+struct Speedup {
+    cell: String,
+    workload: String,
+    /// One-thread tokens/s: measured in alternation with the two-thread record when it has
+    /// one, else the one-thread record's.
+    one: f64,
+    /// Two-thread tokens/s.
+    two: f64,
+    /// Threads the two-thread trainer used (1 when it judged the shape too small).
+    used: u64,
+    /// The speedup within each round, `(min, median, max)`, when the record has it.
+    rounds: Option<(f64, f64, f64)>,
+}
+
+impl Speedup {
+    fn ratio(&self) -> f64 {
+        self.two / self.one
+    }
+}
+
+/// Every two-thread record of `records` against its one-thread rate.
+fn speedups(records: &[Value]) -> Vec<Speedup> {
     let rate = |cell: &Value, w: &Value, threads: u64| {
         records
             .iter()
@@ -166,8 +185,18 @@ fn speedups(records: &[Value]) -> Vec<(String, String, f64, f64, u64)> {
                 .or_else(|| rate(&r["cell"], &r["workload"], 1))?;
             let two = r["tokens_per_s"].as_f64()?;
             let name = |v: &Value| v.as_str().unwrap_or("?").to_string();
-            let used = r["threads_used"].as_u64().unwrap_or(2);
-            Some((name(&r["cell"]), name(&r["workload"]), one, two, used))
+            let spread = |end: &str| r[format!("round_speedup_{end}")].as_f64();
+            Some(Speedup {
+                cell: name(&r["cell"]),
+                workload: name(&r["workload"]),
+                one,
+                two,
+                used: r["threads_used"].as_u64().unwrap_or(2),
+                rounds: spread("min")
+                    .zip(spread("median"))
+                    .zip(spread("max"))
+                    .map(|((lo, mid), hi)| (lo, mid, hi)),
+            })
         })
         .collect()
 }
@@ -175,13 +204,14 @@ fn speedups(records: &[Value]) -> Vec<(String, String, f64, f64, u64)> {
 /// The two-thread speedups of a run, measured in the same run, against their goals.
 fn scaling_table(records: &[Value]) -> String {
     let mut md = String::from(
-        "| cell | workload | 1 thread tokens/s | 2 threads tokens/s | speedup | goal |\n|---|---|---|---|---|---|\n",
+        "| cell | workload | 1 thread tokens/s | 2 threads tokens/s | speedup | goal | \
+         per round (least / median / most) |\n|---|---|---|---|---|---|---|\n",
     );
-    for (cell, w, one, two, used) in speedups(records) {
-        let goal = speedup_goal(&w).map_or(String::new(), |g| {
-            let met = if two / one >= g {
+    for s in speedups(records) {
+        let goal = speedup_goal(&s.workload).map_or(String::new(), |g| {
+            let met = if s.ratio() >= g {
                 "met"
-            } else if used == 1 {
+            } else if s.used == 1 {
                 // Both trainers ran the same one-thread code: the ratio is measurement noise
                 // between two trainers in one process, not a cost of threads.
                 "one thread chosen, same code"
@@ -190,10 +220,17 @@ fn scaling_table(records: &[Value]) -> String {
             };
             format!(">= {g:.2}x ({met})")
         });
+        let rounds = s.rounds.map_or(String::new(), |(lo, mid, hi)| {
+            format!("{lo:.2}x / {mid:.2}x / {hi:.2}x")
+        });
         let _ = writeln!(
             md,
-            "| {cell} | {w} | {one:.0} | {two:.0} | {:.2}x | {goal} |",
-            two / one
+            "| {} | {} | {:.0} | {:.0} | {:.2}x | {goal} | {rounds} |",
+            s.cell,
+            s.workload,
+            s.one,
+            s.two,
+            s.ratio()
         );
     }
     md
@@ -416,13 +453,16 @@ fn check(records: &[Value], baseline: &[Value]) -> (String, bool) {
             if bad { "  REGRESSION" } else { "" }
         );
     }
-    for (cell, w, one, two, _) in speedups(records) {
-        let bad = speedup_goal(&w).is_some_and(|g| g > 1.0) && two / one < CHECK_MIN_SPEEDUP;
+    for s in speedups(records) {
+        let bad =
+            speedup_goal(&s.workload).is_some_and(|g| g > 1.0) && s.ratio() < CHECK_MIN_SPEEDUP;
         ok &= !bad;
         let _ = writeln!(
             out,
-            "  {cell}/{w}: two threads {:.2}x one (fails below {CHECK_MIN_SPEEDUP:.2}x){}",
-            two / one,
+            "  {}/{}: two threads {:.2}x one (fails below {CHECK_MIN_SPEEDUP:.2}x){}",
+            s.cell,
+            s.workload,
+            s.ratio(),
             if bad { "  REGRESSION" } else { "" }
         );
     }
@@ -584,5 +624,58 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cell: &str, w: &str, threads: u64, rate: f64, extra: Value) -> Value {
+        let mut r = serde_json::json!({
+            "cell": cell, "workload": w, "threads": threads, "tokens_per_s": rate,
+        });
+        if let (Value::Object(r), Value::Object(extra)) = (&mut r, extra) {
+            r.extend(extra);
+        }
+        r
+    }
+
+    #[test]
+    fn scaling_table_judges_each_pair_against_its_goal() {
+        let records = [
+            record("rnn", "char", 1, 50_000.0, Value::Null),
+            record(
+                "rnn",
+                "char",
+                2,
+                90_000.0,
+                serde_json::json!({
+                    "one_thread_tokens_per_s": 50_000.0, "threads_used": 2,
+                    "round_speedup_min": 1.6, "round_speedup_median": 1.8,
+                    "round_speedup_max": 1.95,
+                }),
+            ),
+            // No alternated one-thread rate: the one-thread record's is used.
+            record("lstm", "medium", 1, 40_000.0, Value::Null),
+            record("lstm", "medium", 2, 70_000.0, Value::Null),
+            record(
+                "lstm",
+                "tiny",
+                2,
+                95_000.0,
+                serde_json::json!({"one_thread_tokens_per_s": 100_000.0, "threads_used": 1}),
+            ),
+        ];
+        let table = scaling_table(&records);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            rows,
+            [
+                "| rnn | char | 50000 | 90000 | 1.80x | >= 1.85x (missed) | 1.60x / 1.80x / 1.95x |",
+                "| lstm | medium | 40000 | 70000 | 1.75x | >= 1.50x (met) |  |",
+                "| lstm | tiny | 100000 | 95000 | 0.95x | >= 1.00x (one thread chosen, same code) |  |",
+            ]
+        );
     }
 }
