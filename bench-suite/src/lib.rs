@@ -9,6 +9,8 @@
 use rnn_core::config::Cell;
 use rnn_core::prelude::*;
 
+pub mod round_trip;
+
 /// One benchmark workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -216,6 +218,11 @@ pub struct Record {
     /// is `tokens_per_s / one_thread_tokens_per_s`, a ratio of medians; this shows how much
     /// the machine moved it from round to round.
     pub round_speedups: Option<Spread>,
+    /// With more than one thread: the median over the rounds of the round trip of a cache
+    /// line between two threads (ns, [`round_trip::core_round_trip_ns`]), measured in each
+    /// round beside the reference GEMM. About 70 on the project's VM when its two cores share
+    /// an L3, 310-340 when the host has put them apart, and two threads lose more then.
+    pub core_round_trip_ns: Option<f64>,
 }
 
 /// The least, median and greatest of a set of measurements.
@@ -278,6 +285,9 @@ impl Record {
                 ",\"round_speedup_min\":{min:.3},\"round_speedup_median\":{median:.3},\
                  \"round_speedup_max\":{max:.3}"
             );
+        }
+        if let Some(ns) = self.core_round_trip_ns {
+            json += &format!(",\"core_round_trip_ns\":{ns:.1}");
         }
         json + "}"
     }
@@ -344,6 +354,7 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         start.elapsed().as_secs_f64() / per_round as f64
     };
     let (mut steps, mut gemms, mut solo_steps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut round_trips = Vec::new();
     let begin = Instant::now();
     let more = |rounds: usize| {
         let wanted = rounds < 5 || (begin.elapsed().as_secs_f64() < min_secs && rounds < 1000);
@@ -353,6 +364,11 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
     };
     while more(steps.len()) {
         gemms.push((0..3).map(|_| gemm()).fold(f64::INFINITY, f64::min));
+        if threads > 1 {
+            // 3 ms at most: how far apart the cores are in this round.
+            let ns = round_trip::core_round_trip_ns(20_000, std::time::Duration::from_millis(3));
+            round_trips.extend(ns);
+        }
         // Let the reference GEMM's pool threads finish spinning and park, so they do not
         // compete with a step that leaves them idle (tiny and small at two threads).
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -402,6 +418,7 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         unit_blocks: trainer.split.blocks(w.b, w.h, gates),
         rounds,
         round_speedups,
+        core_round_trip_ns: (!round_trips.is_empty()).then(|| median(round_trips)),
     }
 }
 
@@ -437,6 +454,7 @@ mod tests {
                 median: 1.9,
                 max: 1.95,
             }),
+            core_round_trip_ns: Some(68.25),
         };
         assert_eq!(
             record.to_json(),
@@ -445,14 +463,17 @@ mod tests {
              \"peak_fraction\":0.8500,\"gemm_gflops\":200.000,\"peak_rss_bytes\":123,\
              \"one_thread_tokens_per_s\":13000.0,\"threads_used\":2,\"chunk_steps\":8,\
              \"unit_blocks\":2,\"rounds\":6,\"round_speedup_min\":1.700,\
-             \"round_speedup_median\":1.900,\"round_speedup_max\":1.950}"
+             \"round_speedup_median\":1.900,\"round_speedup_max\":1.950,\
+             \"core_round_trip_ns\":68.2}"
         );
         let solo = Record {
             one_thread_tokens_per_s: None,
             round_speedups: None,
+            core_round_trip_ns: None,
             ..record
         };
         assert!(!solo.to_json().contains("one_thread_tokens_per_s"));
         assert!(!solo.to_json().contains("round_speedup"));
+        assert!(!solo.to_json().contains("core_round_trip_ns"));
     }
 }

@@ -160,6 +160,9 @@ struct Speedup {
     used: u64,
     /// The speedup within each round, `(min, median, max)`, when the record has it.
     rounds: Option<(f64, f64, f64)>,
+    /// The median round trip of a cache line between two threads in the record's rounds
+    /// (ns), when it has one: how far apart the cores were.
+    round_trip_ns: Option<f64>,
 }
 
 impl Speedup {
@@ -196,6 +199,7 @@ fn speedups(records: &[Value]) -> Vec<Speedup> {
                     .zip(spread("median"))
                     .zip(spread("max"))
                     .map(|((lo, mid), hi)| (lo, mid, hi)),
+                round_trip_ns: r["core_round_trip_ns"].as_f64(),
             })
         })
         .collect()
@@ -205,7 +209,8 @@ fn speedups(records: &[Value]) -> Vec<Speedup> {
 fn scaling_table(records: &[Value]) -> String {
     let mut md = String::from(
         "| cell | workload | 1 thread tokens/s | 2 threads tokens/s | speedup | goal | \
-         per round (least / median / most) |\n|---|---|---|---|---|---|---|\n",
+         per round (least / median / most) | core round trip (ns) |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for s in speedups(records) {
         let goal = speedup_goal(&s.workload).map_or(String::new(), |g| {
@@ -223,9 +228,12 @@ fn scaling_table(records: &[Value]) -> String {
         let rounds = s.rounds.map_or(String::new(), |(lo, mid, hi)| {
             format!("{lo:.2}x / {mid:.2}x / {hi:.2}x")
         });
+        let trip = s
+            .round_trip_ns
+            .map_or(String::new(), |ns| format!("{ns:.0}"));
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.2}x | {goal} | {rounds} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2}x | {goal} | {rounds} | {trip} |",
             s.cell,
             s.workload,
             s.one,
@@ -653,7 +661,7 @@ mod tests {
                 serde_json::json!({
                     "one_thread_tokens_per_s": 50_000.0, "threads_used": 2,
                     "round_speedup_min": 1.6, "round_speedup_median": 1.8,
-                    "round_speedup_max": 1.95,
+                    "round_speedup_max": 1.95, "core_round_trip_ns": 331.6,
                 }),
             ),
             // No alternated one-thread rate: the one-thread record's is used.
@@ -672,9 +680,9 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "| rnn | char | 50000 | 90000 | 1.80x | >= 1.85x (missed) | 1.60x / 1.80x / 1.95x |",
-                "| lstm | medium | 40000 | 70000 | 1.75x | >= 1.50x (met) |  |",
-                "| lstm | tiny | 100000 | 95000 | 0.95x | >= 1.00x (one thread chosen, same code) |  |",
+                "| rnn | char | 50000 | 90000 | 1.80x | >= 1.85x (missed) | 1.60x / 1.80x / 1.95x | 332 |",
+                "| lstm | medium | 40000 | 70000 | 1.75x | >= 1.50x (met) |  |  |",
+                "| lstm | tiny | 100000 | 95000 | 0.95x | >= 1.00x (one thread chosen, same code) |  |  |",
             ]
         );
     }
