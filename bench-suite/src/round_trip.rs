@@ -4,10 +4,11 @@
 //! On the project's 2-core VM the two virtual cores sometimes share an L3 (a round trip of
 //! about 70 ns) and sometimes not (310-340 ns), as the host moves them, minute to minute. The
 //! one-thread rate does not notice; two threads, which hand each other half of every step's
-//! state and read each other's halves in the all-steps products, do (GRU char at two threads:
-//! 130 ms per step at 67-69 ns, 143-144 ms at 321-339 ns, one thread 220 ms in both, back to
-//! back). A two-thread bench record carries the round trip measured in its rounds, so a
-//! record taken while the cores were far apart can be told apart.
+//! state and read each other's halves in the all-steps products, often do (GRU char at two
+//! threads: 130 ms per step at 67-69 ns, 143-144 ms at 321-339 ns, one thread 220 ms in both,
+//! back to back; though one later sample at 336 ns ran 120-122 ms). A two-thread bench record
+//! carries the round trip measured in its rounds, so a record taken while the cores were far
+//! apart can be told apart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
