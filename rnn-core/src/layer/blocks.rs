@@ -172,13 +172,14 @@ impl Grid {
     /// order: 92.8 ms per training step, against 85-89 for two or more panels and 86-88 for
     /// whole blocks). Rows
     /// in tiles of 8 (the product's tile height), more when the pieces would not fit in
-    /// [`MAX_PIECES`].
-    pub fn new<T: Float>(batch: usize, block_units: usize) -> Self {
+    /// [`MAX_PIECES`]. `widest_block` is the units of the wider of the two blocks (for an odd
+    /// `H` the second has one more, which can add a unit group to every tile row).
+    pub fn new<T: Float>(batch: usize, widest_block: usize) -> Self {
         let width = kernels::panels::Panels::<T>::width();
         // Wider groups only when two blocks of two-panel groups would not fit.
-        let panels = block_units.div_ceil(width).div_ceil(MAX_PIECES / 2).max(2);
+        let panels = widest_block.div_ceil(width).div_ceil(MAX_PIECES / 2).max(2);
         let units = panels * width;
-        let per_tile_row = 2 * block_units.div_ceil(units).max(1);
+        let per_tile_row = 2 * widest_block.div_ceil(units).max(1);
         let max_tiles = (MAX_PIECES / per_tile_row).max(1);
         let rows = 8 * batch.div_ceil(8).div_ceil(max_tiles).max(1);
         Self { rows, units }
@@ -331,7 +332,8 @@ pub(super) fn forward_step<'a, T: Float, const G: usize, const S: usize>(
         pair.join(|| f(&mut first), || f(&mut second));
         return;
     }
-    let grid = Grid::new::<T>(batch, first.0.units.len());
+    let widest = first.0.units.len().max(second.0.units.len());
+    let grid = Grid::new::<T>(batch, widest);
     let mine = grid.cells(batch, first.0.units.len()).count();
     let pieces = grid.pieces(batch, first).chain(grid.pieces(batch, second));
     let mut pieces = stack_pieces(pieces);
@@ -513,21 +515,25 @@ mod tests {
     }
 
     /// Unit groups are whole panels (what `Panels::product_cols` needs), rows come in
-    /// multiples of the product's 8-row tile, and two blocks' pieces fit on the stack.
+    /// multiples of the product's 8-row tile, and two blocks' pieces fit on the stack, also
+    /// when `H` is odd and the second block has one unit more than the first.
     #[test]
     fn grids_fit_the_panels_and_the_stack() {
         let width = kernels::panels::Panels::<f32>::width();
         for batch in [1, 4, 32, 64, 1000] {
-            for units in [1, 64, 256, 512, 4096, 40_000] {
-                let grid = Grid::new::<f32>(batch, units);
-                assert_eq!(grid.units % width, 0);
-                assert!(grid.units >= 2 * width);
-                assert_eq!(grid.rows % 8, 0);
-                let pieces = 2 * grid.cells(batch, units).count();
-                assert!(
-                    pieces <= MAX_PIECES,
-                    "B = {batch}, units = {units}: {pieces}"
-                );
+            for units in [1, 64, 192, 256, 512, 4096, 40_000] {
+                for second in [units, units + 1] {
+                    let grid = Grid::new::<f32>(batch, second);
+                    assert_eq!(grid.units % width, 0);
+                    assert!(grid.units >= 2 * width);
+                    assert_eq!(grid.rows % 8, 0);
+                    let pieces =
+                        grid.cells(batch, units).count() + grid.cells(batch, second).count();
+                    assert!(
+                        pieces <= MAX_PIECES,
+                        "B = {batch}, blocks of {units} and {second} units: {pieces}"
+                    );
+                }
             }
         }
         // The char shape: groups of two panels, tiles of 8 rows.
