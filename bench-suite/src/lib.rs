@@ -307,9 +307,9 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The median of measurements taken in every round (there is at least one round).
+fn median(v: Vec<f64>) -> f64 {
+    Spread::of(v).expect("at least one round").median
 }
 
 /// Measures `w` with `cell` at `threads`: rounds alternate a faer GEMM reference (512³, same thread
@@ -392,8 +392,7 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
             .collect(),
     );
     let rounds = steps.len();
-    let one_thread_tokens_per_s =
-        (!solo_steps.is_empty()).then(|| w.tokens() as f64 / median(solo_steps));
+    let one_thread_tokens_per_s = Spread::of(solo_steps).map(|s| w.tokens() as f64 / s.median);
     let (step, gemm_s) = (median(steps), median(gemms));
     let gemm_gflops = 2.0 * (n * n * n) as f64 / gemm_s / 1e9;
     let gflops = w.flops(cell) / step / 1e9;
@@ -418,7 +417,7 @@ pub fn measure(w: &Workload, cell: Cell, threads: usize, min_secs: f64) -> Recor
         unit_blocks: trainer.split.blocks(w.b, w.h, gates),
         rounds,
         round_speedups,
-        core_round_trip_ns: (!round_trips.is_empty()).then(|| median(round_trips)),
+        core_round_trip_ns: Spread::of(round_trips).map(|s| s.median),
     }
 }
 
