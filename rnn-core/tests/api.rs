@@ -256,17 +256,21 @@ fn split_steps_of_small_models_match_across_thread_counts() {
 
 /// Two threads pull the LSTM's and GRU's forward steps in pieces of rows by unit groups
 /// (steps of 32 MFLOP and more): blocks of 300 units (three full groups of 96 and a ragged one)
-/// over 19 rows (tiles of 8, 8 and 3). The RNN's stay whole blocks.
+/// over 19 rows (tiles of 8, 8 and 3). The RNN's stay whole blocks. With ragged lengths, the
+/// pieces carry their rows of finished sequences (in every row tile) unchanged.
 #[test]
 fn pulled_pieces_match_whole_blocks_across_thread_counts() {
-    let size = Size {
-        hidden: 600,
-        t: 6,
-        b: 19,
-        ..Size::LARGE
-    };
-    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
-        identical_at_one_and_two_threads(cell, UnitSplit::Halves, size);
+    for ragged in [false, true] {
+        let size = Size {
+            hidden: 600,
+            t: 6,
+            b: 19,
+            ragged,
+            ..Size::LARGE
+        };
+        for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+            identical_at_one_and_two_threads(cell, UnitSplit::Halves, size);
+        }
     }
 }
 
@@ -279,6 +283,8 @@ struct Size {
     memory: Memory,
     /// The thread count compared with one thread.
     threads: usize,
+    /// Sequences of lengths 1 to `t` rather than all of `t` steps.
+    ragged: bool,
 }
 
 impl Size {
@@ -290,6 +296,7 @@ impl Size {
         b: 32,
         memory: Memory::Full,
         threads: 2,
+        ragged: false,
     };
 }
 
@@ -298,24 +305,31 @@ impl Size {
 fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let run = |threads: usize| {
         let cfg = RnnConfig::new(16, size.hidden, 10).layers(2).cell(cell);
-        let mut tr = Trainer::<f32>::new(
-            cfg,
-            LossSpec::every_step(LossKind::CrossEntropy),
-            OptimizerKind::adam(1e-2),
-            3,
-        )
-        .unwrap()
-        .with_clip(Clip::Norm(1.0))
-        .with_threads(threads)
-        .with_unit_split(split)
-        .with_memory(size.memory);
+        // With ragged lengths the loss reads the final states, which finished sequences
+        // carried unchanged from their last steps: a wrong carry changes the weights.
+        let loss = match size.ragged {
+            false => LossSpec::every_step(LossKind::CrossEntropy),
+            true => LossSpec::last_step(LossKind::CrossEntropy),
+        };
+        let mut tr = Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-2), 3)
+            .unwrap()
+            .with_clip(Clip::Norm(1.0))
+            .with_threads(threads)
+            .with_unit_split(split)
+            .with_memory(size.memory);
         for step in 0..5 {
             let (t, b) = (size.t, size.b);
             let x: Vec<f32> = (0..t * b * 16)
                 .map(|k| (((k + step) * 7919 % 1000) as f32) / 500.0 - 1.0)
                 .collect();
-            let y: Vec<usize> = (0..t * b).map(|k| (k + step) * 13 % 10).collect();
-            tr.step(&Batch::new(t, b, &x, Target::Classes(&y))).unwrap();
+            let scored = if size.ragged { b } else { t * b };
+            let y: Vec<usize> = (0..scored).map(|k| (k + step) * 13 % 10).collect();
+            let lengths: Vec<usize> = (0..b).map(|k| 1 + k * 5 % t).collect();
+            let batch = Batch {
+                lengths: size.ragged.then_some(lengths.as_slice()),
+                ..Batch::new(t, b, &x, Target::Classes(&y))
+            };
+            tr.step(&batch).unwrap();
         }
         tr.params.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
     };
@@ -329,9 +343,10 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let more = pool(size.threads).install(|| run(size.threads));
     assert!(
         one == more,
-        "{cell:?} {split:?} H = {}, {:?}: weights differ between 1 and {} threads",
+        "{cell:?} {split:?} H = {}, {:?}, ragged {}: weights differ between 1 and {} threads",
         size.hidden,
         size.memory,
+        size.ragged,
         size.threads
     );
 }
