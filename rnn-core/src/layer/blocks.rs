@@ -260,6 +260,24 @@ impl<T: Float, const G: usize, const S: usize> Piece<'_, T, G, S> {
         first + self.cols.start..first + self.cols.end
     }
 
+    /// Carries the piece's rows of the sequences in `finished` (batch rows: those ended by
+    /// this step) through unchanged: `states[k]` gets the piece's units of `prev[k]`
+    /// (`[B, hidden]`) on those rows.
+    pub fn carry_finished(
+        &mut self,
+        finished: impl Iterator<Item = usize>,
+        hidden: usize,
+        prev: [&[T]; S],
+    ) {
+        let units = self.units();
+        for r in finished.filter(|r| self.rows.contains(r)) {
+            let own = r * hidden + units.start..r * hidden + units.end;
+            for (state, prev) in self.states.iter_mut().zip(prev) {
+                row_mut(state, r - self.rows.start).copy_from_slice(&prev[own.clone()]);
+            }
+        }
+    }
+
     /// The recurrent product of the piece into its gate tiles from `first_gate` on (one per
     /// gate of the block's packed weights): `gates[first_gate + k] (+)= h_prev[rows] ·
     /// W_hhᵀ[:, k·H + units]`, `h_prev` `[B, H]`.
@@ -282,10 +300,10 @@ pub(super) type BlockViews<'a, T, const G: usize, const S: usize> =
 pub(super) enum Sharing {
     /// Each thread runs one whole block.
     Blocks,
-    /// The blocks are cut into a [`Grid`] of pieces that the threads pull
+    /// The blocks are cut into the [`Grid`]'s pieces that the threads pull
     /// ([`Pair::pull_each`]), each starting on its own block: a core slowed by other work on
     /// a shared machine then does less of the step instead of holding the other back.
-    Pieces,
+    Pieces(Grid),
 }
 
 impl Sharing {
@@ -296,12 +314,15 @@ impl Sharing {
     /// 36.4 against 35.2-36.2 in quiet rounds (alternating `profile_step`).
     pub const PIECES_MIN_FLOPS: usize = 32_000_000;
 
-    /// [`Sharing::Pieces`] for a step of `batch` rows, `hidden` units and `gates` gates whose
-    /// product reaches [`Sharing::PIECES_MIN_FLOPS`], else [`Sharing::Blocks`].
-    pub fn for_step(batch: usize, hidden: usize, gates: usize) -> Self {
+    /// [`Sharing::Pieces`] for a step of `batch` rows, `hidden` units (split in [`halves`])
+    /// and `gates` gates whose product reaches [`Sharing::PIECES_MIN_FLOPS`], else
+    /// [`Sharing::Blocks`]. Decided once per pass, not per step.
+    pub fn for_step<T: Float>(batch: usize, hidden: usize, gates: usize) -> Self {
         let flops = 2.0 * (batch * gates) as f64 * (hidden as f64).powi(2);
         if flops >= Self::PIECES_MIN_FLOPS as f64 {
-            Self::Pieces
+            // The second half is the wider one when `H` is odd.
+            let [_, widest] = halves(hidden);
+            Self::Pieces(Grid::new::<T>(batch, widest.len()))
         } else {
             Self::Blocks
         }
@@ -320,20 +341,21 @@ pub(super) fn forward_step<'a, T: Float, const G: usize, const S: usize>(
     [first, second]: [BlockViews<'a, T, G, S>; 2],
     f: impl Fn(&mut Piece<'a, T, G, S>) + Sync,
 ) {
-    if !pair.is_parallel() || sharing == Sharing::Blocks {
-        let whole = |(block, gates, states): BlockViews<'a, T, G, S>| Piece {
-            gates,
-            states,
-            rows: 0..batch,
-            cols: 0..block.units.len(),
-            block,
-        };
-        let (mut first, mut second) = (whole(first), whole(second));
-        pair.join(|| f(&mut first), || f(&mut second));
-        return;
-    }
-    let widest = first.0.units.len().max(second.0.units.len());
-    let grid = Grid::new::<T>(batch, widest);
+    let grid = match sharing {
+        Sharing::Pieces(grid) if pair.is_parallel() => grid,
+        _ => {
+            let whole = |(block, gates, states): BlockViews<'a, T, G, S>| Piece {
+                gates,
+                states,
+                rows: 0..batch,
+                cols: 0..block.units.len(),
+                block,
+            };
+            let (mut first, mut second) = (whole(first), whole(second));
+            pair.join(|| f(&mut first), || f(&mut second));
+            return;
+        }
+    };
     let mine = grid.cells(batch, first.0.units.len()).count();
     let pieces = grid.pieces(batch, first).chain(grid.pieces(batch, second));
     let mut pieces = stack_pieces(pieces);
@@ -506,12 +528,18 @@ mod tests {
     /// not their medium or small ones.
     #[test]
     fn steps_are_pulled_in_pieces_from_32_mflop() {
-        assert_eq!(Sharing::for_step(16, 128, 4), Sharing::Blocks);
-        assert_eq!(Sharing::for_step(32, 256, 4), Sharing::Blocks);
-        assert_eq!(Sharing::for_step(32, 512, 3), Sharing::Pieces);
-        assert_eq!(Sharing::for_step(32, 512, 4), Sharing::Pieces);
-        assert_eq!(Sharing::for_step(64, 1024, 3), Sharing::Pieces);
-        assert_eq!(Sharing::for_step(1, 2000, 4), Sharing::Pieces);
+        let pieces = |b, h, g| match Sharing::for_step::<f32>(b, h, g) {
+            Sharing::Pieces(grid) => Some(grid),
+            Sharing::Blocks => None,
+        };
+        assert_eq!(pieces(16, 128, 4), None);
+        assert_eq!(pieces(32, 256, 4), None);
+        assert_eq!(pieces(32, 512, 3), Some(Grid::new::<f32>(32, 256)));
+        assert_eq!(pieces(32, 512, 4), Some(Grid::new::<f32>(32, 256)));
+        assert_eq!(pieces(64, 1024, 3), Some(Grid::new::<f32>(64, 512)));
+        assert_eq!(pieces(1, 2000, 4), Some(Grid::new::<f32>(1, 1000)));
+        // An odd `H`: the grid comes from the second, wider block.
+        assert_eq!(pieces(1000, 385, 4), Some(Grid::new::<f32>(1000, 193)));
     }
 
     /// Unit groups are whole panels (what `Panels::product_cols` needs), rows come in

@@ -104,7 +104,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
-    let sharing = Sharing::for_step(b, h, 3);
+    let sharing = Sharing::for_step::<T>(b, h, 3);
     for t in p.steps.clone() {
         let gates = t * gate_step..(t + 1) * gate_step;
         let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
@@ -153,10 +153,7 @@ fn forward_piece<T: Float>(step: Step<'_, T>, piece: &mut Piece<'_, T, 6, 1>, h_
             row_mut(h_t, i),
         );
     }
-    let rows = piece.rows.clone();
-    for r in p.batch.finished(t).filter(|r| rows.contains(r)) {
-        row_mut(h_t, r - rows.start).copy_from_slice(&h_prev[own(r)]);
-    }
+    piece.carry_finished(p.batch.finished(t), h, [h_prev]);
 }
 
 /// [`backward`]'s step loop with each step split into two unit blocks; as for the RNN, a

@@ -116,7 +116,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
-    let sharing = Sharing::for_step(b, h, 4);
+    let sharing = Sharing::for_step::<T>(b, h, 4);
     for t in p.steps.clone() {
         let (h_past, h_future) = hs.split_at_mut((t + 1) * step);
         let (c_past, c_future) = cs.split_at_mut((t + 1) * step);
@@ -166,12 +166,7 @@ fn forward_piece<T: Float>(
             row_mut(h_t, i),
         );
     }
-    let rows = piece.rows.clone();
-    for r in p.batch.finished(t).filter(|r| rows.contains(r)) {
-        let i = r - rows.start;
-        row_mut(h_t, i).copy_from_slice(&prev.h[own(r)]);
-        row_mut(c_t, i).copy_from_slice(&prev.c[own(r)]);
-    }
+    piece.carry_finished(p.batch.finished(t), h, [prev.h, prev.c]);
 }
 
 /// [`backward`]'s step loop with each step split into two unit blocks; as for the RNN, a

@@ -129,11 +129,7 @@ fn forward_piece<T: Float>(
             Nonlinearity::Relu => activation::bias_relu(h_r, z_r, bias),
         }
     }
-    let rows = piece.rows.clone();
-    for r in p.batch.finished(t).filter(|r| rows.contains(r)) {
-        let own = r * h + units.start..r * h + units.end;
-        row_mut(h_t, r - rows.start).copy_from_slice(&h_prev[own]);
-    }
+    piece.carry_finished(p.batch.finished(t), h, [h_prev]);
 }
 
 /// [`backward`]'s step loop with each step split into two unit blocks. A block's product
