@@ -3,7 +3,8 @@
 //! - `bench`: runs the benchmark suite (`--quick` in under 3 minutes), prints a table and
 //!   writes `target/bench-report/{report.json, report.md, tokens_vs_seq_len_<cell>.svg}`;
 //!   `--json PATH` writes the records as a JSON array; `--peer torch` runs the same workloads
-//!   in PyTorch; `--check` compares with the committed baseline; `--update-baseline` writes it.
+//!   in PyTorch, `--peer jax` in JAX, `--peer torch,jax` in both; `--check` compares with the
+//!   committed baseline; `--update-baseline` writes it.
 //! - `ci`: what `.ci/run` does.
 
 #![forbid(unsafe_code)]
@@ -39,9 +40,10 @@ struct BenchArgs {
     /// Also write the records as a JSON array to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Run the same workloads in a peer framework (`torch`) and print the ratio.
-    #[arg(long, value_name = "PEER")]
-    peer: Option<String>,
+    /// Run the same workloads in peer frameworks (`torch`, `jax`, or both: `torch,jax`) and
+    /// print the ratio to each.
+    #[arg(long, value_name = "PEER", value_delimiter = ',')]
+    peer: Vec<String>,
     /// Compare with the committed baseline for this machine; exit non-zero on a regression.
     #[arg(long)]
     check: bool,
@@ -282,25 +284,35 @@ fn key(r: &Value) -> String {
     )
 }
 
-fn peer_torch(plan: &[Run]) -> Result<BTreeMap<String, f64>, String> {
+/// A peer framework's figures: its name and tokens/s by record [`key`].
+type PeerFigures = (String, BTreeMap<String, f64>);
+
+/// Runs the plan in a peer framework through `scripts/<peer>_bench.py` (`torch`, `jax`).
+fn run_peer(peer: &str, plan: &[Run]) -> Result<PeerFigures, String> {
+    if !matches!(peer, "torch" | "jax") {
+        return Err(format!("--peer {peer}: the peers are `torch` and `jax`"));
+    }
     let ok = Command::new("python3")
-        .args(["-c", "import torch"])
+        .args(["-c", &format!("import {peer}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        return Err("--peer torch: `import torch` fails in python3; install it with `pip install torch` and retry".into());
+        return Err(format!(
+            "--peer {peer}: `import {peer}` fails in python3; install it with `pip install {peer}` and retry"
+        ));
     }
+    let script = format!("{peer}_bench.py");
     let mut out = BTreeMap::new();
     for &(cell, w, threads) in plan {
         let v = json_output(
             Command::new("python3")
-                .arg(root().join("scripts/torch_bench.py"))
+                .arg(root().join("scripts").join(&script))
                 .args([w, &threads.to_string(), cell]),
-            &format!("torch_bench.py {cell} {w}"),
+            &format!("{script} {cell} {w}"),
         )?;
         out.insert(key(&v), v["tokens_per_s"].as_f64().unwrap_or(0.0));
     }
-    Ok(out)
+    Ok((peer.to_string(), out))
 }
 
 fn svg(records: &[Value], cell: &str) -> String {
@@ -374,16 +386,15 @@ fn svg(records: &[Value], cell: &str) -> String {
     s
 }
 
-fn table(records: &[Value], peer: &BTreeMap<String, f64>) -> String {
+fn table(records: &[Value], peers: &[PeerFigures]) -> String {
     let mut md = String::from(
         "| cell | workload | T | B | I | H | O | threads | tokens/s | GFLOP/s | share of GEMM rate | peak RSS (MiB) |",
     );
-    let with_peer = !peer.is_empty();
-    if with_peer {
-        md.push_str(" torch tokens/s | ratio |");
+    for (peer, _) in peers {
+        let _ = write!(md, " {peer} tokens/s | ratio |");
     }
     md.push('\n');
-    md.push_str(&"|---".repeat(if with_peer { 14 } else { 12 }));
+    md.push_str(&"|---".repeat(12 + 2 * peers.len()));
     md.push_str("|\n");
     for r in records {
         let _ = write!(
@@ -402,8 +413,8 @@ fn table(records: &[Value], peer: &BTreeMap<String, f64>) -> String {
             100.0 * r["peak_fraction"].as_f64().unwrap_or(0.0),
             r["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
-        if with_peer {
-            match peer.get(&key(r)) {
+        for (_, figures) in peers {
+            match figures.get(&key(r)) {
                 Some(p) => {
                     let _ = write!(
                         md,
@@ -528,11 +539,11 @@ fn median_records(rounds: Vec<Vec<Value>>) -> Vec<Value> {
 
 fn bench(args: BenchArgs) -> Result<(), String> {
     let plan = plan(&args);
-    let peer = match args.peer.as_deref() {
-        None => BTreeMap::new(),
-        Some("torch") => peer_torch(&plan)?,
-        Some(other) => return Err(format!("--peer {other}: only `torch` is supported")),
-    };
+    let peers = args
+        .peer
+        .iter()
+        .map(|peer| run_peer(peer, &plan))
+        .collect::<Result<Vec<_>, _>>()?;
     if !cargo(&[
         "build",
         "--release",
@@ -561,7 +572,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     let json = serde_json::to_string_pretty(&Value::Array(records.clone())).expect("json");
     let md = format!(
         "{}\nTwo threads against one, measured in this run:\n\n{}",
-        table(&records, &peer),
+        table(&records, &peers),
         scaling_table(&records)
     );
     let write =
@@ -684,6 +695,58 @@ mod tests {
                 "| lstm | medium | 40000 | 70000 | 1.75x | >= 1.50x (met) |  |  |",
                 "| lstm | tiny | 100000 | 95000 | 0.95x | >= 1.00x (one thread chosen, same code) |  |  |",
             ]
+        );
+    }
+
+    /// One column pair per peer, in the order given; a record a peer did not run gets
+    /// empty cells.
+    #[test]
+    fn table_has_a_tokens_and_ratio_column_per_peer() {
+        let shape = serde_json::json!({
+            "T": 128, "B": 32, "I": 65, "H": 512, "O": 65, "gflops": 100.0,
+            "peak_fraction": 0.9, "peak_rss_bytes": 33554432.0,
+        });
+        let records = [
+            record("rnn", "char", 1, 50_000.0, shape.clone()),
+            record("gru", "char", 1, 18_000.0, shape),
+        ];
+        let peers = [
+            (
+                "torch".to_string(),
+                BTreeMap::from([("rnn/char/t1".into(), 25_000.0)]),
+            ),
+            (
+                "jax".to_string(),
+                BTreeMap::from([
+                    ("rnn/char/t1".into(), 40_000.0),
+                    ("gru/char/t1".into(), 9_000.0),
+                ]),
+            ),
+        ];
+        let md = table(&records, &peers);
+        let lines: Vec<&str> = md.lines().collect();
+        assert!(
+            lines[0]
+                .ends_with("| peak RSS (MiB) | torch tokens/s | ratio | jax tokens/s | ratio |")
+        );
+        assert_eq!(lines[1], "|---".repeat(16) + "|");
+        assert!(
+            lines[2].ends_with("| 32 | 25000 | 2.00x | 40000 | 1.25x |"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].ends_with("| 32 | | | 9000 | 2.00x |"),
+            "{}",
+            lines[3]
+        );
+        // Without peers, the table is the engine's columns alone.
+        assert!(
+            table(&records, &[])
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with("| peak RSS (MiB) |")
         );
     }
 }
