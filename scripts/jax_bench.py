@@ -9,23 +9,14 @@ as `lax.scan`, a Linear head at every step, MSE or cross-entropy (mean), the bac
 autodiff, clipping to global norm 1.0 (as `clip_grad_norm_`) and an SGD update (lr 1e-3).
 Equations and parameter shapes are PyTorch's (`nn.RNN` tanh, `nn.LSTM` gates i, f, g, o,
 `nn.GRU` gates r, z, n). THREADS limits the process to that many cores (one also turns off
-XLA's multi-threaded Eigen). Workload shapes mirror bench-suite/src/lib.rs.
+XLA's multi-threaded Eigen). Workload shapes: scripts/workloads.py.
 """
 import json
 import os
 import sys
 import time
 
-WORKLOADS = {
-    "tiny": (100, 1, 16, 64, 16, "mse"), "small": (100, 16, 32, 128, 32, "mse"),
-    "medium": (100, 32, 64, 256, 64, "ce"), "char": (128, 32, 65, 512, 65, "ce"),
-    "large": (50, 64, 256, 1024, 256, "mse"), "seq16": (16, 32, 64, 256, 64, "ce"),
-    "seq64": (64, 32, 64, 256, 64, "ce"), "seq256": (256, 32, 64, 256, 64, "ce"),
-    "seq1024": (1024, 32, 64, 256, 64, "ce"), "medium_t4096": (4096, 32, 64, 256, 64, "ce"),
-    "medium_h128": (100, 32, 64, 128, 64, "ce"), "medium_h512": (100, 32, 64, 512, 64, "ce"),
-    "medium_h1024": (100, 32, 64, 1024, 64, "ce"), "medium_b1": (100, 1, 64, 256, 64, "ce"),
-    "medium_b8": (100, 8, 64, 256, 64, "ce"), "medium_b128": (100, 128, 64, 256, 64, "ce"),
-}
+from workloads import WORKLOADS
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 

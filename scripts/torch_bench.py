@@ -4,26 +4,17 @@
     python3 scripts/torch_bench.py WORKLOAD [THREADS] [CELL]   -> one JSON line with tokens_per_s
 
 Same step as bench-suite: nn.RNN (or nn.LSTM / nn.GRU, CELL = rnn | lstm | gru) + Linear head at every step, MSE or cross-entropy (mean),
-backward, clip_grad_norm_(1.0), SGD(lr=1e-3). Workload shapes mirror bench-suite/src/lib.rs.
+backward, clip_grad_norm_(1.0), SGD(lr=1e-3). Workload shapes: scripts/workloads.py.
 """
 import json
 import sys
 import time
 
+from workloads import WORKLOADS
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-WORKLOADS = {
-    "tiny": (100, 1, 16, 64, 16, "mse"), "small": (100, 16, 32, 128, 32, "mse"),
-    "medium": (100, 32, 64, 256, 64, "ce"), "char": (128, 32, 65, 512, 65, "ce"),
-    "large": (50, 64, 256, 1024, 256, "mse"), "seq16": (16, 32, 64, 256, 64, "ce"),
-    "seq64": (64, 32, 64, 256, 64, "ce"), "seq256": (256, 32, 64, 256, 64, "ce"),
-    "seq1024": (1024, 32, 64, 256, 64, "ce"), "medium_t4096": (4096, 32, 64, 256, 64, "ce"),
-    "medium_h128": (100, 32, 64, 128, 64, "ce"), "medium_h512": (100, 32, 64, 512, 64, "ce"),
-    "medium_h1024": (100, 32, 64, 1024, 64, "ce"), "medium_b1": (100, 1, 64, 256, 64, "ce"),
-    "medium_b8": (100, 8, 64, 256, 64, "ce"), "medium_b128": (100, 128, 64, 256, 64, "ce"),
-}
 
 
 def main():
