@@ -31,25 +31,17 @@ const STOP: u64 = u64::MAX;
 /// assert!(ns.is_none_or(|ns| ns > 0.0));
 /// ```
 pub fn core_round_trip_ns(trips: u64, budget: Duration) -> Option<f64> {
+    probe(trips, budget, || {})
+}
+
+/// [`core_round_trip_ns`], with `between` run by the responder between reading a trip and
+/// answering it (the tests widen that window).
+fn probe(trips: u64, budget: Duration, between: impl Fn() + Sync) -> Option<f64> {
     let line = Line(AtomicU64::new(0));
     let start = Instant::now();
     let over = || start.elapsed() >= budget;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            // Answers each odd value v with v + 1.
-            let mut seen = 0;
-            loop {
-                let v = line.0.load(Ordering::Acquire);
-                if v == STOP {
-                    return;
-                }
-                if !v.is_multiple_of(2) && v != seen {
-                    seen = v;
-                    line.0.store(v + 1, Ordering::Release);
-                }
-                std::hint::spin_loop();
-            }
-        });
+        s.spawn(|| respond(&line, &between));
         let (mut done, mut v) = (0u64, 1u64);
         let mut first = None;
         'trips: while done < trips {
@@ -80,6 +72,28 @@ pub fn core_round_trip_ns(trips: u64, budget: Duration) -> Option<f64> {
     })
 }
 
+/// The responder's loop: answers each odd value `v` on the line with `v + 1` until it reads
+/// [`STOP`].
+fn respond(line: &Line, between: impl Fn()) {
+    loop {
+        let v = line.0.load(Ordering::Acquire);
+        if v == STOP {
+            return;
+        }
+        if !v.is_multiple_of(2) {
+            between();
+            // Only if the line still holds that trip: the initiator may have given up on it
+            // and stored STOP meanwhile, which a plain store would overwrite, leaving this
+            // loop spinning forever and the initiator's scope waiting for it (this hung a
+            // CI run's bench check).
+            let _ = line
+                .0
+                .compare_exchange(v, v + 1, Ordering::Release, Ordering::Relaxed);
+        }
+        std::hint::spin_loop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +106,21 @@ mod tests {
         // a few nanoseconds per trip and stops at the budget, not after 2^64 trips.
         assert!(ns.is_none_or(|ns| ns > 1.0), "{ns:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A budget that ends while the responder holds a trip it has read but not answered:
+    /// its answer must not overwrite the stop. The responder here sleeps 50 ms between
+    /// reading the first trip and answering it; the probe's budget ends after 5.
+    #[test]
+    fn a_probe_cut_short_mid_trip_still_ends() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let nap = || std::thread::sleep(Duration::from_millis(50));
+            tx.send(probe(u64::MAX, Duration::from_millis(5), nap))
+                .unwrap();
+        });
+        let ended = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ended, Ok(None), "the probe did not end, or timed a trip");
     }
 
     #[test]
