@@ -166,7 +166,9 @@ struct Speedup {
     /// (ns), when it has one: how far apart the cores were.
     round_trip_ns: Option<f64>,
     /// The reference GEMM's two-thread rate over its one-thread rate in the same rounds,
-    /// when the record has both: what the cores gave a perfectly split product meanwhile.
+    /// when the record has both and its trainer used two threads: what the cores gave a
+    /// perfectly split product meanwhile. (Beside a trainer that chose one thread the pool's
+    /// second worker is parked, and often comes too late for the GEMM.)
     gemm_speedup: Option<f64>,
 }
 
@@ -194,12 +196,13 @@ fn speedups(records: &[Value]) -> Vec<Speedup> {
             let two = r["tokens_per_s"].as_f64()?;
             let name = |v: &Value| v.as_str().unwrap_or("?").to_string();
             let spread = |end: &str| r[format!("round_speedup_{end}")].as_f64();
+            let used = r["threads_used"].as_u64().unwrap_or(2);
             Some(Speedup {
                 cell: name(&r["cell"]),
                 workload: name(&r["workload"]),
                 one,
                 two,
-                used: r["threads_used"].as_u64().unwrap_or(2),
+                used,
                 rounds: spread("min")
                     .zip(spread("median"))
                     .zip(spread("max"))
@@ -208,7 +211,8 @@ fn speedups(records: &[Value]) -> Vec<Speedup> {
                 gemm_speedup: r["gemm_gflops"]
                     .as_f64()
                     .zip(r["one_thread_gemm_gflops"].as_f64())
-                    .map(|(two, one)| two / one),
+                    .map(|(two, one)| two / one)
+                    .filter(|_| used > 1),
             })
         })
         .collect()
@@ -692,7 +696,10 @@ mod tests {
                 "tiny",
                 2,
                 95_000.0,
-                serde_json::json!({"one_thread_tokens_per_s": 100_000.0, "threads_used": 1}),
+                serde_json::json!({
+                    "one_thread_tokens_per_s": 100_000.0, "threads_used": 1,
+                    "gemm_gflops": 115.0, "one_thread_gemm_gflops": 110.0,
+                }),
             ),
         ];
         let table = scaling_table(&records);
