@@ -14,9 +14,8 @@ XLA's multi-threaded Eigen). Workload shapes: scripts/workloads.py.
 import json
 import os
 import sys
-import time
 
-from workloads import WORKLOADS
+from workloads import WORKLOADS, median_step_seconds
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -106,18 +105,15 @@ def main():
         scale = jnp.minimum(1.0, 1.0 / (norm + 1e-6))
         return jax.tree_util.tree_map(lambda w, g: w - 1e-3 * scale * g, p, grads), value
 
-    params, value = step(params)
-    value.block_until_ready()
-    times, begin = [], time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - begin < 2.0 and len(times) < 1000):
-        start = time.perf_counter()
-        params, value = step(params)
-        value.block_until_ready()
-        times.append(time.perf_counter() - start)
-    if not bool(jnp.isfinite(value)):
-        sys.exit(f"jax_bench.py: non-finite loss {value}")
-    times.sort()
-    median = times[len(times) // 2]
+    state = {"params": params}
+
+    def train_step():
+        state["params"], state["loss"] = step(state["params"])
+        state["loss"].block_until_ready()
+
+    median = median_step_seconds(train_step)
+    if not bool(jnp.isfinite(state["loss"])):
+        sys.exit(f"jax_bench.py: non-finite loss {state['loss']}")
     print(json.dumps({"cell": cell, "workload": name, "threads": threads, "tokens_per_s": T * B / median,
                       "jax": jax.__version__}))
 

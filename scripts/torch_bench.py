@@ -8,9 +8,8 @@ backward, clip_grad_norm_(1.0), SGD(lr=1e-3). Workload shapes: scripts/workloads
 """
 import json
 import sys
-import time
 
-from workloads import WORKLOADS
+from workloads import WORKLOADS, median_step_seconds
 
 import torch
 import torch.nn as nn
@@ -38,14 +37,7 @@ def main():
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    step()
-    times, begin = [], time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - begin < 2.0 and len(times) < 1000):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
+    median = median_step_seconds(step)
     print(json.dumps({"cell": cell, "workload": name, "threads": threads, "tokens_per_s": T * B / median,
                       "torch": torch.__version__}))
 
