@@ -256,20 +256,24 @@ fn split_steps_of_small_models_match_across_thread_counts() {
 
 /// Two threads pull the LSTM's and GRU's forward steps in pieces of rows by unit groups
 /// (steps of 32 MFLOP and more): blocks of 300 units (three full groups of 96 and a ragged one)
-/// over 19 rows (tiles of 8, 8 and 3). The RNN's stay whole blocks. With ragged lengths, the
-/// pieces carry their rows of finished sequences (in every row tile) unchanged.
+/// over 19 rows (tiles of 8, 8 and 3). The RNN's stay whole blocks. An odd `H` (385) gives
+/// blocks of 192 and 193 units, whose grid must cover the wider one (40 rows: 2 x 3 x 40 x
+/// 385² = 35.6 MFLOP for the GRU). With ragged lengths, the pieces carry their rows of
+/// finished sequences (in every row tile) unchanged.
 #[test]
 fn pulled_pieces_match_whole_blocks_across_thread_counts() {
-    for ragged in [false, true] {
-        let size = Size {
-            hidden: 600,
-            t: 6,
-            b: 19,
-            ragged,
-            ..Size::LARGE
-        };
-        for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
-            identical_at_one_and_two_threads(cell, UnitSplit::Halves, size);
+    for (hidden, b) in [(600, 19), (385, 40)] {
+        for ragged in [false, true] {
+            let size = Size {
+                hidden,
+                t: 6,
+                b,
+                ragged,
+                ..Size::LARGE
+            };
+            for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+                identical_at_one_and_two_threads(cell, UnitSplit::Halves, size);
+            }
         }
     }
 }
