@@ -121,6 +121,8 @@ fn setups() -> impl Iterator<Item = Setup> {
             (LossKind::Mse, false, true, UnitSplit::Whole),
             (LossKind::CrossEntropy, false, true, UnitSplit::Halves),
             (LossKind::CrossEntropy, true, true, UnitSplit::Whole),
+            // The last step reads the states finished sequences carried across chunks.
+            (LossKind::Mse, true, true, UnitSplit::Halves),
             (LossKind::Mse, true, false, UnitSplit::Halves),
         ]
         .into_iter()
