@@ -500,6 +500,28 @@ fn check(records: &[Value], baseline: &[Value]) -> (String, bool) {
     (out, ok)
 }
 
+/// [`check`]s `records`; when they fail, measures the plan once more (`remeasure`) and
+/// checks that instead, so that only a drop seen twice fails: a neighbour on this shared
+/// machine can slow one measurement (a two-thread record whose cores were far apart, or
+/// one core taken for a while), while a regression in the code shows in both. Each
+/// verdict goes to `print`. Returns whether the check passed.
+fn check_confirmed(
+    records: &[Value],
+    baseline: &[Value],
+    remeasure: impl FnOnce() -> Result<Vec<Value>, String>,
+    mut print: impl FnMut(&str),
+) -> Result<bool, String> {
+    let (report, ok) = check(records, baseline);
+    print(&report);
+    if ok {
+        return Ok(true);
+    }
+    print("check failed; measuring once more to confirm:");
+    let (report, ok) = check(&remeasure()?, baseline);
+    print(&report);
+    Ok(ok)
+}
+
 /// Runs `cmd` (`what` names it in errors) and parses the JSON it prints; a failed run is an
 /// error carrying its stderr.
 fn json_output(cmd: &mut Command, what: &str) -> Result<Value, String> {
@@ -567,18 +589,21 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         return Err("building bench-runner failed".into());
     }
     let runner = root().join("target/release/bench-runner");
-    let mut rounds: Vec<Vec<Value>> = Vec::new();
-    for round in 0..args.rounds.max(1) {
-        if args.rounds > 1 {
-            eprintln!("round {} of {}", round + 1, args.rounds);
+    let measure = || -> Result<Vec<Value>, String> {
+        let mut rounds: Vec<Vec<Value>> = Vec::new();
+        for round in 0..args.rounds.max(1) {
+            if args.rounds > 1 {
+                eprintln!("round {} of {}", round + 1, args.rounds);
+            }
+            let mut records = Vec::new();
+            for (cell, w, threads) in &plan {
+                records.push(measure_record(&runner, cell, w, *threads, args.seconds)?);
+            }
+            rounds.push(records);
         }
-        let mut records = Vec::new();
-        for (cell, w, threads) in &plan {
-            records.push(measure_record(&runner, cell, w, *threads, args.seconds)?);
-        }
-        rounds.push(records);
-    }
-    let records = median_records(rounds);
+        Ok(median_records(rounds))
+    };
+    let records = measure()?;
     let dir = root().join("target/bench-report");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&Value::Array(records.clone())).expect("json");
@@ -622,8 +647,8 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         };
         let baseline: Vec<Value> =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
-        let (report, ok) = check(&records, &baseline);
-        println!("check against {}:\n{report}", p.display());
+        println!("check against {}:", p.display());
+        let ok = check_confirmed(&records, &baseline, measure, |report| println!("{report}"))?;
         if !ok {
             return Err("performance regression".into());
         }
@@ -711,6 +736,37 @@ mod tests {
                 "| lstm | medium | 40000 | 70000 | 1.75x | >= 1.50x (met) |  |  |  |",
                 "| lstm | tiny | 100000 | 95000 | 0.95x | >= 1.00x (one thread chosen, same code) |  |  |  |",
             ]
+        );
+    }
+
+    /// A failing check measures once more and judges that; a passing one does not.
+    #[test]
+    fn only_a_failure_seen_twice_fails_the_check() {
+        let at = |share: f64, speedup: f64| {
+            let shape =
+                |threads| serde_json::json!({ "peak_fraction": share, "threads_used": threads });
+            vec![
+                record("rnn", "medium", 1, 100_000.0, shape(1)),
+                record("rnn", "medium", 2, 100_000.0 * speedup, shape(2)),
+            ]
+        };
+        let baseline = at(0.5, 1.8);
+        let verdict = |first: Vec<Value>, again: Option<Vec<Value>>| {
+            let mut printed = String::new();
+            let remeasure = || again.ok_or_else(|| "measured again".to_string());
+            let ok = check_confirmed(&first, &baseline, remeasure, |s| printed.push_str(s));
+            (ok, printed.contains("measuring once more"))
+        };
+        assert_eq!(verdict(at(0.48, 1.7), None), (Ok(true), false));
+        // A record 40 % below its baseline share, then a lost split: each passes when
+        // measured again, and fails when seen twice.
+        for bad in [at(0.3, 1.7), at(0.5, 1.1)] {
+            assert_eq!(verdict(bad.clone(), Some(at(0.5, 1.8))), (Ok(true), true));
+            assert_eq!(verdict(bad.clone(), Some(bad.clone())), (Ok(false), true));
+        }
+        assert_eq!(
+            verdict(at(0.3, 1.7), None),
+            (Err("measured again".to_string()), true)
         );
     }
 
