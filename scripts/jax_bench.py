@@ -9,7 +9,8 @@ as `lax.scan`, a Linear head at every step, MSE or cross-entropy (mean), the bac
 autodiff, clipping to global norm 1.0 (as `clip_grad_norm_`) and an SGD update (lr 1e-3).
 Equations and parameter shapes are PyTorch's (`nn.RNN` tanh, `nn.LSTM` gates i, f, g, o,
 `nn.GRU` gates r, z, n). THREADS limits the process to that many cores (one also turns off
-XLA's multi-threaded Eigen). Workload shapes: scripts/workloads.py.
+XLA's multi-threaded Eigen). Workload shapes: scripts/workloads.py. scripts/check_jax_cells.py
+checks the cells against torch's.
 """
 import json
 import os

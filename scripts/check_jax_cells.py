@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Checks that scripts/jax_bench.py's cells are PyTorch's, so that `--peer jax` times the same
+model as `--peer torch` and the engine:
+
+    python3 scripts/check_jax_cells.py      (needs `pip install torch jax`)
+
+For each cell, the same weights in `nn.RNN` / `nn.LSTM` / `nn.GRU` and in jax_bench.py's
+recurrence (input projection of all steps, then `lax.scan` over `cell_step`), in float64:
+the hidden states of every step and the gradients of a loss on them with respect to every
+weight must agree to 1e-10. Exits non-zero, naming the cell and tensor, when they do not.
+"""
+import sys
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from jax import lax  # noqa: E402
+
+from jax_bench import GATES, cell_step  # noqa: E402
+
+T, B, I, H = 5, 3, 4, 7  # H odd, nothing a multiple of a vector width
+TOLERANCE = 1e-10
+NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+
+def torch_run(cell, x, probe):
+    """Torch's states `[T, B, H]` and the gradients of `sum(states * probe)`, by name."""
+    torch.manual_seed(0)
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H).double()
+    hs, _ = module(torch.from_numpy(x))
+    (hs * torch.from_numpy(probe)).sum().backward()
+    weights = {n: getattr(module, n).detach().numpy() for n in NAMES}
+    grads = {n: getattr(module, n).grad.numpy() for n in NAMES}
+    return hs.detach().numpy(), weights, grads
+
+
+def jax_run(cell, x, probe, weights):
+    """jax_bench.py's states and gradients for the same weights."""
+    step = cell_step(cell, jnp, jax)
+    zeros = jnp.zeros((B, H))
+    state0 = (zeros, zeros) if cell == "lstm" else zeros
+
+    def states(w):
+        zx = x @ w["weight_ih_l0"].T + w["bias_ih_l0"]
+        _, hs = lax.scan(step(w["weight_hh_l0"], w["bias_hh_l0"]), state0, zx)
+        return hs
+
+    w = {n: jnp.asarray(v) for n, v in weights.items()}
+    grads = jax.grad(lambda w: jnp.sum(states(w) * probe))(w)
+    return np.asarray(states(w)), {n: np.asarray(g) for n, g in grads.items()}
+
+
+def main():
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (T, B, I))
+    probe = rng.uniform(-1, 1, (T, B, H))
+    failed = []
+    for cell in GATES:
+        hs, weights, grads = torch_run(cell, x, probe)
+        jhs, jgrads = jax_run(cell, x, probe, weights)
+        for what, a, b in [("states", hs, jhs)] + [(n, grads[n], jgrads[n]) for n in NAMES]:
+            err = float(np.max(np.abs(a - b)))
+            print(f"{cell:4} {what:13} max |torch - jax| = {err:.1e}")
+            if not err <= TOLERANCE:
+                failed.append(f"{cell} {what}: {err:.1e}")
+    if failed:
+        sys.exit("jax_bench.py's cells differ from torch's: " + "; ".join(failed))
+    print(f"all cells agree to {TOLERANCE:g}")
+
+
+if __name__ == "__main__":
+    main()
