@@ -45,6 +45,8 @@ struct BenchArgs {
     #[arg(long, value_name = "PEER", value_delimiter = ',')]
     peer: Vec<String>,
     /// Compare with the committed baseline for this machine; exit non-zero on a regression.
+    /// A failing check measures once more and fails only if that fails too (the report
+    /// files keep the first measurement; the second's verdict is printed).
     #[arg(long)]
     check: bool,
     /// Write the measured records as this machine's baseline.
