@@ -5,7 +5,7 @@ model as `--peer torch` and the engine:
     python3 scripts/check_jax_cells.py      (needs `pip install torch jax`)
 
 For each cell, the same weights in `nn.RNN` / `nn.LSTM` / `nn.GRU` and in jax_bench.py's
-recurrence (input projection of all steps, then `lax.scan` over `cell_step`), in float64:
+recurrence (`hidden_states`: input projection of all steps, then `lax.scan`), in float64:
 the hidden states of every step and the gradients of a loss on them with respect to every
 weight must agree to 1e-10. Exits non-zero, naming the cell and tensor, when they do not.
 """
@@ -18,9 +18,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from jax import lax  # noqa: E402
 
-from jax_bench import GATES, cell_step  # noqa: E402
+from jax_bench import GATES, hidden_states  # noqa: E402
 
 T, B, I, H = 5, 3, 4, 7  # H odd, nothing a multiple of a vector width
 TOLERANCE = 1e-10
@@ -40,14 +39,8 @@ def torch_run(cell, x, probe):
 
 def jax_run(cell, x, probe, weights):
     """jax_bench.py's states and gradients for the same weights."""
-    step = cell_step(cell, jnp, jax)
-    zeros = jnp.zeros((B, H))
-    state0 = (zeros, zeros) if cell == "lstm" else zeros
-
     def states(w):
-        zx = x @ w["weight_ih_l0"].T + w["bias_ih_l0"]
-        _, hs = lax.scan(step(w["weight_hh_l0"], w["bias_hh_l0"]), state0, zx)
-        return hs
+        return hidden_states(cell, x, *(w[n] for n in NAMES), jax)  # NAMES in its order
 
     w = {n: jnp.asarray(v) for n, v in weights.items()}
     grads = jax.grad(lambda w: jnp.sum(states(w) * probe))(w)

@@ -61,6 +61,18 @@ def cell_step(cell, jnp, jax):
     return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell]
 
 
+def hidden_states(cell, x, w_ih, w_hh, b_ih, b_hh, jax):
+    """The states of every step `[T, B, H]` from zero initial states: the input projection of
+    all steps as one product, then `lax.scan` over `cell_step`. `jax` is the module, imported
+    by the caller (after `limit_threads`)."""
+    jnp = jax.numpy
+    zx = x @ w_ih.T + b_ih  # all steps' input projection at once
+    zeros = jnp.zeros((x.shape[1], w_hh.shape[1]), x.dtype)
+    state0 = (zeros, zeros) if cell == "lstm" else zeros
+    _, hs = jax.lax.scan(cell_step(cell, jnp, jax)(w_hh, b_hh), state0, zx)
+    return hs
+
+
 def main():
     name = sys.argv[1]
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -69,7 +81,6 @@ def main():
 
     import jax
     import jax.numpy as jnp
-    from jax import lax
 
     T, B, I, H, O, loss = WORKLOADS[name]
     G = GATES[cell]
@@ -86,13 +97,9 @@ def main():
         target = jax.random.normal(keys[7], (T, B, O), jnp.float32)
     else:
         target = jax.random.randint(keys[7], (T * B,), 0, O)
-    step_fn = cell_step(cell, jnp, jax)
-    zeros = jnp.zeros((B, H), jnp.float32)
-    state0 = (zeros, zeros) if cell == "lstm" else zeros
 
     def objective(p):
-        zx = x @ p["w_ih"].T + p["b_ih"]  # all steps' input projection at once
-        _, hs = lax.scan(step_fn(p["w_hh"], p["b_hh"]), state0, zx)
+        hs = hidden_states(cell, x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], jax)
         y = hs @ p["w_hy"].T + p["b_y"]
         if loss == "mse":
             return jnp.mean((y - target) ** 2)
