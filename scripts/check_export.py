@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that weights exported by rnn-core load into PyTorch and compute the same outputs.
 
-    RNN_EXPORT_TO=/tmp/export.safetensors cargo test -p rnn-core --test golden pytorch_weights_roundtrip
+    RNN_EXPORT_TO=/tmp/export.safetensors cargo test -p rnn-core --test engine golden::pytorch_weights_roundtrip
     python3 scripts/check_export.py /tmp/export.safetensors
 
 The exported model is the `relu_ce_2layers` fixture's; its outputs must equal PyTorch's own.

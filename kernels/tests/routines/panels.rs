@@ -3,16 +3,13 @@
 //! the register and panel widths, `k` around the block size), every source layout, and
 //! views with row strides wider than their rows.
 
+use crate::common::{f64s, random};
 use faer::{Accum, Mat, MatMut, MatRef};
 use kernels::Float;
 use kernels::arch::{Isa, with_isa};
 use kernels::panels::{K_BLOCK, Panels};
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng, rngs::StdRng};
-
-fn random<T: Float>(rng: &mut StdRng, n: usize) -> Vec<T> {
-    (0..n).map(|_| T::of(rng.random_range(-1.0..1.0))).collect()
-}
+use rand::{SeedableRng, rngs::StdRng};
 
 /// How the packed matrix `B[k, n]` is stored before packing.
 #[derive(Clone, Copy, Debug)]
@@ -79,17 +76,13 @@ fn naive(c0: &[f64], add: bool, m: usize, n: usize, k: usize, a: &[f64], b: &[f6
     c
 }
 
-fn f64s<T: Float>(x: &[T]) -> Vec<f64> {
-    x.iter().map(|v| v.f64()).collect()
-}
-
 /// `C (+)= A B` through packed panels, `C` and `A` as views with rows wider than the
 /// matrix (row strides `n + 2` and `k + 1`), against the naive product.
 fn check<T: Float>(m: usize, n: usize, k: usize, rng: &mut StdRng) {
     let tol = T::EPSILON.f64() * (k as f64 + 2.0) * 2.0;
-    let a: Vec<T> = random(rng, m * k);
-    let b: Vec<T> = random(rng, k * n);
-    let c0: Vec<T> = random(rng, m * n);
+    let a: Vec<T> = random(rng, m * k, 1.0);
+    let b: Vec<T> = random(rng, k * n, 1.0);
+    let c0: Vec<T> = random(rng, m * n, 1.0);
     let a_wide: Vec<T> = (0..m)
         .flat_map(|i| a[i * k..(i + 1) * k].iter().copied().chain([T::of(9.0)]))
         .collect();
@@ -179,9 +172,9 @@ fn empty_inner_dimension_writes_zeros_or_leaves_c() {
 fn column_and_row_splits_do_not_change_any_bit() {
     let mut rng = StdRng::seed_from_u64(3);
     let (m, n, k) = (19, 131, 700);
-    let a: Vec<f32> = random(&mut rng, m * k);
-    let b: Vec<f32> = random(&mut rng, k * n);
-    let c0: Vec<f32> = random(&mut rng, m * n);
+    let a: Vec<f32> = random(&mut rng, m * k, 1.0);
+    let b: Vec<f32> = random(&mut rng, k * n, 1.0);
+    let c0: Vec<f32> = random(&mut rng, m * n, 1.0);
     let a = MatRef::from_row_major_slice(&a, m, k);
     let b = MatRef::from_row_major_slice(&b, k, n);
     let mut whole = c0.clone();
@@ -220,9 +213,9 @@ fn column_and_row_splits_do_not_change_any_bit() {
 fn products_by_panel_columns_match_the_whole_product_bitwise() {
     fn check_cols<T: Float>(rng: &mut StdRng) {
         let (m, n, k) = (13, 5 * Panels::<T>::width() + 7, 600);
-        let a: Vec<T> = random(rng, m * k);
-        let b: Vec<T> = random(rng, k * n);
-        let c0: Vec<T> = random(rng, m * n);
+        let a: Vec<T> = random(rng, m * k, 1.0);
+        let b: Vec<T> = random(rng, k * n, 1.0);
+        let c0: Vec<T> = random(rng, m * n, 1.0);
         let a = MatRef::from_row_major_slice(&a, m, k);
         let mut packed = Panels::new(k, n);
         packed.pack(MatRef::from_row_major_slice(&b, k, n));

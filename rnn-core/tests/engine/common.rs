@@ -1,4 +1,5 @@
-//! Random batches shared by the gradient tests (`gradcheck.rs`, `properties.rs`).
+//! Random batches shared by the gradient tests (`gradcheck`, `properties`, `checkpointed`,
+//! `time_chunks`).
 
 use rand::{Rng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};

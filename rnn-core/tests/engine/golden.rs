@@ -1,17 +1,10 @@
 //! Parity with PyTorch: fixtures made by `scripts/torch_fixtures.py` (torch 2.15, CPU) in
 //! grad_dump's format; every output and gradient must match.
 
-use std::path::PathBuf;
-
+use crate::fixtures;
 use rnn_core::dump::{grad_dump, grad_dump_with};
 use rnn_core::io;
 use rnn_core::network::UnitSplit;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// Checks a fixture with the engine's default split and with every step in two unit blocks
 /// (what two per-step workers run).
@@ -22,9 +15,10 @@ fn check(name: &str, tol: f64) {
 }
 
 fn check_split(name: &str, tol: f64, split: UnitSplit) {
-    let input = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
+    let input = io::read_bytes(&fixtures::path(&format!("{name}.in.safetensors"))).unwrap();
     let got = grad_dump_with(&input, split).unwrap_or_else(|e| panic!("{name} {split:?}: {e}"));
-    let want_bytes = io::read_bytes(&fixture(&format!("{name}.expected.safetensors"))).unwrap();
+    let want_bytes =
+        io::read_bytes(&fixtures::path(&format!("{name}.expected.safetensors"))).unwrap();
     let want = io::parse(&want_bytes).unwrap();
     let want_names = want.names();
     assert_eq!(
@@ -146,7 +140,7 @@ fn cell_and_layers_are_inferred_from_bare_pytorch_files() {
         ("lstm_ce_2layers_lengths", "lstm", 2),
         ("gru_ce_3layers_lengths", "gru", 3),
     ] {
-        let bytes = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
+        let bytes = io::read_bytes(&fixtures::path(&format!("{name}.in.safetensors"))).unwrap();
         let st = io::parse(&bytes).unwrap();
         let config = io::infer_config(&st, &Default::default()).unwrap();
         assert_eq!(
@@ -160,7 +154,7 @@ fn cell_and_layers_are_inferred_from_bare_pytorch_files() {
 /// A PyTorch file round-trips: loaded weights saved again load back identically.
 #[test]
 fn pytorch_weights_roundtrip() {
-    let bytes = io::read_bytes(&fixture("relu_ce_2layers.in.safetensors")).unwrap();
+    let bytes = io::read_bytes(&fixtures::path("relu_ce_2layers.in.safetensors")).unwrap();
     let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
     let config = io::infer_config(&st, &meta).unwrap();
     assert_eq!(
@@ -195,7 +189,7 @@ fn edited(
         &mut std::collections::HashMap<String, String>,
     ),
 ) -> Vec<u8> {
-    let bytes = io::read_bytes(&fixture(&format!("{name}.in.safetensors"))).unwrap();
+    let bytes = io::read_bytes(&fixtures::path(&format!("{name}.in.safetensors"))).unwrap();
     let (st, mut meta) = io::parse_with_metadata(&bytes).unwrap();
     let mut tensors: Vec<(String, io::OwnedTensor)> = st
         .tensors()
@@ -237,7 +231,7 @@ fn dump_error(bytes: &[u8]) -> String {
 #[test]
 fn grad_dump_rejects_bad_files_clearly() {
     assert!(dump_error(b"not a safetensors file").contains("not a valid safetensors file"));
-    let good = io::read_bytes(&fixture("tanh_mse.in.safetensors")).unwrap();
+    let good = io::read_bytes(&fixtures::path("tanh_mse.in.safetensors")).unwrap();
     assert!(dump_error(&good[..good.len() - 7]).contains("not a valid safetensors file"));
 
     let e = dump_error(&edited("tanh_mse", |_, m| {
@@ -288,21 +282,13 @@ fn grad_dump_rejects_bad_files_clearly() {
 /// Adam with L2, AdamW; clip_grad_norm_ with its 1e-6 guard.
 fn check_training(name: &str) {
     use rnn_core::prelude::*;
-    let bytes = io::read_bytes(&fixture(&format!("train_{name}.safetensors"))).unwrap();
+    let bytes = io::read_bytes(&fixtures::path(&format!("train_{name}.safetensors"))).unwrap();
     let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
     let num = |k: &str, d: f64| meta.get(k).map_or(d, |v| v.parse().unwrap());
     let cell =
         rnn_core::config::Cell::parse(meta.get("cell").map_or("rnn", String::as_str)).unwrap();
     let cfg = RnnConfig::new(4, 5, 3).layers(2).cell(cell);
     let layout = rnn_core::params::Layout::new(&cfg);
-    let load = |prefix: &str| {
-        let mut p = vec![0.0f64; layout.len];
-        for t in &layout.tensors {
-            let (v, _) = io::float_tensor::<f64>(&st, &format!("{prefix}.{}", t.name)).unwrap();
-            p[t.range.clone()].copy_from_slice(&v);
-        }
-        p
-    };
     let (lr, wd) = (num("lr", 0.0), num("weight_decay", 0.0));
     let optimizer = match meta["optimizer"].as_str() {
         "sgd" => OptimizerKind::Sgd {
@@ -337,34 +323,18 @@ fn check_training(name: &str) {
         cfg,
         LossSpec::every_step(LossKind::CrossEntropy),
         optimizer,
-        load("init"),
+        fixtures::params(&st, &layout, "init"),
     )
     .unwrap()
     .with_clip(clip);
     let (x, _) = io::float_tensor::<f64>(&st, "x").unwrap();
-    let labels: Vec<usize> = io::int_tensor(&st, "target")
-        .unwrap()
-        .0
-        .iter()
-        .map(|&l| l as usize)
-        .collect();
+    let labels = fixtures::classes(&st, "target");
     for _ in 0..num("steps", 0.0) as usize {
         tr.step(&Batch::new(6, 3, &x, Target::Classes(&labels)))
             .unwrap();
     }
-    let want = load("final");
-    for t in &layout.tensors {
-        for i in t.range.clone() {
-            assert!(
-                (tr.params[i] - want[i]).abs() <= 1e-12,
-                "{name}: {}[{}] = {} vs PyTorch {}",
-                t.name,
-                i - t.range.start,
-                tr.params[i],
-                want[i]
-            );
-        }
-    }
+    let want = fixtures::params(&st, &layout, "final");
+    fixtures::assert_weights_match(name, &layout, &tr.params, &want);
 }
 
 #[test]

@@ -1,16 +1,13 @@
 //! Matrix products against a naive triple loop, at edge sizes and random shapes.
 
+use crate::common::random;
 use faer::{Accum, Par};
 use kernels::Float;
 use kernels::arch::{Isa, with_isa};
 use kernels::gemm::{self, GemmShape, Threads};
 use kernels::pair::with_pair;
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng, rngs::StdRng};
-
-fn random<T: Float>(rng: &mut StdRng, n: usize) -> Vec<T> {
-    (0..n).map(|_| T::of(rng.random_range(-1.0..1.0))).collect()
-}
+use rand::{SeedableRng, rngs::StdRng};
 
 /// `C = beta C + A B` in f64 with explicit strides: a(i, p) and b(p, j) index functions.
 fn naive(
@@ -33,10 +30,10 @@ fn naive(
 fn check_all<T: Float>(s: GemmShape, rng: &mut StdRng) {
     let GemmShape { m, n, k } = s;
     let tol = T::EPSILON.f64() * (k as f64 + 2.0) * 2.0;
-    let c0: Vec<T> = random(rng, m * n);
+    let c0: Vec<T> = random(rng, m * n, 1.0);
     let c0f: Vec<f64> = c0.iter().map(|x| x.f64()).collect();
-    let a: Vec<T> = random(rng, m * k);
-    let b: Vec<T> = random(rng, k * n);
+    let a: Vec<T> = random(rng, m * k, 1.0);
+    let b: Vec<T> = random(rng, k * n, 1.0);
     let at = |x: &[T], i: usize| x[i].f64();
     let assert_close = |got: &[T], want: &[f64], what: &str| {
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -196,9 +193,9 @@ fn threaded_products_are_bitwise_the_sequential_ones() {
     ] {
         let s = GemmShape::new(m, n, k);
         let (a, b, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = (
-            random(&mut rng, m.max(k) * k.max(m)),
-            random(&mut rng, k.max(n) * n.max(k)),
-            random(&mut rng, m * n),
+            random(&mut rng, m.max(k) * k.max(m), 1.0),
+            random(&mut rng, k.max(n) * n.max(k), 1.0),
+            random(&mut rng, m * n, 1.0),
         );
         let products: [(&str, Product); 3] = [
             ("nn", |c, acc, a, b, s, t| gemm::gemm_nn(c, acc, a, b, s, t)),

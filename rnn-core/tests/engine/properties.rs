@@ -1,8 +1,7 @@
 //! Property tests over random cells, shapes and options: gradients match finite differences;
 //! chunked forwards equal the full forward; f32 agrees with f64; 1 and 2 threads agree bitwise.
 
-mod common;
-use common::Data;
+use crate::common::Data;
 
 use std::num::NonZeroUsize;
 

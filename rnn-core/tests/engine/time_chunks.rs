@@ -2,8 +2,7 @@
 //! every gradient (up to the order the weight gradients are summed in): every cell, chunk
 //! length, option, with checkpointed segments, and in f32.
 
-mod common;
-use common::Data;
+use crate::common::Data;
 
 use std::num::NonZeroUsize;
 

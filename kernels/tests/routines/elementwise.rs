@@ -1,6 +1,7 @@
 //! Every elementwise kernel against a scalar `std` reference, at lengths that straddle the
 //! register widths, on every instruction set this CPU has, in f32 and f64.
 
+use crate::common::{close, random};
 use approx::assert_relative_eq;
 use faer::Accum;
 use kernels::arch::{Isa, with_isa};
@@ -9,12 +10,6 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const LENGTHS: [usize; 10] = [0, 1, 7, 15, 16, 17, 31, 33, 1000, 1023];
 
-fn random<T: Float>(rng: &mut StdRng, n: usize, scale: f64) -> Vec<T> {
-    (0..n)
-        .map(|_| T::of(rng.random_range(-scale..scale)))
-        .collect()
-}
-
 /// Runs `check` for every instruction set and length.
 fn sweep(mut check: impl FnMut(Isa, usize, &mut StdRng)) {
     let mut rng = StdRng::seed_from_u64(0);
@@ -22,18 +17,6 @@ fn sweep(mut check: impl FnMut(Isa, usize, &mut StdRng)) {
         for n in LENGTHS {
             with_isa(isa, || check(isa, n, &mut rng));
         }
-    }
-}
-
-fn close<T: Float>(got: &[T], want: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len());
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g.f64() - w).abs();
-        assert!(
-            err <= tol * (1.0 + w.abs()),
-            "{what} [{}] at {i}: got {g}, want {w} (err {err:e})",
-            T::NAME
-        );
     }
 }
 

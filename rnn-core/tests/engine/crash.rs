@@ -57,7 +57,7 @@ fn checkpoints_survive_sigkill() {
     };
     for round in 0..kills {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "crash_child", "--nocapture"])
+            .args(["--ignored", "--exact", "crash::crash_child", "--nocapture"])
             .env(DIR_VAR, &dir)
             .spawn()
             .unwrap();

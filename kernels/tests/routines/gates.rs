@@ -2,38 +2,17 @@
 //! at hidden sizes that straddle the register widths, on every instruction set, in f32 and
 //! f64; and the backward kernels against finite differences of the forward ones.
 
+use crate::common::{close, f64s, random};
 use faer::Accum;
 use kernels::arch::{Isa, with_isa};
 use kernels::{Float, gates};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 
 const HIDDEN: [usize; 9] = [1, 7, 15, 16, 17, 31, 33, 64, 100];
 const ROWS: [usize; 2] = [1, 3];
 
-fn random<T: Float>(rng: &mut StdRng, n: usize, scale: f64) -> Vec<T> {
-    (0..n)
-        .map(|_| T::of(rng.random_range(-scale..scale)))
-        .collect()
-}
-
-fn f64s<T: Float>(x: &[T]) -> Vec<f64> {
-    x.iter().map(|v| v.f64()).collect()
-}
-
 fn sig(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
-}
-
-fn close<T: Float>(got: &[T], want: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g.f64() - w).abs();
-        assert!(
-            err <= tol * (1.0 + w.abs()),
-            "{what} [{}] at {i}: got {g}, want {w} (err {err:e})",
-            T::NAME
-        );
-    }
 }
 
 /// Scalar LSTM step: returns (activated gates, c, h).

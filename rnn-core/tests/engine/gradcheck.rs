@@ -1,8 +1,7 @@
 //! Every gradient the engine computes, checked against central finite differences in f64,
 //! for every cell, option and odd shape; and f32 against f64.
 
-mod common;
-use common::Data;
+use crate::common::Data;
 
 use approx::assert_relative_eq;
 use rand::{SeedableRng, rngs::StdRng};

@@ -2,20 +2,13 @@
 //! the plain way (`tbptt(...)` in scripts/torch_fixtures.py), TBPTT(T, T) against full BPTT,
 //! bounded memory, and the telemetry against `dL/dh0` of suffix runs.
 
-use std::path::PathBuf;
-
+use crate::fixtures;
 use rnn_core::config::Cell;
 use rnn_core::io;
 use rnn_core::prelude::*;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn check_fixture(name: &str) {
-    let bytes = io::read_bytes(&fixture(&format!("tbptt_{name}.safetensors"))).unwrap();
+    let bytes = io::read_bytes(&fixtures::path(&format!("tbptt_{name}.safetensors"))).unwrap();
     let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
     let num = |k: &str| meta[k].parse::<usize>().unwrap();
     let (k1, k2, chunks) = (num("k1"), num("k2"), num("chunks"));
@@ -26,14 +19,6 @@ fn check_fixture(name: &str) {
     let (b, i) = (3, 4);
     let cfg = RnnConfig::new(i, 5, 3).layers(2).cell(cell);
     let layout = rnn_core::params::Layout::new(&cfg);
-    let load = |prefix: &str| {
-        let mut p = vec![0.0f64; layout.len];
-        for t in &layout.tensors {
-            let (v, _) = io::float_tensor::<f64>(&st, &format!("{prefix}.{}", t.name)).unwrap();
-            p[t.range.clone()].copy_from_slice(&v);
-        }
-        p
-    };
     let sgd = OptimizerKind::Sgd {
         lr: 0.2,
         momentum: 0.5,
@@ -44,17 +29,12 @@ fn check_fixture(name: &str) {
         cfg,
         LossSpec::every_step(LossKind::CrossEntropy),
         sgd,
-        load("init"),
+        fixtures::params(&st, &layout, "init"),
     )
     .unwrap();
     let mut stream = Tbptt::new(tr, k1, k2, b).unwrap();
     let (x, _) = io::float_tensor::<f64>(&st, "x").unwrap();
-    let labels: Vec<usize> = io::int_tensor(&st, "target")
-        .unwrap()
-        .0
-        .iter()
-        .map(|&l| l as usize)
-        .collect();
+    let labels = fixtures::classes(&st, "target");
     for c in 0..chunks {
         if let Some((at, s)) = reset
             && at == c
@@ -65,19 +45,8 @@ fn check_fixture(name: &str) {
         let ys = &labels[c * k1 * b..(c + 1) * k1 * b];
         stream.step(xs, Target::Classes(ys)).unwrap();
     }
-    let want = load("final");
-    for t in &layout.tensors {
-        for j in t.range.clone() {
-            let got = stream.trainer.params[j];
-            assert!(
-                (got - want[j]).abs() <= 1e-12,
-                "{name}: {}[{}] = {got} vs PyTorch {}",
-                t.name,
-                j - t.range.start,
-                want[j]
-            );
-        }
-    }
+    let want = fixtures::params(&st, &layout, "final");
+    fixtures::assert_weights_match(name, &layout, &stream.trainer.params, &want);
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! Checkpointed (memory-efficient) BPTT gives full BPTT's loss and gradients, for every cell,
 //! option and segment length, and holds O(√T) activations.
 
-mod common;
-use common::Data;
+use crate::common::Data;
 
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
