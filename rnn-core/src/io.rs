@@ -145,9 +145,15 @@ pub fn int_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<i64>, Vec<usi
 
 /// The parameters of `layout` from a parsed file, every tensor checked by name and shape.
 ///
+/// Like PyTorch's strict `load_state_dict`, a file whose `rnn.*` or `head.*` tensors include
+/// one the layout has no place for is refused: dropping it would give a model that computes
+/// something else than the file's (a bidirectional model's reverse direction, an LSTM's
+/// projection, a layer beyond the metadata's count). Tensors of other names (inputs, the
+/// optimizer state, a program's extras) are not the model's and are left alone.
+///
 /// # Errors
-/// [`RnnError::Format`] for a missing tensor or wrong dtype, [`RnnError::ShapeMismatch`] for
-/// a misshapen one.
+/// [`RnnError::Format`] for a missing, stray or wrong-dtype tensor,
+/// [`RnnError::ShapeMismatch`] for a misshapen one.
 pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Vec<T>> {
     let mut params = vec![T::zero(); layout.len];
     for t in &layout.tensors {
@@ -161,7 +167,36 @@ pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Ve
         }
         params[t.range.clone()].copy_from_slice(&values);
     }
+    reject_stray_tensors(st, layout)?;
     Ok(params)
+}
+
+/// [`RnnError::Format`] naming every `rnn.*` / `head.*` tensor that `layout` does not have,
+/// with what the names say the file's model is.
+fn reject_stray_tensors(st: &SafeTensors<'_>, layout: &Layout) -> Result<()> {
+    let mut stray: Vec<String> = st
+        .names()
+        .into_iter()
+        .map(|name| name.to_string())
+        .filter(|name| {
+            (name.starts_with("rnn.") || name.starts_with("head.")) && layout.find(name).is_none()
+        })
+        .collect();
+    if stray.is_empty() {
+        return Ok(());
+    }
+    stray.sort();
+    let kind = if stray.iter().any(|n| n.ends_with("_reverse")) {
+        ": a bidirectional model's reverse direction (bidirectional layers are not supported)"
+    } else if stray.iter().any(|n| n.starts_with("rnn.weight_hr_l")) {
+        ": an LSTM's projection (proj_size is not supported)"
+    } else {
+        ""
+    };
+    Err(RnnError::Format(format!(
+        "the file holds tensors this model has no place for, {}{kind}",
+        stray.join(", ")
+    )))
 }
 
 /// A tensor to write: dtype, shape and little-endian bytes.
@@ -194,12 +229,22 @@ impl OwnedTensor {
 /// Serializes named tensors with metadata to `path`, atomically.
 ///
 /// # Errors
-/// [`RnnError::Io`] if the file cannot be written, [`RnnError::Format`] if serialization fails.
+/// [`RnnError::Io`] if the file cannot be written, [`RnnError::Format`] if serialization fails
+/// or two tensors share a name.
 pub fn write_tensors(
     path: &Path,
     tensors: &[(String, OwnedTensor)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    // safetensors indexes tensors by name and panics on a repeated one while serializing.
+    let mut names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(RnnError::Format(format!(
+            "two tensors are named {:?}",
+            pair[0]
+        )));
+    }
     let views = tensors
         .iter()
         .map(|(n, t)| {

@@ -565,6 +565,14 @@ fn misnamed_or_misshapen_tensors_are_named() {
             .contains("missing tensor \"rnn.weight_hh_l0\""),
         "{e}"
     );
+    // Two tensors of one name are an error, not a panic in the serializer.
+    tensors[1].0 = tensors[0].0.clone();
+    let e = io::write_tensors(&path, &tensors, io::config_metadata(&cfg)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("two tensors are named \"rnn.weight_ih_l0\""),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

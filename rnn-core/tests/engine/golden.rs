@@ -221,6 +221,79 @@ fn edited(
     out
 }
 
+fn load_error(bytes: &[u8]) -> String {
+    match io::weights_from_bytes::<f64>(bytes) {
+        Ok(_) => panic!("weights_from_bytes accepted a file with stray tensors"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Fixture `name` with a copy of every `rnn.*_l0` tensor under PyTorch's name for the same
+/// tensor of a bidirectional layer's reverse direction.
+fn with_a_reverse_direction(name: &str) -> Vec<u8> {
+    edited(name, |t, _| {
+        let copies: Vec<_> = t
+            .iter()
+            .filter(|(n, _)| n.starts_with("rnn.") && n.ends_with("_l0"))
+            .map(|(n, v)| (format!("{n}_reverse"), v.clone()))
+            .collect();
+        t.extend(copies);
+    })
+}
+
+/// A model tensor the layout has no place for is refused, as PyTorch's strict
+/// `load_state_dict` would: loading the rest would give a model that computes something else
+/// than the file's.
+#[test]
+fn model_tensors_without_a_place_are_refused() {
+    // A bidirectional LSTM's reverse direction, by PyTorch's names.
+    let bidirectional = with_a_reverse_direction("lstm_mse");
+    for e in [load_error(&bidirectional), dump_error(&bidirectional)] {
+        assert!(
+            e.contains("rnn.weight_ih_l0_reverse") && e.contains("bidirectional"),
+            "{e}"
+        );
+    }
+    // An LSTM's projection (`proj_size`).
+    let projected = edited("lstm_mse", |t, _| {
+        let w_hh = t
+            .iter()
+            .find(|(n, _)| n == "rnn.weight_hh_l0")
+            .unwrap()
+            .1
+            .clone();
+        t.push(("rnn.weight_hr_l0".into(), w_hh));
+    });
+    let e = load_error(&projected);
+    assert!(
+        e.contains("rnn.weight_hr_l0") && e.contains("proj_size"),
+        "{e}"
+    );
+    // A second layer the metadata does not count.
+    let e = load_error(&edited("relu_ce_2layers", |_, m| {
+        m.insert("layers".into(), "1".into());
+    }));
+    assert!(
+        e.contains("rnn.weight_ih_l1") && e.contains("no place for"),
+        "{e}"
+    );
+    // An unknown head tensor; tensors outside the model's modules are left alone.
+    let e = load_error(&edited("tanh_mse", |t, _| {
+        let bias = t.iter().find(|(n, _)| n == "head.bias").unwrap().1.clone();
+        t.push(("head.scale".into(), bias.clone()));
+        t.push(("embedding.bias".into(), bias));
+    }));
+    assert!(
+        e.contains("head.scale") && !e.contains("embedding.bias"),
+        "{e}"
+    );
+    let good = edited("tanh_mse", |t, _| {
+        let bias = t.iter().find(|(n, _)| n == "head.bias").unwrap().1.clone();
+        t.push(("embedding.bias".into(), bias));
+    });
+    io::weights_from_bytes::<f64>(&good).unwrap();
+}
+
 fn dump_error(bytes: &[u8]) -> String {
     match grad_dump(bytes) {
         Ok(_) => panic!("grad_dump accepted a bad file"),
