@@ -152,8 +152,8 @@ pub fn int_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<i64>, Vec<usi
 /// optimizer state, a program's extras) are not the model's and are left alone.
 ///
 /// # Errors
-/// [`RnnError::Format`] for a missing, stray or wrong-dtype tensor,
-/// [`RnnError::ShapeMismatch`] for a misshapen one.
+/// [`RnnError::Format`] for a missing, stray or wrong-dtype tensor or a NaN or infinity in
+/// one, [`RnnError::ShapeMismatch`] for a misshapen one.
 pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Vec<T>> {
     let mut params = vec![T::zero(); layout.len];
     for t in &layout.tensors {
@@ -165,10 +165,23 @@ pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Ve
                 format!("{got:?}"),
             ));
         }
+        reject_non_finite(&t.name, &values)?;
         params[t.range.clone()].copy_from_slice(&values);
     }
     reject_stray_tensors(st, layout)?;
     Ok(params)
+}
+
+/// [`RnnError::Format`] naming tensor `name` and its first NaN or infinity: a file of a
+/// diverged run would otherwise load, and every step after it would be rejected.
+fn reject_non_finite<T: Float>(name: &str, values: &[T]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(RnnError::Format(format!(
+            "tensor {name:?} holds {} at flat index {i}: it must be finite",
+            values[i].f64()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// [`RnnError::Format`] naming every `rnn.*` / `head.*` tensor that `layout` does not have,
@@ -575,6 +588,8 @@ pub fn checkpoint_from_bytes<T: Float>(
     let new_params = load_params(&st, &Layout::new(config))?;
     let (s1, _) = float_tensor::<T>(&st, "optim.state1")?;
     let (s2, _) = float_tensor::<T>(&st, "optim.state2")?;
+    reject_non_finite("optim.state1", &s1)?;
+    reject_non_finite("optim.state2", &s2)?;
     if s1.len() != optimizer.state1.len() || s2.len() != optimizer.state2.len() {
         return Err(RnnError::Format(format!(
             "optimizer state of {}+{} values does not fit this optimizer ({}+{})",

@@ -43,7 +43,8 @@ impl<'a, T: Float> Predictor<'a, T> {
     /// A predictor of `batch` sequences from a zero state.
     ///
     /// # Errors
-    /// An invalid `config`, `batch = 0`, or `params` of the wrong length.
+    /// An invalid `config`, `batch = 0`, `params` of the wrong length or with a NaN or
+    /// infinity ([`RnnError::NonFiniteInput`]).
     pub fn new(config: RnnConfig, params: &'a [T], batch: usize) -> Result<Self> {
         config.validate()?;
         if batch == 0 {
@@ -55,6 +56,7 @@ impl<'a, T: Float> Predictor<'a, T> {
         if params.len() != layout.len {
             return Err(shape("params", layout.len, params.len()));
         }
+        crate::batch::finite("params", params)?;
         let state = config.num_layers * batch * config.hidden_size;
         Ok(Self {
             config,

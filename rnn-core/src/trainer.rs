@@ -202,7 +202,8 @@ impl<T: Float> Trainer<T> {
     /// A trainer starting from given parameters (layout of [`Layout::new`]).
     ///
     /// # Errors
-    /// [`RnnError::ShapeMismatch`] if `params` has the wrong length.
+    /// [`RnnError::ShapeMismatch`] if `params` has the wrong length,
+    /// [`RnnError::NonFiniteInput`] if it holds a NaN or infinity.
     pub fn with_params(
         config: RnnConfig,
         loss: LossSpec,
@@ -214,6 +215,7 @@ impl<T: Float> Trainer<T> {
         if params.len() != layout.len {
             return Err(crate::error::shape("params", layout.len, params.len()));
         }
+        crate::batch::finite("params", &params)?;
         let n = layout.len;
         Ok(Self {
             config,

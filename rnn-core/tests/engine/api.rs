@@ -576,6 +576,55 @@ fn misnamed_or_misshapen_tensors_are_named() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A NaN or infinity in weights or optimizer state is refused where it enters, naming the
+/// tensor: loaded, it would make every later step a rejected one.
+#[test]
+fn non_finite_weights_and_optimizer_state_are_refused() {
+    let dir = std::env::temp_dir().join(format!("rnn-core-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    let good = trainer(OptimizerKind::adam(0.01));
+    let cfg = good.config;
+    let layout = rnn_core::params::Layout::new(&cfg);
+    let w_hh = layout.find("rnn.weight_hh_l1").unwrap().range.start;
+
+    let mut params = good.params.clone();
+    params[w_hh + 5] = f32::NAN;
+    io::save_weights(&path, &cfg, &params).unwrap();
+    let e = io::load_weights::<f32>(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("\"rnn.weight_hh_l1\" holds NaN at flat index 5"),
+        "{e}"
+    );
+    params[w_hh + 5] = f32::INFINITY;
+    let loss = LossSpec::every_step(LossKind::CrossEntropy);
+    let e = Trainer::with_params(cfg, loss, OptimizerKind::sgd(0.1), params.clone()).unwrap_err();
+    assert!(
+        matches!(e, RnnError::NonFiniteInput { what: "params", index, .. } if index == w_hh + 5),
+        "{e}"
+    );
+    let e = rnn_core::predict::Predictor::new(cfg, &params, 1)
+        .err()
+        .unwrap();
+    assert!(matches!(e, RnnError::NonFiniteInput { .. }), "{e}");
+
+    // A checkpoint whose Adam state went non-finite: refused, the trainer left as it was.
+    let mut optimizer = good.optimizer.clone();
+    optimizer.state2[2] = f32::NEG_INFINITY;
+    io::save_checkpoint(&path, &cfg, &good.params, &optimizer).unwrap();
+    let mut other = trainer(OptimizerKind::adam(0.01));
+    let before = (other.params.clone(), other.optimizer.state2.clone());
+    let e = io::load_checkpoint(&path, &cfg, &mut other.params, &mut other.optimizer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"optim.state2\" holds -inf at flat index 2"),
+        "{e}"
+    );
+    assert_eq!((other.params, other.optimizer.state2), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A program's own state rides in the checkpoint and comes back exactly.
 #[test]
 fn checkpoint_extras_roundtrip() {
