@@ -192,3 +192,20 @@ if __name__ == "__main__":
         tbptt(f"{cell}_chunks", cell, 4, 4, reset=(3, 1))
         tbptt(f"{cell}_overlap", cell, 2, 5)
     print("tbptt fixtures written")
+
+
+def half_precision(name, dtype, cell, seed=50):
+    """A model saved in half precision, as `model.to(dtype)` leaves it, with its values exactly
+    (every bf16 and f16 value is a float64) under `exact.*`: what loading must give."""
+    torch.manual_seed(seed)
+    m = Model(3, 5, 4, 2, "tanh", cell).to(dtype)
+    state = {k: v.contiguous() for k, v in m.state_dict().items()}
+    tensors = dict(state)
+    tensors.update({f"exact.{k}": v.to(torch.float64) for k, v in state.items()})
+    save_file(tensors, os.path.join(OUT, f"half_{name}.safetensors"))
+
+
+if __name__ == "__main__":
+    half_precision("bf16_lstm", torch.bfloat16, "lstm")
+    half_precision("f16_gru", torch.float16, "gru")
+    print("half-precision fixtures written")

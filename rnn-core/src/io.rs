@@ -89,7 +89,8 @@ fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a TensorView<'a>)>) ->
     h.finalize()
 }
 
-/// Tensor `name` as floats of type `T` (from F32 or F64), with its shape.
+/// Tensor `name` as floats of type `T`, with its shape: from F32 or F64, or from BF16 or F16
+/// (a model PyTorch saved in half precision), whose every value `T` holds exactly.
 ///
 /// # Errors
 /// [`RnnError::Format`] if it is missing or not a float tensor.
@@ -107,9 +108,17 @@ pub fn float_tensor<T: Float>(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<T
             .chunks_exact(8)
             .map(|c| T::of(f64::from_le_bytes(c.try_into().expect("8 bytes"))))
             .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| T::of(half::bf16::from_le_bytes(c.try_into().expect("2 bytes")).to_f64()))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| T::of(half::f16::from_le_bytes(c.try_into().expect("2 bytes")).to_f64()))
+            .collect(),
         other => {
             return Err(RnnError::Format(format!(
-                "tensor {name:?} has dtype {other:?}, expected F32 or F64"
+                "tensor {name:?} has dtype {other:?}, expected F32, F64, BF16 or F16"
             )));
         }
     };

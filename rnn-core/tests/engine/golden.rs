@@ -181,6 +181,28 @@ fn pytorch_weights_roundtrip() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A model PyTorch saved in half precision (`model.to(torch.bfloat16)`, `torch.float16`)
+/// loads with every value exact, in f64 and f32 (`half_precision(...)` in
+/// scripts/torch_fixtures.py stores the values as float64 under `exact.*`).
+#[test]
+fn half_precision_pytorch_weights_load_exactly() {
+    for (name, cell) in [("half_bf16_lstm", "lstm"), ("half_f16_gru", "gru")] {
+        let bytes = io::read_bytes(&fixtures::path(&format!("{name}.safetensors"))).unwrap();
+        let (config, params) = io::weights_from_bytes::<f64>(&bytes).unwrap();
+        assert_eq!(
+            (config.cell.as_str(), config.num_layers, config.hidden_size),
+            (cell, 2, 5),
+            "{name}"
+        );
+        let st = io::parse(&bytes).unwrap();
+        let layout = rnn_core::params::Layout::new(&config);
+        assert_eq!(params, fixtures::params(&st, &layout, "exact"), "{name}");
+        let (_, params32) = io::weights_from_bytes::<f32>(&bytes).unwrap();
+        let widened: Vec<f64> = params32.iter().map(|&v| f64::from(v)).collect();
+        assert_eq!(widened, params, "{name} in f32");
+    }
+}
+
 /// Rebuilds a fixture's IN file with `edit` applied to its tensors and metadata.
 fn edited(
     name: &str,
