@@ -184,13 +184,12 @@ pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Ve
 /// [`RnnError::Format`] naming tensor `name` and its first NaN or infinity: a file of a
 /// diverged run would otherwise load, and every step after it would be rejected.
 fn reject_non_finite<T: Float>(name: &str, values: &[T]) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(RnnError::Format(format!(
-            "tensor {name:?} holds {} at flat index {i}: it must be finite",
-            values[i].f64()
-        ))),
-        None => Ok(()),
-    }
+    crate::batch::finite("tensor", values).map_err(|e| match e {
+        RnnError::NonFiniteInput { index, value, .. } => RnnError::Format(format!(
+            "tensor {name:?} holds {value} at flat index {index}: it must be finite"
+        )),
+        other => other,
+    })
 }
 
 /// [`RnnError::Format`] naming every `rnn.*` / `head.*` tensor that `layout` does not have,
