@@ -185,30 +185,33 @@ fn steps(n: usize) -> TimeChunks {
     TimeChunks::Steps(NonZeroUsize::new(n).expect("a positive chunk length"))
 }
 
+/// Checks `case` with both losses, both placements, with and without lengths and both
+/// reductions, one seed after `seed` each.
+fn check_every_loss_option(case: &Case, seed: &mut u64) {
+    for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+        for many_to_one in [false, true] {
+            for lengths in [false, true] {
+                for reduction in [Reduction::Mean, Reduction::Sum] {
+                    *seed += 1;
+                    let option = Case {
+                        kind,
+                        many_to_one,
+                        lengths,
+                        reduction,
+                        ..case.clone()
+                    };
+                    check(&option, *seed);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn every_option_matches_finite_differences() {
     let mut seed = 0;
     for act in [Nonlinearity::Tanh, Nonlinearity::Relu] {
-        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
-            for many_to_one in [false, true] {
-                for lengths in [false, true] {
-                    for reduction in [Reduction::Mean, Reduction::Sum] {
-                        seed += 1;
-                        check(
-                            &Case {
-                                act,
-                                kind,
-                                many_to_one,
-                                lengths,
-                                reduction,
-                                ..base()
-                            },
-                            seed,
-                        );
-                    }
-                }
-            }
-        }
+        check_every_loss_option(&Case { act, ..base() }, &mut seed);
     }
 }
 
@@ -217,26 +220,7 @@ fn every_option_matches_finite_differences() {
 fn gated_cells_every_option_matches_finite_differences() {
     let mut seed = 1000;
     for cell in GATED {
-        for kind in [LossKind::Mse, LossKind::CrossEntropy] {
-            for many_to_one in [false, true] {
-                for lengths in [false, true] {
-                    for reduction in [Reduction::Mean, Reduction::Sum] {
-                        seed += 1;
-                        check(
-                            &Case {
-                                cell,
-                                kind,
-                                many_to_one,
-                                lengths,
-                                reduction,
-                                ..base()
-                            },
-                            seed,
-                        );
-                    }
-                }
-            }
-        }
+        check_every_loss_option(&Case { cell, ..base() }, &mut seed);
     }
 }
 
