@@ -89,6 +89,14 @@ fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a TensorView<'a>)>) ->
     h.finalize()
 }
 
+/// `data` as consecutive little-endian values of `N` bytes, each turned into a `V` by
+/// `value`. (safetensors has checked that the data is a whole number of elements.)
+fn decode<const N: usize, V>(data: &[u8], value: impl Fn([u8; N]) -> V) -> Vec<V> {
+    data.chunks_exact(N)
+        .map(|c| value(c.try_into().expect("chunks_exact gives N bytes")))
+        .collect()
+}
+
 /// Tensor `name` as floats of type `T`, with its shape: from F32 or F64, or from BF16 or F16
 /// (a model PyTorch saved in half precision), whose every value `T` holds exactly.
 ///
@@ -100,22 +108,10 @@ pub fn float_tensor<T: Float>(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<T
         .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
     let data = view.data();
     let values = match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| T::of(f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64))
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| T::of(f64::from_le_bytes(c.try_into().expect("8 bytes"))))
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| T::of(half::bf16::from_le_bytes(c.try_into().expect("2 bytes")).to_f64()))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| T::of(half::f16::from_le_bytes(c.try_into().expect("2 bytes")).to_f64()))
-            .collect(),
+        Dtype::F32 => decode(data, |b| T::of(f64::from(f32::from_le_bytes(b)))),
+        Dtype::F64 => decode(data, |b| T::of(f64::from_le_bytes(b))),
+        Dtype::BF16 => decode(data, |b| T::of(half::bf16::from_le_bytes(b).to_f64())),
+        Dtype::F16 => decode(data, |b| T::of(half::f16::from_le_bytes(b).to_f64())),
         other => {
             return Err(RnnError::Format(format!(
                 "tensor {name:?} has dtype {other:?}, expected F32, F64, BF16 or F16"
@@ -135,14 +131,8 @@ pub fn int_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<i64>, Vec<usi
         .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
     let data = view.data();
     let values = match view.dtype() {
-        Dtype::I64 => data
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        Dtype::I32 => data
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-            .collect(),
+        Dtype::I64 => decode(data, i64::from_le_bytes),
+        Dtype::I32 => decode(data, |b| i64::from(i32::from_le_bytes(b))),
         other => {
             return Err(RnnError::Format(format!(
                 "tensor {name:?} has dtype {other:?}, expected I64 or I32"
@@ -198,10 +188,10 @@ fn reject_stray_tensors(st: &SafeTensors<'_>, layout: &Layout) -> Result<()> {
     let mut stray: Vec<String> = st
         .names()
         .into_iter()
-        .map(|name| name.to_string())
         .filter(|name| {
             (name.starts_with("rnn.") || name.starts_with("head.")) && layout.find(name).is_none()
         })
+        .map(|name| name.to_string())
         .collect();
     if stray.is_empty() {
         return Ok(());

@@ -243,6 +243,15 @@ fn edited(
     out
 }
 
+/// A copy of tensor `name` among a file's `tensors`.
+fn copy_of(tensors: &[(String, io::OwnedTensor)], name: &str) -> io::OwnedTensor {
+    let (_, tensor) = tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no tensor {name:?}"));
+    tensor.clone()
+}
+
 fn load_error(bytes: &[u8]) -> String {
     match io::weights_from_bytes::<f64>(bytes) {
         Ok(_) => panic!("weights_from_bytes accepted a file with stray tensors"),
@@ -278,13 +287,7 @@ fn model_tensors_without_a_place_are_refused() {
     }
     // An LSTM's projection (`proj_size`).
     let projected = edited("lstm_mse", |t, _| {
-        let w_hh = t
-            .iter()
-            .find(|(n, _)| n == "rnn.weight_hh_l0")
-            .unwrap()
-            .1
-            .clone();
-        t.push(("rnn.weight_hr_l0".into(), w_hh));
+        t.push(("rnn.weight_hr_l0".into(), copy_of(t, "rnn.weight_hh_l0")));
     });
     let e = load_error(&projected);
     assert!(
@@ -301,17 +304,15 @@ fn model_tensors_without_a_place_are_refused() {
     );
     // An unknown head tensor; tensors outside the model's modules are left alone.
     let e = load_error(&edited("tanh_mse", |t, _| {
-        let bias = t.iter().find(|(n, _)| n == "head.bias").unwrap().1.clone();
-        t.push(("head.scale".into(), bias.clone()));
-        t.push(("embedding.bias".into(), bias));
+        t.push(("head.scale".into(), copy_of(t, "head.bias")));
+        t.push(("embedding.bias".into(), copy_of(t, "head.bias")));
     }));
     assert!(
         e.contains("head.scale") && !e.contains("embedding.bias"),
         "{e}"
     );
     let good = edited("tanh_mse", |t, _| {
-        let bias = t.iter().find(|(n, _)| n == "head.bias").unwrap().1.clone();
-        t.push(("embedding.bias".into(), bias));
+        t.push(("embedding.bias".into(), copy_of(t, "head.bias")));
     });
     io::weights_from_bytes::<f64>(&good).unwrap();
 }
