@@ -156,6 +156,12 @@ pub fn int_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<i64>, Vec<usi
 pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Vec<T>> {
     let mut params = vec![T::zero(); layout.len];
     for t in &layout.tensors {
+        if t.name.starts_with("rnn.bias_") && st.tensor(&t.name).is_err() {
+            return Err(RnnError::Format(format!(
+                "missing tensor {:?}: a model without biases (bias=False) is not supported",
+                t.name
+            )));
+        }
         let (values, got) = float_tensor::<T>(st, &t.name)?;
         if got != t.shape {
             return Err(shape(
@@ -424,11 +430,14 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
 /// Saves a model's weights (PyTorch names, the model's float type) to `path`, atomically.
 ///
 /// # Errors
-/// [`RnnError::Io`] / [`RnnError::Format`].
+/// [`RnnError::Io`] / [`RnnError::Format`]; nothing is written for `params` that
+/// [`load_weights`] would refuse: an invalid `config`, the wrong length
+/// ([`RnnError::ShapeMismatch`]), a NaN or infinity ([`RnnError::NonFiniteInput`]).
 pub fn save_weights<T: Float>(path: &Path, config: &RnnConfig, params: &[T]) -> Result<()> {
+    let layout = Layout::of_params(config, params)?;
     write_tensors(
         path,
-        &param_tensors(&Layout::new(config), params),
+        &param_tensors(&layout, params),
         config_metadata(config),
     )
 }
@@ -506,7 +515,10 @@ impl<T: Float> Extras<T> {
 /// (atomically) together.
 ///
 /// # Errors
-/// [`RnnError::Io`] / [`RnnError::Format`].
+/// [`RnnError::Io`] / [`RnnError::Format`]; nothing is written for a model or optimizer
+/// state that [`load_checkpoint`] would refuse: as [`save_weights`], and optimizer state
+/// neither empty nor one value per parameter ([`RnnError::ShapeMismatch`]) or not finite
+/// ([`RnnError::NonFiniteInput`]).
 pub fn save_checkpoint_with<T: Float>(
     path: &Path,
     config: &RnnConfig,
@@ -514,7 +526,17 @@ pub fn save_checkpoint_with<T: Float>(
     optimizer: &Optimizer<T>,
     extras: &Extras<T>,
 ) -> Result<()> {
-    let mut tensors = param_tensors(&Layout::new(config), params);
+    let layout = Layout::of_params(config, params)?;
+    for (name, state) in [
+        ("optim.state1", &optimizer.state1),
+        ("optim.state2", &optimizer.state2),
+    ] {
+        if !state.is_empty() && state.len() != layout.len {
+            return Err(shape(name, format!("0 or {}", layout.len), state.len()));
+        }
+        crate::batch::finite("optimizer state", state)?;
+    }
+    let mut tensors = param_tensors(&layout, params);
     tensors.push((
         "optim.state1".into(),
         OwnedTensor::float(vec![optimizer.state1.len()], &optimizer.state1),

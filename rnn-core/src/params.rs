@@ -9,6 +9,7 @@ use kernels::Float;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::config::RnnConfig;
+use crate::error::{Result, shape};
 
 /// Where one recurrent layer's tensors live in the flat buffer (`G` gates: 1 for RNN, 4 for
 /// LSTM, 3 for GRU, stacked in PyTorch's order).
@@ -103,6 +104,25 @@ impl Layout {
     /// The tensor called `name`, if any.
     pub fn find(&self, name: &str) -> Option<&Tensor> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The layout of `config` once `params` are known to be a model of it: a valid config,
+    /// one value per parameter, every value finite. Whatever takes a caller's parameters
+    /// (a trainer, a predictor, a save) checks them here, so none holds or writes a model
+    /// that could not be loaded back.
+    ///
+    /// # Errors
+    /// The config's own error, [`RnnError::ShapeMismatch`](crate::error::RnnError) for a
+    /// wrong length, [`RnnError::NonFiniteInput`](crate::error::RnnError) naming the first
+    /// NaN or infinity.
+    pub(crate) fn of_params<T: Float>(config: &RnnConfig, params: &[T]) -> Result<Self> {
+        config.validate()?;
+        let layout = Self::new(config);
+        if params.len() != layout.len {
+            return Err(shape("params", layout.len, params.len()));
+        }
+        crate::batch::finite("params", params)?;
+        Ok(layout)
     }
 }
 

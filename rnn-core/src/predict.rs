@@ -46,17 +46,12 @@ impl<'a, T: Float> Predictor<'a, T> {
     /// An invalid `config`, `batch = 0`, `params` of the wrong length or with a NaN or
     /// infinity ([`RnnError::NonFiniteInput`]).
     pub fn new(config: RnnConfig, params: &'a [T], batch: usize) -> Result<Self> {
-        config.validate()?;
+        let layout = Layout::of_params(&config, params)?;
         if batch == 0 {
             return Err(RnnError::Empty {
                 what: "batch size B",
             });
         }
-        let layout = Layout::new(&config);
-        if params.len() != layout.len {
-            return Err(shape("params", layout.len, params.len()));
-        }
-        crate::batch::finite("params", params)?;
         let state = config.num_layers * batch * config.hidden_size;
         Ok(Self {
             config,

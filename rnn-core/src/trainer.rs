@@ -210,12 +210,7 @@ impl<T: Float> Trainer<T> {
         optimizer: OptimizerKind<T>,
         params: Vec<T>,
     ) -> Result<Self> {
-        config.validate()?;
-        let layout = Layout::new(&config);
-        if params.len() != layout.len {
-            return Err(crate::error::shape("params", layout.len, params.len()));
-        }
-        crate::batch::finite("params", &params)?;
+        let layout = Layout::of_params(&config, &params)?;
         let n = layout.len;
         Ok(Self {
             config,

@@ -588,9 +588,17 @@ fn non_finite_weights_and_optimizer_state_are_refused() {
     let layout = rnn_core::params::Layout::new(&cfg);
     let w_hh = layout.find("rnn.weight_hh_l1").unwrap().range.start;
 
+    // Saving refuses such a model and writes nothing; a file another program wrote with one
+    // is refused when loaded.
     let mut params = good.params.clone();
     params[w_hh + 5] = f32::NAN;
-    io::save_weights(&path, &cfg, &params).unwrap();
+    let e = io::save_weights(&path, &cfg, &params).unwrap_err();
+    assert!(
+        matches!(e, RnnError::NonFiniteInput { what: "params", index, .. } if index == w_hh + 5),
+        "{e}"
+    );
+    assert!(!path.exists());
+    write_unchecked(&path, &cfg, &params, None);
     let e = io::load_weights::<f32>(&path).unwrap_err().to_string();
     assert!(
         e.contains("\"rnn.weight_hh_l1\" holds NaN at flat index 5"),
@@ -608,10 +616,25 @@ fn non_finite_weights_and_optimizer_state_are_refused() {
         .unwrap();
     assert!(matches!(e, RnnError::NonFiniteInput { .. }), "{e}");
 
-    // A checkpoint whose Adam state went non-finite: refused, the trainer left as it was.
+    // A checkpoint whose Adam state went non-finite: not saved; loaded from another
+    // program's file, refused, the trainer left as it was.
+    std::fs::remove_file(&path).unwrap();
     let mut optimizer = good.optimizer.clone();
     optimizer.state2[2] = f32::NEG_INFINITY;
-    io::save_checkpoint(&path, &cfg, &good.params, &optimizer).unwrap();
+    let e = io::save_checkpoint(&path, &cfg, &good.params, &optimizer).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RnnError::NonFiniteInput {
+                what: "optimizer state",
+                index: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!path.exists());
+    write_unchecked(&path, &cfg, &good.params, Some(&optimizer));
     let mut other = trainer(OptimizerKind::adam(0.01));
     let before = (other.params.clone(), other.optimizer.state2.clone());
     let e = io::load_checkpoint(&path, &cfg, &mut other.params, &mut other.optimizer)
@@ -623,6 +646,85 @@ fn non_finite_weights_and_optimizer_state_are_refused() {
     );
     assert_eq!((other.params, other.optimizer.state2), before);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Parameters or optimizer state that do not fit the model are typed errors when saved (they
+/// would panic in slicing, or write a file no model of `cfg` loads), and nothing is written.
+#[test]
+fn saving_a_misfit_model_is_refused() {
+    let dir = std::env::temp_dir().join(format!("rnn-core-misfit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    let good = trainer(OptimizerKind::adam(0.01));
+    let cfg = good.config;
+    let n = good.params.len();
+    let short = &good.params[..n - 1];
+    let e = io::save_weights(&path, &cfg, short).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, expected, got }
+            if what == "params" && *expected == n.to_string() && *got == (n - 1).to_string()),
+        "{e}"
+    );
+    let e = io::save_checkpoint(&path, &cfg, short, &good.optimizer).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "params"),
+        "{e}"
+    );
+    let e = io::save_weights(
+        &path,
+        &RnnConfig {
+            hidden_size: 0,
+            ..cfg
+        },
+        &good.params,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RnnError::Empty {
+                what: "hidden_size"
+            }
+        ),
+        "{e}"
+    );
+
+    // Optimizer state of another model's size; empty state (SGD's second buffer) is fine.
+    let mut optimizer = good.optimizer.clone();
+    optimizer.state1.push(0.0);
+    let e = io::save_checkpoint(&path, &cfg, &good.params, &optimizer).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "optim.state1"),
+        "{e}"
+    );
+    assert!(!path.exists());
+    let sgd = trainer(OptimizerKind::sgd(0.1));
+    assert!(sgd.optimizer.state2.is_empty());
+    io::save_checkpoint(&path, &cfg, &sgd.params, &sgd.optimizer).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes `params` (and `optimizer`'s state) as a weights file (or checkpoint) without the
+/// checks of [`io::save_weights`]: a file as another program could have written it.
+fn write_unchecked(
+    path: &std::path::Path,
+    cfg: &RnnConfig,
+    params: &[f32],
+    optimizer: Option<&rnn_core::optim::Optimizer<f32>>,
+) {
+    let layout = rnn_core::params::Layout::new(cfg);
+    let mut tensors = io::param_tensors(&layout, params);
+    let mut metadata = io::config_metadata(cfg);
+    if let Some(opt) = optimizer {
+        for (name, state) in [("optim.state1", &opt.state1), ("optim.state2", &opt.state2)] {
+            tensors.push((
+                name.into(),
+                io::OwnedTensor::float(vec![state.len()], state),
+            ));
+        }
+        metadata.insert("optim.steps".into(), opt.steps.to_string());
+    }
+    io::write_tensors(path, &tensors, metadata).unwrap();
 }
 
 /// A program's own state rides in the checkpoint and comes back exactly.

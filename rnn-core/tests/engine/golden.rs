@@ -294,6 +294,16 @@ fn model_tensors_without_a_place_are_refused() {
         e.contains("rnn.weight_hr_l0") && e.contains("proj_size"),
         "{e}"
     );
+    // A model built with `bias=False`: its biases are missing, and the error says why.
+    let bias_free = edited("lstm_mse", |t, _| {
+        t.retain(|(name, _)| !name.contains(".bias_"))
+    });
+    for e in [load_error(&bias_free), dump_error(&bias_free)] {
+        assert!(
+            e.contains("rnn.bias_ih_l0") && e.contains("bias=False"),
+            "{e}"
+        );
+    }
     // A second layer the metadata does not count.
     let e = load_error(&edited("relu_ce_2layers", |_, m| {
         m.insert("layers".into(), "1".into());
