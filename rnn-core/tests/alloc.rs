@@ -73,7 +73,11 @@ fn allocations_of_steady_step(
 
 #[test]
 fn training_steps_do_not_allocate() {
-    // One test function, so no other test thread allocates while we count.
+    // One test function, so no other test thread allocates while we count. The counter sees
+    // every thread, so rayon's global pool is started first and waited for: a pool thread
+    // still starting when a count begins adds its own allocations (on a loaded machine a
+    // thread can start milliseconds late, after the two-thread run that spawned it).
+    rayon::broadcast(|_| ());
     let cases = [
         (
             RnnConfig::new(5, 64, 3),
