@@ -1,0 +1,199 @@
+//! Checkpoints: a model's file plus the optimizer's state and step count, and whatever a
+//! training program keeps beside them ([`Extras`]), written and loaded together.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use kernels::Float;
+
+use super::file::{OwnedTensor, float_tensor, parse_with_metadata, read_bytes, write_tensors};
+use super::model::{config_metadata, infer_config, load_params, param_tensors, reject_non_finite};
+use crate::config::RnnConfig;
+use crate::error::{Result, RnnError, shape};
+use crate::optim::Optimizer;
+use crate::params::Layout;
+
+/// Saves weights, optimizer state (`optim.state1`, `optim.state2`) and its step count.
+///
+/// # Errors
+/// [`RnnError::Io`] / [`RnnError::Format`].
+pub fn save_checkpoint<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &[T],
+    optimizer: &Optimizer<T>,
+) -> Result<()> {
+    save_checkpoint_with(path, config, params, optimizer, &Extras::default())
+}
+
+/// What a training program keeps in its checkpoint beside the model and optimizer: data
+/// position, stream states, RNG state. Stored as tensors and metadata under `extra.`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras<T> {
+    /// Named float tensors (1-D).
+    pub tensors: Vec<(String, Vec<T>)>,
+    /// Named strings.
+    pub metadata: HashMap<String, String>,
+}
+
+impl<T: Float> Extras<T> {
+    /// The tensor called `name`.
+    ///
+    /// # Errors
+    /// [`RnnError::Format`] naming it when absent.
+    pub fn tensor(&self, name: &str) -> Result<&[T]> {
+        self.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| &v[..])
+            .ok_or_else(|| RnnError::Format(format!("checkpoint has no extra tensor {name:?}")))
+    }
+
+    /// The metadata entry `name`, parsed.
+    ///
+    /// # Errors
+    /// [`RnnError::Format`] naming it when absent or unparsable.
+    pub fn value<V: std::str::FromStr>(&self, name: &str) -> Result<V> {
+        self.metadata
+            .get(name)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                RnnError::Format(format!("checkpoint extra {name:?} is missing or malformed"))
+            })
+    }
+}
+
+/// [`save_checkpoint`] with the program's own state in the same file, so both are written
+/// (atomically) together.
+///
+/// # Errors
+/// [`RnnError::Io`] / [`RnnError::Format`]; nothing is written for a model or optimizer
+/// state that [`load_checkpoint`] would refuse: as [`save_weights`](super::save_weights), and optimizer state
+/// neither empty nor one value per parameter ([`RnnError::ShapeMismatch`]) or not finite
+/// ([`RnnError::NonFiniteInput`]).
+pub fn save_checkpoint_with<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &[T],
+    optimizer: &Optimizer<T>,
+    extras: &Extras<T>,
+) -> Result<()> {
+    let layout = Layout::of_params(config, params)?;
+    for (name, state) in [
+        ("optim.state1", &optimizer.state1),
+        ("optim.state2", &optimizer.state2),
+    ] {
+        if !state.is_empty() && state.len() != layout.len {
+            return Err(shape(name, format!("0 or {}", layout.len), state.len()));
+        }
+        crate::batch::finite("optimizer state", state)?;
+    }
+    let mut tensors = param_tensors(&layout, params);
+    tensors.push((
+        "optim.state1".into(),
+        OwnedTensor::float(vec![optimizer.state1.len()], &optimizer.state1),
+    ));
+    tensors.push((
+        "optim.state2".into(),
+        OwnedTensor::float(vec![optimizer.state2.len()], &optimizer.state2),
+    ));
+    for (name, values) in &extras.tensors {
+        tensors.push((
+            format!("extra.{name}"),
+            OwnedTensor::float(vec![values.len()], values),
+        ));
+    }
+    let mut meta = config_metadata(config);
+    meta.insert("optim.steps".into(), optimizer.steps.to_string());
+    for (k, v) in &extras.metadata {
+        meta.insert(format!("extra.{k}"), v.clone());
+    }
+    write_tensors(path, &tensors, meta)
+}
+
+/// Loads a checkpoint into `params` and `optimizer` (whose kind and hyper-parameters stay
+/// as given); the file's architecture must equal `config`.
+///
+/// # Errors
+/// [`RnnError::Io`], [`RnnError::Format`] (including an architecture mismatch),
+/// [`RnnError::ShapeMismatch`].
+pub fn load_checkpoint<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &mut Vec<T>,
+    optimizer: &mut Optimizer<T>,
+) -> Result<()> {
+    load_checkpoint_with(path, config, params, optimizer).map(|_| ())
+}
+
+/// [`load_checkpoint`], also returning the program's [`Extras`]. Nothing is changed unless
+/// the whole file is good.
+///
+/// # Errors
+/// As [`load_checkpoint`].
+pub fn load_checkpoint_with<T: Float>(
+    path: &Path,
+    config: &RnnConfig,
+    params: &mut Vec<T>,
+    optimizer: &mut Optimizer<T>,
+) -> Result<Extras<T>> {
+    checkpoint_from_bytes(&read_bytes(path)?, config, params, optimizer)
+}
+
+/// [`load_checkpoint_with`] on a file's bytes.
+///
+/// # Errors
+/// As [`load_checkpoint`], without the I/O.
+pub fn checkpoint_from_bytes<T: Float>(
+    bytes: &[u8],
+    config: &RnnConfig,
+    params: &mut Vec<T>,
+    optimizer: &mut Optimizer<T>,
+) -> Result<Extras<T>> {
+    let (st, metadata) = parse_with_metadata(bytes)?;
+    let found = infer_config(&st, &metadata)?;
+    if found != *config {
+        return Err(RnnError::Format(format!(
+            "checkpoint is for {found:?}, the model is {config:?}"
+        )));
+    }
+    let new_params = load_params(&st, &Layout::new(config))?;
+    let (s1, _) = float_tensor::<T>(&st, "optim.state1")?;
+    let (s2, _) = float_tensor::<T>(&st, "optim.state2")?;
+    reject_non_finite("optim.state1", &s1)?;
+    reject_non_finite("optim.state2", &s2)?;
+    if s1.len() != optimizer.state1.len() || s2.len() != optimizer.state2.len() {
+        return Err(RnnError::Format(format!(
+            "optimizer state of {}+{} values does not fit this optimizer ({}+{})",
+            s1.len(),
+            s2.len(),
+            optimizer.state1.len(),
+            optimizer.state2.len()
+        )));
+    }
+    let steps = metadata
+        .get("optim.steps")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            RnnError::Format("metadata optim.steps is missing or not a number".into())
+        })?;
+    let mut extras = Extras::default();
+    for name in st.names() {
+        if let Some(short) = name.strip_prefix("extra.") {
+            extras
+                .tensors
+                .push((short.to_string(), float_tensor::<T>(&st, name)?.0));
+        }
+    }
+    extras.tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, v) in &metadata {
+        if let Some(short) = k.strip_prefix("extra.") {
+            extras.metadata.insert(short.to_string(), v.clone());
+        }
+    }
+    *params = new_params;
+    optimizer.state1 = s1;
+    optimizer.state2 = s2;
+    optimizer.steps = steps;
+    Ok(extras)
+}
