@@ -36,7 +36,7 @@ struct Cli {
 enum Task {
     /// Run the benchmark suite and write the report.
     Bench(BenchArgs),
-    /// Everything CI runs (`.ci/run`): tests, formatting, lints, the examples' smoke runs
+    /// Everything CI runs (`.ci/run`): tests, formatting, lints, API docs, the examples' smoke runs
     /// and the performance check.
     Ci,
 }
