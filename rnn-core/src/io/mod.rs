@@ -4,7 +4,7 @@
 //! `rnn.bias_hh_l{k}`, `head.weight`, `head.bias` (the names of a PyTorch module with
 //! submodules `rnn = nn.RNN(...)` and `head = nn.Linear(...)`), so
 //! `safetensors.torch.save_file(model.state_dict(), path)` loads here and our files load into
-//! PyTorch. F32 and F64 tensors are accepted and converted to the model's type.
+//! PyTorch. F32, F64, BF16 and F16 tensors are accepted and converted to the model's type.
 //!
 //! Files are written atomically: to a temporary file in the same folder, flushed to disk,
 //! then renamed over the target (and the folder synced), so a crash leaves either the old or
