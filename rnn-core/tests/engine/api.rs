@@ -1,6 +1,7 @@
 //! The public API's promises: typed errors for bad input, rejected non-finite steps that
 //! leave everything untouched, bitwise determinism across thread counts, checkpoints.
 
+use crate::common::scratch_dir;
 use rnn_core::config::Cell;
 use rnn_core::io;
 use rnn_core::prelude::*;
@@ -383,8 +384,7 @@ fn learning_rate_changes_between_steps() {
 /// are PyTorch's.
 #[test]
 fn gated_cells_checkpoint_and_resume_exactly() {
-    let dir = std::env::temp_dir().join(format!("rnn-core-cells-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("cells");
     let (x, y) = data(5, 2);
     let batch = Batch::new(5, 2, &x, Target::Classes(&y));
     for cell in [Cell::Lstm, Cell::Gru] {
@@ -496,8 +496,7 @@ fn cell_specific_inputs_are_typed_errors() {
 
 #[test]
 fn checkpoint_roundtrip_resumes_exactly() {
-    let dir = std::env::temp_dir().join(format!("rnn-core-api-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("api");
     let path = dir.join("ckpt.safetensors");
     let (x, y) = data(5, 2);
     let batch = Batch::new(5, 2, &x, Target::Classes(&y));
@@ -550,8 +549,7 @@ fn misnamed_or_misshapen_tensors_are_named() {
     let layout = rnn_core::params::Layout::new(&cfg);
     let mut tensors = io::param_tensors(&layout, &params);
     tensors[1].1.shape = vec![2, 8];
-    let dir = std::env::temp_dir().join(format!("rnn-core-names-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("names");
     let path = dir.join("w.safetensors");
     io::write_tensors(&path, &tensors, io::config_metadata(&cfg)).unwrap();
     let e = io::load_weights::<f32>(&path).unwrap_err();
@@ -580,8 +578,7 @@ fn misnamed_or_misshapen_tensors_are_named() {
 /// tensor: loaded, it would make every later step a rejected one.
 #[test]
 fn non_finite_weights_and_optimizer_state_are_refused() {
-    let dir = std::env::temp_dir().join(format!("rnn-core-nan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("nan");
     let path = dir.join("w.safetensors");
     let good = trainer(OptimizerKind::adam(0.01));
     let cfg = good.config;
@@ -652,8 +649,7 @@ fn non_finite_weights_and_optimizer_state_are_refused() {
 /// would panic in slicing, or write a file no model of `cfg` loads), and nothing is written.
 #[test]
 fn saving_a_misfit_model_is_refused() {
-    let dir = std::env::temp_dir().join(format!("rnn-core-misfit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("misfit");
     let path = dir.join("w.safetensors");
     let good = trainer(OptimizerKind::adam(0.01));
     let cfg = good.config;
@@ -730,8 +726,7 @@ fn write_unchecked(
 /// A program's own state rides in the checkpoint and comes back exactly.
 #[test]
 fn checkpoint_extras_roundtrip() {
-    let dir = std::env::temp_dir().join(format!("rnn-core-extras-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("extras");
     let path = dir.join("ckpt.safetensors");
     let tr = trainer(OptimizerKind::adam(0.01));
     let extras = io::Extras {

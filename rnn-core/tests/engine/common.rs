@@ -1,5 +1,7 @@
 //! Random batches shared by the gradient tests (`gradcheck`, `properties`, `checkpointed`,
-//! `time_chunks`).
+//! `time_chunks`), and the scratch folders of the tests that write files.
+
+use std::path::PathBuf;
 
 use rand::{Rng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
@@ -80,4 +82,12 @@ impl Data {
             score_from: 0,
         }
     }
+}
+
+/// A fresh folder for one test's files, `rnn-core-<name>-<pid>` under the system's temporary
+/// folder: the process id keeps concurrent test runs apart, `name` the tests of one run.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rnn-core-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

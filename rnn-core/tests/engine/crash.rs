@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::scratch_dir;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::io;
 use rnn_core::optim::{Optimizer, OptimizerKind};
@@ -45,8 +46,7 @@ fn crash_child() {
 
 #[test]
 fn checkpoints_survive_sigkill() {
-    let dir = std::env::temp_dir().join(format!("rnn-core-crash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("crash");
     let path = dir.join("ckpt.safetensors");
     let mut rng = StdRng::seed_from_u64(1);
     let mut last_seen = 0;
@@ -85,8 +85,7 @@ fn checkpoints_survive_sigkill() {
 
 #[test]
 fn flipped_or_truncated_checkpoints_are_errors() {
-    let dir = std::env::temp_dir().join(format!("rnn-core-flip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("flip");
     let path = dir.join("ckpt.safetensors");
     let (params, opt) = state(3);
     io::save_checkpoint(&path, &model(), &params, &opt).unwrap();

@@ -1,6 +1,7 @@
 //! Parity with PyTorch: fixtures made by `scripts/torch_fixtures.py` (torch 2.15, CPU) in
 //! grad_dump's format; every output and gradient must match.
 
+use crate::common::scratch_dir;
 use crate::fixtures;
 use rnn_core::dump::{grad_dump, grad_dump_with};
 use rnn_core::io;
@@ -167,8 +168,7 @@ fn pytorch_weights_roundtrip() {
         (3, 5, 2, 4)
     );
     let params = io::load_params::<f64>(&st, &rnn_core::params::Layout::new(&config)).unwrap();
-    let dir = std::env::temp_dir().join(format!("rnn-core-golden-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("golden");
     let path = dir.join("w.safetensors");
     io::save_weights(&path, &config, &params).unwrap();
     // `scripts/check_export.py` loads this copy into PyTorch with load_state_dict(strict=True).
@@ -231,11 +231,7 @@ fn edited(
     // One folder per call: tests editing the same fixture run in parallel.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "rnn-core-edit-{}-{name}-{call}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir(&format!("edit-{name}-{call}"));
     let path = dir.join("in.safetensors");
     io::write_tensors(&path, &tensors, meta).unwrap();
     let out = std::fs::read(&path).unwrap();

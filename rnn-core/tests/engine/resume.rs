@@ -2,6 +2,7 @@
 //! equal N + M steps without a stop, bitwise (weights and optimizer state), for every
 //! optimizer and for TBPTT streams (carried state, replayed window and data position).
 
+use crate::common::scratch_dir;
 use rnn_core::config::Cell;
 use rnn_core::io::{self, Extras};
 use rnn_core::prelude::*;
@@ -15,9 +16,7 @@ fn batch_data(step: usize, t: usize, b: usize) -> (Vec<f32>, Vec<usize>) {
 }
 
 fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("rnn-core-resume-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("ckpt.safetensors")
+    scratch_dir(&format!("resume-{name}")).join("ckpt.safetensors")
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
