@@ -215,9 +215,7 @@ pub fn grad_dump(bytes: &[u8]) -> Result<Vec<(String, OwnedTensor)>> {
 /// As [`grad_dump`].
 pub fn grad_dump_with(bytes: &[u8], split: UnitSplit) -> Result<Vec<(String, OwnedTensor)>> {
     let (st, m) = io::parse_with_metadata(bytes)?;
-    let x = st
-        .tensor("x")
-        .map_err(|_| RnnError::Format("missing tensor \"x\"".into()))?;
+    let x = io::tensor_view(&st, "x")?;
     match x.dtype() {
         Dtype::F32 => run::<f32>(&st, &m, bytes.len(), split),
         Dtype::F64 => run::<f64>(&st, &m, bytes.len(), split),

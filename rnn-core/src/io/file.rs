@@ -84,15 +84,22 @@ fn decode<const N: usize, V>(data: &[u8], value: impl Fn([u8; N]) -> V) -> Vec<V
         .collect()
 }
 
+/// Tensor `name` of a parsed file.
+///
+/// # Errors
+/// [`RnnError::Format`] naming it when the file has no such tensor.
+pub(crate) fn tensor_view<'data>(st: &SafeTensors<'data>, name: &str) -> Result<TensorView<'data>> {
+    st.tensor(name)
+        .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))
+}
+
 /// Tensor `name` as floats of type `T`, with its shape: from F32 or F64, or from BF16 or F16
 /// (a model PyTorch saved in half precision), whose every value `T` holds exactly.
 ///
 /// # Errors
 /// [`RnnError::Format`] if it is missing or not a float tensor.
 pub fn float_tensor<T: Float>(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<T>, Vec<usize>)> {
-    let view = st
-        .tensor(name)
-        .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
+    let view = tensor_view(st, name)?;
     let data = view.data();
     let values = match view.dtype() {
         Dtype::F32 => decode(data, |b| T::of(f64::from(f32::from_le_bytes(b)))),
@@ -113,9 +120,7 @@ pub fn float_tensor<T: Float>(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<T
 /// # Errors
 /// [`RnnError::Format`] if it is missing or not an integer tensor.
 pub fn int_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
-    let view = st
-        .tensor(name)
-        .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
+    let view = tensor_view(st, name)?;
     let data = view.data();
     let values = match view.dtype() {
         Dtype::I64 => decode(data, i64::from_le_bytes),

@@ -24,6 +24,7 @@ pub use checkpoint::{
     Extras, checkpoint_from_bytes, load_checkpoint, load_checkpoint_with, save_checkpoint,
     save_checkpoint_with,
 };
+pub(crate) use file::tensor_view;
 pub use file::{
     CHECKSUM_KEY, OwnedTensor, float_tensor, int_tensor, parse, parse_with_metadata, read_bytes,
     write_atomic, write_tensors,

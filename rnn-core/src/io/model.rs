@@ -7,7 +7,9 @@ use std::path::Path;
 use kernels::Float;
 use safetensors::tensor::SafeTensors;
 
-use super::file::{OwnedTensor, float_tensor, parse_with_metadata, read_bytes, write_tensors};
+use super::file::{
+    OwnedTensor, float_tensor, parse_with_metadata, read_bytes, tensor_view, write_tensors,
+};
 use crate::config::{Cell, Nonlinearity, RnnConfig};
 use crate::error::{Result, RnnError, shape};
 use crate::params::Layout;
@@ -123,12 +125,7 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
 /// the metadata disagrees with the shapes.
 pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) -> Result<RnnConfig> {
     let bad = |e: RnnError| RnnError::Format(e.to_string());
-    let dims = |name: &str| -> Result<Vec<usize>> {
-        let v = st
-            .tensor(name)
-            .map_err(|_| RnnError::Format(format!("missing tensor {name:?}")))?;
-        Ok(v.shape().to_vec())
-    };
+    let dims = |name: &str| -> Result<Vec<usize>> { Ok(tensor_view(st, name)?.shape().to_vec()) };
     let (w_ih, w_hh, w_hy) = (
         dims("rnn.weight_ih_l0")?,
         dims("rnn.weight_hh_l0")?,
