@@ -68,9 +68,9 @@ impl<T: Float> Extras<T> {
 ///
 /// # Errors
 /// [`RnnError::Io`] / [`RnnError::Format`]; nothing is written for a model or optimizer
-/// state that [`load_checkpoint`] would refuse: as [`save_weights`](super::save_weights), and optimizer state
-/// neither empty nor one value per parameter ([`RnnError::ShapeMismatch`]) or not finite
-/// ([`RnnError::NonFiniteInput`]).
+/// state that [`load_checkpoint`] would refuse: as [`save_weights`](super::save_weights),
+/// and optimizer state neither empty nor one value per parameter
+/// ([`RnnError::ShapeMismatch`]) or not finite ([`RnnError::NonFiniteInput`]).
 pub fn save_checkpoint_with<T: Float>(
     path: &Path,
     config: &RnnConfig,
@@ -79,6 +79,7 @@ pub fn save_checkpoint_with<T: Float>(
     extras: &Extras<T>,
 ) -> Result<()> {
     let layout = Layout::of_params(config, params)?;
+    let mut tensors = param_tensors(&layout, params);
     for (name, state) in [
         ("optim.state1", &optimizer.state1),
         ("optim.state2", &optimizer.state2),
@@ -87,16 +88,8 @@ pub fn save_checkpoint_with<T: Float>(
             return Err(shape(name, format!("0 or {}", layout.len), state.len()));
         }
         crate::batch::finite("optimizer state", state)?;
+        tensors.push((name.into(), OwnedTensor::float(vec![state.len()], state)));
     }
-    let mut tensors = param_tensors(&layout, params);
-    tensors.push((
-        "optim.state1".into(),
-        OwnedTensor::float(vec![optimizer.state1.len()], &optimizer.state1),
-    ));
-    tensors.push((
-        "optim.state2".into(),
-        OwnedTensor::float(vec![optimizer.state2.len()], &optimizer.state2),
-    ));
     for (name, values) in &extras.tensors {
         tensors.push((
             format!("extra.{name}"),
