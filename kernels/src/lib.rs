@@ -12,6 +12,7 @@
 //! - [`gates`]: the elementwise half of LSTM and GRU steps (all gates and the state update
 //!   in one pass), forward and backward.
 //! - [`loss`]: softmax cross-entropy and squared error, loss and gradient in one pass.
+//! - [`dropout`]: inverted dropout with a mask recomputed from a seed, forward and backward.
 //! - [`reduce`]: sums of squares, column sums, `axpy`, scaling, clamping.
 //! - [`optim`]: fused SGD (momentum, Nesterov, weight decay) and Adam / AdamW updates.
 //!
@@ -38,6 +39,7 @@
 pub mod activation;
 pub mod aligned;
 pub mod arch;
+pub mod dropout;
 mod float;
 pub mod gates;
 pub mod gemm;

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod dropout;
 mod elementwise;
 mod gates;
 mod gemm;
