@@ -101,8 +101,8 @@ fn run<T: Float>(
         )));
     }
     let (t, b) = (x_shape[0], x_shape[1]);
-    let need =
-        Workspace::<T>::bytes_for(&config, t, b, spec.many_to_one, split) + x.len() * T::BYTES;
+    let need = Workspace::<T>::bytes_for(&config, t, b, spec.many_to_one, split, false)
+        + x.len() * T::BYTES;
     let limit = (MEMORY_PER_FILE_BYTE * file_len).max(1 << 30);
     if need > limit {
         return Err(RnnError::Format(format!(

@@ -54,6 +54,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod dropout;
 pub mod dump;
 pub mod error;
 pub mod io;
@@ -73,6 +74,7 @@ pub use error::{Result, RnnError};
 pub mod prelude {
     pub use crate::batch::{Batch, Target};
     pub use crate::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
+    pub use crate::dropout::Dropout;
     pub use crate::error::{Result, RnnError};
     pub use crate::network::UnitSplit;
     pub use crate::optim::{Clip, OptimizerKind};

@@ -17,11 +17,13 @@
 use std::ops::Range;
 
 use faer::{Accum, Par};
+use kernels::dropout::{drop_rows, drop_rows_backward};
 use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, gemm_tn};
 use kernels::{Float, loss as kloss, reduce};
 
 use crate::batch::{Batch, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
+use crate::dropout::Dropout;
 use crate::error::Result;
 use crate::layer::{self, InitialState, LayerGrads, LayerPass, PassThreads, share_accum, spans};
 pub use crate::layer::{TimeChunks, UnitSplit};
@@ -44,6 +46,8 @@ pub struct PassOptions {
     pub split: UnitSplit,
     /// How many steps run at a time (results depend on it within rounding, never on `par`).
     pub chunks: TimeChunks,
+    /// Dropout between stacked layers (training only; `None`: none).
+    pub dropout: Option<Dropout>,
 }
 
 impl Default for PassOptions {
@@ -54,6 +58,7 @@ impl Default for PassOptions {
             telemetry: false,
             split: UnitSplit::Auto,
             chunks: TimeChunks::Auto,
+            dropout: None,
         }
     }
 }
@@ -187,8 +192,8 @@ pub fn forward<'s, T: Float>(
         chunks,
         ..PassOptions::default()
     };
-    ws.ensure(config, batch.seq_len, batch.batch, many_to_one, split);
     with_pass(config, layout, params, batch, opts, |p| {
+        p.size_workspace(ws, many_to_one);
         forward_chunks(&p, ws, Head::of(many_to_one))
     });
 }
@@ -201,6 +206,9 @@ struct Pass<'a, 's, T> {
     layout: &'a Layout,
     params: &'s [T],
     batch: &'a Batch<'s, T>,
+    /// Where the batch's step 0 is in the whole sequence (a checkpointed segment's start):
+    /// dropout masks are numbered from the sequence's first step.
+    first_step: usize,
     opts: PassOptions,
     threads: PassThreads<'a>,
 }
@@ -223,6 +231,7 @@ fn with_pass<'s, T: Float, R: Send>(
             layout,
             params,
             batch,
+            first_step: 0,
             opts,
             threads: PassThreads {
                 par: opts.par,
@@ -233,13 +242,62 @@ fn with_pass<'s, T: Float, R: Send>(
 }
 
 impl<'a, 's, T: Float> Pass<'a, 's, T> {
-    /// The same pass over `batch` (a segment of this pass's batch).
-    fn over<'b>(&self, batch: &'b Batch<'b, T>) -> Pass<'b, 'b, T>
+    /// The same pass over `batch`, the segment of this pass's batch from `first_step` on.
+    fn over<'b>(&self, batch: &'b Batch<'b, T>, first_step: usize) -> Pass<'b, 'b, T>
     where
         'a: 'b,
         's: 'b,
     {
-        Pass { batch, ..*self }
+        Pass {
+            batch,
+            first_step,
+            ..*self
+        }
+    }
+
+    /// The dropout between layers, when it drops anything (never with one layer).
+    fn dropout(&self) -> Option<Dropout> {
+        (self.opts.dropout).filter(|d| d.applies_to(self.config))
+    }
+
+    /// Sizes `ws` for this pass's batch.
+    fn size_workspace(&self, ws: &mut Workspace<T>, many_to_one: bool) {
+        let (config, batch) = (self.config, self.batch);
+        let split = self.opts.split;
+        let dropout = self.dropout().is_some();
+        ws.ensure(
+            config,
+            batch.seq_len,
+            batch.batch,
+            many_to_one,
+            split,
+            dropout,
+        );
+    }
+
+    /// What layer `k` reads (`[T, B, I_k]`): the batch's inputs, the outputs of the layer
+    /// below (`below_hs`, its `hs`), or with dropout their dropped copy.
+    fn layer_input<'w>(&self, k: usize, below_hs: Option<&'w [T]>, dropped: &'w [T]) -> &'w [T]
+    where
+        's: 'w,
+    {
+        match below_hs {
+            None => self.batch.x,
+            Some(_) if self.dropout().is_some() => &dropped[self.dropped_block(k - 1)],
+            Some(hs) => &hs[self.batch.batch * self.config.hidden_size..],
+        }
+    }
+
+    /// Layer `k`'s dropped outputs in `Workspace::dropped` (`[L-1, T, B, H]`).
+    fn dropped_block(&self, k: usize) -> Range<usize> {
+        k_rows(self.batch.seq_len * self.batch.batch * self.config.hidden_size)(k)
+    }
+
+    /// The dropout mask's number of the first row of the chunk `steps`: rows are numbered
+    /// `t · B + b` from the whole sequence's first step, so chunks and segments draw the
+    /// masks the whole pass would.
+    fn mask_row(&self, steps: &Range<usize>) -> usize {
+        (self.first_step + steps.start) * self.batch.batch
     }
 
     /// The time chunks of the pass, first to last.
@@ -282,13 +340,10 @@ fn forward_chunks<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head: He
 fn forward_layers<'s, T: Float>(p: &Pass<'_, 's, T>, ws: &mut Workspace<T>, steps: &Range<usize>) {
     let (config, batch) = (p.config, p.batch);
     let (b, h) = (batch.batch, config.hidden_size);
+    let dropout = p.dropout();
     for k in 0..config.num_layers {
         let (below, rest) = ws.layers.split_at_mut(k);
-        let input = if k == 0 {
-            batch.x
-        } else {
-            &below[k - 1].hs[b * h..]
-        };
+        let input = p.layer_input(k, below.last().map(|l| &l.hs[..]), &ws.dropped);
         let initial =
             |given: Option<&'s [T]>, learned: Option<&Range<usize>>| match (given, learned) {
                 (Some(s), _) => InitialState::PerSequence(&s[k * b * h..(k + 1) * b * h]),
@@ -303,6 +358,17 @@ fn forward_layers<'s, T: Float>(p: &Pass<'_, 's, T>, ws: &mut Workspace<T>, step
             initial(batch.h0, p.layout.h0.as_ref()),
             initial(batch.c0, p.layout.c0.as_ref()),
         );
+        if let Some(d) = dropout.filter(|_| k + 1 < config.num_layers) {
+            // The chunk's outputs, dropped for the layer above: `hs[t + 1]` is `h_t`.
+            let rows = rows_of(steps.clone(), b, h);
+            drop_rows(
+                &mut ws.dropped[p.dropped_block(k)][rows.clone()],
+                &rest[0].hs[b * h..][rows],
+                h,
+                p.mask_row(steps),
+                &d.layer_mask(k),
+            );
+        }
     }
 }
 
@@ -437,13 +503,7 @@ fn full_pass<T: Float>(
 ) -> T {
     let (config, batch) = (p.config, p.batch);
     let many_to_one = spec.many_to_one;
-    ws.ensure(
-        config,
-        batch.seq_len,
-        batch.batch,
-        many_to_one,
-        p.opts.split,
-    );
+    p.size_workspace(ws, many_to_one);
     forward_chunks(p, ws, Head::of(many_to_one));
     let loss = loss_forward_backward(config, ws, batch, spec, loss_scale(config, batch, spec));
     backward(p, grads, ws, many_to_one, true, None);
@@ -499,12 +559,14 @@ fn backward<T: Float>(
             } else {
                 &mut []
             };
-            let (input, dinput) = if k == 0 {
-                (batch.x, opts.input_grad.then_some(&mut ws.dx[..]))
-            } else {
-                let (states, grad_h) = below[k - 1].states_and_grad_h(cell);
-                (&states[b * h..], Some(grad_h))
+            let (below_hs, dinput) = match below.last_mut() {
+                None => (None, opts.input_grad.then_some(&mut ws.dx[..])),
+                Some(l) => {
+                    let (states, grad_h) = l.states_and_grad_h(cell);
+                    (Some(states), Some(grad_h))
+                }
             };
+            let input = p.layer_input(k, below_hs, &ws.dropped);
             let out = LayerGrads {
                 grads: &mut *grads,
                 dh0,
@@ -519,6 +581,11 @@ fn backward<T: Float>(
                     .map(|(_, c_end)| &c_end[layer_state(k)]),
             };
             layer::backward(&p.layer(k, input, &steps), buf, out);
+            if let Some(d) = p.dropout().filter(|_| k > 0) {
+                // dL/dh of the layer below, back through its dropout.
+                let grad_h = &mut below[k - 1].grad_h(cell)[rows_of(steps.clone(), b, h)];
+                drop_rows_backward(grad_h, h, p.mask_row(&steps), &d.layer_mask(k - 1));
+            }
         }
     }
     // A broadcast state's gradient is the sum over the sequences that used it; a batch that
@@ -699,8 +766,9 @@ fn checkpointed_pass<T: Float>(
     for s in 0..n - 1 {
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
-        ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
-        forward_chunks(&p.over(&sub), ws, Head::Skip);
+        let seg_pass = p.over(&sub, seg.span(s).start);
+        seg_pass.size_workspace(ws, spec.many_to_one);
+        forward_chunks(&seg_pass, ws, Head::Skip);
         let len = sub.seq_len;
         for (k, layer) in ws.layers.iter().enumerate() {
             let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
@@ -718,7 +786,8 @@ fn checkpointed_pass<T: Float>(
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
         let r = seg.span(s);
-        ws.ensure(config, sub.seq_len, b, spec.many_to_one, opts.split);
+        let seg_pass = p.over(&sub, r.start);
+        seg_pass.size_workspace(ws, spec.many_to_one);
         let scored = if spec.many_to_one {
             s == n - 1
         } else {
@@ -729,7 +798,6 @@ fn checkpointed_pass<T: Float>(
         } else {
             Head::Skip
         };
-        let seg_pass = p.over(&sub);
         forward_chunks(&seg_pass, ws, head);
         if scored {
             total += loss_forward_backward(config, ws, &sub, spec, scale);

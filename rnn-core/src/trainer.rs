@@ -7,6 +7,7 @@ use kernels::{Float, reduce};
 
 use crate::batch::Batch;
 use crate::config::{LossSpec, RnnConfig};
+use crate::dropout::Dropout;
 use crate::error::{Result, RnnError};
 use crate::network::{PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed};
 use crate::optim::{Clip, Optimizer, OptimizerKind};
@@ -36,7 +37,7 @@ pub enum Memory {
 
 impl Memory {
     /// The stretch length for a batch of `seq_len` steps (`seq_len` for full BPTT), for a
-    /// trainer with the default [`UnitSplit::Auto`].
+    /// trainer with the default [`UnitSplit::Auto`] and no dropout.
     ///
     /// ```
     /// use rnn_core::{config::RnnConfig, trainer::Memory};
@@ -57,11 +58,13 @@ impl Memory {
             Memory::Budget { .. } => Layout::new(config).len,
             _ => 0,
         };
-        self.segment_with::<T>(config, seq_len, batch, many_to_one, UnitSplit::Auto, params)
+        let split = UnitSplit::Auto;
+        self.segment_with::<T>(config, seq_len, batch, many_to_one, split, false, params)
     }
 
-    /// [`Memory::segment_for`] for a model of `params` parameters, known to the caller: a
-    /// trainer asks every step, and building the model's [`Layout`] allocates.
+    /// [`Memory::segment_for`] for a model of `params` parameters, known to the caller (a
+    /// trainer asks every step, and building the model's [`Layout`] allocates), with steps
+    /// split as `split` decides and room for dropout's buffers when `dropout`.
     fn segment_with<T: Float>(
         self,
         config: &RnnConfig,
@@ -69,6 +72,7 @@ impl Memory {
         batch: usize,
         many_to_one: bool,
         split: UnitSplit,
+        dropout: bool,
         params: usize,
     ) -> usize {
         match self {
@@ -82,7 +86,8 @@ impl Memory {
                     * T::BYTES;
                 let params = params * T::BYTES;
                 let cost = |s: usize| {
-                    let ws = Workspace::<T>::bytes_for(config, s, batch, many_to_one, split);
+                    let ws =
+                        Workspace::<T>::bytes_for(config, s, batch, many_to_one, split, dropout);
                     if s >= seq_len {
                         ws
                     } else {
@@ -162,6 +167,8 @@ pub struct Trainer<T: Float> {
     pub telemetry: bool,
     /// Full or checkpointed BPTT.
     pub memory: Memory,
+    /// Dropout between stacked layers ([`Trainer::with_dropout`]).
+    pub dropout: Option<Dropout>,
     /// Flush subnormal floats to zero during steps ([`Trainer::with_flush_denormals`]).
     pub flush_denormals: bool,
     /// The thread pool steps run in ([`Trainer::with_thread_pool`]); `None`: rayon's global
@@ -226,6 +233,7 @@ impl<T: Float> Trainer<T> {
             chunks: TimeChunks::Auto,
             telemetry: false,
             memory: Memory::Full,
+            dropout: None,
             flush_denormals: false,
             pool: None,
         })
@@ -321,6 +329,24 @@ impl<T: Float> Trainer<T> {
     /// ~1.2e-38 (f32).
     pub fn with_flush_denormals(mut self) -> Self {
         self.flush_denormals = true;
+        self
+    }
+
+    /// Drops the outputs of every layer but the top during training steps, as PyTorch's
+    /// `dropout` argument does ([`Dropout`]; no effect on a one-layer model). Each step
+    /// draws new masks from the dropout's seed and the optimizer's step count, so a resumed
+    /// run continues bitwise, and the thread count changes nothing.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::lstm(3, 16, 3).layers(2);
+    /// let loss = LossSpec::every_step(LossKind::Mse);
+    /// let trainer = Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-3), 0)?
+    ///     .with_dropout(Dropout::new(0.2, 1)?);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn with_dropout(mut self, dropout: Dropout) -> Self {
+        self.dropout = Some(dropout);
         self
     }
 
@@ -435,6 +461,7 @@ impl<T: Float> Trainer<T> {
             telemetry: self.telemetry,
             split: self.split,
             chunks: self.chunks,
+            dropout: self.dropout.map(|d| d.for_step(self.optimizer.steps)),
         };
         let segment = self.memory.segment_with::<T>(
             &self.config,
@@ -442,6 +469,7 @@ impl<T: Float> Trainer<T> {
             batch.batch,
             self.loss.many_to_one,
             self.split,
+            self.dropout.is_some_and(|d| d.applies_to(&self.config)),
             self.layout.len,
         );
         let pool = self.pool.clone();

@@ -115,11 +115,14 @@ pub struct Workspace<T> {
     pub dh0: AlignedVec<T>,
     /// `[L, B, H]`: `dL/dc0` (LSTM; empty otherwise).
     pub dc0: AlignedVec<T>,
+    /// `[L-1, T, B, H]`: with dropout, the dropped outputs of every layer but the top, which
+    /// the layer above reads (its `hs` stay as they are for its own backward pass).
+    pub dropped: AlignedVec<T>,
     /// `[L, T]`: `‖dL/dh_t‖` per layer and step, filled only when telemetry is asked for.
     pub grad_h_norms: Vec<T>,
     /// Checkpointed BPTT's saved states and carries (empty unless it is used).
     pub checkpoints: crate::network::Checkpoints<T>,
-    shape: Option<(RnnConfig, usize, usize, bool, UnitSplit)>,
+    shape: Option<(RnnConfig, usize, usize, bool, UnitSplit, bool)>,
 }
 
 /// Element counts of every buffer for one shape: the one place they are decided.
@@ -128,8 +131,8 @@ struct Sizes {
     layer: [usize; 9],
     /// The hidden units of the two blocks of a split step (`None` when steps run whole).
     blocks: Option<[Range<usize>; 2]>,
-    /// y (and dy), dh0, dc0.
-    shared: [usize; 3],
+    /// y (and dy), dh0, dc0, dropped.
+    shared: [usize; 4],
 }
 
 impl Sizes {
@@ -139,6 +142,7 @@ impl Sizes {
         batch: usize,
         many_to_one: bool,
         split: UnitSplit,
+        dropout: bool,
     ) -> Self {
         let (h, o, gh) = (config.hidden_size, config.output_size, config.gate_rows());
         let split_steps = split.blocks(batch, h, gh / h) == 2;
@@ -165,6 +169,7 @@ impl Sizes {
                 y_rows * o,
                 per_layer_state,
                 only(cell == Cell::Lstm, per_layer_state),
+                only(dropout, (config.num_layers - 1) * rows * h),
             ],
         }
     }
@@ -177,7 +182,8 @@ impl<T: Float> Workspace<T> {
     }
 
     /// Sizes every buffer for `seq_len` steps of `batch` sequences of `config`, with steps
-    /// split as `split` decides (no-op when unchanged).
+    /// split as `split` decides, and room for dropped layer outputs when `dropout` (no-op
+    /// when unchanged).
     pub fn ensure(
         &mut self,
         config: &RnnConfig,
@@ -185,12 +191,13 @@ impl<T: Float> Workspace<T> {
         batch: usize,
         many_to_one: bool,
         split: UnitSplit,
+        dropout: bool,
     ) {
-        let key = (*config, seq_len, batch, many_to_one, split);
+        let key = (*config, seq_len, batch, many_to_one, split, dropout);
         if self.shape == Some(key) {
             return;
         }
-        let sizes = Sizes::of(config, seq_len, batch, many_to_one, split);
+        let sizes = Sizes::of(config, seq_len, batch, many_to_one, split, dropout);
         let (h, gates) = (config.hidden_size, config.cell.gates());
         self.layers
             .resize_with(config.num_layers, LayerBuffers::default);
@@ -215,11 +222,12 @@ impl<T: Float> Workspace<T> {
                     .collect();
             }
         }
-        let [y, dh0, dc0] = sizes.shared;
+        let [y, dh0, dc0, dropped] = sizes.shared;
         self.y.resize(y);
         self.dy.resize(y);
         self.dh0.resize(dh0);
         self.dc0.resize(dc0);
+        self.dropped.resize(dropped);
         self.shape = Some(key);
     }
 
@@ -231,10 +239,11 @@ impl<T: Float> Workspace<T> {
         batch: usize,
         many_to_one: bool,
         split: UnitSplit,
+        dropout: bool,
     ) -> usize {
-        let s = Sizes::of(config, seq_len, batch, many_to_one, split);
-        let [y, dh0, dc0] = s.shared;
-        (config.num_layers * s.layer.iter().sum::<usize>() + 2 * y + dh0 + dc0) * T::BYTES
+        let s = Sizes::of(config, seq_len, batch, many_to_one, split, dropout);
+        let [y, dh0, dc0, dropped] = s.shared;
+        (config.num_layers * s.layer.iter().sum::<usize>() + 2 * y + dh0 + dc0 + dropped) * T::BYTES
     }
 
     /// Bytes held by all buffers.
@@ -254,7 +263,12 @@ impl<T: Float> Workspace<T> {
                     + l.blocks.iter().map(UnitBlock::len).sum::<usize>()
             })
             .sum();
-        let rest = self.y.len() + self.dy.len() + self.dx.len() + self.dh0.len() + self.dc0.len();
+        let rest = self.y.len()
+            + self.dy.len()
+            + self.dx.len()
+            + self.dh0.len()
+            + self.dc0.len()
+            + self.dropped.len();
         (per_layer + rest) * T::BYTES + self.checkpoints.bytes()
     }
 }

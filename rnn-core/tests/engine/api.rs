@@ -3,6 +3,7 @@
 
 use crate::common::scratch_dir;
 use rnn_core::config::Cell;
+use rnn_core::dropout::Dropout;
 use rnn_core::io;
 use rnn_core::prelude::*;
 
@@ -235,6 +236,11 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
             ..Size::LARGE
         };
         identical_at_one_and_two_threads(cell, UnitSplit::Halves, segments);
+        let dropout = Size {
+            dropout: 0.3,
+            ..Size::LARGE
+        };
+        identical_at_one_and_two_threads(cell, UnitSplit::Halves, dropout);
     }
 }
 
@@ -290,6 +296,8 @@ struct Size {
     threads: usize,
     /// Sequences of lengths 1 to `t` rather than all of `t` steps.
     ragged: bool,
+    /// Dropout between the two layers.
+    dropout: f64,
 }
 
 impl Size {
@@ -302,6 +310,7 @@ impl Size {
         memory: Memory::Full,
         threads: 2,
         ragged: false,
+        dropout: 0.0,
     };
 }
 
@@ -321,7 +330,8 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
             .with_clip(Clip::Norm(1.0))
             .with_threads(threads)
             .with_unit_split(split)
-            .with_memory(size.memory);
+            .with_memory(size.memory)
+            .with_dropout(Dropout::new(size.dropout, 1).unwrap());
         for step in 0..5 {
             let (t, b) = (size.t, size.b);
             let x: Vec<f32> = (0..t * b * 16)
@@ -348,10 +358,11 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let more = pool(size.threads).install(|| run(size.threads));
     assert!(
         one == more,
-        "{cell:?} {split:?} H = {}, {:?}, ragged {}: weights differ between 1 and {} threads",
+        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}: weights differ between 1 and {} threads",
         size.hidden,
         size.memory,
         size.ragged,
+        size.dropout,
         size.threads
     );
 }
@@ -367,6 +378,71 @@ fn clipping_by_norm_and_value() {
     tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap();
     assert!(tr.grads.iter().all(|g| g.abs() <= 1e-4));
     assert!(tr.grads.iter().any(|g| g.abs() == 1e-4));
+}
+
+#[test]
+fn dropout_is_validated_and_acts_only_between_layers() {
+    for p in [1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
+        match Dropout::new(p, 0) {
+            Err(RnnError::Config(msg)) => assert!(msg.contains("dropout"), "{msg}"),
+            other => panic!("p = {p}: {other:?}"),
+        }
+    }
+    let (x, y) = data(5, 2);
+    let weights_after_3_steps = |layers: usize, dropout: Option<f64>| {
+        let cfg = RnnConfig::gru(3, 8, 4).layers(layers);
+        let loss = LossSpec::every_step(LossKind::CrossEntropy);
+        let mut tr = Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-2), 7).unwrap();
+        if let Some(p) = dropout {
+            tr = tr.with_dropout(Dropout::new(p, 3).unwrap());
+        }
+        for _ in 0..3 {
+            tr.step(&Batch::new(5, 2, &x, Target::Classes(&y))).unwrap();
+        }
+        tr.params
+    };
+    // As in PyTorch, p = 0 changes nothing, nor does any p on a one-layer model (no layer
+    // below another) ...
+    assert_eq!(
+        weights_after_3_steps(2, Some(0.0)),
+        weights_after_3_steps(2, None)
+    );
+    assert_eq!(
+        weights_after_3_steps(1, Some(0.5)),
+        weights_after_3_steps(1, None)
+    );
+    // ... while p > 0 between two layers trains differently.
+    assert_ne!(
+        weights_after_3_steps(2, Some(0.5)),
+        weights_after_3_steps(2, None)
+    );
+}
+
+/// A step's masks come from the dropout's seed and the optimizer's step count: the same
+/// step twice drops the same units, the next step others.
+#[test]
+fn dropout_draws_new_masks_each_step() {
+    let mut tr = trainer(OptimizerKind::sgd(0.1)).with_dropout(Dropout::new(0.5, 11).unwrap());
+    let (x, y) = data(5, 2);
+    let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+    let first = tr.loss_and_grads(&batch).unwrap();
+    let first_grads = tr.grads.clone();
+    assert_eq!(tr.loss_and_grads(&batch).unwrap(), first);
+    assert_eq!(tr.grads, first_grads);
+    tr.optimizer.steps += 1; // the next step, with the same weights
+    let next = tr.loss_and_grads(&batch).unwrap();
+    assert_ne!(next, first);
+    // What the layer above read: each output of the layer below doubled (1 / (1 - p)) or
+    // zeroed, about half of each.
+    let (b, h) = (2, 8);
+    let ws = &tr.workspace;
+    let (below, read) = (&ws.layers[0].hs[b * h..], &ws.dropped[..]);
+    assert_eq!(read.len(), below.len());
+    for (r, h) in read.iter().zip(below) {
+        assert!(*r == 0.0 || *r == 2.0 * h, "{r} from {h}");
+    }
+    let zeros = read.iter().filter(|&&r| r == 0.0).count();
+    assert!((20..=60).contains(&zeros), "{zeros} of 80 dropped");
 }
 
 #[test]

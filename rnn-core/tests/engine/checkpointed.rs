@@ -5,6 +5,7 @@ use crate::common::Data;
 
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
+use rnn_core::dropout::Dropout;
 use rnn_core::network::{PassOptions, forward_backward, forward_backward_checkpointed};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
@@ -26,6 +27,7 @@ fn run(
     b: usize,
     lengths: bool,
     score_from: usize,
+    dropout: Option<Dropout>,
     segment: Option<usize>,
 ) -> Run {
     let layout = Layout::new(cfg);
@@ -42,6 +44,7 @@ fn run(
     let opts = PassOptions {
         input_grad: true,
         telemetry: true,
+        dropout,
         ..Default::default()
     };
     let loss = match segment {
@@ -77,14 +80,17 @@ fn close(a: &[f64], b: &[f64], what: &str) {
 fn equals_full_bptt_for_every_cell_and_option() {
     let mut seed = 0;
     for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
-        for (kind, many_to_one, lengths, learn, score_from, layers) in [
-            (LossKind::Mse, false, false, false, 0, 1),
-            (LossKind::CrossEntropy, false, true, false, 0, 2),
-            (LossKind::Mse, true, true, true, 0, 2),
-            (LossKind::CrossEntropy, true, false, false, 0, 1),
-            (LossKind::CrossEntropy, false, true, true, 5, 3),
+        // Dropout masks are numbered from the sequence's first step, so a segment drops
+        // what the same steps of the whole pass drop.
+        for (kind, many_to_one, lengths, learn, score_from, layers, dropout) in [
+            (LossKind::Mse, false, false, false, 0, 1, 0.0),
+            (LossKind::CrossEntropy, false, true, false, 0, 2, 0.3),
+            (LossKind::Mse, true, true, true, 0, 2, 0.0),
+            (LossKind::CrossEntropy, true, false, false, 0, 1, 0.0),
+            (LossKind::CrossEntropy, false, true, true, 5, 3, 0.5),
         ] {
             seed += 1;
+            let dropout = (dropout > 0.0).then(|| Dropout::new(dropout, seed).unwrap());
             let (t, b) = (11, 3);
             let mut cfg = RnnConfig::new(3, 5, 4).cell(cell).layers(layers);
             cfg.learn_h0 = learn;
@@ -98,12 +104,22 @@ fn equals_full_bptt_for_every_cell_and_option() {
                 many_to_one,
             };
             let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, many_to_one);
-            let full = run(&cfg, &spec, &d, t, b, lengths, score_from, None);
+            let full = run(&cfg, &spec, &d, t, b, lengths, score_from, dropout, None);
             for segment in [1, 2, 3, 4, 10, 11, 40] {
                 let what = format!(
-                    "{cell:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} segment={segment}"
+                    "{cell:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} {dropout:?} segment={segment}"
                 );
-                let ck = run(&cfg, &spec, &d, t, b, lengths, score_from, Some(segment));
+                let ck = run(
+                    &cfg,
+                    &spec,
+                    &d,
+                    t,
+                    b,
+                    lengths,
+                    score_from,
+                    dropout,
+                    Some(segment),
+                );
                 assert!(
                     (ck.loss - full.loss).abs() <= 1e-12 * (1.0 + full.loss.abs()),
                     "{what}: loss {} vs {}",

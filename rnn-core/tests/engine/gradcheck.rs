@@ -7,6 +7,7 @@ use approx::assert_relative_eq;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
+use rnn_core::dropout::Dropout;
 use std::num::NonZeroUsize;
 
 use rnn_core::network::{PassOptions, TimeChunks, UnitSplit, forward_backward};
@@ -31,6 +32,7 @@ struct Case {
     learn_h0: bool,
     split: UnitSplit,
     chunks: TimeChunks,
+    dropout: Option<Dropout>,
 }
 
 fn cfg(c: &Case) -> RnnConfig {
@@ -67,6 +69,7 @@ fn check(c: &Case, seed: u64) {
         input_grad: true,
         split: c.split,
         chunks: c.chunks,
+        dropout: c.dropout,
         ..Default::default()
     };
     forward_backward(
@@ -97,6 +100,7 @@ fn check(c: &Case, seed: u64) {
             PassOptions {
                 split: c.split,
                 chunks: c.chunks,
+                dropout: c.dropout,
                 ..Default::default()
             },
         )
@@ -169,6 +173,7 @@ fn base() -> Case {
         learn_h0: false,
         split: UnitSplit::Auto,
         chunks: TimeChunks::Auto,
+        dropout: None,
     }
 }
 
@@ -256,6 +261,36 @@ fn stacked_layers_match_finite_differences() {
                     200 + layers as u64,
                 );
             }
+        }
+    }
+}
+
+/// Dropout between layers: the mask is a function of the seed, so every pass of the check
+/// drops the same elements and the loss is a smooth function of the weights. Stacks of two
+/// and three layers, ragged lengths, both placements, in chunks of two steps (masks numbered
+/// across chunks) and with each step split in unit halves.
+#[test]
+fn dropout_between_layers_matches_finite_differences() {
+    let mut seed = 300;
+    for cell in CELLS {
+        for (layers, many_to_one, chunks, split) in [
+            (2, false, TimeChunks::Auto, UnitSplit::Auto),
+            (3, true, steps(2), UnitSplit::Auto),
+            (2, false, steps(3), UnitSplit::Halves),
+        ] {
+            seed += 1;
+            let case = Case {
+                cell,
+                layers,
+                many_to_one,
+                chunks,
+                split,
+                kind: alternate_loss(seed),
+                lengths: true,
+                dropout: Some(Dropout::new(0.4, seed).unwrap()),
+                ..base()
+            };
+            check(&case, seed);
         }
     }
 }

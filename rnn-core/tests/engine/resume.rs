@@ -4,6 +4,7 @@
 
 use crate::common::scratch_dir;
 use rnn_core::config::Cell;
+use rnn_core::dropout::Dropout;
 use rnn_core::io::{self, Extras};
 use rnn_core::prelude::*;
 
@@ -38,10 +39,13 @@ fn every_optimizer_resumes_bitwise() {
     ];
     for (k, opt) in optimizers.into_iter().enumerate() {
         let cfg = RnnConfig::lstm(3, 8, 4).layers(2);
+        // Dropout's masks follow the optimizer's step count, which the checkpoint keeps.
+        let dropout = Dropout::new(if k % 2 == 1 { 0.3 } else { 0.0 }, 5).unwrap();
         let new = || {
             Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::CrossEntropy), opt, 9)
                 .unwrap()
                 .with_clip(Clip::Norm(0.5))
+                .with_dropout(dropout)
         };
         let (n, m) = (4, 3);
         let mut straight = new();

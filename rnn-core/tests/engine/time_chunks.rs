@@ -9,6 +9,7 @@ use std::num::NonZeroUsize;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::Batch;
 use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
+use rnn_core::dropout::Dropout;
 use rnn_core::network::{
     PassOptions, TimeChunks, UnitSplit, forward_backward, forward_backward_checkpointed,
 };
@@ -64,6 +65,7 @@ struct Setup {
     spec: LossSpec,
     lengths: bool,
     split: UnitSplit,
+    dropout: Option<Dropout>,
 }
 
 fn steps(n: usize) -> TimeChunks {
@@ -84,6 +86,7 @@ fn run(s: &Setup, d: &Data, chunks: TimeChunks, segment: Option<usize>) -> Run {
         telemetry: true,
         split: s.split,
         chunks,
+        dropout: s.dropout,
         ..Default::default()
     };
     let loss = forward_backward_checkpointed(
@@ -116,16 +119,17 @@ fn run(s: &Setup, d: &Data, chunks: TimeChunks, segment: Option<usize>) -> Run {
 
 fn setups() -> impl Iterator<Item = Setup> {
     CELLS.into_iter().flat_map(|cell| {
+        // Dropout masks are numbered by step, whatever chunk the step falls in.
         [
-            (LossKind::Mse, false, true, UnitSplit::Whole),
-            (LossKind::CrossEntropy, false, true, UnitSplit::Halves),
-            (LossKind::CrossEntropy, true, true, UnitSplit::Whole),
+            (LossKind::Mse, false, true, UnitSplit::Whole, 0.0),
+            (LossKind::CrossEntropy, false, true, UnitSplit::Halves, 0.3),
+            (LossKind::CrossEntropy, true, true, UnitSplit::Whole, 0.0),
             // The last step reads the states finished sequences carried across chunks.
-            (LossKind::Mse, true, true, UnitSplit::Halves),
-            (LossKind::Mse, true, false, UnitSplit::Halves),
+            (LossKind::Mse, true, true, UnitSplit::Halves, 0.5),
+            (LossKind::Mse, true, false, UnitSplit::Halves, 0.0),
         ]
         .into_iter()
-        .map(move |(kind, many_to_one, lengths, split)| Setup {
+        .map(move |(kind, many_to_one, lengths, split, p)| Setup {
             cfg: RnnConfig::new(3, 6, 4).cell(cell).layers(2),
             spec: LossSpec {
                 kind,
@@ -134,6 +138,7 @@ fn setups() -> impl Iterator<Item = Setup> {
             },
             lengths,
             split,
+            dropout: (p > 0.0).then(|| Dropout::new(p, 8).unwrap()),
         })
     })
 }
@@ -216,6 +221,7 @@ fn chunked_f32_agrees_with_unchunked_f64() {
         let opts = PassOptions {
             split: s.split,
             chunks: steps(3),
+            dropout: s.dropout,
             ..Default::default()
         };
         let loss = forward_backward(
