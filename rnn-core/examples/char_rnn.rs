@@ -85,6 +85,9 @@ struct Args {
     /// Stacked layers.
     #[arg(long, default_value_t = 1)]
     layers: usize,
+    /// Dropout between stacked layers in training (PyTorch's `dropout`; needs --layers 2+).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
     /// Parallel streams (B).
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -201,7 +204,8 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?
     .with_clip(Clip::Norm(1.0))
-    .with_threads(threads);
+    .with_threads(threads)
+    .with_dropout(Dropout::new(args.dropout, args.seed).map_err(|e| e.to_string())?);
     let mut stream = Tbptt::new(trainer, k1, k2, b).map_err(|e| e.to_string())?;
     let ckpt = args.out.join("char_rnn.ckpt.safetensors");
     let mut losses: Vec<f32> = Vec::new();
