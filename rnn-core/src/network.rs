@@ -198,6 +198,32 @@ pub fn forward<'s, T: Float>(
     });
 }
 
+/// The loss of `batch` under `spec` without its gradients (evaluation: a validation set, a
+/// model's score): a forward pass and the loss, no dropout, nothing but the workspace written.
+/// Within rounding of [`forward_backward`]'s loss with the same `exec`; equal to it bitwise
+/// when the time chunks are the same.
+///
+/// # Errors
+/// The batch's validation errors ([`Batch::validate`]); nothing is computed then.
+///
+/// # Panics
+/// If `params` does not have `layout.len` elements.
+pub fn loss<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    exec: impl Into<Exec>,
+) -> Result<T> {
+    assert_eq!(params.len(), layout.len, "params length");
+    batch.validate(config, spec)?;
+    forward(config, layout, params, ws, batch, spec.many_to_one, exec);
+    let scale = loss_scale(config, batch, spec);
+    Ok(loss_forward_backward(config, ws, batch, spec, scale))
+}
+
 /// What every phase of one pass reads: the network, the batch (one segment of it, in
 /// checkpointed BPTT), the options and the threads.
 #[derive(Clone, Copy)]

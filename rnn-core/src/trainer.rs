@@ -9,7 +9,9 @@ use crate::batch::Batch;
 use crate::config::{LossSpec, RnnConfig};
 use crate::dropout::Dropout;
 use crate::error::{Result, RnnError};
-use crate::network::{PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed};
+use crate::network::{
+    self, Exec, PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed,
+};
 use crate::optim::{Clip, Optimizer, OptimizerKind};
 use crate::params::{Layout, init_params};
 use crate::workspace::Workspace;
@@ -446,23 +448,47 @@ impl<T: Float> Trainer<T> {
         })
     }
 
+    /// The loss of `batch` as the model stands, without gradients or dropout: for a
+    /// validation set or a score between steps. Parameters, gradients and optimizer state are
+    /// untouched; the step's threads are used as in [`Trainer::step`]. Equals the loss
+    /// [`Trainer::loss_and_grads`] reports for the same batch without dropout (bitwise when the
+    /// step keeps every activation, [`Memory::Full`]).
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::lstm(2, 8, 1).layers(2);
+    /// let loss = LossSpec::every_step(LossKind::Mse);
+    /// let mut tr = Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-2), 0)?
+    ///     .with_dropout(Dropout::new(0.5, 1)?);
+    /// let (x, y) = (vec![0.5f32; 4 * 3 * 2], vec![0.25f32; 4 * 3]);
+    /// let batch = Batch::new(4, 3, &x, Target::Values(&y));
+    /// let before = tr.evaluate(&batch)?;
+    /// for _ in 0..30 { tr.step(&batch)?; }
+    /// assert!(tr.evaluate(&batch)? < before);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Validation errors of the batch.
+    pub fn evaluate(&mut self, batch: &Batch<T>) -> Result<T> {
+        let _flush = self.flush_scope();
+        self.in_step_threads(batch, |tr, par| {
+            let exec = Exec {
+                par,
+                split: tr.split,
+                chunks: tr.chunks,
+            };
+            let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
+            network::loss(config, layout, &tr.params, ws, batch, &tr.loss, exec)
+        })
+    }
+
     /// The loss and gradients of `batch` without updating (gradients land in `self.grads`).
     ///
     /// # Errors
     /// Validation errors of the batch.
     pub fn loss_and_grads(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
-        // A step with nothing for a second thread runs here, exactly as on one thread, without
-        // entering the pool (which costs more than a tiny step).
-        let threads = self.threads_for(batch.seq_len, batch.batch) > 1;
-        let opts = PassOptions {
-            par: if threads { self.par } else { Par::Seq },
-            input_grad: false,
-            telemetry: self.telemetry,
-            split: self.split,
-            chunks: self.chunks,
-            dropout: self.dropout.map(|d| d.for_step(self.optimizer.steps)),
-        };
         let segment = self.memory.segment_with::<T>(
             &self.config,
             batch.seq_len,
@@ -472,23 +498,42 @@ impl<T: Float> Trainer<T> {
             self.dropout.is_some_and(|d| d.applies_to(&self.config)),
             self.layout.len,
         );
-        let pool = self.pool.clone();
-        let mut pass = || {
+        self.in_step_threads(batch, |tr, par| {
+            let opts = PassOptions {
+                par,
+                input_grad: false,
+                telemetry: tr.telemetry,
+                split: tr.split,
+                chunks: tr.chunks,
+                dropout: tr.dropout.map(|d| d.for_step(tr.optimizer.steps)),
+            };
             forward_backward_checkpointed(
-                &self.config,
-                &self.layout,
-                &self.params,
-                &mut self.grads,
-                &mut self.workspace,
+                &tr.config,
+                &tr.layout,
+                &tr.params,
+                &mut tr.grads,
+                &mut tr.workspace,
                 batch,
-                &self.loss,
+                &tr.loss,
                 opts,
                 segment,
             )
-        };
-        match pool {
-            Some(pool) if threads => pool.install(pass),
-            _ => pass(),
+        })
+    }
+
+    /// Runs `pass` with the threads a step of `batch` uses: inside the trainer's pool when it
+    /// has one, or here, exactly as on one thread, with `Par::Seq` when a second thread has
+    /// nothing to do (entering the pool costs more than a tiny step).
+    fn in_step_threads<R: Send>(
+        &mut self,
+        batch: &Batch<T>,
+        pass: impl FnOnce(&mut Self, Par) -> R + Send,
+    ) -> R {
+        let threads = self.threads_for(batch.seq_len, batch.batch) > 1;
+        let par = if threads { self.par } else { Par::Seq };
+        match self.pool.clone() {
+            Some(pool) if threads => pool.install(|| pass(self, par)),
+            _ => pass(self, par),
         }
     }
 }

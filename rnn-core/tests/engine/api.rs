@@ -445,6 +445,61 @@ fn dropout_draws_new_masks_each_step() {
     assert!((20..=60).contains(&zeros), "{zeros} of 80 dropped");
 }
 
+/// `evaluate` is the loss a step would report without dropout, for both placements and
+/// ragged lengths, on one or two threads, and changes nothing but the workspace.
+#[test]
+fn evaluate_is_the_loss_without_gradients_or_dropout() {
+    let (t, b) = (9, 20);
+    let x: Vec<f32> = (0..t * b * 3)
+        .map(|k| ((k * 37 % 100) as f32) / 50.0 - 1.0)
+        .collect();
+    let classes: Vec<usize> = (0..t * b).map(|k| k * 7 % 4).collect();
+    let values: Vec<f32> = (0..b * 4).map(|k| (k % 5) as f32 / 5.0).collect();
+    let lengths: Vec<usize> = (0..b).map(|k| 1 + k % t).collect();
+    for (loss, target) in [
+        (
+            LossSpec::every_step(LossKind::CrossEntropy),
+            Target::Classes(&classes),
+        ),
+        (LossSpec::last_step(LossKind::Mse), Target::Values(&values)),
+    ] {
+        let batch = Batch {
+            lengths: Some(&lengths),
+            ..Batch::new(t, b, &x, target)
+        };
+        let new = |threads: usize| {
+            let cfg = RnnConfig::lstm(3, 160, 4).layers(2);
+            Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-2), 5)
+                .unwrap()
+                .with_threads(threads)
+        };
+        let mut plain = new(1);
+        plain.step(&batch).unwrap(); // weights that are not the initial ones
+        let want = plain.loss_and_grads(&batch).unwrap();
+        for threads in [1, 2] {
+            let mut tr = new(threads).with_dropout(Dropout::new(0.5, 2).unwrap());
+            assert_eq!(tr.threads_for(t, b), threads, "a step that uses the threads");
+            tr.params.clone_from(&plain.params);
+            tr.grads.fill(7.0);
+            let params = tr.params.clone();
+            let got = tr.evaluate(&batch).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{loss:?}, {threads} threads");
+            assert_eq!(tr.params, params);
+            assert!(tr.grads.iter().all(|&g| g == 7.0));
+            assert_eq!(tr.optimizer.steps, 0);
+            // A step of the same trainer drops units and reports another loss.
+            assert_ne!(tr.loss_and_grads(&batch).unwrap(), want);
+        }
+    }
+    let mut tr = trainer(OptimizerKind::sgd(0.1));
+    let (x, y) = data(5, 2);
+    let short = Batch::new(5, 2, &x[1..], Target::Classes(&y));
+    assert!(matches!(
+        tr.evaluate(&short),
+        Err(RnnError::ShapeMismatch { .. })
+    ));
+}
+
 #[test]
 fn learning_rate_changes_between_steps() {
     let mut tr = trainer(OptimizerKind::sgd(0.1));
