@@ -65,16 +65,11 @@ impl<T: Float> DropMask<T> {
         self.scale
     }
 
-    /// The key of row `row`: SplitMix64's finaliser of the seed and the row, folded to 32
-    /// bits (each row gets an independent-looking key, whatever the seed).
+    /// The key of row `row`: [`mix64`] of the seed and the row, folded to 32 bits (each row
+    /// gets an independent-looking key, whatever the seed).
     #[inline(always)]
     fn row_key(&self, row: usize) -> u32 {
-        let mut z = self
-            .seed
-            .wrapping_add((row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let z = mix64(self.seed.wrapping_add((row as u64).wrapping_mul(GOLDEN)));
         (z ^ (z >> 32)) as u32
     }
 
@@ -91,6 +86,25 @@ impl<T: Float> DropMask<T> {
         h ^= h >> 16;
         h >= self.threshold
     }
+}
+
+/// 2⁶⁴ / φ, SplitMix64's increment.
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output for the state `x`: nearby inputs give unrelated outputs, for deriving
+/// seeds (a layer's, a step's) from one another.
+///
+/// ```
+/// use kernels::dropout::mix64;
+/// assert_ne!(mix64(1) ^ mix64(2), 3);
+/// assert_eq!(mix64(0), 0xE220_A839_7B1D_CDAF); // SplitMix64's first output from seed 0
+/// ```
+#[inline(always)]
+pub fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// `dst = dropout(src)` over rows of `width` elements, the first being row `first_row` of

@@ -10,7 +10,7 @@
 //! masks from its own generator, so a run matches PyTorch's in distribution, not bitwise.
 
 use kernels::Float;
-use kernels::dropout::DropMask;
+use kernels::dropout::{DropMask, mix64};
 
 use crate::config::RnnConfig;
 use crate::error::{Result, RnnError};
@@ -56,7 +56,7 @@ impl Dropout {
     pub fn for_step(&self, step: u64) -> Self {
         Self {
             p: self.p,
-            seed: mix(self.seed ^ mix(step)),
+            seed: mix64(self.seed ^ mix64(step)),
         }
     }
 
@@ -67,14 +67,6 @@ impl Dropout {
 
     /// The mask of layer `k`'s outputs, rows numbered `t · B + b` from the pass's first step.
     pub(crate) fn layer_mask<T: Float>(&self, k: usize) -> DropMask<T> {
-        DropMask::new(self.p, mix(self.seed.wrapping_add(k as u64)))
+        DropMask::new(self.p, mix64(self.seed.wrapping_add(k as u64)))
     }
-}
-
-/// SplitMix64's finaliser: nearby inputs give unrelated outputs.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -45,6 +45,10 @@
 //! on the shape only and no sum is ever divided between threads, so weights are bitwise the
 //! same on one thread or two.
 //!
+//! Regularisation: [`trainer::Trainer::with_dropout`] drops units between stacked layers as
+//! PyTorch's `dropout` argument does ([`dropout`]), and [`trainer::Trainer::evaluate`] gives
+//! the undropped model's loss, for a validation set.
+//!
 //! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT, and
 //! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
 //! [`predict::Predictor`] runs a trained model one step at a time, and [`text`] turns any

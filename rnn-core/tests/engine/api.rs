@@ -478,7 +478,11 @@ fn evaluate_is_the_loss_without_gradients_or_dropout() {
         let want = plain.loss_and_grads(&batch).unwrap();
         for threads in [1, 2] {
             let mut tr = new(threads).with_dropout(Dropout::new(0.5, 2).unwrap());
-            assert_eq!(tr.threads_for(t, b), threads, "a step that uses the threads");
+            assert_eq!(
+                tr.threads_for(t, b),
+                threads,
+                "a step that uses the threads"
+            );
             tr.params.clone_from(&plain.params);
             tr.grads.fill(7.0);
             let params = tr.params.clone();
