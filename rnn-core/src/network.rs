@@ -63,6 +63,19 @@ impl Default for PassOptions {
     }
 }
 
+impl From<Exec> for PassOptions {
+    /// A pass that runs as `exec` says and computes only what every pass does (no input
+    /// gradient, telemetry or dropout).
+    fn from(Exec { par, split, chunks }: Exec) -> Self {
+        Self {
+            par,
+            split,
+            chunks,
+            ..Self::default()
+        }
+    }
+}
+
 impl PassOptions {
     /// The threads, per-step split and time chunks of the pass.
     pub fn exec(&self) -> Exec {
@@ -185,13 +198,7 @@ pub fn forward<'s, T: Float>(
     many_to_one: bool,
     exec: impl Into<Exec>,
 ) {
-    let Exec { par, split, chunks } = exec.into();
-    let opts = PassOptions {
-        par,
-        split,
-        chunks,
-        ..PassOptions::default()
-    };
+    let opts = PassOptions::from(exec.into());
     with_pass(config, layout, params, batch, opts, |p| {
         p.size_workspace(ws, many_to_one);
         forward_chunks(&p, ws, Head::of(many_to_one))
@@ -200,11 +207,15 @@ pub fn forward<'s, T: Float>(
 
 /// The loss of `batch` under `spec` without its gradients (evaluation: a validation set, a
 /// model's score): a forward pass and the loss, no dropout, nothing but the workspace written.
-/// Within rounding of [`forward_backward`]'s loss with the same `exec`; equal to it bitwise
-/// when the time chunks are the same.
+/// With `segment` shorter than the batch, the pass runs `segment` steps at a time, each from
+/// the state the one before ended in, and holds one segment's activations (as
+/// [`forward_backward_checkpointed`] does, without its second pass). Equal bitwise to
+/// [`forward_backward`]'s loss with the same `exec` for a whole pass; within rounding in
+/// segments (the segments' losses are summed in another order).
 ///
 /// # Errors
-/// The batch's validation errors ([`Batch::validate`]); nothing is computed then.
+/// The batch's validation errors ([`Batch::validate`]); [`crate::RnnError::Config`] for
+/// `segment = 0`. Nothing is computed then.
 ///
 /// # Panics
 /// If `params` does not have `layout.len` elements.
@@ -216,12 +227,43 @@ pub fn loss<T: Float>(
     batch: &Batch<T>,
     spec: &LossSpec,
     exec: impl Into<Exec>,
+    segment: usize,
 ) -> Result<T> {
     assert_eq!(params.len(), layout.len, "params length");
     batch.validate(config, spec)?;
-    forward(config, layout, params, ws, batch, spec.many_to_one, exec);
+    if segment == 0 {
+        return Err(crate::RnnError::Config(
+            "a segmented loss needs a segment of at least one step".into(),
+        ));
+    }
+    let opts = PassOptions::from(exec.into());
     let scale = loss_scale(config, batch, spec);
-    Ok(loss_forward_backward(config, ws, batch, spec, scale))
+    Ok(with_pass(config, layout, params, batch, opts, |p| {
+        if segment >= batch.seq_len {
+            p.size_workspace(ws, spec.many_to_one);
+            forward_chunks(&p, ws, Head::of(spec.many_to_one));
+            return loss_forward_backward(config, ws, batch, spec, scale);
+        }
+        let seg = SegmentOf::new(config, batch, spec, segment);
+        let ck = &mut ws.checkpoints;
+        let (mut ck_h, mut ck_c) = (std::mem::take(&mut ck.h), std::mem::take(&mut ck.c));
+        let mut lengths = std::mem::take(&mut ck.lengths);
+        let (n, block) = (seg.count(), seg.block);
+        ck_h.resize(n * block, T::zero());
+        ck_c.resize(if seg.lstm { n * block } else { 0 }, T::zero());
+        lengths.resize(batch.batch, 0);
+        let total = forward_segments(
+            &p,
+            ws,
+            &seg,
+            (&mut ck_h, &mut ck_c),
+            &mut lengths,
+            Some(scale),
+        );
+        let ck = &mut ws.checkpoints;
+        (ck.h, ck.c, ck.lengths) = (ck_h, ck_c, lengths);
+        total
+    }))
 }
 
 /// What every phase of one pass reads: the network, the batch (one segment of it, in
@@ -756,7 +798,6 @@ fn checkpointed_pass<T: Float>(
         config.num_layers,
     );
     let i = config.input_size;
-    let o = config.output_size;
     let lstm = config.cell.has_cell_state();
     let n = t_len.div_ceil(segment);
     let block = l * b * h;
@@ -781,29 +822,8 @@ fn checkpointed_pass<T: Float>(
     let scale = loss_scale(config, batch, spec);
 
     // Pass 1: the states at every segment start.
-    let seg = SegmentOf {
-        batch,
-        spec,
-        segment,
-        block,
-        lstm,
-        dims: (b, i, o),
-    };
-    for s in 0..n - 1 {
-        seg.lengths(s, &mut lengths);
-        let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
-        let seg_pass = p.over(&sub, seg.span(s).start);
-        seg_pass.size_workspace(ws, spec.many_to_one);
-        forward_chunks(&seg_pass, ws, Head::Skip);
-        let len = sub.seq_len;
-        for (k, layer) in ws.layers.iter().enumerate() {
-            let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
-            ck_h[dst.clone()].copy_from_slice(&layer.hs[len * b * h..(len + 1) * b * h]);
-            if lstm {
-                ck_c[dst].copy_from_slice(&layer.cs[len * b * h..(len + 1) * b * h]);
-            }
-        }
-    }
+    let seg = SegmentOf::new(config, batch, spec, segment);
+    forward_segments(p, ws, &seg, (&mut ck_h, &mut ck_c), &mut lengths, None);
 
     // Pass 2: each segment again, last first, backward with the carried gradient.
     grads.fill(T::zero());
@@ -814,11 +834,7 @@ fn checkpointed_pass<T: Float>(
         let r = seg.span(s);
         let seg_pass = p.over(&sub, r.start);
         seg_pass.size_workspace(ws, spec.many_to_one);
-        let scored = if spec.many_to_one {
-            s == n - 1
-        } else {
-            r.end > batch.score_from
-        };
+        let scored = seg.scored(s);
         let head = if scored {
             Head::of(spec.many_to_one)
         } else {
@@ -873,6 +889,51 @@ fn checkpointed_pass<T: Float>(
     total
 }
 
+/// Runs the segments of `seg` forward in order, each from the state the one before ended in,
+/// saving every layer's state at the start of segments `1..n` into `ck` (`[n, L, B, H]`, hidden
+/// and cell states): checkpointed BPTT's first pass (`score: None`, the last segment left for
+/// the second pass), or the loss of the whole batch in one segment's memory (`score: Some`,
+/// the loss's reduction factor; every segment run, with the head and loss where scored, and
+/// the sum returned).
+fn forward_segments<T: Float>(
+    p: &Pass<'_, '_, T>,
+    ws: &mut Workspace<T>,
+    seg: &SegmentOf<'_, '_, T>,
+    (ck_h, ck_c): (&mut [T], &mut [T]),
+    lengths: &mut [usize],
+    score: Option<T>,
+) -> T {
+    let (b, h, block) = (p.batch.batch, p.config.hidden_size, seg.block);
+    let n = seg.count();
+    let spec = seg.spec;
+    let mut total = T::zero();
+    for s in 0..if score.is_some() { n } else { n - 1 } {
+        seg.lengths(s, lengths);
+        let sub = seg.batch(s, lengths, ck_h, ck_c);
+        let seg_pass = p.over(&sub, seg.span(s).start);
+        seg_pass.size_workspace(ws, spec.many_to_one);
+        let scale = score.filter(|_| seg.scored(s));
+        let head = scale.map_or(Head::Skip, |_| Head::of(spec.many_to_one));
+        forward_chunks(&seg_pass, ws, head);
+        if let Some(scale) = scale {
+            total += loss_forward_backward(p.config, ws, &sub, spec, scale);
+        }
+        if s + 1 == n {
+            break;
+        }
+        // The states this segment ended in: where the next one starts.
+        let end = sub.seq_len * b * h..(sub.seq_len + 1) * b * h;
+        for (k, layer) in ws.layers.iter().enumerate() {
+            let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
+            ck_h[dst.clone()].copy_from_slice(&layer.hs[end.clone()]);
+            if seg.lstm {
+                ck_c[dst].copy_from_slice(&layer.cs[end.clone()]);
+            }
+        }
+    }
+    total
+}
+
 /// Cuts a batch into segments for [`forward_backward_checkpointed`].
 struct SegmentOf<'a, 'b, T> {
     batch: &'a Batch<'b, T>,
@@ -885,7 +946,39 @@ struct SegmentOf<'a, 'b, T> {
     dims: (usize, usize, usize),
 }
 
-impl<T: Float> SegmentOf<'_, '_, T> {
+impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
+    /// `batch` of `config` in segments of `segment` steps.
+    fn new(
+        config: &RnnConfig,
+        batch: &'a Batch<'b, T>,
+        spec: &'a LossSpec,
+        segment: usize,
+    ) -> Self {
+        let (b, h) = (batch.batch, config.hidden_size);
+        Self {
+            batch,
+            spec,
+            segment,
+            block: config.num_layers * b * h,
+            lstm: config.cell.has_cell_state(),
+            dims: (b, config.input_size, config.output_size),
+        }
+    }
+
+    /// How many segments there are.
+    fn count(&self) -> usize {
+        self.batch.seq_len.div_ceil(self.segment)
+    }
+
+    /// Whether the loss scores a step of segment `s` (a many-to-one loss: the last segment).
+    fn scored(&self, s: usize) -> bool {
+        if self.spec.many_to_one {
+            s + 1 == self.count()
+        } else {
+            self.span(s).end > self.batch.score_from
+        }
+    }
+
     fn span(&self, s: usize) -> Range<usize> {
         s * self.segment..((s + 1) * self.segment).min(self.batch.seq_len)
     }

@@ -450,9 +450,11 @@ impl<T: Float> Trainer<T> {
 
     /// The loss of `batch` as the model stands, without gradients or dropout: for a
     /// validation set or a score between steps. Parameters, gradients and optimizer state are
-    /// untouched; the step's threads are used as in [`Trainer::step`]. Equals the loss
-    /// [`Trainer::loss_and_grads`] reports for the same batch without dropout (bitwise when the
-    /// step keeps every activation, [`Memory::Full`]).
+    /// untouched; the step's threads and [`Memory`] setting are used as in [`Trainer::step`]
+    /// (a checkpointing trainer evaluates in its segments, holding one segment's
+    /// activations). Equals the loss [`Trainer::loss_and_grads`] reports for the same batch
+    /// without dropout (bitwise when the step keeps every activation, [`Memory::Full`]; within
+    /// rounding otherwise).
     ///
     /// ```
     /// use rnn_core::prelude::*;
@@ -472,6 +474,7 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn evaluate(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
+        let segment = self.segment_for(batch, false);
         self.in_step_threads(batch, |tr, par| {
             let exec = Exec {
                 par,
@@ -479,7 +482,9 @@ impl<T: Float> Trainer<T> {
                 chunks: tr.chunks,
             };
             let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
-            network::loss(config, layout, &tr.params, ws, batch, &tr.loss, exec)
+            network::loss(
+                config, layout, &tr.params, ws, batch, &tr.loss, exec, segment,
+            )
         })
     }
 
@@ -489,15 +494,8 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn loss_and_grads(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
-        let segment = self.memory.segment_with::<T>(
-            &self.config,
-            batch.seq_len,
-            batch.batch,
-            self.loss.many_to_one,
-            self.split,
-            self.dropout.is_some_and(|d| d.applies_to(&self.config)),
-            self.layout.len,
-        );
+        let dropout = self.dropout.is_some_and(|d| d.applies_to(&self.config));
+        let segment = self.segment_for(batch, dropout);
         self.in_step_threads(batch, |tr, par| {
             let opts = PassOptions {
                 par,
@@ -519,6 +517,20 @@ impl<T: Float> Trainer<T> {
                 segment,
             )
         })
+    }
+
+    /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:
+    /// the whole batch), with room for dropout's buffers when `dropout`.
+    fn segment_for(&self, batch: &Batch<T>, dropout: bool) -> usize {
+        self.memory.segment_with::<T>(
+            &self.config,
+            batch.seq_len,
+            batch.batch,
+            self.loss.many_to_one,
+            self.split,
+            dropout,
+            self.layout.len,
+        )
     }
 
     /// Runs `pass` with the threads a step of `batch` uses: inside the trainer's pool when it

@@ -1,12 +1,13 @@
 //! Checkpointed (memory-efficient) BPTT gives full BPTT's loss and gradients, for every cell,
-//! option and segment length, and holds O(√T) activations.
+//! option and segment length, and holds O(√T) activations; so does a loss-only pass in
+//! segments (`network::loss`).
 
 use crate::common::Data;
 
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
 use rnn_core::dropout::Dropout;
-use rnn_core::network::{PassOptions, forward_backward, forward_backward_checkpointed};
+use rnn_core::network::{self, PassOptions, forward_backward, forward_backward_checkpointed};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::workspace::Workspace;
 
@@ -66,6 +67,29 @@ fn run(
     }
 }
 
+/// `network::loss` of the batch `run` uses, in `segment`-step segments.
+fn loss_only(
+    cfg: &RnnConfig,
+    spec: &LossSpec,
+    d: &Data,
+    (t, b, lengths, score_from): (usize, usize, bool, usize),
+    segment: usize,
+) -> (f64, usize) {
+    let layout = Layout::new(cfg);
+    let params: Vec<f64> = init_params::<f64>(cfg, 11)
+        .iter()
+        .map(|p| 1.5 * p)
+        .collect();
+    let batch = rnn_core::batch::Batch {
+        score_from,
+        ..d.batch(t, b, spec.kind, lengths, !cfg.learn_h0)
+    };
+    let mut ws = Workspace::new();
+    let par = faer::Par::Seq;
+    let loss = network::loss(cfg, &layout, &params, &mut ws, &batch, spec, par, segment).unwrap();
+    (loss, ws.bytes())
+}
+
 fn close(a: &[f64], b: &[f64], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: length");
     for (k, (x, y)) in a.iter().zip(b).enumerate() {
@@ -105,6 +129,11 @@ fn equals_full_bptt_for_every_cell_and_option() {
             };
             let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, many_to_one);
             let full = run(&cfg, &spec, &d, t, b, lengths, score_from, dropout, None);
+            // The loss-only pass never drops: it is the undropped model's loss.
+            let undropped = run(&cfg, &spec, &d, t, b, lengths, score_from, None, None).loss;
+            let shape = (t, b, lengths, score_from);
+            let whole = loss_only(&cfg, &spec, &d, shape, usize::MAX).0;
+            assert_eq!(whole.to_bits(), undropped.to_bits(), "{cell:?} seed {seed}");
             for segment in [1, 2, 3, 4, 10, 11, 40] {
                 let what = format!(
                     "{cell:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} {dropout:?} segment={segment}"
@@ -131,6 +160,8 @@ fn equals_full_bptt_for_every_cell_and_option() {
                 close(&ck.dh0, &full.dh0, &format!("{what} dh0"));
                 close(&ck.dc0, &full.dc0, &format!("{what} dc0"));
                 close(&ck.norms, &full.norms, &format!("{what} telemetry"));
+                let (in_segments, _) = loss_only(&cfg, &spec, &d, shape, segment);
+                close(&[in_segments], &[undropped], &format!("{what} loss only"));
             }
         }
     }
@@ -170,6 +201,13 @@ fn memory_grows_with_the_square_root_of_t() {
     };
     let (full_small, full_big) = (bytes(256, false), bytes(4096, false));
     let (ck_small, ck_big) = (bytes(256, true), bytes(4096, true));
+    // A loss-only pass in segments of 64 holds about what a 64-step pass does, whatever T.
+    let d = Data::random(&mut StdRng::seed_from_u64(1), &cfg, 4096, 2, false);
+    let (_, eval_bytes) = loss_only(&cfg, &spec, &d, (4096, 2, false, 0), 64);
+    assert!(
+        (eval_bytes as f64) < full_big / 30.0,
+        "loss only {eval_bytes} vs full {full_big}"
+    );
     // 16x the steps: full BPTT's activations grow ~16x, checkpointed ones ~4x.
     assert!(
         full_big / full_small > 14.0,
@@ -206,6 +244,20 @@ fn zero_segment_is_a_config_error() {
     )
     .unwrap_err();
     assert!(matches!(e, rnn_core::RnnError::Config(_)), "{e}");
+    let d = Data::random(&mut StdRng::seed_from_u64(1), &cfg, 4, 2, false);
+    let batch = d.batch(4, 2, spec.kind, false, false);
+    let mut ws = Workspace::new();
+    let e = network::loss(
+        &cfg,
+        &layout,
+        &params,
+        &mut ws,
+        &batch,
+        &spec,
+        faer::Par::Seq,
+        0,
+    );
+    assert!(matches!(e, Err(rnn_core::RnnError::Config(_))), "{e:?}");
 }
 
 /// The trainer's memory setting: checkpointed training ends where full training does, and a
@@ -246,4 +298,21 @@ fn trainer_memory_modes_train_alike() {
     assert!(tight < t, "{tight}");
     let (budget, _) = train(Memory::Budget { bytes: 6000 });
     close(&budget, &full, "budget weights");
+    // Evaluation follows the memory setting: in segments, the same loss within rounding.
+    let evaluate = |memory: Memory| {
+        let mut tr = Trainer::<f64>::new(cfg, loss, OptimizerKind::adam(0.01), 4)
+            .unwrap()
+            .with_memory(memory);
+        let l = tr
+            .evaluate(&Batch::new(t, b, &x, Target::Values(&y)))
+            .unwrap();
+        (l, tr.workspace.bytes())
+    };
+    let (whole, whole_bytes) = evaluate(Memory::Full);
+    let (segmented, segmented_bytes) = evaluate(Memory::Checkpointed { segment: 5 });
+    close(&[segmented], &[whole], "evaluate in segments");
+    assert!(
+        segmented_bytes < whole_bytes / 2,
+        "{segmented_bytes} vs {whole_bytes}"
+    );
 }
