@@ -229,41 +229,51 @@ pub fn loss<T: Float>(
     exec: impl Into<Exec>,
     segment: usize,
 ) -> Result<T> {
+    check_inputs(
+        config,
+        layout,
+        params,
+        batch,
+        spec,
+        segment,
+        "a segmented loss",
+    )?;
+    let opts = PassOptions::from(exec.into());
+    Ok(with_pass(config, layout, params, batch, opts, |p| {
+        if segment >= batch.seq_len {
+            return forward_and_loss(&p, ws, spec);
+        }
+        let seg = SegmentOf::new(config, batch, spec, segment);
+        let mut ck = std::mem::take(&mut ws.checkpoints);
+        ck.size_states(&seg);
+        let states = (&mut ck.h[..], &mut ck.c[..]);
+        let scale = Some(loss_scale(config, batch, spec));
+        let total = forward_segments(&p, ws, &seg, states, &mut ck.lengths, scale);
+        ws.checkpoints = ck;
+        total
+    }))
+}
+
+/// The checks every pass makes before it computes anything: `params` of the layout's length
+/// (a caller's bug: panics), a valid batch, and a segment of at least one step (`pass` names
+/// what needs it in the error).
+fn check_inputs<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    segment: usize,
+    pass: &str,
+) -> Result<()> {
     assert_eq!(params.len(), layout.len, "params length");
     batch.validate(config, spec)?;
     if segment == 0 {
-        return Err(crate::RnnError::Config(
-            "a segmented loss needs a segment of at least one step".into(),
-        ));
+        return Err(crate::RnnError::Config(format!(
+            "{pass} needs a segment of at least one step"
+        )));
     }
-    let opts = PassOptions::from(exec.into());
-    let scale = loss_scale(config, batch, spec);
-    Ok(with_pass(config, layout, params, batch, opts, |p| {
-        if segment >= batch.seq_len {
-            p.size_workspace(ws, spec.many_to_one);
-            forward_chunks(&p, ws, Head::of(spec.many_to_one));
-            return loss_forward_backward(config, ws, batch, spec, scale);
-        }
-        let seg = SegmentOf::new(config, batch, spec, segment);
-        let ck = &mut ws.checkpoints;
-        let (mut ck_h, mut ck_c) = (std::mem::take(&mut ck.h), std::mem::take(&mut ck.c));
-        let mut lengths = std::mem::take(&mut ck.lengths);
-        let (n, block) = (seg.count(), seg.block);
-        ck_h.resize(n * block, T::zero());
-        ck_c.resize(if seg.lstm { n * block } else { 0 }, T::zero());
-        lengths.resize(batch.batch, 0);
-        let total = forward_segments(
-            &p,
-            ws,
-            &seg,
-            (&mut ck_h, &mut ck_c),
-            &mut lengths,
-            Some(scale),
-        );
-        let ck = &mut ws.checkpoints;
-        (ck.h, ck.c, ck.lengths) = (ck_h, ck_c, lengths);
-        total
-    }))
+    Ok(())
 }
 
 /// What every phase of one pass reads: the network, the batch (one segment of it, in
@@ -569,13 +579,17 @@ fn full_pass<T: Float>(
     ws: &mut Workspace<T>,
     spec: &LossSpec,
 ) -> T {
-    let (config, batch) = (p.config, p.batch);
-    let many_to_one = spec.many_to_one;
-    p.size_workspace(ws, many_to_one);
-    forward_chunks(p, ws, Head::of(many_to_one));
-    let loss = loss_forward_backward(config, ws, batch, spec, loss_scale(config, batch, spec));
-    backward(p, grads, ws, many_to_one, true, None);
+    let loss = forward_and_loss(p, ws, spec);
+    backward(p, grads, ws, spec.many_to_one, true, None);
     loss
+}
+
+/// The forward pass over the whole batch and its loss, `dL/dy` left in `ws.dy`.
+fn forward_and_loss<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, spec: &LossSpec) -> T {
+    let (config, batch) = (p.config, p.batch);
+    p.size_workspace(ws, spec.many_to_one);
+    forward_chunks(p, ws, Head::of(spec.many_to_one));
+    loss_forward_backward(config, ws, batch, spec, loss_scale(config, batch, spec))
 }
 
 /// Backward from `ws.dy` (set by the loss) through the head and every layer, chunk by
@@ -725,6 +739,15 @@ pub struct Checkpoints<T> {
 }
 
 impl<T: Float> Checkpoints<T> {
+    /// Sizes the saved states (`[n, L, B, H]`, hidden and cell) and the lengths (`[B]`) for
+    /// the segments of `seg`.
+    fn size_states(&mut self, seg: &SegmentOf<'_, '_, T>) {
+        let states = seg.count() * seg.block;
+        self.h.resize(states, T::zero());
+        self.c.resize(if seg.lstm { states } else { 0 }, T::zero());
+        self.lengths.resize(seg.dims.0, 0);
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         (self.h.len()
@@ -765,14 +788,16 @@ pub fn forward_backward_checkpointed<T: Float>(
     opts: PassOptions,
     segment: usize,
 ) -> Result<T> {
-    assert_eq!(params.len(), layout.len, "params length");
     assert_eq!(grads.len(), layout.len, "grads length");
-    batch.validate(config, spec)?;
-    if segment == 0 {
-        return Err(crate::RnnError::Config(
-            "checkpointed BPTT needs a segment of at least one step".into(),
-        ));
-    }
+    check_inputs(
+        config,
+        layout,
+        params,
+        batch,
+        spec,
+        segment,
+        "checkpointed BPTT",
+    )?;
     Ok(with_pass(config, layout, params, batch, opts, |p| {
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
@@ -799,8 +824,10 @@ fn checkpointed_pass<T: Float>(
     );
     let i = config.input_size;
     let lstm = config.cell.has_cell_state();
-    let n = t_len.div_ceil(segment);
     let block = l * b * h;
+    let seg = SegmentOf::new(config, batch, spec, segment);
+    let n = seg.count();
+    ws.checkpoints.size_states(&seg);
     let Checkpoints {
         h: mut ck_h,
         c: mut ck_c,
@@ -811,18 +838,14 @@ fn checkpointed_pass<T: Float>(
         mut dx,
         mut norms,
     } = std::mem::take(&mut ws.checkpoints);
-    ck_h.resize(n * block, T::zero());
-    ck_c.resize(if lstm { n * block } else { 0 }, T::zero());
     seg_grads.resize(layout.len, T::zero());
     carry_h.resize(block, T::zero());
     carry_c.resize(if lstm { block } else { 0 }, T::zero());
-    lengths.resize(b, 0);
     dx.resize(if opts.input_grad { t_len * b * i } else { 0 }, T::zero());
     norms.resize(if opts.telemetry { l * t_len } else { 0 }, T::zero());
     let scale = loss_scale(config, batch, spec);
 
     // Pass 1: the states at every segment start.
-    let seg = SegmentOf::new(config, batch, spec, segment);
     forward_segments(p, ws, &seg, (&mut ck_h, &mut ck_c), &mut lengths, None);
 
     // Pass 2: each segment again, last first, backward with the carried gradient.
