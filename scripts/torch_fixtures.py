@@ -20,19 +20,19 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "fixtur
 
 
 class Model(nn.Module):
-    def __init__(self, i, h, o, layers, nonlinearity, cell="rnn"):
+    def __init__(self, i, h, o, layers, nonlinearity, cell="rnn", bias=True):
         super().__init__()
         if cell == "rnn":
-            self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity)
+            self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity, bias=bias)
         else:
-            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](i, h, num_layers=layers)
+            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](i, h, num_layers=layers, bias=bias)
         self.head = nn.Linear(h, o)
 
 
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
-         reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn"):
+         reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True):
     torch.manual_seed(seed)
-    m = Model(I, H, O, layers, nonlinearity, cell).to(dtype)
+    m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
     h0 = (0.5 * torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True)
     c0 = (torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True) if cell == "lstm" else None
@@ -85,11 +85,11 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(OUT, f"{name}.expected.safetensors"))
 
 
-def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn"):
+def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True):
     """Initial weights, a fixed batch, and the weights after `steps` optimizer steps."""
     torch.manual_seed(seed)
     T, B, I, H, O = 6, 3, 4, 5, 3
-    m = Model(I, H, O, 2, "tanh", cell).double()
+    m = Model(I, H, O, 2, "tanh", cell, bias).double()
     x = torch.randn(T, B, I, dtype=torch.float64)
     labels = torch.randint(0, O, (T, B))
     initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
@@ -107,7 +107,7 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn"):
     tensors["x"] = x
     tensors["target"] = labels
     meta = {"optimizer": kind, "steps": str(steps), "clip": "none" if clip is None else str(clip),
-            "cell": cell}
+            "cell": cell, "bias": "true" if bias else "false"}
     meta.update({k: str(v) for k, v in kw.items()})
     save_file(tensors, os.path.join(OUT, f"train_{name}.safetensors"), metadata=meta)
 
@@ -138,6 +138,14 @@ if __name__ == "__main__":
     case("gru_batch8_ce_f32", 12, 8, 7, 33, 6, loss="ce", layers=2, dtype=torch.float32, cell="gru", seed=33)
     training("lstm_adam_clip", ("adam", {"lr": 0.01, "weight_decay": 0.001}), clip=0.3, cell="lstm")
     training("gru_sgd_momentum", ("sgd", {"lr": 0.1, "momentum": 0.9}), cell="gru")
+    # bias=False: no bias tensors in the state dict, every cell.
+    case("rnn_nobias_ce_2layers_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 1],
+         bias=False, seed=60)
+    case("lstm_nobias_many_to_one_lengths", 7, 3, 3, 9, 4, layers=2, loss="ce", many_to_one=True,
+         lengths=[7, 3, 5], cell="lstm", bias=False, seed=61)
+    case("gru_nobias_batch8_mse_f32", 12, 8, 7, 33, 6, layers=2, dtype=torch.float32, cell="gru",
+         bias=False, seed=62)
+    training("gru_adam_clip_nobias", ("adam", {"lr": 0.01}), clip=0.3, cell="gru", bias=False)
     print("fixtures written to", os.path.normpath(OUT))
 
 

@@ -95,8 +95,8 @@ impl Cell {
 
 /// The architecture: a stack of `L` recurrent layers and a linear head.
 ///
-/// Equivalent to PyTorch's `nn.RNN(I, H, num_layers=L, nonlinearity=...)` (or `nn.LSTM`,
-/// `nn.GRU`) followed by `nn.Linear(H, O)`.
+/// Equivalent to PyTorch's `nn.RNN(I, H, num_layers=L, nonlinearity=..., bias=...)` (or
+/// `nn.LSTM`, `nn.GRU`) followed by `nn.Linear(H, O)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RnnConfig {
     /// The recurrent cell.
@@ -114,6 +114,10 @@ pub struct RnnConfig {
     /// Learn the initial state: a parameter `rnn.h0` `[L, H]` (and for LSTM `rnn.c0`), zeros
     /// at first, broadcast over the batch whenever a batch gives no state of its own.
     pub learn_h0: bool,
+    /// Whether the recurrent layers have biases `b_ih`, `b_hh` (PyTorch's `bias`, default
+    /// true). Without them the layers compute their equations with both biases zero and hold
+    /// no bias tensors; the head keeps its bias either way.
+    pub bias: bool,
 }
 
 impl RnnConfig {
@@ -127,6 +131,7 @@ impl RnnConfig {
             output_size,
             nonlinearity: Nonlinearity::Tanh,
             learn_h0: false,
+            bias: true,
         }
     }
 
@@ -166,6 +171,22 @@ impl RnnConfig {
     /// Makes the initial state a learned parameter.
     pub fn learned_h0(mut self) -> Self {
         self.learn_h0 = true;
+        self
+    }
+
+    /// Sets whether the recurrent layers have biases (PyTorch's `bias=False` is
+    /// `.bias(false)`).
+    ///
+    /// ```
+    /// use rnn_core::{config::RnnConfig, params::Layout};
+    /// let with = Layout::new(&RnnConfig::gru(3, 4, 2));
+    /// let without = Layout::new(&RnnConfig::gru(3, 4, 2).bias(false));
+    /// assert_eq!(with.len - without.len, 2 * 3 * 4); // b_ih and b_hh, [3H] each
+    /// assert!(without.find("rnn.bias_ih_l0").is_none());
+    /// assert!(without.find("head.bias").is_some());
+    /// ```
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
         self
     }
 

@@ -9,7 +9,8 @@
 //! floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or `[B]`), optionally
 //! `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`, `nonlinearity`
 //! (tanh|relu), `loss` (mse|ce), `many_to_one` (true|false), `reduction` (mean|sum). An LSTM
-//! also reads `c0` `[L,B,H]`. It computes in the float type of `x` (F32 or F64) and writes
+//! also reads `c0` `[L,B,H]`. A model without `rnn.bias_*` tensors is one without recurrent
+//! biases (PyTorch's `bias=False`). It computes in the float type of `x` (F32 or F64) and writes
 //! `out.loss` `[1]`, `out.y`, `out.h_last` `[L,B,H]`, `grad.<parameter>` for every parameter,
 //! `grad.x` and `grad.h0`; an LSTM also `out.c_last` `[L,B,H]` and `grad.c0`.
 

@@ -1,9 +1,10 @@
 //! Recurrent networks trained with backpropagation through time, on the CPU, fast.
 //!
 //! A model is a stack of `L` recurrent layers and a linear head, exactly PyTorch's
-//! `nn.RNN(I, H, num_layers=L, nonlinearity=...)` (or `nn.LSTM`, `nn.GRU`) + `nn.Linear(H, O)`,
-//! with the same parameter names, shapes, gate order and initialisation, so weights move both
-//! ways through safetensors:
+//! `nn.RNN(I, H, num_layers=L, nonlinearity=..., bias=...)` (or `nn.LSTM`, `nn.GRU`) +
+//! `nn.Linear(H, O)`, with the same parameter names, shapes, gate order and initialisation, so
+//! weights move both ways through safetensors (`bias=False` drops every `b_ih`, `b_hh`:
+//! [`config::RnnConfig::bias`](method@config::RnnConfig::bias)):
 //!
 //! ```text
 //! RNN:  h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)      act = tanh | relu

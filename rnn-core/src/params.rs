@@ -19,10 +19,10 @@ pub struct LayerSlots {
     pub w_ih: Range<usize>,
     /// `weight_hh_l{k}`: `[G·H, H]`.
     pub w_hh: Range<usize>,
-    /// `bias_ih_l{k}`: `[G·H]`.
-    pub b_ih: Range<usize>,
-    /// `bias_hh_l{k}`: `[G·H]`.
-    pub b_hh: Range<usize>,
+    /// `bias_ih_l{k}`: `[G·H]` (`None` without biases, [`RnnConfig::bias`](method@RnnConfig::bias)).
+    pub b_ih: Option<Range<usize>>,
+    /// `bias_hh_l{k}`: `[G·H]` (`None` without biases).
+    pub b_hh: Option<Range<usize>>,
 }
 
 /// One named tensor of the layout.
@@ -79,8 +79,12 @@ impl Layout {
                     vec![gh, config.layer_input(k)],
                 ),
                 w_hh: push(format!("rnn.weight_hh_l{k}"), vec![gh, h]),
-                b_ih: push(format!("rnn.bias_ih_l{k}"), vec![gh]),
-                b_hh: push(format!("rnn.bias_hh_l{k}"), vec![gh]),
+                b_ih: config
+                    .bias
+                    .then(|| push(format!("rnn.bias_ih_l{k}"), vec![gh])),
+                b_hh: config
+                    .bias
+                    .then(|| push(format!("rnn.bias_hh_l{k}"), vec![gh])),
             })
             .collect();
         let w_hy = push("head.weight".into(), vec![config.output_size, h]);

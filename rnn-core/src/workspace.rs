@@ -47,7 +47,7 @@ pub struct LayerBuffers<T> {
     /// packed once per pass (empty when steps run whole).
     pub blocks: Vec<UnitBlock<T>>,
     /// `[G·H]`: `b_ih + b_hh` (RNN and LSTM add both biases to every gate; GRU reads them
-    /// apart).
+    /// apart, and zeros here stand in for both in a layer without biases).
     pub bias: AlignedVec<T>,
 }
 

@@ -112,14 +112,14 @@ fn training_steps_do_not_allocate() {
             4,
         ),
         (
-            RnnConfig::lstm(5, 64, 3),
+            RnnConfig::lstm(5, 64, 3).bias(false),
             LossSpec::every_step(LossKind::CrossEntropy),
             OptimizerKind::sgd(0.01),
             20,
             1,
         ),
         (
-            RnnConfig::gru(7, 33, 5).layers(2),
+            RnnConfig::gru(7, 33, 5).layers(2).bias(false),
             LossSpec::last_step(LossKind::CrossEntropy),
             OptimizerKind::sgd(0.01),
             11,

@@ -28,12 +28,6 @@ use crate::params::Layout;
 pub fn load_params<T: Float>(st: &SafeTensors<'_>, layout: &Layout) -> Result<Vec<T>> {
     let mut params = vec![T::zero(); layout.len];
     for t in &layout.tensors {
-        if t.name.starts_with("rnn.bias_") && st.tensor(&t.name).is_err() {
-            return Err(RnnError::Format(format!(
-                "missing tensor {:?}: a model without biases (bias=False) is not supported",
-                t.name
-            )));
-        }
         let (values, got) = float_tensor::<T>(st, &t.name)?;
         if got != t.shape {
             return Err(shape(
@@ -79,6 +73,8 @@ fn reject_stray_tensors(st: &SafeTensors<'_>, layout: &Layout) -> Result<()> {
         ": a bidirectional model's reverse direction (bidirectional layers are not supported)"
     } else if stray.iter().any(|n| n.starts_with("rnn.weight_hr_l")) {
         ": an LSTM's projection (proj_size is not supported)"
+    } else if stray.iter().any(|n| n.starts_with("rnn.bias_")) {
+        ": biases in a model without rnn.bias_ih_l0 (a model has every layer's biases or none)"
     } else {
         ""
     };
@@ -102,7 +98,8 @@ pub fn param_tensors<T: Float>(layout: &Layout, params: &[T]) -> Vec<(String, Ow
         .collect()
 }
 
-/// The metadata describing `config` (`cell`, `layers`, `nonlinearity`, sizes).
+/// The metadata describing `config` (`cell`, `layers`, `nonlinearity`, sizes, `learn_h0`,
+/// `bias`; the last two for readers, since loading reads them from the tensors present).
 pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     HashMap::from([
         ("cell".into(), config.cell.as_str().into()),
@@ -112,6 +109,7 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
         ("hidden_size".into(), config.hidden_size.to_string()),
         ("output_size".into(), config.output_size.to_string()),
         ("learn_h0".into(), config.learn_h0.to_string()),
+        ("bias".into(), config.bias.to_string()),
     ])
 }
 
@@ -119,6 +117,8 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
 /// present, otherwise from the tensors (PyTorch's own files carry no metadata): the cell from
 /// the gate rows of `rnn.weight_hh_l0` (`[G·H, H]`: 1, 4 or 3 gates), the layer count from the
 /// `rnn.weight_ih_l{k}` present, the sizes from the shapes; nonlinearity defaults to tanh.
+/// A learned initial state and the recurrent biases are there when their tensors are
+/// (`rnn.h0`, `rnn.bias_ih_l0`: PyTorch's `bias=False` saves none).
 ///
 /// # Errors
 /// [`RnnError::Format`] if the metadata or the first layer's tensors are missing or bad, or
@@ -185,6 +185,7 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
         output_size: w_hy[0],
         nonlinearity,
         learn_h0: st.tensor("rnn.h0").is_ok(),
+        bias: st.tensor("rnn.bias_ih_l0").is_ok(),
     };
     config.validate().map_err(bad)?;
     Ok(config)

@@ -17,12 +17,11 @@ use crate::workspace::{LayerBuffers, UnitBlock};
 pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    let s = p.slots;
-    let (b_ih, b_hh) = (&p.params[s.b_ih.clone()], &p.params[s.b_hh.clone()]);
     p.input_projection(&mut buf.z);
     if p.halves() {
         return forward_halves(p, buf);
     }
+    let (b_ih, b_hh) = p.separate_biases(&mut buf.bias);
     for t in p.steps.clone() {
         let gates = t * gate_step..(t + 1) * gate_step;
         let (zx_t, zh_t) = (&mut buf.z[gates.clone()], &mut buf.zh[gates]);
@@ -101,9 +100,11 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         z,
         zh,
         blocks: unit_blocks,
+        bias,
         ..
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
+    let biases = p.separate_biases(bias);
     let sharing = Sharing::for_step::<T>(b, h, 3);
     for t in p.steps.clone() {
         let gates = t * gate_step..(t + 1) * gate_step;
@@ -114,7 +115,7 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
         let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
         let halves = [(u0, both(x0, y0), [h0]), (u1, both(x1, y1), [h1])];
         blocks::forward_step(p.pair(), b, sharing, halves, |piece| {
-            forward_piece(Step { p, t }, piece, h_prev);
+            forward_piece(Step { p, t }, piece, h_prev, biases);
         });
     }
 }
@@ -126,16 +127,20 @@ fn both<'a, T>([a, b, c]: [MatMut<'a, T>; 3], [d, e, f]: [MatMut<'a, T>; 3]) -> 
 
 /// One piece of one forward step (a whole block, or a tile of one): its hidden-side
 /// product, then the gates and its units of `h_t`. `piece.gates` holds the input side's
-/// three gate columns, then the hidden side's.
-fn forward_piece<T: Float>(step: Step<'_, T>, piece: &mut Piece<'_, T, 6, 1>, h_prev: &[T]) {
+/// three gate columns, then the hidden side's; `(b_ih, b_hh)` are the layer's biases.
+fn forward_piece<T: Float>(
+    step: Step<'_, T>,
+    piece: &mut Piece<'_, T, 6, 1>,
+    h_prev: &[T],
+    (b_ih, b_hh): (&[T], &[T]),
+) {
     let Step { p, t } = step;
     let (_, b, h, _) = p.dims();
-    let s = p.slots;
     let prev = MatRef::from_row_major_slice(h_prev, b, h);
     piece.forward_product(3, Accum::Replace, prev);
     let units = piece.units();
-    let b_ih = blocks::gate_units(&p.params[s.b_ih.clone()], h, &units);
-    let b_hh = blocks::gate_units(&p.params[s.b_hh.clone()], h, &units);
+    let b_ih = blocks::gate_units(b_ih, h, &units);
+    let b_hh = blocks::gate_units(b_hh, h, &units);
     let own = |r: usize| r * h + units.start..r * h + units.end;
     let [h_t] = &mut piece.states;
     let (zx, zh) = piece.gates.split_at_mut(3);

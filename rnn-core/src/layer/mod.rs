@@ -277,15 +277,38 @@ impl<'a, T: Float> LayerPass<'a, T> {
         self.threads.pair
     }
 
-    /// `dst = b_ih + b_hh`: one bias for cells that add both to every gate (RNN, LSTM).
+    /// `dst = b_ih + b_hh`: one bias for cells that add both to every gate (RNN, LSTM);
+    /// zeros for a layer without biases.
     fn summed_bias(&self, dst: &mut [T]) {
+        match self.biases() {
+            Some((b_ih, b_hh)) => {
+                for ((d, x), y) in dst.iter_mut().zip(b_ih).zip(b_hh) {
+                    *d = *x + *y;
+                }
+            }
+            None => dst.fill(T::zero()),
+        }
+    }
+
+    /// `(b_ih, b_hh)`, or `None` for a layer without biases.
+    fn biases(&self) -> Option<(&'a [T], &'a [T])> {
         let s = self.slots;
-        for ((d, x), y) in dst
-            .iter_mut()
-            .zip(&self.params[s.b_ih.clone()])
-            .zip(&self.params[s.b_hh.clone()])
-        {
-            *d = *x + *y;
+        let params: &'a [T] = self.params;
+        Some((&params[s.b_ih.clone()?], &params[s.b_hh.clone()?]))
+    }
+
+    /// `(b_ih, b_hh)` for a cell that reads them apart (GRU): the layer's own, or for a layer
+    /// without biases both `zeros` after zeroing it (`[G·H]`, the workspace's bias buffer).
+    fn separate_biases<'b>(&self, zeros: &'b mut [T]) -> (&'b [T], &'b [T])
+    where
+        'a: 'b,
+    {
+        match self.biases() {
+            Some(both) => both,
+            None => {
+                zeros.fill(T::zero());
+                (zeros, zeros)
+            }
         }
     }
 
@@ -395,10 +418,12 @@ impl<'a, T: Float> LayerPass<'a, T> {
             &self.input[r.start * i..r.end * i],
             GemmShape::new(gh, i, r.len()),
         );
-        self.bias_grad(&mut grads[s.b_ih.clone()], accum, dx);
-        match dh_side {
-            Some(_) => self.bias_grad(&mut grads[s.b_hh.clone()], accum, dh),
-            None => grads.copy_within(s.b_ih.clone(), s.b_hh.start),
+        if let (Some(b_ih), Some(b_hh)) = (s.b_ih.clone(), s.b_hh.clone()) {
+            self.bias_grad(&mut grads[b_ih.clone()], accum, dx);
+            match dh_side {
+                Some(_) => self.bias_grad(&mut grads[b_hh], accum, dh),
+                None => grads.copy_within(b_ih, b_hh.start),
+            }
         }
         if let Some(dinput) = dinput {
             self.chunk_product(

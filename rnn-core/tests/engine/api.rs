@@ -241,6 +241,11 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
             ..Size::LARGE
         };
         identical_at_one_and_two_threads(cell, UnitSplit::Halves, dropout);
+        let bias_free = Size {
+            bias: false,
+            ..Size::LARGE
+        };
+        identical_at_one_and_two_threads(cell, UnitSplit::Halves, bias_free);
     }
 }
 
@@ -298,6 +303,8 @@ struct Size {
     ragged: bool,
     /// Dropout between the two layers.
     dropout: f64,
+    /// Whether the recurrent layers have biases.
+    bias: bool,
 }
 
 impl Size {
@@ -311,6 +318,7 @@ impl Size {
         threads: 2,
         ragged: false,
         dropout: 0.0,
+        bias: true,
     };
 }
 
@@ -318,7 +326,10 @@ impl Size {
 /// split only, so the weights do not change with the thread count.
 fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let run = |threads: usize| {
-        let cfg = RnnConfig::new(16, size.hidden, 10).layers(2).cell(cell);
+        let cfg = RnnConfig::new(16, size.hidden, 10)
+            .layers(2)
+            .cell(cell)
+            .bias(size.bias);
         // With ragged lengths the loss reads the final states, which finished sequences
         // carried unchanged from their last steps: a wrong carry changes the weights.
         let loss = match size.ragged {
@@ -358,11 +369,12 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let more = pool(size.threads).install(|| run(size.threads));
     assert!(
         one == more,
-        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}: weights differ between 1 and {} threads",
+        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}, bias {}: weights differ between 1 and {} threads",
         size.hidden,
         size.memory,
         size.ragged,
         size.dropout,
+        size.bias,
         size.threads
     );
 }
@@ -515,16 +527,25 @@ fn learning_rate_changes_between_steps() {
     assert_eq!(tr.optimizer.kind.lr(), 0.0);
 }
 
-/// Every cell's weights and optimizer state survive a checkpoint, and the state-dict names
-/// are PyTorch's.
+/// Every cell's weights and optimizer state survive a checkpoint, with and without
+/// recurrent biases, and the state-dict names are PyTorch's.
 #[test]
 fn gated_cells_checkpoint_and_resume_exactly() {
     let dir = scratch_dir("cells");
     let (x, y) = data(5, 2);
     let batch = Batch::new(5, 2, &x, Target::Classes(&y));
-    for cell in [Cell::Lstm, Cell::Gru] {
-        let path = dir.join(format!("{cell:?}.safetensors"));
-        let cfg = RnnConfig::new(3, 8, 4).layers(2).cell(cell).learned_h0();
+    for (cell, bias) in [
+        (Cell::Lstm, true),
+        (Cell::Gru, true),
+        (Cell::Rnn, false),
+        (Cell::Lstm, false),
+    ] {
+        let path = dir.join(format!("{cell:?}-{bias}.safetensors"));
+        let cfg = RnnConfig::new(3, 8, 4)
+            .layers(2)
+            .cell(cell)
+            .learned_h0()
+            .bias(bias);
         let new = || {
             Trainer::<f32>::new(
                 cfg,
@@ -549,16 +570,23 @@ fn gated_cells_checkpoint_and_resume_exactly() {
             a.layout.find("rnn.weight_hh_l1").unwrap().shape,
             vec![gates, 8]
         );
-        assert!(names.contains(&"rnn.bias_ih_l1") && names.contains(&"rnn.h0"));
+        assert!(names.contains(&"rnn.h0") && names.contains(&"head.bias"));
+        assert_eq!(names.contains(&"rnn.bias_ih_l1"), bias);
         assert_eq!(names.contains(&"rnn.c0"), cell == Cell::Lstm);
         let mut b = new();
+        let other = cfg.bias(!bias);
+        let e = io::load_checkpoint(&path, &other, &mut b.params, &mut b.optimizer).unwrap_err();
+        assert!(e.to_string().contains("checkpoint is for"), "{e}");
         io::load_checkpoint(&path, &cfg, &mut b.params, &mut b.optimizer).unwrap();
         for _ in 0..2 {
             a.step(&batch).unwrap();
             b.step(&batch).unwrap();
         }
-        assert_eq!(a.params, b.params, "{cell:?}");
-        assert_eq!(a.optimizer.state1, b.optimizer.state1, "{cell:?}");
+        assert_eq!(a.params, b.params, "{cell:?} bias {bias}");
+        assert_eq!(
+            a.optimizer.state1, b.optimizer.state1,
+            "{cell:?} bias {bias}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

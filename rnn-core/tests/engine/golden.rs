@@ -133,6 +133,27 @@ fn gru_batch_eight_ce_f32() {
     check("gru_batch8_ce_f32", 2e-5);
 }
 
+/// PyTorch's `bias=False`: the files hold no bias tensors, the config is read from them.
+#[test]
+fn rnn_without_biases_packed_lengths_ce_two_layers() {
+    check("rnn_nobias_ce_2layers_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_without_biases_many_to_one_with_lengths() {
+    check("lstm_nobias_many_to_one_lengths", 1e-12);
+}
+
+#[test]
+fn gru_without_biases_batch_eight_mse_f32() {
+    check("gru_nobias_batch8_mse_f32", 2e-5);
+}
+
+#[test]
+fn training_matches_pytorch_gru_without_biases_adam_clip() {
+    check_training("gru_adam_clip_nobias");
+}
+
 /// PyTorch's own files carry no metadata: the cell and layer count come from the shapes.
 #[test]
 fn cell_and_layers_are_inferred_from_bare_pytorch_files() {
@@ -152,32 +173,43 @@ fn cell_and_layers_are_inferred_from_bare_pytorch_files() {
     }
 }
 
-/// A PyTorch file round-trips: loaded weights saved again load back identically.
+/// PyTorch files round-trip: loaded weights saved again load back identically, with and
+/// without recurrent biases.
 #[test]
 fn pytorch_weights_roundtrip() {
-    let bytes = io::read_bytes(&fixtures::path("relu_ce_2layers.in.safetensors")).unwrap();
-    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
-    let config = io::infer_config(&st, &meta).unwrap();
-    assert_eq!(
-        (
-            config.input_size,
-            config.hidden_size,
-            config.num_layers,
-            config.output_size
-        ),
-        (3, 5, 2, 4)
-    );
-    let params = io::load_params::<f64>(&st, &rnn_core::params::Layout::new(&config)).unwrap();
     let dir = scratch_dir("golden");
-    let path = dir.join("w.safetensors");
-    io::save_weights(&path, &config, &params).unwrap();
-    // `scripts/check_export.py` loads this copy into PyTorch with load_state_dict(strict=True).
-    if let Some(out) = std::env::var_os("RNN_EXPORT_TO") {
-        std::fs::copy(&path, out).unwrap();
+    for (name, bias) in [
+        ("relu_ce_2layers", true),
+        ("lstm_nobias_many_to_one_lengths", false),
+    ] {
+        let bytes = io::read_bytes(&fixtures::path(&format!("{name}.in.safetensors"))).unwrap();
+        let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
+        let config = io::infer_config(&st, &meta).unwrap();
+        assert_eq!(
+            (config.input_size, config.num_layers, config.bias),
+            (3, 2, bias),
+            "{name}"
+        );
+        let layout = rnn_core::params::Layout::new(&config);
+        let params = io::load_params::<f64>(&st, &layout).unwrap();
+        let path = dir.join(format!("{name}.safetensors"));
+        io::save_weights(&path, &config, &params).unwrap();
+        // `scripts/check_export.py DIR` loads these copies into PyTorch with
+        // load_state_dict(strict=True) and checks their outputs.
+        if let Some(out) = std::env::var_os("RNN_EXPORT_TO") {
+            std::fs::create_dir_all(&out).unwrap();
+            std::fs::copy(
+                &path,
+                std::path::Path::new(&out).join(format!("{name}.safetensors")),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            io::load_weights::<f64>(&path).unwrap(),
+            (config, params),
+            "{name}"
+        );
     }
-    let (config2, params2) = io::load_weights::<f64>(&path).unwrap();
-    assert_eq!(config2, config);
-    assert_eq!(params2, params);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -290,15 +322,20 @@ fn model_tensors_without_a_place_are_refused() {
         e.contains("rnn.weight_hr_l0") && e.contains("proj_size"),
         "{e}"
     );
-    // A model built with `bias=False`: its biases are missing, and the error says why.
-    let bias_free = edited("lstm_mse", |t, _| {
-        t.retain(|(name, _)| !name.contains(".bias_"))
+    // Biases in some layers or on one side only: neither a model with biases nor one
+    // without (`bias=False` models, which have none, load: `model_without_biases_...`).
+    let e = load_error(&edited("lstm_mse", |t, _| {
+        t.retain(|(name, _)| name != "rnn.bias_ih_l0")
+    }));
+    assert!(
+        e.contains("rnn.bias_hh_l0") && e.contains("every layer's biases or none"),
+        "{e}"
+    );
+    let one_layer_short = edited("relu_ce_2layers", |t, _| {
+        t.retain(|(name, _)| name != "rnn.bias_hh_l1")
     });
-    for e in [load_error(&bias_free), dump_error(&bias_free)] {
-        assert!(
-            e.contains("rnn.bias_ih_l0") && e.contains("bias=False"),
-            "{e}"
-        );
+    for e in [load_error(&one_layer_short), dump_error(&one_layer_short)] {
+        assert!(e.contains("missing tensor \"rnn.bias_hh_l1\""), "{e}");
     }
     // A second layer the metadata does not count.
     let e = load_error(&edited("relu_ce_2layers", |_, m| {
@@ -321,6 +358,42 @@ fn model_tensors_without_a_place_are_refused() {
         t.push(("embedding.bias".into(), copy_of(t, "head.bias")));
     });
     io::weights_from_bytes::<f64>(&good).unwrap();
+}
+
+/// A file without recurrent biases (PyTorch's `bias=False`) is a model without them: the
+/// config says so, nothing is zero-filled, and a save writes no bias tensors either.
+#[test]
+fn model_without_biases_loads_and_saves_without_them() {
+    let with = io::weights_from_bytes::<f64>(
+        &io::read_bytes(&fixtures::path("lstm_mse.in.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let bias_free = edited("lstm_mse", |t, _| {
+        t.retain(|(name, _)| !name.starts_with("rnn.bias_"))
+    });
+    let (config, params) = io::weights_from_bytes::<f64>(&bias_free).unwrap();
+    assert!(with.0.bias && !config.bias);
+    assert_eq!(config, with.0.bias(false));
+    let layout = rnn_core::params::Layout::new(&config);
+    assert_eq!(params.len(), layout.len);
+    assert_eq!(
+        with.1.len() - params.len(),
+        2 * 4 * 6,
+        "two [4H] biases fewer"
+    );
+    for t in &layout.tensors {
+        let st = io::parse(&bias_free).unwrap();
+        let (want, _) = io::float_tensor::<f64>(&st, &t.name).unwrap();
+        assert_eq!(&params[t.range.clone()], &want[..], "{}", t.name);
+    }
+    let dir = scratch_dir("golden-bias-free");
+    let path = dir.join("w.safetensors");
+    io::save_weights(&path, &config, &params).unwrap();
+    let saved = io::read_bytes(&path).unwrap();
+    let names = io::parse(&saved).unwrap().names().len();
+    assert_eq!(names, layout.tensors.len());
+    assert_eq!(io::load_weights::<f64>(&path).unwrap(), (config, params));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn dump_error(bytes: &[u8]) -> String {
@@ -389,7 +462,8 @@ fn check_training(name: &str) {
     let num = |k: &str, d: f64| meta.get(k).map_or(d, |v| v.parse().unwrap());
     let cell =
         rnn_core::config::Cell::parse(meta.get("cell").map_or("rnn", String::as_str)).unwrap();
-    let cfg = RnnConfig::new(4, 5, 3).layers(2).cell(cell);
+    let bias = meta.get("bias").is_none_or(|v| v == "true");
+    let cfg = RnnConfig::new(4, 5, 3).layers(2).cell(cell).bias(bias);
     let layout = rnn_core::params::Layout::new(&cfg);
     let (lr, wd) = (num("lr", 0.0), num("weight_decay", 0.0));
     let optimizer = match meta["optimizer"].as_str() {

@@ -33,10 +33,14 @@ struct Case {
     split: UnitSplit,
     chunks: TimeChunks,
     dropout: Option<Dropout>,
+    bias: bool,
 }
 
 fn cfg(c: &Case) -> RnnConfig {
-    RnnConfig::new(c.i, c.h, c.o).cell(c.cell).layers(c.layers)
+    RnnConfig::new(c.i, c.h, c.o)
+        .cell(c.cell)
+        .layers(c.layers)
+        .bias(c.bias)
 }
 
 fn data(c: &Case, rng: &mut StdRng) -> Data {
@@ -174,6 +178,7 @@ fn base() -> Case {
         split: UnitSplit::Auto,
         chunks: TimeChunks::Auto,
         dropout: None,
+        bias: true,
     }
 }
 
@@ -369,6 +374,42 @@ fn unit_halves_match_finite_differences() {
                     h0: !learn_h0,
                     kind: alternate_loss(seed),
                     split: UnitSplit::Halves,
+                    ..base()
+                },
+                seed,
+            );
+        }
+    }
+}
+
+/// Layers without biases (PyTorch's `bias=False`): every cell, stacked, with lengths, both
+/// placements, whole steps, unit halves and time chunks, a learned state, and dropout.
+#[test]
+fn layers_without_biases_match_finite_differences() {
+    let mut seed = 600;
+    for cell in CELLS {
+        for (layers, many_to_one, split, chunk, learn_h0, dropout) in [
+            (1, false, UnitSplit::Whole, None, false, false),
+            (2, true, UnitSplit::Halves, None, false, false),
+            (2, false, UnitSplit::Halves, Some(2), true, false),
+            (3, false, UnitSplit::Whole, Some(3), false, true),
+        ] {
+            seed += 1;
+            check(
+                &Case {
+                    cell,
+                    t: 5,
+                    h: 6,
+                    layers,
+                    lengths: true,
+                    many_to_one,
+                    learn_h0,
+                    h0: !learn_h0,
+                    kind: alternate_loss(seed),
+                    split,
+                    chunks: chunk.map_or(TimeChunks::Auto, steps),
+                    dropout: dropout.then(|| Dropout::new(0.4, seed).unwrap()),
+                    bias: false,
                     ..base()
                 },
                 seed,

@@ -42,15 +42,21 @@ fn setup() -> impl Strategy<Value = Setup> {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         ),
         (0u64..10_000, 0usize..3),
     )
         .prop_map(
-            |((t, b, i, h, o, layers), (relu, ce, last, sum, lengths, h0, learn), (seed, cell))| {
+            |(
+                (t, b, i, h, o, layers),
+                (relu, ce, last, sum, lengths, h0, learn, no_bias),
+                (seed, cell),
+            )| {
                 let cell = [Cell::Rnn, Cell::Lstm, Cell::Gru][cell];
                 let mut cfg = RnnConfig::new(i, h, o.max(if ce { 2 } else { 1 }))
                     .layers(layers)
-                    .cell(cell);
+                    .cell(cell)
+                    .bias(!no_bias);
                 cfg.nonlinearity = if relu && cell == Cell::Rnn {
                     Nonlinearity::Relu
                 } else {
