@@ -88,6 +88,9 @@ struct Args {
     /// Dropout between stacked layers in training (PyTorch's `dropout`; needs --layers 2+).
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
+    /// Recurrent layers without biases (PyTorch's `bias=False`; the head keeps its bias).
+    #[arg(long)]
+    no_bias: bool,
     /// Parallel streams (B).
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -190,7 +193,8 @@ fn run(args: Args) -> Result<(), String> {
     let v = corpus.classes();
     let cfg = RnnConfig::new(v, args.hidden, v)
         .cell(args.cell.into())
-        .layers(args.layers);
+        .layers(args.layers)
+        .bias(!args.no_bias);
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
