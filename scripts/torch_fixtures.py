@@ -29,22 +29,90 @@ class Model(nn.Module):
         self.head = nn.Linear(h, o)
 
 
+M64, M32, GOLDEN = (1 << 64) - 1, (1 << 32) - 1, 0x9E3779B97F4A7C15
+
+
+def mix64(x):
+    """SplitMix64's finaliser, as kernels::dropout::mix64."""
+    z = (x + GOLDEN) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def drop_mask(p, seed, layer, T, B, H, dtype):
+    """rnn-core's dropout mask of layer `layer`'s output, [T, B, H], kept entries 1/(1-p):
+    element j of row r = t*B + b is kept when Murmur3's fmix32 of (the row key ^ j*phi)
+    reaches round(p * 2^32), the row key being mix64(layer seed + r*GOLDEN) folded to 32 bits
+    (kernels::dropout::DropMask with seed mix64(seed + layer), as rnn_core::dropout)."""
+    layer_seed = mix64((seed + layer) & M64)
+    threshold = min(int(p * 2**32 + 0.5), M32)
+    mask = torch.zeros(T * B, H, dtype=dtype)
+    for r in range(T * B):
+        z = mix64((layer_seed + r * GOLDEN) & M64)
+        key = (z ^ (z >> 32)) & M32
+        for j in range(H):
+            h = key ^ ((j * 0x9E3779B9) & M32)
+            h ^= h >> 16
+            h = (h * 0x85EBCA6B) & M32
+            h ^= h >> 13
+            h = (h * 0xC2B2AE35) & M32
+            h ^= h >> 16
+            if h >= threshold:
+                mask[r, j] = 1.0 / (1.0 - p)
+    return mask.reshape(T, B, H)
+
+
+def dropped_stack(m, cell, x, state, lengths, dropout):
+    """m.rnn run a layer at a time, each layer's output but the top's multiplied by rnn-core's
+    mask: what nn.RNN(dropout=p) computes, with known masks. The single-layer modules share
+    m.rnn's parameters, so the gradients land there."""
+    p, seed = dropout
+    T, B, _ = x.shape
+    L, H = m.rnn.num_layers, m.rnn.hidden_size
+    inp, hs, cs = x, [], []
+    for k in range(L):
+        layer = type(m.rnn)(inp.shape[2], H, bias=m.rnn.bias, **(
+            {"nonlinearity": m.rnn.nonlinearity} if cell == "rnn" else {})).to(x.dtype)
+        for name in layer._flat_weights_names:
+            setattr(layer, name, getattr(m.rnn, name.replace("_l0", f"_l{k}")))
+        st = (state[0][k:k + 1], state[1][k:k + 1]) if cell == "lstm" else state[k:k + 1]
+        if lengths is not None:
+            out, hn = layer(pack_padded_sequence(inp, lengths, enforce_sorted=False), st)
+            out, _ = pad_packed_sequence(out, total_length=T)
+        else:
+            out, hn = layer(inp, st)
+        if cell == "lstm":
+            hn, cn = hn
+            cs.append(cn)
+        hs.append(hn)
+        inp = out * drop_mask(p, seed, k, T, B, H, x.dtype) if k + 1 < L else out
+    hn = torch.cat(hs)
+    return out, ((hn, torch.cat(cs)) if cell == "lstm" else hn)
+
+
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
-         reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True):
+         reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
+         dropout=None):
+    """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata)."""
     torch.manual_seed(seed)
     m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
     h0 = (0.5 * torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True)
     c0 = (torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True) if cell == "lstm" else None
     state = (h0, c0) if cell == "lstm" else h0
-    if lengths is not None:
-        lens = torch.tensor(lengths, dtype=torch.int64)
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
+    if dropout is not None:
+        out, hn = dropped_stack(m, cell, x, state, lens, dropout)
+    elif lens is not None:
         packed = pack_padded_sequence(x, lens, enforce_sorted=False)
         out, hn = m.rnn(packed, state)
         out, _ = pad_packed_sequence(out, total_length=T)
-        valid = (torch.arange(T)[:, None] < lens[None, :])  # [T, B]
     else:
         out, hn = m.rnn(x, state)
+    if lens is not None:
+        valid = (torch.arange(T)[:, None] < lens[None, :])  # [T, B]
+    else:
         valid = torch.ones(T, B, dtype=torch.bool)
     cn = None
     if cell == "lstm":
@@ -73,6 +141,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         inputs["c0"] = c0.detach().clone()
     meta = {"cell": cell, "layers": str(layers), "nonlinearity": nonlinearity, "loss": loss,
             "many_to_one": "true" if many_to_one else "false", "reduction": reduction}
+    if dropout is not None:
+        meta.update({"dropout": str(dropout[0]), "dropout_seed": str(dropout[1])})
     save_file(inputs, os.path.join(OUT, f"{name}.in.safetensors"), metadata=meta)
 
     expected = {"out.loss": value.detach().reshape(1), "out.y": y.detach().contiguous(),
@@ -146,6 +216,13 @@ if __name__ == "__main__":
     case("gru_nobias_batch8_mse_f32", 12, 8, 7, 33, 6, layers=2, dtype=torch.float32, cell="gru",
          bias=False, seed=62)
     training("gru_adam_clip_nobias", ("adam", {"lr": 0.01}), clip=0.3, cell="gru", bias=False)
+    # Dropout between layers with rnn-core's masks: which tensors drop, the 1/(1-p) scale.
+    case("rnn_dropout_ce_3layers_lengths", 6, 4, 3, 5, 4, layers=3, loss="ce", lengths=[6, 2, 4, 1],
+         dropout=(0.4, 7), seed=70)
+    case("lstm_dropout_many_to_one", 7, 3, 3, 9, 4, layers=2, loss="ce", many_to_one=True,
+         lengths=[7, 3, 5], cell="lstm", dropout=(0.3, 8), seed=71)
+    case("gru_dropout_mse_nobias", 5, 3, 4, 6, 3, layers=2, cell="gru", bias=False,
+         dropout=(0.5, 9), seed=72)
     print("fixtures written to", os.path.normpath(OUT))
 
 

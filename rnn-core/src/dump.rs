@@ -9,7 +9,12 @@
 //! floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or `[B]`), optionally
 //! `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`, `nonlinearity`
 //! (tanh|relu), `loss` (mse|ce), `many_to_one` (true|false), `reduction` (mean|sum). An LSTM
-//! also reads `c0` `[L,B,H]`. A model without `rnn.bias_*` tensors is one without recurrent
+//! also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0, 1)`, default 0) and
+//! `dropout_seed` (an integer, default 0) drop between stacked layers as
+//! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of
+//! row `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p,
+//! mix64(seed + k))` keeps it (`scripts/torch_fixtures.py` writes the same masks in
+//! Python). A model without `rnn.bias_*` tensors is one without recurrent
 //! biases (PyTorch's `bias=False`). It computes in the float type of `x` (F32 or F64) and writes
 //! `out.loss` `[1]`, `out.y`, `out.h_last` `[L,B,H]`, `grad.<parameter>` for every parameter,
 //! `grad.x` and `grad.h0`; an LSTM also `out.c_last` `[L,B,H]` and `grad.c0`.
@@ -19,6 +24,7 @@ use std::path::Path;
 
 use crate::batch::{Batch, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
+use crate::dropout::Dropout;
 use crate::error::{Result, RnnError};
 use crate::io::{self, OwnedTensor};
 use crate::network::{PassOptions, UnitSplit, forward_backward};
@@ -66,6 +72,25 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
     })
 }
 
+/// The dropout the metadata asks for (`dropout`, `dropout_seed`), `None` when it asks for
+/// none.
+fn dropout(m: &HashMap<String, String>) -> Result<Option<Dropout>> {
+    let p: f64 = match m.get("dropout") {
+        Some(v) => v
+            .parse()
+            .map_err(|_| RnnError::Format(format!("metadata dropout = {v:?} is not a number")))?,
+        None => return Ok(None),
+    };
+    let seed: u64 = meta(m, "dropout_seed", "0").parse().map_err(|_| {
+        RnnError::Format(format!(
+            "metadata dropout_seed = {:?} is not a non-negative integer",
+            m["dropout_seed"]
+        ))
+    })?;
+    let dropout = Dropout::new(p, seed).map_err(|e| RnnError::Format(e.to_string()))?;
+    Ok((p > 0.0).then_some(dropout))
+}
+
 fn non_negative(name: &str, v: Vec<i64>) -> Result<Vec<usize>> {
     v.into_iter()
         .map(|x| {
@@ -87,6 +112,7 @@ fn run<T: Float>(
 ) -> Result<Vec<(String, OwnedTensor)>> {
     let config: RnnConfig = io::infer_config(st, m)?;
     let spec = loss_spec(m)?;
+    let dropout = dropout(m)?;
     let layout = Layout::new(&config);
     let params = io::load_params::<T>(st, &layout)?;
     let (x, x_shape) = io::float_tensor::<T>(st, "x")?;
@@ -102,7 +128,7 @@ fn run<T: Float>(
         )));
     }
     let (t, b) = (x_shape[0], x_shape[1]);
-    let need = Workspace::<T>::bytes_for(&config, t, b, spec.many_to_one, split, false)
+    let need = Workspace::<T>::bytes_for(&config, t, b, spec.many_to_one, split, dropout.is_some())
         + x.len() * T::BYTES;
     let limit = (MEMORY_PER_FILE_BYTE * file_len).max(1 << 30);
     if need > limit {
@@ -147,6 +173,7 @@ fn run<T: Float>(
     let opts = PassOptions {
         input_grad: true,
         split,
+        dropout,
         ..Default::default()
     };
     let loss = forward_backward(

@@ -149,6 +149,25 @@ fn gru_without_biases_batch_eight_mse_f32() {
     check("gru_nobias_batch8_mse_f32", 2e-5);
 }
 
+/// Dropout between layers (grad_dump's `dropout`, `dropout_seed`): PyTorch runs the layers
+/// one at a time with rnn-core's masks between them (`dropped_stack` in
+/// scripts/torch_fixtures.py), pinning what drops (every layer's output but the top's, not
+/// the head's input) and the `1/(1-p)` scale.
+#[test]
+fn rnn_dropout_packed_lengths_ce_three_layers() {
+    check("rnn_dropout_ce_3layers_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_dropout_many_to_one_with_lengths() {
+    check("lstm_dropout_many_to_one", 1e-12);
+}
+
+#[test]
+fn gru_dropout_without_biases_mse() {
+    check("gru_dropout_mse_nobias", 1e-12);
+}
+
 #[test]
 fn training_matches_pytorch_gru_without_biases_adam_clip() {
     check_training("gru_adam_clip_nobias");
@@ -425,6 +444,19 @@ fn grad_dump_rejects_bad_files_clearly() {
     assert!(e.contains("gru") && e.contains("rnn.weight_hh_l0"), "{e}");
     let e = dump_error(&edited("tanh_mse", |t, _| t.retain(|(n, _)| n != "x")));
     assert!(e.contains("missing tensor \"x\""), "{e}");
+    for (p, seed, says) in [
+        ("1", "0", "not in [0, 1)"),
+        ("-0.1", "0", "not in [0, 1)"),
+        ("NaN", "0", "not in [0, 1)"),
+        ("half", "0", "dropout = \"half\" is not a number"),
+        ("0.5", "-3", "dropout_seed = \"-3\""),
+    ] {
+        let e = dump_error(&edited("relu_ce_2layers", |_, m| {
+            m.insert("dropout".into(), p.into());
+            m.insert("dropout_seed".into(), seed.into());
+        }));
+        assert!(e.contains(says), "{p} {seed}: {e}");
+    }
     let e = dump_error(&edited("tanh_mse", |t, _| {
         t.retain(|(n, _)| n != "rnn.bias_hh_l0")
     }));
