@@ -144,16 +144,15 @@ fn sample(
 ) -> Result<String, RnnError> {
     let v = corpus.classes();
     let mut p = Predictor::new(cfg, params, 1)?;
-    let mut x = vec![0.0f32; v];
     let mut out = Vec::with_capacity(len);
-    let mut logits = Vec::new();
-    // A prime character the corpus lacks reads as its first character.
-    let index = |c: u8| corpus.id_of(c).unwrap_or(0);
-    for &c in prime {
-        x.fill(0.0);
-        x[index(c)] = 1.0;
-        logits = p.step(&x)?.to_vec();
+    // The prime is one run of steps, one-hot; a character the corpus lacks reads as its
+    // first character.
+    let mut primed = vec![0.0f32; prime.len() * v];
+    for (row, &c) in primed.chunks_exact_mut(v).zip(prime) {
+        row[corpus.id_of(c).unwrap_or(0)] = 1.0;
     }
+    let mut logits = p.run(&primed, prime.len())?[(prime.len() - 1) * v..].to_vec();
+    let mut x = vec![0.0f32; v];
     for _ in 0..len {
         let m = logits.iter().fold(f32::MIN, |a, &b| a.max(b));
         let w: Vec<f32> = logits

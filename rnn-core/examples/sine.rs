@@ -126,10 +126,10 @@ fn run(args: Args) -> Result<(), String> {
         let (freq, phase) = wave(&mut held_out);
         let truth = move |i: usize| (freq * i as f32 + phase).sin();
         let mut p = Predictor::new(cfg, &trainer.params, 1).map_err(|e| e.to_string())?;
-        let mut next = 0.0;
-        for i in 0..args.warmup {
-            next = p.step(&[truth(i)]).map_err(|e| e.to_string())?[0];
-        }
+        // The warm-up is one run of steps (one input product for all of them).
+        let history: Vec<f32> = (0..args.warmup).map(truth).collect();
+        let outputs = p.run(&history, args.warmup).map_err(|e| e.to_string())?;
+        let mut next = outputs[args.warmup - 1];
         let mut forecast = Vec::with_capacity(args.horizon);
         for _ in 0..args.horizon {
             forecast.push(next);

@@ -80,11 +80,12 @@ impl<'a, T: Float> Batch<'a, T> {
         self.lengths.is_none_or(|l| l.iter().all(|&n| t < n))
     }
 
-    /// Checks every shape, length, label and value against `config` and `loss`.
+    /// Checks what a forward pass reads (the inputs `x`, the initial states, the lengths)
+    /// against `config`; the targets are not looked at.
     ///
     /// # Errors
     /// The first problem found, as a typed [`RnnError`] naming it.
-    pub fn validate(&self, config: &RnnConfig, loss: &LossSpec) -> Result<()> {
+    pub fn validate_inputs(&self, config: &RnnConfig) -> Result<()> {
         let (t, b) = (self.seq_len, self.batch);
         if t == 0 {
             return Err(RnnError::Empty {
@@ -96,12 +97,7 @@ impl<'a, T: Float> Batch<'a, T> {
                 what: "batch size B",
             });
         }
-        let (i, h, o, l) = (
-            config.input_size,
-            config.hidden_size,
-            config.output_size,
-            config.num_layers,
-        );
+        let (i, h, l) = (config.input_size, config.hidden_size, config.num_layers);
         if self.x.len() != t * b * i {
             return Err(shape(
                 "x",
@@ -128,12 +124,6 @@ impl<'a, T: Float> Batch<'a, T> {
                 finite(what, state)?;
             }
         }
-        if !loss.many_to_one && self.score_from >= t {
-            return Err(RnnError::Config(format!(
-                "score_from = {} leaves no step of T = {t} to score",
-                self.score_from
-            )));
-        }
         if let Some(lengths) = self.lengths {
             if lengths.len() != b {
                 return Err(shape("lengths", format!("[B={b}]"), lengths.len()));
@@ -147,6 +137,22 @@ impl<'a, T: Float> Batch<'a, T> {
                     seq_len: t,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Checks every shape, length, label and value against `config` and `loss`.
+    ///
+    /// # Errors
+    /// The first problem found, as a typed [`RnnError`] naming it.
+    pub fn validate(&self, config: &RnnConfig, loss: &LossSpec) -> Result<()> {
+        self.validate_inputs(config)?;
+        let (t, b, o) = (self.seq_len, self.batch, config.output_size);
+        if !loss.many_to_one && self.score_from >= t {
+            return Err(RnnError::Config(format!(
+                "score_from = {} leaves no step of T = {t} to score",
+                self.score_from
+            )));
         }
         let positions = if loss.many_to_one { b } else { t * b };
         match (loss.kind, self.target) {

@@ -185,10 +185,18 @@ fn rows_of(steps: Range<usize>, batch: usize, width: usize) -> Range<usize> {
     steps.start * batch * width..steps.end * batch * width
 }
 
-/// Forward over the whole batch: fills every layer's `hs` and the head outputs `ws.y`.
+/// Forward over the whole batch (inference: no dropout, no loss): fills every layer's `hs`
+/// (`[T+1, B, H]`, the initial state first) and the head outputs `ws.y` (`[T, B, O]`, or
+/// `[B, O]` from each sequence's last state when `many_to_one`). The batch's target is not
+/// read (`Target::Values(&[])` will do).
 ///
-/// `params` has [`Layout::new`]`(config)`'s layout. The batch must be validated
-/// ([`Batch::validate`]); [`forward_backward`] does that.
+/// `params` has [`Layout::new`]`(config)`'s layout.
+///
+/// # Errors
+/// The batch's input errors ([`Batch::validate_inputs`]); nothing is computed then.
+///
+/// # Panics
+/// If `params` does not have `layout.len` elements.
 pub fn forward<'s, T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -197,12 +205,15 @@ pub fn forward<'s, T: Float>(
     batch: &Batch<'s, T>,
     many_to_one: bool,
     exec: impl Into<Exec>,
-) {
+) -> Result<()> {
+    assert_eq!(params.len(), layout.len, "params length");
+    batch.validate_inputs(config)?;
     let opts = PassOptions::from(exec.into());
     with_pass(config, layout, params, batch, opts, |p| {
         p.size_workspace(ws, many_to_one);
         forward_chunks(&p, ws, Head::of(many_to_one))
     });
+    Ok(())
 }
 
 /// The loss of `batch` under `spec` without its gradients (evaluation: a validation set, a

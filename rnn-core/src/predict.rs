@@ -1,5 +1,5 @@
-//! Running a trained model one step at a time, carrying its state: sampling text,
-//! autoregressive forecasting, online inference.
+//! Running a trained model one step (or a run of steps) at a time, carrying its state:
+//! sampling text, autoregressive forecasting, online inference.
 
 use faer::Par;
 use kernels::Float;
@@ -11,7 +11,8 @@ use crate::network::forward;
 use crate::params::Layout;
 use crate::workspace::Workspace;
 
-/// A model's forward pass, one step of `B` sequences at a time.
+/// A model's forward pass, one step of `B` sequences at a time ([`Predictor::step`]) or
+/// many ([`Predictor::run`]), carrying the state between calls.
 ///
 /// ```
 /// use rnn_core::{config::RnnConfig, params::init_params, predict::Predictor};
@@ -36,7 +37,6 @@ pub struct Predictor<'a, T: Float> {
     /// `[L, B, H]` and, for an LSTM, the cell state.
     h: Vec<T>,
     c: Vec<T>,
-    y: Vec<T>,
 }
 
 impl<'a, T: Float> Predictor<'a, T> {
@@ -68,48 +68,65 @@ impl<'a, T: Float> Predictor<'a, T> {
                     0
                 }
             ],
-            y: vec![T::zero(); batch * config.output_size],
         })
     }
 
     /// Feeds one step `x` `[B, I]` and returns the head outputs `[B, O]`.
     ///
     /// # Errors
-    /// A wrong length or non-finite value in `x`.
+    /// A wrong length or non-finite value in `x`; the state is left as it was.
     pub fn step(&mut self, x: &[T]) -> Result<&[T]> {
+        self.run(x, 1)
+    }
+
+    /// Feeds `steps` steps at once, `x` `[steps, B, I]`, and returns the head outputs of
+    /// every step `[steps, B, O]`; the state moves to the last step's. Equal to `steps`
+    /// calls of [`Predictor::step`] (within rounding: the input projection of all steps is one
+    /// matrix product), and faster: a forecaster warms up on a long history this way, then
+    /// continues a step at a time.
+    ///
+    /// ```
+    /// use rnn_core::{config::RnnConfig, params::init_params, predict::Predictor};
+    /// let cfg = RnnConfig::lstm(1, 8, 1);
+    /// let params: Vec<f64> = init_params(&cfg, 0);
+    /// let history = [0.1, 0.4, 0.9, 0.4, 0.1];
+    /// let mut whole = Predictor::new(cfg, &params, 1)?;
+    /// let ys = whole.run(&history, 5)?.to_vec();
+    /// let mut stepped = Predictor::new(cfg, &params, 1)?;
+    /// for (x, y) in history.iter().zip(&ys) {
+    ///     assert!((stepped.step(&[*x])?[0] - y).abs() < 1e-12);
+    /// }
+    /// assert!(whole.state().iter().zip(stepped.state()).all(|(a, b)| (a - b).abs() < 1e-12));
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `steps = 0`, a wrong length or a non-finite value in `x`; the state is left as it was.
+    pub fn run(&mut self, x: &[T], steps: usize) -> Result<&[T]> {
         let (b, h) = (self.batch, self.config.hidden_size);
         let batch = Batch {
             h0: Some(&self.h),
             c0: self.config.cell.has_cell_state().then_some(&self.c[..]),
-            ..Batch::new(1, b, x, Target::Values(&[]))
+            ..Batch::new(steps, b, x, Target::Values(&[]))
         };
-        let want = b * self.config.input_size;
-        if x.len() != want {
-            return Err(shape(
-                "x",
-                format!("[B={b}, I={}]", self.config.input_size),
-                x.len(),
-            ));
-        }
-        crate::batch::finite("x", x)?;
         forward(
             &self.config,
             &self.layout,
             self.params,
             &mut self.ws,
             &batch,
-            true,
+            false,
             Par::Seq,
-        );
+        )?;
+        let last = steps * b * h..(steps + 1) * b * h;
         for (k, layer) in self.ws.layers.iter().enumerate() {
             let dst = k * b * h..(k + 1) * b * h;
-            self.h[dst.clone()].copy_from_slice(&layer.hs[b * h..2 * b * h]);
+            self.h[dst.clone()].copy_from_slice(&layer.hs[last.clone()]);
             if !self.c.is_empty() {
-                self.c[dst].copy_from_slice(&layer.cs[b * h..2 * b * h]);
+                self.c[dst].copy_from_slice(&layer.cs[last.clone()]);
             }
         }
-        self.y.copy_from_slice(&self.ws.y);
-        Ok(&self.y)
+        Ok(&self.ws.y)
     }
 
     /// `[L, B, H]`: the current hidden state.

@@ -15,6 +15,7 @@ mod checkpointed;
 mod crash;
 mod golden;
 mod gradcheck;
+mod predict;
 mod properties;
 mod resume;
 mod tbptt;

@@ -180,7 +180,7 @@ proptest! {
         let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, false);
         let (l, h, i) = (cfg.num_layers, cfg.hidden_size, cfg.input_size);
         let mut full = Workspace::new();
-        forward(&cfg, &layout, &params, &mut full, &Batch::new(t, b, &d.x, Target::Values(&[])), false, Par::Seq);
+        forward(&cfg, &layout, &params, &mut full, &Batch::new(t, b, &d.x, Target::Values(&[])), false, Par::Seq).unwrap();
         let mut state_h = vec![0.0; l * b * h];
         let mut state_c = vec![0.0; if cfg.cell == Cell::Lstm { l * b * h } else { 0 }];
         let mut start = 0;
@@ -192,7 +192,7 @@ proptest! {
                 ..Batch::new(len, b, &d.x[start * b * i..(start + len) * b * i], Target::Values(&[]))
             };
             let mut ws = Workspace::new();
-            forward(&cfg, &layout, &params, &mut ws, &batch, false, Par::Seq);
+            forward(&cfg, &layout, &params, &mut ws, &batch, false, Par::Seq).unwrap();
             for k in 0..l {
                 for s in 1..=len {
                     let got = &ws.layers[k].hs[s * b * h..(s + 1) * b * h];

@@ -1,0 +1,113 @@
+//! Inference: a [`Predictor`] fed in steps and runs of steps equals one forward pass over the
+//! whole sequence, and bad input is a typed error that leaves its state alone.
+
+use faer::Par;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rnn_core::RnnError;
+use rnn_core::batch::{Batch, Target};
+use rnn_core::config::{Cell, RnnConfig};
+use rnn_core::network::forward;
+use rnn_core::params::{Layout, init_params};
+use rnn_core::predict::Predictor;
+use rnn_core::workspace::Workspace;
+
+/// A two-layer model of `cell` and `T = 7` steps of `B = 3` random inputs.
+fn model(cell: Cell, bias: bool) -> (RnnConfig, Vec<f64>, Vec<f64>) {
+    let cfg = RnnConfig::new(4, 9, 5).cell(cell).layers(2).bias(bias);
+    let params = init_params::<f64>(&cfg, 3);
+    let mut rng = StdRng::seed_from_u64(4);
+    let x = (0..7 * 3 * 4)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    (cfg, params, x)
+}
+
+#[test]
+fn steps_and_runs_equal_one_forward_pass() {
+    let (t, b, i, h, o) = (7, 3, 4, 9, 5);
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        for bias in [true, false] {
+            let (cfg, params, x) = model(cell, bias);
+            let mut ws = Workspace::new();
+            let batch = Batch::new(t, b, &x, Target::Values(&[]));
+            forward(
+                &cfg,
+                &Layout::new(&cfg),
+                &params,
+                &mut ws,
+                &batch,
+                false,
+                Par::Seq,
+            )
+            .unwrap();
+            // Three steps at once, two one at a time, the last two at once.
+            let mut p = Predictor::new(cfg, &params, b).unwrap();
+            let mut ys = Vec::new();
+            for (first, steps) in [(0, 3), (3, 1), (4, 1), (5, 2)] {
+                let xs = &x[first * b * i..(first + steps) * b * i];
+                let y = if steps == 1 {
+                    p.step(xs).unwrap()
+                } else {
+                    p.run(xs, steps).unwrap()
+                };
+                assert_eq!(y.len(), steps * b * o);
+                ys.extend_from_slice(y);
+            }
+            let close = |got: &[f64], want: &[f64], what: &str| {
+                assert_eq!(got.len(), want.len(), "{cell:?} bias {bias}: {what}");
+                for (k, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-12,
+                        "{cell:?} bias {bias}: {what}[{k}] = {g}, whole pass {w}"
+                    );
+                }
+            };
+            close(&ys, &ws.y, "y");
+            let last: Vec<f64> = (ws.layers.iter())
+                .flat_map(|l| l.hs[t * b * h..(t + 1) * b * h].to_vec())
+                .collect();
+            close(p.state(), &last, "state");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_leaves_the_state_alone() {
+    let (cfg, params, x) = model(Cell::Lstm, true);
+    let mut p = Predictor::new(cfg, &params, 3).unwrap();
+    p.run(&x[..2 * 3 * 4], 2).unwrap();
+    let state = p.state().to_vec();
+    let ahead = p.clone().step(&x[..12]).unwrap().to_vec();
+    let e = p.run(&[], 0).unwrap_err();
+    assert!(matches!(e, RnnError::Empty { .. }), "{e}");
+    let e = p.run(&x[..23], 2).unwrap_err();
+    assert!(e.to_string().contains("[T=2, B=3, I=4] = 24"), "{e}");
+    let e = p.step(&x[..13]).unwrap_err();
+    assert!(matches!(e, RnnError::ShapeMismatch { .. }), "{e}");
+    let mut nan = x[..12].to_vec();
+    nan[5] = f64::NAN;
+    let e = p.step(&nan).unwrap_err();
+    assert!(
+        matches!(e, RnnError::NonFiniteInput { index: 5, .. }),
+        "{e}"
+    );
+    assert_eq!(p.state(), &state[..]);
+    assert_eq!(p.step(&x[..12]).unwrap(), &ahead[..]);
+
+    // The whole-batch forward pass checks its batch too, rather than panicking.
+    let layout = Layout::new(&cfg);
+    let mut ws = Workspace::new();
+    let short = Batch::new(7, 3, &x[..80], Target::Values(&[]));
+    let e = forward(&cfg, &layout, &params, &mut ws, &short, false, Par::Seq).unwrap_err();
+    assert!(matches!(e, RnnError::ShapeMismatch { .. }), "{e}");
+    let lengths = [7, 8, 1];
+    let too_long = Batch {
+        lengths: Some(&lengths),
+        ..Batch::new(7, 3, &x, Target::Values(&[]))
+    };
+    let e = forward(&cfg, &layout, &params, &mut ws, &too_long, true, Par::Seq).unwrap_err();
+    assert!(
+        matches!(e, RnnError::LengthOutOfRange { index: 1, .. }),
+        "{e}"
+    );
+}
