@@ -27,7 +27,7 @@ use std::ops::Range;
 
 use faer::{Accum, Par};
 use kernels::Float;
-use kernels::gemm::{GemmShape, Threads, gemm_nn, gemm_tn, transpose};
+use kernels::gemm::{GemmShape, Threads, gemm_nn, gemm_nt, gemm_tn, transpose};
 use kernels::pair::Pair;
 use kernels::reduce;
 
@@ -317,7 +317,7 @@ impl<'a, T: Float> LayerPass<'a, T> {
         let (_, _, _, gh) = self.dims();
         let (r, i) = (self.rows(), self.input_size);
         self.chunk_product(
-            kernels::gemm::gemm_nt,
+            gemm_nt,
             &mut z[r.start * gh..r.end * gh],
             Accum::Replace,
             &self.input[r.start * i..r.end * i],
@@ -343,7 +343,19 @@ impl<'a, T: Float> LayerPass<'a, T> {
     /// the packed `W_hhᵀ`.
     fn recurrent(&self, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
         let (_, b, hd, gh) = self.dims();
-        gemm_nn(dst, accum, h, w_hh_t, GemmShape::new(b, gh, hd), Par::Seq);
+        let s = GemmShape::new(b, gh, hd);
+        if self.packs_w_hh() {
+            gemm_nn(dst, accum, h, w_hh_t, s, Par::Seq);
+        } else {
+            gemm_nt(dst, accum, h, self.w_hh(), s, Par::Seq);
+        }
+    }
+
+    /// Whether whole steps read a packed `W_hhᵀ`: not in a one-step pass (a
+    /// [`crate::predict::Predictor`] step), where packing would cost more than the one
+    /// product it serves.
+    fn packs_w_hh(&self) -> bool {
+        self.batch.seq_len > 1
     }
 
     /// `[B, G·H] → [B, H]`: one step's `dh_prev (+)= dZ W_hh`.
@@ -501,7 +513,7 @@ pub(crate) fn forward<T: Float>(
         // Packed once per pass, so the per-step products stream the packed weights.
         if p.halves() {
             blocks::pack_forward(p.pair(), &mut buf.blocks, p.w_hh(), h);
-        } else {
+        } else if p.packs_w_hh() {
             transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
         }
     }
