@@ -81,10 +81,10 @@ fn dropout(m: &HashMap<String, String>) -> Result<Option<Dropout>> {
             .map_err(|_| RnnError::Format(format!("metadata dropout = {v:?} is not a number")))?,
         None => return Ok(None),
     };
-    let seed: u64 = meta(m, "dropout_seed", "0").parse().map_err(|_| {
+    let seed_text = meta(m, "dropout_seed", "0");
+    let seed: u64 = seed_text.parse().map_err(|_| {
         RnnError::Format(format!(
-            "metadata dropout_seed = {:?} is not a non-negative integer",
-            m["dropout_seed"]
+            "metadata dropout_seed = {seed_text:?} is not a non-negative integer"
         ))
     })?;
     let dropout = Dropout::new(p, seed).map_err(|e| RnnError::Format(e.to_string()))?;

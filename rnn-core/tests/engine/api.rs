@@ -530,7 +530,7 @@ fn learning_rate_changes_between_steps() {
 /// Every cell's weights and optimizer state survive a checkpoint, with and without
 /// recurrent biases, and the state-dict names are PyTorch's.
 #[test]
-fn gated_cells_checkpoint_and_resume_exactly() {
+fn every_cell_checkpoints_and_resumes_exactly() {
     let dir = scratch_dir("cells");
     let (x, y) = data(5, 2);
     let batch = Batch::new(5, 2, &x, Target::Classes(&y));
