@@ -313,6 +313,11 @@ fn with_pass<'s, T: Float, R: Send>(
     opts: PassOptions,
     body: impl FnOnce(Pass<'_, 's, T>) -> R + Send,
 ) -> R {
+    // Decided once for the whole pass: its segments and chunks all run with this split.
+    let opts = PassOptions {
+        split: opts.split.for_steps(batch.seq_len),
+        ..opts
+    };
     let split_steps = PassThreads::split_steps(config, batch.batch, opts.split);
     kernels::pair::with_pair(opts.par != Par::Seq && split_steps, |pair| {
         body(Pass {

@@ -69,7 +69,7 @@ pub(crate) fn pass_uses_threads(
     split_steps: UnitSplit,
 ) -> bool {
     let (h, gh, o) = (config.hidden_size, config.gate_rows(), config.output_size);
-    if PassThreads::split_steps(config, batch, split_steps) {
+    if PassThreads::split_steps(config, batch, split_steps.for_steps(seq_len)) {
         return true;
     }
     let rows = seq_len * batch;

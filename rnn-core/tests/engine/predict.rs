@@ -2,11 +2,12 @@
 //! whole sequence, and bad input is a typed error that leaves its state alone.
 
 use faer::Par;
+use kernels::Float;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::RnnError;
 use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{Cell, RnnConfig};
-use rnn_core::network::forward;
+use rnn_core::network::{Exec, TimeChunks, UnitSplit, forward};
 use rnn_core::params::{Layout, init_params};
 use rnn_core::predict::Predictor;
 use rnn_core::workspace::Workspace;
@@ -22,24 +23,30 @@ fn model(cell: Cell, bias: bool) -> (RnnConfig, Vec<f64>, Vec<f64>) {
     (cfg, params, x)
 }
 
+/// The workspace after one inference pass over `batch`.
+fn forward_pass<T: Float>(
+    cfg: &RnnConfig,
+    params: &[T],
+    batch: &Batch<T>,
+    exec: impl Into<Exec>,
+) -> Workspace<T> {
+    let mut ws = Workspace::new();
+    forward(cfg, &Layout::new(cfg), params, &mut ws, batch, false, exec).unwrap();
+    ws
+}
+
 #[test]
 fn steps_and_runs_equal_one_forward_pass() {
     let (t, b, i, h, o) = (7, 3, 4, 9, 5);
     for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
         for bias in [true, false] {
             let (cfg, params, x) = model(cell, bias);
-            let mut ws = Workspace::new();
-            let batch = Batch::new(t, b, &x, Target::Values(&[]));
-            forward(
+            let ws = forward_pass(
                 &cfg,
-                &Layout::new(&cfg),
                 &params,
-                &mut ws,
-                &batch,
-                false,
+                &Batch::new(t, b, &x, Target::Values(&[])),
                 Par::Seq,
-            )
-            .unwrap();
+            );
             // Three steps at once, two one at a time, the last two at once.
             let mut p = Predictor::new(cfg, &params, b).unwrap();
             let mut ys = Vec::new();
@@ -68,6 +75,37 @@ fn steps_and_runs_equal_one_forward_pass() {
                 .collect();
             close(p.state(), &last, "state");
         }
+    }
+}
+
+#[test]
+fn a_single_step_runs_whole_where_auto_splits_longer_passes() {
+    // B = 32, H = 192: every cell's step is big enough for `Auto` to split a longer pass.
+    let (b, i, h) = (32, 8, 192);
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        let cfg = RnnConfig::new(i, h, 4).cell(cell);
+        let params = init_params::<f32>(&cfg, 5);
+        let mut rng = StdRng::seed_from_u64(6);
+        let x: Vec<f32> = (0..2 * b * i)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        // The outputs of `steps` steps and whether the pass split them into unit blocks.
+        let pass = |steps, split| {
+            let exec = Exec {
+                par: Par::Seq,
+                split,
+                chunks: TimeChunks::Auto,
+            };
+            let batch = Batch::new(steps, b, &x[..steps * b * i], Target::Values(&[]));
+            let ws = forward_pass(&cfg, &params, &batch, exec);
+            (ws.y.to_vec(), !ws.layers[0].blocks.is_empty())
+        };
+        assert!(pass(2, UnitSplit::Auto).1, "{cell:?}: two steps split");
+        let (y, split) = pass(1, UnitSplit::Auto);
+        assert!(!split, "{cell:?}: one step runs whole");
+        assert_eq!(y, pass(1, UnitSplit::Whole).0, "{cell:?}");
+        let mut p = Predictor::new(cfg, &params, b).unwrap();
+        assert_eq!(p.step(&x[..b * i]).unwrap(), y, "{cell:?}: Predictor::step");
     }
 }
 
