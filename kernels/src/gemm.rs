@@ -361,8 +361,15 @@ fn split_product<T: Float>(
 
 /// `dst[cols, rows] = src[rows, cols]ᵀ`, both row-major.
 ///
-/// The engine packs `W_hhᵀ` once per training step with it, so the forward recurrent product
-/// streams contiguous rows like the backward one does.
+/// The engine packs `W_hhᵀ` with it once per pass of several whole steps, so the forward
+/// recurrent product streams contiguous rows like the backward one does.
+///
+/// It copies tiles of 8 x 8: each tile reads 8 source rows and writes 8 contiguous elements
+/// of 8 destination rows, so both stay in L1 whatever the strides. faer's `copy_from` of a
+/// transposed view, which this replaced, is much slower where the rows are a power of two
+/// apart (they collide in the cache): f32, one thread, faer then tiles, 1024 x 256 300 and
+/// 180 µs, 2048 x 512 3.5 and 0.74 ms, 4096 x 1024 (an LSTM with `H = 1024`) 31.5 and
+/// 6.0 ms.
 ///
 /// # Panics
 /// If `src.len() != rows * cols` or `dst.len() != rows * cols`.
@@ -372,9 +379,18 @@ pub fn transpose<T: Float>(dst: &mut [T], src: &[T], rows: usize, cols: usize) {
         src.len() == rows * cols && dst.len() == rows * cols,
         "transpose: lengths"
     );
-    let src = MatRef::from_row_major_slice(src, rows, cols);
-    let mut dst = MatMut::from_row_major_slice_mut(dst, cols, rows);
-    dst.copy_from(src.transpose());
+    const TILE: usize = 8;
+    for r0 in (0..rows).step_by(TILE) {
+        let tile_rows = r0..(r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                let out = &mut dst[c * rows + tile_rows.start..c * rows + tile_rows.end];
+                for (o, r) in out.iter_mut().zip(tile_rows.clone()) {
+                    *o = src[r * cols + c];
+                }
+            }
+        }
+    }
 }
 
 /// `C[m, n] (+)= A[m, k] · B[k, n]`, all row-major, by the pulp small-M kernel.

@@ -244,6 +244,28 @@ fn transpose_roundtrip() {
     assert_eq!(back, src);
 }
 
+#[test]
+fn transpose_matches_its_definition_at_many_shapes() {
+    // Tile edges (8), partial tiles on either side, and rows a power of two apart.
+    let sides = [1, 2, 7, 8, 9, 15, 16, 17, 64, 65, 256];
+    for rows in sides {
+        for cols in sides {
+            let src: Vec<f64> = (0..rows * cols).map(|x| x as f64).collect();
+            let mut got = vec![f64::NAN; rows * cols];
+            gemm::transpose(&mut got, &src, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        got[c * rows + r],
+                        src[r * cols + c],
+                        "{rows} x {cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
