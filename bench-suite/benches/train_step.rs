@@ -5,15 +5,11 @@
 
 use std::hint::black_box;
 
-use bench_suite::{SWEEPS, WORKLOADS};
+use bench_suite::{SWEEPS, WORKLOADS, picked};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use kernels::gemm::{GemmShape, gemm_nn};
 use rnn_core::config::Cell;
-
-fn picked(var: &str, name: &str) -> bool {
-    std::env::var(var).map_or(true, |o| o.split(',').any(|n| n == name))
-}
 
 fn train_step(c: &mut Criterion) {
     for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {

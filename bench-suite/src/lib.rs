@@ -63,6 +63,12 @@ pub const WORKLOADS: [Workload; 9] = [
     w("seq1024", 1024, 32, 64, 256, 64, LossKind::CrossEntropy),
 ];
 
+/// Whether the comma-separated list in the environment variable `var` names `name` (every
+/// name when `var` is unset): how the criterion benches pick workloads and cells.
+pub fn picked(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |o| o.split(',').any(|n| n == name))
+}
+
 /// Sweeps around the medium shape: sequence length, hidden size, batch size.
 pub const SWEEPS: [Workload; 7] = [
     w(
