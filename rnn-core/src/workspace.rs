@@ -41,7 +41,8 @@ pub struct LayerBuffers<T> {
     /// LSTM only, `[B, H]`: `dL/dc` carried from step `t+1` to `t` in the reverse loop.
     pub dc: AlignedVec<T>,
     /// `[H, G·H]`: `W_hhᵀ`, packed once per pass so the recurrent product streams rows
-    /// (steps run whole; empty when they run as unit blocks).
+    /// (steps run whole; empty when they run as unit blocks, or in a one-step pass, which
+    /// reads `W_hh` as it is).
     pub w_hh_t: AlignedVec<T>,
     /// The unit blocks of steps split between two workers, each with its recurrent weights
     /// packed once per pass (empty when steps run whole).
@@ -160,7 +161,7 @@ impl Sizes {
                 only(cell == Cell::Lstm, states),
                 only(cell != Cell::Rnn, rows * h),
                 only(cell == Cell::Lstm, batch * h),
-                only(!split_steps, h * gh),
+                only(!split_steps && crate::layer::packs_w_hh(seq_len), h * gh),
                 gh,
                 only(split_steps, 2 * h * gh),
             ],

@@ -97,6 +97,13 @@ pub(crate) fn pass_uses_threads(
     parallel >= PARALLEL_MIN_SHARE * total
 }
 
+/// Whether whole steps of a pass of `seq_len` steps read a packed `W_hhᵀ`
+/// (`LayerBuffers::w_hh_t`): not in a one-step pass (a [`crate::predict::Predictor`] step),
+/// where packing would cost more than the one product it serves.
+pub(crate) fn packs_w_hh(seq_len: usize) -> bool {
+    seq_len > 1
+}
+
 /// Whether a product is worth splitting between threads: not when it has fewer than
 /// `min_flops`, or a single row (where faer's result depends on the thread count).
 fn worth_splitting(s: GemmShape, min_flops: f64) -> bool {
@@ -351,11 +358,9 @@ impl<'a, T: Float> LayerPass<'a, T> {
         }
     }
 
-    /// Whether whole steps read a packed `W_hhᵀ`: not in a one-step pass (a
-    /// [`crate::predict::Predictor`] step), where packing would cost more than the one
-    /// product it serves.
+    /// Whether whole steps read a packed `W_hhᵀ` ([`packs_w_hh`]).
     fn packs_w_hh(&self) -> bool {
-        self.batch.seq_len > 1
+        packs_w_hh(self.batch.seq_len)
     }
 
     /// `[B, G·H] → [B, H]`: one step's `dh_prev (+)= dZ W_hh`.

@@ -89,7 +89,8 @@ fn a_single_step_runs_whole_where_auto_splits_longer_passes() {
         let x: Vec<f32> = (0..2 * b * i)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
-        // The outputs of `steps` steps and whether the pass split them into unit blocks.
+        // The outputs of `steps` steps, and whether the pass packed W_hh into unit blocks' panels
+        // and into `w_hh_t`.
         let pass = |steps, split| {
             let exec = Exec {
                 par: Par::Seq,
@@ -98,11 +99,23 @@ fn a_single_step_runs_whole_where_auto_splits_longer_passes() {
             };
             let batch = Batch::new(steps, b, &x[..steps * b * i], Target::Values(&[]));
             let ws = forward_pass(&cfg, &params, &batch, exec);
-            (ws.y.to_vec(), !ws.layers[0].blocks.is_empty())
+            let layer = &ws.layers[0];
+            let packed = (!layer.blocks.is_empty(), !layer.w_hh_t.is_empty());
+            (ws.y.to_vec(), packed)
         };
-        assert!(pass(2, UnitSplit::Auto).1, "{cell:?}: two steps split");
-        let (y, split) = pass(1, UnitSplit::Auto);
-        assert!(!split, "{cell:?}: one step runs whole");
+        assert_eq!(
+            pass(2, UnitSplit::Auto).1,
+            (true, false),
+            "{cell:?}: two steps split"
+        );
+        assert_eq!(
+            pass(2, UnitSplit::Whole).1,
+            (false, true),
+            "{cell:?}: W_hh transposed"
+        );
+        let (y, packed) = pass(1, UnitSplit::Auto);
+        // One step runs whole and reads W_hh as it is: no packed copy of it, split or not.
+        assert_eq!(packed, (false, false), "{cell:?}: one step packs nothing");
         assert_eq!(y, pass(1, UnitSplit::Whole).0, "{cell:?}");
         let mut p = Predictor::new(cfg, &params, b).unwrap();
         assert_eq!(p.step(&x[..b * i]).unwrap(), y, "{cell:?}: Predictor::step");
