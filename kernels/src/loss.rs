@@ -1,6 +1,7 @@
-//! Losses with their gradients in the same pass: softmax cross-entropy and squared error.
+//! Losses with their gradients in the same pass: softmax cross-entropy, and the squared,
+//! absolute and Huber errors of float targets.
 //!
-//! Both return the *sum* of the per-element losses and write the gradient multiplied by the
+//! Each returns the *sum* of the per-element losses and write the gradient multiplied by the
 //! caller's `scale` (the reduction: `1 / count` for a mean, `1` for a sum), so the backward pass
 //! starts from `dlogits` directly.
 
@@ -153,4 +154,95 @@ pub fn squared_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) ->
         sse += d * d;
     }
     sse
+}
+
+#[derive(Clone, Copy)]
+struct AbsoluteErrorGrad<T>(T);
+impl<T: Float> Lanewise<T, 2> for AbsoluteErrorGrad<T> {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        _: T::Lanes<S>,
+        [y, t]: [T::Lanes<S>; 2],
+        _: T::Lanes<S>,
+    ) -> T::Lanes<S> {
+        let d = T::vsub(s, y, t);
+        let zero = T::splat(s, T::zero());
+        let (up, down) = (T::splat(s, self.0), T::splat(s, -self.0));
+        let sign = T::vselect_gt(s, d, zero, up, T::vselect_lt(s, d, zero, down, zero));
+        T::vkeep_nan(s, d, sign)
+    }
+}
+
+/// Absolute error: returns `Σ |y - target|` and writes `dy = sign(y - target) * scale`,
+/// with `sign(0) = 0` (as PyTorch's `l1_loss` backward) and NaN kept.
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// let mut dy = [0.0f32; 3];
+/// let sae = kernels::loss::absolute_error(&mut dy, &[1.0, -3.0, 2.0], &[0.0, 1.0, 2.0], 0.5);
+/// assert_eq!(sae, 5.0);
+/// assert_eq!(dy, [0.5, -0.5, 0.0]);
+/// ```
+#[track_caller]
+pub fn absolute_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) -> T {
+    zip_rows(AbsoluteErrorGrad(scale), dy, [y, target], None);
+    let mut sae = T::zero();
+    for (&a, &b) in y.iter().zip(target) {
+        sae += (a - b).abs();
+    }
+    sae
+}
+
+#[derive(Clone, Copy)]
+struct HuberGrad<T> {
+    delta: T,
+    scale: T,
+}
+impl<T: Float> Lanewise<T, 2> for HuberGrad<T> {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        _: T::Lanes<S>,
+        [y, t]: [T::Lanes<S>; 2],
+        _: T::Lanes<S>,
+    ) -> T::Lanes<S> {
+        let d = T::vsub(s, y, t);
+        let (lo, hi) = (T::splat(s, -self.delta), T::splat(s, self.delta));
+        let clamped = T::vkeep_nan(s, d, T::vmin(s, T::vmax(s, d, lo), hi));
+        T::vmul(s, clamped, T::splat(s, self.scale))
+    }
+}
+
+/// Huber error with threshold `delta`: returns `Σ huber(y - target)`, where
+/// `huber(d) = d² / 2` for `|d| < delta` and `delta (|d| - delta / 2)` beyond, and writes
+/// `dy = clamp(y - target, -delta, delta) * scale` (PyTorch's `huber_loss`, NaN kept).
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// let mut dy = [0.0f64; 3];
+/// let loss = kernels::loss::huber_error(&mut dy, &[0.5, 3.0, -2.0], &[0.0; 3], 1.0, 1.0);
+/// assert_eq!(loss, 0.125 + 2.5 + 1.5);
+/// assert_eq!(dy, [0.5, 1.0, -1.0]);
+/// ```
+#[track_caller]
+pub fn huber_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], delta: T, scale: T) -> T {
+    zip_rows(HuberGrad { delta, scale }, dy, [y, target], None);
+    let half = T::of(0.5);
+    let mut total = T::zero();
+    for (&a, &b) in y.iter().zip(target) {
+        let z = (a - b).abs();
+        total += if z < delta {
+            half * z * z
+        } else {
+            delta * (z - half * delta)
+        };
+    }
+    total
 }

@@ -247,6 +247,74 @@ fn losses_match_reference() {
     losses_match::<f64>();
 }
 
+/// L1 and Huber against f64 references, on every ISA and length, with exact ties planted:
+/// `y == target` (L1's and Huber's gradient 0) and `|y - target| == delta` (Huber's seam,
+/// where both branches give `delta² / 2` and the gradient is `±delta`).
+fn robust_losses_match<T: Float>() {
+    let tol = T::EPSILON.f64() * 16.0;
+    let delta = 0.75;
+    sweep(|isa, n, rng| {
+        let (mut y, mut t): (Vec<T>, Vec<T>) = (random(rng, n, 3.0), random(rng, n, 3.0));
+        for i in 0..n {
+            match i % 7 {
+                0 => t[i] = y[i],
+                3 => (y[i], t[i]) = (T::of(-delta), T::zero()),
+                _ => {}
+            }
+        }
+        let diffs: Vec<f64> = y.iter().zip(&t).map(|(a, b)| a.f64() - b.f64()).collect();
+        let mut dy = vec![T::zero(); n];
+
+        let sae = loss::absolute_error(&mut dy, &y, &t, T::of(0.25));
+        let want: f64 = diffs.iter().map(|d| d.abs()).sum();
+        assert_relative_eq!(sae.f64(), want, max_relative = tol * 10.0, epsilon = tol);
+        let want_d: Vec<f64> = diffs
+            .iter()
+            .map(|&d| if d == 0.0 { 0.0 } else { 0.25 * d.signum() })
+            .collect();
+        close(&dy, &want_d, 0.0, &format!("l1 grad {isa:?}"));
+
+        let loss = loss::huber_error(&mut dy, &y, &t, T::of(delta), T::of(0.5));
+        let huber = |d: f64| {
+            if d.abs() < delta {
+                0.5 * d * d
+            } else {
+                delta * (d.abs() - 0.5 * delta)
+            }
+        };
+        let want: f64 = diffs.iter().map(|&d| huber(d)).sum();
+        assert_relative_eq!(loss.f64(), want, max_relative = tol * 10.0, epsilon = tol);
+        let want_d: Vec<f64> = diffs
+            .iter()
+            .map(|&d| 0.5 * d.clamp(-delta, delta))
+            .collect();
+        close(&dy, &want_d, tol, &format!("huber grad {isa:?}"));
+    });
+    // NaN stays NaN in both gradients (a diverged model must not look converged).
+    let mut dy = [T::zero(); 3];
+    loss::absolute_error(
+        &mut dy,
+        &[T::nan(), T::one(), T::one()],
+        &[T::zero(); 3],
+        T::one(),
+    );
+    assert!(dy[0].is_nan() && dy[1] == T::one());
+    loss::huber_error(
+        &mut dy,
+        &[T::nan(), T::one(), T::one()],
+        &[T::zero(); 3],
+        T::one(),
+        T::one(),
+    );
+    assert!(dy[0].is_nan() && dy[1] == T::one());
+}
+
+#[test]
+fn robust_losses_match_reference() {
+    robust_losses_match::<f32>();
+    robust_losses_match::<f64>();
+}
+
 #[test]
 fn softmax_survives_huge_logits() {
     for isa in Isa::available() {
