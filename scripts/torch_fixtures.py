@@ -93,8 +93,10 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
-         dropout=None):
-    """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata)."""
+         dropout=None, huber_delta=None):
+    """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
+    `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
+    written, so the fixture also pins grad_dump's default)."""
     torch.manual_seed(seed)
     m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
@@ -119,7 +121,20 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         hn, cn = hn
     y = m.head(hn[-1]) if many_to_one else m.head(out)
     scored = torch.ones(B, dtype=torch.bool) if many_to_one else valid
-    if loss == "mse":
+    if loss in ("l1", "huber"):
+        # PyTorch's own functions and reductions where every position is scored; with padded
+        # sequences, its per-element losses masked and reduced as the MSE branch does.
+        target = torch.randn(*y.shape, dtype=dtype)
+        delta = 1.0 if huber_delta is None else huber_delta
+        elementwise = (lambda r: F.l1_loss(y, target, reduction=r)) if loss == "l1" else \
+            (lambda r: F.huber_loss(y, target, reduction=r, delta=delta))
+        if bool(scored.all()):
+            value = elementwise(reduction)
+        else:
+            masked = elementwise("none") * scored[..., None]
+            value = masked.sum() / (scored.sum() * O) if reduction == "mean" else masked.sum()
+        stored_target = target
+    elif loss == "mse":
         target = torch.randn(*y.shape, dtype=dtype)
         se = ((y - target) ** 2) * scored[..., None]
         value = se.sum() / (scored.sum() * O) if reduction == "mean" else se.sum()
@@ -143,6 +158,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
             "many_to_one": "true" if many_to_one else "false", "reduction": reduction}
     if dropout is not None:
         meta.update({"dropout": str(dropout[0]), "dropout_seed": str(dropout[1])})
+    if huber_delta is not None:
+        meta["huber_delta"] = repr(huber_delta)
     save_file(inputs, os.path.join(OUT, f"{name}.in.safetensors"), metadata=meta)
 
     expected = {"out.loss": value.detach().reshape(1), "out.y": y.detach().contiguous(),
@@ -223,6 +240,15 @@ if __name__ == "__main__":
          lengths=[7, 3, 5], cell="lstm", dropout=(0.3, 8), seed=71)
     case("gru_dropout_mse_nobias", 5, 3, 4, 6, 3, layers=2, cell="gru", bias=False,
          dropout=(0.5, 9), seed=72)
+    # L1 and Huber (nn.L1Loss, nn.HuberLoss): PyTorch's reductions, a non-default delta,
+    # padded sequences, last-step scoring.
+    case("gru_l1_2layers", 6, 4, 3, 7, 3, layers=2, loss="l1", cell="gru", seed=80)
+    case("rnn_huber_many_to_one_sum", 7, 3, 3, 9, 4, loss="huber", many_to_one=True,
+         reduction="sum", huber_delta=0.3, seed=81)
+    case("lstm_huber_lengths", 6, 4, 3, 5, 2, layers=2, loss="huber", lengths=[6, 2, 4, 1],
+         cell="lstm", seed=82)
+    case("lstm_l1_lengths_sum_f32", 12, 8, 7, 33, 6, loss="l1", lengths=[12, 3, 7, 1, 12, 5, 9, 2],
+         reduction="sum", dtype=torch.float32, cell="lstm", seed=83)
     print("fixtures written to", os.path.normpath(OUT))
 
 

@@ -138,7 +138,7 @@ impl Workload {
         let x = (0..self.t * self.b * self.i)
             .map(|k| ((k * 7919 % 2000) as f32 / 1000.0) - 1.0)
             .collect();
-        let mse = self.loss == LossKind::Mse;
+        let mse = self.loss.takes_values();
         // Only the target the loss uses, so peak memory counts no dead input.
         let values = (0..if mse { self.t * self.b * self.o } else { 0 })
             .map(|k| ((k * 104_729 % 2000) as f32 / 1000.0) - 1.0)
@@ -166,9 +166,10 @@ pub struct WorkloadData {
 impl WorkloadData {
     /// The batch.
     pub fn batch(&self) -> Batch<'_, f32> {
-        let target = match self.w.loss {
-            LossKind::Mse => Target::Values(&self.values),
-            LossKind::CrossEntropy => Target::Classes(&self.classes),
+        let target = if self.w.loss.takes_values() {
+            Target::Values(&self.values)
+        } else {
+            Target::Classes(&self.classes)
         };
         Batch::new(self.w.t, self.w.b, &self.x, target)
     }

@@ -1,11 +1,12 @@
 //! Time-series forecasting: a model learns sine waves of random frequency and phase
 //! (made on the fly, nothing to download) as next-value prediction at every step
-//! (many-to-many MSE), then forecasts held-out waves autoregressively, feeding its own
+//! (many-to-many MSE, or L1 or Huber with `--loss`), then forecasts held-out waves autoregressively, feeding its own
 //! predictions back, and is compared with the truth and with the naive "same as last" forecast.
 //!
 //! ```text
 //! cargo run --release --example sine
 //! cargo run --release --example sine -- --cell lstm --steps 1500 --horizon 100
+//! cargo run --release --example sine -- --loss huber --huber-delta 0.1
 //! ```
 
 mod common;
@@ -54,6 +55,22 @@ struct Args {
     /// Seed of weights and data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The training loss: mse, l1 or huber (`nn.MSELoss`, `nn.L1Loss`, `nn.HuberLoss`)
+    #[arg(long, default_value = "mse")]
+    loss: String,
+    /// Huber's threshold delta (with --loss huber)
+    #[arg(long, default_value_t = 1.0)]
+    huber_delta: f64,
+}
+
+/// The loss `--loss` names.
+fn loss_kind(args: &Args) -> Result<LossKind, String> {
+    match args.loss.as_str() {
+        "mse" => Ok(LossKind::Mse),
+        "l1" => Ok(LossKind::L1),
+        "huber" => LossKind::huber(args.huber_delta).map_err(|e| format!("--huber-delta: {e}")),
+        other => Err(format!("--loss {other:?}: expected mse, l1 or huber")),
+    }
 }
 
 /// A wave's frequency and phase.
@@ -92,7 +109,7 @@ fn run(args: Args) -> Result<(), String> {
     let cfg = RnnConfig::new(1, args.hidden, 1).cell(cell);
     let mut trainer = Trainer::<f32>::new(
         cfg,
-        LossSpec::every_step(LossKind::Mse),
+        LossSpec::every_step(loss_kind(&args)?),
         OptimizerKind::adam(3e-3),
         args.seed,
     )

@@ -156,7 +156,7 @@ impl<'a, T: Float> Batch<'a, T> {
         }
         let positions = if loss.many_to_one { b } else { t * b };
         match (loss.kind, self.target) {
-            (LossKind::Mse, Target::Values(v)) => {
+            (kind, Target::Values(v)) if kind.takes_values() => {
                 if v.len() != positions * o {
                     let want = if loss.many_to_one {
                         format!("[B={b}, O={o}]")
@@ -193,15 +193,17 @@ impl<'a, T: Float> Batch<'a, T> {
                     }
                 }
             }
-            (LossKind::Mse, Target::Classes(_)) => {
-                return Err(RnnError::Config(
-                    "MSE needs float targets, got class labels".into(),
-                ));
+            (kind, Target::Classes(_)) => {
+                return Err(RnnError::Config(format!(
+                    "{} needs float targets, got class labels",
+                    kind.name()
+                )));
             }
-            (LossKind::CrossEntropy, Target::Values(_)) => {
-                return Err(RnnError::Config(
-                    "cross-entropy needs class labels, got float targets".into(),
-                ));
+            (kind, Target::Values(_)) => {
+                return Err(RnnError::Config(format!(
+                    "{} needs class labels, got float targets",
+                    kind.name()
+                )));
             }
         }
         Ok(())

@@ -231,19 +231,99 @@ impl RnnConfig {
     }
 }
 
-/// The loss function.
+/// The loss function. With `d = y - target` per output element:
+///
+/// | kind | per element | `dL/dy` | PyTorch |
+/// |---|---|---|---|
+/// | [`Mse`](LossKind::Mse) | `d²` | `2d` | `nn.MSELoss` |
+/// | [`L1`](LossKind::L1) | `|d|` | `sign(d)` (0 at 0) | `nn.L1Loss` |
+/// | [`Huber`](LossKind::Huber) | `d²/2` for `|d| < δ`, else `δ(|d| - δ/2)` | `clamp(d, -δ, δ)` | `nn.HuberLoss(delta=δ)` |
+///
+/// The three compare float targets element by element, and `mean` averages over every
+/// element of the scored positions (`O` per position), as PyTorch does. L1 and Huber grow
+/// only linearly with large errors, so outliers in a series pull on the weights no harder
+/// than a bounded amount (Huber stays quadratic, and smooth, near the target).
+/// Cross-entropy scores class labels instead.
+///
+/// ```
+/// use rnn_core::config::LossKind;
+/// let huber = LossKind::huber(0.5)?;
+/// assert_eq!(huber, LossKind::Huber(rnn_core::config::HuberDelta::new(0.5)?));
+/// assert!(huber.takes_values() && !LossKind::CrossEntropy.takes_values());
+/// assert!(LossKind::huber(0.0).is_err() && LossKind::huber(f64::NAN).is_err());
+/// # Ok::<(), rnn_core::error::RnnError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossKind {
     /// Mean squared error against float targets (`nn.MSELoss`).
     Mse,
     /// Softmax cross-entropy against class labels (`nn.CrossEntropyLoss`).
     CrossEntropy,
+    /// Mean absolute error against float targets (`nn.L1Loss`).
+    L1,
+    /// Huber loss against float targets with threshold `δ` (`nn.HuberLoss(delta=δ)`).
+    Huber(HuberDelta),
+}
+
+impl LossKind {
+    /// `nn.HuberLoss(delta=delta)`.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] unless `delta` is finite and positive (PyTorch refuses the
+    /// rest too).
+    pub fn huber(delta: f64) -> Result<Self> {
+        HuberDelta::new(delta).map(Self::Huber)
+    }
+
+    /// Whether the loss compares float targets (`Target::Values`); only cross-entropy
+    /// takes class labels.
+    pub fn takes_values(self) -> bool {
+        self != Self::CrossEntropy
+    }
+
+    /// The loss's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mse => "MSE",
+            Self::CrossEntropy => "cross-entropy",
+            Self::L1 => "L1",
+            Self::Huber(_) => "Huber",
+        }
+    }
+}
+
+/// The threshold `δ` of a Huber loss: finite and positive, so never NaN (which is why it can
+/// be `Eq`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HuberDelta(f64);
+
+impl Eq for HuberDelta {}
+
+impl HuberDelta {
+    /// `delta` as a Huber threshold.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] unless `delta` is finite and positive.
+    pub fn new(delta: f64) -> Result<Self> {
+        if delta.is_finite() && delta > 0.0 {
+            Ok(Self(delta))
+        } else {
+            Err(RnnError::Config(format!(
+                "Huber delta = {delta}: it must be finite and positive"
+            )))
+        }
+    }
+
+    /// The threshold.
+    pub fn get(self) -> f64 {
+        self.0
+    }
 }
 
 /// How per-element losses are combined, as PyTorch's `reduction`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Reduction {
-    /// Average over the scored positions (MSE: also over `O`).
+    /// Average over the scored positions (the float-target losses: also over `O`).
     #[default]
     Mean,
     /// Sum.

@@ -5,11 +5,12 @@
 //! cargo run --release -p rnn-core --example grad_dump -- IN.safetensors OUT.safetensors
 //! ```
 //!
-//! IN holds the parameters (`rnn.*`, `head.*`), `x` `[T,B,I]`, `h0` `[L,B,H]`, `target` (mse:
-//! floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or `[B]`), optionally
-//! `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`, `nonlinearity`
-//! (tanh|relu), `loss` (mse|ce), `many_to_one` (true|false), `reduction` (mean|sum). An LSTM
-//! also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0, 1)`, default 0) and
+//! IN holds the parameters (`rnn.*`, `head.*`), `x` `[T,B,I]`, `h0` `[L,B,H]`, `target` (mse,
+//! l1, huber: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or
+//! `[B]`), optionally `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`,
+//! `nonlinearity` (tanh|relu), `loss` (mse|l1|huber|ce), `many_to_one` (true|false),
+//! `reduction` (mean|sum). With `loss` = huber, optional metadata `huber_delta` (a positive
+//! number, default 1.0 as PyTorch's) is the threshold. An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0, 1)`, default 0) and
 //! `dropout_seed` (an integer, default 0) drop between stacked layers as
 //! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of
 //! row `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p,
@@ -41,9 +42,17 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
     let kind = match meta(m, "loss", "mse") {
         "mse" => LossKind::Mse,
         "ce" => LossKind::CrossEntropy,
+        "l1" => LossKind::L1,
+        "huber" => {
+            let text = meta(m, "huber_delta", "1.0");
+            let delta = text.parse().map_err(|_| {
+                RnnError::Format(format!("metadata huber_delta = {text:?} is not a number"))
+            })?;
+            LossKind::huber(delta).map_err(|e| RnnError::Format(e.to_string()))?
+        }
         other => {
             return Err(RnnError::Format(format!(
-                "metadata loss = {other:?}, expected mse or ce"
+                "metadata loss = {other:?}, expected mse, l1, huber or ce"
             )));
         }
     };
@@ -148,15 +157,12 @@ fn run<T: Float>(
         Err(_) => None,
     };
     let (values, classes);
-    let target = match spec.kind {
-        LossKind::Mse => {
-            values = io::float_tensor::<T>(st, "target")?.0;
-            Target::Values(&values[..])
-        }
-        LossKind::CrossEntropy => {
-            classes = non_negative("target", io::int_tensor(st, "target")?.0)?;
-            Target::Classes(&classes[..])
-        }
+    let target = if spec.kind.takes_values() {
+        values = io::float_tensor::<T>(st, "target")?.0;
+        Target::Values(&values[..])
+    } else {
+        classes = non_negative("target", io::int_tensor(st, "target")?.0)?;
+        Target::Classes(&classes[..])
     };
     let batch = Batch {
         seq_len: t,

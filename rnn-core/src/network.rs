@@ -492,7 +492,8 @@ fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: Head
     }
 }
 
-/// The factor of the reduction: `1 / (scored positions [· O for MSE])` for `mean`, 1 for `sum`.
+/// The factor of the reduction: `1 / (scored positions [· O for float targets])` for `mean`,
+/// 1 for `sum`.
 fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> T {
     let b = batch.batch;
     let count = if spec.many_to_one {
@@ -503,9 +504,10 @@ fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -
             l.iter().map(|&n| n.saturating_sub(from)).sum()
         })
     };
-    let per_position = match spec.kind {
-        LossKind::Mse => config.output_size,
-        LossKind::CrossEntropy => 1,
+    let per_position = if spec.kind.takes_values() {
+        config.output_size
+    } else {
+        1
     };
     match spec.reduction {
         Reduction::Mean => T::one() / T::of((count * per_position) as f64),
@@ -541,14 +543,18 @@ fn loss_forward_backward<T: Float>(
         }
         for (lo, hi) in rows {
             let r = block.start + lo * o..block.start + hi * o;
-            total += match batch.target {
-                Target::Values(v) => {
-                    kloss::squared_error(&mut ws.dy[r.clone()], &ws.y[r.clone()], &v[r], scale)
+            let (dy, y) = (&mut ws.dy[r.clone()], &ws.y[r.clone()]);
+            total += match (spec.kind, batch.target) {
+                (LossKind::Mse, Target::Values(v)) => kloss::squared_error(dy, y, &v[r], scale),
+                (LossKind::L1, Target::Values(v)) => kloss::absolute_error(dy, y, &v[r], scale),
+                (LossKind::Huber(delta), Target::Values(v)) => {
+                    kloss::huber_error(dy, y, &v[r], T::of(delta.get()), scale)
                 }
-                Target::Classes(c) => {
+                (LossKind::CrossEntropy, Target::Classes(c)) => {
                     let labels = &c[t * b + lo..t * b + hi];
-                    kloss::softmax_cross_entropy(&mut ws.dy[r.clone()], &ws.y[r], labels, o, scale)
+                    kloss::softmax_cross_entropy(dy, y, labels, o, scale)
                 }
+                (kind, _) => unreachable!("{} against the wrong targets: validated", kind.name()),
             };
         }
     }

@@ -12,7 +12,6 @@
 use kernels::Float;
 
 use crate::batch::{Batch, Target};
-use crate::config::LossKind;
 use crate::error::{Result, RnnError, shape};
 use crate::trainer::{StepReport, Trainer};
 
@@ -77,9 +76,10 @@ impl<T: Float> Tbptt<T> {
         let cfg = trainer.config;
         let state = cfg.num_layers * batch * cfg.hidden_size;
         let cell_state = if cfg.cell.has_cell_state() { state } else { 0 };
-        let per_step = match trainer.loss.kind {
-            LossKind::Mse => (cfg.output_size, 0),
-            LossKind::CrossEntropy => (0, 1),
+        let per_step = if trainer.loss.kind.takes_values() {
+            (cfg.output_size, 0)
+        } else {
+            (0, 1)
         };
         Ok(Self {
             k1,

@@ -54,9 +54,10 @@ fn allocations_of_steady_step(
     let values = vec![0.1f32; positions * cfg.output_size];
     let classes = vec![1usize; positions];
     let lengths: Vec<usize> = (0..b).map(|i| t - i % t).collect();
-    let target = match loss.kind {
-        LossKind::Mse => Target::Values(&values),
-        LossKind::CrossEntropy => Target::Classes(&classes),
+    let target = if loss.kind.takes_values() {
+        Target::Values(&values)
+    } else {
+        Target::Classes(&classes)
     };
     let batch = Batch {
         lengths: Some(&lengths),

@@ -173,6 +173,62 @@ fn bad_inputs_are_typed_errors() {
     assert!(RnnConfig::new(0, 4, 2).validate().is_err());
 }
 
+/// L1 and Huber take float targets like MSE, checked the same way; a Huber threshold must be
+/// finite and positive.
+#[test]
+fn l1_and_huber_check_their_targets_and_threshold() {
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let e = LossKind::huber(bad).unwrap_err();
+        assert!(
+            matches!(&e, RnnError::Config(m) if m.contains("Huber delta")),
+            "{bad}: {e}"
+        );
+    }
+    let (t, b) = (5, 2);
+    let cfg = RnnConfig::new(3, 4, 2);
+    let (x, labels) = data(t, b);
+    let mut values = vec![0.5f32; t * b * 2];
+    for kind in [LossKind::L1, LossKind::huber(0.25).unwrap()] {
+        let mut tr =
+            Trainer::<f32>::new(cfg, LossSpec::every_step(kind), OptimizerKind::sgd(0.1), 0)
+                .unwrap();
+        let e = tr
+            .step(&Batch::new(t, b, &x, Target::Classes(&labels)))
+            .unwrap_err();
+        let expected = format!("{} needs float targets, got class labels", kind.name());
+        assert!(matches!(&e, RnnError::Config(m) if *m == expected), "{e}");
+        let e = tr
+            .step(&Batch::new(t, b, &x, Target::Values(&values[1..])))
+            .unwrap_err();
+        assert!(
+            matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "target"),
+            "{e}"
+        );
+        values[3] = f32::NAN;
+        let e = tr
+            .step(&Batch::new(t, b, &x, Target::Values(&values)))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                RnnError::NonFiniteInput {
+                    what: "target",
+                    index: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        values[3] = 0.5;
+        let before = tr.params.clone();
+        let report = tr
+            .step(&Batch::new(t, b, &x, Target::Values(&values)))
+            .unwrap();
+        assert!(report.loss.is_finite() && report.loss > 0.0);
+        assert_ne!(tr.params, &before[..], "{}: the step updated", kind.name());
+    }
+}
+
 #[test]
 fn non_finite_loss_rejects_the_step_and_keeps_everything() {
     for opt in [

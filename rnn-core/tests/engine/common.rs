@@ -67,9 +67,10 @@ impl Data {
         lengths: bool,
         h0: bool,
     ) -> Batch<'_, f64> {
-        let target = match kind {
-            LossKind::Mse => Target::Values(&self.values),
-            LossKind::CrossEntropy => Target::Classes(&self.classes),
+        let target = if kind.takes_values() {
+            Target::Values(&self.values)
+        } else {
+            Target::Classes(&self.classes)
         };
         Batch {
             seq_len: t,

@@ -415,6 +415,29 @@ fn model_without_biases_loads_and_saves_without_them() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// L1 and Huber (`nn.L1Loss`, `nn.HuberLoss`): PyTorch's own functions and reductions where
+/// every position is scored, its per-element losses masked where sequences are padded; a
+/// Huber delta from the metadata (0.3) and PyTorch's default (1.0, no metadata).
+#[test]
+fn gru_l1_two_layers() {
+    check("gru_l1_2layers", 1e-12);
+}
+
+#[test]
+fn rnn_huber_many_to_one_sum_with_delta() {
+    check("rnn_huber_many_to_one_sum", 1e-12);
+}
+
+#[test]
+fn lstm_huber_default_delta_packed_lengths() {
+    check("lstm_huber_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_l1_packed_lengths_sum_f32() {
+    check("lstm_l1_lengths_sum_f32", 2e-5);
+}
+
 fn dump_error(bytes: &[u8]) -> String {
     match grad_dump(bytes) {
         Ok(_) => panic!("grad_dump accepted a bad file"),
@@ -456,6 +479,17 @@ fn grad_dump_rejects_bad_files_clearly() {
             m.insert("dropout_seed".into(), seed.into());
         }));
         assert!(e.contains(says), "{p} {seed}: {e}");
+    }
+    for (delta, says) in [
+        ("0", "Huber delta = 0"),
+        ("-1", "Huber delta = -1"),
+        ("inf", "Huber delta = inf"),
+        ("wide", "huber_delta = \"wide\" is not a number"),
+    ] {
+        let e = dump_error(&edited("rnn_huber_many_to_one_sum", |_, m| {
+            m.insert("huber_delta".into(), delta.into());
+        }));
+        assert!(e.contains(says), "{delta}: {e}");
     }
     let e = dump_error(&edited("tanh_mse", |t, _| {
         t.retain(|(n, _)| n != "rnn.bias_hh_l0")

@@ -51,7 +51,10 @@ fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
     d.batch(c.t, c.b, c.kind, c.lengths, c.h0)
 }
 
-fn check(c: &Case, seed: u64) {
+/// Checks every gradient of `c` against finite differences; returns `y - target` at every
+/// position of the head's outputs (empty for class labels), for callers that need to know
+/// what the loss saw.
+fn check(c: &Case, seed: u64) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cfg = cfg(c).nonlinearity(c.act);
     cfg.learn_h0 = c.learn_h0;
@@ -88,6 +91,11 @@ fn check(c: &Case, seed: u64) {
     )
     .unwrap();
     let (dx, dh0, dc0) = (ws.dx.clone(), ws.dh0.clone(), ws.dc0.clone());
+    let errors: Vec<f64> = if c.kind.takes_values() {
+        ws.y.iter().zip(&d.values).map(|(y, t)| y - t).collect()
+    } else {
+        Vec::new()
+    };
 
     let eps = 1e-6;
     let mut scratch = vec![0.0; layout.len];
@@ -154,6 +162,7 @@ fn check(c: &Case, seed: u64) {
             close(dc0[idx], numeric, &format!("c0[{idx}]"));
         }
     }
+    errors
 }
 
 const GATED: [Cell; 2] = [Cell::Lstm, Cell::Gru];
@@ -222,6 +231,44 @@ fn every_option_matches_finite_differences() {
     let mut seed = 0;
     for act in [Nonlinearity::Tanh, Nonlinearity::Relu] {
         check_every_loss_option(&Case { act, ..base() }, &mut seed);
+    }
+}
+
+/// L1 and Huber, every cell, both placements, with and without lengths, both reductions.
+/// Huber's `δ` sits inside the spread of the errors, so both of its branches are scored
+/// (asserted, where every position is scored), not only one.
+#[test]
+fn l1_and_huber_match_finite_differences() {
+    let delta = 0.4;
+    let mut seed = 900;
+    for cell in CELLS {
+        for kind in [LossKind::L1, LossKind::huber(delta).unwrap()] {
+            for (many_to_one, lengths, reduction) in [
+                (false, false, Reduction::Mean),
+                (false, true, Reduction::Sum),
+                (true, false, Reduction::Sum),
+                (true, true, Reduction::Mean),
+            ] {
+                seed += 1;
+                let case = Case {
+                    cell,
+                    kind,
+                    many_to_one,
+                    lengths,
+                    reduction,
+                    ..base()
+                };
+                let errors = check(&case, seed);
+                if kind != LossKind::L1 && !lengths {
+                    let inside = errors.iter().filter(|e| e.abs() < delta).count();
+                    assert!(
+                        inside > 0 && inside < errors.len(),
+                        "{case:?}: {inside} of {} errors within delta",
+                        errors.len()
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -541,6 +588,8 @@ fn f32_agrees_with_f64() {
             (cell, 1, LossKind::Mse),
             (cell, 4, LossKind::CrossEntropy),
             (cell, 16, LossKind::Mse),
+            (cell, 3, LossKind::L1),
+            (cell, 8, LossKind::huber(0.5).unwrap()),
         ]
     }) {
         let c = Case {
@@ -581,9 +630,10 @@ fn f32_agrees_with_f64() {
         let v32: Vec<f32> = d.values.iter().map(|&v| v as f32).collect();
         let h32: Vec<f32> = d.h0.iter().map(|&v| v as f32).collect();
         let c32: Vec<f32> = d.c0.iter().map(|&v| v as f32).collect();
-        let target = match kind {
-            LossKind::Mse => Target::Values(&v32[..]),
-            LossKind::CrossEntropy => Target::Classes(&d.classes[..]),
+        let target = if kind.takes_values() {
+            Target::Values(&v32[..])
+        } else {
+            Target::Classes(&d.classes[..])
         };
         let b32 = Batch {
             seq_len: c.t,

@@ -44,13 +44,15 @@ fn setup() -> impl Strategy<Value = Setup> {
             any::<bool>(),
             any::<bool>(),
         ),
-        (0u64..10_000, 0usize..3),
+        // The float-target loss when not cross-entropy (MSE, L1, Huber), drawn last so that
+        // saved cases replay the draws before it unchanged.
+        (0u64..10_000, 0usize..3, 0usize..3),
     )
         .prop_map(
             |(
                 (t, b, i, h, o, layers),
                 (relu, ce, last, sum, lengths, h0, learn, no_bias),
-                (seed, cell),
+                (seed, cell, value_loss),
             )| {
                 let cell = [Cell::Rnn, Cell::Lstm, Cell::Gru][cell];
                 let mut cfg = RnnConfig::new(i, h, o.max(if ce { 2 } else { 1 }))
@@ -64,10 +66,11 @@ fn setup() -> impl Strategy<Value = Setup> {
                 };
                 cfg.learn_h0 = learn && !h0;
                 let spec = LossSpec {
-                    kind: if ce {
-                        LossKind::CrossEntropy
-                    } else {
-                        LossKind::Mse
+                    kind: match (ce, value_loss) {
+                        (true, _) => LossKind::CrossEntropy,
+                        (false, 0) => LossKind::Mse,
+                        (false, 1) => LossKind::L1,
+                        (false, _) => LossKind::huber(0.5).unwrap(),
                     },
                     reduction: if sum { Reduction::Sum } else { Reduction::Mean },
                     many_to_one: last,

@@ -64,9 +64,13 @@ fn overlapping_windows_k2_greater_than_k1_match_pytorch() {
 }
 
 fn trainer(cell: Cell) -> Trainer<f64> {
+    trainer_scored_by(cell, LossKind::Mse)
+}
+
+fn trainer_scored_by(cell: Cell, kind: LossKind) -> Trainer<f64> {
     Trainer::new(
         RnnConfig::new(3, 6, 4).layers(2).cell(cell),
-        LossSpec::every_step(LossKind::Mse),
+        LossSpec::every_step(kind),
         OptimizerKind::adam(0.01),
         5,
     )
@@ -84,18 +88,23 @@ fn stream_data(t: usize, b: usize) -> (Vec<f64>, Vec<f64>) {
     (x, y)
 }
 
-/// TBPTT(T, T) over one chunk is full BPTT: bitwise the same weights.
+/// TBPTT(T, T) over one chunk is full BPTT: bitwise the same weights, for every loss of
+/// float targets.
 #[test]
 fn one_full_window_equals_full_bptt() {
-    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+    let kinds = [LossKind::Mse, LossKind::L1, LossKind::huber(0.5).unwrap()];
+    for (cell, kind) in [Cell::Rnn, Cell::Lstm, Cell::Gru]
+        .into_iter()
+        .flat_map(|cell| kinds.map(|kind| (cell, kind)))
+    {
         let (t, b) = (7, 3);
         let (x, y) = stream_data(t, b);
-        let mut full = trainer(cell);
+        let mut full = trainer_scored_by(cell, kind);
         full.step(&Batch::new(t, b, &x, Target::Values(&y)))
             .unwrap();
-        let mut stream = Tbptt::new(trainer(cell), t, t, b).unwrap();
+        let mut stream = Tbptt::new(trainer_scored_by(cell, kind), t, t, b).unwrap();
         stream.step(&x, Target::Values(&y)).unwrap();
-        assert_eq!(stream.trainer.params, full.params, "{cell:?}");
+        assert_eq!(stream.trainer.params, full.params, "{cell:?} {kind:?}");
         // The carried state is the full run's last state.
         let h = 6;
         for k in 0..2 {

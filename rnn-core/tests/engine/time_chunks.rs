@@ -203,9 +203,10 @@ fn chunked_f32_agrees_with_unchunked_f64() {
         let h0: Vec<f32> = d.h0.iter().map(|&v| v as f32).collect();
         let c0: Vec<f32> = d.c0.iter().map(|&v| v as f32).collect();
         let b64 = d.batch(T, B, s.spec.kind, s.lengths, true);
-        let target = match s.spec.kind {
-            LossKind::Mse => rnn_core::batch::Target::Values(&values),
-            LossKind::CrossEntropy => rnn_core::batch::Target::Classes(&d.classes),
+        let target = if s.spec.kind.takes_values() {
+            rnn_core::batch::Target::Values(&values)
+        } else {
+            rnn_core::batch::Target::Classes(&d.classes)
         };
         let batch = Batch {
             seq_len: T,
