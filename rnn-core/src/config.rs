@@ -236,8 +236,8 @@ impl RnnConfig {
 /// | kind | per element | `dL/dy` | PyTorch |
 /// |---|---|---|---|
 /// | [`Mse`](LossKind::Mse) | `d²` | `2d` | `nn.MSELoss` |
-/// | [`L1`](LossKind::L1) | `|d|` | `sign(d)` (0 at 0) | `nn.L1Loss` |
-/// | [`Huber`](LossKind::Huber) | `d²/2` for `|d| < δ`, else `δ(|d| - δ/2)` | `clamp(d, -δ, δ)` | `nn.HuberLoss(delta=δ)` |
+/// | [`L1`](LossKind::L1) | `abs(d)` | `sign(d)` (0 at 0) | `nn.L1Loss` |
+/// | [`Huber`](LossKind::Huber) | `d²/2` where `abs(d) < δ`, else `δ (abs(d) - δ/2)` | `clamp(d, -δ, δ)` | `nn.HuberLoss(delta=δ)` |
 ///
 /// The three compare float targets element by element, and `mean` averages over every
 /// element of the scored positions (`O` per position), as PyTorch does. L1 and Huber grow
