@@ -93,10 +93,11 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
-         dropout=None, huber_delta=None):
+         dropout=None, huber_delta=None, ignore=0.0):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
-    written, so the fixture also pins grad_dump's default)."""
+    written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
+    labels replaced by PyTorch's ignore_index (-100), which grad_dump reads as IGNORED_LABEL."""
     torch.manual_seed(seed)
     m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
@@ -141,8 +142,12 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         stored_target = target
     else:
         labels = torch.randint(0, O, scored.shape)
-        ignore = torch.where(scored, labels, torch.full_like(labels, -100))
-        value = F.cross_entropy(y.reshape(-1, O), ignore.reshape(-1), reduction=reduction, ignore_index=-100)
+        if ignore > 0:
+            unlabelled = torch.rand(scored.shape, dtype=torch.float64) < ignore
+            labels = torch.where(unlabelled, torch.full_like(labels, -100), labels)
+        ignore_padded = torch.where(scored, labels, torch.full_like(labels, -100))
+        value = F.cross_entropy(y.reshape(-1, O), ignore_padded.reshape(-1), reduction=reduction,
+                                ignore_index=-100)
         stored_target = torch.where(scored, labels, torch.zeros_like(labels))  # unscored: any valid label
     value.backward()
 
@@ -249,6 +254,13 @@ if __name__ == "__main__":
          cell="lstm", seed=82)
     case("lstm_l1_lengths_sum_f32", 12, 8, 7, 33, 6, loss="l1", lengths=[12, 3, 7, 1, 12, 5, 9, 2],
          reduction="sum", dtype=torch.float32, cell="lstm", seed=83)
+    # Cross-entropy's ignore_index: labels of -100 among the scored positions.
+    case("gru_ce_ignore_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce", lengths=[6, 2, 4, 3],
+         cell="gru", ignore=0.3, seed=90)
+    case("lstm_ce_ignore_many_to_one", 5, 6, 3, 9, 4, loss="ce", many_to_one=True, cell="lstm",
+         ignore=0.4, seed=91)
+    case("rnn_ce_ignore_sum_f32", 12, 8, 7, 33, 6, loss="ce", reduction="sum", dtype=torch.float32,
+         ignore=0.25, seed=92)
     print("fixtures written to", os.path.normpath(OUT))
 
 

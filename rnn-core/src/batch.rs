@@ -2,16 +2,45 @@
 
 use kernels::Float;
 
-use crate::config::{LossKind, LossSpec, RnnConfig};
+use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
 use crate::error::{Result, RnnError, shape};
+
+/// A class label that scores nothing (PyTorch's `ignore_index`): a position labelled so
+/// adds no loss and no gradient, and a `mean` averages over the other positions only.
+///
+/// ```
+/// use rnn_core::prelude::*;
+/// let loss_of = |reduction| -> Result<f64, rnn_core::error::RnnError> {
+///     let spec = LossSpec { reduction, ..LossSpec::every_step(LossKind::CrossEntropy) };
+///     let mut tr = Trainer::<f64>::new(RnnConfig::new(2, 4, 3), spec, OptimizerKind::sgd(0.1), 0)?;
+///     let x = [0.5; 2 * 2 * 2]; // T = 2, B = 2, I = 2
+///     tr.evaluate(&Batch::new(2, 2, &x, Target::Classes(&[1, 2, IGNORED_LABEL, 0])))
+/// };
+/// // Three labelled positions: the mean is their sum over 3, not 4.
+/// assert!((loss_of(Reduction::Mean)? - loss_of(Reduction::Sum)? / 3.0).abs() < 1e-12);
+/// # Ok::<(), rnn_core::error::RnnError>(())
+/// ```
+pub const IGNORED_LABEL: usize = usize::MAX;
 
 /// What the head's outputs are scored against.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a, T> {
-    /// Float targets for MSE: `[T, B, O]`, or `[B, O]` when many-to-one.
+    /// Float targets for MSE, L1 and Huber: `[T, B, O]`, or `[B, O]` when many-to-one.
     Values(&'a [T]),
-    /// Class labels for cross-entropy: `[T, B]`, or `[B]` when many-to-one.
+    /// Class labels for cross-entropy: `[T, B]`, or `[B]` when many-to-one; a label may be
+    /// [`IGNORED_LABEL`].
     Classes(&'a [usize]),
+}
+
+impl<T> Target<'_, T> {
+    /// Whether position `p` (`t · B + b`, or `b` when many-to-one) has a target: float
+    /// targets always do, a label unless it is [`IGNORED_LABEL`].
+    fn labelled(&self, p: usize) -> bool {
+        match self {
+            Self::Values(_) => true,
+            Self::Classes(c) => c[p] != IGNORED_LABEL,
+        }
+    }
 }
 
 /// A time-major batch of `B` sequences of `T` steps.
@@ -64,6 +93,14 @@ impl<'a, T: Float> Batch<'a, T> {
     #[inline]
     pub fn scored(&self, t: usize, b: usize) -> bool {
         t >= self.score_from && self.active(t, b)
+    }
+
+    /// Whether the loss scores position `(t, b)`: a step [`Batch::scored`] (every step of
+    /// a many-to-one loss, whose `t` is 0), with a target that is not [`IGNORED_LABEL`].
+    #[inline]
+    pub fn scores(&self, many_to_one: bool, t: usize, b: usize) -> bool {
+        let position = if many_to_one { b } else { t * self.batch + b };
+        (many_to_one || self.scored(t, b)) && self.target.labelled(position)
     }
 
     /// The sequences that have ended by step `t` (none without lengths): their state is
@@ -176,14 +213,17 @@ impl<'a, T: Float> Batch<'a, T> {
                     };
                     return Err(shape("target labels", want, c.len()));
                 }
+                let mut labelled = 0;
                 for (p, &label) in c.iter().enumerate() {
                     let (tt, bb) = if loss.many_to_one {
                         (0, p)
                     } else {
                         (p / b, p % b)
                     };
-                    let scored = loss.many_to_one || self.scored(tt, bb);
-                    if scored && label >= o {
+                    if !self.scores(loss.many_to_one, tt, bb) {
+                        continue;
+                    }
+                    if label >= o {
                         return Err(RnnError::LabelOutOfRange {
                             t: tt,
                             b: bb,
@@ -191,6 +231,14 @@ impl<'a, T: Float> Batch<'a, T> {
                             classes: o,
                         });
                     }
+                    labelled += 1;
+                }
+                if labelled == 0 && loss.reduction == Reduction::Mean {
+                    return Err(RnnError::Config(
+                        "every scored position's label is IGNORED_LABEL: a mean over no \
+                         position is undefined (PyTorch gives NaN)"
+                            .into(),
+                    ));
                 }
             }
             (kind, Target::Classes(_)) => {

@@ -7,7 +7,7 @@
 //!
 //! IN holds the parameters (`rnn.*`, `head.*`), `x` `[T,B,I]`, `h0` `[L,B,H]`, `target` (mse,
 //! l1, huber: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or
-//! `[B]`), optionally `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`,
+//! `[B]`, where -100, PyTorch's default `ignore_index`, marks a position with no label), optionally `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`,
 //! `nonlinearity` (tanh|relu), `loss` (mse|l1|huber|ce), `many_to_one` (true|false),
 //! `reduction` (mean|sum). With `loss` = huber, optional metadata `huber_delta` (a positive
 //! number, default 1.0 as PyTorch's) is the threshold. An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0, 1)`, default 0) and
@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::batch::{Batch, Target};
+use crate::batch::{Batch, IGNORED_LABEL, Target};
 use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
 use crate::dropout::Dropout;
 use crate::error::{Result, RnnError};
@@ -100,13 +100,25 @@ fn dropout(m: &HashMap<String, String>) -> Result<Option<Dropout>> {
     Ok((p > 0.0).then_some(dropout))
 }
 
-fn non_negative(name: &str, v: Vec<i64>) -> Result<Vec<usize>> {
+/// PyTorch's default `ignore_index`, which `target` labels may hold.
+const TORCH_IGNORE_INDEX: i64 = -100;
+
+/// Class labels, with PyTorch's `ignore_index` (-100) read as [`IGNORED_LABEL`].
+fn labels(v: Vec<i64>) -> Result<Vec<usize>> {
     v.into_iter()
-        .map(|x| {
-            usize::try_from(x)
-                .map_err(|_| RnnError::Format(format!("{name} holds a negative value {x}")))
+        .map(|x| match x {
+            TORCH_IGNORE_INDEX => Ok(IGNORED_LABEL),
+            x => non_negative_value("target", x),
         })
         .collect()
+}
+
+fn non_negative(name: &str, v: Vec<i64>) -> Result<Vec<usize>> {
+    v.into_iter().map(|x| non_negative_value(name, x)).collect()
+}
+
+fn non_negative_value(name: &str, x: i64) -> Result<usize> {
+    usize::try_from(x).map_err(|_| RnnError::Format(format!("{name} holds a negative value {x}")))
 }
 
 /// Activations may take this many bytes per byte of input file (at least 1 GiB) before a
@@ -161,7 +173,7 @@ fn run<T: Float>(
         values = io::float_tensor::<T>(st, "target")?.0;
         Target::Values(&values[..])
     } else {
-        classes = non_negative("target", io::int_tensor(st, "target")?.0)?;
+        classes = labels(io::int_tensor(st, "target")?.0)?;
         Target::Classes(&classes[..])
     };
     let batch = Batch {

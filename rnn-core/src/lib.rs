@@ -77,7 +77,7 @@ pub use error::{Result, RnnError};
 
 /// The types most programs need.
 pub mod prelude {
-    pub use crate::batch::{Batch, Target};
+    pub use crate::batch::{Batch, IGNORED_LABEL, Target};
     pub use crate::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
     pub use crate::dropout::Dropout;
     pub use crate::error::{Result, RnnError};

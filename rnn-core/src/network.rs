@@ -493,17 +493,13 @@ fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: Head
 }
 
 /// The factor of the reduction: `1 / (scored positions [· O for float targets])` for `mean`,
-/// 1 for `sum`.
+/// 1 for `sum`. A position whose label is ignored is not scored.
 fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> T {
-    let b = batch.batch;
-    let count = if spec.many_to_one {
-        b
-    } else {
-        let from = batch.score_from;
-        batch.lengths.map_or((batch.seq_len - from) * b, |l| {
-            l.iter().map(|&n| n.saturating_sub(from)).sum()
-        })
-    };
+    let steps = if spec.many_to_one { 1 } else { batch.seq_len };
+    let count = (0..steps)
+        .flat_map(|t| (0..batch.batch).map(move |b| (t, b)))
+        .filter(|&(t, b)| batch.scores(spec.many_to_one, t, b))
+        .count();
     let per_position = if spec.kind.takes_values() {
         config.output_size
     } else {
@@ -529,14 +525,13 @@ fn loss_forward_backward<T: Float>(
     let mut total = T::zero();
     for t in 0..steps {
         let block = t * b * o..(t + 1) * b * o;
-        let all = spec.many_to_one || (t >= batch.score_from && batch.all_active(t));
+        let scores = |bb| batch.scores(spec.many_to_one, t, bb);
+        let all = (0..b).all(scores);
         // Whole step at once when every sequence is scored, else row by row.
         let rows: &mut dyn Iterator<Item = (usize, usize)> = if all {
             &mut std::iter::once((0, b))
         } else {
-            &mut (0..b)
-                .filter(|&bb| batch.scored(t, bb))
-                .map(|bb| (bb, bb + 1))
+            &mut (0..b).filter(|&bb| scores(bb)).map(|bb| (bb, bb + 1))
         };
         if !all {
             ws.dy[block.clone()].fill(T::zero());

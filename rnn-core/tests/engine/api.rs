@@ -173,6 +173,57 @@ fn bad_inputs_are_typed_errors() {
     assert!(RnnConfig::new(0, 4, 2).validate().is_err());
 }
 
+/// An ignored label needs no valid class; a mean over no labelled position is refused (and
+/// leaves the weights), a sum over none is 0.
+#[test]
+fn ignored_labels_are_checked_and_a_mean_over_none_is_refused() {
+    let (t, b) = (5, 2);
+    let (x, mut y) = data(t, b);
+    let mut tr = trainer(OptimizerKind::sgd(0.1));
+    y[3] = IGNORED_LABEL;
+    tr.step(&Batch::new(t, b, &x, Target::Classes(&y))).unwrap();
+    y[4] = 4; // classes 0..4
+    let e = tr
+        .step(&Batch::new(t, b, &x, Target::Classes(&y)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RnnError::LabelOutOfRange {
+                t: 2,
+                b: 0,
+                label: 4,
+                classes: 4
+            }
+        ),
+        "{e}"
+    );
+    let none = vec![IGNORED_LABEL; t * b];
+    let before = tr.params.clone();
+    let e = tr
+        .step(&Batch::new(t, b, &x, Target::Classes(&none)))
+        .unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("IGNORED_LABEL")),
+        "{e}"
+    );
+    assert_eq!(tr.params, before);
+    let mut summed = Trainer::<f32>::new(
+        RnnConfig::new(3, 8, 4),
+        LossSpec {
+            reduction: Reduction::Sum,
+            ..LossSpec::every_step(LossKind::CrossEntropy)
+        },
+        OptimizerKind::sgd(0.1),
+        7,
+    )
+    .unwrap();
+    let report = summed
+        .step(&Batch::new(t, b, &x, Target::Classes(&none)))
+        .unwrap();
+    assert_eq!(report.loss, 0.0);
+}
+
 /// L1 and Huber take float targets like MSE, checked the same way; a Huber threshold must be
 /// finite and positive.
 #[test]

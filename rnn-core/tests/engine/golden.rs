@@ -438,6 +438,23 @@ fn lstm_l1_packed_lengths_sum_f32() {
     check("lstm_l1_lengths_sum_f32", 2e-5);
 }
 
+/// Cross-entropy's `ignore_index`: labels of -100 (PyTorch's default, grad_dump reads it as
+/// `IGNORED_LABEL`) score nothing, and a mean divides by the labelled positions only.
+#[test]
+fn gru_ce_ignored_labels_packed_lengths() {
+    check("gru_ce_ignore_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_ce_ignored_labels_many_to_one() {
+    check("lstm_ce_ignore_many_to_one", 1e-12);
+}
+
+#[test]
+fn rnn_ce_ignored_labels_sum_f32() {
+    check("rnn_ce_ignore_sum_f32", 2e-5);
+}
+
 fn dump_error(bytes: &[u8]) -> String {
     match grad_dump(bytes) {
         Ok(_) => panic!("grad_dump accepted a bad file"),
@@ -511,6 +528,12 @@ fn grad_dump_rejects_bad_files_clearly() {
         x.1.bytes[8..16].copy_from_slice(&f64::NAN.to_le_bytes());
     }));
     assert!(e.contains("non-finite") && e.contains("x"), "{e}");
+    // -100 is PyTorch's ignore_index; any other negative label is refused.
+    let e = dump_error(&edited("gru_ce_ignore_lengths", |t, _| {
+        let target = t.iter_mut().find(|(n, _)| n == "target").unwrap();
+        target.1.bytes[..8].copy_from_slice(&(-5i64).to_le_bytes());
+    }));
+    assert!(e.contains("target holds a negative value -5"), "{e}");
     let e = dump_error(&edited("lengths_mse_sum", |t, _| {
         let l = t.iter_mut().find(|(n, _)| n == "lengths").unwrap();
         l.1.bytes[..8].copy_from_slice(&(-1i64).to_le_bytes());

@@ -5,7 +5,7 @@ use crate::common::Data;
 
 use approx::assert_relative_eq;
 use rand::{SeedableRng, rngs::StdRng};
-use rnn_core::batch::{Batch, Target};
+use rnn_core::batch::{Batch, IGNORED_LABEL, Target};
 use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
 use rnn_core::dropout::Dropout;
 use std::num::NonZeroUsize;
@@ -34,6 +34,8 @@ struct Case {
     chunks: TimeChunks,
     dropout: Option<Dropout>,
     bias: bool,
+    /// Every `n`-th class label (from the second) is [`IGNORED_LABEL`]; 0: none.
+    ignore_every: usize,
 }
 
 fn cfg(c: &Case) -> RnnConfig {
@@ -44,7 +46,13 @@ fn cfg(c: &Case) -> RnnConfig {
 }
 
 fn data(c: &Case, rng: &mut StdRng) -> Data {
-    Data::random(rng, &cfg(c), c.t, c.b, c.many_to_one)
+    let mut d = Data::random(rng, &cfg(c), c.t, c.b, c.many_to_one);
+    if c.ignore_every > 0 {
+        for label in d.classes.iter_mut().skip(1).step_by(c.ignore_every) {
+            *label = IGNORED_LABEL;
+        }
+    }
+    d
 }
 
 fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
@@ -188,6 +196,7 @@ fn base() -> Case {
         chunks: TimeChunks::Auto,
         dropout: None,
         bias: true,
+        ignore_every: 0,
     }
 }
 
@@ -234,6 +243,15 @@ fn every_option_matches_finite_differences() {
     }
 }
 
+/// (many-to-one, lengths, reduction): each placement with and without lengths, each reduction
+/// twice, in four checks.
+const PLACEMENTS: [(bool, bool, Reduction); 4] = [
+    (false, false, Reduction::Mean),
+    (false, true, Reduction::Sum),
+    (true, false, Reduction::Sum),
+    (true, true, Reduction::Mean),
+];
+
 /// L1 and Huber, every cell, both placements, with and without lengths, both reductions.
 /// Huber's `δ` sits inside the spread of the errors, so both of its branches are scored
 /// (asserted, where every position is scored), not only one.
@@ -243,12 +261,7 @@ fn l1_and_huber_match_finite_differences() {
     let mut seed = 900;
     for cell in CELLS {
         for kind in [LossKind::L1, LossKind::huber(delta).unwrap()] {
-            for (many_to_one, lengths, reduction) in [
-                (false, false, Reduction::Mean),
-                (false, true, Reduction::Sum),
-                (true, false, Reduction::Sum),
-                (true, true, Reduction::Mean),
-            ] {
+            for (many_to_one, lengths, reduction) in PLACEMENTS {
                 seed += 1;
                 let case = Case {
                     cell,
@@ -270,6 +283,59 @@ fn l1_and_huber_match_finite_differences() {
             }
         }
     }
+}
+
+/// Cross-entropy with every third label ignored (PyTorch's `ignore_index`), every cell, both
+/// placements, with and without lengths, both reductions; and labelling an ignored position
+/// changes the loss (it was not scored as some class). The mean's divisor, which finite
+/// differences cannot see, is pinned by PyTorch fixtures (golden.rs).
+#[test]
+fn ignored_labels_match_finite_differences() {
+    let mut seed = 1000;
+    for cell in CELLS {
+        for (many_to_one, lengths, reduction) in PLACEMENTS {
+            seed += 1;
+            let case = Case {
+                cell,
+                kind: LossKind::CrossEntropy,
+                many_to_one,
+                lengths,
+                reduction,
+                ignore_every: 3,
+                ..base()
+            };
+            check(&case, seed);
+        }
+    }
+    let case = Case {
+        kind: LossKind::CrossEntropy,
+        ignore_every: 3,
+        ..base()
+    };
+    let cfg = cfg(&case);
+    let layout = Layout::new(&cfg);
+    let params = init_params::<f64>(&cfg, 1);
+    let mut d = data(&case, &mut StdRng::seed_from_u64(1));
+    let loss = |d: &Data| {
+        let mut ws = Workspace::new();
+        let mut grads = vec![0.0; layout.len];
+        let spec = LossSpec::every_step(LossKind::CrossEntropy);
+        let batch = batch(&case, d);
+        forward_backward(
+            &cfg,
+            &layout,
+            &params,
+            &mut grads,
+            &mut ws,
+            &batch,
+            &spec,
+            Default::default(),
+        )
+        .unwrap()
+    };
+    let ignoring = loss(&d);
+    d.classes[1] = 0; // now labelled: scored, and the mean divides by one more position
+    assert_ne!(loss(&d), ignoring);
 }
 
 /// LSTM and GRU: both losses, both placements, lengths, both reductions.
