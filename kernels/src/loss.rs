@@ -146,14 +146,24 @@ impl<T: Float> Lanewise<T, 2> for SquaredErrorGrad<T> {
 #[track_caller]
 pub fn squared_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) -> T {
     let two_scale = scale + scale;
-    zip_rows(SquaredErrorGrad(two_scale), dy, [y, target], None);
-    // Summed from the differences themselves (not from dy / 2s, which is inexact for tiny s).
-    let mut sse = T::zero();
-    for (&a, &b) in y.iter().zip(target) {
-        let d = a - b;
-        sse += d * d;
-    }
-    sse
+    elementwise_error(SquaredErrorGrad(two_scale), dy, y, target, |d| d * d)
+}
+
+/// The shape every float-target loss shares: writes `dy` through `grad` and returns
+/// `Σ loss(y - target)`, summed in order from the differences themselves (not from `dy`,
+/// which is scaled, and inexact for a tiny scale, or clamped).
+#[track_caller]
+fn elementwise_error<T: Float, G: Lanewise<T, 2>>(
+    grad: G,
+    dy: &mut [T],
+    y: &[T],
+    target: &[T],
+    loss: impl Fn(T) -> T,
+) -> T {
+    zip_rows(grad, dy, [y, target], None);
+    y.iter()
+        .zip(target)
+        .fold(T::zero(), |sum, (&a, &b)| sum + loss(a - b))
 }
 
 #[derive(Clone, Copy)]
@@ -189,12 +199,7 @@ impl<T: Float> Lanewise<T, 2> for AbsoluteErrorGrad<T> {
 /// ```
 #[track_caller]
 pub fn absolute_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) -> T {
-    zip_rows(AbsoluteErrorGrad(scale), dy, [y, target], None);
-    let mut sae = T::zero();
-    for (&a, &b) in y.iter().zip(target) {
-        sae += (a - b).abs();
-    }
-    sae
+    elementwise_error(AbsoluteErrorGrad(scale), dy, y, target, T::abs)
 }
 
 #[derive(Clone, Copy)]
@@ -233,16 +238,13 @@ impl<T: Float> Lanewise<T, 2> for HuberGrad<T> {
 /// ```
 #[track_caller]
 pub fn huber_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], delta: T, scale: T) -> T {
-    zip_rows(HuberGrad { delta, scale }, dy, [y, target], None);
     let half = T::of(0.5);
-    let mut total = T::zero();
-    for (&a, &b) in y.iter().zip(target) {
-        let z = (a - b).abs();
-        total += if z < delta {
+    elementwise_error(HuberGrad { delta, scale }, dy, y, target, |d| {
+        let z = d.abs();
+        if z < delta {
             half * z * z
         } else {
             delta * (z - half * delta)
-        };
-    }
-    total
+        }
+    })
 }
