@@ -1,7 +1,8 @@
 //! Time-series forecasting: a model learns sine waves of random frequency and phase
 //! (made on the fly, nothing to download) as next-value prediction at every step
-//! (many-to-many MSE, or L1 or Huber with `--loss`), then forecasts held-out waves autoregressively, feeding its own
-//! predictions back, and is compared with the truth and with the naive "same as last" forecast.
+//! (many-to-many MSE, or L1 or Huber with `--loss`), then forecasts held-out waves
+//! autoregressively, feeding its own predictions back, and is compared with the truth and
+//! with the naive "same as last" forecast.
 //!
 //! ```text
 //! cargo run --release --example sine

@@ -59,6 +59,35 @@ fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
     d.batch(c.t, c.b, c.kind, c.lengths, c.h0)
 }
 
+/// The loss of case `c` over `d`, with parameters `params` of `cfg` (`c`'s config, or a
+/// variant of it).
+fn loss_of(c: &Case, cfg: &RnnConfig, params: &[f64], d: &Data) -> f64 {
+    let layout = Layout::new(cfg);
+    let spec = LossSpec {
+        kind: c.kind,
+        reduction: c.reduction,
+        many_to_one: c.many_to_one,
+    };
+    let mut grads = vec![0.0; layout.len];
+    let opts = PassOptions {
+        split: c.split,
+        chunks: c.chunks,
+        dropout: c.dropout,
+        ..Default::default()
+    };
+    forward_backward(
+        cfg,
+        &layout,
+        params,
+        &mut grads,
+        &mut Workspace::new(),
+        &batch(c, d),
+        &spec,
+        opts,
+    )
+    .unwrap()
+}
+
 /// Checks every gradient of `c` against finite differences; returns `y - target` at every
 /// position of the head's outputs (empty for class labels), for callers that need to know
 /// what the loss saw.
@@ -106,26 +135,7 @@ fn check(c: &Case, seed: u64) -> Vec<f64> {
     };
 
     let eps = 1e-6;
-    let mut scratch = vec![0.0; layout.len];
-    let mut loss_at = |p: &[f64], d: &Data| {
-        let mut ws = Workspace::new();
-        forward_backward(
-            &cfg,
-            &layout,
-            p,
-            &mut scratch,
-            &mut ws,
-            &batch(c, d),
-            &spec,
-            PassOptions {
-                split: c.split,
-                chunks: c.chunks,
-                dropout: c.dropout,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-    };
+    let loss_at = |p: &[f64], d: &Data| loss_of(c, &cfg, p, d);
     let close = |analytic: f64, numeric: f64, what: &str| {
         assert!(
             (analytic - numeric).abs() <= 1e-7 + 1e-5 * numeric.abs().max(analytic.abs()),
@@ -146,7 +156,7 @@ fn check(c: &Case, seed: u64) -> Vec<f64> {
             );
         }
     }
-    let mut perturbed = |field: fn(&mut Data) -> &mut Vec<f64>, idx: usize, delta: f64| {
+    let perturbed = |field: fn(&mut Data) -> &mut Vec<f64>, idx: usize, delta: f64| {
         let mut dd = data(c, &mut StdRng::seed_from_u64(seed)); // the same draw as `d`
         field(&mut dd)[idx] += delta;
         loss_at(&params, &dd)
@@ -313,29 +323,11 @@ fn ignored_labels_match_finite_differences() {
         ..base()
     };
     let cfg = cfg(&case);
-    let layout = Layout::new(&cfg);
     let params = init_params::<f64>(&cfg, 1);
     let mut d = data(&case, &mut StdRng::seed_from_u64(1));
-    let loss = |d: &Data| {
-        let mut ws = Workspace::new();
-        let mut grads = vec![0.0; layout.len];
-        let spec = LossSpec::every_step(LossKind::CrossEntropy);
-        let batch = batch(&case, d);
-        forward_backward(
-            &cfg,
-            &layout,
-            &params,
-            &mut grads,
-            &mut ws,
-            &batch,
-            &spec,
-            Default::default(),
-        )
-        .unwrap()
-    };
-    let ignoring = loss(&d);
+    let ignoring = loss_of(&case, &cfg, &params, &d);
     d.classes[1] = 0; // now labelled: scored, and the mean divides by one more position
-    assert_ne!(loss(&d), ignoring);
+    assert_ne!(loss_of(&case, &cfg, &params, &d), ignoring);
 }
 
 /// LSTM and GRU: both losses, both placements, lengths, both reductions.
