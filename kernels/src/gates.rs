@@ -10,38 +10,93 @@
 //! partial register at the end of a row goes through the same arithmetic, so results do not
 //! depend on `H` modulo the register width.
 
-use faer::Accum;
+use faer::prelude::ReborrowMut;
+use faer::{Accum, MatMut, MatRef};
 use pulp::{Simd, WithSimd};
 
 use crate::float::Float;
 
-/// One register from `x` (`x.len() <= lanes`; a short slice is zero-padded).
-#[inline(always)]
-fn load<T: Float, S: Simd>(s: S, x: &[T]) -> T::Lanes<S> {
-    let (full, tail) = T::as_simd::<S>(x);
-    match full.first() {
-        Some(v) => *v,
-        None => T::partial_load(s, tail),
-    }
+/// What a kernel does to one register of each of its slices (a trait, not a closure: a
+/// closure is not compiled with the SIMD target features of the function it is written in,
+/// so every intrinsic in it would become a call; a GRU forward register took 30x longer).
+trait RegisterOp<T: Float, const M: usize, const N: usize>: Copy {
+    /// Updates `io` (the registers read and written back) from `inputs` (only read).
+    fn apply<S: Simd>(self, s: S, io: &mut [T::Lanes<S>; M], inputs: [T::Lanes<S>; N]);
 }
 
-/// Stores the first `x.len()` lanes of `v` into `x`.
+/// Runs `op` on every register of a row of unit slices, all the same length: `io`'s registers
+/// are read, passed to `op` to update and written back; `inputs`' are only read. The partial
+/// register at the end is zero-padded on the way in and only its live lanes are stored, so it
+/// goes through exactly the arithmetic of the whole ones.
+///
+/// The slices are walked through raw pointers rather than split into register slices with
+/// `array::map` / `from_fn`: those are not inlined into the SIMD function, and their calls
+/// cost each row about 560 instructions (70 ns), as much as four registers of the GRU's
+/// forward arithmetic (the engine's tiles are 96 units wide, six f32 registers).
+///
+/// # Panics
+/// If the slices' lengths differ.
 #[inline(always)]
-fn store<T: Float, S: Simd>(s: S, x: &mut [T], v: T::Lanes<S>) {
-    let (full, tail) = T::as_mut_simd::<S>(x);
-    match full.first_mut() {
-        Some(r) => *r = v,
-        None => T::partial_store(s, tail, v),
+fn walk<T: Float, S: Simd, const M: usize, const N: usize>(
+    s: S,
+    io: [&mut [T]; M],
+    inputs: [&[T]; N],
+    op: impl RegisterOp<T, M, N>,
+) {
+    let units = io.first().map_or(0, |x| x.len());
+    let mut io_at = [core::ptr::null_mut::<T>(); M];
+    for (at, x) in io_at.iter_mut().zip(io) {
+        assert_eq!(x.len(), units, "a row's slices differ in length");
+        *at = x.as_mut_ptr();
     }
-}
-
-/// `(j, n)` for every register of a row of `hidden` units: start and width.
-#[inline(always)]
-fn registers<T: Float, S: Simd>(hidden: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut in_at = [core::ptr::null::<T>(); N];
+    for (at, x) in in_at.iter_mut().zip(inputs) {
+        assert_eq!(x.len(), units, "a row's slices differ in length");
+        *at = x.as_ptr();
+    }
     let lanes = T::lanes::<S>();
-    (0..hidden)
-        .step_by(lanes)
-        .map(move |j| (j, lanes.min(hidden - j)))
+    let zero = T::splat(s, T::zero());
+    let mut j = 0;
+    while j + lanes <= units {
+        let (mut regs, mut ins) = ([zero; M], [zero; N]);
+        for (v, at) in regs.iter_mut().zip(io_at) {
+            // SAFETY: `at` starts a live `&mut [T]` of `units` elements (checked above) that
+            // nothing else touches during this call, and `j + lanes <= units`: the register is
+            // inside it. `Lanes` is `lanes` plain `T`s, read without alignment.
+            *v = unsafe { at.add(j).cast::<T::Lanes<S>>().read_unaligned() };
+        }
+        for (v, at) in ins.iter_mut().zip(in_at) {
+            // SAFETY: as above, for a live `&[T]` of `units` elements.
+            *v = unsafe { at.add(j).cast::<T::Lanes<S>>().read_unaligned() };
+        }
+        op.apply(s, &mut regs, ins);
+        for (v, at) in regs.into_iter().zip(io_at) {
+            // SAFETY: as for the read: inside the same exclusively borrowed slice.
+            unsafe { at.add(j).cast::<T::Lanes<S>>().write_unaligned(v) };
+        }
+        j += lanes;
+    }
+    if j < units {
+        let tail = units - j;
+        let (mut regs, mut ins) = ([zero; M], [zero; N]);
+        for (v, at) in regs.iter_mut().zip(io_at) {
+            // SAFETY: elements `j..units` of the live slice `at` starts (see above).
+            *v = T::partial_load(s, unsafe { core::slice::from_raw_parts(at.add(j), tail) });
+        }
+        for (v, at) in ins.iter_mut().zip(in_at) {
+            // SAFETY: elements `j..units` of the live slice `at` starts (see above).
+            *v = T::partial_load(s, unsafe { core::slice::from_raw_parts(at.add(j), tail) });
+        }
+        op.apply(s, &mut regs, ins);
+        for (v, at) in regs.into_iter().zip(io_at) {
+            // SAFETY: elements `j..units` of the exclusively borrowed slice `at` starts.
+            T::partial_store(
+                s,
+                unsafe { core::slice::from_raw_parts_mut(at.add(j), tail) },
+                v,
+            );
+        }
+    }
 }
 
 #[track_caller]
@@ -82,44 +137,42 @@ fn gate_slices<T, const G: usize>(v: &[T], hidden: usize) -> [&[T]; G] {
     core::array::from_fn(|k| &v[k * hidden..(k + 1) * hidden])
 }
 
-#[track_caller]
-fn check_units(what: &str, len: usize, units: usize) {
-    assert_eq!(
-        len, units,
-        "{what} has {len} elements, want {units} (the block's units)"
-    );
-}
-
-/// `x + b`, a register of each.
-#[inline(always)]
-fn biased<T: Float, S: Simd>(s: S, x: &[T], b: &[T]) -> T::Lanes<S> {
-    T::vadd(s, load(s, x), load(s, b))
-}
-
 /// One row of an LSTM step forward over a block of units (see [`lstm_forward`]).
 #[inline(always)]
 fn lstm_forward_row<T: Float, S: Simd>(
     s: S,
     [gi, gf, gg, go]: [&mut [T]; 4],
-    bias: [&[T]; 4],
+    [bi, bf, bg, bo]: [&[T]; 4],
     cp: &[T],
     c: &mut [T],
     h: &mut [T],
 ) {
-    for (j, n) in registers::<T, S>(cp.len()) {
-        let r = j..j + n;
-        let i = T::vsigmoid(s, biased(s, &gi[r.clone()], &bias[0][r.clone()]));
-        let f = T::vsigmoid(s, biased(s, &gf[r.clone()], &bias[1][r.clone()]));
-        let gv = T::vtanh(s, biased(s, &gg[r.clone()], &bias[2][r.clone()]));
-        let o = T::vsigmoid(s, biased(s, &go[r.clone()], &bias[3][r.clone()]));
+    walk(
+        s,
+        [gi, gf, gg, go, c, h],
+        [bi, bf, bg, bo, cp],
+        LstmForwardOp,
+    );
+}
+
+#[derive(Clone, Copy)]
+struct LstmForwardOp;
+
+impl<T: Float> RegisterOp<T, 6, 5> for LstmForwardOp {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        [i, f, g, o, c, h]: &mut [T::Lanes<S>; 6],
+        [bi, bf, bg, bo, cp]: [T::Lanes<S>; 5],
+    ) {
+        *i = T::vsigmoid(s, T::vadd(s, *i, bi));
+        *f = T::vsigmoid(s, T::vadd(s, *f, bf));
+        *g = T::vtanh(s, T::vadd(s, *g, bg));
+        *o = T::vsigmoid(s, T::vadd(s, *o, bo));
         // c = f c_prev + i g; h = o tanh(c)
-        let cv = T::vmul_add(s, f, load(s, &cp[r.clone()]), T::vmul(s, i, gv));
-        store(s, &mut gi[r.clone()], i);
-        store(s, &mut gf[r.clone()], f);
-        store(s, &mut gg[r.clone()], gv);
-        store(s, &mut go[r.clone()], o);
-        store(s, &mut c[r.clone()], cv);
-        store(s, &mut h[r], T::vmul(s, o, T::vtanh(s, cv)));
+        *c = T::vmul_add(s, *f, cp, T::vmul(s, *i, *g));
+        *h = T::vmul(s, *o, T::vtanh(s, *c));
     }
 }
 
@@ -149,61 +202,6 @@ impl<T: Float> WithSimd for LstmForward<'_, T> {
             lstm_forward_row(s, split_gates(g, hd), bias, cp, c, h);
         }
     }
-}
-
-struct LstmForwardUnits<'a, T> {
-    gates: [&'a mut [T]; 4],
-    bias: [&'a [T]; 4],
-    c_prev: &'a [T],
-    c: &'a mut [T],
-    h: &'a mut [T],
-}
-
-impl<T: Float> WithSimd for LstmForwardUnits<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        lstm_forward_row(s, self.gates, self.bias, self.c_prev, self.c, self.h);
-    }
-}
-
-/// [`lstm_forward`] for one sequence and a block of hidden units: `gates[k]` and `bias[k]`
-/// are gate `k`'s slices for those units, `c_prev`, `c` and `h` theirs. The engine's
-/// per-step workers each run their own block of units with it.
-///
-/// # Panics
-/// If the slices' lengths differ.
-///
-/// ```
-/// let (mut i, mut f, mut g, mut o) = ([0.0f64], [0.0], [0.0], [0.0]);
-/// let (mut c, mut h) = ([0.0; 1], [0.0; 1]);
-/// kernels::gates::lstm_forward_units([&mut i, &mut f, &mut g, &mut o], [&[0.0]; 4], &[2.0], &mut c, &mut h);
-/// assert_eq!((i[0], c[0]), (0.5, 1.0));
-/// ```
-#[track_caller]
-pub fn lstm_forward_units<T: Float>(
-    gates: [&mut [T]; 4],
-    bias: [&[T]; 4],
-    c_prev: &[T],
-    c: &mut [T],
-    h: &mut [T],
-) {
-    let units = c_prev.len();
-    gates
-        .iter()
-        .for_each(|g| check_units("a gate", g.len(), units));
-    bias.iter()
-        .for_each(|b| check_units("a bias", b.len(), units));
-    check_units("c", c.len(), units);
-    check_units("h", h.len(), units);
-    crate::arch::dispatch(LstmForwardUnits {
-        gates,
-        bias,
-        c_prev,
-        c,
-        h,
-    });
 }
 
 /// The elementwise half of an LSTM step (PyTorch's `nn.LSTM`).
@@ -265,33 +263,30 @@ fn lstm_backward_row<T: Float, S: Simd>(
     dh: &[T],
     dc: &mut [T],
 ) {
-    let one = T::splat(s, T::one());
-    for (j, n) in registers::<T, S>(cp.len()) {
-        let r = j..j + n;
-        let (i, f) = (load(s, &gi[r.clone()]), load(s, &gf[r.clone()]));
-        let (gv, o) = (load(s, &gg[r.clone()]), load(s, &go[r.clone()]));
-        let dhv = load(s, &dh[r.clone()]);
-        let tc = T::vtanh(s, load(s, &c[r.clone()]));
+    walk(s, [gi, gf, gg, go, dc], [cp, c, dh], LstmBackwardOp);
+}
+
+#[derive(Clone, Copy)]
+struct LstmBackwardOp;
+
+impl<T: Float> RegisterOp<T, 5, 3> for LstmBackwardOp {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        [gi, gf, gg, go, dc]: &mut [T::Lanes<S>; 5],
+        [cp, c, dhv]: [T::Lanes<S>; 3],
+    ) {
+        let one = T::splat(s, T::one());
+        let (i, f, gv, o) = (*gi, *gf, *gg, *go);
+        let tc = T::vtanh(s, c);
         // dc_t = dc_{t+1 → t} + dh o (1 - tanh² c)
-        let dct = T::vmul_add(
-            s,
-            T::vmul(s, dhv, o),
-            T::vneg_mul_add(s, tc, tc, one),
-            load(s, &dc[r.clone()]),
-        );
-        let di = T::vmul(s, T::vmul(s, dct, gv), sigmoid_grad::<T, S>(s, i));
-        let df = T::vmul(
-            s,
-            T::vmul(s, dct, load(s, &cp[r.clone()])),
-            sigmoid_grad::<T, S>(s, f),
-        );
-        let dg = T::vmul(s, T::vmul(s, dct, i), T::vneg_mul_add(s, gv, gv, one));
-        let dov = T::vmul(s, T::vmul(s, dhv, tc), sigmoid_grad::<T, S>(s, o));
-        store(s, &mut gi[r.clone()], di);
-        store(s, &mut gf[r.clone()], df);
-        store(s, &mut gg[r.clone()], dg);
-        store(s, &mut go[r.clone()], dov);
-        store(s, &mut dc[r], T::vmul(s, dct, f));
+        let dct = T::vmul_add(s, T::vmul(s, dhv, o), T::vneg_mul_add(s, tc, tc, one), *dc);
+        *gi = T::vmul(s, T::vmul(s, dct, gv), sigmoid_grad::<T, S>(s, i));
+        *gf = T::vmul(s, T::vmul(s, dct, cp), sigmoid_grad::<T, S>(s, f));
+        *gg = T::vmul(s, T::vmul(s, dct, i), T::vneg_mul_add(s, gv, gv, one));
+        *go = T::vmul(s, T::vmul(s, dhv, tc), sigmoid_grad::<T, S>(s, o));
+        *dc = T::vmul(s, dct, f);
     }
 }
 
@@ -321,52 +316,6 @@ impl<T: Float> WithSimd for LstmBackward<'_, T> {
             lstm_backward_row(s, split_gates(g, hd), cp, c, dh, dc);
         }
     }
-}
-
-struct LstmBackwardUnits<'a, T> {
-    gates: [&'a mut [T]; 4],
-    c_prev: &'a [T],
-    c: &'a [T],
-    dh: &'a [T],
-    dc: &'a mut [T],
-}
-
-impl<T: Float> WithSimd for LstmBackwardUnits<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        lstm_backward_row(s, self.gates, self.c_prev, self.c, self.dh, self.dc);
-    }
-}
-
-/// [`lstm_backward`] for one sequence and a block of hidden units (the slices of
-/// [`lstm_forward_units`]).
-///
-/// # Panics
-/// If the slices' lengths differ.
-#[track_caller]
-pub fn lstm_backward_units<T: Float>(
-    gates: [&mut [T]; 4],
-    c_prev: &[T],
-    c: &[T],
-    dh: &[T],
-    dc: &mut [T],
-) {
-    let units = c_prev.len();
-    gates
-        .iter()
-        .for_each(|g| check_units("a gate", g.len(), units));
-    for (what, len) in [("c", c.len()), ("dh", dh.len()), ("dc", dc.len())] {
-        check_units(what, len, units);
-    }
-    crate::arch::dispatch(LstmBackwardUnits {
-        gates,
-        c_prev,
-        c,
-        dh,
-        dc,
-    });
 }
 
 /// The elementwise half of an LSTM step backward, the mirror of [`lstm_forward`].
@@ -408,8 +357,8 @@ pub fn lstm_backward<T: Float>(
 
 /// `(x + b_i) + (h + b_h)`: a GRU gate's pre-activation from its input and hidden sides.
 #[inline(always)]
-fn gru_pre<T: Float, S: Simd>(s: S, [x, b_i, h, b_h]: [&[T]; 4]) -> T::Lanes<S> {
-    T::vadd(s, biased(s, x, b_i), biased(s, h, b_h))
+fn gru_pre<T: Float, S: Simd>(s: S, [x, b_i, h, b_h]: [T::Lanes<S>; 4]) -> T::Lanes<S> {
+    T::vadd(s, T::vadd(s, x, b_i), T::vadd(s, h, b_h))
 }
 
 /// One row of a GRU step forward over a block of units (see [`gru_forward`]).
@@ -418,50 +367,34 @@ fn gru_forward_row<T: Float, S: Simd>(
     s: S,
     [xr, xz, xn]: [&mut [T]; 3],
     [hr, hz, hn]: [&mut [T]; 3],
-    b_ih: [&[T]; 3],
-    b_hh: [&[T]; 3],
+    [bir, biz, bin]: [&[T]; 3],
+    [bhr, bhz, bhn]: [&[T]; 3],
     hp: &[T],
     h: &mut [T],
 ) {
-    for (j, n) in registers::<T, S>(hp.len()) {
-        let r = j..j + n;
-        let rv = T::vsigmoid(
-            s,
-            gru_pre(
-                s,
-                [
-                    &xr[r.clone()],
-                    &b_ih[0][r.clone()],
-                    &hr[r.clone()],
-                    &b_hh[0][r.clone()],
-                ],
-            ),
-        );
-        let zv = T::vsigmoid(
-            s,
-            gru_pre(
-                s,
-                [
-                    &xz[r.clone()],
-                    &b_ih[1][r.clone()],
-                    &hz[r.clone()],
-                    &b_hh[1][r.clone()],
-                ],
-            ),
-        );
+    let inputs = [&*hr, &*hz, bir, biz, bin, bhr, bhz, bhn, hp];
+    walk(s, [xr, xz, xn, hn, h], inputs, GruForwardOp);
+}
+
+#[derive(Clone, Copy)]
+struct GruForwardOp;
+
+impl<T: Float> RegisterOp<T, 5, 9> for GruForwardOp {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        [xr, xz, xn, hn, h]: &mut [T::Lanes<S>; 5],
+        [hr, hz, bir, biz, bin, bhr, bhz, bhn, hp]: [T::Lanes<S>; 9],
+    ) {
+        let rv = T::vsigmoid(s, gru_pre::<T, S>(s, [*xr, bir, hr, bhr]));
+        let zv = T::vsigmoid(s, gru_pre::<T, S>(s, [*xz, biz, hz, bhz]));
         // n = tanh(x_n + b_in + r (W_hn h + b_hn)); the bracket is kept for backward.
-        let hnv = biased(s, &hn[r.clone()], &b_hh[2][r.clone()]);
-        let nv = T::vtanh(
-            s,
-            T::vmul_add(s, rv, hnv, biased(s, &xn[r.clone()], &b_ih[2][r.clone()])),
-        );
+        *hn = T::vadd(s, *hn, bhn);
+        let nv = T::vtanh(s, T::vmul_add(s, rv, *hn, T::vadd(s, *xn, bin)));
         // h = (1 - z) n + z h_prev = n + z (h_prev - n)
-        let hv = T::vmul_add(s, zv, T::vsub(s, load(s, &hp[r.clone()]), nv), nv);
-        store(s, &mut xr[r.clone()], rv);
-        store(s, &mut xz[r.clone()], zv);
-        store(s, &mut xn[r.clone()], nv);
-        store(s, &mut h[r.clone()], hv);
-        store(s, &mut hn[r], hnv);
+        *h = T::vmul_add(s, zv, T::vsub(s, hp, nv), nv);
+        (*xr, *xz, *xn) = (rv, zv, nv);
     }
 }
 
@@ -500,64 +433,6 @@ impl<T: Float> WithSimd for GruForward<'_, T> {
             );
         }
     }
-}
-
-struct GruForwardUnits<'a, T> {
-    gx: [&'a mut [T]; 3],
-    gh: [&'a mut [T]; 3],
-    b_ih: [&'a [T]; 3],
-    b_hh: [&'a [T]; 3],
-    h_prev: &'a [T],
-    h: &'a mut [T],
-}
-
-impl<T: Float> WithSimd for GruForwardUnits<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        gru_forward_row(
-            s,
-            self.gx,
-            self.gh,
-            self.b_ih,
-            self.b_hh,
-            self.h_prev,
-            self.h,
-        );
-    }
-}
-
-/// [`gru_forward`] for one sequence and a block of hidden units: `gx[k]`, `gh[k]`, `b_ih[k]`
-/// and `b_hh[k]` are gate `k`'s slices for those units, `h_prev` and `h` theirs.
-///
-/// # Panics
-/// If the slices' lengths differ.
-#[track_caller]
-pub fn gru_forward_units<T: Float>(
-    gx: [&mut [T]; 3],
-    gh: [&mut [T]; 3],
-    b_ih: [&[T]; 3],
-    b_hh: [&[T]; 3],
-    h_prev: &[T],
-    h: &mut [T],
-) {
-    let units = h_prev.len();
-    gx.iter()
-        .chain(&gh)
-        .for_each(|g| check_units("a gate", g.len(), units));
-    b_ih.iter()
-        .chain(&b_hh)
-        .for_each(|b| check_units("a bias", b.len(), units));
-    check_units("h", h.len(), units);
-    crate::arch::dispatch(GruForwardUnits {
-        gx,
-        gh,
-        b_ih,
-        b_hh,
-        h_prev,
-        h,
-    });
 }
 
 /// The elementwise half of a GRU step (PyTorch's `nn.GRU`, gates `r, z, n`).
@@ -616,44 +491,47 @@ fn gru_backward_row<T: Float, S: Simd>(
     dhp: &mut [T],
     accum: Accum,
 ) {
-    let one = T::splat(s, T::one());
-    for (j, n) in registers::<T, S>(hp.len()) {
-        let r = j..j + n;
-        let (rv, zv, nv) = (
-            load(s, &xr[r.clone()]),
-            load(s, &xz[r.clone()]),
-            load(s, &xn[r.clone()]),
-        );
-        let (hnv, hpv, dhv) = (
-            load(s, &hn[r.clone()]),
-            load(s, &hp[r.clone()]),
-            load(s, &dh[r.clone()]),
-        );
+    walk(
+        s,
+        [xr, xz, xn, hr, hz, hn, dhp],
+        [hp, dh],
+        GruBackwardOp(accum),
+    );
+}
+
+#[derive(Clone, Copy)]
+struct GruBackwardOp(Accum);
+
+impl<T: Float> RegisterOp<T, 7, 2> for GruBackwardOp {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        [xr, xz, xn, hr, hz, hn, dhp]: &mut [T::Lanes<S>; 7],
+        [hpv, dhv]: [T::Lanes<S>; 2],
+    ) {
+        let one = T::splat(s, T::one());
+        let (rv, zv, nv) = (*xr, *xz, *xn);
         // Through n: dL/d(n's pre-activation) = dh (1 - z) (1 - n²).
         let dan = T::vmul(
             s,
             T::vmul(s, dhv, T::vsub(s, one, zv)),
             T::vneg_mul_add(s, nv, nv, one),
         );
-        let dar = T::vmul(s, T::vmul(s, dan, hnv), T::vmul(s, rv, T::vsub(s, one, rv)));
+        let dar = T::vmul(s, T::vmul(s, dan, *hn), T::vmul(s, rv, T::vsub(s, one, rv)));
         let daz = T::vmul(
             s,
             T::vmul(s, dhv, T::vsub(s, hpv, nv)),
             T::vmul(s, zv, T::vsub(s, one, zv)),
         );
-        store(s, &mut xr[r.clone()], dar);
-        store(s, &mut xz[r.clone()], daz);
-        store(s, &mut xn[r.clone()], dan);
-        store(s, &mut hr[r.clone()], dar);
-        store(s, &mut hz[r.clone()], daz);
-        store(s, &mut hn[r.clone()], T::vmul(s, dan, rv));
+        (*xr, *xz, *xn) = (dar, daz, dan);
+        (*hr, *hz, *hn) = (dar, daz, T::vmul(s, dan, rv));
         // The direct path h_prev → h through z.
         let direct = T::vmul(s, dhv, zv);
-        let v = match accum {
+        *dhp = match self.0 {
             Accum::Replace => direct,
-            Accum::Add => T::vadd(s, load(s, &dhp[r.clone()]), direct),
+            Accum::Add => T::vadd(s, *dhp, direct),
         };
-        store(s, &mut dhp[r], v);
     }
 }
 
@@ -685,62 +563,6 @@ impl<T: Float> WithSimd for GruBackward<'_, T> {
             gru_backward_row(s, gx, gh, hp, dh, dhp, self.accum);
         }
     }
-}
-
-struct GruBackwardUnits<'a, T> {
-    gx: [&'a mut [T]; 3],
-    gh: [&'a mut [T]; 3],
-    h_prev: &'a [T],
-    dh: &'a [T],
-    dh_prev: &'a mut [T],
-    accum: Accum,
-}
-
-impl<T: Float> WithSimd for GruBackwardUnits<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        let Self {
-            gx,
-            gh,
-            h_prev,
-            dh,
-            dh_prev,
-            accum,
-        } = self;
-        gru_backward_row(s, gx, gh, h_prev, dh, dh_prev, accum);
-    }
-}
-
-/// [`gru_backward`] for one sequence and a block of hidden units (the slices of
-/// [`gru_forward_units`]).
-///
-/// # Panics
-/// If the slices' lengths differ.
-#[track_caller]
-pub fn gru_backward_units<T: Float>(
-    gx: [&mut [T]; 3],
-    gh: [&mut [T]; 3],
-    h_prev: &[T],
-    dh: &[T],
-    dh_prev: &mut [T],
-    accum: Accum,
-) {
-    let units = h_prev.len();
-    gx.iter()
-        .chain(&gh)
-        .for_each(|g| check_units("a gate", g.len(), units));
-    check_units("dh", dh.len(), units);
-    check_units("dh_prev", dh_prev.len(), units);
-    crate::arch::dispatch(GruBackwardUnits {
-        gx,
-        gh,
-        h_prev,
-        dh,
-        dh_prev,
-        accum,
-    });
 }
 
 /// The elementwise half of a GRU step backward, the mirror of [`gru_forward`].
@@ -780,5 +602,395 @@ pub fn gru_backward<T: Float>(
         dh_prev,
         accum,
         hidden,
+    });
+}
+
+/// A tile of a step: rows (sequences) `0..rows` by a block of hidden units, every view of it
+/// `[rows, units]` with unit column stride (a gate's columns of a `[B, G·H]` buffer, or a
+/// block of a `[B, H]` one). The engine's per-step workers each run their tiles with the
+/// `*_tile` kernels: one call per tile rather than per row, because a call's fixed cost
+/// (checks, dispatch, splitting the slices into registers: 85-90 ns on the machines
+/// measured) is that of about four registers of the GRU's forward arithmetic.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    rows: usize,
+    units: usize,
+}
+
+impl Tile {
+    /// The tile of `first`, checked against every other view's shape and stride.
+    #[track_caller]
+    fn of(first: (usize, usize), views: &[(&str, usize, usize, isize)]) -> Self {
+        let (rows, units) = first;
+        for &(what, r, u, col_stride) in views {
+            assert!(
+                (r, u) == (rows, units),
+                "{what} is [{r}, {u}], want [{rows}, {units}] (the tile's rows and units)"
+            );
+            assert!(
+                col_stride == 1 || r == 0 || u == 0,
+                "{what} has column stride {col_stride}: a tile's rows must be contiguous"
+            );
+        }
+        Self { rows, units }
+    }
+
+    /// Checks that each bias slice has the tile's units.
+    #[track_caller]
+    fn check_bias(self, bias: &[&[impl Sized]]) {
+        for b in bias {
+            assert_eq!(
+                b.len(),
+                self.units,
+                "a bias has {} elements, want {} (the tile's units)",
+                b.len(),
+                self.units
+            );
+        }
+    }
+}
+
+/// `(name, rows, cols, column stride)` of a view, for [`Tile::of`].
+fn shape_mut<'a, T>(what: &'a str, m: &MatMut<'_, T>) -> (&'a str, usize, usize, isize) {
+    (what, m.nrows(), m.ncols(), m.col_stride())
+}
+
+/// `(name, rows, cols, column stride)` of a view, for [`Tile::of`].
+fn shape_ref<'a, T>(what: &'a str, m: &MatRef<'_, T>) -> (&'a str, usize, usize, isize) {
+    (what, m.nrows(), m.ncols(), m.col_stride())
+}
+
+/// Row `r` of a tile view checked by [`Tile::of`] (unit column stride), as a slice.
+#[inline(always)]
+fn row_mut<'a, T>(m: &'a mut MatMut<'_, T>, r: usize) -> &'a mut [T] {
+    m.rb_mut()
+        .row_mut(r)
+        .try_as_row_major_mut()
+        .map_or(&mut [], |row| row.as_slice_mut())
+}
+
+/// Row `r` of a tile view checked by [`Tile::of`] (unit column stride), as a slice.
+#[inline(always)]
+fn row_ref<'a, T>(m: MatRef<'a, T>, r: usize) -> &'a [T] {
+    m.row(r)
+        .try_as_row_major()
+        .map_or(&[], |row| row.as_slice())
+}
+
+/// Row `r` of each of an LSTM tile's four gate views (written out: `array::map` would not be
+/// inlined into the SIMD function, see [`walk`]).
+#[inline(always)]
+fn gate_rows4<'a, T>([i, f, g, o]: &'a mut [MatMut<'_, T>; 4], r: usize) -> [&'a mut [T]; 4] {
+    [row_mut(i, r), row_mut(f, r), row_mut(g, r), row_mut(o, r)]
+}
+
+/// Row `r` of each of a GRU tile side's three gate views.
+#[inline(always)]
+fn gate_rows3<'a, T>([a, b, c]: &'a mut [MatMut<'_, T>; 3], r: usize) -> [&'a mut [T]; 3] {
+    [row_mut(a, r), row_mut(b, r), row_mut(c, r)]
+}
+
+struct LstmForwardTile<'a, T> {
+    gates: [MatMut<'a, T>; 4],
+    bias: [&'a [T]; 4],
+    c_prev: MatRef<'a, T>,
+    c: MatMut<'a, T>,
+    h: MatMut<'a, T>,
+    tile: Tile,
+}
+
+impl<T: Float> WithSimd for LstmForwardTile<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self {
+            mut gates,
+            bias,
+            c_prev,
+            mut c,
+            mut h,
+            tile,
+        } = self;
+        for r in 0..tile.rows {
+            let (c_row, h_row) = (row_mut(&mut c, r), row_mut(&mut h, r));
+            lstm_forward_row(
+                s,
+                gate_rows4(&mut gates, r),
+                bias,
+                row_ref(c_prev, r),
+                c_row,
+                h_row,
+            );
+        }
+    }
+}
+
+/// [`lstm_forward`] for a tile of a step: some rows by a block of hidden units. `gates[k]`
+/// is gate `k`'s columns of the block (`[rows, units]`, unit column stride), `bias[k]` its
+/// slice of the summed bias; `c_prev`, `c` and `h` are the block's `[rows, units]`.
+///
+/// # Panics
+/// If the views' shapes differ, a view's rows are not contiguous, or a bias slice is not
+/// `units` long.
+///
+/// ```
+/// use faer::{MatMut, MatRef};
+/// // Two rows, one unit: zero pre-activations give i = f = o = 1/2, g = 0: c = c_prev / 2.
+/// let mut gates = [[0.0f64; 2]; 4];
+/// let (mut c, mut h) = ([0.0; 2], [0.0; 2]);
+/// let [i, f, g, o] = gates.each_mut().map(|v| MatMut::from_row_major_slice_mut(v, 2, 1));
+/// kernels::gates::lstm_forward_tile(
+///     [i, f, g, o],
+///     [&[0.0]; 4],
+///     MatRef::from_row_major_slice(&[2.0, 4.0], 2, 1),
+///     MatMut::from_row_major_slice_mut(&mut c, 2, 1),
+///     MatMut::from_row_major_slice_mut(&mut h, 2, 1),
+/// );
+/// assert_eq!(c, [1.0, 2.0]);
+/// assert_eq!(gates[0], [0.5, 0.5]);
+/// ```
+#[track_caller]
+pub fn lstm_forward_tile<T: Float>(
+    gates: [MatMut<'_, T>; 4],
+    bias: [&[T]; 4],
+    c_prev: MatRef<'_, T>,
+    c: MatMut<'_, T>,
+    h: MatMut<'_, T>,
+) {
+    let [i, f, g, o] = &gates;
+    let tile = Tile::of(
+        (c_prev.nrows(), c_prev.ncols()),
+        &[
+            shape_ref("c_prev", &c_prev),
+            shape_mut("gate i", i),
+            shape_mut("gate f", f),
+            shape_mut("gate g", g),
+            shape_mut("gate o", o),
+            shape_mut("c", &c),
+            shape_mut("h", &h),
+        ],
+    );
+    tile.check_bias(&bias);
+    crate::arch::dispatch(LstmForwardTile {
+        gates,
+        bias,
+        c_prev,
+        c,
+        h,
+        tile,
+    });
+}
+
+struct LstmBackwardTile<'a, T> {
+    gates: [MatMut<'a, T>; 4],
+    c_prev: MatRef<'a, T>,
+    c: MatRef<'a, T>,
+    dh: MatRef<'a, T>,
+    dc: MatMut<'a, T>,
+    tile: Tile,
+}
+
+impl<T: Float> WithSimd for LstmBackwardTile<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self {
+            mut gates,
+            c_prev,
+            c,
+            dh,
+            mut dc,
+            tile,
+        } = self;
+        for r in 0..tile.rows {
+            let (cp, c, dh) = (row_ref(c_prev, r), row_ref(c, r), row_ref(dh, r));
+            lstm_backward_row(s, gate_rows4(&mut gates, r), cp, c, dh, row_mut(&mut dc, r));
+        }
+    }
+}
+
+/// [`lstm_backward`] for a tile of a step (the views of [`lstm_forward_tile`]; `dh` and
+/// `dc` are the block's `[rows, units]` of `dL/dh_t` and of `dL/dc`).
+///
+/// # Panics
+/// If the views' shapes differ or a view's rows are not contiguous.
+#[track_caller]
+pub fn lstm_backward_tile<T: Float>(
+    gates: [MatMut<'_, T>; 4],
+    c_prev: MatRef<'_, T>,
+    c: MatRef<'_, T>,
+    dh: MatRef<'_, T>,
+    dc: MatMut<'_, T>,
+) {
+    let [i, f, g, o] = &gates;
+    let tile = Tile::of(
+        (c_prev.nrows(), c_prev.ncols()),
+        &[
+            shape_ref("c_prev", &c_prev),
+            shape_mut("gate i", i),
+            shape_mut("gate f", f),
+            shape_mut("gate g", g),
+            shape_mut("gate o", o),
+            shape_ref("c", &c),
+            shape_ref("dh", &dh),
+            shape_mut("dc", &dc),
+        ],
+    );
+    crate::arch::dispatch(LstmBackwardTile {
+        gates,
+        c_prev,
+        c,
+        dh,
+        dc,
+        tile,
+    });
+}
+
+struct GruForwardTile<'a, T> {
+    gx: [MatMut<'a, T>; 3],
+    gh: [MatMut<'a, T>; 3],
+    b_ih: [&'a [T]; 3],
+    b_hh: [&'a [T]; 3],
+    h_prev: MatRef<'a, T>,
+    h: MatMut<'a, T>,
+    tile: Tile,
+}
+
+impl<T: Float> WithSimd for GruForwardTile<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self {
+            mut gx,
+            mut gh,
+            b_ih,
+            b_hh,
+            h_prev,
+            mut h,
+            tile,
+        } = self;
+        for r in 0..tile.rows {
+            let (x, y) = (gate_rows3(&mut gx, r), gate_rows3(&mut gh, r));
+            gru_forward_row(s, x, y, b_ih, b_hh, row_ref(h_prev, r), row_mut(&mut h, r));
+        }
+    }
+}
+
+/// [`gru_forward`] for a tile of a step: some rows by a block of hidden units. `gx[k]` and
+/// `gh[k]` are gate `k`'s columns of the block on the input and hidden sides (`[rows,
+/// units]`, unit column stride), `b_ih[k]` and `b_hh[k]` its bias slices; `h_prev` and `h`
+/// are the block's `[rows, units]`.
+///
+/// # Panics
+/// If the views' shapes differ, a view's rows are not contiguous, or a bias slice is not
+/// `units` long.
+#[track_caller]
+pub fn gru_forward_tile<T: Float>(
+    gx: [MatMut<'_, T>; 3],
+    gh: [MatMut<'_, T>; 3],
+    b_ih: [&[T]; 3],
+    b_hh: [&[T]; 3],
+    h_prev: MatRef<'_, T>,
+    h: MatMut<'_, T>,
+) {
+    let ([xr, xz, xn], [hr, hz, hn]) = (&gx, &gh);
+    let tile = Tile::of(
+        (h_prev.nrows(), h_prev.ncols()),
+        &[
+            shape_ref("h_prev", &h_prev),
+            shape_mut("input-side gate r", xr),
+            shape_mut("input-side gate z", xz),
+            shape_mut("input-side gate n", xn),
+            shape_mut("hidden-side gate r", hr),
+            shape_mut("hidden-side gate z", hz),
+            shape_mut("hidden-side gate n", hn),
+            shape_mut("h", &h),
+        ],
+    );
+    tile.check_bias(&b_ih);
+    tile.check_bias(&b_hh);
+    crate::arch::dispatch(GruForwardTile {
+        gx,
+        gh,
+        b_ih,
+        b_hh,
+        h_prev,
+        h,
+        tile,
+    });
+}
+
+struct GruBackwardTile<'a, T> {
+    gx: [MatMut<'a, T>; 3],
+    gh: [MatMut<'a, T>; 3],
+    h_prev: MatRef<'a, T>,
+    dh: MatRef<'a, T>,
+    dh_prev: MatMut<'a, T>,
+    accum: Accum,
+    tile: Tile,
+}
+
+impl<T: Float> WithSimd for GruBackwardTile<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self {
+            mut gx,
+            mut gh,
+            h_prev,
+            dh,
+            mut dh_prev,
+            accum,
+            tile,
+        } = self;
+        for r in 0..tile.rows {
+            let (x, y) = (gate_rows3(&mut gx, r), gate_rows3(&mut gh, r));
+            let (hp, dhr) = (row_ref(h_prev, r), row_ref(dh, r));
+            gru_backward_row(s, x, y, hp, dhr, row_mut(&mut dh_prev, r), accum);
+        }
+    }
+}
+
+/// [`gru_backward`] for a tile of a step (the views of [`gru_forward_tile`]; `dh` and
+/// `dh_prev` are the block's `[rows, units]` of `dL/dh_t` and `dL/dh_{t-1}`).
+///
+/// # Panics
+/// If the views' shapes differ or a view's rows are not contiguous.
+#[track_caller]
+pub fn gru_backward_tile<T: Float>(
+    gx: [MatMut<'_, T>; 3],
+    gh: [MatMut<'_, T>; 3],
+    h_prev: MatRef<'_, T>,
+    dh: MatRef<'_, T>,
+    dh_prev: MatMut<'_, T>,
+    accum: Accum,
+) {
+    let ([xr, xz, xn], [hr, hz, hn]) = (&gx, &gh);
+    let tile = Tile::of(
+        (h_prev.nrows(), h_prev.ncols()),
+        &[
+            shape_ref("h_prev", &h_prev),
+            shape_mut("input-side gate r", xr),
+            shape_mut("input-side gate z", xz),
+            shape_mut("input-side gate n", xn),
+            shape_mut("hidden-side gate r", hr),
+            shape_mut("hidden-side gate z", hz),
+            shape_mut("hidden-side gate n", hn),
+            shape_ref("dh", &dh),
+            shape_mut("dh_prev", &dh_prev),
+        ],
+    );
+    crate::arch::dispatch(GruBackwardTile {
+        gx,
+        gh,
+        h_prev,
+        dh,
+        dh_prev,
+        accum,
+        tile,
     });
 }

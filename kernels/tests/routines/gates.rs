@@ -3,7 +3,9 @@
 //! f64; and the backward kernels against finite differences of the forward ones.
 
 use crate::common::{close, f64s, random};
-use faer::Accum;
+use std::ops::Range;
+
+use faer::{Accum, MatMut, MatRef};
 use kernels::arch::{Isa, with_isa};
 use kernels::{Float, gates};
 use rand::{SeedableRng, rngs::StdRng};
@@ -263,99 +265,131 @@ fn lstm_forward_rejects_ragged_gates() {
     gates::lstm_forward(&mut g, &[0.0; 4], &[0.0], &mut [0.0], &mut [0.0], 1);
 }
 
-/// Gate `k`'s slice `units` of a one-row `[G·H]` buffer, for every `k`.
-fn unit_block<const G: usize, T>(
-    row: &mut [T],
+/// Gate `k`'s `rows` by `units` tile of a row-major `[B, G·H]` buffer, for every `k`.
+fn gate_tiles<const G: usize, T>(
+    buf: &mut [T],
     h: usize,
-    units: std::ops::Range<usize>,
-) -> [&mut [T]; G] {
-    let mut gates = row.chunks_exact_mut(h);
-    core::array::from_fn(|_| &mut gates.next().expect("a gate")[units.clone()])
+    rows: Range<usize>,
+    units: Range<usize>,
+) -> [MatMut<'_, T>; G] {
+    let b = buf.len() / (G * h);
+    let mut rest = Some(MatMut::from_row_major_slice_mut(buf, b, G * h));
+    core::array::from_fn(|_| {
+        let (gate, tail) = rest.take().expect("a gate").split_at_col_mut(h);
+        rest = Some(tail);
+        gate.subrows_mut(rows.start, rows.len())
+            .subcols_mut(units.start, units.len())
+    })
 }
 
-fn unit_bias<const G: usize, T>(v: &[T], h: usize, units: std::ops::Range<usize>) -> [&[T]; G] {
+/// The `rows` by `units` tile of a row-major `[B, H]` buffer.
+fn tile_mut<T>(buf: &mut [T], h: usize, rows: Range<usize>, units: Range<usize>) -> MatMut<'_, T> {
+    MatMut::from_row_major_slice_mut(buf, buf.len() / h, h)
+        .subrows_mut(rows.start, rows.len())
+        .subcols_mut(units.start, units.len())
+}
+
+/// [`tile_mut`], read-only.
+fn tile<T>(buf: &[T], h: usize, rows: Range<usize>, units: Range<usize>) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(buf, buf.len() / h, h)
+        .subrows(rows.start, rows.len())
+        .subcols(units.start, units.len())
+}
+
+fn unit_bias<const G: usize, T>(v: &[T], h: usize, units: Range<usize>) -> [&[T]; G] {
     core::array::from_fn(|k| &v[k * h + units.start..k * h + units.end])
 }
 
-/// The per-block kernels, run over two blocks of units split at `cut`, give bitwise the
-/// whole-row kernels' results: a block's edge is like a row's end, so splitting the units
-/// between workers changes nothing.
-fn units_match_whole_rows<T: Float>() {
+/// The tile kernels, run over a grid of tiles (rows split at `row_cut`, units at `cut`), give
+/// bitwise the whole-step kernels' results: a tile's edge is like a row's end, so splitting
+/// a step between workers, or into pieces, changes nothing.
+fn tiles_match_whole_steps<T: Float>() {
     let mut rng = StdRng::seed_from_u64(11);
+    let b = 3;
     for isa in Isa::available() {
         for h in HIDDEN.into_iter().filter(|&h| h > 1) {
-            for cut in [1, h / 2, h - 1] {
+            for (cut, row_cut) in [(1, 0), (h / 2, 1), (h - 1, 2), (h / 2, 3)] {
                 with_isa(isa, || {
-                    let blocks = [0..cut, cut..h];
-                    let what = format!("{isa:?} H={h} cut={cut} [{}]", T::NAME);
+                    let grid: Vec<_> = [0..row_cut, row_cut..b]
+                        .into_iter()
+                        .flat_map(|r| [(r.clone(), 0..cut), (r, cut..h)])
+                        .collect();
+                    let what = format!("{isa:?} H={h} cut={cut} row_cut={row_cut} [{}]", T::NAME);
                     // LSTM forward and backward.
-                    let pre: Vec<T> = random(&mut rng, 4 * h, 4.0);
+                    let pre: Vec<T> = random(&mut rng, b * 4 * h, 4.0);
                     let bias: Vec<T> = random(&mut rng, 4 * h, 1.0);
-                    let c_prev: Vec<T> = random(&mut rng, h, 3.0);
-                    let dh: Vec<T> = random(&mut rng, h, 1.0);
-                    let dc0: Vec<T> = random(&mut rng, h, 1.0);
-                    let (mut g1, mut c1, mut h1) =
-                        (pre.clone(), vec![T::zero(); h], vec![T::zero(); h]);
+                    let c_prev: Vec<T> = random(&mut rng, b * h, 3.0);
+                    let dh: Vec<T> = random(&mut rng, b * h, 1.0);
+                    let dc0: Vec<T> = random(&mut rng, b * h, 1.0);
+                    let zeros = || vec![T::zero(); b * h];
+                    let (mut g1, mut c1, mut h1) = (pre.clone(), zeros(), zeros());
                     gates::lstm_forward(&mut g1, &bias, &c_prev, &mut c1, &mut h1, h);
-                    let (mut g2, mut c2, mut h2) =
-                        (pre.clone(), vec![T::zero(); h], vec![T::zero(); h]);
-                    for u in blocks.clone() {
-                        gates::lstm_forward_units(
-                            unit_block(&mut g2, h, u.clone()),
+                    let (mut g2, mut c2, mut h2) = (pre.clone(), zeros(), zeros());
+                    for (r, u) in grid.clone() {
+                        gates::lstm_forward_tile(
+                            gate_tiles(&mut g2, h, r.clone(), u.clone()),
                             unit_bias(&bias, h, u.clone()),
-                            &c_prev[u.clone()],
-                            &mut c2[u.clone()],
-                            &mut h2[u],
+                            tile(&c_prev, h, r.clone(), u.clone()),
+                            tile_mut(&mut c2, h, r.clone(), u.clone()),
+                            tile_mut(&mut h2, h, r, u),
                         );
                     }
                     assert_eq!((&g1, &c1, &h1), (&g2, &c2, &h2), "lstm forward {what}");
                     let mut dc1 = dc0.clone();
                     gates::lstm_backward(&mut g1, &c_prev, &c1, &dh, &mut dc1, h);
                     let mut dc2 = dc0.clone();
-                    for u in blocks.clone() {
-                        gates::lstm_backward_units(
-                            unit_block(&mut g2, h, u.clone()),
-                            &c_prev[u.clone()],
-                            &c2[u.clone()],
-                            &dh[u.clone()],
-                            &mut dc2[u],
+                    for (r, u) in grid.clone() {
+                        gates::lstm_backward_tile(
+                            gate_tiles(&mut g2, h, r.clone(), u.clone()),
+                            tile(&c_prev, h, r.clone(), u.clone()),
+                            tile(&c2, h, r.clone(), u.clone()),
+                            tile(&dh, h, r.clone(), u.clone()),
+                            tile_mut(&mut dc2, h, r, u),
                         );
                     }
                     assert_eq!((&g1, &dc1), (&g2, &dc2), "lstm backward {what}");
                     // GRU forward and backward.
-                    let gx: Vec<T> = random(&mut rng, 3 * h, 3.0);
-                    let gh: Vec<T> = random(&mut rng, 3 * h, 3.0);
+                    let gx: Vec<T> = random(&mut rng, b * 3 * h, 3.0);
+                    let gh: Vec<T> = random(&mut rng, b * 3 * h, 3.0);
                     let (b_ih, b_hh): (Vec<T>, Vec<T>) =
                         (random(&mut rng, 3 * h, 1.0), random(&mut rng, 3 * h, 1.0));
-                    let h_prev: Vec<T> = random(&mut rng, h, 1.0);
-                    let (mut x1, mut y1, mut o1) = (gx.clone(), gh.clone(), vec![T::zero(); h]);
+                    let h_prev: Vec<T> = random(&mut rng, b * h, 1.0);
+                    let (mut x1, mut y1, mut o1) = (gx.clone(), gh.clone(), zeros());
                     gates::gru_forward(&mut x1, &mut y1, &b_ih, &b_hh, &h_prev, &mut o1, h);
-                    let (mut x2, mut y2, mut o2) = (gx.clone(), gh.clone(), vec![T::zero(); h]);
-                    for u in blocks.clone() {
-                        gates::gru_forward_units(
-                            unit_block(&mut x2, h, u.clone()),
-                            unit_block(&mut y2, h, u.clone()),
+                    let (mut x2, mut y2, mut o2) = (gx.clone(), gh.clone(), zeros());
+                    for (r, u) in grid.clone() {
+                        gates::gru_forward_tile(
+                            gate_tiles(&mut x2, h, r.clone(), u.clone()),
+                            gate_tiles(&mut y2, h, r.clone(), u.clone()),
                             unit_bias(&b_ih, h, u.clone()),
                             unit_bias(&b_hh, h, u.clone()),
-                            &h_prev[u.clone()],
-                            &mut o2[u],
+                            tile(&h_prev, h, r.clone(), u.clone()),
+                            tile_mut(&mut o2, h, r, u),
                         );
                     }
                     assert_eq!((&x1, &y1, &o1), (&x2, &y2, &o2), "gru forward {what}");
-                    let mut dp1 = dc0.clone();
-                    gates::gru_backward(&mut x1, &mut y1, &h_prev, &dh, &mut dp1, Accum::Add, h);
-                    let mut dp2 = dc0.clone();
-                    for u in blocks.clone() {
-                        gates::gru_backward_units(
-                            unit_block(&mut x2, h, u.clone()),
-                            unit_block(&mut y2, h, u.clone()),
-                            &h_prev[u.clone()],
-                            &dh[u.clone()],
-                            &mut dp2[u],
-                            Accum::Add,
+                    for accum in [Accum::Add, Accum::Replace] {
+                        let (mut x1, mut y1, mut x2, mut y2) =
+                            (x1.clone(), y1.clone(), x2.clone(), y2.clone());
+                        let mut dp1 = dc0.clone();
+                        gates::gru_backward(&mut x1, &mut y1, &h_prev, &dh, &mut dp1, accum, h);
+                        let mut dp2 = dc0.clone();
+                        for (r, u) in grid.clone() {
+                            gates::gru_backward_tile(
+                                gate_tiles(&mut x2, h, r.clone(), u.clone()),
+                                gate_tiles(&mut y2, h, r.clone(), u.clone()),
+                                tile(&h_prev, h, r.clone(), u.clone()),
+                                tile(&dh, h, r.clone(), u.clone()),
+                                tile_mut(&mut dp2, h, r, u),
+                                accum,
+                            );
+                        }
+                        assert_eq!(
+                            (&x1, &y1, &dp1),
+                            (&x2, &y2, &dp2),
+                            "gru backward {accum:?} {what}"
                         );
                     }
-                    assert_eq!((&x1, &y1, &dp1), (&x2, &y2, &dp2), "gru backward {what}");
                 });
             }
         }
@@ -363,21 +397,58 @@ fn units_match_whole_rows<T: Float>() {
 }
 
 #[test]
-fn unit_blocks_match_whole_rows() {
-    units_match_whole_rows::<f32>();
-    units_match_whole_rows::<f64>();
+fn tiles_match_whole_steps_bitwise() {
+    tiles_match_whole_steps::<f32>();
+    tiles_match_whole_steps::<f64>();
+}
+
+/// Four one-unit LSTM gate tiles of `rows` rows, the last `last_rows` rows tall.
+fn lstm_gates(buf: &mut [f32; 16], rows: usize, last_rows: usize) -> [MatMut<'_, f32>; 4] {
+    let mut it = buf.chunks_exact_mut(4);
+    core::array::from_fn(|k| {
+        let n = if k == 3 { last_rows } else { rows };
+        MatMut::from_row_major_slice_mut(&mut it.next().expect("a gate")[..n], n, 1)
+    })
 }
 
 #[test]
-#[should_panic(expected = "want 3 (the block's units)")]
-fn unit_kernels_reject_mismatched_slices() {
-    let (mut i, mut f, mut g, mut o) = ([0.0f32; 3], [0.0; 3], [0.0; 3], [0.0; 2]);
-    let (mut c, mut h) = ([0.0; 3], [0.0; 3]);
-    gates::lstm_forward_units(
-        [&mut i, &mut f, &mut g, &mut o],
-        [&[0.0; 3]; 4],
-        &[0.0; 3],
-        &mut c,
-        &mut h,
+#[should_panic(expected = "gate o is [2, 1], want [3, 1] (the tile's rows and units)")]
+fn tile_kernels_reject_a_view_of_other_rows() {
+    let (mut g, mut c, mut h) = ([0.0f32; 16], [0.0; 3], [0.0; 3]);
+    gates::lstm_forward_tile(
+        lstm_gates(&mut g, 3, 2),
+        [&[0.0]; 4],
+        MatRef::from_row_major_slice(&[0.0; 3], 3, 1),
+        MatMut::from_row_major_slice_mut(&mut c, 3, 1),
+        MatMut::from_row_major_slice_mut(&mut h, 3, 1),
+    );
+}
+
+#[test]
+#[should_panic(expected = "a bias has 2 elements, want 1 (the tile's units)")]
+fn tile_kernels_reject_a_bias_of_other_units() {
+    let (mut g, mut c, mut h) = ([0.0f32; 16], [0.0; 3], [0.0; 3]);
+    gates::lstm_forward_tile(
+        lstm_gates(&mut g, 3, 3),
+        [&[0.0], &[0.0], &[0.0, 0.0], &[0.0]],
+        MatRef::from_row_major_slice(&[0.0; 3], 3, 1),
+        MatMut::from_row_major_slice_mut(&mut c, 3, 1),
+        MatMut::from_row_major_slice_mut(&mut h, 3, 1),
+    );
+}
+
+#[test]
+#[should_panic(expected = "h has column stride 2: a tile's rows must be contiguous")]
+fn tile_kernels_reject_a_strided_row() {
+    let (mut x, mut y, mut h) = ([0.0f64; 12], [0.0; 12], [0.0; 4]);
+    let h_prev = [0.0; 4];
+    gates::gru_forward_tile(
+        gate_tiles(&mut x, 2, 0..2, 0..2),
+        gate_tiles(&mut y, 2, 0..2, 0..2),
+        [&[0.0; 2]; 3],
+        [&[0.0; 2]; 3],
+        MatRef::from_row_major_slice(&h_prev, 2, 2),
+        // Column-major: its rows are strided.
+        MatMut::from_column_major_slice_mut(&mut h, 2, 2),
     );
 }

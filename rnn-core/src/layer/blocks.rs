@@ -9,7 +9,8 @@
 //! same whether the two blocks run on one thread or two.
 //!
 //! Each block is a set of column views (faer `MatMut`) into the step's `[B, G·H]` and
-//! `[B, H]` buffers; the kernels run on one row's slices of them at a time.
+//! `[B, H]` buffers; the gate kernels take a block, or a piece of one, in one call
+//! (`kernels::gates::*_tile`).
 //!
 //! A pass whose steps are split runs inside one `kernels::pair::with_pair` session (the
 //! pass's [`Pair`], see `PassThreads`): block 0 on the calling thread, block 1 on a helper
@@ -427,14 +428,60 @@ pub(super) fn row_mut<'a, T>(m: &'a mut MatMut<'_, T>, r: usize) -> &'a mut [T] 
         .as_slice_mut()
 }
 
-/// Row `r` of every view in `ms`.
+/// Every view in `ms`, reborrowed.
 #[inline]
-pub(super) fn rows_mut<'a, T, const G: usize>(
+pub(super) fn reborrow<'a, T, const G: usize>(
     ms: &'a mut [MatMut<'_, T>; G],
-    r: usize,
-) -> [&'a mut [T]; G] {
+) -> [MatMut<'a, T>; G] {
     let mut it = ms.iter_mut();
-    core::array::from_fn(|_| row_mut(it.next().expect("G views"), r))
+    core::array::from_fn(|_| it.next().expect("G views").rb_mut())
+}
+
+/// Rows `rows` of every view in `ms`, reborrowed: the tile a kernel call covers.
+#[inline]
+pub(super) fn subrows_mut<'a, T, const G: usize>(
+    ms: &'a mut [MatMut<'_, T>; G],
+    rows: Range<usize>,
+) -> [MatMut<'a, T>; G] {
+    let mut it = ms.iter_mut();
+    core::array::from_fn(|_| {
+        let m = it.next().expect("G views");
+        m.rb_mut().subrows_mut(rows.start, rows.len())
+    })
+}
+
+/// The `rows` by `units` tile of a row-major `[B, H]` state.
+#[inline]
+pub(super) fn state_tile<T>(
+    state: &[T],
+    hidden: usize,
+    rows: Range<usize>,
+    units: Range<usize>,
+) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(state, state.len() / hidden, hidden)
+        .subrows(rows.start, rows.len())
+        .subcols(units.start, units.len())
+}
+
+/// The batch rows `0..batch` in maximal runs of equal `active(r)`: `(rows, active)`. A
+/// backward step runs its gate kernel once per active run (every row, when no sequence has
+/// ended) and passes the gradient of an inactive row through.
+pub(super) fn row_runs(
+    batch: usize,
+    active: impl Fn(usize) -> bool,
+) -> impl Iterator<Item = (Range<usize>, bool)> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        (start < batch).then(|| {
+            let kind = active(start);
+            let end = (start + 1..batch)
+                .find(|&r| active(r) != kind)
+                .unwrap_or(batch);
+            let run = start..end;
+            start = end;
+            (run, kind)
+        })
+    })
 }
 
 /// Gate `k`'s slice of `units` in a `[G·H]` vector (a bias), for every `k`.
@@ -535,6 +582,21 @@ mod tests {
                 .collect();
             assert_eq!(m, expected, "B = {batch}, units = {units}");
         }
+    }
+
+    /// Runs cover the batch in order, alternate in kind and are maximal.
+    #[test]
+    fn row_runs_are_maximal_and_cover_the_batch() {
+        let runs = |batch, active: &[usize]| -> Vec<_> {
+            row_runs(batch, |r| active.contains(&r)).collect()
+        };
+        assert_eq!(runs(0, &[]), vec![]);
+        assert_eq!(runs(3, &[0, 1, 2]), vec![(0..3, true)]);
+        assert_eq!(runs(3, &[]), vec![(0..3, false)]);
+        assert_eq!(
+            runs(6, &[0, 1, 4]),
+            vec![(0..2, true), (2..4, false), (4..5, true), (5..6, false)]
+        );
     }
 
     /// Pieces only where a step is big enough: the LSTM's and GRU's char and large shapes,

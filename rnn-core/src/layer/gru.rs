@@ -139,25 +139,16 @@ fn forward_piece<T: Float>(
     let prev = MatRef::from_row_major_slice(h_prev, b, h);
     piece.forward_product(3, Accum::Replace, prev);
     let units = piece.units();
-    let b_ih = blocks::gate_units(b_ih, h, &units);
-    let b_hh = blocks::gate_units(b_hh, h, &units);
-    let own = |r: usize| r * h + units.start..r * h + units.end;
+    let [xr, xz, xn, hr, hz, hn] = blocks::reborrow(&mut piece.gates);
     let [h_t] = &mut piece.states;
-    let (zx, zh) = piece.gates.split_at_mut(3);
-    let (zx, zh): (&mut [_; 3], &mut [_; 3]) = (
-        zx.try_into().expect("three gates"),
-        zh.try_into().expect("three gates"),
+    gates::gru_forward_tile(
+        [xr, xz, xn],
+        [hr, hz, hn],
+        blocks::gate_units(b_ih, h, &units),
+        blocks::gate_units(b_hh, h, &units),
+        blocks::state_tile(h_prev, h, piece.rows.clone(), units),
+        h_t.rb_mut(),
     );
-    for (i, r) in piece.rows.clone().enumerate() {
-        gates::gru_forward_units(
-            blocks::rows_mut(zx, i),
-            blocks::rows_mut(zh, i),
-            b_ih,
-            b_hh,
-            &h_prev[own(r)],
-            row_mut(h_t, i),
-        );
-    }
     piece.carry_finished(p.batch.finished(t), h, [h_prev]);
 }
 
@@ -214,7 +205,7 @@ fn backward_halves<T: Float>(
 fn backward_block<T: Float>(
     step: Step<'_, T>,
     [mut dzx, mut dzh]: [[MatMut<'_, T>; 3]; 2],
-    [mut dh_t, mut dh_prev]: [MatMut<'_, T>; 2],
+    [mut dh_t, dh_prev]: [MatMut<'_, T>; 2],
     dzh_next: Option<MatRef<'_, T>>,
     h_prev: &[T],
     block: &UnitBlock<T>,
@@ -229,25 +220,29 @@ fn backward_block<T: Float>(
     if let Some(sq) = squares {
         *sq = blocks::sum_squares(&mut dh_t);
     }
-    for r in 0..b {
-        if p.batch.active(t, r) {
-            gates::gru_backward_units(
-                blocks::rows_mut(&mut dzx, r),
-                blocks::rows_mut(&mut dzh, r),
-                &h_prev[r * h + units.start..r * h + units.end],
-                row_mut(&mut dh_t, r),
-                row_mut(&mut dh_prev, r),
+    let mut grads = [dh_t, dh_prev];
+    for (rows, active) in blocks::row_runs(b, |r| p.batch.active(t, r)) {
+        let [dh_t, dh_prev] = blocks::subrows_mut(&mut grads, rows.clone());
+        let [xr, xz, xn] = blocks::subrows_mut(&mut dzx, rows.clone());
+        let [hr, hz, hn] = blocks::subrows_mut(&mut dzh, rows.clone());
+        if active {
+            gates::gru_backward_tile(
+                [xr, xz, xn],
+                [hr, hz, hn],
+                blocks::state_tile(h_prev, h, rows, units.clone()),
+                dh_t.as_ref(),
+                dh_prev,
                 Accum::Add,
             );
         } else {
             // The state passed through unchanged: so does its gradient.
-            for g in blocks::rows_mut(&mut dzx, r)
-                .into_iter()
-                .chain(blocks::rows_mut(&mut dzh, r))
-            {
+            for mut g in [xr, xz, xn, hr, hz, hn] {
                 g.fill(T::zero());
             }
-            reduce::axpy(row_mut(&mut dh_prev, r), T::one(), row_mut(&mut dh_t, r));
+            let (mut dh_t, mut dh_prev) = (dh_t, dh_prev);
+            for r in 0..rows.len() {
+                reduce::axpy(row_mut(&mut dh_prev, r), T::one(), row_mut(&mut dh_t, r));
+            }
         }
     }
 }

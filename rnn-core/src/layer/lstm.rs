@@ -154,18 +154,15 @@ fn forward_piece<T: Float>(
     let (_, b, h, _) = p.dims();
     piece.forward_product(0, Accum::Add, MatRef::from_row_major_slice(prev.h, b, h));
     let units = piece.units();
-    let bias = blocks::gate_units(bias, h, &units);
-    let own = |r: usize| r * h + units.start..r * h + units.end;
+    let gates = blocks::reborrow(&mut piece.gates);
     let [h_t, c_t] = &mut piece.states;
-    for (i, r) in piece.rows.clone().enumerate() {
-        gates::lstm_forward_units(
-            blocks::rows_mut(&mut piece.gates, i),
-            bias,
-            &prev.c[own(r)],
-            row_mut(c_t, i),
-            row_mut(h_t, i),
-        );
-    }
+    gates::lstm_forward_tile(
+        gates,
+        blocks::gate_units(bias, h, &units),
+        blocks::state_tile(prev.c, h, piece.rows.clone(), units),
+        c_t.rb_mut(),
+        h_t.rb_mut(),
+    );
     piece.carry_finished(p.batch.finished(t), h, [prev.h, prev.c]);
 }
 
@@ -225,7 +222,7 @@ fn backward_halves<T: Float>(
 fn backward_block<T: Float>(
     step: Step<'_, T>,
     mut dz: [MatMut<'_, T>; 4],
-    [mut dh_t, mut dh_prev, mut dc]: [MatMut<'_, T>; 3],
+    [mut dh_t, dh_prev, dc]: [MatMut<'_, T>; 3],
     dz_next: Option<MatRef<'_, T>>,
     cells: State<'_, T>,
     block: &UnitBlock<T>,
@@ -240,23 +237,28 @@ fn backward_block<T: Float>(
     if let Some(sq) = squares {
         *sq = blocks::sum_squares(&mut dh_t);
     }
-    let own = |r: usize| r * h + units.start..r * h + units.end;
-    for r in 0..b {
-        if p.batch.active(t, r) {
-            gates::lstm_backward_units(
-                blocks::rows_mut(&mut dz, r),
-                &cells.h[own(r)],
-                &cells.c[own(r)],
-                row_mut(&mut dh_t, r),
-                row_mut(&mut dc, r),
+    let mut grads = [dh_t, dh_prev, dc];
+    for (rows, active) in blocks::row_runs(b, |r| p.batch.active(t, r)) {
+        let [dh_t, dh_prev, dc] = blocks::subrows_mut(&mut grads, rows.clone());
+        let dz = blocks::subrows_mut(&mut dz, rows.clone());
+        if active {
+            gates::lstm_backward_tile(
+                dz,
+                blocks::state_tile(cells.h, h, rows.clone(), units.clone()),
+                blocks::state_tile(cells.c, h, rows, units.clone()),
+                dh_t.as_ref(),
+                dc,
             );
         } else {
             // The state passed through unchanged, and so do both gradients (dc stays in
             // the carry).
-            for g in blocks::rows_mut(&mut dz, r) {
+            for mut g in dz {
                 g.fill(T::zero());
             }
-            reduce::axpy(row_mut(&mut dh_prev, r), T::one(), row_mut(&mut dh_t, r));
+            let (mut dh_t, mut dh_prev) = (dh_t, dh_prev);
+            for r in 0..rows.len() {
+                reduce::axpy(row_mut(&mut dh_prev, r), T::one(), row_mut(&mut dh_t, r));
+            }
         }
     }
 }
