@@ -620,9 +620,9 @@ struct Tile {
 impl Tile {
     /// The tile of `first`, checked against every other view's shape and stride.
     #[track_caller]
-    fn of(first: (usize, usize), views: &[(&str, usize, usize, isize)]) -> Self {
+    fn of(first: (usize, usize), groups: &[&[Shape<'_>]]) -> Self {
         let (rows, units) = first;
-        for &(what, r, u, col_stride) in views {
+        for &(what, r, u, col_stride) in groups.iter().copied().flatten() {
             assert!(
                 (r, u) == (rows, units),
                 "{what} is [{r}, {u}], want [{rows}, {units}] (the tile's rows and units)"
@@ -651,13 +651,39 @@ impl Tile {
 }
 
 /// `(name, rows, cols, column stride)` of a view, for [`Tile::of`].
-fn shape_mut<'a, T>(what: &'a str, m: &MatMut<'_, T>) -> (&'a str, usize, usize, isize) {
+type Shape<'a> = (&'a str, usize, usize, isize);
+
+fn shape_mut<'a, T>(what: &'a str, m: &MatMut<'_, T>) -> Shape<'a> {
     (what, m.nrows(), m.ncols(), m.col_stride())
 }
 
-/// `(name, rows, cols, column stride)` of a view, for [`Tile::of`].
-fn shape_ref<'a, T>(what: &'a str, m: &MatRef<'_, T>) -> (&'a str, usize, usize, isize) {
+fn shape_ref<'a, T>(what: &'a str, m: &MatRef<'_, T>) -> Shape<'a> {
     (what, m.nrows(), m.ncols(), m.col_stride())
+}
+
+/// The shapes of an LSTM tile's gate views.
+fn lstm_gate_shapes<T>([i, f, g, o]: &[MatMut<'_, T>; 4]) -> [Shape<'static>; 4] {
+    [
+        shape_mut("gate i", i),
+        shape_mut("gate f", f),
+        shape_mut("gate g", g),
+        shape_mut("gate o", o),
+    ]
+}
+
+/// The shapes of a GRU tile's gate views, input side then hidden side.
+fn gru_gate_shapes<T>(
+    [xr, xz, xn]: &[MatMut<'_, T>; 3],
+    [hr, hz, hn]: &[MatMut<'_, T>; 3],
+) -> [Shape<'static>; 6] {
+    [
+        shape_mut("input-side gate r", xr),
+        shape_mut("input-side gate z", xz),
+        shape_mut("input-side gate n", xn),
+        shape_mut("hidden-side gate r", hr),
+        shape_mut("hidden-side gate z", hz),
+        shape_mut("hidden-side gate n", hn),
+    ]
 }
 
 /// Row `r` of a tile view checked by [`Tile::of`] (unit column stride), as a slice.
@@ -758,17 +784,15 @@ pub fn lstm_forward_tile<T: Float>(
     c: MatMut<'_, T>,
     h: MatMut<'_, T>,
 ) {
-    let [i, f, g, o] = &gates;
     let tile = Tile::of(
         (c_prev.nrows(), c_prev.ncols()),
         &[
-            shape_ref("c_prev", &c_prev),
-            shape_mut("gate i", i),
-            shape_mut("gate f", f),
-            shape_mut("gate g", g),
-            shape_mut("gate o", o),
-            shape_mut("c", &c),
-            shape_mut("h", &h),
+            &lstm_gate_shapes(&gates),
+            &[
+                shape_ref("c_prev", &c_prev),
+                shape_mut("c", &c),
+                shape_mut("h", &h),
+            ],
         ],
     );
     tile.check_bias(&bias);
@@ -824,18 +848,16 @@ pub fn lstm_backward_tile<T: Float>(
     dh: MatRef<'_, T>,
     dc: MatMut<'_, T>,
 ) {
-    let [i, f, g, o] = &gates;
     let tile = Tile::of(
         (c_prev.nrows(), c_prev.ncols()),
         &[
-            shape_ref("c_prev", &c_prev),
-            shape_mut("gate i", i),
-            shape_mut("gate f", f),
-            shape_mut("gate g", g),
-            shape_mut("gate o", o),
-            shape_ref("c", &c),
-            shape_ref("dh", &dh),
-            shape_mut("dc", &dc),
+            &lstm_gate_shapes(&gates),
+            &[
+                shape_ref("c_prev", &c_prev),
+                shape_ref("c", &c),
+                shape_ref("dh", &dh),
+                shape_mut("dc", &dc),
+            ],
         ],
     );
     crate::arch::dispatch(LstmBackwardTile {
@@ -896,18 +918,11 @@ pub fn gru_forward_tile<T: Float>(
     h_prev: MatRef<'_, T>,
     h: MatMut<'_, T>,
 ) {
-    let ([xr, xz, xn], [hr, hz, hn]) = (&gx, &gh);
     let tile = Tile::of(
         (h_prev.nrows(), h_prev.ncols()),
         &[
-            shape_ref("h_prev", &h_prev),
-            shape_mut("input-side gate r", xr),
-            shape_mut("input-side gate z", xz),
-            shape_mut("input-side gate n", xn),
-            shape_mut("hidden-side gate r", hr),
-            shape_mut("hidden-side gate z", hz),
-            shape_mut("hidden-side gate n", hn),
-            shape_mut("h", &h),
+            &gru_gate_shapes(&gx, &gh),
+            &[shape_ref("h_prev", &h_prev), shape_mut("h", &h)],
         ],
     );
     tile.check_bias(&b_ih);
@@ -969,19 +984,15 @@ pub fn gru_backward_tile<T: Float>(
     dh_prev: MatMut<'_, T>,
     accum: Accum,
 ) {
-    let ([xr, xz, xn], [hr, hz, hn]) = (&gx, &gh);
     let tile = Tile::of(
         (h_prev.nrows(), h_prev.ncols()),
         &[
-            shape_ref("h_prev", &h_prev),
-            shape_mut("input-side gate r", xr),
-            shape_mut("input-side gate z", xz),
-            shape_mut("input-side gate n", xn),
-            shape_mut("hidden-side gate r", hr),
-            shape_mut("hidden-side gate z", hz),
-            shape_mut("hidden-side gate n", hn),
-            shape_ref("dh", &dh),
-            shape_mut("dh_prev", &dh_prev),
+            &gru_gate_shapes(&gx, &gh),
+            &[
+                shape_ref("h_prev", &h_prev),
+                shape_ref("dh", &dh),
+                shape_mut("dh_prev", &dh_prev),
+            ],
         ],
     );
     crate::arch::dispatch(GruBackwardTile {
