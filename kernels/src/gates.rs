@@ -1005,3 +1005,45 @@ pub fn gru_backward_tile<T: Float>(
         tile,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `walk` (the one `unsafe` reader and writer of the gate kernels) visits every element
+    /// of every slice exactly once, whole registers and tail, at lengths around the register
+    /// widths: small enough for Miri (`scripts/miri.sh`) to check each access.
+    #[test]
+    fn walk_touches_every_element_once() {
+        #[derive(Clone, Copy)]
+        struct AddInputs;
+        impl RegisterOp<f32, 2, 1> for AddInputs {
+            #[inline(always)]
+            fn apply<S: Simd>(self, s: S, [a, b]: &mut [Lanes<S>; 2], [x]: [Lanes<S>; 1]) {
+                *a = f32::vadd(s, *a, x);
+                *b = f32::vsub(s, *b, x);
+            }
+        }
+        type Lanes<S> = <f32 as Float>::Lanes<S>;
+
+        struct Walk<'a>(&'a mut [f32], &'a mut [f32], &'a [f32]);
+        impl WithSimd for Walk<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                walk(s, [self.0, self.1], [self.2], AddInputs);
+            }
+        }
+        for (isa, units) in crate::arch::Isa::available()
+            .into_iter()
+            .flat_map(|isa| [0, 1, 3, 7, 8, 9, 15, 16, 17, 33].map(|u| (isa, u)))
+        {
+            let x: Vec<f32> = (0..units).map(|k| k as f32 + 1.0).collect();
+            let (mut a, mut b) = (vec![10.0; units], vec![10.0; units]);
+            crate::arch::with_isa(isa, || crate::arch::dispatch(Walk(&mut a, &mut b, &x)));
+            let want_a: Vec<f32> = x.iter().map(|v| 10.0 + v).collect();
+            let want_b: Vec<f32> = x.iter().map(|v| 10.0 - v).collect();
+            assert_eq!((a, b), (want_a, want_b), "{isa:?}, {units} units");
+        }
+    }
+}
