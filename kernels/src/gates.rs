@@ -607,10 +607,11 @@ pub fn gru_backward<T: Float>(
 
 /// A tile of a step: rows (sequences) `0..rows` by a block of hidden units, every view of it
 /// `[rows, units]` with unit column stride (a gate's columns of a `[B, G·H]` buffer, or a
-/// block of a `[B, H]` one). The engine's per-step workers each run their tiles with the
-/// `*_tile` kernels: one call per tile rather than per row, because a call's fixed cost
-/// (checks, dispatch, splitting the slices into registers: 85-90 ns on the machines
-/// measured) is that of about four registers of the GRU's forward arithmetic.
+/// block of a `[B, H]` one). The engine's per-step workers run their blocks and pieces with
+/// the `*_tile` kernels: the shapes are checked and the ISA dispatched once per tile, and
+/// each row then costs only its registers ([`walk`]). The whole-step kernels keep their own
+/// slice entry: building and checking a tile's views cost GRU tiny (one row per step)
+/// 10-18 % of its training step when they were routed through it.
 #[derive(Clone, Copy, Debug)]
 struct Tile {
     rows: usize,
