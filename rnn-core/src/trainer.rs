@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use faer::Par;
-use kernels::{Float, reduce};
+use kernels::Float;
 
 use crate::batch::Batch;
 use crate::config::{LossSpec, RnnConfig};
@@ -12,7 +12,7 @@ use crate::error::{Result, RnnError};
 use crate::network::{
     self, Exec, PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed,
 };
-use crate::optim::{Clip, Optimizer, OptimizerKind};
+use crate::optim::{self, Clip, Optimizer, OptimizerKind};
 use crate::params::{Layout, init_params};
 use crate::workspace::Workspace;
 
@@ -181,6 +181,14 @@ pub struct Trainer<T: Float> {
 /// The cores this process may use (1 if unknown).
 fn available_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Runs `f` in `pool` when given, else here (rayon's global pool then serves its joins).
+fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
 }
 
 /// faer's parallelism for `threads` threads.
@@ -417,7 +425,11 @@ impl<T: Float> Trainer<T> {
                 step,
             });
         }
-        let grad_norm = reduce::sum_squares(&self.grads).sqrt();
+        // Past `optim::SPLIT_MIN_PARAMS` the norm and the update run in halves, on two
+        // threads when the trainer has them (the same bits either way).
+        let two_threads = self.par != Par::Seq;
+        let pool = self.pool.as_deref().filter(|_| two_threads);
+        let grad_norm = in_pool(pool, || optim::grad_sum_squares(&self.grads, two_threads)).sqrt();
         if !grad_norm.is_finite() {
             let what = match self.grads.iter().position(|g| !g.is_finite()) {
                 Some(i) => {
@@ -439,8 +451,11 @@ impl<T: Float> Trainer<T> {
             return Err(RnnError::NonFinite { what, step });
         }
         let clip_scale = self.clip.apply(&mut self.grads, grad_norm);
-        self.optimizer
-            .update(&mut self.params, &self.grads, clip_scale);
+        in_pool(pool, || {
+            let (params, grads) = (&mut self.params, &self.grads);
+            self.optimizer
+                .update_on(params, grads, clip_scale, two_threads);
+        });
         Ok(StepReport {
             loss,
             grad_norm,

@@ -133,6 +133,15 @@ fn training_steps_do_not_allocate() {
             20,
             1,
         ),
+        // 166k parameters: past `optim::SPLIT_MIN_PARAMS`, the norm and the update run
+        // in halves (on two threads in the two-thread run).
+        (
+            RnnConfig::lstm(5, 200, 3),
+            LossSpec::every_step(LossKind::Mse),
+            OptimizerKind::adam(0.01),
+            4,
+            2,
+        ),
     ];
     // Sequential with the default split, each step in two unit blocks on two threads, and
     // checkpointed BPTT under a memory budget (which picks its segment every step).
