@@ -511,8 +511,8 @@ fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -
     }
 }
 
-/// Loss of the head outputs `ws.y` and its gradient into `ws.dy`, each position weighted by
-/// `scale`. Returns the reduced loss.
+/// Loss of the head outputs `ws.y` for the pass's batch and its gradient into `ws.dy`, each
+/// position weighted by `scale`. Returns the reduced loss.
 ///
 /// The steps are scored in two halves, on the pass's two workers when it has them (outside
 /// a pair session the halves run in turn), and the halves' sums are added: the same sums
@@ -522,11 +522,11 @@ fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -
 fn loss_forward_backward<T: Float>(
     p: &Pass<'_, '_, T>,
     ws: &mut Workspace<T>,
-    batch: &Batch<T>,
     spec: &LossSpec,
     scale: T,
 ) -> T {
-    let (b, o) = (batch.batch, p.config.output_size);
+    let (batch, o) = (p.batch, p.config.output_size);
+    let b = batch.batch;
     let steps = if spec.many_to_one { 1 } else { batch.seq_len };
     let mid = steps / 2;
     let (dy0, dy1) = ws.dy[..steps * b * o].split_at_mut(mid * b * o);
@@ -642,7 +642,7 @@ fn forward_and_loss<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, spec: 
     let (config, batch) = (p.config, p.batch);
     p.size_workspace(ws, spec.many_to_one);
     forward_chunks(p, ws, Head::of(spec.many_to_one));
-    loss_forward_backward(p, ws, batch, spec, loss_scale(config, batch, spec))
+    loss_forward_backward(p, ws, spec, loss_scale(config, batch, spec))
 }
 
 /// Backward from `ws.dy` (set by the loss) through the head and every layer, chunk by
@@ -918,7 +918,7 @@ fn checkpointed_pass<T: Float>(
         };
         forward_chunks(&seg_pass, ws, head);
         if scored {
-            total += loss_forward_backward(&seg_pass, ws, &sub, spec, scale);
+            total += loss_forward_backward(&seg_pass, ws, spec, scale);
         }
         let carry = (s + 1 < n).then_some((&carry_h[..], &carry_c[..]));
         backward(
@@ -992,7 +992,7 @@ fn forward_segments<T: Float>(
         let head = scale.map_or(Head::Skip, |_| Head::of(spec.many_to_one));
         forward_chunks(&seg_pass, ws, head);
         if let Some(scale) = scale {
-            total += loss_forward_backward(&seg_pass, ws, &sub, spec, scale);
+            total += loss_forward_backward(&seg_pass, ws, spec, scale);
         }
         if s + 1 == n {
             break;
