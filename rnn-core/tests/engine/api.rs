@@ -6,6 +6,7 @@ use rnn_core::config::Cell;
 use rnn_core::dropout::Dropout;
 use rnn_core::io;
 use rnn_core::prelude::*;
+use std::sync::Arc;
 
 fn trainer(opt: OptimizerKind<f32>) -> Trainer<f32> {
     Trainer::new(
@@ -353,6 +354,14 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
             ..Size::LARGE
         };
         identical_at_one_and_two_threads(cell, UnitSplit::Halves, bias_free);
+        // A pool the trainer is given, and the clamp of value clipping, which runs in halves
+        // with the update (every model here has 150-210 k parameters, past the split).
+        let clamped_in_given_pool = Size {
+            clip: Clip::Value(1e-3),
+            given_pool: true,
+            ..Size::LARGE
+        };
+        identical_at_one_and_two_threads(cell, UnitSplit::Halves, clamped_in_given_pool);
     }
 }
 
@@ -412,6 +421,10 @@ struct Size {
     dropout: f64,
     /// Whether the recurrent layers have biases.
     bias: bool,
+    clip: Clip<f32>,
+    /// The trainer is given its pool ([`Trainer::with_thread_pool`]) rather than being run
+    /// inside one with a thread count.
+    given_pool: bool,
 }
 
 impl Size {
@@ -426,12 +439,20 @@ impl Size {
         ragged: false,
         dropout: 0.0,
         bias: true,
+        clip: Clip::Norm(1.0),
+        given_pool: false,
     };
 }
 
 /// With two unit blocks the two threads also split every step; the blocks depend on the
 /// split only, so the weights do not change with the thread count.
 fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
     let run = |threads: usize| {
         let cfg = RnnConfig::new(16, size.hidden, 10)
             .layers(2)
@@ -445,11 +466,15 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
         };
         let mut tr = Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-2), 3)
             .unwrap()
-            .with_clip(Clip::Norm(1.0))
-            .with_threads(threads)
+            .with_clip(size.clip)
             .with_unit_split(split)
             .with_memory(size.memory)
             .with_dropout(Dropout::new(size.dropout, 1).unwrap());
+        tr = match size.given_pool {
+            true => tr.with_thread_pool(Arc::new(pool(threads))),
+            false => tr.with_threads(threads),
+        };
+        assert_eq!(tr.threads(), threads);
         for step in 0..5 {
             let (t, b) = (size.t, size.b);
             let x: Vec<f32> = (0..t * b * 16)
@@ -463,25 +488,24 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
                 ..Batch::new(t, b, &x, Target::Classes(&y))
             };
             tr.step(&batch).unwrap();
+            if let Clip::Value(v) = size.clip {
+                assert!(tr.grads.iter().any(|g| g.abs() == v), "the clamp bites");
+            }
         }
         tr.params.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
-    };
-    let pool = |n| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
     };
     let one = pool(1).install(|| run(1));
     let more = pool(size.threads).install(|| run(size.threads));
     assert!(
         one == more,
-        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}, bias {}: weights differ between 1 and {} threads",
+        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}, bias {}, {:?}, given pool {}: weights differ between 1 and {} threads",
         size.hidden,
         size.memory,
         size.ragged,
         size.dropout,
         size.bias,
+        size.clip,
+        size.given_pool,
         size.threads
     );
 }
