@@ -74,6 +74,9 @@ pub mod trainer;
 pub mod workspace;
 
 pub use error::{Result, RnnError};
+/// The buffer type of [`Trainer::params`](trainer::Trainer::params) and its gradients: a
+/// `Vec`-like slice that starts on a cache line.
+pub use kernels::aligned::AlignedVec;
 
 /// The types most programs need.
 pub mod prelude {

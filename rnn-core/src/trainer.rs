@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use faer::Par;
 use kernels::Float;
+use kernels::aligned::AlignedVec;
 
 use crate::batch::Batch;
 use crate::config::{LossSpec, RnnConfig};
@@ -147,10 +148,10 @@ pub struct Trainer<T: Float> {
     pub config: RnnConfig,
     /// The parameter layout.
     pub layout: Layout,
-    /// Parameters, flat.
-    pub params: Vec<T>,
-    /// Gradients of the last step, flat.
-    pub grads: Vec<T>,
+    /// Parameters, flat, starting on a cache line ([`AlignedVec`]).
+    pub params: AlignedVec<T>,
+    /// Gradients of the last step, flat, starting on a cache line.
+    pub grads: AlignedVec<T>,
     /// Activations and temporaries.
     pub workspace: Workspace<T>,
     /// The loss.
@@ -232,8 +233,8 @@ impl<T: Float> Trainer<T> {
         Ok(Self {
             config,
             layout,
-            params,
-            grads: vec![T::zero(); n],
+            params: AlignedVec::from_slice(&params),
+            grads: AlignedVec::zeros(n),
             workspace: Workspace::new(),
             loss,
             optimizer: Optimizer::new(optimizer, n),

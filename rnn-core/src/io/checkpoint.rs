@@ -105,15 +105,17 @@ pub fn save_checkpoint_with<T: Float>(
 }
 
 /// Loads a checkpoint into `params` and `optimizer` (whose kind and hyper-parameters stay
-/// as given); the file's architecture must equal `config`.
+/// as given); the file's architecture must equal `config`, and `params` must hold its
+/// parameter count (a [`Trainer`](crate::trainer::Trainer)'s `params`, or a `Vec` of
+/// [`Layout::new`]`(config).len`).
 ///
 /// # Errors
 /// [`RnnError::Io`], [`RnnError::Format`] (including an architecture mismatch),
-/// [`RnnError::ShapeMismatch`].
+/// [`RnnError::ShapeMismatch`] (including `params` of another length).
 pub fn load_checkpoint<T: Float>(
     path: &Path,
     config: &RnnConfig,
-    params: &mut Vec<T>,
+    params: &mut [T],
     optimizer: &mut Optimizer<T>,
 ) -> Result<()> {
     load_checkpoint_with(path, config, params, optimizer).map(|_| ())
@@ -127,7 +129,7 @@ pub fn load_checkpoint<T: Float>(
 pub fn load_checkpoint_with<T: Float>(
     path: &Path,
     config: &RnnConfig,
-    params: &mut Vec<T>,
+    params: &mut [T],
     optimizer: &mut Optimizer<T>,
 ) -> Result<Extras<T>> {
     checkpoint_from_bytes(&read_bytes(path)?, config, params, optimizer)
@@ -140,7 +142,7 @@ pub fn load_checkpoint_with<T: Float>(
 pub fn checkpoint_from_bytes<T: Float>(
     bytes: &[u8],
     config: &RnnConfig,
-    params: &mut Vec<T>,
+    params: &mut [T],
     optimizer: &mut Optimizer<T>,
 ) -> Result<Extras<T>> {
     let (st, metadata) = parse_with_metadata(bytes)?;
@@ -150,7 +152,11 @@ pub fn checkpoint_from_bytes<T: Float>(
             "checkpoint is for {found:?}, the model is {config:?}"
         )));
     }
-    let new_params = load_params(&st, &Layout::new(config))?;
+    let layout = Layout::new(config);
+    if params.len() != layout.len {
+        return Err(shape("params", layout.len, params.len()));
+    }
+    let new_params = load_params(&st, &layout)?;
     let (s1, _) = float_tensor::<T>(&st, "optim.state1")?;
     let (s2, _) = float_tensor::<T>(&st, "optim.state2")?;
     reject_non_finite("optim.state1", &s1)?;
@@ -184,7 +190,7 @@ pub fn checkpoint_from_bytes<T: Float>(
             extras.metadata.insert(short.to_string(), v.clone());
         }
     }
-    *params = new_params;
+    params.copy_from_slice(&new_params);
     optimizer.state1 = s1;
     optimizer.state2 = s2;
     optimizer.steps = steps;

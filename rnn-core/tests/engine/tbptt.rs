@@ -232,7 +232,7 @@ fn telemetry_equals_suffix_state_gradients() {
                 ..Batch::new(t_len - t - 1, b, &x[(t + 1) * b * 3..], Target::Values(&y))
             };
             let mut other =
-                Trainer::<f64>::with_params(cfg, loss, OptimizerKind::sgd(0.0), tr.params.clone())
+                Trainer::<f64>::with_params(cfg, loss, OptimizerKind::sgd(0.0), tr.params.to_vec())
                     .unwrap();
             other.loss_and_grads(&suffix).unwrap();
             // The top layer's: a lower layer's dL/dh_t also flows up into h_t of the layer
