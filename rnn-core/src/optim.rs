@@ -146,7 +146,7 @@ impl<T: Float> Optimizer<T> {
             state2: &mut self.state2,
             grads,
         };
-        if two_threads && all.params.len() >= SPLIT_MIN_PARAMS {
+        if on_two_threads(two_threads, all.params.len()) {
             let (first, second) = all.halves();
             rayon::join(|| step.apply(first), || step.apply(second));
         } else {
@@ -157,11 +157,17 @@ impl<T: Float> Optimizer<T> {
 
 /// Parameter count from which an update runs in two halves on two threads
 /// ([`Optimizer::update_on`], with [`Clip::apply_on`]'s clamp) and the global gradient norm
-/// is summed in two halves ([`grad_sum_squares`]). Both stream every parameter from memory; on two threads RNN
-/// large's update (1.1 M parameters, with the norm) took 0.8 ms against 1.15, GRU large's
-/// (4.2 M) 2.2 against 3.2, but RNN char's (330 k) only 0.17 against 0.19: smaller updates
-/// stay on one thread, where a wake-up of the second would cost about what it could save.
+/// is summed in two halves ([`grad_sum_squares`]). Both stream every parameter from memory;
+/// on two threads RNN large's update (1.1 M parameters, with the norm) took 0.8 ms against
+/// 1.15, GRU large's (4.2 M) 2.2 against 3.2, but RNN char's (330 k) only 0.17 against 0.19:
+/// smaller updates stay on one thread, where a wake-up of the second would cost about what
+/// it could save.
 pub const SPLIT_MIN_PARAMS: usize = 1 << 17;
+
+/// Whether an elementwise pass over `len` elements runs in halves on two threads.
+fn on_two_threads(two_threads: bool, len: usize) -> bool {
+    two_threads && len >= SPLIT_MIN_PARAMS
+}
 
 /// `Σ g²` over `grads`, for the global norm: in two halves added from [`SPLIT_MIN_PARAMS`]
 /// elements on (the halves on two threads of the current rayon pool when `two_threads`),
@@ -317,7 +323,7 @@ impl<T: Float> Clip<T> {
             Clip::Norm(max) => (max / (norm + T::of(1e-6))).min(T::one()),
             Clip::Value(v) => {
                 let clamp = |g: &mut [T]| reduce::clamp(g, -v, v);
-                if two_threads && grads.len() >= SPLIT_MIN_PARAMS {
+                if on_two_threads(two_threads, grads.len()) {
                     let (first, second) = grads.split_at_mut(grads.len() / 2);
                     rayon::join(|| clamp(first), || clamp(second));
                 } else {

@@ -564,9 +564,7 @@ impl<T: Float> Trainer<T> {
     ) -> R {
         let threads = self.threads_for(batch.seq_len, batch.batch) > 1;
         let par = if threads { self.par } else { Par::Seq };
-        match self.pool.clone() {
-            Some(pool) if threads => pool.install(|| pass(self, par)),
-            _ => pass(self, par),
-        }
+        let pool = self.pool.clone().filter(|_| threads);
+        in_pool(pool.as_deref(), || pass(self, par))
     }
 }
