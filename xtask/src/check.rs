@@ -99,16 +99,14 @@ pub(crate) fn check(records: &[Value], baseline: &[Value]) -> (String, bool) {
             speedup_goal(&s.workload).is_some_and(|g| g > 1.0) && s.ratio() < CHECK_MIN_SPEEDUP;
         // When the reference GEMM beside it gained less than the floor too, the host gave
         // no second core in those rounds, and the record says nothing about the split.
-        let no_second_core = s.gemm_speedup.is_some_and(|g| g < CHECK_MIN_SPEEDUP);
-        let bad = slow && !no_second_core;
-        ok &= !bad;
-        let verdict = match (bad, slow) {
-            (true, _) => "  REGRESSION".to_string(),
-            (false, true) => format!(
-                "  not judged: the reference GEMM gained {:.2}x in the same rounds",
-                s.gemm_speedup.unwrap_or(0.0)
-            ),
-            (false, false) => String::new(),
+        let no_second_core = s.gemm_speedup.filter(|&g| g < CHECK_MIN_SPEEDUP);
+        ok &= !(slow && no_second_core.is_none());
+        let verdict = match (slow, no_second_core) {
+            (true, Some(g)) => {
+                format!("  not judged: the reference GEMM gained {g:.2}x in the same rounds")
+            }
+            (true, None) => "  REGRESSION".to_string(),
+            (false, _) => String::new(),
         };
         let _ = writeln!(
             out,
