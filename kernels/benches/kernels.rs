@@ -2,7 +2,8 @@
 //! against a scalar `std` loop.
 //!
 //! `cargo bench -p kernels --bench kernels -- gemm_small` (products), `-- panels` (packed
-//! step products) or `-- tanh` (activations).
+//! step products), `-- weight_gradient` (products over all steps) or `-- tanh`
+//! (activations).
 
 use std::hint::black_box;
 
@@ -10,6 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Par};
 use faer::{MatMut, MatRef};
+use kernels::aligned::AlignedVec;
 use kernels::gemm::{self, GemmShape};
 use kernels::panels::Panels;
 use kernels::{Float, activation};
@@ -147,6 +149,47 @@ fn panel_products(c: &mut Criterion) {
     }
 }
 
+/// Weight gradients `dW[m, n] = dZ[k, m]ᵀ · X[k, n]` over `k = T·B` rows, by `gemm_tn`
+/// (which sums the rows in blocks, `gemm::depth_block`) and by one faer product over all
+/// rows, on buffers like the engine's workspace (`AlignedVec`: cache-line aligned, on
+/// transparent huge pages where the kernel grants them). The shapes are the reference workloads' `dW_hh` and `dW_ih`: LSTM large
+/// (4096 x 1024 x 3200, 4096 x 256 x 3200), RNN large (1024 x 1024 x 3200), LSTM char
+/// (2048 x 512 x 4096), GRU char in chunks of 16 steps (1536 x 512 x 512), RNN medium
+/// (256 x 256 x 3200).
+fn weight_gradients(c: &mut Criterion) {
+    for (m, n, k) in [
+        (4096, 1024, 3200),
+        (4096, 256, 3200),
+        (1024, 1024, 3200),
+        (2048, 512, 4096),
+        (1536, 512, 512),
+        (256, 256, 3200),
+    ] {
+        let s = GemmShape::new(m, n, k);
+        let mut group = c.benchmark_group(format!("weight_gradient_{m}x{n}x{k}"));
+        group.throughput(Throughput::Elements(s.flops() as u64));
+        let aligned = |v: Vec<f32>| {
+            let mut a = AlignedVec::zeros(v.len());
+            a.copy_from_slice(&v);
+            a
+        };
+        let (dz, x) = (aligned(data(k * m)), aligned(data(k * n)));
+        let mut dw = AlignedVec::<f32>::zeros(m * n);
+        group.bench_function("gemm_tn", |bch| {
+            bch.iter(|| gemm::gemm_tn(&mut dw, Accum::Replace, black_box(&dz), &x, s, Par::Seq))
+        });
+        group.bench_function("faer", |bch| {
+            bch.iter(|| {
+                let dz = MatRef::from_row_major_slice(black_box(&dz), k, m);
+                let x = MatRef::from_row_major_slice(&x, k, n);
+                let dw = MatMut::from_row_major_slice_mut(&mut dw, m, n);
+                matmul(dw, Accum::Replace, dz.transpose(), x, 1.0, Par::Seq)
+            })
+        });
+        group.finish();
+    }
+}
+
 fn activations(c: &mut Criterion) {
     tanh_throughput::<f32>(c);
     tanh_throughput::<f64>(c);
@@ -156,6 +199,6 @@ criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_millis(800));
-    targets = recurrent_products, panel_products, activations
+    targets = recurrent_products, panel_products, weight_gradients, activations
 }
 criterion_main!(benches);

@@ -5,8 +5,10 @@
 //! copies: a transpose is a view), except where faer is slow: products with few rows, such
 //! as the recurrent step at batch 1, where faer reaches only 6-32 GFLOP/s on this machine.
 //! [`gemm_nn`] sends those to [`small_m_gemm_nn`], a pulp kernel that keeps a strip of `C` in
-//! registers and streams `B` by rows; and `Aᵀ B` products with a narrow, odd-width `C`
-//! (`dW_ih` at `I = 65`), which [`gemm_tn`] computes transposed in blocks.
+//! registers and streams `B` by rows; `Aᵀ B` products with a narrow, odd-width `C`
+//! (`dW_ih` at `I = 65`), which [`gemm_tn`] computes transposed in blocks; and the other
+//! `Aᵀ B` products over many rows (the weight gradients), which it sums in blocks of rows
+//! ([`depth_block`]): faer over all rows at once ran them at half speed.
 //!
 //! On several threads ([`Threads`]) a product is cut by this crate into one contiguous share
 //! of `C`'s rows or columns per thread, each a sequential faer product (faer's own split
@@ -176,6 +178,9 @@ pub fn gemm_nt<'p, T: Float>(
 /// `C[m, n] (+)= A[k, m]ᵀ · B[k, n]`: `A` is stored row-major as `[k, m]` (weight gradients
 /// `dW = dZᵀ X` summed over all `k = T·B` rows).
 ///
+/// Over more than 64 rows it sums them in blocks of [`depth_block`]`(m · size_of::<T>())`
+/// rows, whose boundaries depend on the shape alone (never on the threads).
+///
 /// # Panics
 /// If a slice length does not match the shape.
 ///
@@ -274,6 +279,15 @@ fn halve<'c, 'a, 'b, T>(
 enum Leaf {
     /// One sequential faer product.
     Faer,
+    /// `C (+)= Aᵀ B` summed over the inner dimension in blocks of rows of `A` and `B`
+    /// ([`depth_block`] each), one sequential faer product per block, the first with the
+    /// caller's `Accum` and the others adding. faer's x86 kernel reads `A` of these products
+    /// in place, up to 512 of its rows per pass, and the engine's rows are `G·H` floats apart,
+    /// often a power of two (1-16 KiB): such rows fall into a few sets of the cache and evict
+    /// one another before their reuse, the more so on transparent huge pages, where the
+    /// physical address (which picks the L2 set) is the virtual one. Blocks that span at most
+    /// [`TN_BLOCK_SPAN`] of `A` stay in the cache.
+    DepthBlocked,
     /// `C = Aᵀ B` with `C` narrow and of odd width (`dW_ih` for `I = 65`): blocks of
     /// [`NARROW_TN_ROWS`] rows of `C` computed transposed, `C_blkᵀ = Bᵀ A_blk`, then copied
     /// back. faer's kernels run such a `C` at 56-76 GFLOP/s (char's 512 x 65 x 4096 and
@@ -289,13 +303,45 @@ const NARROW_TN_ROWS: usize = 64;
 /// `C` narrower than this can take [`Leaf::NarrowTn`] (wider ones gained nothing).
 const NARROW_TN_MAX_COLS: usize = 128;
 
+/// The bytes of `A` (its rows times their stride) one block of a [`gemm_tn`] summed in
+/// blocks may span, between [`TN_BLOCK_ROWS`] rows. Measured on an Intel Xeon (2 MiB L2 per core,
+/// 512³ GEMM at 160-165 GFLOP/s), `A` on huge pages as the engine's workspace is, in
+/// GFLOP/s, whole against blocks of 64 / 128 / 192 rows: `4096 x 256 x 3200` (rows 16 KiB
+/// apart) 54 against 129 / 90 / 76, `2048 x 512 x 4096` (8 KiB) 61 against 133 / 137 / 123,
+/// `1024 x 1024 x 3200` (4 KiB) 78 against 144 / 142 / 141, `256 x 256 x 3200` (1 KiB) 144
+/// against 141 / 150 / 147. On small pages, `4096 x 1024 x 3200` ran at 79 whole and
+/// 134 / 140 / 140 in blocks. (`cargo bench -p kernels --bench kernels -- weight_gradient` compares with one faer
+/// product on the engine's kind of buffer.)
+pub const TN_BLOCK_SPAN: usize = 512 << 10;
+
+/// The fewest and the most rows in a block of a [`gemm_tn`] summed in blocks: fewer rows re-read
+/// `C` more often than they save (32 rows ran 116-122 GFLOP/s where 64 ran 134-137), and
+/// more than 192 gained nowhere.
+pub const TN_BLOCK_ROWS: core::ops::RangeInclusive<usize> = 64..=192;
+
+/// Rows of the inner dimension per block of `C (+)= Aᵀ B` when the rows of `A` are
+/// `row_bytes` apart: as many as span [`TN_BLOCK_SPAN`], within [`TN_BLOCK_ROWS`].
+///
+/// ```
+/// use kernels::gemm::depth_block;
+/// assert_eq!(depth_block(4096 * 4), 64); // LSTM H = 1024: gates 16 KiB apart
+/// assert_eq!(depth_block(1024 * 4), 128);
+/// assert_eq!(depth_block(256 * 4), 192);
+/// ```
+pub fn depth_block(row_bytes: usize) -> usize {
+    (TN_BLOCK_SPAN / row_bytes.max(1)).clamp(*TN_BLOCK_ROWS.start(), *TN_BLOCK_ROWS.end())
+}
+
 impl Leaf {
     /// The leaf for `C[m, n] = A[k, m]ᵀ B[k, n]`: the transposed blocks where `n` is narrow
     /// and not a whole number of AVX-512 registers of f32 and `C` is tall enough to gain
     /// (measured: `n` = 65 and 100 gain, `n` = 32, 48 and 64 do not).
+    /// Other products deeper than the fewest rows of a block are summed in blocks.
     fn tn(s: GemmShape) -> Self {
         if s.n < NARROW_TN_MAX_COLS && !s.n.is_multiple_of(16) && s.m >= 256 && s.k >= 256 {
             Leaf::NarrowTn
+        } else if s.k > *TN_BLOCK_ROWS.start() {
+            Leaf::DepthBlocked
         } else {
             Leaf::Faer
         }
@@ -304,6 +350,20 @@ impl Leaf {
     fn run<T: Float>(self, mut c: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>, b: MatRef<'_, T>) {
         match self {
             Leaf::Faer => matmul(c, accum, a, b, T::one(), Par::Seq),
+            Leaf::DepthBlocked => {
+                let depth = a.ncols();
+                // `a` is `Aᵀ`: its column stride is the rows' stride in `A`, the same for
+                // every share of `C`. So the block boundaries depend on the shape alone, and
+                // a split product stays bitwise the sequential one. Blocks are evened out.
+                let row_bytes = a.col_stride().unsigned_abs() * core::mem::size_of::<T>();
+                let len = depth.div_ceil(depth.div_ceil(depth_block(row_bytes)).max(1));
+                for (i, k0) in (0..depth).step_by(len.max(1)).enumerate() {
+                    let rows = len.min(depth - k0);
+                    let accum = if i == 0 { accum } else { Accum::Add };
+                    let (a, b) = (a.subcols(k0, rows), b.subrows(k0, rows));
+                    matmul(c.rb_mut(), accum, a, b, T::one(), Par::Seq);
+                }
+            }
             Leaf::NarrowTn => {
                 let n = c.ncols();
                 let mut block = [T::zero(); NARROW_TN_ROWS * NARROW_TN_MAX_COLS];

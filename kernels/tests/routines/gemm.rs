@@ -119,6 +119,28 @@ fn narrow_weight_gradients_match() {
     }
 }
 
+/// Products deeper than a block (`gemm::depth_block`): `gemm_tn` sums them in evened-out
+/// blocks (just past one block, several whole ones, a short last one; the longest blocks at
+/// narrow `A`, the shortest at wide), the first block replacing or adding to `C` as asked
+/// and the others adding.
+#[test]
+fn deep_weight_gradients_match() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let most = *gemm::TN_BLOCK_ROWS.end();
+    assert_eq!(gemm::depth_block(40 * 4), most);
+    assert_eq!(gemm::depth_block(4096 * 4), *gemm::TN_BLOCK_ROWS.start());
+    for (m, n, k) in [
+        (40, 50, most + 1),
+        (17, 33, 2 * most),
+        (96, 64, 3 * most + 5),
+        (300, 200, 700),
+        (4096, 20, 150),
+    ] {
+        check_all::<f32>(GemmShape::new(m, n, k), &mut rng);
+        check_all::<f64>(GemmShape::new(m, n, k), &mut rng);
+    }
+}
+
 #[test]
 fn small_m_kernel_is_deterministic_and_matches_for_large_k() {
     let mut rng = StdRng::seed_from_u64(3);
@@ -186,6 +208,7 @@ fn threaded_products_are_bitwise_the_sequential_ones() {
         (4096, 65, 64),
         (65, 512, 300),
         (600, 65, 300),
+        (300, 200, 700),
         (31, 33, 70),
         (200, 7, 129),
         (33, 1, 40),
