@@ -154,8 +154,8 @@ fn panel_products(c: &mut Criterion) {
 /// rows, on buffers like the engine's workspace (`AlignedVec`: cache-line aligned, on
 /// transparent huge pages where the kernel grants them). The shapes are the reference workloads' `dW_hh` and `dW_ih`: LSTM large
 /// (4096 x 1024 x 3200, 4096 x 256 x 3200), RNN large (1024 x 1024 x 3200), LSTM char
-/// (2048 x 512 x 4096), GRU char in chunks of 16 steps (1536 x 512 x 512), RNN medium
-/// (256 x 256 x 3200).
+/// (2048 x 512 x 4096, and its `dW_ih` 2048 x 65 x 4096), GRU char in chunks of 16 steps
+/// (1536 x 512 x 512), RNN medium (256 x 256 x 3200).
 fn weight_gradients(c: &mut Criterion) {
     for (m, n, k) in [
         (4096, 1024, 3200),
@@ -164,6 +164,7 @@ fn weight_gradients(c: &mut Criterion) {
         (2048, 512, 4096),
         (1536, 512, 512),
         (256, 256, 3200),
+        (2048, 65, 4096),
     ] {
         let s = GemmShape::new(m, n, k);
         let mut group = c.benchmark_group(format!("weight_gradient_{m}x{n}x{k}"));
