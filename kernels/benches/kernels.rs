@@ -149,13 +149,13 @@ fn panel_products(c: &mut Criterion) {
     }
 }
 
-/// Weight gradients `dW[m, n] = dZ[k, m]ᵀ · X[k, n]` over `k = T·B` rows, by `gemm_tn`
-/// (which sums the rows in blocks, `gemm::depth_block`) and by one faer product over all
-/// rows, on buffers like the engine's workspace (`AlignedVec`: cache-line aligned, on
-/// transparent huge pages where the kernel grants them). The shapes are the reference workloads' `dW_hh` and `dW_ih`: LSTM large
-/// (4096 x 1024 x 3200, 4096 x 256 x 3200), RNN large (1024 x 1024 x 3200), LSTM char
-/// (2048 x 512 x 4096, and its `dW_ih` 2048 x 65 x 4096), GRU char in chunks of 16 steps
-/// (1536 x 512 x 512), RNN medium (256 x 256 x 3200).
+/// Weight gradients `dW[m, n] = dZ[k, m]ᵀ · X[k, n]` over `k = T·B` rows, by `gemm_tn` (which
+/// sums the rows in blocks, `gemm::depth_block`) and by one faer product over all rows, on
+/// buffers like the engine's workspace (`AlignedVec`: cache-line aligned, on transparent huge
+/// pages where the kernel grants them). The shapes are the reference workloads' `dW_hh` and
+/// `dW_ih`: LSTM large (4096 x 1024 x 3200, 4096 x 256 x 3200), RNN large (1024 x 1024 x 3200),
+/// LSTM char (2048 x 512 x 4096, and its `dW_ih` 2048 x 65 x 4096), GRU char in chunks of 16
+/// steps (1536 x 512 x 512), RNN medium (256 x 256 x 3200).
 fn weight_gradients(c: &mut Criterion) {
     for (m, n, k) in [
         (4096, 1024, 3200),
