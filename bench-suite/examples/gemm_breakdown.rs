@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, MatRef, Par};
+use kernels::aligned::AlignedVec;
 use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, gemm_tn};
 use kernels::panels::Panels;
 use rnn_core::network::UnitSplit;
@@ -19,15 +20,25 @@ static PAR: std::sync::OnceLock<Par> = std::sync::OnceLock::new();
 
 type Product = fn(&mut [f32], Accum, &[f32], &[f32], GemmShape, Par);
 
+/// A buffer of the engine's kind (`AlignedVec`: on a cache line, and on transparent huge
+/// pages where the kernel grants them), filled with `value`. On plain `Vec`s some products
+/// ran at other speeds than in the engine: the weight gradients, whose rows are a power of
+/// two apart, collide in the cache more on huge pages (`kernels::gemm::depth_block`).
+fn filled(len: usize, value: f32) -> AlignedVec<f32> {
+    let mut v = AlignedVec::zeros(len);
+    v.fill(value);
+    v
+}
+
 fn time(name: &str, f: Product, s: GemmShape, a_len: usize, b_len: usize, calls: usize) -> f64 {
     let par = if calls == 1 {
         PAR.get().copied().unwrap_or(Par::Seq)
     } else {
         Par::Seq
     };
-    let a = vec![0.01f32; a_len * calls.min(100)];
-    let b = vec![0.02f32; b_len];
-    let mut c = vec![0.0f32; s.m * s.n * calls.min(100)];
+    let a = filled(a_len * calls.min(100), 0.01);
+    let b = filled(b_len, 0.02);
+    let mut c = filled(s.m * s.n * calls.min(100), 0.0);
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let start = Instant::now();
@@ -85,8 +96,8 @@ fn time_panels(b: usize, h: usize, gates: usize, t: usize) -> (f64, f64) {
             p
         })
         .collect();
-    let (hs, dz) = (vec![0.01f32; b * h], vec![0.02f32; b * gh]);
-    let (mut z, mut dh) = (vec![0.0f32; b * gh], vec![0.0f32; b * h]);
+    let (hs, dz) = (filled(b * h, 0.01), filled(b * gh, 0.02));
+    let (mut z, mut dh) = (filled(b * gh, 0.0), filled(b * h, 0.0));
     let best = |f: &mut dyn FnMut()| {
         (0..5)
             .map(|_| {
