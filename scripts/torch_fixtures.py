@@ -93,11 +93,12 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
-         dropout=None, huber_delta=None, ignore=0.0):
+         dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
-    labels replaced by PyTorch's ignore_index (-100), which grad_dump reads as IGNORED_LABEL."""
+    labels replaced by PyTorch's ignore_index (-100), which grad_dump reads as IGNORED_LABEL.
+    `label_smoothing`: CrossEntropyLoss's, written as metadata (None: 0, not written)."""
     torch.manual_seed(seed)
     m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
@@ -147,7 +148,7 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
             labels = torch.where(unlabelled, torch.full_like(labels, -100), labels)
         ignore_padded = torch.where(scored, labels, torch.full_like(labels, -100))
         value = F.cross_entropy(y.reshape(-1, O), ignore_padded.reshape(-1), reduction=reduction,
-                                ignore_index=-100)
+                                ignore_index=-100, label_smoothing=label_smoothing or 0.0)
         stored_target = torch.where(scored, labels, torch.zeros_like(labels))  # unscored: any valid label
     value.backward()
 
@@ -165,6 +166,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         meta.update({"dropout": str(dropout[0]), "dropout_seed": str(dropout[1])})
     if huber_delta is not None:
         meta["huber_delta"] = repr(huber_delta)
+    if label_smoothing is not None:
+        meta["label_smoothing"] = repr(label_smoothing)
     save_file(inputs, os.path.join(OUT, f"{name}.in.safetensors"), metadata=meta)
 
     expected = {"out.loss": value.detach().reshape(1), "out.y": y.detach().contiguous(),
@@ -261,6 +264,13 @@ if __name__ == "__main__":
          ignore=0.4, seed=91)
     case("rnn_ce_ignore_sum_f32", 12, 8, 7, 33, 6, loss="ce", reduction="sum", dtype=torch.float32,
          ignore=0.25, seed=92)
+    # Cross-entropy's label_smoothing, with ignored labels, packed lengths, both reductions.
+    case("gru_ce_smoothing_ignore_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce",
+         lengths=[6, 2, 4, 3], cell="gru", ignore=0.3, label_smoothing=0.1, seed=93)
+    case("lstm_ce_smoothing_many_to_one_sum", 5, 6, 3, 9, 4, loss="ce", many_to_one=True,
+         reduction="sum", cell="lstm", label_smoothing=0.35, seed=94)
+    case("rnn_ce_smoothing_f32", 12, 8, 7, 33, 6, loss="ce", dtype=torch.float32,
+         label_smoothing=0.2, seed=95)
     print("fixtures written to", os.path.normpath(OUT))
 
 

@@ -93,6 +93,35 @@ pub fn softmax_cross_entropy<T: Float>(
     classes: usize,
     scale: T,
 ) -> T {
+    softmax_cross_entropy_smoothed(dlogits, logits, labels, classes, T::zero(), scale)
+}
+
+/// [`softmax_cross_entropy`] against smoothed labels (PyTorch's `label_smoothing = ε`): each
+/// row's target is `(1 - ε) onehot(label) + ε / classes` everywhere. Returns
+/// `Σ_rows [(1 - ε) (-log p_label) + ε/classes Σ_c (-log p_c)]` and writes
+/// `dlogits = (softmax(logits) - target) * scale`. At `ε = 0` it is [`softmax_cross_entropy`],
+/// bit for bit.
+///
+/// # Panics
+/// As [`softmax_cross_entropy`].
+///
+/// ```
+/// let mut d = [0.0f64; 2];
+/// let loss = kernels::loss::softmax_cross_entropy_smoothed(&mut d, &[0.0, 0.0], &[1], 2, 0.2, 1.0);
+/// // Uniform softmax: every class costs ln 2, whatever the target.
+/// assert!((loss - 2f64.ln()).abs() < 1e-15);
+/// // Target (0.1, 0.9): the gradient is 0.5 - 0.1 and 0.5 - 0.9.
+/// assert!((d[0] - 0.4).abs() < 1e-15 && (d[1] + 0.4).abs() < 1e-15);
+/// ```
+#[track_caller]
+pub fn softmax_cross_entropy_smoothed<T: Float>(
+    dlogits: &mut [T],
+    logits: &[T],
+    labels: &[usize],
+    classes: usize,
+    smoothing: T,
+    scale: T,
+) -> T {
     assert!(
         logits.len() == labels.len() * classes && dlogits.len() == logits.len() && classes > 0,
         "softmax_cross_entropy: logits {} and dlogits {} must be labels {} x classes {classes}",
@@ -107,14 +136,35 @@ pub fn softmax_cross_entropy<T: Float>(
         .zip(labels)
     {
         assert!(label < classes, "label {label} >= classes {classes}");
-        loss += crate::arch::dispatch(SoftmaxCeRow {
+        // `log Σ exp(x) - x[label]`, the row's loss against its one-hot label.
+        let hard = crate::arch::dispatch(SoftmaxCeRow {
             dlogits: d,
             logits: x,
             label,
             scale,
         });
+        loss += if smoothing == T::zero() {
+            hard
+        } else {
+            smooth_row(d, x, label, smoothing, scale, hard)
+        };
     }
     loss
+}
+
+/// Turns one row's one-hot loss and gradient into the smoothed ones: the target moves
+/// `ε` of its weight from the label to all classes evenly, so the gradient gains
+/// `ε · scale` at the label and loses `ε/classes · scale` everywhere, and since
+/// `-log p_c = lse - x_c`, the loss is `hard + ε (x_label - mean(x))`.
+fn smooth_row<T: Float>(d: &mut [T], x: &[T], label: usize, eps: T, scale: T, hard: T) -> T {
+    let classes = T::of(x.len() as f64);
+    let spread = eps * scale / classes;
+    d[label] += eps * scale;
+    for g in d.iter_mut() {
+        *g -= spread;
+    }
+    let mean = x.iter().fold(T::zero(), |a, &b| a + b) / classes;
+    hard + eps * (x[label] - mean)
 }
 
 #[derive(Clone, Copy)]

@@ -2,7 +2,7 @@
 
 use kernels::Float;
 
-use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
+use crate::config::{LossSpec, Reduction, RnnConfig};
 use crate::error::{Result, RnnError, shape};
 
 /// A class label that scores nothing (PyTorch's `ignore_index`): a position labelled so
@@ -204,7 +204,7 @@ impl<'a, T: Float> Batch<'a, T> {
                 }
                 finite("target", v)?;
             }
-            (LossKind::CrossEntropy, Target::Classes(c)) => {
+            (kind, Target::Classes(c)) if !kind.takes_values() => {
                 if c.len() != positions {
                     let want = if loss.many_to_one {
                         format!("[B={b}]")

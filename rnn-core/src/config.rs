@@ -243,7 +243,8 @@ impl RnnConfig {
 /// element of the scored positions (`O` per position), as PyTorch does. L1 and Huber grow
 /// only linearly with large errors, so outliers in a series pull on the weights no harder
 /// than a bounded amount (Huber stays quadratic, and smooth, near the target).
-/// Cross-entropy scores class labels instead.
+/// Cross-entropy scores class labels instead, optionally against smoothed labels
+/// ([`LossKind::cross_entropy`], PyTorch's `label_smoothing`).
 ///
 /// ```
 /// use rnn_core::config::LossKind;
@@ -263,6 +264,11 @@ pub enum LossKind {
     L1,
     /// Huber loss against float targets with threshold `δ` (`nn.HuberLoss(delta=δ)`).
     Huber(HuberDelta),
+    /// Softmax cross-entropy against class labels smoothed by `ε`
+    /// (`nn.CrossEntropyLoss(label_smoothing=ε)`): each scored position's target is
+    /// `(1 - ε) onehot(label) + ε / O`, and the loss `-Σ_c target_c log softmax(y)_c`.
+    /// Ignored labels and reductions are as for [`LossKind::CrossEntropy`].
+    SmoothedCrossEntropy(LabelSmoothing),
 }
 
 impl LossKind {
@@ -275,10 +281,42 @@ impl LossKind {
         HuberDelta::new(delta).map(Self::Huber)
     }
 
+    /// `nn.CrossEntropyLoss(label_smoothing=smoothing)`: plain
+    /// [`LossKind::CrossEntropy`] at 0.
+    ///
+    /// ```
+    /// use rnn_core::config::LossKind;
+    /// assert_eq!(LossKind::cross_entropy(0.0)?, LossKind::CrossEntropy);
+    /// assert_eq!(LossKind::cross_entropy(0.1)?.label_smoothing(), Some(0.1));
+    /// assert!(LossKind::cross_entropy(1.5).is_err() && LossKind::cross_entropy(-0.1).is_err());
+    /// # Ok::<(), rnn_core::error::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] unless `0 <= smoothing <= 1` (PyTorch's range).
+    pub fn cross_entropy(smoothing: f64) -> Result<Self> {
+        let smoothing = LabelSmoothing::new(smoothing)?;
+        Ok(if smoothing.get() == 0.0 {
+            Self::CrossEntropy
+        } else {
+            Self::SmoothedCrossEntropy(smoothing)
+        })
+    }
+
     /// Whether the loss compares float targets (`Target::Values`); only cross-entropy
     /// takes class labels.
     pub fn takes_values(self) -> bool {
-        self != Self::CrossEntropy
+        self.label_smoothing().is_none()
+    }
+
+    /// For the cross-entropy losses, their label smoothing `ε` (0 for
+    /// [`LossKind::CrossEntropy`]); `None` for the losses on float targets.
+    pub fn label_smoothing(self) -> Option<f64> {
+        match self {
+            Self::CrossEntropy => Some(0.0),
+            Self::SmoothedCrossEntropy(eps) => Some(eps.get()),
+            Self::Mse | Self::L1 | Self::Huber(_) => None,
+        }
     }
 
     /// The loss's name in messages.
@@ -286,6 +324,7 @@ impl LossKind {
         match self {
             Self::Mse => "MSE",
             Self::CrossEntropy => "cross-entropy",
+            Self::SmoothedCrossEntropy(_) => "cross-entropy with label smoothing",
             Self::L1 => "L1",
             Self::Huber(_) => "Huber",
         }
@@ -315,6 +354,34 @@ impl HuberDelta {
     }
 
     /// The threshold.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// The label smoothing `ε` of a cross-entropy loss: in `[0, 1]`, so never NaN (which is
+/// why it can be `Eq`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LabelSmoothing(f64);
+
+impl Eq for LabelSmoothing {}
+
+impl LabelSmoothing {
+    /// `smoothing` as a label smoothing.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] unless `0 <= smoothing <= 1`.
+    pub fn new(smoothing: f64) -> Result<Self> {
+        if (0.0..=1.0).contains(&smoothing) {
+            Ok(Self(smoothing))
+        } else {
+            Err(RnnError::Config(format!(
+                "label smoothing = {smoothing}: it must be between 0 and 1"
+            )))
+        }
+    }
+
+    /// `ε`.
     pub fn get(self) -> f64 {
         self.0
     }

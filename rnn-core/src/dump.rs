@@ -5,18 +5,19 @@
 //! cargo run --release -p rnn-core --example grad_dump -- IN.safetensors OUT.safetensors
 //! ```
 //!
-//! IN holds the parameters (`rnn.*`, `head.*`), `x` `[T,B,I]`, `h0` `[L,B,H]`, `target` (mse,
-//! l1, huber: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or `[B]`,
-//! where -100, PyTorch's default `ignore_index`, marks a position with no label), optionally
-//! `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`, `nonlinearity`
-//! (tanh|relu), `loss` (mse|l1|huber|ce), `many_to_one` (true|false), `reduction` (mean|sum).
-//! With `loss` = huber, optional metadata `huber_delta` (a positive number, default 1.0 as
-//! PyTorch's) is the threshold. An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout`
-//! (p in `[0, 1)`, default 0) and `dropout_seed` (an integer, default 0) drop between stacked
-//! layers as [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element
-//! `j` of row `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p,
-//! mix64(seed + k))` keeps it (`scripts/torch_fixtures.py` writes the same masks in Python). A
-//! model without `rnn.bias_*` tensors is one without recurrent biases (PyTorch's `bias=False`).
+//! IN holds the parameters (`rnn.*`, `head.*`), `x` `[T,B,I]`, `h0` `[L,B,H]`, `target` (mse, l1,
+//! huber: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or `[B]`, where
+//! -100, PyTorch's default `ignore_index`, marks a position with no label), optionally `lengths`
+//! int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`, `nonlinearity` (tanh|relu), `loss`
+//! (mse|l1|huber|ce), `many_to_one` (true|false), `reduction` (mean|sum). With `loss` = huber,
+//! optional metadata `huber_delta` (a positive number, default 1.0 as PyTorch's) is the threshold;
+//! with `loss` = ce, optional metadata `label_smoothing` (between 0 and 1, default 0 as PyTorch's)
+//! smooths the labels. An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0,
+//! 1)`, default 0) and `dropout_seed` (an integer, default 0) drop between stacked layers as
+//! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of row
+//! `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p, mix64(seed +
+//! k))` keeps it (`scripts/torch_fixtures.py` writes the same masks in Python). A model without
+//! `rnn.bias_*` tensors is one without recurrent biases (PyTorch's `bias=False`).
 //! It computes in the float type of `x` (F32 or F64) and writes `out.loss` `[1]`, `out.y`,
 //! `out.h_last` `[L,B,H]`, `grad.<parameter>` for every parameter, `grad.x` and `grad.h0`; an
 //! LSTM also `out.c_last` `[L,B,H]` and `grad.c0`.
@@ -42,7 +43,15 @@ fn meta<'a>(m: &'a HashMap<String, String>, key: &str, default: &'a str) -> &'a 
 fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
     let kind = match meta(m, "loss", "mse") {
         "mse" => LossKind::Mse,
-        "ce" => LossKind::CrossEntropy,
+        "ce" => {
+            let text = meta(m, "label_smoothing", "0.0");
+            let smoothing = text.parse().map_err(|_| {
+                RnnError::Format(format!(
+                    "metadata label_smoothing = {text:?} is not a number"
+                ))
+            })?;
+            LossKind::cross_entropy(smoothing).map_err(|e| RnnError::Format(e.to_string()))?
+        }
         "l1" => LossKind::L1,
         "huber" => {
             let text = meta(m, "huber_delta", "1.0");

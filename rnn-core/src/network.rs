@@ -585,6 +585,11 @@ fn loss_steps<T: Float>(
                     let labels = &c[t * b + lo..t * b + hi];
                     kloss::softmax_cross_entropy(dy, y, labels, o, scale)
                 }
+                (LossKind::SmoothedCrossEntropy(eps), Target::Classes(c)) => {
+                    let labels = &c[t * b + lo..t * b + hi];
+                    let eps = T::of(eps.get());
+                    kloss::softmax_cross_entropy_smoothed(dy, y, labels, o, eps, scale)
+                }
                 (kind, _) => unreachable!("{} against the wrong targets: validated", kind.name()),
             };
         }

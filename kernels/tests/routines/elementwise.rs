@@ -222,6 +222,42 @@ fn losses_match<T: Float>() {
             }
             close(&d, &want_d, tol, &format!("ce grad {isa:?}"));
             assert_relative_eq!(l.f64(), want_l, max_relative = tol * 10.0);
+            // Label smoothing: target (1 - ε) onehot + ε/n, loss -Σ target log p.
+            let eps = 0.3;
+            let mut ds = vec![T::zero(); rows * n];
+            let ls = loss::softmax_cross_entropy_smoothed(
+                &mut ds,
+                &logits,
+                &labels,
+                n,
+                T::of(eps),
+                T::of(0.5),
+            );
+            let (mut want_l, mut want_d) = (0.0, vec![0.0; rows * n]);
+            for r in 0..rows {
+                let row: Vec<f64> = logits[r * n..(r + 1) * n].iter().map(|x| x.f64()).collect();
+                let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                for j in 0..n {
+                    let hot = if j == labels[r] { 1.0 } else { 0.0 };
+                    let target = (1.0 - eps) * hot + eps / n as f64;
+                    want_l += target * (lse - row[j]);
+                    want_d[r * n + j] = 0.5 * ((row[j] - lse).exp() - target);
+                }
+            }
+            close(&ds, &want_d, tol, &format!("smoothed ce grad {isa:?}"));
+            assert_relative_eq!(ls.f64(), want_l, max_relative = tol * 10.0, epsilon = tol);
+            // ε = 0 is the one-hot loss, bit for bit.
+            let mut d0 = vec![T::zero(); rows * n];
+            let l0 = loss::softmax_cross_entropy_smoothed(
+                &mut d0,
+                &logits,
+                &labels,
+                n,
+                T::zero(),
+                T::of(0.5),
+            );
+            assert!(l0 == l && d0 == d, "ε = 0 differs from the one-hot loss");
         }
         let (y, t): (Vec<T>, Vec<T>) = (random(rng, n, 3.0), random(rng, n, 3.0));
         let mut dy = vec![T::zero(); n];

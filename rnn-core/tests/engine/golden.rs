@@ -455,6 +455,23 @@ fn rnn_ce_ignored_labels_sum_f32() {
     check("rnn_ce_ignore_sum_f32", 2e-5);
 }
 
+/// `nn.CrossEntropyLoss(label_smoothing=ε)`: with ignored labels and packed lengths (mean),
+/// many-to-one (sum), and in f32.
+#[test]
+fn gru_ce_label_smoothing_ignored_labels_packed_lengths() {
+    check("gru_ce_smoothing_ignore_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_ce_label_smoothing_many_to_one_sum() {
+    check("lstm_ce_smoothing_many_to_one_sum", 1e-12);
+}
+
+#[test]
+fn rnn_ce_label_smoothing_f32() {
+    check("rnn_ce_smoothing_f32", 2e-5);
+}
+
 fn dump_error(bytes: &[u8]) -> String {
     match grad_dump(bytes) {
         Ok(_) => panic!("grad_dump accepted a bad file"),
@@ -507,6 +524,17 @@ fn grad_dump_rejects_bad_files_clearly() {
             m.insert("huber_delta".into(), delta.into());
         }));
         assert!(e.contains(says), "{delta}: {e}");
+    }
+    for (smoothing, says) in [
+        ("1.5", "label smoothing = 1.5"),
+        ("-0.1", "label smoothing = -0.1"),
+        ("NaN", "label smoothing = NaN"),
+        ("some", "label_smoothing = \"some\" is not a number"),
+    ] {
+        let e = dump_error(&edited("lstm_ce_smoothing_many_to_one_sum", |_, m| {
+            m.insert("label_smoothing".into(), smoothing.into());
+        }));
+        assert!(e.contains(says), "{smoothing}: {e}");
     }
     let e = dump_error(&edited("tanh_mse", |t, _| {
         t.retain(|(n, _)| n != "rnn.bias_hh_l0")

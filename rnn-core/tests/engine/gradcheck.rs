@@ -330,6 +330,46 @@ fn ignored_labels_match_finite_differences() {
     assert_ne!(loss_of(&case, &cfg, &params, &d), ignoring);
 }
 
+/// Cross-entropy with label smoothing (PyTorch's `label_smoothing`), every cell, both
+/// placements, with and without lengths, both reductions, some labels ignored; and the
+/// smoothing changes the loss (it is not dropped on the way). PyTorch fixtures pin the
+/// values (golden.rs).
+#[test]
+fn label_smoothing_matches_finite_differences() {
+    let smoothed = LossKind::cross_entropy(0.25).unwrap();
+    let mut seed = 1100;
+    for cell in CELLS {
+        for (many_to_one, lengths, reduction) in PLACEMENTS {
+            seed += 1;
+            let case = Case {
+                cell,
+                kind: smoothed,
+                many_to_one,
+                lengths,
+                reduction,
+                ignore_every: 4,
+                ..base()
+            };
+            check(&case, seed);
+        }
+    }
+    let case = Case {
+        kind: smoothed,
+        ..base()
+    };
+    let cfg = cfg(&case);
+    let params = init_params::<f64>(&cfg, 1);
+    let d = data(&case, &mut StdRng::seed_from_u64(1));
+    let hard = Case {
+        kind: LossKind::CrossEntropy,
+        ..case.clone()
+    };
+    assert_ne!(
+        loss_of(&case, &cfg, &params, &d),
+        loss_of(&hard, &cfg, &params, &d)
+    );
+}
+
 /// LSTM and GRU: both losses, both placements, lengths, both reductions.
 #[test]
 fn gated_cells_every_option_matches_finite_differences() {
@@ -648,6 +688,7 @@ fn f32_agrees_with_f64() {
             (cell, 16, LossKind::Mse),
             (cell, 3, LossKind::L1),
             (cell, 8, LossKind::huber(0.5).unwrap()),
+            (cell, 4, LossKind::cross_entropy(0.1).unwrap()),
         ]
     }) {
         let c = Case {
