@@ -169,12 +169,10 @@ fn weight_gradients(c: &mut Criterion) {
         let s = GemmShape::new(m, n, k);
         let mut group = c.benchmark_group(format!("weight_gradient_{m}x{n}x{k}"));
         group.throughput(Throughput::Elements(s.flops() as u64));
-        let aligned = |v: Vec<f32>| {
-            let mut a = AlignedVec::zeros(v.len());
-            a.copy_from_slice(&v);
-            a
-        };
-        let (dz, x) = (aligned(data(k * m)), aligned(data(k * n)));
+        let (dz, x) = (
+            AlignedVec::from_slice(&data(k * m)),
+            AlignedVec::from_slice(&data(k * n)),
+        );
         let mut dw = AlignedVec::<f32>::zeros(m * n);
         group.bench_function("gemm_tn", |bch| {
             bch.iter(|| gemm::gemm_tn(&mut dw, Accum::Replace, black_box(&dz), &x, s, Par::Seq))

@@ -303,20 +303,20 @@ const NARROW_TN_ROWS: usize = 64;
 /// `C` narrower than this can take [`Leaf::NarrowTn`] (wider ones gained nothing).
 const NARROW_TN_MAX_COLS: usize = 128;
 
-/// The bytes of `A` (its rows times their stride) one block of a [`gemm_tn`] summed in
-/// blocks may span, between [`TN_BLOCK_ROWS`] rows. Measured on an Intel Xeon (2 MiB L2 per core,
-/// 512³ GEMM at 160-165 GFLOP/s), `A` on huge pages as the engine's workspace is, in
-/// GFLOP/s, whole against blocks of 64 / 128 / 192 rows: `4096 x 256 x 3200` (rows 16 KiB
-/// apart) 54 against 129 / 90 / 76, `2048 x 512 x 4096` (8 KiB) 61 against 133 / 137 / 123,
-/// `1024 x 1024 x 3200` (4 KiB) 78 against 144 / 142 / 141, `256 x 256 x 3200` (1 KiB) 144
-/// against 141 / 150 / 147. On small pages, `4096 x 1024 x 3200` ran at 79 whole and
-/// 134 / 140 / 140 in blocks. (`cargo bench -p kernels --bench kernels -- weight_gradient` compares with one faer
-/// product on the engine's kind of buffer.)
+/// The bytes of `A` (its rows times their stride) one block of a [`gemm_tn`] summed in blocks
+/// may span, between [`TN_BLOCK_ROWS`] rows. Measured on an Intel Xeon (2 MiB L2 per core, 512³
+/// GEMM at 160-165 GFLOP/s), `A` on huge pages as the engine's workspace is, in GFLOP/s, whole
+/// against blocks of 64 / 128 / 192 rows: `4096 x 256 x 3200` (rows 16 KiB apart) 54 against
+/// 129 / 90 / 76, `2048 x 512 x 4096` (8 KiB) 61 against 133 / 137 / 123, `1024 x 1024 x 3200`
+/// (4 KiB) 78 against 144 / 142 / 141, `256 x 256 x 3200` (1 KiB) 144 against 141 / 150 / 147.
+/// On small pages, `4096 x 1024 x 3200` ran at 79 whole and 134 / 140 / 140 in blocks. (`cargo
+/// bench -p kernels --bench kernels -- weight_gradient` compares with one faer product on the
+/// engine's kind of buffer.)
 pub const TN_BLOCK_SPAN: usize = 512 << 10;
 
-/// The fewest and the most rows in a block of a [`gemm_tn`] summed in blocks: fewer rows re-read
-/// `C` more often than they save (32 rows ran 116-122 GFLOP/s where 64 ran 134-137), and
-/// more than 192 gained nowhere.
+/// The fewest and the most rows in a block of a [`gemm_tn`] summed in blocks: fewer rows
+/// re-read `C` more often than they save (32 rows ran 116-122 GFLOP/s where 64 ran 134-137),
+/// and more than 192 gained nowhere.
 pub const TN_BLOCK_ROWS: core::ops::RangeInclusive<usize> = 64..=192;
 
 /// Rows of the inner dimension per block of `C (+)= Aᵀ B` when the rows of `A` are

@@ -40,24 +40,23 @@ fn meta<'a>(m: &'a HashMap<String, String>, key: &str, default: &'a str) -> &'a 
     m.get(key).map_or(default, String::as_str)
 }
 
+/// The number in metadata `key` (`default` when absent).
+fn meta_number(m: &HashMap<String, String>, key: &str, default: &str) -> Result<f64> {
+    let text = meta(m, key, default);
+    text.parse()
+        .map_err(|_| RnnError::Format(format!("metadata {key} = {text:?} is not a number")))
+}
+
 fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
     let kind = match meta(m, "loss", "mse") {
         "mse" => LossKind::Mse,
         "ce" => {
-            let text = meta(m, "label_smoothing", "0.0");
-            let smoothing = text.parse().map_err(|_| {
-                RnnError::Format(format!(
-                    "metadata label_smoothing = {text:?} is not a number"
-                ))
-            })?;
+            let smoothing = meta_number(m, "label_smoothing", "0.0")?;
             LossKind::cross_entropy(smoothing).map_err(|e| RnnError::Format(e.to_string()))?
         }
         "l1" => LossKind::L1,
         "huber" => {
-            let text = meta(m, "huber_delta", "1.0");
-            let delta = text.parse().map_err(|_| {
-                RnnError::Format(format!("metadata huber_delta = {text:?} is not a number"))
-            })?;
+            let delta = meta_number(m, "huber_delta", "1.0")?;
             LossKind::huber(delta).map_err(|e| RnnError::Format(e.to_string()))?
         }
         other => {
@@ -94,12 +93,10 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
 /// The dropout the metadata asks for (`dropout`, `dropout_seed`), `None` when it asks for
 /// none.
 fn dropout(m: &HashMap<String, String>) -> Result<Option<Dropout>> {
-    let p: f64 = match m.get("dropout") {
-        Some(v) => v
-            .parse()
-            .map_err(|_| RnnError::Format(format!("metadata dropout = {v:?} is not a number")))?,
-        None => return Ok(None),
-    };
+    if !m.contains_key("dropout") {
+        return Ok(None);
+    }
+    let p = meta_number(m, "dropout", "0")?;
     let seed_text = meta(m, "dropout_seed", "0");
     let seed: u64 = seed_text.parse().map_err(|_| {
         RnnError::Format(format!(

@@ -581,13 +581,10 @@ fn loss_steps<T: Float>(
                 (LossKind::Huber(delta), Target::Values(v)) => {
                     kloss::huber_error(dy, y, &v[r], T::of(delta.get()), scale)
                 }
-                (LossKind::CrossEntropy, Target::Classes(c)) => {
+                (kind, Target::Classes(c)) if !kind.takes_values() => {
                     let labels = &c[t * b + lo..t * b + hi];
-                    kloss::softmax_cross_entropy(dy, y, labels, o, scale)
-                }
-                (LossKind::SmoothedCrossEntropy(eps), Target::Classes(c)) => {
-                    let labels = &c[t * b + lo..t * b + hi];
-                    let eps = T::of(eps.get());
+                    // ε = 0 (plain cross-entropy) runs the one-hot loss, bit for bit.
+                    let eps = T::of(kind.label_smoothing().unwrap_or(0.0));
                     kloss::softmax_cross_entropy_smoothed(dy, y, labels, o, eps, scale)
                 }
                 (kind, _) => unreachable!("{} against the wrong targets: validated", kind.name()),
