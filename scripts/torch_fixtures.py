@@ -93,13 +93,16 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
-         dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None):
+         dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
     labels replaced by PyTorch's ignore_index (-100), which grad_dump reads as IGNORED_LABEL.
-    `label_smoothing`: CrossEntropyLoss's, written as metadata (None: 0, not written)."""
+    `label_smoothing`: CrossEntropyLoss's, written as metadata (None: 0, not written).
+    `class_weights`: CrossEntropyLoss's `weight`, one per class, written as the tensor
+    `class_weights` [O] (None: unweighted, not written)."""
     torch.manual_seed(seed)
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=dtype)
     m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
     h0 = (0.5 * torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True)
@@ -148,7 +151,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
             labels = torch.where(unlabelled, torch.full_like(labels, -100), labels)
         ignore_padded = torch.where(scored, labels, torch.full_like(labels, -100))
         value = F.cross_entropy(y.reshape(-1, O), ignore_padded.reshape(-1), reduction=reduction,
-                                ignore_index=-100, label_smoothing=label_smoothing or 0.0)
+                                ignore_index=-100, label_smoothing=label_smoothing or 0.0,
+                                weight=weight)
         stored_target = torch.where(scored, labels, torch.zeros_like(labels))  # unscored: any valid label
     value.backward()
 
@@ -160,6 +164,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         inputs["lengths"] = torch.tensor(lengths, dtype=torch.int64)
     if cell == "lstm":
         inputs["c0"] = c0.detach().clone()
+    if weight is not None:
+        inputs["class_weights"] = weight.clone()
     meta = {"cell": cell, "layers": str(layers), "nonlinearity": nonlinearity, "loss": loss,
             "many_to_one": "true" if many_to_one else "false", "reduction": reduction}
     if dropout is not None:
@@ -271,6 +277,14 @@ if __name__ == "__main__":
          reduction="sum", cell="lstm", label_smoothing=0.35, seed=94)
     case("rnn_ce_smoothing_f32", 12, 8, 7, 33, 6, loss="ce", dtype=torch.float32,
          label_smoothing=0.2, seed=95)
+    # Cross-entropy's weight per class (one of them 0), alone and with label smoothing.
+    case("lstm_ce_weights_smoothing_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce",
+         lengths=[6, 2, 4, 3], cell="lstm", ignore=0.2, label_smoothing=0.15,
+         class_weights=[0.5, 2.0, 0.0, 1.25, 3.0], seed=96)
+    case("gru_ce_weights_many_to_one", 5, 6, 3, 9, 4, loss="ce", many_to_one=True, cell="gru",
+         class_weights=[1.0, 0.25, 4.0, 2.0], seed=97)
+    case("rnn_ce_weights_sum_f32", 12, 8, 7, 33, 6, loss="ce", reduction="sum",
+         dtype=torch.float32, ignore=0.25, class_weights=[0.3, 1.7, 1.0, 2.2, 0.0, 0.9], seed=98)
     print("fixtures written to", os.path.normpath(OUT))
 
 

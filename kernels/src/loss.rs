@@ -122,6 +122,32 @@ pub fn softmax_cross_entropy_smoothed<T: Float>(
     smoothing: T,
     scale: T,
 ) -> T {
+    ce_rows(dlogits, logits, labels, classes, |d, x, label| {
+        // `log Σ exp(x) - x[label]`, the row's loss against its one-hot label.
+        let hard = crate::arch::dispatch(SoftmaxCeRow {
+            dlogits: d,
+            logits: x,
+            label,
+            scale,
+        });
+        if smoothing == T::zero() {
+            hard
+        } else {
+            smooth_row(d, x, label, smoothing, scale, hard)
+        }
+    })
+}
+
+/// Runs `row(dlogits_r, logits_r, label_r)` over the rows of a cross-entropy and sums what
+/// it returns, after checking the shapes and each label.
+#[track_caller]
+fn ce_rows<T: Float>(
+    dlogits: &mut [T],
+    logits: &[T],
+    labels: &[usize],
+    classes: usize,
+    mut row: impl FnMut(&mut [T], &[T], usize) -> T,
+) -> T {
     assert!(
         logits.len() == labels.len() * classes && dlogits.len() == logits.len() && classes > 0,
         "softmax_cross_entropy: logits {} and dlogits {} must be labels {} x classes {classes}",
@@ -136,18 +162,7 @@ pub fn softmax_cross_entropy_smoothed<T: Float>(
         .zip(labels)
     {
         assert!(label < classes, "label {label} >= classes {classes}");
-        // `log Σ exp(x) - x[label]`, the row's loss against its one-hot label.
-        let hard = crate::arch::dispatch(SoftmaxCeRow {
-            dlogits: d,
-            logits: x,
-            label,
-            scale,
-        });
-        loss += if smoothing == T::zero() {
-            hard
-        } else {
-            smooth_row(d, x, label, smoothing, scale, hard)
-        };
+        loss += row(d, x, label);
     }
     loss
 }
@@ -165,6 +180,77 @@ fn smooth_row<T: Float>(d: &mut [T], x: &[T], label: usize, eps: T, scale: T, ha
     }
     let mean = x.iter().fold(T::zero(), |a, &b| a + b) / classes;
     hard + eps * (x[label] - mean)
+}
+
+/// [`softmax_cross_entropy_smoothed`] with a weight per class (PyTorch's `weight`, with
+/// `classes = weights.len()`): row `r`'s loss is
+/// `(1 - ε) w[label_r] (-log p_label) + ε/classes Σ_c w_c (-log p_c)`, and
+/// `dlogits = scale (Σ_c target_c w_c) softmax - scale (target ⊙ w)`, the gradient of that
+/// loss times `scale`. Returns the sum over rows; a mean divides it by `Σ_rows w[label_r]`,
+/// which is the caller's `scale`.
+///
+/// # Panics
+/// As [`softmax_cross_entropy`], with `weights.len()` as the number of classes.
+///
+/// ```
+/// let mut d = [0.0f64; 2];
+/// let w = [1.0, 3.0];
+/// let loss = kernels::loss::softmax_cross_entropy_weighted(&mut d, &[0.0, 0.0], &[1], &w, 0.0, 1.0);
+/// // Uniform softmax: the label's weight times ln 2, and 3 (softmax - onehot).
+/// assert!((loss - 3.0 * 2f64.ln()).abs() < 1e-15);
+/// assert_eq!(d, [1.5, -1.5]);
+/// ```
+#[track_caller]
+pub fn softmax_cross_entropy_weighted<T: Float>(
+    dlogits: &mut [T],
+    logits: &[T],
+    labels: &[usize],
+    weights: &[T],
+    smoothing: T,
+    scale: T,
+) -> T {
+    let classes = weights.len();
+    let spread = smoothing / T::of(classes as f64);
+    let total_weight = weights.iter().fold(T::zero(), |a, &w| a + w);
+    ce_rows(dlogits, logits, labels, classes, |d, x, label| {
+        let hot = (T::one() - smoothing) * weights[label];
+        // The softmax's coefficient is the target's weighted mass, `Σ_c target_c w_c`.
+        let hard = crate::arch::dispatch(SoftmaxCeRow {
+            dlogits: d,
+            logits: x,
+            label,
+            scale: scale * (hot + spread * total_weight),
+        });
+        let mut loss = hot * hard;
+        if spread != T::zero() {
+            let class_weights = (weights, total_weight);
+            loss += weighted_spread_row(d, x, label, class_weights, (spread, scale), hard);
+        }
+        loss
+    })
+}
+
+/// The smoothing part of one weighted row, after the row kernel wrote
+/// `scale (hot + ε/C W) (p - onehot)` (`W`: `total_weight`, `spread`: `ε/C`): gives the
+/// label its `ε/C W` back and takes `ε/C w_c` from every class, and returns
+/// `ε/C Σ_c w_c (lse - x_c)`, with `lse = hard + x_label`.
+fn weighted_spread_row<T: Float>(
+    d: &mut [T],
+    x: &[T],
+    label: usize,
+    (weights, total_weight): (&[T], T),
+    (spread, scale): (T, T),
+    hard: T,
+) -> T {
+    let lse = hard + x[label];
+    let scaled = spread * scale;
+    d[label] += scaled * total_weight;
+    let mut weighted = T::zero();
+    for ((g, &xc), &w) in d.iter_mut().zip(x).zip(weights) {
+        *g -= scaled * w;
+        weighted += w * (lse - xc);
+    }
+    spread * weighted
 }
 
 #[derive(Clone, Copy)]

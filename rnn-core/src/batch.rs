@@ -184,6 +184,7 @@ impl<'a, T: Float> Batch<'a, T> {
     /// The first problem found, as a typed [`RnnError`] naming it.
     pub fn validate(&self, config: &RnnConfig, loss: &LossSpec) -> Result<()> {
         self.validate_inputs(config)?;
+        loss.validate(config)?;
         let (t, b, o) = (self.seq_len, self.batch, config.output_size);
         if !loss.many_to_one && self.score_from >= t {
             return Err(RnnError::Config(format!(
@@ -213,7 +214,9 @@ impl<'a, T: Float> Batch<'a, T> {
                     };
                     return Err(shape("target labels", want, c.len()));
                 }
-                let mut labelled = 0;
+                let weights = loss.class_weights.as_ref().map(|w| w.get());
+                // The labelled positions' weight: their number when unweighted.
+                let mut labelled = 0.0;
                 for (p, &label) in c.iter().enumerate() {
                     let (tt, bb) = if loss.many_to_one {
                         (0, p)
@@ -231,14 +234,18 @@ impl<'a, T: Float> Batch<'a, T> {
                             classes: o,
                         });
                     }
-                    labelled += 1;
+                    labelled += weights.map_or(1.0, |w| w[label]);
                 }
-                if labelled == 0 && loss.reduction == Reduction::Mean {
-                    return Err(RnnError::Config(
+                if labelled == 0.0 && loss.reduction == Reduction::Mean {
+                    return Err(RnnError::Config(if weights.is_some() {
+                        "every scored position's label is IGNORED_LABEL or has class weight \
+                         0: a mean over no weight is undefined (PyTorch gives NaN)"
+                            .into()
+                    } else {
                         "every scored position's label is IGNORED_LABEL: a mean over no \
                          position is undefined (PyTorch gives NaN)"
-                            .into(),
-                    ));
+                            .into()
+                    }));
                 }
             }
             (kind, Target::Classes(_)) => {

@@ -397,8 +397,60 @@ pub enum Reduction {
     Sum,
 }
 
+/// A weight per class for cross-entropy (PyTorch's `nn.CrossEntropyLoss(weight=w)`): each
+/// scored position counts `w[label]` times, and a `mean` divides by the sum of its positions'
+/// `w[label]` instead of their number. With label smoothing the spread part weighs every
+/// class by its own weight, as PyTorch does. Cheap to clone (the weights are shared).
+///
+/// ```
+/// use rnn_core::config::ClassWeights;
+/// let w = ClassWeights::new(&[1.0, 4.0, 0.5])?;
+/// assert_eq!(w.get(), &[1.0, 4.0, 0.5]);
+/// assert!(ClassWeights::new(&[1.0, -1.0]).is_err());
+/// assert!(ClassWeights::new(&[0.0, 0.0]).is_err());
+/// # Ok::<(), rnn_core::error::RnnError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassWeights(std::sync::Arc<[f64]>);
+
+/// Every weight is finite, so never NaN.
+impl Eq for ClassWeights {}
+
+impl ClassWeights {
+    /// `weights`, one per class (the model's output size).
+    ///
+    /// # Errors
+    /// [`RnnError::Empty`] for no weights; [`RnnError::Config`] unless every weight is finite
+    /// and non-negative and one at least is positive.
+    pub fn new(weights: &[f64]) -> Result<Self> {
+        if weights.is_empty() {
+            return Err(RnnError::Empty {
+                what: "class weights",
+            });
+        }
+        if let Some((class, w)) =
+            (weights.iter().enumerate()).find(|&(_, w)| !(w.is_finite() && *w >= 0.0))
+        {
+            return Err(RnnError::Config(format!(
+                "class weight {class} = {w}: weights must be finite and non-negative"
+            )));
+        }
+        if weights.iter().all(|&w| w == 0.0) {
+            return Err(RnnError::Config(
+                "every class weight is 0: no position would count".into(),
+            ));
+        }
+        Ok(Self(weights.into()))
+    }
+
+    /// The weights, one per class.
+    pub fn get(&self) -> &[f64] {
+        &self.0
+    }
+}
+
 /// Where the loss is taken and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LossSpec {
     /// The loss function.
     pub kind: LossKind,
@@ -406,6 +458,8 @@ pub struct LossSpec {
     pub reduction: Reduction,
     /// Score only the final hidden state (`[B, O]` outputs) instead of every step.
     pub many_to_one: bool,
+    /// Cross-entropy only: a weight per class (`None`: every class weighs 1).
+    pub class_weights: Option<ClassWeights>,
 }
 
 impl LossSpec {
@@ -415,15 +469,72 @@ impl LossSpec {
             kind,
             reduction: Reduction::Mean,
             many_to_one: false,
+            class_weights: None,
         }
     }
 
     /// A loss at the last step only with reduction `mean`.
     pub fn last_step(kind: LossKind) -> Self {
         Self {
-            kind,
-            reduction: Reduction::Mean,
             many_to_one: true,
+            ..Self::every_step(kind)
         }
     }
+
+    /// This cross-entropy weighted per class (PyTorch's `weight`; see [`ClassWeights`]).
+    ///
+    /// ```
+    /// use rnn_core::config::{LossKind, LossSpec};
+    /// let spec = LossSpec::every_step(LossKind::CrossEntropy).with_class_weights(&[1.0, 9.0])?;
+    /// assert_eq!(spec.class_weights.unwrap().get(), &[1.0, 9.0]);
+    /// assert!(LossSpec::every_step(LossKind::Mse).with_class_weights(&[1.0]).is_err());
+    /// # Ok::<(), rnn_core::error::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for a loss on float targets, and [`ClassWeights::new`]'s errors.
+    /// The number of weights is checked against the model's output size with each batch
+    /// ([`crate::batch::Batch::validate`]).
+    pub fn with_class_weights(self, weights: &[f64]) -> Result<Self> {
+        if self.kind.takes_values() {
+            return Err(class_weights_need_labels(self.kind));
+        }
+        Ok(Self {
+            class_weights: Some(ClassWeights::new(weights)?),
+            ..self
+        })
+    }
+}
+
+impl LossSpec {
+    /// Checks the spec fits `config`: class weights only on a cross-entropy, one per output.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for class weights on a loss of float targets,
+    /// [`RnnError::ShapeMismatch`] for a number of them other than `config.output_size`.
+    pub fn validate(&self, config: &RnnConfig) -> Result<()> {
+        let Some(weights) = &self.class_weights else {
+            return Ok(());
+        };
+        if self.kind.takes_values() {
+            return Err(class_weights_need_labels(self.kind));
+        }
+        let o = config.output_size;
+        if weights.get().len() != o {
+            return Err(crate::error::shape(
+                "class weights",
+                format!("[O={o}]"),
+                weights.get().len(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The error for class weights on a loss of float targets.
+fn class_weights_need_labels(kind: LossKind) -> RnnError {
+    RnnError::Config(format!(
+        "class weights apply to cross-entropy only, not {}",
+        kind.name()
+    ))
 }

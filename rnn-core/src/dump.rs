@@ -12,7 +12,8 @@
 //! (mse|l1|huber|ce), `many_to_one` (true|false), `reduction` (mean|sum). With `loss` = huber,
 //! optional metadata `huber_delta` (a positive number, default 1.0 as PyTorch's) is the threshold;
 //! with `loss` = ce, optional metadata `label_smoothing` (between 0 and 1, default 0 as PyTorch's)
-//! smooths the labels. An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0,
+//! smooths the labels, and an optional float tensor `class_weights` `[O]` weighs each class
+//! (PyTorch's `weight`). An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0,
 //! 1)`, default 0) and `dropout_seed` (an integer, default 0) drop between stacked layers as
 //! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of row
 //! `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p, mix64(seed +
@@ -87,7 +88,23 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
         kind,
         reduction,
         many_to_one,
+        class_weights: None,
     })
+}
+
+/// `spec` weighted by the optional tensor `class_weights` `[O]`.
+fn with_class_weights(spec: LossSpec, st: &SafeTensors<'_>) -> Result<LossSpec> {
+    if st.tensor("class_weights").is_err() {
+        return Ok(spec);
+    }
+    let (weights, shape) = io::float_tensor::<f64>(st, "class_weights")?;
+    if shape.len() != 1 {
+        return Err(RnnError::Format(format!(
+            "class_weights must be [O], got shape {shape:?}"
+        )));
+    }
+    spec.with_class_weights(&weights)
+        .map_err(|e| RnnError::Format(e.to_string()))
 }
 
 /// The dropout the metadata asks for (`dropout`, `dropout_seed`), `None` when it asks for
@@ -139,7 +156,7 @@ fn run<T: Float>(
     split: UnitSplit,
 ) -> Result<Vec<(String, OwnedTensor)>> {
     let config: RnnConfig = io::infer_config(st, m)?;
-    let spec = loss_spec(m)?;
+    let spec = with_class_weights(loss_spec(m)?, st)?;
     let dropout = dropout(m)?;
     let layout = Layout::new(&config);
     let params = io::load_params::<T>(st, &layout)?;

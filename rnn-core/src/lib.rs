@@ -81,7 +81,7 @@ pub use kernels::aligned::AlignedVec;
 /// The types most programs need.
 pub mod prelude {
     pub use crate::batch::{Batch, IGNORED_LABEL, Target};
-    pub use crate::config::{LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
+    pub use crate::config::{ClassWeights, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
     pub use crate::dropout::Dropout;
     pub use crate::error::{Result, RnnError};
     pub use crate::network::UnitSplit;

@@ -493,22 +493,31 @@ fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: Head
 }
 
 /// The factor of the reduction: `1 / (scored positions [· O for float targets])` for `mean`,
-/// 1 for `sum`. A position whose label is ignored is not scored.
+/// 1 for `sum`. A position whose label is ignored is not scored; with class weights a
+/// position counts its label's weight instead of 1.
 fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> T {
-    let steps = if spec.many_to_one { 1 } else { batch.seq_len };
-    let count = (0..steps)
-        .flat_map(|t| (0..batch.batch).map(move |b| (t, b)))
-        .filter(|&(t, b)| batch.scores(spec.many_to_one, t, b))
-        .count();
+    if spec.reduction == Reduction::Sum {
+        return T::one();
+    }
+    let (steps, b) = (
+        if spec.many_to_one { 1 } else { batch.seq_len },
+        batch.batch,
+    );
+    let weight_of = |t: usize, bb: usize| match (&spec.class_weights, batch.target) {
+        (Some(w), Target::Classes(labels)) => w.get()[labels[t * b + bb]],
+        _ => 1.0,
+    };
+    let count: f64 = (0..steps)
+        .flat_map(|t| (0..b).map(move |bb| (t, bb)))
+        .filter(|&(t, bb)| batch.scores(spec.many_to_one, t, bb))
+        .map(|(t, bb)| weight_of(t, bb))
+        .sum();
     let per_position = if spec.kind.takes_values() {
         config.output_size
     } else {
         1
     };
-    match spec.reduction {
-        Reduction::Mean => T::one() / T::of((count * per_position) as f64),
-        Reduction::Sum => T::one(),
-    }
+    T::one() / T::of(count * per_position as f64)
 }
 
 /// Loss of the head outputs `ws.y` for the pass's batch and its gradient into `ws.dy`, each
@@ -529,17 +538,34 @@ fn loss_forward_backward<T: Float>(
     let b = batch.batch;
     let steps = if spec.many_to_one { 1 } else { batch.seq_len };
     let mid = steps / 2;
+    ws.class_weights.clear();
+    if let Some(w) = &spec.class_weights {
+        ws.class_weights.extend(w.get().iter().map(|&w| T::of(w)));
+    }
     let (dy0, dy1) = ws.dy[..steps * b * o].split_at_mut(mid * b * o);
     let y = &ws.y[..steps * b * o];
+    let scoring = Scoring {
+        spec,
+        class_weights: &ws.class_weights,
+        scale,
+    };
     let (mut first, mut second) = (T::zero(), T::zero());
     let halves = |lo: usize, hi: usize, dy: &mut [T], sum: &mut T| {
-        *sum = loss_steps(lo..hi, dy, y, batch, spec, scale, o);
+        *sum = loss_steps(lo..hi, dy, y, batch, &scoring, o);
     };
     p.threads.pair.join(
         || halves(0, mid, dy0, &mut first),
         || halves(mid, steps, dy1, &mut second),
     );
     (first + second) * scale
+}
+
+/// How the loss of each scored row is taken: the spec, its class weights in the pass's float
+/// type (empty: unweighted) and the reduction's factor.
+struct Scoring<'a, T> {
+    spec: &'a LossSpec,
+    class_weights: &'a [T],
+    scale: T,
 }
 
 /// The unscaled loss sum of the steps `steps` and its gradient into `dy_steps`, those steps'
@@ -549,10 +575,14 @@ fn loss_steps<T: Float>(
     dy_steps: &mut [T],
     y_all: &[T],
     batch: &Batch<T>,
-    spec: &LossSpec,
-    scale: T,
+    scoring: &Scoring<'_, T>,
     o: usize,
 ) -> T {
+    let Scoring {
+        spec,
+        class_weights,
+        scale,
+    } = *scoring;
     let b = batch.batch;
     let first = steps.start * b * o;
     let mut total = T::zero();
@@ -585,7 +615,12 @@ fn loss_steps<T: Float>(
                     let labels = &c[t * b + lo..t * b + hi];
                     // ε = 0 (plain cross-entropy) runs the one-hot loss, bit for bit.
                     let eps = T::of(kind.label_smoothing().unwrap_or(0.0));
-                    kloss::softmax_cross_entropy_smoothed(dy, y, labels, o, eps, scale)
+                    if class_weights.is_empty() {
+                        kloss::softmax_cross_entropy_smoothed(dy, y, labels, o, eps, scale)
+                    } else {
+                        let w = class_weights;
+                        kloss::softmax_cross_entropy_weighted(dy, y, labels, w, eps, scale)
+                    }
                 }
                 (kind, _) => unreachable!("{} against the wrong targets: validated", kind.name()),
             };

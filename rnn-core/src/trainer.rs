@@ -205,7 +205,7 @@ impl<T: Float> Trainer<T> {
     /// A trainer with PyTorch-style initial weights from `seed`.
     ///
     /// # Errors
-    /// [`RnnError::Empty`] if a size in `config` is zero.
+    /// [`RnnError::Empty`] if a size in `config` is zero; [`LossSpec::validate`]'s errors.
     pub fn new(
         config: RnnConfig,
         loss: LossSpec,
@@ -221,7 +221,8 @@ impl<T: Float> Trainer<T> {
     ///
     /// # Errors
     /// [`RnnError::ShapeMismatch`] if `params` has the wrong length,
-    /// [`RnnError::NonFiniteInput`] if it holds a NaN or infinity.
+    /// [`RnnError::NonFiniteInput`] if it holds a NaN or infinity; [`LossSpec::validate`]'s
+    /// errors.
     pub fn with_params(
         config: RnnConfig,
         loss: LossSpec,
@@ -229,6 +230,7 @@ impl<T: Float> Trainer<T> {
         params: Vec<T>,
     ) -> Result<Self> {
         let layout = Layout::of_params(&config, &params)?;
+        loss.validate(&config)?;
         let n = layout.len;
         Ok(Self {
             config,

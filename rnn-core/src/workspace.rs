@@ -121,6 +121,9 @@ pub struct Workspace<T> {
     pub dropped: AlignedVec<T>,
     /// `[L, T]`: `‖dL/dh_t‖` per layer and step, filled only when telemetry is asked for.
     pub grad_h_norms: Vec<T>,
+    /// `[O]`: a weighted cross-entropy's class weights in the pass's float type (empty when
+    /// the loss is unweighted).
+    pub class_weights: Vec<T>,
     /// Checkpointed BPTT's saved states and carries (empty unless it is used).
     pub checkpoints: crate::network::Checkpoints<T>,
     shape: Option<(RnnConfig, usize, usize, bool, UnitSplit, bool)>,

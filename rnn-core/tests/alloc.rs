@@ -42,7 +42,7 @@ fn allocations_of_steady_step(
 ) -> usize {
     // The stacked LSTM and GRU drop between their layers; the stacked RNN does not.
     let dropout = if cfg.cell == Cell::Rnn { 0.0 } else { 0.25 };
-    let mut trainer = Trainer::<f32>::new(cfg, loss, opt, 0)
+    let mut trainer = Trainer::<f32>::new(cfg, loss.clone(), opt, 0)
         .unwrap()
         .with_clip(Clip::Norm(1.0))
         .with_threads(threads)
@@ -121,7 +121,9 @@ fn training_steps_do_not_allocate() {
         ),
         (
             RnnConfig::gru(7, 33, 5).layers(2).bias(false),
-            LossSpec::last_step(LossKind::CrossEntropy),
+            LossSpec::last_step(LossKind::CrossEntropy)
+                .with_class_weights(&[1.0, 0.5, 2.0, 0.0, 3.0])
+                .unwrap(),
             OptimizerKind::sgd(0.01),
             11,
             6,
@@ -151,7 +153,8 @@ fn training_steps_do_not_allocate() {
         (2, UnitSplit::Halves, Memory::Full),
         (1, UnitSplit::Auto, budget),
     ];
-    for ((cfg, loss, opt, t, b), run) in cases.into_iter().flat_map(|c| runs.map(|r| (c, r))) {
+    let all_runs = cases.into_iter().flat_map(|c| runs.map(|r| (c.clone(), r)));
+    for ((cfg, loss, opt, t, b), run) in all_runs {
         let n = allocations_of_steady_step(cfg, loss, opt, t, b, run);
         // On two threads a step enters rayon's pool from outside (once per layer pass), and
         // rayon's injector queue allocates a block per 63 entries: amortised, far below one

@@ -258,6 +258,59 @@ fn losses_match<T: Float>() {
                 T::of(0.5),
             );
             assert!(l0 == l && d0 == d, "ε = 0 differs from the one-hot loss");
+            // Class weights, with and without smoothing: row loss
+            // Σ_c target_c w_c (lse - x_c), gradient (Σ_c target_c w_c) p - target ⊙ w.
+            let weights: Vec<T> = (0..n).map(|_| T::of(rng.random_range(0.0..3.0))).collect();
+            for eps in [0.0, 0.3] {
+                let mut dw = vec![T::zero(); rows * n];
+                let lw = loss::softmax_cross_entropy_weighted(
+                    &mut dw,
+                    &logits,
+                    &labels,
+                    &weights,
+                    T::of(eps),
+                    T::of(0.5),
+                );
+                let (mut want_l, mut want_d) = (0.0, vec![0.0; rows * n]);
+                for r in 0..rows {
+                    let row: Vec<f64> =
+                        logits[r * n..(r + 1) * n].iter().map(|x| x.f64()).collect();
+                    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                    let target = |j: usize| {
+                        let hot = if j == labels[r] { 1.0 } else { 0.0 };
+                        (1.0 - eps) * hot + eps / n as f64
+                    };
+                    let mass: f64 = (0..n).map(|j| target(j) * weights[j].f64()).sum();
+                    for j in 0..n {
+                        let tw = target(j) * weights[j].f64();
+                        want_l += tw * (lse - row[j]);
+                        want_d[r * n + j] = 0.5 * (mass * (row[j] - lse).exp() - tw);
+                    }
+                }
+                let what = format!("weighted ce (ε = {eps}) grad {isa:?}");
+                close(&dw, &want_d, tol * 4.0, &what);
+                assert_relative_eq!(lw.f64(), want_l, max_relative = tol * 10.0, epsilon = tol);
+            }
+            // Unit weights are the unweighted loss, to rounding.
+            let ones = vec![T::one(); n];
+            let mut d1 = vec![T::zero(); rows * n];
+            let l1 = loss::softmax_cross_entropy_weighted(
+                &mut d1,
+                &logits,
+                &labels,
+                &ones,
+                T::of(eps),
+                T::of(0.5),
+            );
+            let unweighted: Vec<f64> = ds.iter().map(|g| g.f64()).collect();
+            close(
+                &d1,
+                &unweighted,
+                tol * 4.0,
+                &format!("unit weights {isa:?}"),
+            );
+            assert_relative_eq!(l1.f64(), ls.f64(), max_relative = tol * 10.0, epsilon = tol);
         }
         let (y, t): (Vec<T>, Vec<T>) = (random(rng, n, 3.0), random(rng, n, 3.0));
         let mut dy = vec![T::zero(); n];

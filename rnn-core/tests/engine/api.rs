@@ -225,6 +225,57 @@ fn ignored_labels_are_checked_and_a_mean_over_none_is_refused() {
     assert_eq!(report.loss, 0.0);
 }
 
+/// Class weights are checked against the model when the trainer is built, and a mean over
+/// positions that all weigh 0 is refused like a mean over none; a step that fails a check
+/// leaves the weights as they were.
+#[test]
+fn class_weights_are_checked_and_a_mean_over_no_weight_is_refused() {
+    let ce = LossSpec::every_step(LossKind::CrossEntropy);
+    let new = |loss: LossSpec| {
+        Trainer::<f32>::new(RnnConfig::new(3, 8, 4), loss, OptimizerKind::sgd(0.1), 7)
+    };
+    let three = ce.clone().with_class_weights(&[1.0, 2.0, 3.0]).unwrap();
+    let e = new(three).err().unwrap();
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "class weights"),
+        "{e}"
+    );
+    let mut on_mse = LossSpec::every_step(LossKind::Mse);
+    on_mse.class_weights = ce
+        .clone()
+        .with_class_weights(&[1.0; 4])
+        .unwrap()
+        .class_weights;
+    let e = new(on_mse).err().unwrap();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("not MSE")),
+        "{e}"
+    );
+    assert!(matches!(
+        ce.clone().with_class_weights(&[]),
+        Err(RnnError::Empty { .. })
+    ));
+
+    let (t, b) = (5, 2);
+    let (x, mut y) = data(t, b);
+    let weighted = ce.with_class_weights(&[0.0, 1.0, 2.0, 0.5]).unwrap();
+    let mut tr = new(weighted).unwrap();
+    tr.step(&Batch::new(t, b, &x, Target::Classes(&y))).unwrap();
+    // Class 0 weighs nothing: labels of 0 and ignored ones leave no weight to average over.
+    y.iter_mut()
+        .enumerate()
+        .for_each(|(k, l)| *l = if k % 2 == 0 { 0 } else { IGNORED_LABEL });
+    let before = tr.params.clone();
+    let e = tr
+        .step(&Batch::new(t, b, &x, Target::Classes(&y)))
+        .unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("class weight 0")),
+        "{e}"
+    );
+    assert_eq!(tr.params, before);
+}
+
 /// L1 and Huber take float targets like MSE, checked the same way; a Huber threshold must be
 /// finite and positive.
 #[test]
@@ -612,7 +663,7 @@ fn evaluate_is_the_loss_without_gradients_or_dropout() {
         };
         let new = |threads: usize| {
             let cfg = RnnConfig::lstm(3, 160, 4).layers(2);
-            Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-2), 5)
+            Trainer::<f32>::new(cfg, loss.clone(), OptimizerKind::adam(1e-2), 5)
                 .unwrap()
                 .with_threads(threads)
         };

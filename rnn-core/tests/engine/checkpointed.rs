@@ -126,6 +126,7 @@ fn equals_full_bptt_for_every_cell_and_option() {
                     Reduction::Mean
                 },
                 many_to_one,
+                class_weights: None,
             };
             let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, many_to_one);
             let full = run(&cfg, &spec, &d, t, b, lengths, score_from, dropout, None);
@@ -275,7 +276,7 @@ fn trainer_memory_modes_train_alike() {
         .map(|k| ((k * 7 % 11) as f64) / 5.0 - 1.0)
         .collect();
     let train = |memory: Memory| {
-        let mut tr = Trainer::<f64>::new(cfg, loss, OptimizerKind::adam(0.01), 4)
+        let mut tr = Trainer::<f64>::new(cfg, loss.clone(), OptimizerKind::adam(0.01), 4)
             .unwrap()
             .with_clip(Clip::Norm(1.0))
             .with_memory(memory);
@@ -300,7 +301,7 @@ fn trainer_memory_modes_train_alike() {
     close(&budget, &full, "budget weights");
     // Evaluation follows the memory setting: in segments, the same loss within rounding.
     let evaluate = |memory: Memory| {
-        let mut tr = Trainer::<f64>::new(cfg, loss, OptimizerKind::adam(0.01), 4)
+        let mut tr = Trainer::<f64>::new(cfg, loss.clone(), OptimizerKind::adam(0.01), 4)
             .unwrap()
             .with_memory(memory);
         let l = tr

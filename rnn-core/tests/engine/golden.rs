@@ -472,6 +472,23 @@ fn rnn_ce_label_smoothing_f32() {
     check("rnn_ce_smoothing_f32", 2e-5);
 }
 
+/// `nn.CrossEntropyLoss(weight=w)`: a class of weight 0 among them; with label smoothing,
+/// ignored labels and packed lengths (mean), many-to-one (mean), and in f32 (sum).
+#[test]
+fn lstm_ce_class_weights_label_smoothing_packed_lengths() {
+    check("lstm_ce_weights_smoothing_lengths", 1e-12);
+}
+
+#[test]
+fn gru_ce_class_weights_many_to_one() {
+    check("gru_ce_weights_many_to_one", 1e-12);
+}
+
+#[test]
+fn rnn_ce_class_weights_sum_f32() {
+    check("rnn_ce_weights_sum_f32", 2e-5);
+}
+
 fn dump_error(bytes: &[u8]) -> String {
     match grad_dump(bytes) {
         Ok(_) => panic!("grad_dump accepted a bad file"),
@@ -536,6 +553,48 @@ fn grad_dump_rejects_bad_files_clearly() {
         }));
         assert!(e.contains(says), "{smoothing}: {e}");
     }
+    // Class weights of the wrong count, shape or sign, or on a loss of float targets.
+    let weights = |edit: fn(&mut Vec<f64>)| {
+        move |t: &mut Vec<(String, io::OwnedTensor)>,
+              _: &mut std::collections::HashMap<String, String>| {
+            let w = t.iter_mut().find(|(n, _)| n == "class_weights").unwrap();
+            let mut values: Vec<f64> = (w.1.bytes.chunks_exact(8))
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            edit(&mut values);
+            w.1.bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.1.shape = vec![values.len()];
+        }
+    };
+    let e = dump_error(&edited(
+        "gru_ce_weights_many_to_one",
+        weights(|w| w.push(1.0)),
+    ));
+    assert!(e.contains("class weights") && e.contains("[O=4]"), "{e}");
+    let e = dump_error(&edited(
+        "gru_ce_weights_many_to_one",
+        weights(|w| w[1] = -1.0),
+    ));
+    assert!(e.contains("class weight 1 = -1"), "{e}");
+    let e = dump_error(&edited(
+        "gru_ce_weights_many_to_one",
+        weights(|w| w[2] = f64::NAN),
+    ));
+    assert!(e.contains("class weight 2 = NaN"), "{e}");
+    let e = dump_error(&edited(
+        "gru_ce_weights_many_to_one",
+        weights(|w| w.fill(0.0)),
+    ));
+    assert!(e.contains("every class weight is 0"), "{e}");
+    let e = dump_error(&edited("gru_ce_weights_many_to_one", |t, _| {
+        let w = t.iter_mut().find(|(n, _)| n == "class_weights").unwrap();
+        w.1.shape = vec![2, 2];
+    }));
+    assert!(e.contains("class_weights must be [O]"), "{e}");
+    let e = dump_error(&edited("gru_ce_weights_many_to_one", |_, m| {
+        m.insert("loss".into(), "mse".into());
+    }));
+    assert!(e.contains("cross-entropy only, not MSE"), "{e}");
     let e = dump_error(&edited("tanh_mse", |t, _| {
         t.retain(|(n, _)| n != "rnn.bias_hh_l0")
     }));

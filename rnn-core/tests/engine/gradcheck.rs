@@ -6,7 +6,9 @@ use crate::common::Data;
 use approx::assert_relative_eq;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::{Batch, IGNORED_LABEL, Target};
-use rnn_core::config::{Cell, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig};
+use rnn_core::config::{
+    Cell, ClassWeights, LossKind, LossSpec, Nonlinearity, Reduction, RnnConfig,
+};
 use rnn_core::dropout::Dropout;
 use std::num::NonZeroUsize;
 
@@ -36,6 +38,17 @@ struct Case {
     bias: bool,
     /// Every `n`-th class label (from the second) is [`IGNORED_LABEL`]; 0: none.
     ignore_every: usize,
+    /// Cross-entropy's class weights.
+    class_weights: Option<ClassWeights>,
+}
+
+fn spec(c: &Case) -> LossSpec {
+    LossSpec {
+        kind: c.kind,
+        reduction: c.reduction,
+        many_to_one: c.many_to_one,
+        class_weights: c.class_weights.clone(),
+    }
 }
 
 fn cfg(c: &Case) -> RnnConfig {
@@ -63,11 +76,7 @@ fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
 /// variant of it).
 fn loss_of(c: &Case, cfg: &RnnConfig, params: &[f64], d: &Data) -> f64 {
     let layout = Layout::new(cfg);
-    let spec = LossSpec {
-        kind: c.kind,
-        reduction: c.reduction,
-        many_to_one: c.many_to_one,
-    };
+    let spec = spec(c);
     let mut grads = vec![0.0; layout.len];
     let opts = PassOptions {
         split: c.split,
@@ -102,11 +111,7 @@ fn check(c: &Case, seed: u64) -> Vec<f64> {
         .map(|p| p * 2.0)
         .collect();
     let d = data(c, &mut rng);
-    let spec = LossSpec {
-        kind: c.kind,
-        reduction: c.reduction,
-        many_to_one: c.many_to_one,
-    };
+    let spec = spec(c);
     let mut ws = Workspace::new();
     let mut grads = vec![0.0; layout.len];
     let opts = PassOptions {
@@ -207,6 +212,7 @@ fn base() -> Case {
         dropout: None,
         bias: true,
         ignore_every: 0,
+        class_weights: None,
     }
 }
 
@@ -367,6 +373,52 @@ fn label_smoothing_matches_finite_differences() {
     assert_ne!(
         loss_of(&case, &cfg, &params, &d),
         loss_of(&hard, &cfg, &params, &d)
+    );
+}
+
+/// Class weights (PyTorch's `weight`), with and without label smoothing, every cell and
+/// placement, ignored labels, both reductions; a class of weight 0 among them.
+#[test]
+fn class_weights_match_finite_differences() {
+    let weights = ClassWeights::new(&[0.5, 0.0, 2.5]).unwrap();
+    let mut seed = 1200;
+    for cell in CELLS {
+        for kind in [
+            LossKind::CrossEntropy,
+            LossKind::cross_entropy(0.3).unwrap(),
+        ] {
+            for (many_to_one, lengths, reduction) in PLACEMENTS {
+                seed += 1;
+                let case = Case {
+                    cell,
+                    kind,
+                    many_to_one,
+                    lengths,
+                    reduction,
+                    ignore_every: 5,
+                    class_weights: Some(weights.clone()),
+                    ..base()
+                };
+                check(&case, seed);
+            }
+        }
+    }
+    // The weights change the loss: they are not ignored.
+    let case = Case {
+        kind: LossKind::CrossEntropy,
+        class_weights: Some(weights),
+        ..base()
+    };
+    let cfg = cfg(&case);
+    let params = init_params::<f64>(&cfg, 1);
+    let d = data(&case, &mut StdRng::seed_from_u64(1));
+    let unweighted = Case {
+        class_weights: None,
+        ..case.clone()
+    };
+    assert_ne!(
+        loss_of(&case, &cfg, &params, &d),
+        loss_of(&unweighted, &cfg, &params, &d)
     );
 }
 
@@ -681,14 +733,22 @@ fn zero_h0_gradient_equals_explicit_zero_state() {
 /// The f32 engine agrees with the f64 one to f32 precision.
 #[test]
 fn f32_agrees_with_f64() {
-    for (cell, b, kind) in CELLS.into_iter().flat_map(|cell| {
+    let weights = ClassWeights::new(&[0.5, 2.0, 1.0, 0.0, 3.0]).unwrap();
+    for (cell, b, kind, class_weights) in CELLS.into_iter().flat_map(|cell| {
         [
-            (cell, 1, LossKind::Mse),
-            (cell, 4, LossKind::CrossEntropy),
-            (cell, 16, LossKind::Mse),
-            (cell, 3, LossKind::L1),
-            (cell, 8, LossKind::huber(0.5).unwrap()),
-            (cell, 4, LossKind::cross_entropy(0.1).unwrap()),
+            (cell, 1, LossKind::Mse, None),
+            (cell, 4, LossKind::CrossEntropy, None),
+            (cell, 16, LossKind::Mse, None),
+            (cell, 3, LossKind::L1, None),
+            (cell, 8, LossKind::huber(0.5).unwrap(), None),
+            (cell, 4, LossKind::cross_entropy(0.1).unwrap(), None),
+            (cell, 6, LossKind::CrossEntropy, Some(weights.clone())),
+            (
+                cell,
+                5,
+                LossKind::cross_entropy(0.2).unwrap(),
+                Some(weights.clone()),
+            ),
         ]
     }) {
         let c = Case {
@@ -701,6 +761,7 @@ fn f32_agrees_with_f64() {
             kind,
             lengths: b > 1,
             layers: 2,
+            class_weights,
             ..base()
         };
         let cfg = cfg(&c);
@@ -708,11 +769,7 @@ fn f32_agrees_with_f64() {
         let p64 = init_params::<f64>(&cfg, 5);
         let p32: Vec<f32> = p64.iter().map(|&v| v as f32).collect();
         let d = data(&c, &mut StdRng::seed_from_u64(5));
-        let spec = LossSpec {
-            kind,
-            reduction: Reduction::Mean,
-            many_to_one: false,
-        };
+        let spec = spec(&c);
         let mut g64 = vec![0.0; layout.len];
         let l64 = forward_backward(
             &cfg,

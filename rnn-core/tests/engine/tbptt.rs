@@ -188,7 +188,7 @@ fn telemetry_equals_suffix_state_gradients() {
         let (t_len, b, h) = (6, 2, 5);
         let cfg = RnnConfig::new(3, h, 2).layers(l).cell(cell);
         let loss = LossSpec::last_step(LossKind::Mse);
-        let mut tr = Trainer::<f64>::new(cfg, loss, OptimizerKind::sgd(0.0), 3)
+        let mut tr = Trainer::<f64>::new(cfg, loss.clone(), OptimizerKind::sgd(0.0), 3)
             .unwrap()
             .with_telemetry();
         let x: Vec<f64> = (0..t_len * b * 3)
@@ -200,7 +200,7 @@ fn telemetry_equals_suffix_state_gradients() {
         let norms = tr.grad_h_norms().to_vec();
         assert_eq!(norms.len(), l * t_len);
         let grads_on = tr.grads.clone();
-        let mut plain = Trainer::<f64>::new(cfg, loss, OptimizerKind::sgd(0.0), 3).unwrap();
+        let mut plain = Trainer::<f64>::new(cfg, loss.clone(), OptimizerKind::sgd(0.0), 3).unwrap();
         plain
             .loss_and_grads(&Batch::new(t_len, b, &x, Target::Values(&y)))
             .unwrap();
@@ -231,9 +231,13 @@ fn telemetry_equals_suffix_state_gradients() {
                 c0: (cell == Cell::Lstm).then_some(&c0[..]),
                 ..Batch::new(t_len - t - 1, b, &x[(t + 1) * b * 3..], Target::Values(&y))
             };
-            let mut other =
-                Trainer::<f64>::with_params(cfg, loss, OptimizerKind::sgd(0.0), tr.params.to_vec())
-                    .unwrap();
+            let mut other = Trainer::<f64>::with_params(
+                cfg,
+                loss.clone(),
+                OptimizerKind::sgd(0.0),
+                tr.params.to_vec(),
+            )
+            .unwrap();
             other.loss_and_grads(&suffix).unwrap();
             // The top layer's: a lower layer's dL/dh_t also flows up into h_t of the layer
             // above, which the suffix run holds fixed.

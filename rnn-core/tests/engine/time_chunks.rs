@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::Batch;
-use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
+use rnn_core::config::{Cell, LossKind, LossSpec, RnnConfig};
 use rnn_core::dropout::Dropout;
 use rnn_core::network::{
     PassOptions, TimeChunks, UnitSplit, forward_backward, forward_backward_checkpointed,
@@ -132,9 +132,8 @@ fn setups() -> impl Iterator<Item = Setup> {
         .map(move |(kind, many_to_one, lengths, split, p)| Setup {
             cfg: RnnConfig::new(3, 6, 4).cell(cell).layers(2),
             spec: LossSpec {
-                kind,
-                reduction: Reduction::Mean,
                 many_to_one,
+                ..LossSpec::every_step(kind)
             },
             lengths,
             split,
