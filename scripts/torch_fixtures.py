@@ -93,14 +93,16 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
-         dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None):
+         dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None,
+         smooth_l1_beta=None):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
     labels replaced by PyTorch's ignore_index (-100), which grad_dump reads as IGNORED_LABEL.
     `label_smoothing`: CrossEntropyLoss's, written as metadata (None: 0, not written).
     `class_weights`: CrossEntropyLoss's `weight`, one per class, written as the tensor
-    `class_weights` [O] (None: unweighted, not written)."""
+    `class_weights` [O] (None: unweighted, not written). `smooth_l1_beta`: SmoothL1Loss's
+    beta, written as metadata (None: PyTorch's default, 1.0, not written)."""
     torch.manual_seed(seed)
     weight = None if class_weights is None else torch.tensor(class_weights, dtype=dtype)
     m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
@@ -126,13 +128,17 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         hn, cn = hn
     y = m.head(hn[-1]) if many_to_one else m.head(out)
     scored = torch.ones(B, dtype=torch.bool) if many_to_one else valid
-    if loss in ("l1", "huber"):
+    if loss in ("l1", "huber", "smooth_l1"):
         # PyTorch's own functions and reductions where every position is scored; with padded
         # sequences, its per-element losses masked and reduced as the MSE branch does.
         target = torch.randn(*y.shape, dtype=dtype)
         delta = 1.0 if huber_delta is None else huber_delta
-        elementwise = (lambda r: F.l1_loss(y, target, reduction=r)) if loss == "l1" else \
-            (lambda r: F.huber_loss(y, target, reduction=r, delta=delta))
+        beta = 1.0 if smooth_l1_beta is None else smooth_l1_beta
+        elementwise = {
+            "l1": lambda r: F.l1_loss(y, target, reduction=r),
+            "huber": lambda r: F.huber_loss(y, target, reduction=r, delta=delta),
+            "smooth_l1": lambda r: F.smooth_l1_loss(y, target, reduction=r, beta=beta),
+        }[loss]
         if bool(scored.all()):
             value = elementwise(reduction)
         else:
@@ -174,6 +180,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         meta["huber_delta"] = repr(huber_delta)
     if label_smoothing is not None:
         meta["label_smoothing"] = repr(label_smoothing)
+    if smooth_l1_beta is not None:
+        meta["smooth_l1_beta"] = repr(smooth_l1_beta)
     save_file(inputs, os.path.join(OUT, f"{name}.in.safetensors"), metadata=meta)
 
     expected = {"out.loss": value.detach().reshape(1), "out.y": y.detach().contiguous(),
@@ -277,6 +285,11 @@ if __name__ == "__main__":
          reduction="sum", cell="lstm", label_smoothing=0.35, seed=94)
     case("rnn_ce_smoothing_f32", 12, 8, 7, 33, 6, loss="ce", dtype=torch.float32,
          label_smoothing=0.2, seed=95)
+    # SmoothL1Loss: beta from the metadata with packed lengths, and PyTorch's default (1.0).
+    case("gru_smooth_l1_lengths", 6, 4, 3, 5, 2, layers=2, loss="smooth_l1",
+         lengths=[6, 2, 4, 1], cell="gru", smooth_l1_beta=0.4, seed=84)
+    case("rnn_smooth_l1_many_to_one_sum_f32", 12, 8, 7, 33, 6, loss="smooth_l1",
+         many_to_one=True, reduction="sum", dtype=torch.float32, seed=85)
     # Cross-entropy's weight per class (one of them 0), alone and with label smoothing.
     case("lstm_ce_weights_smoothing_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce",
          lengths=[6, 2, 4, 3], cell="lstm", ignore=0.2, label_smoothing=0.15,

@@ -1,6 +1,6 @@
 //! Time-series forecasting: a model learns sine waves of random frequency and phase
 //! (made on the fly, nothing to download) as next-value prediction at every step
-//! (many-to-many MSE, or L1 or Huber with `--loss`), then forecasts held-out waves
+//! (many-to-many MSE, or L1, Huber or smooth L1 with `--loss`), then forecasts held-out waves
 //! autoregressively, feeding its own predictions back, and is compared with the truth and
 //! with the naive "same as last" forecast.
 //!
@@ -56,12 +56,16 @@ struct Args {
     /// Seed of weights and data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The training loss: mse, l1 or huber (`nn.MSELoss`, `nn.L1Loss`, `nn.HuberLoss`)
+    /// The training loss: mse, l1, huber or smooth_l1 (`nn.MSELoss`, `nn.L1Loss`,
+    /// `nn.HuberLoss`, `nn.SmoothL1Loss`)
     #[arg(long, default_value = "mse")]
     loss: String,
     /// Huber's threshold delta (with --loss huber)
     #[arg(long, default_value_t = 1.0)]
     huber_delta: f64,
+    /// Smooth L1's threshold beta (with --loss smooth_l1; 0 is L1)
+    #[arg(long, default_value_t = 1.0)]
+    smooth_l1_beta: f64,
 }
 
 /// The loss `--loss` names.
@@ -70,7 +74,12 @@ fn loss_kind(args: &Args) -> Result<LossKind, String> {
         "mse" => Ok(LossKind::Mse),
         "l1" => Ok(LossKind::L1),
         "huber" => LossKind::huber(args.huber_delta).map_err(|e| format!("--huber-delta: {e}")),
-        other => Err(format!("--loss {other:?}: expected mse, l1 or huber")),
+        "smooth_l1" => {
+            LossKind::smooth_l1(args.smooth_l1_beta).map_err(|e| format!("--smooth-l1-beta: {e}"))
+        }
+        other => Err(format!(
+            "--loss {other:?}: expected mse, l1, huber or smooth_l1"
+        )),
     }
 }
 

@@ -25,7 +25,8 @@ pub const IGNORED_LABEL: usize = usize::MAX;
 /// What the head's outputs are scored against.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a, T> {
-    /// Float targets for MSE, L1 and Huber: `[T, B, O]`, or `[B, O]` when many-to-one.
+    /// Float targets for MSE, L1, Huber and smooth L1: `[T, B, O]`, or `[B, O]` when
+    /// many-to-one.
     Values(&'a [T]),
     /// Class labels for cross-entropy: `[T, B]`, or `[B]` when many-to-one; a label may be
     /// [`IGNORED_LABEL`].

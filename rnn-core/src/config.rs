@@ -238,11 +238,14 @@ impl RnnConfig {
 /// | [`Mse`](LossKind::Mse) | `d²` | `2d` | `nn.MSELoss` |
 /// | [`L1`](LossKind::L1) | `abs(d)` | `sign(d)` (0 at 0) | `nn.L1Loss` |
 /// | [`Huber`](LossKind::Huber) | `d²/2` where `abs(d) < δ`, else `δ (abs(d) - δ/2)` | `clamp(d, -δ, δ)` | `nn.HuberLoss(delta=δ)` |
+/// | [`SmoothL1`](LossKind::SmoothL1) | `d²/(2β)` where `abs(d) < β`, else `abs(d) - β/2` | `clamp(d/β, -1, 1)` | `nn.SmoothL1Loss(beta=β)` |
 ///
-/// The three compare float targets element by element, and `mean` averages over every
-/// element of the scored positions (`O` per position), as PyTorch does. L1 and Huber grow
-/// only linearly with large errors, so outliers in a series pull on the weights no harder
-/// than a bounded amount (Huber stays quadratic, and smooth, near the target).
+/// The four compare float targets element by element, and `mean` averages over every
+/// element of the scored positions (`O` per position), as PyTorch does. L1, Huber and
+/// smooth L1 grow only linearly with large errors, so outliers in a series pull on the
+/// weights no harder than a bounded amount (Huber and smooth L1 stay quadratic, and smooth,
+/// near the target; smooth L1 is Huber divided by its threshold, so its slope far from the
+/// target is 1 whatever `β`).
 /// Cross-entropy scores class labels instead, optionally against smoothed labels
 /// ([`LossKind::cross_entropy`], PyTorch's `label_smoothing`).
 ///
@@ -269,6 +272,11 @@ pub enum LossKind {
     /// `(1 - ε) onehot(label) + ε / O`, and the loss `-Σ_c target_c log softmax(y)_c`.
     /// Ignored labels and reductions are as for [`LossKind::CrossEntropy`].
     SmoothedCrossEntropy(LabelSmoothing),
+    /// Smooth L1 loss against float targets with threshold `β`
+    /// (`nn.SmoothL1Loss(beta=β)`): the Huber loss of threshold `β`, divided by `β`. `β` is
+    /// held as a [`HuberDelta`] (finite and positive); [`LossKind::smooth_l1`] gives
+    /// [`LossKind::L1`] at `β = 0`, as PyTorch does.
+    SmoothL1(HuberDelta),
 }
 
 impl LossKind {
@@ -279,6 +287,30 @@ impl LossKind {
     /// rest too).
     pub fn huber(delta: f64) -> Result<Self> {
         HuberDelta::new(delta).map(Self::Huber)
+    }
+
+    /// `nn.SmoothL1Loss(beta=beta)`: plain [`LossKind::L1`] at 0.
+    ///
+    /// ```
+    /// use rnn_core::config::LossKind;
+    /// assert_eq!(LossKind::smooth_l1(0.0)?, LossKind::L1);
+    /// assert!(matches!(LossKind::smooth_l1(0.5)?, LossKind::SmoothL1(b) if b.get() == 0.5));
+    /// assert!(LossKind::smooth_l1(-1.0).is_err() && LossKind::smooth_l1(f64::NAN).is_err());
+    /// # Ok::<(), rnn_core::error::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] unless `beta` is finite and non-negative (PyTorch refuses a
+    /// negative one).
+    pub fn smooth_l1(beta: f64) -> Result<Self> {
+        if beta == 0.0 {
+            return Ok(Self::L1);
+        }
+        HuberDelta::new(beta).map(Self::SmoothL1).map_err(|_| {
+            RnnError::Config(format!(
+                "smooth L1 beta = {beta}: it must be finite and non-negative"
+            ))
+        })
     }
 
     /// `nn.CrossEntropyLoss(label_smoothing=smoothing)`: plain
@@ -315,7 +347,7 @@ impl LossKind {
         match self {
             Self::CrossEntropy => Some(0.0),
             Self::SmoothedCrossEntropy(eps) => Some(eps.get()),
-            Self::Mse | Self::L1 | Self::Huber(_) => None,
+            Self::Mse | Self::L1 | Self::Huber(_) | Self::SmoothL1(_) => None,
         }
     }
 
@@ -327,6 +359,7 @@ impl LossKind {
             Self::SmoothedCrossEntropy(_) => "cross-entropy with label smoothing",
             Self::L1 => "L1",
             Self::Huber(_) => "Huber",
+            Self::SmoothL1(_) => "smooth L1",
         }
     }
 }

@@ -6,11 +6,13 @@
 //! ```
 //!
 //! IN holds the parameters (`rnn.*`, `head.*`), `x` `[T,B,I]`, `h0` `[L,B,H]`, `target` (mse, l1,
-//! huber: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or `[B]`, where
-//! -100, PyTorch's default `ignore_index`, marks a position with no label), optionally `lengths`
-//! int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`, `nonlinearity` (tanh|relu), `loss`
-//! (mse|l1|huber|ce), `many_to_one` (true|false), `reduction` (mean|sum). With `loss` = huber,
-//! optional metadata `huber_delta` (a positive number, default 1.0 as PyTorch's) is the threshold;
+//! huber, smooth_l1: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or
+//! `[B]`, where -100, PyTorch's default `ignore_index`, marks a position with no label),
+//! optionally `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`,
+//! `nonlinearity` (tanh|relu), `loss` (mse|l1|huber|smooth_l1|ce), `many_to_one` (true|false),
+//! `reduction` (mean|sum). With `loss` = huber, optional metadata `huber_delta` (a positive
+//! number, default 1.0 as PyTorch's) is the threshold; with `loss` = smooth_l1, optional
+//! metadata `smooth_l1_beta` (a non-negative number, default 1.0 as PyTorch's) is `beta`;
 //! with `loss` = ce, optional metadata `label_smoothing` (between 0 and 1, default 0 as PyTorch's)
 //! smooths the labels, and an optional float tensor `class_weights` `[O]` weighs each class
 //! (PyTorch's `weight`). An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0,
@@ -60,9 +62,13 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
             let delta = meta_number(m, "huber_delta", "1.0")?;
             LossKind::huber(delta).map_err(|e| RnnError::Format(e.to_string()))?
         }
+        "smooth_l1" => {
+            let beta = meta_number(m, "smooth_l1_beta", "1.0")?;
+            LossKind::smooth_l1(beta).map_err(|e| RnnError::Format(e.to_string()))?
+        }
         other => {
             return Err(RnnError::Format(format!(
-                "metadata loss = {other:?}, expected mse, l1, huber or ce"
+                "metadata loss = {other:?}, expected mse, l1, huber, smooth_l1 or ce"
             )));
         }
     };

@@ -611,6 +611,11 @@ fn loss_steps<T: Float>(
                 (LossKind::Huber(delta), Target::Values(v)) => {
                     kloss::huber_error(dy, y, &v[r], T::of(delta.get()), scale)
                 }
+                (LossKind::SmoothL1(beta), Target::Values(v)) => {
+                    // Huber's loss and gradient of the same threshold, over β.
+                    let beta = T::of(beta.get());
+                    kloss::huber_error(dy, y, &v[r], beta, scale / beta) / beta
+                }
                 (kind, Target::Classes(c)) if !kind.takes_values() => {
                     let labels = &c[t * b + lo..t * b + hi];
                     // ε = 0 (plain cross-entropy) runs the one-hot loss, bit for bit.

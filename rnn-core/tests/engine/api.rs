@@ -276,8 +276,8 @@ fn class_weights_are_checked_and_a_mean_over_no_weight_is_refused() {
     assert_eq!(tr.params, before);
 }
 
-/// L1 and Huber take float targets like MSE, checked the same way; a Huber threshold must be
-/// finite and positive.
+/// L1, Huber and smooth L1 take float targets like MSE, checked the same way; a Huber
+/// threshold must be finite and positive, a smooth L1 beta finite and non-negative (0 is L1).
 #[test]
 fn l1_and_huber_check_their_targets_and_threshold() {
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
@@ -287,11 +287,23 @@ fn l1_and_huber_check_their_targets_and_threshold() {
             "{bad}: {e}"
         );
     }
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let e = LossKind::smooth_l1(bad).unwrap_err();
+        assert!(
+            matches!(&e, RnnError::Config(m) if m.contains("smooth L1 beta")),
+            "{bad}: {e}"
+        );
+    }
+    assert_eq!(LossKind::smooth_l1(0.0).unwrap(), LossKind::L1);
     let (t, b) = (5, 2);
     let cfg = RnnConfig::new(3, 4, 2);
     let (x, labels) = data(t, b);
     let mut values = vec![0.5f32; t * b * 2];
-    for kind in [LossKind::L1, LossKind::huber(0.25).unwrap()] {
+    let thresholded = [LossKind::huber(0.25), LossKind::smooth_l1(0.25)];
+    for kind in [LossKind::L1]
+        .into_iter()
+        .chain(thresholded.map(Result::unwrap))
+    {
         let mut tr =
             Trainer::<f32>::new(cfg, LossSpec::every_step(kind), OptimizerKind::sgd(0.1), 0)
                 .unwrap();

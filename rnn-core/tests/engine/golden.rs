@@ -438,6 +438,18 @@ fn lstm_l1_packed_lengths_sum_f32() {
     check("lstm_l1_lengths_sum_f32", 2e-5);
 }
 
+/// `nn.SmoothL1Loss`: a beta from the metadata (0.4) with packed lengths, and PyTorch's
+/// default (1.0, no metadata) many-to-one in f32.
+#[test]
+fn gru_smooth_l1_packed_lengths() {
+    check("gru_smooth_l1_lengths", 1e-12);
+}
+
+#[test]
+fn rnn_smooth_l1_many_to_one_sum_f32() {
+    check("rnn_smooth_l1_many_to_one_sum_f32", 2e-5);
+}
+
 /// Cross-entropy's `ignore_index`: labels of -100 (PyTorch's default, grad_dump reads it as
 /// `IGNORED_LABEL`) score nothing, and a mean divides by the labelled positions only.
 #[test]
@@ -541,6 +553,17 @@ fn grad_dump_rejects_bad_files_clearly() {
             m.insert("huber_delta".into(), delta.into());
         }));
         assert!(e.contains(says), "{delta}: {e}");
+    }
+    for (beta, says) in [
+        ("-1", "smooth L1 beta = -1"),
+        ("inf", "smooth L1 beta = inf"),
+        ("NaN", "smooth L1 beta = NaN"),
+        ("wide", "smooth_l1_beta = \"wide\" is not a number"),
+    ] {
+        let e = dump_error(&edited("gru_smooth_l1_lengths", |_, m| {
+            m.insert("smooth_l1_beta".into(), beta.into());
+        }));
+        assert!(e.contains(says), "{beta}: {e}");
     }
     for (smoothing, says) in [
         ("1.5", "label smoothing = 1.5"),

@@ -268,15 +268,19 @@ const PLACEMENTS: [(bool, bool, Reduction); 4] = [
     (true, true, Reduction::Mean),
 ];
 
-/// L1 and Huber, every cell, both placements, with and without lengths, both reductions.
-/// Huber's `δ` sits inside the spread of the errors, so both of its branches are scored
-/// (asserted, where every position is scored), not only one.
+/// L1, Huber and smooth L1, every cell, both placements, with and without lengths, both
+/// reductions. The threshold sits inside the spread of the errors, so both branches of
+/// Huber and smooth L1 are scored (asserted, where every position is scored), not only one.
 #[test]
 fn l1_and_huber_match_finite_differences() {
     let delta = 0.4;
     let mut seed = 900;
     for cell in CELLS {
-        for kind in [LossKind::L1, LossKind::huber(delta).unwrap()] {
+        let thresholded = [LossKind::huber(delta), LossKind::smooth_l1(delta)];
+        for kind in [LossKind::L1]
+            .into_iter()
+            .chain(thresholded.map(Result::unwrap))
+        {
             for (many_to_one, lengths, reduction) in PLACEMENTS {
                 seed += 1;
                 let case = Case {
@@ -741,6 +745,7 @@ fn f32_agrees_with_f64() {
             (cell, 16, LossKind::Mse, None),
             (cell, 3, LossKind::L1, None),
             (cell, 8, LossKind::huber(0.5).unwrap(), None),
+            (cell, 7, LossKind::smooth_l1(0.3).unwrap(), None),
             (cell, 4, LossKind::cross_entropy(0.1).unwrap(), None),
             (cell, 6, LossKind::CrossEntropy, Some(weights.clone())),
             (
