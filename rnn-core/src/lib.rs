@@ -46,6 +46,9 @@
 //! on the shape only and no sum is ever divided between threads, so weights are bitwise the
 //! same on one thread or two.
 //!
+//! Learning rates: [`trainer::Trainer::with_lr_schedule`] sets each update's rate by a
+//! [`schedule::LrSchedule`] (PyTorch's step, exponential and cosine decays, linear warm-up).
+//!
 //! Regularisation: [`trainer::Trainer::with_dropout`] drops units between stacked layers as
 //! PyTorch's `dropout` argument does ([`dropout`]), and [`trainer::Trainer::evaluate`] gives
 //! the undropped model's loss, for a validation set.
@@ -68,6 +71,7 @@ pub mod network;
 pub mod optim;
 pub mod params;
 pub mod predict;
+pub mod schedule;
 pub mod tbptt;
 pub mod text;
 pub mod trainer;

@@ -15,6 +15,7 @@ use crate::network::{
 };
 use crate::optim::{self, Clip, Optimizer, OptimizerKind};
 use crate::params::{Layout, init_params};
+use crate::schedule::LrSchedule;
 use crate::workspace::Workspace;
 
 /// How much of the forward pass a training step keeps for its backward pass.
@@ -128,6 +129,8 @@ pub struct StepReport<T> {
     pub grad_norm: T,
     /// The factor clipping applied (1 when it did nothing).
     pub clip_scale: T,
+    /// The learning rate of the update.
+    pub lr: T,
 }
 
 /// A model with everything needed to train it.
@@ -174,6 +177,8 @@ pub struct Trainer<T: Float> {
     pub dropout: Option<Dropout>,
     /// Flush subnormal floats to zero during steps ([`Trainer::with_flush_denormals`]).
     pub flush_denormals: bool,
+    /// A learning-rate schedule and the base rate it scales ([`Trainer::with_lr_schedule`]).
+    pub lr_schedule: Option<(LrSchedule, f64)>,
     /// The thread pool steps run in ([`Trainer::with_thread_pool`]); `None`: rayon's global
     /// pool.
     pub pool: Option<Arc<rayon::ThreadPool>>,
@@ -248,6 +253,7 @@ impl<T: Float> Trainer<T> {
             memory: Memory::Full,
             dropout: None,
             flush_denormals: false,
+            lr_schedule: None,
             pool: None,
         })
     }
@@ -363,6 +369,32 @@ impl<T: Float> Trainer<T> {
         self
     }
 
+    /// Sets the learning rate of every update by `schedule`, from the optimizer's rate now
+    /// as the base rate (PyTorch's `lr_scheduler` stepped after each `optimizer.step()`).
+    /// The rate of an update depends only on the updates before it (the optimizer's
+    /// `steps`, which checkpoints keep), so a run resumed from a checkpoint, with a trainer
+    /// built the same way, continues the schedule exactly. A rejected step changes nothing,
+    /// the count included. The schedule sets the rate before each update: a rate set by hand
+    /// ([`crate::optim::OptimizerKind::set_lr`]) lasts only until the next.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// use rnn_core::schedule::{Decay, LrSchedule};
+    /// let cfg = RnnConfig::new(2, 8, 1);
+    /// let loss = LossSpec::every_step(LossKind::Mse);
+    /// let mut tr = Trainer::<f64>::new(cfg, loss, OptimizerKind::sgd(0.1), 0)?
+    ///     .with_lr_schedule(LrSchedule::new(Decay::step(2, 0.5)?));
+    /// let (x, y) = (vec![0.5; 4 * 3 * 2], vec![0.25; 4 * 3]);
+    /// let batch = Batch::new(4, 3, &x, Target::Values(&y));
+    /// let rates: Vec<f64> = (0..5).map(|_| tr.step(&batch).map(|r| r.lr)).collect::<Result<_>>()?;
+    /// assert_eq!(rates, [0.1, 0.1, 0.05, 0.05, 0.025]);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn with_lr_schedule(mut self, schedule: LrSchedule) -> Self {
+        self.lr_schedule = Some((schedule, self.optimizer.kind.lr().f64()));
+        self
+    }
+
     /// Sets how much a step keeps for backward ([`Memory`]).
     pub fn with_memory(mut self, memory: Memory) -> Self {
         self.memory = memory;
@@ -462,12 +494,17 @@ impl<T: Float> Trainer<T> {
             return Err(RnnError::NonFinite { what, step });
         }
         let clip_scale = self.clip.apply_on(&mut self.grads, grad_norm, two_threads);
+        if let Some((schedule, base)) = self.lr_schedule {
+            let lr = schedule.rate(base, self.optimizer.steps);
+            self.optimizer.kind.set_lr(T::of(lr));
+        }
         self.optimizer
             .update_on(&mut self.params, &self.grads, clip_scale, two_threads);
         Ok(StepReport {
             loss,
             grad_norm,
             clip_scale,
+            lr: self.optimizer.kind.lr(),
         })
     }
 

@@ -18,5 +18,6 @@ mod gradcheck;
 mod predict;
 mod properties;
 mod resume;
+mod schedule;
 mod tbptt;
 mod time_chunks;
