@@ -121,7 +121,8 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     let records = measure()?;
     let dir = root().join("target/bench-report");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string_pretty(&Value::Array(records.clone())).expect("json");
+    // A text file ends in a newline (POSIX), so tools and diffs read the last line whole.
+    let json = serde_json::to_string_pretty(&Value::Array(records.clone())).expect("json") + "\n";
     let md = format!(
         "{}\nTwo threads against one, measured in this run:\n\n{}",
         table(&records, &peers),
