@@ -26,6 +26,7 @@ use rnn_core::config::Cell;
 use rnn_core::io::{self, Extras};
 use rnn_core::predict::Predictor;
 use rnn_core::prelude::*;
+use rnn_core::schedule::{Decay, LrSchedule};
 use rnn_core::text::{CharCorpus, CharStreams};
 
 /// The built-in corpus: this project's documentation and sources.
@@ -69,6 +70,31 @@ impl From<CellArg> for Cell {
     }
 }
 
+/// `--lr-schedule`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
+}
+
+/// The schedule `--lr-schedule` and `--warmup` ask for over `--steps` updates.
+fn lr_schedule(args: &Args) -> Result<LrSchedule, String> {
+    let decay_steps = args.steps.saturating_sub(args.warmup).max(1) as u64;
+    let decay = match args.lr_schedule {
+        ScheduleArg::Constant => Decay::Constant,
+        ScheduleArg::Cosine => {
+            Decay::cosine(decay_steps, args.lr / 10.0).map_err(|e| e.to_string())?
+        }
+    };
+    let schedule = LrSchedule::new(decay);
+    if args.warmup == 0 {
+        return Ok(schedule);
+    }
+    schedule
+        .with_warmup(args.warmup as u64, 0.1)
+        .map_err(|e| format!("--warmup: {e}"))
+}
+
 /// Train a character-level language model with truncated BPTT.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -103,9 +129,17 @@ struct Args {
     /// Updates to run in total (a resumed run continues up to this count).
     #[arg(long, default_value_t = 1500)]
     steps: usize,
-    /// Adam learning rate.
+    /// Adam learning rate (the peak, with a schedule).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
+    /// Learning-rate schedule after any warm-up: constant, or cosine down to --lr / 10 at
+    /// update --steps (PyTorch's CosineAnnealingLR; resuming with another --steps bends the
+    /// curve from there).
+    #[arg(long, value_enum, default_value = "constant")]
+    lr_schedule: ScheduleArg,
+    /// Updates of linear warm-up from --lr / 10 to --lr (0: none; PyTorch's LinearLR).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
     /// Sampling temperature (lower: safer, higher: more varied).
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
@@ -208,7 +242,8 @@ fn run(args: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?
     .with_clip(Clip::Norm(1.0))
     .with_threads(threads)
-    .with_dropout(Dropout::new(args.dropout, args.seed).map_err(|e| e.to_string())?);
+    .with_dropout(Dropout::new(args.dropout, args.seed).map_err(|e| e.to_string())?)
+    .with_lr_schedule(lr_schedule(&args)?);
     let mut stream = Tbptt::new(trainer, k1, k2, b).map_err(|e| e.to_string())?;
     let ckpt = args.out.join("char_rnn.ckpt.safetensors");
     let mut losses: Vec<f32> = Vec::new();
