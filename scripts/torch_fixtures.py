@@ -20,13 +20,15 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "fixtur
 
 
 class Model(nn.Module):
-    def __init__(self, i, h, o, layers, nonlinearity, cell="rnn", bias=True):
+    def __init__(self, i, h, o, layers, nonlinearity, cell="rnn", bias=True, bidirectional=False):
         super().__init__()
         if cell == "rnn":
-            self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity, bias=bias)
+            self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
+                              bidirectional=bidirectional)
         else:
-            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](i, h, num_layers=layers, bias=bias)
-        self.head = nn.Linear(h, o)
+            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](i, h, num_layers=layers, bias=bias,
+                                                              bidirectional=bidirectional)
+        self.head = nn.Linear(2 * h if bidirectional else h, o)
 
 
 M64, M32, GOLDEN = (1 << 64) - 1, (1 << 32) - 1, 0x9E3779B97F4A7C15
@@ -94,7 +96,7 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
          dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None,
-         smooth_l1_beta=None):
+         smooth_l1_beta=None, bidirectional=False):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
@@ -102,16 +104,20 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     `label_smoothing`: CrossEntropyLoss's, written as metadata (None: 0, not written).
     `class_weights`: CrossEntropyLoss's `weight`, one per class, written as the tensor
     `class_weights` [O] (None: unweighted, not written). `smooth_l1_beta`: SmoothL1Loss's
-    beta, written as metadata (None: PyTorch's default, 1.0, not written)."""
+    beta, written as metadata (None: PyTorch's default, 1.0, not written). `bidirectional`:
+    both directions in every layer; many-to-one reads both final states side by side
+    (h_n[-2] and h_n[-1]), h0 / h_last are [2L, B, H]."""
     torch.manual_seed(seed)
     weight = None if class_weights is None else torch.tensor(class_weights, dtype=dtype)
-    m = Model(I, H, O, layers, nonlinearity, cell, bias).to(dtype)
+    m = Model(I, H, O, layers, nonlinearity, cell, bias, bidirectional).to(dtype)
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
-    h0 = (0.5 * torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True)
-    c0 = (torch.randn(layers, B, H, dtype=dtype)).requires_grad_(True) if cell == "lstm" else None
+    D = 2 if bidirectional else 1
+    h0 = (0.5 * torch.randn(D * layers, B, H, dtype=dtype)).requires_grad_(True)
+    c0 = (torch.randn(D * layers, B, H, dtype=dtype)).requires_grad_(True) if cell == "lstm" else None
     state = (h0, c0) if cell == "lstm" else h0
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     if dropout is not None:
+        assert not bidirectional, "dropped_stack runs one direction"
         out, hn = dropped_stack(m, cell, x, state, lens, dropout)
     elif lens is not None:
         packed = pack_padded_sequence(x, lens, enforce_sorted=False)
@@ -126,7 +132,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     cn = None
     if cell == "lstm":
         hn, cn = hn
-    y = m.head(hn[-1]) if many_to_one else m.head(out)
+    last = torch.cat([hn[-2], hn[-1]], dim=1) if bidirectional else hn[-1]
+    y = m.head(last) if many_to_one else m.head(out)
     scored = torch.ones(B, dtype=torch.bool) if many_to_one else valid
     if loss in ("l1", "huber", "smooth_l1"):
         # PyTorch's own functions and reductions where every position is scored; with padded
@@ -290,6 +297,16 @@ if __name__ == "__main__":
          lengths=[6, 2, 4, 1], cell="gru", smooth_l1_beta=0.4, seed=84)
     case("rnn_smooth_l1_many_to_one_sum_f32", 12, 8, 7, 33, 6, loss="smooth_l1",
          many_to_one=True, reduction="sum", dtype=torch.float32, seed=85)
+    # Bidirectional layers: packed lengths (the reverse direction starts at each sequence's own
+    # end), many-to-one from both final states, ReLU in f32, no biases.
+    case("lstm_bidi_ce_2layers_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 3],
+         cell="lstm", ignore=0.2, bidirectional=True, seed=100)
+    case("gru_bidi_many_to_one_lengths", 7, 5, 4, 6, 3, layers=2, many_to_one=True,
+         lengths=[7, 1, 5, 3, 6], cell="gru", bidirectional=True, seed=101)
+    case("rnn_bidi_relu_sum_f32", 12, 8, 7, 33, 6, layers=2, nonlinearity="relu",
+         reduction="sum", dtype=torch.float32, bidirectional=True, seed=102)
+    case("lstm_bidi_nobias_mse", 5, 3, 2, 4, 2, cell="lstm", bias=False, bidirectional=True,
+         seed=103)
     # Cross-entropy's weight per class (one of them 0), alone and with label smoothing.
     case("lstm_ce_weights_smoothing_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce",
          lengths=[6, 2, 4, 3], cell="lstm", ignore=0.2, label_smoothing=0.15,

@@ -58,9 +58,10 @@ pub struct Batch<'a, T> {
     /// Optional per-sequence lengths in `1..=T` (PyTorch's packed-sequence semantics):
     /// positions at or past a sequence's length score no loss and leave its state unchanged.
     pub lengths: Option<&'a [usize]>,
-    /// Optional initial state `[L, B, H]` (zeros, or the learned state, when `None`).
+    /// Optional initial state `[L·D, B, H]`, `2k + d` for layer `k` and direction `d` (zeros,
+    /// or the learned state, when `None`).
     pub h0: Option<&'a [T]>,
-    /// Optional initial cell state `[L, B, H]` of an LSTM (zeros, or the learned state, when
+    /// Optional initial cell state `[L·D, B, H]` of an LSTM (zeros, or the learned state, when
     /// `None`).
     pub c0: Option<&'a [T]>,
     /// Steps before this one score no loss (0: all do), for a loss at every step. Truncated
@@ -135,7 +136,7 @@ impl<'a, T: Float> Batch<'a, T> {
                 what: "batch size B",
             });
         }
-        let (i, h, l) = (config.input_size, config.hidden_size, config.num_layers);
+        let (i, h, l) = (config.input_size, config.hidden_size, config.passes());
         if self.x.len() != t * b * i {
             return Err(shape(
                 "x",
@@ -155,7 +156,7 @@ impl<'a, T: Float> Batch<'a, T> {
                 if state.len() != l * b * h {
                     return Err(shape(
                         what,
-                        format!("[L={l}, B={b}, H={h}] = {}", l * b * h),
+                        format!("[L·D={l}, B={b}, H={h}] = {}", l * b * h),
                         state.len(),
                     ));
                 }

@@ -118,6 +118,11 @@ pub struct RnnConfig {
     /// true). Without them the layers compute their equations with both biases zero and hold
     /// no bias tensors; the head keeps its bias either way.
     pub bias: bool,
+    /// Each layer runs in both directions (PyTorch's `bidirectional`): a second set of
+    /// weights (`*_reverse`) reads every sequence from its last step to its first, and the
+    /// layer's output at step `t` is both directions' states side by side (`2H` wide), as
+    /// the layer above and the head read it.
+    pub bidirectional: bool,
 }
 
 impl RnnConfig {
@@ -132,6 +137,7 @@ impl RnnConfig {
             nonlinearity: Nonlinearity::Tanh,
             learn_h0: false,
             bias: true,
+            bidirectional: false,
         }
     }
 
@@ -190,6 +196,42 @@ impl RnnConfig {
         self
     }
 
+    /// Runs every layer in both directions (PyTorch's `bidirectional=True`).
+    ///
+    /// Full BPTT over whole sequences only: a bidirectional model's step needs every step of
+    /// a sequence before its first output, so truncated BPTT ([`crate::tbptt::Tbptt`]),
+    /// step-by-step prediction ([`crate::predict::Predictor`]) and checkpointed segments
+    /// ([`crate::trainer::Memory`]) refuse it with a typed error.
+    ///
+    /// ```
+    /// use rnn_core::{config::RnnConfig, params::Layout};
+    /// let cfg = RnnConfig::lstm(3, 4, 2).layers(2).bidirectional();
+    /// let layout = Layout::new(&cfg);
+    /// assert_eq!(layout.find("rnn.weight_ih_l1_reverse").unwrap().shape, [16, 8]); // [4H, 2H]
+    /// assert_eq!(layout.find("head.weight").unwrap().shape, [2, 8]); // [O, 2H]
+    /// assert_eq!(cfg.directions(), 2);
+    /// ```
+    pub fn bidirectional(mut self) -> Self {
+        self.bidirectional = true;
+        self
+    }
+
+    /// `D`: 2 for a bidirectional model, else 1.
+    pub fn directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
+    /// `L · D`: the recurrent passes of a model, which its states (`h0`, `[L·D, B, H]`) and
+    /// layer buffers are indexed by (`2k + d` for layer `k`, direction `d`, as in PyTorch).
+    pub fn passes(&self) -> usize {
+        self.num_layers * self.directions()
+    }
+
+    /// Width of each layer's output, which the layer above and the head read: `D · H`.
+    pub fn output_width(&self) -> usize {
+        self.directions() * self.hidden_size
+    }
+
     /// Checks every size is positive and the activation fits the cell.
     ///
     /// # Errors
@@ -221,12 +263,12 @@ impl RnnConfig {
         self.cell.gates() * self.hidden_size
     }
 
-    /// Input width of layer `k` (`I` for the first, `H` above).
+    /// Input width of layer `k` (`I` for the first, `D · H` above).
     pub fn layer_input(&self, k: usize) -> usize {
         if k == 0 {
             self.input_size
         } else {
-            self.hidden_size
+            self.output_width()
         }
     }
 }

@@ -5,7 +5,8 @@
 //! cargo run --release -p rnn-core --example grad_dump -- IN.safetensors OUT.safetensors
 //! ```
 //!
-//! IN holds the parameters (`rnn.*`, `head.*`), `x` `[T,B,I]`, `h0` `[L,B,H]`, `target` (mse, l1,
+//! IN holds the parameters (`rnn.*`, `head.*`; a bidirectional model's `rnn.*_reverse` too),
+//! `x` `[T,B,I]`, `h0` `[L·D,B,H]` (`D` = 2 for a bidirectional model), `target` (mse, l1,
 //! huber, smooth_l1: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or
 //! `[B]`, where -100, PyTorch's default `ignore_index`, marks a position with no label),
 //! optionally `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`,
@@ -15,15 +16,15 @@
 //! metadata `smooth_l1_beta` (a non-negative number, default 1.0 as PyTorch's) is `beta`;
 //! with `loss` = ce, optional metadata `label_smoothing` (between 0 and 1, default 0 as PyTorch's)
 //! smooths the labels, and an optional float tensor `class_weights` `[O]` weighs each class
-//! (PyTorch's `weight`). An LSTM also reads `c0` `[L,B,H]`. Optional metadata `dropout` (p in `[0,
+//! (PyTorch's `weight`). An LSTM also reads `c0` `[L·D,B,H]`. Optional metadata `dropout` (p in `[0,
 //! 1)`, default 0) and `dropout_seed` (an integer, default 0) drop between stacked layers as
 //! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of row
 //! `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p, mix64(seed +
 //! k))` keeps it (`scripts/torch_fixtures.py` writes the same masks in Python). A model without
 //! `rnn.bias_*` tensors is one without recurrent biases (PyTorch's `bias=False`).
 //! It computes in the float type of `x` (F32 or F64) and writes `out.loss` `[1]`, `out.y`,
-//! `out.h_last` `[L,B,H]`, `grad.<parameter>` for every parameter, `grad.x` and `grad.h0`; an
-//! LSTM also `out.c_last` `[L,B,H]` and `grad.c0`.
+//! `out.h_last` `[L·D,B,H]`, `grad.<parameter>` for every parameter, `grad.x` and `grad.h0`;
+//! an LSTM also `out.c_last` `[L·D,B,H]` and `grad.c0`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -228,7 +229,7 @@ fn run<T: Float>(
         &config, &layout, &params, &mut grads, &mut ws, &batch, &spec, opts,
     )?;
 
-    let (h, o, l) = (config.hidden_size, config.output_size, config.num_layers);
+    let (h, o, l) = (config.hidden_size, config.output_size, config.passes());
     let y_shape = if spec.many_to_one {
         vec![b, o]
     } else {

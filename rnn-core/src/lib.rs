@@ -15,7 +15,12 @@
 //! head: y_t = W_hy h_t + b_y
 //! ```
 //!
-//! Shape legend: `T` steps, `B` sequences, `I` inputs, `H` hidden, `O` outputs, `L` layers.
+//! A bidirectional model ([`config::RnnConfig::bidirectional`], PyTorch's
+//! `bidirectional=True`) adds each layer's reverse direction (`*_reverse` tensors) and reads
+//! both directions' states side by side (`D = 2`: layers above and the head are `2H` wide).
+//!
+//! Shape legend: `T` steps, `B` sequences, `I` inputs, `H` hidden, `O` outputs, `L` layers,
+//! `D` directions.
 //! Buffers are time-major, row-major: `x: [T, B, I]`, targets `[T, B, O]` (MSE) or labels
 //! `[T, B]` (cross-entropy); many-to-one losses take `[B, O]` / `[B]`.
 //!

@@ -30,6 +30,8 @@ pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
 use crate::workspace::Workspace;
 
+mod bidi;
+
 /// Options of one forward + backward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct PassOptions {
@@ -284,6 +286,13 @@ fn check_inputs<T: Float>(
             "{pass} needs a segment of at least one step"
         )));
     }
+    if config.bidirectional && segment < batch.seq_len {
+        return Err(crate::RnnError::Config(format!(
+            "{pass} runs segments of {segment} steps, but a bidirectional model needs whole \
+             sequences of {} (its reverse direction starts at the end)",
+            batch.seq_len
+        )));
+    }
     Ok(())
 }
 
@@ -396,19 +405,42 @@ impl<'a, 's, T: Float> Pass<'a, 's, T> {
 
     /// The time chunks of the pass, first to last.
     fn chunks(&self) -> impl DoubleEndedIterator<Item = Range<usize>> + use<T> {
-        let steps = self.opts.exec().chunk_steps(self.config, self.batch);
+        let steps = if self.config.bidirectional {
+            self.batch.seq_len // the reverse direction starts at the end
+        } else {
+            self.opts.exec().chunk_steps(self.config, self.batch)
+        };
         spans(self.batch.seq_len, steps)
     }
 
-    /// The arguments of layer `k`'s pass over the chunk `steps`, reading `input`.
-    fn layer<'l>(&'l self, k: usize, input: &'l [T], steps: &Range<usize>) -> LayerPass<'l, T> {
+    /// The initial states of pass `j` (layer `j / D`, direction `j % D`): the batch's,
+    /// the learned ones, or zeros.
+    fn initial_states(&self, j: usize) -> (InitialState<'s, T>, InitialState<'s, T>) {
+        let (b, h) = (self.batch.batch, self.config.hidden_size);
+        let initial =
+            |given: Option<&'s [T]>, learned: Option<&Range<usize>>| match (given, learned) {
+                (Some(s), _) => InitialState::PerSequence(&s[j * b * h..(j + 1) * b * h]),
+                (None, Some(l)) => {
+                    InitialState::Broadcast(&self.params[l.start + j * h..l.start + (j + 1) * h])
+                }
+                (None, None) => InitialState::Zeros,
+            };
+        (
+            initial(self.batch.h0, self.layout.h0.as_ref()),
+            initial(self.batch.c0, self.layout.c0.as_ref()),
+        )
+    }
+
+    /// The arguments of pass `j`'s run over the chunk `steps` (layer `j / D`, direction
+    /// `j % D`), reading `input`.
+    fn layer<'l>(&'l self, j: usize, input: &'l [T], steps: &Range<usize>) -> LayerPass<'l, T> {
         LayerPass {
             config: self.config,
-            slots: &self.layout.layers[k],
+            slots: &self.layout.layers[j],
             params: self.params,
             batch: self.batch,
             input,
-            input_size: self.config.layer_input(k),
+            input_size: self.config.layer_input(j / self.config.directions()),
             threads: self.threads,
             split: self.opts.split,
             steps: steps.clone(),
@@ -419,6 +451,9 @@ impl<'a, 's, T: Float> Pass<'a, 's, T> {
 /// Every layer's forward pass and the `head` outputs, chunk by chunk (the workspace must be
 /// sized).
 fn forward_chunks<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head: Head) {
+    if p.config.bidirectional {
+        return bidi::forward(p, ws, head);
+    }
     for steps in p.chunks() {
         forward_layers(p, ws, &steps);
         if head == Head::EveryStep {
@@ -431,27 +466,15 @@ fn forward_chunks<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head: He
 }
 
 /// Every layer's forward pass over the chunk `steps` (the workspace must be sized).
-fn forward_layers<'s, T: Float>(p: &Pass<'_, 's, T>, ws: &mut Workspace<T>, steps: &Range<usize>) {
+fn forward_layers<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, steps: &Range<usize>) {
     let (config, batch) = (p.config, p.batch);
     let (b, h) = (batch.batch, config.hidden_size);
     let dropout = p.dropout();
     for k in 0..config.num_layers {
         let (below, rest) = ws.layers.split_at_mut(k);
         let input = p.layer_input(k, below.last().map(|l| &l.hs[..]), &ws.dropped);
-        let initial =
-            |given: Option<&'s [T]>, learned: Option<&Range<usize>>| match (given, learned) {
-                (Some(s), _) => InitialState::PerSequence(&s[k * b * h..(k + 1) * b * h]),
-                (None, Some(l)) => {
-                    InitialState::Broadcast(&p.params[l.start + k * h..l.start + (k + 1) * h])
-                }
-                (None, None) => InitialState::Zeros,
-            };
-        layer::forward(
-            &p.layer(k, input, steps),
-            &mut rest[0],
-            initial(batch.h0, p.layout.h0.as_ref()),
-            initial(batch.c0, p.layout.c0.as_ref()),
-        );
+        let (h0, c0) = p.initial_states(k);
+        layer::forward(&p.layer(k, input, steps), &mut rest[0], h0, c0);
         if let Some(d) = dropout.filter(|_| k + 1 < config.num_layers) {
             // The chunk's outputs, dropped for the layer above: `hs[t + 1]` is `h_t`.
             let rows = rows_of(steps.clone(), b, h);
@@ -466,22 +489,53 @@ fn forward_layers<'s, T: Float>(p: &Pass<'_, 's, T>, ws: &mut Workspace<T>, step
     }
 }
 
+/// Where the head reads the states of `rows` (`[n, D·H]`) and writes their gradient: the
+/// top layer's states and `dL/dh` buffer, or a bidirectional model's joined directions
+/// ([`bidi`]) and the gradient that it splits between them.
+fn head_io<'w, T: Float>(
+    p: &Pass<'_, '_, T>,
+    ws: &'w mut Workspace<T>,
+    rows: &HeadRows,
+) -> (&'w [T], &'w mut [T]) {
+    let (config, batch) = (p.config, p.batch);
+    let (b, h) = (batch.batch, config.hidden_size);
+    if !config.bidirectional {
+        let (hs, grad_h) = ws.layers[config.num_layers - 1].states_and_grad_h(config.cell);
+        return (
+            &hs[rows_of(rows.states(), b, h)],
+            &mut grad_h[rows_of(rows.steps.clone(), b, h)],
+        );
+    }
+    let w = config.output_width();
+    let bidi = &mut ws.bidi;
+    if rows.every_step {
+        let top = (config.num_layers - 1) * batch.seq_len * b * w;
+        (
+            &bidi.fwd_in[top..][rows_of(rows.steps.clone(), b, w)],
+            &mut bidi.d_fwd[rows_of(rows.steps.clone(), b, w)],
+        )
+    } else {
+        (&bidi.last[..b * w], &mut bidi.d_fwd[..b * w])
+    }
+}
+
 /// The head over the top layer's states `rows`: `y = H W_hyᵀ + b_y`.
 fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: HeadRows) {
     let (config, batch) = (p.config, p.batch);
-    let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
-    let top = &ws.layers[config.num_layers - 1];
+    let (b, h, o) = (batch.batch, config.output_width(), config.output_size);
     let (w_hy, b_y) = (
         &p.params[p.layout.w_hy.clone()],
         &p.params[p.layout.b_y.clone()],
     );
-    let states = &top.hs[rows_of(rows.states(), b, h)];
-    let y = &mut ws.y[rows_of(rows.outputs(), b, o)];
-    for row in y.chunks_exact_mut(o) {
+    let mut y = std::mem::take(&mut ws.y);
+    let states = head_io(p, ws, &rows).0;
+    let out = &mut y[rows_of(rows.outputs(), b, o)];
+    for row in out.chunks_exact_mut(o) {
         row.copy_from_slice(b_y);
     }
     let s = GemmShape::new(states.len() / h, o, h);
-    gemm_nt(y, Accum::Add, states, w_hy, s, p.threads.product(s));
+    gemm_nt(out, Accum::Add, states, w_hy, s, p.threads.product(s));
+    ws.y = y;
     if rows.every_step {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
         for t in rows.steps {
@@ -704,6 +758,15 @@ fn backward<T: Float>(
     let (t_len, b, h) = (batch.seq_len, batch.batch, config.hidden_size);
     let top = config.num_layers - 1;
     let cell = config.cell;
+    if config.bidirectional {
+        // Whole sequences only: checkpointed segments are refused before any pass.
+        assert!(
+            head && carry.is_none(),
+            "a bidirectional pass is never a segment"
+        );
+        bidi::backward(p, grads, ws, many_to_one);
+        return initial_state_grads(p, grads, ws);
+    }
     if !head {
         grads[layout.w_hy.clone()].fill(T::zero());
         grads[layout.b_y.clone()].fill(T::zero());
@@ -765,8 +828,15 @@ fn backward<T: Float>(
             }
         }
     }
-    // A broadcast state's gradient is the sum over the sequences that used it; a batch that
-    // brings its own state does not use it.
+    initial_state_grads(p, grads, ws);
+}
+
+/// The gradients of learned initial states from `ws.dh0` (and `ws.dc0`): a broadcast state's
+/// gradient is the sum over the sequences that used it; a batch that brings its own state
+/// does not use it.
+fn initial_state_grads<T: Float>(p: &Pass<'_, '_, T>, grads: &mut [T], ws: &Workspace<T>) {
+    let (layout, batch, h) = (p.layout, p.batch, p.config.hidden_size);
+    let layer_state = k_rows(batch.batch * h);
     for (learned, given, dstate) in [
         (&layout.h0, batch.h0.is_some(), &ws.dh0),
         (&layout.c0, batch.c0.is_some(), &ws.dc0),
@@ -793,11 +863,10 @@ fn head_backward<T: Float>(
     rows: HeadRows,
 ) {
     let (config, layout, batch) = (p.config, p.layout, p.batch);
-    let (b, h, o) = (batch.batch, config.hidden_size, config.output_size);
-    let (hs, grad_h) = ws.layers[config.num_layers - 1].states_and_grad_h(config.cell);
-    let states = &hs[rows_of(rows.states(), b, h)];
-    let g_rows = &mut grad_h[rows_of(rows.steps.clone(), b, h)];
-    let dy = &ws.dy[rows_of(rows.outputs(), b, o)];
+    let (b, h, o) = (batch.batch, config.output_width(), config.output_size);
+    let dy_all = std::mem::take(&mut ws.dy);
+    let dy = &dy_all[rows_of(rows.outputs(), b, o)];
+    let (states, g_rows) = head_io(p, ws, &rows);
     let accum = share_accum(&rows.steps, batch.seq_len);
     let w_hy = &p.params[layout.w_hy.clone()];
     let n = states.len() / h;
@@ -807,6 +876,7 @@ fn head_backward<T: Float>(
     reduce::col_sums(&mut grads[layout.b_y.clone()], accum, dy);
     let s = GemmShape::new(n, h, o);
     gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, p.threads.product(s));
+    ws.dy = dy_all;
 }
 
 /// The range of layer `k`'s block in an `[L, n]` buffer.

@@ -39,15 +39,15 @@ pub struct Tensor {
 /// The offset table of a model's parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Recurrent layers, bottom first.
+    /// Recurrent passes, bottom first (`k·D + d` for layer `k`, direction `d`).
     pub layers: Vec<LayerSlots>,
-    /// `head.weight`: `[O, H]`.
+    /// `head.weight`: `[O, D·H]`.
     pub w_hy: Range<usize>,
     /// `head.bias`: `[O]`.
     pub b_y: Range<usize>,
-    /// `rnn.h0`: `[L, H]`, the learned initial state (when the config asks for one).
+    /// `rnn.h0`: `[L·D, H]`, the learned initial state (when the config asks for one).
     pub h0: Option<Range<usize>>,
-    /// `rnn.c0`: `[L, H]`, the learned initial cell state of a learned-state LSTM.
+    /// `rnn.c0`: `[L·D, H]`, the learned initial cell state of a learned-state LSTM.
     pub c0: Option<Range<usize>>,
     /// Every tensor in state-dict order.
     pub tensors: Vec<Tensor>,
@@ -72,28 +72,36 @@ impl Layout {
             });
             range
         };
-        let layers = (0..config.num_layers)
-            .map(|k| LayerSlots {
-                w_ih: push(
-                    format!("rnn.weight_ih_l{k}"),
-                    vec![gh, config.layer_input(k)],
-                ),
-                w_hh: push(format!("rnn.weight_hh_l{k}"), vec![gh, h]),
-                b_ih: config
-                    .bias
-                    .then(|| push(format!("rnn.bias_ih_l{k}"), vec![gh])),
-                b_hh: config
-                    .bias
-                    .then(|| push(format!("rnn.bias_hh_l{k}"), vec![gh])),
+        // Pass `j = k·D + d`: layer k, direction d, with PyTorch's `_reverse` suffix.
+        let layers = (0..config.passes())
+            .map(|j| {
+                let (k, d) = (j / config.directions(), j % config.directions());
+                let sfx = if d == 1 { "_reverse" } else { "" };
+                LayerSlots {
+                    w_ih: push(
+                        format!("rnn.weight_ih_l{k}{sfx}"),
+                        vec![gh, config.layer_input(k)],
+                    ),
+                    w_hh: push(format!("rnn.weight_hh_l{k}{sfx}"), vec![gh, h]),
+                    b_ih: config
+                        .bias
+                        .then(|| push(format!("rnn.bias_ih_l{k}{sfx}"), vec![gh])),
+                    b_hh: config
+                        .bias
+                        .then(|| push(format!("rnn.bias_hh_l{k}{sfx}"), vec![gh])),
+                }
             })
             .collect();
-        let w_hy = push("head.weight".into(), vec![config.output_size, h]);
+        let w_hy = push(
+            "head.weight".into(),
+            vec![config.output_size, config.output_width()],
+        );
         let b_y = push("head.bias".into(), vec![config.output_size]);
         let h0 = config
             .learn_h0
-            .then(|| push("rnn.h0".into(), vec![config.num_layers, h]));
+            .then(|| push("rnn.h0".into(), vec![config.passes(), h]));
         let c0 = (config.learn_h0 && config.cell.has_cell_state())
-            .then(|| push("rnn.c0".into(), vec![config.num_layers, h]));
+            .then(|| push("rnn.c0".into(), vec![config.passes(), h]));
         Self {
             layers,
             w_hy,

@@ -44,9 +44,17 @@ impl<'a, T: Float> Predictor<'a, T> {
     ///
     /// # Errors
     /// An invalid `config`, `batch = 0`, `params` of the wrong length or with a NaN or
-    /// infinity ([`RnnError::NonFiniteInput`]).
+    /// infinity ([`RnnError::NonFiniteInput`]); [`RnnError::Config`] for a bidirectional
+    /// model, whose outputs need whole sequences (run [`crate::network::forward`] on them).
     pub fn new(config: RnnConfig, params: &'a [T], batch: usize) -> Result<Self> {
         let layout = Layout::of_params(&config, params)?;
+        if config.bidirectional {
+            return Err(RnnError::Config(
+                "a bidirectional model's outputs need whole sequences: it cannot run a step \
+                 at a time (run rnn_core::network::forward on whole sequences)"
+                    .into(),
+            ));
+        }
         if batch == 0 {
             return Err(RnnError::Empty {
                 what: "batch size B",

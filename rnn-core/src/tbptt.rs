@@ -60,13 +60,21 @@ impl<T: Float> Tbptt<T> {
     /// zero state.
     ///
     /// # Errors
-    /// [`RnnError::Config`] if `k1 = 0`, `k2 < k1`, `batch = 0`, or the trainer's loss is
-    /// many-to-one (a stream has no last step).
+    /// [`RnnError::Config`] if `k1 = 0`, `k2 < k1`, `batch = 0`, the trainer's loss is
+    /// many-to-one (a stream has no last step), or the model is bidirectional (a stream has
+    /// no end for its reverse direction to start from).
     pub fn new(trainer: Trainer<T>, k1: usize, k2: usize, batch: usize) -> Result<Self> {
         if k1 == 0 || k2 < k1 || batch == 0 {
             return Err(RnnError::Config(format!(
                 "TBPTT needs 1 <= k1 <= k2 and B >= 1, got k1 = {k1}, k2 = {k2}, B = {batch}"
             )));
+        }
+        if trainer.config.bidirectional {
+            return Err(RnnError::Config(
+                "TBPTT carries state forward through a stream: a bidirectional model's reverse \
+                 direction has no end to start from"
+                    .into(),
+            ));
         }
         if trainer.loss.many_to_one {
             return Err(RnnError::Config(

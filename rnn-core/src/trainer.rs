@@ -18,7 +18,9 @@ use crate::params::{Layout, init_params};
 use crate::schedule::LrSchedule;
 use crate::workspace::Workspace;
 
-/// How much of the forward pass a training step keeps for its backward pass.
+/// How much of the forward pass a training step keeps for its backward pass. A
+/// bidirectional model keeps everything: its steps run as whole sequences, and a step with a
+/// segment shorter than the batch is refused ([`crate::RnnError::Config`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Memory {
     /// Every step's activations: the fastest, memory grows with `T`.
@@ -407,9 +409,10 @@ impl<T: Float> Trainer<T> {
         self
     }
 
-    /// `[L, T]`: the norm of `dL/dh_t` for every layer and step of the last step's batch
-    /// (the gradient reaching each hidden state: vanishing or exploding gradients show as a
-    /// decay or growth towards `t = 0`); empty without telemetry. The pre-clip global norm is
+    /// `[L·D, T]`: the norm of `dL/dh_t` for every layer (and direction) and step of the last
+    /// step's batch (the gradient reaching each hidden state: vanishing or exploding
+    /// gradients show as a decay or growth towards `t = 0`); empty without telemetry. A
+    /// reverse direction's row is in its own step order, from each sequence's last step. The pre-clip global norm is
     /// in [`StepReport::grad_norm`].
     pub fn grad_h_norms(&self) -> &[T] {
         if self.telemetry {

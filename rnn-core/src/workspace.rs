@@ -112,9 +112,9 @@ pub struct Workspace<T> {
     pub dy: AlignedVec<T>,
     /// `[T, B, I]`: `dL/dx`, allocated and filled only when asked for.
     pub dx: AlignedVec<T>,
-    /// `[L, B, H]`: `dL/dh0`.
+    /// `[L·D, B, H]`: `dL/dh0`.
     pub dh0: AlignedVec<T>,
-    /// `[L, B, H]`: `dL/dc0` (LSTM; empty otherwise).
+    /// `[L·D, B, H]`: `dL/dc0` (LSTM; empty otherwise).
     pub dc0: AlignedVec<T>,
     /// `[L-1, T, B, H]`: with dropout, the dropped outputs of every layer but the top, which
     /// the layer above reads (its `hs` stay as they are for its own backward pass).
@@ -124,9 +124,69 @@ pub struct Workspace<T> {
     /// `[O]`: a weighted cross-entropy's class weights in the pass's float type (empty when
     /// the loss is unweighted).
     pub class_weights: Vec<T>,
+    /// A bidirectional model's layer inputs and their gradients (empty otherwise).
+    pub bidi: BidiBuffers<T>,
     /// Checkpointed BPTT's saved states and carries (empty unless it is used).
     pub checkpoints: crate::network::Checkpoints<T>,
     shape: Option<(RnnConfig, usize, usize, bool, UnitSplit, bool)>,
+}
+
+/// What a bidirectional model adds: each layer's input in time order (the layer below's two
+/// directions side by side, dropped in training) and in each sequence's reverse order, for
+/// the reverse pass, and their gradients. Every buffer is time-major, `2H` wide unless said.
+#[derive(Clone, Debug, Default)]
+pub struct BidiBuffers<T> {
+    /// `[T, B, I]`: `x` with each sequence's steps reversed (its padding stays in place).
+    pub rev_x: AlignedVec<T>,
+    /// `[L, T, B, 2H]`: block `k - 1` is layer `k`'s input; block `L - 1` the head's.
+    pub fwd_in: AlignedVec<T>,
+    /// `[L - 1, T, B, 2H]`: block `k - 1` is layer `k`'s input, each sequence reversed.
+    pub rev_in: AlignedVec<T>,
+    /// `[B, 2H]`: a many-to-one head's input, both directions' final states.
+    pub last: AlignedVec<T>,
+    /// `[T, B, 2H]`: `dL/d` the layer's input from its forward pass (or from the head).
+    pub d_fwd: AlignedVec<T>,
+    /// `[T, B, max(I, 2H)]`: `dL/d` the reversed input, from the reverse pass.
+    pub d_rev: AlignedVec<T>,
+}
+
+impl<T: Float> BidiBuffers<T> {
+    /// Element counts: rev_x, fwd_in, rev_in, last, d_fwd, d_rev (all 0 unless `config` is
+    /// bidirectional).
+    fn sizes(config: &RnnConfig, seq_len: usize, batch: usize, many_to_one: bool) -> [usize; 6] {
+        if !config.bidirectional {
+            return [0; 6];
+        }
+        let (rows, i, l) = (seq_len * batch, config.input_size, config.num_layers);
+        let w = config.output_width();
+        [
+            rows * i,
+            l * rows * w,
+            (l - 1) * rows * w,
+            if many_to_one { batch * w } else { 0 },
+            rows * w,
+            rows * i.max(w),
+        ]
+    }
+
+    fn resize(&mut self, sizes: [usize; 6]) {
+        let [rev_x, fwd_in, rev_in, last, d_fwd, d_rev] = sizes;
+        self.rev_x.resize(rev_x);
+        self.fwd_in.resize(fwd_in);
+        self.rev_in.resize(rev_in);
+        self.last.resize(last);
+        self.d_fwd.resize(d_fwd);
+        self.d_rev.resize(d_rev);
+    }
+
+    fn len(&self) -> usize {
+        self.rev_x.len()
+            + self.fwd_in.len()
+            + self.rev_in.len()
+            + self.last.len()
+            + self.d_fwd.len()
+            + self.d_rev.len()
+    }
 }
 
 /// Element counts of every buffer for one shape: the one place they are decided.
@@ -155,7 +215,7 @@ impl Sizes {
         let only = |yes: bool, n: usize| if yes { n } else { 0 };
         let states = (seq_len + 1) * batch * h;
         let y_rows = if many_to_one { batch } else { rows };
-        let per_layer_state = config.num_layers * batch * h;
+        let per_layer_state = config.passes() * batch * h;
         Self {
             layer: [
                 states,
@@ -173,7 +233,11 @@ impl Sizes {
                 y_rows * o,
                 per_layer_state,
                 only(cell == Cell::Lstm, per_layer_state),
-                only(dropout, (config.num_layers - 1) * rows * h),
+                // A bidirectional model drops into its own layer inputs.
+                only(
+                    dropout && !config.bidirectional,
+                    (config.num_layers - 1) * rows * h,
+                ),
             ],
         }
     }
@@ -204,7 +268,7 @@ impl<T: Float> Workspace<T> {
         let sizes = Sizes::of(config, seq_len, batch, many_to_one, split, dropout);
         let (h, gates) = (config.hidden_size, config.cell.gates());
         self.layers
-            .resize_with(config.num_layers, LayerBuffers::default);
+            .resize_with(config.passes(), LayerBuffers::default);
         for l in &mut self.layers {
             let [hs, z, zh, cs, dh, dc, w_hh_t, bias, _] = sizes.layer;
             l.hs.resize(hs);
@@ -232,6 +296,7 @@ impl<T: Float> Workspace<T> {
         self.dh0.resize(dh0);
         self.dc0.resize(dc0);
         self.dropped.resize(dropped);
+        (self.bidi).resize(BidiBuffers::<T>::sizes(config, seq_len, batch, many_to_one));
         self.shape = Some(key);
     }
 
@@ -247,7 +312,11 @@ impl<T: Float> Workspace<T> {
     ) -> usize {
         let s = Sizes::of(config, seq_len, batch, many_to_one, split, dropout);
         let [y, dh0, dc0, dropped] = s.shared;
-        (config.num_layers * s.layer.iter().sum::<usize>() + 2 * y + dh0 + dc0 + dropped) * T::BYTES
+        let bidi: usize = BidiBuffers::<T>::sizes(config, seq_len, batch, many_to_one)
+            .iter()
+            .sum();
+        (config.passes() * s.layer.iter().sum::<usize>() + 2 * y + dh0 + dc0 + dropped + bidi)
+            * T::BYTES
     }
 
     /// Bytes held by all buffers.
@@ -272,7 +341,8 @@ impl<T: Float> Workspace<T> {
             + self.dx.len()
             + self.dh0.len()
             + self.dc0.len()
-            + self.dropped.len();
+            + self.dropped.len()
+            + self.bidi.len();
         (per_layer + rest) * T::BYTES + self.checkpoints.bytes()
     }
 }

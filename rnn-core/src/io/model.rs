@@ -18,8 +18,8 @@ use crate::params::Layout;
 ///
 /// Like PyTorch's strict `load_state_dict`, a file whose `rnn.*` or `head.*` tensors include
 /// one the layout has no place for is refused: dropping it would give a model that computes
-/// something else than the file's (a bidirectional model's reverse direction, an LSTM's
-/// projection, a layer beyond the metadata's count). Tensors of other names (inputs, the
+/// something else than the file's (reverse-direction tensors without the first layer's, an
+/// LSTM's projection, a layer beyond the metadata's count). Tensors of other names (inputs, the
 /// optimizer state, a program's extras) are not the model's and are left alone.
 ///
 /// # Errors
@@ -70,7 +70,8 @@ fn reject_stray_tensors(st: &SafeTensors<'_>, layout: &Layout) -> Result<()> {
     }
     stray.sort();
     let kind = if stray.iter().any(|n| n.ends_with("_reverse")) {
-        ": a bidirectional model's reverse direction (bidirectional layers are not supported)"
+        ": reverse-direction tensors without rnn.weight_ih_l0_reverse (a bidirectional model \
+         has both directions in every layer)"
     } else if stray.iter().any(|n| n.starts_with("rnn.weight_hr_l")) {
         ": an LSTM's projection (proj_size is not supported)"
     } else if stray.iter().any(|n| n.starts_with("rnn.bias_")) {
@@ -99,7 +100,8 @@ pub fn param_tensors<T: Float>(layout: &Layout, params: &[T]) -> Vec<(String, Ow
 }
 
 /// The metadata describing `config` (`cell`, `layers`, `nonlinearity`, sizes, `learn_h0`,
-/// `bias`; the last two for readers, since loading reads them from the tensors present).
+/// `bias`, `bidirectional`; the last three for readers, since loading reads them from the
+/// tensors present).
 pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     HashMap::from([
         ("cell".into(), config.cell.as_str().into()),
@@ -110,6 +112,7 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
         ("output_size".into(), config.output_size.to_string()),
         ("learn_h0".into(), config.learn_h0.to_string()),
         ("bias".into(), config.bias.to_string()),
+        ("bidirectional".into(), config.bidirectional.to_string()),
     ])
 }
 
@@ -117,8 +120,9 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
 /// present, otherwise from the tensors (PyTorch's own files carry no metadata): the cell from
 /// the gate rows of `rnn.weight_hh_l0` (`[G·H, H]`: 1, 4 or 3 gates), the layer count from the
 /// `rnn.weight_ih_l{k}` present, the sizes from the shapes; nonlinearity defaults to tanh.
-/// A learned initial state and the recurrent biases are there when their tensors are
-/// (`rnn.h0`, `rnn.bias_ih_l0`: PyTorch's `bias=False` saves none).
+/// A learned initial state, the recurrent biases and the reverse direction are there when
+/// their tensors are (`rnn.h0`, `rnn.bias_ih_l0`: PyTorch's `bias=False` saves none;
+/// `rnn.weight_ih_l0_reverse`: PyTorch's `bidirectional=True`).
 ///
 /// # Errors
 /// [`RnnError::Format`] if the metadata or the first layer's tensors are missing or bad, or
@@ -186,6 +190,7 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
         nonlinearity,
         learn_h0: st.tensor("rnn.h0").is_ok(),
         bias: st.tensor("rnn.bias_ih_l0").is_ok(),
+        bidirectional: st.tensor("rnn.weight_ih_l0_reverse").is_ok(),
     };
     config.validate().map_err(bad)?;
     Ok(config)

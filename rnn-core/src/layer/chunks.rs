@@ -23,7 +23,9 @@ use faer::Accum;
 /// How many steps a pass runs at a time (see the module docs of `network`).
 ///
 /// The weight gradients are summed chunk by chunk, so results depend on the chunk length
-/// (within rounding), never on the thread count. `Auto` picks the length from the shape.
+/// (within rounding), never on the thread count. `Auto` picks the length from the shape. A
+/// bidirectional model runs whole sequences whatever this says: its reverse direction
+/// starts at the last step.
 ///
 /// ```
 /// use std::num::NonZeroUsize;

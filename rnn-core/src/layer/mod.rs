@@ -80,7 +80,9 @@ pub(crate) fn pass_uses_threads(
             parallel += s.flops();
         }
     };
-    for k in 0..config.num_layers {
+    // Every pass: each layer's, in each direction.
+    for j in 0..config.passes() {
+        let k = j / config.directions();
         let i = config.layer_input(k);
         product(GemmShape::new(rows, gh, i), true); // input projection
         product(GemmShape::new(rows, gh, h), false); // the steps' products, forward

@@ -425,6 +425,15 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
             ..Size::LARGE
         };
         identical_at_one_and_two_threads(cell, UnitSplit::Halves, clamped_in_given_pool);
+        // Both directions, ragged (each reverse pass starts at its sequence's own end), with
+        // dropout between the layers.
+        let bidirectional = Size {
+            bidirectional: true,
+            ragged: true,
+            dropout: 0.2,
+            ..Size::LARGE
+        };
+        identical_at_one_and_two_threads(cell, UnitSplit::Halves, bidirectional);
     }
 }
 
@@ -488,6 +497,8 @@ struct Size {
     /// The trainer is given its pool ([`Trainer::with_thread_pool`]) rather than being run
     /// inside one with a thread count.
     given_pool: bool,
+    /// Both directions in each layer.
+    bidirectional: bool,
 }
 
 impl Size {
@@ -504,6 +515,7 @@ impl Size {
         bias: true,
         clip: Clip::Norm(1.0),
         given_pool: false,
+        bidirectional: false,
     };
 }
 
@@ -517,10 +529,13 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
             .unwrap()
     };
     let run = |threads: usize| {
-        let cfg = RnnConfig::new(16, size.hidden, 10)
-            .layers(2)
-            .cell(cell)
-            .bias(size.bias);
+        let cfg = RnnConfig {
+            bidirectional: size.bidirectional,
+            ..RnnConfig::new(16, size.hidden, 10)
+                .layers(2)
+                .cell(cell)
+                .bias(size.bias)
+        };
         // With ragged lengths the loss reads the final states, which finished sequences
         // carried unchanged from their last steps: a wrong carry changes the weights.
         let loss = match size.ragged {
@@ -561,7 +576,7 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let more = pool(size.threads).install(|| run(size.threads));
     assert!(
         one == more,
-        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}, bias {}, {:?}, given pool {}: weights differ between 1 and {} threads",
+        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}, bias {}, {:?}, given pool {}, bidirectional {}: weights differ between 1 and {} threads",
         size.hidden,
         size.memory,
         size.ragged,
@@ -569,6 +584,7 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
         size.bias,
         size.clip,
         size.given_pool,
+        size.bidirectional,
         size.threads
     );
 }
@@ -1201,4 +1217,72 @@ fn flush_denormals_is_scoped_to_the_step() {
         black_box(f32::MIN_POSITIVE) * black_box(0.5f32) > 0.0,
         "mode restored"
     );
+}
+
+/// A bidirectional model trains on whole sequences, reports telemetry for every pass, saves
+/// and loads as one, and whatever needs a stream or segments of it refuses it clearly.
+#[test]
+fn bidirectional_models_train_whole_sequences_and_refuse_streams() {
+    let cfg = RnnConfig::gru(3, 8, 4).layers(2).bidirectional();
+    let new = || {
+        let loss = LossSpec::every_step(LossKind::CrossEntropy);
+        Trainer::<f32>::new(cfg, loss, OptimizerKind::adam(1e-2), 5).unwrap()
+    };
+    let (t, b) = (6, 2);
+    let (x, y) = data(t, b);
+    let batch = Batch::new(t, b, &x, Target::Classes(&y));
+    let mut tr = new().with_telemetry();
+    let first = tr.step(&batch).unwrap().loss;
+    for _ in 0..20 {
+        tr.step(&batch).unwrap();
+    }
+    assert!(tr.step(&batch).unwrap().loss < first);
+    // [L·D, T]: both layers, both directions.
+    assert_eq!(tr.grad_h_norms().len(), 4 * t);
+    assert!(tr.grad_h_norms().iter().all(|n| *n > 0.0));
+
+    // The initial state is [L·D, B, H].
+    let h0 = vec![0.0f32; 2 * b * 8];
+    let e = tr
+        .step(&Batch {
+            h0: Some(&h0),
+            ..batch
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, expected, .. }
+            if what == "h0" && expected.contains("L·D=4")),
+        "{e}"
+    );
+
+    // Saved and loaded as a bidirectional model, by PyTorch's names.
+    let dir = scratch_dir("bidi");
+    let path = dir.join("model.safetensors");
+    io::save_weights(&path, &tr.config, &tr.params).unwrap();
+    let (loaded, params) = io::load_weights::<f32>(&path).unwrap();
+    assert_eq!(loaded, cfg);
+    assert_eq!(&params[..], &tr.params[..]);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Streams and segments need the state to move forward only.
+    let e = Tbptt::new(new(), 4, 4, b).err().unwrap();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("bidirectional")),
+        "{e}"
+    );
+    let e = rnn_core::predict::Predictor::new(cfg, &tr.params, b)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("whole sequences")),
+        "{e}"
+    );
+    let mut segmented = new().with_memory(Memory::Checkpointed { segment: 2 });
+    let before = segmented.params.clone();
+    let e = segmented.step(&batch).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("bidirectional") && m.contains("2 steps")),
+        "{e}"
+    );
+    assert_eq!(segmented.params, before);
 }

@@ -43,11 +43,11 @@ impl Data {
                 .map(|_| rng.random_range(0..cfg.output_size))
                 .collect(),
             lengths,
-            h0: (0..cfg.num_layers * b * cfg.hidden_size)
+            h0: (0..cfg.passes() * b * cfg.hidden_size)
                 .map(|_| rng.random_range(-0.5..0.5))
                 .collect(),
             c0: if cfg.cell == Cell::Lstm {
-                (0..cfg.num_layers * b * cfg.hidden_size)
+                (0..cfg.passes() * b * cfg.hidden_size)
                     .map(|_| rng.random_range(-1.0..1.0))
                     .collect()
             } else {

@@ -324,14 +324,27 @@ fn with_a_reverse_direction(name: &str) -> Vec<u8> {
 /// than the file's.
 #[test]
 fn model_tensors_without_a_place_are_refused() {
-    // A bidirectional LSTM's reverse direction, by PyTorch's names.
-    let bidirectional = with_a_reverse_direction("lstm_mse");
-    for e in [load_error(&bidirectional), dump_error(&bidirectional)] {
+    // Reverse-direction tensors, by PyTorch's names, but not the first layer's input
+    // weights that make a model bidirectional.
+    let partly = edited("lstm_mse", |t, _| {
+        let copies: Vec<_> = t
+            .iter()
+            .filter(|(n, _)| n.starts_with("rnn.") && n.ends_with("_l0"))
+            .filter(|(n, _)| n != "rnn.weight_ih_l0")
+            .map(|(n, v)| (format!("{n}_reverse"), v.clone()))
+            .collect();
+        t.extend(copies);
+    });
+    for e in [load_error(&partly), dump_error(&partly)] {
         assert!(
-            e.contains("rnn.weight_ih_l0_reverse") && e.contains("bidirectional"),
+            e.contains("rnn.weight_hh_l0_reverse") && e.contains("bidirectional"),
             "{e}"
         );
     }
+    // Every reverse tensor, but a head that reads one direction: named with its shape.
+    let one_sided_head = with_a_reverse_direction("lstm_mse");
+    let e = load_error(&one_sided_head);
+    assert!(e.contains("head.weight") && e.contains("[3, 12]"), "{e}");
     // An LSTM's projection (`proj_size`).
     let projected = edited("lstm_mse", |t, _| {
         t.push(("rnn.weight_hr_l0".into(), copy_of(t, "rnn.weight_hh_l0")));
@@ -499,6 +512,28 @@ fn gru_ce_class_weights_many_to_one() {
 #[test]
 fn rnn_ce_class_weights_sum_f32() {
     check("rnn_ce_weights_sum_f32", 2e-5);
+}
+
+/// `bidirectional=True`: packed lengths (each sequence's reverse direction starts at its own
+/// end), many-to-one from both final states (`h_n[-2]`, `h_n[-1]`), ReLU in f32, no biases.
+#[test]
+fn lstm_bidirectional_ce_two_layers_packed_lengths() {
+    check("lstm_bidi_ce_2layers_lengths", 1e-12);
+}
+
+#[test]
+fn gru_bidirectional_many_to_one_packed_lengths() {
+    check("gru_bidi_many_to_one_lengths", 1e-12);
+}
+
+#[test]
+fn rnn_bidirectional_relu_sum_f32() {
+    check("rnn_bidi_relu_sum_f32", 2e-5);
+}
+
+#[test]
+fn lstm_bidirectional_without_biases() {
+    check("lstm_bidi_nobias_mse", 1e-12);
 }
 
 fn dump_error(bytes: &[u8]) -> String {

@@ -40,6 +40,8 @@ struct Case {
     ignore_every: usize,
     /// Cross-entropy's class weights.
     class_weights: Option<ClassWeights>,
+    /// Both directions in every layer.
+    bidirectional: bool,
 }
 
 fn spec(c: &Case) -> LossSpec {
@@ -52,10 +54,15 @@ fn spec(c: &Case) -> LossSpec {
 }
 
 fn cfg(c: &Case) -> RnnConfig {
-    RnnConfig::new(c.i, c.h, c.o)
+    let cfg = RnnConfig::new(c.i, c.h, c.o)
         .cell(c.cell)
         .layers(c.layers)
-        .bias(c.bias)
+        .bias(c.bias);
+    RnnConfig {
+        learn_h0: c.learn_h0,
+        bidirectional: c.bidirectional,
+        ..cfg
+    }
 }
 
 fn data(c: &Case, rng: &mut StdRng) -> Data {
@@ -213,6 +220,7 @@ fn base() -> Case {
         bias: true,
         ignore_every: 0,
         class_weights: None,
+        bidirectional: false,
     }
 }
 
@@ -424,6 +432,68 @@ fn class_weights_match_finite_differences() {
         loss_of(&case, &cfg, &params, &d),
         loss_of(&unweighted, &cfg, &params, &d)
     );
+}
+
+/// Bidirectional layers (PyTorch's `bidirectional=True`): every cell, one and two layers,
+/// both placements, lengths (each sequence reversed within its own length), both reductions
+/// and losses, given and learned initial states, dropout between layers, odd sizes.
+#[test]
+fn bidirectional_layers_match_finite_differences() {
+    let mut seed = 1300;
+    for cell in CELLS {
+        for layers in [1, 2] {
+            for (many_to_one, lengths, reduction) in PLACEMENTS {
+                seed += 1;
+                let case = Case {
+                    cell,
+                    layers,
+                    kind: alternate_loss(seed),
+                    many_to_one,
+                    lengths,
+                    reduction,
+                    bidirectional: true,
+                    ..base()
+                };
+                check(&case, seed);
+            }
+        }
+        seed += 1;
+        let learned = Case {
+            cell,
+            layers: 2,
+            t: 5,
+            b: 1,
+            h: 7,
+            lengths: false,
+            learn_h0: true,
+            h0: false,
+            bidirectional: true,
+            ..base()
+        };
+        check(&learned, seed);
+        seed += 1;
+        let dropped = Case {
+            cell,
+            layers: 3,
+            kind: LossKind::CrossEntropy,
+            lengths: true,
+            dropout: Some(Dropout::new(0.4, 7).unwrap()),
+            bidirectional: true,
+            ..base()
+        };
+        check(&dropped, seed);
+        seed += 1;
+        let one_step = Case {
+            cell,
+            t: 1,
+            b: 2,
+            layers: 2,
+            kind: LossKind::CrossEntropy,
+            bidirectional: true,
+            ..base()
+        };
+        check(&one_step, seed);
+    }
 }
 
 /// LSTM and GRU: both losses, both placements, lengths, both reductions.
@@ -738,22 +808,26 @@ fn zero_h0_gradient_equals_explicit_zero_state() {
 #[test]
 fn f32_agrees_with_f64() {
     let weights = ClassWeights::new(&[0.5, 2.0, 1.0, 0.0, 3.0]).unwrap();
-    for (cell, b, kind, class_weights) in CELLS.into_iter().flat_map(|cell| {
+    for (cell, b, kind, class_weights, bidirectional) in CELLS.into_iter().flat_map(|cell| {
+        let weighted = Some(weights.clone());
         [
-            (cell, 1, LossKind::Mse, None),
-            (cell, 4, LossKind::CrossEntropy, None),
-            (cell, 16, LossKind::Mse, None),
-            (cell, 3, LossKind::L1, None),
-            (cell, 8, LossKind::huber(0.5).unwrap(), None),
-            (cell, 7, LossKind::smooth_l1(0.3).unwrap(), None),
-            (cell, 4, LossKind::cross_entropy(0.1).unwrap(), None),
-            (cell, 6, LossKind::CrossEntropy, Some(weights.clone())),
+            (cell, 1, LossKind::Mse, None, false),
+            (cell, 4, LossKind::CrossEntropy, None, false),
+            (cell, 16, LossKind::Mse, None, false),
+            (cell, 3, LossKind::L1, None, false),
+            (cell, 8, LossKind::huber(0.5).unwrap(), None, false),
+            (cell, 7, LossKind::smooth_l1(0.3).unwrap(), None, false),
+            (cell, 4, LossKind::cross_entropy(0.1).unwrap(), None, false),
+            (cell, 6, LossKind::CrossEntropy, weighted.clone(), false),
             (
                 cell,
                 5,
                 LossKind::cross_entropy(0.2).unwrap(),
-                Some(weights.clone()),
+                weighted,
+                false,
             ),
+            (cell, 5, LossKind::CrossEntropy, None, true),
+            (cell, 1, LossKind::Mse, None, true),
         ]
     }) {
         let c = Case {
@@ -767,6 +841,7 @@ fn f32_agrees_with_f64() {
             lengths: b > 1,
             layers: 2,
             class_weights,
+            bidirectional,
             ..base()
         };
         let cfg = cfg(&c);
