@@ -20,8 +20,11 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "fixtur
 
 
 class Model(nn.Module):
-    def __init__(self, i, h, o, layers, nonlinearity, cell="rnn", bias=True, bidirectional=False):
+    def __init__(self, i, h, o, layers, nonlinearity, cell="rnn", bias=True, bidirectional=False,
+                 vocab=None):
         super().__init__()
+        if vocab is not None:
+            self.embedding = nn.Embedding(vocab, i)
         if cell == "rnn":
             self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
                               bidirectional=bidirectional)
@@ -96,7 +99,7 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
          dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None,
-         smooth_l1_beta=None, bidirectional=False):
+         smooth_l1_beta=None, bidirectional=False, vocab=None):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
@@ -106,11 +109,17 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     `class_weights` [O] (None: unweighted, not written). `smooth_l1_beta`: SmoothL1Loss's
     beta, written as metadata (None: PyTorch's default, 1.0, not written). `bidirectional`:
     both directions in every layer; many-to-one reads both final states side by side
-    (h_n[-2] and h_n[-1]), h0 / h_last are [2L, B, H]."""
+    (h_n[-2] and h_n[-1]), h0 / h_last are [2L, B, H]. `vocab`: token input through
+    nn.Embedding(vocab, I); x is int64 ids [T, B] and has no gradient."""
     torch.manual_seed(seed)
     weight = None if class_weights is None else torch.tensor(class_weights, dtype=dtype)
-    m = Model(I, H, O, layers, nonlinearity, cell, bias, bidirectional).to(dtype)
-    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    m = Model(I, H, O, layers, nonlinearity, cell, bias, bidirectional, vocab).to(dtype)
+    if vocab is None:
+        tokens = None
+        x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    else:
+        tokens = torch.randint(0, vocab, (T, B))
+        x = m.embedding(tokens)
     D = 2 if bidirectional else 1
     h0 = (0.5 * torch.randn(D * layers, B, H, dtype=dtype)).requires_grad_(True)
     c0 = (torch.randn(D * layers, B, H, dtype=dtype)).requires_grad_(True) if cell == "lstm" else None
@@ -170,7 +179,7 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     value.backward()
 
     inputs = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
-    inputs["x"] = x.detach().clone()
+    inputs["x"] = x.detach().clone() if tokens is None else tokens.clone()
     inputs["h0"] = h0.detach().clone()
     inputs["target"] = stored_target.detach().clone().contiguous()
     if lengths is not None:
@@ -192,7 +201,9 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     save_file(inputs, os.path.join(OUT, f"{name}.in.safetensors"), metadata=meta)
 
     expected = {"out.loss": value.detach().reshape(1), "out.y": y.detach().contiguous(),
-                "out.h_last": hn.detach().contiguous(), "grad.x": x.grad, "grad.h0": h0.grad}
+                "out.h_last": hn.detach().contiguous(), "grad.h0": h0.grad}
+    if tokens is None:
+        expected["grad.x"] = x.grad
     if cell == "lstm":
         expected["out.c_last"] = cn.detach().contiguous()
         expected["grad.c0"] = c0.grad
@@ -307,6 +318,12 @@ if __name__ == "__main__":
          reduction="sum", dtype=torch.float32, bidirectional=True, seed=102)
     case("lstm_bidi_nobias_mse", 5, 3, 2, 4, 2, cell="lstm", bias=False, bidirectional=True,
          seed=103)
+    # Token input through nn.Embedding: packed lengths with a stacked bidirectional LSTM,
+    # a GRU language model in f32 (a vocabulary of 6, so tokens repeat).
+    case("lstm_embedding_bidi_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 3],
+         cell="lstm", bidirectional=True, vocab=7, seed=104)
+    case("gru_embedding_ce_f32", 12, 8, 7, 33, 6, loss="ce", dtype=torch.float32, cell="gru",
+         vocab=6, seed=105)
     # Cross-entropy's weight per class (one of them 0), alone and with label smoothing.
     case("lstm_ce_weights_smoothing_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce",
          lengths=[6, 2, 4, 3], cell="lstm", ignore=0.2, label_smoothing=0.15,

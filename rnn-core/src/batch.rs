@@ -51,8 +51,11 @@ pub struct Batch<'a, T> {
     pub seq_len: usize,
     /// `B`, sequences.
     pub batch: usize,
-    /// `[T, B, I]` inputs.
+    /// `[T, B, I]` inputs (empty with `tokens`).
     pub x: &'a [T],
+    /// `[T, B]` token ids, the input of a model with an embedding
+    /// ([`RnnConfig::embedding`](method@RnnConfig::embedding)) instead of `x`.
+    pub tokens: Option<&'a [usize]>,
     /// The targets.
     pub target: Target<'a, T>,
     /// Optional per-sequence lengths in `1..=T` (PyTorch's packed-sequence semantics):
@@ -76,11 +79,37 @@ impl<'a, T: Float> Batch<'a, T> {
             seq_len,
             batch,
             x,
+            tokens: None,
             target,
             lengths: None,
             h0: None,
             c0: None,
             score_from: 0,
+        }
+    }
+
+    /// A batch of token ids `[T, B]` for a model with an embedding, with no lengths and a zero
+    /// initial state.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::gru(8, 16, 5).embedding(5); // next-token prediction over 5 tokens
+    /// let mut tr = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::CrossEntropy), OptimizerKind::adam(1e-2), 0)?;
+    /// let (tokens, next) = ([0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 1]); // T = 3, B = 2
+    /// let first = tr.step(&Batch::of_tokens(3, 2, &tokens, Target::Classes(&next)))?.loss;
+    /// for _ in 0..30 { tr.step(&Batch::of_tokens(3, 2, &tokens, Target::Classes(&next)))?; }
+    /// assert!(tr.evaluate(&Batch::of_tokens(3, 2, &tokens, Target::Classes(&next)))? < first);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn of_tokens(
+        seq_len: usize,
+        batch: usize,
+        tokens: &'a [usize],
+        target: Target<'a, T>,
+    ) -> Self {
+        Self {
+            tokens: Some(tokens),
+            ..Self::new(seq_len, batch, &[], target)
         }
     }
 
@@ -137,14 +166,47 @@ impl<'a, T: Float> Batch<'a, T> {
             });
         }
         let (i, h, l) = (config.input_size, config.hidden_size, config.passes());
-        if self.x.len() != t * b * i {
-            return Err(shape(
-                "x",
-                format!("[T={t}, B={b}, I={i}] = {}", t * b * i),
-                self.x.len(),
-            ));
+        match (config.num_embeddings, self.tokens) {
+            (None, None) => {
+                if self.x.len() != t * b * i {
+                    return Err(shape(
+                        "x",
+                        format!("[T={t}, B={b}, I={i}] = {}", t * b * i),
+                        self.x.len(),
+                    ));
+                }
+                finite("x", self.x)?;
+            }
+            (Some(v), Some(tokens)) => {
+                if tokens.len() != t * b {
+                    return Err(shape("tokens", format!("[T={t}, B={b}]"), tokens.len()));
+                }
+                if !self.x.is_empty() {
+                    return Err(RnnError::Config(
+                        "a batch of tokens takes no x: the embedding gives the inputs".into(),
+                    ));
+                }
+                if let Some(p) = tokens.iter().position(|&token| token >= v) {
+                    return Err(RnnError::TokenOutOfRange {
+                        t: p / b,
+                        b: p % b,
+                        token: tokens[p],
+                        num_embeddings: v,
+                    });
+                }
+            }
+            (Some(v), None) => {
+                return Err(RnnError::Config(format!(
+                    "the model reads tokens through an embedding of {v}: give the batch tokens \
+                     (Batch::of_tokens), not x"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(RnnError::Config(
+                    "tokens given, but the model has no embedding (RnnConfig::embedding)".into(),
+                ));
+            }
         }
-        finite("x", self.x)?;
         if self.c0.is_some() && !config.cell.has_cell_state() {
             return Err(RnnError::Config(format!(
                 "c0 given, but a {} cell has no cell state",

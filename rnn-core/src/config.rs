@@ -123,6 +123,11 @@ pub struct RnnConfig {
     /// layer's output at step `t` is both directions' states side by side (`2H` wide), as
     /// the layer above and the head read it.
     pub bidirectional: bool,
+    /// Token input through an embedding of this many tokens (PyTorch's `nn.Embedding(V, I)`
+    /// before the first layer, `num_embeddings = V`): batches give token ids `[T, B]`
+    /// ([`crate::batch::Batch::of_tokens`]) and the first layer reads their rows of the
+    /// table `embedding.weight` `[V, I]`. `None`: dense inputs `[T, B, I]`.
+    pub num_embeddings: Option<usize>,
 }
 
 impl RnnConfig {
@@ -138,6 +143,7 @@ impl RnnConfig {
             learn_h0: false,
             bias: true,
             bidirectional: false,
+            num_embeddings: None,
         }
     }
 
@@ -216,6 +222,20 @@ impl RnnConfig {
         self
     }
 
+    /// Reads token ids in `0..num_embeddings` through an embedding table
+    /// (`embedding.weight` `[num_embeddings, I]`, PyTorch's `nn.Embedding(num_embeddings,
+    /// I)`) instead of dense inputs: `I` is the embedding's width.
+    ///
+    /// ```
+    /// use rnn_core::{config::RnnConfig, params::Layout};
+    /// let cfg = RnnConfig::lstm(16, 32, 100).embedding(100); // 100 tokens in, 100 classes out
+    /// assert_eq!(Layout::new(&cfg).find("embedding.weight").unwrap().shape, [100, 16]);
+    /// ```
+    pub fn embedding(mut self, num_embeddings: usize) -> Self {
+        self.num_embeddings = Some(num_embeddings);
+        self
+    }
+
     /// `D`: 2 for a bidirectional model, else 1.
     pub fn directions(&self) -> usize {
         if self.bidirectional { 2 } else { 1 }
@@ -246,6 +266,7 @@ impl RnnConfig {
             )));
         }
         for (what, v) in [
+            ("num_embeddings", self.num_embeddings.unwrap_or(1)),
             ("input_size", self.input_size),
             ("hidden_size", self.hidden_size),
             ("num_layers", self.num_layers),

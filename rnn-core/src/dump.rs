@@ -22,7 +22,10 @@
 //! `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p, mix64(seed +
 //! k))` keeps it (`scripts/torch_fixtures.py` writes the same masks in Python). A model without
 //! `rnn.bias_*` tensors is one without recurrent biases (PyTorch's `bias=False`).
-//! It computes in the float type of `x` (F32 or F64) and writes `out.loss` `[1]`, `out.y`,
+//! A model with an embedding (`embedding.weight` `[V, I]`) reads `x` as int64 token ids
+//! `[T,B]` and writes no `grad.x` (the table's gradient is `grad.embedding.weight`).
+//! It computes in the float type of `x` (F32 or F64; the embedding's for token ids) and
+//! writes `out.loss` `[1]`, `out.y`,
 //! `out.h_last` `[L·D,B,H]`, `grad.<parameter>` for every parameter, `grad.x` and `grad.h0`;
 //! an LSTM also `out.c_last` `[L·D,B,H]` and `grad.c0`.
 
@@ -167,21 +170,37 @@ fn run<T: Float>(
     let dropout = dropout(m)?;
     let layout = Layout::new(&config);
     let params = io::load_params::<T>(st, &layout)?;
-    let (x, x_shape) = io::float_tensor::<T>(st, "x")?;
-    if x_shape.len() != 3 {
+    // Token ids `[T, B]` for a model with an embedding, else floats `[T, B, I]`.
+    let (x, tokens, x_shape) = match config.num_embeddings {
+        Some(_) => {
+            let (ids, shape) = io::int_tensor(st, "x")?;
+            (Vec::new(), Some(non_negative("x", ids)?), shape)
+        }
+        None => {
+            let (x, shape) = io::float_tensor::<T>(st, "x")?;
+            (x, None, shape)
+        }
+    };
+    let want_dims = if tokens.is_some() { 2 } else { 3 };
+    if x_shape.len() != want_dims {
+        let want = if tokens.is_some() {
+            "[T, B] token ids"
+        } else {
+            "[T, B, I]"
+        };
         return Err(RnnError::Format(format!(
-            "x must be [T, B, I], got shape {x_shape:?}"
+            "x must be {want}, got shape {x_shape:?}"
         )));
     }
     if x_shape.contains(&0) {
         // A zero-sized x holds no bytes, so its other dimensions would be unchecked.
         return Err(RnnError::Format(format!(
-            "x has shape {x_shape:?}: T, B and I must be positive"
+            "x has shape {x_shape:?}: each dimension must be positive"
         )));
     }
     let (t, b) = (x_shape[0], x_shape[1]);
     let need = Workspace::<T>::bytes_for(&config, t, b, spec.many_to_one, split, dropout.is_some())
-        + x.len() * T::BYTES;
+        + t * b * config.input_size * T::BYTES;
     let limit = (MEMORY_PER_FILE_BYTE * file_len).max(1 << 30);
     if need > limit {
         return Err(RnnError::Format(format!(
@@ -211,6 +230,7 @@ fn run<T: Float>(
         seq_len: t,
         batch: b,
         x: &x,
+        tokens: tokens.as_deref(),
         target,
         lengths: lengths.as_deref(),
         h0: Some(&h0),
@@ -250,14 +270,17 @@ fn run<T: Float>(
             OwnedTensor::float(vec![l, b, h], &h_last),
         ),
         (
-            "grad.x".to_string(),
-            OwnedTensor::float(x_shape.clone(), &ws.dx),
-        ),
-        (
             "grad.h0".to_string(),
             OwnedTensor::float(vec![l, b, h], &ws.dh0),
         ),
     ];
+    if tokens.is_none() {
+        // Token ids have no gradient; the table's is `grad.embedding.weight`.
+        out.push((
+            "grad.x".to_string(),
+            OwnedTensor::float(x_shape.clone(), &ws.dx),
+        ));
+    }
     if config.cell.has_cell_state() {
         out.push((
             "out.c_last".to_string(),
@@ -292,12 +315,17 @@ pub fn grad_dump(bytes: &[u8]) -> Result<Vec<(String, OwnedTensor)>> {
 /// As [`grad_dump`].
 pub fn grad_dump_with(bytes: &[u8], split: UnitSplit) -> Result<Vec<(String, OwnedTensor)>> {
     let (st, m) = io::parse_with_metadata(bytes)?;
+    // Dense inputs set the float type; token ids leave it to the embedding table.
     let x = io::tensor_view(&st, "x")?;
-    match x.dtype() {
-        Dtype::F32 => run::<f32>(&st, &m, bytes.len(), split),
-        Dtype::F64 => run::<f64>(&st, &m, bytes.len(), split),
-        other => Err(RnnError::Format(format!(
-            "x has dtype {other:?}, expected F32 or F64"
+    let float = match (x.dtype(), st.tensor("embedding.weight")) {
+        (Dtype::I64 | Dtype::I32, Ok(table)) => ("embedding.weight", table.dtype()),
+        (dtype, _) => ("x", dtype),
+    };
+    match float {
+        (_, Dtype::F32) => run::<f32>(&st, &m, bytes.len(), split),
+        (_, Dtype::F64) => run::<f64>(&st, &m, bytes.len(), split),
+        (name, other) => Err(RnnError::Format(format!(
+            "{name} has dtype {other:?}, expected F32 or F64"
         ))),
     }
 }

@@ -44,6 +44,20 @@ pub enum RnnError {
         /// The number of classes `O`.
         classes: usize,
     },
+    /// A token `>=` the embedding's vocabulary.
+    #[error(
+        "token {token} at step {t}, sequence {b} is out of range for an embedding of {num_embeddings}"
+    )]
+    TokenOutOfRange {
+        /// Time step.
+        t: usize,
+        /// Sequence.
+        b: usize,
+        /// The token.
+        token: usize,
+        /// The vocabulary size (`nn.Embedding`'s `num_embeddings`).
+        num_embeddings: usize,
+    },
     /// A NaN or infinity in an input.
     #[error("non-finite value {value} in {what} at flat index {index}")]
     NonFiniteInput {

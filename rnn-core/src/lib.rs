@@ -15,6 +15,10 @@
 //! head: y_t = W_hy h_t + b_y
 //! ```
 //!
+//! Token input: [`config::RnnConfig::embedding`] puts PyTorch's `nn.Embedding(V, I)`
+//! (`embedding.weight`) before the first layer, and batches give token ids
+//! ([`batch::Batch::of_tokens`]).
+//!
 //! A bidirectional model ([`config::RnnConfig::bidirectional`], PyTorch's
 //! `bidirectional=True`) adds each layer's reverse direction (`*_reverse` tensors) and reads
 //! both directions' states side by side (`D = 2`: layers above and the head are `2H` wide).

@@ -29,6 +29,7 @@ use crate::layer::{self, InitialState, LayerGrads, LayerPass, PassThreads, share
 pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
 use crate::workspace::Workspace;
+use kernels::aligned::AlignedVec;
 
 mod bidi;
 
@@ -211,11 +212,59 @@ pub fn forward<'s, T: Float>(
     assert_eq!(params.len(), layout.len, "params length");
     batch.validate_inputs(config)?;
     let opts = PassOptions::from(exec.into());
+    let mut embedded = std::mem::take(&mut ws.embedded);
+    let batch = &embed(config, layout, params, batch, &mut embedded);
     with_pass(config, layout, params, batch, opts, |p| {
         p.size_workspace(ws, many_to_one);
         forward_chunks(&p, ws, Head::of(many_to_one))
     });
+    ws.embedded = embedded;
     Ok(())
+}
+
+/// `batch` with dense inputs: a batch of tokens as one whose `x` is their rows of
+/// `embedding.weight`, gathered into `buf` (`[T, B, I]`; its capacity is kept between
+/// passes); any other batch as it is. The engine runs on that batch, so every pass,
+/// direction and segment reads embedded tokens as it reads `x`.
+fn embed<'b, T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    batch: &Batch<'b, T>,
+    buf: &'b mut AlignedVec<T>,
+) -> Batch<'b, T> {
+    let (Some(tokens), Some(table)) = (batch.tokens, &layout.embedding) else {
+        return *batch;
+    };
+    let i = config.input_size;
+    buf.resize(tokens.len() * i);
+    for (row, &token) in buf.chunks_exact_mut(i).zip(tokens) {
+        row.copy_from_slice(&params[table.start + token * i..][..i]);
+    }
+    Batch {
+        x: &buf[..],
+        tokens: None,
+        ..*batch
+    }
+}
+
+/// The embedding table's gradient from `dL/dx` of the embedded batch (`dx`, `[T, B, I]`):
+/// each token's row is the sum of its positions' rows, in order (no sum split by threads).
+fn embedding_grads<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    grads: &mut [T],
+    tokens: &[usize],
+    dx: &[T],
+) {
+    let (Some(table), i) = (&layout.embedding, config.input_size) else {
+        return;
+    };
+    let table = &mut grads[table.clone()];
+    table.fill(T::zero());
+    for (row, &token) in dx.chunks_exact(i).zip(tokens) {
+        reduce::axpy(&mut table[token * i..(token + 1) * i], T::one(), row);
+    }
 }
 
 /// The loss of `batch` under `spec` without its gradients (evaluation: a validation set, a
@@ -252,7 +301,9 @@ pub fn loss<T: Float>(
         "a segmented loss",
     )?;
     let opts = PassOptions::from(exec.into());
-    Ok(with_pass(config, layout, params, batch, opts, |p| {
+    let mut embedded = std::mem::take(&mut ws.embedded);
+    let batch = &embed(config, layout, params, batch, &mut embedded);
+    let loss = with_pass(config, layout, params, batch, opts, |p| {
         if segment >= batch.seq_len {
             return forward_and_loss(&p, ws, spec);
         }
@@ -264,7 +315,9 @@ pub fn loss<T: Float>(
         let total = forward_segments(&p, ws, &seg, states, &mut ck.lengths, scale);
         ws.checkpoints = ck;
         total
-    }))
+    });
+    ws.embedded = embedded;
+    Ok(loss)
 }
 
 /// The checks every pass makes before it computes anything: `params` of the layout's length
@@ -963,13 +1016,25 @@ pub fn forward_backward_checkpointed<T: Float>(
         segment,
         "checkpointed BPTT",
     )?;
-    Ok(with_pass(config, layout, params, batch, opts, |p| {
+    let mut embedded = std::mem::take(&mut ws.embedded);
+    let dense = &embed(config, layout, params, batch, &mut embedded);
+    // The table's gradient gathers dL/dx of the embedded tokens.
+    let opts = PassOptions {
+        input_grad: opts.input_grad || batch.tokens.is_some(),
+        ..opts
+    };
+    let loss = with_pass(config, layout, params, dense, opts, |p| {
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
         } else {
             checkpointed_pass(&p, grads, ws, spec, segment)
         }
-    }))
+    });
+    ws.embedded = embedded;
+    if let Some(tokens) = batch.tokens {
+        embedding_grads(config, layout, grads, tokens, &ws.dx);
+    }
+    Ok(loss)
 }
 
 /// [`forward_backward_checkpointed`] of a validated batch, in segments shorter than it.
@@ -1203,6 +1268,8 @@ impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
             seq_len: len,
             batch: b,
             x: &self.batch.x[r.start * b * i..r.end * b * i],
+            // The pass's batch is dense: tokens are embedded before it (`embed`).
+            tokens: None,
             target,
             lengths: self.batch.lengths.map(|_| lengths),
             h0: if s == 0 {

@@ -39,6 +39,8 @@ pub struct Tensor {
 /// The offset table of a model's parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// `embedding.weight`: `[V, I]`, the token embedding (when the config has one).
+    pub embedding: Option<Range<usize>>,
     /// Recurrent passes, bottom first (`k·D + d` for layer `k`, direction `d`).
     pub layers: Vec<LayerSlots>,
     /// `head.weight`: `[O, D·H]`.
@@ -72,6 +74,9 @@ impl Layout {
             });
             range
         };
+        let embedding = config
+            .num_embeddings
+            .map(|v| push("embedding.weight".into(), vec![v, config.input_size]));
         // Pass `j = k·D + d`: layer k, direction d, with PyTorch's `_reverse` suffix.
         let layers = (0..config.passes())
             .map(|j| {
@@ -103,6 +108,7 @@ impl Layout {
         let c0 = (config.learn_h0 && config.cell.has_cell_state())
             .then(|| push("rnn.c0".into(), vec![config.passes(), h]));
         Self {
+            embedding,
             layers,
             w_hy,
             b_y,
@@ -141,7 +147,8 @@ impl Layout {
 /// PyTorch's default initialisation: every recurrent tensor uniform in `±1/sqrt(H)`
 /// (`nn.RNN` / `nn.LSTM` / `nn.GRU`'s `reset_parameters`), the head's weight and bias uniform
 /// in `±1/sqrt(H)` (`nn.Linear`: Kaiming-uniform with `a = sqrt(5)` gives the same bound). A
-/// learned `h0` (and `c0`) starts at zero.
+/// learned `h0` (and `c0`) starts at zero. An embedding table is drawn from `N(0, 1)`
+/// (`nn.Embedding`'s).
 ///
 /// ```
 /// use rnn_core::{config::RnnConfig, params::{init_params, Layout}};
@@ -162,6 +169,17 @@ pub fn init_params<T: Float>(config: &RnnConfig, seed: u64) -> Vec<T> {
         .collect();
     for state in [layout.h0, layout.c0].into_iter().flatten() {
         params[state].fill(T::zero());
+    }
+    if let Some(table) = layout.embedding {
+        // Box-Muller: pairs of uniforms to pairs of standard normals.
+        for pair in params[table].chunks_mut(2) {
+            let (u, v): (f64, f64) = (rng.random(), rng.random());
+            let r = (-2.0 * (1.0 - u).ln()).sqrt();
+            let angle = std::f64::consts::TAU * v;
+            for (p, z) in pair.iter_mut().zip([r * angle.cos(), r * angle.sin()]) {
+                *p = T::of(z);
+            }
+        }
     }
     params
 }

@@ -111,11 +111,52 @@ impl<'a, T: Float> Predictor<'a, T> {
     /// # Errors
     /// `steps = 0`, a wrong length or a non-finite value in `x`; the state is left as it was.
     pub fn run(&mut self, x: &[T], steps: usize) -> Result<&[T]> {
-        let (b, h) = (self.batch, self.config.hidden_size);
+        self.run_batch(Batch::new(steps, self.batch, x, Target::Values(&[])))
+    }
+
+    /// [`Predictor::step`] for a model with an embedding: one token id per sequence `[B]`.
+    ///
+    /// ```
+    /// use rnn_core::{config::RnnConfig, params::init_params, predict::Predictor};
+    /// let cfg = RnnConfig::gru(4, 8, 3).embedding(3);
+    /// let params: Vec<f32> = init_params(&cfg, 0);
+    /// let mut whole = Predictor::new(cfg, &params, 1)?;
+    /// let ys = whole.run_tokens(&[2, 0, 1], 3)?.to_vec();
+    /// let mut stepped = Predictor::new(cfg, &params, 1)?;
+    /// for (token, y) in [2, 0, 1].iter().zip(ys.chunks(3)) {
+    ///     let got = stepped.step_tokens(&[*token])?;
+    ///     assert!(got.iter().zip(y).all(|(a, b)| (a - b).abs() < 1e-6));
+    /// }
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A wrong length, or a token past the embedding ([`crate::RnnError::TokenOutOfRange`]);
+    /// the state is left as it was.
+    pub fn step_tokens(&mut self, tokens: &[usize]) -> Result<&[T]> {
+        self.run_tokens(tokens, 1)
+    }
+
+    /// [`Predictor::run`] for a model with an embedding: token ids `[steps, B]`.
+    ///
+    /// # Errors
+    /// As [`Predictor::step_tokens`], and `steps = 0`.
+    pub fn run_tokens(&mut self, tokens: &[usize], steps: usize) -> Result<&[T]> {
+        self.run_batch(Batch::of_tokens(
+            steps,
+            self.batch,
+            tokens,
+            Target::Values(&[]),
+        ))
+    }
+
+    /// Runs `input` (dense or tokens) from the current state and moves the state to its end.
+    fn run_batch(&mut self, input: Batch<'_, T>) -> Result<&[T]> {
+        let (b, h, steps) = (self.batch, self.config.hidden_size, input.seq_len);
         let batch = Batch {
             h0: Some(&self.h),
             c0: self.config.cell.has_cell_state().then_some(&self.c[..]),
-            ..Batch::new(steps, b, x, Target::Values(&[]))
+            ..input
         };
         forward(
             &self.config,

@@ -12,6 +12,7 @@
 use kernels::Float;
 
 use crate::batch::{Batch, Target};
+use crate::config::RnnConfig;
 use crate::error::{Result, RnnError, shape};
 use crate::trainer::{StepReport, Trainer};
 
@@ -41,8 +42,11 @@ pub struct Tbptt<T: Float> {
     k1: usize,
     k2: usize,
     batch: usize,
-    /// `[k2, B, I]`: the window's inputs; the first `held` steps are replayed history.
+    /// `[k2, B, I]`: the window's inputs; the first `held` steps are replayed history
+    /// (empty for a model with an embedding, whose inputs are `tokens`).
     x: Vec<T>,
+    /// `[k2, B]`: the window's token ids (a model with an embedding; else empty).
+    tokens: Vec<usize>,
     /// The window's targets (`[k2, B, O]` values or `[k2, B]` labels).
     values: Vec<T>,
     classes: Vec<usize>,
@@ -93,7 +97,8 @@ impl<T: Float> Tbptt<T> {
             k1,
             k2,
             batch,
-            x: vec![T::zero(); k2 * batch * cfg.input_size],
+            x: vec![T::zero(); k2 * batch * dense_width(&cfg)],
+            tokens: vec![0; k2 * batch * usize::from(cfg.num_embeddings.is_some())],
             values: vec![T::zero(); k2 * batch * per_step.0],
             classes: vec![0; k2 * batch * per_step.1],
             held: 0,
@@ -130,16 +135,45 @@ impl<T: Float> Tbptt<T> {
     pub fn step(&mut self, x: &[T], target: Target<'_, T>) -> Result<StepReport<T>> {
         let (k1, b) = (self.k1, self.batch);
         let cfg = self.trainer.config;
-        let per_step_x = b * cfg.input_size;
-        if x.len() != k1 * per_step_x {
+        let per_step_x = b * dense_width(&cfg);
+        if x.len() != k1 * per_step_x || cfg.num_embeddings.is_some() {
             return Err(shape(
                 "x",
-                format!("[k1={k1}, B={b}, I={}]", cfg.input_size),
+                format!("[k1={k1}, B={b}, I={}]", dense_width(&cfg)),
                 x.len(),
             ));
         }
         let at = self.held;
         self.x[at * per_step_x..(at + k1) * per_step_x].copy_from_slice(x);
+        self.step_window(target)
+    }
+
+    /// [`Tbptt::step`] for a model with an embedding: the next `k1` token ids of every stream
+    /// `[k1, B]`.
+    ///
+    /// # Errors
+    /// As [`Tbptt::step`]; [`RnnError::TokenOutOfRange`] for a token past the embedding.
+    pub fn step_tokens(
+        &mut self,
+        tokens: &[usize],
+        target: Target<'_, T>,
+    ) -> Result<StepReport<T>> {
+        let (k1, b) = (self.k1, self.batch);
+        if tokens.len() != k1 * b || self.tokens.is_empty() {
+            return Err(shape("tokens", format!("[k1={k1}, B={b}]"), tokens.len()));
+        }
+        let at = self.held;
+        self.tokens[at * b..(at + k1) * b].copy_from_slice(tokens);
+        self.step_window(target)
+    }
+
+    /// Trains on the window: the held steps and the `k1` new ones, whose inputs are in place;
+    /// `target` holds the new steps' targets.
+    fn step_window(&mut self, target: Target<'_, T>) -> Result<StepReport<T>> {
+        let (k1, b) = (self.k1, self.batch);
+        let cfg = self.trainer.config;
+        let per_step_x = b * dense_width(&cfg);
+        let at = self.held;
         let window_target = match target {
             Target::Values(v) => {
                 let per = b * cfg.output_size;
@@ -166,6 +200,7 @@ impl<T: Float> Tbptt<T> {
             seq_len: w,
             batch: b,
             x: &self.x[..w * per_step_x],
+            tokens: (!self.tokens.is_empty()).then(|| &self.tokens[..w * b]),
             target: window_target,
             lengths: None,
             h0: Some(&self.h_start),
@@ -184,6 +219,9 @@ impl<T: Float> Tbptt<T> {
             per_step_target(self.classes.len()),
         );
         self.x.copy_within(start * per_step_x..w * per_step_x, 0);
+        if !self.tokens.is_empty() {
+            self.tokens.copy_within(start * b..w * b, 0);
+        }
         self.values.copy_within(start * tv..w * tv, 0);
         self.classes.copy_within(start * tc..w * tc, 0);
         self.held = held;
@@ -272,7 +310,14 @@ impl<T: Float> Tbptt<T> {
             ("tbptt.c_end".into(), self.c_end.clone()),
             (
                 "tbptt.x".into(),
-                self.x[..held * b * cfg.input_size].to_vec(),
+                self.x[..held * b * dense_width(&cfg)].to_vec(),
+            ),
+            (
+                "tbptt.tokens".into(),
+                self.tokens[..held * b * self.tokens.len().min(1)]
+                    .iter()
+                    .map(|&t| T::of(t as f64))
+                    .collect(),
             ),
             ("tbptt.values".into(), self.values[..held * per_o].to_vec()),
             (
@@ -324,10 +369,23 @@ impl<T: Float> Tbptt<T> {
             fits("tbptt.c_start", cs)?,
             fits("tbptt.h_end", hs)?,
             fits("tbptt.c_end", cs)?,
-            fits("tbptt.x", held * b * cfg.input_size)?,
+            fits("tbptt.x", held * b * dense_width(&cfg))?,
             fits("tbptt.values", held * per_o)?,
             fits("tbptt.classes", held * per_c)?,
         ];
+        // Snapshots of dense streams from before token input have no tokens to restore.
+        let tokens = match held * b * self.tokens.len().min(1) {
+            0 => &[][..],
+            want => fits("tbptt.tokens", want)?,
+        };
+        let vocab = cfg.num_embeddings.unwrap_or(0) as f64;
+        if let Some(bad) =
+            (tokens.iter()).find(|v| !(v.f64() >= 0.0 && v.f64() < vocab && v.f64().fract() == 0.0))
+        {
+            return Err(RnnError::Format(format!(
+                "stream snapshot: tbptt.tokens holds {bad}, not a token of the embedding"
+            )));
+        }
         self.h_start.copy_from_slice(parts[0]);
         self.c_start.copy_from_slice(parts[1]);
         self.h_end.copy_from_slice(parts[2]);
@@ -335,6 +393,9 @@ impl<T: Float> Tbptt<T> {
         self.x[..parts[4].len()].copy_from_slice(parts[4]);
         self.values[..parts[5].len()].copy_from_slice(parts[5]);
         for (dst, v) in self.classes.iter_mut().zip(parts[6]) {
+            *dst = v.f64() as usize;
+        }
+        for (dst, v) in self.tokens.iter_mut().zip(tokens) {
             *dst = v.f64() as usize;
         }
         self.held = held;
@@ -352,5 +413,15 @@ impl<T: Float> Tbptt<T> {
             v.fill(T::zero());
         }
         self.held = 0;
+    }
+}
+
+/// Width of one stream's input per step in the window's `x`: `I` for dense inputs, 0 for a
+/// model with an embedding (its window holds token ids).
+fn dense_width(cfg: &RnnConfig) -> usize {
+    if cfg.num_embeddings.is_some() {
+        0
+    } else {
+        cfg.input_size
     }
 }

@@ -126,6 +126,9 @@ pub struct Workspace<T> {
     pub class_weights: Vec<T>,
     /// A bidirectional model's layer inputs and their gradients (empty otherwise).
     pub bidi: BidiBuffers<T>,
+    /// `[T, B, I]`: a batch of tokens' rows of the embedding table, which the first layer
+    /// reads as `x` (empty without an embedding).
+    pub embedded: AlignedVec<T>,
     /// Checkpointed BPTT's saved states and carries (empty unless it is used).
     pub checkpoints: crate::network::Checkpoints<T>,
     shape: Option<(RnnConfig, usize, usize, bool, UnitSplit, bool)>,
@@ -342,7 +345,8 @@ impl<T: Float> Workspace<T> {
             + self.dh0.len()
             + self.dc0.len()
             + self.dropped.len()
-            + self.bidi.len();
+            + self.bidi.len()
+            + self.embedded.len();
         (per_layer + rest) * T::BYTES + self.checkpoints.bytes()
     }
 }

@@ -59,9 +59,16 @@ fn allocations_of_steady_step(
     } else {
         Target::Classes(&classes)
     };
+    let tokens: Vec<usize> = (0..t * b)
+        .map(|k| k % cfg.num_embeddings.unwrap_or(1))
+        .collect();
+    let input = match cfg.num_embeddings {
+        Some(_) => Batch::of_tokens(t, b, &tokens, target),
+        None => Batch::new(t, b, &x, target),
+    };
     let batch = Batch {
         lengths: Some(&lengths),
-        ..Batch::new(t, b, &x, target)
+        ..input
     };
     // The first step sizes the workspace. faer keeps per-thread GEMM packing buffers, sized
     // by the first products each thread runs: with two threads, which thread runs which unit
@@ -127,6 +134,13 @@ fn training_steps_do_not_allocate() {
             OptimizerKind::sgd(0.01),
             11,
             6,
+        ),
+        (
+            RnnConfig::gru(6, 24, 4).embedding(9),
+            LossSpec::every_step(LossKind::CrossEntropy),
+            OptimizerKind::adam(0.01),
+            10,
+            3,
         ),
         (
             RnnConfig::lstm(5, 40, 3).layers(2).bidirectional(),

@@ -100,8 +100,8 @@ pub fn param_tensors<T: Float>(layout: &Layout, params: &[T]) -> Vec<(String, Ow
 }
 
 /// The metadata describing `config` (`cell`, `layers`, `nonlinearity`, sizes, `learn_h0`,
-/// `bias`, `bidirectional`; the last three for readers, since loading reads them from the
-/// tensors present).
+/// `bias`, `bidirectional`, `num_embeddings`; the last four for readers, since loading reads
+/// them from the tensors present).
 pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     HashMap::from([
         ("cell".into(), config.cell.as_str().into()),
@@ -113,6 +113,12 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
         ("learn_h0".into(), config.learn_h0.to_string()),
         ("bias".into(), config.bias.to_string()),
         ("bidirectional".into(), config.bidirectional.to_string()),
+        (
+            "num_embeddings".into(),
+            config
+                .num_embeddings
+                .map_or("none".into(), |v| v.to_string()),
+        ),
     ])
 }
 
@@ -122,7 +128,8 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
 /// `rnn.weight_ih_l{k}` present, the sizes from the shapes; nonlinearity defaults to tanh.
 /// A learned initial state, the recurrent biases and the reverse direction are there when
 /// their tensors are (`rnn.h0`, `rnn.bias_ih_l0`: PyTorch's `bias=False` saves none;
-/// `rnn.weight_ih_l0_reverse`: PyTorch's `bidirectional=True`).
+/// `rnn.weight_ih_l0_reverse`: PyTorch's `bidirectional=True`; `embedding.weight`, a token
+/// embedding `[V, I]`).
 ///
 /// # Errors
 /// [`RnnError::Format`] if the metadata or the first layer's tensors are missing or bad, or
@@ -191,6 +198,17 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
         learn_h0: st.tensor("rnn.h0").is_ok(),
         bias: st.tensor("rnn.bias_ih_l0").is_ok(),
         bidirectional: st.tensor("rnn.weight_ih_l0_reverse").is_ok(),
+        // The table's rows; its width must be the first layer's input (checked on load).
+        num_embeddings: match st.tensor("embedding.weight") {
+            Ok(table) if table.shape().len() == 2 => Some(table.shape()[0]),
+            Ok(table) => {
+                return Err(RnnError::Format(format!(
+                    "embedding.weight has shape {:?}: it must be [num_embeddings, I]",
+                    table.shape()
+                )));
+            }
+            Err(_) => None,
+        },
     };
     config.validate().map_err(bad)?;
     Ok(config)

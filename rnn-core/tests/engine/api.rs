@@ -1286,3 +1286,122 @@ fn bidirectional_models_train_whole_sequences_and_refuse_streams() {
     );
     assert_eq!(segmented.params, before);
 }
+
+/// A model with an embedding reads token ids: identity rows make it the same model as one
+/// reading one-hot inputs (bitwise), segments agree with full BPTT, streams of tokens train
+/// and resume exactly, files keep the table, and bad token input is a typed error.
+#[test]
+fn token_input_through_an_embedding() {
+    let (v, h, t, b) = (5, 6, 7, 3);
+    let tokens: Vec<usize> = (0..t * b).map(|k| (k * 3 + k / 4) % v).collect();
+    let next: Vec<usize> = (0..t * b).map(|k| (k * 2 + 1) % v).collect();
+    let one_hot: Vec<f64> = (tokens.iter())
+        .flat_map(|&id| (0..v).map(move |c| if c == id { 1.0 } else { 0.0 }))
+        .collect();
+    let ce = LossSpec::every_step(LossKind::CrossEntropy);
+    let lstm = RnnConfig::lstm(v, h, v).layers(2);
+    let embedded = lstm.embedding(v);
+    let mut dense = Trainer::<f64>::new(lstm, ce.clone(), OptimizerKind::sgd(0.1), 2).unwrap();
+    let mut tr = Trainer::<f64>::new(embedded, ce.clone(), OptimizerKind::sgd(0.1), 2).unwrap();
+    let table = tr.layout.embedding.clone().unwrap();
+    for (row, r) in tr.params[table.clone()].chunks_exact_mut(v).enumerate() {
+        r.iter_mut()
+            .enumerate()
+            .for_each(|(c, p)| *p = f64::from(c == row));
+    }
+    tr.params[table.end..].copy_from_slice(&dense.params);
+    let by_token = Batch::of_tokens(t, b, &tokens, Target::Classes(&next));
+    let by_vector = Batch::new(t, b, &one_hot, Target::Classes(&next));
+    let (lt, ld) = (
+        tr.loss_and_grads(&by_token).unwrap(),
+        dense.loss_and_grads(&by_vector).unwrap(),
+    );
+    assert_eq!(lt.to_bits(), ld.to_bits());
+    assert_eq!(&tr.grads[table.end..], &dense.grads[..]);
+    // A token's gradient row sums its positions' dL/dx: tokens never given have none.
+    assert!(tr.grads[table.clone()].iter().any(|g| *g != 0.0));
+
+    // Checkpointed segments: the same gradients within rounding, the table's included.
+    let mut segmented = tr.clone().with_memory(Memory::Checkpointed { segment: 3 });
+    segmented.loss_and_grads(&by_token).unwrap();
+    for (a, b) in segmented.grads.iter().zip(&tr.grads[..]) {
+        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+
+    // Bad token input.
+    let mut bad = tokens.clone();
+    bad[4] = v;
+    let e = tr
+        .step(&Batch::of_tokens(t, b, &bad, Target::Classes(&next)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RnnError::TokenOutOfRange {
+                t: 1,
+                b: 1,
+                token: 5,
+                num_embeddings: 5
+            }
+        ),
+        "{e}"
+    );
+    let e = tr.step(&by_vector).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("Batch::of_tokens")),
+        "{e}"
+    );
+    let e = dense.step(&by_token).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("no embedding")),
+        "{e}"
+    );
+    let e = tr
+        .step(&Batch::of_tokens(
+            t,
+            b,
+            &tokens[1..],
+            Target::Classes(&next),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(&e, RnnError::ShapeMismatch { what, .. } if what == "tokens"),
+        "{e}"
+    );
+
+    // Saved and loaded with its table.
+    let dir = scratch_dir("embedding");
+    let path = dir.join("model.safetensors");
+    io::save_weights(&path, &tr.config, &tr.params).unwrap();
+    let (loaded, params) = io::load_weights::<f64>(&path).unwrap();
+    assert_eq!(loaded, embedded);
+    assert_eq!(&params[..], &tr.params[..]);
+
+    // Streams of tokens: resumed from a snapshot mid-stream, the same weights.
+    let stream = |tr: Trainer<f64>| Tbptt::new(tr, 2, 3, b).unwrap();
+    let chunk = |c: usize| -> (Vec<usize>, Vec<usize>) {
+        let ids = (0..2 * b).map(|k| (k + 3 * c) % v).collect();
+        let next = (0..2 * b).map(|k| (k + 3 * c + 1) % v).collect();
+        (ids, next)
+    };
+    let mut whole = stream(tr.clone());
+    for c in 0..4 {
+        let (ids, next) = chunk(c);
+        whole.step_tokens(&ids, Target::Classes(&next)).unwrap();
+    }
+    let mut first = stream(tr.clone());
+    for c in 0..2 {
+        let (ids, next) = chunk(c);
+        first.step_tokens(&ids, Target::Classes(&next)).unwrap();
+    }
+    let mut resumed = stream(first.trainer.clone());
+    resumed.restore_snapshot(&first.snapshot()).unwrap();
+    for c in 2..4 {
+        let (ids, next) = chunk(c);
+        resumed.step_tokens(&ids, Target::Classes(&next)).unwrap();
+    }
+    assert_eq!(whole.trainer.params, resumed.trainer.params);
+    let e = whole.step(&one_hot[..2 * b * v], Target::Classes(&next[..2 * b]));
+    assert!(e.is_err(), "dense x to a stream of tokens");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,6 +17,9 @@ pub struct Data {
     /// The LSTM cell state `[L, B, H]` (empty for other cells).
     pub c0: Vec<f64>,
     pub cell: Cell,
+    /// `[T, B]` token ids, the input of a model with an embedding (empty otherwise, and
+    /// then the batch reads `x`).
+    pub tokens: Vec<usize>,
 }
 
 impl Data {
@@ -32,7 +35,7 @@ impl Data {
         let positions = if many_to_one { b } else { t * b };
         let mut lengths: Vec<usize> = (0..b).map(|_| rng.random_range(1..=t)).collect();
         lengths[0] = t;
-        Data {
+        let mut data = Data {
             x: (0..t * b * cfg.input_size)
                 .map(|_| rng.random_range(-1.0..1.0))
                 .collect(),
@@ -54,7 +57,13 @@ impl Data {
                 Vec::new()
             },
             cell: cfg.cell,
+            tokens: Vec::new(),
+        };
+        // Drawn last, so a model without an embedding sees the draws it always did.
+        if let Some(v) = cfg.num_embeddings {
+            data.tokens = (0..t * b).map(|_| rng.random_range(0..v)).collect();
         }
+        data
     }
 
     /// The batch over this data, scored by `kind`, with or without lengths and a given
@@ -72,10 +81,12 @@ impl Data {
         } else {
             Target::Classes(&self.classes)
         };
+        let tokens = (!self.tokens.is_empty()).then_some(&self.tokens[..]);
         Batch {
             seq_len: t,
             batch: b,
-            x: &self.x,
+            x: if tokens.is_some() { &[] } else { &self.x },
+            tokens,
             target,
             lengths: lengths.then_some(&self.lengths[..]),
             h0: h0.then_some(&self.h0[..]),

@@ -536,6 +536,18 @@ fn lstm_bidirectional_without_biases() {
     check("lstm_bidi_nobias_mse", 1e-12);
 }
 
+/// Token input through `nn.Embedding` (`x` holds int64 ids): a stacked bidirectional LSTM
+/// over packed lengths, and a GRU language model in f32 whose tokens repeat.
+#[test]
+fn lstm_embedding_bidirectional_packed_lengths() {
+    check("lstm_embedding_bidi_lengths", 1e-12);
+}
+
+#[test]
+fn gru_embedding_ce_f32() {
+    check("gru_embedding_ce_f32", 2e-5);
+}
+
 fn dump_error(bytes: &[u8]) -> String {
     match grad_dump(bytes) {
         Ok(_) => panic!("grad_dump accepted a bad file"),

@@ -211,6 +211,7 @@ fn chunked_f32_agrees_with_unchunked_f64() {
             seq_len: T,
             batch: B,
             x: &x,
+            tokens: None,
             target,
             lengths: b64.lengths,
             h0: Some(&h0),
