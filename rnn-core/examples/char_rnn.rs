@@ -111,6 +111,10 @@ struct Args {
     /// Stacked layers.
     #[arg(long, default_value_t = 1)]
     layers: usize,
+    /// Read characters through an embedding of this width (PyTorch's nn.Embedding) instead
+    /// of one-hot vectors (0: one-hot).
+    #[arg(long, default_value_t = 0)]
+    embed: usize,
     /// Dropout between stacked layers in training (PyTorch's `dropout`; needs --layers 2+).
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
@@ -179,14 +183,25 @@ fn sample(
     let v = corpus.classes();
     let mut p = Predictor::new(cfg, params, 1)?;
     let mut out = Vec::with_capacity(len);
-    // The prime is one run of steps, one-hot; a character the corpus lacks reads as its
-    // first character.
-    let mut primed = vec![0.0f32; prime.len() * v];
-    for (row, &c) in primed.chunks_exact_mut(v).zip(prime) {
-        row[corpus.id_of(c).unwrap_or(0)] = 1.0;
-    }
-    let mut logits = p.run(&primed, prime.len())?[(prime.len() - 1) * v..].to_vec();
-    let mut x = vec![0.0f32; v];
+    // The prime is one run of steps, token ids or one-hot; a character the corpus lacks
+    // reads as its first character.
+    let ids: Vec<usize> = (prime.iter())
+        .map(|&c| corpus.id_of(c).unwrap_or(0))
+        .collect();
+    let embedded = cfg.num_embeddings.is_some();
+    let one_hot = |ids: &[usize]| {
+        let mut x = vec![0.0f32; ids.len() * v];
+        ids.iter()
+            .enumerate()
+            .for_each(|(t, &id)| x[t * v + id] = 1.0);
+        x
+    };
+    let primed = if embedded {
+        p.run_tokens(&ids, ids.len())?
+    } else {
+        p.run(&one_hot(&ids), ids.len())?
+    };
+    let mut logits = primed[(prime.len() - 1) * v..].to_vec();
     for _ in 0..len {
         let m = logits.iter().fold(f32::MIN, |a, &b| a.max(b));
         let w: Vec<f32> = logits
@@ -202,9 +217,11 @@ fn sample(
             })
             .unwrap_or(v - 1);
         out.push(corpus.alphabet()[next]);
-        x.fill(0.0);
-        x[next] = 1.0;
-        logits = p.step(&x)?.to_vec();
+        logits = if embedded {
+            p.step_tokens(&[next])?.to_vec()
+        } else {
+            p.step(&one_hot(&[next]))?.to_vec()
+        };
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
@@ -228,6 +245,13 @@ fn run(args: Args) -> Result<(), String> {
         .cell(args.cell.into())
         .layers(args.layers)
         .bias(!args.no_bias);
+    let cfg = match args.embed {
+        0 => cfg,
+        width => RnnConfig {
+            input_size: width,
+            ..cfg.embedding(v)
+        },
+    };
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -302,7 +326,13 @@ fn run(args: Args) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())
     };
-    let (mut x, mut y) = (vec![0.0f32; k1 * b * v], vec![0usize; k1 * b]);
+    let embedded = cfg.num_embeddings.is_some();
+    let (dense, ids) = if embedded {
+        (0, k1 * b)
+    } else {
+        (k1 * b * v, 0)
+    };
+    let (mut x, mut tokens, mut y) = (vec![0.0f32; dense], vec![0usize; ids], vec![0; k1 * b]);
     let start_step = losses.len();
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_position(start_step.min(args.steps) as u64);
@@ -311,15 +341,20 @@ fn run(args: Args) -> Result<(), String> {
     );
     let begin = Instant::now();
     for step in start_step..args.steps {
-        if streams
-            .next_chunk(&corpus, &mut x, &mut y)
-            .map_err(|e| e.to_string())?
-        {
+        let wrapped = if embedded {
+            streams.next_chunk_tokens(&corpus, &mut tokens, &mut y)
+        } else {
+            streams.next_chunk(&corpus, &mut x, &mut y)
+        };
+        if wrapped.map_err(|e| e.to_string())? {
             stream.reset();
         }
-        let report = stream
-            .step(&x, Target::Classes(&y))
-            .map_err(|e| e.to_string())?;
+        let report = if embedded {
+            stream.step_tokens(&tokens, Target::Classes(&y))
+        } else {
+            stream.step(&x, Target::Classes(&y))
+        }
+        .map_err(|e| e.to_string())?;
         losses.push(report.loss);
         let done = step + 1 - start_step;
         let tokens_per_s = (done * k1 * b) as f64 / begin.elapsed().as_secs_f64();

@@ -172,6 +172,46 @@ impl CharStreams {
         y: &mut [usize],
     ) -> Result<bool> {
         let (k, b, v) = (self.chunk, self.streams, corpus.classes());
+        check_len("x", x.len(), k * b * v)?;
+        x.fill(T::zero());
+        self.advance(corpus, y, |row, id| x[row * v + id] = T::one())
+    }
+
+    /// [`CharStreams::next_chunk`] for a model with an embedding: the characters' ids
+    /// `tokens` `[k, B]` instead of one-hot vectors.
+    ///
+    /// ```
+    /// use rnn_core::text::{CharCorpus, CharStreams};
+    /// let corpus = CharCorpus::from_bytes(b"abcabcabcabc")?;
+    /// let mut streams = CharStreams::new(&corpus, 2, 2)?;
+    /// let (mut tokens, mut next) = ([0; 4], [0; 4]);
+    /// streams.next_chunk_tokens(&corpus, &mut tokens, &mut next)?;
+    /// // Rows "abcabc" and "abcabc", steps time-major: a a, b b; then b b, c c.
+    /// assert_eq!((tokens, next), ([0, 0, 1, 1], [1, 1, 2, 2]));
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CharStreams::next_chunk`].
+    pub fn next_chunk_tokens(
+        &mut self,
+        corpus: &CharCorpus,
+        tokens: &mut [usize],
+        y: &mut [usize],
+    ) -> Result<bool> {
+        check_len("tokens", tokens.len(), self.chunk * self.streams)?;
+        self.advance(corpus, y, |row, id| tokens[row] = id)
+    }
+
+    /// Moves every stream on by a chunk: `input(t·B + s, id)` for each step's character,
+    /// its next character's id into `y`.
+    fn advance(
+        &mut self,
+        corpus: &CharCorpus,
+        y: &mut [usize],
+        mut input: impl FnMut(usize, usize),
+    ) -> Result<bool> {
+        let (k, b) = (self.chunk, self.streams);
         if corpus.len() / b != self.row {
             return Err(RnnError::ShapeMismatch {
                 what: "corpus".into(),
@@ -179,33 +219,36 @@ impl CharStreams {
                 got: corpus.len().to_string(),
             });
         }
-        for (what, got, expected) in [("x", x.len(), k * b * v), ("labels", y.len(), k * b)] {
-            if got != expected {
-                return Err(RnnError::ShapeMismatch {
-                    what: what.into(),
-                    expected: expected.to_string(),
-                    got: got.to_string(),
-                });
-            }
-        }
+        check_len("labels", y.len(), k * b)?;
         // `pos < row` always holds (new, set_position, the wrap below), so this cannot
         // overflow, and a chunk that does not wrap ends inside its row.
         let wrapped = self.pos + k + 1 > self.row;
         if wrapped {
             self.pos = 0;
         }
-        x.fill(T::zero());
         let ids = corpus.ids();
         for t in 0..k {
             for s in 0..b {
                 let at = s * self.row + self.pos + t;
-                x[(t * b + s) * v + ids[at] as usize] = T::one();
+                input(t * b + s, ids[at] as usize);
                 y[t * b + s] = ids[at + 1] as usize;
             }
         }
         self.pos += k;
         Ok(wrapped)
     }
+}
+
+/// [`RnnError::ShapeMismatch`] naming `what` unless it holds `expected` values.
+fn check_len(what: &str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        return Ok(());
+    }
+    Err(RnnError::ShapeMismatch {
+        what: what.into(),
+        expected: expected.to_string(),
+        got: got.to_string(),
+    })
 }
 
 #[cfg(test)]
