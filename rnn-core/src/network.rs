@@ -17,6 +17,7 @@
 use std::ops::Range;
 
 use faer::{Accum, Par};
+use kernels::aligned::AlignedVec;
 use kernels::dropout::{drop_rows, drop_rows_backward};
 use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, gemm_tn};
 use kernels::{Float, loss as kloss, reduce};
@@ -28,8 +29,7 @@ use crate::error::Result;
 use crate::layer::{self, InitialState, LayerGrads, LayerPass, PassThreads, share_accum, spans};
 pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
-use crate::workspace::Workspace;
-use kernels::aligned::AlignedVec;
+use crate::workspace::{BidiBuffers, LayerBuffers, Workspace};
 
 mod bidi;
 
@@ -547,20 +547,20 @@ fn forward_layers<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, steps: &
 /// ([`bidi`]) and the gradient that it splits between them.
 fn head_io<'w, T: Float>(
     p: &Pass<'_, '_, T>,
-    ws: &'w mut Workspace<T>,
+    layers: &'w mut [LayerBuffers<T>],
+    bidi: &'w mut BidiBuffers<T>,
     rows: &HeadRows,
 ) -> (&'w [T], &'w mut [T]) {
     let (config, batch) = (p.config, p.batch);
     let (b, h) = (batch.batch, config.hidden_size);
     if !config.bidirectional {
-        let (hs, grad_h) = ws.layers[config.num_layers - 1].states_and_grad_h(config.cell);
+        let (hs, grad_h) = layers[config.num_layers - 1].states_and_grad_h(config.cell);
         return (
             &hs[rows_of(rows.states(), b, h)],
             &mut grad_h[rows_of(rows.steps.clone(), b, h)],
         );
     }
     let w = config.output_width();
-    let bidi = &mut ws.bidi;
     if rows.every_step {
         let top = (config.num_layers - 1) * batch.seq_len * b * w;
         (
@@ -575,20 +575,18 @@ fn head_io<'w, T: Float>(
 /// The head over the top layer's states `rows`: `y = H W_hyᵀ + b_y`.
 fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: HeadRows) {
     let (config, batch) = (p.config, p.batch);
-    let (b, h, o) = (batch.batch, config.output_width(), config.output_size);
+    let (b, w, o) = (batch.batch, config.output_width(), config.output_size);
     let (w_hy, b_y) = (
         &p.params[p.layout.w_hy.clone()],
         &p.params[p.layout.b_y.clone()],
     );
-    let mut y = std::mem::take(&mut ws.y);
-    let states = head_io(p, ws, &rows).0;
-    let out = &mut y[rows_of(rows.outputs(), b, o)];
-    for row in out.chunks_exact_mut(o) {
+    let states = head_io(p, &mut ws.layers, &mut ws.bidi, &rows).0;
+    let y = &mut ws.y[rows_of(rows.outputs(), b, o)];
+    for row in y.chunks_exact_mut(o) {
         row.copy_from_slice(b_y);
     }
-    let s = GemmShape::new(states.len() / h, o, h);
-    gemm_nt(out, Accum::Add, states, w_hy, s, p.threads.product(s));
-    ws.y = y;
+    let s = GemmShape::new(states.len() / w, o, w);
+    gemm_nt(y, Accum::Add, states, w_hy, s, p.threads.product(s));
     if rows.every_step {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
         for t in rows.steps {
@@ -916,20 +914,18 @@ fn head_backward<T: Float>(
     rows: HeadRows,
 ) {
     let (config, layout, batch) = (p.config, p.layout, p.batch);
-    let (b, h, o) = (batch.batch, config.output_width(), config.output_size);
-    let dy_all = std::mem::take(&mut ws.dy);
-    let dy = &dy_all[rows_of(rows.outputs(), b, o)];
-    let (states, g_rows) = head_io(p, ws, &rows);
+    let (b, w, o) = (batch.batch, config.output_width(), config.output_size);
+    let dy = &ws.dy[rows_of(rows.outputs(), b, o)];
+    let (states, g_rows) = head_io(p, &mut ws.layers, &mut ws.bidi, &rows);
     let accum = share_accum(&rows.steps, batch.seq_len);
     let w_hy = &p.params[layout.w_hy.clone()];
-    let n = states.len() / h;
-    let s = GemmShape::new(o, h, n);
+    let n = states.len() / w;
+    let s = GemmShape::new(o, w, n);
     let dw_hy = &mut grads[layout.w_hy.clone()];
     gemm_tn(dw_hy, accum, dy, states, s, p.threads.product(s));
     reduce::col_sums(&mut grads[layout.b_y.clone()], accum, dy);
-    let s = GemmShape::new(n, h, o);
+    let s = GemmShape::new(n, w, o);
     gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, p.threads.product(s));
-    ws.dy = dy_all;
 }
 
 /// The range of layer `k`'s block in an `[L, n]` buffer.

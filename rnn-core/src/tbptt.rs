@@ -135,8 +135,14 @@ impl<T: Float> Tbptt<T> {
     pub fn step(&mut self, x: &[T], target: Target<'_, T>) -> Result<StepReport<T>> {
         let (k1, b) = (self.k1, self.batch);
         let cfg = self.trainer.config;
+        if cfg.num_embeddings.is_some() {
+            return Err(RnnError::Config(
+                "the model reads tokens through an embedding: give them to Tbptt::step_tokens"
+                    .into(),
+            ));
+        }
         let per_step_x = b * dense_width(&cfg);
-        if x.len() != k1 * per_step_x || cfg.num_embeddings.is_some() {
+        if x.len() != k1 * per_step_x {
             return Err(shape(
                 "x",
                 format!("[k1={k1}, B={b}, I={}]", dense_width(&cfg)),
@@ -159,12 +165,24 @@ impl<T: Float> Tbptt<T> {
         target: Target<'_, T>,
     ) -> Result<StepReport<T>> {
         let (k1, b) = (self.k1, self.batch);
-        if tokens.len() != k1 * b || self.tokens.is_empty() {
+        if self.tokens.is_empty() {
+            return Err(RnnError::Config(
+                "tokens given, but the model has no embedding (RnnConfig::embedding): give its \
+                 inputs to Tbptt::step"
+                    .into(),
+            ));
+        }
+        if tokens.len() != k1 * b {
             return Err(shape("tokens", format!("[k1={k1}, B={b}]"), tokens.len()));
         }
         let at = self.held;
         self.tokens[at * b..(at + k1) * b].copy_from_slice(tokens);
         self.step_window(target)
+    }
+
+    /// Token ids per step of the window: `B` for a model with an embedding, else 0.
+    fn tokens_per_step(&self) -> usize {
+        self.tokens.len() / self.k2
     }
 
     /// Trains on the window: the held steps and the `k1` new ones, whose inputs are in place;
@@ -314,7 +332,7 @@ impl<T: Float> Tbptt<T> {
             ),
             (
                 "tbptt.tokens".into(),
-                self.tokens[..held * b * self.tokens.len().min(1)]
+                self.tokens[..held * self.tokens_per_step()]
                     .iter()
                     .map(|&t| T::of(t as f64))
                     .collect(),
@@ -374,7 +392,7 @@ impl<T: Float> Tbptt<T> {
             fits("tbptt.classes", held * per_c)?,
         ];
         // Snapshots of dense streams from before token input have no tokens to restore.
-        let tokens = match held * b * self.tokens.len().min(1) {
+        let tokens = match held * self.tokens_per_step() {
             0 => &[][..],
             want => fits("tbptt.tokens", want)?,
         };

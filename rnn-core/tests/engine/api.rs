@@ -1401,7 +1401,17 @@ fn token_input_through_an_embedding() {
         resumed.step_tokens(&ids, Target::Classes(&next)).unwrap();
     }
     assert_eq!(whole.trainer.params, resumed.trainer.params);
-    let e = whole.step(&one_hot[..2 * b * v], Target::Classes(&next[..2 * b]));
-    assert!(e.is_err(), "dense x to a stream of tokens");
+    let e = (whole.step(&one_hot[..2 * b * v], Target::Classes(&next[..2 * b]))).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("Tbptt::step_tokens")),
+        "{e}"
+    );
+    let mut dense_stream = Tbptt::new(dense, 2, 2, b).unwrap();
+    let e =
+        (dense_stream.step_tokens(&tokens[..2 * b], Target::Classes(&next[..2 * b]))).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("no embedding")),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
