@@ -5,7 +5,7 @@
     python3 scripts/check_export.py /tmp/export
 
 Each exported file DIR/NAME.safetensors holds the weights of fixture NAME (with and without
-recurrent biases), saved by rnn-core. Each must load into a PyTorch model built from its
+recurrent biases, bidirectional, with a token embedding), saved by rnn-core. Each must load into a PyTorch model built from its
 metadata with load_state_dict(strict=True), and that model, run on the fixture's inputs as
 scripts/torch_fixtures.py ran it, must give the fixture's outputs.
 """
@@ -23,13 +23,18 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "f
 def model(meta):
     m = nn.Module()
     sizes = (int(meta["input_size"]), int(meta["hidden_size"]))
-    kw = {"num_layers": int(meta["layers"]), "bias": meta.get("bias", "true") == "true"}
+    bidirectional = meta.get("bidirectional", "false") == "true"
+    kw = {"num_layers": int(meta["layers"]), "bias": meta.get("bias", "true") == "true",
+          "bidirectional": bidirectional}
     cell = meta.get("cell", "rnn")
+    if meta.get("num_embeddings", "none") != "none":
+        m.embedding = nn.Embedding(int(meta["num_embeddings"]), sizes[0]).double()
     if cell == "rnn":
         m.rnn = nn.RNN(*sizes, nonlinearity=meta["nonlinearity"], **kw).double()
     else:
         m.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](*sizes, **kw).double()
-    m.head = nn.Linear(int(meta["hidden_size"]), int(meta["output_size"])).double()
+    width = (2 if bidirectional else 1) * int(meta["hidden_size"])
+    m.head = nn.Linear(width, int(meta["output_size"])).double()
     return m, cell
 
 
@@ -42,7 +47,7 @@ def check(path, name):
     with safe_open(os.path.join(FIXTURES, f"{name}.in.safetensors"), "pt") as f:
         fixture_meta = f.metadata()
     expected = load_file(os.path.join(FIXTURES, f"{name}.expected.safetensors"))
-    x = inputs["x"]
+    x = m.embedding(inputs["x"]) if hasattr(m, "embedding") else inputs["x"]
     state = (inputs["h0"], inputs["c0"]) if cell == "lstm" else inputs["h0"]
     if "lengths" in inputs:
         packed = pack_padded_sequence(x, inputs["lengths"], enforce_sorted=False)
@@ -52,7 +57,8 @@ def check(path, name):
         out, hn = m.rnn(x, state)
     if cell == "lstm":
         hn = hn[0]
-    y = m.head(hn[-1]) if fixture_meta["many_to_one"] == "true" else m.head(out)
+    last = torch.cat([hn[-2], hn[-1]], dim=1) if m.rnn.bidirectional else hn[-1]
+    y = m.head(last) if fixture_meta["many_to_one"] == "true" else m.head(out)
     err = (y - expected["out.y"]).abs().max().item()
     print(f"{name}: loaded {len(m.state_dict())} tensors strictly; max |y - expected| = {err:.3e}")
     return err < 1e-12

@@ -39,7 +39,8 @@ pub struct PassOptions {
     /// Threads for the big GEMMs and the per-step unit blocks (results are bitwise identical
     /// for any value).
     pub par: Par,
-    /// Also compute `dL/dx` into `Workspace::dx`.
+    /// Also compute `dL/dx` into `Workspace::dx` (for a batch of tokens, `dL/d` their
+    /// embedded rows, which the embedding's gradient always needs).
     pub input_grad: bool,
     /// Gradient-flow telemetry: record `‖dL/dh_t‖` per layer and step into
     /// `Workspace::grad_h_norms` (`[L, T]`). Costs one pass over each step's gradient.

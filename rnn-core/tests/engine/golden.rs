@@ -200,6 +200,8 @@ fn pytorch_weights_roundtrip() {
     for (name, bias) in [
         ("relu_ce_2layers", true),
         ("lstm_nobias_many_to_one_lengths", false),
+        ("lstm_bidi_ce_2layers_lengths", true),
+        ("lstm_embedding_bidi_lengths", true),
     ] {
         let bytes = io::read_bytes(&fixtures::path(&format!("{name}.in.safetensors"))).unwrap();
         let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
