@@ -511,6 +511,41 @@ impl<T: Float> Trainer<T> {
         })
     }
 
+    /// The head's outputs for `batch` as the model stands (inference: no dropout, no loss,
+    /// parameters and gradients untouched): `[T, B, O]`, every step's, or `[B, O]` from each
+    /// sequence's final state when the trainer's loss is many-to-one. The batch's target is
+    /// not read (`Target::Values(&[])` will do). A finished sequence's outputs past its
+    /// length are `b_y` (PyTorch pads its states with zeros). Every model runs here,
+    /// bidirectional ones included, which [`crate::predict::Predictor`] cannot run.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::gru(2, 8, 3).bidirectional();
+    /// let mut tr = Trainer::<f32>::new(cfg, LossSpec::last_step(LossKind::CrossEntropy), OptimizerKind::adam(1e-2), 0)?;
+    /// let x = vec![0.5f32; 4 * 2 * 2]; // T = 4, B = 2
+    /// let logits = tr.outputs(&Batch::new(4, 2, &x, Target::Classes(&[])))?;
+    /// assert_eq!(logits.len(), 2 * 3); // [B, O]
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The batch's input errors ([`Batch::validate_inputs`]).
+    pub fn outputs(&mut self, batch: &Batch<T>) -> Result<&[T]> {
+        let _flush = self.flush_scope();
+        let many_to_one = self.loss.many_to_one;
+        self.in_step_threads(batch, |tr, par| {
+            let exec = Exec {
+                par,
+                split: tr.split,
+                chunks: tr.chunks,
+            };
+            let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
+            network::forward(config, layout, &tr.params, ws, batch, many_to_one, exec)
+        })?;
+        let rows = if many_to_one { 1 } else { batch.seq_len } * batch.batch;
+        Ok(&self.workspace.y[..rows * self.config.output_size])
+    }
+
     /// The loss of `batch` as the model stands, without gradients or dropout: for a
     /// validation set or a score between steps. Parameters, gradients and optimizer state are
     /// untouched; the step's threads and [`Memory`] setting are used as in [`Trainer::step`]

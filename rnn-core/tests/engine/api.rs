@@ -1415,3 +1415,51 @@ fn token_input_through_an_embedding() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `Trainer::outputs` is the forward pass the loss scores: the summed squared error of its
+/// outputs over the scored positions is `evaluate`'s loss; no dropout acts, so it repeats
+/// exactly; many-to-one gives `[B, O]`.
+#[test]
+fn outputs_are_what_the_loss_scores() {
+    let (t, b, o) = (5, 3, 2);
+    let cfg = RnnConfig::lstm(3, 6, o).layers(2).bidirectional();
+    let sum = LossSpec {
+        reduction: Reduction::Sum,
+        ..LossSpec::every_step(LossKind::Mse)
+    };
+    let mut tr = Trainer::<f64>::new(cfg, sum, OptimizerKind::sgd(0.1), 4)
+        .unwrap()
+        .with_dropout(Dropout::new(0.5, 3).unwrap());
+    let x: Vec<f64> = (0..t * b * 3)
+        .map(|k| ((k * 7 % 11) as f64) / 5.0 - 1.0)
+        .collect();
+    let y: Vec<f64> = (0..t * b * o)
+        .map(|k| ((k * 5 % 7) as f64) / 3.0 - 1.0)
+        .collect();
+    let lengths = [5, 2, 4];
+    let batch = Batch {
+        lengths: Some(&lengths),
+        ..Batch::new(t, b, &x, Target::Values(&y))
+    };
+    tr.step(&batch).unwrap();
+    let out = tr.outputs(&batch).unwrap().to_vec();
+    assert_eq!(out.len(), t * b * o);
+    let scored: f64 = (0..t * b)
+        .filter(|p| p / b < lengths[p % b])
+        .flat_map(|p| (0..o).map(move |j| p * o + j))
+        .map(|i| (out[i] - y[i]).powi(2))
+        .sum();
+    let loss = tr.evaluate(&batch).unwrap();
+    assert!((scored - loss).abs() <= 1e-12 * loss, "{scored} vs {loss}");
+    assert_eq!(tr.outputs(&batch).unwrap(), &out[..]);
+
+    let mut last = Trainer::<f64>::new(
+        RnnConfig::gru(3, 6, o),
+        LossSpec::last_step(LossKind::Mse),
+        OptimizerKind::sgd(0.1),
+        4,
+    )
+    .unwrap();
+    let many_to_one = last.outputs(&Batch::new(t, b, &x, Target::Values(&[])));
+    assert_eq!(many_to_one.unwrap().len(), b * o);
+}
