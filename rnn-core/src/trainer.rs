@@ -534,11 +534,7 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let many_to_one = self.loss.many_to_one;
         self.in_step_threads(batch, |tr, par| {
-            let exec = Exec {
-                par,
-                split: tr.split,
-                chunks: tr.chunks,
-            };
+            let exec = tr.exec(par);
             let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
             network::forward(config, layout, &tr.params, ws, batch, many_to_one, exec)
         })?;
@@ -574,11 +570,7 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let segment = self.segment_for(batch, false);
         self.in_step_threads(batch, |tr, par| {
-            let exec = Exec {
-                par,
-                split: tr.split,
-                chunks: tr.chunks,
-            };
+            let exec = tr.exec(par);
             let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
             network::loss(
                 config, layout, &tr.params, ws, batch, &tr.loss, exec, segment,
@@ -629,6 +621,15 @@ impl<T: Float> Trainer<T> {
             dropout,
             self.layout.len,
         )
+    }
+
+    /// How a pass of this trainer runs on `par`: its unit split and time chunks.
+    fn exec(&self, par: Par) -> Exec {
+        Exec {
+            par,
+            split: self.split,
+            chunks: self.chunks,
+        }
     }
 
     /// Runs `pass` with the threads a step of `batch` uses: inside the trainer's pool when it
