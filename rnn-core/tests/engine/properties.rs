@@ -45,14 +45,17 @@ fn setup() -> impl Strategy<Value = Setup> {
             any::<bool>(),
         ),
         // The float-target loss when not cross-entropy (MSE, L1, Huber), drawn last so that
-        // saved cases replay the draws before it unchanged.
+        // saved cases replay the draws before it unchanged; then, after it for the same
+        // reason, both directions and token input.
         (0u64..10_000, 0usize..3, 0usize..3),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
             |(
                 (t, b, i, h, o, layers),
                 (relu, ce, last, sum, lengths, h0, learn, no_bias),
                 (seed, cell, value_loss),
+                (bidirectional, tokens),
             )| {
                 let cell = [Cell::Rnn, Cell::Lstm, Cell::Gru][cell];
                 let mut cfg = RnnConfig::new(i, h, o.max(if ce { 2 } else { 1 }))
@@ -65,6 +68,9 @@ fn setup() -> impl Strategy<Value = Setup> {
                     Nonlinearity::Tanh
                 };
                 cfg.learn_h0 = learn && !h0;
+                cfg.bidirectional = bidirectional;
+                // A vocabulary a little larger than the input width: tokens repeat.
+                cfg.num_embeddings = tokens.then_some(i + 1);
                 let spec = LossSpec {
                     kind: match (ce, value_loss) {
                         (true, _) => LossKind::CrossEntropy,
