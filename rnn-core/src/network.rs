@@ -381,7 +381,10 @@ fn with_pass<'s, T: Float, R: Send>(
         split: opts.split.for_steps(batch.seq_len),
         ..opts
     };
-    let split_steps = PassThreads::split_steps(config, batch.batch, opts.split);
+    // A bidirectional pass runs its two directions side by side instead, each whole on
+    // one thread ([`bidi`]): no pair session then.
+    let split_steps =
+        PassThreads::split_steps(config, batch.batch, opts.split) && !config.bidirectional;
     kernels::pair::with_pair(opts.par != Par::Seq && split_steps, |pair| {
         body(Pass {
             config,

@@ -18,9 +18,15 @@ use faer::Accum;
 use kernels::Float;
 use kernels::dropout::{drop_rows, drop_rows_backward};
 
+use std::ops::Range;
+
+use faer::Par;
+use kernels::pair::with_pair;
+
 use super::{Head, HeadRows, Pass, head_backward, head_forward, k_rows, rows_of};
 use crate::batch::Batch;
-use crate::layer::{self, LayerGrads};
+use crate::layer::{self, LayerGrads, LayerPass, PassThreads};
+use crate::params::LayerSlots;
 use crate::workspace::Workspace;
 
 /// Where step `t` of a sequence of `len` steps lands when the sequence is reversed
@@ -112,17 +118,18 @@ pub(super) fn forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head
         Accum::Replace,
     );
     for k in 0..l {
-        for d in 0..2 {
-            let input: &[T] = match (k, d) {
-                (0, 0) => batch.x,
-                (0, _) => &bidi.rev_x[..rows * i],
-                (_, 0) => &bidi.fwd_in[block(k - 1)],
-                (_, _) => &bidi.rev_in[block(k - 1)],
-            };
-            let j = 2 * k + d;
+        let inputs: [&[T]; 2] = if k == 0 {
+            [batch.x, &bidi.rev_x[..rows * i]]
+        } else {
+            [&bidi.fwd_in[block(k - 1)], &bidi.rev_in[block(k - 1)]]
+        };
+        let (lo, hi) = layers.split_at_mut(2 * k + 1);
+        let bufs = [&mut lo[2 * k], &mut hi[0]];
+        let runs = both_directions(p, k, inputs);
+        side_by_side(p, &runs, &steps, bufs, |j, pass, buf| {
             let (h0, c0) = p.initial_states(j);
-            layer::forward(&p.layer(j, input, &steps), &mut layers[j], h0, c0);
-        }
+            layer::forward(pass, buf, h0, c0);
+        });
         let (f_hs, r_hs) = (&layers[2 * k].hs, &layers[2 * k + 1].hs);
         if k + 1 < l {
             let (fwd_in, rev_in) = (&mut bidi.fwd_in[block(k)], &mut bidi.rev_in[block(k)]);
@@ -172,7 +179,6 @@ pub(super) fn backward<T: Float>(
     let rows = t_len * b_len;
     let w = 2 * h;
     let block = k_rows(rows * w);
-    let layer_state = k_rows(b_len * h);
     let steps = 0..t_len;
     let cell = config.cell;
     let rows_in = if many_to_one {
@@ -205,47 +211,61 @@ pub(super) fn backward<T: Float>(
         ws.dx.resize(rows * i);
     }
     for k in (0..l).rev() {
-        for d in 0..2 {
-            let j = 2 * k + d;
-            let Workspace {
-                layers,
-                bidi,
-                dx,
-                dh0,
-                dc0,
-                grad_h_norms,
-                ..
-            } = &mut *ws;
-            let input: &[T] = match (k, d) {
-                (0, 0) => batch.x,
-                (0, _) => &bidi.rev_x[..rows * i],
-                (_, 0) => &bidi.fwd_in[block(k - 1)],
-                (_, _) => &bidi.rev_in[block(k - 1)],
-            };
-            // dL/d input: the forward pass's into `d_fwd` (`dx` at the bottom), the
-            // reverse pass's into `d_rev`, joined below.
-            let dinput = match (k, d) {
-                (0, 0) => opts.input_grad.then_some(&mut dx[..]),
-                (0, _) => opts.input_grad.then_some(&mut bidi.d_rev[..rows * i]),
-                (_, 0) => Some(&mut bidi.d_fwd[..rows * w]),
-                (_, _) => Some(&mut bidi.d_rev[..rows * w]),
-            };
-            let out = LayerGrads {
-                grads: &mut *grads,
-                dh0: &mut dh0[layer_state(j)],
-                dc0: if cell.has_cell_state() {
-                    &mut dc0[layer_state(j)]
-                } else {
-                    &mut []
-                },
-                dinput,
-                grad_h_norms: (opts.telemetry)
-                    .then(|| &mut grad_h_norms[j * t_len..(j + 1) * t_len]),
-                dh_end: None,
-                dc_end: None,
-            };
-            layer::backward(&p.layer(j, input, &steps), &mut layers[j], out);
-        }
+        let Workspace {
+            layers,
+            bidi,
+            dx,
+            dh0,
+            dc0,
+            grad_h_norms,
+            ..
+        } = &mut *ws;
+        let inputs: [&[T]; 2] = if k == 0 {
+            [batch.x, &bidi.rev_x[..rows * i]]
+        } else {
+            [&bidi.fwd_in[block(k - 1)], &bidi.rev_in[block(k - 1)]]
+        };
+        let runs = both_directions(p, k, inputs);
+        // dL/d input: the forward pass's into `d_fwd` (`dx` at the bottom), the reverse
+        // pass's into `d_rev`, joined below.
+        let dinputs = if k == 0 {
+            let (dx, d_rev) = (&mut dx[..], &mut bidi.d_rev[..rows * i]);
+            [
+                opts.input_grad.then_some(dx),
+                opts.input_grad.then_some(d_rev),
+            ]
+        } else {
+            [
+                Some(&mut bidi.d_fwd[..rows * w]),
+                Some(&mut bidi.d_rev[..rows * w]),
+            ]
+        };
+        let [d0, d1] = dinputs;
+        let (g0, g1) = grads.split_at_mut(runs[1].offset);
+        let (h0s, c0s) = (
+            direction_blocks(dh0, k, b_len * h),
+            direction_blocks(dc0, k, b_len * h),
+        );
+        let norms = direction_blocks(grad_h_norms, k, t_len);
+        let outs = [
+            (g0, (h0s.0, c0s.0), d0, norms.0),
+            (g1, (h0s.1, c0s.1), d1, norms.1),
+        ]
+        .map(|(grads, (dh0, dc0), dinput, norms)| LayerGrads {
+            grads,
+            dh0,
+            dc0,
+            dinput,
+            grad_h_norms: opts.telemetry.then_some(norms),
+            dh_end: None,
+            dc_end: None,
+        });
+        let (lo, hi) = layers.split_at_mut(2 * k + 1);
+        let [o0, o1] = outs;
+        let work = [(&mut lo[2 * k], o0), (&mut hi[0], o1)];
+        side_by_side(p, &runs, &steps, work, |_, pass, (buf, out)| {
+            layer::backward(pass, buf, out);
+        });
         let bidi = &mut ws.bidi;
         if k > 0 {
             // dL/d output of layer k - 1, back through its dropout, then to each direction.
@@ -267,4 +287,115 @@ pub(super) fn backward<T: Float>(
             );
         }
     }
+}
+
+/// One direction of a layer: pass `j`'s slots shifted to `offset`, where its parameters and
+/// gradients are read from (`params[offset..]`, `grads[offset..]`).
+struct DirectionRun<'p, T> {
+    j: usize,
+    offset: usize,
+    slots: LayerSlots,
+    input: &'p [T],
+}
+
+/// Layer `k`'s two directions reading `inputs`: direction 0 with its slots as they are,
+/// direction 1 with its slots shifted to the first of them (see the module docs).
+fn both_directions<'p, T: Float>(
+    p: &Pass<'_, '_, T>,
+    k: usize,
+    inputs: [&'p [T]; 2],
+) -> [DirectionRun<'p, T>; 2] {
+    let [fwd, rev] = inputs;
+    let run = |d: usize, input| {
+        let j = 2 * k + d;
+        let slots = &p.layout.layers[j];
+        let offset = if d == 0 { 0 } else { slots.w_ih.start };
+        let shift = |r: &Range<usize>| r.start - offset..r.end - offset;
+        DirectionRun {
+            j,
+            offset,
+            slots: LayerSlots {
+                w_ih: shift(&slots.w_ih),
+                w_hh: shift(&slots.w_hh),
+                b_ih: slots.b_ih.as_ref().map(shift),
+                b_hh: slots.b_hh.as_ref().map(shift),
+            },
+            input,
+        }
+    };
+    let runs = [run(0, fwd), run(1, rev)];
+    // Direction 0's tensors all come before direction 1's: their gradients split there.
+    debug_assert!(p.layout.layers[2 * k].w_ih.start < runs[1].offset);
+    debug_assert!(
+        [&p.layout.layers[2 * k].w_hh]
+            .into_iter()
+            .chain(p.layout.layers[2 * k].b_hh.as_ref())
+            .all(|r| r.end <= runs[1].offset)
+    );
+    runs
+}
+
+/// Runs `f(j, pass, work)` for both directions of `runs` over `steps`, each with its own
+/// `work`: side by side on two threads, each direction on one, when the pass has threads;
+/// else one after the other on the pass's (one) thread.
+fn side_by_side<T: Float, W: Send>(
+    p: &Pass<'_, '_, T>,
+    runs: &[DirectionRun<'_, T>; 2],
+    steps: &Range<usize>,
+    work: [W; 2],
+    f: impl Fn(usize, &LayerPass<'_, T>, W) + Sync,
+) {
+    let [w0, w1] = work;
+    if p.threads.par == Par::Seq {
+        f(
+            runs[0].j,
+            &direction_pass(p, &runs[0], steps, p.threads),
+            w0,
+        );
+        f(
+            runs[1].j,
+            &direction_pass(p, &runs[1], steps, p.threads),
+            w1,
+        );
+        return;
+    }
+    let alone = |run: &DirectionRun<'_, T>, w: W| {
+        with_pair(false, |solo| {
+            let threads = PassThreads {
+                par: Par::Seq,
+                pair: solo,
+            };
+            f(run.j, &direction_pass(p, run, steps, threads), w)
+        })
+    };
+    rayon::join(|| alone(&runs[0], w0), || alone(&runs[1], w1));
+}
+
+/// The layer pass of direction `run` over `steps` on `threads`.
+fn direction_pass<'l, T: Float>(
+    p: &'l Pass<'_, '_, T>,
+    run: &'l DirectionRun<'_, T>,
+    steps: &Range<usize>,
+    threads: PassThreads<'l>,
+) -> LayerPass<'l, T> {
+    LayerPass {
+        config: p.config,
+        slots: &run.slots,
+        params: &p.params[run.offset..],
+        batch: p.batch,
+        input: run.input,
+        input_size: p.config.layer_input(run.j / 2),
+        threads,
+        split: p.opts.split,
+        steps: steps.clone(),
+    }
+}
+
+/// Layer `k`'s two directions' blocks of `n` in an `[L·D, n]` buffer (an empty buffer, as
+/// `dc0` of a cell without cell state or the norms without telemetry, gives empty blocks).
+fn direction_blocks<T>(buf: &mut [T], k: usize, n: usize) -> (&mut [T], &mut [T]) {
+    if buf.is_empty() {
+        return (&mut [], &mut []);
+    }
+    buf[2 * k * n..(2 * k + 2) * n].split_at_mut(n)
 }
