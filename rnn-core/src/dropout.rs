@@ -60,6 +60,29 @@ impl Dropout {
         }
     }
 
+    /// The dropout of micro-batch `m` of training step `step` (gradient accumulation,
+    /// [`crate::trainer::Trainer::accumulate`]): the step's own masks ([`Dropout::for_step`])
+    /// for the first micro-batch, fresh ones for each further one, so that no two
+    /// micro-batches of an update drop the same units of their rows.
+    ///
+    /// ```
+    /// use rnn_core::dropout::Dropout;
+    /// let d = Dropout::new(0.25, 7).unwrap();
+    /// assert_eq!(d.for_micro_batch(3, 0), d.for_step(3));
+    /// assert_ne!(d.for_micro_batch(3, 1), d.for_step(3));
+    /// assert_ne!(d.for_micro_batch(3, 1), d.for_micro_batch(3, 2));
+    /// ```
+    pub fn for_micro_batch(&self, step: u64, m: u64) -> Self {
+        let of_step = self.for_step(step);
+        if m == 0 {
+            return of_step;
+        }
+        Self {
+            p: self.p,
+            seed: mix64(of_step.seed ^ mix64(m)),
+        }
+    }
+
     /// Whether a pass of `config` drops anything: `p > 0` and more than one layer.
     pub(crate) fn applies_to(&self, config: &RnnConfig) -> bool {
         self.p > 0.0 && config.num_layers > 1

@@ -78,6 +78,10 @@ pub enum RnnError {
         /// The step number that was rejected (0-based count of completed steps).
         step: u64,
     },
+    /// Gradient accumulation used out of order: an update with no micro-batch accumulated,
+    /// or a plain update while micro-batches wait for theirs.
+    #[error("gradient accumulation: {0}")]
+    Accumulation(String),
     /// A configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -62,6 +62,10 @@
 //! PyTorch's `dropout` argument does ([`dropout`]), and [`trainer::Trainer::evaluate`] gives
 //! the undropped model's loss, for a validation set.
 //!
+//! Big batches: [`trainer::Trainer::accumulate`] sums the gradients of micro-batches and
+//! [`trainer::Trainer::apply_accumulated`] makes the update of the one batch holding them all
+//! ([`accumulate`]).
+//!
 //! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT, and
 //! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
 //! [`predict::Predictor`] runs a trained model one step at a time, and [`text`] turns any
@@ -69,6 +73,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accumulate;
 pub mod batch;
 pub mod config;
 pub mod dropout;

@@ -601,13 +601,18 @@ fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: Head
     }
 }
 
-/// The factor of the reduction: `1 / (scored positions [· O for float targets])` for `mean`,
-/// 1 for `sum`. A position whose label is ignored is not scored; with class weights a
-/// position counts its label's weight instead of 1.
+/// The factor of the reduction: `1 / mean_divisor` for `mean`, 1 for `sum`.
 fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> T {
     if spec.reduction == Reduction::Sum {
         return T::one();
     }
+    T::one() / T::of(mean_divisor(config, batch, spec))
+}
+
+/// What a `mean` divides the batch's summed loss by: its scored positions, times `O` for
+/// float targets. A position whose label is ignored is not scored; with class weights a
+/// position counts its label's weight instead of 1.
+pub(crate) fn mean_divisor<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> f64 {
     let (steps, b) = (
         if spec.many_to_one { 1 } else { batch.seq_len },
         batch.batch,
@@ -626,7 +631,7 @@ fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -
     } else {
         1
     };
-    T::one() / T::of(count * per_position as f64)
+    count * per_position as f64
 }
 
 /// Loss of the head outputs `ws.y` for the pass's batch and its gradient into `ws.dy`, each

@@ -6,8 +6,9 @@ use faer::Par;
 use kernels::Float;
 use kernels::aligned::AlignedVec;
 
+use crate::accumulate::Accumulator;
 use crate::batch::Batch;
-use crate::config::{LossSpec, RnnConfig};
+use crate::config::{LossSpec, Reduction, RnnConfig};
 use crate::dropout::Dropout;
 use crate::error::{Result, RnnError};
 use crate::network::{
@@ -184,6 +185,8 @@ pub struct Trainer<T: Float> {
     /// The thread pool steps run in ([`Trainer::with_thread_pool`]); `None`: rayon's global
     /// pool.
     pub pool: Option<Arc<rayon::ThreadPool>>,
+    /// Micro-batches waiting for their update ([`Trainer::accumulate`]).
+    pub accumulated: Accumulator<T>,
 }
 
 /// The cores this process may use (1 if unknown).
@@ -257,6 +260,7 @@ impl<T: Float> Trainer<T> {
             flush_denormals: false,
             lr_schedule: None,
             pool: None,
+            accumulated: Accumulator::default(),
         })
     }
 
@@ -426,8 +430,11 @@ impl<T: Float> Trainer<T> {
     ///
     /// # Errors
     /// Validation errors of the batch; [`RnnError::NonFinite`] if the loss or the gradient
-    /// is NaN or infinite — then parameters and optimizer state are exactly as before.
+    /// is NaN or infinite — then parameters and optimizer state are exactly as before;
+    /// [`RnnError::Accumulation`] while micro-batches wait for
+    /// [`Trainer::apply_accumulated`].
     pub fn step(&mut self, batch: &Batch<T>) -> Result<StepReport<T>> {
+        self.check_nothing_waits()?;
         let _flush = self.flush_scope();
         let loss = self.loss_and_grads(batch)?;
         self.update(loss)
@@ -455,7 +462,28 @@ impl<T: Float> Trainer<T> {
     /// # Errors
     /// [`RnnError::NonFinite`] naming the loss, the first non-finite gradient (tensor and
     /// index) or an overflowing norm, with the step number; nothing is changed then.
+    ///
+    /// [`RnnError::Accumulation`] while micro-batches wait for
+    /// [`Trainer::apply_accumulated`]: an update of one batch's gradients would leave them
+    /// behind.
     pub fn update(&mut self, loss: T) -> Result<StepReport<T>> {
+        self.check_nothing_waits()?;
+        self.update_with(loss)
+    }
+
+    /// [`RnnError::Accumulation`] while micro-batches wait for their update.
+    fn check_nothing_waits(&self) -> Result<()> {
+        match self.accumulated.micro_batches() {
+            0 => Ok(()),
+            waiting => Err(RnnError::Accumulation(format!(
+                "{waiting} accumulated micro-batches wait for apply_accumulated(): a plain \
+                 update would leave them behind"
+            ))),
+        }
+    }
+
+    /// [`Trainer::update`] without the accumulation check.
+    fn update_with(&mut self, loss: T) -> Result<StepReport<T>> {
         let step = self.optimizer.steps;
         if !loss.is_finite() {
             return Err(RnnError::NonFinite {
@@ -584,6 +612,110 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn loss_and_grads(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
+        let spec = self.loss.clone();
+        self.grads_of(batch, &spec, 0)
+    }
+
+    /// Adds the gradients of `batch` to those waiting for the next update, without updating:
+    /// gradient accumulation, for a batch too big to run at once, fed here as micro-batches
+    /// (of any shapes) before one [`Trainer::apply_accumulated`]. That update is the one
+    /// [`Trainer::step`] would make on a single batch holding all the micro-batches'
+    /// sequences (equal within rounding): a `mean` divides by the scored positions of all of
+    /// them, not micro-batch by micro-batch (see [`crate::accumulate`]). Returns this
+    /// micro-batch's own loss under the trainer's reduction (0 for a `mean` over a
+    /// micro-batch that scores nothing, which an accumulation allows).
+    ///
+    /// Dropout draws fresh masks for each micro-batch ([`Dropout::for_micro_batch`]);
+    /// telemetry reports the last micro-batch. A checkpoint holds parameters and optimizer
+    /// state only: apply before saving.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::gru(2, 8, 1);
+    /// let mut tr = Trainer::<f64>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::sgd(0.1), 0)?;
+    /// let (x, y) = (vec![0.5; 4 * 6 * 2], vec![0.25; 4 * 6]); // T = 4, B = 6
+    /// let mut whole = tr.clone();
+    /// whole.step(&Batch::new(4, 6, &x, Target::Values(&y)))?;
+    /// // The same six sequences as micro-batches of 2 (each [4, 2, _] buffer: every sequence's
+    /// // rows are the same here, so any slice of them will do).
+    /// for _ in 0..3 {
+    ///     tr.accumulate(&Batch::new(4, 2, &x[..4 * 2 * 2], Target::Values(&y[..4 * 2])))?;
+    /// }
+    /// tr.apply_accumulated()?;
+    /// let most = (tr.params.iter().zip(whole.params.iter()))
+    ///     .map(|(a, b)| (a - b).abs())
+    ///     .fold(0.0, f64::max);
+    /// assert!(most < 1e-12);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Validation errors of the batch; [`RnnError::NonFinite`] if its loss is NaN or
+    /// infinite: then every micro-batch accumulated for this update is dropped (the step is
+    /// rejected, as [`Trainer::step`] would reject it), and weights and optimizer state are
+    /// untouched.
+    pub fn accumulate(&mut self, batch: &Batch<T>) -> Result<T> {
+        let _flush = self.flush_scope();
+        let micro = self.accumulated.micro_batches();
+        let sum = LossSpec {
+            reduction: Reduction::Sum,
+            ..self.loss.clone()
+        };
+        let loss = self.grads_of(batch, &sum, micro)?;
+        if !loss.is_finite() {
+            self.accumulated.clear();
+            return Err(RnnError::NonFinite {
+                what: format!("loss ({}) of micro-batch {micro}", loss.f64()),
+                step: self.optimizer.steps,
+            });
+        }
+        let divisor = network::mean_divisor(&self.config, batch, &self.loss);
+        self.accumulated.add(loss, &self.grads, divisor);
+        Ok(match self.loss.reduction {
+            Reduction::Sum => loss,
+            Reduction::Mean if divisor > 0.0 => loss / T::of(divisor),
+            Reduction::Mean => T::zero(),
+        })
+    }
+
+    /// Clips the gradients accumulated since the last update ([`Trainer::accumulate`]) and
+    /// applies one optimizer update, as [`Trainer::update`] does; the report's loss is that
+    /// of all the micro-batches together. The accumulation starts afresh after it, whether
+    /// the update was made or rejected.
+    ///
+    /// # Errors
+    /// [`RnnError::Accumulation`] if no micro-batch was accumulated; [`RnnError::Config`]
+    /// for a `mean` over micro-batches that together score nothing; [`Trainer::update`]'s
+    /// errors. Weights and optimizer state are untouched by any of them.
+    pub fn apply_accumulated(&mut self) -> Result<StepReport<T>> {
+        if self.accumulated.micro_batches() == 0 {
+            return Err(RnnError::Accumulation(
+                "apply_accumulated() with no micro-batch accumulated".into(),
+            ));
+        }
+        let (loss, divisor) = self.accumulated.totals();
+        let scale = match self.loss.reduction {
+            Reduction::Sum => 1.0,
+            Reduction::Mean if divisor > 0.0 => 1.0 / divisor,
+            Reduction::Mean => {
+                self.accumulated.clear();
+                return Err(RnnError::Config(
+                    "the accumulated micro-batches score no position (every label \
+                     IGNORED_LABEL or of class weight 0): a mean over none is undefined"
+                        .into(),
+                ));
+            }
+        };
+        self.grads.copy_from_slice(self.accumulated.grads());
+        self.accumulated.clear();
+        kernels::reduce::scale(&mut self.grads, T::of(scale));
+        let _flush = self.flush_scope();
+        self.update_with(T::of(loss * scale))
+    }
+
+    /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as
+    /// micro-batch `micro` of the coming update.
+    fn grads_of(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
         let dropout = self.dropout.is_some_and(|d| d.applies_to(&self.config));
         let segment = self.segment_for(batch, dropout);
         self.in_step_threads(batch, |tr, par| {
@@ -593,7 +725,9 @@ impl<T: Float> Trainer<T> {
                 telemetry: tr.telemetry,
                 split: tr.split,
                 chunks: tr.chunks,
-                dropout: tr.dropout.map(|d| d.for_step(tr.optimizer.steps)),
+                dropout: tr
+                    .dropout
+                    .map(|d| d.for_micro_batch(tr.optimizer.steps, micro)),
             };
             forward_backward_checkpointed(
                 &tr.config,
@@ -602,7 +736,7 @@ impl<T: Float> Trainer<T> {
                 &mut tr.grads,
                 &mut tr.workspace,
                 batch,
-                &tr.loss,
+                spec,
                 opts,
                 segment,
             )

@@ -38,7 +38,7 @@ fn allocations_of_steady_step(
     opt: OptimizerKind<f32>,
     t: usize,
     b: usize,
-    (threads, split, memory): (usize, UnitSplit, Memory),
+    (threads, split, memory, micro_batches): (usize, UnitSplit, Memory, usize),
 ) -> usize {
     // The stacked LSTM and GRU drop between their layers; the stacked RNN does not.
     let dropout = if cfg.cell == Cell::Rnn { 0.0 } else { 0.25 };
@@ -70,15 +70,25 @@ fn allocations_of_steady_step(
         lengths: Some(&lengths),
         ..input
     };
+    // A step, or an update of accumulated micro-batches (here all the same batch).
+    let mut step = || match micro_batches {
+        0 => trainer.step(&batch).unwrap(),
+        m => {
+            for _ in 0..m {
+                trainer.accumulate(&batch).unwrap();
+            }
+            trainer.apply_accumulated().unwrap()
+        }
+    };
     // The first step sizes the workspace. faer keeps per-thread GEMM packing buffers, sized
     // by the first products each thread runs: with two threads, which thread runs which unit
     // block can vary, so a few steps let both threads see every product.
     for _ in 0..if threads > 1 { 4 } else { 1 } {
-        trainer.step(&batch).unwrap();
+        step();
     }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..STEADY_STEPS {
-        trainer.step(&batch).unwrap();
+        step();
     }
     ALLOCATIONS.load(Ordering::Relaxed) - before
 }
@@ -169,15 +179,18 @@ fn training_steps_do_not_allocate() {
     // Sequential with the default split, each step in two unit blocks on two threads, and
     // checkpointed BPTT under a memory budget (which picks its segment every step).
     let budget = Memory::Budget { bytes: 48 << 10 };
+    // The last two accumulate micro-batches for each update (`Trainer::accumulate`).
     let runs = [
-        (1, UnitSplit::Auto, Memory::Full),
-        (2, UnitSplit::Halves, Memory::Full),
-        (1, UnitSplit::Auto, budget),
+        (1, UnitSplit::Auto, Memory::Full, 0),
+        (2, UnitSplit::Halves, Memory::Full, 0),
+        (1, UnitSplit::Auto, budget, 0),
+        (1, UnitSplit::Auto, Memory::Full, 3),
+        (2, UnitSplit::Halves, Memory::Full, 2),
     ];
     // A bidirectional model runs whole sequences: no memory budget can split them.
     let all_runs = (cases.into_iter())
         .flat_map(|c| runs.map(|r| (c.clone(), r)))
-        .filter(|((cfg, ..), (_, _, memory))| !(cfg.bidirectional && *memory != Memory::Full));
+        .filter(|((cfg, ..), (_, _, memory, _))| !(cfg.bidirectional && *memory != Memory::Full));
     for ((cfg, loss, opt, t, b), run) in all_runs {
         let n = allocations_of_steady_step(cfg, loss, opt, t, b, run);
         // On two threads a step enters rayon's pool from outside (once per layer pass), and

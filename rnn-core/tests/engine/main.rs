@@ -10,6 +10,7 @@
 mod common;
 mod fixtures;
 
+mod accumulate;
 mod api;
 mod checkpointed;
 mod crash;

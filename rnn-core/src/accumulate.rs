@@ -1,0 +1,65 @@
+//! Gradient accumulation: the gradients of several micro-batches summed into one update
+//! ([`crate::trainer::Trainer::accumulate`]), for batches too big for memory at once.
+//!
+//! Each micro-batch's pass runs with the `sum` reduction, so what is summed here is the
+//! gradient of the summed loss; the update divides the total by the total weight a `mean`
+//! divides by (scored positions, times `O` for float targets, or their class weights). So
+//! the update is the one a single batch holding every micro-batch's sequences would make,
+//! however unevenly the micro-batches' positions, lengths, ignored labels and class weights
+//! fall: PyTorch's usual `loss / n_micro` recipe is that only when every micro-batch scores
+//! as many positions.
+
+use kernels::Float;
+use kernels::aligned::AlignedVec;
+use kernels::reduce::axpy;
+
+/// Sums of the micro-batches accumulated since the last update.
+#[derive(Clone, Debug, Default)]
+pub struct Accumulator<T> {
+    /// The summed gradients of the micro-batches' summed losses (empty until first used,
+    /// then kept, so accumulating does not allocate after the first update).
+    grads: AlignedVec<T>,
+    /// Their summed losses (`sum` reduction), in f64.
+    loss: f64,
+    /// What a `mean` over all of them divides by ([`crate::network`]'s `mean_divisor`).
+    divisor: f64,
+    /// How many micro-batches were added.
+    micro_batches: u64,
+}
+
+impl<T: Float> Accumulator<T> {
+    /// How many micro-batches are waiting for an update.
+    pub fn micro_batches(&self) -> u64 {
+        self.micro_batches
+    }
+
+    /// Adds a micro-batch's summed loss, its gradient and its mean divisor.
+    pub(crate) fn add(&mut self, loss: T, grads: &[T], divisor: f64) {
+        if self.micro_batches == 0 {
+            self.grads.resize(grads.len());
+            self.grads.copy_from_slice(grads);
+        } else {
+            axpy(&mut self.grads, T::one(), grads);
+        }
+        self.loss += loss.f64();
+        self.divisor += divisor;
+        self.micro_batches += 1;
+    }
+
+    /// The summed loss and the summed loss's weight a `mean` divides by.
+    pub(crate) fn totals(&self) -> (f64, f64) {
+        (self.loss, self.divisor)
+    }
+
+    /// The summed gradients.
+    pub(crate) fn grads(&self) -> &[T] {
+        &self.grads
+    }
+
+    /// Forgets the micro-batches (the buffer stays allocated).
+    pub(crate) fn clear(&mut self) {
+        self.loss = 0.0;
+        self.divisor = 0.0;
+        self.micro_batches = 0;
+    }
+}
