@@ -46,14 +46,14 @@ impl<T: Float> Accumulator<T> {
         self.micro_batches += 1;
     }
 
-    /// The summed loss and the summed loss's weight a `mean` divides by.
-    pub(crate) fn totals(&self) -> (f64, f64) {
-        (self.loss, self.divisor)
-    }
-
-    /// The summed gradients.
-    pub(crate) fn grads(&self) -> &[T] {
-        &self.grads
+    /// Hands the summed gradients over to `grads` (by swapping buffers, no copy) and
+    /// forgets the micro-batches; returns their summed loss and what a `mean` over all of
+    /// them divides by.
+    pub(crate) fn take_into(&mut self, grads: &mut AlignedVec<T>) -> (f64, f64) {
+        std::mem::swap(&mut self.grads, grads);
+        let totals = (self.loss, self.divisor);
+        self.clear();
+        totals
     }
 
     /// Forgets the micro-batches (the buffer stays allocated).

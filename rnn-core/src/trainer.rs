@@ -437,7 +437,7 @@ impl<T: Float> Trainer<T> {
         self.check_nothing_waits()?;
         let _flush = self.flush_scope();
         let loss = self.loss_and_grads(batch)?;
-        self.update(loss)
+        self.update_with(loss)
     }
 
     /// Turns flush-to-zero on for a step when asked, and back to the caller's mode after.
@@ -693,12 +693,15 @@ impl<T: Float> Trainer<T> {
                 "apply_accumulated() with no micro-batch accumulated".into(),
             ));
         }
-        let (loss, divisor) = self.accumulated.totals();
-        let scale = match self.loss.reduction {
-            Reduction::Sum => 1.0,
-            Reduction::Mean if divisor > 0.0 => 1.0 / divisor,
+        let _flush = self.flush_scope();
+        let (loss, divisor) = self.accumulated.take_into(&mut self.grads);
+        let loss = match self.loss.reduction {
+            Reduction::Sum => loss,
+            Reduction::Mean if divisor > 0.0 => {
+                kernels::reduce::scale(&mut self.grads, T::of(1.0 / divisor));
+                loss * (1.0 / divisor)
+            }
             Reduction::Mean => {
-                self.accumulated.clear();
                 return Err(RnnError::Config(
                     "the accumulated micro-batches score no position (every label \
                      IGNORED_LABEL or of class weight 0): a mean over none is undefined"
@@ -706,11 +709,7 @@ impl<T: Float> Trainer<T> {
                 ));
             }
         };
-        self.grads.copy_from_slice(self.accumulated.grads());
-        self.accumulated.clear();
-        kernels::reduce::scale(&mut self.grads, T::of(scale));
-        let _flush = self.flush_scope();
-        self.update_with(T::of(loss * scale))
+        self.update_with(T::of(loss))
     }
 
     /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as
