@@ -221,7 +221,8 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
     labels = torch.randint(0, O, (T, B))
     initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
     kind, kw = optimizer
-    opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](m.parameters(), **kw)
+    opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+           "rmsprop": torch.optim.RMSprop}[kind](m.parameters(), **kw)
     for _ in range(steps):
         opt.zero_grad()
         y = m.head(m.rnn(x)[0])
@@ -265,6 +266,13 @@ if __name__ == "__main__":
     case("gru_batch8_ce_f32", 12, 8, 7, 33, 6, loss="ce", layers=2, dtype=torch.float32, cell="gru", seed=33)
     training("lstm_adam_clip", ("adam", {"lr": 0.01, "weight_decay": 0.001}), clip=0.3, cell="lstm")
     training("gru_sgd_momentum", ("sgd", {"lr": 0.1, "momentum": 0.9}), cell="gru")
+    # RMSprop: plain with L2 and clipping; momentum; centered; both, on every cell.
+    training("rmsprop_clip", ("rmsprop", {"lr": 0.01, "weight_decay": 0.01}), clip=0.5, steps=5)
+    training("rmsprop_momentum", ("rmsprop", {"lr": 0.005, "alpha": 0.9, "momentum": 0.8}), steps=5)
+    training("lstm_rmsprop_centered", ("rmsprop", {"lr": 0.01, "centered": True}), cell="lstm", steps=5)
+    training("gru_rmsprop_centered_momentum_clip",
+             ("rmsprop", {"lr": 0.01, "alpha": 0.95, "eps": 1e-6, "momentum": 0.5, "centered": True,
+                          "weight_decay": 0.001}), clip=0.3, cell="gru", steps=5)
     # bias=False: no bias tensors in the state dict, every cell.
     case("rnn_nobias_ce_2layers_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 1],
          bias=False, seed=60)

@@ -241,3 +241,190 @@ pub fn adam<T: Float>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], h: AdamSte
     );
     crate::arch::dispatch(Adam { p, m, v, g, h });
 }
+
+/// Hyper-parameters of [`rmsprop`] (PyTorch's `torch.optim.RMSprop`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsPropStep<T> {
+    /// Learning rate.
+    pub lr: T,
+    /// Decay of the squared-gradient average (PyTorch's `alpha`).
+    pub alpha: T,
+    /// Added to the denominator.
+    pub eps: T,
+    /// L2 penalty added to the gradient: `g += weight_decay * p`.
+    pub weight_decay: T,
+    /// Momentum factor; 0 steps along the scaled gradient directly and uses no buffer.
+    pub momentum: T,
+    /// Divide by the gradient's estimated variance rather than its raw second moment.
+    pub centered: bool,
+    /// Factor applied to every gradient element (the clipping factor, or 1).
+    pub grad_scale: T,
+}
+
+struct RmsProp<'a, T> {
+    p: &'a mut [T],
+    sq: &'a mut [T],
+    buf: &'a mut [T],
+    avg: &'a mut [T],
+    g: &'a [T],
+    h: RmsPropStep<T>,
+}
+
+struct RmsPropConsts<S: Simd, T: Float> {
+    scale: T::Lanes<S>,
+    wd: T::Lanes<S>,
+    alpha: T::Lanes<S>,
+    one_alpha: T::Lanes<S>,
+    eps: T::Lanes<S>,
+    lr: T::Lanes<S>,
+    momentum: T::Lanes<S>,
+    zero: T::Lanes<S>,
+    with_momentum: bool,
+    centered: bool,
+}
+
+impl<T: Float> RmsProp<'_, T> {
+    /// One lane's `[p, sq, buf, avg]` after the step; `buf` and `avg` pass through (and are
+    /// not stored) when momentum or centering is off.
+    #[inline(always)]
+    fn lane<S: Simd>(
+        s: S,
+        c: &RmsPropConsts<S, T>,
+        [p, sq, buf, avg]: [T::Lanes<S>; 4],
+        g: T::Lanes<S>,
+    ) -> [T::Lanes<S>; 4] {
+        let g = T::vmul_add(s, c.wd, p, T::vmul(s, g, c.scale));
+        let sq = T::vmul_add(s, c.alpha, sq, T::vmul(s, c.one_alpha, T::vmul(s, g, g)));
+        // PyTorch: grad_avg.lerp_(g, 1 - alpha), i.e. avg + (1 - alpha) (g - avg) for
+        // alpha > 0.5; the variance estimate sq - avg² is clamped at 0, where rounding could
+        // take it below and PyTorch's sqrt would give NaN.
+        let (avg, var) = if c.centered {
+            let avg = T::vmul_add(s, c.one_alpha, T::vsub(s, g, avg), avg);
+            (avg, T::vmax(s, T::vneg_mul_add(s, avg, avg, sq), c.zero))
+        } else {
+            (avg, sq)
+        };
+        let denom = T::vadd(s, T::vsqrt(s, var), c.eps);
+        let step = T::vdiv(s, g, denom);
+        if c.with_momentum {
+            let buf = T::vmul_add(s, c.momentum, buf, step);
+            [T::vneg_mul_add(s, c.lr, buf, p), sq, buf, avg]
+        } else {
+            [T::vneg_mul_add(s, c.lr, step, p), sq, buf, avg]
+        }
+    }
+}
+
+impl<T: Float> WithSimd for RmsProp<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self {
+            p,
+            sq,
+            buf,
+            avg,
+            g,
+            h,
+        } = self;
+        let c = RmsPropConsts::<S, T> {
+            scale: T::splat(s, h.grad_scale),
+            wd: T::splat(s, h.weight_decay),
+            alpha: T::splat(s, h.alpha),
+            one_alpha: T::splat(s, T::one() - h.alpha),
+            eps: T::splat(s, h.eps),
+            lr: T::splat(s, h.lr),
+            momentum: T::splat(s, h.momentum),
+            zero: T::splat(s, T::zero()),
+            with_momentum: !buf.is_empty(),
+            centered: !avg.is_empty(),
+        };
+        let (pv, pt) = T::as_mut_simd::<S>(p);
+        let (sv, st) = T::as_mut_simd::<S>(sq);
+        let (bv, bt) = T::as_mut_simd::<S>(buf);
+        let (av, at) = T::as_mut_simd::<S>(avg);
+        let (gv, gt) = T::as_simd::<S>(g);
+        for i in 0..pv.len() {
+            // An unused buffer is empty: its lanes read as zero and are not written back.
+            let b = bv.get(i).copied().unwrap_or(c.zero);
+            let a = av.get(i).copied().unwrap_or(c.zero);
+            let [np, ns, nb, na] = Self::lane(s, &c, [pv[i], sv[i], b, a], gv[i]);
+            (pv[i], sv[i]) = (np, ns);
+            if let Some(b) = bv.get_mut(i) {
+                *b = nb;
+            }
+            if let Some(a) = av.get_mut(i) {
+                *a = na;
+            }
+        }
+        let [np, ns, nb, na] = Self::lane(
+            s,
+            &c,
+            [
+                T::partial_load(s, pt),
+                T::partial_load(s, st),
+                T::partial_load(s, bt),
+                T::partial_load(s, at),
+            ],
+            T::partial_load(s, gt),
+        );
+        T::partial_store(s, pt, np);
+        T::partial_store(s, st, ns);
+        T::partial_store(s, bt, nb);
+        T::partial_store(s, at, na);
+    }
+}
+
+/// One RMSprop step with PyTorch's formulas: `g = grad_scale * grad + wd * p;
+/// sq = alpha sq + (1 - alpha) g²`; centered, `avg = avg + (1 - alpha) (g - avg)` and
+/// `denom = sqrt(sq - avg²) + eps`, else `denom = sqrt(sq) + eps`; with momentum
+/// `buf = momentum buf + g / denom; p -= lr buf`, without `p -= lr g / denom`.
+///
+/// `buf` is the momentum buffer and `avg` the centered gradient average: each either as long
+/// as `p` or empty, and empty exactly when `h.momentum == 0` / `!h.centered`.
+///
+/// # Panics
+/// If a buffer's length does not fit that rule.
+///
+/// ```
+/// use kernels::optim::{rmsprop, RmsPropStep};
+/// let (mut p, mut sq) = ([1.0f64], [0.0]);
+/// let h = RmsPropStep { lr: 0.01, alpha: 0.99, eps: 1e-8, weight_decay: 0.0, momentum: 0.0,
+///                       centered: false, grad_scale: 1.0 };
+/// rmsprop(&mut p, &mut sq, &mut [], &mut [], &[0.5], h);
+/// // sq = 0.01 * 0.25, so the first step moves by lr * 0.5 / 0.05 = 10 lr.
+/// assert!((p[0] - 0.9).abs() < 1e-7);
+/// ```
+#[track_caller]
+pub fn rmsprop<T: Float>(
+    p: &mut [T],
+    sq: &mut [T],
+    buf: &mut [T],
+    avg: &mut [T],
+    g: &[T],
+    h: RmsPropStep<T>,
+) {
+    let fits = |len: usize, used: bool| len == if used { p.len() } else { 0 };
+    assert!(
+        p.len() == sq.len()
+            && p.len() == g.len()
+            && fits(buf.len(), h.momentum != T::zero())
+            && fits(avg.len(), h.centered),
+        "rmsprop: lengths {} {} {} {} {} (momentum {:?}, centered {})",
+        p.len(),
+        sq.len(),
+        buf.len(),
+        avg.len(),
+        g.len(),
+        h.momentum,
+        h.centered
+    );
+    crate::arch::dispatch(RmsProp {
+        p,
+        sq,
+        buf,
+        avg,
+        g,
+        h,
+    });
+}

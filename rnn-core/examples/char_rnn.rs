@@ -70,6 +70,33 @@ impl From<CellArg> for Cell {
     }
 }
 
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OptimizerArg {
+    Adam,
+    Adamw,
+    Rmsprop,
+    /// SGD with momentum 0.9.
+    Sgd,
+}
+
+impl OptimizerArg {
+    /// The optimizer at learning rate `lr`, with PyTorch's defaults otherwise.
+    fn kind(self, lr: f64) -> OptimizerKind<f32> {
+        match self {
+            Self::Adam => OptimizerKind::adam(lr),
+            Self::Adamw => OptimizerKind::adamw(lr),
+            Self::Rmsprop => OptimizerKind::rmsprop(lr),
+            Self::Sgd => OptimizerKind::Sgd {
+                lr: lr as f32,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                nesterov: false,
+            },
+        }
+    }
+}
+
 /// `--lr-schedule`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ScheduleArg {
@@ -133,7 +160,10 @@ struct Args {
     /// Updates to run in total (a resumed run continues up to this count).
     #[arg(long, default_value_t = 1500)]
     steps: usize,
-    /// Adam learning rate (the peak, with a schedule).
+    /// Optimizer (a resumed run must use the checkpoint's).
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: OptimizerArg,
+    /// Learning rate (the peak, with a schedule).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     /// Learning-rate schedule after any warm-up: constant, or cosine down to --lr / 10 at
@@ -260,7 +290,7 @@ fn run(args: Args) -> Result<(), String> {
     let trainer = Trainer::<f32>::new(
         cfg,
         LossSpec::every_step(LossKind::CrossEntropy),
-        OptimizerKind::adam(args.lr),
+        args.optimizer.kind(args.lr),
         args.seed,
     )
     .map_err(|e| e.to_string())?

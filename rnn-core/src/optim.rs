@@ -1,6 +1,6 @@
 //! Optimizers over the flat parameter buffer, and gradient clipping.
 
-use kernels::optim::{AdamStep, SgdStep, adam, sgd};
+use kernels::optim::{AdamStep, RmsPropStep, SgdStep, adam, rmsprop, sgd};
 use kernels::{Float, reduce};
 
 /// An optimizer and its hyper-parameters (PyTorch's defaults where it has them).
@@ -31,6 +31,21 @@ pub enum OptimizerKind<T> {
         weight_decay: T,
         /// AdamW.
         decoupled: bool,
+    },
+    /// `torch.optim.RMSprop`.
+    RmsProp {
+        /// Learning rate.
+        lr: T,
+        /// Decay of the squared-gradient average.
+        alpha: T,
+        /// Denominator guard.
+        eps: T,
+        /// L2 weight decay.
+        weight_decay: T,
+        /// Momentum (0: none, and no momentum buffer).
+        momentum: T,
+        /// Divide by the gradient's variance estimate (`sq - avg²`) instead of `sq`.
+        centered: bool,
     },
 }
 
@@ -69,47 +84,100 @@ impl<T: Float> OptimizerKind<T> {
         }
     }
 
+    /// RMSprop with PyTorch's defaults (`alpha = 0.99`, `eps = 1e-8`, no momentum, not
+    /// centered).
+    pub fn rmsprop(lr: f64) -> Self {
+        Self::RmsProp {
+            lr: T::of(lr),
+            alpha: T::of(0.99),
+            eps: T::of(1e-8),
+            weight_decay: T::zero(),
+            momentum: T::zero(),
+            centered: false,
+        }
+    }
+
     /// The learning rate.
     pub fn lr(&self) -> T {
         match *self {
-            Self::Sgd { lr, .. } | Self::Adam { lr, .. } => lr,
+            Self::Sgd { lr, .. } | Self::Adam { lr, .. } | Self::RmsProp { lr, .. } => lr,
         }
     }
 
     /// Sets the learning rate (between steps, for schedules).
     pub fn set_lr(&mut self, new: T) {
         match self {
-            Self::Sgd { lr, .. } | Self::Adam { lr, .. } => *lr = new,
+            Self::Sgd { lr, .. } | Self::Adam { lr, .. } | Self::RmsProp { lr, .. } => *lr = new,
+        }
+    }
+
+    /// The family's name as checkpoints record it: `"sgd"`, `"adam"` (Adam and AdamW) or
+    /// `"rmsprop"`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::Sgd { .. } => "sgd",
+            Self::Adam { .. } => "adam",
+            Self::RmsProp { .. } => "rmsprop",
+        }
+    }
+
+    /// Which of the three state buffers this optimizer's update reads and writes.
+    pub(crate) fn uses_state(&self) -> [bool; 3] {
+        match *self {
+            Self::Sgd { .. } => [true, false, false],
+            Self::Adam { .. } => [true, true, false],
+            Self::RmsProp {
+                momentum, centered, ..
+            } => [true, momentum != T::zero(), centered],
         }
     }
 }
 
-/// An optimizer with its state buffers, mirroring the parameter layout.
+/// An optimizer with its state buffers, mirroring the parameter layout. A buffer the
+/// optimizer does not use is empty.
 #[derive(Clone, Debug)]
 pub struct Optimizer<T> {
     /// Hyper-parameters.
     pub kind: OptimizerKind<T>,
-    /// SGD: momentum buffer; Adam: first moment. Empty until the first step.
+    /// SGD: momentum buffer; Adam: first moment; RMSprop: squared-gradient average.
     pub state1: Vec<T>,
-    /// Adam: second moment. Empty for SGD.
+    /// Adam: second moment; RMSprop: momentum buffer (with momentum). Empty for SGD.
     pub state2: Vec<T>,
+    /// RMSprop: gradient average (centered). Empty otherwise.
+    pub state3: Vec<T>,
     /// Updates applied so far.
     pub steps: u64,
 }
 
 impl<T: Float> Optimizer<T> {
     /// A fresh optimizer for `n` parameters.
+    ///
+    /// ```
+    /// use rnn_core::optim::{Optimizer, OptimizerKind};
+    /// let kind = OptimizerKind::RmsProp { lr: 0.01, alpha: 0.99, eps: 1e-8, weight_decay: 0.0,
+    ///                                     momentum: 0.9, centered: false };
+    /// let opt = Optimizer::<f32>::new(kind, 10);
+    /// assert_eq!((opt.state1.len(), opt.state2.len(), opt.state3.len()), (10, 10, 0));
+    /// ```
     pub fn new(kind: OptimizerKind<T>, n: usize) -> Self {
-        let state2 = if matches!(kind, OptimizerKind::Adam { .. }) {
-            vec![T::zero(); n]
-        } else {
-            Vec::new()
-        };
+        let [len1, len2, len3] = kind.uses_state().map(|used| if used { n } else { 0 });
         Self {
             kind,
-            state1: vec![T::zero(); n],
-            state2,
+            state1: vec![T::zero(); len1],
+            state2: vec![T::zero(); len2],
+            state3: vec![T::zero(); len3],
             steps: 0,
+        }
+    }
+
+    /// Gives every buffer the update will use, but is empty, `n` zeros: after [`Self::kind`]
+    /// changes to an optimizer with more state, as PyTorch starts a missing state at zero.
+    fn fill_missing_state(&mut self, n: usize) {
+        let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
+        for (used, buffer) in self.kind.uses_state().into_iter().zip(buffers) {
+            if used && buffer.is_empty() {
+                buffer.resize(n, T::zero());
+            }
         }
     }
 
@@ -134,16 +202,20 @@ impl<T: Float> Optimizer<T> {
     /// assert_eq!((one.1.state1, one.1.state2), (two.1.state1, two.1.state2));
     /// ```
     pub fn update_on(&mut self, params: &mut [T], grads: &[T], grad_scale: T, two_threads: bool) {
+        self.fill_missing_state(params.len());
         self.steps += 1;
         let step = Step {
             kind: self.kind,
             steps: self.steps,
             grad_scale,
         };
+        // A buffer a former kind left behind is kept (for a change back) but not passed on.
+        let [_, use2, use3] = self.kind.uses_state();
         let all = Elements {
             params,
             state1: &mut self.state1,
-            state2: &mut self.state2,
+            state2: if use2 { &mut self.state2 } else { &mut [] },
+            state3: if use3 { &mut self.state3 } else { &mut [] },
             grads,
         };
         if on_two_threads(two_threads, all.params.len()) {
@@ -206,11 +278,12 @@ struct Step<T> {
 }
 
 /// The elements an update touches: a range of the parameters with their state and gradients
-/// (`state2` empty for SGD).
+/// (a state buffer the optimizer does not use is empty).
 struct Elements<'a, T> {
     params: &'a mut [T],
     state1: &'a mut [T],
     state2: &'a mut [T],
+    state3: &'a mut [T],
     grads: &'a [T],
 }
 
@@ -218,20 +291,23 @@ impl<'a, T> Elements<'a, T> {
     /// The first and second halves of the elements.
     fn halves(self) -> (Self, Self) {
         let mid = self.params.len() / 2;
+        let split = |state: &'a mut [T]| match state.len() {
+            0 => (&mut [][..], &mut [][..]),
+            _ => state.split_at_mut(mid),
+        };
         let (p0, p1) = self.params.split_at_mut(mid);
         let (a0, a1) = self.state1.split_at_mut(mid);
-        let (b0, b1) = match self.state2.len() {
-            0 => (&mut [][..], &mut [][..]),
-            _ => self.state2.split_at_mut(mid),
-        };
+        let (b0, b1) = split(self.state2);
+        let (c0, c1) = split(self.state3);
         let (g0, g1) = self.grads.split_at(mid);
-        let half = |params, state1, state2, grads| Elements {
+        let half = |params, state1, state2, state3, grads| Elements {
             params,
             state1,
             state2,
+            state3,
             grads,
         };
-        (half(p0, a0, b0, g0), half(p1, a1, b1, g1))
+        (half(p0, a0, b0, c0, g0), half(p1, a1, b1, c1, g1))
     }
 }
 
@@ -277,6 +353,29 @@ impl<T: Float> Step<T> {
                     weight_decay,
                     decoupled,
                     step: self.steps,
+                    grad_scale,
+                },
+            ),
+            OptimizerKind::RmsProp {
+                lr,
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                centered,
+            } => rmsprop(
+                e.params,
+                e.state1,
+                e.state2,
+                e.state3,
+                e.grads,
+                RmsPropStep {
+                    lr,
+                    alpha,
+                    eps,
+                    weight_decay,
+                    momentum,
+                    centered,
                     grad_scale,
                 },
             ),

@@ -141,7 +141,14 @@ fn training_steps_do_not_allocate() {
             LossSpec::last_step(LossKind::CrossEntropy)
                 .with_class_weights(&[1.0, 0.5, 2.0, 0.0, 3.0])
                 .unwrap(),
-            OptimizerKind::sgd(0.01),
+            OptimizerKind::RmsProp {
+                lr: 0.01,
+                alpha: 0.9,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                momentum: 0.5,
+                centered: true,
+            },
             11,
             6,
         ),
@@ -162,7 +169,7 @@ fn training_steps_do_not_allocate() {
         (
             RnnConfig::gru(5, 64, 3),
             LossSpec::every_step(LossKind::Mse),
-            OptimizerKind::adamw(0.01),
+            OptimizerKind::rmsprop(0.01),
             20,
             1,
         ),

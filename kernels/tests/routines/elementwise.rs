@@ -558,6 +558,55 @@ fn optimizers_match<T: Float>() {
                 }
             }
         }
+        // Square averages well above avg², so the centered variance is far from 0.
+        let (b0, sq0): (Vec<T>, Vec<T>) = (
+            random(rng, n, 0.1),
+            s0.iter().map(|&v| v + T::of(0.05)).collect(),
+        );
+        for (momentum, centered) in [(0.0, false), (0.0, true), (0.7, false), (0.7, true)] {
+            let h = optim::RmsPropStep {
+                lr: T::of(0.01),
+                alpha: T::of(0.9),
+                eps: T::of(1e-8),
+                weight_decay: T::of(0.1),
+                momentum: T::of(momentum),
+                centered,
+                grad_scale: T::of(0.5),
+            };
+            let used = |on: bool, v: &[T]| if on { v.to_vec() } else { Vec::new() };
+            let (mut p, mut sq) = (p0.clone(), sq0.clone());
+            let (mut buf, mut avg) = (used(momentum > 0.0, &b0), used(centered, &m0));
+            optim::rmsprop(&mut p, &mut sq, &mut buf, &mut avg, &g, h);
+            for i in 0..n {
+                let gi = 0.5 * g[i].f64() + 0.1 * p0[i].f64();
+                let si = 0.9 * sq0[i].f64() + 0.1 * gi * gi;
+                let ai = m0[i].f64() + 0.1 * (gi - m0[i].f64());
+                let var = if centered {
+                    (si - ai * ai).max(0.0)
+                } else {
+                    si
+                };
+                let di = gi / (var.sqrt() + 1e-8);
+                let bi = momentum * b0[i].f64() + di;
+                let pi = p0[i].f64() - 0.01 * if momentum > 0.0 { bi } else { di };
+                let mut checks = vec![(p[i], pi, "p"), (sq[i], si, "sq")];
+                if momentum > 0.0 {
+                    checks.push((buf[i], bi, "buf"));
+                }
+                if centered {
+                    checks.push((avg[i], ai, "avg"));
+                }
+                for (got, want, what) in checks {
+                    // sq - avg² cancels: its error is relative to sq, not to the variance.
+                    let scale = 1.0 + want.abs() + si / var;
+                    assert!(
+                        (got.f64() - want).abs() <= tol * scale * 8.0,
+                        "rmsprop {what} {isa:?} at {i} (momentum {momentum}, centered \
+                         {centered}): {got} vs {want}"
+                    );
+                }
+            }
+        }
     });
 }
 

@@ -13,7 +13,8 @@ use crate::error::{Result, RnnError, shape};
 use crate::optim::Optimizer;
 use crate::params::Layout;
 
-/// Saves weights, optimizer state (`optim.state1`, `optim.state2`) and its step count.
+/// Saves weights, optimizer state (`optim.state1`, `optim.state2`, `optim.state3`: see
+/// [`Optimizer`]'s fields), its family (`optim.kind`) and its step count.
 ///
 /// # Errors
 /// [`RnnError::Io`] / [`RnnError::Format`].
@@ -25,6 +26,9 @@ pub fn save_checkpoint<T: Float>(
 ) -> Result<()> {
     save_checkpoint_with(path, config, params, optimizer, &Extras::default())
 }
+
+/// The optimizer's state buffers in a checkpoint, [`Optimizer::state1`] to `state3`.
+const STATE_NAMES: [&str; 3] = ["optim.state1", "optim.state2", "optim.state3"];
 
 /// What a training program keeps in its checkpoint beside the model and optimizer: data
 /// position, stream states, RNG state. Stored as tensors and metadata under `extra.`.
@@ -80,10 +84,14 @@ pub fn save_checkpoint_with<T: Float>(
 ) -> Result<()> {
     let layout = Layout::of_params(config, params)?;
     let mut tensors = param_tensors(&layout, params);
-    for (name, state) in [
-        ("optim.state1", &optimizer.state1),
-        ("optim.state2", &optimizer.state2),
-    ] {
+    // A buffer the optimizer's kind does not use (one a former kind left) is not saved.
+    let buffers = [&optimizer.state1, &optimizer.state2, &optimizer.state3];
+    for ((name, state), used) in STATE_NAMES
+        .into_iter()
+        .zip(buffers)
+        .zip(optimizer.kind.uses_state())
+    {
+        let state: &[T] = if used { state } else { &[] };
         if !state.is_empty() && state.len() != layout.len {
             return Err(shape(name, format!("0 or {}", layout.len), state.len()));
         }
@@ -98,6 +106,7 @@ pub fn save_checkpoint_with<T: Float>(
     }
     let mut meta = config_metadata(config);
     meta.insert("optim.steps".into(), optimizer.steps.to_string());
+    meta.insert("optim.kind".into(), optimizer.kind.family().into());
     for (k, v) in &extras.metadata {
         meta.insert(format!("extra.{k}"), v.clone());
     }
@@ -110,7 +119,8 @@ pub fn save_checkpoint_with<T: Float>(
 /// [`Layout::new`]`(config).len`).
 ///
 /// # Errors
-/// [`RnnError::Io`], [`RnnError::Format`] (including an architecture mismatch),
+/// [`RnnError::Io`], [`RnnError::Format`] (including an architecture mismatch, and state of
+/// another optimizer family or of another size than the optimizer's kind uses),
 /// [`RnnError::ShapeMismatch`] (including `params` of another length).
 pub fn load_checkpoint<T: Float>(
     path: &Path,
@@ -157,18 +167,39 @@ pub fn checkpoint_from_bytes<T: Float>(
         return Err(shape("params", layout.len, params.len()));
     }
     let new_params = load_params(&st, &layout)?;
-    let (s1, _) = float_tensor::<T>(&st, "optim.state1")?;
-    let (s2, _) = float_tensor::<T>(&st, "optim.state2")?;
-    reject_non_finite("optim.state1", &s1)?;
-    reject_non_finite("optim.state2", &s2)?;
-    if s1.len() != optimizer.state1.len() || s2.len() != optimizer.state2.len() {
+    // Files from before RMSprop (SGD and Adam only) do not name the family.
+    let family = optimizer.kind.family();
+    if let Some(saved) = metadata.get("optim.kind")
+        && saved != family
+    {
         return Err(RnnError::Format(format!(
-            "optimizer state of {}+{} values does not fit this optimizer ({}+{})",
-            s1.len(),
-            s2.len(),
-            optimizer.state1.len(),
-            optimizer.state2.len()
+            "checkpoint holds {saved} optimizer state, the optimizer is {family}"
         )));
+    }
+    // Each buffer the optimizer uses holds one value per parameter (or none yet); the others
+    // none.
+    let mut states = [Vec::new(), Vec::new(), Vec::new()];
+    for ((name, state), used) in STATE_NAMES
+        .into_iter()
+        .zip(&mut states)
+        .zip(optimizer.kind.uses_state())
+    {
+        // Files from before RMSprop have no third buffer.
+        if name != STATE_NAMES[2] || st.names().contains(&name) {
+            *state = float_tensor::<T>(&st, name)?.0;
+        }
+        reject_non_finite(name, state)?;
+        if state.len() != if used { layout.len } else { 0 } && !(used && state.is_empty()) {
+            return Err(RnnError::Format(format!(
+                "{name} holds {} values; this {family} optimizer {}",
+                state.len(),
+                if used {
+                    format!("needs {} (one per parameter)", layout.len)
+                } else {
+                    "does not use it".into()
+                }
+            )));
+        }
     }
     let steps = metadata
         .get("optim.steps")
@@ -191,8 +222,7 @@ pub fn checkpoint_from_bytes<T: Float>(
         }
     }
     params.copy_from_slice(&new_params);
-    optimizer.state1 = s1;
-    optimizer.state2 = s2;
+    [optimizer.state1, optimizer.state2, optimizer.state3] = states;
     optimizer.steps = steps;
     Ok(extras)
 }

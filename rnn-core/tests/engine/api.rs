@@ -941,6 +941,180 @@ fn checkpoint_roundtrip_resumes_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A checkpoint names its optimizer family and holds exactly the buffers the optimizer's
+/// kind uses: state of another family, or a buffer the kind does not use, is refused with
+/// nothing changed, even where the lengths would fit (Adam's two moments against RMSprop's
+/// square average and momentum).
+#[test]
+fn optimizer_state_of_another_kind_is_refused() {
+    let dir = scratch_dir("kinds");
+    let path = dir.join("ckpt.safetensors");
+    let (x, y) = data(5, 2);
+    let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+    let rmsprop = |momentum: f32, centered: bool| OptimizerKind::RmsProp {
+        lr: 0.01,
+        alpha: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        momentum,
+        centered,
+    };
+    let saved = |opt: OptimizerKind<f32>| {
+        let mut tr = trainer(opt);
+        tr.step(&batch).unwrap();
+        io::save_checkpoint(&path, &tr.config, &tr.params, &tr.optimizer).unwrap();
+        tr
+    };
+    let load = |opt: OptimizerKind<f32>| {
+        let mut tr = trainer(opt);
+        let before = (tr.params.clone(), tr.optimizer.clone());
+        let cfg = tr.config;
+        let result = io::load_checkpoint(&path, &cfg, &mut tr.params, &mut tr.optimizer);
+        if result.is_err() {
+            assert_eq!(tr.params, before.0);
+            let opt = &tr.optimizer;
+            assert_eq!(
+                (&opt.state1, &opt.state2, &opt.state3),
+                (&before.1.state1, &before.1.state2, &before.1.state3)
+            );
+        }
+        result.map(|()| tr)
+    };
+
+    let adam = saved(OptimizerKind::adam(0.01));
+    let e = load(rmsprop(0.9, false)).unwrap_err().to_string();
+    assert!(
+        e.contains("holds adam optimizer state, the optimizer is rmsprop"),
+        "{e}"
+    );
+    assert_eq!(adam.optimizer.state3.len(), 0);
+
+    let centered = saved(rmsprop(0.0, true));
+    let n = centered.params.len();
+    assert_eq!(
+        [
+            &centered.optimizer.state1,
+            &centered.optimizer.state2,
+            &centered.optimizer.state3
+        ]
+        .map(Vec::len),
+        [n, 0, n]
+    );
+    let e = load(rmsprop(0.0, false)).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "optim.state3 holds {n} values; this rmsprop optimizer does not use it"
+        )),
+        "{e}"
+    );
+    let e = load(OptimizerKind::sgd(0.1)).unwrap_err().to_string();
+    assert!(
+        e.contains("holds rmsprop optimizer state, the optimizer is sgd"),
+        "{e}"
+    );
+    // Back into its own kind, it resumes exactly.
+    let mut again = load(rmsprop(0.0, true)).unwrap();
+    let mut straight = centered;
+    again.step(&batch).unwrap();
+    straight.step(&batch).unwrap();
+    assert_eq!(again.params, straight.params);
+    assert_eq!(again.optimizer.state3, straight.optimizer.state3);
+
+    // A buffer the saving kind did not use starts at zero, as a fresh optimizer's would.
+    saved(rmsprop(0.0, false));
+    let mut with_momentum = load(rmsprop(0.9, false)).unwrap();
+    assert!(with_momentum.optimizer.state2.is_empty());
+    with_momentum.step(&batch).unwrap();
+    assert_eq!(with_momentum.optimizer.state2.len(), n);
+
+    // A file from before the family was recorded (no `optim.kind`, no third buffer) loads.
+    let old = trainer(OptimizerKind::adam(0.01));
+    write_unchecked(&path, &old.config, &old.params, Some(&old.optimizer));
+    load(OptimizerKind::adam(0.02)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `Optimizer::kind` may change between updates: a buffer the new kind needs starts at zero
+/// (PyTorch's lazy state), one it does not use is kept but neither read nor saved.
+#[test]
+fn optimizer_kind_may_change_between_updates() {
+    let dir = scratch_dir("kind-change");
+    let path = dir.join("ckpt.safetensors");
+    let (x, y) = data(5, 2);
+    let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+    let mut tr = trainer(OptimizerKind::sgd(0.1));
+    tr.step(&batch).unwrap();
+    let n = tr.params.len();
+    assert_eq!(tr.optimizer.state2.len(), 0);
+    tr.optimizer.kind = OptimizerKind::RmsProp {
+        lr: 0.01,
+        alpha: 0.9,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        momentum: 0.5,
+        centered: true,
+    };
+    let before = tr.params.clone();
+    tr.step(&batch).unwrap();
+    assert_ne!(tr.params, before);
+    let opt = &tr.optimizer;
+    assert_eq!(
+        [&opt.state1, &opt.state2, &opt.state3].map(Vec::len),
+        [n, n, n]
+    );
+    assert!(opt.state3.iter().any(|&v| v != 0.0));
+    tr.optimizer.kind = OptimizerKind::sgd(0.1);
+    let state2 = tr.optimizer.state2.clone();
+    tr.step(&batch).unwrap();
+    assert_eq!(
+        tr.optimizer.state2, state2,
+        "SGD does not touch RMSprop's momentum"
+    );
+    io::save_checkpoint(&path, &tr.config, &tr.params, &tr.optimizer).unwrap();
+    let mut fresh = trainer(OptimizerKind::sgd(0.1));
+    let cfg = fresh.config;
+    io::load_checkpoint(&path, &cfg, &mut fresh.params, &mut fresh.optimizer).unwrap();
+    assert_eq!(fresh.optimizer.state1, tr.optimizer.state1);
+    assert!(fresh.optimizer.state2.is_empty() && fresh.optimizer.state3.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// RMSprop's update in halves on two threads is bitwise the one-thread update, every buffer.
+#[test]
+fn rmsprop_update_in_halves_is_bitwise_one_thread() {
+    use rnn_core::optim::{Optimizer, SPLIT_MIN_PARAMS};
+    let n = SPLIT_MIN_PARAMS + 37;
+    let grads: Vec<f32> = (0..n).map(|k| ((k * 13 % 11) as f32 - 5.0) / 7.0).collect();
+    let kind = OptimizerKind::RmsProp {
+        lr: 0.01,
+        alpha: 0.9,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        momentum: 0.5,
+        centered: true,
+    };
+    let mut one = (vec![0.5f32; n], Optimizer::new(kind, n));
+    let mut two = one.clone();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for scale in [1.0, 0.5, 0.25] {
+        one.1.update(&mut one.0, &grads, scale);
+        pool.install(|| two.1.update_on(&mut two.0, &grads, scale, true));
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&one.0), bits(&two.0));
+    for (a, b) in [
+        (&one.1.state1, &two.1.state1),
+        (&one.1.state2, &two.1.state2),
+        (&one.1.state3, &two.1.state3),
+    ] {
+        assert_eq!(a.len(), n);
+        assert_eq!(bits(a), bits(b));
+    }
+}
+
 #[test]
 fn misnamed_or_misshapen_tensors_are_named() {
     let cfg = RnnConfig::new(3, 4, 2);

@@ -702,7 +702,8 @@ fn grad_dump_rejects_bad_files_clearly() {
 
 /// Several optimizer steps with clipping, against PyTorch's own training loop
 /// (`training(...)` in scripts/torch_fixtures.py): SGD with momentum and weight decay, Nesterov,
-/// Adam with L2, AdamW; clip_grad_norm_ with its 1e-6 guard.
+/// Adam with L2, AdamW, RMSprop with momentum and centering; clip_grad_norm_ with its 1e-6
+/// guard.
 fn check_training(name: &str) {
     use rnn_core::prelude::*;
     let bytes = io::read_bytes(&fixtures::path(&format!("train_{name}.safetensors"))).unwrap();
@@ -736,6 +737,14 @@ fn check_training(name: &str) {
             eps: 1e-8,
             weight_decay: wd,
             decoupled: true,
+        },
+        "rmsprop" => OptimizerKind::RmsProp {
+            lr,
+            alpha: num("alpha", 0.99),
+            eps: num("eps", 1e-8),
+            weight_decay: wd,
+            momentum: num("momentum", 0.0),
+            centered: meta.get("centered").is_some_and(|v| v == "True"),
         },
         other => panic!("optimizer {other}"),
     };
@@ -789,6 +798,26 @@ fn training_matches_pytorch_lstm_adam_clip() {
 #[test]
 fn training_matches_pytorch_gru_sgd_momentum() {
     check_training("gru_sgd_momentum");
+}
+
+#[test]
+fn training_matches_pytorch_rmsprop_l2_clip() {
+    check_training("rmsprop_clip");
+}
+
+#[test]
+fn training_matches_pytorch_rmsprop_momentum() {
+    check_training("rmsprop_momentum");
+}
+
+#[test]
+fn training_matches_pytorch_lstm_rmsprop_centered() {
+    check_training("lstm_rmsprop_centered");
+}
+
+#[test]
+fn training_matches_pytorch_gru_rmsprop_centered_momentum_clip() {
+    check_training("gru_rmsprop_centered_momentum_clip");
 }
 
 /// Counts and sizes a file declares are checked against what it holds before anything is

@@ -36,6 +36,15 @@ fn every_optimizer_resumes_bitwise() {
         },
         OptimizerKind::adam(0.01),
         OptimizerKind::adamw(0.01),
+        OptimizerKind::rmsprop(0.01),
+        OptimizerKind::RmsProp {
+            lr: 0.005,
+            alpha: 0.9,
+            eps: 1e-6,
+            weight_decay: 0.01,
+            momentum: 0.5,
+            centered: true,
+        },
     ];
     for (k, opt) in optimizers.into_iter().enumerate() {
         let cfg = RnnConfig::lstm(3, 8, 4).layers(2);
@@ -95,6 +104,10 @@ fn every_optimizer_resumes_bitwise() {
         assert_eq!(
             bits(&resumed.optimizer.state2),
             bits(&straight.optimizer.state2)
+        );
+        assert_eq!(
+            bits(&resumed.optimizer.state3),
+            bits(&straight.optimizer.state3)
         );
         assert_eq!(resumed.optimizer.steps, straight.optimizer.steps);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
