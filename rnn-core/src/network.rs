@@ -20,10 +20,10 @@ use faer::{Accum, Par};
 use kernels::aligned::AlignedVec;
 use kernels::dropout::{drop_rows, drop_rows_backward};
 use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, gemm_tn};
-use kernels::{Float, loss as kloss, reduce};
+use kernels::{Float, reduce};
 
 use crate::batch::{Batch, Target};
-use crate::config::{LossKind, LossSpec, Reduction, RnnConfig};
+use crate::config::{LossSpec, RnnConfig};
 use crate::dropout::Dropout;
 use crate::error::Result;
 use crate::layer::{self, InitialState, LayerGrads, LayerPass, PassThreads, share_accum, spans};
@@ -32,6 +32,10 @@ use crate::params::Layout;
 use crate::workspace::{BidiBuffers, LayerBuffers, Workspace};
 
 mod bidi;
+mod scoring;
+
+pub(crate) use scoring::mean_divisor;
+use scoring::{loss_forward_backward, loss_scale};
 
 /// Options of one forward + backward pass.
 #[derive(Clone, Copy, Debug)]
@@ -213,13 +217,10 @@ pub fn forward<'s, T: Float>(
     assert_eq!(params.len(), layout.len, "params length");
     batch.validate_inputs(config)?;
     let opts = PassOptions::from(exec.into());
-    let mut embedded = std::mem::take(&mut ws.embedded);
-    let batch = &embed(config, layout, params, batch, &mut embedded);
-    with_pass(config, layout, params, batch, opts, |p| {
+    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
         p.size_workspace(ws, many_to_one);
         forward_chunks(&p, ws, Head::of(many_to_one))
     });
-    ws.embedded = embedded;
     Ok(())
 }
 
@@ -247,6 +248,24 @@ fn embed<'b, T: Float>(
         tokens: None,
         ..*batch
     }
+}
+
+/// [`with_pass`] over `batch` with dense inputs ([`embed`], into `ws.embedded`, which
+/// `body` gets back empty and must not touch).
+fn with_embedded_pass<T: Float, R: Send>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    opts: PassOptions,
+    body: impl FnOnce(Pass<'_, '_, T>, &mut Workspace<T>) -> R + Send,
+) -> R {
+    let mut embedded = std::mem::take(&mut ws.embedded);
+    let dense = &embed(config, layout, params, batch, &mut embedded);
+    let result = with_pass(config, layout, params, dense, opts, |p| body(p, ws));
+    ws.embedded = embedded;
+    result
 }
 
 /// The embedding table's gradient from `dL/dx` of the embedded batch (`dx`, `[T, B, I]`):
@@ -302,9 +321,8 @@ pub fn loss<T: Float>(
         "a segmented loss",
     )?;
     let opts = PassOptions::from(exec.into());
-    let mut embedded = std::mem::take(&mut ws.embedded);
-    let batch = &embed(config, layout, params, batch, &mut embedded);
-    let loss = with_pass(config, layout, params, batch, opts, |p| {
+    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        let batch = p.batch;
         if segment >= batch.seq_len {
             return forward_and_loss(&p, ws, spec);
         }
@@ -317,8 +335,36 @@ pub fn loss<T: Float>(
         ws.checkpoints = ck;
         total
     });
-    ws.embedded = embedded;
     Ok(loss)
+}
+
+/// Each sequence's own loss as the model stands, into `ws.sequence_losses` (`[B]`): what
+/// [`loss`] returns for a batch holding that sequence alone (within rounding; 0 under
+/// `mean` for a sequence that scores nothing). Under `sum` they add up to the batch's loss.
+/// Runs the whole sequence at once (as [`forward`]) and overwrites `ws.y` and `ws.dy`.
+///
+/// # Errors
+/// The batch's validation errors ([`Batch::validate`]); nothing is computed then.
+///
+/// # Panics
+/// If `params` does not have `layout.len` elements.
+pub fn sequence_losses<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    exec: impl Into<Exec>,
+) -> Result<()> {
+    check_inputs(config, layout, params, batch, spec, usize::MAX, "")?;
+    let opts = PassOptions::from(exec.into());
+    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        p.size_workspace(ws, spec.many_to_one);
+        forward_chunks(&p, ws, Head::of(spec.many_to_one));
+        scoring::sequence_losses(&p, ws, spec);
+    });
+    Ok(())
 }
 
 /// The checks every pass makes before it computes anything: `params` of the layout's length
@@ -601,153 +647,6 @@ fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: Head
     }
 }
 
-/// The factor of the reduction: `1 / mean_divisor` for `mean`, 1 for `sum`.
-fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> T {
-    if spec.reduction == Reduction::Sum {
-        return T::one();
-    }
-    T::one() / T::of(mean_divisor(config, batch, spec))
-}
-
-/// What a `mean` divides the batch's summed loss by: its scored positions, times `O` for
-/// float targets. A position whose label is ignored is not scored; with class weights a
-/// position counts its label's weight instead of 1.
-pub(crate) fn mean_divisor<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> f64 {
-    let (steps, b) = (
-        if spec.many_to_one { 1 } else { batch.seq_len },
-        batch.batch,
-    );
-    let weight_of = |t: usize, bb: usize| match (&spec.class_weights, batch.target) {
-        (Some(w), Target::Classes(labels)) => w.get()[labels[t * b + bb]],
-        _ => 1.0,
-    };
-    let count: f64 = (0..steps)
-        .flat_map(|t| (0..b).map(move |bb| (t, bb)))
-        .filter(|&(t, bb)| batch.scores(spec.many_to_one, t, bb))
-        .map(|(t, bb)| weight_of(t, bb))
-        .sum();
-    let per_position = if spec.kind.takes_values() {
-        config.output_size
-    } else {
-        1
-    };
-    count * per_position as f64
-}
-
-/// Loss of the head outputs `ws.y` for the pass's batch and its gradient into `ws.dy`, each
-/// position weighted by `scale`. Returns the reduced loss.
-///
-/// The steps are scored in two halves, on the pass's two workers when it has them (outside
-/// a pair session the halves run in turn), and the halves' sums are added: the same sums
-/// either way, so the loss does not depend on the thread count. Serial, this was the
-/// largest part of a two-thread step that did not shrink: 1.1 of 147 ms for RNN large (0.6
-/// ms in halves), 0.2 of 39 for RNN char (0.1).
-fn loss_forward_backward<T: Float>(
-    p: &Pass<'_, '_, T>,
-    ws: &mut Workspace<T>,
-    spec: &LossSpec,
-    scale: T,
-) -> T {
-    let (batch, o) = (p.batch, p.config.output_size);
-    let b = batch.batch;
-    let steps = if spec.many_to_one { 1 } else { batch.seq_len };
-    let mid = steps / 2;
-    ws.class_weights.clear();
-    if let Some(w) = &spec.class_weights {
-        ws.class_weights.extend(w.get().iter().map(|&w| T::of(w)));
-    }
-    let (dy0, dy1) = ws.dy[..steps * b * o].split_at_mut(mid * b * o);
-    let y = &ws.y[..steps * b * o];
-    let scoring = Scoring {
-        spec,
-        class_weights: &ws.class_weights,
-        scale,
-    };
-    let (mut first, mut second) = (T::zero(), T::zero());
-    let halves = |lo: usize, hi: usize, dy: &mut [T], sum: &mut T| {
-        *sum = loss_steps(lo..hi, dy, y, batch, &scoring, o);
-    };
-    p.threads.pair.join(
-        || halves(0, mid, dy0, &mut first),
-        || halves(mid, steps, dy1, &mut second),
-    );
-    (first + second) * scale
-}
-
-/// How the loss of each scored row is taken: the spec, its class weights in the pass's float
-/// type (empty: unweighted) and the reduction's factor.
-struct Scoring<'a, T> {
-    spec: &'a LossSpec,
-    class_weights: &'a [T],
-    scale: T,
-}
-
-/// The unscaled loss sum of the steps `steps` and its gradient into `dy_steps`, those steps'
-/// rows of `ws.dy` (`y_all` is all of `ws.y`).
-fn loss_steps<T: Float>(
-    steps: Range<usize>,
-    dy_steps: &mut [T],
-    y_all: &[T],
-    batch: &Batch<T>,
-    scoring: &Scoring<'_, T>,
-    o: usize,
-) -> T {
-    let Scoring {
-        spec,
-        class_weights,
-        scale,
-    } = *scoring;
-    let b = batch.batch;
-    let first = steps.start * b * o;
-    let mut total = T::zero();
-    for t in steps {
-        let block = t * b * o..(t + 1) * b * o;
-        let scores = |bb| batch.scores(spec.many_to_one, t, bb);
-        let all = (0..b).all(scores);
-        // Whole step at once when every sequence is scored, else row by row.
-        let rows: &mut dyn Iterator<Item = (usize, usize)> = if all {
-            &mut std::iter::once((0, b))
-        } else {
-            &mut (0..b).filter(|&bb| scores(bb)).map(|bb| (bb, bb + 1))
-        };
-        if !all {
-            dy_steps[block.start - first..block.end - first].fill(T::zero());
-        }
-        for (lo, hi) in rows {
-            let r = block.start + lo * o..block.start + hi * o;
-            let (dy, y) = (
-                &mut dy_steps[r.start - first..r.end - first],
-                &y_all[r.clone()],
-            );
-            total += match (spec.kind, batch.target) {
-                (LossKind::Mse, Target::Values(v)) => kloss::squared_error(dy, y, &v[r], scale),
-                (LossKind::L1, Target::Values(v)) => kloss::absolute_error(dy, y, &v[r], scale),
-                (LossKind::Huber(delta), Target::Values(v)) => {
-                    kloss::huber_error(dy, y, &v[r], T::of(delta.get()), scale)
-                }
-                (LossKind::SmoothL1(beta), Target::Values(v)) => {
-                    // Huber's loss and gradient of the same threshold, over β.
-                    let beta = T::of(beta.get());
-                    kloss::huber_error(dy, y, &v[r], beta, scale / beta) / beta
-                }
-                (kind, Target::Classes(c)) if !kind.takes_values() => {
-                    let labels = &c[t * b + lo..t * b + hi];
-                    // ε = 0 (plain cross-entropy) runs the one-hot loss, bit for bit.
-                    let eps = T::of(kind.label_smoothing().unwrap_or(0.0));
-                    if class_weights.is_empty() {
-                        kloss::softmax_cross_entropy_smoothed(dy, y, labels, o, eps, scale)
-                    } else {
-                        let w = class_weights;
-                        kloss::softmax_cross_entropy_weighted(dy, y, labels, w, eps, scale)
-                    }
-                }
-                (kind, _) => unreachable!("{} against the wrong targets: validated", kind.name()),
-            };
-        }
-    }
-    total
-}
-
 /// Forward, loss and full backward in one call: returns the loss and writes the gradient of
 /// every parameter into `grads` (same layout as `params`, overwritten), `dL/dh0` into
 /// `ws.dh0` and, with `opts.input_grad`, `dL/dx` into `ws.dx`.
@@ -1021,21 +920,18 @@ pub fn forward_backward_checkpointed<T: Float>(
         segment,
         "checkpointed BPTT",
     )?;
-    let mut embedded = std::mem::take(&mut ws.embedded);
-    let dense = &embed(config, layout, params, batch, &mut embedded);
     // The table's gradient gathers dL/dx of the embedded tokens.
     let opts = PassOptions {
         input_grad: opts.input_grad || batch.tokens.is_some(),
         ..opts
     };
-    let loss = with_pass(config, layout, params, dense, opts, |p| {
+    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
         } else {
             checkpointed_pass(&p, grads, ws, spec, segment)
         }
     });
-    ws.embedded = embedded;
     if let Some(tokens) = batch.tokens {
         embedding_grads(config, layout, grads, tokens, &ws.dx);
     }

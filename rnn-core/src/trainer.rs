@@ -606,6 +606,47 @@ impl<T: Float> Trainer<T> {
         })
     }
 
+    /// Each sequence's own loss as the model stands, without gradients or dropout
+    /// (PyTorch's `reduction='none'`, added up per sequence): for scoring sequences one by
+    /// one, such as an anomaly score per time series or a perplexity per document.
+    /// Element `b` is what [`Trainer::evaluate`] returns for a batch holding sequence `b`
+    /// alone (within rounding): under `sum` the loss of its scored positions, so the
+    /// elements add up to the batch's loss; under `mean` that over its own scored positions
+    /// (times `O` for float targets, or their class weights), and 0 for a sequence that
+    /// scores nothing. Parameters, gradients and optimizer state are untouched. Runs whole
+    /// sequences, as [`Trainer::outputs`] does, whatever the [`Memory`] setting.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let loss = LossSpec { reduction: Reduction::Sum, ..LossSpec::every_step(LossKind::Mse) };
+    /// let mut tr = Trainer::<f64>::new(RnnConfig::gru(1, 8, 1), loss, OptimizerKind::adam(2e-2), 0)?;
+    /// // Next-value prediction of a sine (time-major `[T, B, 1]`, two copies per batch).
+    /// let wave = |t: usize| (0.6 * t as f64).sin();
+    /// let x: Vec<f64> = (0..12).flat_map(|t| [wave(t), wave(t)]).collect();
+    /// let y: Vec<f64> = (0..12).flat_map(|t| [wave(t + 1), wave(t + 1)]).collect();
+    /// for _ in 0..150 { tr.step(&Batch::new(12, 2, &x, Target::Values(&y)))?; }
+    /// // Score the sine against a series that jumps to 3.
+    /// let odd: Vec<f64> = (0..12).flat_map(|t| [wave(t + 1), if t < 6 { wave(t + 1) } else { 3.0 }]).collect();
+    /// let batch = Batch::new(12, 2, &x, Target::Values(&odd));
+    /// let total = tr.evaluate(&batch)?;
+    /// let each = tr.sequence_losses(&batch)?.to_vec();
+    /// assert!((each[0] + each[1] - total).abs() < 1e-9);
+    /// assert!(each[1] > 10.0 * each[0]);
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Validation errors of the batch.
+    pub fn sequence_losses(&mut self, batch: &Batch<T>) -> Result<&[T]> {
+        let _flush = self.flush_scope();
+        self.in_step_threads(batch, |tr, par| {
+            let exec = tr.exec(par);
+            let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
+            network::sequence_losses(config, layout, &tr.params, ws, batch, &tr.loss, exec)
+        })?;
+        Ok(&self.workspace.sequence_losses)
+    }
+
     /// The loss and gradients of `batch` without updating (gradients land in `self.grads`).
     ///
     /// # Errors

@@ -124,6 +124,8 @@ pub struct Workspace<T> {
     /// `[O]`: a weighted cross-entropy's class weights in the pass's float type (empty when
     /// the loss is unweighted).
     pub class_weights: Vec<T>,
+    /// `[B]`: each sequence's own loss, from [`crate::network::sequence_losses`].
+    pub sequence_losses: Vec<T>,
     /// A bidirectional model's layer inputs and their gradients (empty otherwise).
     pub bidi: BidiBuffers<T>,
     /// `[T, B, I]`: a batch of tokens' rows of the embedding table, which the first layer

@@ -3,76 +3,28 @@
 //! that decides how a mean is taken; misuse and non-finite micro-batches are refused with
 //! the weights untouched.
 
-use std::ops::Range;
-
 use rand::{SeedableRng, rngs::StdRng};
+use rnn_core::batch::IGNORED_LABEL;
 use rnn_core::prelude::*;
-use rnn_core::{batch::IGNORED_LABEL, config::Cell};
 
-use crate::common::Data;
+use crate::common::{Data, ScoringCase};
 
-/// Sequences `cols` of a `[T, B, ..]` (or `[B, ..]` when `steps` is 1) buffer of rows of
-/// `width`, as a buffer of their own.
-fn columns<V: Copy>(
-    buf: &[V],
-    steps: usize,
-    b: usize,
-    width: usize,
-    cols: &Range<usize>,
-) -> Vec<V> {
-    if buf.is_empty() {
-        return Vec::new();
-    }
-    (0..steps)
-        .flat_map(|t| buf[(t * b + cols.start) * width..(t * b + cols.end) * width].iter())
-        .copied()
-        .collect()
-}
-
-/// The sequences `cols` of `data` (`t` steps, `b` sequences) as data of their own.
-fn micro(
-    data: &Data,
-    cfg: &RnnConfig,
-    t: usize,
-    b: usize,
-    many_to_one: bool,
-    cols: &Range<usize>,
-) -> Data {
-    let positions = if many_to_one { 1 } else { t };
-    let (h, passes) = (cfg.hidden_size, cfg.passes());
-    Data {
-        x: columns(&data.x, t, b, cfg.input_size, cols),
-        values: columns(&data.values, positions, b, cfg.output_size, cols),
-        classes: columns(&data.classes, positions, b, 1, cols),
-        lengths: data.lengths[cols.clone()].to_vec(),
-        h0: columns(&data.h0, passes, b, h, cols),
-        c0: columns(&data.c0, passes, b, h, cols),
-        cell: data.cell,
-        tokens: columns(&data.tokens, t, b, 1, cols),
-    }
-}
-
-/// One case: a model, its loss and a batch of `b` sequences, split at `cuts`.
+/// One case, its batch split at `cuts`.
 struct Case {
-    cfg: RnnConfig,
-    loss: LossSpec,
-    kind: LossKind,
-    t: usize,
-    b: usize,
+    scoring: ScoringCase,
     cuts: &'static [usize],
 }
 
 /// The parameters after `updates` updates, each either one step on the whole batch or the
 /// batch's micro-batches accumulated, with the reports' losses and gradient norms.
 fn train(case: &Case, accumulate: bool, updates: usize) -> (Vec<f64>, Vec<(f64, f64)>) {
-    let Case {
+    let ScoringCase {
         cfg,
         loss,
         kind,
         t,
         b,
-        cuts,
-    } = case;
+    } = &case.scoring;
     let (t, b) = (*t, *b);
     let mut tr = Trainer::<f64>::new(*cfg, loss.clone(), OptimizerKind::adam(1e-2), 5)
         .unwrap()
@@ -80,24 +32,16 @@ fn train(case: &Case, accumulate: bool, updates: usize) -> (Vec<f64>, Vec<(f64, 
     let mut rng = StdRng::seed_from_u64(11);
     let mut reports = Vec::new();
     for _ in 0..updates {
-        let mut data = Data::random(&mut rng, cfg, t, b, loss.many_to_one);
-        // Ignored labels, and a whole sequence of them: a micro-batch that scores less.
-        if !kind.takes_values() {
-            for (k, c) in data.classes.iter_mut().enumerate() {
-                if k % 5 == 2 || k % b == b - 1 {
-                    *c = IGNORED_LABEL;
-                }
-            }
-        }
+        let data = case.scoring.data(&mut rng);
         let report = if accumulate {
             let bounds: Vec<usize> = [0]
                 .iter()
-                .chain(cuts.iter())
+                .chain(case.cuts.iter())
                 .chain([b].iter())
                 .copied()
                 .collect();
             for w in bounds.windows(2) {
-                let part = micro(&data, cfg, t, b, loss.many_to_one, &(w[0]..w[1]));
+                let part = data.sequences(cfg, t, b, loss.many_to_one, &(w[0]..w[1]));
                 let width = w[1] - w[0];
                 tr.accumulate(&part.batch(t, width, *kind, true, true))
                     .unwrap();
@@ -125,62 +69,20 @@ fn assert_close(what: &str, a: &[f64], b: &[f64]) {
 
 #[test]
 fn micro_batches_make_the_update_of_one_batch() {
-    let ce = LossKind::CrossEntropy;
-    let mut cases = Vec::new();
-    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
-        let base = RnnConfig::new(3, 5, 4).cell(cell);
-        cases.extend([
-            Case {
-                cfg: base.layers(2),
-                loss: LossSpec::every_step(ce),
-                kind: ce,
-                t: 4,
-                b: 7,
-                cuts: &[3, 4],
-            },
-            Case {
-                cfg: base,
-                loss: LossSpec::every_step(LossKind::Mse),
-                kind: LossKind::Mse,
-                t: 3,
-                b: 5,
-                cuts: &[1],
-            },
-            Case {
-                cfg: base.bidirectional(),
-                loss: LossSpec::last_step(ce),
-                kind: ce,
-                t: 3,
-                b: 6,
-                cuts: &[2, 5],
-            },
-            Case {
-                cfg: base.embedding(6),
-                loss: LossSpec::every_step(ce)
-                    .with_class_weights(&[0.5, 2.0, 1.0, 3.0])
-                    .unwrap(),
-                kind: ce,
-                t: 1,
-                b: 5,
-                cuts: &[2],
-            },
-            Case {
-                cfg: base,
-                loss: LossSpec {
-                    reduction: Reduction::Sum,
-                    ..LossSpec::every_step(LossKind::huber(0.3).unwrap())
-                },
-                kind: LossKind::huber(0.3).unwrap(),
-                t: 5,
-                b: 4,
-                cuts: &[1, 2, 3],
-            },
-        ]);
-    }
+    // Uneven cuts, one per case of each cell.
+    let cuts: [&'static [usize]; 5] = [&[3, 4], &[1], &[2, 5], &[2], &[1, 2, 3]];
+    let cases: Vec<Case> = ScoringCase::all()
+        .into_iter()
+        .zip(cuts.into_iter().cycle())
+        .map(|(scoring, cuts)| Case { scoring, cuts })
+        .collect();
     for case in &cases {
         let (whole, whole_reports) = train(case, false, 3);
         let (parts, part_reports) = train(case, true, 3);
-        let what = format!("{:?} {:?} cuts {:?}", case.cfg, case.loss, case.cuts);
+        let what = format!(
+            "{:?} {:?} cuts {:?}",
+            case.scoring.cfg, case.scoring.loss, case.cuts
+        );
         for ((l1, n1), (l2, n2)) in part_reports.iter().zip(&whole_reports) {
             assert_close(&format!("loss of {what}"), &[*l1], &[*l2]);
             assert_close(&format!("gradient norm of {what}"), &[*n1], &[*n2]);
@@ -305,7 +207,7 @@ fn a_mean_counts_the_positions_of_all_micro_batches() {
     let scored = data.batch(4, 3, ce, true, false);
     let mut blank = Data {
         classes: vec![IGNORED_LABEL; 12],
-        ..micro(&data, &tr.config, 4, 3, false, &(0..3))
+        ..data.sequences(&tr.config, 4, 3, false, &(0..3))
     };
     blank.x.iter_mut().for_each(|v| *v = -*v);
     tr.accumulate(&blank.batch(4, 3, ce, true, false)).unwrap();

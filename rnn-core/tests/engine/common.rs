@@ -1,11 +1,14 @@
 //! Random batches shared by the gradient tests (`gradcheck`, `properties`, `checkpointed`,
-//! `time_chunks`), and the scratch folders of the tests that write files.
+//! `time_chunks`) and those that split a batch by sequences (`accumulate`,
+//! `sequence_losses`), and the scratch folders of the tests that write files.
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 use rand::{Rng, rngs::StdRng};
+use rnn_core::batch::IGNORED_LABEL;
 use rnn_core::batch::{Batch, Target};
-use rnn_core::config::{Cell, LossKind, RnnConfig};
+use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
 
 /// Inputs, both kinds of target, lengths and an initial state for one batch, in f64.
 pub struct Data {
@@ -94,6 +97,47 @@ impl Data {
             score_from: 0,
         }
     }
+
+    /// The sequences `cols` of this data (`t` steps, `b` sequences) as data of their own.
+    pub fn sequences(
+        &self,
+        cfg: &RnnConfig,
+        t: usize,
+        b: usize,
+        many_to_one: bool,
+        cols: &Range<usize>,
+    ) -> Data {
+        let positions = if many_to_one { 1 } else { t };
+        let (h, passes) = (cfg.hidden_size, cfg.passes());
+        Data {
+            x: columns(&self.x, t, b, cfg.input_size, cols),
+            values: columns(&self.values, positions, b, cfg.output_size, cols),
+            classes: columns(&self.classes, positions, b, 1, cols),
+            lengths: self.lengths[cols.clone()].to_vec(),
+            h0: columns(&self.h0, passes, b, h, cols),
+            c0: columns(&self.c0, passes, b, h, cols),
+            cell: self.cell,
+            tokens: columns(&self.tokens, t, b, 1, cols),
+        }
+    }
+}
+
+/// Sequences `cols` of a `[T, B, ..]` (or `[B, ..]` when `steps` is 1) buffer of rows of
+/// `width`, as a buffer of their own.
+fn columns<V: Copy>(
+    buf: &[V],
+    steps: usize,
+    b: usize,
+    width: usize,
+    cols: &Range<usize>,
+) -> Vec<V> {
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    (0..steps)
+        .flat_map(|t| buf[(t * b + cols.start) * width..(t * b + cols.end) * width].iter())
+        .copied()
+        .collect()
 }
 
 /// A fresh folder for one test's files, `rnn-core-<name>-<pid>` under the system's temporary
@@ -102,4 +146,73 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rnn-core-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A model, its loss and a batch shape: what the tests that split a batch by sequences
+/// (`accumulate`, `sequence_losses`) run, for every option that decides what a sequence
+/// scores and how a mean is taken.
+pub struct ScoringCase {
+    pub cfg: RnnConfig,
+    pub loss: LossSpec,
+    pub kind: LossKind,
+    pub t: usize,
+    pub b: usize,
+}
+
+impl ScoringCase {
+    /// Every cell × {2 layers with cross-entropy, MSE, bidirectional many-to-one, embedded
+    /// tokens with class weights and label smoothing at T = 1, Huber with `sum`}.
+    pub fn all() -> Vec<Self> {
+        let ce = LossKind::CrossEntropy;
+        let smoothed = LossKind::cross_entropy(0.1).unwrap();
+        let huber = LossKind::huber(0.3).unwrap();
+        let case = |cfg, loss, kind, t, b| ScoringCase {
+            cfg,
+            loss,
+            kind,
+            t,
+            b,
+        };
+        let mut cases = Vec::new();
+        for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+            let base = RnnConfig::new(3, 5, 4).cell(cell);
+            let weighted = LossSpec::every_step(smoothed)
+                .with_class_weights(&[0.5, 2.0, 1.0, 3.0])
+                .unwrap();
+            let summed = LossSpec {
+                reduction: Reduction::Sum,
+                ..LossSpec::every_step(huber)
+            };
+            cases.extend([
+                case(base.layers(2), LossSpec::every_step(ce), ce, 4, 7),
+                case(
+                    base,
+                    LossSpec::every_step(LossKind::Mse),
+                    LossKind::Mse,
+                    3,
+                    5,
+                ),
+                case(base.bidirectional(), LossSpec::last_step(ce), ce, 3, 6),
+                case(base.embedding(6), weighted, smoothed, 1, 5),
+                case(base, summed, huber, 5, 4),
+            ]);
+        }
+        cases
+    }
+
+    /// Random data for the case, lengths and initial states included. Class labels are
+    /// ignored at every fifth position and throughout the last sequence, so sequences score
+    /// unevenly and some score nothing.
+    pub fn data(&self, rng: &mut StdRng) -> Data {
+        let (t, b) = (self.t, self.b);
+        let mut data = Data::random(rng, &self.cfg, t, b, self.loss.many_to_one);
+        if !self.kind.takes_values() {
+            for (k, c) in data.classes.iter_mut().enumerate() {
+                if k % 5 == 2 || k % b == b - 1 {
+                    *c = IGNORED_LABEL;
+                }
+            }
+        }
+        data
+    }
 }

@@ -20,5 +20,6 @@ mod predict;
 mod properties;
 mod resume;
 mod schedule;
+mod sequence_losses;
 mod tbptt;
 mod time_chunks;
