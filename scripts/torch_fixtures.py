@@ -413,3 +413,41 @@ if __name__ == "__main__":
     half_precision("bf16_lstm", torch.bfloat16, "lstm")
     half_precision("f16_gru", torch.float16, "gru")
     print("half-precision fixtures written")
+
+
+def plateau(name, metrics, lr, **kw):
+    """ReduceLROnPlateau stepped on `metrics` from `lr`: the rate after each observation."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kw)
+    rates = []
+    for m in metrics:
+        sched.step(m)
+        rates.append(opt.param_groups[0]["lr"])
+    meta = {"lr": repr(lr)}
+    meta.update({k: repr(v) if isinstance(v, float) else str(v) for k, v in kw.items()})
+    save_file({"metrics": torch.tensor(metrics, dtype=torch.float64),
+               "rates": torch.tensor(rates, dtype=torch.float64)},
+              os.path.join(OUT, f"plateau_{name}.safetensors"), metadata=meta)
+
+
+def plateau_fixtures():
+    g = torch.Generator().manual_seed(80)
+    # A noisy loss that falls and stalls; an accuracy that rises and stalls; a negative score.
+    walk = (torch.linspace(1.0, 0.2, 60) ** 2 + 0.05 * torch.rand(60, generator=g)).tolist()
+    walk[30:] = [walk[30] + 0.02 * v for v in torch.rand(30, generator=g).tolist()]
+    acc = [min(0.9, 0.3 + 0.02 * k) + 0.01 * v for k, v in enumerate(torch.rand(60, generator=g).tolist())]
+    neg = [-1.0 - 0.01 * k + 0.05 * v for k, v in enumerate(torch.rand(40, generator=g).tolist())]
+    plateau("defaults", walk, 0.1)
+    plateau("min_rel_cooldown", walk, 0.05, factor=0.5, patience=2, cooldown=3, min_lr=0.002)
+    plateau("min_abs", walk, 0.01, factor=0.3, patience=0, threshold=0.02, threshold_mode="abs")
+    plateau("max_rel", acc, 0.1, mode="max", factor=0.5, patience=1, threshold=0.01, min_lr=0.01)
+    plateau("max_abs_cooldown", acc, 0.1, mode="max", factor=0.2, patience=3, threshold=0.005,
+            threshold_mode="abs", cooldown=1)
+    plateau("negative_min_rel", neg, 0.1, factor=0.5, patience=1, threshold=0.01)
+    plateau("eps_skip", walk, 1e-3, factor=0.99999, patience=0, eps=1e-7, min_lr=0.0)
+    print("plateau fixtures written")
+
+
+if __name__ == "__main__":
+    plateau_fixtures()

@@ -56,7 +56,9 @@
 //! same on one thread or two.
 //!
 //! Learning rates: [`trainer::Trainer::with_lr_schedule`] sets each update's rate by a
-//! [`schedule::LrSchedule`] (PyTorch's step, exponential and cosine decays, linear warm-up).
+//! [`schedule::LrSchedule`] (PyTorch's step, exponential and cosine decays, linear warm-up);
+//! [`schedule::Plateau`] lowers the rate when a validation metric stalls
+//! (`ReduceLROnPlateau`, through [`trainer::Trainer::set_base_lr`]).
 //!
 //! Regularisation: [`trainer::Trainer::with_dropout`] drops units between stacked layers as
 //! PyTorch's `dropout` argument does ([`dropout`]), and [`trainer::Trainer::evaluate`] gives

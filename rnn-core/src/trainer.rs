@@ -401,6 +401,39 @@ impl<T: Float> Trainer<T> {
         self
     }
 
+    /// The base learning rate: the one a schedule ([`Trainer::with_lr_schedule`]) scales,
+    /// or without one the optimizer's rate.
+    pub fn base_lr(&self) -> f64 {
+        match self.lr_schedule {
+            Some((_, base)) => base,
+            None => self.optimizer.kind.lr().f64(),
+        }
+    }
+
+    /// Sets the base learning rate from the next update on: a schedule goes on from it (a
+    /// warm-up climbs to it), or without one the optimizer runs at it. For rates that
+    /// follow a validation metric ([`crate::schedule::Plateau`]), or set by hand.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// use rnn_core::schedule::Plateau;
+    /// let loss = LossSpec::every_step(LossKind::Mse);
+    /// let mut tr = Trainer::<f32>::new(RnnConfig::new(2, 8, 1), loss, OptimizerKind::adam(1e-2), 0)?;
+    /// let mut plateau = Plateau::new(tr.base_lr(), 0.5, 0)?;
+    /// for val_loss in [0.9, 0.8, 0.85] {
+    ///     // ... an epoch of tr.step(..), then the validation loss ...
+    ///     tr.set_base_lr(plateau.observe(val_loss)?);
+    /// }
+    /// assert!((tr.base_lr() - 5e-3).abs() < 1e-9);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn set_base_lr(&mut self, lr: f64) {
+        match &mut self.lr_schedule {
+            Some((_, base)) => *base = lr,
+            None => self.optimizer.kind.set_lr(T::of(lr)),
+        }
+    }
+
     /// Sets how much a step keeps for backward ([`Memory`]).
     pub fn with_memory(mut self, memory: Memory) -> Self {
         self.memory = memory;

@@ -1,10 +1,11 @@
 //! Learning-rate schedules: PyTorch's rates, the trainer applying them, and a resumed run
-//! continuing them exactly.
+//! continuing them exactly; the same for `ReduceLROnPlateau` (`Plateau`).
 
 use crate::common::scratch_dir;
+use crate::fixtures;
 use rnn_core::io;
 use rnn_core::prelude::*;
-use rnn_core::schedule::{Decay, LrSchedule};
+use rnn_core::schedule::{Decay, LrSchedule, Plateau, Threshold};
 
 /// `opt.param_groups[0]["lr"]` before each of 12 `opt.step(); sched.step()` rounds, base
 /// rate 0.1, printed by torch 2.15.
@@ -206,4 +207,175 @@ fn a_resumed_run_continues_the_schedule_exactly() {
     }
     assert_eq!(whole.params, resumed.params);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A plateau schedule built as a fixture's metadata says (`plateau(...)` in
+/// scripts/torch_fixtures.py), with its metrics and PyTorch's rate after each.
+fn plateau_fixture(name: &str) -> (Plateau, Vec<f64>, Vec<f64>) {
+    let bytes = io::read_bytes(&fixtures::path(&format!("plateau_{name}.safetensors"))).unwrap();
+    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
+    let num = |k: &str, d: f64| meta.get(k).map_or(d, |v| v.parse().unwrap());
+    let mut p = Plateau::new(
+        num("lr", 0.0),
+        num("factor", 0.1),
+        num("patience", 10.0) as u64,
+    )
+    .unwrap()
+    .with_cooldown(num("cooldown", 0.0) as u64)
+    .with_min_lr(num("min_lr", 0.0))
+    .unwrap();
+    p.eps = num("eps", 1e-8);
+    let threshold = num("threshold", 1e-4);
+    p = p
+        .with_threshold(match meta.get("threshold_mode").map(String::as_str) {
+            Some("abs") => Threshold::Absolute(threshold),
+            _ => Threshold::Relative(threshold),
+        })
+        .unwrap();
+    if meta.get("mode").is_some_and(|m| m == "max") {
+        p = p.maximizing();
+    }
+    let metrics = io::float_tensor::<f64>(&st, "metrics").unwrap().0;
+    let rates = io::float_tensor::<f64>(&st, "rates").unwrap().0;
+    (p, metrics, rates)
+}
+
+const PLATEAUS: [&str; 7] = [
+    "defaults",
+    "min_rel_cooldown",
+    "min_abs",
+    "max_rel",
+    "max_abs_cooldown",
+    "negative_min_rel",
+    "eps_skip",
+];
+
+/// `ReduceLROnPlateau`'s rates, bit for bit: both modes and threshold modes, cooldown,
+/// `min_lr`, `eps` and a negative metric under a relative threshold.
+#[test]
+fn plateau_rates_match_pytorch() {
+    for name in PLATEAUS {
+        let (mut p, metrics, want) = plateau_fixture(name);
+        let got: Vec<f64> = metrics.iter().map(|&m| p.observe(m).unwrap()).collect();
+        assert_eq!(got, want, "{name}");
+        // Every fixture reduces at least once, except the one whose reductions are under eps.
+        assert_eq!(
+            want.iter().any(|&r| r < want[0]),
+            name != "eps_skip",
+            "{name}"
+        );
+    }
+}
+
+/// Saved into a checkpoint's extras at any point and restored into a schedule built the same
+/// way, a plateau schedule goes on exactly, the trainer's rate with it.
+#[test]
+fn a_resumed_plateau_goes_on_exactly() {
+    let dir = scratch_dir("plateau");
+    let path = dir.join("ckpt.safetensors");
+    let (x, y) = data();
+    let batch = Batch::new(6, 3, &x, Target::Values(&y));
+    for name in ["min_rel_cooldown", "max_abs_cooldown"] {
+        let (fresh, metrics, want) = plateau_fixture(name);
+        for stop in [0, 1, 7, 20, metrics.len()] {
+            let mut first = fresh.clone();
+            let mut tr = trainer(OptimizerKind::sgd(fresh.lr()))
+                .with_lr_schedule(LrSchedule::new(Decay::Constant));
+            for &m in &metrics[..stop] {
+                tr.set_base_lr(first.observe(m).unwrap());
+            }
+            let mut extras = io::Extras::default();
+            first.save(&mut extras);
+            io::save_checkpoint_with(&path, &tr.config, &tr.params, &tr.optimizer, &extras)
+                .unwrap();
+            let mut resumed = trainer(OptimizerKind::sgd(fresh.lr()))
+                .with_lr_schedule(LrSchedule::new(Decay::Constant));
+            let cfg = resumed.config;
+            let back =
+                io::load_checkpoint_with(&path, &cfg, &mut resumed.params, &mut resumed.optimizer)
+                    .unwrap();
+            let mut second = fresh.clone();
+            second.restore(&back).unwrap();
+            assert_eq!(second, first, "{name} at {stop}");
+            resumed.set_base_lr(second.lr());
+            assert_eq!(resumed.step(&batch).unwrap().lr, first.lr());
+            let rest: Vec<f64> = metrics[stop..]
+                .iter()
+                .map(|&m| second.observe(m).unwrap())
+                .collect();
+            assert_eq!(rest, want[stop..], "{name} resumed at {stop}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The plateau's rate is the trainer's base: a warm-up climbs to the lowered rate.
+#[test]
+fn a_plateau_lowers_the_base_a_schedule_scales() {
+    let (x, y) = data();
+    let batch = Batch::new(6, 3, &x, Target::Values(&y));
+    let warmup = LrSchedule::new(Decay::Constant)
+        .with_warmup(4, 0.5)
+        .unwrap();
+    let mut tr = trainer(OptimizerKind::adam(0.1)).with_lr_schedule(warmup);
+    let mut plateau = Plateau::new(tr.base_lr(), 0.5, 0).unwrap();
+    assert_eq!(tr.step(&batch).unwrap().lr, 0.05);
+    tr.set_base_lr(plateau.observe(1.0).unwrap());
+    assert_eq!(tr.step(&batch).unwrap().lr, warmup.rate(0.1, 1));
+    tr.set_base_lr(plateau.observe(1.0).unwrap());
+    assert_eq!((plateau.lr(), tr.base_lr()), (0.05, 0.05));
+    assert_eq!(tr.step(&batch).unwrap().lr, warmup.rate(0.05, 2));
+    // Without a schedule it is the optimizer's rate.
+    let mut plain = trainer(OptimizerKind::sgd(0.1));
+    plain.set_base_lr(0.02);
+    assert_eq!(plain.optimizer.kind.lr(), 0.02);
+    assert_eq!(plain.step(&batch).unwrap().lr, 0.02);
+}
+
+#[test]
+fn bad_plateaus_are_typed_errors_and_change_nothing() {
+    for (lr, factor) in [
+        (0.1, 1.0),
+        (0.1, 0.0),
+        (0.1, -0.5),
+        (0.1, f64::NAN),
+        (0.0, 0.5),
+    ] {
+        let e = Plateau::new(lr, factor, 3).unwrap_err();
+        assert!(matches!(e, RnnError::Config(_)), "{lr} {factor}: {e}");
+    }
+    let p = Plateau::new(f64::INFINITY, 0.5, 3).unwrap_err();
+    assert!(p.to_string().contains("learning rate = inf"), "{p}");
+    let p = Plateau::new(0.1, 0.5, 0).unwrap();
+    for t in [Threshold::Relative(-0.1), Threshold::Absolute(f64::NAN)] {
+        assert!(p.clone().with_threshold(t).is_err(), "{t:?}");
+    }
+    assert!(p.clone().with_min_lr(-1.0).is_err());
+    let mut p = p;
+    p.observe(1.0).unwrap();
+    let before = p.clone();
+    for m in [f64::NAN, f64::INFINITY] {
+        let e = p.observe(m).unwrap_err();
+        assert!(e.to_string().contains("plateau metric"), "{e}");
+        assert_eq!(p, before);
+    }
+    // Missing or malformed state in a checkpoint is named, and nothing is restored.
+    let mut extras = io::Extras::<f32>::default();
+    p.save(&mut extras);
+    for (key, value) in [
+        ("plateau.bad", "-1"),
+        ("plateau.lr", "0"),
+        ("plateau.best", "x"),
+    ] {
+        let mut broken = extras.clone();
+        broken.metadata.insert(key.into(), value.into());
+        let mut q = Plateau::new(0.3, 0.5, 0).unwrap();
+        let fresh = q.clone();
+        let e = q.restore(&broken).unwrap_err();
+        assert!(matches!(e, RnnError::Format(_)), "{key}: {e}");
+        assert_eq!(q, fresh, "{key}");
+    }
+    let mut q = Plateau::new(0.3, 0.5, 0).unwrap();
+    let e = q.restore(&io::Extras::<f32>::default()).unwrap_err();
+    assert!(e.to_string().contains("plateau.lr"), "{e}");
 }
