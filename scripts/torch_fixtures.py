@@ -99,7 +99,7 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
          dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None,
-         smooth_l1_beta=None, bidirectional=False, vocab=None):
+         smooth_l1_beta=None, bidirectional=False, vocab=None, sequence_weights=None):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
@@ -110,7 +110,10 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     beta, written as metadata (None: PyTorch's default, 1.0, not written). `bidirectional`:
     both directions in every layer; many-to-one reads both final states side by side
     (h_n[-2] and h_n[-1]), h0 / h_last are [2L, B, H]. `vocab`: token input through
-    nn.Embedding(vocab, I); x is int64 ids [T, B] and has no gradient."""
+    nn.Embedding(vocab, I); x is int64 ids [T, B] and has no gradient. `sequence_weights`: a
+    weight per sequence, written as the tensor `sequence_weights` [B]: each position's loss
+    times its sequence's weight, a mean over the scored positions' total weight (times their
+    class weights for labels, times O for float targets)."""
     torch.manual_seed(seed)
     weight = None if class_weights is None else torch.tensor(class_weights, dtype=dtype)
     m = Model(I, H, O, layers, nonlinearity, cell, bias, bidirectional, vocab).to(dtype)
@@ -162,6 +165,7 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
             value = masked.sum() / (scored.sum() * O) if reduction == "mean" else masked.sum()
         stored_target = target
     elif loss == "mse":
+        delta = beta = None
         target = torch.randn(*y.shape, dtype=dtype)
         se = ((y - target) ** 2) * scored[..., None]
         value = se.sum() / (scored.sum() * O) if reduction == "mean" else se.sum()
@@ -176,6 +180,25 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
                                 ignore_index=-100, label_smoothing=label_smoothing or 0.0,
                                 weight=weight)
         stored_target = torch.where(scored, labels, torch.zeros_like(labels))  # unscored: any valid label
+    if sequence_weights is not None:
+        w = torch.tensor(sequence_weights, dtype=dtype)
+        at = w.expand(scored.shape)  # [T, B] or [B]: each position's sequence weight
+        if loss == "ce":
+            per = F.cross_entropy(y.reshape(-1, O), ignore_padded.reshape(-1), reduction="none",
+                                  ignore_index=-100, label_smoothing=label_smoothing or 0.0,
+                                  weight=weight).reshape(scored.shape)
+            counted = (ignore_padded != -100).to(dtype)
+            if weight is not None:
+                counted = counted * weight[ignore_padded.clamp(min=0)]
+            total = (counted * at).sum()
+        else:
+            per = {"mse": lambda: (y - target) ** 2,
+                   "l1": lambda: F.l1_loss(y, target, reduction="none"),
+                   "huber": lambda: F.huber_loss(y, target, reduction="none", delta=delta),
+                   "smooth_l1": lambda: F.smooth_l1_loss(y, target, reduction="none", beta=beta),
+                   }[loss]().sum(-1) * scored
+            total = (scored * at).sum() * O
+        value = (per * at).sum() / total if reduction == "mean" else (per * at).sum()
     value.backward()
 
     inputs = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
@@ -188,6 +211,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         inputs["c0"] = c0.detach().clone()
     if weight is not None:
         inputs["class_weights"] = weight.clone()
+    if sequence_weights is not None:
+        inputs["sequence_weights"] = torch.tensor(sequence_weights, dtype=dtype)
     meta = {"cell": cell, "layers": str(layers), "nonlinearity": nonlinearity, "loss": loss,
             "many_to_one": "true" if many_to_one else "false", "reduction": reduction}
     if dropout is not None:
@@ -431,6 +456,22 @@ def plateau(name, metrics, lr, **kw):
               os.path.join(OUT, f"plateau_{name}.safetensors"), metadata=meta)
 
 
+def sequence_weight_fixtures():
+    case("rnn_seqweights_mse_lengths", 6, 4, 3, 5, 2, layers=2, lengths=[6, 2, 4, 1],
+         sequence_weights=[0.5, 2.0, 0.0, 1.5], seed=110)
+    case("lstm_seqweights_ce_classweights_many_to_one", 5, 6, 3, 9, 4, loss="ce",
+         many_to_one=True, cell="lstm", ignore=0.3, label_smoothing=0.1,
+         class_weights=[0.5, 2.0, 1.0, 3.0], sequence_weights=[1.0, 0.25, 3.0, 0.0, 2.0, 1.5],
+         seed=111)
+    case("gru_seqweights_huber_sum_f32", 12, 8, 7, 33, 6, loss="huber", reduction="sum",
+         lengths=[12, 3, 7, 1, 12, 5, 9, 2], dtype=torch.float32, cell="gru",
+         sequence_weights=[1.0, 2.0, 0.5, 0.0, 3.0, 1.0, 0.75, 4.0], seed=112)
+    case("gru_seqweights_ce_ignore_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce",
+         lengths=[6, 2, 4, 3], cell="gru", ignore=0.3, sequence_weights=[2.0, 0.5, 1.0, 3.0],
+         seed=113)
+    print("sequence-weight fixtures written")
+
+
 def plateau_fixtures():
     g = torch.Generator().manual_seed(80)
     # A noisy loss that falls and stalls; an accuracy that rises and stalls; a negative score.
@@ -450,4 +491,5 @@ def plateau_fixtures():
 
 
 if __name__ == "__main__":
+    sequence_weight_fixtures()
     plateau_fixtures()

@@ -70,6 +70,11 @@ pub struct Batch<'a, T> {
     /// Steps before this one score no loss (0: all do), for a loss at every step. Truncated
     /// BPTT with `k2 > k1` replays steps it has already scored to carry gradient through them.
     pub score_from: usize,
+    /// Optional weight per sequence `[B]` (finite, non-negative; Keras' `sample_weight`):
+    /// each of a sequence's loss terms counts its weight times, and a `mean` divides by the
+    /// scored positions' total weight, as it does with class weights
+    /// ([`Batch::with_sequence_weights`]).
+    pub sequence_weights: Option<&'a [T]>,
 }
 
 impl<'a, T: Float> Batch<'a, T> {
@@ -85,6 +90,7 @@ impl<'a, T: Float> Batch<'a, T> {
             h0: None,
             c0: None,
             score_from: 0,
+            sequence_weights: None,
         }
     }
 
@@ -110,6 +116,33 @@ impl<'a, T: Float> Batch<'a, T> {
         Self {
             tokens: Some(tokens),
             ..Self::new(seq_len, batch, &[], target)
+        }
+    }
+
+    /// This batch with a weight per sequence (`[B]`, finite and non-negative): sequence
+    /// `b`'s loss terms count `weights[b]` times, and a `mean` divides by the scored
+    /// positions' total weight (times `O` for float targets, times their class weights for
+    /// weighted labels). A weight of 2 trains as the sequence twice in the batch would; a
+    /// weight of 0 as if it were not there. PyTorch: `(loss(reduction="none") * w).sum() /
+    /// (mask * w).sum()`.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let mut tr = Trainer::<f64>::new(RnnConfig::new(1, 4, 1), LossSpec::every_step(LossKind::Mse), OptimizerKind::sgd(0.1), 0)?;
+    /// // Two sequences of 3 steps (time-major), the second weighted 3 times the first ...
+    /// let (x, y) = ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]);
+    /// let weighted = tr.evaluate(&Batch::new(3, 2, &x, Target::Values(&y)).with_sequence_weights(&[1.0, 3.0]))?;
+    /// // ... scores as the batch holding the second one three times.
+    /// let x4: Vec<f64> = x.chunks(2).flat_map(|s| [s[0], s[1], s[1], s[1]]).collect();
+    /// let y4: Vec<f64> = y.chunks(2).flat_map(|s| [s[0], s[1], s[1], s[1]]).collect();
+    /// let repeated = tr.evaluate(&Batch::new(3, 4, &x4, Target::Values(&y4)))?;
+    /// assert!((weighted - repeated).abs() < 1e-12);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn with_sequence_weights(self, weights: &'a [T]) -> Self {
+        Self {
+            sequence_weights: Some(weights),
+            ..self
         }
     }
 
@@ -324,6 +357,43 @@ impl<'a, T: Float> Batch<'a, T> {
                     kind.name()
                 )));
             }
+        }
+        if let Some(w) = self.sequence_weights {
+            self.validate_sequence_weights(w, config, loss)?;
+        }
+        Ok(())
+    }
+
+    /// Sequence weights: one per sequence, finite and non-negative, and under `mean` some
+    /// weight on a scored position.
+    fn validate_sequence_weights(
+        &self,
+        w: &[T],
+        config: &RnnConfig,
+        loss: &LossSpec,
+    ) -> Result<()> {
+        if w.len() != self.batch {
+            return Err(shape(
+                "sequence_weights",
+                format!("[B={}]", self.batch),
+                w.len(),
+            ));
+        }
+        finite("sequence_weights", w)?;
+        if let Some(index) = w.iter().position(|&v| v < T::zero()) {
+            return Err(RnnError::Config(format!(
+                "sequence weight {index} = {}: weights must be non-negative",
+                w[index].f64()
+            )));
+        }
+        if loss.reduction == Reduction::Mean
+            && crate::network::mean_divisor(config, self, loss) == 0.0
+        {
+            return Err(RnnError::Config(
+                "every scored position's sequence weight is 0: a mean over no weight is \
+                 undefined"
+                    .into(),
+            ));
         }
         Ok(())
     }

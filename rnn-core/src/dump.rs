@@ -9,7 +9,8 @@
 //! `x` `[T,B,I]`, `h0` `[L·D,B,H]` (`D` = 2 for a bidirectional model), `target` (mse, l1,
 //! huber, smooth_l1: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or
 //! `[B]`, where -100, PyTorch's default `ignore_index`, marks a position with no label),
-//! optionally `lengths` int64 `[B]`, and metadata `cell` (rnn|lstm|gru), `layers`,
+//! optionally `lengths` int64 `[B]` and `sequence_weights` `[B]` (floats of `x`'s type, as
+//! [`Batch::with_sequence_weights`] takes them), and metadata `cell` (rnn|lstm|gru), `layers`,
 //! `nonlinearity` (tanh|relu), `loss` (mse|l1|huber|smooth_l1|ce), `many_to_one` (true|false),
 //! `reduction` (mean|sum). With `loss` = huber, optional metadata `huber_delta` (a positive
 //! number, default 1.0 as PyTorch's) is the threshold; with `loss` = smooth_l1, optional
@@ -218,6 +219,10 @@ fn run<T: Float>(
         Ok(_) => Some(non_negative("lengths", io::int_tensor(st, "lengths")?.0)?),
         Err(_) => None,
     };
+    let sequence_weights = match st.tensor("sequence_weights") {
+        Ok(_) => Some(io::float_tensor::<T>(st, "sequence_weights")?.0),
+        Err(_) => None,
+    };
     let (values, classes);
     let target = if spec.kind.takes_values() {
         values = io::float_tensor::<T>(st, "target")?.0;
@@ -236,6 +241,7 @@ fn run<T: Float>(
         h0: Some(&h0),
         c0: c0.as_deref(),
         score_from: 0,
+        sequence_weights: sequence_weights.as_deref(),
     };
     let mut ws = Workspace::new();
     let mut grads = vec![T::zero(); layout.len];

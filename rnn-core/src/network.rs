@@ -1184,6 +1184,7 @@ impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
                 self.lstm.then(|| &ck_c[saved])
             },
             score_from: self.batch.score_from.saturating_sub(r.start).min(len),
+            sequence_weights: self.batch.sequence_weights,
         }
     }
 }

@@ -224,6 +224,7 @@ impl<T: Float> Tbptt<T> {
             h0: Some(&self.h_start),
             c0: cfg.cell.has_cell_state().then_some(&self.c_start[..]),
             score_from: at,
+            sequence_weights: None,
         };
         let report = self.trainer.step(&batch)?;
         // The next window replays the last `held` steps of this one, from the state before

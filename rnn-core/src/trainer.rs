@@ -646,7 +646,9 @@ impl<T: Float> Trainer<T> {
     /// alone (within rounding): under `sum` the loss of its scored positions, so the
     /// elements add up to the batch's loss; under `mean` that over its own scored positions
     /// (times `O` for float targets, or their class weights), and 0 for a sequence that
-    /// scores nothing. Parameters, gradients and optimizer state are untouched. Runs whole
+    /// scores nothing. With [`Batch::sequence_weights`], a sequence's weight multiplies its
+    /// `sum` and cancels from its `mean`. Parameters, gradients and optimizer state are
+    /// untouched. Runs whole
     /// sequences, as [`Trainer::outputs`] does, whatever the [`Memory`] setting.
     ///
     /// ```

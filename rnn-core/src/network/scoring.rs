@@ -20,7 +20,8 @@ pub(super) fn loss_scale<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &
 
 /// What a `mean` divides the batch's summed loss by: its scored positions, times `O` for
 /// float targets. A position whose label is ignored is not scored; with class weights a
-/// position counts its label's weight instead of 1.
+/// position counts its label's weight instead of 1, and with sequence weights its
+/// sequence's weight times that.
 pub(crate) fn mean_divisor<T: Float>(config: &RnnConfig, batch: &Batch<T>, spec: &LossSpec) -> f64 {
     divisor_of(config, batch, spec, 0..batch.batch)
 }
@@ -36,10 +37,11 @@ fn divisor_of<T: Float>(
         if spec.many_to_one { 1 } else { batch.seq_len },
         batch.batch,
     );
-    let weight_of = |t: usize, bb: usize| match (&spec.class_weights, batch.target) {
+    let class_weight = |t: usize, bb: usize| match (&spec.class_weights, batch.target) {
         (Some(w), Target::Classes(labels)) => w.get()[labels[t * b + bb]],
         _ => 1.0,
     };
+    let weight_of = |t: usize, bb: usize| class_weight(t, bb) * sequence_weight(batch, bb).f64();
     let count: f64 = (0..steps)
         .flat_map(|t| sequences.clone().map(move |bb| (t, bb)))
         .filter(|&(t, bb)| batch.scores(spec.many_to_one, t, bb))
@@ -115,7 +117,8 @@ pub(super) fn sequence_losses<T: Float>(
             if batch.scores(spec.many_to_one, t, bb) {
                 let position = t * b + bb;
                 let (y, dy) = (&ws.y[..steps * b * o], &mut ws.dy[..o]);
-                *sum += row_loss(position..position + 1, dy, y, batch.target, &scoring, o);
+                let row = row_loss(position..position + 1, dy, y, batch.target, &scoring, o);
+                *sum += sequence_weight(batch, bb) * row;
             }
         }
     }
@@ -142,6 +145,7 @@ fn set_class_weights<T: Float>(ws: &mut Workspace<T>, spec: &LossSpec) {
 
 /// How the loss of each scored row is taken: the spec, its class weights in the pass's float
 /// type (empty: unweighted) and the reduction's factor.
+#[derive(Clone, Copy)]
 struct Scoring<'a, T> {
     spec: &'a LossSpec,
     class_weights: &'a [T],
@@ -164,8 +168,8 @@ fn loss_steps<T: Float>(
     for t in steps {
         let block = t * b * o..(t + 1) * b * o;
         let scores = |bb| batch.scores(scoring.spec.many_to_one, t, bb);
-        let all = (0..b).all(scores);
-        // Whole step at once when every sequence is scored, else row by row.
+        let all = batch.sequence_weights.is_none() && (0..b).all(scores);
+        // Whole step at once when every sequence is scored and weighs 1, else row by row.
         let rows: &mut dyn Iterator<Item = (usize, usize)> = if all {
             &mut std::iter::once((0, b))
         } else {
@@ -176,10 +180,26 @@ fn loss_steps<T: Float>(
         }
         for (lo, hi) in rows {
             let dy = &mut dy_steps[block.start - first + lo * o..block.start - first + hi * o];
-            total += row_loss(t * b + lo..t * b + hi, dy, y_all, batch.target, scoring, o);
+            let positions = t * b + lo..t * b + hi;
+            total += match batch.sequence_weights {
+                // One row: its terms, and their gradient, count its sequence's weight.
+                Some(w) => {
+                    let weighted = Scoring {
+                        scale: scoring.scale * w[lo],
+                        ..*scoring
+                    };
+                    w[lo] * row_loss(positions, dy, y_all, batch.target, &weighted, o)
+                }
+                None => row_loss(positions, dy, y_all, batch.target, scoring, o),
+            };
         }
     }
     total
+}
+
+/// Sequence `b`'s weight (1 without [`Batch::sequence_weights`]).
+fn sequence_weight<T: Float>(batch: &Batch<T>, b: usize) -> T {
+    batch.sequence_weights.map_or(T::one(), |w| w[b])
 }
 
 /// The unscaled loss sum of the consecutive positions (rows of `[T·B, O]`) `positions`, and

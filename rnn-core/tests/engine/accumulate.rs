@@ -9,10 +9,11 @@ use rnn_core::prelude::*;
 
 use crate::common::{Data, ScoringCase};
 
-/// One case, its batch split at `cuts`.
+/// One case, its batch split at `cuts`, with or without sequence weights.
 struct Case {
     scoring: ScoringCase,
     cuts: &'static [usize],
+    weighted: bool,
 }
 
 /// The parameters after `updates` updates, each either one step on the whole batch or the
@@ -33,6 +34,7 @@ fn train(case: &Case, accumulate: bool, updates: usize) -> (Vec<f64>, Vec<(f64, 
     let mut reports = Vec::new();
     for _ in 0..updates {
         let data = case.scoring.data(&mut rng);
+        let data = if case.weighted { data.weighted() } else { data };
         let report = if accumulate {
             let bounds: Vec<usize> = [0]
                 .iter()
@@ -71,17 +73,23 @@ fn assert_close(what: &str, a: &[f64], b: &[f64]) {
 fn micro_batches_make_the_update_of_one_batch() {
     // Uneven cuts, one per case of each cell.
     let cuts: [&'static [usize]; 5] = [&[3, 4], &[1], &[2, 5], &[2], &[1, 2, 3]];
+    // Every other case with sequence weights, a different half for each cell.
     let cases: Vec<Case> = ScoringCase::all()
         .into_iter()
         .zip(cuts.into_iter().cycle())
-        .map(|(scoring, cuts)| Case { scoring, cuts })
+        .enumerate()
+        .map(|(k, (scoring, cuts))| Case {
+            scoring,
+            cuts,
+            weighted: k % 2 == 1,
+        })
         .collect();
     for case in &cases {
         let (whole, whole_reports) = train(case, false, 3);
         let (parts, part_reports) = train(case, true, 3);
         let what = format!(
-            "{:?} {:?} cuts {:?}",
-            case.scoring.cfg, case.scoring.loss, case.cuts
+            "{:?} {:?} cuts {:?} weighted {}",
+            case.scoring.cfg, case.scoring.loss, case.cuts, case.weighted
         );
         for ((l1, n1), (l2, n2)) in part_reports.iter().zip(&whole_reports) {
             assert_close(&format!("loss of {what}"), &[*l1], &[*l2]);

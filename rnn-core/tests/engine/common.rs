@@ -23,6 +23,8 @@ pub struct Data {
     /// `[T, B]` token ids, the input of a model with an embedding (empty otherwise, and
     /// then the batch reads `x`).
     pub tokens: Vec<usize>,
+    /// `[B]` sequence weights (empty: none).
+    pub weights: Vec<f64>,
 }
 
 impl Data {
@@ -61,6 +63,7 @@ impl Data {
             },
             cell: cfg.cell,
             tokens: Vec::new(),
+            weights: Vec::new(),
         };
         // Drawn last, so a model without an embedding sees the draws it always did.
         if let Some(v) = cfg.num_embeddings {
@@ -95,6 +98,17 @@ impl Data {
             h0: h0.then_some(&self.h0[..]),
             c0: (h0 && self.cell == Cell::Lstm).then_some(&self.c0[..]),
             score_from: 0,
+            sequence_weights: (!self.weights.is_empty()).then_some(&self.weights[..]),
+        }
+    }
+
+    /// This data with sequence weights: `b`'s is `(b · 5 % 7) / 2`, so the first sequence
+    /// weighs 0 and the others 0.5 to 3, unevenly.
+    pub fn weighted(self) -> Self {
+        let b = self.lengths.len();
+        Data {
+            weights: (0..b).map(|k| (k * 5 % 7) as f64 / 2.0).collect(),
+            ..self
         }
     }
 
@@ -107,35 +121,47 @@ impl Data {
         many_to_one: bool,
         cols: &Range<usize>,
     ) -> Data {
+        self.pick(cfg, t, b, many_to_one, &cols.clone().collect::<Vec<_>>())
+    }
+
+    /// The sequences `cols` of this data, in that order and as often as listed, as data of
+    /// their own.
+    pub fn pick(
+        &self,
+        cfg: &RnnConfig,
+        t: usize,
+        b: usize,
+        many_to_one: bool,
+        cols: &[usize],
+    ) -> Data {
         let positions = if many_to_one { 1 } else { t };
         let (h, passes) = (cfg.hidden_size, cfg.passes());
+        let of = |v: &[usize]| cols.iter().map(|&c| v[c]).collect::<Vec<_>>();
         Data {
             x: columns(&self.x, t, b, cfg.input_size, cols),
             values: columns(&self.values, positions, b, cfg.output_size, cols),
             classes: columns(&self.classes, positions, b, 1, cols),
-            lengths: self.lengths[cols.clone()].to_vec(),
+            lengths: of(&self.lengths),
             h0: columns(&self.h0, passes, b, h, cols),
             c0: columns(&self.c0, passes, b, h, cols),
             cell: self.cell,
             tokens: columns(&self.tokens, t, b, 1, cols),
+            weights: columns(&self.weights, 1, b, 1, cols),
         }
     }
 }
 
-/// Sequences `cols` of a `[T, B, ..]` (or `[B, ..]` when `steps` is 1) buffer of rows of
-/// `width`, as a buffer of their own.
-fn columns<V: Copy>(
-    buf: &[V],
-    steps: usize,
-    b: usize,
-    width: usize,
-    cols: &Range<usize>,
-) -> Vec<V> {
+/// Sequences `cols` (in that order, repeats allowed) of a `[T, B, ..]` (or `[B, ..]` when
+/// `steps` is 1) buffer of rows of `width`, as a buffer of their own.
+fn columns<V: Copy>(buf: &[V], steps: usize, b: usize, width: usize, cols: &[usize]) -> Vec<V> {
     if buf.is_empty() {
         return Vec::new();
     }
     (0..steps)
-        .flat_map(|t| buf[(t * b + cols.start) * width..(t * b + cols.end) * width].iter())
+        .flat_map(|t| {
+            cols.iter()
+                .flat_map(move |&c| &buf[(t * b + c) * width..][..width])
+        })
         .copied()
         .collect()
 }

@@ -465,6 +465,29 @@ fn rnn_smooth_l1_many_to_one_sum_f32() {
     check("rnn_smooth_l1_many_to_one_sum_f32", 2e-5);
 }
 
+/// Sequence weights (`sequence_weights` `[B]`, against PyTorch's `reduction="none"` losses
+/// weighted and reduced by hand): MSE with packed lengths and a weight of 0, weighted and
+/// smoothed many-to-one cross-entropy, Huber summed in f32, ignored labels.
+#[test]
+fn rnn_sequence_weights_mse_packed_lengths() {
+    check("rnn_seqweights_mse_lengths", 1e-12);
+}
+
+#[test]
+fn lstm_sequence_weights_class_weights_smoothing_many_to_one() {
+    check("lstm_seqweights_ce_classweights_many_to_one", 1e-12);
+}
+
+#[test]
+fn gru_sequence_weights_huber_sum_f32() {
+    check("gru_seqweights_huber_sum_f32", 2e-5);
+}
+
+#[test]
+fn gru_sequence_weights_ignored_labels_packed_lengths() {
+    check("gru_seqweights_ce_ignore_lengths", 1e-12);
+}
+
 /// Cross-entropy's `ignore_index`: labels of -100 (PyTorch's default, grad_dump reads it as
 /// `IGNORED_LABEL`) score nothing, and a mean divides by the labelled positions only.
 #[test]

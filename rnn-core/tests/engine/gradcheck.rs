@@ -44,6 +44,8 @@ struct Case {
     bidirectional: bool,
     /// Token input through an embedding of this many tokens.
     embedding: Option<usize>,
+    /// Uneven sequence weights, the first 0 ([`Data::weighted`]).
+    sequence_weights: bool,
 }
 
 fn spec(c: &Case) -> LossSpec {
@@ -75,7 +77,7 @@ fn data(c: &Case, rng: &mut StdRng) -> Data {
             *label = IGNORED_LABEL;
         }
     }
-    d
+    if c.sequence_weights { d.weighted() } else { d }
 }
 
 fn batch<'a>(c: &Case, d: &'a Data) -> Batch<'a, f64> {
@@ -227,6 +229,7 @@ fn base() -> Case {
         class_weights: None,
         bidirectional: false,
         embedding: None,
+        sequence_weights: false,
     }
 }
 
@@ -437,6 +440,57 @@ fn class_weights_match_finite_differences() {
     assert_ne!(
         loss_of(&case, &cfg, &params, &d),
         loss_of(&unweighted, &cfg, &params, &d)
+    );
+}
+
+/// Sequence weights: every cell, both placements, with and without lengths, both
+/// reductions, MSE and cross-entropy with ignored labels and class weights, a
+/// bidirectional layer and time chunks, with a sequence of weight 0 among them.
+#[test]
+fn sequence_weights_match_finite_differences() {
+    let mut seed = 1300;
+    for cell in CELLS {
+        for (k, (many_to_one, lengths, reduction)) in PLACEMENTS.into_iter().enumerate() {
+            seed += 1;
+            let ce = k % 2 == 1;
+            let case = Case {
+                cell,
+                b: 4,
+                kind: if ce {
+                    LossKind::cross_entropy(0.2).unwrap()
+                } else {
+                    LossKind::Mse
+                },
+                many_to_one,
+                lengths,
+                reduction,
+                ignore_every: if ce { 4 } else { 0 },
+                class_weights: ce.then(|| ClassWeights::new(&[0.5, 1.0, 2.5]).unwrap()),
+                bidirectional: k == 2,
+                chunks: if k == 0 { steps(2) } else { TimeChunks::Auto },
+                sequence_weights: true,
+                ..base()
+            };
+            check(&case, seed);
+        }
+    }
+    // The weights change the loss: they are not ignored.
+    let case = Case {
+        b: 4,
+        sequence_weights: true,
+        ..base()
+    };
+    let cfg = cfg(&case);
+    let params = init_params::<f64>(&cfg, 1);
+    let d = data(&case, &mut StdRng::seed_from_u64(1));
+    let unweighted = Case {
+        sequence_weights: false,
+        ..case.clone()
+    };
+    let d0 = data(&unweighted, &mut StdRng::seed_from_u64(1));
+    assert_ne!(
+        loss_of(&case, &cfg, &params, &d),
+        loss_of(&unweighted, &cfg, &params, &d0)
     );
 }
 
@@ -923,6 +977,7 @@ fn f32_agrees_with_f64() {
             h0: Some(&h32),
             c0: (cell == Cell::Lstm).then_some(&c32[..]),
             score_from: 0,
+            sequence_weights: None,
         };
         let mut g32 = vec![0.0f32; layout.len];
         let l32 = forward_backward(

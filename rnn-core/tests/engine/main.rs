@@ -21,5 +21,6 @@ mod properties;
 mod resume;
 mod schedule;
 mod sequence_losses;
+mod sequence_weights;
 mod tbptt;
 mod time_chunks;

@@ -21,6 +21,8 @@ fn each_sequence_scores_as_a_batch_of_its_own() {
         let (t, b) = (*t, *b);
         let mut tr = Trainer::<f64>::new(*cfg, loss.clone(), OptimizerKind::adam(1e-2), 3).unwrap();
         let data = case.data(&mut StdRng::seed_from_u64(k as u64));
+        // Every other case weighs its sequences (the first by 0).
+        let data = if k % 2 == 1 { data.weighted() } else { data };
         let what = format!("{cfg:?} {loss:?}");
         // A step first, so the weights are not the initial ones of every trainer.
         tr.step(&data.batch(t, b, *kind, true, true)).unwrap();
@@ -32,12 +34,14 @@ fn each_sequence_scores_as_a_batch_of_its_own() {
         for (bb, &got) in each.iter().enumerate() {
             let alone = data.sequences(cfg, t, b, loss.many_to_one, &(bb..bb + 1));
             match tr.evaluate(&alone.batch(t, 1, *kind, true, true)) {
+                // (A weight of 0 under `sum` scores 0, alone or not.)
                 Ok(want) => assert!(
-                    (got - want).abs() <= 1e-12 * (1.0 + want.abs()) && want != 0.0,
+                    (got - want).abs() <= 1e-12 * (1.0 + want.abs())
+                        && (want != 0.0 || alone.weights == [0.0]),
                     "{what}: sequence {bb} scores {got}, alone {want}"
                 ),
-                // A mean over a sequence that scores nothing: its own batch is refused, and
-                // its loss among others is 0.
+                // A mean over a sequence that scores nothing, or weighs 0: its own batch is
+                // refused, and its loss among others is 0.
                 Err(RnnError::Config(_)) => {
                     let scored = if loss.many_to_one {
                         1
@@ -45,7 +49,8 @@ fn each_sequence_scores_as_a_batch_of_its_own() {
                         alone.lengths[0]
                     };
                     let labels = &alone.classes[..scored];
-                    assert!(labels.iter().all(|&c| c == IGNORED_LABEL), "{what}: {bb}");
+                    let unlabelled = labels.iter().all(|&c| c == IGNORED_LABEL);
+                    assert!(unlabelled || alone.weights == [0.0], "{what}: {bb}");
                     assert_eq!(got, 0.0, "{what}: sequence {bb}");
                 }
                 Err(e) => panic!("{what}: {e}"),

@@ -217,6 +217,7 @@ fn chunked_f32_agrees_with_unchunked_f64() {
             h0: Some(&h0),
             c0: (s.cfg.cell == Cell::Lstm).then_some(&c0[..]),
             score_from: 0,
+            sequence_weights: None,
         };
         let mut grads = vec![0.0f32; layout.len];
         let opts = PassOptions {
