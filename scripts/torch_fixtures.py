@@ -6,8 +6,9 @@
 For each case: rnn-core/tests/fixtures/<name>.in.safetensors (grad_dump's input) and
 <name>.expected.safetensors (what PyTorch computes: out.loss, out.y, out.h_last, grad.*).
 Variable lengths go through pack_padded_sequence, as a PyTorch user would write it.
-Also train_*.safetensors (optimizer steps), tbptt_*.safetensors (TBPTT training loops) and
-half_*.safetensors (models saved in bf16 / f16, for loading).
+Also train_*.safetensors (optimizer steps), tbptt_*.safetensors (TBPTT training loops),
+half_*.safetensors (models saved in bf16 / f16, for loading) and plateau_*.safetensors
+(ReduceLROnPlateau's rates on a metric sequence).
 """
 import os
 import torch
