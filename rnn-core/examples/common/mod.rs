@@ -1,4 +1,4 @@
-//! What the examples share: line plots as SVG files, and writing outputs.
+//! What the examples share: line plots as SVG files, writing outputs, and the exit status.
 
 #![allow(dead_code)] // each example uses part of it
 
@@ -129,4 +129,15 @@ pub fn write(path: &Path, contents: &str) -> Result<(), String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The process's exit status for an example's outcome: an error is printed, and fails it.
+pub fn exit_code(outcome: Result<(), String>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
