@@ -64,6 +64,11 @@
 //! PyTorch's `dropout` argument does ([`dropout`]), and [`trainer::Trainer::evaluate`] gives
 //! the undropped model's loss, for a validation set.
 //!
+//! Weighting and scoring sequences: [`batch::Batch::with_sequence_weights`] weighs each
+//! sequence's loss (Keras' `sample_weight`), and [`trainer::Trainer::sequence_losses`] gives
+//! each sequence's own loss (PyTorch's `reduction="none"`, per sequence: an anomaly score
+//! per series, a perplexity per document).
+//!
 //! Big batches: [`trainer::Trainer::accumulate`] sums the gradients of micro-batches and
 //! [`trainer::Trainer::apply_accumulated`] makes the update of the one batch holding them all
 //! ([`accumulate`]).
