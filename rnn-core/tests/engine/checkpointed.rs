@@ -129,6 +129,9 @@ fn equals_full_bptt_for_every_cell_and_option() {
                 class_weights: None,
             };
             let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, many_to_one);
+            // Sequence weights in a third of the runs: segments score with the whole batch's.
+            let weighted = seed % 3 == 1;
+            let d = if weighted { d.weighted() } else { d };
             let full = run(&cfg, &spec, &d, t, b, lengths, score_from, dropout, None);
             // The loss-only pass never drops: it is the undropped model's loss.
             let undropped = run(&cfg, &spec, &d, t, b, lengths, score_from, None, None).loss;
@@ -137,7 +140,7 @@ fn equals_full_bptt_for_every_cell_and_option() {
             assert_eq!(whole.to_bits(), undropped.to_bits(), "{cell:?} seed {seed}");
             for segment in [1, 2, 3, 4, 10, 11, 40] {
                 let what = format!(
-                    "{cell:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} {dropout:?} segment={segment}"
+                    "{cell:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} {dropout:?} weighted={weighted} segment={segment}"
                 );
                 let ck = run(
                     &cfg,
