@@ -57,6 +57,8 @@ pub struct Tbptt<T: Float> {
     /// `[L, B, H]`: the state after the last chunk, which the streams carry.
     h_end: Vec<T>,
     c_end: Vec<T>,
+    /// `[B]`: each stream's loss weight (empty: every stream weighs 1).
+    weights: Vec<T>,
 }
 
 impl<T: Float> Tbptt<T> {
@@ -106,8 +108,37 @@ impl<T: Float> Tbptt<T> {
             c_start: vec![T::zero(); cell_state],
             h_end: vec![T::zero(); state],
             c_end: vec![T::zero(); cell_state],
+            weights: Vec::new(),
             trainer,
         })
+    }
+
+    /// These streams with a loss weight each (`[B]`, finite and non-negative), as
+    /// [`Batch::with_sequence_weights`] weighs sequences: a stream of weight 2 trains as two
+    /// copies of it would, one of weight 0 not at all (its state is still carried).
+    ///
+    /// # Errors
+    /// [`RnnError::ShapeMismatch`] unless there is one weight per stream;
+    /// [`RnnError::NonFiniteInput`] or [`RnnError::Config`] for a weight that is not finite
+    /// or is negative. (Weights that leave a `mean` nothing to divide by are refused at the
+    /// step, as for a batch.)
+    pub fn with_stream_weights(mut self, weights: &[T]) -> Result<Self> {
+        if weights.len() != self.batch {
+            return Err(shape(
+                "stream weights",
+                format!("[B={}]", self.batch),
+                weights.len(),
+            ));
+        }
+        crate::batch::finite("stream weights", weights)?;
+        if let Some(k) = weights.iter().position(|&w| w < T::zero()) {
+            return Err(RnnError::Config(format!(
+                "stream weight {k} = {}: weights must be non-negative",
+                weights[k].f64()
+            )));
+        }
+        self.weights = weights.to_vec();
+        Ok(self)
     }
 
     /// `(k1, k2)`.
@@ -224,7 +255,7 @@ impl<T: Float> Tbptt<T> {
             h0: Some(&self.h_start),
             c0: cfg.cell.has_cell_state().then_some(&self.c_start[..]),
             score_from: at,
-            sequence_weights: None,
+            sequence_weights: (!self.weights.is_empty()).then_some(&self.weights[..]),
         };
         let report = self.trainer.step(&batch)?;
         // The next window replays the last `held` steps of this one, from the state before

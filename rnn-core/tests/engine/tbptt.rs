@@ -255,3 +255,81 @@ fn telemetry_equals_suffix_state_gradients() {
         }
     }
 }
+
+/// Stream weights: streams of integer weight train as that many copies of them, over
+/// several chunks with overlapping windows (the replayed steps score nothing either way);
+/// bad weights are typed errors.
+#[test]
+fn integer_stream_weights_train_as_repeated_streams() {
+    let (k1, k2, chunks, b) = (3, 5, 4, 3);
+    let weights = [0.0, 2.0, 1.0];
+    let copies = [1, 1, 2];
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        let (x, y) = stream_data(k1 * chunks, b);
+        let pick = |buf: &[f64], width: usize| -> Vec<f64> {
+            (0..k1 * chunks)
+                .flat_map(|t| {
+                    copies
+                        .iter()
+                        .flat_map(move |&s| &buf[(t * b + s) * width..][..width])
+                })
+                .copied()
+                .collect()
+        };
+        let (xc, yc) = (pick(&x, 3), pick(&y, 4));
+        let mut weighted = Tbptt::new(trainer(cell), k1, k2, b)
+            .unwrap()
+            .with_stream_weights(&weights)
+            .unwrap();
+        let mut copied = Tbptt::new(trainer(cell), k1, k2, copies.len()).unwrap();
+        for c in 0..chunks {
+            let (xs, ys) = (
+                &x[c * k1 * b * 3..][..k1 * b * 3],
+                &y[c * k1 * b * 4..][..k1 * b * 4],
+            );
+            let n = copies.len();
+            let (xd, yd) = (
+                &xc[c * k1 * n * 3..][..k1 * n * 3],
+                &yc[c * k1 * n * 4..][..k1 * n * 4],
+            );
+            let a = weighted.step(xs, Target::Values(ys)).unwrap();
+            let d = copied.step(xd, Target::Values(yd)).unwrap();
+            assert!(
+                (a.loss - d.loss).abs() <= 1e-12 * d.loss,
+                "{cell:?} chunk {c}"
+            );
+        }
+        for (p, q) in weighted
+            .trainer
+            .params
+            .iter()
+            .zip(copied.trainer.params.iter())
+        {
+            assert!(
+                (p - q).abs() <= 1e-12 * (1.0 + q.abs()),
+                "{cell:?}: {p} vs {q}"
+            );
+        }
+    }
+    let stream = || Tbptt::new(trainer(Cell::Gru), k1, k2, b).unwrap();
+    let e = stream().with_stream_weights(&[1.0, 2.0]).unwrap_err();
+    assert!(matches!(e, RnnError::ShapeMismatch { .. }), "{e}");
+    let e = stream()
+        .with_stream_weights(&[1.0, f64::NAN, 1.0])
+        .unwrap_err();
+    assert!(
+        matches!(e, RnnError::NonFiniteInput { index: 1, .. }),
+        "{e}"
+    );
+    let e = stream().with_stream_weights(&[1.0, -1.0, 1.0]).unwrap_err();
+    assert!(e.to_string().contains("stream weight 1 = -1"), "{e}");
+    // All zero under a mean: refused at the step, nothing changed.
+    let mut zero = stream().with_stream_weights(&[0.0; 3]).unwrap();
+    let before = zero.trainer.params.clone();
+    let (x, y) = stream_data(k1, b);
+    assert!(matches!(
+        zero.step(&x, Target::Values(&y)),
+        Err(RnnError::Config(_))
+    ));
+    assert_eq!(zero.trainer.params, before);
+}
