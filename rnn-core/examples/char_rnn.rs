@@ -8,10 +8,14 @@
 //! cargo run --release --example char_rnn -- --resume --steps 4000   # continue a run
 //! ```
 //!
-//! It shows a progress bar (loss, tokens/s, ETA), samples text every `--sample-every` steps
-//! at `--temperature`, checkpoints to `--out` (model, optimizer, stream state and position,
-//! loss history: `--resume` continues exactly where an uninterrupted run would be), draws the loss curve as an SVG, and ends with the final loss beside the
-//! corpus's unigram entropy (what a model that ignores context would reach).
+//! It holds out the text's last `--validation` share and scores it every `--eval-every`
+//! updates (`--lr-schedule plateau` halves the rate when that score stalls, PyTorch's
+//! `ReduceLROnPlateau`), shows a progress bar (loss, tokens/s, ETA), samples text every
+//! `--sample-every` steps at `--temperature`, checkpoints to `--out` (model, optimizer, stream
+//! state and position, loss histories, plateau state: `--resume` continues exactly where an
+//! uninterrupted run would be), draws the loss curves as an SVG, and ends with the final
+//! training and validation losses beside the corpus's unigram entropy (what a model that
+//! ignores context would reach).
 
 mod common;
 
@@ -26,7 +30,7 @@ use rnn_core::config::Cell;
 use rnn_core::io::{self, Extras};
 use rnn_core::predict::Predictor;
 use rnn_core::prelude::*;
-use rnn_core::schedule::{Decay, LrSchedule};
+use rnn_core::schedule::{Decay, LrSchedule, Plateau};
 use rnn_core::text::{CharCorpus, CharStreams};
 
 /// The built-in corpus: this project's documentation and sources.
@@ -98,17 +102,19 @@ impl OptimizerArg {
 }
 
 /// `--lr-schedule`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum ScheduleArg {
     Constant,
     Cosine,
+    /// Halve the rate after two validations in a row without a better score.
+    Plateau,
 }
 
 /// The schedule `--lr-schedule` and `--warmup` ask for over `--steps` updates.
 fn lr_schedule(args: &Args) -> Result<LrSchedule, String> {
     let decay_steps = args.steps.saturating_sub(args.warmup).max(1) as u64;
     let decay = match args.lr_schedule {
-        ScheduleArg::Constant => Decay::Constant,
+        ScheduleArg::Constant | ScheduleArg::Plateau => Decay::Constant,
         ScheduleArg::Cosine => {
             Decay::cosine(decay_steps, args.lr / 10.0).map_err(|e| e.to_string())?
         }
@@ -166,14 +172,21 @@ struct Args {
     /// Learning rate (the peak, with a schedule).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
-    /// Learning-rate schedule after any warm-up: constant, or cosine down to --lr / 10 at
+    /// Learning-rate schedule after any warm-up: constant, cosine down to --lr / 10 at
     /// update --steps (PyTorch's CosineAnnealingLR; resuming with another --steps bends the
-    /// curve from there).
+    /// curve from there), or plateau: halved after two validations without a better score
+    /// (ReduceLROnPlateau; needs --validation and --eval-every).
     #[arg(long, value_enum, default_value = "constant")]
     lr_schedule: ScheduleArg,
     /// Updates of linear warm-up from --lr / 10 to --lr (0: none; PyTorch's LinearLR).
     #[arg(long, default_value_t = 0)]
     warmup: usize,
+    /// The share of the text, at its end, held out for validation (0: none).
+    #[arg(long, default_value_t = 0.05)]
+    validation: f64,
+    /// Score the held-out text every this many updates (and at the end; 0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
     /// Sampling temperature (lower: safer, higher: more varied).
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
@@ -256,6 +269,50 @@ fn sample(
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The held-out text as one batch: up to 64 sequences of up to 128 characters, cut from it
+/// end to end, each read from a zero state.
+struct Validation {
+    x: Vec<f32>,
+    tokens: Vec<usize>,
+    labels: Vec<usize>,
+    steps: usize,
+    sequences: usize,
+}
+
+impl Validation {
+    fn new(held_out: &CharCorpus, embedded: bool) -> Result<Self, String> {
+        let steps = 128.min(held_out.len() - 1);
+        let sequences = (held_out.len() / (steps + 1)).clamp(1, 64);
+        let mut rows = CharStreams::new(held_out, sequences, steps).map_err(|e| e.to_string())?;
+        let v = held_out.classes();
+        let mut set = Self {
+            x: vec![0.0; if embedded { 0 } else { steps * sequences * v }],
+            tokens: vec![0; if embedded { steps * sequences } else { 0 }],
+            labels: vec![0; steps * sequences],
+            steps,
+            sequences,
+        };
+        if embedded {
+            rows.next_chunk_tokens(held_out, &mut set.tokens, &mut set.labels)
+        } else {
+            rows.next_chunk(held_out, &mut set.x, &mut set.labels)
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(set)
+    }
+
+    /// The model's mean cross-entropy on it (nats/char).
+    fn loss(&self, trainer: &mut Trainer<f32>) -> Result<f32, String> {
+        let target = Target::Classes(&self.labels);
+        let batch = if self.tokens.is_empty() {
+            Batch::new(self.steps, self.sequences, &self.x, target)
+        } else {
+            Batch::of_tokens(self.steps, self.sequences, &self.tokens, target)
+        };
+        trainer.evaluate(&batch).map_err(|e| e.to_string())
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let bytes = match &args.text {
         Some(path) => {
@@ -264,9 +321,30 @@ fn run(args: Args) -> Result<(), String> {
         None => CORPUS.concat().into_bytes(),
     };
     let corpus = CharCorpus::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    if !(0.0..0.5).contains(&args.validation) {
+        return Err(format!(
+            "--validation {}: it must be in [0, 0.5)",
+            args.validation
+        ));
+    }
+    if args.lr_schedule == ScheduleArg::Plateau && (args.validation == 0.0 || args.eval_every == 0)
+    {
+        return Err("--lr-schedule plateau needs --validation and --eval-every".into());
+    }
+    // The alphabet is the whole text's, so the held-out part reads as the model's input.
+    let held_out_len = (corpus.len() as f64 * args.validation) as usize;
+    let (train, held_out) = match held_out_len {
+        0 => (corpus.clone(), None),
+        n => {
+            let (train, held_out) = corpus
+                .split_at(corpus.len() - n)
+                .map_err(|e| format!("--validation {}: {e}", args.validation))?;
+            (train, Some(held_out))
+        }
+    };
     let (k1, b) = (args.chunk, args.batch);
     let k2 = args.k2.unwrap_or(k1);
-    let mut streams = CharStreams::new(&corpus, b, k1).map_err(|e| e.to_string())?;
+    let mut streams = CharStreams::new(&train, b, k1).map_err(|e| e.to_string())?;
     if args.temperature <= 0.0 || args.temperature.is_nan() {
         return Err("--temperature must be positive".into());
     }
@@ -299,8 +377,18 @@ fn run(args: Args) -> Result<(), String> {
     .with_dropout(Dropout::new(args.dropout, args.seed).map_err(|e| e.to_string())?)
     .with_lr_schedule(lr_schedule(&args)?);
     let mut stream = Tbptt::new(trainer, k1, k2, b).map_err(|e| e.to_string())?;
+    let validation = held_out
+        .as_ref()
+        .map(|h| Validation::new(h, cfg.num_embeddings.is_some()))
+        .transpose()?;
+    let mut plateau = (args.lr_schedule == ScheduleArg::Plateau)
+        .then(|| Plateau::new(args.lr, 0.5, 1))
+        .transpose()
+        .map_err(|e| format!("--lr: {e}"))?;
     let ckpt = args.out.join("char_rnn.ckpt.safetensors");
     let mut losses: Vec<f32> = Vec::new();
+    // (update, validation loss) pairs.
+    let mut scores: Vec<(f32, f32)> = Vec::new();
     if args.resume {
         let tr = &mut stream.trainer;
         let extras =
@@ -313,25 +401,48 @@ fn run(args: Args) -> Result<(), String> {
         stream
             .restore_snapshot(&extras.tensors)
             .map_err(|e| format!("cannot resume from {}: {e}", ckpt.display()))?;
+        // Checkpoints from before validation hold no scores.
+        if let Ok(pairs) = extras.tensor("val_losses") {
+            scores = pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        }
+        if let Some(plateau) = &mut plateau {
+            plateau
+                .restore(&extras)
+                .map_err(|e| format!("cannot resume a plateau schedule: {e}"))?;
+            stream.trainer.set_base_lr(plateau.lr());
+        }
         println!("resumed from {} at update {}", ckpt.display(), losses.len());
     }
     let unigram = corpus.unigram_entropy();
     println!(
-        "{} characters, alphabet of {v}; {} {}x{} model, {} streams, TBPTT({k1}, {k2}), {threads} thread(s)",
+        "{} characters ({} held out), alphabet of {v}; {} {}x{} model, {} streams, TBPTT({k1}, {k2}), {threads} thread(s)",
         corpus.len(),
+        held_out_len,
         cfg.cell.as_str(),
         args.layers,
         args.hidden,
         b
     );
-    let save = |stream: &Tbptt<f32>, losses: &[f32], pos: usize| -> Result<(), String> {
-        let extras = Extras {
-            tensors: [("losses".to_string(), losses.to_vec())]
-                .into_iter()
-                .chain(stream.snapshot())
-                .collect(),
+    let save = |stream: &Tbptt<f32>,
+                losses: &[f32],
+                scores: &[(f32, f32)],
+                plateau: Option<&Plateau>,
+                pos: usize|
+     -> Result<(), String> {
+        let pairs = scores.iter().flat_map(|&(u, l)| [u, l]).collect();
+        let mut extras = Extras {
+            tensors: [
+                ("losses".to_string(), losses.to_vec()),
+                ("val_losses".to_string(), pairs),
+            ]
+            .into_iter()
+            .chain(stream.snapshot())
+            .collect(),
             metadata: [("pos".to_string(), pos.to_string())].into(),
         };
+        if let Some(plateau) = plateau {
+            plateau.save(&mut extras);
+        }
         std::fs::create_dir_all(&args.out)
             .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
         let tr = &stream.trainer;
@@ -372,9 +483,9 @@ fn run(args: Args) -> Result<(), String> {
     let begin = Instant::now();
     for step in start_step..args.steps {
         let wrapped = if embedded {
-            streams.next_chunk_tokens(&corpus, &mut tokens, &mut y)
+            streams.next_chunk_tokens(&train, &mut tokens, &mut y)
         } else {
-            streams.next_chunk(&corpus, &mut x, &mut y)
+            streams.next_chunk(&train, &mut x, &mut y)
         };
         if wrapped.map_err(|e| e.to_string())? {
             stream.reset();
@@ -404,12 +515,46 @@ fn run(args: Args) -> Result<(), String> {
                 )
             });
         }
+        let last = step + 1 == args.steps;
+        if let Some(set) = &validation
+            && (last || (args.eval_every > 0 && (step + 1) % args.eval_every == 0))
+        {
+            let loss = set.loss(&mut stream.trainer)?;
+            scores.push(((step + 1) as f32, loss));
+            let lr = match &mut plateau {
+                Some(p) => {
+                    let lr = p.observe(loss as f64).map_err(|e| e.to_string())?;
+                    stream.trainer.set_base_lr(lr);
+                    format!(", next lr {lr:.2e}")
+                }
+                None => String::new(),
+            };
+            bar.suspend(|| {
+                println!(
+                    "update {}: validation loss {loss:.3} nats/char ({:.2} bits){lr}",
+                    step + 1,
+                    loss / std::f32::consts::LN_2
+                )
+            });
+        }
         if (step + 1) % args.checkpoint_every == 0 {
-            save(&stream, &losses, streams.position())?;
+            save(
+                &stream,
+                &losses,
+                &scores,
+                plateau.as_ref(),
+                streams.position(),
+            )?;
         }
     }
     bar.finish_and_clear();
-    save(&stream, &losses, streams.position())?;
+    save(
+        &stream,
+        &losses,
+        &scores,
+        plateau.as_ref(),
+        streams.position(),
+    )?;
 
     let curve: Vec<(f64, f64)> = smooth(&losses, 50)
         .into_iter()
@@ -417,13 +562,20 @@ fn run(args: Args) -> Result<(), String> {
         .map(|(i, l)| (i as f64 + 1.0, l))
         .collect();
     let svg = common::line_plot(
-        &format!("char_rnn: {} training loss", cfg.cell.as_str()),
+        &format!(
+            "char_rnn: {} training and validation loss",
+            cfg.cell.as_str()
+        ),
         "update",
         "cross-entropy (nats/char)",
         &[
             common::Series {
                 name: "loss (50-update mean)".into(),
                 points: curve,
+            },
+            common::Series {
+                name: "validation loss".into(),
+                points: scores.iter().map(|&(u, l)| (u as f64, l as f64)).collect(),
             },
             common::Series {
                 name: "unigram entropy".into(),
@@ -449,6 +601,12 @@ fn run(args: Args) -> Result<(), String> {
             "not yet clearly below; train longer (--resume --steps N)"
         }
     );
+    if let Some(&(update, loss)) = scores.last() {
+        println!(
+            "validation loss {loss:.3} nats/char ({:.2} bits) on the held-out {held_out_len} characters at update {update}",
+            loss / std::f32::consts::LN_2
+        );
+    }
     println!(
         "checkpoint {}, loss curve {}",
         ckpt.display(),

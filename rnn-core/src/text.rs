@@ -57,6 +57,37 @@ impl CharCorpus {
         })
     }
 
+    /// The text cut in two at character `at`, both parts keeping this corpus's alphabet (so
+    /// a model of one reads the other): a training part and a held-out part for validation.
+    ///
+    /// ```
+    /// use rnn_core::text::CharCorpus;
+    /// let corpus = CharCorpus::from_bytes(b"abababab, xyz")?;
+    /// let (train, held_out) = corpus.split_at(8)?;
+    /// assert_eq!((train.len(), held_out.len()), (8, 5));
+    /// assert_eq!(held_out.classes(), corpus.classes()); // ',', ' ', 'x', ... stay known
+    /// assert_eq!(train.id_of(b'z'), corpus.id_of(b'z'));
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] unless both parts hold at least two characters (one to read,
+    /// one to predict).
+    pub fn split_at(&self, at: usize) -> Result<(Self, Self)> {
+        if at < 2 || at.saturating_add(2) > self.ids.len() {
+            return Err(RnnError::Config(format!(
+                "cutting a text of {} characters at {at} leaves a part under two characters",
+                self.ids.len()
+            )));
+        }
+        let part = |ids: &[u8]| Self {
+            ids: ids.to_vec(),
+            alphabet: self.alphabet.clone(),
+            index: self.index,
+        };
+        Ok((part(&self.ids[..at]), part(&self.ids[at..])))
+    }
+
     /// The number of characters.
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -266,6 +297,19 @@ mod tests {
         assert!((h - want).abs() < 1e-12);
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(CharCorpus::from_bytes(&all).unwrap().classes(), 256);
+    }
+
+    #[test]
+    fn a_split_keeps_the_alphabet_and_refuses_parts_under_two_characters() {
+        let c = CharCorpus::from_bytes(b"aabbc").unwrap();
+        let (train, held) = c.split_at(3).unwrap();
+        assert_eq!((train.ids(), held.ids()), (&[0, 0, 1][..], &[1, 2][..]));
+        // 'c' occurs only in the held-out part, yet both parts know it.
+        assert_eq!((train.classes(), train.id_of(b'c')), (3, Some(2)));
+        for at in [0, 1, 4, 5, usize::MAX] {
+            let err = c.split_at(at).unwrap_err().to_string();
+            assert!(err.contains("under two characters"), "{at}: {err}");
+        }
     }
 
     #[test]
