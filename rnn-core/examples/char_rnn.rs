@@ -25,11 +25,12 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::config::Cell;
 use rnn_core::io::{self, Extras};
 use rnn_core::predict::Predictor;
 use rnn_core::prelude::*;
+use rnn_core::sampling::Sampler;
 use rnn_core::schedule::{Decay, LrSchedule, Plateau};
 use rnn_core::text::{CharCorpus, CharStreams};
 
@@ -189,7 +190,14 @@ struct Args {
     eval_every: usize,
     /// Sampling temperature (lower: safer, higher: more varied).
     #[arg(long, default_value_t = 0.7)]
-    temperature: f32,
+    temperature: f64,
+    /// Sample only from the k likeliest characters (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample only from the likeliest characters whose probability reaches p (nucleus
+    /// sampling; 1: all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
     /// Sample text every this many updates (0: only at the end).
     #[arg(long, default_value_t = 500)]
     sample_every: usize,
@@ -213,14 +221,14 @@ struct Args {
     seed: u64,
 }
 
-/// Samples `len` characters, starting from `prime`, at `temperature`.
+/// Samples `len` characters, starting from `prime`, drawing each with `sampler`.
 fn sample(
     cfg: RnnConfig,
     params: &[f32],
     corpus: &CharCorpus,
     prime: &[u8],
     len: usize,
-    temperature: f32,
+    sampler: &mut Sampler,
     rng: &mut StdRng,
 ) -> Result<String, RnnError> {
     let v = corpus.classes();
@@ -246,19 +254,7 @@ fn sample(
     };
     let mut logits = primed[(prime.len() - 1) * v..].to_vec();
     for _ in 0..len {
-        let m = logits.iter().fold(f32::MIN, |a, &b| a.max(b));
-        let w: Vec<f32> = logits
-            .iter()
-            .map(|&l| ((l - m) / temperature).exp())
-            .collect();
-        let mut r = rng.random_range(0.0..w.iter().sum::<f32>());
-        let next = w
-            .iter()
-            .position(|&wi| {
-                r -= wi;
-                r <= 0.0
-            })
-            .unwrap_or(v - 1);
+        let next = sampler.sample(&logits, rng)?;
         out.push(corpus.alphabet()[next]);
         logits = if embedded {
             p.step_tokens(&[next])?.to_vec()
@@ -345,9 +341,13 @@ fn run(args: Args) -> Result<(), String> {
     let (k1, b) = (args.chunk, args.batch);
     let k2 = args.k2.unwrap_or(k1);
     let mut streams = CharStreams::new(&train, b, k1).map_err(|e| e.to_string())?;
-    if args.temperature <= 0.0 || args.temperature.is_nan() {
-        return Err("--temperature must be positive".into());
-    }
+    let mut sampler = Sampler::new(args.temperature)
+        .and_then(|s| match args.top_k {
+            0 => Ok(s),
+            k => s.with_top_k(k),
+        })
+        .and_then(|s| s.with_top_p(args.top_p))
+        .map_err(|e| format!("--temperature, --top-k or --top-p: {e}"))?;
     let v = corpus.classes();
     let cfg = RnnConfig::new(v, args.hidden, v)
         .cell(args.cell.into())
@@ -455,14 +455,14 @@ fn run(args: Args) -> Result<(), String> {
     let rng_at =
         |update: usize| StdRng::seed_from_u64(args.seed ^ 0x5a3b1e ^ (update as u64) << 20);
     // Samples start after "//", a comment opener, so they read as the corpus's prose.
-    let sample_now = |params: &[f32], rng: &mut StdRng| {
+    let mut sample_now = |params: &[f32], rng: &mut StdRng| {
         sample(
             cfg,
             params,
             &corpus,
             b"//",
             args.sample_len,
-            args.temperature,
+            &mut sampler,
             rng,
         )
         .map_err(|e| e.to_string())

@@ -75,8 +75,9 @@
 //!
 //! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT, and
 //! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
-//! [`predict::Predictor`] runs a trained model one step at a time, and [`text`] turns any
-//! text into character-level training streams.
+//! [`predict::Predictor`] runs a trained model one step at a time, [`sampling::Sampler`]
+//! draws the next token from its logits, and [`text`] turns any text into character-level
+//! training streams.
 
 #![forbid(unsafe_code)]
 
@@ -92,6 +93,7 @@ pub mod network;
 pub mod optim;
 pub mod params;
 pub mod predict;
+pub mod sampling;
 pub mod schedule;
 pub mod tbptt;
 pub mod text;
