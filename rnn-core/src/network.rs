@@ -34,7 +34,7 @@ use crate::workspace::{BidiBuffers, LayerBuffers, Workspace};
 mod bidi;
 mod scoring;
 
-pub(crate) use scoring::mean_divisor;
+pub(crate) use scoring::{accuracy, mean_divisor};
 use scoring::{loss_forward_backward, loss_scale};
 
 /// Options of one forward + backward pass.

@@ -682,6 +682,47 @@ impl<T: Float> Trainer<T> {
         Ok(&self.workspace.sequence_losses)
     }
 
+    /// The share of `batch`'s scored positions whose likeliest class is their label, as the
+    /// model stands (no dropout; nothing changes): the accuracy of a classifier, every step's
+    /// or each sequence's last (many-to-one). Positions past a sequence's length or labelled
+    /// [`crate::batch::IGNORED_LABEL`] do not count; with
+    /// [`Batch::sequence_weights`] a position counts its sequence's weight. Of equally
+    /// likely classes the first is the prediction.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let loss = LossSpec::last_step(LossKind::CrossEntropy);
+    /// let mut tr = Trainer::<f32>::new(RnnConfig::gru(1, 8, 2), loss, OptimizerKind::adam(2e-2), 0)?;
+    /// // Is the sum of a sequence of 5 values positive? (Time-major [T, B, 1].)
+    /// let x: Vec<f32> = (0..5 * 8).map(|k| ((k * 7 % 11) as f32 - 5.0) / 5.0).collect();
+    /// let labels: Vec<usize> = (0..8)
+    ///     .map(|b| usize::from((0..5).map(|t| x[t * 8 + b]).sum::<f32>() > 0.0))
+    ///     .collect();
+    /// let batch = Batch::new(5, 8, &x, Target::Classes(&labels));
+    /// for _ in 0..200 { tr.step(&batch)?; }
+    /// assert_eq!(tr.accuracy(&batch)?, 1.0);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] when the loss takes float targets or no position is scored
+    /// (with a weight above 0); validation errors of the batch.
+    pub fn accuracy(&mut self, batch: &Batch<T>) -> Result<f64> {
+        if self.loss.kind.takes_values() {
+            return Err(RnnError::Config(format!(
+                "accuracy needs class labels: the loss is {}",
+                self.loss.kind.name()
+            )));
+        }
+        batch.validate(&self.config, &self.loss)?;
+        self.outputs(batch)?;
+        let o = self.config.output_size;
+        let y = &self.workspace.y[..];
+        network::accuracy(batch, &self.loss, y, o).ok_or_else(|| {
+            RnnError::Config("accuracy over no scored position (or none of weight above 0)".into())
+        })
+    }
+
     /// The loss and gradients of `batch` without updating (gradients land in `self.grads`).
     ///
     /// # Errors

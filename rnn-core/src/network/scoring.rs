@@ -134,6 +134,38 @@ pub(super) fn sequence_losses<T: Float>(
     }
 }
 
+/// The share of the batch's scored, labelled positions whose likeliest class in the head
+/// outputs `y` (`[T·B, O]`, or `[B, O]` many-to-one; the first of equals) is the label,
+/// each position counting its sequence's weight; `None` when no weight is scored.
+pub(crate) fn accuracy<T: Float>(
+    batch: &Batch<T>,
+    spec: &LossSpec,
+    y: &[T],
+    o: usize,
+) -> Option<f64> {
+    let Target::Classes(labels) = batch.target else {
+        return None;
+    };
+    let (steps, b) = (
+        if spec.many_to_one { 1 } else { batch.seq_len },
+        batch.batch,
+    );
+    let (mut right, mut total) = (0.0, 0.0);
+    for t in 0..steps {
+        for bb in (0..b).filter(|&bb| batch.scores(spec.many_to_one, t, bb)) {
+            let position = t * b + bb;
+            let row = &y[position * o..][..o];
+            let best = (1..o).fold(0, |best, c| if row[c] > row[best] { c } else { best });
+            let weight = sequence_weight(batch, bb).f64();
+            total += weight;
+            if best == labels[position] {
+                right += weight;
+            }
+        }
+    }
+    (total > 0.0).then(|| right / total)
+}
+
 /// The class weights of `spec` in the pass's float type into `ws.class_weights` (empty when
 /// the loss is unweighted).
 fn set_class_weights<T: Float>(ws: &mut Workspace<T>, spec: &LossSpec) {

@@ -11,14 +11,7 @@ use crate::common::{Data, ScoringCase};
 #[test]
 fn each_sequence_scores_as_a_batch_of_its_own() {
     for (k, case) in ScoringCase::all().iter().enumerate() {
-        let ScoringCase {
-            cfg,
-            loss,
-            kind,
-            t,
-            b,
-        } = case;
-        let (t, b) = (*t, *b);
+        let (cfg, loss, kind, t, b) = (&case.cfg, &case.loss, &case.kind, case.t, case.b);
         let mut tr = Trainer::<f64>::new(*cfg, loss.clone(), OptimizerKind::adam(1e-2), 3).unwrap();
         let data = case.data(&mut StdRng::seed_from_u64(k as u64));
         // Every other case weighs its sequences (the first by 0).
@@ -109,4 +102,90 @@ fn scoring_sequences_changes_nothing_and_refuses_bad_batches() {
         .sequence_losses(&Batch::new(5, 3, &x[1..], Target::Classes(labels)))
         .unwrap_err();
     assert!(matches!(e, RnnError::ShapeMismatch { .. }), "{e}");
+}
+
+/// `Trainer::accuracy`: the share of scored, labelled positions whose likeliest output is
+/// the label, counted by hand from `Trainer::outputs`; with sequence weights, that of the
+/// batch holding each sequence as many times as its weight.
+#[test]
+fn accuracy_counts_the_scored_labelled_positions() {
+    let mut checked = 0;
+    for (k, case) in ScoringCase::all().iter().enumerate() {
+        let ScoringCase {
+            cfg,
+            loss,
+            kind,
+            t,
+            b,
+        } = case;
+        if kind.takes_values() {
+            continue;
+        }
+        let (t, b) = (*t, *b);
+        let mut tr = Trainer::<f64>::new(*cfg, loss.clone(), OptimizerKind::adam(1e-2), 3).unwrap();
+        let data = case.data(&mut StdRng::seed_from_u64(k as u64 + 60));
+        let batch = data.batch(t, b, *kind, true, true);
+        let o = cfg.output_size;
+        let y = tr.outputs(&batch).unwrap().to_vec();
+        let steps = if loss.many_to_one { 1 } else { t };
+        let (mut right, mut total) = (0, 0);
+        for p in 0..steps * b {
+            let (tt, bb) = (p / b, p % b);
+            let label = data.classes[p];
+            let running = loss.many_to_one || tt < data.lengths[bb];
+            if !running || label == IGNORED_LABEL {
+                continue;
+            }
+            let row = &y[p * o..][..o];
+            let best = (0..o).fold(0, |m, c| if row[c] > row[m] { c } else { m });
+            total += 1;
+            right += usize::from(best == label);
+        }
+        let want = right as f64 / total as f64;
+        assert_eq!(tr.accuracy(&batch).unwrap(), want, "{cfg:?} {loss:?}");
+        // Integer weights count as repeated sequences.
+        let mut weighted = data;
+        weighted.weights = (0..b).map(|s| (s % 3) as f64).collect();
+        let copies: Vec<usize> = (0..b).flat_map(|s| std::iter::repeat_n(s, s % 3)).collect();
+        let mut repeated = weighted.pick(cfg, t, b, loss.many_to_one, &copies);
+        repeated.weights.clear();
+        let a = tr
+            .accuracy(&weighted.batch(t, b, *kind, true, true))
+            .unwrap();
+        let r = tr
+            .accuracy(&repeated.batch(t, copies.len(), *kind, true, true))
+            .unwrap();
+        assert!((a - r).abs() < 1e-15, "{cfg:?}: {a} vs {r}");
+        checked += 1;
+    }
+    assert_eq!(checked, 9);
+    // Float targets have no accuracy; nor has a batch that scores no label (under `sum`,
+    // which allows one).
+    let mut mse = Trainer::<f64>::new(
+        RnnConfig::new(2, 4, 3),
+        LossSpec::every_step(LossKind::Mse),
+        OptimizerKind::sgd(0.1),
+        0,
+    )
+    .unwrap();
+    let (x, v) = (vec![0.5; 2 * 2 * 2], vec![0.0; 2 * 2 * 3]);
+    let e = mse
+        .accuracy(&Batch::new(2, 2, &x, Target::Values(&v)))
+        .unwrap_err();
+    assert!(e.to_string().contains("accuracy needs class labels"), "{e}");
+    let mut summed = Trainer::<f64>::new(
+        RnnConfig::new(2, 4, 3),
+        LossSpec {
+            reduction: Reduction::Sum,
+            ..LossSpec::every_step(LossKind::CrossEntropy)
+        },
+        OptimizerKind::sgd(0.1),
+        0,
+    )
+    .unwrap();
+    let none = [IGNORED_LABEL; 4];
+    let e = summed
+        .accuracy(&Batch::new(2, 2, &x, Target::Classes(&none)))
+        .unwrap_err();
+    assert!(e.to_string().contains("no scored position"), "{e}");
 }

@@ -10,14 +10,7 @@ use crate::common::ScoringCase;
 #[test]
 fn integer_weights_train_as_repeated_sequences() {
     for (k, case) in ScoringCase::all().iter().enumerate() {
-        let ScoringCase {
-            cfg,
-            loss,
-            kind,
-            t,
-            b,
-        } = case;
-        let (t, b) = (*t, *b);
+        let (cfg, loss, kind, t, b) = (&case.cfg, &case.loss, &case.kind, case.t, case.b);
         let mut data = case.data(&mut StdRng::seed_from_u64(k as u64 + 40));
         // 0, 1, 2, 3, 0, ...: the first sequence (always of full length) is absent.
         data.weights = (0..b).map(|s| (s % 4) as f64).collect();
