@@ -248,7 +248,7 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
     initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
     kind, kw = optimizer
     opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-           "rmsprop": torch.optim.RMSprop}[kind](m.parameters(), **kw)
+           "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[kind](m.parameters(), **kw)
     for _ in range(steps):
         opt.zero_grad()
         y = m.head(m.rnn(x)[0])
@@ -299,6 +299,10 @@ if __name__ == "__main__":
     training("gru_rmsprop_centered_momentum_clip",
              ("rmsprop", {"lr": 0.01, "alpha": 0.95, "eps": 1e-6, "momentum": 0.5, "centered": True,
                           "weight_decay": 0.001}), clip=0.3, cell="gru", steps=5)
+    # Adagrad: rate decay, L2, a starting accumulator and clipping; PyTorch's defaults on a GRU.
+    training("adagrad_clip", ("adagrad", {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.01,
+                                          "initial_accumulator_value": 0.1}), clip=0.5, steps=5)
+    training("gru_adagrad", ("adagrad", {"lr": 0.05}), cell="gru", steps=5)
     # bias=False: no bias tensors in the state dict, every cell.
     case("rnn_nobias_ce_2layers_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 1],
          bias=False, seed=60)
@@ -455,6 +459,12 @@ def plateau(name, metrics, lr, **kw):
     save_file({"metrics": torch.tensor(metrics, dtype=torch.float64),
                "rates": torch.tensor(rates, dtype=torch.float64)},
               os.path.join(OUT, f"plateau_{name}.safetensors"), metadata=meta)
+
+
+def adagrad_fixtures():
+    training("adagrad_clip", ("adagrad", {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.01,
+                                          "initial_accumulator_value": 0.1}), clip=0.5, steps=5)
+    training("gru_adagrad", ("adagrad", {"lr": 0.05}), cell="gru", steps=5)
 
 
 def sequence_weight_fixtures():

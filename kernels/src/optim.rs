@@ -428,3 +428,96 @@ pub fn rmsprop<T: Float>(
         h,
     });
 }
+
+/// Hyper-parameters of [`adagrad`] (PyTorch's `torch.optim.Adagrad`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdagradStep<T> {
+    /// This step's learning rate, `lr / (1 + (t - 1) · lr_decay)` for step `t`.
+    pub lr: T,
+    /// Added to the denominator.
+    pub eps: T,
+    /// L2 penalty added to the gradient: `g += weight_decay * p`.
+    pub weight_decay: T,
+    /// Factor applied to every gradient element (the clipping factor, or 1).
+    pub grad_scale: T,
+}
+
+struct Adagrad<'a, T> {
+    p: &'a mut [T],
+    sum: &'a mut [T],
+    g: &'a [T],
+    h: AdagradStep<T>,
+}
+
+impl<T: Float> Adagrad<'_, T> {
+    #[inline(always)]
+    fn lane<S: Simd>(
+        s: S,
+        h: &AdagradStep<T>,
+        p: T::Lanes<S>,
+        sum: T::Lanes<S>,
+        g: T::Lanes<S>,
+    ) -> (T::Lanes<S>, T::Lanes<S>) {
+        let g = T::vmul_add(
+            s,
+            T::splat(s, h.weight_decay),
+            p,
+            T::vmul(s, g, T::splat(s, h.grad_scale)),
+        );
+        let sum = T::vmul_add(s, g, g, sum);
+        let denom = T::vadd(s, T::vsqrt(s, sum), T::splat(s, h.eps));
+        (
+            T::vneg_mul_add(s, T::splat(s, h.lr), T::vdiv(s, g, denom), p),
+            sum,
+        )
+    }
+}
+
+impl<T: Float> WithSimd for Adagrad<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self { p, sum, g, h } = self;
+        let (pv, pt) = T::as_mut_simd::<S>(p);
+        let (sv, st) = T::as_mut_simd::<S>(sum);
+        let (gv, gt) = T::as_simd::<S>(g);
+        for ((p, sum), g) in pv.iter_mut().zip(sv.iter_mut()).zip(gv) {
+            (*p, *sum) = Self::lane(s, &h, *p, *sum, *g);
+        }
+        let (np, ns) = Self::lane(
+            s,
+            &h,
+            T::partial_load(s, pt),
+            T::partial_load(s, st),
+            T::partial_load(s, gt),
+        );
+        T::partial_store(s, pt, np);
+        T::partial_store(s, st, ns);
+    }
+}
+
+/// One Adagrad step with PyTorch's formulas: `g = grad_scale * grad + wd * p;
+/// sum += g²; p -= lr * g / (sqrt(sum) + eps)`, with `lr` already decayed for this step.
+///
+/// # Panics
+/// If the three lengths differ.
+///
+/// ```
+/// use kernels::optim::{adagrad, AdagradStep};
+/// let (mut p, mut sum) = ([1.0f64], [0.0]);
+/// let h = AdagradStep { lr: 0.1, eps: 1e-10, weight_decay: 0.0, grad_scale: 1.0 };
+/// adagrad(&mut p, &mut sum, &[0.5], h);
+/// assert!((p[0] - 0.9).abs() < 1e-9); // the first step moves by lr
+/// assert_eq!(sum[0], 0.25);
+/// ```
+#[track_caller]
+pub fn adagrad<T: Float>(p: &mut [T], sum: &mut [T], g: &[T], h: AdagradStep<T>) {
+    assert!(
+        p.len() == sum.len() && p.len() == g.len(),
+        "adagrad: lengths {} {} {}",
+        p.len(),
+        sum.len(),
+        g.len()
+    );
+    crate::arch::dispatch(Adagrad { p, sum, g, h });
+}

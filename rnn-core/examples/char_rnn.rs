@@ -81,6 +81,7 @@ enum OptimizerArg {
     Adam,
     Adamw,
     Rmsprop,
+    Adagrad,
     /// SGD with momentum 0.9.
     Sgd,
 }
@@ -92,6 +93,7 @@ impl OptimizerArg {
             Self::Adam => OptimizerKind::adam(lr),
             Self::Adamw => OptimizerKind::adamw(lr),
             Self::Rmsprop => OptimizerKind::rmsprop(lr),
+            Self::Adagrad => OptimizerKind::adagrad(lr),
             Self::Sgd => OptimizerKind::Sgd {
                 lr: lr as f32,
                 momentum: 0.9,

@@ -1,6 +1,6 @@
 //! Optimizers over the flat parameter buffer, and gradient clipping.
 
-use kernels::optim::{AdamStep, RmsPropStep, SgdStep, adam, rmsprop, sgd};
+use kernels::optim::{AdagradStep, AdamStep, RmsPropStep, SgdStep, adagrad, adam, rmsprop, sgd};
 use kernels::{Float, reduce};
 
 /// An optimizer and its hyper-parameters (PyTorch's defaults where it has them).
@@ -46,6 +46,19 @@ pub enum OptimizerKind<T> {
         momentum: T,
         /// Divide by the gradient's variance estimate (`sq - avg²`) instead of `sq`.
         centered: bool,
+    },
+    /// `torch.optim.Adagrad`.
+    Adagrad {
+        /// Learning rate.
+        lr: T,
+        /// Rate decay: step `t` runs at `lr / (1 + (t - 1) lr_decay)`.
+        lr_decay: T,
+        /// L2 weight decay.
+        weight_decay: T,
+        /// Denominator guard.
+        eps: T,
+        /// The squared-gradient sum's starting value.
+        initial_accumulator_value: T,
     },
 }
 
@@ -97,34 +110,63 @@ impl<T: Float> OptimizerKind<T> {
         }
     }
 
+    /// Adagrad with PyTorch's defaults (`lr_decay = 0`, `eps = 1e-10`, sums from 0).
+    pub fn adagrad(lr: f64) -> Self {
+        Self::Adagrad {
+            lr: T::of(lr),
+            lr_decay: T::zero(),
+            weight_decay: T::zero(),
+            eps: T::of(1e-10),
+            initial_accumulator_value: T::zero(),
+        }
+    }
+
     /// The learning rate.
     pub fn lr(&self) -> T {
         match *self {
-            Self::Sgd { lr, .. } | Self::Adam { lr, .. } | Self::RmsProp { lr, .. } => lr,
+            Self::Sgd { lr, .. }
+            | Self::Adam { lr, .. }
+            | Self::RmsProp { lr, .. }
+            | Self::Adagrad { lr, .. } => lr,
         }
     }
 
     /// Sets the learning rate (between steps, for schedules).
     pub fn set_lr(&mut self, new: T) {
         match self {
-            Self::Sgd { lr, .. } | Self::Adam { lr, .. } | Self::RmsProp { lr, .. } => *lr = new,
+            Self::Sgd { lr, .. }
+            | Self::Adam { lr, .. }
+            | Self::RmsProp { lr, .. }
+            | Self::Adagrad { lr, .. } => *lr = new,
         }
     }
 
-    /// The family's name as checkpoints record it: `"sgd"`, `"adam"` (Adam and AdamW) or
-    /// `"rmsprop"`.
+    /// The family's name as checkpoints record it: `"sgd"`, `"adam"` (Adam and AdamW),
+    /// `"rmsprop"` or `"adagrad"`.
     pub fn family(&self) -> &'static str {
         match self {
             Self::Sgd { .. } => "sgd",
             Self::Adam { .. } => "adam",
             Self::RmsProp { .. } => "rmsprop",
+            Self::Adagrad { .. } => "adagrad",
+        }
+    }
+
+    /// What the first state buffer starts at: Adagrad's initial accumulator, else 0.
+    fn initial_state1(&self) -> T {
+        match *self {
+            Self::Adagrad {
+                initial_accumulator_value,
+                ..
+            } => initial_accumulator_value,
+            _ => T::zero(),
         }
     }
 
     /// Which of the three state buffers this optimizer's update reads and writes.
     pub(crate) fn uses_state(&self) -> [bool; 3] {
         match *self {
-            Self::Sgd { .. } => [true, false, false],
+            Self::Sgd { .. } | Self::Adagrad { .. } => [true, false, false],
             Self::Adam { .. } => [true, true, false],
             Self::RmsProp {
                 momentum, centered, ..
@@ -139,7 +181,8 @@ impl<T: Float> OptimizerKind<T> {
 pub struct Optimizer<T> {
     /// Hyper-parameters.
     pub kind: OptimizerKind<T>,
-    /// SGD: momentum buffer; Adam: first moment; RMSprop: squared-gradient average.
+    /// SGD: momentum buffer; Adam: first moment; RMSprop: squared-gradient average;
+    /// Adagrad: squared-gradient sum.
     pub state1: Vec<T>,
     /// Adam: second moment; RMSprop: momentum buffer (with momentum). Empty for SGD.
     pub state2: Vec<T>,
@@ -163,7 +206,7 @@ impl<T: Float> Optimizer<T> {
         let [len1, len2, len3] = kind.uses_state().map(|used| if used { n } else { 0 });
         Self {
             kind,
-            state1: vec![T::zero(); len1],
+            state1: vec![kind.initial_state1(); len1],
             state2: vec![T::zero(); len2],
             state3: vec![T::zero(); len3],
             steps: 0,
@@ -174,9 +217,10 @@ impl<T: Float> Optimizer<T> {
     /// changes to an optimizer with more state, as PyTorch starts a missing state at zero.
     fn fill_missing_state(&mut self, n: usize) {
         let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
-        for (used, buffer) in self.kind.uses_state().into_iter().zip(buffers) {
+        let starts = [self.kind.initial_state1(), T::zero(), T::zero()];
+        for ((used, buffer), start) in self.kind.uses_state().into_iter().zip(buffers).zip(starts) {
             if used && buffer.is_empty() {
-                buffer.resize(n, T::zero());
+                buffer.resize(n, start);
             }
         }
     }
@@ -376,6 +420,24 @@ impl<T: Float> Step<T> {
                     weight_decay,
                     momentum,
                     centered,
+                    grad_scale,
+                },
+            ),
+            OptimizerKind::Adagrad {
+                lr,
+                lr_decay,
+                weight_decay,
+                eps,
+                ..
+            } => adagrad(
+                e.params,
+                e.state1,
+                e.grads,
+                AdagradStep {
+                    // PyTorch: clr = lr / (1 + (step - 1) * lr_decay).
+                    lr: lr / (T::one() + T::of(self.steps.saturating_sub(1) as f64) * lr_decay),
+                    eps,
+                    weight_decay,
                     grad_scale,
                 },
             ),

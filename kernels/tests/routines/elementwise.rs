@@ -558,6 +558,27 @@ fn optimizers_match<T: Float>() {
                 }
             }
         }
+        {
+            let h = optim::AdagradStep {
+                lr: T::of(0.05),
+                eps: T::of(1e-10),
+                weight_decay: T::of(0.1),
+                grad_scale: T::of(0.5),
+            };
+            let (mut p, mut sum) = (p0.clone(), s0.clone());
+            optim::adagrad(&mut p, &mut sum, &g, h);
+            for i in 0..n {
+                let gi = 0.5 * g[i].f64() + 0.1 * p0[i].f64();
+                let si = s0[i].f64() + gi * gi;
+                let pi = p0[i].f64() - 0.05 * gi / (si.sqrt() + 1e-10);
+                for (got, want, what) in [(p[i], pi, "p"), (sum[i], si, "sum")] {
+                    assert!(
+                        (got.f64() - want).abs() <= tol * (1.0 + want.abs()) * 8.0,
+                        "adagrad {what} {isa:?} at {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
         // Square averages well above avg², so the centered variance is far from 0.
         let (b0, sq0): (Vec<T>, Vec<T>) = (
             random(rng, n, 0.1),

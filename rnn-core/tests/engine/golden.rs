@@ -725,8 +725,8 @@ fn grad_dump_rejects_bad_files_clearly() {
 
 /// Several optimizer steps with clipping, against PyTorch's own training loop
 /// (`training(...)` in scripts/torch_fixtures.py): SGD with momentum and weight decay, Nesterov,
-/// Adam with L2, AdamW, RMSprop with momentum and centering; clip_grad_norm_ with its 1e-6
-/// guard.
+/// Adam with L2, AdamW, RMSprop with momentum and centering, Adagrad with rate decay and a
+/// starting accumulator; clip_grad_norm_ with its 1e-6 guard.
 fn check_training(name: &str) {
     use rnn_core::prelude::*;
     let bytes = io::read_bytes(&fixtures::path(&format!("train_{name}.safetensors"))).unwrap();
@@ -768,6 +768,13 @@ fn check_training(name: &str) {
             weight_decay: wd,
             momentum: num("momentum", 0.0),
             centered: meta.get("centered").is_some_and(|v| v == "True"),
+        },
+        "adagrad" => OptimizerKind::Adagrad {
+            lr,
+            lr_decay: num("lr_decay", 0.0),
+            weight_decay: wd,
+            eps: num("eps", 1e-10),
+            initial_accumulator_value: num("initial_accumulator_value", 0.0),
         },
         other => panic!("optimizer {other}"),
     };
@@ -821,6 +828,16 @@ fn training_matches_pytorch_lstm_adam_clip() {
 #[test]
 fn training_matches_pytorch_gru_sgd_momentum() {
     check_training("gru_sgd_momentum");
+}
+
+#[test]
+fn training_matches_pytorch_adagrad_decay_l2_accumulator_clip() {
+    check_training("adagrad_clip");
+}
+
+#[test]
+fn training_matches_pytorch_gru_adagrad() {
+    check_training("gru_adagrad");
 }
 
 #[test]

@@ -45,6 +45,13 @@ fn every_optimizer_resumes_bitwise() {
             momentum: 0.5,
             centered: true,
         },
+        OptimizerKind::Adagrad {
+            lr: 0.05,
+            lr_decay: 0.01,
+            weight_decay: 0.0,
+            eps: 1e-10,
+            initial_accumulator_value: 0.1,
+        },
     ];
     for (k, opt) in optimizers.into_iter().enumerate() {
         let cfg = RnnConfig::lstm(3, 8, 4).layers(2);
