@@ -938,6 +938,8 @@ fn f32_agrees_with_f64() {
             layers: 2,
             class_weights,
             bidirectional,
+            // Sequence weights wherever a batch has a few sequences (the first weighs 0).
+            sequence_weights: (4..=6).contains(&b),
             ..base()
         };
         let cfg = cfg(&c);
@@ -962,6 +964,7 @@ fn f32_agrees_with_f64() {
         let v32: Vec<f32> = d.values.iter().map(|&v| v as f32).collect();
         let h32: Vec<f32> = d.h0.iter().map(|&v| v as f32).collect();
         let c32: Vec<f32> = d.c0.iter().map(|&v| v as f32).collect();
+        let w32: Vec<f32> = d.weights.iter().map(|&v| v as f32).collect();
         let target = if kind.takes_values() {
             Target::Values(&v32[..])
         } else {
@@ -977,7 +980,7 @@ fn f32_agrees_with_f64() {
             h0: Some(&h32),
             c0: (cell == Cell::Lstm).then_some(&c32[..]),
             score_from: 0,
-            sequence_weights: None,
+            sequence_weights: (!w32.is_empty()).then_some(&w32[..]),
         };
         let mut g32 = vec![0.0f32; layout.len];
         let l32 = forward_backward(
