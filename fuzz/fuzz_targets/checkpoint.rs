@@ -1,7 +1,7 @@
 //! Checkpoints (weights, optimizer state, program extras) from arbitrary bytes, for a fixed
-//! model and two optimizers (Adam's two buffers, RMSprop's three): a rejected file must
-//! leave the model and optimizer untouched, and a plateau schedule restores from the extras
-//! of an accepted one or refuses them, without panicking.
+//! model and three optimizers (Adam's two buffers, RMSprop's three, Adagrad's one): a
+//! rejected file must leave the model and optimizer untouched, and a plateau schedule
+//! restores from the extras of an accepted one or refuses them, without panicking.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use rnn_core::config::RnnConfig;
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         momentum: 0.9,
         centered: true,
     };
-    for kind in [OptimizerKind::adam(0.01), rmsprop] {
+    for kind in [OptimizerKind::adam(0.01), rmsprop, OptimizerKind::adagrad(0.01)] {
         let mut params: Vec<f32> = init_params(&cfg, 0);
         let before = params.clone();
         let mut opt = Optimizer::new(kind, n);
