@@ -189,7 +189,8 @@ pub fn checkpoint_from_bytes<T: Float>(
             *state = float_tensor::<T>(&st, name)?.0;
         }
         reject_non_finite(name, state)?;
-        if state.len() != if used { layout.len } else { 0 } && !(used && state.is_empty()) {
+        let fits = state.is_empty() || (used && state.len() == layout.len);
+        if !fits {
             return Err(RnnError::Format(format!(
                 "{name} holds {} values; this {family} optimizer {}",
                 state.len(),

@@ -33,10 +33,7 @@ fn divisor_of<T: Float>(
     spec: &LossSpec,
     sequences: Range<usize>,
 ) -> f64 {
-    let (steps, b) = (
-        if spec.many_to_one { 1 } else { batch.seq_len },
-        batch.batch,
-    );
+    let (steps, b) = (scored_steps(batch, spec), batch.batch);
     let class_weight = |t: usize, bb: usize| match (&spec.class_weights, batch.target) {
         (Some(w), Target::Classes(labels)) => w.get()[labels[t * b + bb]],
         _ => 1.0,
@@ -71,7 +68,7 @@ pub(super) fn loss_forward_backward<T: Float>(
 ) -> T {
     let (batch, o) = (p.batch, p.config.output_size);
     let b = batch.batch;
-    let steps = if spec.many_to_one { 1 } else { batch.seq_len };
+    let steps = scored_steps(batch, spec);
     let mid = steps / 2;
     set_class_weights(ws, spec);
     let (dy0, dy1) = ws.dy[..steps * b * o].split_at_mut(mid * b * o);
@@ -102,7 +99,7 @@ pub(super) fn sequence_losses<T: Float>(
 ) {
     let (config, batch, o) = (p.config, p.batch, p.config.output_size);
     let b = batch.batch;
-    let steps = if spec.many_to_one { 1 } else { batch.seq_len };
+    let steps = scored_steps(batch, spec);
     set_class_weights(ws, spec);
     let scoring = Scoring {
         spec,
@@ -146,10 +143,7 @@ pub(crate) fn accuracy<T: Float>(
     let Target::Classes(labels) = batch.target else {
         return None;
     };
-    let (steps, b) = (
-        if spec.many_to_one { 1 } else { batch.seq_len },
-        batch.batch,
-    );
+    let (steps, b) = (scored_steps(batch, spec), batch.batch);
     let (mut right, mut total) = (0.0, 0.0);
     for t in 0..steps {
         for bb in (0..b).filter(|&bb| batch.scores(spec.many_to_one, t, bb)) {
@@ -227,6 +221,12 @@ fn loss_steps<T: Float>(
         }
     }
     total
+}
+
+/// The steps the loss reads outputs of: every step, or the one row per sequence of a
+/// many-to-one loss.
+fn scored_steps<T>(batch: &Batch<T>, spec: &LossSpec) -> usize {
+    if spec.many_to_one { 1 } else { batch.seq_len }
 }
 
 /// Sequence `b`'s weight (1 without [`Batch::sequence_weights`]).
