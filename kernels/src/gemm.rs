@@ -8,7 +8,8 @@
 //! registers and streams `B` by rows; `Aᵀ B` products with a narrow, odd-width `C`
 //! (`dW_ih` at `I = 65`), which [`gemm_tn`] computes transposed in blocks; and the other
 //! `Aᵀ B` products over many rows (the weight gradients), which it sums in blocks of rows
-//! ([`depth_block`]): faer over all rows at once ran them at half speed.
+//! ([`depth_block`], by CPU): on an Intel Xeon faer over all rows at once ran them at half
+//! speed.
 //!
 //! On several threads ([`Threads`]) a product is cut by this crate into one contiguous share
 //! of `C`'s rows or columns per thread, each a sequential faer product (faer's own split
@@ -285,8 +286,9 @@ enum Leaf {
     /// in place, up to 512 of its rows per pass, and the engine's rows are `G·H` floats apart,
     /// often a power of two (1-16 KiB): such rows fall into a few sets of the cache and evict
     /// one another before their reuse, the more so on transparent huge pages, where the
-    /// physical address (which picks the L2 set) is the virtual one. Blocks that span at most
-    /// [`TN_BLOCK_SPAN`] of `A` stay in the cache.
+    /// physical address (which picks the L2 set) is the virtual one. On an Intel Xeon, blocks
+    /// that span at most [`TN_BLOCK_SPAN`] of `A` stay in the cache; an AMD EPYC lost less
+    /// to whole products and gains most from longer blocks ([`DepthBlocking`]).
     DepthBlocked,
     /// `C = Aᵀ B` with `C` narrow and of odd width (`dW_ih` for `I = 65`): blocks of
     /// [`NARROW_TN_ROWS`] rows of `C` computed transposed, `C_blkᵀ = Bᵀ A_blk`, then copied
@@ -304,32 +306,103 @@ const NARROW_TN_ROWS: usize = 64;
 const NARROW_TN_MAX_COLS: usize = 128;
 
 /// The bytes of `A` (its rows times their stride) one block of a [`gemm_tn`] summed in blocks
-/// may span, between [`TN_BLOCK_ROWS`] rows. Measured on an Intel Xeon (2 MiB L2 per core, 512³
-/// GEMM at 160-165 GFLOP/s), `A` on huge pages as the engine's workspace is, in GFLOP/s, whole
-/// against blocks of 64 / 128 / 192 rows: `4096 x 256 x 3200` (rows 16 KiB apart) 54 against
-/// 129 / 90 / 76, `2048 x 512 x 4096` (8 KiB) 61 against 133 / 137 / 123, `1024 x 1024 x 3200`
-/// (4 KiB) 78 against 144 / 142 / 141, `256 x 256 x 3200` (1 KiB) 144 against 141 / 150 / 147.
-/// On small pages, `4096 x 1024 x 3200` ran at 79 whole and 134 / 140 / 140 in blocks. (`cargo
-/// bench -p kernels --bench kernels -- weight_gradient` compares with one faer product on the
-/// engine's kind of buffer.)
+/// may span under [`DepthBlocking::BoundedSpan`], between [`TN_BLOCK_ROWS`] rows. Measured on
+/// an Intel Xeon (2 MiB L2 per core, 512³ GEMM at 160-165 GFLOP/s), `A` on huge pages as the
+/// engine's workspace is, in GFLOP/s, whole against blocks of 64 / 128 / 192 rows:
+/// `4096 x 256 x 3200` (rows 16 KiB apart) 54 against 129 / 90 / 76, `2048 x 512 x 4096`
+/// (8 KiB) 61 against 133 / 137 / 123, `1024 x 1024 x 3200` (4 KiB) 78 against 144 / 142 /
+/// 141, `256 x 256 x 3200` (1 KiB) 144 against 141 / 150 / 147. On small pages,
+/// `4096 x 1024 x 3200` ran at 79 whole and 134 / 140 / 140 in blocks. (`cargo bench -p
+/// kernels --bench kernels -- weight_gradient` compares with one faer product on the engine's
+/// kind of buffer.)
 pub const TN_BLOCK_SPAN: usize = 512 << 10;
 
-/// The fewest and the most rows in a block of a [`gemm_tn`] summed in blocks: fewer rows
-/// re-read `C` more often than they save (32 rows ran 116-122 GFLOP/s where 64 ran 134-137),
-/// and more than 192 gained nowhere.
+/// The fewest and the most rows in a block of a [`gemm_tn`] summed in blocks under
+/// [`DepthBlocking::BoundedSpan`]: fewer rows re-read `C` more often than they save (32 rows
+/// ran 116-122 GFLOP/s where 64 ran 134-137), and more than 192 gained nowhere.
 pub const TN_BLOCK_ROWS: core::ops::RangeInclusive<usize> = 64..=192;
 
-/// Rows of the inner dimension per block of `C (+)= Aᵀ B` when the rows of `A` are
-/// `row_bytes` apart: as many as span [`TN_BLOCK_SPAN`], within [`TN_BLOCK_ROWS`].
-///
-/// ```
-/// use kernels::gemm::depth_block;
-/// assert_eq!(depth_block(4096 * 4), 64); // LSTM H = 1024: gates 16 KiB apart
-/// assert_eq!(depth_block(1024 * 4), 128);
-/// assert_eq!(depth_block(256 * 4), 192);
-/// ```
+/// Rows per block under [`DepthBlocking::FixedRows`]. Measured on an AMD EPYC (Zen 4, 1 MiB
+/// L2 per core, 512³ GEMM at 95-110 GFLOP/s), huge pages, median GFLOP/s of blocks of 64 /
+/// 128 / 256 / 512 rows and whole: `4096 x 1024 x 3200` (rows 16 KiB apart) 83 / 96 / 96 /
+/// 95 / 93, `4096 x 256 x 3200` (16 KiB) 71 / 83 / 92 / 91 / 89, `2048 x 512 x 4096`
+/// (8 KiB) 86 / 87 / 93 / 89 / 87, `1024 x 1024 x 3200` (4 KiB) 88 / 93 / 93 / 87 / 85,
+/// `512 x 512 x 4096` (2 KiB) 101 / 102 / 102 / 88 / 89, `256 x 256 x 3200` (1 KiB) 86 / 89
+/// / 90 / 90 / 91. There a whole faer product does not collapse as on the Intel Xeon, and
+/// the Xeon's 64-row blocks at wide `A` lose 10-23 %: 256 rows is at or within 1 % of the
+/// best at every stride.
+pub const FIXED_TN_BLOCK_ROWS: usize = 256;
+
+/// How [`gemm_tn`] cuts a deep product's inner dimension into blocks. The best block
+/// depends on the processor, not only on the shape, so it is chosen once per process from
+/// the CPU's vendor; a product's bits then depend on its shape and the machine, never on
+/// the thread count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DepthBlocking {
+    /// Blocks spanning at most [`TN_BLOCK_SPAN`] bytes of `A`, within [`TN_BLOCK_ROWS`]
+    /// rows: measured on Intel, and taken on any CPU not measured.
+    BoundedSpan,
+    /// [`FIXED_TN_BLOCK_ROWS`] rows whatever the stride: measured on AMD.
+    FixedRows,
+}
+
+impl DepthBlocking {
+    /// The blocking measured best on this machine's CPU: [`Self::FixedRows`] on AMD,
+    /// [`Self::BoundedSpan`] elsewhere.
+    ///
+    /// ```
+    /// use kernels::gemm::{depth_block, DepthBlocking};
+    /// assert_eq!(depth_block(1024 * 4), DepthBlocking::of_this_cpu().rows(1024 * 4));
+    /// ```
+    pub fn of_this_cpu() -> Self {
+        static CHOSEN: std::sync::OnceLock<DepthBlocking> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            if cpu_vendor() == *b"AuthenticAMD" {
+                Self::FixedRows
+            } else {
+                Self::BoundedSpan
+            }
+        })
+    }
+
+    /// Rows of the inner dimension per block of `C (+)= Aᵀ B` when the rows of `A` are
+    /// `row_bytes` apart.
+    ///
+    /// ```
+    /// use kernels::gemm::DepthBlocking::{BoundedSpan, FixedRows};
+    /// assert_eq!(BoundedSpan.rows(4096 * 4), 64); // LSTM H = 1024: gates 16 KiB apart
+    /// assert_eq!(BoundedSpan.rows(1024 * 4), 128);
+    /// assert_eq!(BoundedSpan.rows(256 * 4), 192);
+    /// assert_eq!(FixedRows.rows(4096 * 4), 256);
+    /// ```
+    pub fn rows(self, row_bytes: usize) -> usize {
+        match self {
+            Self::BoundedSpan => (TN_BLOCK_SPAN / row_bytes.max(1))
+                .clamp(*TN_BLOCK_ROWS.start(), *TN_BLOCK_ROWS.end()),
+            Self::FixedRows => FIXED_TN_BLOCK_ROWS,
+        }
+    }
+}
+
+/// The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ...), or zeros off x86-64.
+fn cpu_vendor() -> [u8; 12] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let leaf = core::arch::x86_64::__cpuid(0);
+        let mut vendor = [0u8; 12];
+        for (bytes, word) in vendor.chunks_mut(4).zip([leaf.ebx, leaf.edx, leaf.ecx]) {
+            bytes.copy_from_slice(&word.to_le_bytes());
+        }
+        vendor
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    [0; 12]
+}
+
+/// Rows of the inner dimension per block of `C (+)= Aᵀ B` on this machine when the rows of
+/// `A` are `row_bytes` apart ([`DepthBlocking::of_this_cpu`]).
 pub fn depth_block(row_bytes: usize) -> usize {
-    (TN_BLOCK_SPAN / row_bytes.max(1)).clamp(*TN_BLOCK_ROWS.start(), *TN_BLOCK_ROWS.end())
+    DepthBlocking::of_this_cpu().rows(row_bytes)
 }
 
 impl Leaf {

@@ -119,26 +119,46 @@ fn narrow_weight_gradients_match() {
     }
 }
 
-/// Products deeper than a block (`gemm::depth_block`): `gemm_tn` sums them in evened-out
-/// blocks (just past one block, several whole ones, a short last one; the longest blocks at
-/// narrow `A`, the shortest at wide), the first block replacing or adding to `C` as asked
-/// and the others adding.
+/// Products deeper than a block (`gemm::depth_block`, this CPU's blocking): `gemm_tn` sums
+/// them in evened-out blocks (just past one block, several whole ones, a short last one; the
+/// longest blocks at narrow `A`, the shortest at wide), the first block replacing or adding to
+/// `C` as asked and the others adding.
 #[test]
 fn deep_weight_gradients_match() {
     let mut rng = StdRng::seed_from_u64(6);
-    let most = *gemm::TN_BLOCK_ROWS.end();
-    assert_eq!(gemm::depth_block(40 * 4), most);
-    assert_eq!(gemm::depth_block(4096 * 4), *gemm::TN_BLOCK_ROWS.start());
-    for (m, n, k) in [
-        (40, 50, most + 1),
-        (17, 33, 2 * most),
-        (96, 64, 3 * most + 5),
-        (300, 200, 700),
-        (4096, 20, 150),
+    // `k = blocks · depth_block + extra`.
+    for (m, n, blocks, extra) in [
+        (40, 50, 1, 1),
+        (17, 33, 2, 0),
+        (96, 64, 3, 5),
+        (300, 200, 0, 700),
+        (4096, 20, 0, 150),
+        (4096, 32, 2, 1),
     ] {
+        let k = blocks * gemm::depth_block(m * 4) + extra;
         check_all::<f32>(GemmShape::new(m, n, k), &mut rng);
         check_all::<f64>(GemmShape::new(m, n, k), &mut rng);
     }
+}
+
+/// Each CPU's blocking gives the rows measured best there, the same for any thread count.
+#[test]
+fn depth_blocks_follow_the_cpu() {
+    use gemm::DepthBlocking::{BoundedSpan, FixedRows};
+    let (fewest, most) = (*gemm::TN_BLOCK_ROWS.start(), *gemm::TN_BLOCK_ROWS.end());
+    assert_eq!(BoundedSpan.rows(40 * 4), most);
+    assert_eq!(BoundedSpan.rows(4096 * 4), fewest);
+    assert_eq!(BoundedSpan.rows(2048 * 4), gemm::TN_BLOCK_SPAN / (2048 * 4));
+    assert_eq!(BoundedSpan.rows(0), most);
+    for row_bytes in [4, 40 * 4, 4096 * 4, 1 << 20] {
+        assert_eq!(FixedRows.rows(row_bytes), gemm::FIXED_TN_BLOCK_ROWS);
+    }
+    let here = gemm::DepthBlocking::of_this_cpu();
+    let amd = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("AuthenticAMD"));
+    if std::path::Path::new("/proc/cpuinfo").exists() {
+        assert_eq!(here == FixedRows, amd);
+    }
+    assert_eq!(gemm::depth_block(1024 * 4), here.rows(1024 * 4));
 }
 
 #[test]
