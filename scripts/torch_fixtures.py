@@ -258,10 +258,20 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
         opt.step()
     tensors = {f"init.{k}": v for k, v in initial.items()}
     tensors.update({f"final.{k}": v.detach().clone() for k, v in m.state_dict().items()})
+    # The optimizer's state after the steps, as `{state key}.{parameter}` (`exp_avg.head.weight`):
+    # rnn-core's `Optimizer::named_state` must hold the same buffers under the same names.
+    names = {id(p): n for n, p in m.named_parameters()}
+    state_keys = set()
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            if key != "step" and torch.is_tensor(value):
+                tensors[f"{key}.{names[id(p)]}"] = value.detach().clone()
+                state_keys.add(key)
     tensors["x"] = x
     tensors["target"] = labels
     meta = {"optimizer": kind, "steps": str(steps), "clip": "none" if clip is None else str(clip),
-            "cell": cell, "bias": "true" if bias else "false"}
+            "cell": cell, "bias": "true" if bias else "false",
+            "state_keys": ",".join(sorted(state_keys))}
     meta.update({k: str(v) for k, v in kw.items()})
     save_file(tensors, os.path.join(OUT, f"train_{name}.safetensors"), metadata=meta)
 

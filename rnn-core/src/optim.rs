@@ -163,6 +163,34 @@ impl<T: Float> OptimizerKind<T> {
         }
     }
 
+    /// PyTorch's names for the state buffers this optimizer's update uses (its keys in
+    /// `optimizer.state_dict()["state"][i]`), in the order of [`Optimizer::state1`],
+    /// `state2` and `state3`; `None` for a buffer it does not use. Plain SGD (no momentum)
+    /// has none, as in PyTorch.
+    ///
+    /// ```
+    /// use rnn_core::optim::OptimizerKind;
+    /// let adam = OptimizerKind::<f32>::adam(1e-3);
+    /// assert_eq!(adam.state_names(), [Some("exp_avg"), Some("exp_avg_sq"), None]);
+    /// assert_eq!(OptimizerKind::<f32>::sgd(0.1).state_names(), [None; 3]);
+    /// ```
+    pub fn state_names(&self) -> [Option<&'static str>; 3] {
+        let names = match *self {
+            Self::Sgd { momentum, .. } if momentum == T::zero() => return [None; 3],
+            Self::Sgd { .. } => ["momentum_buffer", "", ""],
+            Self::Adam { .. } => ["exp_avg", "exp_avg_sq", ""],
+            Self::RmsProp { .. } => ["square_avg", "momentum_buffer", "grad_avg"],
+            Self::Adagrad { .. } => ["sum", "", ""],
+        };
+        let mut named = [None; 3];
+        for ((slot, name), used) in named.iter_mut().zip(names).zip(self.uses_state()) {
+            if used {
+                *slot = Some(name);
+            }
+        }
+        named
+    }
+
     /// Which of the three state buffers this optimizer's update reads and writes.
     pub(crate) fn uses_state(&self) -> [bool; 3] {
         match *self {
@@ -182,7 +210,8 @@ pub struct Optimizer<T> {
     /// Hyper-parameters.
     pub kind: OptimizerKind<T>,
     /// SGD: momentum buffer; Adam: first moment; RMSprop: squared-gradient average;
-    /// Adagrad: squared-gradient sum.
+    /// Adagrad: squared-gradient sum. [`Self::named_state`] and [`Self::state`] give the
+    /// buffers by PyTorch's names instead.
     pub state1: Vec<T>,
     /// Adam: second moment; RMSprop: momentum buffer (with momentum). Empty for SGD.
     pub state2: Vec<T>,
@@ -211,6 +240,74 @@ impl<T: Float> Optimizer<T> {
             state3: vec![T::zero(); len3],
             steps: 0,
         }
+    }
+
+    /// The state buffers this optimizer's update uses, each with PyTorch's name for it
+    /// ([`OptimizerKind::state_names`]). Each buffer mirrors the flat parameter buffer, so
+    /// the slice of a parameter's weights is also the slice of its state. A buffer the
+    /// update uses but has not yet been sized (after [`Self::kind`] changed, before the
+    /// next update) is listed empty.
+    ///
+    /// ```
+    /// use rnn_core::optim::{Optimizer, OptimizerKind};
+    /// let mut opt = Optimizer::<f64>::new(OptimizerKind::adam(0.1), 2);
+    /// let mut params = [1.0, -1.0];
+    /// opt.update(&mut params, &[0.5, 2.0], 1.0);
+    /// let state = opt.named_state();
+    /// let (name, exp_avg) = state[0];
+    /// assert_eq!(name, "exp_avg");
+    /// assert!((exp_avg[0] - 0.05).abs() < 1e-12 && (exp_avg[1] - 0.2).abs() < 1e-12);
+    /// assert_eq!(state[1].0, "exp_avg_sq");
+    /// assert_eq!(opt.state("exp_avg_sq").unwrap().len(), 2);
+    /// assert!(opt.state("momentum_buffer").is_none());
+    /// ```
+    pub fn named_state(&self) -> Vec<(&'static str, &[T])> {
+        let buffers = [&self.state1, &self.state2, &self.state3];
+        self.kind
+            .state_names()
+            .into_iter()
+            .zip(buffers)
+            .filter_map(|(name, buffer)| Some((name?, buffer.as_slice())))
+            .collect()
+    }
+
+    /// The state buffer PyTorch calls `name` (`"exp_avg"`, `"square_avg"`, `"sum"`, ...), if
+    /// this optimizer's update uses one ([`Self::named_state`]).
+    pub fn state(&self, name: &str) -> Option<&[T]> {
+        self.named_state()
+            .into_iter()
+            .find_map(|(n, buffer)| (n == name).then_some(buffer))
+    }
+
+    /// [`Self::state`], writable: to start an optimizer from state saved elsewhere (such as
+    /// PyTorch's, flattened in the parameter layout). A buffer the update uses but that is
+    /// not yet sized (after [`Self::kind`] changed) is sized first, at its starting value, as
+    /// the next update would.
+    ///
+    /// ```
+    /// use rnn_core::optim::{Optimizer, OptimizerKind};
+    /// let mut opt = Optimizer::<f32>::new(OptimizerKind::sgd(0.1), 3);
+    /// opt.kind = OptimizerKind::rmsprop(0.1);
+    /// opt.state_mut("square_avg").unwrap().copy_from_slice(&[1.0, 2.0, 3.0]);
+    /// assert_eq!(opt.state("square_avg"), Some(&[1.0, 2.0, 3.0][..]));
+    /// assert!(opt.state_mut("grad_avg").is_none()); // only when centered
+    /// ```
+    pub fn state_mut(&mut self, name: &str) -> Option<&mut [T]> {
+        let slot = self
+            .kind
+            .state_names()
+            .iter()
+            .position(|&s| s == Some(name))?;
+        // Every kind uses the first buffer, so it is sized (for the parameter count) from
+        // `new` on; the others may not be.
+        let n = [&self.state1, &self.state2, &self.state3]
+            .map(Vec::len)
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        self.fill_missing_state(n);
+        let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
+        buffers.into_iter().nth(slot).map(Vec::as_mut_slice)
     }
 
     /// Gives every buffer the update will use, but is empty, `n` zeros: after [`Self::kind`]
@@ -493,5 +590,74 @@ impl<T: Float> Clip<T> {
                 T::one()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After one update from zero state, each named buffer holds what PyTorch's formula puts
+    /// there, so the names sit on the right buffers.
+    #[test]
+    fn named_state_holds_what_pytorch_names() {
+        let g = [0.5f64, -2.0];
+        let after_one = |kind: OptimizerKind<f64>| {
+            let mut opt = Optimizer::new(kind, 2);
+            opt.update(&mut [1.0, -1.0], &g, 1.0);
+            opt
+        };
+        let scaled = |c: f64, f: fn(f64) -> f64| g.map(|x| c * f(x)).to_vec();
+        let close = |got: &[f64], want: Vec<f64>| {
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12) && got.len() == want.len()
+        };
+        let adam = after_one(OptimizerKind::adam(0.1));
+        assert!(close(adam.state("exp_avg").unwrap(), scaled(0.1, |x| x)));
+        assert!(close(
+            adam.state("exp_avg_sq").unwrap(),
+            scaled(0.001, |x| x * x)
+        ));
+        let rms = after_one(OptimizerKind::RmsProp {
+            lr: 0.1,
+            alpha: 0.9,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.5,
+            centered: true,
+        });
+        let names: Vec<_> = rms.named_state().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["square_avg", "momentum_buffer", "grad_avg"]);
+        assert!(close(
+            rms.state("square_avg").unwrap(),
+            scaled(0.1, |x| x * x)
+        ));
+        assert!(close(rms.state("grad_avg").unwrap(), scaled(0.1, |x| x)));
+        let sgd = after_one(OptimizerKind::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        });
+        assert!(close(
+            sgd.state("momentum_buffer").unwrap(),
+            scaled(1.0, |x| x)
+        ));
+        let adagrad = after_one(OptimizerKind::adagrad(0.1));
+        assert!(close(adagrad.state("sum").unwrap(), scaled(1.0, |x| x * x)));
+        assert_eq!(adagrad.named_state().len(), 1);
+        assert!(adagrad.state("exp_avg").is_none());
+    }
+
+    /// A buffer written through `state_mut` is the one the next update reads.
+    #[test]
+    fn state_written_by_name_is_what_the_update_reads() {
+        let mut opt = Optimizer::<f64>::new(OptimizerKind::sgd(0.1), 2);
+        opt.kind = OptimizerKind::adagrad(1.0);
+        assert_eq!(opt.state("sum"), Some(&[0.0, 0.0][..]));
+        opt.state_mut("sum").unwrap().copy_from_slice(&[3.0, 0.0]);
+        let mut params = [0.0, 0.0];
+        opt.update(&mut params, &[1.0, 1.0], 1.0);
+        // sum = 3 + 1 = 4 and 0 + 1 = 1: steps of 1/2 and 1.
+        assert!((params[0] + 0.5).abs() < 1e-9 && (params[1] + 1.0).abs() < 1e-9);
     }
 }

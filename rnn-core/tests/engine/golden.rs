@@ -798,6 +798,19 @@ fn check_training(name: &str) {
     }
     let want = fixtures::params(&st, &layout, "final");
     fixtures::assert_weights_match(name, &layout, &tr.params, &want);
+    // The optimizer's state: the same buffers as PyTorch's, under its names, each in the
+    // parameters' layout.
+    let ours: Vec<&str> = tr.optimizer.named_state().iter().map(|(n, _)| *n).collect();
+    let mut torch_keys: Vec<&str> = meta["state_keys"].split(',').collect();
+    let mut sorted = ours.clone();
+    sorted.sort_unstable();
+    torch_keys.sort_unstable();
+    assert_eq!(sorted, torch_keys, "{name}: optimizer state names");
+    for key in ours {
+        let want = fixtures::params(&st, &layout, key);
+        let got = tr.optimizer.state(key).unwrap();
+        fixtures::assert_weights_match(&format!("{name} {key}"), &layout, got, &want);
+    }
 }
 
 #[test]
