@@ -207,7 +207,9 @@ impl<T: Float> OptimizerKind<T> {
 /// optimizer does not use is empty.
 #[derive(Clone, Debug)]
 pub struct Optimizer<T> {
-    /// Hyper-parameters.
+    /// Hyper-parameters. They may change between updates: within a family the state
+    /// carries over (a buffer newly needed starts at zero), and a change to another family
+    /// starts the state over at the next update ([`Self::state_is_current`]).
     pub kind: OptimizerKind<T>,
     /// SGD: momentum buffer; Adam: first moment; RMSprop: squared-gradient average;
     /// Adagrad: squared-gradient sum. [`Self::named_state`] and [`Self::state`] give the
@@ -219,6 +221,11 @@ pub struct Optimizer<T> {
     pub state3: Vec<T>,
     /// Updates applied so far.
     pub steps: u64,
+    /// The family whose state the buffers hold ([`OptimizerKind::family`]). When
+    /// [`Self::kind`] changes to another family, the buffers mean something else (Adam's
+    /// signed first moment is no squared average), so the state starts over at the next
+    /// update, as a new PyTorch optimizer's would.
+    state_family: &'static str,
 }
 
 impl<T: Float> Optimizer<T> {
@@ -239,6 +246,39 @@ impl<T: Float> Optimizer<T> {
             state2: vec![T::zero(); len2],
             state3: vec![T::zero(); len3],
             steps: 0,
+            state_family: kind.family(),
+        }
+    }
+
+    /// Whether the state buffers belong to [`Self::kind`]'s family: false after `kind`
+    /// changed to another family (SGD, Adam/AdamW, RMSprop, Adagrad) until the next update
+    /// starts the state over.
+    ///
+    /// ```
+    /// use rnn_core::optim::{Optimizer, OptimizerKind};
+    /// let mut opt = Optimizer::<f32>::new(OptimizerKind::adam(1e-3), 4);
+    /// opt.kind = OptimizerKind::adamw(1e-3); // the same family: the moments carry over
+    /// assert!(opt.state_is_current());
+    /// opt.kind = OptimizerKind::rmsprop(1e-3);
+    /// assert!(!opt.state_is_current());
+    /// opt.update(&mut [0.0; 4], &[1.0; 4], 1.0);
+    /// assert!(opt.state_is_current());
+    /// assert_eq!(opt.steps, 1);
+    /// ```
+    pub fn state_is_current(&self) -> bool {
+        self.state_family == self.kind.family()
+    }
+
+    /// Marks the buffers as [`Self::kind`]'s (after a checkpoint of its family loaded them).
+    pub(crate) fn mark_state_current(&mut self) {
+        self.state_family = self.kind.family();
+    }
+
+    /// After a change of [`Self::kind`] to another family, a fresh optimizer's state for
+    /// `n` parameters (and no updates yet); the buffers as they are otherwise.
+    fn start_over_if_family_changed(&mut self, n: usize) {
+        if !self.state_is_current() {
+            *self = Self::new(self.kind, n);
         }
     }
 
@@ -246,7 +286,8 @@ impl<T: Float> Optimizer<T> {
     /// ([`OptimizerKind::state_names`]). Each buffer mirrors the flat parameter buffer, so
     /// the slice of a parameter's weights is also the slice of its state. A buffer the
     /// update uses but has not yet been sized (after [`Self::kind`] changed, before the
-    /// next update) is listed empty.
+    /// next update) is listed empty, and so is every buffer after a change to another
+    /// family ([`Self::state_is_current`]).
     ///
     /// ```
     /// use rnn_core::optim::{Optimizer, OptimizerKind};
@@ -262,12 +303,13 @@ impl<T: Float> Optimizer<T> {
     /// assert!(opt.state("momentum_buffer").is_none());
     /// ```
     pub fn named_state(&self) -> Vec<(&'static str, &[T])> {
+        let current = self.state_is_current();
         let buffers = [&self.state1, &self.state2, &self.state3];
         self.kind
             .state_names()
             .into_iter()
             .zip(buffers)
-            .filter_map(|(name, buffer)| Some((name?, buffer.as_slice())))
+            .filter_map(|(name, buffer)| Some((name?, if current { buffer } else { &[][..] })))
             .collect()
     }
 
@@ -281,8 +323,9 @@ impl<T: Float> Optimizer<T> {
 
     /// [`Self::state`], writable: to start an optimizer from state saved elsewhere (such as
     /// PyTorch's, flattened in the parameter layout). A buffer the update uses but that is
-    /// not yet sized (after [`Self::kind`] changed) is sized first, at its starting value, as
-    /// the next update would.
+    /// not yet sized (after [`Self::kind`] changed) is sized first, at its starting value, and
+    /// after a change to another family the state starts over first, as the next update
+    /// would do.
     ///
     /// ```
     /// use rnn_core::optim::{Optimizer, OptimizerKind};
@@ -305,13 +348,15 @@ impl<T: Float> Optimizer<T> {
             .into_iter()
             .max()
             .unwrap_or(0);
+        self.start_over_if_family_changed(n);
         self.fill_missing_state(n);
         let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
         buffers.into_iter().nth(slot).map(Vec::as_mut_slice)
     }
 
     /// Gives every buffer the update will use, but is empty, `n` zeros: after [`Self::kind`]
-    /// changes to an optimizer with more state, as PyTorch starts a missing state at zero.
+    /// changes to one of its family with more state (RMSprop gaining momentum), as PyTorch
+    /// starts a missing state at zero.
     fn fill_missing_state(&mut self, n: usize) {
         let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
         let starts = [self.kind.initial_state1(), T::zero(), T::zero()];
@@ -343,6 +388,7 @@ impl<T: Float> Optimizer<T> {
     /// assert_eq!((one.1.state1, one.1.state2), (two.1.state1, two.1.state2));
     /// ```
     pub fn update_on(&mut self, params: &mut [T], grads: &[T], grad_scale: T, two_threads: bool) {
+        self.start_over_if_family_changed(params.len());
         self.fill_missing_state(params.len());
         self.steps += 1;
         let step = Step {
@@ -350,7 +396,8 @@ impl<T: Float> Optimizer<T> {
             steps: self.steps,
             grad_scale,
         };
-        // A buffer a former kind left behind is kept (for a change back) but not passed on.
+        // A buffer a former kind of the family left behind (RMSprop's momentum buffer, with
+        // momentum turned off) is kept, for a change back, but not passed on.
         let [_, use2, use3] = self.kind.uses_state();
         let all = Elements {
             params,
@@ -652,8 +699,11 @@ mod tests {
     #[test]
     fn state_written_by_name_is_what_the_update_reads() {
         let mut opt = Optimizer::<f64>::new(OptimizerKind::sgd(0.1), 2);
+        opt.state1.copy_from_slice(&[7.0, 7.0]);
         opt.kind = OptimizerKind::adagrad(1.0);
-        assert_eq!(opt.state("sum"), Some(&[0.0, 0.0][..]));
+        // Another family: nothing of SGD's carries over, the sum starts afresh.
+        assert_eq!(opt.state("sum"), Some(&[][..]));
+        assert_eq!(opt.state_mut("sum").unwrap(), &[0.0, 0.0]);
         opt.state_mut("sum").unwrap().copy_from_slice(&[3.0, 0.0]);
         let mut params = [0.0, 0.0];
         opt.update(&mut params, &[1.0, 1.0], 1.0);

@@ -84,14 +84,16 @@ pub fn save_checkpoint_with<T: Float>(
 ) -> Result<()> {
     let layout = Layout::of_params(config, params)?;
     let mut tensors = param_tensors(&layout, params);
-    // A buffer the optimizer's kind does not use (one a former kind left) is not saved.
+    // A buffer the optimizer's kind does not use (one a former kind left) is not saved; after
+    // a change to another family, none is, and no update: the state the next update starts.
+    let current = optimizer.state_is_current();
     let buffers = [&optimizer.state1, &optimizer.state2, &optimizer.state3];
     for ((name, state), used) in STATE_NAMES
         .into_iter()
         .zip(buffers)
         .zip(optimizer.kind.uses_state())
     {
-        let state: &[T] = if used { state } else { &[] };
+        let state: &[T] = if used && current { state } else { &[] };
         if !state.is_empty() && state.len() != layout.len {
             return Err(shape(name, format!("0 or {}", layout.len), state.len()));
         }
@@ -105,7 +107,8 @@ pub fn save_checkpoint_with<T: Float>(
         ));
     }
     let mut meta = config_metadata(config);
-    meta.insert("optim.steps".into(), optimizer.steps.to_string());
+    let steps = if current { optimizer.steps } else { 0 };
+    meta.insert("optim.steps".into(), steps.to_string());
     meta.insert("optim.kind".into(), optimizer.kind.family().into());
     for (k, v) in &extras.metadata {
         meta.insert(format!("extra.{k}"), v.clone());
@@ -225,5 +228,6 @@ pub fn checkpoint_from_bytes<T: Float>(
     params.copy_from_slice(&new_params);
     [optimizer.state1, optimizer.state2, optimizer.state3] = states;
     optimizer.steps = steps;
+    optimizer.mark_state_current();
     Ok(extras)
 }

@@ -1034,48 +1034,138 @@ fn optimizer_state_of_another_kind_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `Optimizer::kind` may change between updates: a buffer the new kind needs starts at zero
-/// (PyTorch's lazy state), one it does not use is kept but neither read nor saved.
+/// `Optimizer::kind` may change between updates within its family: a buffer the new
+/// hyper-parameters need starts at zero (PyTorch's lazy state), the others carry over, and one
+/// they no longer use is kept but neither read nor saved.
 #[test]
 fn optimizer_kind_may_change_between_updates() {
     let dir = scratch_dir("kind-change");
     let path = dir.join("ckpt.safetensors");
     let (x, y) = data(5, 2);
     let batch = Batch::new(5, 2, &x, Target::Classes(&y));
-    let mut tr = trainer(OptimizerKind::sgd(0.1));
+    let mut tr = trainer(OptimizerKind::rmsprop(0.01));
     tr.step(&batch).unwrap();
     let n = tr.params.len();
     assert_eq!(tr.optimizer.state2.len(), 0);
-    tr.optimizer.kind = OptimizerKind::RmsProp {
+    let square_avg = tr.optimizer.state1.clone();
+    let with_momentum = OptimizerKind::RmsProp {
         lr: 0.01,
-        alpha: 0.9,
+        alpha: 0.99,
         eps: 1e-8,
         weight_decay: 0.0,
         momentum: 0.5,
         centered: true,
     };
+    tr.optimizer.kind = with_momentum;
+    assert!(tr.optimizer.state_is_current());
+    // The squared average carries over into the update (PyTorch keeps it too).
+    let mut expected = Trainer::with_params(
+        tr.config,
+        tr.loss.clone(),
+        with_momentum,
+        tr.params.to_vec(),
+    )
+    .unwrap();
+    expected.optimizer.state1.copy_from_slice(&square_avg);
+    expected.optimizer.steps = 1;
     let before = tr.params.clone();
     tr.step(&batch).unwrap();
+    expected.step(&batch).unwrap();
     assert_ne!(tr.params, before);
+    assert_eq!(tr.params, expected.params);
     let opt = &tr.optimizer;
     assert_eq!(
         [&opt.state1, &opt.state2, &opt.state3].map(Vec::len),
         [n, n, n]
     );
     assert!(opt.state3.iter().any(|&v| v != 0.0));
-    tr.optimizer.kind = OptimizerKind::sgd(0.1);
-    let state2 = tr.optimizer.state2.clone();
+    tr.optimizer.kind = OptimizerKind::rmsprop(0.01);
+    let (state2, state3) = (tr.optimizer.state2.clone(), tr.optimizer.state3.clone());
     tr.step(&batch).unwrap();
     assert_eq!(
-        tr.optimizer.state2, state2,
-        "SGD does not touch RMSprop's momentum"
+        (&tr.optimizer.state2, &tr.optimizer.state3),
+        (&state2, &state3),
+        "plain RMSprop touches neither the momentum nor the average"
     );
     io::save_checkpoint(&path, &tr.config, &tr.params, &tr.optimizer).unwrap();
-    let mut fresh = trainer(OptimizerKind::sgd(0.1));
+    let mut fresh = trainer(OptimizerKind::rmsprop(0.01));
     let cfg = fresh.config;
     io::load_checkpoint(&path, &cfg, &mut fresh.params, &mut fresh.optimizer).unwrap();
     assert_eq!(fresh.optimizer.state1, tr.optimizer.state1);
     assert!(fresh.optimizer.state2.is_empty() && fresh.optimizer.state3.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A change of `Optimizer::kind` to another family (Adam to RMSprop, SGD with momentum to
+/// Adagrad) starts its state over, as a new PyTorch optimizer would: the next updates are
+/// bitwise those of a fresh optimizer of that kind on the same weights. Reading Adam's first
+/// moment (signed) as RMSprop's squared average took square roots of negative numbers.
+#[test]
+fn a_new_optimizer_family_starts_with_fresh_state() {
+    let dir = scratch_dir("family-change");
+    let (x, y) = data(5, 2);
+    let batch = Batch::new(5, 2, &x, Target::Classes(&y));
+    let sgd_momentum = OptimizerKind::Sgd {
+        lr: 0.5,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+    for (first, then) in [
+        (OptimizerKind::adam(0.05), OptimizerKind::rmsprop(0.01)),
+        (sgd_momentum, OptimizerKind::adagrad(0.1)),
+        (OptimizerKind::rmsprop(0.01), OptimizerKind::adamw(0.01)),
+    ] {
+        let mut switched = trainer(first);
+        for _ in 0..4 {
+            switched.step(&batch).unwrap();
+        }
+        switched.optimizer.kind = then;
+        // Before the next update the state is the new family's, not yet sized, and a
+        // checkpoint saves it so: no buffers, no updates.
+        let listed = switched.optimizer.named_state();
+        assert!(
+            listed.iter().all(|(_, buffer)| buffer.is_empty()),
+            "{then:?}"
+        );
+        let path = dir.join("switched.safetensors");
+        io::save_checkpoint(
+            &path,
+            &switched.config,
+            &switched.params,
+            &switched.optimizer,
+        )
+        .unwrap();
+        let mut loaded = trainer(then);
+        let cfg = loaded.config;
+        io::load_checkpoint(&path, &cfg, &mut loaded.params, &mut loaded.optimizer).unwrap();
+        assert_eq!(loaded.optimizer.steps, 0);
+        assert!(
+            loaded
+                .optimizer
+                .named_state()
+                .iter()
+                .all(|(_, b)| b.is_empty())
+        );
+        let mut fresh = Trainer::with_params(
+            switched.config,
+            switched.loss.clone(),
+            then,
+            switched.params.to_vec(),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            switched.step(&batch).unwrap();
+            fresh.step(&batch).unwrap();
+        }
+        assert!(switched.params.iter().all(|v| v.is_finite()), "{then:?}");
+        assert_eq!(switched.params, fresh.params, "{first:?} then {then:?}");
+        assert_eq!(switched.optimizer.steps, 3);
+        assert_eq!(
+            switched.optimizer.named_state(),
+            fresh.optimizer.named_state()
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
