@@ -219,13 +219,17 @@ pub struct Optimizer<T> {
     pub state2: Vec<T>,
     /// RMSprop: gradient average (centered). Empty otherwise.
     pub state3: Vec<T>,
-    /// Updates applied so far.
+    /// Updates applied so far (learning-rate schedules count these).
     pub steps: u64,
     /// The family whose state the buffers hold ([`OptimizerKind::family`]). When
     /// [`Self::kind`] changes to another family, the buffers mean something else (Adam's
     /// signed first moment is no squared average), so the state starts over at the next
     /// update, as a new PyTorch optimizer's would.
     state_family: &'static str,
+    /// [`Self::steps`] when the state last started over: the update formulas count their
+    /// steps (Adam's bias correction, Adagrad's rate decay) from here, as a new optimizer
+    /// would, while a schedule keeps counting all of them.
+    state_start: u64,
 }
 
 impl<T: Float> Optimizer<T> {
@@ -247,6 +251,7 @@ impl<T: Float> Optimizer<T> {
             state3: vec![T::zero(); len3],
             steps: 0,
             state_family: kind.family(),
+            state_start: 0,
         }
     }
 
@@ -263,22 +268,33 @@ impl<T: Float> Optimizer<T> {
     /// assert!(!opt.state_is_current());
     /// opt.update(&mut [0.0; 4], &[1.0; 4], 1.0);
     /// assert!(opt.state_is_current());
-    /// assert_eq!(opt.steps, 1);
+    /// assert_eq!((opt.steps, opt.state_start()), (1, 0));
     /// ```
     pub fn state_is_current(&self) -> bool {
         self.state_family == self.kind.family()
     }
 
-    /// Marks the buffers as [`Self::kind`]'s (after a checkpoint of its family loaded them).
-    pub(crate) fn mark_state_current(&mut self) {
-        self.state_family = self.kind.family();
+    /// The update count at which the state last started over (0 unless [`Self::kind`]
+    /// changed family): the update formulas count their steps from here.
+    pub fn state_start(&self) -> u64 {
+        self.state_start
     }
 
-    /// After a change of [`Self::kind`] to another family, a fresh optimizer's state for
-    /// `n` parameters (and no updates yet); the buffers as they are otherwise.
+    /// Takes loaded buffers as [`Self::kind`]'s, started at update `state_start`.
+    pub(crate) fn mark_state_current(&mut self, state_start: u64) {
+        self.state_family = self.kind.family();
+        self.state_start = state_start;
+    }
+
+    /// After a change of [`Self::kind`] to another family, a fresh optimizer's buffers for
+    /// `n` parameters, its steps counted from now; the buffers as they are otherwise.
     fn start_over_if_family_changed(&mut self, n: usize) {
         if !self.state_is_current() {
-            *self = Self::new(self.kind, n);
+            *self = Self {
+                steps: self.steps,
+                state_start: self.steps,
+                ..Self::new(self.kind, n)
+            };
         }
     }
 
@@ -393,7 +409,7 @@ impl<T: Float> Optimizer<T> {
         self.steps += 1;
         let step = Step {
             kind: self.kind,
-            steps: self.steps,
+            steps: self.steps - self.state_start,
             grad_scale,
         };
         // A buffer a former kind of the family left behind (RMSprop's momentum buffer, with
@@ -456,8 +472,8 @@ pub fn grad_sum_squares<T: Float>(grads: &[T], two_threads: bool) -> T {
     a + b
 }
 
-/// What one update applies to every element: the hyper-parameters, the update's number and
-/// the gradient scale.
+/// What one update applies to every element: the hyper-parameters, the update's number
+/// (counted from the state's start) and the gradient scale.
 #[derive(Clone, Copy)]
 struct Step<T> {
     kind: OptimizerKind<T>,

@@ -14,7 +14,8 @@ use crate::optim::Optimizer;
 use crate::params::Layout;
 
 /// Saves weights, optimizer state (`optim.state1`, `optim.state2`, `optim.state3`: see
-/// [`Optimizer`]'s fields), its family (`optim.kind`) and its step count.
+/// [`Optimizer`]'s fields), its family (`optim.kind`), its step count (`optim.steps`) and the
+/// update its state started at (`optim.state_start`, [`Optimizer::state_start`]).
 ///
 /// # Errors
 /// [`RnnError::Io`] / [`RnnError::Format`].
@@ -107,8 +108,13 @@ pub fn save_checkpoint_with<T: Float>(
         ));
     }
     let mut meta = config_metadata(config);
-    let steps = if current { optimizer.steps } else { 0 };
-    meta.insert("optim.steps".into(), steps.to_string());
+    meta.insert("optim.steps".into(), optimizer.steps.to_string());
+    let state_start = if current {
+        optimizer.state_start()
+    } else {
+        optimizer.steps
+    };
+    meta.insert("optim.state_start".into(), state_start.to_string());
     meta.insert("optim.kind".into(), optimizer.kind.family().into());
     for (k, v) in &extras.metadata {
         meta.insert(format!("extra.{k}"), v.clone());
@@ -211,6 +217,15 @@ pub fn checkpoint_from_bytes<T: Float>(
         .ok_or_else(|| {
             RnnError::Format("metadata optim.steps is missing or not a number".into())
         })?;
+    // Files from before family changes started the state over have no start: 0.
+    let state_start = match metadata.get("optim.state_start") {
+        None => 0,
+        Some(s) => s.parse().ok().filter(|&start| start <= steps).ok_or_else(|| {
+            RnnError::Format(format!(
+                "metadata optim.state_start {s:?} is not a number of updates up to optim.steps ({steps})"
+            ))
+        })?,
+    };
     let mut extras = Extras::default();
     for name in st.names() {
         if let Some(short) = name.strip_prefix("extra.") {
@@ -228,6 +243,6 @@ pub fn checkpoint_from_bytes<T: Float>(
     params.copy_from_slice(&new_params);
     [optimizer.state1, optimizer.state2, optimizer.state3] = states;
     optimizer.steps = steps;
-    optimizer.mark_state_current();
+    optimizer.mark_state_current(state_start);
     Ok(extras)
 }

@@ -1139,7 +1139,10 @@ fn a_new_optimizer_family_starts_with_fresh_state() {
         let mut loaded = trainer(then);
         let cfg = loaded.config;
         io::load_checkpoint(&path, &cfg, &mut loaded.params, &mut loaded.optimizer).unwrap();
-        assert_eq!(loaded.optimizer.steps, 0);
+        assert_eq!(
+            (loaded.optimizer.steps, loaded.optimizer.state_start()),
+            (4, 4)
+        );
         assert!(
             loaded
                 .optimizer
@@ -1160,7 +1163,14 @@ fn a_new_optimizer_family_starts_with_fresh_state() {
         }
         assert!(switched.params.iter().all(|v| v.is_finite()), "{then:?}");
         assert_eq!(switched.params, fresh.params, "{first:?} then {then:?}");
-        assert_eq!(switched.optimizer.steps, 3);
+        // Schedules keep counting every update; the formulas count from the switch.
+        assert_eq!(switched.optimizer.steps, 7);
+        assert_eq!(switched.optimizer.state_start(), 4);
+        // Resumed from the checkpoint taken at the switch, the same bits.
+        for _ in 0..3 {
+            loaded.step(&batch).unwrap();
+        }
+        assert_eq!(loaded.params, fresh.params);
         assert_eq!(
             switched.optimizer.named_state(),
             fresh.optimizer.named_state()
@@ -1384,6 +1394,49 @@ fn write_unchecked(
         metadata.insert("optim.steps".into(), opt.steps.to_string());
     }
     io::write_tensors(path, &tensors, metadata).unwrap();
+}
+
+/// A checkpoint's `optim.state_start` (the update its optimizer state started at) must be a
+/// number of updates no later than `optim.steps`; a file without one (from before) starts at 0.
+#[test]
+fn checkpoint_state_start_is_checked() {
+    let dir = scratch_dir("state-start");
+    let path = dir.join("ckpt.safetensors");
+    let good = trainer(OptimizerKind::adam(0.01));
+    let cfg = good.config;
+    for (start, ok) in [
+        (None, true),
+        (Some("0"), true),
+        (Some("2"), true),
+        (Some("3"), false),
+        (Some("x"), false),
+    ] {
+        let layout = rnn_core::params::Layout::new(&cfg);
+        let mut tensors = io::param_tensors(&layout, &good.params);
+        for name in ["optim.state1", "optim.state2"] {
+            tensors.push((name.into(), io::OwnedTensor::float(vec![0], &[] as &[f32])));
+        }
+        let mut metadata = io::config_metadata(&cfg);
+        metadata.insert("optim.steps".into(), "2".into());
+        if let Some(start) = start {
+            metadata.insert("optim.state_start".into(), start.into());
+        }
+        io::write_tensors(&path, &tensors, metadata).unwrap();
+        let mut other = trainer(OptimizerKind::adam(0.01));
+        let loaded = io::load_checkpoint(&path, &cfg, &mut other.params, &mut other.optimizer);
+        match (loaded, ok) {
+            (Ok(_), true) => {
+                let want = start.map_or(0, |s| s.parse().unwrap());
+                assert_eq!(
+                    (other.optimizer.steps, other.optimizer.state_start()),
+                    (2, want)
+                );
+            }
+            (Err(e), false) => assert!(e.to_string().contains("optim.state_start"), "{e}"),
+            (got, _) => panic!("state_start {start:?}: {got:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A program's own state rides in the checkpoint and comes back exactly.
