@@ -1,7 +1,8 @@
 //! Checkpoints (weights, optimizer state, program extras) from arbitrary bytes, for a fixed
 //! model and three optimizers (Adam's two buffers, RMSprop's three, Adagrad's one): a
-//! rejected file must leave the model and optimizer untouched, and a plateau schedule
-//! restores from the extras of an accepted one or refuses them, without panicking.
+//! rejected file must leave the model and optimizer untouched; an accepted one takes an
+//! update, and a plateau schedule restores from its extras or refuses them, without
+//! panicking.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use rnn_core::config::RnnConfig;
@@ -27,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
         let state_before = (opt.state1.clone(), opt.state2.clone(), opt.state3.clone());
         match rnn_core::io::checkpoint_from_bytes(data, &cfg, &mut params, &mut opt) {
             Ok(extras) => {
+                // An accepted state takes an update without a panic (buffers of the right
+                // sizes, a start no later than the step count).
+                assert!(opt.state_start() <= opt.steps);
+                opt.update(&mut params, &vec![0.5; n], 1.0);
                 let mut plateau = Plateau::new(0.1, 0.5, 2).unwrap();
                 let fresh = plateau.clone();
                 if plateau.restore(&extras).is_err() {

@@ -191,6 +191,17 @@ impl<T: Float> OptimizerKind<T> {
         named
     }
 
+    /// Which of the three state buffers hold sums or averages of squares, which no update
+    /// makes negative (and whose square roots the update takes): Adam's `exp_avg_sq`,
+    /// RMSprop's `square_avg`, Adagrad's `sum`.
+    pub(crate) fn squares_state(&self) -> [bool; 3] {
+        match self {
+            Self::Sgd { .. } => [false, false, false],
+            Self::Adam { .. } => [false, true, false],
+            Self::RmsProp { .. } | Self::Adagrad { .. } => [true, false, false],
+        }
+    }
+
     /// Which of the three state buffers this optimizer's update reads and writes.
     pub(crate) fn uses_state(&self) -> [bool; 3] {
         match *self {

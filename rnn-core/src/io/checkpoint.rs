@@ -31,6 +31,30 @@ pub fn save_checkpoint<T: Float>(
 /// The optimizer's state buffers in a checkpoint, [`Optimizer::state1`] to `state3`.
 const STATE_NAMES: [&str; 3] = ["optim.state1", "optim.state2", "optim.state3"];
 
+/// [`RnnError::Format`] if state buffer `slot` of `kind` holds sums or averages of squares
+/// (Adam's `exp_avg_sq`, RMSprop's `square_avg`, Adagrad's `sum`) and one is negative: no
+/// update makes one, and the next update would take its square root.
+fn reject_negative_squares<T: Float>(
+    kind: &crate::optim::OptimizerKind<T>,
+    slot: usize,
+    state: &[T],
+) -> Result<()> {
+    if !kind.squares_state()[slot] {
+        return Ok(());
+    }
+    match state.iter().position(|&v| v < T::zero()) {
+        None => Ok(()),
+        Some(i) => Err(RnnError::Format(format!(
+            "{} holds {} at flat index {i}: this {} optimizer's {} is a sum of squares, never \
+             negative",
+            STATE_NAMES[slot],
+            state[i].f64(),
+            kind.family(),
+            kind.state_names()[slot].unwrap_or("state")
+        ))),
+    }
+}
+
 /// What a training program keeps in its checkpoint beside the model and optimizer: data
 /// position, stream states, RNG state. Stored as tensors and metadata under `extra.`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -89,16 +113,18 @@ pub fn save_checkpoint_with<T: Float>(
     // a change to another family, none is, and no update: the state the next update starts.
     let current = optimizer.state_is_current();
     let buffers = [&optimizer.state1, &optimizer.state2, &optimizer.state3];
-    for ((name, state), used) in STATE_NAMES
-        .into_iter()
-        .zip(buffers)
-        .zip(optimizer.kind.uses_state())
-    {
-        let state: &[T] = if used && current { state } else { &[] };
+    let kind = &optimizer.kind;
+    for (slot, (name, state)) in STATE_NAMES.into_iter().zip(buffers).enumerate() {
+        let state: &[T] = if kind.uses_state()[slot] && current {
+            state
+        } else {
+            &[]
+        };
         if !state.is_empty() && state.len() != layout.len {
             return Err(shape(name, format!("0 or {}", layout.len), state.len()));
         }
         crate::batch::finite("optimizer state", state)?;
+        reject_negative_squares(kind, slot, state)?;
         tensors.push((name.into(), OwnedTensor::float(vec![state.len()], state)));
     }
     for (name, values) in &extras.tensors {
@@ -188,16 +214,18 @@ pub fn checkpoint_from_bytes<T: Float>(
     // Each buffer the optimizer uses holds one value per parameter (or none yet); the others
     // none.
     let mut states = [Vec::new(), Vec::new(), Vec::new()];
-    for ((name, state), used) in STATE_NAMES
+    for (slot, ((name, state), used)) in STATE_NAMES
         .into_iter()
         .zip(&mut states)
         .zip(optimizer.kind.uses_state())
+        .enumerate()
     {
         // Files from before RMSprop have no third buffer.
         if name != STATE_NAMES[2] || st.names().contains(&name) {
             *state = float_tensor::<T>(&st, name)?.0;
         }
         reject_non_finite(name, state)?;
+        reject_negative_squares(&optimizer.kind, slot, state)?;
         let fits = state.is_empty() || (used && state.len() == layout.len);
         if !fits {
             return Err(RnnError::Format(format!(

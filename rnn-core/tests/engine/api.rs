@@ -1305,16 +1305,49 @@ fn non_finite_weights_and_optimizer_state_are_refused() {
     );
     assert!(!path.exists());
     write_unchecked(&path, &cfg, &good.params, Some(&optimizer));
-    let mut other = trainer(OptimizerKind::adam(0.01));
-    let before = (other.params.clone(), other.optimizer.state2.clone());
-    let e = io::load_checkpoint(&path, &cfg, &mut other.params, &mut other.optimizer)
-        .unwrap_err()
-        .to_string();
+    let e = refused_by_adam(&path, &cfg);
     assert!(
         e.contains("\"optim.state2\" holds -inf at flat index 2"),
         "{e}"
     );
-    assert_eq!((other.params, other.optimizer.state2), before);
+
+    // A negative squared average (Adam's second moment) is finite but no update makes one,
+    // and the next would take its square root: refused both ways too. The first moment may be
+    // negative.
+    std::fs::remove_file(&path).unwrap();
+    let mut optimizer = good.optimizer.clone();
+    optimizer.state1[3] = -0.5;
+    io::save_checkpoint(&path, &cfg, &good.params, &optimizer).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    optimizer.state2[3] = -0.25;
+    let e = io::save_checkpoint(&path, &cfg, &good.params, &optimizer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("optim.state2 holds -0.25 at flat index 3") && e.contains("exp_avg_sq"),
+        "{e}"
+    );
+    assert!(!path.exists());
+    write_unchecked(&path, &cfg, &good.params, Some(&optimizer));
+    let e = refused_by_adam(&path, &cfg);
+    assert!(e.contains("optim.state2 holds -0.25"), "{e}");
+    // Read by an RMSprop (the file, as another program wrote it, names no family), the
+    // second buffer is the momentum, which may be negative, and the first the squares.
+    let mut rms = trainer(OptimizerKind::RmsProp {
+        lr: 0.01,
+        alpha: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        momentum: 0.9,
+        centered: false,
+    });
+    let e = io::load_checkpoint(&path, &cfg, &mut rms.params, &mut rms.optimizer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("optim.state1 holds -0.5 at flat index 3") && e.contains("square_avg"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -1371,6 +1404,27 @@ fn saving_a_misfit_model_is_refused() {
     assert!(sgd.optimizer.state2.is_empty());
     io::save_checkpoint(&path, &cfg, &sgd.params, &sgd.optimizer).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Loads the checkpoint at `path` into a fresh Adam trainer, which must refuse it and stay as
+/// it was; returns the error's text.
+fn refused_by_adam(path: &std::path::Path, cfg: &RnnConfig) -> String {
+    let mut other = trainer(OptimizerKind::adam(0.01));
+    let before = (
+        other.params.clone(),
+        other.optimizer.state1.clone(),
+        other.optimizer.state2.clone(),
+    );
+    let e = io::load_checkpoint(path, cfg, &mut other.params, &mut other.optimizer)
+        .unwrap_err()
+        .to_string();
+    let after = (
+        other.params.clone(),
+        other.optimizer.state1.clone(),
+        other.optimizer.state2.clone(),
+    );
+    assert_eq!(after, before, "a refused checkpoint changed the trainer");
+    e
 }
 
 /// Writes `params` (and `optimizer`'s state) as a weights file (or checkpoint) without the
