@@ -384,18 +384,20 @@ impl DepthBlocking {
     }
 }
 
-/// The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ...), or zeros off x86-64.
+/// The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ...).
+#[cfg(target_arch = "x86_64")]
 fn cpu_vendor() -> [u8; 12] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let leaf = core::arch::x86_64::__cpuid(0);
-        let mut vendor = [0u8; 12];
-        for (bytes, word) in vendor.chunks_mut(4).zip([leaf.ebx, leaf.edx, leaf.ecx]) {
-            bytes.copy_from_slice(&word.to_le_bytes());
-        }
-        vendor
+    let leaf = core::arch::x86_64::__cpuid(0);
+    let mut vendor = [0u8; 12];
+    for (bytes, word) in vendor.chunks_mut(4).zip([leaf.ebx, leaf.edx, leaf.ecx]) {
+        bytes.copy_from_slice(&word.to_le_bytes());
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    vendor
+}
+
+/// No vendor string off x86-64: such CPUs take the default blocking.
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_vendor() -> [u8; 12] {
     [0; 12]
 }
 
