@@ -372,20 +372,7 @@ impl<'a, T: Float> Batch<'a, T> {
         config: &RnnConfig,
         loss: &LossSpec,
     ) -> Result<()> {
-        if w.len() != self.batch {
-            return Err(shape(
-                "sequence_weights",
-                format!("[B={}]", self.batch),
-                w.len(),
-            ));
-        }
-        finite("sequence_weights", w)?;
-        if let Some(index) = w.iter().position(|&v| v < T::zero()) {
-            return Err(RnnError::Config(format!(
-                "sequence weight {index} = {}: weights must be non-negative",
-                w[index].f64()
-            )));
-        }
+        check_weights("sequence_weights", "sequence weight", w, self.batch)?;
         if loss.reduction == Reduction::Mean
             && crate::network::mean_divisor(config, self, loss) == 0.0
         {
@@ -397,6 +384,28 @@ impl<'a, T: Float> Batch<'a, T> {
         }
         Ok(())
     }
+}
+
+/// Loss weights, one for each of `count` sequences or streams: [`RnnError::ShapeMismatch`]
+/// naming `what` for another count, [`RnnError::NonFiniteInput`] for a NaN or infinity, and
+/// [`RnnError::Config`] naming the first negative one as `each` and its index.
+pub(crate) fn check_weights<T: Float>(
+    what: &'static str,
+    each: &str,
+    weights: &[T],
+    count: usize,
+) -> Result<()> {
+    if weights.len() != count {
+        return Err(shape(what, format!("[B={count}]"), weights.len()));
+    }
+    finite(what, weights)?;
+    if let Some(index) = weights.iter().position(|&v| v < T::zero()) {
+        return Err(RnnError::Config(format!(
+            "{each} {index} = {}: weights must be non-negative",
+            weights[index].f64()
+        )));
+    }
+    Ok(())
 }
 
 /// [`RnnError::NonFiniteInput`] naming `what` and the first NaN or infinity in `v`.

@@ -123,20 +123,7 @@ impl<T: Float> Tbptt<T> {
     /// or is negative. (Weights that leave a `mean` nothing to divide by are refused at the
     /// step, as for a batch.)
     pub fn with_stream_weights(mut self, weights: &[T]) -> Result<Self> {
-        if weights.len() != self.batch {
-            return Err(shape(
-                "stream weights",
-                format!("[B={}]", self.batch),
-                weights.len(),
-            ));
-        }
-        crate::batch::finite("stream weights", weights)?;
-        if let Some(k) = weights.iter().position(|&w| w < T::zero()) {
-            return Err(RnnError::Config(format!(
-                "stream weight {k} = {}: weights must be non-negative",
-                weights[k].f64()
-            )));
-        }
+        crate::batch::check_weights("stream weights", "stream weight", weights, self.batch)?;
         self.weights = weights.to_vec();
         Ok(self)
     }
