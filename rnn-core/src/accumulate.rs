@@ -13,6 +13,18 @@ use kernels::Float;
 use kernels::aligned::AlignedVec;
 use kernels::reduce::axpy;
 
+use crate::error::{Result, RnnError};
+use crate::io::Extras;
+
+/// The checkpoint extras that hold waiting micro-batches ([`Accumulator::save`]): the
+/// summed gradients as a tensor, the counts and sums as metadata.
+const GRADS: &str = "accumulated.grads";
+const KEYS: [&str; 3] = [
+    "accumulated.micro_batches",
+    "accumulated.loss",
+    "accumulated.divisor",
+];
+
 /// Sums of the micro-batches accumulated since the last update.
 #[derive(Clone, Debug, Default)]
 pub struct Accumulator<T> {
@@ -61,5 +73,61 @@ impl<T: Float> Accumulator<T> {
         self.loss = 0.0;
         self.divisor = 0.0;
         self.micro_batches = 0;
+    }
+
+    /// Writes the waiting micro-batches into a checkpoint's `extras`: their summed
+    /// gradients (no values when none waits) and, as exact decimal metadata, their count,
+    /// summed loss and mean divisor.
+    pub(crate) fn save(&self, extras: &mut Extras<T>) {
+        let grads = if self.micro_batches == 0 {
+            Vec::new()
+        } else {
+            self.grads.to_vec()
+        };
+        extras.tensors.retain(|(name, _)| name != GRADS);
+        extras.tensors.push((GRADS.into(), grads));
+        let values = [
+            self.micro_batches.to_string(),
+            self.loss.to_string(),
+            self.divisor.to_string(),
+        ];
+        for (key, value) in KEYS.into_iter().zip(values) {
+            extras.metadata.insert(key.into(), value);
+        }
+    }
+
+    /// Takes the micro-batches [`Accumulator::save`] wrote, for a model of `params`
+    /// parameters, in place of any waiting here.
+    ///
+    /// # Errors
+    /// [`RnnError::Format`] naming an entry that is missing, malformed or inconsistent (a
+    /// gradient count other than `params`, or than 0 with no micro-batch); nothing changes
+    /// then.
+    pub(crate) fn restore(&mut self, extras: &Extras<T>, params: usize) -> Result<()> {
+        let micro_batches: u64 = extras.value(KEYS[0])?;
+        let loss: f64 = extras.value(KEYS[1])?;
+        let divisor: f64 = extras.value(KEYS[2])?;
+        let grads = extras.tensor(GRADS)?;
+        let want = if micro_batches == 0 { 0 } else { params };
+        if grads.len() != want {
+            return Err(RnnError::Format(format!(
+                "checkpoint's {GRADS} holds {} values; {micro_batches} waiting micro-batches \
+                 of a model of {params} parameters need {want}",
+                grads.len()
+            )));
+        }
+        // Only finite losses are accumulated, and a mean's divisor is a count or a sum of
+        // non-negative weights.
+        if !(loss.is_finite() && divisor.is_finite() && divisor >= 0.0) {
+            return Err(RnnError::Format(format!(
+                "checkpoint's accumulated loss {loss} or divisor {divisor} is out of range"
+            )));
+        }
+        if micro_batches > 0 {
+            self.grads.resize(params);
+            self.grads.copy_from_slice(grads);
+        }
+        (self.micro_batches, self.loss, self.divisor) = (micro_batches, loss, divisor);
+        Ok(())
     }
 }

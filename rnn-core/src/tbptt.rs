@@ -8,6 +8,10 @@
 //! `k2 - k1` steps from the state saved at the window's start, with the current weights.
 //!
 //! Memory is the window's: a `k2`-step workspace, whatever the total length.
+//!
+//! [`Tbptt::accumulate`] trains on a chunk without updating: the gradients of several chunks
+//! (each backpropagated through its own window, all with the same weights) add up to one
+//! [`Tbptt::apply_accumulated`] update, for fewer updates than chunks.
 
 use kernels::Float;
 
@@ -149,13 +153,98 @@ impl<T: Float> Tbptt<T> {
     /// # Errors
     /// Shape and value errors naming the input; [`RnnError::NonFinite`] when the step is
     /// rejected — then the weights, optimizer state and stream state are as before, and the
-    /// chunk is dropped.
+    /// chunk is dropped; [`RnnError::Accumulation`] while accumulated chunks wait for
+    /// [`Tbptt::apply_accumulated`].
     pub fn step(&mut self, x: &[T], target: Target<'_, T>) -> Result<StepReport<T>> {
+        self.place_inputs(x)?;
+        self.run_window(target, |trainer, batch| trainer.step(batch))
+    }
+
+    /// [`Tbptt::step`] for a model with an embedding: the next `k1` token ids of every stream
+    /// `[k1, B]`.
+    ///
+    /// # Errors
+    /// As [`Tbptt::step`]; [`RnnError::TokenOutOfRange`] for a token past the embedding.
+    pub fn step_tokens(
+        &mut self,
+        tokens: &[usize],
+        target: Target<'_, T>,
+    ) -> Result<StepReport<T>> {
+        self.place_tokens(tokens)?;
+        self.run_window(target, |trainer, batch| trainer.step(batch))
+    }
+
+    /// Gradient accumulation over chunks: the gradients of the next `k1` steps of every
+    /// stream (as [`Tbptt::step`] would compute them) are added to those waiting, and the
+    /// streams move on, but the weights stay until [`Tbptt::apply_accumulated`]. So `n`
+    /// chunks make one update with the same weights throughout, each chunk still
+    /// backpropagated through its own window only: an update every `n·k1` steps at the
+    /// memory of `k2`, or a larger batch for streams that must stay few. The update is
+    /// [`Trainer::apply_accumulated`]'s: a `mean` divides by the scored positions of all the
+    /// chunks. Returns this chunk's loss under the trainer's reduction.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// use rnn_core::tbptt::Tbptt;
+    /// let cfg = RnnConfig::gru(1, 8, 1);
+    /// let tr = Trainer::<f64>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::sgd(0.1), 0)?;
+    /// let (k, b) = (5, 2);
+    /// let mut stream = Tbptt::new(tr, k, k, b)?;
+    /// let before = stream.trainer.params.clone();
+    /// for chunk in 0..3 {
+    ///     let x: Vec<f64> = (0..k * b).map(|i| ((chunk * k + i / b) as f64 * 0.3).sin()).collect();
+    ///     let y: Vec<f64> = (0..k * b).map(|i| ((chunk * k + i / b + 1) as f64 * 0.3).sin()).collect();
+    ///     stream.accumulate(&x, Target::Values(&y))?;
+    /// }
+    /// assert_eq!(stream.accumulated(), 3);
+    /// assert_eq!(stream.trainer.params, before); // no update yet
+    /// stream.apply_accumulated()?; // one update for the three chunks
+    /// assert_ne!(stream.trainer.params, before);
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Tbptt::step`]. A chunk whose loss is NaN or infinite drops every chunk
+    /// accumulated for this update ([`Trainer::accumulate`]); the streams keep the state of
+    /// the chunks before it.
+    pub fn accumulate(&mut self, x: &[T], target: Target<'_, T>) -> Result<T> {
+        self.place_inputs(x)?;
+        self.run_window(target, |trainer, batch| trainer.accumulate(batch))
+    }
+
+    /// [`Tbptt::accumulate`] for a model with an embedding: the next `k1` token ids of every
+    /// stream `[k1, B]`.
+    ///
+    /// # Errors
+    /// As [`Tbptt::accumulate`]; [`RnnError::TokenOutOfRange`] for a token past the
+    /// embedding.
+    pub fn accumulate_tokens(&mut self, tokens: &[usize], target: Target<'_, T>) -> Result<T> {
+        self.place_tokens(tokens)?;
+        self.run_window(target, |trainer, batch| trainer.accumulate(batch))
+    }
+
+    /// The update of the chunks accumulated since the last one ([`Tbptt::accumulate`]).
+    ///
+    /// # Errors
+    /// As [`Trainer::apply_accumulated`]; weights and optimizer state are untouched by any
+    /// of them, and the streams keep their state either way.
+    pub fn apply_accumulated(&mut self) -> Result<StepReport<T>> {
+        self.trainer.apply_accumulated()
+    }
+
+    /// How many chunks wait for [`Tbptt::apply_accumulated`].
+    pub fn accumulated(&self) -> u64 {
+        self.trainer.accumulated.micro_batches()
+    }
+
+    /// Puts the next `k1` steps' inputs `[k1, B, I]` after the held ones.
+    fn place_inputs(&mut self, x: &[T]) -> Result<()> {
         let (k1, b) = (self.k1, self.batch);
         let cfg = self.trainer.config;
         if cfg.num_embeddings.is_some() {
             return Err(RnnError::Config(
-                "the model reads tokens through an embedding: give them to Tbptt::step_tokens"
+                "the model reads tokens through an embedding: give them to Tbptt::step_tokens \
+                 or Tbptt::accumulate_tokens"
                     .into(),
             ));
         }
@@ -169,24 +258,16 @@ impl<T: Float> Tbptt<T> {
         }
         let at = self.held;
         self.x[at * per_step_x..(at + k1) * per_step_x].copy_from_slice(x);
-        self.step_window(target)
+        Ok(())
     }
 
-    /// [`Tbptt::step`] for a model with an embedding: the next `k1` token ids of every stream
-    /// `[k1, B]`.
-    ///
-    /// # Errors
-    /// As [`Tbptt::step`]; [`RnnError::TokenOutOfRange`] for a token past the embedding.
-    pub fn step_tokens(
-        &mut self,
-        tokens: &[usize],
-        target: Target<'_, T>,
-    ) -> Result<StepReport<T>> {
+    /// Puts the next `k1` steps' token ids `[k1, B]` after the held ones.
+    fn place_tokens(&mut self, tokens: &[usize]) -> Result<()> {
         let (k1, b) = (self.k1, self.batch);
         if self.tokens.is_empty() {
             return Err(RnnError::Config(
                 "tokens given, but the model has no embedding (RnnConfig::embedding): give its \
-                 inputs to Tbptt::step"
+                 inputs to Tbptt::step or Tbptt::accumulate"
                     .into(),
             ));
         }
@@ -195,7 +276,7 @@ impl<T: Float> Tbptt<T> {
         }
         let at = self.held;
         self.tokens[at * b..(at + k1) * b].copy_from_slice(tokens);
-        self.step_window(target)
+        Ok(())
     }
 
     /// Token ids per step of the window: `B` for a model with an embedding, else 0.
@@ -203,9 +284,14 @@ impl<T: Float> Tbptt<T> {
         self.tokens.len() / self.k2
     }
 
-    /// Trains on the window: the held steps and the `k1` new ones, whose inputs are in place;
-    /// `target` holds the new steps' targets.
-    fn step_window(&mut self, target: Target<'_, T>) -> Result<StepReport<T>> {
+    /// Runs `pass` (a step or an accumulation) over the window: the held steps and the `k1`
+    /// new ones, whose inputs are in place; `target` holds the new steps' targets. After a
+    /// pass that succeeded the streams move on by `k1` steps.
+    fn run_window<R>(
+        &mut self,
+        target: Target<'_, T>,
+        pass: impl FnOnce(&mut Trainer<T>, &Batch<'_, T>) -> Result<R>,
+    ) -> Result<R> {
         let (k1, b) = (self.k1, self.batch);
         let cfg = self.trainer.config;
         let per_step_x = b * dense_width(&cfg);
@@ -244,7 +330,7 @@ impl<T: Float> Tbptt<T> {
             score_from: at,
             sequence_weights: (!self.weights.is_empty()).then_some(&self.weights[..]),
         };
-        let report = self.trainer.step(&batch)?;
+        let report = pass(&mut self.trainer, &batch)?;
         // The next window replays the last `held` steps of this one, from the state before
         // them; the states come from this step's forward pass (the weights before the update).
         let held = w.min(self.k2 - k1);
@@ -333,7 +419,8 @@ impl<T: Float> Tbptt<T> {
     /// Everything the streams carry between chunks, as named tensors for a checkpoint
     /// ([`crate::io::Extras`]): both states, the replayed window (labels as floats) and its
     /// length. [`Tbptt::restore_snapshot`] makes the next chunk train exactly as it would
-    /// have without the stop.
+    /// have without the stop. Chunks waiting for [`Tbptt::apply_accumulated`] are the
+    /// trainer's to save ([`Trainer::save_accumulated`]).
     pub fn snapshot(&self) -> Vec<(String, Vec<T>)> {
         let cfg = self.trainer.config;
         let b = self.batch;

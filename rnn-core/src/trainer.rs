@@ -11,6 +11,7 @@ use crate::batch::Batch;
 use crate::config::{LossSpec, Reduction, RnnConfig};
 use crate::dropout::Dropout;
 use crate::error::{Result, RnnError};
+use crate::io::Extras;
 use crate::network::{
     self, Exec, PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed,
 };
@@ -743,8 +744,8 @@ impl<T: Float> Trainer<T> {
     /// micro-batch that scores nothing, which an accumulation allows).
     ///
     /// Dropout draws fresh masks for each micro-batch ([`Dropout::for_micro_batch`]);
-    /// telemetry reports the last micro-batch. A checkpoint holds parameters and optimizer
-    /// state only: apply before saving.
+    /// telemetry reports the last micro-batch. A checkpoint holds the waiting micro-batches
+    /// only when asked to ([`Trainer::save_accumulated`]): apply before saving, or save them.
     ///
     /// ```
     /// use rnn_core::prelude::*;
@@ -827,6 +828,42 @@ impl<T: Float> Trainer<T> {
             }
         };
         self.update_with(T::of(loss))
+    }
+
+    /// Writes the micro-batches waiting for [`Trainer::apply_accumulated`] into a
+    /// checkpoint's `extras` (tensor `accumulated.grads`, metadata `accumulated.*`), so a run
+    /// stopped between an accumulation and its update resumes bitwise: save them beside the
+    /// optimizer ([`crate::io::save_checkpoint_with`]) and load them back with
+    /// [`Trainer::restore_accumulated`]. With none waiting it records that none waits.
+    ///
+    /// ```
+    /// use rnn_core::io::Extras;
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::new(2, 4, 1);
+    /// let mut tr = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::sgd(0.1), 0)?;
+    /// let (x, y) = (vec![0.5f32; 3 * 2 * 2], vec![0.25f32; 3 * 2]);
+    /// tr.accumulate(&Batch::new(3, 2, &x, Target::Values(&y)))?;
+    /// let mut extras = Extras::default();
+    /// tr.save_accumulated(&mut extras);
+    /// let mut resumed = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::sgd(0.1), 0)?;
+    /// resumed.restore_accumulated(&extras)?;
+    /// assert_eq!(resumed.accumulated.micro_batches(), 1);
+    /// assert_eq!(resumed.apply_accumulated()?.loss, tr.apply_accumulated()?.loss);
+    /// assert_eq!(resumed.params, tr.params);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn save_accumulated(&self, extras: &mut Extras<T>) {
+        self.accumulated.save(extras);
+    }
+
+    /// Takes the waiting micro-batches [`Trainer::save_accumulated`] wrote, in place of any
+    /// waiting here.
+    ///
+    /// # Errors
+    /// [`RnnError::Format`] naming an entry that is missing, malformed, or saved for a model
+    /// of another parameter count; nothing changes then.
+    pub fn restore_accumulated(&mut self, extras: &Extras<T>) -> Result<()> {
+        self.accumulated.restore(extras, self.params.len())
     }
 
     /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as

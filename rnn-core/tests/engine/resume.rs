@@ -121,21 +121,24 @@ fn every_optimizer_resumes_bitwise() {
     }
 }
 
+/// `B` streams of a classifier trained by Adam with TBPTT(k1, k2), from seed 5.
+fn adam_streams(cfg: RnnConfig, k1: usize, k2: usize, b: usize) -> Tbptt<f32> {
+    let tr = Trainer::<f32>::new(
+        cfg,
+        LossSpec::every_step(LossKind::CrossEntropy),
+        OptimizerKind::adam(0.01),
+        5,
+    )
+    .unwrap();
+    Tbptt::new(tr, k1, k2, b).unwrap()
+}
+
 #[test]
 fn tbptt_streams_resume_bitwise() {
     for (cell, k1, k2) in [(Cell::Lstm, 4, 4), (Cell::Gru, 2, 5), (Cell::Rnn, 3, 7)] {
         let cfg = RnnConfig::new(3, 6, 4).cell(cell).layers(2);
         let b = 3;
-        let new = || {
-            let tr = Trainer::<f32>::new(
-                cfg,
-                LossSpec::every_step(LossKind::CrossEntropy),
-                OptimizerKind::adam(0.01),
-                5,
-            )
-            .unwrap();
-            Tbptt::new(tr, k1, k2, b).unwrap()
-        };
+        let new = || adam_streams(cfg, k1, k2, b);
         let chunk = |c: usize| batch_data(c, k1, b);
         let (n, m) = (5, 4);
         let mut straight = new();
@@ -182,21 +185,100 @@ fn tbptt_streams_resume_bitwise() {
             "{what}: carried state"
         );
         // A snapshot of another stream shape is refused, naming the part.
-        let mut other = Tbptt::new(
-            Trainer::<f32>::new(
-                cfg,
-                LossSpec::every_step(LossKind::CrossEntropy),
-                OptimizerKind::adam(0.01),
-                5,
-            )
-            .unwrap(),
-            k1,
-            k2,
-            b + 1,
-        )
-        .unwrap();
+        let mut other = adam_streams(cfg, k1, k2, b + 1);
         let e = other.restore_snapshot(&back.tensors).unwrap_err();
         assert!(e.to_string().contains("tbptt."), "{e}");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
+}
+
+/// Streams updated every third chunk resume bitwise from a checkpoint taken between an
+/// update's chunks: the waiting gradients, loss and divisor (of weighted streams, so not a
+/// count) travel in the extras; misshapen ones are refused and change nothing.
+#[test]
+fn accumulated_chunks_resume_bitwise() {
+    let (k, b, every) = (3, 3, 3);
+    let cfg = RnnConfig::new(3, 6, 4).cell(Cell::Gru).layers(2);
+    let new = || {
+        adam_streams(cfg, k, k, b)
+            .with_stream_weights(&[0.3, 1.0, 2.7])
+            .unwrap()
+    };
+    let train = |stream: &mut Tbptt<f32>, chunks: std::ops::Range<usize>| {
+        for c in chunks {
+            let (x, y) = batch_data(c, k, b);
+            stream.accumulate(&x, Target::Classes(&y)).unwrap();
+            if (c + 1) % every == 0 {
+                stream.apply_accumulated().unwrap();
+            }
+        }
+    };
+    let (n, total) = (5, 9);
+    let mut straight = new();
+    train(&mut straight, 0..total);
+    let mut first = new();
+    train(&mut first, 0..n);
+    assert_eq!(first.accumulated(), 2);
+    let mut extras = Extras {
+        tensors: first.snapshot(),
+        ..Extras::default()
+    };
+    first.trainer.save_accumulated(&mut extras);
+    let path = temp("accumulated");
+    let tr = &first.trainer;
+    io::save_checkpoint_with(&path, &tr.config, &tr.params, &tr.optimizer, &extras).unwrap();
+    let mut resumed = new();
+    let tr = &mut resumed.trainer;
+    let back = io::load_checkpoint_with(&path, &cfg, &mut tr.params, &mut tr.optimizer).unwrap();
+    resumed.restore_snapshot(&back.tensors).unwrap();
+    resumed.trainer.restore_accumulated(&back).unwrap();
+    assert_eq!(resumed.accumulated(), 2);
+    train(&mut resumed, n..total);
+    assert_eq!(
+        bits(&resumed.trainer.params),
+        bits(&straight.trainer.params)
+    );
+    assert_eq!(bits(resumed.state()), bits(straight.state()));
+    // Without the waiting chunks the run differs: the test can tell.
+    let mut forgetful = new();
+    let tr = &mut forgetful.trainer;
+    io::load_checkpoint_with(&path, &cfg, &mut tr.params, &mut tr.optimizer).unwrap();
+    forgetful.restore_snapshot(&back.tensors).unwrap();
+    train(&mut forgetful, n..total);
+    assert_ne!(
+        bits(&forgetful.trainer.params),
+        bits(&straight.trainer.params)
+    );
+    // Gradients of another model's size, or a missing count, are refused.
+    let mut bad = back.clone();
+    for (name, values) in &mut bad.tensors {
+        if name == "accumulated.grads" {
+            values.pop();
+        }
+    }
+    let mut other = new();
+    let e = other.trainer.restore_accumulated(&bad).unwrap_err();
+    assert!(e.to_string().contains("accumulated.grads"), "{e}");
+    let mut bad = back.clone();
+    bad.metadata.remove("accumulated.micro_batches");
+    let e = other.trainer.restore_accumulated(&bad).unwrap_err();
+    assert!(e.to_string().contains("accumulated.micro_batches"), "{e}");
+    let mut bad = back.clone();
+    bad.metadata
+        .insert("accumulated.divisor".into(), "-1".into());
+    assert!(other.trainer.restore_accumulated(&bad).is_err());
+    assert_eq!(other.accumulated(), 0);
+    // A checkpoint saved with none waiting restores none (and drops any waiting here).
+    let mut none = Extras::default();
+    straight.trainer.save_accumulated(&mut none);
+    resumed.trainer.restore_accumulated(&none).unwrap();
+    resumed
+        .accumulate(
+            &batch_data(0, k, b).0,
+            Target::Classes(&batch_data(0, k, b).1),
+        )
+        .unwrap();
+    resumed.trainer.restore_accumulated(&none).unwrap();
+    assert_eq!(resumed.accumulated(), 0);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }

@@ -333,3 +333,153 @@ fn integer_stream_weights_train_as_repeated_streams() {
     ));
     assert_eq!(zero.trainer.params, before);
 }
+
+/// `[L, B, H]` states after `t` steps of `trainer`'s last pass (`c` for an LSTM, else
+/// empty), as the streams carry them.
+fn states_after(trainer: &Trainer<f64>, t: usize, b: usize) -> (Vec<f64>, Vec<f64>) {
+    let block = b * trainer.config.hidden_size;
+    let (mut h, mut c) = (Vec::new(), Vec::new());
+    for layer in &trainer.workspace.layers {
+        h.extend_from_slice(&layer.hs[t * block..(t + 1) * block]);
+        if trainer.config.cell.has_cell_state() {
+            c.extend_from_slice(&layer.cs[t * block..(t + 1) * block]);
+        }
+    }
+    (h, c)
+}
+
+/// Accumulated chunks make one update with the same weights throughout: bitwise that of
+/// `Trainer::accumulate` over the chunks as batches, each started from the state the one
+/// before left; the streams carry the same states.
+#[test]
+fn accumulated_chunks_make_one_update_of_their_windows() {
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        let (k, b, chunks) = (4, 3, 3);
+        let (x, y) = stream_data(k * chunks, b);
+        let (xc, yc) = (k * b * 3, k * b * 4);
+        let mut stream = Tbptt::new(trainer(cell), k, k, b).unwrap();
+        let mut by_hand = trainer(cell);
+        let before = stream.trainer.params.clone();
+        let (mut h0, mut c0) = (vec![0.0; 2 * b * 6], Vec::new());
+        if cell == Cell::Lstm {
+            c0 = h0.clone();
+        }
+        for c in 0..chunks {
+            let (xs, ys) = (&x[c * xc..(c + 1) * xc], &y[c * yc..(c + 1) * yc]);
+            let got = stream.accumulate(xs, Target::Values(ys)).unwrap();
+            let batch = Batch {
+                h0: Some(&h0),
+                c0: (cell == Cell::Lstm).then_some(&c0[..]),
+                ..Batch::new(k, b, xs, Target::Values(ys))
+            };
+            let want = by_hand.accumulate(&batch).unwrap();
+            assert_eq!(got, want, "{cell:?} chunk {c}'s loss");
+            (h0, c0) = states_after(&by_hand, k, b);
+            assert_eq!(stream.state(), &h0[..], "{cell:?} chunk {c}'s state");
+            assert_eq!(
+                stream.cell_state(),
+                &c0[..],
+                "{cell:?} chunk {c}'s cell state"
+            );
+            assert_eq!(stream.accumulated(), c as u64 + 1);
+            assert_eq!(
+                stream.trainer.params, before,
+                "{cell:?}: no update before apply"
+            );
+        }
+        let got = stream.apply_accumulated().unwrap();
+        let want = by_hand.apply_accumulated().unwrap();
+        assert_eq!(got.loss, want.loss);
+        assert_eq!(stream.trainer.params, by_hand.params, "{cell:?}");
+        assert_ne!(stream.trainer.params, before);
+        assert_eq!(stream.accumulated(), 0);
+    }
+}
+
+/// With overlapping windows (`k2 > k1`) and token input, each chunk accumulated alone and
+/// applied is the step of that chunk (within rounding: a `mean` is taken as a sum, then
+/// divided), chunk after chunk.
+#[test]
+fn a_chunk_accumulated_alone_is_a_step() {
+    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+        let (k1, k2, b, chunks) = (3, 5, 2, 4);
+        let cfg = RnnConfig::new(3, 6, 5).layers(2).cell(cell).embedding(7);
+        let make = || {
+            let tr = Trainer::<f64>::new(
+                cfg,
+                LossSpec::every_step(LossKind::CrossEntropy),
+                OptimizerKind::adam(0.02),
+                3,
+            )
+            .unwrap();
+            Tbptt::new(tr, k1, k2, b).unwrap()
+        };
+        let (mut stepped, mut applied) = (make(), make());
+        for c in 0..chunks {
+            let tokens: Vec<usize> = (0..k1 * b).map(|i| (c * 5 + i * 3) % 7).collect();
+            let labels: Vec<usize> = (0..k1 * b).map(|i| (c + i * 2) % 5).collect();
+            let step = stepped
+                .step_tokens(&tokens, Target::Classes(&labels))
+                .unwrap();
+            let loss = applied
+                .accumulate_tokens(&tokens, Target::Classes(&labels))
+                .unwrap();
+            let update = applied.apply_accumulated().unwrap();
+            assert!((loss - step.loss).abs() < 1e-12, "{cell:?} chunk {c}");
+            assert!(
+                (update.loss - step.loss).abs() < 1e-12,
+                "{cell:?} chunk {c}"
+            );
+            let most = (stepped.trainer.params.iter())
+                .zip(applied.trainer.params.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(most < 1e-12, "{cell:?} chunk {c}: {most:e}");
+        }
+    }
+}
+
+/// A plain step while chunks wait, an update with none waiting, and a chunk whose loss
+/// overflows are refused; the first two change nothing, the last drops the waiting chunks
+/// and keeps the state the earlier ones carried.
+#[test]
+fn accumulation_misuse_is_refused() {
+    let (k, b) = (4, 2);
+    let (x, y) = stream_data(k, b);
+    let mut stream = Tbptt::new(trainer(Cell::Lstm), k, k, b).unwrap();
+    assert!(matches!(
+        stream.apply_accumulated().unwrap_err(),
+        RnnError::Accumulation(_)
+    ));
+    stream.accumulate(&x, Target::Values(&y)).unwrap();
+    let (params, state, cells) = (
+        stream.trainer.params.clone(),
+        stream.state().to_vec(),
+        stream.cell_state().to_vec(),
+    );
+    assert!(matches!(
+        stream.step(&x, Target::Values(&y)).unwrap_err(),
+        RnnError::Accumulation(_)
+    ));
+    assert_eq!(stream.state(), &state[..]);
+    assert_eq!(stream.accumulated(), 1);
+    let huge = vec![1e300; y.len()];
+    assert!(matches!(
+        stream.accumulate(&x, Target::Values(&huge)).unwrap_err(),
+        RnnError::NonFinite { .. }
+    ));
+    assert_eq!(stream.accumulated(), 0);
+    assert_eq!(stream.trainer.params, params);
+    assert_eq!(stream.state(), &state[..]);
+    assert_eq!(stream.cell_state(), &cells[..]);
+    let e = stream.accumulate(&x[1..], Target::Values(&y)).unwrap_err();
+    assert!(e.to_string().contains("[k1=4, B=2, I=3]"), "{e}");
+    let e = stream
+        .accumulate_tokens(&[0; 8], Target::Values(&y))
+        .unwrap_err();
+    assert!(e.to_string().contains("no embedding"), "{e}");
+    // After the refusals the stream trains on.
+    stream.accumulate(&x, Target::Values(&y)).unwrap();
+    stream.apply_accumulated().unwrap();
+    assert_ne!(stream.trainer.params, params);
+}
