@@ -160,12 +160,17 @@ struct Args {
     /// Parallel streams (B).
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Steps per update (TBPTT k1).
+    /// Steps per chunk (TBPTT k1); an update follows every chunk, or every --accumulate
+    /// chunks.
     #[arg(long, default_value_t = 64)]
     chunk: usize,
     /// Steps backpropagated through (TBPTT k2, at least --chunk; default --chunk).
     #[arg(long)]
     k2: Option<usize>,
+    /// Chunks per update: the gradients of this many chunks add up to one update
+    /// (Tbptt::accumulate), for --chunk x this steps per update at the memory of one window.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    accumulate: u16,
     /// Updates to run in total (a resumed run continues up to this count).
     #[arg(long, default_value_t = 1500)]
     steps: usize,
@@ -417,13 +422,17 @@ fn run(args: Args) -> Result<(), String> {
     }
     let unigram = corpus.unigram_entropy();
     println!(
-        "{} characters ({} held out), alphabet of {v}; {} {}x{} model, {} streams, TBPTT({k1}, {k2}), {threads} thread(s)",
+        "{} characters ({} held out), alphabet of {v}; {} {}x{} model, {} streams, TBPTT({k1}, {k2}){}, {threads} thread(s)",
         corpus.len(),
         held_out_len,
         cfg.cell.as_str(),
         args.layers,
         args.hidden,
-        b
+        b,
+        match args.accumulate {
+            1 => String::new(),
+            n => format!(" x {n} chunks per update"),
+        }
     );
     let save = |stream: &Tbptt<f32>,
                 losses: &[f32],
@@ -483,24 +492,35 @@ fn run(args: Args) -> Result<(), String> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}").expect("template"),
     );
     let begin = Instant::now();
+    let chunks = usize::from(args.accumulate);
     for step in start_step..args.steps {
-        let wrapped = if embedded {
-            streams.next_chunk_tokens(&train, &mut tokens, &mut y)
-        } else {
-            streams.next_chunk(&train, &mut x, &mut y)
+        // One update: a step of one chunk, or the sum of several chunks' gradients.
+        let mut stepped = None;
+        for _ in 0..chunks {
+            let wrapped = if embedded {
+                streams.next_chunk_tokens(&train, &mut tokens, &mut y)
+            } else {
+                streams.next_chunk(&train, &mut x, &mut y)
+            };
+            if wrapped.map_err(|e| e.to_string())? {
+                stream.reset();
+            }
+            let target = Target::Classes(&y);
+            let result = match (chunks, embedded) {
+                (1, true) => stream.step_tokens(&tokens, target).map(Some),
+                (1, false) => stream.step(&x, target).map(Some),
+                (_, true) => stream.accumulate_tokens(&tokens, target).map(|_| None),
+                (_, false) => stream.accumulate(&x, target).map(|_| None),
+            };
+            stepped = result.map_err(|e| e.to_string())?;
+        }
+        let report = match stepped {
+            Some(report) => report,
+            None => stream.apply_accumulated().map_err(|e| e.to_string())?,
         };
-        if wrapped.map_err(|e| e.to_string())? {
-            stream.reset();
-        }
-        let report = if embedded {
-            stream.step_tokens(&tokens, Target::Classes(&y))
-        } else {
-            stream.step(&x, Target::Classes(&y))
-        }
-        .map_err(|e| e.to_string())?;
         losses.push(report.loss);
         let done = step + 1 - start_step;
-        let tokens_per_s = (done * k1 * b) as f64 / begin.elapsed().as_secs_f64();
+        let tokens_per_s = (done * chunks * k1 * b) as f64 / begin.elapsed().as_secs_f64();
         bar.set_message(format!(
             "loss {:.3}  {:.0} tokens/s",
             report.loss, tokens_per_s
