@@ -3,6 +3,8 @@
 use kernels::optim::{AdagradStep, AdamStep, RmsPropStep, SgdStep, adagrad, adam, rmsprop, sgd};
 use kernels::{Float, reduce};
 
+use crate::error::{Result, RnnError, shape};
+
 /// An optimizer and its hyper-parameters (PyTorch's defaults where it has them).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind<T> {
@@ -202,6 +204,17 @@ impl<T: Float> OptimizerKind<T> {
         }
     }
 
+    /// The first negative value, with its index, in state buffer `slot` when that buffer
+    /// holds sums or averages of squares ([`Self::squares_state`]): corrupt state, whose
+    /// square root the next update would take.
+    pub(crate) fn negative_square(&self, slot: usize, state: &[T]) -> Option<(usize, T)> {
+        if !self.squares_state()[slot] {
+            return None;
+        }
+        let i = state.iter().position(|&v| v < T::zero())?;
+        Some((i, state[i]))
+    }
+
     /// Which of the three state buffers this optimizer's update reads and writes.
     pub(crate) fn uses_state(&self) -> [bool; 3] {
         match *self {
@@ -348,11 +361,11 @@ impl<T: Float> Optimizer<T> {
             .find_map(|(n, buffer)| (n == name).then_some(buffer))
     }
 
-    /// [`Self::state`], writable: to start an optimizer from state saved elsewhere (such as
-    /// PyTorch's, flattened in the parameter layout). A buffer the update uses but that is
-    /// not yet sized (after [`Self::kind`] changed) is sized first, at its starting value, and
-    /// after a change to another family the state starts over first, as the next update
-    /// would do.
+    /// [`Self::state`], writable and unchecked: [`Self::set_state`] checks what it writes,
+    /// while a negative squared average written here makes the next update's weights NaN. A
+    /// buffer the update uses but that is not yet sized (after [`Self::kind`] changed) is
+    /// sized first, at its starting value, and after a change to another family the state
+    /// starts over first, as the next update would do.
     ///
     /// ```
     /// use rnn_core::optim::{Optimizer, OptimizerKind};
@@ -368,17 +381,71 @@ impl<T: Float> Optimizer<T> {
             .state_names()
             .iter()
             .position(|&s| s == Some(name))?;
-        // Every kind uses the first buffer, so it is sized (for the parameter count) from
-        // `new` on; the others may not be.
-        let n = [&self.state1, &self.state2, &self.state3]
-            .map(Vec::len)
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let n = self.parameter_count();
         self.start_over_if_family_changed(n);
         self.fill_missing_state(n);
         let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
         buffers.into_iter().nth(slot).map(Vec::as_mut_slice)
+    }
+
+    /// Sets the state buffer PyTorch calls `name` to `values` (one per parameter, in the
+    /// flat parameter layout), checked as a checkpoint's state is: the way to start from
+    /// state saved elsewhere, such as PyTorch's, without risking the weights. As
+    /// [`Self::state_mut`], a buffer not yet sized is sized first, and after a change to
+    /// another family the state starts over first.
+    ///
+    /// ```
+    /// use rnn_core::optim::{Optimizer, OptimizerKind};
+    /// let mut opt = Optimizer::<f64>::new(OptimizerKind::adam(0.1), 2);
+    /// opt.set_state("exp_avg_sq", &[0.25, 1.0])?;
+    /// assert_eq!(opt.state("exp_avg_sq"), Some(&[0.25, 1.0][..]));
+    /// assert!(opt.set_state("exp_avg_sq", &[0.25, -1.0]).is_err()); // a square is never negative
+    /// assert!(opt.set_state("square_avg", &[0.0, 0.0]).is_err()); // RMSprop's, not Adam's
+    /// assert_eq!(opt.state("exp_avg_sq"), Some(&[0.25, 1.0][..])); // unchanged
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Nothing changes on any of them. [`RnnError::Config`] for a name this optimizer's
+    /// update does not use ([`Self::named_state`]) or a negative value in a buffer of
+    /// squares (Adam's `exp_avg_sq`, RMSprop's `square_avg`, Adagrad's `sum`);
+    /// [`RnnError::ShapeMismatch`] unless there is one value per parameter;
+    /// [`RnnError::NonFiniteInput`] for a NaN or an infinity.
+    pub fn set_state(&mut self, name: &str, values: &[T]) -> Result<()> {
+        let names = self.kind.state_names();
+        let Some(slot) = names.iter().position(|&s| s == Some(name)) else {
+            let used: Vec<&str> = names.into_iter().flatten().collect();
+            return Err(RnnError::Config(format!(
+                "this {} optimizer keeps no state {name:?} (it keeps {used:?})",
+                self.kind.family()
+            )));
+        };
+        // Every kind uses the first buffer, sized for the parameter count from `new` on.
+        let n = self.parameter_count();
+        if values.len() != n {
+            return Err(shape(name, n, values.len()));
+        }
+        crate::batch::finite("optimizer state", values)?;
+        if let Some((i, v)) = self.kind.negative_square(slot, values) {
+            return Err(RnnError::Config(format!(
+                "{name}[{i}] is {}: a sum of squares is never negative",
+                v.f64()
+            )));
+        }
+        self.state_mut(name)
+            .expect("a name the kind uses")
+            .copy_from_slice(values);
+        Ok(())
+    }
+
+    /// The number of parameters the state buffers mirror: the longest buffer's length
+    /// (every kind uses the first, so it is sized from [`Self::new`] on).
+    fn parameter_count(&self) -> usize {
+        [&self.state1, &self.state2, &self.state3]
+            .map(Vec::len)
+            .into_iter()
+            .max()
+            .unwrap_or(0)
     }
 
     /// Gives every buffer the update will use, but is empty, `n` zeros: after [`Self::kind`]
@@ -736,5 +803,35 @@ mod tests {
         opt.update(&mut params, &[1.0, 1.0], 1.0);
         // sum = 3 + 1 = 4 and 0 + 1 = 1: steps of 1/2 and 1.
         assert!((params[0] + 0.5).abs() < 1e-9 && (params[1] + 1.0).abs() < 1e-9);
+    }
+
+    /// `set_state` writes what `state_mut` would, after the same checks as a checkpoint's
+    /// state; a refused value changes nothing.
+    #[test]
+    fn set_state_checks_what_it_writes() {
+        let mut opt = Optimizer::<f64>::new(OptimizerKind::sgd(0.1), 2);
+        opt.kind = OptimizerKind::adagrad(1.0);
+        opt.set_state("sum", &[3.0, 0.0]).unwrap();
+        let mut params = [0.0, 0.0];
+        opt.update(&mut params, &[1.0, 1.0], 1.0);
+        assert!((params[0] + 0.5).abs() < 1e-9 && (params[1] + 1.0).abs() < 1e-9);
+        let before = opt.clone();
+        let refused = [
+            ("sum", vec![1.0, -0.5], "never negative"),
+            ("sum", vec![1.0, f64::NAN], "optimizer state"),
+            ("sum", vec![1.0], "sum"),
+            ("exp_avg", vec![1.0, 1.0], "keeps [\"sum\"]"),
+        ];
+        for (name, values, says) in refused {
+            let e = opt.set_state(name, &values).unwrap_err();
+            assert!(e.to_string().contains(says), "{name} {values:?}: {e}");
+            assert_eq!((&opt.state1, opt.steps), (&before.state1, before.steps));
+        }
+        // Signed state takes negative values.
+        let mut adam = Optimizer::<f64>::new(OptimizerKind::adam(0.1), 2);
+        adam.set_state("exp_avg", &[-1.0, 2.0]).unwrap();
+        assert!(adam.set_state("exp_avg_sq", &[-1.0, 2.0]).is_err());
+        assert_eq!(adam.state("exp_avg"), Some(&[-1.0, 2.0][..]));
+        assert_eq!(adam.state("exp_avg_sq"), Some(&[0.0, 0.0][..]));
     }
 }

@@ -39,16 +39,13 @@ fn reject_negative_squares<T: Float>(
     slot: usize,
     state: &[T],
 ) -> Result<()> {
-    if !kind.squares_state()[slot] {
-        return Ok(());
-    }
-    match state.iter().position(|&v| v < T::zero()) {
+    match kind.negative_square(slot, state) {
         None => Ok(()),
-        Some(i) => Err(RnnError::Format(format!(
+        Some((i, v)) => Err(RnnError::Format(format!(
             "{} holds {} at flat index {i}: this {} optimizer's {} is a sum of squares, never \
              negative",
             STATE_NAMES[slot],
-            state[i].f64(),
+            v.f64(),
             kind.family(),
             kind.state_names()[slot].unwrap_or("state")
         ))),
