@@ -5,7 +5,7 @@
     python3 scripts/check_export.py /tmp/export
 
 Each exported file DIR/NAME.safetensors holds the weights of fixture NAME (with and without
-recurrent biases, bidirectional, with a token embedding), saved by rnn-core. Each must load into a PyTorch model built from its
+recurrent biases, bidirectional, with a token embedding, with LSTM projections), saved by rnn-core. Each must load into a PyTorch model built from its
 metadata with load_state_dict(strict=True), and that model, run on the fixture's inputs as
 scripts/torch_fixtures.py ran it, must give the fixture's outputs.
 """
@@ -32,8 +32,10 @@ def model(meta):
     if cell == "rnn":
         m.rnn = nn.RNN(*sizes, nonlinearity=meta["nonlinearity"], **kw).double()
     else:
+        if meta.get("proj_size", "none") != "none":
+            kw["proj_size"] = int(meta["proj_size"])
         m.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](*sizes, **kw).double()
-    width = (2 if bidirectional else 1) * int(meta["hidden_size"])
+    width = (2 if bidirectional else 1) * kw.get("proj_size", int(meta["hidden_size"]))
     m.head = nn.Linear(width, int(meta["output_size"])).double()
     return m, cell
 

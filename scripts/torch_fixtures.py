@@ -22,7 +22,7 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "rnn-core", "tests", "fixtur
 
 class Model(nn.Module):
     def __init__(self, i, h, o, layers, nonlinearity, cell="rnn", bias=True, bidirectional=False,
-                 vocab=None):
+                 vocab=None, proj=0):
         super().__init__()
         if vocab is not None:
             self.embedding = nn.Embedding(vocab, i)
@@ -30,9 +30,11 @@ class Model(nn.Module):
             self.rnn = nn.RNN(i, h, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
                               bidirectional=bidirectional)
         else:
+            extra = {"proj_size": proj} if proj else {}
             self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](i, h, num_layers=layers, bias=bias,
-                                                              bidirectional=bidirectional)
-        self.head = nn.Linear(2 * h if bidirectional else h, o)
+                                                              bidirectional=bidirectional, **extra)
+        s = proj or h
+        self.head = nn.Linear(2 * s if bidirectional else s, o)
 
 
 M64, M32, GOLDEN = (1 << 64) - 1, (1 << 32) - 1, 0x9E3779B97F4A7C15
@@ -100,7 +102,7 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
          dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None,
-         smooth_l1_beta=None, bidirectional=False, vocab=None, sequence_weights=None):
+         smooth_l1_beta=None, bidirectional=False, vocab=None, sequence_weights=None, proj=0):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
@@ -114,10 +116,11 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     nn.Embedding(vocab, I); x is int64 ids [T, B] and has no gradient. `sequence_weights`: a
     weight per sequence, written as the tensor `sequence_weights` [B]: each position's loss
     times its sequence's weight, a mean over the scored positions' total weight (times their
-    class weights for labels, times O for float targets)."""
+    class weights for labels, times O for float targets). `proj`: an LSTM's proj_size (0:
+    none); h0 / h_last are then [D*L, B, proj]."""
     torch.manual_seed(seed)
     weight = None if class_weights is None else torch.tensor(class_weights, dtype=dtype)
-    m = Model(I, H, O, layers, nonlinearity, cell, bias, bidirectional, vocab).to(dtype)
+    m = Model(I, H, O, layers, nonlinearity, cell, bias, bidirectional, vocab, proj).to(dtype)
     if vocab is None:
         tokens = None
         x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
@@ -125,12 +128,12 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         tokens = torch.randint(0, vocab, (T, B))
         x = m.embedding(tokens)
     D = 2 if bidirectional else 1
-    h0 = (0.5 * torch.randn(D * layers, B, H, dtype=dtype)).requires_grad_(True)
+    h0 = (0.5 * torch.randn(D * layers, B, proj or H, dtype=dtype)).requires_grad_(True)
     c0 = (torch.randn(D * layers, B, H, dtype=dtype)).requires_grad_(True) if cell == "lstm" else None
     state = (h0, c0) if cell == "lstm" else h0
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     if dropout is not None:
-        assert not bidirectional, "dropped_stack runs one direction"
+        assert not bidirectional and not proj, "dropped_stack runs one direction, unprojected"
         out, hn = dropped_stack(m, cell, x, state, lens, dropout)
     elif lens is not None:
         packed = pack_padded_sequence(x, lens, enforce_sorted=False)
@@ -514,3 +517,19 @@ def plateau_fixtures():
 if __name__ == "__main__":
     sequence_weight_fixtures()
     plateau_fixtures()
+
+
+def projection_fixtures():
+    """LSTMs with projections (proj_size): h_t = W_hr (o * tanh(c_t)), P wide."""
+    case("lstm_proj_mse", 5, 3, 4, 6, 3, cell="lstm", proj=4, seed=120)
+    case("lstm_proj_ce_2layers_lengths", 6, 4, 3, 7, 5, layers=2, loss="ce", lengths=[6, 2, 4, 1],
+         cell="lstm", proj=3, seed=121)
+    case("lstm_proj_bidi_many_to_one_lengths", 7, 5, 4, 6, 3, layers=2, many_to_one=True,
+         lengths=[7, 1, 5, 3, 6], cell="lstm", bidirectional=True, proj=2, seed=122)
+    case("lstm_proj_nobias_embedding_ce_f32", 12, 8, 7, 33, 6, loss="ce", dtype=torch.float32,
+         cell="lstm", bias=False, vocab=6, proj=9, seed=123)
+    print("projection fixtures written")
+
+
+if __name__ == "__main__":
+    projection_fixtures()

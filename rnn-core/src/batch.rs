@@ -198,7 +198,7 @@ impl<'a, T: Float> Batch<'a, T> {
                 what: "batch size B",
             });
         }
-        let (i, h, l) = (config.input_size, config.hidden_size, config.passes());
+        let (i, l) = (config.input_size, config.passes());
         match (config.num_embeddings, self.tokens) {
             (None, None) => {
                 if self.x.len() != t * b * i {
@@ -246,12 +246,22 @@ impl<'a, T: Float> Batch<'a, T> {
                 config.cell.as_str()
             )));
         }
-        for (what, state) in [("h0", self.h0), ("c0", self.c0)] {
+        // With projections the state `h` is `P` wide, the cell state `H`.
+        let (h, p) = (config.hidden_size, config.proj_size);
+        for (what, state, width, named) in [
+            (
+                "h0",
+                self.h0,
+                config.state_size(),
+                if p.is_some() { "P" } else { "H" },
+            ),
+            ("c0", self.c0, h, "H"),
+        ] {
             if let Some(state) = state {
-                if state.len() != l * b * h {
+                if state.len() != l * b * width {
                     return Err(shape(
                         what,
-                        format!("[L·D={l}, B={b}, H={h}] = {}", l * b * h),
+                        format!("[L·D={l}, B={b}, {named}={width}] = {}", l * b * width),
                         state.len(),
                     ));
                 }

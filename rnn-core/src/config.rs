@@ -128,6 +128,11 @@ pub struct RnnConfig {
     /// ([`crate::batch::Batch::of_tokens`]) and the first layer reads their rows of the
     /// table `embedding.weight` `[V, I]`. `None`: dense inputs `[T, B, I]`.
     pub num_embeddings: Option<usize>,
+    /// LSTM projections of this width `P < H` (PyTorch's `proj_size`): each layer's state is
+    /// `h_t = W_hr (o_t ⊙ tanh(c_t))`, `P` wide, with `weight_hr_l{k}` `[P, H]`; that state
+    /// feeds the recurrent product (`weight_hh` is `[4H, P]`), the layer above and the head,
+    /// while the cell state stays `H` wide. `None`: no projection.
+    pub proj_size: Option<usize>,
 }
 
 impl RnnConfig {
@@ -144,6 +149,7 @@ impl RnnConfig {
             bias: true,
             bidirectional: false,
             num_embeddings: None,
+            proj_size: None,
         }
     }
 
@@ -236,6 +242,29 @@ impl RnnConfig {
         self
     }
 
+    /// Projects each LSTM layer's state to `proj_size` units (PyTorch's `nn.LSTM(...,
+    /// proj_size=P)`, LSTMP): [`RnnConfig::proj_size`](field@RnnConfig::proj_size).
+    ///
+    /// ```
+    /// use rnn_core::{config::RnnConfig, params::Layout};
+    /// let cfg = RnnConfig::lstm(3, 8, 2).layers(2).projection(5);
+    /// let layout = Layout::new(&cfg);
+    /// assert_eq!(layout.find("rnn.weight_hr_l0").unwrap().shape, [5, 8]); // [P, H]
+    /// assert_eq!(layout.find("rnn.weight_hh_l0").unwrap().shape, [32, 5]); // [4H, P]
+    /// assert_eq!(layout.find("rnn.weight_ih_l1").unwrap().shape, [32, 5]); // reads P
+    /// assert_eq!(layout.find("head.weight").unwrap().shape, [2, 5]);
+    /// assert_eq!(cfg.state_size(), 5);
+    /// ```
+    pub fn projection(mut self, proj_size: usize) -> Self {
+        self.proj_size = Some(proj_size);
+        self
+    }
+
+    /// Width of a layer's state `h` in one direction: `P` with projections, else `H`.
+    pub fn state_size(&self) -> usize {
+        self.proj_size.unwrap_or(self.hidden_size)
+    }
+
     /// `D`: 2 for a bidirectional model, else 1.
     pub fn directions(&self) -> usize {
         if self.bidirectional { 2 } else { 1 }
@@ -247,9 +276,10 @@ impl RnnConfig {
         self.num_layers * self.directions()
     }
 
-    /// Width of each layer's output, which the layer above and the head read: `D · H`.
+    /// Width of each layer's output, which the layer above and the head read: `D · H` (or
+    /// `D · P` with projections).
     pub fn output_width(&self) -> usize {
-        self.directions() * self.hidden_size
+        self.directions() * self.state_size()
     }
 
     /// Checks every size is positive and the activation fits the cell.
@@ -276,6 +306,20 @@ impl RnnConfig {
                 return Err(RnnError::Empty { what });
             }
         }
+        if let Some(p) = self.proj_size {
+            if self.cell != Cell::Lstm {
+                return Err(RnnError::Config(format!(
+                    "proj_size applies to the lstm cell only, not {}",
+                    self.cell.as_str()
+                )));
+            }
+            if p == 0 || p >= self.hidden_size {
+                return Err(RnnError::Config(format!(
+                    "proj_size {p} must be in 1..hidden_size ({}), as PyTorch requires",
+                    self.hidden_size
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -284,7 +328,8 @@ impl RnnConfig {
         self.cell.gates() * self.hidden_size
     }
 
-    /// Input width of layer `k` (`I` for the first, `D · H` above).
+    /// Input width of layer `k` (`I` for the first, `D · H` above, or `D · P` with
+    /// projections).
     pub fn layer_input(&self, k: usize) -> usize {
         if k == 0 {
             self.input_size

@@ -22,7 +22,9 @@
 //! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of row
 //! `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p, mix64(seed +
 //! k))` keeps it (`scripts/torch_fixtures.py` writes the same masks in Python). A model without
-//! `rnn.bias_*` tensors is one without recurrent biases (PyTorch's `bias=False`).
+//! `rnn.bias_*` tensors is one without recurrent biases (PyTorch's `bias=False`). An LSTM
+//! with `rnn.weight_hr_l*` tensors `[P,H]` is one with projections (PyTorch's `proj_size`):
+//! its `h0`, `out.h_last` and `grad.h0` are `[L·D,B,P]`, while `c0` stays `[L·D,B,H]`.
 //! A model with an embedding (`embedding.weight` `[V, I]`) reads `x` as int64 token ids
 //! `[T,B]` and writes no `grad.x` (the table's gradient is `grad.embedding.weight`).
 //! It computes in the float type of `x` (F32 or F64; the embedding's for token ids) and
@@ -255,29 +257,35 @@ fn run<T: Float>(
         &config, &layout, &params, &mut grads, &mut ws, &batch, &spec, opts,
     )?;
 
-    let (h, o, l) = (config.hidden_size, config.output_size, config.passes());
+    // `s`: the state's width (`P` with projections); the cell state's is `H`.
+    let (h, s, o, l) = (
+        config.hidden_size,
+        config.state_size(),
+        config.output_size,
+        config.passes(),
+    );
     let y_shape = if spec.many_to_one {
         vec![b, o]
     } else {
         vec![t, b, o]
     };
-    let last = |states: fn(&LayerBuffers<T>) -> &[T]| -> Vec<T> {
+    let last = |states: fn(&LayerBuffers<T>) -> &[T], h: usize| -> Vec<T> {
         ws.layers
             .iter()
             .flat_map(|layer| states(layer)[t * b * h..(t + 1) * b * h].iter().copied())
             .collect()
     };
-    let h_last = last(|layer| &layer.hs);
+    let h_last = last(|layer| &layer.hs, s);
     let mut out = vec![
         ("out.loss".to_string(), OwnedTensor::float(vec![1], &[loss])),
         ("out.y".to_string(), OwnedTensor::float(y_shape, &ws.y)),
         (
             "out.h_last".to_string(),
-            OwnedTensor::float(vec![l, b, h], &h_last),
+            OwnedTensor::float(vec![l, b, s], &h_last),
         ),
         (
             "grad.h0".to_string(),
-            OwnedTensor::float(vec![l, b, h], &ws.dh0),
+            OwnedTensor::float(vec![l, b, s], &ws.dh0),
         ),
     ];
     if tokens.is_none() {
@@ -290,7 +298,7 @@ fn run<T: Float>(
     if config.cell.has_cell_state() {
         out.push((
             "out.c_last".to_string(),
-            OwnedTensor::float(vec![l, b, h], &last(|layer| &layer.cs)),
+            OwnedTensor::float(vec![l, b, h], &last(|layer| &layer.cs, h)),
         ));
         out.push((
             "grad.c0".to_string(),

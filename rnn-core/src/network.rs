@@ -490,13 +490,14 @@ impl<'a, 's, T: Float> Pass<'a, 's, T> {
         match below_hs {
             None => self.batch.x,
             Some(_) if self.dropout().is_some() => &dropped[self.dropped_block(k - 1)],
-            Some(hs) => &hs[self.batch.batch * self.config.hidden_size..],
+            Some(hs) => &hs[self.batch.batch * self.config.state_size()..],
         }
     }
 
-    /// Layer `k`'s dropped outputs in `Workspace::dropped` (`[L-1, T, B, H]`).
+    /// Layer `k`'s dropped outputs in `Workspace::dropped` (`[L-1, T, B, H]`, `P` wide with
+    /// projections).
     fn dropped_block(&self, k: usize) -> Range<usize> {
-        k_rows(self.batch.seq_len * self.batch.batch * self.config.hidden_size)(k)
+        k_rows(self.batch.seq_len * self.batch.batch * self.config.state_size())(k)
     }
 
     /// The dropout mask's number of the first row of the chunk `steps`: rows are numbered
@@ -519,18 +520,28 @@ impl<'a, 's, T: Float> Pass<'a, 's, T> {
     /// The initial states of pass `j` (layer `j / D`, direction `j % D`): the batch's,
     /// the learned ones, or zeros.
     fn initial_states(&self, j: usize) -> (InitialState<'s, T>, InitialState<'s, T>) {
-        let (b, h) = (self.batch.batch, self.config.hidden_size);
-        let initial =
-            |given: Option<&'s [T]>, learned: Option<&Range<usize>>| match (given, learned) {
-                (Some(s), _) => InitialState::PerSequence(&s[j * b * h..(j + 1) * b * h]),
-                (None, Some(l)) => {
-                    InitialState::Broadcast(&self.params[l.start + j * h..l.start + (j + 1) * h])
-                }
-                (None, None) => InitialState::Zeros,
-            };
+        let b = self.batch.batch;
+        // `h` is `P` wide with projections, `c` always `H`.
+        let initial = |given: Option<&'s [T]>, learned: Option<&Range<usize>>, h: usize| match (
+            given, learned,
+        ) {
+            (Some(s), _) => InitialState::PerSequence(&s[j * b * h..(j + 1) * b * h]),
+            (None, Some(l)) => {
+                InitialState::Broadcast(&self.params[l.start + j * h..l.start + (j + 1) * h])
+            }
+            (None, None) => InitialState::Zeros,
+        };
         (
-            initial(self.batch.h0, self.layout.h0.as_ref()),
-            initial(self.batch.c0, self.layout.c0.as_ref()),
+            initial(
+                self.batch.h0,
+                self.layout.h0.as_ref(),
+                self.config.state_size(),
+            ),
+            initial(
+                self.batch.c0,
+                self.layout.c0.as_ref(),
+                self.config.hidden_size,
+            ),
         )
     }
 
@@ -571,7 +582,7 @@ fn forward_chunks<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head: He
 /// Every layer's forward pass over the chunk `steps` (the workspace must be sized).
 fn forward_layers<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, steps: &Range<usize>) {
     let (config, batch) = (p.config, p.batch);
-    let (b, h) = (batch.batch, config.hidden_size);
+    let (b, h) = (batch.batch, config.state_size());
     let dropout = p.dropout();
     for k in 0..config.num_layers {
         let (below, rest) = ws.layers.split_at_mut(k);
@@ -602,7 +613,7 @@ fn head_io<'w, T: Float>(
     rows: &HeadRows,
 ) -> (&'w [T], &'w mut [T]) {
     let (config, batch) = (p.config, p.batch);
-    let (b, h) = (batch.batch, config.hidden_size);
+    let (b, h) = (batch.batch, config.state_size());
     if !config.bidirectional {
         let (hs, grad_h) = layers[config.num_layers - 1].states_and_grad_h(config.cell);
         return (
@@ -714,7 +725,8 @@ fn backward<T: Float>(
     carry: Option<(&[T], &[T])>,
 ) {
     let (config, layout, batch, opts) = (p.config, p.layout, p.batch, p.opts);
-    let (t_len, b, h) = (batch.seq_len, batch.batch, config.hidden_size);
+    // `h`: the state's width (`P` with projections); the cell state's is `H`.
+    let (t_len, b, h) = (batch.seq_len, batch.batch, config.state_size());
     let top = config.num_layers - 1;
     let cell = config.cell;
     if config.bidirectional {
@@ -734,7 +746,7 @@ fn backward<T: Float>(
         head_backward(p, grads, ws, HeadRows::final_state(t_len));
         ws.layers[top].grad_h(cell)[..(t_len - 1) * b * h].fill(T::zero());
     }
-    let layer_state = k_rows(b * h);
+    let (layer_state, layer_cell_state) = (k_rows(b * h), k_rows(b * config.hidden_size));
     if opts.telemetry {
         ws.grad_h_norms.resize(config.num_layers * t_len, T::zero());
     }
@@ -754,7 +766,7 @@ fn backward<T: Float>(
             let buf = &mut rest[0];
             let dh0 = &mut ws.dh0[layer_state(k)];
             let dc0 = if cell.has_cell_state() {
-                &mut ws.dc0[layer_state(k)]
+                &mut ws.dc0[layer_cell_state(k)]
             } else {
                 &mut []
             };
@@ -777,7 +789,7 @@ fn backward<T: Float>(
                 dh_end: carry.map(|(h_end, _)| &h_end[layer_state(k)]),
                 dc_end: carry
                     .filter(|_| cell.has_cell_state())
-                    .map(|(_, c_end)| &c_end[layer_state(k)]),
+                    .map(|(_, c_end)| &c_end[layer_cell_state(k)]),
             };
             layer::backward(&p.layer(k, input, &steps), buf, out);
             if let Some(d) = p.dropout().filter(|_| k > 0) {
@@ -794,12 +806,12 @@ fn backward<T: Float>(
 /// gradient is the sum over the sequences that used it; a batch that brings its own state
 /// does not use it.
 fn initial_state_grads<T: Float>(p: &Pass<'_, '_, T>, grads: &mut [T], ws: &Workspace<T>) {
-    let (layout, batch, h) = (p.layout, p.batch, p.config.hidden_size);
-    let layer_state = k_rows(batch.batch * h);
-    for (learned, given, dstate) in [
-        (&layout.h0, batch.h0.is_some(), &ws.dh0),
-        (&layout.c0, batch.c0.is_some(), &ws.dc0),
+    let (layout, batch, config) = (p.layout, p.batch, p.config);
+    for (learned, given, dstate, h) in [
+        (&layout.h0, batch.h0.is_some(), &ws.dh0, config.state_size()),
+        (&layout.c0, batch.c0.is_some(), &ws.dc0, config.hidden_size),
     ] {
+        let layer_state = k_rows(batch.batch * h);
         let Some(learned) = learned else { continue };
         let dst = &mut grads[learned.clone()];
         if given {
@@ -864,9 +876,10 @@ impl<T: Float> Checkpoints<T> {
     /// Sizes the saved states (`[n, L, B, H]`, hidden and cell) and the lengths (`[B]`) for
     /// the segments of `seg`.
     fn size_states(&mut self, seg: &SegmentOf<'_, '_, T>) {
-        let states = seg.count() * seg.block;
-        self.h.resize(states, T::zero());
-        self.c.resize(if seg.lstm { states } else { 0 }, T::zero());
+        let n = seg.count();
+        self.h.resize(n * seg.block, T::zero());
+        self.c
+            .resize(if seg.lstm { n * seg.block_c } else { 0 }, T::zero());
         self.lengths.resize(seg.dims.0, 0);
     }
 
@@ -947,16 +960,11 @@ fn checkpointed_pass<T: Float>(
     segment: usize,
 ) -> T {
     let (config, layout, batch, opts) = (p.config, p.layout, p.batch, p.opts);
-    let (t_len, b, h, l) = (
-        batch.seq_len,
-        batch.batch,
-        config.hidden_size,
-        config.num_layers,
-    );
+    let (t_len, b, l) = (batch.seq_len, batch.batch, config.num_layers);
     let i = config.input_size;
     let lstm = config.cell.has_cell_state();
-    let block = l * b * h;
     let seg = SegmentOf::new(config, batch, spec, segment);
+    let (block, block_c) = (seg.block, seg.block_c);
     let n = seg.count();
     ws.checkpoints.size_states(&seg);
     let Checkpoints {
@@ -971,7 +979,7 @@ fn checkpointed_pass<T: Float>(
     } = std::mem::take(&mut ws.checkpoints);
     seg_grads.resize(layout.len, T::zero());
     carry_h.resize(block, T::zero());
-    carry_c.resize(if lstm { block } else { 0 }, T::zero());
+    carry_c.resize(if lstm { block_c } else { 0 }, T::zero());
     dx.resize(if opts.input_grad { t_len * b * i } else { 0 }, T::zero());
     norms.resize(if opts.telemetry { l * t_len } else { 0 }, T::zero());
     let scale = loss_scale(config, batch, spec);
@@ -1010,7 +1018,7 @@ fn checkpointed_pass<T: Float>(
         reduce::axpy(grads, T::one(), &seg_grads);
         carry_h.copy_from_slice(&ws.dh0[..block]);
         if lstm {
-            carry_c.copy_from_slice(&ws.dc0[..block]);
+            carry_c.copy_from_slice(&ws.dc0[..block_c]);
         }
         if opts.input_grad {
             dx[r.start * b * i..r.end * b * i].copy_from_slice(&ws.dx[..r.len() * b * i]);
@@ -1057,7 +1065,8 @@ fn forward_segments<T: Float>(
     lengths: &mut [usize],
     score: Option<T>,
 ) -> T {
-    let (b, h, block) = (p.batch.batch, p.config.hidden_size, seg.block);
+    let (b, h, block) = (p.batch.batch, p.config.state_size(), seg.block);
+    let (hc, block_c) = (p.config.hidden_size, seg.block_c);
     let n = seg.count();
     let spec = seg.spec;
     let mut total = T::zero();
@@ -1077,11 +1086,13 @@ fn forward_segments<T: Float>(
         }
         // The states this segment ended in: where the next one starts.
         let end = sub.seq_len * b * h..(sub.seq_len + 1) * b * h;
+        let end_c = sub.seq_len * b * hc..(sub.seq_len + 1) * b * hc;
         for (k, layer) in ws.layers.iter().enumerate() {
             let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
-            ck_h[dst.clone()].copy_from_slice(&layer.hs[end.clone()]);
+            ck_h[dst].copy_from_slice(&layer.hs[end.clone()]);
             if seg.lstm {
-                ck_c[dst].copy_from_slice(&layer.cs[end.clone()]);
+                let dst = (s + 1) * block_c + k * b * hc..(s + 1) * block_c + (k + 1) * b * hc;
+                ck_c[dst].copy_from_slice(&layer.cs[end_c.clone()]);
             }
         }
     }
@@ -1093,8 +1104,10 @@ struct SegmentOf<'a, 'b, T> {
     batch: &'a Batch<'b, T>,
     spec: &'a LossSpec,
     segment: usize,
-    /// `L · B · H`.
+    /// `L · B · H` (`L · B · P` with projections): one segment's saved states.
     block: usize,
+    /// `L · B · H`: one segment's saved cell states (LSTM).
+    block_c: usize,
     lstm: bool,
     /// `(B, I, O)`.
     dims: (usize, usize, usize),
@@ -1108,12 +1121,13 @@ impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
         spec: &'a LossSpec,
         segment: usize,
     ) -> Self {
-        let (b, h) = (batch.batch, config.hidden_size);
+        let (b, l) = (batch.batch, config.num_layers);
         Self {
             batch,
             spec,
             segment,
-            block: config.num_layers * b * h,
+            block: l * b * config.state_size(),
+            block_c: l * b * config.hidden_size,
             lstm: config.cell.has_cell_state(),
             dims: (b, config.input_size, config.output_size),
         }
@@ -1164,7 +1178,10 @@ impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
             Target::Values(v) => Target::Values(&v[r.start * b * o..r.end * b * o]),
             Target::Classes(c) => Target::Classes(&c[r.start * b..r.end * b]),
         };
-        let saved = s * self.block..(s + 1) * self.block;
+        let (saved, saved_c) = (
+            s * self.block..(s + 1) * self.block,
+            s * self.block_c..(s + 1) * self.block_c,
+        );
         Batch {
             seq_len: len,
             batch: b,
@@ -1181,7 +1198,7 @@ impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
             c0: if s == 0 {
                 self.batch.c0
             } else {
-                self.lstm.then(|| &ck_c[saved])
+                self.lstm.then(|| &ck_c[saved_c])
             },
             score_from: self.batch.score_from.saturating_sub(r.start).min(len),
             sequence_weights: self.batch.sequence_weights,

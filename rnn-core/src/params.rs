@@ -15,14 +15,17 @@ use crate::error::{Result, shape};
 /// LSTM, 3 for GRU, stacked in PyTorch's order).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerSlots {
-    /// `weight_ih_l{k}`: `[G·H, I]` (layer 0) or `[G·H, H]`.
+    /// `weight_ih_l{k}`: `[G·H, I]` (layer 0) or `[G·H, D·H]` (`D·P` with projections).
     pub w_ih: Range<usize>,
-    /// `weight_hh_l{k}`: `[G·H, H]`.
+    /// `weight_hh_l{k}`: `[G·H, H]` (`[G·H, P]` with projections).
     pub w_hh: Range<usize>,
     /// `bias_ih_l{k}`: `[G·H]` (`None` without biases, [`RnnConfig::bias`](method@RnnConfig::bias)).
     pub b_ih: Option<Range<usize>>,
     /// `bias_hh_l{k}`: `[G·H]` (`None` without biases).
     pub b_hh: Option<Range<usize>>,
+    /// `weight_hr_l{k}`: `[P, H]`, an LSTM's projection (`None` without one,
+    /// [`RnnConfig::proj_size`](field@RnnConfig::proj_size)).
+    pub w_hr: Option<Range<usize>>,
 }
 
 /// One named tensor of the layout.
@@ -43,11 +46,12 @@ pub struct Layout {
     pub embedding: Option<Range<usize>>,
     /// Recurrent passes, bottom first (`k·D + d` for layer `k`, direction `d`).
     pub layers: Vec<LayerSlots>,
-    /// `head.weight`: `[O, D·H]`.
+    /// `head.weight`: `[O, D·H]` (`[O, D·P]` with projections).
     pub w_hy: Range<usize>,
     /// `head.bias`: `[O]`.
     pub b_y: Range<usize>,
-    /// `rnn.h0`: `[L·D, H]`, the learned initial state (when the config asks for one).
+    /// `rnn.h0`: `[L·D, H]` (`[L·D, P]` with projections), the learned initial state (when
+    /// the config asks for one).
     pub h0: Option<Range<usize>>,
     /// `rnn.c0`: `[L·D, H]`, the learned initial cell state of a learned-state LSTM.
     pub c0: Option<Range<usize>>,
@@ -60,7 +64,7 @@ pub struct Layout {
 impl Layout {
     /// The layout of `config`.
     pub fn new(config: &RnnConfig) -> Self {
-        let (h, gh) = (config.hidden_size, config.gate_rows());
+        let (h, s, gh) = (config.hidden_size, config.state_size(), config.gate_rows());
         let mut tensors = Vec::new();
         let mut at = 0;
         let mut push = |name: String, shape: Vec<usize>| {
@@ -87,13 +91,16 @@ impl Layout {
                         format!("rnn.weight_ih_l{k}{sfx}"),
                         vec![gh, config.layer_input(k)],
                     ),
-                    w_hh: push(format!("rnn.weight_hh_l{k}{sfx}"), vec![gh, h]),
+                    w_hh: push(format!("rnn.weight_hh_l{k}{sfx}"), vec![gh, s]),
                     b_ih: config
                         .bias
                         .then(|| push(format!("rnn.bias_ih_l{k}{sfx}"), vec![gh])),
                     b_hh: config
                         .bias
                         .then(|| push(format!("rnn.bias_hh_l{k}{sfx}"), vec![gh])),
+                    w_hr: config
+                        .proj_size
+                        .map(|p| push(format!("rnn.weight_hr_l{k}{sfx}"), vec![p, h])),
                 }
             })
             .collect();
@@ -104,7 +111,7 @@ impl Layout {
         let b_y = push("head.bias".into(), vec![config.output_size]);
         let h0 = config
             .learn_h0
-            .then(|| push("rnn.h0".into(), vec![config.passes(), h]));
+            .then(|| push("rnn.h0".into(), vec![config.passes(), s]));
         let c0 = (config.learn_h0 && config.cell.has_cell_state())
             .then(|| push("rnn.c0".into(), vec![config.passes(), h]));
         Self {
@@ -144,7 +151,7 @@ impl Layout {
     }
 }
 
-/// PyTorch's default initialisation: every recurrent tensor uniform in `±1/sqrt(H)`
+/// PyTorch's default initialisation: every recurrent tensor (projections included) uniform in `±1/sqrt(H)`
 /// (`nn.RNN` / `nn.LSTM` / `nn.GRU`'s `reset_parameters`), the head's weight and bias uniform
 /// in `±1/sqrt(H)` (`nn.Linear`: Kaiming-uniform with `a = sqrt(5)` gives the same bound). A
 /// learned `h0` (and `c0`) starts at zero. An embedding table is drawn from `N(0, 1)`

@@ -60,7 +60,11 @@ impl<'a, T: Float> Predictor<'a, T> {
                 what: "batch size B",
             });
         }
-        let state = config.num_layers * batch * config.hidden_size;
+        // With projections the state `h` is `P` wide, the cell state `H`.
+        let (state, cell_state) = (
+            config.num_layers * batch * config.state_size(),
+            config.num_layers * batch * config.hidden_size,
+        );
         Ok(Self {
             config,
             layout,
@@ -71,7 +75,7 @@ impl<'a, T: Float> Predictor<'a, T> {
             c: vec![
                 T::zero();
                 if config.cell.has_cell_state() {
-                    state
+                    cell_state
                 } else {
                     0
                 }
@@ -152,7 +156,8 @@ impl<'a, T: Float> Predictor<'a, T> {
 
     /// Runs `input` (dense or tokens) from the current state and moves the state to its end.
     fn run_batch(&mut self, input: Batch<'_, T>) -> Result<&[T]> {
-        let (b, h, steps) = (self.batch, self.config.hidden_size, input.seq_len);
+        let (b, steps) = (self.batch, input.seq_len);
+        let (h, hc) = (self.config.state_size(), self.config.hidden_size);
         let batch = Batch {
             h0: Some(&self.h),
             c0: self.config.cell.has_cell_state().then_some(&self.c[..]),
@@ -167,24 +172,32 @@ impl<'a, T: Float> Predictor<'a, T> {
             false,
             Par::Seq,
         )?;
-        let last = steps * b * h..(steps + 1) * b * h;
+        let (last, last_c) = (
+            steps * b * h..(steps + 1) * b * h,
+            steps * b * hc..(steps + 1) * b * hc,
+        );
         for (k, layer) in self.ws.layers.iter().enumerate() {
-            let dst = k * b * h..(k + 1) * b * h;
-            self.h[dst.clone()].copy_from_slice(&layer.hs[last.clone()]);
+            self.h[k * b * h..(k + 1) * b * h].copy_from_slice(&layer.hs[last.clone()]);
             if !self.c.is_empty() {
-                self.c[dst].copy_from_slice(&layer.cs[last.clone()]);
+                self.c[k * b * hc..(k + 1) * b * hc].copy_from_slice(&layer.cs[last_c.clone()]);
             }
         }
         Ok(&self.ws.y)
     }
 
-    /// `[L, B, H]`: the current hidden state.
+    /// `[L, B, H]` (`[L, B, P]` with projections): the current hidden state.
     pub fn state(&self) -> &[T] {
         &self.h
     }
 
-    /// Sets the hidden state (and an LSTM's cell state) `[L, B, H]`, e.g. from a
-    /// [`crate::tbptt::Tbptt`] stream.
+    /// `[L, B, H]`: the current LSTM cell state (empty for other cells).
+    pub fn cell_state(&self) -> &[T] {
+        &self.c
+    }
+
+    /// Sets the hidden state `[L, B, H]` (`[L, B, P]` with projections) and an LSTM's cell
+    /// state `[L, B, H]` (empty for other cells), e.g. from a [`crate::tbptt::Tbptt`]
+    /// stream.
     ///
     /// # Errors
     /// A wrong length.

@@ -92,8 +92,13 @@ impl<T: Float> Tbptt<T> {
             ));
         }
         let cfg = trainer.config;
-        let state = cfg.num_layers * batch * cfg.hidden_size;
-        let cell_state = if cfg.cell.has_cell_state() { state } else { 0 };
+        // With projections the state `h` is `P` wide, the cell state `H`.
+        let state = cfg.num_layers * batch * cfg.state_size();
+        let cell_state = if cfg.cell.has_cell_state() {
+            cfg.num_layers * batch * cfg.hidden_size
+        } else {
+            0
+        };
         let per_step = if trainer.loss.kind.takes_values() {
             (cfg.output_size, 0)
         } else {
@@ -137,7 +142,8 @@ impl<T: Float> Tbptt<T> {
         (self.k1, self.k2)
     }
 
-    /// `[L, B, H]`: the hidden state the streams carry into the next chunk.
+    /// `[L, B, H]` (`[L, B, P]` with projections): the hidden state the streams carry into
+    /// the next chunk.
     pub fn state(&self) -> &[T] {
         &self.h_end
     }
@@ -354,15 +360,18 @@ impl<T: Float> Tbptt<T> {
     /// Copies the workspace's states after `start` and `end` steps of the window into
     /// `h_start` / `c_start` and `h_end` / `c_end`.
     fn save_state(&mut self, start: usize, end: usize) {
-        let block = self.batch * self.trainer.config.hidden_size;
+        let cfg = &self.trainer.config;
+        let (block, block_c) = (self.batch * cfg.state_size(), self.batch * cfg.hidden_size);
         let ws = &self.trainer.workspace;
         for (k, layer) in ws.layers.iter().enumerate() {
             let dst = k * block..(k + 1) * block;
             self.h_start[dst.clone()].copy_from_slice(&layer.hs[start * block..][..block]);
-            self.h_end[dst.clone()].copy_from_slice(&layer.hs[end * block..][..block]);
+            self.h_end[dst].copy_from_slice(&layer.hs[end * block..][..block]);
             if !self.c_end.is_empty() {
-                self.c_start[dst.clone()].copy_from_slice(&layer.cs[start * block..][..block]);
-                self.c_end[dst].copy_from_slice(&layer.cs[end * block..][..block]);
+                let dst = k * block_c..(k + 1) * block_c;
+                let cs = &layer.cs;
+                self.c_start[dst.clone()].copy_from_slice(&cs[start * block_c..][..block_c]);
+                self.c_end[dst].copy_from_slice(&cs[end * block_c..][..block_c]);
             }
         }
     }
@@ -381,12 +390,13 @@ impl<T: Float> Tbptt<T> {
                 self.batch
             )));
         }
-        let h = self.trainer.config.hidden_size;
-        for layer in 0..self.trainer.config.num_layers {
-            let row = (layer * self.batch + b) * h..(layer * self.batch + b + 1) * h;
-            self.h_end[row.clone()].fill(T::zero());
+        let cfg = &self.trainer.config;
+        let (h, hc) = (cfg.state_size(), cfg.hidden_size);
+        for layer in 0..cfg.num_layers {
+            let stream = layer * self.batch + b;
+            self.h_end[stream * h..(stream + 1) * h].fill(T::zero());
             if !self.c_end.is_empty() {
-                self.c_end[row].fill(T::zero());
+                self.c_end[stream * hc..(stream + 1) * hc].fill(T::zero());
             }
         }
         self.h_start.copy_from_slice(&self.h_end);

@@ -87,11 +87,13 @@ impl Memory {
             Memory::Full => seq_len,
             Memory::Checkpointed { segment } => segment.max(1),
             Memory::Budget { bytes } => {
-                let state = config.num_layers
-                    * batch
-                    * config.hidden_size
-                    * if config.cell.has_cell_state() { 2 } else { 1 }
-                    * T::BYTES;
+                let cell_state = if config.cell.has_cell_state() {
+                    config.hidden_size
+                } else {
+                    0
+                };
+                let state =
+                    config.num_layers * batch * (config.state_size() + cell_state) * T::BYTES;
                 let params = params * T::BYTES;
                 let cost = |s: usize| {
                     let ws =

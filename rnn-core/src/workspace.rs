@@ -21,8 +21,9 @@ use crate::network::UnitSplit;
 /// Buffers of one recurrent layer (`G` gates per unit: 1 RNN, 4 LSTM, 3 GRU).
 #[derive(Clone, Debug, Default)]
 pub struct LayerBuffers<T> {
-    /// `[T+1, B, H]`; `hs[0] = h0`, `hs[t+1] = h_t`. `hs[0..T]` and `hs[1..=T]` are both
-    /// `[T·B, H]` views with no copy.
+    /// `[T+1, B, H]` (`P` wide with projections, as every state and its gradient below);
+    /// `hs[0] = h0`, `hs[t+1] = h_t`. `hs[0..T]` and `hs[1..=T]` are both `[T·B, H]` views
+    /// with no copy.
     pub hs: AlignedVec<T>,
     /// `[T, B, G·H]`, the gate buffer. Forward: the pre-activations (input projection plus
     /// recurrent product), which LSTM and GRU turn into their activated gates in place.
@@ -40,6 +41,11 @@ pub struct LayerBuffers<T> {
     pub dh: AlignedVec<T>,
     /// LSTM only, `[B, H]`: `dL/dc` carried from step `t+1` to `t` in the reverse loop.
     pub dc: AlignedVec<T>,
+    /// LSTM with projections only, `[T, B, H]`: `m_t = o_t ⊙ tanh(c_t)`, which `W_hr`
+    /// projects to the state `h_t` (zero where a finished sequence's state carries over).
+    pub ms: AlignedVec<T>,
+    /// LSTM with projections only, `[B, H]`: one step's `dL/dm_t = dL/dh_t W_hr`.
+    pub dm: AlignedVec<T>,
     /// `[H, G·H]`: `W_hhᵀ`, packed once per pass so the recurrent product streams rows
     /// (steps run whole; empty when they run as unit blocks, or in a one-step pass, which
     /// reads `W_hh` as it is).
@@ -112,7 +118,7 @@ pub struct Workspace<T> {
     pub dy: AlignedVec<T>,
     /// `[T, B, I]`: `dL/dx`, allocated and filled only when asked for.
     pub dx: AlignedVec<T>,
-    /// `[L·D, B, H]`: `dL/dh0`.
+    /// `[L·D, B, H]` (`P` wide with projections): `dL/dh0`.
     pub dh0: AlignedVec<T>,
     /// `[L·D, B, H]`: `dL/dc0` (LSTM; empty otherwise).
     pub dc0: AlignedVec<T>,
@@ -196,8 +202,8 @@ impl<T: Float> BidiBuffers<T> {
 
 /// Element counts of every buffer for one shape: the one place they are decided.
 struct Sizes {
-    /// Per layer: hs, z, zh, cs, dh, dc, w_hh_t, bias, unit blocks' packed weights.
-    layer: [usize; 9],
+    /// Per layer: hs, z, zh, cs, dh, dc, w_hh_t, bias, unit blocks' packed weights, ms, dm.
+    layer: [usize; 11],
     /// The hidden units of the two blocks of a split step (`None` when steps run whole).
     blocks: Option<[Range<usize>; 2]>,
     /// y (and dy), dh0, dc0, dropped.
@@ -214,34 +220,39 @@ impl Sizes {
         dropout: bool,
     ) -> Self {
         let (h, o, gh) = (config.hidden_size, config.output_size, config.gate_rows());
-        let split_steps = split.blocks(batch, h, gh / h) == 2;
+        // `s`: the state's width (`P` with projections); the cell state stays `H` wide.
+        let s = config.state_size();
+        let split_steps = crate::layer::PassThreads::split_steps(config, batch, split);
         let rows = seq_len * batch;
         let cell = config.cell;
+        let projected = config.proj_size.is_some();
         let only = |yes: bool, n: usize| if yes { n } else { 0 };
-        let states = (seq_len + 1) * batch * h;
+        let (states, cell_states) = ((seq_len + 1) * batch * s, (seq_len + 1) * batch * h);
         let y_rows = if many_to_one { batch } else { rows };
-        let per_layer_state = config.passes() * batch * h;
+        let per_layer_state = config.passes() * batch;
         Self {
             layer: [
                 states,
                 rows * gh,
                 only(cell == Cell::Gru, rows * gh),
-                only(cell == Cell::Lstm, states),
-                only(cell != Cell::Rnn, rows * h),
+                only(cell == Cell::Lstm, cell_states),
+                only(cell != Cell::Rnn, rows * s),
                 only(cell == Cell::Lstm, batch * h),
-                only(!split_steps && crate::layer::packs_w_hh(seq_len), h * gh),
+                only(!split_steps && crate::layer::packs_w_hh(seq_len), s * gh),
                 gh,
                 only(split_steps, 2 * h * gh),
+                only(projected, rows * h),
+                only(projected, batch * h),
             ],
             blocks: split_steps.then(|| crate::layer::halves(h)),
             shared: [
                 y_rows * o,
-                per_layer_state,
-                only(cell == Cell::Lstm, per_layer_state),
+                per_layer_state * s,
+                only(cell == Cell::Lstm, per_layer_state * h),
                 // A bidirectional model drops into its own layer inputs.
                 only(
                     dropout && !config.bidirectional,
-                    (config.num_layers - 1) * rows * h,
+                    (config.num_layers - 1) * rows * s,
                 ),
             ],
         }
@@ -275,7 +286,9 @@ impl<T: Float> Workspace<T> {
         self.layers
             .resize_with(config.passes(), LayerBuffers::default);
         for l in &mut self.layers {
-            let [hs, z, zh, cs, dh, dc, w_hh_t, bias, _] = sizes.layer;
+            let [hs, z, zh, cs, dh, dc, w_hh_t, bias, _, ms, dm] = sizes.layer;
+            l.ms.resize(ms);
+            l.dm.resize(dm);
             l.hs.resize(hs);
             l.z.resize(z);
             l.zh.resize(zh);
@@ -338,6 +351,8 @@ impl<T: Float> Workspace<T> {
                     + l.dc.len()
                     + l.w_hh_t.len()
                     + l.bias.len()
+                    + l.ms.len()
+                    + l.dm.len()
                     + l.blocks.iter().map(UnitBlock::len).sum::<usize>()
             })
             .sum();

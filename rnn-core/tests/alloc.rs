@@ -66,7 +66,7 @@ fn allocations_of_steady_step(
         Some(_) => Batch::of_tokens(t, b, &tokens, target),
         None => Batch::new(t, b, &x, target),
     };
-    // Sequence weights on six of the ten models (H / 8 even): the weighted loss scores row
+    // Sequence weights on seven of the eleven models (H / 8 even): the weighted loss scores row
     // by row.
     let weights: Vec<f32> = (0..b).map(|i| 0.5 + (i % 3) as f32).collect();
     let batch = Batch {
@@ -178,6 +178,13 @@ fn training_steps_do_not_allocate() {
             OptimizerKind::rmsprop(0.01),
             20,
             1,
+        ),
+        (
+            RnnConfig::lstm(5, 48, 3).layers(2).projection(20),
+            LossSpec::every_step(LossKind::CrossEntropy),
+            OptimizerKind::adam(0.01),
+            9,
+            4,
         ),
         // 166k parameters: past `optim::SPLIT_MIN_PARAMS`, the norm and the update run
         // in halves (on two threads in the two-thread run).

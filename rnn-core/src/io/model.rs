@@ -73,7 +73,8 @@ fn reject_stray_tensors(st: &SafeTensors<'_>, layout: &Layout) -> Result<()> {
         ": reverse-direction tensors without rnn.weight_ih_l0_reverse (a bidirectional model \
          has both directions in every layer)"
     } else if stray.iter().any(|n| n.starts_with("rnn.weight_hr_l")) {
-        ": an LSTM's projection (proj_size is not supported)"
+        ": an LSTM's projections (proj_size) in some layers only, or without \
+         rnn.weight_hr_l0 (a projected model has one in every layer and direction)"
     } else if stray.iter().any(|n| n.starts_with("rnn.bias_")) {
         ": biases in a model without rnn.bias_ih_l0 (a model has every layer's biases or none)"
     } else {
@@ -100,8 +101,8 @@ pub fn param_tensors<T: Float>(layout: &Layout, params: &[T]) -> Vec<(String, Ow
 }
 
 /// The metadata describing `config` (`cell`, `layers`, `nonlinearity`, sizes, `learn_h0`,
-/// `bias`, `bidirectional`, `num_embeddings`; the last four for readers, since loading reads
-/// them from the tensors present).
+/// `bias`, `bidirectional`, `num_embeddings`, `proj_size`; the last five for readers, since
+/// loading reads them from the tensors present).
 pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     HashMap::from([
         ("cell".into(), config.cell.as_str().into()),
@@ -119,6 +120,10 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
                 .num_embeddings
                 .map_or("none".into(), |v| v.to_string()),
         ),
+        (
+            "proj_size".into(),
+            config.proj_size.map_or("none".into(), |v| v.to_string()),
+        ),
     ])
 }
 
@@ -129,7 +134,8 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
 /// A learned initial state, the recurrent biases and the reverse direction are there when
 /// their tensors are (`rnn.h0`, `rnn.bias_ih_l0`: PyTorch's `bias=False` saves none;
 /// `rnn.weight_ih_l0_reverse`: PyTorch's `bidirectional=True`; `embedding.weight`, a token
-/// embedding `[V, I]`).
+/// embedding `[V, I]`; `rnn.weight_hr_l0`, an LSTM's projection `[P, H]`, PyTorch's
+/// `proj_size`).
 ///
 /// # Errors
 /// [`RnnError::Format`] if the metadata or the first layer's tensors are missing or bad, or
@@ -147,7 +153,19 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
             "rnn.weight_ih_l0, rnn.weight_hh_l0 and head.weight must be 2-D".into(),
         ));
     }
-    let hidden = w_hh[1];
+    // An LSTM with projections (`proj_size`) has `weight_hr_l0` `[P, H]` and reads its
+    // `P`-wide state: `weight_hh_l0` is `[4H, P]`.
+    let proj = match st.tensor("rnn.weight_hr_l0") {
+        Ok(w_hr) if w_hr.shape().len() == 2 => Some((w_hr.shape()[0], w_hr.shape()[1])),
+        Ok(w_hr) => {
+            return Err(RnnError::Format(format!(
+                "rnn.weight_hr_l0 has shape {:?}: it must be [proj_size, H]",
+                w_hr.shape()
+            )));
+        }
+        Err(_) => None,
+    };
+    let hidden = proj.map_or(w_hh[1], |(_, h)| h);
     let gates = w_hh[0].checked_div(hidden);
     let cell = match metadata.get("cell") {
         Some(s) => Cell::parse(s).map_err(bad)?,
@@ -209,6 +227,7 @@ pub fn infer_config(st: &SafeTensors<'_>, metadata: &HashMap<String, String>) ->
             }
             Err(_) => None,
         },
+        proj_size: proj.map(|(p, _)| p),
     };
     config.validate().map_err(bad)?;
     Ok(config)

@@ -69,6 +69,7 @@ pub(crate) fn pass_uses_threads(
     split_steps: UnitSplit,
 ) -> bool {
     let (h, gh, o) = (config.hidden_size, config.gate_rows(), config.output_size);
+    let s = config.state_size();
     // (A bidirectional pass runs its unit blocks in turn, its directions side by side.)
     if PassThreads::split_steps(config, batch, split_steps.for_steps(seq_len))
         && !config.bidirectional
@@ -91,12 +92,20 @@ pub(crate) fn pass_uses_threads(
         let below = (k > 0).then(|| (GemmShape::new(rows, i, gh), true)); // dL/dh below
         let layer = [
             (GemmShape::new(rows, gh, i), true),  // input projection
-            (GemmShape::new(rows, gh, h), false), // the steps' products, forward
-            (GemmShape::new(rows, h, gh), false), // and backward
-            (GemmShape::new(gh, h, rows), true),  // dW_hh
+            (GemmShape::new(rows, gh, s), false), // the steps' products, forward
+            (GemmShape::new(rows, s, gh), false), // and backward
+            (GemmShape::new(gh, s, rows), true),  // dW_hh
             (GemmShape::new(gh, i, rows), true),  // dW_ih
         ];
-        let layer = layer.into_iter().chain(below);
+        // With projections: each step's `h_t = m_t W_hrᵀ` and `dm_t = dh_t W_hr`, then dW_hr.
+        let projection = config.proj_size.into_iter().flat_map(|p| {
+            [
+                (GemmShape::new(rows, p, h), false),
+                (GemmShape::new(rows, h, p), false),
+                (GemmShape::new(p, h, rows), true),
+            ]
+        });
+        let layer = layer.into_iter().chain(projection).chain(below);
         // A bidirectional layer's directions run side by side, each whole on one thread
         // (`network::bidi`): all of a direction's work is parallel once it is big enough to
         // pay for the join. Side by side, bidirectional small (RNN, LSTM, GRU: 197-900
@@ -146,9 +155,11 @@ pub(crate) struct PassThreads<'a> {
 impl<'a> PassThreads<'a> {
     /// Whether the pass's steps run as two unit blocks of `batch` rows (what makes its
     /// [`Pair`] parallel when `par` allows threads).
+    /// An LSTM with projections runs its steps whole: its per-step projection needs all
+    /// of `m_t`, which a unit split would share out.
     pub fn split_steps(config: &RnnConfig, batch: usize, split: UnitSplit) -> bool {
         let (h, gh) = (config.hidden_size, config.gate_rows());
-        split.blocks(batch, h, gh / h) == 2
+        config.proj_size.is_none() && split.blocks(batch, h, gh / h) == 2
     }
 
     /// The threads for one product of the pass: the pass as a whole was judged by
@@ -226,7 +237,7 @@ pub(crate) enum InitialState<'a, T> {
 }
 
 impl<T: Float> InitialState<'_, T> {
-    /// Writes the state into `dst` `[B, H]`.
+    /// Writes the state into `dst` `[B, W]` (`w`: its width).
     fn write(self, dst: &mut [T], h: usize) {
         match self {
             Self::PerSequence(s) => dst.copy_from_slice(s),
@@ -263,6 +274,16 @@ impl<'a, T: Float> LayerPass<'a, T> {
 
     fn w_hh(&self) -> &[T] {
         &self.params[self.slots.w_hh.clone()]
+    }
+
+    /// `W_hr` `[P, H]`, an LSTM's projection (`None` without one).
+    fn w_hr(&self) -> Option<&[T]> {
+        Some(&self.params[self.slots.w_hr.clone()?])
+    }
+
+    /// Width of the layer's state `h`: `P` with projections, else `H`.
+    fn state(&self) -> usize {
+        self.config.state_size()
     }
 
     /// `(T, B, H, G·H)`.
@@ -363,11 +384,11 @@ impl<'a, T: Float> LayerPass<'a, T> {
         product(dst, accum, a, b, s, self.threads.product(s));
     }
 
-    /// `[B, H] → [B, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ`, with `w_hh_t`
-    /// the packed `W_hhᵀ`.
+    /// `[B, H] → [B, G·H]` (`[B, P]` with projections): one step's recurrent product
+    /// `dst (+)= h W_hhᵀ`, with `w_hh_t` the packed `W_hhᵀ`.
     fn recurrent(&self, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
-        let (_, b, hd, gh) = self.dims();
-        let s = GemmShape::new(b, gh, hd);
+        let (_, b, _, gh) = self.dims();
+        let s = GemmShape::new(b, gh, self.state());
         if self.packs_w_hh() {
             gemm_nn(dst, accum, h, w_hh_t, s, Par::Seq);
         } else {
@@ -380,23 +401,23 @@ impl<'a, T: Float> LayerPass<'a, T> {
         packs_w_hh(self.batch.seq_len)
     }
 
-    /// `[B, G·H] → [B, H]`: one step's `dh_prev (+)= dZ W_hh`.
+    /// `[B, G·H] → [B, H]` (`[B, P]` with projections): one step's `dh_prev (+)= dZ W_hh`.
     fn recurrent_backward(&self, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
-        let (_, b, hd, gh) = self.dims();
+        let (_, b, _, gh) = self.dims();
         gemm_nn(
             dh_prev,
             accum,
             dz,
             self.w_hh(),
-            GemmShape::new(b, hd, gh),
+            GemmShape::new(b, self.state(), gh),
             Par::Seq,
         );
     }
 
-    /// Copies the rows of sequences finished by step `t` from `prev` into `cur` (`[B, H]`):
-    /// their state does not change.
+    /// Copies the rows of sequences finished by step `t` from `prev` into `cur` (`[B, W]`, a
+    /// state of any width): their state does not change.
     fn carry_finished(&self, t: usize, cur: &mut [T], prev: &[T]) {
-        let h = self.config.hidden_size;
+        let h = cur.len() / self.batch.batch;
         for bb in self.batch.finished(t) {
             cur[bb * h..(bb + 1) * h].copy_from_slice(&prev[bb * h..(bb + 1) * h]);
         }
@@ -416,11 +437,29 @@ impl<'a, T: Float> LayerPass<'a, T> {
         );
     }
 
+    /// The chunk's share of `dW_hr = Σ_t dL/dh_tᵀ m_t` (nothing without a projection), from
+    /// the whole state gradients `dh` `[T·B, P]` and the projected outputs `ms` `[T·B, H]`.
+    /// The sequence's last chunk overwrites the gradient; the others add to it.
+    fn projection_grads(&self, grads: &mut [T], dh: &[T], ms: &[T]) {
+        let Some(w_hr) = self.slots.w_hr.clone() else {
+            return;
+        };
+        let (h, s, r) = (self.config.hidden_size, self.state(), self.rows());
+        self.chunk_product(
+            gemm_tn,
+            &mut grads[w_hr],
+            share_accum(&self.steps, self.batch.seq_len),
+            &dh[r.start * s..r.end * s],
+            &ms[r.start * h..r.end * h],
+            GemmShape::new(s, h, r.len()),
+        );
+    }
+
     /// The chunk's share of the weight and bias gradients, and its rows of the input
     /// gradient, from the pre-activation gradients: `dx_side` `[T·B, G·H]` (for `W_ih`,
     /// `b_ih`, the input) and `dh_side` (for `W_hh`, `b_hh`; `None` when it equals
-    /// `dx_side`, as for RNN and LSTM), against the states `hs` `[(T+1)·B, H]` (`h_{-1}`
-    /// first) that fed the recurrent products. The sequence's last chunk, the backward
+    /// `dx_side`, as for RNN and LSTM), against the states `hs` `[(T+1)·B, H]` (`P` wide
+    /// with projections; `h_{-1}` first) that fed the recurrent products. The sequence's last chunk, the backward
     /// pass's first, overwrites the gradients; the others add to them.
     fn weight_grads(
         &self,
@@ -430,7 +469,8 @@ impl<'a, T: Float> LayerPass<'a, T> {
         hs: &[T],
         dinput: Option<&mut [T]>,
     ) {
-        let (_, _, h, gh) = self.dims();
+        let (_, _, _, gh) = self.dims();
+        let h = self.state();
         let (r, i) = (self.rows(), self.input_size);
         let accum = share_accum(&self.steps, self.batch.seq_len);
         let s = self.slots;
@@ -531,12 +571,13 @@ pub(crate) fn forward<T: Float>(
 ) {
     if p.first_chunk() {
         let (_, b, h, gh) = p.dims();
-        h0.write(&mut buf.hs[..b * h], h);
+        let s = p.state();
+        h0.write(&mut buf.hs[..b * s], s);
         // Packed once per pass, so the per-step products stream the packed weights.
         if p.halves() {
             blocks::pack_forward(p.pair(), &mut buf.blocks, p.w_hh(), h);
         } else if p.packs_w_hh() {
-            transpose(&mut buf.w_hh_t, p.w_hh(), gh, h);
+            transpose(&mut buf.w_hh_t, p.w_hh(), gh, s);
         }
     }
     match p.config.cell {
@@ -559,8 +600,8 @@ pub(crate) fn backward<T: Float>(
         // Packed once per pass, by the thread that runs each block.
         blocks::pack_backward(p.pair(), &mut buf.blocks, p.w_hh(), h);
     }
-    let end = p.steps.end;
-    let last = &mut buf.grad_h(p.config.cell)[(end - 1) * b * h..end * b * h];
+    let (end, s) = (p.steps.end, p.state());
+    let last = &mut buf.grad_h(p.config.cell)[(end - 1) * b * s..end * b * s];
     if !p.last_chunk() {
         // The gradient from above reached this chunk's last step after the later chunk had
         // sent its recurrent term: add it now.

@@ -104,7 +104,8 @@ fn split_directions<T: Float>(
 /// Forward over every layer of a bidirectional model and the head's outputs.
 pub(super) fn forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head: Head) {
     let (config, batch) = (p.config, p.batch);
-    let (l, h, i) = (config.num_layers, config.hidden_size, config.input_size);
+    // `h`: a direction's state width (`P` with projections).
+    let (l, h, i) = (config.num_layers, config.state_size(), config.input_size);
     let rows = batch.seq_len * batch.batch;
     let w = 2 * h;
     let block = k_rows(rows * w);
@@ -174,7 +175,8 @@ pub(super) fn backward<T: Float>(
     many_to_one: bool,
 ) {
     let (config, batch, opts) = (p.config, p.batch, p.opts);
-    let (l, h, i) = (config.num_layers, config.hidden_size, config.input_size);
+    // `h`: a direction's state width (`P` with projections).
+    let (l, h, i) = (config.num_layers, config.state_size(), config.input_size);
     let (t_len, b_len) = (batch.seq_len, batch.batch);
     let rows = t_len * b_len;
     let w = 2 * h;
@@ -244,7 +246,7 @@ pub(super) fn backward<T: Float>(
         let (g0, g1) = grads.split_at_mut(runs[1].offset);
         let (h0s, c0s) = (
             direction_blocks(dh0, k, b_len * h),
-            direction_blocks(dc0, k, b_len * h),
+            direction_blocks(dc0, k, b_len * config.hidden_size),
         );
         let norms = direction_blocks(grad_h_norms, k, t_len);
         let outs = [
@@ -319,6 +321,7 @@ fn both_directions<'p, T: Float>(
                 w_hh: shift(&slots.w_hh),
                 b_ih: slots.b_ih.as_ref().map(shift),
                 b_hh: slots.b_hh.as_ref().map(shift),
+                w_hr: slots.w_hr.as_ref().map(shift),
             },
             input,
         }
@@ -330,6 +333,7 @@ fn both_directions<'p, T: Float>(
         [&p.layout.layers[2 * k].w_hh]
             .into_iter()
             .chain(p.layout.layers[2 * k].b_hh.as_ref())
+            .chain(p.layout.layers[2 * k].w_hr.as_ref())
             .all(|r| r.end <= runs[1].offset)
     );
     runs

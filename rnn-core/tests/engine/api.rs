@@ -435,6 +435,25 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
         };
         identical_at_one_and_two_threads(cell, UnitSplit::Halves, bidirectional);
     }
+    // LSTM projections run their steps whole (`Halves` is not taken), the all-steps
+    // products and dW_hr on both threads; ragged, in segments, and bidirectional.
+    let projected = Size {
+        proj: Some(48),
+        ragged: true,
+        ..Size::LARGE
+    };
+    identical_at_one_and_two_threads(Cell::Lstm, UnitSplit::Halves, projected);
+    let in_segments = Size {
+        memory: Memory::Checkpointed { segment: 24 },
+        ..projected
+    };
+    identical_at_one_and_two_threads(Cell::Lstm, UnitSplit::Auto, in_segments);
+    let both_ways = Size {
+        bidirectional: true,
+        dropout: 0.2,
+        ..projected
+    };
+    identical_at_one_and_two_threads(Cell::Lstm, UnitSplit::Auto, both_ways);
 }
 
 /// The two-thread step loops at a size that also runs under valgrind (`scripts/memcheck.sh`
@@ -499,6 +518,8 @@ struct Size {
     given_pool: bool,
     /// Both directions in each layer.
     bidirectional: bool,
+    /// LSTM projections of this width.
+    proj: Option<usize>,
 }
 
 impl Size {
@@ -516,6 +537,7 @@ impl Size {
         clip: Clip::Norm(1.0),
         given_pool: false,
         bidirectional: false,
+        proj: None,
     };
 }
 
@@ -531,6 +553,7 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let run = |threads: usize| {
         let cfg = RnnConfig {
             bidirectional: size.bidirectional,
+            proj_size: size.proj,
             ..RnnConfig::new(16, size.hidden, 10)
                 .layers(2)
                 .cell(cell)
@@ -576,8 +599,9 @@ fn identical_at_one_and_two_threads(cell: Cell, split: UnitSplit, size: Size) {
     let more = pool(size.threads).install(|| run(size.threads));
     assert!(
         one == more,
-        "{cell:?} {split:?} H = {}, {:?}, ragged {}, dropout {}, bias {}, {:?}, given pool {}, bidirectional {}: weights differ between 1 and {} threads",
+        "{cell:?} {split:?} H = {}, P = {:?}, {:?}, ragged {}, dropout {}, bias {}, {:?}, given pool {}, bidirectional {}: weights differ between 1 and {} threads",
         size.hidden,
+        size.proj,
         size.memory,
         size.ragged,
         size.dropout,

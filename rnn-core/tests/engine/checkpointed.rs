@@ -103,7 +103,14 @@ fn close(a: &[f64], b: &[f64], what: &str) {
 #[test]
 fn equals_full_bptt_for_every_cell_and_option() {
     let mut seed = 0;
-    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+    // The three cells, and an LSTM with projections (its states `P` wide, its cells `H`).
+    let models = [
+        (Cell::Rnn, None),
+        (Cell::Lstm, None),
+        (Cell::Gru, None),
+        (Cell::Lstm, Some(2)),
+    ];
+    for (cell, proj) in models {
         // Dropout masks are numbered from the sequence's first step, so a segment drops
         // what the same steps of the whole pass drop.
         for (kind, many_to_one, lengths, learn, score_from, layers, dropout) in [
@@ -118,6 +125,7 @@ fn equals_full_bptt_for_every_cell_and_option() {
             let (t, b) = (11, 3);
             let mut cfg = RnnConfig::new(3, 5, 4).cell(cell).layers(layers);
             cfg.learn_h0 = learn;
+            cfg.proj_size = proj;
             let spec = LossSpec {
                 kind,
                 reduction: if seed % 2 == 0 {
@@ -140,7 +148,7 @@ fn equals_full_bptt_for_every_cell_and_option() {
             assert_eq!(whole.to_bits(), undropped.to_bits(), "{cell:?} seed {seed}");
             for segment in [1, 2, 3, 4, 10, 11, 40] {
                 let what = format!(
-                    "{cell:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} {dropout:?} weighted={weighted} segment={segment}"
+                    "{cell:?} proj {proj:?} {kind:?} m2o={many_to_one} lengths={lengths} learn={learn} from={score_from} L={layers} {dropout:?} weighted={weighted} segment={segment}"
                 );
                 let ck = run(
                     &cfg,

@@ -51,7 +51,7 @@ impl Data {
                 .map(|_| rng.random_range(0..cfg.output_size))
                 .collect(),
             lengths,
-            h0: (0..cfg.passes() * b * cfg.hidden_size)
+            h0: (0..cfg.passes() * b * cfg.state_size())
                 .map(|_| rng.random_range(-0.5..0.5))
                 .collect(),
             c0: if cfg.cell == Cell::Lstm {
@@ -142,7 +142,7 @@ impl Data {
             values: columns(&self.values, positions, b, cfg.output_size, cols),
             classes: columns(&self.classes, positions, b, 1, cols),
             lengths: of(&self.lengths),
-            h0: columns(&self.h0, passes, b, h, cols),
+            h0: columns(&self.h0, passes, b, cfg.state_size(), cols),
             c0: columns(&self.c0, passes, b, h, cols),
             cell: self.cell,
             tokens: columns(&self.tokens, t, b, 1, cols),

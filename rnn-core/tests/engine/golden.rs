@@ -202,6 +202,7 @@ fn pytorch_weights_roundtrip() {
         ("lstm_nobias_many_to_one_lengths", false),
         ("lstm_bidi_ce_2layers_lengths", true),
         ("lstm_embedding_bidi_lengths", true),
+        ("lstm_proj_ce_2layers_lengths", true),
     ] {
         let bytes = io::read_bytes(&fixtures::path(&format!("{name}.in.safetensors"))).unwrap();
         let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
@@ -347,15 +348,29 @@ fn model_tensors_without_a_place_are_refused() {
     let one_sided_head = with_a_reverse_direction("lstm_mse");
     let e = load_error(&one_sided_head);
     assert!(e.contains("head.weight") && e.contains("[3, 12]"), "{e}");
-    // An LSTM's projection (`proj_size`).
-    let projected = edited("lstm_mse", |t, _| {
+    // An LSTM's projection (`proj_size`) wider than its hidden size, as PyTorch refuses to
+    // build; and one in a layer above the first only.
+    let too_wide = edited("lstm_mse", |t, _| {
         t.push(("rnn.weight_hr_l0".into(), copy_of(t, "rnn.weight_hh_l0")));
     });
-    let e = load_error(&projected);
+    let e = load_error(&too_wide);
     assert!(
-        e.contains("rnn.weight_hr_l0") && e.contains("proj_size"),
+        e.contains("proj_size 24 must be in 1..hidden_size (6)"),
         "{e}"
     );
+    let one_layer = edited("lstm_ce_2layers_lengths", |t, _| {
+        t.push(("rnn.weight_hr_l1".into(), copy_of(t, "rnn.bias_hh_l1")));
+    });
+    let e = load_error(&one_layer);
+    assert!(
+        e.contains("rnn.weight_hr_l1") && e.contains("some layers only"),
+        "{e}"
+    );
+    // A projected model missing a layer's projection.
+    let e = load_error(&edited("lstm_proj_ce_2layers_lengths", |t, _| {
+        t.retain(|(name, _)| name != "rnn.weight_hr_l1")
+    }));
+    assert!(e.contains("missing tensor \"rnn.weight_hr_l1\""), "{e}");
     // Biases in some layers or on one side only: neither a model with biases nor one
     // without (`bias=False` models, which have none, load: `model_without_biases_...`).
     let e = load_error(&edited("lstm_mse", |t, _| {
@@ -571,6 +586,17 @@ fn lstm_embedding_bidirectional_packed_lengths() {
 #[test]
 fn gru_embedding_ce_f32() {
     check("gru_embedding_ce_f32", 2e-5);
+}
+
+/// LSTM projections (`proj_size`): `h_t = W_hr (o ⊙ tanh(c_t))`, `P` wide, read by the
+/// recurrent product, the layer above and the head; packed lengths, stacked, bidirectional
+/// many-to-one, and a token LSTM without biases in f32.
+#[test]
+fn lstm_projections() {
+    check("lstm_proj_mse", 1e-12);
+    check("lstm_proj_ce_2layers_lengths", 1e-12);
+    check("lstm_proj_bidi_many_to_one_lengths", 1e-12);
+    check("lstm_proj_nobias_embedding_ce_f32", 2e-5);
 }
 
 fn dump_error(bytes: &[u8]) -> String {

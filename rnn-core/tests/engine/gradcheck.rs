@@ -46,6 +46,8 @@ struct Case {
     embedding: Option<usize>,
     /// Uneven sequence weights, the first 0 ([`Data::weighted`]).
     sequence_weights: bool,
+    /// LSTM projections of this width.
+    proj: Option<usize>,
 }
 
 fn spec(c: &Case) -> LossSpec {
@@ -66,6 +68,7 @@ fn cfg(c: &Case) -> RnnConfig {
         learn_h0: c.learn_h0,
         bidirectional: c.bidirectional,
         num_embeddings: c.embedding,
+        proj_size: c.proj,
         ..cfg
     }
 }
@@ -230,6 +233,7 @@ fn base() -> Case {
         bidirectional: false,
         embedding: None,
         sequence_weights: false,
+        proj: None,
     }
 }
 
@@ -592,6 +596,86 @@ fn embeddings_match_finite_differences() {
     }
 }
 
+/// LSTM projections (`proj_size`): both losses, both placements, lengths, both reductions;
+/// then stacked, bidirectional, learned states, dropout, tokens, time chunks, one step, a
+/// batch of one, and a projection of one unit.
+#[test]
+fn lstm_projections_match_finite_differences() {
+    let mut seed = 1700;
+    let projected = Case {
+        cell: Cell::Lstm,
+        h: 5,
+        proj: Some(3),
+        ..base()
+    };
+    check_every_loss_option(&projected, &mut seed);
+    let variants = [
+        Case {
+            layers: 2,
+            lengths: true,
+            ..projected.clone()
+        },
+        Case {
+            layers: 2,
+            lengths: true,
+            bidirectional: true,
+            kind: LossKind::CrossEntropy,
+            ..projected.clone()
+        },
+        Case {
+            layers: 2,
+            bidirectional: true,
+            many_to_one: true,
+            lengths: true,
+            ..projected.clone()
+        },
+        Case {
+            layers: 2,
+            learn_h0: true,
+            h0: false,
+            ..projected.clone()
+        },
+        Case {
+            layers: 3,
+            lengths: true,
+            dropout: Some(Dropout::new(0.3, 5).unwrap()),
+            ..projected.clone()
+        },
+        Case {
+            embedding: Some(4),
+            kind: LossKind::CrossEntropy,
+            ..projected.clone()
+        },
+        Case {
+            t: 7,
+            layers: 2,
+            lengths: true,
+            chunks: steps(3),
+            ..projected.clone()
+        },
+        Case {
+            t: 1,
+            ..projected.clone()
+        },
+        Case {
+            b: 1,
+            t: 6,
+            many_to_one: true,
+            ..projected.clone()
+        },
+        Case {
+            proj: Some(1),
+            bias: false,
+            layers: 2,
+            ..projected.clone()
+        },
+    ];
+    for case in variants {
+        seed += 1;
+        check(&case, seed);
+    }
+}
+
 /// LSTM and GRU: both losses, both placements, lengths, both reductions.
 #[test]
 fn gated_cells_every_option_matches_finite_differences() {
@@ -904,7 +988,7 @@ fn zero_h0_gradient_equals_explicit_zero_state() {
 #[test]
 fn f32_agrees_with_f64() {
     let weights = ClassWeights::new(&[0.5, 2.0, 1.0, 0.0, 3.0]).unwrap();
-    for (cell, b, kind, class_weights, bidirectional) in CELLS.into_iter().flat_map(|cell| {
+    let cases = CELLS.into_iter().flat_map(|cell| {
         let weighted = Some(weights.clone());
         [
             (cell, 1, LossKind::Mse, None, false),
@@ -925,7 +1009,17 @@ fn f32_agrees_with_f64() {
             (cell, 5, LossKind::CrossEntropy, None, true),
             (cell, 1, LossKind::Mse, None, true),
         ]
-    }) {
+        .map(|case| (case, None))
+    });
+    // LSTM projections, one way and both.
+    let projected = [
+        (
+            (Cell::Lstm, 4, LossKind::CrossEntropy, None, false),
+            Some(13),
+        ),
+        ((Cell::Lstm, 5, LossKind::Mse, None, true), Some(9)),
+    ];
+    for ((cell, b, kind, class_weights, bidirectional), proj) in cases.chain(projected) {
         let c = Case {
             cell,
             t: 20,
@@ -940,6 +1034,7 @@ fn f32_agrees_with_f64() {
             bidirectional,
             // Sequence weights wherever a batch has a few sequences (the first weighs 0).
             sequence_weights: (4..=6).contains(&b),
+            proj,
             ..base()
         };
         let cfg = cfg(&c);
@@ -999,7 +1094,7 @@ fn f32_agrees_with_f64() {
         for (i, (a, b)) in g32.iter().zip(&g64).enumerate() {
             assert!(
                 (*a as f64 - b).abs() <= 1e-5 * scale,
-                "{cell:?} grad {i}: f32 {a} vs f64 {b}"
+                "{cell:?} {proj:?} grad {i}: f32 {a} vs f64 {b}"
             );
         }
     }

@@ -14,7 +14,13 @@ use rnn_core::workspace::Workspace;
 
 /// A two-layer model of `cell` and `T = 7` steps of `B = 3` random inputs.
 fn model(cell: Cell, bias: bool) -> (RnnConfig, Vec<f64>, Vec<f64>) {
-    let cfg = RnnConfig::new(4, 9, 5).cell(cell).layers(2).bias(bias);
+    projected_model(cell, bias, None)
+}
+
+/// [`model`], with LSTM projections of width `proj`.
+fn projected_model(cell: Cell, bias: bool, proj: Option<usize>) -> (RnnConfig, Vec<f64>, Vec<f64>) {
+    let mut cfg = RnnConfig::new(4, 9, 5).cell(cell).layers(2).bias(bias);
+    cfg.proj_size = proj;
     let params = init_params::<f64>(&cfg, 3);
     let mut rng = StdRng::seed_from_u64(4);
     let x = (0..7 * 3 * 4)
@@ -37,10 +43,17 @@ fn forward_pass<T: Float>(
 
 #[test]
 fn steps_and_runs_equal_one_forward_pass() {
-    let (t, b, i, h, o) = (7, 3, 4, 9, 5);
-    for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+    let (t, b, i, o) = (7, 3, 4, 5);
+    let models = [
+        (Cell::Rnn, None),
+        (Cell::Lstm, None),
+        (Cell::Gru, None),
+        (Cell::Lstm, Some(4)),
+    ];
+    for (cell, proj) in models {
         for bias in [true, false] {
-            let (cfg, params, x) = model(cell, bias);
+            let (cfg, params, x) = projected_model(cell, bias, proj);
+            let h = cfg.state_size();
             let ws = forward_pass(
                 &cfg,
                 &params,
@@ -61,11 +74,15 @@ fn steps_and_runs_equal_one_forward_pass() {
                 ys.extend_from_slice(y);
             }
             let close = |got: &[f64], want: &[f64], what: &str| {
-                assert_eq!(got.len(), want.len(), "{cell:?} bias {bias}: {what}");
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "{cell:?} {proj:?} bias {bias}: {what}"
+                );
                 for (k, (g, w)) in got.iter().zip(want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-12,
-                        "{cell:?} bias {bias}: {what}[{k}] = {g}, whole pass {w}"
+                        "{cell:?} {proj:?} bias {bias}: {what}[{k}] = {g}, whole pass {w}"
                     );
                 }
             };
@@ -74,6 +91,13 @@ fn steps_and_runs_equal_one_forward_pass() {
                 .flat_map(|l| l.hs[t * b * h..(t + 1) * b * h].to_vec())
                 .collect();
             close(p.state(), &last, "state");
+            if cell == Cell::Lstm {
+                let hc = cfg.hidden_size;
+                let cells: Vec<f64> = (ws.layers.iter())
+                    .flat_map(|l| l.cs[t * b * hc..(t + 1) * b * hc].to_vec())
+                    .collect();
+                close(p.cell_state(), &cells, "cell state");
+            }
         }
     }
 }

@@ -337,12 +337,13 @@ fn integer_stream_weights_train_as_repeated_streams() {
 /// `[L, B, H]` states after `t` steps of `trainer`'s last pass (`c` for an LSTM, else
 /// empty), as the streams carry them.
 fn states_after(trainer: &Trainer<f64>, t: usize, b: usize) -> (Vec<f64>, Vec<f64>) {
-    let block = b * trainer.config.hidden_size;
+    let cfg = &trainer.config;
+    let (block, block_c) = (b * cfg.state_size(), b * cfg.hidden_size);
     let (mut h, mut c) = (Vec::new(), Vec::new());
     for layer in &trainer.workspace.layers {
         h.extend_from_slice(&layer.hs[t * block..(t + 1) * block]);
-        if trainer.config.cell.has_cell_state() {
-            c.extend_from_slice(&layer.cs[t * block..(t + 1) * block]);
+        if cfg.cell.has_cell_state() {
+            c.extend_from_slice(&layer.cs[t * block_c..(t + 1) * block_c]);
         }
     }
     (h, c)
@@ -482,4 +483,47 @@ fn accumulation_misuse_is_refused() {
     stream.accumulate(&x, Target::Values(&y)).unwrap();
     stream.apply_accumulated().unwrap();
     assert_ne!(stream.trainer.params, params);
+}
+
+/// An LSTM with projections carries `P`-wide states and `H`-wide cell states: TBPTT(T, T)
+/// over one chunk is full BPTT, bitwise, and a stream reset zeroes that stream's rows of both.
+#[test]
+fn projected_lstm_streams_carry_both_states() {
+    let (t, b, h, p) = (6, 3, 6, 4);
+    let cfg = RnnConfig::new(3, h, 4)
+        .layers(2)
+        .cell(Cell::Lstm)
+        .projection(p);
+    let make = || {
+        Trainer::<f64>::new(
+            cfg,
+            LossSpec::every_step(LossKind::Mse),
+            OptimizerKind::adam(0.01),
+            5,
+        )
+        .unwrap()
+    };
+    let (x, y) = stream_data(t, b);
+    let mut full = make();
+    full.step(&Batch::new(t, b, &x, Target::Values(&y)))
+        .unwrap();
+    let mut stream = Tbptt::new(make(), t, t, b).unwrap();
+    stream.step(&x, Target::Values(&y)).unwrap();
+    assert_eq!(stream.trainer.params, full.params);
+    let (hs, cs) = states_after(&full, t, b);
+    assert_eq!((hs.len(), cs.len()), (2 * b * p, 2 * b * h));
+    assert_eq!((stream.state(), stream.cell_state()), (&hs[..], &cs[..]));
+    stream.reset_stream(1).unwrap();
+    for layer in 0..2 {
+        for (state, width, before) in [(stream.state(), p, &hs), (stream.cell_state(), h, &cs)] {
+            for s in 0..b {
+                let row = (layer * b + s) * width..(layer * b + s + 1) * width;
+                if s == 1 {
+                    assert!(state[row].iter().all(|&v| v == 0.0));
+                } else {
+                    assert_eq!(state[row.clone()], before[row]);
+                }
+            }
+        }
+    }
 }
