@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from workloads import WORKLOADS, median_step_seconds
+from workloads import PROJECTIONS, WORKLOADS, median_step_seconds
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -39,12 +39,14 @@ def cell_step(cell, jnp, jax):
             return h, h
         return f
 
-    def lstm(w_hh, b_hh):
+    def lstm(w_hh, b_hh, w_hr=None):
         def f(state, zx):
             h, c = state
             i, fg, g, o = jnp.split(zx + h @ w_hh.T + b_hh, 4, axis=-1)
             c = jax.nn.sigmoid(fg) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            if w_hr is not None:  # proj_size: h_t = W_hr (o * tanh(c_t))
+                h = h @ w_hr.T
             return (h, c), h
         return f
 
@@ -61,15 +63,20 @@ def cell_step(cell, jnp, jax):
     return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell]
 
 
-def hidden_states(cell, x, w_ih, w_hh, b_ih, b_hh, jax):
-    """The states of every step `[T, B, H]` from zero initial states: the input projection of
-    all steps as one product, then `lax.scan` over `cell_step`. `jax` is the module, imported
-    by the caller (after `limit_threads`)."""
+def hidden_states(cell, x, w_ih, w_hh, b_ih, b_hh, jax, w_hr=None):
+    """The states of every step `[T, B, H]` (`[T, B, P]` with an LSTM's projection `w_hr`)
+    from zero initial states: the input projection of all steps as one product, then
+    `lax.scan` over `cell_step`. `jax` is the module, imported by the caller (after
+    `limit_threads`)."""
     jnp = jax.numpy
     zx = x @ w_ih.T + b_ih  # all steps' input projection at once
     zeros = jnp.zeros((x.shape[1], w_hh.shape[1]), x.dtype)
-    state0 = (zeros, zeros) if cell == "lstm" else zeros
-    _, hs = jax.lax.scan(cell_step(cell, jnp, jax)(w_hh, b_hh), state0, zx)
+    if cell == "lstm":
+        state0 = (zeros, jnp.zeros((x.shape[1], w_hh.shape[0] // 4), x.dtype))
+        step = cell_step(cell, jnp, jax)(w_hh, b_hh, w_hr)
+    else:
+        state0, step = zeros, cell_step(cell, jnp, jax)(w_hh, b_hh)
+    _, hs = jax.lax.scan(step, state0, zx)
     return hs
 
 
@@ -87,11 +94,14 @@ def main():
     keys = jax.random.split(jax.random.PRNGKey(0), 8)
     bound = 1.0 / H ** 0.5
     uniform = lambda k, shape: jax.random.uniform(k, shape, jnp.float32, -bound, bound)
+    S = PROJECTIONS.get(name, H)  # the state's width: proj_size, or H
     params = {
-        "w_ih": uniform(keys[0], (G * H, I)), "w_hh": uniform(keys[1], (G * H, H)),
+        "w_ih": uniform(keys[0], (G * H, I)), "w_hh": uniform(keys[1], (G * H, S)),
         "b_ih": uniform(keys[2], (G * H,)), "b_hh": uniform(keys[3], (G * H,)),
-        "w_hy": uniform(keys[4], (O, H)), "b_y": uniform(keys[5], (O,)),
+        "w_hy": uniform(keys[4], (O, S)), "b_y": uniform(keys[5], (O,)),
     }
+    if name in PROJECTIONS:
+        params["w_hr"] = uniform(jax.random.PRNGKey(1), (S, H))
     x = jax.random.normal(keys[6], (T, B, I), jnp.float32)
     if loss == "mse":
         target = jax.random.normal(keys[7], (T, B, O), jnp.float32)
@@ -99,7 +109,7 @@ def main():
         target = jax.random.randint(keys[7], (T * B,), 0, O)
 
     def objective(p):
-        hs = hidden_states(cell, x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], jax)
+        hs = hidden_states(cell, x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], jax, p.get("w_hr"))
         y = hs @ p["w_hy"].T + p["b_y"]
         if loss == "mse":
             return jnp.mean((y - target) ** 2)

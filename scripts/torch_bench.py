@@ -3,13 +3,14 @@
 
     python3 scripts/torch_bench.py WORKLOAD [THREADS] [CELL]   -> one JSON line with tokens_per_s
 
-Same step as bench-suite: nn.RNN (or nn.LSTM / nn.GRU, CELL = rnn | lstm | gru) + Linear head at every step, MSE or cross-entropy (mean),
+Same step as bench-suite: nn.RNN (or nn.LSTM / nn.GRU, CELL = rnn | lstm | gru; an LSTM with
+proj_size on the projected workloads) + Linear head at every step, MSE or cross-entropy (mean),
 backward, clip_grad_norm_(1.0), SGD(lr=1e-3). Workload shapes: scripts/workloads.py.
 """
 import json
 import sys
 
-from workloads import WORKLOADS, median_step_seconds
+from workloads import PROJECTIONS, WORKLOADS, median_step_seconds
 
 import torch
 import torch.nn as nn
@@ -23,7 +24,10 @@ def main():
     torch.set_num_threads(threads)
     T, B, I, H, O, loss = WORKLOADS[name]
     torch.manual_seed(0)
-    rnn, head = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](I, H), nn.Linear(H, O)
+    proj = PROJECTIONS.get(name, 0)
+    extra = {"proj_size": proj} if proj else {}
+    rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](I, H, **extra)
+    head = nn.Linear(proj or H, O)
     params = list(rnn.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=1e-3)
     x = torch.randn(T, B, I)

@@ -1,5 +1,6 @@
 """What the peer scripts (torch_bench.py, jax_bench.py) share: the benchmark workloads,
-name -> (T, B, I, H, O, loss), which mirror bench-suite/src/lib.rs, and how a step is timed."""
+name -> (T, B, I, H, O, loss) and the projected ones' proj_size, which mirror
+bench-suite/src/lib.rs, and how a step is timed."""
 import time
 
 WORKLOADS = {
@@ -11,7 +12,11 @@ WORKLOADS = {
     "medium_h128": (100, 32, 64, 128, 64, "ce"), "medium_h512": (100, 32, 64, 512, 64, "ce"),
     "medium_h1024": (100, 32, 64, 1024, 64, "ce"), "medium_b1": (100, 1, 64, 256, 64, "ce"),
     "medium_b8": (100, 8, 64, 256, 64, "ce"), "medium_b128": (100, 128, 64, 256, 64, "ce"),
+    "char_p128": (128, 32, 65, 512, 65, "ce"),
 }
+
+# Workloads whose LSTM projects its state (proj_size): name -> P.
+PROJECTIONS = {"char_p128": 128}
 
 
 def median_step_seconds(step):

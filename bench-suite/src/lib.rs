@@ -28,6 +28,8 @@ pub struct Workload {
     pub o: usize,
     /// Loss.
     pub loss: LossKind,
+    /// LSTM projections of this width (PyTorch's `proj_size`; LSTM only), or none.
+    pub proj: Option<usize>,
 }
 
 const fn w(
@@ -47,6 +49,7 @@ const fn w(
         h,
         o,
         loss,
+        proj: None,
     }
 }
 
@@ -68,6 +71,13 @@ pub const WORKLOADS: [Workload; 9] = [
 pub fn picked(var: &str, name: &str) -> bool {
     std::env::var(var).map_or(true, |o| o.split(',').any(|n| n == name))
 }
+
+/// Models of a cell's variants on the reference shapes: `char_p128` is char's LSTM with
+/// projections to 128 units (PyTorch's `proj_size`; LSTM only).
+pub const VARIANTS: [Workload; 1] = [Workload {
+    proj: Some(128),
+    ..w("char_p128", 128, 32, 65, 512, 65, LossKind::CrossEntropy)
+}];
 
 /// Sweeps around the medium shape: sequence length, hidden size, batch size.
 pub const SWEEPS: [Workload; 7] = [
@@ -97,21 +107,28 @@ pub const SWEEPS: [Workload; 7] = [
 ];
 
 impl Workload {
-    /// Looks a workload up by name, in [`WORKLOADS`] then [`SWEEPS`].
+    /// Looks a workload up by name, in [`WORKLOADS`], [`SWEEPS`] and [`VARIANTS`].
     pub fn named(name: &str) -> Option<Workload> {
         WORKLOADS
             .iter()
             .chain(&SWEEPS)
+            .chain(&VARIANTS)
             .copied()
             .find(|w| w.name == name)
     }
 
     /// Matrix-multiply flops of one training step with `G` gates (1 RNN, 4 LSTM, 3 GRU):
-    /// `T B (4G I H + 6G H² + 6 H O)`, workloads.md's counts.
+    /// `T B (4G I H + 6G H² + 6 H O)`, workloads.md's counts; with projections to `P`
+    /// units, `T B (4G I H + 6G H P + 6 H P + 6 P O)` (the recurrent products read `P`, and
+    /// the projection, its state gradient and `dW_hr` add `6 H P`).
     pub fn flops(&self, cell: Cell) -> f64 {
         let (i, h, o) = (self.i as f64, self.h as f64, self.o as f64);
         let g = cell.gates() as f64;
-        (self.t * self.b) as f64 * (4.0 * g * i * h + 6.0 * g * h * h + 6.0 * h * o)
+        let per_token = match self.proj.map(|p| p as f64) {
+            None => 4.0 * g * i * h + 6.0 * g * h * h + 6.0 * h * o,
+            Some(p) => 4.0 * g * i * h + 6.0 * g * h * p + 6.0 * h * p + 6.0 * p * o,
+        };
+        (self.t * self.b) as f64 * per_token
     }
 
     /// Tokens per step (`T * B`).
@@ -121,7 +138,10 @@ impl Workload {
 
     /// A trainer of `cell` set up as the reference step (SGD 1e-3, clip norm 1.0).
     pub fn trainer(&self, cell: Cell, threads: usize) -> Trainer<f32> {
-        let cfg = RnnConfig::new(self.i, self.h, self.o).cell(cell);
+        let cfg = RnnConfig {
+            proj_size: self.proj,
+            ..RnnConfig::new(self.i, self.h, self.o).cell(cell)
+        };
         Trainer::new(
             cfg,
             LossSpec::every_step(self.loss),

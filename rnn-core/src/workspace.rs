@@ -222,7 +222,9 @@ impl Sizes {
         let (h, o, gh) = (config.hidden_size, config.output_size, config.gate_rows());
         // `s`: the state's width (`P` with projections); the cell state stays `H` wide.
         let s = config.state_size();
-        let split_steps = crate::layer::PassThreads::split_steps(config, batch, split);
+        // Unit blocks and their packed weights (an LSTM with projections splits its steps
+        // by rows, reading the whole packed `W_hhᵀ`).
+        let split_steps = crate::layer::PassThreads::unit_halves(config, batch, split);
         let rows = seq_len * batch;
         let cell = config.cell;
         let projected = config.proj_size.is_some();

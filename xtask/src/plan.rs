@@ -53,6 +53,9 @@ pub(crate) fn plan(args: &BenchArgs) -> Vec<Run> {
                 p.push((cell, w, 2));
             }
         }
+        // Char's LSTM with projections (`proj_size` 128), whose steps run whole.
+        p.push(("lstm", "char_p128", 1));
+        p.push(("lstm", "char_p128", 2));
     }
     p
 }

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         let names: Vec<_> = bench_suite::WORKLOADS
             .iter()
             .chain(&bench_suite::SWEEPS)
+            .chain(&bench_suite::VARIANTS)
             .map(|w| w.name)
             .collect();
         eprintln!(

@@ -1,58 +1,44 @@
 //! The LSTM cell (PyTorch's `nn.LSTM`, gates `i, f, g, o`):
-//! `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`; with projections (`proj_size`),
-//! `m_t = o ⊙ tanh(c_t)` and `h_t = m_t W_hrᵀ`, one more product per step and, backward,
-//! `dL/dm_t = dL/dh_t W_hr` before the gates and `dW_hr = Σ_t dL/dh_tᵀ m_t` after the loop.
+//! `c_t = f ⊙ c_{t-1} + i ⊙ g`, `h_t = o ⊙ tanh(c_t)`; with projections, [`super::lstmp`]'s
+//! step loops.
 
 use faer::prelude::ReborrowMut;
-use faer::{Accum, MatMut, MatRef, Par};
-use kernels::gemm::{GemmShape, gemm_nn, gemm_nt};
+use faer::{Accum, MatMut, MatRef};
 use kernels::{Float, gates, reduce};
 
 use super::blocks::{self, Piece, Sharing, Step, row_mut, view};
-use super::{InitialState, LayerGrads, LayerPass, record, this_and_previous};
+use super::{InitialState, LayerGrads, LayerPass, lstmp, record, this_and_previous};
 use crate::workspace::{LayerBuffers, UnitBlock};
 
 /// `Z = X W_ihᵀ` for the chunk's rows (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ`
-/// (all four gates in one product) and one fused pass: gates, `c_t`, `h_t` (with
-/// projections, `m_t` and then its product with `W_hrᵀ`). `buf.z` keeps the activated gates.
+/// (all four gates in one product) and one fused pass: gates, `c_t`, `h_t`. `buf.z` keeps
+/// the activated gates.
 pub(super) fn forward<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     c0: InitialState<'_, T>,
 ) {
     let (_, b, h, gh) = p.dims();
-    // `step`: one step of states `h` (`P` wide with projections); `cell_step`: of `c`.
-    let (step, cell_step, gate_step) = (b * p.state(), b * h, b * gh);
+    let (step, gate_step) = (b * h, b * gh);
     if p.first_chunk() {
         p.summed_bias(&mut buf.bias);
-        c0.write(&mut buf.cs[..cell_step], h);
+        c0.write(&mut buf.cs[..step], h);
     }
     p.input_projection(&mut buf.z);
+    if let Some(w_hr) = p.w_hr() {
+        return lstmp::forward(p, buf, w_hr);
+    }
     if p.halves() {
         return forward_halves(p, buf);
     }
-    let w_hr = p.w_hr();
     for t in p.steps.clone() {
         let z_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (h_past, h_future) = buf.hs.split_at_mut((t + 1) * step);
-        let (c_past, c_future) = buf.cs.split_at_mut((t + 1) * cell_step);
+        let (c_past, c_future) = buf.cs.split_at_mut((t + 1) * step);
         let (h_prev, h_t) = (&h_past[t * step..], &mut h_future[..step]);
-        let (c_prev, c_t) = (&c_past[t * cell_step..], &mut c_future[..cell_step]);
+        let (c_prev, c_t) = (&c_past[t * step..], &mut c_future[..step]);
         p.recurrent(z_t, Accum::Add, h_prev, &buf.w_hh_t);
-        match w_hr {
-            None => gates::lstm_forward(z_t, &buf.bias, c_prev, c_t, h_t, h),
-            Some(w_hr) => {
-                let m_t = &mut buf.ms[t * cell_step..(t + 1) * cell_step];
-                gates::lstm_forward(z_t, &buf.bias, c_prev, c_t, m_t, h);
-                let s = GemmShape::new(b, p.state(), h);
-                gemm_nt(h_t, Accum::Replace, m_t, w_hr, s, Par::Seq);
-                // A finished sequence's state is carried over, not projected: its `m_t`
-                // takes no part in `dW_hr`.
-                for bb in p.batch.finished(t) {
-                    m_t[bb * h..(bb + 1) * h].fill(T::zero());
-                }
-            }
-        }
+        gates::lstm_forward(z_t, &buf.bias, c_prev, c_t, h_t, h);
         p.carry_finished(t, h_t, h_prev);
         p.carry_finished(t, c_t, c_prev);
     }
@@ -73,7 +59,9 @@ pub(super) fn backward<T: Float>(
             None => buf.dc.fill(T::zero()),
         }
     }
-    if p.halves() {
+    if let Some(w_hr) = p.w_hr() {
+        lstmp::backward_steps(p, buf, &mut out, w_hr);
+    } else if p.halves() {
         backward_halves(p, buf, &mut out);
     } else {
         backward_steps(p, buf, &mut out);
@@ -85,48 +73,34 @@ pub(super) fn backward<T: Float>(
     p.weight_grads(out.grads, &buf.z, None, &buf.hs, out.dinput);
 }
 
-/// [`backward`]'s step loop, each step whole. `dh` is left holding every step's whole
-/// `dL/dh_t`, which `dW_hr` reads after the loop.
+/// [`backward`]'s step loop, each step whole.
 fn backward_steps<T: Float>(
     p: &LayerPass<'_, T>,
     buf: &mut LayerBuffers<T>,
     out: &mut LayerGrads<'_, T>,
 ) {
     let (_, b, h, gh) = p.dims();
-    let s = p.state();
-    let (step, cell_step, gate_step) = (b * s, b * h, b * gh);
-    let w_hr = p.w_hr();
+    let (step, gate_step) = (b * h, b * gh);
     for t in p.steps.clone().rev() {
         let dz_t = &mut buf.z[t * gate_step..(t + 1) * gate_step];
         let (c_prev, c_t) = (
-            &buf.cs[t * cell_step..(t + 1) * cell_step],
-            &buf.cs[(t + 1) * cell_step..(t + 2) * cell_step],
+            &buf.cs[t * step..(t + 1) * step],
+            &buf.cs[(t + 1) * step..(t + 2) * step],
         );
         let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, p.steps.start, step);
         record(&mut out.grad_h_norms, t, dh_t);
-        // What the cell's output `o ⊙ tanh(c_t)` receives: `dL/dh_t`, or through the
-        // projection `dL/dm_t = dL/dh_t W_hr`.
-        let d_out: &[T] = match w_hr {
-            None => dh_t,
-            Some(w_hr) => {
-                let shape = GemmShape::new(b, h, s);
-                gemm_nn(&mut buf.dm, Accum::Replace, dh_t, w_hr, shape, Par::Seq);
-                &buf.dm
-            }
-        };
         if p.batch.all_active(t) {
-            gates::lstm_backward(dz_t, c_prev, c_t, d_out, &mut buf.dc, h);
+            gates::lstm_backward(dz_t, c_prev, c_t, dh_t, &mut buf.dc, h);
         } else {
             for bb in 0..b {
                 let (r, g) = (bb * h..(bb + 1) * h, bb * gh..(bb + 1) * gh);
                 if p.batch.active(t, bb) {
-                    let (cp, c, d) = (&c_prev[r.clone()], &c_t[r.clone()], &d_out[r.clone()]);
-                    gates::lstm_backward(&mut dz_t[g], cp, c, d, &mut buf.dc[r], h);
+                    let (cp, c, dh) = (&c_prev[r.clone()], &c_t[r.clone()], &dh_t[r.clone()]);
+                    gates::lstm_backward(&mut dz_t[g], cp, c, dh, &mut buf.dc[r], h);
                 } else {
                     // The state passed through unchanged, and so do both gradients (dc
                     // stays in the carry).
                     dz_t[g].fill(T::zero());
-                    let r = bb * s..(bb + 1) * s;
                     reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
                 }
             }

@@ -16,6 +16,7 @@ mod blocks;
 mod chunks;
 mod gru;
 mod lstm;
+mod lstmp;
 mod rnn;
 
 pub use blocks::UnitSplit;
@@ -155,11 +156,18 @@ pub(crate) struct PassThreads<'a> {
 impl<'a> PassThreads<'a> {
     /// Whether the pass's steps run as two unit blocks of `batch` rows (what makes its
     /// [`Pair`] parallel when `par` allows threads).
-    /// An LSTM with projections runs its steps whole: its per-step projection needs all
-    /// of `m_t`, which a unit split would share out.
+    /// An LSTM with projections splits its steps into two blocks of sequences (batch rows,
+    /// [`lstmp`]) where another would split them into two of units.
     pub fn split_steps(config: &RnnConfig, batch: usize, split: UnitSplit) -> bool {
         let (h, gh) = (config.hidden_size, config.gate_rows());
-        config.proj_size.is_none() && split.blocks(batch, h, gh / h) == 2
+        let rows = config.proj_size.is_none() || batch >= 2;
+        rows && split.blocks(batch, h, gh / h) == 2
+    }
+
+    /// Whether the pass's steps run as two blocks of units ([`blocks`]), with their packed
+    /// weights.
+    pub fn unit_halves(config: &RnnConfig, batch: usize, split: UnitSplit) -> bool {
+        config.proj_size.is_none() && Self::split_steps(config, batch, split)
     }
 
     /// The threads for one product of the pass: the pass as a whole was judged by
@@ -314,7 +322,13 @@ impl<'a, T: Float> LayerPass<'a, T> {
 
     /// Whether each step runs as two unit blocks ([`blocks`]).
     fn halves(&self) -> bool {
-        PassThreads::split_steps(self.config, self.batch.batch, self.split)
+        PassThreads::unit_halves(self.config, self.batch.batch, self.split)
+    }
+
+    /// Whether a projected LSTM's steps run as two blocks of batch rows ([`lstmp`]).
+    fn row_halves(&self) -> bool {
+        self.config.proj_size.is_some()
+            && PassThreads::split_steps(self.config, self.batch.batch, self.split)
     }
 
     /// The pass's workers: the unit blocks of a step run as one of its joins.

@@ -435,8 +435,8 @@ fn one_and_two_threads_give_bitwise_identical_weights() {
         };
         identical_at_one_and_two_threads(cell, UnitSplit::Halves, bidirectional);
     }
-    // LSTM projections run their steps whole (`Halves` is not taken), the all-steps
-    // products and dW_hr on both threads; ragged, in segments, and bidirectional.
+    // LSTM projections split their steps into blocks of sequences, which meet once per
+    // chunk; ragged, in segments, and bidirectional.
     let projected = Size {
         proj: Some(48),
         ragged: true,

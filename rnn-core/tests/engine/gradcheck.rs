@@ -598,7 +598,7 @@ fn embeddings_match_finite_differences() {
 
 /// LSTM projections (`proj_size`): both losses, both placements, lengths, both reductions;
 /// then stacked, bidirectional, learned states, dropout, tokens, time chunks, one step, a
-/// batch of one, and a projection of one unit.
+/// batch of one, a projection of one unit, and steps split into blocks of sequences.
 #[test]
 fn lstm_projections_match_finite_differences() {
     let mut seed = 1700;
@@ -669,10 +669,120 @@ fn lstm_projections_match_finite_differences() {
             layers: 2,
             ..projected.clone()
         },
+        // Split steps: two blocks of sequences (of 1 and 2 rows, and of 2 and 3), with
+        // lengths, time chunks, both directions and a one-step pass.
+        Case {
+            layers: 2,
+            lengths: true,
+            split: UnitSplit::Halves,
+            ..projected.clone()
+        },
+        Case {
+            t: 7,
+            b: 5,
+            lengths: true,
+            many_to_one: true,
+            chunks: steps(3),
+            split: UnitSplit::Halves,
+            ..projected.clone()
+        },
+        Case {
+            layers: 2,
+            lengths: true,
+            bidirectional: true,
+            kind: LossKind::CrossEntropy,
+            split: UnitSplit::Halves,
+            ..projected.clone()
+        },
+        Case {
+            t: 1,
+            split: UnitSplit::Halves,
+            ..projected.clone()
+        },
     ];
     for case in variants {
         seed += 1;
         check(&case, seed);
+    }
+}
+
+/// A projected LSTM's steps split into blocks of sequences compute what whole steps do
+/// (within rounding): loss, every gradient, `dL/dx`, `dL/dh0`, `dL/dc0` and the telemetry.
+/// Finite differences alone would not tell: a block that read another's rows would be a
+/// different function with consistent gradients.
+#[test]
+fn projected_row_halves_equal_whole_steps() {
+    let projected = Case {
+        cell: Cell::Lstm,
+        t: 7,
+        b: 5,
+        h: 6,
+        proj: Some(4),
+        layers: 2,
+        lengths: true,
+        ..base()
+    };
+    let cases = [
+        projected.clone(),
+        Case {
+            many_to_one: true,
+            chunks: steps(3),
+            kind: LossKind::CrossEntropy,
+            ..projected.clone()
+        },
+        Case {
+            bidirectional: true,
+            ..projected.clone()
+        },
+        Case {
+            layers: 3,
+            dropout: Some(Dropout::new(0.3, 9).unwrap()),
+            b: 4,
+            ..projected.clone()
+        },
+    ];
+    for (k, case) in cases.iter().enumerate() {
+        let cfg = cfg(case);
+        let layout = Layout::new(&cfg);
+        let params = init_params::<f64>(&cfg, 11);
+        let d = data(case, &mut StdRng::seed_from_u64(12 + k as u64));
+        let run = |split| {
+            let mut ws = Workspace::new();
+            let mut grads = vec![0.0; layout.len];
+            let opts = PassOptions {
+                input_grad: true,
+                telemetry: true,
+                split,
+                chunks: case.chunks,
+                dropout: case.dropout,
+                ..Default::default()
+            };
+            let b = batch(case, &d);
+            let loss = forward_backward(
+                &cfg,
+                &layout,
+                &params,
+                &mut grads,
+                &mut ws,
+                &b,
+                &spec(case),
+                opts,
+            )
+            .unwrap();
+            let dc0 = ws.dc0.to_vec();
+            let parts = [grads, ws.dx.to_vec(), ws.dh0.to_vec(), dc0, ws.grad_h_norms];
+            (loss, parts)
+        };
+        let (whole, split) = (run(UnitSplit::Whole), run(UnitSplit::Halves));
+        assert!((whole.0 - split.0).abs() <= 1e-13, "case {k}: loss");
+        let names = ["grads", "dx", "dh0", "dc0", "telemetry"];
+        for ((a, b), name) in whole.1.iter().zip(&split.1).zip(names) {
+            assert_eq!(a.len(), b.len(), "case {k}: {name}");
+            assert!(!a.is_empty(), "case {k}: {name}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!((x - y).abs() <= 1e-12, "case {k}: {name}[{i}] {x} vs {y}");
+            }
+        }
     }
 }
 
