@@ -157,6 +157,10 @@ struct Args {
     /// Recurrent layers without biases (PyTorch's `bias=False`; the head keeps its bias).
     #[arg(long)]
     no_bias: bool,
+    /// Project each LSTM layer's state to this many units (PyTorch's `proj_size`; --cell
+    /// lstm, below --hidden; 0: none).
+    #[arg(long, default_value_t = 0)]
+    proj: usize,
     /// Parallel streams (B).
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -366,6 +370,10 @@ fn run(args: Args) -> Result<(), String> {
             input_size: width,
             ..cfg.embedding(v)
         },
+    };
+    let cfg = match args.proj {
+        0 => cfg,
+        p => cfg.projection(p),
     };
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
