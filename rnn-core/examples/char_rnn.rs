@@ -430,12 +430,16 @@ fn run(args: Args) -> Result<(), String> {
     }
     let unigram = corpus.unigram_entropy();
     println!(
-        "{} characters ({} held out), alphabet of {v}; {} {}x{} model, {} streams, TBPTT({k1}, {k2}){}, {threads} thread(s)",
+        "{} characters ({} held out), alphabet of {v}; {} {}x{}{} model, {} streams, TBPTT({k1}, {k2}){}, {threads} thread(s)",
         corpus.len(),
         held_out_len,
         cfg.cell.as_str(),
         args.layers,
         args.hidden,
+        match args.proj {
+            0 => String::new(),
+            p => format!(" (projected to {p})"),
+        },
         b,
         match args.accumulate {
             1 => String::new(),
