@@ -51,9 +51,10 @@
 //!
 //! Threads: a step uses the available cores by default ([`trainer::Trainer::with_threads`],
 //! [`trainer::Trainer::with_thread_pool`]). Each step's hidden units are split into two blocks,
-//! one per thread, when the step is large enough ([`network::UnitSplit`]); the split depends
-//! on the shape only and no sum is ever divided between threads, so weights are bitwise the
-//! same on one thread or two.
+//! one per thread, when the step is large enough ([`network::UnitSplit`]; an LSTM with
+//! projections, [`config::RnnConfig::projection`], splits its batch's sequences instead); the
+//! split depends on the shape only and no sum is ever divided between threads, so weights are
+//! bitwise the same on one thread or two.
 //!
 //! Learning rates: [`trainer::Trainer::with_lr_schedule`] sets each update's rate by a
 //! [`schedule::LrSchedule`] (PyTorch's step, exponential and cosine decays, linear warm-up);
@@ -73,7 +74,8 @@
 //! [`trainer::Trainer::apply_accumulated`] makes the update of the one batch holding them all
 //! ([`accumulate`]).
 //!
-//! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT, and
+//! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT (with
+//! gradient accumulation over chunks, [`tbptt::Tbptt::accumulate`]), and
 //! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
 //! [`predict::Predictor`] runs a trained model one step at a time, [`sampling::Sampler`]
 //! draws the next token from its logits, and [`text`] turns any text into character-level

@@ -154,10 +154,9 @@ pub(crate) struct PassThreads<'a> {
 }
 
 impl<'a> PassThreads<'a> {
-    /// Whether the pass's steps run as two unit blocks of `batch` rows (what makes its
-    /// [`Pair`] parallel when `par` allows threads).
-    /// An LSTM with projections splits its steps into two blocks of sequences (batch rows,
-    /// [`lstmp`]) where another would split them into two of units.
+    /// Whether the pass's steps of `batch` rows run as two blocks (what makes its [`Pair`]
+    /// parallel when `par` allows threads): of units ([`blocks`]), or for an LSTM with
+    /// projections of sequences (batch rows, [`lstmp`]), whose projection needs every unit.
     pub fn split_steps(config: &RnnConfig, batch: usize, split: UnitSplit) -> bool {
         let (h, gh) = (config.hidden_size, config.gate_rows());
         let rows = config.proj_size.is_none() || batch >= 2;
@@ -398,11 +397,11 @@ impl<'a, T: Float> LayerPass<'a, T> {
         product(dst, accum, a, b, s, self.threads.product(s));
     }
 
-    /// `[B, H] → [B, G·H]` (`[B, P]` with projections): one step's recurrent product
-    /// `dst (+)= h W_hhᵀ`, with `w_hh_t` the packed `W_hhᵀ`.
+    /// `[B, H] → [B, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ`, with `w_hh_t`
+    /// the packed `W_hhᵀ` (whole steps of an unprojected cell; [`lstmp`] runs its own).
     fn recurrent(&self, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
-        let (_, b, _, gh) = self.dims();
-        let s = GemmShape::new(b, gh, self.state());
+        let (_, b, hd, gh) = self.dims();
+        let s = GemmShape::new(b, gh, hd);
         if self.packs_w_hh() {
             gemm_nn(dst, accum, h, w_hh_t, s, Par::Seq);
         } else {
@@ -415,23 +414,23 @@ impl<'a, T: Float> LayerPass<'a, T> {
         packs_w_hh(self.batch.seq_len)
     }
 
-    /// `[B, G·H] → [B, H]` (`[B, P]` with projections): one step's `dh_prev (+)= dZ W_hh`.
+    /// `[B, G·H] → [B, H]`: one step's `dh_prev (+)= dZ W_hh`.
     fn recurrent_backward(&self, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
-        let (_, b, _, gh) = self.dims();
+        let (_, b, hd, gh) = self.dims();
         gemm_nn(
             dh_prev,
             accum,
             dz,
             self.w_hh(),
-            GemmShape::new(b, self.state(), gh),
+            GemmShape::new(b, hd, gh),
             Par::Seq,
         );
     }
 
-    /// Copies the rows of sequences finished by step `t` from `prev` into `cur` (`[B, W]`, a
-    /// state of any width): their state does not change.
+    /// Copies the rows of sequences finished by step `t` from `prev` into `cur` (`[B, H]`):
+    /// their state does not change.
     fn carry_finished(&self, t: usize, cur: &mut [T], prev: &[T]) {
-        let h = cur.len() / self.batch.batch;
+        let h = self.config.hidden_size;
         for bb in self.batch.finished(t) {
             cur[bb * h..(bb + 1) * h].copy_from_slice(&prev[bb * h..(bb + 1) * h]);
         }
