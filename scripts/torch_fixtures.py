@@ -386,19 +386,20 @@ if __name__ == "__main__":
     print("fixtures written to", os.path.normpath(OUT))
 
 
-def tbptt(name, cell, k1, k2, chunks=6, reset=None, seed=40):
+def tbptt(name, cell, k1, k2, chunks=6, reset=None, seed=40, proj=0):
     """TBPTT(k1, k2) over B streams, written the plain PyTorch way: keep the last k2 - k1
     steps, re-run the window from the state saved at its start, score its last k1 steps,
-    detach. `reset` = (chunk, stream): zero that stream's state before that chunk."""
+    detach. `reset` = (chunk, stream): zero that stream's state before that chunk. `proj`: an
+    LSTM's proj_size (0: none), written as metadata."""
     torch.manual_seed(seed)
     B, I, H, O, L = 3, 4, 5, 3, 2
-    m = Model(I, H, O, L, "tanh", cell).double()
+    m = Model(I, H, O, L, "tanh", cell, proj=proj).double()
     xs = torch.randn(chunks * k1, B, I, dtype=torch.float64)
     ys = torch.randint(0, O, (chunks * k1, B))
     initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
     opt = torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.5)
-    zeros = lambda: torch.zeros(L, B, H, dtype=torch.float64)
-    start = (zeros(), zeros()) if cell == "lstm" else zeros()
+    zeros = lambda width: torch.zeros(L, B, width, dtype=torch.float64)
+    start = (zeros(proj or H), zeros(H)) if cell == "lstm" else zeros(H)
     hist_x, hist_y = xs[:0], ys[:0]
     for c in range(chunks):
         if reset is not None and reset[0] == c:
@@ -422,6 +423,8 @@ def tbptt(name, cell, k1, k2, chunks=6, reset=None, seed=40):
     tensors["x"], tensors["target"] = xs, ys
     meta = {"cell": cell, "k1": str(k1), "k2": str(k2), "chunks": str(chunks),
             "reset": "none" if reset is None else f"{reset[0]},{reset[1]}"}
+    if proj:
+        meta["proj_size"] = str(proj)
     save_file(tensors, os.path.join(OUT, f"tbptt_{name}.safetensors"), metadata=meta)
 
 
@@ -533,3 +536,13 @@ def projection_fixtures():
 
 if __name__ == "__main__":
     projection_fixtures()
+
+
+def projected_tbptt_fixtures():
+    tbptt("lstmp_chunks", "lstm", 4, 4, reset=(3, 1), proj=3, seed=41)
+    tbptt("lstmp_overlap", "lstm", 2, 5, proj=3, seed=42)
+    print("projected tbptt fixtures written")
+
+
+if __name__ == "__main__":
+    projected_tbptt_fixtures()

@@ -17,7 +17,10 @@ fn check_fixture(name: &str) {
         .map(|(c, s)| (c.parse().unwrap(), s.parse().unwrap()));
     let cell = Cell::parse(&meta["cell"]).unwrap();
     let (b, i) = (3, 4);
-    let cfg = RnnConfig::new(i, 5, 3).layers(2).cell(cell);
+    let cfg = RnnConfig {
+        proj_size: meta.get("proj_size").map(|p| p.parse().unwrap()),
+        ..RnnConfig::new(i, 5, 3).layers(2).cell(cell)
+    };
     let layout = rnn_core::params::Layout::new(&cfg);
     let sgd = OptimizerKind::Sgd {
         lr: 0.2,
@@ -61,6 +64,14 @@ fn overlapping_windows_k2_greater_than_k1_match_pytorch() {
     for cell in ["rnn", "lstm", "gru"] {
         check_fixture(&format!("{cell}_overlap"));
     }
+}
+
+/// An LSTM with projections (`proj_size` 3 of 5): its `P`-wide state carried across chunks,
+/// replayed in overlapping windows, and reset for one stream.
+#[test]
+fn projected_lstm_streams_match_pytorch() {
+    check_fixture("lstmp_chunks");
+    check_fixture("lstmp_overlap");
 }
 
 fn trainer(cell: Cell) -> Trainer<f64> {
