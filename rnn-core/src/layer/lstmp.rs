@@ -35,8 +35,8 @@ fn row_blocks(p: &LayerPass<'_, impl Float>) -> [Range<usize>; 2] {
     }
 }
 
-/// Runs `run(0, block 0)` and `run(1, block 1)` on the pass's two workers (in turn on one
-/// thread, or only the first when the second has no rows).
+/// Runs `run` on each block's work: on the pass's two workers, or in turn on one thread (a
+/// block without rows returns at once).
 fn each_block<W: Send>(p: &LayerPass<'_, impl Float>, [w0, w1]: [W; 2], run: impl Fn(W) + Sync) {
     p.pair().join(|| run(w0), || run(w1));
 }
