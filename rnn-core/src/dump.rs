@@ -42,7 +42,7 @@ use crate::error::{Result, RnnError};
 use crate::io::{self, OwnedTensor};
 use crate::network::{PassOptions, UnitSplit, forward_backward};
 use crate::params::Layout;
-use crate::workspace::{LayerBuffers, Workspace};
+use crate::workspace::Workspace;
 use kernels::Float;
 use safetensors::tensor::{Dtype, SafeTensors};
 
@@ -269,13 +269,15 @@ fn run<T: Float>(
     } else {
         vec![t, b, o]
     };
-    let last = |states: fn(&LayerBuffers<T>) -> &[T], h: usize| -> Vec<T> {
-        ws.layers
-            .iter()
-            .flat_map(|layer| states(layer)[t * b * h..(t + 1) * b * h].iter().copied())
-            .collect()
-    };
-    let h_last = last(|layer| &layer.hs, s);
+    let lstm = config.cell.has_cell_state();
+    let (mut h_last, mut c_last) = (vec![T::zero(); l * b * s], vec![T::zero(); l * b * h]);
+    ws.states_at(
+        &config,
+        b,
+        t,
+        &mut h_last,
+        if lstm { &mut c_last } else { &mut [] },
+    );
     let mut out = vec![
         ("out.loss".to_string(), OwnedTensor::float(vec![1], &[loss])),
         ("out.y".to_string(), OwnedTensor::float(y_shape, &ws.y)),
@@ -295,10 +297,10 @@ fn run<T: Float>(
             OwnedTensor::float(x_shape.clone(), &ws.dx),
         ));
     }
-    if config.cell.has_cell_state() {
+    if lstm {
         out.push((
             "out.c_last".to_string(),
-            OwnedTensor::float(vec![l, b, h], &last(|layer| &layer.cs, h)),
+            OwnedTensor::float(vec![l, b, h], &c_last),
         ));
         out.push((
             "grad.c0".to_string(),

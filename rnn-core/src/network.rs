@@ -1065,8 +1065,7 @@ fn forward_segments<T: Float>(
     lengths: &mut [usize],
     score: Option<T>,
 ) -> T {
-    let (b, h, block) = (p.batch.batch, p.config.state_size(), seg.block);
-    let (hc, block_c) = (p.config.hidden_size, seg.block_c);
+    let (b, block, block_c) = (p.batch.batch, seg.block, seg.block_c);
     let n = seg.count();
     let spec = seg.spec;
     let mut total = T::zero();
@@ -1085,16 +1084,13 @@ fn forward_segments<T: Float>(
             break;
         }
         // The states this segment ended in: where the next one starts.
-        let end = sub.seq_len * b * h..(sub.seq_len + 1) * b * h;
-        let end_c = sub.seq_len * b * hc..(sub.seq_len + 1) * b * hc;
-        for (k, layer) in ws.layers.iter().enumerate() {
-            let dst = (s + 1) * block + k * b * h..(s + 1) * block + (k + 1) * b * h;
-            ck_h[dst].copy_from_slice(&layer.hs[end.clone()]);
-            if seg.lstm {
-                let dst = (s + 1) * block_c + k * b * hc..(s + 1) * block_c + (k + 1) * b * hc;
-                ck_c[dst].copy_from_slice(&layer.cs[end_c.clone()]);
-            }
-        }
+        let end = sub.seq_len;
+        let h_next = &mut ck_h[(s + 1) * block..(s + 2) * block];
+        let c_next = match seg.lstm {
+            true => &mut ck_c[(s + 1) * block_c..(s + 2) * block_c],
+            false => &mut [],
+        };
+        ws.states_at(p.config, b, end, h_next, c_next);
     }
     total
 }

@@ -157,7 +157,6 @@ impl<'a, T: Float> Predictor<'a, T> {
     /// Runs `input` (dense or tokens) from the current state and moves the state to its end.
     fn run_batch(&mut self, input: Batch<'_, T>) -> Result<&[T]> {
         let (b, steps) = (self.batch, input.seq_len);
-        let (h, hc) = (self.config.state_size(), self.config.hidden_size);
         let batch = Batch {
             h0: Some(&self.h),
             c0: self.config.cell.has_cell_state().then_some(&self.c[..]),
@@ -172,16 +171,8 @@ impl<'a, T: Float> Predictor<'a, T> {
             false,
             Par::Seq,
         )?;
-        let (last, last_c) = (
-            steps * b * h..(steps + 1) * b * h,
-            steps * b * hc..(steps + 1) * b * hc,
-        );
-        for (k, layer) in self.ws.layers.iter().enumerate() {
-            self.h[k * b * h..(k + 1) * b * h].copy_from_slice(&layer.hs[last.clone()]);
-            if !self.c.is_empty() {
-                self.c[k * b * hc..(k + 1) * b * hc].copy_from_slice(&layer.cs[last_c.clone()]);
-            }
-        }
+        self.ws
+            .states_at(&self.config, b, steps, &mut self.h, &mut self.c);
         Ok(&self.ws.y)
     }
 

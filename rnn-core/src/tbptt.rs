@@ -360,20 +360,9 @@ impl<T: Float> Tbptt<T> {
     /// Copies the workspace's states after `start` and `end` steps of the window into
     /// `h_start` / `c_start` and `h_end` / `c_end`.
     fn save_state(&mut self, start: usize, end: usize) {
-        let cfg = &self.trainer.config;
-        let (block, block_c) = (self.batch * cfg.state_size(), self.batch * cfg.hidden_size);
-        let ws = &self.trainer.workspace;
-        for (k, layer) in ws.layers.iter().enumerate() {
-            let dst = k * block..(k + 1) * block;
-            self.h_start[dst.clone()].copy_from_slice(&layer.hs[start * block..][..block]);
-            self.h_end[dst].copy_from_slice(&layer.hs[end * block..][..block]);
-            if !self.c_end.is_empty() {
-                let dst = k * block_c..(k + 1) * block_c;
-                let cs = &layer.cs;
-                self.c_start[dst.clone()].copy_from_slice(&cs[start * block_c..][..block_c]);
-                self.c_end[dst].copy_from_slice(&cs[end * block_c..][..block_c]);
-            }
-        }
+        let (cfg, ws) = (&self.trainer.config, &self.trainer.workspace);
+        ws.states_at(cfg, self.batch, start, &mut self.h_start, &mut self.c_start);
+        ws.states_at(cfg, self.batch, end, &mut self.h_end, &mut self.c_end);
     }
 
     /// Starts stream `b` afresh (an episode boundary): its state becomes zero.

@@ -262,6 +262,26 @@ impl Sizes {
 }
 
 impl<T: Float> Workspace<T> {
+    /// Copies every layer's states after `t` steps of the last pass over `batch` rows into
+    /// `h` `[L·D, B, H]` (`P` wide with projections) and, unless `c` is empty, the LSTM cell
+    /// states into `c` `[L·D, B, H]`: what a stream, a predictor or a segment carries on.
+    pub(crate) fn states_at(
+        &self,
+        config: &RnnConfig,
+        batch: usize,
+        t: usize,
+        h: &mut [T],
+        c: &mut [T],
+    ) {
+        let (hs, cs) = (batch * config.state_size(), batch * config.hidden_size);
+        for (k, layer) in self.layers.iter().enumerate() {
+            h[k * hs..(k + 1) * hs].copy_from_slice(&layer.hs[t * hs..(t + 1) * hs]);
+            if !c.is_empty() {
+                c[k * cs..(k + 1) * cs].copy_from_slice(&layer.cs[t * cs..(t + 1) * cs]);
+            }
+        }
+    }
+
     /// An empty workspace; the first pass sizes it.
     pub fn new() -> Self {
         Self::default()
