@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use faer::prelude::ReborrowMut;
 use faer::{Accum, MatMut, Par};
-use kernels::gemm::{GemmShape, gemm_nn, gemm_nt};
+use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, transpose};
 use kernels::{Float, gates, reduce};
 
 use super::blocks::{row_mut, view};
@@ -68,6 +68,9 @@ struct Rows<'a, T> {
 pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>, w_hr: &[T]) {
     let (t_len, b, h, gh) = p.dims();
     let s = p.state();
+    if p.first_chunk() && p.packs_w_hh() {
+        transpose(&mut buf.w_hr_t, w_hr, s, h);
+    }
     let [r0, r1] = row_blocks(p);
     let cut = r0.end;
     let [z0, z1] = split_rows(&mut buf.z, t_len, b, gh, cut);
@@ -90,20 +93,30 @@ pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>,
             ms: m1,
         },
     ];
-    let (bias, w_hh_t) = (&buf.bias[..], &buf.w_hh_t[..]);
-    each_block(p, blocks, |block| {
-        forward_rows(p, block, bias, w_hh_t, w_hr)
-    });
+    let weights = StepWeights {
+        bias: &buf.bias,
+        w_hh_t: &buf.w_hh_t,
+        w_hr,
+        w_hr_t: &buf.w_hr_t,
+    };
+    each_block(p, blocks, |block| forward_rows(p, block, &weights));
+}
+
+/// What a forward step reads besides the states: the packed copies are empty in a one-step
+/// pass, which reads the weights as they are ([`LayerPass::packs_w_hh`]).
+struct StepWeights<'a, T> {
+    /// `b_ih + b_hh`.
+    bias: &'a [T],
+    /// `[P, 4H]`.
+    w_hh_t: &'a [T],
+    /// `[P, H]`.
+    w_hr: &'a [T],
+    /// `[H, P]`.
+    w_hr_t: &'a [T],
 }
 
 /// The chunk's steps for one block of rows.
-fn forward_rows<T: Float>(
-    p: &LayerPass<'_, T>,
-    mut block: Rows<'_, T>,
-    bias: &[T],
-    w_hh_t: &[T],
-    w_hr: &[T],
-) {
+fn forward_rows<T: Float>(p: &LayerPass<'_, T>, mut block: Rows<'_, T>, w: &StepWeights<'_, T>) {
     let rows = block.rows.clone();
     if rows.is_empty() {
         return;
@@ -117,21 +130,18 @@ fn forward_rows<T: Float>(
         let (h_prev, h_t) = (&*row_mut(&mut h_past, t), row_mut(&mut h_future, 0));
         let (c_prev, c_t) = (&*row_mut(&mut c_past, t), row_mut(&mut c_future, 0));
         let m_t = row_mut(&mut block.ms, t);
-        let shape = GemmShape::new(n, gh, s);
+        let (shape, projection) = (GemmShape::new(n, gh, s), GemmShape::new(n, s, h));
         if p.packs_w_hh() {
-            gemm_nn(z_t, Accum::Add, h_prev, w_hh_t, shape, Par::Seq);
+            gemm_nn(z_t, Accum::Add, h_prev, w.w_hh_t, shape, Par::Seq);
         } else {
             gemm_nt(z_t, Accum::Add, h_prev, p.w_hh(), shape, Par::Seq);
         }
-        gates::lstm_forward(z_t, bias, c_prev, c_t, m_t, h);
-        gemm_nt(
-            h_t,
-            Accum::Replace,
-            m_t,
-            w_hr,
-            GemmShape::new(n, s, h),
-            Par::Seq,
-        );
+        gates::lstm_forward(z_t, w.bias, c_prev, c_t, m_t, h);
+        if p.packs_w_hh() {
+            gemm_nn(h_t, Accum::Replace, m_t, w.w_hr_t, projection, Par::Seq);
+        } else {
+            gemm_nt(h_t, Accum::Replace, m_t, w.w_hr, projection, Par::Seq);
+        }
         // A finished sequence keeps its states, and its `m_t` (zeroed) takes no part in
         // `dW_hr`.
         for r in p.batch.finished(t).filter(|r| rows.contains(r)) {

@@ -125,7 +125,7 @@ pub(crate) fn pass_uses_threads(
 }
 
 /// Whether whole steps of a pass of `seq_len` steps read a packed `W_hhᵀ`
-/// (`LayerBuffers::w_hh_t`): not in a one-step pass (a [`crate::predict::Predictor`] step),
+/// (`LayerBuffers::w_hh_t`, and a projected LSTM's `w_hr_t`): not in a one-step pass (a [`crate::predict::Predictor`] step),
 /// where packing would cost more than the one product it serves.
 pub(crate) fn packs_w_hh(seq_len: usize) -> bool {
     seq_len > 1
