@@ -241,8 +241,12 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(OUT, f"{name}.expected.safetensors"))
 
 
-def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True):
-    """Initial weights, a fixed batch, and the weights after `steps` optimizer steps."""
+def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True, frozen=()):
+    """Initial weights, a fixed batch, and the weights after `steps` optimizer steps.
+
+    `frozen` holds `(parameter, first, end)`: the parameter has requires_grad=False in the
+    steps first..end (counted from 0), so it has no gradient there and the optimizer passes
+    over it (its own `step` stands still)."""
     torch.manual_seed(seed)
     T, B, I, H, O = 6, 3, 4, 5, 3
     m = Model(I, H, O, 2, "tanh", cell, bias).double()
@@ -252,7 +256,9 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
     kind, kw = optimizer
     opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
            "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[kind](m.parameters(), **kw)
-    for _ in range(steps):
+    for step in range(steps):
+        for pname, p in m.named_parameters():
+            p.requires_grad_(not any(n == pname and first <= step < end for n, first, end in frozen))
         opt.zero_grad()
         y = m.head(m.rnn(x)[0])
         F.cross_entropy(y.reshape(-1, O), labels.reshape(-1)).backward()
@@ -270,11 +276,17 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
             if key != "step" and torch.is_tensor(value):
                 tensors[f"{key}.{names[id(p)]}"] = value.detach().clone()
                 state_keys.add(key)
+    # A parameter frozen from the first step on has no state yet: Adam's moments start at 0.
+    for key in state_keys:
+        for pname, p in m.named_parameters():
+            tensors.setdefault(f"{key}.{pname}", torch.zeros_like(p.detach()))
     tensors["x"] = x
     tensors["target"] = labels
     meta = {"optimizer": kind, "steps": str(steps), "clip": "none" if clip is None else str(clip),
             "cell": cell, "bias": "true" if bias else "false",
             "state_keys": ",".join(sorted(state_keys))}
+    if frozen:
+        meta["frozen"] = ";".join(f"{n}:{first}:{end}" for n, first, end in frozen)
     meta.update({k: str(v) for k, v in kw.items()})
     save_file(tensors, os.path.join(OUT, f"train_{name}.safetensors"), metadata=meta)
 
@@ -536,6 +548,22 @@ def projection_fixtures():
 
 if __name__ == "__main__":
     projection_fixtures()
+
+
+def frozen_fixtures():
+    """Frozen parameters (requires_grad=False) in PyTorch's training loop: from the start,
+    for good or for a while, and frozen mid-run, then thawed; Adam's bias correction and
+    Adagrad's rate decay count each parameter's own steps."""
+    # The clip norms are small enough to act at every step: a frozen gradient must not count.
+    training("adam_frozen", ("adam", {"lr": 0.01, "weight_decay": 0.01}), clip=0.05, steps=6,
+             cell="lstm", seed=11, frozen=[("rnn.weight_ih_l0", 0, 6), ("head.bias", 0, 2),
+                                           ("rnn.weight_hh_l1", 2, 4)])
+    training("adagrad_frozen", ("adagrad", {"lr": 0.1, "lr_decay": 0.05, "weight_decay": 0.01}),
+             steps=5, seed=12, frozen=[("rnn.bias_hh_l0", 1, 3), ("head.weight", 0, 5)])
+    training("gru_sgd_momentum_frozen", ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+             clip=0.05, steps=5, cell="gru", seed=13, frozen=[("rnn.weight_hh_l0", 1, 3),
+                                                              ("rnn.bias_ih_l1", 3, 5)])
+    print("frozen fixtures written")
 
 
 def projected_tbptt_fixtures():

@@ -1,5 +1,7 @@
 //! Optimizers over the flat parameter buffer, and gradient clipping.
 
+use std::ops::Range;
+
 use kernels::optim::{AdagradStep, AdamStep, RmsPropStep, SgdStep, adagrad, adam, rmsprop, sgd};
 use kernels::{Float, reduce};
 
@@ -254,6 +256,11 @@ pub struct Optimizer<T> {
     /// steps (Adam's bias correction, Adagrad's rate decay) from here, as a new optimizer
     /// would, while a schedule keeps counting all of them.
     state_start: u64,
+    /// Each range of parameters that sat out updates since the state started (a frozen
+    /// tensor, [`crate::trainer::Trainer::freeze`]) and how many: its state has seen that
+    /// many fewer, as a PyTorch parameter without a gradient keeps its own `step`. Sorted,
+    /// disjoint; empty when nothing was ever frozen.
+    skipped: Vec<(Range<usize>, u64)>,
 }
 
 impl<T: Float> Optimizer<T> {
@@ -276,6 +283,7 @@ impl<T: Float> Optimizer<T> {
             steps: 0,
             state_family: kind.family(),
             state_start: 0,
+            skipped: Vec::new(),
         }
     }
 
@@ -482,30 +490,116 @@ impl<T: Float> Optimizer<T> {
     /// assert_eq!((one.1.state1, one.1.state2), (two.1.state1, two.1.state2));
     /// ```
     pub fn update_on(&mut self, params: &mut [T], grads: &[T], grad_scale: T, two_threads: bool) {
-        self.start_over_if_family_changed(params.len());
-        self.fill_missing_state(params.len());
+        self.update_except(params, grads, grad_scale, &[], two_threads);
+    }
+
+    /// [`Optimizer::update_on`] leaving the parameters in `frozen` (sorted, disjoint ranges)
+    /// and their state as they are, as PyTorch's optimizers pass over a parameter without a
+    /// gradient: no weight decay, no momentum, and the range's own update count (Adam's bias
+    /// correction, Adagrad's rate decay) stands still until it takes part again.
+    pub(crate) fn update_except(
+        &mut self,
+        params: &mut [T],
+        grads: &[T],
+        grad_scale: T,
+        frozen: &[Range<usize>],
+        two_threads: bool,
+    ) {
+        let n = params.len();
+        self.start_over_if_family_changed(n);
+        self.fill_missing_state(n);
         self.steps += 1;
-        let step = Step {
-            kind: self.kind,
-            steps: self.steps - self.state_start,
-            grad_scale,
-        };
+        for range in frozen {
+            self.sit_out(range.clone());
+        }
+        let all_updates = self.steps - self.state_start;
         // A buffer a former kind of the family left behind (RMSprop's momentum buffer, with
         // momentum turned off) is kept, for a change back, but not passed on.
         let [_, use2, use3] = self.kind.uses_state();
-        let all = Elements {
+        let mut all = Elements {
             params,
             state1: &mut self.state1,
             state2: if use2 { &mut self.state2 } else { &mut [] },
             state3: if use3 { &mut self.state3 } else { &mut [] },
             grads,
         };
-        if on_two_threads(two_threads, all.params.len()) {
-            let (first, second) = all.halves();
-            rayon::join(|| step.apply(first), || step.apply(second));
-        } else {
-            step.apply(all);
+        // Runs of elements with one update count: the ranges that ever sat out, and the
+        // stretches between them, which have seen every update.
+        let kind = self.kind;
+        let mut apply = |range: Range<usize>, steps: u64| {
+            if range.is_empty() {
+                return;
+            }
+            let step = Step {
+                kind,
+                steps,
+                grad_scale,
+            };
+            let e = all.range(range);
+            if on_two_threads(two_threads, e.params.len()) {
+                let (first, second) = e.halves();
+                rayon::join(|| step.apply(first), || step.apply(second));
+            } else {
+                step.apply(e);
+            }
+        };
+        let mut at = 0;
+        for (range, skipped) in &self.skipped {
+            apply(at..range.start, all_updates);
+            if !frozen.contains(range) {
+                apply(range.clone(), all_updates - skipped);
+            }
+            at = range.end;
         }
+        apply(at..n, all_updates);
+    }
+
+    /// Counts one update that the parameters in `range` sat out.
+    fn sit_out(&mut self, range: Range<usize>) {
+        match self
+            .skipped
+            .binary_search_by_key(&range.start, |(r, _)| r.start)
+        {
+            Ok(i) => {
+                debug_assert_eq!(self.skipped[i].0, range, "frozen ranges are whole tensors");
+                self.skipped[i].1 += 1;
+            }
+            Err(i) => self.skipped.insert(i, (range, 1)),
+        }
+    }
+
+    /// The updates the state of the parameters in `range` has seen since it started: fewer
+    /// than [`Self::steps`] after a change of family ([`Self::state_start`]) or while the
+    /// range was frozen (PyTorch's per-parameter `step`).
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::new(2, 4, 1);
+    /// let mut tr = Trainer::<f64>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::adam(1e-2), 0)?;
+    /// let (x, y) = (vec![0.5; 3 * 2], vec![0.25; 3]);
+    /// tr.freeze("head.bias")?;
+    /// tr.step(&Batch::new(3, 1, &x, Target::Values(&y)))?;
+    /// tr.unfreeze("head.bias")?;
+    /// tr.step(&Batch::new(3, 1, &x, Target::Values(&y)))?;
+    /// let bias = tr.layout.find("head.bias").unwrap().range.clone();
+    /// assert_eq!(tr.optimizer.updates_seen(bias), 1);
+    /// assert_eq!(tr.optimizer.steps, 2);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn updates_seen(&self, range: Range<usize>) -> u64 {
+        let skipped = self.skipped.iter().find(|(r, _)| *r == range);
+        (self.steps - self.state_start).saturating_sub(skipped.map_or(0, |(_, k)| *k))
+    }
+
+    /// Each range of parameters that sat out updates since the state started, and how many
+    /// (for a checkpoint).
+    pub(crate) fn skipped(&self) -> &[(Range<usize>, u64)] {
+        &self.skipped
+    }
+
+    /// Sets what [`Self::skipped`] returns (from a checkpoint): sorted, disjoint ranges.
+    pub(crate) fn set_skipped(&mut self, skipped: Vec<(Range<usize>, u64)>) {
+        self.skipped = skipped;
     }
 }
 
@@ -570,6 +664,24 @@ struct Elements<'a, T> {
 }
 
 impl<'a, T> Elements<'a, T> {
+    /// The elements in `range` (borrowed from these).
+    fn range(&mut self, range: Range<usize>) -> Elements<'_, T> {
+        fn part<T>(state: &mut [T], range: Range<usize>) -> &mut [T] {
+            if state.is_empty() {
+                state
+            } else {
+                &mut state[range]
+            }
+        }
+        Elements {
+            params: &mut self.params[range.clone()],
+            state1: part(self.state1, range.clone()),
+            state2: part(self.state2, range.clone()),
+            state3: part(self.state3, range.clone()),
+            grads: &self.grads[range],
+        }
+    }
+
     /// The first and second halves of the elements.
     fn halves(self) -> (Self, Self) {
         let mid = self.params.len() / 2;

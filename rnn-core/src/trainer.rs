@@ -1,5 +1,6 @@
 //! One object that owns a model, its gradients, workspace and optimizer, and trains it.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use faer::Par;
@@ -190,6 +191,8 @@ pub struct Trainer<T: Float> {
     pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Micro-batches waiting for their update ([`Trainer::accumulate`]).
     pub accumulated: Accumulator<T>,
+    /// The frozen tensors' elements ([`Trainer::freeze`]), sorted.
+    frozen: Vec<Range<usize>>,
 }
 
 /// The cores this process may use (1 if unknown).
@@ -264,7 +267,81 @@ impl<T: Float> Trainer<T> {
             lr_schedule: None,
             pool: None,
             accumulated: Accumulator::default(),
+            frozen: Vec::new(),
         })
+    }
+
+    /// Freezes the parameter tensor `name` (a state-dict name: `embedding.weight`,
+    /// `rnn.weight_ih_l0`, `head.bias`, ...), as PyTorch's `requires_grad_(False)` does:
+    /// updates leave it and its optimizer state as they are. Its gradient still comes out of
+    /// [`Trainer::loss_and_grads`], but each update zeroes it first, so it takes no part in
+    /// the non-finite check, the norm or clipping; the optimizer passes over it (no weight
+    /// decay, no momentum), and its own update count (Adam's bias correction, Adagrad's rate
+    /// decay) stands still until [`Trainer::unfreeze`], as a PyTorch parameter's `step`
+    /// does. Freezing a frozen tensor does nothing.
+    ///
+    /// Which tensors are frozen is the program's to set, as in PyTorch: a checkpoint keeps
+    /// each tensor's update count ([`Optimizer::updates_seen`]), so freeze them again on
+    /// resume.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::gru(2, 8, 3).embedding(10);
+    /// let mut tr = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::CrossEntropy), OptimizerKind::adamw(1e-2), 0)?;
+    /// tr.freeze("embedding.weight")?; // pretrained vectors, kept as they are
+    /// let before = tr.params.to_vec();
+    /// let (tokens, labels) = ([1usize, 4, 2, 7], [0usize, 2, 1, 1]); // T = 2, B = 2
+    /// tr.step(&Batch::of_tokens(2, 2, &tokens, Target::Classes(&labels)))?;
+    /// let embedding = tr.layout.find("embedding.weight").unwrap().range.clone();
+    /// assert_eq!(tr.params[embedding.clone()], before[embedding]);
+    /// assert_ne!(tr.params[..], before[..]);
+    /// assert_eq!(tr.frozen(), ["embedding.weight"]);
+    /// assert!(tr.freeze("rnn.weight_xx_l0").is_err());
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] naming the model's tensors if it has none called `name`.
+    pub fn freeze(&mut self, name: &str) -> Result<()> {
+        let range = self.tensor_range(name)?;
+        if let Err(i) = self.frozen.binary_search_by_key(&range.start, |r| r.start) {
+            self.frozen.insert(i, range);
+        }
+        Ok(())
+    }
+
+    /// Lets updates change the tensor `name` again after [`Trainer::freeze`] (PyTorch's
+    /// `requires_grad_(True)`); its optimizer state and update count go on from where they
+    /// stood. Unfreezing a tensor that is not frozen does nothing.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] naming the model's tensors if it has none called `name`.
+    pub fn unfreeze(&mut self, name: &str) -> Result<()> {
+        let range = self.tensor_range(name)?;
+        self.frozen.retain(|r| *r != range);
+        Ok(())
+    }
+
+    /// The frozen tensors' names ([`Trainer::freeze`]), in state-dict order.
+    pub fn frozen(&self) -> Vec<&str> {
+        let tensors = self.layout.tensors.iter();
+        tensors
+            .filter(|t| self.frozen.contains(&t.range))
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
+    /// The elements of the tensor `name`.
+    fn tensor_range(&self, name: &str) -> Result<Range<usize>> {
+        match self.layout.find(name) {
+            Some(t) => Ok(t.range.clone()),
+            None => {
+                let names: Vec<&str> = self.layout.tensors.iter().map(|t| &t.name[..]).collect();
+                Err(RnnError::Config(format!(
+                    "this model has no parameter tensor {name:?} (it has {names:?})"
+                )))
+            }
+        }
     }
 
     /// Sets gradient clipping.
@@ -493,7 +570,8 @@ impl<T: Float> Trainer<T> {
 
     /// Clips the gradients in [`Trainer::grads`] and applies one optimizer update; `loss` is
     /// the loss they came from. [`Trainer::step`] is [`Trainer::loss_and_grads`] then this; call
-    /// them apart to look at or change the gradients in between.
+    /// them apart to look at or change the gradients in between. The gradients of frozen
+    /// tensors ([`Trainer::freeze`]) are zeroed first.
     ///
     /// # Errors
     /// [`RnnError::NonFinite`] naming the loss, the first non-finite gradient (tensor and
@@ -539,6 +617,10 @@ impl<T: Float> Trainer<T> {
     /// [`Trainer::update`] after the loss's check, run where its joins should go.
     fn clip_and_update(&mut self, loss: T, two_threads: bool) -> Result<StepReport<T>> {
         let step = self.optimizer.steps;
+        // A frozen tensor has no gradient in PyTorch: none to check, count or clip.
+        for range in &self.frozen {
+            self.grads[range.clone()].fill(T::zero());
+        }
         let grad_norm = optim::grad_sum_squares(&self.grads, two_threads).sqrt();
         if !grad_norm.is_finite() {
             let what = match self.grads.iter().position(|g| !g.is_finite()) {
@@ -565,8 +647,13 @@ impl<T: Float> Trainer<T> {
             let lr = schedule.rate(base, self.optimizer.steps);
             self.optimizer.kind.set_lr(T::of(lr));
         }
-        self.optimizer
-            .update_on(&mut self.params, &self.grads, clip_scale, two_threads);
+        self.optimizer.update_except(
+            &mut self.params,
+            &self.grads,
+            clip_scale,
+            &self.frozen,
+            two_threads,
+        );
         Ok(StepReport {
             loss,
             grad_norm,

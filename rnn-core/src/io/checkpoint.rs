@@ -2,6 +2,7 @@
 //! training program keeps beside them ([`Extras`]), written and loaded together.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 use kernels::Float;
@@ -14,8 +15,10 @@ use crate::optim::Optimizer;
 use crate::params::Layout;
 
 /// Saves weights, optimizer state (`optim.state1`, `optim.state2`, `optim.state3`: see
-/// [`Optimizer`]'s fields), its family (`optim.kind`), its step count (`optim.steps`) and the
-/// update its state started at (`optim.state_start`, [`Optimizer::state_start`]).
+/// [`Optimizer`]'s fields), its family (`optim.kind`), its step count (`optim.steps`), the
+/// update its state started at (`optim.state_start`, [`Optimizer::state_start`]) and, for
+/// each tensor that sat out updates while frozen, how many (`optim.skipped`:
+/// `name=count,...`, [`Optimizer::updates_seen`]).
 ///
 /// # Errors
 /// [`RnnError::Io`] / [`RnnError::Format`].
@@ -139,6 +142,9 @@ pub fn save_checkpoint_with<T: Float>(
     };
     meta.insert("optim.state_start".into(), state_start.to_string());
     meta.insert("optim.kind".into(), optimizer.kind.family().into());
+    if current && !optimizer.skipped().is_empty() {
+        meta.insert("optim.skipped".into(), skipped_entry(&layout, optimizer)?);
+    }
     for (k, v) in &extras.metadata {
         meta.insert(format!("extra.{k}"), v.clone());
     }
@@ -265,9 +271,58 @@ pub fn checkpoint_from_bytes<T: Float>(
             extras.metadata.insert(short.to_string(), v.clone());
         }
     }
+    let skipped = match metadata.get("optim.skipped") {
+        None => Vec::new(),
+        Some(entry) => parse_skipped(entry, &layout, steps - state_start)?,
+    };
     params.copy_from_slice(&new_params);
     [optimizer.state1, optimizer.state2, optimizer.state3] = states;
     optimizer.steps = steps;
     optimizer.mark_state_current(state_start);
+    optimizer.set_skipped(skipped);
     Ok(extras)
+}
+
+/// `optim.skipped`: `name=count` for each tensor that sat out updates, by state-dict name.
+fn skipped_entry<T: Float>(layout: &Layout, optimizer: &Optimizer<T>) -> Result<String> {
+    let entries = optimizer.skipped().iter().map(|(range, count)| {
+        let tensor = layout.tensors.iter().find(|t| t.range == *range);
+        let tensor = tensor.ok_or_else(|| {
+            RnnError::Format(format!(
+                "the optimizer counts updates skipped by elements {range:?}, which are no tensor"
+            ))
+        })?;
+        Ok(format!("{}={count}", tensor.name))
+    });
+    Ok(entries.collect::<Result<Vec<_>>>()?.join(","))
+}
+
+/// The ranges and counts of `optim.skipped`, sorted; each a tensor of `layout`, once, with
+/// no more than the `updates` the state has seen.
+fn parse_skipped(entry: &str, layout: &Layout, updates: u64) -> Result<Vec<(Range<usize>, u64)>> {
+    let bad = |why: String| RnnError::Format(format!("metadata optim.skipped {entry:?}: {why}"));
+    let mut skipped = Vec::new();
+    for item in entry.split(',') {
+        let (name, count) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{item:?} is not name=count")))?;
+        let tensor = layout
+            .find(name)
+            .ok_or_else(|| bad(format!("the model has no tensor {name:?}")))?;
+        let count: u64 = count
+            .parse()
+            .ok()
+            .filter(|&c| c <= updates)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{count:?} is not a number of updates up to the {updates} the state has seen"
+                ))
+            })?;
+        skipped.push((tensor.range.clone(), count));
+    }
+    skipped.sort_by_key(|(range, _)| range.start);
+    if let Some(pair) = skipped.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(bad(format!("elements {:?} are listed twice", pair[0].0)));
+    }
+    Ok(skipped)
 }

@@ -752,7 +752,8 @@ fn grad_dump_rejects_bad_files_clearly() {
 /// Several optimizer steps with clipping, against PyTorch's own training loop
 /// (`training(...)` in scripts/torch_fixtures.py): SGD with momentum and weight decay, Nesterov,
 /// Adam with L2, AdamW, RMSprop with momentum and centering, Adagrad with rate decay and a
-/// starting accumulator; clip_grad_norm_ with its 1e-6 guard.
+/// starting accumulator; clip_grad_norm_ with its 1e-6 guard; frozen parameters
+/// (`requires_grad_(False)` for some of the steps: metadata `frozen`, `name:first:end;...`).
 fn check_training(name: &str) {
     use rnn_core::prelude::*;
     let bytes = io::read_bytes(&fixtures::path(&format!("train_{name}.safetensors"))).unwrap();
@@ -818,7 +819,21 @@ fn check_training(name: &str) {
     .with_clip(clip);
     let (x, _) = io::float_tensor::<f64>(&st, "x").unwrap();
     let labels = fixtures::classes(&st, "target");
-    for _ in 0..num("steps", 0.0) as usize {
+    let frozen: Vec<(&str, std::ops::Range<usize>)> = meta.get("frozen").map_or(vec![], |f| {
+        let entry = |e| {
+            let v: Vec<&str> = str::split(e, ':').collect();
+            (v[0], v[1].parse().unwrap()..v[2].parse().unwrap())
+        };
+        f.split(';').map(entry).collect()
+    });
+    for step in 0..num("steps", 0.0) as usize {
+        for (tensor, steps) in &frozen {
+            if steps.contains(&step) {
+                tr.freeze(tensor).unwrap();
+            } else {
+                tr.unfreeze(tensor).unwrap();
+            }
+        }
         tr.step(&Batch::new(6, 3, &x, Target::Classes(&labels)))
             .unwrap();
     }
@@ -877,6 +892,21 @@ fn training_matches_pytorch_adagrad_decay_l2_accumulator_clip() {
 #[test]
 fn training_matches_pytorch_gru_adagrad() {
     check_training("gru_adagrad");
+}
+
+#[test]
+fn training_matches_pytorch_with_frozen_tensors_adam() {
+    check_training("adam_frozen");
+}
+
+#[test]
+fn training_matches_pytorch_with_frozen_tensors_adagrad() {
+    check_training("adagrad_frozen");
+}
+
+#[test]
+fn training_matches_pytorch_with_frozen_tensors_gru_sgd_momentum() {
+    check_training("gru_sgd_momentum_frozen");
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod accumulate;
 mod api;
 mod checkpointed;
 mod crash;
+mod frozen;
 mod golden;
 mod gradcheck;
 mod predict;

@@ -1,0 +1,233 @@
+//! Frozen tensors (`Trainer::freeze`, PyTorch's `requires_grad_(False)`): updates leave them
+//! and their optimizer state alone, their gradients count nowhere, each tensor's own update
+//! count survives a checkpoint, and the bits do not depend on the thread count. The match
+//! with PyTorch's training loop is in `golden::training_matches_pytorch_with_frozen_*`.
+
+use crate::common::scratch_dir;
+use rnn_core::io::{self, OwnedTensor};
+use rnn_core::prelude::*;
+
+fn data(step: usize, t: usize, b: usize, i: usize) -> (Vec<f32>, Vec<usize>) {
+    let x = (0..t * b * i)
+        .map(|k| (((k + 29 * step) * 37 % 101) as f32) / 50.0 - 1.0)
+        .collect();
+    let y = (0..t * b).map(|k| (k + step) * 7 % 4).collect();
+    (x, y)
+}
+
+fn trainer(cfg: RnnConfig) -> Trainer<f32> {
+    let opt = OptimizerKind::Adam {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        decoupled: false,
+    };
+    Trainer::new(cfg, LossSpec::every_step(LossKind::CrossEntropy), opt, 3)
+        .unwrap()
+        .with_clip(Clip::Norm(0.1))
+}
+
+/// Which tensors are frozen at `step`: the first layer's input weights for the first three,
+/// the head's weights for steps 2 to 4.
+fn schedule(tr: &mut Trainer<f32>, step: usize) {
+    for (name, steps) in [("rnn.weight_ih_l0", 0..3), ("head.weight", 2..5)] {
+        if steps.contains(&step) {
+            tr.freeze(name).unwrap();
+        } else {
+            tr.unfreeze(name).unwrap();
+        }
+    }
+}
+
+fn run(tr: &mut Trainer<f32>, steps: std::ops::Range<usize>) {
+    let (t, b) = (5, 3);
+    for step in steps {
+        schedule(tr, step);
+        let (x, y) = data(step, t, b, 3);
+        tr.step(&Batch::new(t, b, &x, Target::Classes(&y))).unwrap();
+    }
+}
+
+fn range(tr: &Trainer<f32>, name: &str) -> std::ops::Range<usize> {
+    tr.layout.find(name).unwrap().range.clone()
+}
+
+#[test]
+fn frozen_tensors_and_their_state_stay_as_they_are() {
+    let cfg = RnnConfig::lstm(3, 8, 4).layers(2);
+    let mut tr = trainer(cfg);
+    let before = tr.params.to_vec();
+    run(&mut tr, 0..2);
+    let w_ih = range(&tr, "rnn.weight_ih_l0");
+    assert_eq!(tr.frozen(), ["rnn.weight_ih_l0"]);
+    assert_eq!(tr.params[w_ih.clone()], before[w_ih.clone()]);
+    assert!(tr.optimizer.state1[w_ih.clone()].iter().all(|&m| m == 0.0));
+    assert!(tr.optimizer.state2[w_ih.clone()].iter().all(|&v| v == 0.0));
+    let w_hh = range(&tr, "rnn.weight_hh_l0");
+    assert_ne!(tr.params[w_hh.clone()], before[w_hh.clone()]);
+    assert_eq!(tr.optimizer.updates_seen(w_ih.clone()), 0);
+    assert_eq!(tr.optimizer.updates_seen(w_hh), 2);
+    // Frozen from the start to step 2, then thawed: its state counts from its first update,
+    // while the head's weights, frozen at steps 2 to 4, stand still there.
+    run(&mut tr, 2..6);
+    let head = range(&tr, "head.weight");
+    assert_eq!(tr.optimizer.updates_seen(w_ih), 3);
+    assert_eq!(tr.optimizer.updates_seen(head), 3);
+    assert_eq!(tr.optimizer.steps, 6);
+    assert!(tr.frozen().is_empty());
+}
+
+/// The gradient norm and clipping see no frozen gradient, and a non-finite one there rejects
+/// nothing, as PyTorch's `clip_grad_norm_` skips parameters without a gradient.
+#[test]
+fn frozen_gradients_count_nowhere() {
+    let cfg = RnnConfig::gru(3, 6, 4);
+    let (t, b) = (4, 2);
+    let (x, y) = data(0, t, b, 3);
+    let batch = Batch::new(t, b, &x, Target::Classes(&y));
+    let mut tr = trainer(cfg);
+    tr.freeze("rnn.weight_hh_l0").unwrap();
+    let loss = tr.loss_and_grads(&batch).unwrap();
+    let w_hh = range(&tr, "rnn.weight_hh_l0");
+    let others: f32 = (tr.grads.iter().enumerate())
+        .filter(|(k, _)| !w_hh.contains(k))
+        .map(|(_, g)| g * g)
+        .sum();
+    assert!(tr.grads[w_hh.clone()].iter().any(|&g| g != 0.0));
+    tr.grads[w_hh.start] = f32::NAN;
+    let before = tr.params.to_vec();
+    let report = tr.update(loss).unwrap();
+    assert!((report.grad_norm - others.sqrt()).abs() <= 1e-5 * others.sqrt());
+    // clip_grad_norm_'s scale, with its 1e-6 guard (the norm is past 0.1: clipping acts).
+    assert!((report.clip_scale - 0.1 / (others.sqrt() + 1e-6)).abs() < 1e-6);
+    assert_eq!(tr.params[w_hh.clone()], before[w_hh.clone()]);
+    // Thawed, the same NaN is refused and nothing changes.
+    tr.unfreeze("rnn.weight_hh_l0").unwrap();
+    let loss = tr.loss_and_grads(&batch).unwrap();
+    tr.grads[w_hh.start] = f32::NAN;
+    let before = (tr.params.to_vec(), tr.optimizer.clone());
+    let e = tr.update(loss).unwrap_err().to_string();
+    assert!(e.contains("rnn.weight_hh_l0[0]"), "{e}");
+    assert_eq!(tr.params.to_vec(), before.0);
+    assert_eq!(tr.optimizer.steps, before.1.steps);
+    assert_eq!(tr.optimizer.updates_seen(w_hh), 0); // it sat out the one update made
+}
+
+#[test]
+fn frozen_names_are_checked_and_listed_in_state_dict_order() {
+    let mut tr = trainer(RnnConfig::new(3, 4, 2).embedding(9));
+    let e = tr.freeze("rnn.weight_hh_l1").unwrap_err();
+    assert!(matches!(e, RnnError::Config(_)), "{e}");
+    assert!(e.to_string().contains("embedding.weight"), "{e}");
+    assert!(tr.unfreeze("head").is_err());
+    for name in ["head.bias", "embedding.weight", "head.bias"] {
+        tr.freeze(name).unwrap();
+    }
+    assert_eq!(tr.frozen(), ["embedding.weight", "head.bias"]);
+    tr.unfreeze("rnn.bias_ih_l0").unwrap(); // not frozen: nothing to do
+    tr.unfreeze("head.bias").unwrap();
+    assert_eq!(tr.frozen(), ["embedding.weight"]);
+}
+
+/// A checkpoint taken while a tensor is frozen, loaded and frozen again, continues bitwise;
+/// the per-tensor update counts come back with it (without them, Adam's bias correction of
+/// a thawed tensor would restart).
+#[test]
+fn frozen_runs_resume_bitwise() {
+    let cfg = RnnConfig::lstm(3, 8, 4).layers(2);
+    let mut straight = trainer(cfg);
+    run(&mut straight, 0..7);
+    let dir = scratch_dir("frozen-resume");
+    let path = dir.join("ckpt.safetensors");
+    let mut first = trainer(cfg);
+    run(&mut first, 0..4);
+    io::save_checkpoint(&path, &cfg, &first.params, &first.optimizer).unwrap();
+    let mut resumed = trainer(cfg);
+    io::load_checkpoint(&path, &cfg, &mut resumed.params, &mut resumed.optimizer).unwrap();
+    let head = range(&resumed, "head.weight");
+    assert_eq!(resumed.optimizer.updates_seen(head.clone()), 2);
+    assert_eq!(
+        resumed
+            .optimizer
+            .updates_seen(range(&resumed, "rnn.weight_ih_l0")),
+        1
+    );
+    run(&mut resumed, 4..7);
+    assert_eq!(resumed.params.to_vec(), straight.params.to_vec());
+    assert_eq!(resumed.optimizer.state1, straight.optimizer.state1);
+    assert_eq!(resumed.optimizer.state2, straight.optimizer.state2);
+    assert_eq!(resumed.optimizer.updates_seen(head.clone()), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `optim.skipped` must name the model's tensors, once each, with no more skipped updates
+/// than the state has seen; a refused file changes nothing.
+#[test]
+fn checkpoint_skipped_counts_are_checked() {
+    let cfg = RnnConfig::lstm(3, 8, 4).layers(2);
+    let mut tr = trainer(cfg);
+    run(&mut tr, 0..4);
+    let dir = scratch_dir("frozen-skipped");
+    let path = dir.join("ckpt.safetensors");
+    io::save_checkpoint(&path, &cfg, &tr.params, &tr.optimizer).unwrap();
+    let bytes = io::read_bytes(&path).unwrap();
+    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
+    assert_eq!(meta["optim.skipped"], "rnn.weight_ih_l0=3,head.weight=2");
+    let tensors: Vec<(String, OwnedTensor)> = (st.tensors().into_iter())
+        .map(|(n, v)| {
+            let (dtype, shape, bytes) = (v.dtype(), v.shape().to_vec(), v.data().to_vec());
+            let t = OwnedTensor {
+                dtype,
+                shape,
+                bytes,
+            };
+            (n, t)
+        })
+        .collect();
+    for (entry, why) in [
+        ("rnn.weight_ih_l9=1", "no tensor \"rnn.weight_ih_l9\""),
+        ("head.weight=5", "up to the 4"),
+        ("head.weight", "not name=count"),
+        ("head.weight=-1", "not a number"),
+        ("head.weight=1,head.weight=2", "listed twice"),
+    ] {
+        let mut edited = meta.clone();
+        edited.insert("optim.skipped".into(), entry.into());
+        let bad = dir.join("bad.safetensors");
+        io::write_tensors(&bad, &tensors, edited).unwrap();
+        let mut other = trainer(cfg);
+        let before = other.params.to_vec();
+        let e = io::load_checkpoint(&bad, &cfg, &mut other.params, &mut other.optimizer)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optim.skipped") && e.contains(why),
+            "{entry}: {e}"
+        );
+        assert_eq!(other.params.to_vec(), before);
+        assert_eq!(other.optimizer.steps, 0);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With frozen tensors the update runs in pieces, each split between two threads when long:
+/// the same bits as one thread.
+#[test]
+fn frozen_updates_are_bitwise_across_thread_counts() {
+    // 4·256·(256 + 257) + ... > optim::SPLIT_MIN_PARAMS, so the long pieces run in halves.
+    let cfg = RnnConfig::lstm(3, 256, 4).layers(2);
+    let params = |threads| {
+        let mut tr = trainer(cfg).with_threads(threads);
+        tr.freeze("rnn.weight_hh_l0").unwrap();
+        let (t, b) = (3, 2);
+        for step in 0..3 {
+            let (x, y) = data(step, t, b, 3);
+            tr.step(&Batch::new(t, b, &x, Target::Classes(&y))).unwrap();
+        }
+        (tr.params.to_vec(), tr.optimizer.state2.clone())
+    };
+    assert!(rnn_core::params::Layout::new(&cfg).len >= rnn_core::optim::SPLIT_MIN_PARAMS);
+    assert_eq!(params(1), params(2));
+}
