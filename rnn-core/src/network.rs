@@ -56,6 +56,43 @@ pub struct PassOptions {
     pub chunks: TimeChunks,
     /// Dropout between stacked layers (training only; `None`: none).
     pub dropout: Option<Dropout>,
+    /// Parts whose gradients nothing will read (frozen tensors,
+    /// [`crate::trainer::Trainer::freeze`]): their gradients come out zero, and the work
+    /// only they need is skipped.
+    pub frozen: Frozen,
+}
+
+/// Parts of a model whose gradients a pass leaves out ([`PassOptions::frozen`]): they come
+/// out zero.
+///
+/// ```
+/// use rnn_core::network::{Frozen, PassOptions, forward_backward};
+/// use rnn_core::params::{Layout, init_params};
+/// use rnn_core::prelude::*;
+/// use rnn_core::workspace::Workspace;
+/// let cfg = RnnConfig::lstm(3, 8, 2).layers(2);
+/// let (layout, params) = (Layout::new(&cfg), init_params::<f64>(&cfg, 0));
+/// let mut grads = vec![0.0; layout.len];
+/// let (x, y) = (vec![0.5; 4 * 2 * 3], vec![0.1; 4 * 2 * 2]); // T = 4, B = 2
+/// let batch = Batch::new(4, 2, &x, Target::Values(&y));
+/// let opts = PassOptions { frozen: Frozen { bottom_layers: 1, ..Frozen::default() }, ..PassOptions::default() };
+/// let spec = LossSpec::every_step(LossKind::Mse);
+/// forward_backward(&cfg, &layout, &params, &mut grads, &mut Workspace::new(), &batch, &spec, opts)?;
+/// let bottom = layout.layers[0].w_ih.start..layout.layers[1].w_ih.start;
+/// assert!(grads[bottom].iter().all(|&g| g == 0.0)); // layer 0's backward never ran
+/// assert!(grads[layout.layers[1].w_hh.clone()].iter().any(|&g| g != 0.0));
+/// # Ok::<(), RnnError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frozen {
+    /// The embedding table: a batch of tokens then needs no `dL/dx` (its scatter into the
+    /// table is the only reader) unless [`PassOptions::input_grad`] asks for it.
+    pub embedding: bool,
+    /// The bottom `n` recurrent layers (their tensors, and their rows of learned initial
+    /// states): the backward pass stops above them, as nothing below needs `dL/dh`. It
+    /// runs them all the same where something below does: `dL/dx` (asked for, or a table
+    /// that is not frozen), telemetry, or a bidirectional model.
+    pub bottom_layers: usize,
 }
 
 impl Default for PassOptions {
@@ -67,6 +104,7 @@ impl Default for PassOptions {
             split: UnitSplit::Auto,
             chunks: TimeChunks::Auto,
             dropout: None,
+            frozen: Frozen::default(),
         }
     }
 }
@@ -91,6 +129,16 @@ impl PassOptions {
             par: self.par,
             split: self.split,
             chunks: self.chunks,
+        }
+    }
+
+    /// How many of a unidirectional model's `layers`, from the bottom, the backward pass
+    /// skips ([`Frozen::bottom_layers`]).
+    fn skipped_layers(&self, layers: usize) -> usize {
+        if self.input_grad || self.telemetry {
+            0
+        } else {
+            self.frozen.bottom_layers.min(layers)
         }
     }
 }
@@ -754,6 +802,17 @@ fn backward<T: Float>(
         // dL/dx costs a [T, B, I] buffer and a GEMM: only when asked for.
         ws.dx.resize(t_len * b * config.input_size);
     }
+    // Frozen bottom layers: nothing below needs their dL/dh, so their backward never runs.
+    let skipped = opts.skipped_layers(config.num_layers);
+    for k in 0..skipped {
+        for range in layout.layers[k].ranges() {
+            grads[range.clone()].fill(T::zero());
+        }
+        ws.dh0[layer_state(k)].fill(T::zero());
+        if cell.has_cell_state() {
+            ws.dc0[layer_cell_state(k)].fill(T::zero());
+        }
+    }
     for steps in p.chunks().rev() {
         if head && !many_to_one {
             head_backward(p, grads, ws, HeadRows::chunk(steps.clone()));
@@ -761,7 +820,7 @@ fn backward<T: Float>(
         let mut norms = opts
             .telemetry
             .then(|| &mut ws.grad_h_norms[..config.num_layers * t_len]);
-        for k in (0..config.num_layers).rev() {
+        for k in (skipped..config.num_layers).rev() {
             let (below, rest) = ws.layers.split_at_mut(k);
             let buf = &mut rest[0];
             let dh0 = &mut ws.dh0[layer_state(k)];
@@ -774,7 +833,7 @@ fn backward<T: Float>(
                 None => (None, opts.input_grad.then_some(&mut ws.dx[..])),
                 Some(l) => {
                     let (states, grad_h) = l.states_and_grad_h(cell);
-                    (Some(states), Some(grad_h))
+                    (Some(states), (k > skipped).then_some(grad_h))
                 }
             };
             let input = p.layer_input(k, below_hs, &ws.dropped);
@@ -792,7 +851,7 @@ fn backward<T: Float>(
                     .map(|(_, c_end)| &c_end[layer_cell_state(k)]),
             };
             layer::backward(&p.layer(k, input, &steps), buf, out);
-            if let Some(d) = p.dropout().filter(|_| k > 0) {
+            if let Some(d) = p.dropout().filter(|_| k > skipped) {
                 // dL/dh of the layer below, back through its dropout.
                 let grad_h = &mut below[k - 1].grad_h(cell)[rows_of(steps.clone(), b, h)];
                 drop_rows_backward(grad_h, h, p.mask_row(&steps), &d.layer_mask(k - 1));
@@ -933,9 +992,9 @@ pub fn forward_backward_checkpointed<T: Float>(
         segment,
         "checkpointed BPTT",
     )?;
-    // The table's gradient gathers dL/dx of the embedded tokens.
+    // The table's gradient gathers dL/dx of the embedded tokens (unless it is frozen).
     let opts = PassOptions {
-        input_grad: opts.input_grad || batch.tokens.is_some(),
+        input_grad: opts.input_grad || (batch.tokens.is_some() && !opts.frozen.embedding),
         ..opts
     };
     let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
@@ -945,8 +1004,10 @@ pub fn forward_backward_checkpointed<T: Float>(
             checkpointed_pass(&p, grads, ws, spec, segment)
         }
     });
-    if let Some(tokens) = batch.tokens {
-        embedding_grads(config, layout, grads, tokens, &ws.dx);
+    match (batch.tokens, &layout.embedding) {
+        (Some(_), Some(table)) if opts.frozen.embedding => grads[table.clone()].fill(T::zero()),
+        (Some(tokens), _) => embedding_grads(config, layout, grads, tokens, &ws.dx),
+        (None, _) => {}
     }
     Ok(loss)
 }

@@ -28,6 +28,16 @@ pub struct LayerSlots {
     pub w_hr: Option<Range<usize>>,
 }
 
+impl LayerSlots {
+    /// Every tensor's elements: `w_ih`, `w_hh`, then the biases and projection it has.
+    pub fn ranges(&self) -> impl Iterator<Item = &Range<usize>> {
+        let optional = [&self.b_ih, &self.b_hh, &self.w_hr].map(Option::as_ref);
+        [&self.w_ih, &self.w_hh]
+            .into_iter()
+            .chain(optional.into_iter().flatten())
+    }
+}
+
 /// One named tensor of the layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tensor {

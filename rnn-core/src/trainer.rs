@@ -14,7 +14,7 @@ use crate::dropout::Dropout;
 use crate::error::{Result, RnnError};
 use crate::io::Extras;
 use crate::network::{
-    self, Exec, PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed,
+    self, Exec, Frozen, PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed,
 };
 use crate::optim::{self, Clip, Optimizer, OptimizerKind};
 use crate::params::{Layout, init_params};
@@ -273,12 +273,18 @@ impl<T: Float> Trainer<T> {
 
     /// Freezes the parameter tensor `name` (a state-dict name: `embedding.weight`,
     /// `rnn.weight_ih_l0`, `head.bias`, ...), as PyTorch's `requires_grad_(False)` does:
-    /// updates leave it and its optimizer state as they are. Its gradient still comes out of
-    /// [`Trainer::loss_and_grads`], but each update zeroes it first, so it takes no part in
-    /// the non-finite check, the norm or clipping; the optimizer passes over it (no weight
-    /// decay, no momentum), and its own update count (Adam's bias correction, Adagrad's rate
-    /// decay) stands still until [`Trainer::unfreeze`], as a PyTorch parameter's `step`
-    /// does. Freezing a frozen tensor does nothing.
+    /// updates leave it and its optimizer state as they are. Its gradient is zero (PyTorch's
+    /// is `None`), so it takes no part in the non-finite check, the norm or clipping; the
+    /// optimizer passes over it (no weight decay, no momentum), and its own update count
+    /// (Adam's bias correction, Adagrad's rate decay) stands still until
+    /// [`Trainer::unfreeze`], as a PyTorch parameter's `step` does. Freezing a frozen tensor
+    /// does nothing.
+    ///
+    /// Steps skip the work only frozen tensors need, as PyTorch's autograd does: a frozen
+    /// table's gradient scatter and the `dL/dx` product feeding it, and the whole backward
+    /// pass of the bottom layers when they, the table and any learned initial state are all
+    /// frozen (not in a bidirectional model, nor with telemetry, which reports every
+    /// layer). Fine-tuning the top of a stack then costs little more than its forward pass.
     ///
     /// Which tensors are frozen is the program's to set, as in PyTorch: a checkpoint keeps
     /// each tensor's update count ([`Optimizer::updates_seen`]), so freeze them again on
@@ -617,10 +623,9 @@ impl<T: Float> Trainer<T> {
     /// [`Trainer::update`] after the loss's check, run where its joins should go.
     fn clip_and_update(&mut self, loss: T, two_threads: bool) -> Result<StepReport<T>> {
         let step = self.optimizer.steps;
-        // A frozen tensor has no gradient in PyTorch: none to check, count or clip.
-        for range in &self.frozen {
-            self.grads[range.clone()].fill(T::zero());
-        }
+        // A frozen tensor has no gradient in PyTorch: none to check, count or clip (zeroed
+        // again here: the caller may have written to the gradients since).
+        self.zero_frozen_grads();
         let grad_norm = optim::grad_sum_squares(&self.grads, two_threads).sqrt();
         if !grad_norm.is_finite() {
             let what = match self.grads.iter().position(|g| !g.is_finite()) {
@@ -970,8 +975,9 @@ impl<T: Float> Trainer<T> {
                 dropout: tr
                     .dropout
                     .map(|d| d.for_micro_batch(tr.optimizer.steps, micro)),
+                frozen: tr.frozen_parts(),
             };
-            forward_backward_checkpointed(
+            let loss = forward_backward_checkpointed(
                 &tr.config,
                 &tr.layout,
                 &tr.params,
@@ -981,8 +987,36 @@ impl<T: Float> Trainer<T> {
                 spec,
                 opts,
                 segment,
-            )
+            )?;
+            tr.zero_frozen_grads();
+            Ok(loss)
         })
+    }
+
+    /// What the frozen tensors let a pass leave out ([`Frozen`]): the embedding's scatter,
+    /// and the backward pass of the bottom layers when nothing below them trains (no table
+    /// or learned initial state that is not frozen).
+    fn frozen_parts(&self) -> Frozen {
+        let frozen = |range: &Range<usize>| self.frozen.contains(range);
+        let layout = &self.layout;
+        let below_trains = layout.embedding.iter().chain(&layout.h0).chain(&layout.c0);
+        let bottom_layers = if self.config.bidirectional || !below_trains.clone().all(frozen) {
+            0
+        } else {
+            let layers = layout.layers.iter();
+            layers.take_while(|l| l.ranges().all(frozen)).count()
+        };
+        Frozen {
+            embedding: layout.embedding.as_ref().is_some_and(frozen),
+            bottom_layers,
+        }
+    }
+
+    /// Zeroes the gradients of frozen tensors: in PyTorch they have none.
+    fn zero_frozen_grads(&mut self) {
+        for range in &self.frozen {
+            self.grads[range.clone()].fill(T::zero());
+        }
     }
 
     /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:
@@ -1020,5 +1054,51 @@ impl<T: Float> Trainer<T> {
         let par = if threads { self.par } else { Par::Seq };
         let pool = self.pool.clone().filter(|_| threads);
         in_pool(pool.as_deref(), || pass(self, par))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LossKind;
+
+    fn trainer(cfg: RnnConfig) -> Trainer<f64> {
+        let loss = LossSpec::every_step(LossKind::Mse);
+        Trainer::new(cfg, loss, OptimizerKind::sgd(0.1), 0).unwrap()
+    }
+
+    fn freeze(tr: &mut Trainer<f64>, pick: impl Fn(&str) -> bool) {
+        for t in tr.layout.tensors.clone() {
+            if pick(&t.name) {
+                tr.freeze(&t.name).unwrap();
+            }
+        }
+    }
+
+    /// The bottom layers' backward is left out only when they and everything below them
+    /// (table, learned initial states) are frozen, and never in a bidirectional model.
+    #[test]
+    fn frozen_parts_name_what_a_pass_may_leave_out() {
+        let parts = |embedding, bottom_layers| Frozen {
+            embedding,
+            bottom_layers,
+        };
+        let stack = RnnConfig::lstm(3, 4, 2).layers(3);
+        let mut tr = trainer(stack.embedding(5));
+        freeze(&mut tr, |n| n.ends_with("_l0") || n.ends_with("_l1"));
+        assert_eq!(tr.frozen_parts(), parts(false, 0)); // the table trains
+        tr.freeze("embedding.weight").unwrap();
+        assert_eq!(tr.frozen_parts(), parts(true, 2));
+        tr.unfreeze("rnn.bias_hh_l0").unwrap();
+        assert_eq!(tr.frozen_parts(), parts(true, 0));
+        let mut tr = trainer(stack.learned_h0());
+        freeze(&mut tr, |n| n.ends_with("_l0"));
+        assert_eq!(tr.frozen_parts(), parts(false, 0)); // h0 and c0 train
+        tr.freeze("rnn.h0").unwrap();
+        tr.freeze("rnn.c0").unwrap();
+        assert_eq!(tr.frozen_parts(), parts(false, 1));
+        let mut tr = trainer(RnnConfig::gru(3, 4, 2).layers(2).bidirectional());
+        freeze(&mut tr, |n| n.contains("_l0"));
+        assert_eq!(tr.frozen_parts(), parts(false, 0));
     }
 }

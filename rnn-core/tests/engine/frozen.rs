@@ -95,7 +95,9 @@ fn frozen_gradients_count_nowhere() {
         .filter(|(k, _)| !w_hh.contains(k))
         .map(|(_, g)| g * g)
         .sum();
-    assert!(tr.grads[w_hh.clone()].iter().any(|&g| g != 0.0));
+    // PyTorch's frozen gradient is None; here it is zero, and a caller's write to it
+    // (a NaN here) counts nowhere.
+    assert!(tr.grads[w_hh.clone()].iter().all(|&g| g == 0.0));
     tr.grads[w_hh.start] = f32::NAN;
     let before = tr.params.to_vec();
     let report = tr.update(loss).unwrap();
@@ -230,4 +232,156 @@ fn frozen_updates_are_bitwise_across_thread_counts() {
     };
     assert!(rnn_core::params::Layout::new(&cfg).len >= rnn_core::optim::SPLIT_MIN_PARAMS);
     assert_eq!(params(1), params(2));
+}
+
+/// A pass told what is frozen (`network::Frozen`) gives the loss and every other gradient
+/// bitwise as a full pass does, and zeros where it left work out: the bottom layers' tensors
+/// and initial-state rows, the embedding table. Every cell, with projections, learned
+/// states, lengths, dropout, time chunks and checkpointed segments.
+#[test]
+fn passes_leave_out_frozen_parts_and_keep_the_rest_bitwise() {
+    use crate::common::Data;
+    use rand::{SeedableRng, rngs::StdRng};
+    use rnn_core::network::{Frozen, PassOptions, TimeChunks, forward_backward_checkpointed};
+    use rnn_core::params::{Layout, init_params};
+    use rnn_core::workspace::Workspace;
+    use std::num::NonZeroUsize;
+
+    let chunks = TimeChunks::Steps(NonZeroUsize::new(2).unwrap());
+    let cases = [
+        (RnnConfig::new(3, 5, 4).layers(3), 2, false, None),
+        (
+            RnnConfig::lstm(3, 6, 4).layers(3).projection(4),
+            1,
+            true,
+            Some(2),
+        ),
+        (
+            RnnConfig::gru(3, 7, 4).layers(2).embedding(9),
+            1,
+            true,
+            None,
+        ),
+        (
+            RnnConfig::lstm(3, 5, 4).layers(2).learned_h0(),
+            1,
+            false,
+            Some(3),
+        ),
+        (
+            RnnConfig::gru(3, 5, 4).layers(2).embedding(6),
+            0,
+            true,
+            Some(2),
+        ),
+        (RnnConfig::new(3, 5, 4).layers(2), 2, false, None),
+    ];
+    for (case, (cfg, bottom_layers, dropout, segment)) in cases.into_iter().enumerate() {
+        let (t, b) = (5, 3);
+        let spec = LossSpec::every_step(LossKind::CrossEntropy);
+        let d = Data::random(&mut StdRng::seed_from_u64(case as u64), &cfg, t, b, false);
+        let batch = d.batch(t, b, spec.kind, true, false);
+        let layout = Layout::new(&cfg);
+        let params = init_params::<f64>(&cfg, 7);
+        let pass = |frozen: Frozen| {
+            let mut grads = vec![f64::NAN; layout.len];
+            let opts = PassOptions {
+                chunks,
+                dropout: dropout.then(|| rnn_core::dropout::Dropout::new(0.3, 4).unwrap()),
+                frozen,
+                ..PassOptions::default()
+            };
+            let mut ws = Workspace::new();
+            let loss = forward_backward_checkpointed(
+                &cfg,
+                &layout,
+                &params,
+                &mut grads,
+                &mut ws,
+                &batch,
+                &spec,
+                opts,
+                segment.unwrap_or(usize::MAX),
+            )
+            .unwrap();
+            (loss, grads)
+        };
+        let (full_loss, full) = pass(Frozen::default());
+        let frozen = Frozen {
+            embedding: cfg.num_embeddings.is_some(),
+            bottom_layers,
+        };
+        let (loss, grads) = pass(frozen);
+        assert_eq!(loss.to_bits(), full_loss.to_bits(), "case {case}");
+        let mut left_out: Vec<std::ops::Range<usize>> = (layout.layers[..bottom_layers].iter())
+            .flat_map(|l| l.ranges().cloned())
+            .chain(layout.embedding.clone())
+            .collect();
+        if let Some(h0) = &layout.h0 {
+            let rows = bottom_layers * cfg.state_size();
+            left_out.push(h0.start..h0.start + rows);
+        }
+        if let Some(c0) = &layout.c0 {
+            let rows = bottom_layers * cfg.hidden_size;
+            left_out.push(c0.start..c0.start + rows);
+        }
+        for (k, (&g, &want)) in grads.iter().zip(&full).enumerate() {
+            if left_out.iter().any(|r| r.contains(&k)) {
+                assert_eq!(g, 0.0, "case {case}: element {k} was left out");
+            } else {
+                assert_eq!(g.to_bits(), want.to_bits(), "case {case}: element {k}");
+            }
+        }
+        // Something was left out, and it had a gradient.
+        assert!(
+            left_out
+                .iter()
+                .flat_map(|r| &full[r.clone()])
+                .any(|&g| g != 0.0)
+                || left_out.is_empty()
+        );
+    }
+}
+
+/// A trainer skips the frozen bottom of a stack only where nothing below trains; with
+/// telemetry (which reports every layer) it runs the whole backward pass. Both train to the
+/// same bits.
+#[test]
+fn trainers_skip_frozen_bottoms_to_the_same_bits() {
+    let cfgs = [
+        RnnConfig::lstm(3, 8, 4).layers(3).embedding(7),
+        RnnConfig::gru(3, 6, 4).layers(2).learned_h0(),
+        RnnConfig::new(3, 6, 4).layers(2),
+    ];
+    for cfg in cfgs {
+        let train = |telemetry: bool| {
+            let mut tr = trainer(cfg);
+            if telemetry {
+                tr = tr.with_telemetry();
+            }
+            for t in tr.layout.tensors.clone() {
+                let bottom = t.name.ends_with("_l0")
+                    || !t.name.starts_with("rnn.weight")
+                        && !t.name.starts_with("rnn.bias")
+                        && !t.name.starts_with("head");
+                if bottom {
+                    tr.freeze(&t.name).unwrap();
+                }
+            }
+            let (t, b) = (4, 3);
+            for step in 0..3 {
+                let (x, y) = data(step, t, b, 3);
+                let tokens: Vec<usize> = (0..t * b).map(|k| (k * 5 + step) % 7).collect();
+                let batch = match cfg.num_embeddings {
+                    Some(_) => Batch::of_tokens(t, b, &tokens, Target::Classes(&y)),
+                    None => Batch::new(t, b, &x, Target::Classes(&y)),
+                };
+                tr.step(&batch).unwrap();
+            }
+            (tr.params.to_vec(), tr.grads.to_vec(), tr.frozen().len())
+        };
+        let (skipped, full) = (train(false), train(true));
+        assert!(skipped.2 >= 4, "{cfg:?}: {} frozen", skipped.2);
+        assert_eq!(skipped, full, "{cfg:?}");
+    }
 }
