@@ -57,13 +57,13 @@ pub struct PassOptions {
     /// Dropout between stacked layers (training only; `None`: none).
     pub dropout: Option<Dropout>,
     /// Parts whose gradients nothing will read (frozen tensors,
-    /// [`crate::trainer::Trainer::freeze`]): their gradients come out zero, and the work
-    /// only they need is skipped.
+    /// [`crate::trainer::Trainer::freeze`]): the pass may leave them out, skipping the work
+    /// only they need ([`Frozen`] says when).
     pub frozen: Frozen,
 }
 
-/// Parts of a model whose gradients a pass leaves out ([`PassOptions::frozen`]): they come
-/// out zero.
+/// Parts of a model whose gradients a pass may leave out ([`PassOptions::frozen`]): where
+/// it does, they come out zero; elsewhere they are computed as always.
 ///
 /// ```
 /// use rnn_core::network::{Frozen, PassOptions, forward_backward};
@@ -85,8 +85,9 @@ pub struct PassOptions {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Frozen {
-    /// The embedding table: a batch of tokens then needs no `dL/dx` (its scatter into the
-    /// table is the only reader) unless [`PassOptions::input_grad`] asks for it.
+    /// The embedding table, whose gradient then comes out zero: a batch of tokens needs no
+    /// `dL/dx` (the table's scatter is its only reader) unless [`PassOptions::input_grad`]
+    /// asks for it.
     pub embedding: bool,
     /// The bottom `n` recurrent layers (their tensors, and their rows of learned initial
     /// states): the backward pass stops above them, as nothing below needs `dL/dh`. It
