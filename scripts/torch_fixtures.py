@@ -241,12 +241,17 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(OUT, f"{name}.expected.safetensors"))
 
 
-def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True, frozen=()):
+def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True, frozen=(),
+             groups=(), step_lr=None):
     """Initial weights, a fixed batch, and the weights after `steps` optimizer steps.
 
     `frozen` holds `(parameter, first, end)`: the parameter has requires_grad=False in the
     steps first..end (counted from 0), so it has no gradient there and the optimizer passes
-    over it (its own `step` stands still)."""
+    over it (its own `step` stands still).
+
+    `groups` holds `(parameters, options)`: parameter groups with their own `lr` or
+    `weight_decay`, the other parameters in a last group of the optimizer's own. `step_lr`,
+    `(step_size, gamma)`, adds a StepLR scheduler stepped after each update."""
     torch.manual_seed(seed)
     T, B, I, H, O = 6, 3, 4, 5, 3
     m = Model(I, H, O, 2, "tanh", cell, bias).double()
@@ -254,8 +259,13 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
     labels = torch.randint(0, O, (T, B))
     initial = {k: v.detach().clone() for k, v in m.state_dict().items()}
     kind, kw = optimizer
+    named = dict(m.named_parameters())
+    grouped = {n for names, _ in groups for n in names}
+    param_groups = [{"params": [named[n] for n in names], **opts} for names, opts in groups]
+    param_groups.append({"params": [p for n, p in named.items() if n not in grouped]})
     opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-           "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[kind](m.parameters(), **kw)
+           "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[kind](param_groups, **kw)
+    sched = torch.optim.lr_scheduler.StepLR(opt, *step_lr) if step_lr else None
     for step in range(steps):
         for pname, p in m.named_parameters():
             p.requires_grad_(not any(n == pname and first <= step < end for n, first, end in frozen))
@@ -265,6 +275,8 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
         if clip is not None:
             nn.utils.clip_grad_norm_(m.parameters(), clip)
         opt.step()
+        if sched is not None:
+            sched.step()
     tensors = {f"init.{k}": v for k, v in initial.items()}
     tensors.update({f"final.{k}": v.detach().clone() for k, v in m.state_dict().items()})
     # The optimizer's state after the steps, as `{state key}.{parameter}` (`exp_avg.head.weight`):
@@ -287,6 +299,13 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
             "state_keys": ",".join(sorted(state_keys))}
     if frozen:
         meta["frozen"] = ";".join(f"{n}:{first}:{end}" for n, first, end in frozen)
+    if groups:
+        # Per tensor: its learning rate over the optimizer's, and its own weight decay (or -).
+        meta["rules"] = ";".join(
+            f"{n}:{opts.get('lr', kw['lr']) / kw['lr']!r}:{opts.get('weight_decay', '-')!r}".replace("'", "")
+            for names, opts in groups for n in names)
+    if step_lr:
+        meta["step_lr"] = f"{step_lr[0]}:{step_lr[1]!r}"
     meta.update({k: str(v) for k, v in kw.items()})
     save_file(tensors, os.path.join(OUT, f"train_{name}.safetensors"), metadata=meta)
 
@@ -564,6 +583,23 @@ def frozen_fixtures():
              clip=0.05, steps=5, cell="gru", seed=13, frozen=[("rnn.weight_hh_l0", 1, 3),
                                                               ("rnn.bias_ih_l1", 3, 5)])
     print("frozen fixtures written")
+
+
+def group_fixtures():
+    """Parameter groups with their own learning rate and weight decay (no decay on biases,
+    a slower bottom layer), under a StepLR schedule, with frozen tensors among them."""
+    bottom = ["rnn.weight_ih_l0", "rnn.weight_hh_l0"]
+    biases = ["rnn.bias_ih_l0", "rnn.bias_hh_l0", "rnn.bias_ih_l1", "rnn.bias_hh_l1", "head.bias"]
+    training("adamw_groups", ("adamw", {"lr": 0.02, "weight_decay": 0.1}), clip=0.05, steps=6,
+             cell="lstm", seed=14, groups=[(bottom, {"lr": 0.005}), (biases, {"weight_decay": 0.0})],
+             step_lr=(2, 0.5))
+    training("sgd_groups_frozen", ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+             steps=5, cell="gru", seed=15, groups=[(bottom, {"lr": 0.02, "weight_decay": 0.05}),
+                                                   (["head.bias"], {"weight_decay": 0.0})],
+             frozen=[("rnn.weight_hh_l0", 1, 3)], step_lr=(3, 0.1))
+    training("adagrad_groups", ("adagrad", {"lr": 0.1, "lr_decay": 0.05, "weight_decay": 0.01}),
+             steps=5, seed=16, groups=[(["head.weight"], {"lr": 0.3})])
+    print("group fixtures written")
 
 
 def projected_tbptt_fixtures():

@@ -145,6 +145,26 @@ impl<T: Float> OptimizerKind<T> {
         }
     }
 
+    /// The weight decay (L2, or decoupled for AdamW).
+    pub fn weight_decay(&self) -> T {
+        match *self {
+            Self::Sgd { weight_decay, .. }
+            | Self::Adam { weight_decay, .. }
+            | Self::RmsProp { weight_decay, .. }
+            | Self::Adagrad { weight_decay, .. } => weight_decay,
+        }
+    }
+
+    /// Sets the weight decay (L2, or decoupled for AdamW).
+    pub fn set_weight_decay(&mut self, new: T) {
+        match self {
+            Self::Sgd { weight_decay, .. }
+            | Self::Adam { weight_decay, .. }
+            | Self::RmsProp { weight_decay, .. }
+            | Self::Adagrad { weight_decay, .. } => *weight_decay = new,
+        }
+    }
+
     /// The family's name as checkpoints record it: `"sgd"`, `"adam"` (Adam and AdamW),
     /// `"rmsprop"` or `"adagrad"`.
     pub fn family(&self) -> &'static str {
@@ -490,27 +510,29 @@ impl<T: Float> Optimizer<T> {
     /// assert_eq!((one.1.state1, one.1.state2), (two.1.state1, two.1.state2));
     /// ```
     pub fn update_on(&mut self, params: &mut [T], grads: &[T], grad_scale: T, two_threads: bool) {
-        self.update_except(params, grads, grad_scale, &[], two_threads);
+        self.update_with_rules(params, grads, grad_scale, &[], two_threads);
     }
 
-    /// [`Optimizer::update_on`] leaving the parameters in `frozen` (sorted, disjoint ranges)
-    /// and their state as they are, as PyTorch's optimizers pass over a parameter without a
-    /// gradient: no weight decay, no momentum, and the range's own update count (Adam's bias
-    /// correction, Adagrad's rate decay) stands still until it takes part again.
-    pub(crate) fn update_except(
+    /// [`Optimizer::update_on`] with each of `rules` (sorted, disjoint ranges) applied to its
+    /// range, PyTorch's parameter groups: a frozen range and its state are left as they are,
+    /// as PyTorch's optimizers pass over a parameter without a gradient (no weight decay, no
+    /// momentum, and the range's own update count, Adam's bias correction and Adagrad's rate
+    /// decay, stands still until it takes part again); the others update with their own
+    /// learning rate and weight decay.
+    pub(crate) fn update_with_rules(
         &mut self,
         params: &mut [T],
         grads: &[T],
         grad_scale: T,
-        frozen: &[Range<usize>],
+        rules: &[TensorRule],
         two_threads: bool,
     ) {
         let n = params.len();
         self.start_over_if_family_changed(n);
         self.fill_missing_state(n);
         self.steps += 1;
-        for range in frozen {
-            self.sit_out(range.clone());
+        for rule in rules.iter().filter(|r| r.frozen) {
+            self.sit_out(rule.range.clone());
         }
         let all_updates = self.steps - self.state_start;
         // A buffer a former kind of the family left behind (RMSprop's momentum buffer, with
@@ -523,15 +545,16 @@ impl<T: Float> Optimizer<T> {
             state3: if use3 { &mut self.state3 } else { &mut [] },
             grads,
         };
-        // Runs of elements with one update count: the ranges that ever sat out, and the
-        // stretches between them, which have seen every update.
+        // Runs of elements updated alike: the ranges with a rule or that ever sat out, and
+        // the stretches between them, which have seen every update under the optimizer's
+        // own settings.
         let kind = self.kind;
-        let mut apply = |range: Range<usize>, steps: u64| {
+        let mut apply = |range: Range<usize>, steps: u64, rule: Option<&TensorRule>| {
             if range.is_empty() {
                 return;
             }
             let step = Step {
-                kind,
+                kind: rule.map_or(kind, |r| r.applied_to(kind)),
                 steps,
                 grad_scale,
             };
@@ -544,14 +567,14 @@ impl<T: Float> Optimizer<T> {
             }
         };
         let mut at = 0;
-        for (range, skipped) in &self.skipped {
-            apply(at..range.start, all_updates);
-            if !frozen.contains(range) {
-                apply(range.clone(), all_updates - skipped);
+        for (range, skipped, rule) in special_ranges(&self.skipped, rules) {
+            apply(at..range.start, all_updates, None);
+            if !rule.is_some_and(|r| r.frozen) {
+                apply(range.clone(), all_updates - skipped, rule);
             }
             at = range.end;
         }
-        apply(at..n, all_updates);
+        apply(at..n, all_updates, None);
     }
 
     /// Counts one update that the parameters in `range` sat out.
@@ -601,6 +624,80 @@ impl<T: Float> Optimizer<T> {
     pub(crate) fn set_skipped(&mut self, skipped: Vec<(Range<usize>, u64)>) {
         self.skipped = skipped;
     }
+}
+
+/// How one tensor's update differs from the optimizer's: PyTorch's parameter groups
+/// ([`crate::trainer::Trainer::freeze`], [`crate::trainer::Trainer::set_lr_scale`],
+/// [`crate::trainer::Trainer::set_weight_decay`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TensorRule {
+    /// The tensor's elements.
+    pub range: Range<usize>,
+    /// No update at all.
+    pub frozen: bool,
+    /// Its learning rate over the optimizer's (schedules included).
+    pub lr_scale: f64,
+    /// Its own weight decay, instead of the optimizer's.
+    pub weight_decay: Option<f64>,
+}
+
+impl TensorRule {
+    /// A rule for `range` that changes nothing yet.
+    pub fn new(range: Range<usize>) -> Self {
+        Self {
+            range,
+            frozen: false,
+            lr_scale: 1.0,
+            weight_decay: None,
+        }
+    }
+
+    /// Whether the rule changes nothing.
+    pub fn is_default(&self) -> bool {
+        *self == Self::new(self.range.clone())
+    }
+
+    /// `kind` with this tensor's learning rate and weight decay.
+    fn applied_to<T: Float>(&self, mut kind: OptimizerKind<T>) -> OptimizerKind<T> {
+        if self.lr_scale != 1.0 {
+            kind.set_lr(kind.lr() * T::of(self.lr_scale));
+        }
+        if let Some(wd) = self.weight_decay {
+            kind.set_weight_decay(T::of(wd));
+        }
+        kind
+    }
+}
+
+/// The ranges that ever sat out (with how many updates) and the ranges with a rule, merged
+/// in order; both are sorted lists of whole tensors, so a range in both is the same range.
+fn special_ranges<'a>(
+    skipped: &'a [(Range<usize>, u64)],
+    rules: &'a [TensorRule],
+) -> impl Iterator<Item = (Range<usize>, u64, Option<&'a TensorRule>)> {
+    let (mut s, mut r) = (0, 0);
+    std::iter::from_fn(move || {
+        let next_skip = skipped.get(s);
+        let next_rule = rules.get(r);
+        let start = |x: Option<usize>| x.unwrap_or(usize::MAX);
+        let (skip_start, rule_start) = (
+            start(next_skip.map(|(range, _)| range.start)),
+            start(next_rule.map(|rule| rule.range.start)),
+        );
+        let at = skip_start.min(rule_start);
+        if at == usize::MAX {
+            return None;
+        }
+        let skip = next_skip.filter(|_| skip_start == at);
+        let rule = next_rule.filter(|_| rule_start == at);
+        s += usize::from(skip.is_some());
+        r += usize::from(rule.is_some());
+        let range = rule.map_or_else(
+            || skip.expect("a range starts at `at`").0.clone(),
+            |r| r.range.clone(),
+        );
+        Some((range, skip.map_or(0, |(_, k)| *k), rule))
+    })
 }
 
 /// Parameter count from which an update runs in two halves on two threads

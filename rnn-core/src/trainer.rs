@@ -16,7 +16,7 @@ use crate::io::Extras;
 use crate::network::{
     self, Exec, Frozen, PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed,
 };
-use crate::optim::{self, Clip, Optimizer, OptimizerKind};
+use crate::optim::{self, Clip, Optimizer, OptimizerKind, TensorRule};
 use crate::params::{Layout, init_params};
 use crate::schedule::LrSchedule;
 use crate::workspace::Workspace;
@@ -191,8 +191,10 @@ pub struct Trainer<T: Float> {
     pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Micro-batches waiting for their update ([`Trainer::accumulate`]).
     pub accumulated: Accumulator<T>,
-    /// The frozen tensors' elements ([`Trainer::freeze`]), sorted.
-    frozen: Vec<Range<usize>>,
+    /// How single tensors update unlike the rest ([`Trainer::freeze`],
+    /// [`Trainer::set_lr_scale`], [`Trainer::set_weight_decay`]): sorted, none that changes
+    /// nothing.
+    rules: Vec<TensorRule>,
 }
 
 /// The cores this process may use (1 if unknown).
@@ -267,7 +269,7 @@ impl<T: Float> Trainer<T> {
             lr_schedule: None,
             pool: None,
             accumulated: Accumulator::default(),
-            frozen: Vec::new(),
+            rules: Vec::new(),
         })
     }
 
@@ -309,11 +311,7 @@ impl<T: Float> Trainer<T> {
     /// # Errors
     /// [`RnnError::Config`] naming the model's tensors if it has none called `name`.
     pub fn freeze(&mut self, name: &str) -> Result<()> {
-        let range = self.tensor_range(name)?;
-        if let Err(i) = self.frozen.binary_search_by_key(&range.start, |r| r.start) {
-            self.frozen.insert(i, range);
-        }
-        Ok(())
+        self.change_rule(name, |rule| rule.frozen = true)
     }
 
     /// Lets updates change the tensor `name` again after [`Trainer::freeze`] (PyTorch's
@@ -323,18 +321,97 @@ impl<T: Float> Trainer<T> {
     /// # Errors
     /// [`RnnError::Config`] naming the model's tensors if it has none called `name`.
     pub fn unfreeze(&mut self, name: &str) -> Result<()> {
-        let range = self.tensor_range(name)?;
-        self.frozen.retain(|r| *r != range);
-        Ok(())
+        self.change_rule(name, |rule| rule.frozen = false)
     }
 
     /// The frozen tensors' names ([`Trainer::freeze`]), in state-dict order.
     pub fn frozen(&self) -> Vec<&str> {
         let tensors = self.layout.tensors.iter();
         tensors
-            .filter(|t| self.frozen.contains(&t.range))
+            .filter(|t| self.is_frozen(&t.range))
             .map(|t| t.name.as_str())
             .collect()
+    }
+
+    /// Gives the tensor `name` a learning rate of `scale` times the optimizer's, schedules
+    /// included: PyTorch's parameter group with its own `lr` (`scale` = its `lr` over the
+    /// optimizer's), as in discriminative fine-tuning, where pretrained lower layers learn
+    /// slower. 1 restores the optimizer's rate; 0 updates the tensor's state but not the
+    /// tensor (a frozen tensor's state stands still: [`Trainer::freeze`]). PyTorch's
+    /// schedules scale each group's rate as here, but share a floor (cosine's `eta_min`,
+    /// `ReduceLROnPlateau`'s `min_lr`) that here is scaled too.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::lstm(2, 8, 3).layers(2);
+    /// let mut tr = Trainer::<f64>::new(cfg, LossSpec::every_step(LossKind::CrossEntropy), OptimizerKind::adamw(1e-2), 0)?;
+    /// for name in ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"] {
+    ///     tr.set_lr_scale(name, 0.1)?; // the bottom layer learns at 1e-3
+    /// }
+    /// tr.set_weight_decay("head.bias", 0.0)?; // no decay on the head's bias
+    /// assert_eq!(tr.lr_scale("rnn.bias_hh_l0")?, 0.1);
+    /// assert_eq!(tr.weight_decay("head.bias")?, 0.0);
+    /// assert_eq!(tr.weight_decay("head.weight")?, 0.01); // AdamW's default
+    /// assert!(tr.set_lr_scale("head.bias", -1.0).is_err());
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for a name the model has no tensor for, or a `scale` that is
+    /// negative or not finite; nothing changes then.
+    pub fn set_lr_scale(&mut self, name: &str, scale: f64) -> Result<()> {
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(RnnError::Config(format!(
+                "the learning-rate scale of {name:?} is {scale}: it must be finite and not \
+                 negative"
+            )));
+        }
+        self.change_rule(name, |rule| rule.lr_scale = scale)
+    }
+
+    /// Gives the tensor `name` its own weight decay instead of the optimizer's (L2, or
+    /// decoupled for AdamW): PyTorch's parameter group with its own `weight_decay`, as in
+    /// the common recipe that decays no bias. [`Trainer::clear_weight_decay`] returns it to
+    /// the optimizer's.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for a name the model has no tensor for, or a `weight_decay`
+    /// that is negative or not finite; nothing changes then.
+    pub fn set_weight_decay(&mut self, name: &str, weight_decay: f64) -> Result<()> {
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return Err(RnnError::Config(format!(
+                "the weight decay of {name:?} is {weight_decay}: it must be finite and not \
+                 negative"
+            )));
+        }
+        self.change_rule(name, |rule| rule.weight_decay = Some(weight_decay))
+    }
+
+    /// Returns the tensor `name` to the optimizer's weight decay after
+    /// [`Trainer::set_weight_decay`].
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for a name the model has no tensor for.
+    pub fn clear_weight_decay(&mut self, name: &str) -> Result<()> {
+        self.change_rule(name, |rule| rule.weight_decay = None)
+    }
+
+    /// The tensor `name`'s learning rate over the optimizer's ([`Trainer::set_lr_scale`]).
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for a name the model has no tensor for.
+    pub fn lr_scale(&self, name: &str) -> Result<f64> {
+        Ok(self.rule(name)?.map_or(1.0, |r| r.lr_scale))
+    }
+
+    /// The weight decay the tensor `name` updates with: its own
+    /// ([`Trainer::set_weight_decay`]) or the optimizer's.
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for a name the model has no tensor for.
+    pub fn weight_decay(&self, name: &str) -> Result<f64> {
+        let own = self.rule(name)?.and_then(|r| r.weight_decay);
+        Ok(own.unwrap_or_else(|| self.optimizer.kind.weight_decay().f64()))
     }
 
     /// The elements of the tensor `name`.
@@ -348,6 +425,38 @@ impl<T: Float> Trainer<T> {
                 )))
             }
         }
+    }
+
+    /// The rule of the tensor `name`, if it has one.
+    fn rule(&self, name: &str) -> Result<Option<&TensorRule>> {
+        let range = self.tensor_range(name)?;
+        Ok(self.rules.iter().find(|r| r.range == range))
+    }
+
+    /// Changes the rule of the tensor `name` (a new one, if it has none), keeping the rules
+    /// sorted and dropping one that no longer changes anything.
+    fn change_rule(&mut self, name: &str, change: impl FnOnce(&mut TensorRule)) -> Result<()> {
+        let range = self.tensor_range(name)?;
+        let i = match self
+            .rules
+            .binary_search_by_key(&range.start, |r| r.range.start)
+        {
+            Ok(i) => i,
+            Err(i) => {
+                self.rules.insert(i, TensorRule::new(range));
+                i
+            }
+        };
+        change(&mut self.rules[i]);
+        if self.rules[i].is_default() {
+            self.rules.remove(i);
+        }
+        Ok(())
+    }
+
+    /// Whether the tensor with elements `range` is frozen.
+    fn is_frozen(&self, range: &Range<usize>) -> bool {
+        self.rules.iter().any(|r| r.frozen && r.range == *range)
     }
 
     /// Sets gradient clipping.
@@ -652,11 +761,11 @@ impl<T: Float> Trainer<T> {
             let lr = schedule.rate(base, self.optimizer.steps);
             self.optimizer.kind.set_lr(T::of(lr));
         }
-        self.optimizer.update_except(
+        self.optimizer.update_with_rules(
             &mut self.params,
             &self.grads,
             clip_scale,
-            &self.frozen,
+            &self.rules,
             two_threads,
         );
         Ok(StepReport {
@@ -997,7 +1106,7 @@ impl<T: Float> Trainer<T> {
     /// and the backward pass of the bottom layers when nothing below them trains (no table
     /// or learned initial state that is not frozen).
     fn frozen_parts(&self) -> Frozen {
-        let frozen = |range: &Range<usize>| self.frozen.contains(range);
+        let frozen = |range: &Range<usize>| self.is_frozen(range);
         let layout = &self.layout;
         let below_trains = layout.embedding.iter().chain(&layout.h0).chain(&layout.c0);
         let bottom_layers = if self.config.bidirectional || !below_trains.clone().all(frozen) {
@@ -1014,8 +1123,8 @@ impl<T: Float> Trainer<T> {
 
     /// Zeroes the gradients of frozen tensors: in PyTorch they have none.
     fn zero_frozen_grads(&mut self) {
-        for range in &self.frozen {
-            self.grads[range.clone()].fill(T::zero());
+        for rule in self.rules.iter().filter(|r| r.frozen) {
+            self.grads[rule.range.clone()].fill(T::zero());
         }
     }
 

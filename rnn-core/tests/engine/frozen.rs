@@ -1,7 +1,9 @@
-//! Frozen tensors (`Trainer::freeze`, PyTorch's `requires_grad_(False)`): updates leave them
-//! and their optimizer state alone, their gradients count nowhere, each tensor's own update
-//! count survives a checkpoint, and the bits do not depend on the thread count. The match
-//! with PyTorch's training loop is in `golden::training_matches_pytorch_with_frozen_*`.
+//! Per-tensor rules, PyTorch's `requires_grad_(False)` and parameter groups. Frozen tensors
+//! (`Trainer::freeze`): updates leave them and their optimizer state alone, their gradients
+//! count nowhere, each tensor's own update count survives a checkpoint, and passes skip the
+//! work only they need. A tensor's own learning rate and weight decay
+//! (`Trainer::set_lr_scale`, `set_weight_decay`). The bits never depend on the thread count.
+//! The match with PyTorch's training loop is in `golden::training_matches_pytorch_with_*`.
 
 use crate::common::scratch_dir;
 use rnn_core::io::{self, OwnedTensor};
@@ -223,6 +225,8 @@ fn frozen_updates_are_bitwise_across_thread_counts() {
     let params = |threads| {
         let mut tr = trainer(cfg).with_threads(threads);
         tr.freeze("rnn.weight_hh_l0").unwrap();
+        tr.set_lr_scale("rnn.weight_hh_l1", 0.5).unwrap();
+        tr.set_weight_decay("rnn.weight_ih_l1", 0.0).unwrap();
         let (t, b) = (3, 2);
         for step in 0..3 {
             let (x, y) = data(step, t, b, 3);
@@ -384,4 +388,52 @@ fn trainers_skip_frozen_bottoms_to_the_same_bits() {
         assert!(skipped.2 >= 4, "{cfg:?}: {} frozen", skipped.2);
         assert_eq!(skipped, full, "{cfg:?}");
     }
+}
+
+/// A tensor's own learning rate and weight decay: checked, refused without a change, and
+/// gone when set back, so the update is bitwise the optimizer's own again.
+#[test]
+fn tensor_rates_and_decays_are_checked_and_undone() {
+    let cfg = RnnConfig::gru(3, 6, 4).layers(2);
+    let mut tr = trainer(cfg);
+    for bad in [-0.5, f64::NAN, f64::INFINITY] {
+        let e = tr.set_lr_scale("head.weight", bad).unwrap_err();
+        assert!(
+            matches!(e, RnnError::Config(_)) && e.to_string().contains("head.weight"),
+            "{e}"
+        );
+        assert!(tr.set_weight_decay("head.weight", bad).is_err());
+    }
+    assert!(tr.set_lr_scale("head.weights", 2.0).is_err());
+    assert!(tr.weight_decay("rnn.h0").is_err());
+    let optimizers = f64::from(0.01f32); // the trainer's own, in f32
+    assert_eq!(tr.lr_scale("head.weight").unwrap(), 1.0);
+    assert_eq!(tr.weight_decay("head.weight").unwrap(), optimizers);
+    // Set, trained with, then set back: from there on the same bits as a trainer without.
+    let mut plain = trainer(cfg);
+    tr.set_lr_scale("rnn.weight_hh_l1", 3.0).unwrap();
+    tr.set_weight_decay("rnn.bias_ih_l0", 0.5).unwrap();
+    run(&mut tr, 0..1);
+    run(&mut plain, 0..1);
+    assert_ne!(tr.params.to_vec(), plain.params.to_vec());
+    tr.set_lr_scale("rnn.weight_hh_l1", 1.0).unwrap();
+    tr.clear_weight_decay("rnn.bias_ih_l0").unwrap();
+    assert_eq!(tr.weight_decay("rnn.bias_ih_l0").unwrap(), optimizers);
+    let (before, state) = (tr.params.to_vec(), tr.optimizer.clone());
+    let mut again = trainer(cfg);
+    again.params.copy_from_slice(&before);
+    again.optimizer = state;
+    run(&mut tr, 1..3);
+    run(&mut again, 1..3);
+    assert_eq!(tr.params.to_vec(), again.params.to_vec());
+    // A rate of 0 holds the tensor but not its state (a frozen one's state stands still).
+    let w = range(&tr, "head.bias");
+    tr.set_lr_scale("head.bias", 0.0).unwrap();
+    let (held, moment) = (
+        tr.params[w.clone()].to_vec(),
+        tr.optimizer.state1[w.clone()].to_vec(),
+    );
+    run(&mut tr, 3..4);
+    assert_eq!(tr.params[w.clone()], held[..]);
+    assert_ne!(tr.optimizer.state1[w], moment[..]);
 }

@@ -753,7 +753,9 @@ fn grad_dump_rejects_bad_files_clearly() {
 /// (`training(...)` in scripts/torch_fixtures.py): SGD with momentum and weight decay, Nesterov,
 /// Adam with L2, AdamW, RMSprop with momentum and centering, Adagrad with rate decay and a
 /// starting accumulator; clip_grad_norm_ with its 1e-6 guard; frozen parameters
-/// (`requires_grad_(False)` for some of the steps: metadata `frozen`, `name:first:end;...`).
+/// (`requires_grad_(False)` for some of the steps: metadata `frozen`, `name:first:end;...`);
+/// parameter groups (metadata `rules`, `name:lr_scale:weight_decay;...`, `-` for the
+/// optimizer's decay) under a StepLR schedule (`step_lr`, `step_size:gamma`).
 fn check_training(name: &str) {
     use rnn_core::prelude::*;
     let bytes = io::read_bytes(&fixtures::path(&format!("train_{name}.safetensors"))).unwrap();
@@ -817,6 +819,19 @@ fn check_training(name: &str) {
     )
     .unwrap()
     .with_clip(clip);
+    for rule in meta.get("rules").iter().flat_map(|r| r.split(';')) {
+        let v: Vec<&str> = rule.split(':').collect();
+        tr.set_lr_scale(v[0], v[1].parse().unwrap()).unwrap();
+        if v[2] != "-" {
+            tr.set_weight_decay(v[0], v[2].parse().unwrap()).unwrap();
+        }
+    }
+    if let Some(step_lr) = meta.get("step_lr") {
+        use rnn_core::schedule::{Decay, LrSchedule};
+        let (every, gamma) = step_lr.split_once(':').unwrap();
+        let decay = Decay::step(every.parse().unwrap(), gamma.parse().unwrap()).unwrap();
+        tr = tr.with_lr_schedule(LrSchedule::new(decay));
+    }
     let (x, _) = io::float_tensor::<f64>(&st, "x").unwrap();
     let labels = fixtures::classes(&st, "target");
     let frozen: Vec<(&str, std::ops::Range<usize>)> = meta.get("frozen").map_or(vec![], |f| {
@@ -907,6 +922,21 @@ fn training_matches_pytorch_with_frozen_tensors_adagrad() {
 #[test]
 fn training_matches_pytorch_with_frozen_tensors_gru_sgd_momentum() {
     check_training("gru_sgd_momentum_frozen");
+}
+
+#[test]
+fn training_matches_pytorch_with_parameter_groups_adamw_step_lr() {
+    check_training("adamw_groups");
+}
+
+#[test]
+fn training_matches_pytorch_with_parameter_groups_and_frozen_tensors_sgd() {
+    check_training("sgd_groups_frozen");
+}
+
+#[test]
+fn training_matches_pytorch_with_parameter_groups_adagrad() {
+    check_training("adagrad_groups");
 }
 
 #[test]
