@@ -224,6 +224,11 @@ struct Args {
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     resume: bool,
+    /// Freeze these tensors, by state-dict name, comma-separated (PyTorch's
+    /// `requires_grad_(False)`; e.g. `embedding.weight,rnn.weight_ih_l0`): with --resume,
+    /// fine-tunes the rest of a trained model. A frozen bottom layer costs no backward pass.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    freeze: Vec<String>,
     /// Threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -392,6 +397,12 @@ fn run(args: Args) -> Result<(), String> {
     .with_dropout(Dropout::new(args.dropout, args.seed).map_err(|e| e.to_string())?)
     .with_lr_schedule(lr_schedule(&args)?);
     let mut stream = Tbptt::new(trainer, k1, k2, b).map_err(|e| e.to_string())?;
+    for name in &args.freeze {
+        stream
+            .trainer
+            .freeze(name)
+            .map_err(|e| format!("--freeze: {e}"))?;
+    }
     let validation = held_out
         .as_ref()
         .map(|h| Validation::new(h, cfg.num_embeddings.is_some()))
@@ -430,7 +441,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let unigram = corpus.unigram_entropy();
     println!(
-        "{} characters ({} held out), alphabet of {v}; {} {}x{}{} model, {} streams, TBPTT({k1}, {k2}){}, {threads} thread(s)",
+        "{} characters ({} held out), alphabet of {v}; {} {}x{}{} model, {} streams, TBPTT({k1}, {k2}){}, {threads} thread(s){}",
         corpus.len(),
         held_out_len,
         cfg.cell.as_str(),
@@ -444,6 +455,10 @@ fn run(args: Args) -> Result<(), String> {
         match args.accumulate {
             1 => String::new(),
             n => format!(" x {n} chunks per update"),
+        },
+        match stream.trainer.frozen()[..] {
+            [] => String::new(),
+            ref names => format!("; frozen: {}", names.join(", ")),
         }
     );
     let save = |stream: &Tbptt<f32>,
