@@ -65,6 +65,15 @@
 //! PyTorch's `dropout` argument does ([`dropout`]), and [`trainer::Trainer::evaluate`] gives
 //! the undropped model's loss, for a validation set.
 //!
+//! Sequences of different lengths: [`padding::pad`] puts them into one time-major batch
+//! with their lengths (PyTorch's `pad_sequence`), [`padding::unpad`] takes each one's
+//! outputs back out, and [`padding::time_major`] turns `batch_first` buffers around.
+//!
+//! Fine-tuning: [`trainer::Trainer::freeze`] keeps tensors as they are (PyTorch's
+//! `requires_grad_(False)`, skipping the backward pass of a frozen bottom of the stack), and
+//! [`trainer::Trainer::set_lr_scale`] and [`trainer::Trainer::set_weight_decay`] give a
+//! tensor its own rate and decay (PyTorch's parameter groups).
+//!
 //! Weighting and scoring sequences: [`batch::Batch::with_sequence_weights`] weighs each
 //! sequence's loss (Keras' `sample_weight`), and [`trainer::Trainer::sequence_losses`] gives
 //! each sequence's own loss (PyTorch's `reduction="none"`, per sequence: an anomaly score
@@ -93,6 +102,7 @@ pub mod io;
 mod layer;
 pub mod network;
 pub mod optim;
+pub mod padding;
 pub mod params;
 pub mod predict;
 pub mod sampling;

@@ -189,3 +189,55 @@ fn accuracy_counts_the_scored_labelled_positions() {
         .unwrap_err();
     assert!(e.to_string().contains("no scored position"), "{e}");
 }
+
+/// Sequences of different lengths padded into one batch (`padding::pad`) score as each one
+/// alone, and `padding::unpad` gives each its own outputs: packed-sequence semantics end to
+/// end.
+#[test]
+fn padded_sequences_score_and_run_as_each_alone() {
+    use rnn_core::padding::{pad, unpad};
+    let cfg = RnnConfig::lstm(2, 6, 3).layers(2);
+    let spec = LossSpec {
+        reduction: Reduction::Sum,
+        ..LossSpec::every_step(LossKind::CrossEntropy)
+    };
+    let lens = [5usize, 1, 3, 4];
+    let xs: Vec<Vec<f64>> = (lens.iter().enumerate())
+        .map(|(b, &l)| {
+            (0..l * 2)
+                .map(|k| ((k * 7 + b * 3) % 11) as f64 / 5.0 - 1.0)
+                .collect()
+        })
+        .collect();
+    let ys: Vec<Vec<usize>> = (lens.iter().enumerate())
+        .map(|(b, &l)| (0..l).map(|k| (k + b) % 3).collect())
+        .collect();
+    let x = pad(&xs.iter().map(|s| &s[..]).collect::<Vec<_>>(), 2, 0.0).unwrap();
+    let y = pad(
+        &ys.iter().map(|s| &s[..]).collect::<Vec<_>>(),
+        1,
+        IGNORED_LABEL,
+    )
+    .unwrap();
+    assert_eq!(x.lengths, lens);
+    let mut tr = Trainer::<f64>::new(cfg, spec, OptimizerKind::sgd(0.1), 3).unwrap();
+    let batch = Batch {
+        lengths: Some(&x.lengths),
+        ..Batch::new(x.seq_len, 4, &x.values, Target::Classes(&y.values))
+    };
+    let together = tr.sequence_losses(&batch).unwrap().to_vec();
+    let outputs = unpad(tr.outputs(&batch).unwrap(), x.seq_len, 4, 3, &x.lengths).unwrap();
+    for (b, &len) in lens.iter().enumerate() {
+        let alone = Batch::new(len, 1, &xs[b], Target::Classes(&ys[b]));
+        let loss = tr.sequence_losses(&alone).unwrap()[0];
+        assert!(
+            (together[b] - loss).abs() <= 1e-12 * loss.abs(),
+            "sequence {b}"
+        );
+        let own = tr.outputs(&alone).unwrap();
+        assert_eq!(outputs[b].len(), own.len());
+        for (got, want) in outputs[b].iter().zip(own) {
+            assert!((got - want).abs() <= 1e-12, "sequence {b}: {got} vs {want}");
+        }
+    }
+}
