@@ -2,14 +2,18 @@
 //! tokens/s (`cargo bench -p bench-suite`; `BENCH_WORKLOADS=tiny,medium` and
 //! `BENCH_CELLS=lstm,gru` to pick; LSTM and GRU run the workloads.md table only), beside a same-run faer GEMM (512x512x512) for the hardware's rate. `cargo xtask
 //! bench` gives the same measurements as records with memory and GEMM-relative ratios.
+//! `fine_tune` times char's data through a two-layer LSTM with every tensor training, and with
+//! layer 0 frozen (`Trainer::freeze`, whose backward pass is then skipped).
 
 use std::hint::black_box;
 
-use bench_suite::{SWEEPS, WORKLOADS, picked};
+use bench_suite::{SWEEPS, WORKLOADS, Workload, picked};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use kernels::gemm::{GemmShape, gemm_nn};
-use rnn_core::config::Cell;
+use rnn_core::config::{Cell, LossKind, LossSpec, RnnConfig};
+use rnn_core::optim::{Clip, OptimizerKind};
+use rnn_core::trainer::Trainer;
 
 fn train_step(c: &mut Criterion) {
     for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
@@ -37,6 +41,42 @@ fn train_step(c: &mut Criterion) {
     }
 }
 
+fn fine_tune(c: &mut Criterion) {
+    if !picked("BENCH_WORKLOADS", "fine_tune") {
+        return;
+    }
+    let w = Workload::named("char").expect("char is a workload");
+    let data = w.data();
+    let mut group = c.benchmark_group("fine_tune_lstm_char_2layers_t1");
+    group.throughput(Throughput::Elements(w.tokens() as u64));
+    group.sample_size(10);
+    for frozen in [
+        &[][..],
+        &["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
+    ] {
+        let cfg = RnnConfig::lstm(w.i, w.h, w.o).layers(2);
+        let spec = LossSpec::every_step(LossKind::CrossEntropy);
+        let mut trainer = Trainer::new(cfg, spec, OptimizerKind::sgd(1e-3), 0)
+            .expect("a valid model")
+            .with_clip(Clip::Norm(1.0))
+            .with_threads(1);
+        for name in frozen {
+            trainer
+                .freeze(&format!("rnn.{name}"))
+                .expect("a tensor of the model");
+        }
+        let id = if frozen.is_empty() {
+            "all_train"
+        } else {
+            "layer0_frozen"
+        };
+        group.bench_function(id, |b| {
+            b.iter(|| trainer.step(black_box(&data.batch())).unwrap())
+        });
+    }
+    group.finish();
+}
+
 fn gemm_reference(c: &mut Criterion) {
     let n = 512;
     let (a, b) = (vec![0.5f32; n * n], vec![0.25f32; n * n]);
@@ -62,6 +102,6 @@ criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(15).warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_reference, train_step
+    targets = gemm_reference, train_step, fine_tune
 }
 criterion_main!(benches);
