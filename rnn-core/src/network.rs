@@ -89,10 +89,10 @@ pub struct Frozen {
     /// `dL/dx` (the table's scatter is its only reader) unless [`PassOptions::input_grad`]
     /// asks for it.
     pub embedding: bool,
-    /// The bottom `n` recurrent layers (their tensors, and their rows of learned initial
-    /// states): the backward pass stops above them, as nothing below needs `dL/dh`. It
-    /// runs them all the same where something below does: `dL/dx` (asked for, or a table
-    /// that is not frozen), telemetry, or a bidirectional model.
+    /// The bottom `n` recurrent layers, both directions of a bidirectional one (their
+    /// tensors, and their rows of learned initial states): the backward pass stops above
+    /// them, as nothing below needs `dL/dh`. It runs them all the same where something below
+    /// does: `dL/dx` (asked for, or a table that is not frozen), or telemetry.
     pub bottom_layers: usize,
 }
 
@@ -133,8 +133,8 @@ impl PassOptions {
         }
     }
 
-    /// How many of a unidirectional model's `layers`, from the bottom, the backward pass
-    /// skips ([`Frozen::bottom_layers`]).
+    /// How many of a model's `layers`, from the bottom, the backward pass skips
+    /// ([`Frozen::bottom_layers`]).
     fn skipped_layers(&self, layers: usize) -> usize {
         if self.input_grad || self.telemetry {
             0
@@ -805,15 +805,7 @@ fn backward<T: Float>(
     }
     // Frozen bottom layers: nothing below needs their dL/dh, so their backward never runs.
     let skipped = opts.skipped_layers(config.num_layers);
-    for k in 0..skipped {
-        for range in layout.layers[k].ranges() {
-            grads[range.clone()].fill(T::zero());
-        }
-        ws.dh0[layer_state(k)].fill(T::zero());
-        if cell.has_cell_state() {
-            ws.dc0[layer_cell_state(k)].fill(T::zero());
-        }
-    }
+    zero_skipped_passes(p, grads, ws, skipped);
     for steps in p.chunks().rev() {
         if head && !many_to_one {
             head_backward(p, grads, ws, HeadRows::chunk(steps.clone()));
@@ -860,6 +852,26 @@ fn backward<T: Float>(
         }
     }
     initial_state_grads(p, grads, ws);
+}
+
+/// Zeroes what the backward pass of the bottom `passes` passes would have written: their
+/// tensors' gradients and their `dL/dh0` (and `dL/dc0`) rows ([`Frozen::bottom_layers`]).
+fn zero_skipped_passes<T: Float>(
+    p: &Pass<'_, '_, T>,
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    passes: usize,
+) {
+    let (config, b) = (p.config, p.batch.batch);
+    for slots in &p.layout.layers[..passes] {
+        for range in slots.ranges() {
+            grads[range.clone()].fill(T::zero());
+        }
+    }
+    ws.dh0[..passes * b * config.state_size()].fill(T::zero());
+    if config.cell.has_cell_state() {
+        ws.dc0[..passes * b * config.hidden_size].fill(T::zero());
+    }
 }
 
 /// The gradients of learned initial states from `ws.dh0` (and `ws.dc0`): a broadcast state's

@@ -212,7 +212,10 @@ pub(super) fn backward<T: Float>(
     if opts.input_grad {
         ws.dx.resize(rows * i);
     }
-    for k in (0..l).rev() {
+    // Frozen bottom layers: nothing below needs their dL/dh, so their backward never runs.
+    let skipped = opts.skipped_layers(l);
+    super::zero_skipped_passes(p, grads, ws, 2 * skipped);
+    for k in (skipped..l).rev() {
         let Workspace {
             layers,
             bidi,
@@ -236,6 +239,8 @@ pub(super) fn backward<T: Float>(
                 opts.input_grad.then_some(dx),
                 opts.input_grad.then_some(d_rev),
             ]
+        } else if k == skipped {
+            [None, None]
         } else {
             [
                 Some(&mut bidi.d_fwd[..rows * w]),
@@ -269,7 +274,7 @@ pub(super) fn backward<T: Float>(
             layer::backward(pass, buf, out);
         });
         let bidi = &mut ws.bidi;
-        if k > 0 {
+        if k > skipped {
             // dL/d output of layer k - 1, back through its dropout, then to each direction.
             let d_out = &mut bidi.d_fwd[..rows * w];
             reverse_rows(d_out, &bidi.d_rev[..rows * w], w, batch, Accum::Add);
