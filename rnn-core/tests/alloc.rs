@@ -49,12 +49,20 @@ fn allocations_of_steady_step(
         .with_unit_split(split)
         .with_memory(memory)
         .with_dropout(Dropout::new(dropout, 0).unwrap());
-    // Four models (odd T) with a frozen tensor and one of its own rate and decay: their
-    // updates run in pieces around them.
+    // Four models (odd T) with frozen tensors and one of its own rate and decay: their
+    // updates run in pieces around them, and the stacked ones skip their frozen bottom
+    // layer's backward pass.
     if t % 2 == 1 {
         trainer.freeze("head.bias").unwrap();
         trainer.set_lr_scale("head.weight", 0.5).unwrap();
         trainer.set_weight_decay("head.weight", 0.0).unwrap();
+        let bottom: Vec<String> = (trainer.layout.tensors.iter())
+            .map(|t| t.name.clone())
+            .filter(|n| n.contains("_l0") || n == "rnn.h0" || n == "rnn.c0")
+            .collect();
+        for name in bottom.iter().filter(|_| cfg.num_layers > 1) {
+            trainer.freeze(name).unwrap();
+        }
     }
     let x = vec![0.3f32; t * b * cfg.input_size];
     let positions = if loss.many_to_one { b } else { t * b };
