@@ -207,10 +207,11 @@ impl<T: Float> Trainer<T> {
     pub(super) fn frozen_parts(&self) -> Frozen {
         let frozen = |range: &Range<usize>| self.is_frozen(range);
         let layout = &self.layout;
-        let below_trains = layout.embedding.iter().chain(&layout.h0).chain(&layout.c0);
+        // What feeds the bottom layer: nothing of it may train for its backward to be skipped.
+        let mut below = layout.embedding.iter().chain(&layout.h0).chain(&layout.c0);
         // A layer is its passes: both directions of a bidirectional one.
         let directions = self.config.passes() / self.config.num_layers;
-        let bottom_layers = if below_trains.clone().all(frozen) {
+        let bottom_layers = if below.all(frozen) {
             let layers = layout.layers.chunks(directions);
             layers
                 .take_while(|passes| passes.iter().flat_map(|l| l.ranges()).all(frozen))

@@ -1,7 +1,9 @@
 //! Random batches shared by the gradient tests (`gradcheck`, `properties`, `checkpointed`,
 //! `time_chunks`) and those that split a batch by sequences (`accumulate`,
-//! `sequence_losses`), and the scratch folders of the tests that write files.
+//! `sequence_losses`), the scratch folders of the tests that write files, and the tensors of
+//! a file to rewrite edited.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -9,6 +11,7 @@ use rand::{Rng, rngs::StdRng};
 use rnn_core::batch::IGNORED_LABEL;
 use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
+use rnn_core::io;
 
 /// Inputs, both kinds of target, lengths and an initial state for one batch, in f64.
 pub struct Data {
@@ -164,6 +167,23 @@ fn columns<V: Copy>(buf: &[V], steps: usize, b: usize, width: usize, cols: &[usi
         })
         .copied()
         .collect()
+}
+
+/// A safetensors file's tensors, owned, and its metadata: to rewrite it edited.
+pub fn owned_tensors(bytes: &[u8]) -> (Vec<(String, io::OwnedTensor)>, HashMap<String, String>) {
+    let (st, meta) = io::parse_with_metadata(bytes).unwrap();
+    let tensors = (st.tensors().into_iter())
+        .map(|(name, v)| {
+            let (dtype, shape, bytes) = (v.dtype(), v.shape().to_vec(), v.data().to_vec());
+            let tensor = io::OwnedTensor {
+                dtype,
+                shape,
+                bytes,
+            };
+            (name, tensor)
+        })
+        .collect();
+    (tensors, meta)
 }
 
 /// A fresh folder for one test's files, `rnn-core-<name>-<pid>` under the system's temporary

@@ -5,8 +5,8 @@
 //! (`Trainer::set_lr_scale`, `set_weight_decay`). The bits never depend on the thread count.
 //! The match with PyTorch's training loop is in `golden::training_matches_pytorch_with_*`.
 
-use crate::common::scratch_dir;
-use rnn_core::io::{self, OwnedTensor};
+use crate::common::{owned_tensors, scratch_dir};
+use rnn_core::io;
 use rnn_core::prelude::*;
 
 fn data(step: usize, t: usize, b: usize, i: usize) -> (Vec<f32>, Vec<usize>) {
@@ -176,20 +176,8 @@ fn checkpoint_skipped_counts_are_checked() {
     let dir = scratch_dir("frozen-skipped");
     let path = dir.join("ckpt.safetensors");
     io::save_checkpoint(&path, &cfg, &tr.params, &tr.optimizer).unwrap();
-    let bytes = io::read_bytes(&path).unwrap();
-    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
+    let (tensors, meta) = owned_tensors(&io::read_bytes(&path).unwrap());
     assert_eq!(meta["optim.skipped"], "rnn.weight_ih_l0=3,head.weight=2");
-    let tensors: Vec<(String, OwnedTensor)> = (st.tensors().into_iter())
-        .map(|(n, v)| {
-            let (dtype, shape, bytes) = (v.dtype(), v.shape().to_vec(), v.data().to_vec());
-            let t = OwnedTensor {
-                dtype,
-                shape,
-                bytes,
-            };
-            (n, t)
-        })
-        .collect();
     for (entry, why) in [
         ("rnn.weight_ih_l9=1", "no tensor \"rnn.weight_ih_l9\""),
         ("head.weight=5", "up to the 4"),

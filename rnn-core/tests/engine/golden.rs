@@ -1,7 +1,7 @@
 //! Parity with PyTorch: fixtures made by `scripts/torch_fixtures.py` (torch 2.15, CPU) in
 //! grad_dump's format; every output and gradient must match.
 
-use crate::common::scratch_dir;
+use crate::common::{owned_tensors, scratch_dir};
 use crate::fixtures;
 use rnn_core::dump::{grad_dump, grad_dump_with};
 use rnn_core::io;
@@ -266,21 +266,7 @@ fn edited(
     ),
 ) -> Vec<u8> {
     let bytes = io::read_bytes(&fixtures::path(&format!("{name}.in.safetensors"))).unwrap();
-    let (st, mut meta) = io::parse_with_metadata(&bytes).unwrap();
-    let mut tensors: Vec<(String, io::OwnedTensor)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            (
-                n,
-                io::OwnedTensor {
-                    dtype: v.dtype(),
-                    shape: v.shape().to_vec(),
-                    bytes: v.data().to_vec(),
-                },
-            )
-        })
-        .collect();
+    let (mut tensors, mut meta) = owned_tensors(&bytes);
     edit(&mut tensors, &mut meta);
     // One folder per call: tests editing the same fixture run in parallel.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
