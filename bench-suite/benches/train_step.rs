@@ -2,8 +2,10 @@
 //! tokens/s (`cargo bench -p bench-suite`; `BENCH_WORKLOADS=tiny,medium` and
 //! `BENCH_CELLS=lstm,gru` to pick; LSTM and GRU run the workloads.md table only), beside a same-run faer GEMM (512x512x512) for the hardware's rate. `cargo xtask
 //! bench` gives the same measurements as records with memory and GEMM-relative ratios.
-//! `fine_tune` times char's data through a two-layer LSTM with every tensor training, and with
-//! layer 0 frozen (`Trainer::freeze`, whose backward pass is then skipped).
+//! `fine_tune` times char's data through a two-layer LSTM with every tensor training, with
+//! layer 0 frozen (`Trainer::freeze`, whose backward pass is then skipped), with layer 1's
+//! input weights frozen (their gradient product skipped), and with only the head training
+//! (a linear probe: the whole backward pass is the head's).
 
 use std::hint::black_box;
 
@@ -50,10 +52,15 @@ fn fine_tune(c: &mut Criterion) {
     let mut group = c.benchmark_group("fine_tune_lstm_char_2layers_t1");
     group.throughput(Throughput::Elements(w.tokens() as u64));
     group.sample_size(10);
-    for frozen in [
-        &[][..],
-        &["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
-    ] {
+    let layer =
+        |k: usize| ["weight_ih", "weight_hh", "bias_ih", "bias_hh"].map(|t| format!("{t}_l{k}"));
+    let cases = [
+        ("all_train", vec![]),
+        ("layer0_frozen", layer(0).to_vec()),
+        ("weight_ih_l1_frozen", vec!["weight_ih_l1".to_string()]),
+        ("head_only", [layer(0), layer(1)].concat()),
+    ];
+    for (id, frozen) in cases {
         let cfg = RnnConfig::lstm(w.i, w.h, w.o).layers(2);
         let spec = LossSpec::every_step(LossKind::CrossEntropy);
         let mut trainer = Trainer::new(cfg, spec, OptimizerKind::sgd(1e-3), 0)
@@ -65,11 +72,6 @@ fn fine_tune(c: &mut Criterion) {
                 .freeze(&format!("rnn.{name}"))
                 .expect("a tensor of the model");
         }
-        let id = if frozen.is_empty() {
-            "all_train"
-        } else {
-            "layer0_frozen"
-        };
         group.bench_function(id, |b| {
             b.iter(|| trainer.step(black_box(&data.batch())).unwrap())
         });

@@ -26,13 +26,18 @@ use crate::batch::{Batch, Target};
 use crate::config::{LossSpec, RnnConfig};
 use crate::dropout::Dropout;
 use crate::error::Result;
-use crate::layer::{self, InitialState, LayerGrads, LayerPass, PassThreads, share_accum, spans};
+use crate::layer::{
+    self, InitialState, LayerGrads, LayerPass, PassThreads, share_accum, spans, unless_frozen,
+};
 pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
 use crate::workspace::{BidiBuffers, LayerBuffers, Workspace};
 
 mod bidi;
+mod frozen;
 mod scoring;
+
+pub use frozen::{Frozen, FrozenTensors};
 
 pub(crate) use scoring::{accuracy, mean_divisor};
 use scoring::{loss_forward_backward, loss_scale};
@@ -60,40 +65,6 @@ pub struct PassOptions {
     /// [`crate::trainer::Trainer::freeze`]): the pass may leave them out, skipping the work
     /// only they need ([`Frozen`] says when).
     pub frozen: Frozen,
-}
-
-/// Parts of a model whose gradients a pass may leave out ([`PassOptions::frozen`]): where
-/// it does, they come out zero; elsewhere they are computed as always.
-///
-/// ```
-/// use rnn_core::network::{Frozen, PassOptions, forward_backward};
-/// use rnn_core::params::{Layout, init_params};
-/// use rnn_core::prelude::*;
-/// use rnn_core::workspace::Workspace;
-/// let cfg = RnnConfig::lstm(3, 8, 2).layers(2);
-/// let (layout, params) = (Layout::new(&cfg), init_params::<f64>(&cfg, 0));
-/// let mut grads = vec![0.0; layout.len];
-/// let (x, y) = (vec![0.5; 4 * 2 * 3], vec![0.1; 4 * 2 * 2]); // T = 4, B = 2
-/// let batch = Batch::new(4, 2, &x, Target::Values(&y));
-/// let opts = PassOptions { frozen: Frozen { bottom_layers: 1, ..Frozen::default() }, ..PassOptions::default() };
-/// let spec = LossSpec::every_step(LossKind::Mse);
-/// forward_backward(&cfg, &layout, &params, &mut grads, &mut Workspace::new(), &batch, &spec, opts)?;
-/// let bottom = layout.layers[0].w_ih.start..layout.layers[1].w_ih.start;
-/// assert!(grads[bottom].iter().all(|&g| g == 0.0)); // layer 0's backward never ran
-/// assert!(grads[layout.layers[1].w_hh.clone()].iter().any(|&g| g != 0.0));
-/// # Ok::<(), RnnError>(())
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Frozen {
-    /// The embedding table, whose gradient then comes out zero: a batch of tokens needs no
-    /// `dL/dx` (the table's scatter is its only reader) unless [`PassOptions::input_grad`]
-    /// asks for it.
-    pub embedding: bool,
-    /// The bottom `n` recurrent layers, both directions of a bidirectional one (their
-    /// tensors, and their rows of learned initial states): the backward pass stops above
-    /// them, as nothing below needs `dL/dh`. It runs them all the same where something below
-    /// does: `dL/dx` (asked for, or a table that is not frozen), or telemetry.
-    pub bottom_layers: usize,
 }
 
 impl Default for PassOptions {
@@ -607,6 +578,7 @@ impl<'a, 's, T: Float> Pass<'a, 's, T> {
             threads: self.threads,
             split: self.opts.split,
             steps: steps.clone(),
+            frozen: self.opts.frozen.tensors.pass(j),
         }
     }
 }
@@ -912,12 +884,21 @@ fn head_backward<T: Float>(
     let accum = share_accum(&rows.steps, batch.seq_len);
     let w_hy = &p.params[layout.w_hy.clone()];
     let n = states.len() / w;
+    let frozen = &p.opts.frozen.tensors;
     let s = GemmShape::new(o, w, n);
     let dw_hy = &mut grads[layout.w_hy.clone()];
-    gemm_tn(dw_hy, accum, dy, states, s, p.threads.product(s));
-    reduce::col_sums(&mut grads[layout.b_y.clone()], accum, dy);
-    let s = GemmShape::new(n, w, o);
-    gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, p.threads.product(s));
+    unless_frozen(frozen.head_weight(), dw_hy, accum, |dst| {
+        gemm_tn(dst, accum, dy, states, s, p.threads.product(s))
+    });
+    let db_y = &mut grads[layout.b_y.clone()];
+    unless_frozen(frozen.head_bias(), db_y, accum, |dst| {
+        reduce::col_sums(dst, accum, dy)
+    });
+    // dL/dh of the top layer, unless the backward pass skips every layer (all frozen).
+    if p.opts.skipped_layers(p.config.num_layers) < p.config.num_layers {
+        let s = GemmShape::new(n, w, o);
+        gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, p.threads.product(s));
+    }
 }
 
 /// The range of layer `k`'s block in an `[L, n]` buffer.

@@ -256,6 +256,55 @@ impl<T: Float> InitialState<'_, T> {
     }
 }
 
+/// Which of one pass's tensors are frozen: their gradient products are left out and their
+/// gradients come out zero (`network::FrozenTensors`). A bit per slot of [`LayerSlots`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LayerFrozen(u8);
+
+impl LayerFrozen {
+    pub const W_IH: u8 = 1;
+    pub const W_HH: u8 = 2;
+    pub const B_IH: u8 = 4;
+    pub const B_HH: u8 = 8;
+    pub const W_HR: u8 = 16;
+
+    /// The slots whose `frozen(range)` holds.
+    pub fn of(slots: &LayerSlots, frozen: impl Fn(&Range<usize>) -> bool) -> Self {
+        let slot = |range: Option<&Range<usize>>, bit| match range {
+            Some(r) if frozen(r) => bit,
+            _ => 0,
+        };
+        Self(
+            slot(Some(&slots.w_ih), Self::W_IH)
+                | slot(Some(&slots.w_hh), Self::W_HH)
+                | slot(slots.b_ih.as_ref(), Self::B_IH)
+                | slot(slots.b_hh.as_ref(), Self::B_HH)
+                | slot(slots.w_hr.as_ref(), Self::W_HR),
+        )
+    }
+
+    /// Whether the slot `bit` is frozen.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// Writes a gradient's share of the chunk with `compute`, unless its tensor is frozen: then
+/// the sequence's last chunk (the backward pass's first, `accum` = `Replace`) zeroes it and
+/// the others leave it, so it comes out zero.
+pub(crate) fn unless_frozen<T: Float>(
+    frozen: bool,
+    dst: &mut [T],
+    accum: Accum,
+    compute: impl FnOnce(&mut [T]),
+) {
+    if !frozen {
+        compute(dst);
+    } else if matches!(accum, Accum::Replace) {
+        dst.fill(T::zero());
+    }
+}
+
 /// What one layer's pass reads.
 pub(crate) struct LayerPass<'a, T> {
     pub config: &'a RnnConfig,
@@ -272,6 +321,8 @@ pub(crate) struct LayerPass<'a, T> {
     pub split: UnitSplit,
     /// The time chunk this call runs (`0..T` unchunked); buffers are indexed by the step.
     pub steps: Range<usize>,
+    /// The layer's frozen tensors, whose gradient products the backward pass leaves out.
+    pub frozen: LayerFrozen,
 }
 
 impl<'a, T: Float> LayerPass<'a, T> {
@@ -458,14 +509,18 @@ impl<'a, T: Float> LayerPass<'a, T> {
             return;
         };
         let (h, s, r) = (self.config.hidden_size, self.state(), self.rows());
-        self.chunk_product(
-            gemm_tn,
-            &mut grads[w_hr],
-            share_accum(&self.steps, self.batch.seq_len),
-            &dh[r.start * s..r.end * s],
-            &ms[r.start * h..r.end * h],
-            GemmShape::new(s, h, r.len()),
-        );
+        let accum = share_accum(&self.steps, self.batch.seq_len);
+        let frozen = self.frozen.has(LayerFrozen::W_HR);
+        unless_frozen(frozen, &mut grads[w_hr], accum, |dst| {
+            self.chunk_product(
+                gemm_tn,
+                dst,
+                accum,
+                &dh[r.start * s..r.end * s],
+                &ms[r.start * h..r.end * h],
+                GemmShape::new(s, h, r.len()),
+            )
+        });
     }
 
     /// The chunk's share of the weight and bias gradients, and its rows of the input
@@ -489,27 +544,46 @@ impl<'a, T: Float> LayerPass<'a, T> {
         let s = self.slots;
         let dx = &dx_side[r.start * gh..r.end * gh];
         let dh = dh_side.map_or(dx, |d| &d[r.start * gh..r.end * gh]);
-        self.chunk_product(
-            gemm_tn,
+        let frozen = |bit| self.frozen.has(bit);
+        unless_frozen(
+            frozen(LayerFrozen::W_HH),
             &mut grads[s.w_hh.clone()],
             accum,
-            dh,
-            &hs[r.start * h..r.end * h],
-            GemmShape::new(gh, h, r.len()),
+            |dst| {
+                self.chunk_product(
+                    gemm_tn,
+                    dst,
+                    accum,
+                    dh,
+                    &hs[r.start * h..r.end * h],
+                    GemmShape::new(gh, h, r.len()),
+                )
+            },
         );
-        self.chunk_product(
-            gemm_tn,
+        unless_frozen(
+            frozen(LayerFrozen::W_IH),
             &mut grads[s.w_ih.clone()],
             accum,
-            dx,
-            &self.input[r.start * i..r.end * i],
-            GemmShape::new(gh, i, r.len()),
+            |dst| {
+                self.chunk_product(
+                    gemm_tn,
+                    dst,
+                    accum,
+                    dx,
+                    &self.input[r.start * i..r.end * i],
+                    GemmShape::new(gh, i, r.len()),
+                )
+            },
         );
         if let (Some(b_ih), Some(b_hh)) = (s.b_ih.clone(), s.b_hh.clone()) {
-            self.bias_grad(&mut grads[b_ih.clone()], accum, dx);
+            let (ih_frozen, hh_frozen) = (frozen(LayerFrozen::B_IH), frozen(LayerFrozen::B_HH));
+            let bias = |dst: &mut [T], src| self.bias_grad(dst, accum, src);
+            unless_frozen(ih_frozen, &mut grads[b_ih.clone()], accum, |d| bias(d, dx));
             match dh_side {
-                Some(_) => self.bias_grad(&mut grads[b_hh], accum, dh),
-                None => grads.copy_within(b_ih, b_hh.start),
+                Some(_) => unless_frozen(hh_frozen, &mut grads[b_hh], accum, |d| bias(d, dh)),
+                // Both biases have the same gradient: one sum serves both.
+                None if !ih_frozen && !hh_frozen => grads.copy_within(b_ih, b_hh.start),
+                None => unless_frozen(hh_frozen, &mut grads[b_hh], accum, |d| bias(d, dx)),
             }
         }
         if let Some(dinput) = dinput {

@@ -397,6 +397,7 @@ fn direction_pass<'l, T: Float>(
         threads,
         split: p.opts.split,
         steps: steps.clone(),
+        frozen: p.opts.frozen.tensors.pass(run.j),
     }
 }
 

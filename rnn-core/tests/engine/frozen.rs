@@ -228,13 +228,16 @@ fn frozen_updates_are_bitwise_across_thread_counts() {
 
 /// A pass told what is frozen (`network::Frozen`) gives the loss and every other gradient
 /// bitwise as a full pass does, and zeros where it left work out: the bottom layers' tensors
-/// and initial-state rows, the embedding table. Every cell, with projections, learned
-/// states, lengths, dropout, time chunks and checkpointed segments.
+/// and initial-state rows, the embedding table, single tensors anywhere (a third of them,
+/// a different third per case), with and without a frozen bottom. Every cell, with
+/// projections, learned states, lengths, dropout, time chunks and checkpointed segments.
 #[test]
 fn passes_leave_out_frozen_parts_and_keep_the_rest_bitwise() {
     use crate::common::Data;
     use rand::{SeedableRng, rngs::StdRng};
-    use rnn_core::network::{Frozen, PassOptions, TimeChunks, forward_backward_checkpointed};
+    use rnn_core::network::{
+        Frozen, FrozenTensors, PassOptions, TimeChunks, forward_backward_checkpointed,
+    };
     use rnn_core::params::{Layout, init_params};
     use rnn_core::workspace::Workspace;
     use std::num::NonZeroUsize;
@@ -316,40 +319,65 @@ fn passes_leave_out_frozen_parts_and_keep_the_rest_bitwise() {
             (loss, grads)
         };
         let (full_loss, full) = pass(Frozen::default());
-        let frozen = Frozen {
-            embedding: cfg.num_embeddings.is_some(),
-            bottom_layers,
-        };
-        let (loss, grads) = pass(frozen);
-        assert_eq!(loss.to_bits(), full_loss.to_bits(), "case {case}");
-        let passes = bottom_layers.min(cfg.num_layers) * cfg.passes() / cfg.num_layers;
-        let mut left_out: Vec<std::ops::Range<usize>> = (layout.layers[..passes].iter())
+        // Single tensors: every third of the stack's and the head's, from the case's offset.
+        let singles: Vec<std::ops::Range<usize>> = (layout.layers.iter())
             .flat_map(|l| l.ranges().cloned())
-            .chain(layout.embedding.clone())
+            .chain([layout.w_hy.clone(), layout.b_y.clone()])
+            .enumerate()
+            .filter(|(k, _)| (k + case) % 3 == 0)
+            .map(|(_, r)| r)
             .collect();
-        if let Some(h0) = &layout.h0 {
-            let rows = passes * cfg.state_size();
-            left_out.push(h0.start..h0.start + rows);
-        }
-        if let Some(c0) = &layout.c0 {
-            let rows = passes * cfg.hidden_size;
-            left_out.push(c0.start..c0.start + rows);
-        }
-        for (k, (&g, &want)) in grads.iter().zip(&full).enumerate() {
-            if left_out.iter().any(|r| r.contains(&k)) {
-                assert_eq!(g, 0.0, "case {case}: element {k} was left out");
-            } else {
-                assert_eq!(g.to_bits(), want.to_bits(), "case {case}: element {k}");
+        let tensors = FrozenTensors::of(&layout, |r| singles.contains(r));
+        for bottom in [true, false] {
+            let frozen = match bottom {
+                true => Frozen {
+                    embedding: cfg.num_embeddings.is_some(),
+                    bottom_layers,
+                    tensors,
+                },
+                false => Frozen {
+                    tensors,
+                    ..Frozen::default()
+                },
+            };
+            let (loss, grads) = pass(frozen);
+            assert_eq!(loss.to_bits(), full_loss.to_bits(), "case {case}");
+            let passes = match bottom {
+                true => bottom_layers.min(cfg.num_layers) * cfg.passes() / cfg.num_layers,
+                false => 0,
+            };
+            let mut left_out: Vec<std::ops::Range<usize>> = (layout.layers[..passes].iter())
+                .flat_map(|l| l.ranges().cloned())
+                .chain(layout.embedding.clone().filter(|_| bottom))
+                .chain(singles.iter().cloned())
+                .collect();
+            if let Some(h0) = &layout.h0 {
+                let rows = passes * cfg.state_size();
+                left_out.push(h0.start..h0.start + rows);
             }
+            if let Some(c0) = &layout.c0 {
+                let rows = passes * cfg.hidden_size;
+                left_out.push(c0.start..c0.start + rows);
+            }
+            for (k, (&g, &want)) in grads.iter().zip(&full).enumerate() {
+                if left_out.iter().any(|r| r.contains(&k)) {
+                    assert_eq!(g, 0.0, "case {case} ({bottom}): element {k} was left out");
+                } else {
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "case {case} ({bottom}): element {k}"
+                    );
+                }
+            }
+            // Something was left out, and it had a gradient.
+            assert!(
+                left_out
+                    .iter()
+                    .flat_map(|r| &full[r.clone()])
+                    .any(|&g| g != 0.0)
+            );
         }
-        // Something was left out, and it had a gradient.
-        assert!(
-            left_out
-                .iter()
-                .flat_map(|r| &full[r.clone()])
-                .any(|&g| g != 0.0)
-                || left_out.is_empty()
-        );
     }
 }
 
