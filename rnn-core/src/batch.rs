@@ -31,6 +31,10 @@ pub enum Target<'a, T> {
     /// Class labels for cross-entropy: `[T, B]`, or `[B]` when many-to-one; a label may be
     /// [`IGNORED_LABEL`].
     Classes(&'a [usize]),
+    /// No targets: for a batch that is only run forward ([`crate::trainer::Trainer::outputs`])
+    /// or scored by a loss of the caller's own ([`crate::trainer::Trainer::step_with`]). The
+    /// built-in losses refuse it.
+    None,
 }
 
 impl<T> Target<'_, T> {
@@ -38,7 +42,7 @@ impl<T> Target<'_, T> {
     /// targets always do, a label unless it is [`IGNORED_LABEL`].
     fn labelled(&self, p: usize) -> bool {
         match self {
-            Self::Values(_) => true,
+            Self::Values(_) | Self::None => true,
             Self::Classes(c) => c[p] != IGNORED_LABEL,
         }
     }
@@ -361,6 +365,13 @@ impl<'a, T: Float> Batch<'a, T> {
                     kind.name()
                 )));
             }
+            (kind, Target::None) => {
+                return Err(RnnError::Config(format!(
+                    "{} needs targets, but the batch has none (Target::None is for a loss of \
+                     your own: Trainer::step_with)",
+                    kind.name()
+                )));
+            }
             (kind, Target::Values(_)) => {
                 return Err(RnnError::Config(format!(
                     "{} needs class labels, got float targets",
@@ -372,6 +383,35 @@ impl<'a, T: Float> Batch<'a, T> {
             self.validate_sequence_weights(w, config, loss)?;
         }
         Ok(())
+    }
+
+    /// Checks a batch for a loss of the caller's own
+    /// ([`crate::trainer::Trainer::step_with`]): its inputs, as
+    /// [`Batch::validate_inputs`] does, and that it carries nothing only the built-in losses
+    /// read (targets, sequence weights, a later first scored step), which such a loss would
+    /// silently pass over.
+    ///
+    /// # Errors
+    /// The first problem found, as a typed [`RnnError`] naming it.
+    pub fn validate_own_loss(&self, config: &RnnConfig) -> Result<()> {
+        self.validate_inputs(config)?;
+        let built_in = if !matches!(self.target, Target::None) {
+            Some("targets")
+        } else if self.sequence_weights.is_some() {
+            Some("sequence weights")
+        } else if self.score_from > 0 {
+            Some("a first scored step (score_from)")
+        } else {
+            None
+        };
+        match built_in {
+            Some(what) => Err(RnnError::Config(format!(
+                "a loss of your own reads the outputs alone, but the batch has {what}, which \
+                 only the built-in losses read: build it with Target::None, and weigh or skip \
+                 positions in the loss"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Sequence weights: one per sequence, finite and non-negative, and under `mean` some

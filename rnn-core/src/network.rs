@@ -216,7 +216,7 @@ fn rows_of(steps: Range<usize>, batch: usize, width: usize) -> Range<usize> {
 /// Forward over the whole batch (inference: no dropout, no loss): fills every layer's `hs`
 /// (`[T+1, B, H]`, the initial state first) and the head outputs `ws.y` (`[T, B, O]`, or
 /// `[B, O]` from each sequence's last state when `many_to_one`). The batch's target is not
-/// read (`Target::Values(&[])` will do).
+/// read ([`Target::None`] will do).
 ///
 /// `params` has [`Layout::new`]`(config)`'s layout.
 ///
@@ -986,11 +986,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         segment,
         "checkpointed BPTT",
     )?;
-    // The table's gradient gathers dL/dx of the embedded tokens (unless it is frozen).
-    let opts = PassOptions {
-        input_grad: opts.input_grad || (batch.tokens.is_some() && !opts.frozen.embedding),
-        ..opts
-    };
+    let opts = with_table_input_grad(batch, opts);
     let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
@@ -998,12 +994,114 @@ pub fn forward_backward_checkpointed<T: Float>(
             checkpointed_pass(&p, grads, ws, spec, segment)
         }
     });
+    table_grads(config, layout, grads, ws, batch, opts);
+    Ok(loss)
+}
+
+/// [`forward_backward`] with a loss of the caller's own, as PyTorch's autograd takes any
+/// function of the outputs: after the forward pass, `loss(outputs, dy)` reads the head's
+/// outputs (`[T, B, O]` time-major, or `[B, O]` from each sequence's last state when
+/// `many_to_one`), writes `dL/d outputs` into `dy` (the same shape, zeroed) and returns the
+/// loss; the backward pass runs from `dy`. Its reduction, weights and targets are the
+/// caller's: the batch carries none ([`Target::None`]).
+///
+/// Rows of steps past a sequence's length hold `b_y` (PyTorch pads the states with zeros)
+/// and take no gradient: what `loss` writes there is zeroed. Leave them out of the loss, as
+/// the built-in losses do.
+///
+/// ```
+/// use rnn_core::network::{PassOptions, forward_backward_with};
+/// use rnn_core::params::{Layout, init_params};
+/// use rnn_core::prelude::*;
+/// use rnn_core::workspace::Workspace;
+/// let cfg = RnnConfig::gru(2, 8, 2); // O = 2: a mean and a log-variance per step
+/// let (layout, params) = (Layout::new(&cfg), init_params::<f64>(&cfg, 0));
+/// let (x, target) = (vec![0.5; 3 * 4 * 2], vec![0.25; 3 * 4]); // T = 3, B = 4
+/// let gaussian_nll = |y: &[f64], dy: &mut [f64]| {
+///     let mut sum = 0.0;
+///     for ((y, dy), z) in y.chunks_exact(2).zip(dy.chunks_exact_mut(2)).zip(&target) {
+///         let (mean, log_var) = (y[0], y[1]);
+///         let err = z - mean;
+///         sum += 0.5 * (log_var + err * err * (-log_var).exp());
+///         dy[0] = -err * (-log_var).exp() / 12.0;
+///         dy[1] = 0.5 * (1.0 - err * err * (-log_var).exp()) / 12.0;
+///     }
+///     sum / 12.0
+/// };
+/// let mut grads = vec![0.0; layout.len];
+/// let batch = Batch::new(3, 4, &x, Target::None);
+/// let loss = forward_backward_with(&cfg, &layout, &params, &mut grads, &mut Workspace::new(),
+///                                  &batch, false, PassOptions::default(), gaussian_nll)?;
+/// assert!(loss.is_finite() && grads.iter().any(|&g| g != 0.0));
+/// # Ok::<(), RnnError>(())
+/// ```
+///
+/// # Errors
+/// The batch's input errors ([`Batch::validate_own_loss`]); nothing is computed then.
+///
+/// # Panics
+/// If `params` or `grads` do not have `layout.len` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward_with<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    params: &[T],
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    many_to_one: bool,
+    opts: PassOptions,
+    loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+) -> Result<T> {
+    assert_eq!(params.len(), layout.len, "params length");
+    assert_eq!(grads.len(), layout.len, "grads length");
+    batch.validate_own_loss(config)?;
+    let opts = with_table_input_grad(batch, opts);
+    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        p.size_workspace(ws, many_to_one);
+        forward_chunks(&p, ws, Head::of(many_to_one));
+        let (b, o) = (batch.batch, config.output_size);
+        let rows = if many_to_one { b } else { batch.seq_len * b };
+        let dy = &mut ws.dy[..rows * o];
+        dy.fill(T::zero());
+        let value = loss(&ws.y[..rows * o], dy);
+        if !many_to_one {
+            for t in 0..batch.seq_len {
+                for bb in batch.finished(t) {
+                    dy[(t * b + bb) * o..(t * b + bb + 1) * o].fill(T::zero());
+                }
+            }
+        }
+        backward(&p, grads, ws, many_to_one, true, None);
+        value
+    });
+    table_grads(config, layout, grads, ws, batch, opts);
+    Ok(loss)
+}
+
+/// `opts`, asking for `dL/dx` when the batch's tokens index a table that trains: the
+/// table's gradient gathers it.
+fn with_table_input_grad<T>(batch: &Batch<T>, opts: PassOptions) -> PassOptions {
+    PassOptions {
+        input_grad: opts.input_grad || (batch.tokens.is_some() && !opts.frozen.embedding),
+        ..opts
+    }
+}
+
+/// The embedding table's gradient after a pass over `batch` (zero when it is frozen).
+fn table_grads<T: Float>(
+    config: &RnnConfig,
+    layout: &Layout,
+    grads: &mut [T],
+    ws: &Workspace<T>,
+    batch: &Batch<T>,
+    opts: PassOptions,
+) {
     match (batch.tokens, &layout.embedding) {
         (Some(_), Some(table)) if opts.frozen.embedding => grads[table.clone()].fill(T::zero()),
         (Some(tokens), _) => embedding_grads(config, layout, grads, tokens, &ws.dx),
         (None, _) => {}
     }
-    Ok(loss)
 }
 
 /// [`forward_backward_checkpointed`] of a validated batch, in segments shorter than it.
@@ -1228,6 +1326,7 @@ impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
             Target::Classes(c) if self.spec.many_to_one => Target::Classes(c),
             Target::Values(v) => Target::Values(&v[r.start * b * o..r.end * b * o]),
             Target::Classes(c) => Target::Classes(&c[r.start * b..r.end * b]),
+            Target::None => Target::None,
         };
         let (saved, saved_c) = (
             s * self.block..(s + 1) * self.block,

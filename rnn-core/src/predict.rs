@@ -115,7 +115,7 @@ impl<'a, T: Float> Predictor<'a, T> {
     /// # Errors
     /// `steps = 0`, a wrong length or a non-finite value in `x`; the state is left as it was.
     pub fn run(&mut self, x: &[T], steps: usize) -> Result<&[T]> {
-        self.run_batch(Batch::new(steps, self.batch, x, Target::Values(&[])))
+        self.run_batch(Batch::new(steps, self.batch, x, Target::None))
     }
 
     /// [`Predictor::step`] for a model with an embedding: one token id per sequence `[B]`.
@@ -146,12 +146,7 @@ impl<'a, T: Float> Predictor<'a, T> {
     /// # Errors
     /// As [`Predictor::step_tokens`], and `steps = 0`.
     pub fn run_tokens(&mut self, tokens: &[usize], steps: usize) -> Result<&[T]> {
-        self.run_batch(Batch::of_tokens(
-            steps,
-            self.batch,
-            tokens,
-            Target::Values(&[]),
-        ))
+        self.run_batch(Batch::of_tokens(steps, self.batch, tokens, Target::None))
     }
 
     /// Runs `input` (dense or tokens) from the current state and moves the state to its end.

@@ -322,6 +322,13 @@ impl<T: Float> Tbptt<T> {
                 self.classes[at * b..(at + k1) * b].copy_from_slice(c);
                 Target::Classes(&self.classes[..(at + k1) * b])
             }
+            Target::None => {
+                return Err(RnnError::Config(
+                    "TBPTT scores each window with the trainer's loss, which needs targets: \
+                     got Target::None"
+                        .into(),
+                ));
+            }
         };
         let w = at + k1;
         let batch = Batch {

@@ -594,7 +594,7 @@ impl<T: Float> Trainer<T> {
     /// The head's outputs for `batch` as the model stands (inference: no dropout, no loss,
     /// parameters and gradients untouched): `[T, B, O]`, every step's, or `[B, O]` from each
     /// sequence's final state when the trainer's loss is many-to-one. The batch's target is
-    /// not read (`Target::Values(&[])` will do). A finished sequence's outputs past its
+    /// not read ([`Target::None`](crate::batch::Target::None) will do). A finished sequence's outputs past its
     /// length are `b_y` (PyTorch pads its states with zeros). Every model runs here,
     /// bidirectional ones included, which [`crate::predict::Predictor`] cannot run.
     ///
@@ -603,7 +603,7 @@ impl<T: Float> Trainer<T> {
     /// let cfg = RnnConfig::gru(2, 8, 3).bidirectional();
     /// let mut tr = Trainer::<f32>::new(cfg, LossSpec::last_step(LossKind::CrossEntropy), OptimizerKind::adam(1e-2), 0)?;
     /// let x = vec![0.5f32; 4 * 2 * 2]; // T = 4, B = 2
-    /// let logits = tr.outputs(&Batch::new(4, 2, &x, Target::Classes(&[])))?;
+    /// let logits = tr.outputs(&Batch::new(4, 2, &x, Target::None))?;
     /// assert_eq!(logits.len(), 2 * 3); // [B, O]
     /// # Ok::<(), RnnError>(())
     /// ```
@@ -884,23 +884,121 @@ impl<T: Float> Trainer<T> {
         self.accumulated.restore(extras, self.params.len())
     }
 
+    /// [`Trainer::step`] with a loss of your own in place of the trainer's, as PyTorch's
+    /// autograd takes any function of a model's outputs (a Gaussian or quantile loss for a
+    /// probabilistic forecast, a policy gradient, several losses over parts of the outputs):
+    /// `loss(outputs, dy)` reads the head's outputs, writes `dL/d outputs` into `dy` and
+    /// returns the loss; the step then runs backward from `dy`, clips and updates as
+    /// [`Trainer::step`] does (a non-finite loss or gradient rejects it, leaving weights and
+    /// optimizer state as they were).
+    ///
+    /// The outputs are `[T, B, O]`, time-major, or `[B, O]`, each sequence's output from its
+    /// last state, when the trainer's loss spec is many-to-one ([`LossSpec::last_step`]):
+    /// that is all of the trainer's spec this step reads (not its kind, reduction or class
+    /// weights). `dy` has the same shape and comes zeroed. Rows past a sequence's length
+    /// hold `b_y` and take no gradient ([`crate::network::forward_backward_with`]): leave
+    /// them out of the loss. The batch carries no targets ([`Target::None`](crate::batch::Target::None)): the loss reads
+    /// its own.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// // One output per step, trained to the 90th percentile of its target (pinball loss).
+    /// let cfg = RnnConfig::lstm(2, 8, 1);
+    /// let mut tr = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::adam(1e-2), 0)?;
+    /// let (x, target) = (vec![0.5f32; 6 * 4 * 2], vec![0.25f32; 6 * 4]); // T = 6, B = 4
+    /// let q = 0.9;
+    /// let pinball = |y: &[f32], dy: &mut [f32]| {
+    ///     let n = y.len() as f32;
+    ///     let mut sum = 0.0;
+    ///     for ((y, dy), z) in y.iter().zip(dy.iter_mut()).zip(&target) {
+    ///         let err = z - y;
+    ///         sum += if err >= 0.0 { q * err } else { (q - 1.0) * err };
+    ///         *dy = if err >= 0.0 { -q } else { 1.0 - q } / n;
+    ///     }
+    ///     sum / n
+    /// };
+    /// let report = tr.step_with(&Batch::new(6, 4, &x, Target::None), pinball)?;
+    /// assert!(report.loss > 0.0);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The batch's errors ([`Batch::validate_own_loss`]: it must carry no targets, sequence
+    /// weights or `score_from`); [`RnnError::Config`] when the trainer's [`Memory`] setting
+    /// runs this batch in checkpointed segments (the loss reads every output at once);
+    /// [`Trainer::step`]'s errors otherwise. Nothing changes on any of them.
+    pub fn step_with(
+        &mut self,
+        batch: &Batch<T>,
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> Result<StepReport<T>> {
+        self.check_nothing_waits()?;
+        let _flush = self.flush_scope();
+        let loss = self.loss_and_grads_with(batch, loss)?;
+        self.update_with(loss)
+    }
+
+    /// [`Trainer::loss_and_grads`] with a loss of your own ([`Trainer::step_with`]): the
+    /// gradients land in `self.grads`, nothing is updated.
+    ///
+    /// # Errors
+    /// As [`Trainer::step_with`], but for the update's.
+    pub fn loss_and_grads_with(
+        &mut self,
+        batch: &Batch<T>,
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> Result<T> {
+        let _flush = self.flush_scope();
+        let segment = self.training_segment(batch);
+        if segment < batch.seq_len {
+            return Err(RnnError::Config(format!(
+                "a loss of your own reads every output at once, but the trainer's memory \
+                 setting runs T = {} in checkpointed segments of {segment} steps: give it \
+                 Memory::Full or a larger budget",
+                batch.seq_len
+            )));
+        }
+        let many_to_one = self.loss.many_to_one;
+        self.in_step_threads(batch, |tr, par| {
+            let opts = tr.pass_options(par, 0);
+            let value = network::forward_backward_with(
+                &tr.config,
+                &tr.layout,
+                &tr.params,
+                &mut tr.grads,
+                &mut tr.workspace,
+                batch,
+                many_to_one,
+                opts,
+                loss,
+            )?;
+            tr.zero_frozen_grads();
+            Ok(value)
+        })
+    }
+
+    /// The options of a training pass on `par`, dropping as micro-batch `micro` of the
+    /// coming update.
+    fn pass_options(&self, par: Par, micro: u64) -> PassOptions {
+        PassOptions {
+            par,
+            input_grad: false,
+            telemetry: self.telemetry,
+            split: self.split,
+            chunks: self.chunks,
+            dropout: self
+                .dropout
+                .map(|d| d.for_micro_batch(self.optimizer.steps, micro)),
+            frozen: self.frozen_parts(),
+        }
+    }
+
     /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as
     /// micro-batch `micro` of the coming update.
     fn grads_of(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
-        let dropout = self.dropout.is_some_and(|d| d.applies_to(&self.config));
-        let segment = self.segment_for(batch, dropout);
+        let segment = self.training_segment(batch);
         self.in_step_threads(batch, |tr, par| {
-            let opts = PassOptions {
-                par,
-                input_grad: false,
-                telemetry: tr.telemetry,
-                split: tr.split,
-                chunks: tr.chunks,
-                dropout: tr
-                    .dropout
-                    .map(|d| d.for_micro_batch(tr.optimizer.steps, micro)),
-                frozen: tr.frozen_parts(),
-            };
+            let opts = tr.pass_options(par, micro);
             let loss = forward_backward_checkpointed(
                 &tr.config,
                 &tr.layout,
@@ -915,6 +1013,13 @@ impl<T: Float> Trainer<T> {
             tr.zero_frozen_grads();
             Ok(loss)
         })
+    }
+
+    /// The stretch a training pass over `batch` runs at a time ([`Trainer::segment_for`],
+    /// with dropout's buffers when it drops).
+    fn training_segment(&self, batch: &Batch<T>) -> usize {
+        let dropout = self.dropout.is_some_and(|d| d.applies_to(&self.config));
+        self.segment_for(batch, dropout)
     }
 
     /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:

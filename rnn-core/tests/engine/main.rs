@@ -17,6 +17,7 @@ mod crash;
 mod frozen;
 mod golden;
 mod gradcheck;
+mod own_loss;
 mod predict;
 mod properties;
 mod resume;
