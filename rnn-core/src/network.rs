@@ -350,7 +350,7 @@ pub fn loss<T: Float>(
         let mut ck = std::mem::take(&mut ws.checkpoints);
         ck.size_states(&seg);
         let states = (&mut ck.h[..], &mut ck.c[..]);
-        let scale = Some(loss_scale(config, batch, spec));
+        let scale = SegmentsRun::Loss(loss_scale(config, batch, spec));
         let total = forward_segments(&p, ws, &seg, states, &mut ck.lengths, scale);
         ws.checkpoints = ck;
         total
@@ -401,6 +401,16 @@ fn check_inputs<T: Float>(
 ) -> Result<()> {
     assert_eq!(params.len(), layout.len, "params length");
     batch.validate(config, spec)?;
+    check_segment(config, batch, segment, pass)
+}
+
+/// A segment of at least one step, and whole sequences for a bidirectional model.
+fn check_segment<T>(
+    config: &RnnConfig,
+    batch: &Batch<T>,
+    segment: usize,
+    pass: &str,
+) -> Result<()> {
     if segment == 0 {
         return Err(crate::RnnError::Config(format!(
             "{pass} needs a segment of at least one step"
@@ -923,6 +933,10 @@ pub struct Checkpoints<T> {
     /// `[T, B, I]` and `[L, T]`: `dL/dx` and telemetry gathered over segments, when asked.
     dx: Vec<T>,
     norms: Vec<T>,
+    /// `[T, B, O]`: every step's outputs and their gradient, for a loss of the caller's own
+    /// ([`forward_backward_with`]), which reads them all at once.
+    y: Vec<T>,
+    dy: Vec<T>,
 }
 
 impl<T: Float> Checkpoints<T> {
@@ -944,7 +958,9 @@ impl<T: Float> Checkpoints<T> {
             + self.carry_h.len()
             + self.carry_c.len()
             + self.dx.len()
-            + self.norms.len())
+            + self.norms.len()
+            + self.y.len()
+            + self.dy.len())
             * T::BYTES
             + self.lengths.len() * std::mem::size_of::<usize>()
     }
@@ -991,7 +1007,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
         } else {
-            checkpointed_pass(&p, grads, ws, spec, segment)
+            checkpointed_pass(&p, grads, ws, spec, segment, BuiltIn::BuiltIn)
         }
     });
     table_grads(config, layout, grads, ws, batch, opts);
@@ -1053,30 +1069,74 @@ pub fn forward_backward_with<T: Float>(
     opts: PassOptions,
     loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
 ) -> Result<T> {
+    let args = (config, layout, params);
+    forward_backward_with_segments(args, grads, ws, batch, many_to_one, opts, loss, usize::MAX)
+}
+
+/// [`forward_backward_with`] in checkpointed segments of `segment` steps (as
+/// [`forward_backward_checkpointed`]; `T` or more: one whole pass). The loss still reads
+/// every output at once: the first pass keeps them (`[T, B, O]`) and the second feeds each
+/// segment its rows of `dL/dy`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_backward_with_segments<T: Float>(
+    (config, layout, params): (&RnnConfig, &Layout, &[T]),
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    many_to_one: bool,
+    opts: PassOptions,
+    loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    segment: usize,
+) -> Result<T> {
     assert_eq!(params.len(), layout.len, "params length");
     assert_eq!(grads.len(), layout.len, "grads length");
     batch.validate_own_loss(config)?;
+    check_segment(config, batch, segment, "checkpointed BPTT")?;
     let opts = with_table_input_grad(batch, opts);
     let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        if segment < batch.seq_len {
+            // Where the outputs are read: the segments' only use of a spec here.
+            let spec = LossSpec {
+                many_to_one,
+                ..LossSpec::every_step(crate::config::LossKind::Mse)
+            };
+            return checkpointed_pass(&p, grads, ws, &spec, segment, Scorer::Own(loss));
+        }
         p.size_workspace(ws, many_to_one);
         forward_chunks(&p, ws, Head::of(many_to_one));
-        let (b, o) = (batch.batch, config.output_size);
-        let rows = if many_to_one { b } else { batch.seq_len * b };
-        let dy = &mut ws.dy[..rows * o];
-        dy.fill(T::zero());
-        let value = loss(&ws.y[..rows * o], dy);
-        if !many_to_one {
-            for t in 0..batch.seq_len {
-                for bb in batch.finished(t) {
-                    dy[(t * b + bb) * o..(t * b + bb + 1) * o].fill(T::zero());
-                }
-            }
-        }
+        let o = config.output_size;
+        let rows = if many_to_one { 1 } else { batch.seq_len } * batch.batch;
+        let (y, dy) = (&ws.y[..rows * o], &mut ws.dy[..rows * o]);
+        let value = own_loss(batch, many_to_one, o, y, dy, loss);
         backward(&p, grads, ws, many_to_one, true, None);
         value
     });
     table_grads(config, layout, grads, ws, batch, opts);
     Ok(loss)
+}
+
+/// Calls the caller's `loss` on the outputs `y` of `batch` (`O` = `o` wide; `[B, O]` when
+/// `many_to_one`) with `dy` zeroed, then zeroes what it wrote into rows past a sequence's
+/// length: those rows do not exist in a packed sequence.
+fn own_loss<T: Float>(
+    batch: &Batch<T>,
+    many_to_one: bool,
+    o: usize,
+    y: &[T],
+    dy: &mut [T],
+    loss: impl FnOnce(&[T], &mut [T]) -> T,
+) -> T {
+    dy.fill(T::zero());
+    let value = loss(y, dy);
+    if !many_to_one {
+        let b = batch.batch;
+        for t in 0..batch.seq_len {
+            for bb in batch.finished(t) {
+                dy[(t * b + bb) * o..(t * b + bb + 1) * o].fill(T::zero());
+            }
+        }
+    }
+    value
 }
 
 /// `opts`, asking for `dL/dx` when the batch's tokens index a table that trains: the
@@ -1104,13 +1164,26 @@ fn table_grads<T: Float>(
     }
 }
 
-/// [`forward_backward_checkpointed`] of a validated batch, in segments shorter than it.
-fn checkpointed_pass<T: Float>(
+/// Where a pass's `dL/dy` comes from.
+enum Scorer<F> {
+    /// The loss spec's built-in loss.
+    BuiltIn,
+    /// The caller's ([`forward_backward_with`]), called once with all the batch's outputs.
+    Own(F),
+}
+
+/// The [`Scorer`] of the built-in losses (its closure type is never used).
+type BuiltIn<T> = Scorer<fn(&[T], &mut [T]) -> T>;
+
+/// [`forward_backward_checkpointed`] of a validated batch, in segments shorter than it, its
+/// loss built in or the caller's (`scorer`; then `spec` says only where outputs are read).
+fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
     p: &Pass<'_, '_, T>,
     grads: &mut [T],
     ws: &mut Workspace<T>,
     spec: &LossSpec,
     segment: usize,
+    scorer: Scorer<F>,
 ) -> T {
     let (config, layout, batch, opts) = (p.config, p.layout, p.batch, p.opts);
     let (t_len, b, l) = (batch.seq_len, batch.batch, config.num_layers);
@@ -1129,6 +1202,8 @@ fn checkpointed_pass<T: Float>(
         mut lengths,
         mut dx,
         mut norms,
+        y: mut y_all,
+        dy: mut dy_all,
     } = std::mem::take(&mut ws.checkpoints);
     seg_grads.resize(layout.len, T::zero());
     carry_h.resize(block, T::zero());
@@ -1136,13 +1211,32 @@ fn checkpointed_pass<T: Float>(
     dx.resize(if opts.input_grad { t_len * b * i } else { 0 }, T::zero());
     norms.resize(if opts.telemetry { l * t_len } else { 0 }, T::zero());
     let scale = loss_scale(config, batch, spec);
+    let o = config.output_size;
+    let mut total = T::zero();
+    let mut own = match scorer {
+        Scorer::Own(loss) => Some(loss),
+        Scorer::BuiltIn => None,
+    };
+    // A loss of the caller's own at every step reads all outputs at once: the first pass
+    // keeps them, and the second feeds each segment its rows of the gradient.
+    let own_every_step = own.is_some() && !spec.many_to_one;
 
-    // Pass 1: the states at every segment start.
-    forward_segments(p, ws, &seg, (&mut ck_h, &mut ck_c), &mut lengths, None);
+    // Pass 1: the states at every segment start (and, for that loss, every output).
+    let states = (&mut ck_h[..], &mut ck_c[..]);
+    if own_every_step {
+        y_all.resize(t_len * b * o, T::zero());
+        dy_all.resize(t_len * b * o, T::zero());
+        let outputs = SegmentsRun::Outputs(&mut y_all);
+        forward_segments(p, ws, &seg, states, &mut lengths, outputs);
+        if let Some(loss) = own.take() {
+            total = own_loss(batch, false, o, &y_all, &mut dy_all, loss);
+        }
+    } else {
+        forward_segments(p, ws, &seg, states, &mut lengths, SegmentsRun::States);
+    }
 
     // Pass 2: each segment again, last first, backward with the carried gradient.
     grads.fill(T::zero());
-    let mut total = T::zero();
     for s in (0..n).rev() {
         seg.lengths(s, &mut lengths);
         let sub = seg.batch(s, &lengths, &ck_h, &ck_c);
@@ -1150,13 +1244,20 @@ fn checkpointed_pass<T: Float>(
         let seg_pass = p.over(&sub, r.start);
         seg_pass.size_workspace(ws, spec.many_to_one);
         let scored = seg.scored(s);
-        let head = if scored {
+        let head = if scored && !own_every_step {
             Head::of(spec.many_to_one)
         } else {
             Head::Skip
         };
         forward_chunks(&seg_pass, ws, head);
-        if scored {
+        if own_every_step {
+            let rows = rows_of(r.clone(), b, o);
+            ws.dy[..rows.len()].copy_from_slice(&dy_all[rows]);
+        } else if let (true, Some(loss)) = (scored, own.take()) {
+            // Many-to-one: the last segment, the first here, holds every final state.
+            let (y, dy) = (&ws.y[..b * o], &mut ws.dy[..b * o]);
+            total = own_loss(&sub, true, o, y, dy, loss);
+        } else if scored {
             total += loss_forward_backward(&seg_pass, ws, spec, scale);
         }
         let carry = (s + 1 < n).then_some((&carry_h[..], &carry_c[..]));
@@ -1200,38 +1301,62 @@ fn checkpointed_pass<T: Float>(
         lengths,
         dx,
         norms,
+        y: y_all,
+        dy: dy_all,
     };
     total
 }
 
+/// What [`forward_segments`] does besides saving the states.
+enum SegmentsRun<'o, T> {
+    /// Nothing: checkpointed BPTT's first pass, the last segment left for the second.
+    States,
+    /// The loss of the whole batch, its reduction factor given (every segment run, with the
+    /// head and loss where scored, and the sum returned).
+    Loss(T),
+    /// Every step's outputs into the buffer (`[T, B, O]`; every segment run with the head):
+    /// the first pass for a loss of the caller's own.
+    Outputs(&'o mut [T]),
+}
+
 /// Runs the segments of `seg` forward in order, each from the state the one before ended in,
 /// saving every layer's state at the start of segments `1..n` into `ck` (`[n, L, B, H]`, hidden
-/// and cell states): checkpointed BPTT's first pass (`score: None`, the last segment left for
-/// the second pass), or the loss of the whole batch in one segment's memory (`score: Some`,
-/// the loss's reduction factor; every segment run, with the head and loss where scored, and
-/// the sum returned).
+/// and cell states), and doing what `run` says.
 fn forward_segments<T: Float>(
     p: &Pass<'_, '_, T>,
     ws: &mut Workspace<T>,
     seg: &SegmentOf<'_, '_, T>,
     (ck_h, ck_c): (&mut [T], &mut [T]),
     lengths: &mut [usize],
-    score: Option<T>,
+    mut run: SegmentsRun<'_, T>,
 ) -> T {
     let (b, block, block_c) = (p.batch.batch, seg.block, seg.block_c);
+    let o = p.config.output_size;
     let n = seg.count();
     let spec = seg.spec;
     let mut total = T::zero();
-    for s in 0..if score.is_some() { n } else { n - 1 } {
+    let all = !matches!(run, SegmentsRun::States);
+    for s in 0..if all { n } else { n - 1 } {
         seg.lengths(s, lengths);
         let sub = seg.batch(s, lengths, ck_h, ck_c);
-        let seg_pass = p.over(&sub, seg.span(s).start);
+        let r = seg.span(s);
+        let seg_pass = p.over(&sub, r.start);
         seg_pass.size_workspace(ws, spec.many_to_one);
-        let scale = score.filter(|_| seg.scored(s));
-        let head = scale.map_or(Head::Skip, |_| Head::of(spec.many_to_one));
+        let head = match run {
+            SegmentsRun::States => Head::Skip,
+            _ if !seg.scored(s) => Head::Skip,
+            _ => Head::of(spec.many_to_one),
+        };
         forward_chunks(&seg_pass, ws, head);
-        if let Some(scale) = scale {
-            total += loss_forward_backward(&seg_pass, ws, spec, scale);
+        match &mut run {
+            SegmentsRun::Loss(scale) if seg.scored(s) => {
+                total += loss_forward_backward(&seg_pass, ws, spec, *scale);
+            }
+            SegmentsRun::Outputs(y) => {
+                let rows = rows_of(r.clone(), b, o);
+                y[rows.clone()].copy_from_slice(&ws.y[..rows.len()]);
+            }
+            _ => {}
         }
         if s + 1 == n {
             break;

@@ -897,7 +897,9 @@ impl<T: Float> Trainer<T> {
     /// that is all of the trainer's spec this step reads (not its kind, reduction or class
     /// weights). `dy` has the same shape and comes zeroed. Rows past a sequence's length
     /// hold `b_y` and take no gradient ([`crate::network::forward_backward_with`]): leave
-    /// them out of the loss. The batch carries no targets ([`Target::None`](crate::batch::Target::None)): the loss reads
+    /// them out of the loss. Under a [`Memory`] setting that checkpoints, the loss still
+    /// reads every output at once: the first forward pass keeps them (`[T, B, O]` more), and
+    /// the gradients equal the whole pass's within rounding. The batch carries no targets ([`Target::None`](crate::batch::Target::None)): the loss reads
     /// its own.
     ///
     /// ```
@@ -924,9 +926,8 @@ impl<T: Float> Trainer<T> {
     ///
     /// # Errors
     /// The batch's errors ([`Batch::validate_own_loss`]: it must carry no targets, sequence
-    /// weights or `score_from`); [`RnnError::Config`] when the trainer's [`Memory`] setting
-    /// runs this batch in checkpointed segments (the loss reads every output at once);
-    /// [`Trainer::step`]'s errors otherwise. Nothing changes on any of them.
+    /// weights or `score_from`); [`Trainer::step`]'s errors otherwise. Nothing changes on any
+    /// of them.
     pub fn step_with(
         &mut self,
         batch: &Batch<T>,
@@ -950,27 +951,18 @@ impl<T: Float> Trainer<T> {
     ) -> Result<T> {
         let _flush = self.flush_scope();
         let segment = self.training_segment(batch);
-        if segment < batch.seq_len {
-            return Err(RnnError::Config(format!(
-                "a loss of your own reads every output at once, but the trainer's memory \
-                 setting runs T = {} in checkpointed segments of {segment} steps: give it \
-                 Memory::Full or a larger budget",
-                batch.seq_len
-            )));
-        }
         let many_to_one = self.loss.many_to_one;
         self.in_step_threads(batch, |tr, par| {
             let opts = tr.pass_options(par, 0);
-            let value = network::forward_backward_with(
-                &tr.config,
-                &tr.layout,
-                &tr.params,
+            let value = network::forward_backward_with_segments(
+                (&tr.config, &tr.layout, &tr.params),
                 &mut tr.grads,
                 &mut tr.workspace,
                 batch,
                 many_to_one,
                 opts,
                 loss,
+                segment,
             )?;
             tr.zero_frozen_grads();
             Ok(value)
