@@ -368,7 +368,7 @@ impl<'a, T: Float> Batch<'a, T> {
             (kind, Target::None) => {
                 return Err(RnnError::Config(format!(
                     "{} needs targets, but the batch has none (Target::None is for a loss of \
-                     your own: Trainer::step_with)",
+                     your own: Trainer::step_with, Tbptt::step_with)",
                     kind.name()
                 )));
             }
@@ -387,20 +387,24 @@ impl<'a, T: Float> Batch<'a, T> {
 
     /// Checks a batch for a loss of the caller's own
     /// ([`crate::trainer::Trainer::step_with`]): its inputs, as
-    /// [`Batch::validate_inputs`] does, and that it carries nothing only the built-in losses
-    /// read (targets, sequence weights, a later first scored step), which such a loss would
-    /// silently pass over.
+    /// [`Batch::validate_inputs`] does, a first scored step inside it, and that it carries
+    /// nothing only the built-in losses read (targets, sequence weights), which such a loss
+    /// would silently pass over.
     ///
     /// # Errors
     /// The first problem found, as a typed [`RnnError`] naming it.
     pub fn validate_own_loss(&self, config: &RnnConfig) -> Result<()> {
         self.validate_inputs(config)?;
+        if self.score_from >= self.seq_len {
+            return Err(RnnError::Config(format!(
+                "score_from = {} leaves no step of T = {} to score",
+                self.score_from, self.seq_len
+            )));
+        }
         let built_in = if !matches!(self.target, Target::None) {
             Some("targets")
         } else if self.sequence_weights.is_some() {
             Some("sequence weights")
-        } else if self.score_from > 0 {
-            Some("a first scored step (score_from)")
         } else {
             None
         };

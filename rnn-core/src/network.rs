@@ -1019,7 +1019,9 @@ pub fn forward_backward_checkpointed<T: Float>(
 /// outputs (`[T, B, O]` time-major, or `[B, O]` from each sequence's last state when
 /// `many_to_one`), writes `dL/d outputs` into `dy` (the same shape, zeroed) and returns the
 /// loss; the backward pass runs from `dy`. Its reduction, weights and targets are the
-/// caller's: the batch carries none ([`Target::None`]).
+/// caller's: the batch carries none ([`Target::None`]). With [`Batch::score_from`] the
+/// outputs are those of the steps from it on (`[T - score_from, B, O]`): the steps before
+/// are a warm-up, as for the built-in losses (TBPTT's replayed history).
 ///
 /// Rows of steps past a sequence's length hold `b_y` (PyTorch pads the states with zeros)
 /// and take no gradient: what `loss` writes there is zeroed. Leave them out of the loss, as
@@ -1115,7 +1117,8 @@ pub(crate) fn forward_backward_with_segments<T: Float>(
     Ok(loss)
 }
 
-/// Calls the caller's `loss` on the outputs `y` of `batch` (`O` = `o` wide; `[B, O]` when
+/// Calls the caller's `loss` on the scored rows of the outputs `y` of `batch` (`O` = `o`
+/// wide: `[T, B, O]`, of which the steps from [`Batch::score_from`] on, or `[B, O]` when
 /// `many_to_one`) with `dy` zeroed, then zeroes what it wrote into rows past a sequence's
 /// length: those rows do not exist in a packed sequence.
 fn own_loss<T: Float>(
@@ -1127,7 +1130,12 @@ fn own_loss<T: Float>(
     loss: impl FnOnce(&[T], &mut [T]) -> T,
 ) -> T {
     dy.fill(T::zero());
-    let value = loss(y, dy);
+    let first = if many_to_one {
+        0
+    } else {
+        batch.score_from * batch.batch * o
+    };
+    let value = loss(&y[first..], &mut dy[first..]);
     if !many_to_one {
         let b = batch.batch;
         for t in 0..batch.seq_len {
@@ -1352,7 +1360,7 @@ fn forward_segments<T: Float>(
             SegmentsRun::Loss(scale) if seg.scored(s) => {
                 total += loss_forward_backward(&seg_pass, ws, spec, *scale);
             }
-            SegmentsRun::Outputs(y) => {
+            SegmentsRun::Outputs(y) if seg.scored(s) => {
                 let rows = rows_of(r.clone(), b, o);
                 y[rows.clone()].copy_from_slice(&ws.y[..rows.len()]);
             }

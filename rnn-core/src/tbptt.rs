@@ -7,7 +7,9 @@
 //! "detach every chunk") replays nothing and is the fastest; `k2 > k1` re-runs the last
 //! `k2 - k1` steps from the state saved at the window's start, with the current weights.
 //!
-//! Memory is the window's: a `k2`-step workspace, whatever the total length.
+//! Memory is the window's: a `k2`-step workspace, whatever the total length. The windows
+//! keep every activation whatever the trainer's [`crate::trainer::Memory`] setting (the
+//! streams carry on from the window's states, which a checkpointed pass does not keep).
 //!
 //! [`Tbptt::accumulate`] trains on a chunk without updating: the gradients of several chunks
 //! (each backpropagated through its own window, all with the same weights) add up to one
@@ -18,7 +20,7 @@ use kernels::Float;
 use crate::batch::{Batch, Target};
 use crate::config::RnnConfig;
 use crate::error::{Result, RnnError, shape};
-use crate::trainer::{StepReport, Trainer};
+use crate::trainer::{Memory, StepReport, Trainer};
 
 /// A trainer fed one chunk of `k1` steps of `B` streams at a time.
 ///
@@ -164,6 +166,65 @@ impl<T: Float> Tbptt<T> {
     pub fn step(&mut self, x: &[T], target: Target<'_, T>) -> Result<StepReport<T>> {
         self.place_inputs(x)?;
         self.run_window(target, |trainer, batch| trainer.step(batch))
+    }
+
+    /// [`Tbptt::step`] with a loss of your own ([`Trainer::step_with`]): `loss(outputs, dy)`
+    /// reads the outputs of the `k1` new steps (`[k1, B, O]`; not those of the history a
+    /// window with `k2 > k1` replays), writes `dL/d outputs` into `dy` and returns the loss.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// use rnn_core::tbptt::Tbptt;
+    /// let cfg = RnnConfig::lstm(1, 8, 1);
+    /// let tr = Trainer::<f64>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::adam(1e-2), 0)?;
+    /// let (k1, k2, b) = (4, 6, 2);
+    /// let mut stream = Tbptt::new(tr, k1, k2, b)?;
+    /// for chunk in 0..5 {
+    ///     let value = |i: usize| ((chunk * k1 + i / b) as f64 * 0.3).sin();
+    ///     let x: Vec<f64> = (0..k1 * b).map(value).collect();
+    ///     let next: Vec<f64> = (b..(k1 + 1) * b).map(value).collect();
+    ///     // Half the absolute error's gradient for an overshoot: a forecast that errs low.
+    ///     stream.step_with(&x, |y, dy| {
+    ///         let mut sum = 0.0;
+    ///         for ((y, dy), z) in y.iter().zip(dy.iter_mut()).zip(&next) {
+    ///             let w = if y > z { 0.5 } else { 1.0 };
+    ///             sum += w * (y - z).abs();
+    ///             *dy = w * (y - z).signum() / next.len() as f64;
+    ///         }
+    ///         sum / next.len() as f64
+    ///     })?;
+    /// }
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Tbptt::step`] and [`Trainer::step_with`] (no stream weights: the loss weighs its
+    /// own).
+    pub fn step_with(
+        &mut self,
+        x: &[T],
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> Result<StepReport<T>> {
+        self.place_inputs(x)?;
+        self.run_window(Target::None, |trainer, batch| {
+            trainer.step_with(batch, loss)
+        })
+    }
+
+    /// [`Tbptt::step_with`] for a model with an embedding: the next `k1` token ids of every
+    /// stream `[k1, B]`.
+    ///
+    /// # Errors
+    /// As [`Tbptt::step_with`]; [`RnnError::TokenOutOfRange`] for a token past the embedding.
+    pub fn step_tokens_with(
+        &mut self,
+        tokens: &[usize],
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> Result<StepReport<T>> {
+        self.place_tokens(tokens)?;
+        self.run_window(Target::None, |trainer, batch| {
+            trainer.step_with(batch, loss)
+        })
     }
 
     /// [`Tbptt::step`] for a model with an embedding: the next `k1` token ids of every stream
@@ -322,13 +383,8 @@ impl<T: Float> Tbptt<T> {
                 self.classes[at * b..(at + k1) * b].copy_from_slice(c);
                 Target::Classes(&self.classes[..(at + k1) * b])
             }
-            Target::None => {
-                return Err(RnnError::Config(
-                    "TBPTT scores each window with the trainer's loss, which needs targets: \
-                     got Target::None"
-                        .into(),
-                ));
-            }
+            // A loss of the caller's own (`Tbptt::step_with`); the built-in ones refuse it.
+            Target::None => Target::None,
         };
         let w = at + k1;
         let batch = Batch {
@@ -343,7 +399,12 @@ impl<T: Float> Tbptt<T> {
             score_from: at,
             sequence_weights: (!self.weights.is_empty()).then_some(&self.weights[..]),
         };
-        let report = pass(&mut self.trainer, &batch)?;
+        // The window's states are read back below: its pass keeps every activation, as a
+        // checkpointing pass would not (the window bounds the memory already).
+        let memory = std::mem::replace(&mut self.trainer.memory, Memory::Full);
+        let report = pass(&mut self.trainer, &batch);
+        self.trainer.memory = memory;
+        let report = report?;
         // The next window replays the last `held` steps of this one, from the state before
         // them; the states come from this step's forward pass (the weights before the update).
         let held = w.min(self.k2 - k1);

@@ -895,7 +895,8 @@ impl<T: Float> Trainer<T> {
     /// The outputs are `[T, B, O]`, time-major, or `[B, O]`, each sequence's output from its
     /// last state, when the trainer's loss spec is many-to-one ([`LossSpec::last_step`]):
     /// that is all of the trainer's spec this step reads (not its kind, reduction or class
-    /// weights). `dy` has the same shape and comes zeroed. Rows past a sequence's length
+    /// weights). With [`Batch::score_from`] they are those of the steps from it on. `dy` has
+    /// the same shape and comes zeroed. Rows past a sequence's length
     /// hold `b_y` and take no gradient ([`crate::network::forward_backward_with`]): leave
     /// them out of the loss. Under a [`Memory`] setting that checkpoints, the loss still
     /// reads every output at once: the first forward pass keeps them (`[T, B, O]` more), and
@@ -925,8 +926,8 @@ impl<T: Float> Trainer<T> {
     /// ```
     ///
     /// # Errors
-    /// The batch's errors ([`Batch::validate_own_loss`]: it must carry no targets, sequence
-    /// weights or `score_from`); [`Trainer::step`]'s errors otherwise. Nothing changes on any
+    /// The batch's errors ([`Batch::validate_own_loss`]: it must carry no targets or
+    /// sequence weights); [`Trainer::step`]'s errors otherwise. Nothing changes on any
     /// of them.
     pub fn step_with(
         &mut self,

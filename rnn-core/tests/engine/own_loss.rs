@@ -150,8 +150,8 @@ fn own_losses_match_finite_differences() {
 }
 
 /// The mean squared error written by hand gives the built-in MSE's loss and gradients
-/// (within rounding: the kernels sum in another order), with lengths, at every step and at
-/// the last, for every cell.
+/// (within rounding: the kernels sum in another order), with lengths, at every step (from
+/// step 0 or a later `score_from`) and at the last, for every cell.
 #[test]
 fn a_hand_written_mse_equals_the_built_in_one() {
     for (case, cfg) in [
@@ -162,7 +162,7 @@ fn a_hand_written_mse_equals_the_built_in_one() {
     .into_iter()
     .enumerate()
     {
-        for many_to_one in [false, true] {
+        for (many_to_one, score_from) in [(false, 0), (false, 2), (true, 0)] {
             let (t, b) = (5, 4);
             let mut rng = StdRng::seed_from_u64(case as u64 + 40);
             let d = Data::random(&mut rng, &cfg, t, b, many_to_one);
@@ -172,7 +172,10 @@ fn a_hand_written_mse_equals_the_built_in_one() {
             };
             let layout = Layout::new(&cfg);
             let params = init_params::<f64>(&cfg, 5);
-            let built_in_batch = d.batch(t, b, LossKind::Mse, true, false);
+            let built_in_batch = Batch {
+                score_from,
+                ..d.batch(t, b, LossKind::Mse, true, false)
+            };
             let mut built_in = vec![0.0; layout.len];
             let want = network::forward_backward(
                 &cfg,
@@ -185,12 +188,16 @@ fn a_hand_written_mse_equals_the_built_in_one() {
                 PassOptions::default(),
             )
             .unwrap();
-            let live = live_rows(&d.lengths, t, many_to_one);
+            // The rows the loss sees: those of the steps from `score_from` on.
+            let first = if many_to_one { 0 } else { score_from * b };
+            let live = &live_rows(&d.lengths, t, many_to_one)[first..];
             let o = cfg.output_size;
             let n = (live.iter().filter(|&&l| l).count() * o) as f64;
+            let values = &d.values[first * o..];
             let mse = |y: &[f64], dy: &mut [f64]| {
+                assert_eq!(y.len(), values.len());
                 let mut sum = 0.0;
-                for (k, (dy, (y, z))) in dy.iter_mut().zip(y.iter().zip(&d.values)).enumerate() {
+                for (k, (dy, (y, z))) in dy.iter_mut().zip(y.iter().zip(values)).enumerate() {
                     if live[k / o] {
                         sum += (y - z) * (y - z);
                         *dy = 2.0 * (y - z) / n;
@@ -414,12 +421,12 @@ fn own_loss_refusals_change_nothing() {
     config_error(
         tr.step_with(
             &Batch {
-                score_from: 2,
+                score_from: t,
                 ..plain
             },
             half,
         ),
-        "score_from",
+        "leaves no step",
     );
     config_error(tr.step(&plain), "needs targets");
     config_error(
@@ -488,6 +495,66 @@ fn f32_own_loss_gradients_agree_with_f64() {
             assert!(
                 (*s as f64 - w).abs() < 1e-4 * scale,
                 "{cfg:?}: {k}: {s} against {w}"
+            );
+        }
+    }
+}
+
+/// TBPTT with a loss of one's own (`Tbptt::step_with`): a hand-written MSE over the `k1` new
+/// steps trains the streams as the built-in MSE does (the replayed history of `k2 > k1`
+/// unscored), whatever the trainer's memory setting.
+#[test]
+fn tbptt_with_an_own_loss_trains_as_the_built_in_loss() {
+    let cfg = RnnConfig::gru(2, 6, 2).layers(2);
+    let (k1, k2, b) = (3, 7, 2);
+    let chunk = |c: usize| {
+        let x: Vec<f64> = (0..k1 * b * 2)
+            .map(|k| ((c * 31 + k * 7) % 17) as f64 / 17.0 - 0.5)
+            .collect();
+        let z: Vec<f64> = (0..k1 * b * 2)
+            .map(|k| ((c * 13 + k * 5) % 11) as f64 / 11.0 - 0.5)
+            .collect();
+        (x, z)
+    };
+    let train = |memory, own: bool| {
+        let spec = LossSpec::every_step(LossKind::Mse);
+        let tr = Trainer::<f64>::new(cfg, spec, OptimizerKind::adam(1e-2), 4)
+            .unwrap()
+            .with_memory(memory);
+        let mut stream = Tbptt::new(tr, k1, k2, b).unwrap();
+        let mut losses = Vec::new();
+        for c in 0..5 {
+            let (x, z) = chunk(c);
+            let report = match own {
+                false => stream.step(&x, Target::Values(&z)),
+                true => stream.step_with(&x, |y, dy| {
+                    assert_eq!(y.len(), z.len()); // the new steps' outputs only
+                    let n = z.len() as f64;
+                    let mut sum = 0.0;
+                    for ((y, dy), z) in y.iter().zip(dy.iter_mut()).zip(&z) {
+                        sum += (y - z) * (y - z);
+                        *dy = 2.0 * (y - z) / n;
+                    }
+                    sum / n
+                }),
+            };
+            losses.push(report.unwrap().loss);
+        }
+        (losses, stream.trainer.params.to_vec())
+    };
+    let built_in = train(Memory::Full, false);
+    // The windows keep every activation whatever the trainer's memory setting (the streams
+    // read the window's states back): the same bits.
+    assert_eq!(train(Memory::Checkpointed { segment: 3 }, false), built_in);
+    for memory in [Memory::Full, Memory::Checkpointed { segment: 3 }] {
+        let own = train(memory, true);
+        for (a, w) in own.0.iter().zip(&built_in.0) {
+            assert!((a - w).abs() < 1e-12, "{memory:?}: loss {a} against {w}");
+        }
+        for (k, (a, w)) in own.1.iter().zip(&built_in.1).enumerate() {
+            assert!(
+                (a - w).abs() < 1e-10,
+                "{memory:?}: parameter {k}: {a} against {w}"
             );
         }
     }
