@@ -24,5 +24,6 @@ mod resume;
 mod schedule;
 mod sequence_losses;
 mod sequence_weights;
+mod settings;
 mod tbptt;
 mod time_chunks;
