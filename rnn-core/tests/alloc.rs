@@ -56,12 +56,8 @@ fn allocations_of_steady_step(
         trainer.freeze("head.bias").unwrap();
         trainer.set_lr_scale("head.weight", 0.5).unwrap();
         trainer.set_weight_decay("head.weight", 0.0).unwrap();
-        let bottom: Vec<String> = (trainer.layout.tensors.iter())
-            .map(|t| t.name.clone())
-            .filter(|n| n.contains("_l0") || n == "rnn.h0" || n == "rnn.c0")
-            .collect();
-        for name in bottom.iter().filter(|_| cfg.num_layers > 1) {
-            trainer.freeze(name).unwrap();
+        if cfg.num_layers > 1 {
+            trainer.freeze_where(|n| n.contains("_l0") || n == "rnn.h0" || n == "rnn.c0");
         }
     }
     let x = vec![0.3f32; t * b * cfg.input_size];

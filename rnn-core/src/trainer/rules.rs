@@ -69,6 +69,46 @@ impl<T: Float> Trainer<T> {
         self.change_rule(name, |rule| rule.frozen = false)
     }
 
+    /// Freezes every tensor whose state-dict name `pick` accepts ([`Trainer::freeze`]), as a
+    /// PyTorch loop over `named_parameters()` would; returns how many it picked.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let cfg = RnnConfig::lstm(3, 8, 2).layers(2);
+    /// let mut tr = Trainer::<f32>::new(cfg, LossSpec::every_step(LossKind::Mse), OptimizerKind::adam(1e-3), 0)?;
+    /// // A linear probe: everything but the head stays as it is.
+    /// assert_eq!(tr.freeze_where(|name| name.starts_with("rnn.")), 8);
+    /// assert_eq!(tr.frozen().len(), 8);
+    /// assert_eq!(tr.unfreeze_where(|name| name.ends_with("_l1")), 4);
+    /// assert_eq!(tr.frozen(), ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"]);
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn freeze_where(&mut self, pick: impl Fn(&str) -> bool) -> usize {
+        self.change_where(pick, |rule| rule.frozen = true)
+    }
+
+    /// Unfreezes every tensor whose name `pick` accepts ([`Trainer::unfreeze`]); returns how
+    /// many it picked.
+    pub fn unfreeze_where(&mut self, pick: impl Fn(&str) -> bool) -> usize {
+        self.change_where(pick, |rule| rule.frozen = false)
+    }
+
+    /// Changes the rule of every tensor whose name `pick` accepts; returns how many.
+    fn change_where(
+        &mut self,
+        pick: impl Fn(&str) -> bool,
+        change: impl Fn(&mut TensorRule),
+    ) -> usize {
+        let picked: Vec<Range<usize>> = (self.layout.tensors.iter())
+            .filter(|t| pick(&t.name))
+            .map(|t| t.range.clone())
+            .collect();
+        for range in &picked {
+            self.change_range(range.clone(), &change);
+        }
+        picked.len()
+    }
+
     /// The frozen tensors' names ([`Trainer::freeze`]), in state-dict order.
     pub fn frozen(&self) -> Vec<&str> {
         let tensors = self.layout.tensors.iter();
@@ -182,6 +222,13 @@ impl<T: Float> Trainer<T> {
     /// sorted and dropping one that no longer changes anything.
     fn change_rule(&mut self, name: &str, change: impl FnOnce(&mut TensorRule)) -> Result<()> {
         let range = self.tensor_range(name)?;
+        self.change_range(range, change);
+        Ok(())
+    }
+
+    /// Changes the rule of the tensor with elements `range` (dropping a rule left at the
+    /// defaults).
+    fn change_range(&mut self, range: Range<usize>, change: impl FnOnce(&mut TensorRule)) {
         let i = match self
             .rules
             .binary_search_by_key(&range.start, |r| r.range.start)
@@ -196,7 +243,6 @@ impl<T: Float> Trainer<T> {
         if self.rules[i].is_default() {
             self.rules.remove(i);
         }
-        Ok(())
     }
 
     /// Whether the tensor with elements `range` is frozen.
@@ -248,14 +294,6 @@ mod tests {
         Trainer::new(cfg, loss, OptimizerKind::sgd(0.1), 0).unwrap()
     }
 
-    fn freeze(tr: &mut Trainer<f64>, pick: impl Fn(&str) -> bool) {
-        for t in tr.layout.tensors.clone() {
-            if pick(&t.name) {
-                tr.freeze(&t.name).unwrap();
-            }
-        }
-    }
-
     /// The bottom layers' backward is left out only when they and everything below them
     /// (table, learned initial states) are frozen; in a bidirectional model, both directions.
     #[test]
@@ -267,22 +305,22 @@ mod tests {
         };
         let stack = RnnConfig::lstm(3, 4, 2).layers(3);
         let mut tr = trainer(stack.embedding(5));
-        freeze(&mut tr, |n| n.ends_with("_l0") || n.ends_with("_l1"));
+        tr.freeze_where(|n| n.ends_with("_l0") || n.ends_with("_l1"));
         assert_eq!(left_out(&tr), parts(false, 0)); // the table trains
         tr.freeze("embedding.weight").unwrap();
         assert_eq!(left_out(&tr), parts(true, 2));
         tr.unfreeze("rnn.bias_hh_l0").unwrap();
         assert_eq!(left_out(&tr), parts(true, 0));
         let mut tr = trainer(stack.learned_h0());
-        freeze(&mut tr, |n| n.ends_with("_l0"));
+        tr.freeze_where(|n| n.ends_with("_l0"));
         assert_eq!(left_out(&tr), parts(false, 0)); // h0 and c0 train
         tr.freeze("rnn.h0").unwrap();
         tr.freeze("rnn.c0").unwrap();
         assert_eq!(left_out(&tr), parts(false, 1));
         let mut tr = trainer(RnnConfig::gru(3, 4, 2).layers(2).bidirectional());
-        freeze(&mut tr, |n| n.ends_with("_l0"));
+        tr.freeze_where(|n| n.ends_with("_l0"));
         assert_eq!(left_out(&tr), parts(false, 0)); // the reverse direction trains
-        freeze(&mut tr, |n| n.contains("_l0"));
+        tr.freeze_where(|n| n.contains("_l0"));
         assert_eq!(left_out(&tr), parts(false, 1));
     }
 
@@ -293,7 +331,7 @@ mod tests {
         use crate::layer::LayerFrozen;
         let mut tr = trainer(RnnConfig::lstm(3, 4, 2).layers(3).projection(2));
         assert!(tr.frozen_parts().tensors.is_empty());
-        freeze(&mut tr, |n| {
+        tr.freeze_where(|n| {
             ["weight_hh_l1", "bias_ih_l1", "weight_hr_l2", "head.bias"]
                 .contains(&n.trim_start_matches("rnn."))
         });

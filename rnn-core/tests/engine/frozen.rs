@@ -398,15 +398,12 @@ fn trainers_skip_frozen_bottoms_to_the_same_bits() {
             if telemetry {
                 tr = tr.with_telemetry();
             }
-            for t in tr.layout.tensors.clone() {
-                let bottom = t.name.contains("_l0") // and `_l0_reverse`
-                    || !t.name.starts_with("rnn.weight")
-                        && !t.name.starts_with("rnn.bias")
-                        && !t.name.starts_with("head");
-                if bottom {
-                    tr.freeze(&t.name).unwrap();
-                }
-            }
+            tr.freeze_where(|name| {
+                name.contains("_l0") // and `_l0_reverse`
+                    || !name.starts_with("rnn.weight")
+                        && !name.starts_with("rnn.bias")
+                        && !name.starts_with("head")
+            });
             let (t, b) = (4, 3);
             for step in 0..3 {
                 let (x, y) = data(step, t, b, 3);
