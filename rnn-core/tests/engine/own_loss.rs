@@ -313,15 +313,27 @@ fn checkpointed_steps_give_the_whole_passes_gradients() {
         RnnConfig::lstm(3, 4, 1).layers(2).learned_h0(),
     ];
     for (case, cfg) in cases.into_iter().enumerate() {
-        for (many_to_one, segment) in [(false, 2), (false, 3), (true, 2), (true, 4)] {
+        let runs = [
+            (false, 2, 0),
+            (false, 3, 0),
+            (false, 2, 3),
+            (true, 2, 0),
+            (true, 4, 0),
+        ];
+        for (many_to_one, segment, score_from) in runs {
             let (t, b) = (7, 3);
             let mut rng = StdRng::seed_from_u64(case as u64 + 70);
             let d = Data::random(&mut rng, &cfg, t, b, many_to_one);
             let batch = Batch {
                 target: Target::None,
+                score_from,
                 ..d.batch(t, b, LossKind::Mse, true, false)
             };
-            let live = live_rows(&d.lengths, t, many_to_one);
+            // The rows the loss sees: from `score_from` on (segment 1 of 2-step segments
+            // straddles it).
+            let first = if many_to_one { 0 } else { score_from * b };
+            let live = &live_rows(&d.lengths, t, many_to_one)[first..];
+            let o = cfg.output_size;
             let spec = match many_to_one {
                 false => LossSpec::every_step(LossKind::Mse),
                 true => LossSpec::last_step(LossKind::Mse),
@@ -335,14 +347,14 @@ fn checkpointed_steps_give_the_whole_passes_gradients() {
                 }
                 let loss = tr
                     .loss_and_grads_with(&batch, |y, dy| {
-                        log_cosh_cubed(y, dy, &d.values, &live, 7.0)
+                        log_cosh_cubed(y, dy, &d.values[first * o..], live, 7.0)
                     })
                     .unwrap();
                 (loss, tr.grads.to_vec())
             };
             let (whole_loss, whole) = run(Memory::Full);
             let (loss, grads) = run(Memory::Checkpointed { segment });
-            let at = format!("case {case} ({many_to_one}, segment {segment})");
+            let at = format!("case {case} ({many_to_one}, segment {segment} from {score_from})");
             assert_eq!(loss.to_bits(), whole_loss.to_bits(), "{at}");
             assert!(whole.iter().any(|&g| g != 0.0), "{at}");
             for (k, (g, w)) in grads.iter().zip(&whole).enumerate() {
