@@ -610,3 +610,39 @@ def projected_tbptt_fixtures():
 
 if __name__ == "__main__":
     projected_tbptt_fixtures()
+
+
+def average(name, kind, dtype, seed, decay=None, updates=6, size=37):
+    """torch.optim.swa_utils.AveragedModel of a model whose weights are drawn afresh before
+    each update_parameters: every set of weights and the average after each."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(size, 1, bias=False).to(dtype)
+    avg_fn = get_ema_multi_avg_fn(decay) if kind == "ema" else get_swa_multi_avg_fn()
+    averaged = AveragedModel(model, multi_avg_fn=avg_fn)
+    weights, averages = [], []
+    for _ in range(updates):
+        with torch.no_grad():
+            model.weight.copy_(torch.randn(1, size, generator=g, dtype=torch.float64).to(dtype))
+        averaged.update_parameters(model)
+        weights.append(model.weight.detach().flatten().clone())
+        averages.append(averaged.module.weight.detach().flatten().clone())
+    meta = {"kind": kind, "decay": repr(decay)}
+    save_file({"weights": torch.stack(weights), "averages": torch.stack(averages)},
+              os.path.join(OUT, f"average_{name}.safetensors"), metadata=meta)
+
+
+def average_fixtures():
+    average("ema_f64", "ema", torch.float64, 90, decay=0.9)
+    average("ema_f32", "ema", torch.float32, 91, decay=0.999)
+    average("ema_heavy_f64", "ema", torch.float64, 92, decay=0.3)  # lerp weight above 1/2
+    average("uniform_f64", "uniform", torch.float64, 93)
+    average("uniform_f32", "uniform", torch.float32, 94)
+    print("weight-average fixtures written")
+
+
+if __name__ == "__main__":
+    # Fixtures added after the blocks above (each block writes those defined before it).
+    frozen_fixtures()
+    group_fixtures()
+    average_fixtures()

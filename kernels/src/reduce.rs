@@ -152,6 +152,45 @@ pub fn axpy<T: Float>(y: &mut [T], alpha: T, x: &[T]) {
 }
 
 #[derive(Clone, Copy)]
+struct Lerp<T> {
+    coeff: T,
+    from_end: bool,
+}
+impl<T: Float> Lanewise<T, 1> for Lerp<T> {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        a: T::Lanes<S>,
+        [w]: [T::Lanes<S>; 1],
+        _: T::Lanes<S>,
+    ) -> T::Lanes<S> {
+        let base = if self.from_end { w } else { a };
+        T::vmul_add(s, T::splat(s, self.coeff), T::vsub(s, w, a), base)
+    }
+}
+
+/// `a ← lerp(a, w, weight)` as PyTorch's vectorised `torch.lerp` computes it, so that
+/// averages of weights match its bits: `a + weight · (w - a)` for `|weight| < ½`, else
+/// `w + (weight - 1) · (w - a)`, each one fused multiply-add.
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// let mut a = [0.0f32, 4.0];
+/// kernels::reduce::lerp(&mut a, &[1.0, 0.0], 0.25);
+/// assert_eq!(a, [0.25, 3.0]);
+/// ```
+#[track_caller]
+pub fn lerp<T: Float>(a: &mut [T], w: &[T], weight: T) {
+    let small = weight.abs() < T::of(0.5);
+    let coeff = if small { weight } else { weight - T::one() };
+    let from_end = !small;
+    zip_rows(Lerp { coeff, from_end }, a, [w], None);
+}
+
+#[derive(Clone, Copy)]
 struct Scale<T>(T);
 impl<T: Float> Lanewise<T, 0> for Scale<T> {
     #[inline(always)]

@@ -93,6 +93,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accumulate;
+pub mod average;
 pub mod batch;
 pub mod config;
 pub mod dropout;

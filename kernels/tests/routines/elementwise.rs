@@ -425,7 +425,7 @@ fn softmax_survives_huge_logits() {
 
 fn reductions_match<T: Float>() {
     let tol = T::EPSILON.f64() * 64.0;
-    sweep(|_, n, rng| {
+    sweep(|isa, n, rng| {
         let x: Vec<T> = random(rng, n, 2.0);
         let ss = reduce::sum_squares(&x).f64();
         let want: f64 = x.iter().map(|v| v.f64().powi(2)).sum();
@@ -470,6 +470,26 @@ fn reductions_match<T: Float>() {
             tol,
             "axpy",
         );
+        // lerp against the scalar formula (PyTorch's), both sides of ½: bit for bit where
+        // the instruction set fuses multiply-adds (the scalar code does not).
+        for weight in [0.001, 0.25, 0.5, 0.7, 1.0] {
+            let mut a = y0.clone();
+            reduce::lerp(&mut a, &x, T::of(weight));
+            let w = T::of(weight);
+            for (i, &got) in a.iter().enumerate() {
+                let d = x[i] - y0[i];
+                let want = match weight < 0.5 {
+                    true => w.mul_add(d, y0[i]),
+                    false => (w - T::one()).mul_add(d, x[i]),
+                };
+                match isa {
+                    Isa::Scalar => {
+                        assert!((got - want).abs() <= T::of(tol) * want.abs().max(T::one()))
+                    }
+                    _ => assert_eq!(got, want, "lerp({weight}) at {i} of {n} ({isa:?})"),
+                }
+            }
+        }
         reduce::scale(&mut y, T::of(2.0));
         close(
             &y,

@@ -12,6 +12,7 @@ mod fixtures;
 
 mod accumulate;
 mod api;
+mod average;
 mod checkpointed;
 mod crash;
 mod frozen;
