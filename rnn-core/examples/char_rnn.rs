@@ -15,7 +15,8 @@
 //! state and position, loss histories, plateau state: `--resume` continues exactly where an
 //! uninterrupted run would be), draws the loss curves as an SVG, and ends with the final
 //! training and validation losses beside the corpus's unigram entropy (what a model that
-//! ignores context would reach).
+//! ignores context would reach). `--ema DECAY` also keeps an exponential moving average of
+//! the weights (PyTorch's `AveragedModel`) and scores it beside them.
 
 mod common;
 
@@ -26,6 +27,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{SeedableRng, rngs::StdRng};
+use rnn_core::average::WeightAverage;
 use rnn_core::config::Cell;
 use rnn_core::io::{self, Extras};
 use rnn_core::predict::Predictor;
@@ -229,6 +231,11 @@ struct Args {
     /// fine-tunes the rest of a trained model. A frozen bottom layer costs no backward pass.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     freeze: Vec<String>,
+    /// Also keep an exponential moving average of the weights with this decay (PyTorch's
+    /// `AveragedModel` with `get_ema_multi_avg_fn`), scored beside them at each validation and
+    /// kept in the checkpoint (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    ema: f64,
     /// Threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -323,6 +330,22 @@ impl Validation {
         };
         trainer.evaluate(&batch).map_err(|e| e.to_string())
     }
+
+    /// The loss of the average `weights` (swapped into the trainer for it, then back).
+    fn loss_of(
+        &self,
+        weights: &mut WeightAverage<f32>,
+        trainer: &mut Trainer<f32>,
+    ) -> Result<f32, String> {
+        weights
+            .swap(&mut trainer.params)
+            .map_err(|e| e.to_string())?;
+        let loss = self.loss(trainer);
+        weights
+            .swap(&mut trainer.params)
+            .map_err(|e| e.to_string())?;
+        loss
+    }
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -411,6 +434,10 @@ fn run(args: Args) -> Result<(), String> {
         .then(|| Plateau::new(args.lr, 0.5, 1))
         .transpose()
         .map_err(|e| format!("--lr: {e}"))?;
+    let mut ema = (args.ema > 0.0)
+        .then(|| WeightAverage::ema(args.ema))
+        .transpose()
+        .map_err(|e| format!("--ema: {e}"))?;
     let ckpt = args.out.join("char_rnn.ckpt.safetensors");
     let mut losses: Vec<f32> = Vec::new();
     // (update, validation loss) pairs.
@@ -436,6 +463,10 @@ fn run(args: Args) -> Result<(), String> {
                 .restore(&extras)
                 .map_err(|e| format!("cannot resume a plateau schedule: {e}"))?;
             stream.trainer.set_base_lr(plateau.lr());
+        }
+        if let Some(ema) = &mut ema {
+            ema.restore(&extras)
+                .map_err(|e| format!("cannot resume the weights' EMA (--ema): {e}"))?;
         }
         println!("resumed from {} at update {}", ckpt.display(), losses.len());
     }
@@ -464,7 +495,7 @@ fn run(args: Args) -> Result<(), String> {
     let save = |stream: &Tbptt<f32>,
                 losses: &[f32],
                 scores: &[(f32, f32)],
-                plateau: Option<&Plateau>,
+                (plateau, ema): (Option<&Plateau>, Option<&WeightAverage<f32>>),
                 pos: usize|
      -> Result<(), String> {
         let pairs = scores.iter().flat_map(|&(u, l)| [u, l]).collect();
@@ -480,6 +511,9 @@ fn run(args: Args) -> Result<(), String> {
         };
         if let Some(plateau) = plateau {
             plateau.save(&mut extras);
+        }
+        if let Some(ema) = ema {
+            ema.save(&mut extras);
         }
         std::fs::create_dir_all(&args.out)
             .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
@@ -546,6 +580,10 @@ fn run(args: Args) -> Result<(), String> {
             None => stream.apply_accumulated().map_err(|e| e.to_string())?,
         };
         losses.push(report.loss);
+        if let Some(ema) = &mut ema {
+            ema.update(&stream.trainer.params)
+                .map_err(|e| e.to_string())?;
+        }
         let done = step + 1 - start_step;
         let tokens_per_s = (done * chunks * k1 * b) as f64 / begin.elapsed().as_secs_f64();
         bar.set_message(format!(
@@ -570,6 +608,13 @@ fn run(args: Args) -> Result<(), String> {
         {
             let loss = set.loss(&mut stream.trainer)?;
             scores.push(((step + 1) as f32, loss));
+            let averaged = match &mut ema {
+                Some(ema) => {
+                    let loss = set.loss_of(ema, &mut stream.trainer)?;
+                    format!("; EMA weights {loss:.3}")
+                }
+                None => String::new(),
+            };
             let lr = match &mut plateau {
                 Some(p) => {
                     let lr = p.observe(loss as f64).map_err(|e| e.to_string())?;
@@ -580,7 +625,7 @@ fn run(args: Args) -> Result<(), String> {
             };
             bar.suspend(|| {
                 println!(
-                    "update {}: validation loss {loss:.3} nats/char ({:.2} bits){lr}",
+                    "update {}: validation loss {loss:.3} nats/char ({:.2} bits){averaged}{lr}",
                     step + 1,
                     loss / std::f32::consts::LN_2
                 )
@@ -591,7 +636,7 @@ fn run(args: Args) -> Result<(), String> {
                 &stream,
                 &losses,
                 &scores,
-                plateau.as_ref(),
+                (plateau.as_ref(), ema.as_ref()),
                 streams.position(),
             )?;
         }
@@ -601,7 +646,7 @@ fn run(args: Args) -> Result<(), String> {
         &stream,
         &losses,
         &scores,
-        plateau.as_ref(),
+        (plateau.as_ref(), ema.as_ref()),
         streams.position(),
     )?;
 
