@@ -70,9 +70,18 @@
 //! outputs back out, and [`padding::time_major`] turns `batch_first` buffers around.
 //!
 //! Fine-tuning: [`trainer::Trainer::freeze`] keeps tensors as they are (PyTorch's
-//! `requires_grad_(False)`, skipping the backward pass of a frozen bottom of the stack), and
+//! `requires_grad_(False)`, skipping the work only they need: their own gradient products,
+//! and the backward pass of a frozen bottom of the stack), and
 //! [`trainer::Trainer::set_lr_scale`] and [`trainer::Trainer::set_weight_decay`] give a
 //! tensor its own rate and decay (PyTorch's parameter groups).
+//!
+//! Losses of your own: [`trainer::Trainer::step_with`] (and [`tbptt::Tbptt::step_with`])
+//! take a closure that reads the head's outputs and writes `dL/dy`, as PyTorch's autograd
+//! takes any function of them: a Gaussian or quantile loss for a probabilistic forecast, a
+//! policy gradient.
+//!
+//! Weight averages: [`average::WeightAverage`] keeps PyTorch's `AveragedModel` (an EMA, or
+//! SWA's uniform mean) of a trainer's weights, to evaluate, save or predict with.
 //!
 //! Weighting and scoring sequences: [`batch::Batch::with_sequence_weights`] weighs each
 //! sequence's loss (Keras' `sample_weight`), and [`trainer::Trainer::sequence_losses`] gives
