@@ -5,7 +5,9 @@
 //! `fine_tune` times char's data through a two-layer LSTM with every tensor training, with
 //! layer 0 frozen (`Trainer::freeze`, whose backward pass is then skipped), with layer 1's
 //! input weights frozen (their gradient product skipped), and with only the head training
-//! (a linear probe: the whole backward pass is the head's).
+//! (a linear probe: the whole backward pass is the head's). `loader` times epochs over
+//! sequences of 16-256 steps through `loader::Loader`, shuffled and bucketed by length:
+//! throughput counts the sequences' own steps, not the padding.
 
 use std::hint::black_box;
 
@@ -13,7 +15,10 @@ use bench_suite::{SWEEPS, WORKLOADS, Workload, picked};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use kernels::gemm::{GemmShape, gemm_nn};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rnn_core::batch::{Batch, Target};
 use rnn_core::config::{Cell, LossKind, LossSpec, RnnConfig};
+use rnn_core::loader::{Loader, gather_rows, pad_batch};
 use rnn_core::optim::{Clip, OptimizerKind};
 use rnn_core::trainer::Trainer;
 
@@ -79,6 +84,69 @@ fn fine_tune(c: &mut Criterion) {
     group.finish();
 }
 
+/// Epochs of 256 sequences of 16-256 steps (I = 32, a class each, scored at each
+/// sequence's own last step) through an LSTM of H = 128, batches of 32: in shuffled batches
+/// and in shuffled batches of like lengths (pools of 4 batches and of all 8).
+fn loader(c: &mut Criterion) {
+    if !picked("BENCH_WORKLOADS", "loader") {
+        return;
+    }
+    let (n, i, h, classes, batch_size) = (256, 32, 128, 4, 32);
+    let mut rng = StdRng::seed_from_u64(0);
+    let lengths: Vec<usize> = (0..n).map(|_| rng.random_range(16..=256)).collect();
+    let xs: Vec<Vec<f32>> = (lengths.iter())
+        .map(|&len| (0..len * i).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let labels: Vec<usize> = (0..n).map(|_| rng.random_range(0..classes)).collect();
+    let mut group = c.benchmark_group("loader_lstm_lengths16to256_t1");
+    group.throughput(Throughput::Elements(lengths.iter().sum::<usize>() as u64));
+    group.sample_size(10);
+    let shuffled = Loader::new(&lengths, batch_size)
+        .expect("a data set")
+        .shuffled(0);
+    let cases = [
+        ("shuffled", shuffled.clone()),
+        ("bucketed4", shuffled.clone().bucketed(4).expect("a pool")),
+        ("bucketed8", shuffled.bucketed(8).expect("a pool")),
+    ];
+    for (id, loader) in cases {
+        let spec = LossSpec::last_step(LossKind::CrossEntropy);
+        let mut trainer = Trainer::new(
+            RnnConfig::lstm(i, h, classes),
+            spec,
+            OptimizerKind::adam(1e-3),
+            0,
+        )
+        .expect("a valid model")
+        .with_threads(1);
+        // What bucketing saves: the share of the positions a step computes that are padding.
+        let share = loader.padding_share(0);
+        eprintln!(
+            "loader/{id}: {:.1} % of an epoch's positions padding",
+            100.0 * share
+        );
+        let mut epoch = 0;
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                for indices in loader.epoch(epoch) {
+                    let x = pad_batch(&xs, &indices, i, 0.0).unwrap();
+                    let y = gather_rows(&labels, &indices, 1).unwrap();
+                    let batch =
+                        Batch::new(x.seq_len, indices.len(), &x.values, Target::Classes(&y));
+                    trainer
+                        .step(black_box(&Batch {
+                            lengths: Some(&x.lengths),
+                            ..batch
+                        }))
+                        .unwrap();
+                }
+                epoch += 1;
+            })
+        });
+    }
+    group.finish();
+}
+
 fn gemm_reference(c: &mut Criterion) {
     let n = 512;
     let (a, b) = (vec![0.5f32; n * n], vec![0.25f32; n * n]);
@@ -104,6 +172,6 @@ criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(15).warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_reference, train_step, fine_tune
+    targets = gemm_reference, train_step, fine_tune, loader
 }
 criterion_main!(benches);

@@ -68,6 +68,8 @@
 //! Sequences of different lengths: [`padding::pad`] puts them into one time-major batch
 //! with their lengths (PyTorch's `pad_sequence`), [`padding::unpad`] takes each one's
 //! outputs back out, and [`padding::time_major`] turns `batch_first` buffers around.
+//! [`loader::Loader`] cuts a data set into minibatches each epoch (shuffled, of like lengths
+//! when asked), PyTorch's `DataLoader`.
 //!
 //! Fine-tuning: [`trainer::Trainer::freeze`] keeps tensors as they are (PyTorch's
 //! `requires_grad_(False)`, skipping the work only they need: their own gradient products,
@@ -110,6 +112,7 @@ pub mod dump;
 pub mod error;
 pub mod io;
 mod layer;
+pub mod loader;
 pub mod network;
 pub mod optim;
 pub mod padding;
