@@ -96,7 +96,9 @@
 //!
 //! Long sequences: [`tbptt::Tbptt`] trains endless streams with truncated BPTT (with
 //! gradient accumulation over chunks, [`tbptt::Tbptt::accumulate`]), and
-//! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step.
+//! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step, and
+//! [`trainer::Trainer::with_input_grads`] the gradients of the inputs and initial states
+//! themselves (PyTorch's `x.grad`), for layers of your own that feed the model.
 //! [`predict::Predictor`] runs a trained model one step at a time, [`sampling::Sampler`]
 //! draws the next token from its logits, and [`text`] turns any text into character-level
 //! training streams.

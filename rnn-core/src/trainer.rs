@@ -179,6 +179,9 @@ pub struct Trainer<T: Float> {
     pub chunks: TimeChunks,
     /// Record gradient-flow telemetry in every step (see [`Trainer::grad_h_norms`]).
     pub telemetry: bool,
+    /// Compute the gradients of the batch's inputs in every training pass
+    /// ([`Trainer::with_input_grads`]).
+    pub input_grad: bool,
     /// Full or checkpointed BPTT.
     pub memory: Memory,
     /// Dropout between stacked layers ([`Trainer::with_dropout`]).
@@ -264,6 +267,7 @@ impl<T: Float> Trainer<T> {
             split: UnitSplit::Auto,
             chunks: TimeChunks::Auto,
             telemetry: false,
+            input_grad: false,
             memory: Memory::Full,
             dropout: None,
             flush_denormals: false,
@@ -466,6 +470,61 @@ impl<T: Float> Trainer<T> {
             &self.workspace.grad_h_norms
         } else {
             &[]
+        }
+    }
+
+    /// Also computes, in every training pass, the gradients of the loss with respect to the
+    /// batch's inputs and given initial states ([`Trainer::input_grads`],
+    /// [`Trainer::initial_state_grads`]; PyTorch's `x.requires_grad_(True)` and `x.grad`):
+    /// to train layers of your own that feed the model (their backward starts from
+    /// `dL/dx`), or an encoder whose final state is the batch's `h0`, or to see which steps
+    /// of a sequence a prediction rests on (saliency). Costs one product as big as the
+    /// input projection and a `[T, B, I]` buffer, and a frozen bottom of the stack then runs
+    /// its backward pass (its gradient is wanted below it).
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let spec = LossSpec::last_step(LossKind::Mse);
+    /// let mut tr = Trainer::<f64>::new(RnnConfig::gru(2, 8, 1), spec, OptimizerKind::sgd(0.1), 0)?
+    ///     .with_input_grads();
+    /// let (x, y) = (vec![0.5; 4 * 3 * 2], vec![1.0; 3]); // T = 4, B = 3, I = 2
+    /// let lengths = [4, 2, 3];
+    /// let batch = Batch { lengths: Some(&lengths), ..Batch::new(4, 3, &x, Target::Values(&y)) };
+    /// tr.loss_and_grads(&batch)?;
+    /// let dx = tr.input_grads(); // [T, B, I]
+    /// assert_eq!(dx.len(), 4 * 3 * 2);
+    /// assert!(dx[..2].iter().all(|&g| g != 0.0));
+    /// assert_eq!(dx[(3 * 3 + 1) * 2..][..2], [0.0, 0.0]); // step 3 of a 2-step sequence
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    pub fn with_input_grads(mut self) -> Self {
+        self.input_grad = true;
+        self
+    }
+
+    /// `[T, B, I]`: `dL/dx` of the last training pass's batch ([`Trainer::step`],
+    /// [`Trainer::loss_and_grads`], [`Trainer::step_with`], and the last micro-batch of
+    /// [`Trainer::accumulate`]), zero at steps past a sequence's length; for a batch of
+    /// tokens, the gradient of their embedded rows. Empty without
+    /// [`Trainer::with_input_grads`]. The loss is the one the pass computed (a mean over the
+    /// scored positions, unless [`crate::config::Reduction::Sum`]), before clipping.
+    pub fn input_grads(&self) -> &[T] {
+        if self.input_grad {
+            &self.workspace.dx
+        } else {
+            &[]
+        }
+    }
+
+    /// `dL/dh0` (`[L·D, B, H]`, `P` wide with projections) and `dL/dc0` (`[L·D, B, H]`,
+    /// LSTM; empty otherwise) of the last training pass's batch, whether its initial state
+    /// was given ([`crate::batch::Batch::h0`]), zero or learned (then summed over the batch,
+    /// they are the learned state's gradient). Empty without [`Trainer::with_input_grads`].
+    pub fn initial_state_grads(&self) -> (&[T], &[T]) {
+        if self.input_grad {
+            (&self.workspace.dh0, &self.workspace.dc0)
+        } else {
+            (&[], &[])
         }
     }
 
@@ -975,7 +1034,7 @@ impl<T: Float> Trainer<T> {
     fn pass_options(&self, par: Par, micro: u64) -> PassOptions {
         PassOptions {
             par,
-            input_grad: false,
+            input_grad: self.input_grad,
             telemetry: self.telemetry,
             split: self.split,
             chunks: self.chunks,

@@ -14,6 +14,7 @@ use rnn_core::config::{Cell, LossKind, LossSpec, Reduction, RnnConfig};
 use rnn_core::io;
 
 /// Inputs, both kinds of target, lengths and an initial state for one batch, in f64.
+#[derive(Clone)]
 pub struct Data {
     pub x: Vec<f64>,
     pub values: Vec<f64>,

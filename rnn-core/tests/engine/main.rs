@@ -18,6 +18,7 @@ mod crash;
 mod frozen;
 mod golden;
 mod gradcheck;
+mod input_grads;
 mod loader;
 mod own_loss;
 mod predict;
