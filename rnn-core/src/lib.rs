@@ -98,7 +98,9 @@
 //! gradient accumulation over chunks, [`tbptt::Tbptt::accumulate`]), and
 //! [`trainer::Trainer::with_telemetry`] reports the gradient reaching every step, and
 //! [`trainer::Trainer::with_input_grads`] the gradients of the inputs and initial states
-//! themselves (PyTorch's `x.grad`), for layers of your own that feed the model.
+//! themselves (PyTorch's `x.grad`), for layers of your own that feed the model;
+//! [`trainer::Trainer::final_states`] and [`trainer::Trainer::grads_from_final_states`]
+//! train through the final states handed on to another model (an encoder's to a decoder).
 //! [`predict::Predictor`] runs a trained model one step at a time, [`sampling::Sampler`]
 //! draws the next token from its logits, and [`text`] turns any text into character-level
 //! training streams.

@@ -34,6 +34,7 @@ use crate::params::Layout;
 use crate::workspace::{BidiBuffers, LayerBuffers, Workspace};
 
 mod bidi;
+pub(crate) mod final_states;
 mod frozen;
 mod scoring;
 
@@ -281,6 +282,8 @@ fn with_embedded_pass<T: Float, R: Send>(
     opts: PassOptions,
     body: impl FnOnce(Pass<'_, '_, T>, &mut Workspace<T>) -> R + Send,
 ) -> R {
+    // Whatever the pass, it overwrites the activations a final-state pass kept.
+    ws.kept_forward = None;
     let mut embedded = std::mem::take(&mut ws.embedded);
     let dense = &embed(config, layout, params, batch, &mut embedded);
     let result = with_pass(config, layout, params, dense, opts, |p| body(p, ws));

@@ -20,6 +20,7 @@ use crate::params::{Layout, init_params};
 use crate::schedule::LrSchedule;
 use crate::workspace::Workspace;
 
+mod final_states;
 mod rules;
 
 /// How much of the forward pass a training step keeps for its backward pass. A

@@ -1,0 +1,118 @@
+//! Passes that end at the final states instead of the head: PyTorch's `h_n` (and `c_n`)
+//! passed on to a model of their own (a decoder, a head of the caller's), whose gradient
+//! comes back as `dL/dh_n`. The backward pass takes it where checkpointed BPTT takes the
+//! carry from a later segment: at the last step, from beyond it (a sequence that ended
+//! earlier passes it straight back to its own last step, as its state was carried on).
+
+use kernels::Float;
+
+use super::{Head, backward, table_grads, with_embedded_pass, with_table_input_grad};
+use crate::batch::{Batch, finite};
+use crate::config::RnnConfig;
+use crate::error::{Result, RnnError, shape};
+use crate::network::PassOptions;
+use crate::params::Layout;
+use crate::workspace::Workspace;
+
+/// A training forward pass over `batch` without the head (dropout as `opts` says), its
+/// final states left in `ws.final_h` (`[L, B, S]`, `S` = `P` with projections) and
+/// `ws.final_c` (`[L, B, H]`, LSTM; empty otherwise). The activations stay in `ws`, marked
+/// with `fingerprint`, for [`backward_from_final_states`] to reuse.
+///
+/// # Errors
+/// [`check`]'s; nothing is computed then.
+pub(crate) fn forward_final_states<T: Float>(
+    (config, layout, params): (&RnnConfig, &Layout, &[T]),
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    opts: PassOptions,
+    fingerprint: u32,
+) -> Result<()> {
+    check(config, batch)?;
+    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        p.size_workspace(ws, false);
+        super::forward_chunks(&p, ws, Head::Skip);
+    });
+    let (l, b) = (config.num_layers, batch.batch);
+    let lstm = config.cell.has_cell_state();
+    let mut h = std::mem::take(&mut ws.final_h);
+    let mut c = std::mem::take(&mut ws.final_c);
+    h.resize(l * b * config.state_size());
+    c.resize(if lstm { l * b * config.hidden_size } else { 0 });
+    ws.states_at(config, b, batch.seq_len, &mut h, &mut c);
+    (ws.final_h, ws.final_c) = (h, c);
+    ws.kept_forward = Some(fingerprint);
+    Ok(())
+}
+
+/// The gradients of `params` (into `grads`) from `dL/dh_n` (`dh_n`, `[L, B, S]`) and
+/// `dL/dc_n` (`dc_n`, `[L, B, H]`, LSTM; empty otherwise) of `batch`'s final states: its
+/// backward pass with no loss of its own (the head's gradients are zero), `dL/dh0`,
+/// `dL/dc0` and, when asked, `dL/dx` left in `ws`. Reuses the forward pass of
+/// [`forward_final_states`] when `ws` still holds the one marked `fingerprint`, else runs it
+/// again (the same masks, the same states).
+///
+/// # Errors
+/// [`check`]'s; [`RnnError::ShapeMismatch`] for a `dh_n` or `dc_n` of another length,
+/// [`RnnError::NonFiniteInput`] for a NaN or infinity in them. Nothing is computed then.
+pub(crate) fn backward_from_final_states<T: Float>(
+    (config, layout, params): (&RnnConfig, &Layout, &[T]),
+    grads: &mut [T],
+    ws: &mut Workspace<T>,
+    batch: &Batch<T>,
+    opts: PassOptions,
+    (dh_n, dc_n): (&[T], &[T]),
+    fingerprint: u32,
+) -> Result<()> {
+    assert_eq!(params.len(), layout.len, "params length");
+    assert_eq!(grads.len(), layout.len, "grads length");
+    check(config, batch)?;
+    let (l, b) = (config.num_layers, batch.batch);
+    let (s, h) = (config.state_size(), config.hidden_size);
+    let c_len = if config.cell.has_cell_state() {
+        l * b * h
+    } else {
+        0
+    };
+    if dh_n.len() != l * b * s {
+        return Err(shape("dh_n", format!("[L={l}, B={b}, {s}]"), dh_n.len()));
+    }
+    if dc_n.len() != c_len {
+        return Err(shape(
+            "dc_n",
+            format!("{c_len} values ([L, B, H], LSTM)"),
+            dc_n.len(),
+        ));
+    }
+    finite("dh_n", dh_n)?;
+    finite("dc_n", dc_n)?;
+    let kept = ws.kept_forward == Some(fingerprint);
+    let opts = with_table_input_grad(batch, opts);
+    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        if !kept {
+            p.size_workspace(ws, false);
+            super::forward_chunks(&p, ws, Head::Skip);
+        }
+        backward(&p, grads, ws, false, false, Some((dh_n, dc_n)));
+    });
+    ws.kept_forward = None;
+    table_grads(config, layout, grads, ws, batch, opts);
+    Ok(())
+}
+
+/// A batch for a pass ending at the final states: its inputs checked as for a loss of one's
+/// own (no targets or sequence weights: nothing here reads them), a unidirectional model.
+///
+/// # Errors
+/// [`Batch::validate_own_loss`]'s; [`RnnError::Config`] for a bidirectional model, whose
+/// reverse direction ends at the first step.
+fn check<T: Float>(config: &RnnConfig, batch: &Batch<T>) -> Result<()> {
+    if config.bidirectional {
+        return Err(RnnError::Config(
+            "final-state gradients are for unidirectional models: a bidirectional model's \
+             reverse direction ends at the first step"
+                .into(),
+        ));
+    }
+    batch.validate_own_loss(config)
+}
