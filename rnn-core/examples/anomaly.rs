@@ -1,7 +1,8 @@
 //! Anomaly detection on time series: a model learns to predict the next value of normal
 //! signals (two sines and noise, made on the fly, nothing to download). After each epoch
 //! the validation loss decides the learning rate (`schedule::Plateau`, PyTorch's
-//! `ReduceLROnPlateau`) and the best weights are kept. Then every series of a test set is
+//! `ReduceLROnPlateau`), the best weights are kept, and training stops early when the loss
+//! has not improved for `--stop-patience` epochs (`schedule::EarlyStopping`, Keras'). Then every series of a test set is
 //! scored by its own prediction error (`Trainer::sequence_losses`): normal series against
 //! series with a spike, a level shift or a stuck sensor. The alarm threshold is a
 //! quantile of the validation series' scores; the example reports the ROC AUC and, at that
@@ -23,7 +24,7 @@ use clap::Parser;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::config::Cell;
 use rnn_core::prelude::*;
-use rnn_core::schedule::Plateau;
+use rnn_core::schedule::{EarlyStopping, Plateau, Verdict};
 
 /// Train a next-value model on normal series, then flag the series it predicts badly.
 #[derive(Parser, Debug)]
@@ -53,6 +54,10 @@ struct Args {
     /// Epochs without a better validation loss before the rate halves.
     #[arg(long, default_value_t = 2)]
     patience: u64,
+    /// Epochs without a better validation loss before training stops (and the best weights
+    /// come back).
+    #[arg(long, default_value_t = 8)]
+    stop_patience: u64,
     /// The quantile of the validation scores that sets the alarm threshold.
     #[arg(long, default_value_t = 0.99)]
     quantile: f64,
@@ -166,7 +171,8 @@ fn run(args: Args) -> Result<(), String> {
     let validation = 200;
     let (vx, vy) = series(&mut rng, t, validation, Kind::Normal);
     let val_batch = Batch::new(t, validation, &vx, Target::Values(&vy));
-    let (mut best, mut best_params) = (f32::INFINITY, trainer.params.to_vec());
+    let mut early = EarlyStopping::new(args.stop_patience);
+    let mut best_params = trainer.params.to_vec();
     let start = Instant::now();
     for epoch in 1..=args.epochs {
         let mut train_loss = 0.0;
@@ -178,8 +184,8 @@ fn run(args: Args) -> Result<(), String> {
             train_loss += report.loss / args.updates_per_epoch as f32;
         }
         let val_loss = trainer.evaluate(&val_batch).map_err(|e| e.to_string())?;
-        if val_loss < best {
-            best = val_loss;
+        let verdict = early.observe(val_loss as f64).map_err(|e| e.to_string())?;
+        if verdict == Verdict::Improved {
             best_params.copy_from_slice(&trainer.params);
         }
         let lr = plateau
@@ -189,11 +195,19 @@ fn run(args: Args) -> Result<(), String> {
         println!(
             "epoch {epoch:3}  train {train_loss:.5}  validation {val_loss:.5}  next lr {lr:.2e}"
         );
+        if verdict == Verdict::Stop {
+            println!(
+                "no better validation loss for {} epochs: stopping",
+                early.waited()
+            );
+            break;
+        }
     }
     println!(
-        "{} trained in {:.1} s; scoring with the weights of the best validation loss, {best:.5}",
+        "{} trained in {:.1} s; scoring with the weights of the best validation loss, {:.5}",
         cell.as_str(),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        early.best()
     );
     trainer.params.copy_from_slice(&best_params);
 

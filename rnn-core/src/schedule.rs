@@ -1,6 +1,6 @@
 //! Learning-rate schedules: PyTorch's `torch.optim.lr_scheduler` rules, stepped once per
 //! update, as closed forms of the update count; and [`Plateau`], which follows a
-//! validation metric instead.
+//! validation metric instead, as [`EarlyStopping`] does to end a run.
 //!
 //! A schedule gives the rate of update `n` (the updates applied before it, which a
 //! checkpoint keeps as the optimizer's step count) from the base rate, so a resumed run
@@ -23,7 +23,9 @@ use std::f64::consts::PI;
 
 use crate::error::{Result, RnnError};
 
+mod early_stopping;
 mod plateau;
+pub use early_stopping::{EarlyStopping, Verdict};
 pub use plateau::{Plateau, PlateauMode, Threshold};
 
 /// How the rate decays after any warm-up, as a function of the updates since its start.

@@ -184,7 +184,7 @@ impl Plateau {
                 value: metric,
             });
         }
-        let improves = self.improves(metric, self.state.best);
+        let improves = improves(self.mode, self.threshold, metric, self.state.best);
         let s = &mut self.state;
         if improves {
             s.best = metric;
@@ -205,17 +205,6 @@ impl Plateau {
             s.bad = 0;
         }
         Ok(s.lr)
-    }
-
-    /// Whether `metric` improves on `best` (PyTorch's `is_better`, quirks included: under a
-    /// relative threshold a negative best is beaten only by a margin of its own sign).
-    fn improves(&self, metric: f64, best: f64) -> bool {
-        match (self.mode, self.threshold) {
-            (PlateauMode::Min, Threshold::Relative(r)) => metric < best * (1.0 - r),
-            (PlateauMode::Min, Threshold::Absolute(a)) => metric < best - a,
-            (PlateauMode::Max, Threshold::Relative(r)) => metric > best * (1.0 + r),
-            (PlateauMode::Max, Threshold::Absolute(a)) => metric > best + a,
-        }
     }
 
     /// Writes the state (rate, best metric, counters) into `extras`' metadata, exactly, for
@@ -257,5 +246,17 @@ impl Plateau {
             cooldown_left,
         };
         Ok(())
+    }
+}
+
+/// Whether `metric` improves on `best` under `mode` and `threshold` (PyTorch's `is_better`,
+/// quirks included: under a relative threshold a negative best is beaten only by a margin of
+/// its own sign).
+pub(super) fn improves(mode: PlateauMode, threshold: Threshold, metric: f64, best: f64) -> bool {
+    match (mode, threshold) {
+        (PlateauMode::Min, Threshold::Relative(r)) => metric < best * (1.0 - r),
+        (PlateauMode::Min, Threshold::Absolute(a)) => metric < best - a,
+        (PlateauMode::Max, Threshold::Relative(r)) => metric > best * (1.0 + r),
+        (PlateauMode::Max, Threshold::Absolute(a)) => metric > best + a,
     }
 }

@@ -1,11 +1,12 @@
 //! Learning-rate schedules: PyTorch's rates, the trainer applying them, and a resumed run
-//! continuing them exactly; the same for `ReduceLROnPlateau` (`Plateau`).
+//! continuing them exactly; the same for `ReduceLROnPlateau` (`Plateau`); Keras' early
+//! stopping (`EarlyStopping`).
 
 use crate::common::scratch_dir;
 use crate::fixtures;
 use rnn_core::io;
 use rnn_core::prelude::*;
-use rnn_core::schedule::{Decay, LrSchedule, Plateau, Threshold};
+use rnn_core::schedule::{Decay, EarlyStopping, LrSchedule, Plateau, Threshold, Verdict};
 
 /// `opt.param_groups[0]["lr"]` before each of 12 `opt.step(); sched.step()` rounds, base
 /// rate 0.1, printed by torch 2.15.
@@ -378,4 +379,101 @@ fn bad_plateaus_are_typed_errors_and_change_nothing() {
     let mut q = Plateau::new(0.3, 0.5, 0).unwrap();
     let e = q.restore(&io::Extras::<f32>::default()).unwrap_err();
     assert!(e.to_string().contains("plateau.lr"), "{e}");
+}
+
+/// Keras' `EarlyStopping` verdicts, worked out from its rule (`wait` counts epochs since the
+/// last `current - min_delta < best`, reset by one; stop once `wait >= patience`), for
+/// losses, accuracies, patience 0 and a relative threshold; and each at any point saved
+/// into a checkpoint's extras and restored goes on exactly.
+#[test]
+fn early_stopping_follows_keras_and_resumes_exactly() {
+    use Verdict::{Improved, Stop, Wait};
+    let wait = |left| Wait { left };
+    let cases = [
+        (
+            EarlyStopping::new(3),
+            vec![0.9, 0.7, 0.7, 0.72, 0.65, 0.66, 0.67, 0.68],
+            vec![
+                Improved,
+                Improved,
+                wait(2),
+                wait(1),
+                Improved,
+                wait(2),
+                wait(1),
+                Stop,
+            ],
+        ),
+        (
+            EarlyStopping::new(2)
+                .maximizing()
+                .with_min_delta(0.05)
+                .unwrap(),
+            vec![0.5, 0.54, 0.56, 0.6, 0.62, 0.64],
+            vec![Improved, wait(1), Improved, wait(1), Improved, wait(1)],
+        ),
+        (
+            EarlyStopping::new(0),
+            vec![1.0, 0.5, 0.5],
+            vec![Improved, Improved, Stop],
+        ),
+        (
+            EarlyStopping::new(1)
+                .with_threshold(Threshold::Relative(0.1))
+                .unwrap(),
+            vec![1.0, 0.95, 0.89, 0.85],
+            vec![Improved, Stop, Improved, Stop],
+        ),
+    ];
+    for (k, (fresh, metrics, want)) in cases.into_iter().enumerate() {
+        let mut rule = fresh.clone();
+        let got: Vec<Verdict> = metrics.iter().map(|&m| rule.observe(m).unwrap()).collect();
+        assert_eq!(got, want, "case {k}");
+        for stop in 0..=metrics.len() {
+            let mut first = fresh.clone();
+            for &m in &metrics[..stop] {
+                first.observe(m).unwrap();
+            }
+            let mut extras = io::Extras::<f32>::default();
+            first.save(&mut extras);
+            let mut second = fresh.clone();
+            second.restore(&extras).unwrap();
+            assert_eq!(second, first, "case {k} at {stop}");
+            let rest: Vec<Verdict> = metrics[stop..]
+                .iter()
+                .map(|&m| second.observe(m).unwrap())
+                .collect();
+            assert_eq!(rest, want[stop..], "case {k} resumed at {stop}");
+        }
+    }
+}
+
+/// Bad settings, metrics and saved states are typed errors that change nothing.
+#[test]
+fn bad_early_stopping_input_is_refused() {
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            EarlyStopping::new(1).with_min_delta(bad),
+            Err(RnnError::Config(_))
+        ));
+    }
+    let mut rule = EarlyStopping::new(2);
+    rule.observe(1.0).unwrap();
+    rule.observe(1.5).unwrap();
+    let before = rule.clone();
+    assert!(matches!(
+        rule.observe(f64::NAN),
+        Err(RnnError::NonFiniteInput { .. })
+    ));
+    assert_eq!((rule.best(), rule.waited()), (1.0, 1));
+    assert_eq!(rule, before);
+    let e = rule.restore(&io::Extras::<f32>::default()).unwrap_err();
+    assert!(matches!(e, RnnError::Format(_)), "{e}");
+    let mut extras = io::Extras::<f32>::default();
+    rule.save(&mut extras);
+    extras
+        .metadata
+        .insert("early_stopping.best".into(), "NaN".into());
+    assert!(matches!(rule.restore(&extras), Err(RnnError::Format(_))));
+    assert_eq!(rule, before);
 }
