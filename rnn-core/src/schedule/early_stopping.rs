@@ -94,11 +94,7 @@ impl EarlyStopping {
     /// [`RnnError::Config`] for a threshold that is negative or not finite.
     pub fn with_threshold(mut self, threshold: Threshold) -> Result<Self> {
         let (Threshold::Relative(v) | Threshold::Absolute(v)) = threshold;
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(RnnError::Config(format!(
-                "early-stopping threshold = {v}: it must be finite and non-negative"
-            )));
-        }
+        super::plateau::non_negative("early-stopping threshold", v)?;
         self.threshold = threshold;
         Ok(self)
     }

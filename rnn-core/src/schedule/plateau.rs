@@ -131,11 +131,7 @@ impl Plateau {
     /// [`RnnError::Config`] for a threshold that is negative or not finite.
     pub fn with_threshold(mut self, threshold: Threshold) -> Result<Self> {
         let (Threshold::Relative(v) | Threshold::Absolute(v)) = threshold;
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(RnnError::Config(format!(
-                "plateau threshold = {v}: it must be finite and non-negative"
-            )));
-        }
+        non_negative("plateau threshold", v)?;
         self.threshold = threshold;
         Ok(self)
     }
@@ -151,11 +147,7 @@ impl Plateau {
     /// # Errors
     /// [`RnnError::Config`] unless `min_lr` is finite and non-negative.
     pub fn with_min_lr(mut self, min_lr: f64) -> Result<Self> {
-        if !(min_lr.is_finite() && min_lr >= 0.0) {
-            return Err(RnnError::Config(format!(
-                "plateau min_lr = {min_lr}: it must be finite and non-negative"
-            )));
-        }
+        non_negative("plateau min_lr", min_lr)?;
         self.min_lr = min_lr;
         Ok(self)
     }
@@ -258,5 +250,16 @@ pub(super) fn improves(mode: PlateauMode, threshold: Threshold, metric: f64, bes
         (PlateauMode::Min, Threshold::Absolute(a)) => metric < best - a,
         (PlateauMode::Max, Threshold::Relative(r)) => metric > best * (1.0 + r),
         (PlateauMode::Max, Threshold::Absolute(a)) => metric > best + a,
+    }
+}
+
+/// [`RnnError::Config`] naming `what` unless `v` is finite and non-negative.
+pub(super) fn non_negative(what: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(RnnError::Config(format!(
+            "{what} = {v}: it must be finite and non-negative"
+        )))
     }
 }
