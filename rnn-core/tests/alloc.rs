@@ -1,4 +1,5 @@
-//! Once the workspace exists, a training step allocates nothing (counting global allocator).
+//! Once the workspace exists, a training step allocates nothing (counting global allocator),
+//! batches of varying lengths and training through final states included.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -233,4 +234,52 @@ fn training_steps_do_not_allocate() {
             "{n} allocations in {STEADY_STEPS} steady steps of {cfg:?} T={t} B={b} {run:?}"
         );
     }
+    let n = allocations_of_varying_lengths();
+    assert_eq!(n, 0, "allocations in steps of batches of varying lengths");
+}
+
+/// Batches of another length every step (what `loader::Loader` gives, bucketed or not):
+/// once the longest has run, the workspace holds every shorter one, and the steps,
+/// together with an encoder's through its final states, allocate nothing.
+fn allocations_of_varying_lengths() -> usize {
+    let cfg = RnnConfig::lstm(5, 40, 3).layers(2);
+    let spec = LossSpec::every_step(LossKind::CrossEntropy);
+    let new = || {
+        Trainer::<f32>::new(cfg, spec.clone(), OptimizerKind::adam(0.01), 0)
+            .unwrap()
+            .with_clip(Clip::Norm(1.0))
+            .with_threads(1)
+    };
+    let (mut trainer, mut encoder) = (new(), new());
+    let (longest, b) = (30, 6);
+    let x = vec![0.3f32; longest * b * cfg.input_size];
+    let classes = vec![1usize; longest * b];
+    let dh = vec![0.01f32; 2 * b * cfg.hidden_size];
+    let mut step = |t: usize| {
+        let lengths: Vec<usize> = (0..b).map(|i| t - i % t).collect();
+        let (x, classes) = (&x[..t * b * cfg.input_size], &classes[..t * b]);
+        let batch = Batch::new(t, b, x, Target::Classes(classes));
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        trainer
+            .step(&Batch {
+                lengths: Some(&lengths),
+                ..batch
+            })
+            .unwrap();
+        let source = Batch {
+            lengths: Some(&lengths),
+            ..Batch::new(t, b, x, Target::None)
+        };
+        encoder.final_states(&source).unwrap();
+        encoder.grads_from_final_states(&source, &dh, &dh).unwrap();
+        encoder.update(1.0).unwrap();
+        ALLOCATIONS.load(Ordering::Relaxed) - before
+    };
+    step(longest);
+    [7, 19, 1, 25, 30, 12, 2]
+        .iter()
+        .cycle()
+        .take(STEADY_STEPS)
+        .map(|&t| step(t))
+        .sum()
 }

@@ -2,6 +2,8 @@
 //! the caller's, as an encoder's are to a decoder (PyTorch's `_, (h_n, c_n) = encoder(x)`,
 //! then `decoder(y, (h_n, c_n))`), and `dL/dh_n` handed back.
 
+use std::fmt::Write;
+
 use kernels::Float;
 
 use super::Trainer;
@@ -108,11 +110,11 @@ impl<T: Float> Trainer<T> {
         let mut crc = crc32fast::Hasher::new();
         crc.update(bytemuck::cast_slice(&self.params[..]));
         crc.update(bytemuck::cast_slice(batch.x));
-        // Each optional part behind a byte saying whether it is there.
+        // Each optional part behind a byte saying whether it is there. (Nothing here
+        // allocates: a training loop calls this every step.)
         for ids in [batch.tokens, batch.lengths] {
             crc.update(&[u8::from(ids.is_some())]);
-            let ids: Vec<u64> = ids.unwrap_or_default().iter().map(|&v| v as u64).collect();
-            crc.update(bytemuck::cast_slice(&ids));
+            crc.update(bytemuck::cast_slice(ids.unwrap_or_default()));
         }
         for state in [batch.h0, batch.c0] {
             crc.update(&[u8::from(state.is_some())]);
@@ -121,8 +123,18 @@ impl<T: Float> Trainer<T> {
         let shape = [batch.seq_len, batch.batch].map(|v| v as u64);
         crc.update(bytemuck::cast_slice(&shape));
         let how = (self.optimizer.steps, self.split, self.chunks, self.dropout);
-        crc.update(format!("{how:?}").as_bytes());
+        write!(Crc(&mut crc), "{how:?}").expect("a CRC takes any text");
         crc.finalize()
+    }
+}
+
+/// Text written into a CRC, as [`std::fmt::Write`] (without a `String` between).
+struct Crc<'a>(&'a mut crc32fast::Hasher);
+
+impl std::fmt::Write for Crc<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
     }
 }
 
