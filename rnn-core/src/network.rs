@@ -764,12 +764,9 @@ fn backward<T: Float>(
     let top = config.num_layers - 1;
     let cell = config.cell;
     if config.bidirectional {
-        // Whole sequences only: checkpointed segments are refused before any pass.
-        assert!(
-            head && carry.is_none(),
-            "a bidirectional pass is never a segment"
-        );
-        bidi::backward(p, grads, ws, many_to_one);
+        // Whole sequences only (checkpointed segments are refused before any pass): a carry
+        // is the gradient of the final states, from a model they were handed on to.
+        bidi::backward(p, grads, ws, many_to_one, head, carry);
         return initial_state_grads(p, grads, ws);
     }
     if !head {

@@ -167,12 +167,16 @@ pub(super) fn forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, head
     }
 }
 
-/// Backward through the head and every layer of a bidirectional model, from `ws.dy`.
+/// Backward through the head and every layer of a bidirectional model, from `ws.dy`; or,
+/// without `head`, from `carry` alone (`dL/dh_n` and `dL/dc_n`, `[2L, B, H]`: the final
+/// states' gradients from a model they were handed on to), the head's gradients zero.
 pub(super) fn backward<T: Float>(
     p: &Pass<'_, '_, T>,
     grads: &mut [T],
     ws: &mut Workspace<T>,
     many_to_one: bool,
+    head: bool,
+    carry: Option<(&[T], &[T])>,
 ) {
     let (config, batch, opts) = (p.config, p.batch, p.opts);
     // `h`: a direction's state width (`P` with projections).
@@ -188,11 +192,20 @@ pub(super) fn backward<T: Float>(
     } else {
         HeadRows::chunk(steps.clone())
     };
-    head_backward(p, grads, ws, rows_in);
+    if head {
+        head_backward(p, grads, ws, rows_in);
+    } else {
+        grads[p.layout.w_hy.clone()].fill(T::zero());
+        grads[p.layout.b_y.clone()].fill(T::zero());
+    }
     let top = 2 * (l - 1);
     let (below, above) = ws.layers.split_at_mut(top + 1);
     let (g_fwd, g_rev) = (below[top].grad_h(cell), above[0].grad_h(cell));
-    if many_to_one {
+    if !head {
+        // Nothing from above: the final states' gradients arrive as the carry.
+        g_fwd[..rows * h].fill(T::zero());
+        g_rev[..rows * h].fill(T::zero());
+    } else if many_to_one {
         // Only the final states fed the head: the forward pass's and the reverse pass's last
         // steps (a finished sequence carries its state there).
         let (g_fwd, g_rev) = (&mut g_fwd[..rows * h], &mut g_rev[..rows * h]);
@@ -254,18 +267,25 @@ pub(super) fn backward<T: Float>(
             direction_blocks(dc0, k, b_len * config.hidden_size),
         );
         let norms = direction_blocks(grad_h_norms, k, t_len);
+        // Each direction's share of the carry: pass `j`'s rows of `[2L, B, ..]`.
+        let end = |j: usize| {
+            carry.map(|(dh, dc)| {
+                let dc = (!dc.is_empty()).then(|| &dc[k_rows(b_len * config.hidden_size)(j)]);
+                (&dh[k_rows(b_len * h)(j)], dc)
+            })
+        };
         let outs = [
-            (g0, (h0s.0, c0s.0), d0, norms.0),
-            (g1, (h0s.1, c0s.1), d1, norms.1),
+            (g0, (h0s.0, c0s.0), d0, norms.0, end(2 * k)),
+            (g1, (h0s.1, c0s.1), d1, norms.1, end(2 * k + 1)),
         ]
-        .map(|(grads, (dh0, dc0), dinput, norms)| LayerGrads {
+        .map(|(grads, (dh0, dc0), dinput, norms, end)| LayerGrads {
             grads,
             dh0,
             dc0,
             dinput,
             grad_h_norms: opts.telemetry.then_some(norms),
-            dh_end: None,
-            dc_end: None,
+            dh_end: end.map(|(dh, _)| dh),
+            dc_end: end.and_then(|(_, dc)| dc),
         });
         let (lo, hi) = layers.split_at_mut(2 * k + 1);
         let [o0, o1] = outs;

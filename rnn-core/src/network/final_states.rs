@@ -9,14 +9,15 @@ use kernels::Float;
 use super::{Head, backward, table_grads, with_embedded_pass, with_table_input_grad};
 use crate::batch::{Batch, finite};
 use crate::config::RnnConfig;
-use crate::error::{Result, RnnError, shape};
+use crate::error::{Result, shape};
 use crate::network::PassOptions;
 use crate::params::Layout;
 use crate::workspace::Workspace;
 
 /// A training forward pass over `batch` without the head (dropout as `opts` says), its
-/// final states left in `ws.final_h` (`[L, B, S]`, `S` = `P` with projections) and
-/// `ws.final_c` (`[L, B, H]`, LSTM; empty otherwise). The activations stay in `ws`, marked
+/// final states left in `ws.final_h` (`[L·D, B, S]`, `S` = `P` with projections; a
+/// reverse direction's after its own last step, the sequence's first) and `ws.final_c`
+/// (`[L·D, B, H]`, LSTM; empty otherwise), PyTorch's `h_n` and `c_n`. The activations stay in `ws`, marked
 /// with `fingerprint`, for [`backward_from_final_states`] to reuse.
 ///
 /// # Errors
@@ -33,7 +34,7 @@ pub(crate) fn forward_final_states<T: Float>(
         p.size_workspace(ws, false);
         super::forward_chunks(&p, ws, Head::Skip);
     });
-    let (l, b) = (config.num_layers, batch.batch);
+    let (l, b) = (config.passes(), batch.batch);
     let lstm = config.cell.has_cell_state();
     let mut h = std::mem::take(&mut ws.final_h);
     let mut c = std::mem::take(&mut ws.final_c);
@@ -45,8 +46,8 @@ pub(crate) fn forward_final_states<T: Float>(
     Ok(())
 }
 
-/// The gradients of `params` (into `grads`) from `dL/dh_n` (`dh_n`, `[L, B, S]`) and
-/// `dL/dc_n` (`dc_n`, `[L, B, H]`, LSTM; empty otherwise) of `batch`'s final states: its
+/// The gradients of `params` (into `grads`) from `dL/dh_n` (`dh_n`, `[L·D, B, S]`) and
+/// `dL/dc_n` (`dc_n`, `[L·D, B, H]`, LSTM; empty otherwise) of `batch`'s final states: its
 /// backward pass with no loss of its own (the head's gradients are zero), `dL/dh0`,
 /// `dL/dc0` and, when asked, `dL/dx` left in `ws`. Reuses the forward pass of
 /// [`forward_final_states`] when `ws` still holds the one marked `fingerprint`, else runs it
@@ -67,7 +68,7 @@ pub(crate) fn backward_from_final_states<T: Float>(
     assert_eq!(params.len(), layout.len, "params length");
     assert_eq!(grads.len(), layout.len, "grads length");
     check(config, batch)?;
-    let (l, b) = (config.num_layers, batch.batch);
+    let (l, b) = (config.passes(), batch.batch);
     let (s, h) = (config.state_size(), config.hidden_size);
     let c_len = if config.cell.has_cell_state() {
         l * b * h
@@ -75,12 +76,12 @@ pub(crate) fn backward_from_final_states<T: Float>(
         0
     };
     if dh_n.len() != l * b * s {
-        return Err(shape("dh_n", format!("[L={l}, B={b}, {s}]"), dh_n.len()));
+        return Err(shape("dh_n", format!("[L·D={l}, B={b}, {s}]"), dh_n.len()));
     }
     if dc_n.len() != c_len {
         return Err(shape(
             "dc_n",
-            format!("{c_len} values ([L, B, H], LSTM)"),
+            format!("{c_len} values ([L·D, B, H], LSTM)"),
             dc_n.len(),
         ));
     }
@@ -101,18 +102,10 @@ pub(crate) fn backward_from_final_states<T: Float>(
 }
 
 /// A batch for a pass ending at the final states: its inputs checked as for a loss of one's
-/// own (no targets or sequence weights: nothing here reads them), a unidirectional model.
+/// own (no targets or sequence weights: nothing here reads them).
 ///
 /// # Errors
-/// [`Batch::validate_own_loss`]'s; [`RnnError::Config`] for a bidirectional model, whose
-/// reverse direction ends at the first step.
+/// [`Batch::validate_own_loss`]'s.
 fn check<T: Float>(config: &RnnConfig, batch: &Batch<T>) -> Result<()> {
-    if config.bidirectional {
-        return Err(RnnError::Config(
-            "final-state gradients are for unidirectional models: a bidirectional model's \
-             reverse direction ends at the first step"
-                .into(),
-        ));
-    }
     batch.validate_own_loss(config)
 }

@@ -12,9 +12,10 @@ use crate::error::Result;
 use crate::network::final_states::{backward_from_final_states, forward_final_states};
 
 impl<T: Float> Trainer<T> {
-    /// The final states of a training forward pass over `batch`: `h_n` (`[L, B, S]`, each
-    /// sequence's state after its own last step; `S` is `P` with projections) and `c_n`
-    /// (`[L, B, H]`, LSTM; empty otherwise), PyTorch's `_, (h_n, c_n) = encoder(x)`. The
+    /// The final states of a training forward pass over `batch`: `h_n` (`[L·D, B, S]`, each
+    /// sequence's state after its own last step, a reverse direction's after its first; `S`
+    /// is `P` with projections) and `c_n` (`[L·D, B, H]`, LSTM; empty otherwise), PyTorch's
+    /// `_, (h_n, c_n) = encoder(x)`. The
     /// head is not run. Pass them on (a decoder's [`Batch::h0`] and [`Batch::c0`], a head of
     /// your own), then hand their gradients back with
     /// [`Trainer::grads_from_final_states`] on the same batch, and [`Trainer::update`].
@@ -58,9 +59,7 @@ impl<T: Float> Trainer<T> {
     ///
     /// # Errors
     /// The batch's input errors ([`Batch::validate_own_loss`]: targets and sequence weights
-    /// are refused, as nothing here reads them); [`crate::RnnError::Config`] for a
-    /// bidirectional model, whose reverse direction ends at the first step. Nothing is
-    /// computed then.
+    /// are refused, as nothing here reads them). Nothing is computed then.
     pub fn final_states(&mut self, batch: &Batch<T>) -> Result<(&[T], &[T])> {
         let _flush = self.flush_scope();
         let fingerprint = self.final_state_fingerprint(batch);
@@ -73,7 +72,7 @@ impl<T: Float> Trainer<T> {
     }
 
     /// The gradients of the parameters (into [`Trainer::grads`]) from `dh_n`, `dL/dh_n`
-    /// (`[L, B, S]`), and `dc_n`, `dL/dc_n` (`[L, B, H]` for an LSTM, empty otherwise), of
+    /// (`[L·D, B, S]`), and `dc_n`, `dL/dc_n` (`[L·D, B, H]` for an LSTM, empty otherwise), of
     /// the final states [`Trainer::final_states`] gave for `batch`: its backward pass with no
     /// loss of its own (PyTorch's `h_n.backward(dh_n)`, or the decoder's `loss.backward()`
     /// reaching the encoder). The head's gradients are zero: freeze `head.weight` and
