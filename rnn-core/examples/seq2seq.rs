@@ -10,11 +10,13 @@
 //! ```text
 //! cargo run --release --example seq2seq
 //! cargo run --release --example seq2seq -- --cell gru --max-len 12 --epochs 30
+//! cargo run --release --example seq2seq -- --bidirectional
 //! ```
 //!
 //! By default (LSTMs of 128 units, strings of 3-8 digits, 20 epochs of 8192 strings, about
 //! 7 s on one core of the AMD kind) it reversed 99.2 % of 512 held-out strings without a
-//! mistake (99.7 % of their digits), from 0 % before training; GRUs reached 93.6 %.
+//! mistake (99.7 % of their digits), from 0 % before training; GRUs reached 93.6 %, and a
+//! bidirectional LSTM encoder with a two-layer decoder 96.1 % (16 s).
 
 mod common;
 
@@ -42,6 +44,9 @@ struct Args {
     /// Hidden units of each model.
     #[arg(long, default_value_t = 128)]
     hidden: usize,
+    /// A bidirectional encoder (its two final states start a decoder of two layers).
+    #[arg(long)]
+    bidirectional: bool,
     /// Width of the digit embeddings.
     #[arg(long, default_value_t = 16)]
     embed: usize,
@@ -86,11 +91,15 @@ impl Models {
         let adam = OptimizerKind::adam(args.lr);
         // The encoder's head takes no part: frozen, it gets no update (and no work).
         let unused = LossSpec::every_step(LossKind::Mse);
-        let mut encoder =
-            Trainer::new(config(DIGITS, 1), unused, adam, args.seed)?.with_clip(Clip::Norm(1.0));
+        let mut source = config(DIGITS, 1);
+        source.bidirectional = args.bidirectional;
+        let mut encoder = Trainer::new(source, unused, adam, args.seed)?.with_clip(Clip::Norm(1.0));
         encoder.freeze_where(|name| name.starts_with("head."));
         let spec = LossSpec::every_step(LossKind::CrossEntropy);
-        let decoder = Trainer::new(config(DIGITS + 1, DIGITS), spec, adam, args.seed + 1)?
+        // One decoder layer per encoder pass: a bidirectional encoder's two directions'
+        // final states start two layers.
+        let reply = config(DIGITS + 1, DIGITS).layers(source.passes());
+        let decoder = Trainer::new(reply, spec, adam, args.seed + 1)?
             .with_clip(Clip::Norm(1.0))
             .with_input_grads(); // for dL/dh0: the encoder's final-state gradient
         Ok(Self { encoder, decoder })
@@ -227,8 +236,18 @@ fn run(args: &Args) -> Result<(), String> {
         .and_then(|l| l.shuffled(args.seed).bucketed(8))
         .map_err(|e| e.to_string())?;
     println!(
-        "{} encoder and decoder, H = {}, strings of {}-{} digits: {} to train on, {} held out",
-        args.cell, args.hidden, args.min_len, args.max_len, args.train, args.test
+        "{} {}encoder and decoder, H = {}, strings of {}-{} digits: {} to train on, {} held out",
+        args.cell,
+        if args.bidirectional {
+            "bidirectional "
+        } else {
+            ""
+        },
+        args.hidden,
+        args.min_len,
+        args.max_len,
+        args.train,
+        args.test
     );
     let (exact, digits) = score(&test, &models.reverse(&test).map_err(|e| e.to_string())?);
     println!(
