@@ -8,6 +8,11 @@
 //! however unevenly the micro-batches' positions, lengths, ignored labels and class weights
 //! fall: PyTorch's usual `loss / n_micro` recipe is that only when every micro-batch scores
 //! as many positions.
+//!
+//! A loss of the caller's own ([`crate::trainer::Trainer::accumulate_with`]) has no
+//! positions to count: each of its micro-batches counts as one, so a `mean` update is the
+//! mean of their gradients (the `loss / n_micro` recipe) and a `sum` update their sum. The
+//! two kinds do not mix in one update.
 
 use kernels::Float;
 use kernels::aligned::AlignedVec;
@@ -24,6 +29,9 @@ const KEYS: [&str; 3] = [
     "accumulated.loss",
     "accumulated.divisor",
 ];
+/// Present (`true`) when the waiting micro-batches are of a loss of the caller's own; a
+/// checkpoint without it holds built-in ones.
+const OWN: &str = "accumulated.own";
 
 /// Sums of the micro-batches accumulated since the last update.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +45,8 @@ pub struct Accumulator<T> {
     divisor: f64,
     /// How many micro-batches were added.
     micro_batches: u64,
+    /// Whether they are of a loss of the caller's own (each counting one in the divisor).
+    own: bool,
 }
 
 impl<T: Float> Accumulator<T> {
@@ -45,8 +55,32 @@ impl<T: Float> Accumulator<T> {
         self.micro_batches
     }
 
-    /// Adds a micro-batch's summed loss, its gradient and its mean divisor.
-    pub(crate) fn add(&mut self, loss: T, grads: &[T], divisor: f64) {
+    /// Whether a micro-batch of a loss of the caller's own (`own`) or of the built-in one
+    /// may join the waiting ones.
+    ///
+    /// # Errors
+    /// [`RnnError::Accumulation`] when micro-batches of the other kind wait.
+    pub(crate) fn admits(&self, own: bool) -> Result<()> {
+        if self.micro_batches == 0 || self.own == own {
+            return Ok(());
+        }
+        let (waiting, this) = if own {
+            ("a built-in loss", "a loss of your own")
+        } else {
+            ("a loss of your own", "the built-in loss")
+        };
+        Err(RnnError::Accumulation(format!(
+            "{} micro-batches of {waiting} wait for apply_accumulated(): a micro-batch of \
+             {this} cannot join their update (their means count different things)",
+            self.micro_batches
+        )))
+    }
+
+    /// Adds a micro-batch's summed loss, its gradient and its mean divisor (`own`: of a
+    /// loss of the caller's own, its divisor 1), of a kind [`Accumulator::admits`].
+    pub(crate) fn add(&mut self, loss: T, grads: &[T], divisor: f64, own: bool) {
+        debug_assert!(self.admits(own).is_ok(), "micro-batches of two kinds");
+        self.own = own;
         if self.micro_batches == 0 {
             self.grads.resize(grads.len());
             self.grads.copy_from_slice(grads);
@@ -94,6 +128,11 @@ impl<T: Float> Accumulator<T> {
         for (key, value) in KEYS.into_iter().zip(values) {
             extras.metadata.insert(key.into(), value);
         }
+        if self.own {
+            extras.metadata.insert(OWN.into(), "true".into());
+        } else {
+            extras.metadata.remove(OWN);
+        }
     }
 
     /// Takes the micro-batches [`Accumulator::save`] wrote, for a model of `params`
@@ -107,6 +146,10 @@ impl<T: Float> Accumulator<T> {
         let micro_batches: u64 = extras.value(KEYS[0])?;
         let loss: f64 = extras.value(KEYS[1])?;
         let divisor: f64 = extras.value(KEYS[2])?;
+        let own = match extras.metadata.get(OWN) {
+            None => false,
+            Some(_) => extras.value(OWN)?,
+        };
         let grads = extras.tensor(GRADS)?;
         let want = if micro_batches == 0 { 0 } else { params };
         if grads.len() != want {
@@ -128,6 +171,7 @@ impl<T: Float> Accumulator<T> {
             self.grads.copy_from_slice(grads);
         }
         (self.micro_batches, self.loss, self.divisor) = (micro_batches, loss, divisor);
+        self.own = own;
         Ok(())
     }
 }

@@ -290,6 +290,40 @@ impl<T: Float> Tbptt<T> {
         self.run_window(target, |trainer, batch| trainer.accumulate(batch))
     }
 
+    /// [`Tbptt::accumulate`] with a loss of your own ([`Tbptt::step_with`]: the closure sees
+    /// the `k1` new steps' outputs): each chunk counts as one in the update's mean
+    /// ([`Trainer::accumulate_with`]).
+    ///
+    /// # Errors
+    /// As [`Tbptt::accumulate`] and [`Trainer::accumulate_with`].
+    pub fn accumulate_with(
+        &mut self,
+        x: &[T],
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> Result<T> {
+        self.place_inputs(x)?;
+        self.run_window(Target::None, |trainer, batch| {
+            trainer.accumulate_with(batch, loss)
+        })
+    }
+
+    /// [`Tbptt::accumulate_with`] for a model with an embedding: the next `k1` token ids of
+    /// every stream `[k1, B]`.
+    ///
+    /// # Errors
+    /// As [`Tbptt::accumulate_with`]; [`RnnError::TokenOutOfRange`] for a token past the
+    /// embedding.
+    pub fn accumulate_tokens_with(
+        &mut self,
+        tokens: &[usize],
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> Result<T> {
+        self.place_tokens(tokens)?;
+        self.run_window(Target::None, |trainer, batch| {
+            trainer.accumulate_with(batch, loss)
+        })
+    }
+
     /// The update of the chunks accumulated since the last one ([`Tbptt::accumulate`]).
     ///
     /// # Errors

@@ -849,9 +849,11 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch; [`RnnError::NonFinite`] if its loss is NaN or
     /// infinite: then every micro-batch accumulated for this update is dropped (the step is
     /// rejected, as [`Trainer::step`] would reject it), and weights and optimizer state are
-    /// untouched.
+    /// untouched; [`RnnError::Accumulation`] while micro-batches of a loss of your own
+    /// ([`Trainer::accumulate_with`]) wait.
     pub fn accumulate(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
+        self.accumulated.admits(false)?;
         let micro = self.accumulated.micro_batches();
         let sum = LossSpec {
             reduction: Reduction::Sum,
@@ -866,7 +868,7 @@ impl<T: Float> Trainer<T> {
             });
         }
         let divisor = network::mean_divisor(&self.config, batch, &self.loss);
-        self.accumulated.add(loss, &self.grads, divisor);
+        self.accumulated.add(loss, &self.grads, divisor, false);
         Ok(match self.loss.reduction {
             Reduction::Sum => loss,
             Reduction::Mean if divisor > 0.0 => loss / T::of(divisor),
@@ -1011,10 +1013,72 @@ impl<T: Float> Trainer<T> {
         loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
     ) -> Result<T> {
         let _flush = self.flush_scope();
+        self.own_grads_of(batch, loss, 0)
+    }
+
+    /// [`Trainer::accumulate`] with a loss of your own ([`Trainer::step_with`]): adds the
+    /// gradients of the closure's loss on `batch` to those waiting for the next
+    /// [`Trainer::apply_accumulated`], and returns that loss. Having no positions to count,
+    /// each micro-batch counts as one: under the trainer's `mean` reduction the update is the
+    /// mean of the micro-batches' gradients and its loss the mean of theirs (PyTorch's
+    /// `(loss / n).backward()` over `n` micro-batches), under `sum` their sum. Micro-batches
+    /// of the built-in loss cannot join the same update.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let spec = LossSpec::every_step(LossKind::Mse); // only its `mean` reduction counts here
+    /// let mut tr = Trainer::<f64>::new(RnnConfig::gru(2, 8, 1), spec, OptimizerKind::sgd(0.1), 0)?;
+    /// let x = vec![0.5; 4 * 2 * 2]; // T = 4, B = 2
+    /// let half_square = |y: &[f64], dy: &mut [f64]| {
+    ///     dy.copy_from_slice(y);
+    ///     y.iter().map(|v| v * v).sum::<f64>() / 2.0
+    /// };
+    /// let batch = Batch::new(4, 2, &x, Target::None);
+    /// let mut once = tr.clone();
+    /// let want = once.step_with(&batch, half_square)?;
+    /// tr.accumulate_with(&batch, half_square)?;
+    /// tr.accumulate_with(&batch, half_square)?;
+    /// let got = tr.apply_accumulated()?; // the mean of two equal micro-batches
+    /// assert_eq!((got.loss, &tr.params[..]), (want.loss, &once.params[..]));
+    /// # Ok::<(), RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Trainer::step_with`], but for the update's; [`RnnError::NonFinite`] for a NaN or
+    /// infinite loss, then every waiting micro-batch is dropped, as [`Trainer::accumulate`]
+    /// drops them; [`RnnError::Accumulation`] while micro-batches of the built-in loss wait.
+    pub fn accumulate_with(
+        &mut self,
+        batch: &Batch<T>,
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> Result<T> {
+        let _flush = self.flush_scope();
+        self.accumulated.admits(true)?;
+        let micro = self.accumulated.micro_batches();
+        let value = self.own_grads_of(batch, loss, micro)?;
+        if !value.is_finite() {
+            self.accumulated.clear();
+            return Err(RnnError::NonFinite {
+                what: format!("loss ({}) of micro-batch {micro}", value.f64()),
+                step: self.optimizer.steps,
+            });
+        }
+        self.accumulated.add(value, &self.grads, 1.0, true);
+        Ok(value)
+    }
+
+    /// The loss of your own of `batch` and its gradients into `self.grads`, dropping as
+    /// micro-batch `micro` of the coming update.
+    fn own_grads_of(
+        &mut self,
+        batch: &Batch<T>,
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+        micro: u64,
+    ) -> Result<T> {
         let segment = self.training_segment(batch);
         let many_to_one = self.loss.many_to_one;
         self.in_step_threads(batch, |tr, par| {
-            let opts = tr.pass_options(par, 0);
+            let opts = tr.pass_options(par, micro);
             let value = network::forward_backward_with_segments(
                 (&tr.config, &tr.layout, &tr.params),
                 &mut tr.grads,

@@ -1,6 +1,7 @@
 //! A loss of the caller's own (`Trainer::step_with`, `network::forward_backward_with`): its
 //! gradients against finite differences for every cell and option, a hand-written MSE
-//! against the built-in one, padded rows, threads, and the batches and settings it refuses.
+//! against the built-in one, padded rows, threads, and the batches and settings it refuses;
+//! its gradient accumulation (`Trainer::accumulate_with`, `Tbptt::accumulate_with`).
 
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::{Batch, Target};
@@ -569,5 +570,184 @@ fn tbptt_with_an_own_loss_trains_as_the_built_in_loss() {
                 "{memory:?}: parameter {k}: {a} against {w}"
             );
         }
+    }
+}
+
+/// `½ Σ (y - z)²` over every output, its gradient into `dy`.
+fn half_squared_error(y: &[f64], dy: &mut [f64], z: &[f64]) -> f64 {
+    let mut sum = 0.0;
+    for ((y, dy), z) in y.iter().zip(dy.iter_mut()).zip(z) {
+        sum += (y - z) * (y - z) / 2.0;
+        *dy = y - z;
+    }
+    sum
+}
+
+/// Accumulated micro-batches of one's own loss (of different sizes) make the update of
+/// the mean of their gradients under `mean` (their sum under `sum`), its loss the mean (or
+/// sum) of theirs; a checkpoint keeps them, and their kind.
+#[test]
+fn accumulated_own_losses_update_with_their_mean() {
+    use rnn_core::config::Reduction;
+    use rnn_core::io::Extras;
+    let cfg = RnnConfig::lstm(2, 5, 2).layers(2);
+    let micro: Vec<(usize, Data)> = [2usize, 3, 1]
+        .iter()
+        .enumerate()
+        .map(|(k, &b)| {
+            (
+                b,
+                Data::random(&mut StdRng::seed_from_u64(k as u64), &cfg, 4, b, false),
+            )
+        })
+        .collect();
+    for reduction in [Reduction::Mean, Reduction::Sum] {
+        let spec = LossSpec {
+            reduction,
+            ..LossSpec::every_step(LossKind::Mse)
+        };
+        let new = || {
+            Trainer::<f64>::new(cfg, spec.clone(), OptimizerKind::adam(1e-2), 3)
+                .unwrap()
+                .with_clip(Clip::Norm(0.5))
+        };
+        fn batch((b, d): &(usize, Data)) -> Batch<'_, f64> {
+            Batch::new(4, *b, &d.x, Target::None)
+        }
+        // By hand: each micro-batch's gradients, summed, scaled, then one update.
+        let mut manual = new();
+        let (mut sum, mut loss) = (vec![0.0; manual.grads.len()], 0.0);
+        for m in &micro {
+            loss += manual
+                .loss_and_grads_with(&batch(m), |y, dy| half_squared_error(y, dy, &m.1.values))
+                .unwrap();
+            sum.iter_mut()
+                .zip(manual.grads.iter())
+                .for_each(|(s, g)| *s += g);
+        }
+        let n = if reduction == Reduction::Mean {
+            micro.len() as f64
+        } else {
+            1.0
+        };
+        manual
+            .grads
+            .iter_mut()
+            .zip(&sum)
+            .for_each(|(g, s)| *g = s / n);
+        let want = manual.update(loss / n).unwrap();
+
+        let mut tr = new();
+        for m in &micro {
+            tr.accumulate_with(&batch(m), |y, dy| half_squared_error(y, dy, &m.1.values))
+                .unwrap();
+        }
+        // Saved and restored into another trainer midway: the same update.
+        let mut extras = Extras::default();
+        tr.save_accumulated(&mut extras);
+        let mut resumed = new();
+        resumed.restore_accumulated(&extras).unwrap();
+        for tr in [&mut tr, &mut resumed] {
+            let got = tr.apply_accumulated().unwrap();
+            assert!(
+                (got.loss - want.loss).abs() < 1e-14,
+                "{reduction:?}: {} vs {}",
+                got.loss,
+                want.loss
+            );
+            for (k, (a, w)) in tr.params.iter().zip(manual.params.iter()).enumerate() {
+                assert!(
+                    (a - w).abs() < 1e-14,
+                    "{reduction:?}: parameter {k}: {a} vs {w}"
+                );
+            }
+        }
+    }
+}
+
+/// Micro-batches of one's own loss and of the built-in one do not mix in an update (either
+/// way round, a restored checkpoint's kind included), a NaN loss drops the waiting ones,
+/// and the refusals change nothing.
+#[test]
+fn accumulated_kinds_do_not_mix() {
+    use rnn_core::io::Extras;
+    let cfg = RnnConfig::gru(2, 4, 1);
+    let d = Data::random(&mut StdRng::seed_from_u64(1), &cfg, 3, 2, false);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let mut tr = Trainer::<f64>::new(cfg, spec, OptimizerKind::sgd(0.1), 0).unwrap();
+    let own = Batch::new(3, 2, &d.x, Target::None);
+    let built_in = Batch::new(3, 2, &d.x, Target::Values(&d.values));
+    let loss = |y: &[f64], dy: &mut [f64]| half_squared_error(y, dy, &d.values);
+    tr.accumulate_with(&own, loss).unwrap();
+    let err = tr.accumulate(&built_in).unwrap_err();
+    assert!(
+        matches!(err, RnnError::Accumulation(ref m) if m.contains("your own")),
+        "{err}"
+    );
+    assert_eq!(tr.accumulated.micro_batches(), 1);
+    let mut extras = Extras::default();
+    tr.save_accumulated(&mut extras);
+    let mut other = tr.clone();
+    other.apply_accumulated().unwrap();
+    other.accumulate(&built_in).unwrap();
+    assert!(matches!(
+        other.accumulate_with(&own, loss),
+        Err(RnnError::Accumulation(_))
+    ));
+    other.restore_accumulated(&extras).unwrap();
+    assert!(matches!(
+        other.accumulate(&built_in),
+        Err(RnnError::Accumulation(_))
+    ));
+    other.accumulate_with(&own, loss).unwrap();
+    assert_eq!(other.accumulated.micro_batches(), 2);
+    let params = tr.params.clone();
+    let err = tr.accumulate_with(&own, |_, _| f64::NAN).unwrap_err();
+    assert!(matches!(err, RnnError::NonFinite { .. }), "{err}");
+    assert_eq!(tr.accumulated.micro_batches(), 0);
+    assert_eq!(tr.params, params);
+    tr.accumulate(&built_in).unwrap(); // a fresh update: either kind
+}
+
+/// TBPTT chunks accumulated with one's own mean squared error, each chunk's mean, update as
+/// the built-in MSE's accumulation does when every chunk scores as many positions.
+#[test]
+fn tbptt_accumulates_own_losses_as_the_built_in_loss() {
+    let cfg = RnnConfig::lstm(2, 5, 2);
+    let (k1, b) = (3, 2);
+    let chunk = |c: usize| -> (Vec<f64>, Vec<f64>) {
+        let wave = |k: usize, m: usize| ((c * m + k * 7) % 13) as f64 / 13.0 - 0.5;
+        (
+            (0..k1 * b * 2).map(|k| wave(k, 31)).collect(),
+            (0..k1 * b * 2).map(|k| wave(k, 17)).collect(),
+        )
+    };
+    let train = |own: bool| {
+        let spec = LossSpec::every_step(LossKind::Mse);
+        let tr = Trainer::<f64>::new(cfg, spec, OptimizerKind::adam(1e-2), 2).unwrap();
+        let mut stream = Tbptt::new(tr, k1, 5, b).unwrap();
+        for update in 0..2 {
+            for c in 0..3 {
+                let (x, z) = chunk(update * 3 + c);
+                match own {
+                    false => stream.accumulate(&x, Target::Values(&z)).unwrap(),
+                    true => stream
+                        .accumulate_with(&x, |y, dy| {
+                            // The mean over the chunk's outputs: twice the half square, / n.
+                            let n = z.len() as f64;
+                            let loss = 2.0 * half_squared_error(y, dy, &z) / n;
+                            dy.iter_mut().for_each(|g| *g *= 2.0 / n);
+                            loss
+                        })
+                        .unwrap(),
+                };
+            }
+            stream.apply_accumulated().unwrap();
+        }
+        stream.trainer.params.to_vec()
+    };
+    let (built_in, own) = (train(false), train(true));
+    for (k, (a, w)) in own.iter().zip(&built_in).enumerate() {
+        assert!((a - w).abs() < 1e-12, "parameter {k}: {a} against {w}");
     }
 }
