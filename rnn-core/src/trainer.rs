@@ -70,12 +70,13 @@ impl Memory {
             _ => 0,
         };
         let split = UnitSplit::Auto;
-        self.segment_with::<T>(config, seq_len, batch, many_to_one, split, false, params)
+        let kept = Kept::default();
+        self.segment_with::<T>(config, seq_len, batch, many_to_one, split, kept, params)
     }
 
     /// [`Memory::segment_for`] for a model of `params` parameters, known to the caller (a
     /// trainer asks every step, and building the model's [`Layout`] allocates), with steps
-    /// split as `split` decides and room for dropout's buffers when `dropout`.
+    /// split as `split` decides and room for what the pass keeps besides (`kept`).
     fn segment_with<T: Float>(
         self,
         config: &RnnConfig,
@@ -83,7 +84,7 @@ impl Memory {
         batch: usize,
         many_to_one: bool,
         split: UnitSplit,
-        dropout: bool,
+        kept: Kept,
         params: usize,
     ) -> usize {
         match self {
@@ -98,13 +99,28 @@ impl Memory {
                 let state =
                     config.num_layers * batch * (config.state_size() + cell_state) * T::BYTES;
                 let params = params * T::BYTES;
+                let dropout = kept.dropout;
+                let rows = seq_len * batch;
+                // `dL/dx` of every step, whole or in segments.
+                let dx = if kept.input_grad {
+                    rows * config.input_size * T::BYTES
+                } else {
+                    0
+                };
+                // A loss of one's own at every step reads all outputs at once: segments keep
+                // them and their gradients (a whole pass has them in its workspace).
+                let outputs = if kept.own_loss && !many_to_one {
+                    2 * rows * config.output_size * T::BYTES
+                } else {
+                    0
+                };
                 let cost = |s: usize| {
                     let ws =
                         Workspace::<T>::bytes_for(config, s, batch, many_to_one, split, dropout);
                     if s >= seq_len {
-                        ws
+                        ws + dx
                     } else {
-                        ws + seq_len.div_ceil(s) * state + params
+                        ws + dx + outputs + seq_len.div_ceil(s) * state + params
                     }
                 };
                 (1..=seq_len)
@@ -118,6 +134,17 @@ impl Memory {
             }
         }
     }
+}
+
+/// What a pass keeps besides its workspace and checkpoints, for [`Memory::Budget`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Kept {
+    /// Dropout's buffers.
+    dropout: bool,
+    /// `dL/dx` (`[T, B, I]`, [`Trainer::with_input_grads`]).
+    input_grad: bool,
+    /// A loss of the caller's own, which reads every output at once ([`Trainer::step_with`]).
+    own_loss: bool,
 }
 
 /// Restores the calling thread's flush-to-zero mode when dropped.
@@ -708,7 +735,7 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn evaluate(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
-        let segment = self.segment_for(batch, false);
+        let segment = self.segment_for(batch, Kept::default());
         self.in_step_threads(batch, |tr, par| {
             let exec = tr.exec(par);
             let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -1075,7 +1102,7 @@ impl<T: Float> Trainer<T> {
         loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
         micro: u64,
     ) -> Result<T> {
-        let segment = self.training_segment(batch);
+        let segment = self.training_segment(batch, true);
         let many_to_one = self.loss.many_to_one;
         self.in_step_threads(batch, |tr, par| {
             let opts = tr.pass_options(par, micro);
@@ -1113,7 +1140,7 @@ impl<T: Float> Trainer<T> {
     /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as
     /// micro-batch `micro` of the coming update.
     fn grads_of(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
-        let segment = self.training_segment(batch);
+        let segment = self.training_segment(batch, false);
         self.in_step_threads(batch, |tr, par| {
             let opts = tr.pass_options(par, micro);
             let loss = forward_backward_checkpointed(
@@ -1133,22 +1160,27 @@ impl<T: Float> Trainer<T> {
     }
 
     /// The stretch a training pass over `batch` runs at a time ([`Trainer::segment_for`],
-    /// with dropout's buffers when it drops).
-    fn training_segment(&self, batch: &Batch<T>) -> usize {
-        let dropout = self.dropout.is_some_and(|d| d.applies_to(&self.config));
-        self.segment_for(batch, dropout)
+    /// with dropout's buffers when it drops, its input gradients when asked for, and all
+    /// the outputs when its loss is the caller's own, `own_loss`).
+    fn training_segment(&self, batch: &Batch<T>, own_loss: bool) -> usize {
+        let kept = Kept {
+            dropout: self.dropout.is_some_and(|d| d.applies_to(&self.config)),
+            input_grad: self.input_grad,
+            own_loss,
+        };
+        self.segment_for(batch, kept)
     }
 
     /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:
-    /// the whole batch), with room for dropout's buffers when `dropout`.
-    fn segment_for(&self, batch: &Batch<T>, dropout: bool) -> usize {
+    /// the whole batch), with room for what it keeps besides (`kept`).
+    fn segment_for(&self, batch: &Batch<T>, kept: Kept) -> usize {
         self.memory.segment_with::<T>(
             &self.config,
             batch.seq_len,
             batch.batch,
             self.loss.many_to_one,
             self.split,
-            dropout,
+            kept,
             self.layout.len,
         )
     }
@@ -1174,5 +1206,45 @@ impl<T: Float> Trainer<T> {
         let par = if threads { self.par } else { Par::Seq };
         let pool = self.pool.clone().filter(|_| threads);
         in_pool(pool.as_deref(), || pass(self, par))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A memory budget counts what a pass keeps besides its workspace: with a loss of one's
+    /// own (every output kept across segments) or input gradients, the segments it picks
+    /// are never longer, and shorter once the budget is tight.
+    #[test]
+    fn a_budget_counts_own_outputs_and_input_gradients() {
+        let cfg = RnnConfig::lstm(64, 32, 256);
+        let (t, b) = (64, 8);
+        let params = Layout::new(&cfg).len;
+        let segment = |bytes, kept| {
+            let memory = Memory::Budget { bytes };
+            memory.segment_with::<f32>(&cfg, t, b, false, UnitSplit::Auto, kept, params)
+        };
+        let own = Kept {
+            own_loss: true,
+            ..Kept::default()
+        };
+        let dx = Kept {
+            input_grad: true,
+            ..Kept::default()
+        };
+        let mut shorter = [false; 2];
+        for bytes in (1..40).map(|k| (k * 100) << 10) {
+            let plain = segment(bytes, Kept::default());
+            for (k, kept) in [own, dx].into_iter().enumerate() {
+                let s = segment(bytes, kept);
+                assert!(
+                    s <= plain,
+                    "{bytes} bytes, {kept:?}: {s} steps against {plain}"
+                );
+                shorter[k] |= s < plain;
+            }
+        }
+        assert_eq!(shorter, [true, true]);
     }
 }
