@@ -265,7 +265,9 @@ pub struct Optimizer<T> {
     pub state2: Vec<T>,
     /// RMSprop: gradient average (centered). Empty otherwise.
     pub state3: Vec<T>,
-    /// Updates applied so far (learning-rate schedules count these).
+    /// Updates applied so far (learning-rate schedules count these). A program may set it
+    /// (to restart a schedule); set below [`Self::state_start`], the state's own update
+    /// count (Adam's bias correction, Adagrad's rate decay) restarts from there too.
     pub steps: u64,
     /// The family whose state the buffers hold ([`OptimizerKind::family`]). When
     /// [`Self::kind`] changes to another family, the buffers mean something else (Adam's
@@ -530,6 +532,11 @@ impl<T: Float> Optimizer<T> {
         let n = params.len();
         self.start_over_if_family_changed(n);
         self.fill_missing_state(n);
+        if self.steps < self.state_start {
+            // The program moved `steps` back (to restart a schedule, say) past where the
+            // state started: the state counts its updates from here on.
+            self.state_start = self.steps;
+        }
         self.steps += 1;
         for rule in rules.iter().filter(|r| r.frozen) {
             self.sit_out(rule.range.clone());
@@ -611,7 +618,7 @@ impl<T: Float> Optimizer<T> {
     /// ```
     pub fn updates_seen(&self, range: Range<usize>) -> u64 {
         let skipped = self.skipped.iter().find(|(r, _)| *r == range);
-        (self.steps - self.state_start).saturating_sub(skipped.map_or(0, |(_, k)| *k))
+        (self.steps.saturating_sub(self.state_start)).saturating_sub(skipped.map_or(0, |(_, k)| *k))
     }
 
     /// Each range of parameters that sat out updates since the state started, and how many
@@ -946,6 +953,28 @@ impl<T: Float> Clip<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `steps` set back past where the state started over (a change of family) restarts
+    /// the state's count from there: no underflow, finite updates, counts that add up.
+    #[test]
+    fn steps_set_back_restart_the_state_count() {
+        let mut opt = Optimizer::new(OptimizerKind::adam(0.1), 2);
+        let mut params = [1.0f64, -1.0];
+        for _ in 0..3 {
+            opt.update(&mut params, &[0.5, -2.0], 1.0);
+        }
+        opt.kind = OptimizerKind::adagrad(0.1);
+        opt.update(&mut params, &[0.5, -2.0], 1.0);
+        assert_eq!((opt.steps, opt.state_start()), (4, 3));
+        opt.steps = 1;
+        assert_eq!(opt.updates_seen(0..2), 0);
+        opt.update(&mut params, &[0.5, -2.0], 1.0);
+        assert_eq!(
+            (opt.steps, opt.state_start(), opt.updates_seen(0..2)),
+            (2, 1, 1)
+        );
+        assert!(params.iter().all(|p| p.is_finite()));
+    }
 
     /// After one update from zero state, each named buffer holds what PyTorch's formula puts
     /// there, so the names sit on the right buffers.
