@@ -148,7 +148,7 @@ impl Models {
             lengths: Some(&source.lengths),
             ..encoded
         };
-        let (h_n, c_n) = self.encoder.final_states(&encoded)?;
+        let (h_n, c_n) = self.encoder.eval_final_states(&encoded)?;
         let mut predictor = Predictor::new(self.decoder.config, &self.decoder.params[..], b)?;
         predictor.set_state(h_n, c_n)?;
         let mut previous = vec![START; b];

@@ -18,7 +18,8 @@ use crate::workspace::Workspace;
 /// final states left in `ws.final_h` (`[L·D, B, S]`, `S` = `P` with projections; a
 /// reverse direction's after its own last step, the sequence's first) and `ws.final_c`
 /// (`[L·D, B, H]`, LSTM; empty otherwise), PyTorch's `h_n` and `c_n`. The activations stay in `ws`, marked
-/// with `fingerprint`, for [`backward_from_final_states`] to reuse.
+/// with `fingerprint` when given, for [`backward_from_final_states`] to reuse (an inference
+/// pass, without the training step's dropout, gives none).
 ///
 /// # Errors
 /// [`check`]'s; nothing is computed then.
@@ -27,7 +28,7 @@ pub(crate) fn forward_final_states<T: Float>(
     ws: &mut Workspace<T>,
     batch: &Batch<T>,
     opts: PassOptions,
-    fingerprint: u32,
+    fingerprint: Option<u32>,
 ) -> Result<()> {
     check(config, batch)?;
     with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
@@ -42,7 +43,7 @@ pub(crate) fn forward_final_states<T: Float>(
     c.resize(if lstm { l * b * config.hidden_size } else { 0 });
     ws.states_at(config, b, batch.seq_len, &mut h, &mut c);
     (ws.final_h, ws.final_c) = (h, c);
-    ws.kept_forward = Some(fingerprint);
+    ws.kept_forward = fingerprint;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use kernels::Float;
 use super::Trainer;
 use crate::batch::Batch;
 use crate::error::Result;
+use crate::network::PassOptions;
 use crate::network::final_states::{backward_from_final_states, forward_final_states};
 
 impl<T: Float> Trainer<T> {
@@ -66,7 +67,24 @@ impl<T: Float> Trainer<T> {
         self.in_step_threads(batch, |tr, par| {
             let opts = tr.pass_options(par, 0);
             let model = (&tr.config, &tr.layout, &tr.params[..]);
-            forward_final_states(model, &mut tr.workspace, batch, opts, fingerprint)
+            forward_final_states(model, &mut tr.workspace, batch, opts, Some(fingerprint))
+        })?;
+        Ok((&self.workspace.final_h, &self.workspace.final_c))
+    }
+
+    /// [`Trainer::final_states`] for inference: the model as it stands, no dropout (as
+    /// [`Trainer::outputs`]), nothing kept for a backward pass. What a trained encoder hands
+    /// a decoder that then writes its output a step at a time
+    /// ([`crate::predict::Predictor::set_state`]).
+    ///
+    /// # Errors
+    /// As [`Trainer::final_states`].
+    pub fn eval_final_states(&mut self, batch: &Batch<T>) -> Result<(&[T], &[T])> {
+        let _flush = self.flush_scope();
+        self.in_step_threads(batch, |tr, par| {
+            let opts = PassOptions::from(tr.exec(par));
+            let model = (&tr.config, &tr.layout, &tr.params[..]);
+            forward_final_states(model, &mut tr.workspace, batch, opts, None)
         })?;
         Ok((&self.workspace.final_h, &self.workspace.final_c))
     }

@@ -358,3 +358,39 @@ fn bad_input_is_refused() {
     );
     assert!(tr.grads.iter().all(|&g| g == 7.0));
 }
+
+/// For inference (`eval_final_states`): no dropout, the states a trainer without it gives;
+/// and nothing kept for a backward pass, which then runs its own, with the training masks.
+#[test]
+fn inference_final_states_do_not_drop() {
+    let (t, b) = (6, 3);
+    let cfg = RnnConfig::lstm(3, 8, 1).layers(2);
+    let source = Data::random(&mut StdRng::seed_from_u64(4), &cfg, t, b, false);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let plain = Trainer::<f64>::new(cfg, spec, OptimizerKind::sgd(0.1), 1).unwrap();
+    let dropping = plain.clone().with_dropout(Dropout::new(0.5, 3).unwrap());
+    let batch = Seq2Seq::source_batch(&source, t, b);
+    let bits = |(h, c): (&[f64], &[f64])| {
+        let all = h.iter().chain(c);
+        all.map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let want = bits(plain.clone().final_states(&batch).unwrap());
+    let mut eval = dropping.clone();
+    assert!(
+        bits(eval.eval_final_states(&batch).unwrap()) == want,
+        "no dropout"
+    );
+    assert!(
+        bits(dropping.clone().final_states(&batch).unwrap()) != want,
+        "training drops"
+    );
+    let dh = vec![0.2; 2 * b * 8];
+    eval.grads_from_final_states(&batch, &dh, &dh).unwrap();
+    let mut fresh = dropping.clone();
+    fresh.grads_from_final_states(&batch, &dh, &dh).unwrap();
+    let grad_bits = |tr: &Trainer<f64>| tr.grads.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
+    assert!(
+        grad_bits(&eval) == grad_bits(&fresh),
+        "the training pass's gradients"
+    );
+}
