@@ -151,16 +151,22 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     last = torch.cat([hn[-2], hn[-1]], dim=1) if bidirectional else hn[-1]
     y = m.head(last) if many_to_one else m.head(out)
     scored = torch.ones(B, dtype=torch.bool) if many_to_one else valid
-    if loss in ("l1", "huber", "smooth_l1"):
+    if loss in ("l1", "huber", "smooth_l1", "bce"):
         # PyTorch's own functions and reductions where every position is scored; with padded
         # sequences, its per-element losses masked and reduced as the MSE branch does.
+        # BCE's targets: probabilities in [0, 1], some exactly 0 or 1.
         target = torch.randn(*y.shape, dtype=dtype)
+        if loss == "bce":
+            target = torch.rand(*y.shape, dtype=dtype)
+            target = torch.where(target < 0.25, torch.zeros_like(target),
+                                 torch.where(target > 0.75, torch.ones_like(target), target))
         delta = 1.0 if huber_delta is None else huber_delta
         beta = 1.0 if smooth_l1_beta is None else smooth_l1_beta
         elementwise = {
             "l1": lambda r: F.l1_loss(y, target, reduction=r),
             "huber": lambda r: F.huber_loss(y, target, reduction=r, delta=delta),
             "smooth_l1": lambda r: F.smooth_l1_loss(y, target, reduction=r, beta=beta),
+            "bce": lambda r: F.binary_cross_entropy_with_logits(y, target, reduction=r),
         }[loss]
         if bool(scored.all()):
             value = elementwise(reduction)
@@ -200,6 +206,7 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
                    "l1": lambda: F.l1_loss(y, target, reduction="none"),
                    "huber": lambda: F.huber_loss(y, target, reduction="none", delta=delta),
                    "smooth_l1": lambda: F.smooth_l1_loss(y, target, reduction="none", beta=beta),
+                   "bce": lambda: F.binary_cross_entropy_with_logits(y, target, reduction="none"),
                    }[loss]().sum(-1) * scored
             total = (scored * at).sum() * O
         value = (per * at).sum() / total if reduction == "mean" else (per * at).sum()
@@ -390,6 +397,13 @@ if __name__ == "__main__":
          lengths=[6, 2, 4, 1], cell="gru", smooth_l1_beta=0.4, seed=84)
     case("rnn_smooth_l1_many_to_one_sum_f32", 12, 8, 7, 33, 6, loss="smooth_l1",
          many_to_one=True, reduction="sum", dtype=torch.float32, seed=85)
+    # BCEWithLogitsLoss: soft and hard targets, packed lengths, a sequence weight each, both
+    # reductions, f32.
+    case("lstm_bce_lengths", 6, 4, 3, 5, 3, layers=2, loss="bce", lengths=[6, 2, 4, 1],
+         cell="lstm", seed=86)
+    case("gru_bce_many_to_one_sum_weighted", 5, 4, 3, 6, 4, loss="bce", many_to_one=True,
+         reduction="sum", cell="gru", sequence_weights=[0.5, 2.0, 0.0, 1.5], seed=87)
+    case("rnn_bce_f32", 12, 8, 7, 33, 6, loss="bce", dtype=torch.float32, seed=88)
     # Bidirectional layers: packed lengths (the reverse direction starts at each sequence's own
     # end), many-to-one from both final states, ReLU in f32, no biases.
     case("lstm_bidi_ce_2layers_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 3],

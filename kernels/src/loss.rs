@@ -384,3 +384,41 @@ pub fn huber_error<T: Float>(dy: &mut [T], y: &[T], target: &[T], delta: T, scal
         }
     })
 }
+
+#[derive(Clone, Copy)]
+struct BceGrad<T>(T);
+impl<T: Float> Lanewise<T, 2> for BceGrad<T> {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        _: T::Lanes<S>,
+        [y, t]: [T::Lanes<S>; 2],
+        _: T::Lanes<S>,
+    ) -> T::Lanes<S> {
+        let p = T::vsigmoid(s, y);
+        T::vmul(s, T::vsub(s, p, t), T::splat(s, self.0))
+    }
+}
+
+/// Binary cross-entropy on logits: returns `Σ max(y, 0) - y·target + ln(1 + e^(-|y|))`
+/// (the stable form of `-target ln σ(y) - (1 - target) ln(1 - σ(y))`) and writes
+/// `dy = (σ(y) - target) * scale` (PyTorch's `binary_cross_entropy_with_logits`, targets in
+/// `[0, 1]` or any real, as it takes them).
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// let mut dy = [0.0f64; 2];
+/// let loss = kernels::loss::bce_with_logits(&mut dy, &[0.0, 0.0], &[1.0, 0.0], 1.0);
+/// assert!((loss - 2.0 * 2f64.ln()).abs() < 1e-15);
+/// assert_eq!(dy, [-0.5, 0.5]);
+/// ```
+#[track_caller]
+pub fn bce_with_logits<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) -> T {
+    zip_rows(BceGrad(scale), dy, [y, target], None);
+    y.iter().zip(target).fold(T::zero(), |sum, (&y, &t)| {
+        sum + y.max(T::zero()) - y * t + (-y.abs()).exp().ln_1p()
+    })
+}

@@ -347,8 +347,9 @@ impl RnnConfig {
 /// | [`L1`](LossKind::L1) | `abs(d)` | `sign(d)` (0 at 0) | `nn.L1Loss` |
 /// | [`Huber`](LossKind::Huber) | `d²/2` where `abs(d) < δ`, else `δ (abs(d) - δ/2)` | `clamp(d, -δ, δ)` | `nn.HuberLoss(delta=δ)` |
 /// | [`SmoothL1`](LossKind::SmoothL1) | `d²/(2β)` where `abs(d) < β`, else `abs(d) - β/2` | `clamp(d/β, -1, 1)` | `nn.SmoothL1Loss(beta=β)` |
+/// | [`BceWithLogits`](LossKind::BceWithLogits) | `max(y, 0) - y·target + ln(1 + e^(-abs(y)))` | `σ(y) - target` | `nn.BCEWithLogitsLoss` |
 ///
-/// The four compare float targets element by element, and `mean` averages over every
+/// The five compare float targets element by element, and `mean` averages over every
 /// element of the scored positions (`O` per position), as PyTorch does. L1, Huber and
 /// smooth L1 grow only linearly with large errors, so outliers in a series pull on the
 /// weights no harder than a bounded amount (Huber and smooth L1 stay quadratic, and smooth,
@@ -385,6 +386,10 @@ pub enum LossKind {
     /// held as a [`HuberDelta`] (finite and positive); [`LossKind::smooth_l1`] gives
     /// [`LossKind::L1`] at `β = 0`, as PyTorch does.
     SmoothL1(HuberDelta),
+    /// Binary cross-entropy on logits against float targets in `[0, 1]`, one independent
+    /// yes/no (or probability) per output (`nn.BCEWithLogitsLoss`): multi-label
+    /// classification, event detection at every step.
+    BceWithLogits,
 }
 
 impl LossKind {
@@ -455,7 +460,7 @@ impl LossKind {
         match self {
             Self::CrossEntropy => Some(0.0),
             Self::SmoothedCrossEntropy(eps) => Some(eps.get()),
-            Self::Mse | Self::L1 | Self::Huber(_) | Self::SmoothL1(_) => None,
+            Self::Mse | Self::L1 | Self::Huber(_) | Self::SmoothL1(_) | Self::BceWithLogits => None,
         }
     }
 
@@ -468,6 +473,7 @@ impl LossKind {
             Self::L1 => "L1",
             Self::Huber(_) => "Huber",
             Self::SmoothL1(_) => "smooth L1",
+            Self::BceWithLogits => "BCE with logits",
         }
     }
 }

@@ -7,11 +7,11 @@
 //!
 //! IN holds the parameters (`rnn.*`, `head.*`; a bidirectional model's `rnn.*_reverse` too),
 //! `x` `[T,B,I]`, `h0` `[L·D,B,H]` (`D` = 2 for a bidirectional model), `target` (mse, l1,
-//! huber, smooth_l1: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or
+//! huber, smooth_l1, bce: floats `[T,B,O]` or `[B,O]` when many-to-one; ce: int64 labels `[T,B]` or
 //! `[B]`, where -100, PyTorch's default `ignore_index`, marks a position with no label),
 //! optionally `lengths` int64 `[B]` and `sequence_weights` `[B]` (floats of `x`'s type, as
 //! [`Batch::with_sequence_weights`] takes them), and metadata `cell` (rnn|lstm|gru), `layers`,
-//! `nonlinearity` (tanh|relu), `loss` (mse|l1|huber|smooth_l1|ce), `many_to_one` (true|false),
+//! `nonlinearity` (tanh|relu), `loss` (mse|l1|huber|smooth_l1|bce|ce), `many_to_one` (true|false),
 //! `reduction` (mean|sum). With `loss` = huber, optional metadata `huber_delta` (a positive
 //! number, default 1.0 as PyTorch's) is the threshold; with `loss` = smooth_l1, optional
 //! metadata `smooth_l1_beta` (a non-negative number, default 1.0 as PyTorch's) is `beta`;
@@ -65,6 +65,7 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
             LossKind::cross_entropy(smoothing).map_err(|e| RnnError::Format(e.to_string()))?
         }
         "l1" => LossKind::L1,
+        "bce" => LossKind::BceWithLogits,
         "huber" => {
             let delta = meta_number(m, "huber_delta", "1.0")?;
             LossKind::huber(delta).map_err(|e| RnnError::Format(e.to_string()))?
@@ -75,7 +76,7 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
         }
         other => {
             return Err(RnnError::Format(format!(
-                "metadata loss = {other:?}, expected mse, l1, huber, smooth_l1 or ce"
+                "metadata loss = {other:?}, expected mse, l1, huber, smooth_l1, bce or ce"
             )));
         }
     };

@@ -262,6 +262,7 @@ fn row_loss<T: Float>(
             let beta = T::of(beta.get());
             kloss::huber_error(dy, y, &v[r], beta, scale / beta) / beta
         }
+        (LossKind::BceWithLogits, Target::Values(v)) => kloss::bce_with_logits(dy, y, &v[r], scale),
         (kind, Target::Classes(c)) if !kind.takes_values() => {
             let labels = &c[positions];
             // ε = 0 (plain cross-entropy) runs the one-hot loss, bit for bit.

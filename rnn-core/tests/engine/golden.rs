@@ -466,6 +466,23 @@ fn rnn_smooth_l1_many_to_one_sum_f32() {
     check("rnn_smooth_l1_many_to_one_sum_f32", 2e-5);
 }
 
+/// `nn.BCEWithLogitsLoss` on soft and hard targets: packed lengths, many-to-one with sequence
+/// weights (one of 0) under `sum`, and f32.
+#[test]
+fn lstm_bce_packed_lengths() {
+    check("lstm_bce_lengths", 1e-12);
+}
+
+#[test]
+fn gru_bce_many_to_one_sum_weighted() {
+    check("gru_bce_many_to_one_sum_weighted", 1e-12);
+}
+
+#[test]
+fn rnn_bce_f32() {
+    check("rnn_bce_f32", 2e-5);
+}
+
 /// Sequence weights (`sequence_weights` `[B]`, against PyTorch's `reduction="none"` losses
 /// weighted and reduced by hand): MSE with packed lengths and a weight of 0, weighted and
 /// smoothed many-to-one cross-entropy, Huber summed in f32, ignored labels.

@@ -326,6 +326,25 @@ fn l1_and_huber_match_finite_differences() {
     }
 }
 
+/// Binary cross-entropy on logits, every cell, both placements, with and without lengths,
+/// both reductions.
+#[test]
+fn bce_with_logits_matches_finite_differences() {
+    for (k, cell) in CELLS.into_iter().enumerate() {
+        for (p, (many_to_one, lengths, reduction)) in PLACEMENTS.into_iter().enumerate() {
+            let case = Case {
+                cell,
+                kind: LossKind::BceWithLogits,
+                many_to_one,
+                lengths,
+                reduction,
+                ..base()
+            };
+            check(&case, 1300 + 10 * k as u64 + p as u64);
+        }
+    }
+}
+
 /// Cross-entropy with every third label ignored (PyTorch's `ignore_index`), every cell, both
 /// placements, with and without lengths, both reductions; and labelling an ignored position
 /// changes the loss (it was not scored as some class). The mean's divisor, which finite
@@ -1107,6 +1126,7 @@ fn f32_agrees_with_f64() {
             (cell, 3, LossKind::L1, None, false),
             (cell, 8, LossKind::huber(0.5).unwrap(), None, false),
             (cell, 7, LossKind::smooth_l1(0.3).unwrap(), None, false),
+            (cell, 5, LossKind::BceWithLogits, None, false),
             (cell, 4, LossKind::cross_entropy(0.1).unwrap(), None, false),
             (cell, 6, LossKind::CrossEntropy, weighted.clone(), false),
             (
