@@ -25,8 +25,9 @@
 //!
 //! Shape legend: `T` steps, `B` sequences, `I` inputs, `H` hidden, `O` outputs, `L` layers,
 //! `D` directions.
-//! Buffers are time-major, row-major: `x: [T, B, I]`, targets `[T, B, O]` (MSE) or labels
-//! `[T, B]` (cross-entropy); many-to-one losses take `[B, O]` / `[B]`.
+//! Buffers are time-major, row-major: `x: [T, B, I]`, targets `[T, B, O]` (MSE, L1, Huber,
+//! smooth L1, BCE on logits) or labels `[T, B]` (cross-entropy); many-to-one losses take
+//! `[B, O]` / `[B]`.
 //!
 //! ```
 //! use rnn_core::prelude::*;
@@ -59,7 +60,8 @@
 //! Learning rates: [`trainer::Trainer::with_lr_schedule`] sets each update's rate by a
 //! [`schedule::LrSchedule`] (PyTorch's step, exponential and cosine decays, linear warm-up);
 //! [`schedule::Plateau`] lowers the rate when a validation metric stalls
-//! (`ReduceLROnPlateau`, through [`trainer::Trainer::set_base_lr`]).
+//! (`ReduceLROnPlateau`, through [`trainer::Trainer::set_base_lr`]), and
+//! [`schedule::EarlyStopping`] says when to stop (Keras' `EarlyStopping`).
 //!
 //! Regularisation: [`trainer::Trainer::with_dropout`] drops units between stacked layers as
 //! PyTorch's `dropout` argument does ([`dropout`]), and [`trainer::Trainer::evaluate`] gives
