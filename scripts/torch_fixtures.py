@@ -102,7 +102,8 @@ def dropped_stack(m, cell, x, state, lengths, dropout):
 def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to_one=False,
          reduction="mean", lengths=None, dtype=torch.float64, seed=0, cell="rnn", bias=True,
          dropout=None, huber_delta=None, ignore=0.0, label_smoothing=None, class_weights=None,
-         smooth_l1_beta=None, bidirectional=False, vocab=None, sequence_weights=None, proj=0):
+         smooth_l1_beta=None, bidirectional=False, vocab=None, sequence_weights=None, proj=0,
+         pos_weight=None):
     """`dropout`: (p, seed) for rnn-core's masks between layers (grad_dump's metadata).
     `huber_delta`: HuberLoss's delta, written as metadata (None: PyTorch's default, 1.0, not
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
@@ -117,9 +118,11 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     weight per sequence, written as the tensor `sequence_weights` [B]: each position's loss
     times its sequence's weight, a mean over the scored positions' total weight (times their
     class weights for labels, times O for float targets). `proj`: an LSTM's proj_size (0:
-    none); h0 / h_last are then [D*L, B, proj]."""
+    none); h0 / h_last are then [D*L, B, proj]. `pos_weight`: BCEWithLogitsLoss's, one per
+    output, written as the tensor `pos_weight` [O] (None: not written)."""
     torch.manual_seed(seed)
     weight = None if class_weights is None else torch.tensor(class_weights, dtype=dtype)
+    pw = None if pos_weight is None else torch.tensor(pos_weight, dtype=dtype)
     m = Model(I, H, O, layers, nonlinearity, cell, bias, bidirectional, vocab, proj).to(dtype)
     if vocab is None:
         tokens = None
@@ -166,7 +169,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
             "l1": lambda r: F.l1_loss(y, target, reduction=r),
             "huber": lambda r: F.huber_loss(y, target, reduction=r, delta=delta),
             "smooth_l1": lambda r: F.smooth_l1_loss(y, target, reduction=r, beta=beta),
-            "bce": lambda r: F.binary_cross_entropy_with_logits(y, target, reduction=r),
+            "bce": lambda r: F.binary_cross_entropy_with_logits(y, target, reduction=r,
+                                                                 pos_weight=pw),
         }[loss]
         if bool(scored.all()):
             value = elementwise(reduction)
@@ -206,7 +210,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
                    "l1": lambda: F.l1_loss(y, target, reduction="none"),
                    "huber": lambda: F.huber_loss(y, target, reduction="none", delta=delta),
                    "smooth_l1": lambda: F.smooth_l1_loss(y, target, reduction="none", beta=beta),
-                   "bce": lambda: F.binary_cross_entropy_with_logits(y, target, reduction="none"),
+                   "bce": lambda: F.binary_cross_entropy_with_logits(y, target, reduction="none",
+                                                                     pos_weight=pw),
                    }[loss]().sum(-1) * scored
             total = (scored * at).sum() * O
         value = (per * at).sum() / total if reduction == "mean" else (per * at).sum()
@@ -222,6 +227,8 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
         inputs["c0"] = c0.detach().clone()
     if weight is not None:
         inputs["class_weights"] = weight.clone()
+    if pw is not None:
+        inputs["pos_weight"] = pw.clone()
     if sequence_weights is not None:
         inputs["sequence_weights"] = torch.tensor(sequence_weights, dtype=dtype)
     meta = {"cell": cell, "layers": str(layers), "nonlinearity": nonlinearity, "loss": loss,
@@ -404,6 +411,8 @@ if __name__ == "__main__":
     case("gru_bce_many_to_one_sum_weighted", 5, 4, 3, 6, 4, loss="bce", many_to_one=True,
          reduction="sum", cell="gru", sequence_weights=[0.5, 2.0, 0.0, 1.5], seed=87)
     case("rnn_bce_f32", 12, 8, 7, 33, 6, loss="bce", dtype=torch.float32, seed=88)
+    case("gru_bce_pos_weight_lengths", 6, 4, 3, 5, 3, loss="bce", lengths=[6, 2, 4, 1],
+         cell="gru", pos_weight=[0.5, 3.0, 1.0], seed=89)
     # Bidirectional layers: packed lengths (the reverse direction starts at each sequence's own
     # end), many-to-one from both final states, ReLU in f32, no biases.
     case("lstm_bidi_ce_2layers_lengths", 6, 4, 3, 5, 4, layers=2, loss="ce", lengths=[6, 2, 4, 3],

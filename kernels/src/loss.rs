@@ -422,3 +422,54 @@ pub fn bce_with_logits<T: Float>(dy: &mut [T], y: &[T], target: &[T], scale: T) 
         sum + y.max(T::zero()) - y * t + (-y.abs()).exp().ln_1p()
     })
 }
+
+#[derive(Clone, Copy)]
+struct WeightedBceGrad<T>(T);
+impl<T: Float> Lanewise<T, 2> for WeightedBceGrad<T> {
+    #[inline(always)]
+    fn apply<S: Simd>(
+        self,
+        s: S,
+        _: T::Lanes<S>,
+        [y, t]: [T::Lanes<S>; 2],
+        pos_weight: T::Lanes<S>,
+    ) -> T::Lanes<S> {
+        // (1 + (w - 1) t) σ(y) - w t
+        let one = T::splat(s, T::one());
+        let w_t = T::vmul(s, pos_weight, t);
+        let log_weight = T::vadd(s, one, T::vsub(s, w_t, t));
+        let g = T::vsub(s, T::vmul(s, log_weight, T::vsigmoid(s, y)), w_t);
+        T::vmul(s, g, T::splat(s, self.0))
+    }
+}
+
+/// [`bce_with_logits`] with a weight per output on positive targets (PyTorch's
+/// `pos_weight`, `[O]`, `y` and `target` rows of `O`): returns
+/// `Σ (1 - t)·y + (1 + (w - 1)·t)·(ln(1 + e^(-|y|)) + max(-y, 0))` and writes
+/// `dy = ((1 + (w - 1)·t)·σ(y) - w·t) * scale`.
+///
+/// # Panics
+/// If the lengths differ, or `y` is not whole rows of `pos_weight`'s length.
+///
+/// ```
+/// let mut dy = [0.0f64; 2];
+/// let loss = kernels::loss::bce_with_logits_weighted(&mut dy, &[0.0, 0.0], &[1.0, 0.0], &[3.0, 3.0], 1.0);
+/// assert!((loss - 4.0 * 2f64.ln()).abs() < 1e-15); // the positive counts 3 times
+/// assert_eq!(dy, [-1.5, 0.5]);
+/// ```
+#[track_caller]
+pub fn bce_with_logits_weighted<T: Float>(
+    dy: &mut [T],
+    y: &[T],
+    target: &[T],
+    pos_weight: &[T],
+    scale: T,
+) -> T {
+    zip_rows(WeightedBceGrad(scale), dy, [y, target], Some(pos_weight));
+    let weights = pos_weight.iter().cycle();
+    (y.iter().zip(target).zip(weights)).fold(T::zero(), |sum, ((&y, &t), &w)| {
+        let log_weight = T::one() + (w - T::one()) * t;
+        let softplus = (-y.abs()).exp().ln_1p() + (-y).max(T::zero());
+        sum + (T::one() - t) * y + log_weight * softplus
+    })
+}

@@ -607,6 +607,9 @@ pub struct LossSpec {
     pub many_to_one: bool,
     /// Cross-entropy only: a weight per class (`None`: every class weighs 1).
     pub class_weights: Option<ClassWeights>,
+    /// [`LossKind::BceWithLogits`] only: a weight per output on its positive targets
+    /// (PyTorch's `pos_weight`; `None`: 1 each). See [`LossSpec::with_pos_weights`].
+    pub pos_weights: Option<ClassWeights>,
 }
 
 impl LossSpec {
@@ -617,6 +620,7 @@ impl LossSpec {
             reduction: Reduction::Mean,
             many_to_one: false,
             class_weights: None,
+            pos_weights: None,
         }
     }
 
@@ -651,31 +655,70 @@ impl LossSpec {
             ..self
         })
     }
+
+    /// This binary cross-entropy with a weight per output on its positive targets (PyTorch's
+    /// `BCEWithLogitsLoss(pos_weight=w)`): an element's loss is
+    /// `-w·t·ln σ(y) - (1 - t)·ln(1 - σ(y))`, so `w` above 1 counts a missed positive more (a
+    /// rare label of a multi-label task: `w` = negatives / positives). A `mean` still divides
+    /// by the number of elements, as PyTorch's does.
+    ///
+    /// ```
+    /// use rnn_core::config::{LossKind, LossSpec};
+    /// let spec = LossSpec::every_step(LossKind::BceWithLogits).with_pos_weights(&[1.0, 9.0])?;
+    /// assert_eq!(spec.pos_weights.unwrap().get(), &[1.0, 9.0]);
+    /// assert!(LossSpec::every_step(LossKind::Mse).with_pos_weights(&[1.0]).is_err());
+    /// # Ok::<(), rnn_core::error::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for another loss, and [`ClassWeights::new`]'s errors. The number
+    /// of weights is checked against the model's output size with each batch.
+    pub fn with_pos_weights(self, weights: &[f64]) -> Result<Self> {
+        if self.kind != LossKind::BceWithLogits {
+            return Err(pos_weights_need_bce(self.kind));
+        }
+        Ok(Self {
+            pos_weights: Some(ClassWeights::new(weights)?),
+            ..self
+        })
+    }
 }
 
 impl LossSpec {
-    /// Checks the spec fits `config`: class weights only on a cross-entropy, one per output.
+    /// Checks the spec fits `config`: class weights only on a cross-entropy, positive
+    /// weights only on a binary cross-entropy, one per output.
     ///
     /// # Errors
-    /// [`RnnError::Config`] for class weights on a loss of float targets,
+    /// [`RnnError::Config`] for class weights on a loss of float targets or positive
+    /// weights on another loss than [`LossKind::BceWithLogits`],
     /// [`RnnError::ShapeMismatch`] for a number of them other than `config.output_size`.
     pub fn validate(&self, config: &RnnConfig) -> Result<()> {
-        let Some(weights) = &self.class_weights else {
-            return Ok(());
-        };
-        if self.kind.takes_values() {
+        if self.class_weights.is_some() && self.kind.takes_values() {
             return Err(class_weights_need_labels(self.kind));
         }
+        if self.pos_weights.is_some() && self.kind != LossKind::BceWithLogits {
+            return Err(pos_weights_need_bce(self.kind));
+        }
         let o = config.output_size;
-        if weights.get().len() != o {
-            return Err(crate::error::shape(
-                "class weights",
-                format!("[O={o}]"),
-                weights.get().len(),
-            ));
+        let weights = [
+            ("class weights", &self.class_weights),
+            ("pos weights", &self.pos_weights),
+        ];
+        for (what, weights) in weights {
+            if let Some(w) = weights.as_ref().filter(|w| w.get().len() != o) {
+                return Err(crate::error::shape(what, format!("[O={o}]"), w.get().len()));
+            }
         }
         Ok(())
     }
+}
+
+/// The error for positive weights on another loss than binary cross-entropy.
+fn pos_weights_need_bce(kind: LossKind) -> RnnError {
+    RnnError::Config(format!(
+        "positive weights apply to BCE with logits only, not {}",
+        kind.name()
+    ))
 }
 
 /// The error for class weights on a loss of float targets.

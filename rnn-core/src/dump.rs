@@ -17,7 +17,8 @@
 //! metadata `smooth_l1_beta` (a non-negative number, default 1.0 as PyTorch's) is `beta`;
 //! with `loss` = ce, optional metadata `label_smoothing` (between 0 and 1, default 0 as PyTorch's)
 //! smooths the labels, and an optional float tensor `class_weights` `[O]` weighs each class
-//! (PyTorch's `weight`). An LSTM also reads `c0` `[L·D,B,H]`. Optional metadata `dropout` (p in `[0,
+//! (PyTorch's `weight`); with `loss` = bce, an optional float tensor `pos_weight` `[O]` weighs
+//! each output's positive targets (PyTorch's `pos_weight`). An LSTM also reads `c0` `[L·D,B,H]`. Optional metadata `dropout` (p in `[0,
 //! 1)`, default 0) and `dropout_seed` (an integer, default 0) drop between stacked layers as
 //! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of row
 //! `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p, mix64(seed +
@@ -103,22 +104,37 @@ fn loss_spec(m: &HashMap<String, String>) -> Result<LossSpec> {
         reduction,
         many_to_one,
         class_weights: None,
+        pos_weights: None,
     })
 }
 
 /// `spec` weighted by the optional tensor `class_weights` `[O]`.
 fn with_class_weights(spec: LossSpec, st: &SafeTensors<'_>) -> Result<LossSpec> {
-    if st.tensor("class_weights").is_err() {
-        return Ok(spec);
+    let spec = match per_output(st, "class_weights")? {
+        Some(weights) => spec.with_class_weights(&weights),
+        None => Ok(spec),
+    };
+    let spec = spec.map_err(|e| RnnError::Format(e.to_string()))?;
+    match per_output(st, "pos_weight")? {
+        Some(weights) => spec
+            .with_pos_weights(&weights)
+            .map_err(|e| RnnError::Format(e.to_string())),
+        None => Ok(spec),
     }
-    let (weights, shape) = io::float_tensor::<f64>(st, "class_weights")?;
+}
+
+/// The optional float tensor `name` of shape `[O]`.
+fn per_output(st: &SafeTensors<'_>, name: &str) -> Result<Option<Vec<f64>>> {
+    if st.tensor(name).is_err() {
+        return Ok(None);
+    }
+    let (weights, shape) = io::float_tensor::<f64>(st, name)?;
     if shape.len() != 1 {
         return Err(RnnError::Format(format!(
-            "class_weights must be [O], got shape {shape:?}"
+            "{name} must be [O], got shape {shape:?}"
         )));
     }
-    spec.with_class_weights(&weights)
-        .map_err(|e| RnnError::Format(e.to_string()))
+    Ok(Some(weights))
 }
 
 /// The dropout the metadata asks for (`dropout`, `dropout_seed`), `None` when it asks for

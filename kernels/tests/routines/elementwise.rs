@@ -427,6 +427,27 @@ fn bce_matches<T: Float>() {
             .map(|(a, b)| 0.5 * (sigmoid(a.f64()) - b.f64()))
             .collect();
         close(&dy, &want_d, tol, &format!("bce grad {isa:?}"));
+        // Positive weights per output (rows of 3, the last row partial when n is not a
+        // multiple: only whole rows here).
+        let whole = n - n % 3;
+        let w = [T::of(0.5), T::of(3.0), T::one()];
+        let mut dy = vec![T::zero(); whole];
+        let loss =
+            loss::bce_with_logits_weighted(&mut dy, &y[..whole], &t[..whole], &w, T::of(0.5));
+        let (mut want, mut want_d) = (0.0, Vec::new());
+        for (k, (a, b)) in y[..whole].iter().zip(&t[..whole]).enumerate() {
+            let (y, t, w) = (a.f64(), b.f64(), w[k % 3].f64());
+            let log_weight = 1.0 + (w - 1.0) * t;
+            want += (1.0 - t) * y + log_weight * ((-y.abs()).exp().ln_1p() + (-y).max(0.0));
+            want_d.push(0.5 * (log_weight * sigmoid(y) - w * t));
+        }
+        assert_relative_eq!(loss.f64(), want, max_relative = tol * 10.0, epsilon = tol);
+        close(
+            &dy,
+            &want_d,
+            tol * 4.0,
+            &format!("weighted bce grad {isa:?}"),
+        );
     });
 }
 

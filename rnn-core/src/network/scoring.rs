@@ -160,11 +160,13 @@ pub(crate) fn accuracy<T: Float>(
     (total > 0.0).then(|| right / total)
 }
 
-/// The class weights of `spec` in the pass's float type into `ws.class_weights` (empty when
-/// the loss is unweighted).
+/// The per-output weights of `spec` (class weights, or BCE's positive weights) in the pass's
+/// float type into `ws.class_weights` (empty when the loss is unweighted).
 fn set_class_weights<T: Float>(ws: &mut Workspace<T>, spec: &LossSpec) {
     ws.class_weights.clear();
-    if let Some(w) = &spec.class_weights {
+    // A spec has one or the other (validated): a cross-entropy's class weights, or a binary
+    // cross-entropy's positive weights.
+    if let Some(w) = spec.class_weights.as_ref().or(spec.pos_weights.as_ref()) {
         ws.class_weights.extend(w.get().iter().map(|&w| T::of(w)));
     }
 }
@@ -262,7 +264,12 @@ fn row_loss<T: Float>(
             let beta = T::of(beta.get());
             kloss::huber_error(dy, y, &v[r], beta, scale / beta) / beta
         }
-        (LossKind::BceWithLogits, Target::Values(v)) => kloss::bce_with_logits(dy, y, &v[r], scale),
+        (LossKind::BceWithLogits, Target::Values(v)) if class_weights.is_empty() => {
+            kloss::bce_with_logits(dy, y, &v[r], scale)
+        }
+        (LossKind::BceWithLogits, Target::Values(v)) => {
+            kloss::bce_with_logits_weighted(dy, y, &v[r], class_weights, scale)
+        }
         (kind, Target::Classes(c)) if !kind.takes_values() => {
             let labels = &c[positions];
             // ε = 0 (plain cross-entropy) runs the one-hot loss, bit for bit.

@@ -1858,3 +1858,36 @@ fn outputs_are_what_the_loss_scores() {
     let many_to_one = last.outputs(&Batch::new(t, b, &x, Target::Values(&[])));
     assert_eq!(many_to_one.unwrap().len(), b * o);
 }
+
+/// BCE's positive weights: only on `BceWithLogits`, one per output, finite and
+/// non-negative; a class weight on BCE is refused too.
+#[test]
+fn bad_pos_weights_are_typed_errors() {
+    let bce = LossSpec::every_step(LossKind::BceWithLogits);
+    for kind in [LossKind::Mse, LossKind::CrossEntropy] {
+        let e = LossSpec::every_step(kind)
+            .with_pos_weights(&[1.0])
+            .unwrap_err();
+        assert!(
+            matches!(e, RnnError::Config(ref m) if m.contains("BCE")),
+            "{e}"
+        );
+    }
+    for bad in [&[-1.0][..], &[f64::NAN], &[]] {
+        assert!(bce.clone().with_pos_weights(bad).is_err());
+    }
+    assert!(bce.clone().with_class_weights(&[1.0]).is_err());
+    let spec = bce.with_pos_weights(&[1.0, 2.0]).unwrap();
+    let e = Trainer::<f64>::new(
+        RnnConfig::new(2, 3, 3),
+        spec.clone(),
+        OptimizerKind::sgd(0.1),
+        0,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, RnnError::ShapeMismatch { ref what, .. } if what == "pos weights"),
+        "{e}"
+    );
+    assert!(Trainer::<f64>::new(RnnConfig::new(2, 3, 2), spec, OptimizerKind::sgd(0.1), 0).is_ok());
+}

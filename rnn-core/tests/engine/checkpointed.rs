@@ -135,6 +135,7 @@ fn equals_full_bptt_for_every_cell_and_option() {
                 },
                 many_to_one,
                 class_weights: None,
+                pos_weights: None,
             };
             let d = Data::random(&mut StdRng::seed_from_u64(seed), &cfg, t, b, many_to_one);
             // Sequence weights in a third of the runs: segments score with the whole batch's.

@@ -483,6 +483,12 @@ fn rnn_bce_f32() {
     check("rnn_bce_f32", 2e-5);
 }
 
+/// `BCEWithLogitsLoss(pos_weight=...)`, one weight per output, with packed lengths.
+#[test]
+fn gru_bce_pos_weight_packed_lengths() {
+    check("gru_bce_pos_weight_lengths", 1e-12);
+}
+
 /// Sequence weights (`sequence_weights` `[B]`, against PyTorch's `reduction="none"` losses
 /// weighted and reduced by hand): MSE with packed lengths and a weight of 0, weighted and
 /// smoothed many-to-one cross-entropy, Huber summed in f32, ignored labels.

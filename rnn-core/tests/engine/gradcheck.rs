@@ -40,6 +40,8 @@ struct Case {
     ignore_every: usize,
     /// Cross-entropy's class weights.
     class_weights: Option<ClassWeights>,
+    /// BCE's positive weights per output.
+    pos_weights: Option<ClassWeights>,
     /// Both directions in every layer.
     bidirectional: bool,
     /// Token input through an embedding of this many tokens.
@@ -56,6 +58,7 @@ fn spec(c: &Case) -> LossSpec {
         reduction: c.reduction,
         many_to_one: c.many_to_one,
         class_weights: c.class_weights.clone(),
+        pos_weights: c.pos_weights.clone(),
     }
 }
 
@@ -230,6 +233,7 @@ fn base() -> Case {
         bias: true,
         ignore_every: 0,
         class_weights: None,
+        pos_weights: None,
         bidirectional: false,
         embedding: None,
         sequence_weights: false,
@@ -341,6 +345,28 @@ fn bce_with_logits_matches_finite_differences() {
                 ..base()
             };
             check(&case, 1300 + 10 * k as u64 + p as u64);
+        }
+    }
+}
+
+/// Binary cross-entropy with positive weights per output (PyTorch's `pos_weight`), every
+/// cell, with lengths, both reductions.
+#[test]
+fn weighted_bce_matches_finite_differences() {
+    for (k, cell) in CELLS.into_iter().enumerate() {
+        for reduction in [Reduction::Mean, Reduction::Sum] {
+            let case = Case {
+                cell,
+                kind: LossKind::BceWithLogits,
+                lengths: true,
+                reduction,
+                ..base()
+            };
+            let case = Case {
+                pos_weights: Some(ClassWeights::new(&[0.5, 3.0, 1.0][..case.o]).unwrap()),
+                ..case
+            };
+            check(&case, 1400 + 10 * k as u64 + reduction as u64);
         }
     }
 }

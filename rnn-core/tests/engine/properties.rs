@@ -81,6 +81,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                     reduction: if sum { Reduction::Sum } else { Reduction::Mean },
                     many_to_one: last,
                     class_weights: None,
+                    pos_weights: None,
                 };
                 Setup {
                     cfg,
