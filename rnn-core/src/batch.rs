@@ -202,7 +202,7 @@ impl<'a, T: Float> Batch<'a, T> {
                 what: "batch size B",
             });
         }
-        let (i, l) = (config.input_size, config.passes());
+        let i = config.input_size;
         match (config.num_embeddings, self.tokens) {
             (None, None) => {
                 if self.x.len() != t * b * i {
@@ -250,26 +250,9 @@ impl<'a, T: Float> Batch<'a, T> {
                 config.cell.as_str()
             )));
         }
-        // With projections the state `h` is `P` wide, the cell state `H`.
-        let (h, p) = (config.hidden_size, config.proj_size);
-        for (what, state, width, named) in [
-            (
-                "h0",
-                self.h0,
-                config.state_size(),
-                if p.is_some() { "P" } else { "H" },
-            ),
-            ("c0", self.c0, h, "H"),
-        ] {
+        for (what, state, cell_state) in [("h0", self.h0, false), ("c0", self.c0, true)] {
             if let Some(state) = state {
-                if state.len() != l * b * width {
-                    return Err(shape(
-                        what,
-                        format!("[L·D={l}, B={b}, {named}={width}] = {}", l * b * width),
-                        state.len(),
-                    ));
-                }
-                finite(what, state)?;
+                check_state(what, state, config, b, cell_state)?;
             }
         }
         if let Some(lengths) = self.lengths {
@@ -460,6 +443,33 @@ pub(crate) fn check_weights<T: Float>(
         )));
     }
     Ok(())
+}
+
+/// A state of every layer and direction for `b` sequences (`[L·D, B, S]`: an `h0`, or the
+/// gradient of final states), or with `cell_state` an LSTM cell state (`[L·D, B, H]`), named
+/// `what`: [`RnnError::ShapeMismatch`] for another length, [`RnnError::NonFiniteInput`] for
+/// a NaN or infinity.
+pub(crate) fn check_state<T: Float>(
+    what: &'static str,
+    state: &[T],
+    config: &RnnConfig,
+    b: usize,
+    cell_state: bool,
+) -> Result<()> {
+    // With projections the state `h` is `P` wide, the cell state `H`.
+    let (width, named) = match (cell_state, config.proj_size) {
+        (false, Some(_)) => (config.state_size(), "P"),
+        _ => (config.hidden_size, "H"),
+    };
+    let l = config.passes();
+    if state.len() != l * b * width {
+        return Err(shape(
+            what,
+            format!("[L·D={l}, B={b}, {named}={width}] = {}", l * b * width),
+            state.len(),
+        ));
+    }
+    finite(what, state)
 }
 
 /// [`RnnError::NonFiniteInput`] naming `what` and the first NaN or infinity in `v`.

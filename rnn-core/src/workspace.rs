@@ -143,10 +143,10 @@ pub struct Workspace<T> {
     pub embedded: AlignedVec<T>,
     /// Checkpointed BPTT's saved states and carries (empty unless it is used).
     pub checkpoints: crate::network::Checkpoints<T>,
-    /// `[L, B, S]`: the final states `h_n` of the last pass that ended at them
+    /// `[L·D, B, S]`: the final states `h_n` of the last pass that ended at them
     /// ([`crate::trainer::Trainer::final_states`]; empty before one).
     pub final_h: AlignedVec<T>,
-    /// `[L, B, H]`: its final cell states `c_n` (LSTM; empty otherwise).
+    /// `[L·D, B, H]`: its final cell states `c_n` (LSTM; empty otherwise).
     pub final_c: AlignedVec<T>,
     /// The mark of the forward pass these buffers hold for a backward pass from its final
     /// states to reuse; any other pass clears it.

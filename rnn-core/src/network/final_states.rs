@@ -7,7 +7,7 @@
 use kernels::Float;
 
 use super::{Head, backward, table_grads, with_embedded_pass, with_table_input_grad};
-use crate::batch::{Batch, finite};
+use crate::batch::{Batch, check_state};
 use crate::config::RnnConfig;
 use crate::error::{Result, shape};
 use crate::network::PassOptions;
@@ -22,7 +22,7 @@ use crate::workspace::Workspace;
 /// pass, without the training step's dropout, gives none).
 ///
 /// # Errors
-/// [`check`]'s; nothing is computed then.
+/// [`Batch::validate_own_loss`]'s; nothing is computed then.
 pub(crate) fn forward_final_states<T: Float>(
     (config, layout, params): (&RnnConfig, &Layout, &[T]),
     ws: &mut Workspace<T>,
@@ -30,7 +30,8 @@ pub(crate) fn forward_final_states<T: Float>(
     opts: PassOptions,
     fingerprint: Option<u32>,
 ) -> Result<()> {
-    check(config, batch)?;
+    // No targets or sequence weights: nothing here reads them.
+    batch.validate_own_loss(config)?;
     with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
         p.size_workspace(ws, false);
         super::forward_chunks(&p, ws, Head::Skip);
@@ -55,8 +56,8 @@ pub(crate) fn forward_final_states<T: Float>(
 /// again (the same masks, the same states).
 ///
 /// # Errors
-/// [`check`]'s; [`RnnError::ShapeMismatch`] for a `dh_n` or `dc_n` of another length,
-/// [`RnnError::NonFiniteInput`] for a NaN or infinity in them. Nothing is computed then.
+/// [`Batch::validate_own_loss`]'s; [`crate::RnnError::ShapeMismatch`] for a `dh_n` or `dc_n` of another length,
+/// [`crate::RnnError::NonFiniteInput`] for a NaN or infinity in them. Nothing is computed then.
 pub(crate) fn backward_from_final_states<T: Float>(
     (config, layout, params): (&RnnConfig, &Layout, &[T]),
     grads: &mut [T],
@@ -68,26 +69,14 @@ pub(crate) fn backward_from_final_states<T: Float>(
 ) -> Result<()> {
     assert_eq!(params.len(), layout.len, "params length");
     assert_eq!(grads.len(), layout.len, "grads length");
-    check(config, batch)?;
-    let (l, b) = (config.passes(), batch.batch);
-    let (s, h) = (config.state_size(), config.hidden_size);
-    let c_len = if config.cell.has_cell_state() {
-        l * b * h
-    } else {
-        0
-    };
-    if dh_n.len() != l * b * s {
-        return Err(shape("dh_n", format!("[L·D={l}, B={b}, {s}]"), dh_n.len()));
+    // No targets or sequence weights: nothing here reads them.
+    batch.validate_own_loss(config)?;
+    check_state("dh_n", dh_n, config, batch.batch, false)?;
+    if config.cell.has_cell_state() {
+        check_state("dc_n", dc_n, config, batch.batch, true)?;
+    } else if !dc_n.is_empty() {
+        return Err(shape("dc_n", "[] (the cell has no cell state)", dc_n.len()));
     }
-    if dc_n.len() != c_len {
-        return Err(shape(
-            "dc_n",
-            format!("{c_len} values ([L·D, B, H], LSTM)"),
-            dc_n.len(),
-        ));
-    }
-    finite("dh_n", dh_n)?;
-    finite("dc_n", dc_n)?;
     let kept = ws.kept_forward == Some(fingerprint);
     let opts = with_table_input_grad(batch, opts);
     with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
@@ -100,13 +89,4 @@ pub(crate) fn backward_from_final_states<T: Float>(
     ws.kept_forward = None;
     table_grads(config, layout, grads, ws, batch, opts);
     Ok(())
-}
-
-/// A batch for a pass ending at the final states: its inputs checked as for a loss of one's
-/// own (no targets or sequence weights: nothing here reads them).
-///
-/// # Errors
-/// [`Batch::validate_own_loss`]'s.
-fn check<T: Float>(config: &RnnConfig, batch: &Batch<T>) -> Result<()> {
-    batch.validate_own_loss(config)
 }
