@@ -887,13 +887,7 @@ impl<T: Float> Trainer<T> {
             ..self.loss.clone()
         };
         let loss = self.grads_of(batch, &sum, micro)?;
-        if !loss.is_finite() {
-            self.accumulated.clear();
-            return Err(RnnError::NonFinite {
-                what: format!("loss ({}) of micro-batch {micro}", loss.f64()),
-                step: self.optimizer.steps,
-            });
-        }
+        self.refuse_non_finite(loss, micro)?;
         let divisor = network::mean_divisor(&self.config, batch, &self.loss);
         self.accumulated.add(loss, &self.grads, divisor, false);
         Ok(match self.loss.reduction {
@@ -1083,15 +1077,22 @@ impl<T: Float> Trainer<T> {
         self.accumulated.admits(true)?;
         let micro = self.accumulated.micro_batches();
         let value = self.own_grads_of(batch, loss, micro)?;
-        if !value.is_finite() {
-            self.accumulated.clear();
-            return Err(RnnError::NonFinite {
-                what: format!("loss ({}) of micro-batch {micro}", value.f64()),
-                step: self.optimizer.steps,
-            });
-        }
+        self.refuse_non_finite(value, micro)?;
         self.accumulated.add(value, &self.grads, 1.0, true);
         Ok(value)
+    }
+
+    /// A micro-batch whose loss is NaN or infinite rejects the whole update it was to join:
+    /// every waiting micro-batch is dropped, and [`RnnError::NonFinite`] names it.
+    fn refuse_non_finite(&mut self, loss: T, micro: u64) -> Result<()> {
+        if loss.is_finite() {
+            return Ok(());
+        }
+        self.accumulated.clear();
+        Err(RnnError::NonFinite {
+            what: format!("loss ({}) of micro-batch {micro}", loss.f64()),
+            step: self.optimizer.steps,
+        })
     }
 
     /// The loss of your own of `batch` and its gradients into `self.grads`, dropping as

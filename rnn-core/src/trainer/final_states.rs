@@ -16,10 +16,9 @@ impl<T: Float> Trainer<T> {
     /// The final states of a training forward pass over `batch`: `h_n` (`[L·D, B, S]`, each
     /// sequence's state after its own last step, a reverse direction's after its first; `S`
     /// is `P` with projections) and `c_n` (`[L·D, B, H]`, LSTM; empty otherwise), PyTorch's
-    /// `_, (h_n, c_n) = encoder(x)`. The
-    /// head is not run. Pass them on (a decoder's [`Batch::h0`] and [`Batch::c0`], a head of
-    /// your own), then hand their gradients back with
-    /// [`Trainer::grads_from_final_states`] on the same batch, and [`Trainer::update`].
+    /// `_, (h_n, c_n) = encoder(x)`. The head is not run. Pass them on (a decoder's
+    /// [`Batch::h0`] and [`Batch::c0`], a head of your own), then hand their gradients back
+    /// with [`Trainer::grads_from_final_states`] on the same batch, and [`Trainer::update`].
     ///
     /// The pass drops units as the coming update's step does ([`Trainer::with_dropout`]),
     /// and runs whole, whatever [`Trainer::with_memory`] says: its activations stay for the
