@@ -116,13 +116,7 @@ impl EarlyStopping {
     /// the program decides, where Lightning's `check_finite` stops); the state is unchanged
     /// then.
     pub fn observe(&mut self, metric: f64) -> Result<Verdict> {
-        if !metric.is_finite() {
-            return Err(RnnError::NonFiniteInput {
-                what: "early-stopping metric",
-                index: 0,
-                value: metric,
-            });
-        }
+        super::plateau::finite_metric("early-stopping metric", metric)?;
         if super::plateau::improves(self.mode, self.threshold, metric, self.best) {
             self.best = metric;
             self.waited = 0;

@@ -169,13 +169,7 @@ impl Plateau {
     /// [`RnnError::NonFiniteInput`] for a NaN or infinite metric (a diverged validation, which
     /// PyTorch would count as one more bad epoch); the state is unchanged then.
     pub fn observe(&mut self, metric: f64) -> Result<f64> {
-        if !metric.is_finite() {
-            return Err(RnnError::NonFiniteInput {
-                what: "plateau metric",
-                index: 0,
-                value: metric,
-            });
-        }
+        finite_metric("plateau metric", metric)?;
         let improves = improves(self.mode, self.threshold, metric, self.state.best);
         let s = &mut self.state;
         if improves {
@@ -261,5 +255,19 @@ pub(super) fn non_negative(what: &str, v: f64) -> Result<()> {
         Err(RnnError::Config(format!(
             "{what} = {v}: it must be finite and non-negative"
         )))
+    }
+}
+
+/// [`RnnError::NonFiniteInput`] naming `what` for a NaN or infinite metric (a diverged
+/// validation), which no rule that follows a metric can take.
+pub(super) fn finite_metric(what: &'static str, metric: f64) -> Result<()> {
+    if metric.is_finite() {
+        Ok(())
+    } else {
+        Err(RnnError::NonFiniteInput {
+            what,
+            index: 0,
+            value: metric,
+        })
     }
 }
