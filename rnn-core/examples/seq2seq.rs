@@ -27,8 +27,10 @@ use clap::Parser;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::config::Cell;
 use rnn_core::loader::{Loader, pad_batch};
+use rnn_core::padding::Padded;
 use rnn_core::predict::Predictor;
 use rnn_core::prelude::*;
+use rnn_core::sampling::Sampler;
 
 /// Digits, and the decoder's start token.
 const DIGITS: usize = 10;
@@ -108,23 +110,17 @@ impl Models {
     /// One update of both models on the strings `chosen` of `strings`; the decoder's loss.
     fn step(&mut self, strings: &[Vec<usize>], chosen: &[usize]) -> Result<f32> {
         let source = pad_batch(strings, chosen, 1, 0)?;
-        let (t, b) = (source.seq_len, chosen.len());
-        let encoded = Batch::of_tokens(t, b, &source.values, Target::None);
-        let encoded = Batch {
-            lengths: Some(&source.lengths),
-            ..encoded
-        };
+        let encoded = token_batch(&source, Target::None);
         let (h_n, c_n) = self.encoder.final_states(&encoded)?;
         let (h_n, c_n) = (h_n.to_vec(), c_n.to_vec());
         // The decoder reads the start token, then the answer's digits one step late.
         let answers: Vec<Vec<usize>> = chosen.iter().map(|&i| reversed(&strings[i])).collect();
         let inputs: Vec<Vec<usize>> = answers.iter().map(|a| teacher_forced(a)).collect();
-        let all: Vec<usize> = (0..b).collect();
+        let all: Vec<usize> = (0..chosen.len()).collect();
         let inputs = pad_batch(&inputs, &all, 1, START)?;
         let targets = pad_batch(&answers, &all, 1, IGNORED_LABEL)?;
-        let reply = Batch::of_tokens(t, b, &inputs.values, Target::Classes(&targets.values));
+        let reply = token_batch(&inputs, Target::Classes(&targets.values));
         let reply = Batch {
-            lengths: Some(&inputs.lengths),
             h0: Some(&h_n),
             c0: (!c_n.is_empty()).then_some(&c_n[..]),
             ..reply
@@ -143,20 +139,19 @@ impl Models {
         let all: Vec<usize> = (0..strings.len()).collect();
         let source = pad_batch(strings, &all, 1, 0)?;
         let b = strings.len();
-        let encoded = Batch::of_tokens(source.seq_len, b, &source.values, Target::None);
-        let encoded = Batch {
-            lengths: Some(&source.lengths),
-            ..encoded
-        };
-        let (h_n, c_n) = self.encoder.eval_final_states(&encoded)?;
+        let (h_n, c_n) = self
+            .encoder
+            .eval_final_states(&token_batch(&source, Target::None))?;
         let mut predictor = Predictor::new(self.decoder.config, &self.decoder.params[..], b)?;
         predictor.set_state(h_n, c_n)?;
+        // Greedy: each step's most likely digit (the sampler draws nothing from `rng`).
+        let (mut greedy, mut rng) = (Sampler::greedy(), StdRng::seed_from_u64(0));
         let mut previous = vec![START; b];
         let mut written = vec![Vec::new(); b];
         for _ in 0..source.seq_len {
             let logits = predictor.step_tokens(&previous)?;
             for (s, row) in logits.chunks_exact(DIGITS).enumerate() {
-                previous[s] = argmax(row);
+                previous[s] = greedy.sample(row, &mut rng)?;
                 if written[s].len() < strings[s].len() {
                     written[s].push(previous[s]);
                 }
@@ -177,8 +172,13 @@ fn teacher_forced(answer: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len()).fold(0, |best, k| if row[k] > row[best] { k } else { best })
+/// A batch of padded strings of tokens, with their lengths.
+fn token_batch<'a>(padded: &'a Padded<usize>, target: Target<'a, f32>) -> Batch<'a, f32> {
+    let batch = Batch::of_tokens(padded.seq_len, padded.lengths.len(), &padded.values, target);
+    Batch {
+        lengths: Some(&padded.lengths),
+        ..batch
+    }
 }
 
 /// The share of strings reversed without a mistake, and of digits right.
