@@ -6,7 +6,8 @@
 //! layer 0 frozen (`Trainer::freeze`, whose backward pass is then skipped), with layer 1's
 //! input weights frozen (their gradient product skipped), and with only the head training
 //! (a linear probe: the whole backward pass is the head's). `loader` times epochs over
-//! sequences of 16-256 steps through `loader::Loader`, shuffled and bucketed by length:
+//! sequences of 16-256 steps through `loader::Loader`: shuffled (in the loader's order, then
+//! longest first, so each step computes only its running rows) and bucketed by length:
 //! throughput counts the sequences' own steps, not the padding.
 
 use std::hint::black_box;
@@ -106,6 +107,7 @@ fn loader(c: &mut Criterion) {
         .shuffled(0);
     let cases = [
         ("shuffled", shuffled.clone()),
+        ("shuffled_longest_first", shuffled.clone().longest_first()),
         ("bucketed4", shuffled.clone().bucketed(4).expect("a pool")),
         ("bucketed8", shuffled.bucketed(8).expect("a pool")),
     ];

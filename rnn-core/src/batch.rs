@@ -64,6 +64,8 @@ pub struct Batch<'a, T> {
     pub target: Target<'a, T>,
     /// Optional per-sequence lengths in `1..=T` (PyTorch's packed-sequence semantics):
     /// positions at or past a sequence's length score no loss and leave its state unchanged.
+    /// Sequences listed longest first cost each step only the running ones
+    /// ([`Batch::live_rows`]).
     pub lengths: Option<&'a [usize]>,
     /// Optional initial state `[L·D, B, H]`, `2k + d` for layer `k` and direction `d` (zeros,
     /// or the learned state, when `None`).
@@ -183,6 +185,32 @@ impl<'a, T: Float> Batch<'a, T> {
     #[inline]
     pub fn all_active(&self, t: usize) -> bool {
         self.lengths.is_none_or(|l| l.iter().all(|&n| t < n))
+    }
+
+    /// The rows `0..n` of step `t` that hold every sequence still running: `B` without
+    /// lengths, else one past the last running row. Every row from `n` on has finished, so a
+    /// step computes its first `n` rows only and carries the rest. In a batch ordered longest
+    /// first ([`crate::loader::Loader::longest_first`]) `n` is the number of running
+    /// sequences, and a step costs what its running sequences do, as with PyTorch's packed
+    /// sequences.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let x = [0.0f32; 4 * 3];
+    /// let batch = Batch::new(4, 3, &x, Target::Classes(&[0, 0, 0]));
+    /// assert_eq!(batch.live_rows(3), 3);
+    /// let lengths = [4, 2, 1]; // longest first
+    /// let sorted = Batch { lengths: Some(&lengths), ..batch };
+    /// assert_eq!([0, 1, 2, 3].map(|t| sorted.live_rows(t)), [3, 2, 1, 1]);
+    /// let lengths = [1, 4, 2]; // the longest in the middle: its row and those before it
+    /// let unsorted = Batch { lengths: Some(&lengths), ..batch };
+    /// assert_eq!([0, 1, 2, 3].map(|t| unsorted.live_rows(t)), [3, 3, 2, 2]);
+    /// ```
+    #[inline]
+    pub fn live_rows(&self, t: usize) -> usize {
+        self.lengths.map_or(self.batch, |l| {
+            l.iter().rposition(|&n| t < n).map_or(0, |last| last + 1)
+        })
     }
 
     /// Checks what a forward pass reads (the inputs `x`, the initial states, the lengths)

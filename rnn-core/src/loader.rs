@@ -67,6 +67,8 @@ pub struct Loader {
     drop_last: bool,
     /// Batches per pool sorted by length, when bucketed.
     pool: Option<usize>,
+    /// Whether each batch lists its sequences longest first.
+    longest_first: bool,
 }
 
 impl Loader {
@@ -97,6 +99,7 @@ impl Loader {
             seed: None,
             drop_last: false,
             pool: None,
+            longest_first: false,
         })
     }
 
@@ -157,6 +160,40 @@ impl Loader {
         })
     }
 
+    /// Lists each batch's sequences longest first (equal lengths keep their order), which
+    /// changes no batch's members, only their rows. A step then computes, at each time step,
+    /// only the rows of the sequences still running ([`crate::batch::Batch::live_rows`]),
+    /// as PyTorch's `pack_padded_sequence` does with `enforce_sorted=False`: the padding of
+    /// a shuffled epoch costs the step loops nothing. [`Loader::bucketed`] batches are
+    /// longest first already.
+    ///
+    /// Measured (`BENCH_WORKLOADS=loader cargo bench -p bench-suite --bench train_step --
+    /// loader`, one thread, an LSTM of 128 units in batches of 32 sequences of 16-256
+    /// steps): an epoch of shuffled batches, 45 % of whose positions are padding, took
+    /// 383 ms in the loader's order and 269 ms longest first (the all-step products still
+    /// compute the padding); bucketed in pools of 8 batches (9 % padding), 194 ms.
+    ///
+    /// ```
+    /// use rnn_core::loader::Loader;
+    /// let lengths = [5, 3, 8, 2, 6];
+    /// let loader = Loader::new(&lengths, 2)?.longest_first();
+    /// assert_eq!(loader.epoch(0), [vec![0, 1], vec![2, 3], vec![4]]);
+    /// let shuffled = Loader::new(&lengths, 2)?.shuffled(42);
+    /// for (batch, sorted) in shuffled.epoch(1).iter().zip(shuffled.clone().longest_first().epoch(1)) {
+    ///     let mut members = batch.clone();
+    ///     members.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    ///     assert_eq!(members, sorted); // the same sequences, longest first
+    /// }
+    /// # Ok::<(), rnn_core::RnnError>(())
+    /// ```
+    #[must_use]
+    pub fn longest_first(self) -> Self {
+        Self {
+            longest_first: true,
+            ..self
+        }
+    }
+
     /// The number of sequences.
     pub fn sequences(&self) -> usize {
         self.lengths.len()
@@ -199,12 +236,20 @@ impl Loader {
         if let (Some(_), Some(rng)) = (self.pool, &mut rng) {
             batches.shuffle(rng);
         }
+        if self.longest_first {
+            for batch in &mut batches {
+                batch.sort_by_key(|&i| std::cmp::Reverse(self.lengths[i]));
+            }
+        }
         batches
     }
 
-    /// The share of epoch `epoch`'s computed positions that are padding: each batch
-    /// computes `T · B` positions (`T` its longest length, `B` its size) of which its
-    /// lengths' sum are the sequences' own. What [`Loader::bucketed`] brings down.
+    /// The share of epoch `epoch`'s padded positions that are padding: each batch pads to
+    /// `T · B` positions (`T` its longest length, `B` its size) of which its lengths' sum
+    /// are the sequences' own. What [`Loader::bucketed`] brings down. Every position costs
+    /// the all-step products (the input projection, the weight gradients, the output
+    /// head); the step loops skip the padding of a batch ordered longest first
+    /// ([`Loader::longest_first`]).
     pub fn padding_share(&self, epoch: u64) -> f64 {
         let (mut computed, mut own) = (0usize, 0usize);
         for batch in self.epoch(epoch) {

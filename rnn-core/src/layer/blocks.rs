@@ -41,6 +41,7 @@ use kernels::Float;
 use kernels::pair::Pair;
 
 use super::LayerPass;
+use crate::batch::Batch;
 use crate::workspace::UnitBlock;
 
 /// How each step's hidden units are divided between per-step workers.
@@ -387,6 +388,20 @@ fn stack_pieces<P>(mut pieces: impl Iterator<Item = P>) -> [Option<P>; MAX_PIECE
     slots
 }
 
+/// Copies the rows of a step's state `cur` (`[B, width]`) from row `live` on, all of them
+/// finished ([`crate::batch::Batch::live_rows`]), from `prev`, and returns the live rows
+/// that the step computes.
+pub(super) fn carry_past_live<'a, T: Copy>(
+    cur: &'a mut [T],
+    prev: &[T],
+    live: usize,
+    width: usize,
+) -> &'a mut [T] {
+    let (computed, carried) = cur.split_at_mut(live * width);
+    carried.copy_from_slice(&prev[live * width..]);
+    computed
+}
+
 /// A row-major `[rows, cols]` view of `buf`.
 pub(super) fn view<T>(buf: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
     MatMut::from_row_major_slice_mut(buf, rows, cols)
@@ -538,13 +553,27 @@ fn on_each_block<T: Float>(
 }
 
 /// Backward product of a block: `dh_prev[:, units] += dZ · W_hh[:, units]`, with `dz` the
-/// whole step's `[B, G·H]` gradient.
+/// step's `[n, G·H]` gradient on its first `n` rows ([`live_grads`]), which it adds to.
 pub(super) fn backward_product<T: Float>(
     dh_prev: MatMut<'_, T>,
     dz: MatRef<'_, T>,
     block: &UnitBlock<T>,
 ) {
+    let dh_prev = dh_prev.subrows_mut(0, dz.nrows());
     block.backward.product(dh_prev, Accum::Add, dz);
+}
+
+/// The live rows ([`crate::batch::Batch::live_rows`]) of step `t`'s `[B, width]` gradient,
+/// `grads` starting at the step: the rows past them are zero, and a product over them
+/// would add nothing.
+pub(super) fn live_grads<'a, T: Float>(
+    batch: &Batch<'_, T>,
+    t: usize,
+    grads: &'a [T],
+    width: usize,
+) -> MatRef<'a, T> {
+    let live = batch.live_rows(t);
+    MatRef::from_row_major_slice(&grads[..live * width], live, width)
 }
 
 /// `Σ x²` over a view's rows: one block's share of `‖dL/dh_t‖²` (telemetry).

@@ -27,8 +27,12 @@ pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>)
         let (zx_t, zh_t) = (&mut buf.z[gates.clone()], &mut buf.zh[gates]);
         let (past, future) = buf.hs.split_at_mut((t + 1) * step);
         let (h_prev, h_t) = (&past[t * step..], &mut future[..step]);
-        p.recurrent(zh_t, Accum::Replace, h_prev, &buf.w_hh_t);
-        gates::gru_forward(zx_t, zh_t, b_ih, b_hh, h_prev, h_t, h);
+        // The rows past the live ones have all finished: carried, not computed.
+        let live = p.batch.live_rows(t);
+        let (n, g) = (live * h, live * gh);
+        let (zx_live, zh_live) = (&mut zx_t[..g], &mut zh_t[..g]);
+        p.recurrent(zh_live, Accum::Replace, &h_prev[..n], &buf.w_hh_t);
+        gates::gru_forward(zx_live, zh_live, b_ih, b_hh, &h_prev[..n], &mut h_t[..n], h);
         p.carry_finished(t, h_t, h_prev);
     }
 }
@@ -63,30 +67,27 @@ fn backward_steps<T: Float>(
         let h_prev = &buf.hs[t * step..(t + 1) * step];
         let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, p.steps.start, step);
         record(&mut out.grad_h_norms, t, dh_t);
-        if p.batch.all_active(t) {
-            gates::gru_backward(dzx_t, dzh_t, h_prev, dh_t, dh_prev, Accum::Add, h);
-        } else {
-            for bb in 0..b {
-                let (r, g) = (bb * h..(bb + 1) * h, bb * gh..(bb + 1) * gh);
-                if p.batch.active(t, bb) {
-                    gates::gru_backward(
-                        &mut dzx_t[g.clone()],
-                        &mut dzh_t[g],
-                        &h_prev[r.clone()],
-                        &dh_t[r.clone()],
-                        &mut dh_prev[r],
-                        Accum::Add,
-                        h,
-                    );
-                } else {
-                    // The state passed through unchanged: so does its gradient.
-                    dzx_t[g.clone()].fill(T::zero());
-                    dzh_t[g].fill(T::zero());
-                    reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
-                }
+        for (rows, active) in blocks::row_runs(b, |r| p.batch.active(t, r)) {
+            let (r, g) = (rows.start * h..rows.end * h, rows.start * gh..rows.end * gh);
+            if active {
+                gates::gru_backward(
+                    &mut dzx_t[g.clone()],
+                    &mut dzh_t[g],
+                    &h_prev[r.clone()],
+                    &dh_t[r.clone()],
+                    &mut dh_prev[r],
+                    Accum::Add,
+                    h,
+                );
+            } else {
+                // The state passed through unchanged: so does its gradient.
+                dzx_t[g.clone()].fill(T::zero());
+                dzh_t[g].fill(T::zero());
+                reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
             }
         }
-        p.recurrent_backward(dh_prev, Accum::Add, dzh_t);
+        let live = p.batch.live_rows(t);
+        p.recurrent_backward(&mut dh_prev[..live * h], Accum::Add, &dzh_t[..live * gh]);
     }
 }
 
@@ -107,14 +108,17 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let biases = p.separate_biases(bias);
     let sharing = Sharing::for_step::<T>(b, h, 3);
     for t in p.steps.clone() {
-        let gates = t * gate_step..(t + 1) * gate_step;
-        let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], b, gh), h);
-        let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut zh[gates], b, gh), h);
+        // The rows past the live ones have all finished: carried, not computed.
+        let live = p.batch.live_rows(t);
+        let gates = t * gate_step..t * gate_step + live * gh;
+        let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates.clone()], live, gh), h);
+        let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut zh[gates], live, gh), h);
         let (past, future) = hs.split_at_mut((t + 1) * step);
         let h_prev = &past[t * step..];
-        let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
+        let h_t = blocks::carry_past_live(&mut future[..step], h_prev, live, h);
+        let [h0, h1] = blocks::split_units(view(h_t, live, h), h);
         let halves = [(u0, both(x0, y0), [h0]), (u1, both(x1, y1), [h1])];
-        blocks::forward_step(p.pair(), b, sharing, halves, |piece| {
+        blocks::forward_step(p.pair(), live, sharing, halves, |piece| {
             forward_piece(Step { p, t }, piece, h_prev, biases);
         });
     }
@@ -176,8 +180,7 @@ fn backward_halves<T: Float>(
         let gates = t * gate_step..(t + 1) * gate_step;
         let [x0, x1] = blocks::split_gates::<T, 3>(view(&mut z[gates], b, gh), h);
         let (done, later) = zh.split_at_mut((t + 1) * gate_step);
-        let dzh_next =
-            (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
+        let dzh_next = (t + 1 < t_len).then(|| blocks::live_grads(p.batch, t + 1, later, gh));
         let [y0, y1] = blocks::split_gates::<T, 3>(view(&mut done[t * gate_step..], b, gh), h);
         let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
         let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);

@@ -37,8 +37,12 @@ pub(super) fn forward<T: Float>(
         let (c_past, c_future) = buf.cs.split_at_mut((t + 1) * step);
         let (h_prev, h_t) = (&h_past[t * step..], &mut h_future[..step]);
         let (c_prev, c_t) = (&c_past[t * step..], &mut c_future[..step]);
-        p.recurrent(z_t, Accum::Add, h_prev, &buf.w_hh_t);
-        gates::lstm_forward(z_t, &buf.bias, c_prev, c_t, h_t, h);
+        // The rows past the live ones have all finished: carried, not computed.
+        let live = p.batch.live_rows(t);
+        let (n, z_live) = (live * h, &mut z_t[..live * gh]);
+        p.recurrent(z_live, Accum::Add, &h_prev[..n], &buf.w_hh_t);
+        let (c_live, h_live) = (&mut c_t[..n], &mut h_t[..n]);
+        gates::lstm_forward(z_live, &buf.bias, &c_prev[..n], c_live, h_live, h);
         p.carry_finished(t, h_t, h_prev);
         p.carry_finished(t, c_t, c_prev);
     }
@@ -89,23 +93,20 @@ fn backward_steps<T: Float>(
         );
         let (dh_t, dh_prev) = this_and_previous(&mut buf.dh, out.dh0, t, p.steps.start, step);
         record(&mut out.grad_h_norms, t, dh_t);
-        if p.batch.all_active(t) {
-            gates::lstm_backward(dz_t, c_prev, c_t, dh_t, &mut buf.dc, h);
-        } else {
-            for bb in 0..b {
-                let (r, g) = (bb * h..(bb + 1) * h, bb * gh..(bb + 1) * gh);
-                if p.batch.active(t, bb) {
-                    let (cp, c, dh) = (&c_prev[r.clone()], &c_t[r.clone()], &dh_t[r.clone()]);
-                    gates::lstm_backward(&mut dz_t[g], cp, c, dh, &mut buf.dc[r], h);
-                } else {
-                    // The state passed through unchanged, and so do both gradients (dc
-                    // stays in the carry).
-                    dz_t[g].fill(T::zero());
-                    reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
-                }
+        for (rows, active) in blocks::row_runs(b, |r| p.batch.active(t, r)) {
+            let (r, g) = (rows.start * h..rows.end * h, rows.start * gh..rows.end * gh);
+            if active {
+                let (cp, c, dh) = (&c_prev[r.clone()], &c_t[r.clone()], &dh_t[r.clone()]);
+                gates::lstm_backward(&mut dz_t[g], cp, c, dh, &mut buf.dc[r], h);
+            } else {
+                // The state passed through unchanged, and so do both gradients (dc stays
+                // in the carry).
+                dz_t[g].fill(T::zero());
+                reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
             }
         }
-        p.recurrent_backward(dh_prev, Accum::Add, dz_t);
+        let live = p.batch.live_rows(t);
+        p.recurrent_backward(&mut dh_prev[..live * h], Accum::Add, &dz_t[..live * gh]);
     }
 }
 
@@ -131,12 +132,15 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
             h: &h_past[t * step..],
             c: &c_past[t * step..],
         };
-        let z_t = view(&mut z[t * gate_step..(t + 1) * gate_step], b, gh);
+        let live = p.batch.live_rows(t);
+        let h_t = blocks::carry_past_live(&mut h_future[..step], prev.h, live, h);
+        let c_t = blocks::carry_past_live(&mut c_future[..step], prev.c, live, h);
+        let z_t = view(&mut z[t * gate_step..t * gate_step + live * gh], live, gh);
         let [z0, z1] = blocks::split_gates::<T, 4>(z_t, h);
-        let [h0, h1] = blocks::split_units(view(&mut h_future[..step], b, h), h);
-        let [c0, c1] = blocks::split_units(view(&mut c_future[..step], b, h), h);
+        let [h0, h1] = blocks::split_units(view(h_t, live, h), h);
+        let [c0, c1] = blocks::split_units(view(c_t, live, h), h);
         let halves = [(u0, z0, [h0, c0]), (u1, z1, [h1, c1])];
-        blocks::forward_step(p.pair(), b, sharing, halves, |piece| {
+        blocks::forward_step(p.pair(), live, sharing, halves, |piece| {
             forward_piece(Step { p, t }, piece, prev, bias);
         });
     }
@@ -195,8 +199,7 @@ fn backward_halves<T: Float>(
     let pair = p.pair();
     for t in p.steps.clone().rev() {
         let (done, later) = z.split_at_mut((t + 1) * gate_step);
-        let dz_next =
-            (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..gate_step], b, gh));
+        let dz_next = (t + 1 < t_len).then(|| blocks::live_grads(p.batch, t + 1, later, gh));
         let [z0, z1] = blocks::split_gates::<T, 4>(view(&mut done[t * gate_step..], b, gh), h);
         let (dh_t, dh_prev) = this_and_previous(dh, out.dh0, t, p.steps.start, step);
         let [d0, d1] = blocks::split_units(view(dh_t, b, h), h);

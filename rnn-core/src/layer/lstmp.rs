@@ -21,7 +21,7 @@ use faer::{Accum, MatMut, Par};
 use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, transpose};
 use kernels::{Float, gates, reduce};
 
-use super::blocks::{row_mut, view};
+use super::blocks::{self, row_mut, view};
 use super::{LayerGrads, LayerPass, record};
 use crate::workspace::LayerBuffers;
 
@@ -52,6 +52,15 @@ fn split_rows<T>(
 ) -> [MatMut<'_, T>; 2] {
     let (lo, hi) = view(&mut buf[..n * b * width], n, b * width).split_at_col_mut(cut * width);
     [lo, hi]
+}
+
+/// How many of the block `rows`' first rows step `t` computes: those before the step's
+/// [`crate::batch::Batch::live_rows`] end.
+fn live_in(p: &LayerPass<'_, impl Float>, t: usize, rows: &Range<usize>) -> usize {
+    p.batch
+        .live_rows(t)
+        .saturating_sub(rows.start)
+        .min(rows.len())
 }
 
 /// One block's rows: the step product and gate pass for its sequences.
@@ -122,7 +131,7 @@ fn forward_rows<T: Float>(p: &LayerPass<'_, T>, mut block: Rows<'_, T>, w: &Step
         return;
     }
     let (_, _, h, gh) = p.dims();
-    let (n, s) = (rows.len(), p.state());
+    let s = p.state();
     for t in p.steps.clone() {
         let z_t = row_mut(&mut block.z, t);
         let (mut h_past, mut h_future) = block.hs.rb_mut().split_at_row_mut(t + 1);
@@ -130,17 +139,21 @@ fn forward_rows<T: Float>(p: &LayerPass<'_, T>, mut block: Rows<'_, T>, w: &Step
         let (h_prev, h_t) = (&*row_mut(&mut h_past, t), row_mut(&mut h_future, 0));
         let (c_prev, c_t) = (&*row_mut(&mut c_past, t), row_mut(&mut c_future, 0));
         let m_t = row_mut(&mut block.ms, t);
-        let (shape, projection) = (GemmShape::new(n, gh, s), GemmShape::new(n, s, h));
+        // The block's rows past the step's live ones have all finished: carried below.
+        let k = live_in(p, t, &rows);
+        let (z_k, h_prev_k, h_k) = (&mut z_t[..k * gh], &h_prev[..k * s], &mut h_t[..k * s]);
+        let (c_prev_k, c_k, m_k) = (&c_prev[..k * h], &mut c_t[..k * h], &mut m_t[..k * h]);
+        let (shape, projection) = (GemmShape::new(k, gh, s), GemmShape::new(k, s, h));
         if p.packs_w_hh() {
-            gemm_nn(z_t, Accum::Add, h_prev, w.w_hh_t, shape, Par::Seq);
+            gemm_nn(z_k, Accum::Add, h_prev_k, w.w_hh_t, shape, Par::Seq);
         } else {
-            gemm_nt(z_t, Accum::Add, h_prev, p.w_hh(), shape, Par::Seq);
+            gemm_nt(z_k, Accum::Add, h_prev_k, p.w_hh(), shape, Par::Seq);
         }
-        gates::lstm_forward(z_t, w.bias, c_prev, c_t, m_t, h);
+        gates::lstm_forward(z_k, w.bias, c_prev_k, c_k, m_k, h);
         if p.packs_w_hh() {
-            gemm_nn(h_t, Accum::Replace, m_t, w.w_hr_t, projection, Par::Seq);
+            gemm_nn(h_k, Accum::Replace, m_k, w.w_hr_t, projection, Par::Seq);
         } else {
-            gemm_nt(h_t, Accum::Replace, m_t, w.w_hr, projection, Par::Seq);
+            gemm_nt(h_k, Accum::Replace, m_k, w.w_hr, projection, Par::Seq);
         }
         // A finished sequence keeps its states, and its `m_t` (zeroed) takes no part in
         // `dW_hr`.
@@ -227,7 +240,7 @@ fn backward_rows<T: Float>(p: &LayerPass<'_, T>, mut block: GradRows<'_, T>, w_h
         return;
     }
     let (_, _, h, gh) = p.dims();
-    let (n, s) = (rows.len(), p.state());
+    let s = p.state();
     for t in p.steps.clone().rev() {
         let dz_t = row_mut(&mut block.z, t);
         let (mut c_past, mut c_future) = block.cs.rb_mut().split_at_row_mut(t + 1);
@@ -239,37 +252,37 @@ fn backward_rows<T: Float>(p: &LayerPass<'_, T>, mut block: GradRows<'_, T>, w_h
         } else {
             &mut *block.dh0
         };
+        // Only the live rows compute; past them every row passes its gradient through.
+        let k = live_in(p, t, &rows);
+        let (dm, dh_k) = (&mut block.dm[..k * h], &dh_t[..k * s]);
         gemm_nn(
-            block.dm,
+            dm,
             Accum::Replace,
-            dh_t,
+            dh_k,
             w_hr,
-            GemmShape::new(n, h, s),
+            GemmShape::new(k, h, s),
             Par::Seq,
         );
-        if rows.clone().all(|r| p.batch.active(t, r)) {
-            gates::lstm_backward(dz_t, c_prev, c_t, block.dm, block.dc, h);
-        } else {
-            for (k, r) in rows.clone().enumerate() {
-                let (u, g) = (k * h..(k + 1) * h, k * gh..(k + 1) * gh);
-                if p.batch.active(t, r) {
-                    let (cp, c, dm) = (&c_prev[u.clone()], &c_t[u.clone()], &block.dm[u.clone()]);
-                    gates::lstm_backward(&mut dz_t[g], cp, c, dm, &mut block.dc[u], h);
-                } else {
-                    // The state passed through unchanged, and so do both gradients (dc
-                    // stays in the carry).
-                    dz_t[g].fill(T::zero());
-                    let st = k * s..(k + 1) * s;
-                    reduce::axpy(&mut dh_prev[st.clone()], T::one(), &dh_t[st]);
-                }
+        for (run, active) in blocks::row_runs(rows.len(), |r| p.batch.active(t, rows.start + r)) {
+            let (u, g) = (run.start * h..run.end * h, run.start * gh..run.end * gh);
+            if active {
+                let (cp, c, dm) = (&c_prev[u.clone()], &c_t[u.clone()], &block.dm[u.clone()]);
+                gates::lstm_backward(&mut dz_t[g], cp, c, dm, &mut block.dc[u], h);
+            } else {
+                // The state passed through unchanged, and so do both gradients (dc stays
+                // in the carry).
+                dz_t[g].fill(T::zero());
+                let st = run.start * s..run.end * s;
+                reduce::axpy(&mut dh_prev[st.clone()], T::one(), &dh_t[st]);
             }
         }
+        let (dh_prev_k, dz_k) = (&mut dh_prev[..k * s], &dz_t[..k * gh]);
         gemm_nn(
-            dh_prev,
+            dh_prev_k,
             Accum::Add,
-            dz_t,
+            dz_k,
             p.w_hh(),
-            GemmShape::new(n, s, gh),
+            GemmShape::new(k, s, gh),
             Par::Seq,
         );
     }

@@ -448,11 +448,13 @@ impl<'a, T: Float> LayerPass<'a, T> {
         product(dst, accum, a, b, s, self.threads.product(s));
     }
 
-    /// `[B, H] → [B, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ`, with `w_hh_t`
-    /// the packed `W_hhᵀ` (whole steps of an unprojected cell; [`lstmp`] runs its own).
+    /// `[n, H] → [n, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ` for its first
+    /// `n` rows (its live ones, [`Batch::live_rows`]), with `w_hh_t` the packed `W_hhᵀ`
+    /// (whole steps of an unprojected cell; [`lstmp`] runs its own).
     fn recurrent(&self, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
-        let (_, b, hd, gh) = self.dims();
-        let s = GemmShape::new(b, gh, hd);
+        let (_, _, hd, gh) = self.dims();
+        debug_assert_eq!(dst.len() / gh, h.len() / hd);
+        let s = GemmShape::new(h.len() / hd, gh, hd);
         if self.packs_w_hh() {
             gemm_nn(dst, accum, h, w_hh_t, s, Par::Seq);
         } else {
@@ -465,17 +467,13 @@ impl<'a, T: Float> LayerPass<'a, T> {
         packs_w_hh(self.batch.seq_len)
     }
 
-    /// `[B, G·H] → [B, H]`: one step's `dh_prev (+)= dZ W_hh`.
+    /// `[n, G·H] → [n, H]`: one step's `dh_prev (+)= dZ W_hh` for its first `n` rows (the
+    /// live ones: past them `dZ` is zero).
     fn recurrent_backward(&self, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
-        let (_, b, hd, gh) = self.dims();
-        gemm_nn(
-            dh_prev,
-            accum,
-            dz,
-            self.w_hh(),
-            GemmShape::new(b, hd, gh),
-            Par::Seq,
-        );
+        let (_, _, hd, gh) = self.dims();
+        debug_assert_eq!(dh_prev.len() / hd, dz.len() / gh);
+        let s = GemmShape::new(dz.len() / gh, hd, gh);
+        gemm_nn(dh_prev, accum, dz, self.w_hh(), s, Par::Seq);
     }
 
     /// Copies the rows of sequences finished by step `t` from `prev` into `cur` (`[B, H]`):

@@ -10,7 +10,10 @@ use crate::config::Nonlinearity;
 use crate::workspace::{LayerBuffers, UnitBlock};
 
 /// `Z = X W_ihᵀ` for the chunk's rows (one GEMM), then per step `Z_t += h_{t-1} W_hhᵀ`
-/// and `h_t = act(Z_t + b_ih + b_hh)`.
+/// and `h_t = act(Z_t + b_ih + b_hh)` on the step's live rows ([`Batch::live_rows`]; the
+/// rows past them, all finished, are carried).
+///
+/// [`Batch::live_rows`]: crate::batch::Batch::live_rows
 pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (_, b, h, _) = p.dims();
     let step = b * h;
@@ -26,10 +29,12 @@ pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>)
         let (past, future) = buf.hs.split_at_mut((t + 1) * step);
         let h_prev = &past[t * step..];
         let h_t = &mut future[..step];
-        p.recurrent(z_t, Accum::Add, h_prev, &buf.w_hh_t);
+        let live = p.batch.live_rows(t) * h;
+        let (z_live, h_live) = (&mut z_t[..live], &mut h_t[..live]);
+        p.recurrent(z_live, Accum::Add, &h_prev[..live], &buf.w_hh_t);
         match p.config.nonlinearity {
-            Nonlinearity::Tanh => activation::bias_tanh(h_t, z_t, &buf.bias),
-            Nonlinearity::Relu => activation::bias_relu(h_t, z_t, &buf.bias),
+            Nonlinearity::Tanh => activation::bias_tanh(h_live, z_live, &buf.bias),
+            Nonlinearity::Relu => activation::bias_relu(h_live, z_live, &buf.bias),
         }
         p.carry_finished(t, h_t, h_prev);
     }
@@ -68,15 +73,18 @@ fn backward_steps<T: Float>(
             let rows = bb * h..(bb + 1) * h;
             reduce::axpy(&mut dh_prev[rows.clone()], T::one(), &dz_t[rows]);
         }
+        let live = p.batch.live_rows(t) * h;
+        let (dz_live, h_live) = (&mut dz_t[..live], &h_t[..live]);
         match p.config.nonlinearity {
-            Nonlinearity::Tanh => activation::tanh_backward_in_place(dz_t, h_t),
-            Nonlinearity::Relu => activation::relu_backward_in_place(dz_t, h_t),
+            Nonlinearity::Tanh => activation::tanh_backward_in_place(dz_live, h_live),
+            Nonlinearity::Relu => activation::relu_backward_in_place(dz_live, h_live),
         }
         for bb in p.batch.finished(t) {
             dz_t[bb * h..(bb + 1) * h].fill(T::zero());
         }
-        // dh_{t-1} += dZ_t W_hh, into G_{t-1} (or dh0, zeroed by the caller, at t = 0).
-        p.recurrent_backward(dh_prev, Accum::Add, dz_t);
+        // dh_{t-1} += dZ_t W_hh, into G_{t-1} (or dh0, zeroed by the caller, at t = 0); the
+        // rows past the live ones have a zero dZ_t.
+        p.recurrent_backward(&mut dh_prev[..live], Accum::Add, &dz_t[..live]);
     }
 }
 
@@ -97,12 +105,15 @@ fn forward_halves<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     } = buf;
     let [u0, u1] = blocks::two(unit_blocks);
     for t in p.steps.clone() {
+        let live = p.batch.live_rows(t);
         let (past, future) = hs.split_at_mut((t + 1) * step);
         let h_prev = &past[t * step..];
-        let [z0, z1] = blocks::split_gates::<T, 1>(view(&mut z[t * step..(t + 1) * step], b, h), h);
-        let [h0, h1] = blocks::split_units(view(&mut future[..step], b, h), h);
+        let h_t = blocks::carry_past_live(&mut future[..step], h_prev, live, h);
+        let z_t = &mut z[t * step..t * step + live * h];
+        let [z0, z1] = blocks::split_gates::<T, 1>(view(z_t, live, h), h);
+        let [h0, h1] = blocks::split_units(view(h_t, live, h), h);
         let halves = [(u0, z0, [h0]), (u1, z1, [h1])];
-        blocks::forward_step(p.pair(), b, Sharing::Blocks, halves, |piece| {
+        blocks::forward_step(p.pair(), live, Sharing::Blocks, halves, |piece| {
             forward_piece(Step { p, t }, piece, h_prev, bias);
         });
     }
@@ -150,7 +161,7 @@ fn backward_halves<T: Float>(
     let pair = p.pair();
     for t in p.steps.clone().rev() {
         let (done, later) = z.split_at_mut((t + 1) * step);
-        let dz_next = (t + 1 < t_len).then(|| MatRef::from_row_major_slice(&later[..step], b, h));
+        let dz_next = (t + 1 < t_len).then(|| blocks::live_grads(p.batch, t + 1, later, h));
         let (cur, prev) = this_and_previous(done, out.dh0, t, p.steps.start, step);
         let h_t = &hs[(t + 1) * step..(t + 2) * step];
         let [g0, g1] = blocks::split_units(view(cur, b, h), h);
@@ -182,7 +193,7 @@ fn backward_block<T: Float>(
     squares: Option<&mut T>,
 ) {
     let Step { p, t } = step;
-    let (_, b, h, _) = p.dims();
+    let (_, _, h, _) = p.dims();
     let units = &block.units;
     if let Some(dz) = dz_next {
         blocks::backward_product(g_t.rb_mut(), dz, block);
@@ -193,7 +204,7 @@ fn backward_block<T: Float>(
     for bb in p.batch.finished(t) {
         reduce::axpy(row_mut(&mut g_prev, bb), T::one(), row_mut(&mut g_t, bb));
     }
-    for r in 0..b {
+    for r in 0..p.batch.live_rows(t) {
         let h_r = &h_t[r * h + units.start..r * h + units.end];
         match p.config.nonlinearity {
             Nonlinearity::Tanh => activation::tanh_backward_in_place(row_mut(&mut g_t, r), h_r),

@@ -17,6 +17,9 @@ struct Setup {
     batch_size: usize,
     drop_last: bool,
     pool: Option<usize>,
+    longest_first: bool,
+    /// The loader without `longest_first`.
+    in_order: Loader,
     epoch: u64,
 }
 
@@ -27,28 +30,37 @@ fn loader_setup() -> impl Strategy<Value = Setup> {
         prop::option::of(any::<u64>()),
         any::<bool>(),
         prop::option::of(1usize..5),
+        any::<bool>(),
         0u64..1000,
     )
-        .prop_map(|(lengths, batch_size, seed, drop_last, pool, epoch)| {
-            let mut loader = Loader::new(&lengths, batch_size).unwrap();
-            if let Some(seed) = seed {
-                loader = loader.shuffled(seed);
-            }
-            if drop_last {
-                loader = loader.drop_last();
-            }
-            if let Some(pool) = pool {
-                loader = loader.bucketed(pool).unwrap();
-            }
-            Setup {
-                loader,
-                lengths,
-                batch_size,
-                drop_last,
-                pool,
-                epoch,
-            }
-        })
+        .prop_map(
+            |(lengths, batch_size, seed, drop_last, pool, longest_first, epoch)| {
+                let mut loader = Loader::new(&lengths, batch_size).unwrap();
+                if let Some(seed) = seed {
+                    loader = loader.shuffled(seed);
+                }
+                if drop_last {
+                    loader = loader.drop_last();
+                }
+                if let Some(pool) = pool {
+                    loader = loader.bucketed(pool).unwrap();
+                }
+                let in_order = loader.clone();
+                if longest_first {
+                    loader = loader.longest_first();
+                }
+                Setup {
+                    loader,
+                    lengths,
+                    batch_size,
+                    drop_last,
+                    pool,
+                    longest_first,
+                    in_order,
+                    epoch,
+                }
+            },
+        )
 }
 
 proptest! {
@@ -58,9 +70,10 @@ proptest! {
     /// sequence in at most one batch and all but fewer than `batch_size` in one, as many
     /// batches as `batches_per_epoch` says, bucketed batches longest first, the same
     /// batches when asked again, and a padding share that counts `pad_batch`'s positions.
+    /// `longest_first` reorders each batch and changes nothing else.
     #[test]
     fn epochs_partition_the_sequences(s in loader_setup()) {
-        let Setup { loader, lengths, batch_size, drop_last, pool, epoch } = s;
+        let Setup { loader, lengths, batch_size, drop_last, pool, longest_first, in_order, epoch } = s;
         let batches = loader.epoch(epoch);
         prop_assert_eq!(batches.len(), loader.batches_per_epoch());
         prop_assert_eq!(&batches, &loader.clone().epoch(epoch));
@@ -81,11 +94,18 @@ proptest! {
             let padded = pad_batch(&sequences, batch, 1, 0).unwrap();
             computed += padded.values.len();
             own += padded.values.iter().filter(|&&v| v == 1).count();
-            if pool.is_some() {
+            if pool.is_some() || longest_first {
                 let lens: Vec<usize> = batch.iter().map(|&i| lengths[i]).collect();
-                prop_assert!(lens.windows(2).all(|w| w[0] >= w[1]), "bucketed {:?}", lens);
+                prop_assert!(lens.windows(2).all(|w| w[0] >= w[1]), "not sorted {:?}", lens);
             }
         }
+        let mut sorted = in_order.epoch(epoch);
+        if longest_first {
+            for batch in &mut sorted {
+                batch.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+            }
+        }
+        prop_assert_eq!(&batches, &sorted);
         // (No batch at all: fewer sequences than a batch, the last one dropped.)
         let want = if computed == 0 { 0.0 } else { (computed - own) as f64 / computed as f64 };
         prop_assert_eq!(loader.padding_share(epoch), want);

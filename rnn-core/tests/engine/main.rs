@@ -20,6 +20,7 @@ mod frozen;
 mod golden;
 mod gradcheck;
 mod input_grads;
+mod live_rows;
 mod loader;
 mod own_loss;
 mod predict;
