@@ -448,13 +448,14 @@ impl<'a, T: Float> LayerPass<'a, T> {
         product(dst, accum, a, b, s, self.threads.product(s));
     }
 
-    /// `[n, H] → [n, G·H]`: one step's recurrent product `dst (+)= h W_hhᵀ` for its first
-    /// `n` rows (its live ones, [`Batch::live_rows`]), with `w_hh_t` the packed `W_hhᵀ`
-    /// (whole steps of an unprojected cell; [`lstmp`] runs its own).
-    fn recurrent(&self, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
+    /// `[B, H] → [B, G·H]`: step `t`'s recurrent product `dst (+)= h W_hhᵀ` on its live
+    /// rows ([`Batch::live_rows`]; the others are left as they are), with `w_hh_t` the
+    /// packed `W_hhᵀ` (whole steps of an unprojected cell; [`lstmp`] runs its own).
+    fn recurrent(&self, t: usize, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
         let (_, _, hd, gh) = self.dims();
-        debug_assert_eq!(dst.len() / gh, h.len() / hd);
-        let s = GemmShape::new(h.len() / hd, gh, hd);
+        let live = self.batch.live_rows(t);
+        let (dst, h) = (&mut dst[..live * gh], &h[..live * hd]);
+        let s = GemmShape::new(live, gh, hd);
         if self.packs_w_hh() {
             gemm_nn(dst, accum, h, w_hh_t, s, Par::Seq);
         } else {
@@ -467,12 +468,13 @@ impl<'a, T: Float> LayerPass<'a, T> {
         packs_w_hh(self.batch.seq_len)
     }
 
-    /// `[n, G·H] → [n, H]`: one step's `dh_prev (+)= dZ W_hh` for its first `n` rows (the
-    /// live ones: past them `dZ` is zero).
-    fn recurrent_backward(&self, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
+    /// `[B, G·H] → [B, H]`: step `t`'s `dh_prev (+)= dZ W_hh` on its live rows (past them
+    /// `dZ` is zero).
+    fn recurrent_backward(&self, t: usize, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
         let (_, _, hd, gh) = self.dims();
-        debug_assert_eq!(dh_prev.len() / hd, dz.len() / gh);
-        let s = GemmShape::new(dz.len() / gh, hd, gh);
+        let live = self.batch.live_rows(t);
+        let (dh_prev, dz) = (&mut dh_prev[..live * hd], &dz[..live * gh]);
+        let s = GemmShape::new(live, hd, gh);
         gemm_nn(dh_prev, accum, dz, self.w_hh(), s, Par::Seq);
     }
 

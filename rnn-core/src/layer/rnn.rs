@@ -30,8 +30,8 @@ pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>)
         let h_prev = &past[t * step..];
         let h_t = &mut future[..step];
         let live = p.batch.live_rows(t) * h;
+        p.recurrent(t, z_t, Accum::Add, h_prev, &buf.w_hh_t);
         let (z_live, h_live) = (&mut z_t[..live], &mut h_t[..live]);
-        p.recurrent(z_live, Accum::Add, &h_prev[..live], &buf.w_hh_t);
         match p.config.nonlinearity {
             Nonlinearity::Tanh => activation::bias_tanh(h_live, z_live, &buf.bias),
             Nonlinearity::Relu => activation::bias_relu(h_live, z_live, &buf.bias),
@@ -84,7 +84,7 @@ fn backward_steps<T: Float>(
         }
         // dh_{t-1} += dZ_t W_hh, into G_{t-1} (or dh0, zeroed by the caller, at t = 0); the
         // rows past the live ones have a zero dZ_t.
-        p.recurrent_backward(&mut dh_prev[..live], Accum::Add, &dz_t[..live]);
+        p.recurrent_backward(t, dh_prev, Accum::Add, dz_t);
     }
 }
 
