@@ -6,8 +6,8 @@
 //! layer 0 frozen (`Trainer::freeze`, whose backward pass is then skipped), with layer 1's
 //! input weights frozen (their gradient product skipped), and with only the head training
 //! (a linear probe: the whole backward pass is the head's). `loader` times epochs over
-//! sequences of 16-256 steps through `loader::Loader`: shuffled (in the loader's order, then
-//! longest first, so each step computes only its running rows) and bucketed by length:
+//! sequences of 16-256 steps through `loader::Loader`: shuffled (in the loader's order, which
+//! the trainer copies longest first, then listed so by the loader) and bucketed by length:
 //! throughput counts the sequences' own steps, not the padding.
 
 use std::hint::black_box;

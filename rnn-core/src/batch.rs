@@ -65,7 +65,8 @@ pub struct Batch<'a, T> {
     /// Optional per-sequence lengths in `1..=T` (PyTorch's packed-sequence semantics):
     /// positions at or past a sequence's length score no loss and leave its state unchanged.
     /// Sequences listed longest first cost each step only the running ones
-    /// ([`Batch::live_rows`]).
+    /// ([`Batch::live_rows`]); a trainer's training passes and its `evaluate` run a batch in
+    /// any other order longest first, on a copy (PyTorch's `enforce_sorted=False`).
     pub lengths: Option<&'a [usize]>,
     /// Optional initial state `[L·D, B, H]`, `2k + d` for layer `k` and direction `d` (zeros,
     /// or the learned state, when `None`).
@@ -190,9 +191,10 @@ impl<'a, T: Float> Batch<'a, T> {
     /// The rows `0..n` of step `t` that hold every sequence still running: `B` without
     /// lengths, else one past the last running row. Every row from `n` on has finished, so a
     /// step computes its first `n` rows only and carries the rest. In a batch ordered longest
-    /// first ([`crate::loader::Loader::longest_first`]) `n` is the number of running
-    /// sequences, and a step costs what its running sequences do, as with PyTorch's packed
-    /// sequences.
+    /// first `n` is the number of running sequences, and a step costs what its running
+    /// sequences do, as with PyTorch's packed sequences: a trainer's training passes copy a
+    /// batch in any other order so ([`crate::trainer::Trainer::loss_and_grads`]), and
+    /// [`crate::loader::Loader::longest_first`] lists batches so.
     ///
     /// ```
     /// use rnn_core::prelude::*;

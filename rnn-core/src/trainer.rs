@@ -21,7 +21,10 @@ use crate::schedule::LrSchedule;
 use crate::workspace::Workspace;
 
 mod final_states;
+mod longest_first;
 mod rules;
+
+use longest_first::Reordered;
 
 /// How much of the forward pass a training step keeps for its backward pass. A
 /// bidirectional model keeps everything: its steps run as whole sequences, and a step with a
@@ -227,6 +230,8 @@ pub struct Trainer<T: Float> {
     /// [`Trainer::set_lr_scale`], [`Trainer::set_weight_decay`]): sorted, none that changes
     /// nothing.
     rules: Vec<TensorRule>,
+    /// A batch copied longest first for a training pass ([`longest_first`]).
+    reordered: Reordered<T>,
 }
 
 /// The cores this process may use (1 if unknown).
@@ -303,6 +308,7 @@ impl<T: Float> Trainer<T> {
             pool: None,
             accumulated: Accumulator::default(),
             rules: Vec::new(),
+            reordered: Reordered::default(),
         })
     }
 
@@ -735,13 +741,16 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn evaluate(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
-        let segment = self.segment_for(batch, Kept::default());
-        self.in_step_threads(batch, |tr, par| {
-            let exec = tr.exec(par);
-            let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
-            network::loss(
-                config, layout, &tr.params, ws, batch, &tr.loss, exec, segment,
-            )
+        let spec = self.loss.clone();
+        self.longest_first(batch, &spec, false, |tr, batch| {
+            let segment = tr.segment_for(batch, Kept::default());
+            tr.in_step_threads(batch, |tr, par| {
+                let exec = tr.exec(par);
+                let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
+                network::loss(
+                    config, layout, &tr.params, ws, batch, &tr.loss, exec, segment,
+                )
+            })
         })
     }
 
@@ -1141,6 +1150,14 @@ impl<T: Float> Trainer<T> {
     /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as
     /// micro-batch `micro` of the coming update.
     fn grads_of(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
+        let input_grads = self.input_grad;
+        self.longest_first(batch, spec, input_grads, |tr, batch| {
+            tr.grads_in_order(batch, spec, micro)
+        })
+    }
+
+    /// [`Trainer::grads_of`] with the batch's sequences in the order given.
+    fn grads_in_order(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
         let segment = self.training_segment(batch, false);
         self.in_step_threads(batch, |tr, par| {
             let opts = tr.pass_options(par, micro);

@@ -1,104 +1,121 @@
 //! A step computes only its live rows (`Batch::live_rows`): the rows past the last running
 //! sequence are carried, not computed, forward and backward. The same sequences ordered
 //! longest first (each step then skips its finished rows) and longest last (nothing to skip)
-//! must give the same loss, outputs, parameter gradients and input gradients, row for row,
-//! for every cell and every way a step runs: whole or in unit halves, one or two threads,
-//! pulled pieces, row blocks of a projected LSTM, stacked and bidirectional layers, time
-//! chunks, and checkpointed segments (whose later segments see sequences that ended in an
-//! earlier one as length 0, so even a segment's first step skips rows).
+//! must give the engine the same loss, outputs, parameter gradients, input gradients and
+//! final states, row for row, for every cell and every way a step runs: whole or in unit
+//! halves, one or two threads, pulled pieces, row blocks of a projected LSTM, stacked and
+//! bidirectional layers, time chunks, and checkpointed segments (whose later segments see
+//! sequences that ended in an earlier one as length 0, so even a segment's first step skips
+//! rows). The trainer runs a batch in any order longest first and reports per sequence in
+//! the batch's order.
 
+use std::num::NonZeroUsize;
+
+use faer::Par;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::Batch;
 use rnn_core::config::{Cell, Nonlinearity};
-use rnn_core::network::TimeChunks;
+use rnn_core::network::{PassOptions, TimeChunks, forward_backward_checkpointed};
 use rnn_core::prelude::*;
+use rnn_core::workspace::Workspace;
 
 use crate::common::Data;
 
-/// One configuration of the model and its trainer.
+/// One configuration of the model and of how its steps run.
+#[derive(Clone, Copy)]
 struct Case {
     name: &'static str,
     cfg: RnnConfig,
     /// `T`, `B`.
     t: usize,
     b: usize,
-    setup: fn(Trainer<f64>) -> Trainer<f64>,
+    split: UnitSplit,
+    threads: usize,
+    chunks: TimeChunks,
+    /// Checkpointed segments of this many steps.
+    segment: Option<usize>,
 }
 
 fn cases() -> Vec<Case> {
-    let halves = |tr: Trainer<f64>| tr.with_unit_split(UnitSplit::Halves);
-    let halves_two = |tr: Trainer<f64>| tr.with_unit_split(UnitSplit::Halves).with_threads(2);
-    let whole_two = |tr: Trainer<f64>| tr.with_unit_split(UnitSplit::Whole).with_threads(2);
-    let segments = |tr: Trainer<f64>| {
-        (tr.with_unit_split(UnitSplit::Halves).with_threads(2))
-            .with_memory(Memory::Checkpointed { segment: 3 })
-    };
-    let whole_segments = |tr: Trainer<f64>| {
-        (tr.with_unit_split(UnitSplit::Whole)).with_memory(Memory::Checkpointed { segment: 2 })
-    };
-    let chunks = |tr: Trainer<f64>| {
-        let steps = TimeChunks::Steps(std::num::NonZeroUsize::new(3).unwrap());
-        tr.with_unit_split(UnitSplit::Halves)
-            .with_time_chunks(steps)
+    let base = |name, cfg, split, threads| Case {
+        name,
+        cfg,
+        t: 7,
+        b: 6,
+        split,
+        threads,
+        chunks: TimeChunks::Auto,
+        segment: None,
     };
     let mut out = Vec::new();
     for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
         let cfg = RnnConfig::new(3, 9, 4).cell(cell);
-        for (name, setup) in [
-            ("whole", (|tr| tr) as fn(Trainer<f64>) -> Trainer<f64>),
-            ("whole, two threads", whole_two),
-            ("halves", halves),
-            ("halves, two threads", halves_two),
-            ("checkpointed halves", segments),
-            ("checkpointed whole steps", whole_segments),
-            ("time chunks", chunks),
-        ] {
-            out.push(Case {
-                name,
-                cfg,
-                t: 7,
-                b: 6,
-                setup,
-            });
-        }
+        out.push(base("whole", cfg, UnitSplit::Whole, 1));
+        out.push(base("whole, two threads", cfg, UnitSplit::Whole, 2));
+        out.push(base("halves", cfg, UnitSplit::Halves, 1));
+        out.push(base("halves, two threads", cfg, UnitSplit::Halves, 2));
         out.push(Case {
-            name: "two bidirectional layers, two threads",
-            cfg: cfg.layers(2).bidirectional(),
-            t: 7,
-            b: 6,
-            setup: halves_two,
+            segment: Some(3),
+            ..base("checkpointed halves", cfg, UnitSplit::Halves, 2)
         });
+        out.push(Case {
+            segment: Some(2),
+            ..base("checkpointed whole steps", cfg, UnitSplit::Whole, 1)
+        });
+        out.push(Case {
+            chunks: TimeChunks::Steps(NonZeroUsize::new(3).unwrap()),
+            ..base("time chunks", cfg, UnitSplit::Halves, 1)
+        });
+        let stacked = cfg.layers(2).bidirectional();
+        out.push(base(
+            "two bidirectional layers",
+            stacked,
+            UnitSplit::Halves,
+            2,
+        ));
         // 2·B·G·H² past `Sharing::PIECES_MIN_FLOPS`: two threads pull pieces of each step.
         out.push(Case {
-            name: "pieces, two threads",
-            cfg: RnnConfig::new(3, 256, 4).cell(cell),
             t: 3,
             b: 72 / cell.gates(),
-            setup: halves_two,
+            ..base(
+                "pieces",
+                RnnConfig::new(3, 256, 4).cell(cell),
+                UnitSplit::Halves,
+                2,
+            )
         });
     }
     let relu = RnnConfig::new(3, 9, 4).nonlinearity(Nonlinearity::Relu);
-    out.push(Case {
-        name: "relu halves",
-        cfg: relu,
-        t: 7,
-        b: 6,
-        setup: halves_two,
-    });
+    out.push(base("relu halves", relu, UnitSplit::Halves, 2));
     let projected = RnnConfig::lstm(3, 9, 4).projection(5);
-    for (name, setup) in [
-        ("projected", (|tr| tr) as fn(Trainer<f64>) -> Trainer<f64>),
-        ("projected, row blocks on two threads", halves_two),
-    ] {
-        out.push(Case {
-            name,
-            cfg: projected,
-            t: 7,
-            b: 6,
-            setup,
-        });
-    }
+    out.push(base("projected", projected, UnitSplit::Whole, 1));
+    out.push(base(
+        "projected row blocks",
+        projected,
+        UnitSplit::Halves,
+        2,
+    ));
     out
+}
+
+impl Case {
+    fn spec() -> LossSpec {
+        LossSpec::every_step(LossKind::CrossEntropy)
+    }
+
+    fn batch<'a>(&self, data: &'a Data) -> Batch<'a, f64> {
+        data.batch(self.t, self.b, LossKind::CrossEntropy, true, true)
+    }
+
+    fn trainer(&self) -> Trainer<f64> {
+        let tr = Trainer::new(self.cfg, Self::spec(), OptimizerKind::sgd(0.1), 3).unwrap();
+        let tr = (tr.with_unit_split(self.split).with_threads(self.threads))
+            .with_time_chunks(self.chunks);
+        match self.segment {
+            Some(segment) => tr.with_memory(Memory::Checkpointed { segment }),
+            None => tr,
+        }
+    }
 }
 
 /// What a pass gives for one batch: loss, outputs `[T, B, O]`, parameter gradients,
@@ -114,31 +131,52 @@ struct Pass {
     c_n: Vec<f64>,
 }
 
+/// The engine's passes over `data` as it is (the trainer's training passes would run a
+/// batch longest first): loss and gradients straight from `forward_backward_checkpointed`,
+/// outputs and final states from a trainer's passes that keep the batch's order.
 fn pass(case: &Case, data: &Data) -> Pass {
-    let spec = LossSpec::every_step(LossKind::CrossEntropy);
-    let tr = Trainer::new(case.cfg, spec, OptimizerKind::sgd(0.1), 3).unwrap();
-    let mut tr = (case.setup)(tr).with_input_grads();
-    let batch = data.batch(case.t, case.b, LossKind::CrossEntropy, true, true);
-    let loss = tr.loss_and_grads(&batch).unwrap();
-    let (dx, dh0) = (
-        tr.input_grads().to_vec(),
-        tr.initial_state_grads().0.to_vec(),
-    );
-    let grads = tr.grads.to_vec();
+    let mut tr = case.trainer();
+    let batch = case.batch(data);
     let outputs = tr.outputs(&batch).unwrap().to_vec();
     let inputs = Batch {
         target: Target::None,
         ..batch
     };
     let (h_n, c_n) = tr.eval_final_states(&inputs).unwrap();
+    let (h_n, c_n) = (h_n.to_vec(), c_n.to_vec());
+    let opts = PassOptions {
+        par: if case.threads > 1 {
+            Par::rayon(case.threads)
+        } else {
+            Par::Seq
+        },
+        input_grad: true,
+        split: case.split,
+        chunks: case.chunks,
+        ..Default::default()
+    };
+    let (mut grads, mut ws) = (vec![0.0; tr.layout.len], Workspace::new());
+    let model = (&tr.config, &tr.layout, &tr.params[..]);
+    let loss = forward_backward_checkpointed(
+        model.0,
+        model.1,
+        model.2,
+        &mut grads,
+        &mut ws,
+        &batch,
+        &Case::spec(),
+        opts,
+        case.segment.unwrap_or(usize::MAX),
+    )
+    .unwrap();
     Pass {
         loss,
         outputs,
         grads,
-        dx,
-        dh0,
-        h_n: h_n.to_vec(),
-        c_n: c_n.to_vec(),
+        dx: ws.dx.to_vec(),
+        dh0: ws.dh0.to_vec(),
+        h_n,
+        c_n,
     }
 }
 
@@ -209,5 +247,35 @@ fn skipping_finished_rows_changes_nothing() {
                 assert_close("c_n", &case, &c_n, &b.c_n);
             }
         }
+    }
+}
+
+/// The trainer runs a batch with lengths in any order longest first (copying it so), and
+/// hands back what it reports per sequence in the batch's order: its loss, gradients,
+/// `dL/dx`, `dL/dh0` and `evaluate` agree with the engine's pass over the batch as it is,
+/// and a step with input gradients changes the weights exactly as one without.
+#[test]
+fn the_trainer_runs_batches_longest_first() {
+    for case in cases().into_iter().filter(|c| c.t == 7) {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut data = Data::random(&mut rng, &case.cfg, case.t, case.b, false);
+        // Ragged in no order: 3, 7, 1, 7, 5, 2, ...
+        let ragged = [3, 7, 1, 7, 5, 2];
+        data.lengths = (0..case.b).map(|k| ragged[k % ragged.len()]).collect();
+        let want = pass(&case, &data);
+        let batch = case.batch(&data);
+        let mut tr = case.trainer().with_input_grads();
+        let loss = tr.loss_and_grads(&batch).unwrap();
+        assert_close("loss", &case, &[loss], &[want.loss]);
+        assert_close("grads", &case, &tr.grads, &want.grads);
+        assert_close("dL/dx", &case, tr.input_grads(), &want.dx);
+        assert_close("dL/dh0", &case, tr.initial_state_grads().0, &want.dh0);
+        let evaluated = tr.evaluate(&batch).unwrap();
+        assert_close("evaluate", &case, &[evaluated], &[want.loss]);
+        let mut plain = case.trainer();
+        plain.step(&batch).unwrap();
+        tr.step(&batch).unwrap();
+        let bits = |v: &[f64]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&tr.params), bits(&plain.params), "{}", case.name);
     }
 }
