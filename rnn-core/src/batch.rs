@@ -65,8 +65,9 @@ pub struct Batch<'a, T> {
     /// Optional per-sequence lengths in `1..=T` (PyTorch's packed-sequence semantics):
     /// positions at or past a sequence's length score no loss and leave its state unchanged.
     /// Sequences listed longest first cost each step only the running ones
-    /// ([`Batch::live_rows`]); a trainer's training passes and its `evaluate` run a batch in
-    /// any other order longest first, on a copy (PyTorch's `enforce_sorted=False`).
+    /// ([`Batch::live_rows`]); a trainer runs a batch in any other order longest first, on a
+    /// copy, as PyTorch's `enforce_sorted=False` sorts it (what it gives per sequence comes
+    /// back in the batch's order).
     pub lengths: Option<&'a [usize]>,
     /// Optional initial state `[L·D, B, H]`, `2k + d` for layer `k` and direction `d` (zeros,
     /// or the learned state, when `None`).

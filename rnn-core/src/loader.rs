@@ -164,10 +164,10 @@ impl Loader {
     /// changes no batch's members, only their rows. A pass then computes, at each time step,
     /// only the rows of the sequences still running ([`crate::batch::Batch::live_rows`]),
     /// as PyTorch's packed sequences do: the padding of a shuffled epoch costs the step
-    /// loops nothing. A trainer's training passes copy a batch in another order longest
-    /// first themselves; listing it so spares them the copy, and lets the passes that keep
-    /// a batch's order (outputs, per-sequence losses, final states, a loss of one's own)
-    /// skip too. [`Loader::bucketed`] batches are longest first already.
+    /// loops nothing. A trainer copies a batch in another order longest first itself;
+    /// listing it so spares it the copy, and lets the passes that keep a batch's order (the
+    /// final states, a loss of one's own) skip too. [`Loader::bucketed`] batches are
+    /// longest first already.
     ///
     /// Measured (`BENCH_WORKLOADS=loader cargo bench -p bench-suite --bench train_step --
     /// loader`, one thread, an LSTM of 128 units in batches of 32 sequences of 16-256

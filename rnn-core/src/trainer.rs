@@ -24,7 +24,7 @@ mod final_states;
 mod longest_first;
 mod rules;
 
-use longest_first::Reordered;
+use longest_first::{PerSequence, Reordered};
 
 /// How much of the forward pass a training step keeps for its backward pass. A
 /// bidirectional model keeps everything: its steps run as whole sequences, and a step with a
@@ -706,10 +706,14 @@ impl<T: Float> Trainer<T> {
     pub fn outputs(&mut self, batch: &Batch<T>) -> Result<&[T]> {
         let _flush = self.flush_scope();
         let many_to_one = self.loss.many_to_one;
-        self.in_step_threads(batch, |tr, par| {
-            let exec = tr.exec(par);
-            let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
-            network::forward(config, layout, &tr.params, ws, batch, many_to_one, exec)
+        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate_inputs(config);
+        let gives = PerSequence::Outputs { many_to_one };
+        self.longest_first(batch, validate, gives, |tr, batch| {
+            tr.in_step_threads(batch, |tr, par| {
+                let exec = tr.exec(par);
+                let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
+                network::forward(config, layout, &tr.params, ws, batch, many_to_one, exec)
+            })
         })?;
         let rows = if many_to_one { 1 } else { batch.seq_len } * batch.batch;
         Ok(&self.workspace.y[..rows * self.config.output_size])
@@ -742,7 +746,8 @@ impl<T: Float> Trainer<T> {
     pub fn evaluate(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
         let spec = self.loss.clone();
-        self.longest_first(batch, &spec, false, |tr, batch| {
+        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate(config, &spec);
+        self.longest_first(batch, validate, PerSequence::Nothing, |tr, batch| {
             let segment = tr.segment_for(batch, Kept::default());
             tr.in_step_threads(batch, |tr, par| {
                 let exec = tr.exec(par);
@@ -789,10 +794,14 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn sequence_losses(&mut self, batch: &Batch<T>) -> Result<&[T]> {
         let _flush = self.flush_scope();
-        self.in_step_threads(batch, |tr, par| {
-            let exec = tr.exec(par);
-            let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
-            network::sequence_losses(config, layout, &tr.params, ws, batch, &tr.loss, exec)
+        let spec = self.loss.clone();
+        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate(config, &spec);
+        self.longest_first(batch, validate, PerSequence::SequenceLosses, |tr, batch| {
+            tr.in_step_threads(batch, |tr, par| {
+                let exec = tr.exec(par);
+                let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
+                network::sequence_losses(config, layout, &tr.params, ws, batch, &tr.loss, exec)
+            })
         })?;
         Ok(&self.workspace.sequence_losses)
     }
@@ -1150,8 +1159,13 @@ impl<T: Float> Trainer<T> {
     /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as
     /// micro-batch `micro` of the coming update.
     fn grads_of(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
-        let input_grads = self.input_grad;
-        self.longest_first(batch, spec, input_grads, |tr, batch| {
+        let gives = if self.input_grad {
+            PerSequence::InputGrads
+        } else {
+            PerSequence::Nothing
+        };
+        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate(config, spec);
+        self.longest_first(batch, validate, gives, |tr, batch| {
             tr.grads_in_order(batch, spec, micro)
         })
     }

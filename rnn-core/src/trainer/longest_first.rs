@@ -4,10 +4,10 @@
 //! copied longest first into buffers the trainer keeps (grown to the largest batch, then
 //! reused: no allocation from step to step), and the pass runs on the copy.
 //!
-//! The training passes reorder (their input gradients, when asked for, are put back in the
-//! batch's order after the pass), and so does [`Trainer::evaluate`]. The passes that give
-//! something else per sequence ([`Trainer::outputs`], [`Trainer::sequence_losses`], the
-//! final states, a loss of the caller's own) run the batch as it is.
+//! The training passes reorder, and so do [`Trainer::evaluate`], [`Trainer::outputs`] (and
+//! [`Trainer::accuracy`] through it) and [`Trainer::sequence_losses`]; what they give per
+//! sequence (input gradients, outputs, sequence losses) is put back in the batch's order
+//! after the pass. The final states and a loss of the caller's own run the batch as it is.
 //! Reordering changes the results within rounding only (sums over the batch add in another
 //! order), and the same batch always runs the same way, at any thread count.
 
@@ -17,8 +17,22 @@ use kernels::Float;
 
 use super::Trainer;
 use crate::batch::{Batch, Target};
-use crate::config::{LossSpec, RnnConfig};
+use crate::config::RnnConfig;
 use crate::error::Result;
+
+/// What a pass leaves in the workspace per sequence, put back in the batch's order when the
+/// pass ran longest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PerSequence {
+    /// Nothing (a loss, parameter gradients).
+    Nothing,
+    /// The input gradients of a pass that computes them: `dL/dx`, `dL/dh0`, `dL/dc0`.
+    InputGrads,
+    /// The outputs `y`, `[T, B, O]` (`[B, O]` when many-to-one).
+    Outputs { many_to_one: bool },
+    /// Each sequence's loss, `[B]`.
+    SequenceLosses,
+}
 
 /// A batch's buffers copied longest first, kept from step to step.
 #[derive(Clone, Debug, Default)]
@@ -67,13 +81,21 @@ fn room<V>(v: &mut Vec<V>, n: usize) {
 impl<T: Float> Reordered<T> {
     /// Room for a copy of `batch` (with lengths), taken by every such batch, ordered or not:
     /// a trainer then allocates nothing once its largest batch has run, as its workspace.
-    fn reserve(&mut self, batch: &Batch<'_, T>, config: &RnnConfig, input_grads: bool) {
+    fn reserve(&mut self, batch: &Batch<'_, T>, config: &RnnConfig, gives: PerSequence) {
         let b = batch.batch;
-        if input_grads {
-            let dx = batch.seq_len * config.input_size;
-            let states = config.passes() * config.state_size().max(config.hidden_size);
-            room(&mut self.scratch, b * dx.max(states));
-        }
+        let per_sequence = match gives {
+            PerSequence::Nothing => 0,
+            PerSequence::InputGrads => {
+                let dx = batch.seq_len * config.input_size;
+                dx.max(config.passes() * config.state_size().max(config.hidden_size))
+            }
+            PerSequence::Outputs { many_to_one } => {
+                let steps = if many_to_one { 1 } else { batch.seq_len };
+                steps * config.output_size
+            }
+            PerSequence::SequenceLosses => 1,
+        };
+        room(&mut self.scratch, b * per_sequence);
         room(&mut self.order, b);
         room(&mut self.lengths, b);
         room(&mut self.x, batch.x.len());
@@ -156,31 +178,44 @@ impl<T: Float> Reordered<T> {
 
 impl<T: Float> Trainer<T> {
     /// Runs `pass` on `batch` longest first when that saves rows (see the [module
-    /// docs](self)), else on `batch` as it is; `input_grads`: the pass writes the
-    /// workspace's input gradients, which are then put back in the batch's order. A batch
-    /// that fails [`Batch::validate`] against `spec` is refused before anything is copied.
+    /// docs](self)), else on `batch` as it is, and puts what it `gives` per sequence back in
+    /// the batch's order. `validate` checks the batch first (what the pass would check):
+    /// an invalid batch is refused before anything is copied.
     pub(super) fn longest_first<R>(
         &mut self,
         batch: &Batch<'_, T>,
-        spec: &LossSpec,
-        input_grads: bool,
+        validate: impl FnOnce(&Batch<'_, T>, &RnnConfig) -> Result<()>,
+        gives: PerSequence,
         pass: impl FnOnce(&mut Self, &Batch<'_, T>) -> Result<R>,
     ) -> Result<R> {
         if batch.lengths.is_none() {
             return pass(self, batch);
         }
-        self.reordered.reserve(batch, &self.config, input_grads);
+        self.reordered.reserve(batch, &self.config, gives);
         if !saves_rows(batch) {
             return pass(self, batch);
         }
-        batch.validate(&self.config, spec)?;
+        validate(batch, &self.config)?;
         let mut reordered = std::mem::take(&mut self.reordered);
         let result = pass(self, &reordered.fill(batch, &self.config));
-        if input_grads && result.is_ok() {
-            let ws = &mut self.workspace;
-            reordered.restore_order(&mut ws.dx, batch.seq_len);
-            reordered.restore_order(&mut ws.dh0, self.config.passes());
-            reordered.restore_order(&mut ws.dc0, self.config.passes());
+        if result.is_ok() {
+            let (ws, passes) = (&mut self.workspace, self.config.passes());
+            match gives {
+                PerSequence::Nothing => {}
+                PerSequence::InputGrads => {
+                    reordered.restore_order(&mut ws.dx, batch.seq_len);
+                    reordered.restore_order(&mut ws.dh0, passes);
+                    reordered.restore_order(&mut ws.dc0, passes);
+                }
+                PerSequence::Outputs { many_to_one } => {
+                    let steps = if many_to_one { 1 } else { batch.seq_len };
+                    let len = steps * batch.batch * self.config.output_size;
+                    reordered.restore_order(&mut ws.y[..len], steps);
+                }
+                PerSequence::SequenceLosses => {
+                    reordered.restore_order(&mut ws.sequence_losses, 1);
+                }
+            }
         }
         self.reordered = reordered;
         result
@@ -190,7 +225,7 @@ impl<T: Float> Trainer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LossKind, RnnConfig};
+    use crate::config::{LossKind, LossSpec, RnnConfig};
 
     /// Every buffer of a batch comes out with its rows in the order longest first, ties in
     /// their order, each step's block alike; a batch already longest first saves nothing.

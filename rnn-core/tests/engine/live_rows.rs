@@ -15,7 +15,9 @@ use faer::Par;
 use rand::{SeedableRng, rngs::StdRng};
 use rnn_core::batch::Batch;
 use rnn_core::config::{Cell, Nonlinearity};
-use rnn_core::network::{PassOptions, TimeChunks, forward_backward_checkpointed};
+use rnn_core::network::{
+    Exec, PassOptions, TimeChunks, forward, forward_backward_checkpointed, sequence_losses,
+};
 use rnn_core::prelude::*;
 use rnn_core::workspace::Workspace;
 
@@ -129,34 +131,55 @@ struct Pass {
     dh0: Vec<f64>,
     h_n: Vec<f64>,
     c_n: Vec<f64>,
+    /// `[B]`: each sequence's loss.
+    sequence_losses: Vec<f64>,
 }
 
-/// The engine's passes over `data` as it is (the trainer's training passes would run a
-/// batch longest first): loss and gradients straight from `forward_backward_checkpointed`,
-/// outputs and final states from a trainer's passes that keep the batch's order.
+/// The engine's passes over `data` as it is (the trainer's would run a batch longest
+/// first): loss and gradients straight from `forward_backward_checkpointed`, outputs from
+/// `forward`, the final states from a trainer's pass that keeps the batch's order.
 fn pass(case: &Case, data: &Data) -> Pass {
     let mut tr = case.trainer();
     let batch = case.batch(data);
-    let outputs = tr.outputs(&batch).unwrap().to_vec();
     let inputs = Batch {
         target: Target::None,
         ..batch
     };
     let (h_n, c_n) = tr.eval_final_states(&inputs).unwrap();
     let (h_n, c_n) = (h_n.to_vec(), c_n.to_vec());
+    let par = if case.threads > 1 {
+        Par::rayon(case.threads)
+    } else {
+        Par::Seq
+    };
+    let exec = Exec {
+        par,
+        split: case.split,
+        chunks: case.chunks,
+    };
+    let mut ws = Workspace::new();
+    let model = (&tr.config, &tr.layout, &tr.params[..]);
+    forward(model.0, model.1, model.2, &mut ws, &batch, false, exec).unwrap();
+    let outputs = ws.y[..case.t * case.b * case.cfg.output_size].to_vec();
+    sequence_losses(
+        model.0,
+        model.1,
+        model.2,
+        &mut ws,
+        &batch,
+        &Case::spec(),
+        exec,
+    )
+    .unwrap();
+    let sequence_losses = ws.sequence_losses.clone();
     let opts = PassOptions {
-        par: if case.threads > 1 {
-            Par::rayon(case.threads)
-        } else {
-            Par::Seq
-        },
+        par,
         input_grad: true,
         split: case.split,
         chunks: case.chunks,
         ..Default::default()
     };
-    let (mut grads, mut ws) = (vec![0.0; tr.layout.len], Workspace::new());
-    let model = (&tr.config, &tr.layout, &tr.params[..]);
+    let mut grads = vec![0.0; tr.layout.len];
     let loss = forward_backward_checkpointed(
         model.0,
         model.1,
@@ -177,6 +200,7 @@ fn pass(case: &Case, data: &Data) -> Pass {
         dh0: ws.dh0.to_vec(),
         h_n,
         c_n,
+        sequence_losses,
     }
 }
 
@@ -252,8 +276,9 @@ fn skipping_finished_rows_changes_nothing() {
 
 /// The trainer runs a batch with lengths in any order longest first (copying it so), and
 /// hands back what it reports per sequence in the batch's order: its loss, gradients,
-/// `dL/dx`, `dL/dh0` and `evaluate` agree with the engine's pass over the batch as it is,
-/// and a step with input gradients changes the weights exactly as one without.
+/// `dL/dx`, `dL/dh0`, `evaluate`, outputs and sequence losses agree with the engine's passes
+/// over the batch as it is, and a step with input gradients changes the weights exactly as
+/// one without.
 #[test]
 fn the_trainer_runs_batches_longest_first() {
     for case in cases().into_iter().filter(|c| c.t == 7) {
@@ -272,6 +297,9 @@ fn the_trainer_runs_batches_longest_first() {
         assert_close("dL/dh0", &case, tr.initial_state_grads().0, &want.dh0);
         let evaluated = tr.evaluate(&batch).unwrap();
         assert_close("evaluate", &case, &[evaluated], &[want.loss]);
+        assert_close("outputs", &case, tr.outputs(&batch).unwrap(), &want.outputs);
+        let each = tr.sequence_losses(&batch).unwrap();
+        assert_close("sequence losses", &case, each, &want.sequence_losses);
         let mut plain = case.trainer();
         plain.step(&batch).unwrap();
         tr.step(&batch).unwrap();
