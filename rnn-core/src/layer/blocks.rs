@@ -389,7 +389,7 @@ fn stack_pieces<P>(mut pieces: impl Iterator<Item = P>) -> [Option<P>; MAX_PIECE
 }
 
 /// Copies the rows of a step's state `cur` (`[B, width]`) from row `live` on, all of them
-/// finished ([`crate::batch::Batch::live_rows`]), from `prev`, and returns the live rows
+/// finished ([`Batch::live_rows`]), from `prev`, and returns the live rows
 /// that the step computes.
 pub(super) fn carry_past_live<'a, T: Copy>(
     cur: &'a mut [T],
@@ -563,7 +563,7 @@ pub(super) fn backward_product<T: Float>(
     block.backward.product(dh_prev, Accum::Add, dz);
 }
 
-/// The live rows ([`crate::batch::Batch::live_rows`]) of step `t`'s `[B, width]` gradient,
+/// The live rows ([`Batch::live_rows`]) of step `t`'s `[B, width]` gradient,
 /// `grads` starting at the step: the rows past them are zero, and a product over them
 /// would add nothing.
 pub(super) fn live_grads<'a, T: Float>(
