@@ -512,6 +512,9 @@ impl<'a, 's, T: Float> Pass<'a, 's, T> {
             split,
             dropout,
         );
+        if batch.lengths.is_some() {
+            ws.ensure_gather(config, batch.seq_len, batch.batch);
+        }
     }
 
     /// What layer `k` reads (`[T, B, I_k]`): the batch's inputs, the outputs of the layer

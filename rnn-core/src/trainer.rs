@@ -42,7 +42,8 @@ pub enum Memory {
         segment: usize,
     },
     /// [`Memory::Full`] when the step's activations fit in `bytes`, else checkpointing with
-    /// the longest stretch that fits (or the least memory when none does).
+    /// the longest stretch that fits (or the least memory when none does). A bidirectional
+    /// model, which cannot run in segments, runs whole sequences whatever the budget.
     Budget {
         /// Bytes for activations and checkpoints.
         bytes: usize,
@@ -93,6 +94,7 @@ impl Memory {
         match self {
             Memory::Full => seq_len,
             Memory::Checkpointed { segment } => segment.max(1),
+            Memory::Budget { .. } if config.bidirectional => seq_len,
             Memory::Budget { bytes } => {
                 let cell_state = if config.cell.has_cell_state() {
                     config.hidden_size
@@ -118,8 +120,12 @@ impl Memory {
                     0
                 };
                 let cost = |s: usize| {
-                    let ws =
+                    let mut ws =
                         Workspace::<T>::bytes_for(config, s, batch, many_to_one, split, dropout);
+                    if kept.ragged {
+                        let room = Workspace::<T>::gather_room(config, s, batch);
+                        ws += config.passes() * room * T::BYTES;
+                    }
                     if s >= seq_len {
                         ws + dx
                     } else {
@@ -148,6 +154,8 @@ struct Kept {
     input_grad: bool,
     /// A loss of the caller's own, which reads every output at once ([`Trainer::step_with`]).
     own_loss: bool,
+    /// The room of products over live rows only (a batch with lengths).
+    ragged: bool,
 }
 
 /// Restores the calling thread's flush-to-zero mode when dropped.
@@ -1199,6 +1207,7 @@ impl<T: Float> Trainer<T> {
             dropout: self.dropout.is_some_and(|d| d.applies_to(&self.config)),
             input_grad: self.input_grad,
             own_loss,
+            ragged: false, // segment_for sees the batch's lengths
         };
         self.segment_for(batch, kept)
     }
@@ -1206,6 +1215,10 @@ impl<T: Float> Trainer<T> {
     /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:
     /// the whole batch), with room for what it keeps besides (`kept`).
     fn segment_for(&self, batch: &Batch<T>, kept: Kept) -> usize {
+        let kept = Kept {
+            ragged: batch.lengths.is_some(),
+            ..kept
+        };
         self.memory.segment_with::<T>(
             &self.config,
             batch.seq_len,
@@ -1244,6 +1257,19 @@ impl<T: Float> Trainer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bidirectional model cannot run in segments: a budget it does not fit leaves it
+    /// whole sequences (it used to pick segments the pass then refused).
+    #[test]
+    fn a_budget_runs_bidirectional_models_whole() {
+        let cfg = RnnConfig::gru(4, 32, 2).bidirectional();
+        for bytes in [1, 1 << 20, usize::MAX] {
+            let s = Memory::Budget { bytes }.segment_for::<f32>(&cfg, 300, 8, false);
+            assert_eq!(s, 300, "budget {bytes}");
+        }
+        let one_way = RnnConfig::gru(4, 32, 2);
+        assert!(Memory::Budget { bytes: 1 }.segment_for::<f32>(&one_way, 300, 8, false) < 300);
+    }
 
     /// A memory budget counts what a pass keeps besides its workspace: with a loss of one's
     /// own (every output kept across segments) or input gradients, the segments it picks

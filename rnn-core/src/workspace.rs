@@ -60,6 +60,9 @@ pub struct LayerBuffers<T> {
     /// `[G·H]`: `b_ih + b_hh` (RNN and LSTM add both biases to every gate; GRU reads them
     /// apart, and zeros here stand in for both in a layer without biases).
     pub bias: AlignedVec<T>,
+    /// Room for a chunk's all-step products over its live rows only, when finished
+    /// sequences leave padding (`crate::layer::gather`).
+    pub gather: AlignedVec<T>,
 }
 
 /// One block of hidden units of a split step, and `W_hh` packed for its two per-step
@@ -355,7 +358,25 @@ impl<T: Float> Workspace<T> {
         self.shape = Some(key);
     }
 
-    /// Bytes [`Workspace::ensure`] would hold for this shape (without `dx` and checkpoints):
+    /// Elements each layer's `gather` holds for a pass of `seq_len` steps of `batch` rows
+    /// with lengths ([`Workspace::ensure_gather`]).
+    pub(crate) fn gather_room(config: &RnnConfig, seq_len: usize, batch: usize) -> usize {
+        let (h, s) = (config.hidden_size, config.state_size());
+        let widest = config.input_size.max(config.directions() * s).max(h);
+        crate::layer::gather_len(seq_len * batch, config.gate_rows(), widest)
+    }
+
+    /// Sizes every layer's room for products over live rows only, which a pass over a
+    /// batch with lengths may take (after [`Workspace::ensure`]; allocates only to grow).
+    pub(crate) fn ensure_gather(&mut self, config: &RnnConfig, seq_len: usize, batch: usize) {
+        let room = Self::gather_room(config, seq_len, batch);
+        for l in &mut self.layers {
+            l.gather.resize(room);
+        }
+    }
+
+    /// Bytes [`Workspace::ensure`] would hold for this shape (without `dx`, checkpoints and
+    /// the room a batch with lengths adds for products over its live rows only):
     /// what a memory budget is checked against before anything is allocated.
     pub fn bytes_for(
         config: &RnnConfig,
@@ -391,6 +412,7 @@ impl<T: Float> Workspace<T> {
                     + l.ms.len()
                     + l.dm.len()
                     + l.w_hr_t.len()
+                    + l.gather.len()
                     + l.blocks.iter().map(UnitBlock::len).sum::<usize>()
             })
             .sum();

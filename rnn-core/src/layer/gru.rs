@@ -17,7 +17,7 @@ use crate::workspace::{LayerBuffers, UnitBlock};
 pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>) {
     let (_, b, h, gh) = p.dims();
     let (step, gate_step) = (b * h, b * gh);
-    p.input_projection(&mut buf.z);
+    p.input_projection(&mut buf.z, &mut buf.gather);
     if p.halves() {
         return forward_halves(p, buf);
     }
@@ -50,7 +50,7 @@ pub(super) fn backward<T: Float>(
     } else {
         backward_steps(p, buf, &mut out);
     }
-    p.weight_grads(out.grads, &buf.z, Some(&buf.zh), &buf.hs, out.dinput);
+    p.weight_grads(out.grads, buf, out.dinput);
 }
 
 /// [`backward`]'s step loop, each step whole.

@@ -24,7 +24,7 @@ pub(super) fn forward<T: Float>(
         p.summed_bias(&mut buf.bias);
         c0.write(&mut buf.cs[..step], h);
     }
-    p.input_projection(&mut buf.z);
+    p.input_projection(&mut buf.z, &mut buf.gather);
     if let Some(w_hr) = p.w_hr() {
         return lstmp::forward(p, buf, w_hr);
     }
@@ -73,8 +73,8 @@ pub(super) fn backward<T: Float>(
     if p.first_chunk() {
         out.dc0.copy_from_slice(&buf.dc);
     }
-    p.projection_grads(out.grads, &buf.dh, &buf.ms);
-    p.weight_grads(out.grads, &buf.z, None, &buf.hs, out.dinput);
+    p.projection_grads(out.grads, &buf.dh, &buf.ms, &mut buf.gather);
+    p.weight_grads(out.grads, buf, out.dinput);
 }
 
 /// [`backward`]'s step loop, each step whole.

@@ -11,9 +11,13 @@
 //!   its steps.
 //!
 //! Sequences past their length keep their state, and their gradient passes straight through.
+//! A step computes only its live rows (those up to the last running sequence, all of a
+//! batch ordered longest first); the all-step products skip the rest too when they are
+//! enough to pay for gathering the live ones ([`gather`]).
 
 mod blocks;
 mod chunks;
+mod gather;
 mod gru;
 mod lstm;
 mod lstmp;
@@ -23,6 +27,7 @@ pub use blocks::UnitSplit;
 pub(crate) use blocks::halves;
 pub use chunks::TimeChunks;
 pub(crate) use chunks::{share_accum, spans};
+pub(crate) use gather::gather_len;
 
 use std::ops::Range;
 
@@ -421,18 +426,21 @@ impl<'a, T: Float> LayerPass<'a, T> {
         }
     }
 
-    /// `z = input W_ihᵀ` for all rows of the chunk at once (no bias).
-    fn input_projection(&self, z: &mut [T]) {
+    /// `z = input W_ihᵀ` for all rows of the chunk at once (no bias), or for its live rows
+    /// only ([`gather`]: the others are never read).
+    fn input_projection(&self, z: &mut [T], scratch: &mut [T]) {
         let (_, _, _, gh) = self.dims();
         let (r, i) = (self.rows(), self.input_size);
-        self.chunk_product(
-            gemm_nt,
+        let (z, input) = (
             &mut z[r.start * gh..r.end * gh],
-            Accum::Replace,
             &self.input[r.start * i..r.end * i],
-            self.w_ih(),
-            GemmShape::new(r.len(), gh, i),
         );
+        if self.gathers(scratch) {
+            let w = self.w_ih();
+            return self.live_rows_product(gemm_nt, (z, gh), (input, i), w, scratch, false);
+        }
+        let s = GemmShape::new(r.len(), gh, i);
+        self.chunk_product(gemm_nt, z, Accum::Replace, input, self.w_ih(), s);
     }
 
     /// One of the chunk's products, on the pass's threads ([`PassThreads::product`]).
@@ -504,39 +512,41 @@ impl<'a, T: Float> LayerPass<'a, T> {
     /// The chunk's share of `dW_hr = Σ_t dL/dh_tᵀ m_t` (nothing without a projection), from
     /// the whole state gradients `dh` `[T·B, P]` and the projected outputs `ms` `[T·B, H]`.
     /// The sequence's last chunk overwrites the gradient; the others add to it.
-    fn projection_grads(&self, grads: &mut [T], dh: &[T], ms: &[T]) {
+    fn projection_grads(&self, grads: &mut [T], dh: &[T], ms: &[T], scratch: &mut [T]) {
         let Some(w_hr) = self.slots.w_hr.clone() else {
             return;
         };
         let (h, s, r) = (self.config.hidden_size, self.state(), self.rows());
         let accum = share_accum(&self.steps, self.batch.seq_len);
         let frozen = self.frozen.has(LayerFrozen::W_HR);
+        let (dh, ms) = (&dh[r.start * s..r.end * s], &ms[r.start * h..r.end * h]);
+        let gathers = self.gathers(scratch);
         unless_frozen(frozen, &mut grads[w_hr], accum, |dst| {
-            self.chunk_product(
-                gemm_tn,
-                dst,
-                accum,
-                &dh[r.start * s..r.end * s],
-                &ms[r.start * h..r.end * h],
-                GemmShape::new(s, h, r.len()),
-            )
+            if gathers {
+                self.live_tn(dst, accum, (dh, s), (ms, h), scratch);
+            } else {
+                let shape = GemmShape::new(s, h, r.len());
+                self.chunk_product(gemm_tn, dst, accum, dh, ms, shape);
+            }
         });
     }
 
     /// The chunk's share of the weight and bias gradients, and its rows of the input
-    /// gradient, from the pre-activation gradients: `dx_side` `[T·B, G·H]` (for `W_ih`,
-    /// `b_ih`, the input) and `dh_side` (for `W_hh`, `b_hh`; `None` when it equals
-    /// `dx_side`, as for RNN and LSTM), against the states `hs` `[(T+1)·B, H]` (`P` wide
-    /// with projections; `h_{-1}` first) that fed the recurrent products. The sequence's last chunk, the backward
-    /// pass's first, overwrites the gradients; the others add to them.
-    fn weight_grads(
-        &self,
-        grads: &mut [T],
-        dx_side: &[T],
-        dh_side: Option<&[T]>,
-        hs: &[T],
-        dinput: Option<&mut [T]>,
-    ) {
+    /// gradient, from the pre-activation gradients in `buf`: `z` `[T·B, G·H]` (for `W_ih`,
+    /// `b_ih`, the input) and, for a GRU, `zh` (for `W_hh`, `b_hh`; other cells read `z`
+    /// for both), against the states `hs` `[(T+1)·B, H]` (`P` wide with projections;
+    /// `h_{-1}` first) that fed the recurrent products. The sequence's last chunk, the
+    /// backward pass's first, overwrites the gradients; the others add to them. `gather` is
+    /// the layer's room for products over live rows only ([`gather`]).
+    fn weight_grads(&self, grads: &mut [T], buf: &mut LayerBuffers<T>, dinput: Option<&mut [T]>) {
+        let LayerBuffers {
+            z: dx_side,
+            zh,
+            hs,
+            gather: scratch,
+            ..
+        } = buf;
+        let dh_side = (self.config.cell == Cell::Gru).then_some(&zh[..]);
         let (_, _, _, gh) = self.dims();
         let h = self.state();
         let (r, i) = (self.rows(), self.input_size);
@@ -544,38 +554,28 @@ impl<'a, T: Float> LayerPass<'a, T> {
         let s = self.slots;
         let dx = &dx_side[r.start * gh..r.end * gh];
         let dh = dh_side.map_or(dx, |d| &d[r.start * gh..r.end * gh]);
+        let input = &self.input[r.start * i..r.end * i];
         let frozen = |bit| self.frozen.has(bit);
-        unless_frozen(
-            frozen(LayerFrozen::W_HH),
-            &mut grads[s.w_hh.clone()],
-            accum,
-            |dst| {
-                self.chunk_product(
-                    gemm_tn,
-                    dst,
-                    accum,
-                    dh,
-                    &hs[r.start * h..r.end * h],
-                    GemmShape::new(gh, h, r.len()),
-                )
-            },
-        );
-        unless_frozen(
-            frozen(LayerFrozen::W_IH),
-            &mut grads[s.w_ih.clone()],
-            accum,
-            |dst| {
-                self.chunk_product(
-                    gemm_tn,
-                    dst,
-                    accum,
-                    dx,
-                    &self.input[r.start * i..r.end * i],
-                    GemmShape::new(gh, i, r.len()),
-                )
-            },
-        );
+        // `dst (+)= dZᵀ b` over the chunk's rows, or its live ones only ([`gather`]).
+        let gathers = self.gathers(scratch);
+        let mut gradient = |dst: &mut [T], dz: &[T], (b, n): (&[T], usize)| {
+            if gathers {
+                self.live_tn(dst, accum, (dz, gh), (b, n), scratch);
+            } else {
+                let shape = GemmShape::new(gh, n, r.len());
+                self.chunk_product(gemm_tn, dst, accum, dz, b, shape);
+            }
+        };
+        let hs = &hs[r.start * h..r.end * h];
+        let (w_hh, w_ih) = (s.w_hh.clone(), s.w_ih.clone());
+        unless_frozen(frozen(LayerFrozen::W_HH), &mut grads[w_hh], accum, |dst| {
+            gradient(dst, dh, (hs, h));
+        });
+        unless_frozen(frozen(LayerFrozen::W_IH), &mut grads[w_ih], accum, |dst| {
+            gradient(dst, dx, (input, i));
+        });
         if let (Some(b_ih), Some(b_hh)) = (s.b_ih.clone(), s.b_hh.clone()) {
+            // Padding rows of dZ are zero: the column sums run over every row.
             let (ih_frozen, hh_frozen) = (frozen(LayerFrozen::B_IH), frozen(LayerFrozen::B_HH));
             let bias = |dst: &mut [T], src| self.bias_grad(dst, accum, src);
             unless_frozen(ih_frozen, &mut grads[b_ih.clone()], accum, |d| bias(d, dx));
@@ -587,14 +587,14 @@ impl<'a, T: Float> LayerPass<'a, T> {
             }
         }
         if let Some(dinput) = dinput {
-            self.chunk_product(
-                gemm_nn,
-                &mut dinput[r.start * i..r.end * i],
-                Accum::Replace,
-                dx,
-                self.w_ih(),
-                GemmShape::new(r.len(), i, gh),
-            );
+            let dinput = &mut dinput[r.start * i..r.end * i];
+            if gathers {
+                let w = self.w_ih();
+                self.live_rows_product(gemm_nn, (dinput, i), (dx, gh), w, scratch, true);
+            } else {
+                let shape = GemmShape::new(r.len(), i, gh);
+                self.chunk_product(gemm_nn, dinput, Accum::Replace, dx, self.w_ih(), shape);
+            }
         }
     }
 }

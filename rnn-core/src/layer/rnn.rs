@@ -20,7 +20,7 @@ pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>)
     if p.first_chunk() {
         p.summed_bias(&mut buf.bias);
     }
-    p.input_projection(&mut buf.z);
+    p.input_projection(&mut buf.z, &mut buf.gather);
     if p.halves() {
         return forward_halves(p, buf);
     }
@@ -52,7 +52,7 @@ pub(super) fn backward<T: Float>(
     } else {
         backward_steps(p, buf, &mut out);
     }
-    p.weight_grads(out.grads, &buf.z, None, &buf.hs, out.dinput);
+    p.weight_grads(out.grads, buf, out.dinput);
 }
 
 /// [`backward`]'s step loop, each step whole.

@@ -75,6 +75,12 @@ fn cases() -> Vec<Case> {
             UnitSplit::Halves,
             2,
         ));
+        // More live rows than one gathered block holds (`GATHER_ROWS`, 256).
+        out.push(Case {
+            t: 40,
+            b: 12,
+            ..base("gathered in blocks", cfg, UnitSplit::Halves, 2)
+        });
         // 2·B·G·H² past `Sharing::PIECES_MIN_FLOPS`: two threads pull pieces of each step.
         out.push(Case {
             t: 3,
@@ -281,7 +287,7 @@ fn skipping_finished_rows_changes_nothing() {
 /// one without.
 #[test]
 fn the_trainer_runs_batches_longest_first() {
-    for case in cases().into_iter().filter(|c| c.t == 7) {
+    for case in cases().into_iter().filter(|c| c.t >= 7) {
         let mut rng = StdRng::seed_from_u64(12);
         let mut data = Data::random(&mut rng, &case.cfg, case.t, case.b, false);
         // Ragged in no order: 3, 7, 1, 7, 5, 2, ...
