@@ -71,7 +71,10 @@
 //! with their lengths (PyTorch's `pad_sequence`), [`padding::unpad`] takes each one's
 //! outputs back out, and [`padding::time_major`] turns `batch_first` buffers around.
 //! [`loader::Loader`] cuts a data set into minibatches each epoch (shuffled, of like lengths
-//! when asked), PyTorch's `DataLoader`.
+//! when asked), PyTorch's `DataLoader`. The padding costs little: a trainer runs a batch
+//! longest first (as `pack_padded_sequence(..., enforce_sorted=False)` sorts it), each step
+//! computes only the sequences still running ([`batch::Batch::live_rows`]), and the products
+//! over all steps gather the running rows when padding is an eighth or more of them.
 //!
 //! Fine-tuning: [`trainer::Trainer::freeze`] keeps tensors as they are (PyTorch's
 //! `requires_grad_(False)`, skipping the work only they need: their own gradient products,
