@@ -24,7 +24,7 @@ mod final_states;
 mod longest_first;
 mod rules;
 
-use longest_first::{PerSequence, Reordered};
+use longest_first::{Check, PerSequence, Reordered};
 
 /// How much of the forward pass a training step keeps for its backward pass. A
 /// bidirectional model keeps everything: its steps run as whole sequences, and a step with a
@@ -714,9 +714,8 @@ impl<T: Float> Trainer<T> {
     pub fn outputs(&mut self, batch: &Batch<T>) -> Result<&[T]> {
         let _flush = self.flush_scope();
         let many_to_one = self.loss.many_to_one;
-        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate_inputs(config);
         let gives = PerSequence::Outputs { many_to_one };
-        self.longest_first(batch, validate, gives, |tr, batch| {
+        self.longest_first(batch, Check::Inputs, gives, |tr, batch| {
             tr.in_step_threads(batch, |tr, par| {
                 let exec = tr.exec(par);
                 let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -753,18 +752,21 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn evaluate(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
-        let spec = self.loss.clone();
-        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate(config, &spec);
-        self.longest_first(batch, validate, PerSequence::Nothing, |tr, batch| {
-            let segment = tr.segment_for(batch, Kept::default());
-            tr.in_step_threads(batch, |tr, par| {
-                let exec = tr.exec(par);
-                let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
-                network::loss(
-                    config, layout, &tr.params, ws, batch, &tr.loss, exec, segment,
-                )
-            })
-        })
+        self.longest_first(
+            batch,
+            Check::TrainerLoss,
+            PerSequence::Nothing,
+            |tr, batch| {
+                let segment = tr.segment_for(batch, Kept::default());
+                tr.in_step_threads(batch, |tr, par| {
+                    let exec = tr.exec(par);
+                    let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
+                    network::loss(
+                        config, layout, &tr.params, ws, batch, &tr.loss, exec, segment,
+                    )
+                })
+            },
+        )
     }
 
     /// Each sequence's own loss as the model stands, without gradients or dropout
@@ -802,9 +804,8 @@ impl<T: Float> Trainer<T> {
     /// Validation errors of the batch.
     pub fn sequence_losses(&mut self, batch: &Batch<T>) -> Result<&[T]> {
         let _flush = self.flush_scope();
-        let spec = self.loss.clone();
-        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate(config, &spec);
-        self.longest_first(batch, validate, PerSequence::SequenceLosses, |tr, batch| {
+        let gives = PerSequence::SequenceLosses;
+        self.longest_first(batch, Check::TrainerLoss, gives, |tr, batch| {
             tr.in_step_threads(batch, |tr, par| {
                 let exec = tr.exec(par);
                 let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -1172,8 +1173,7 @@ impl<T: Float> Trainer<T> {
         } else {
             PerSequence::Nothing
         };
-        let validate = |batch: &Batch<T>, config: &RnnConfig| batch.validate(config, spec);
-        self.longest_first(batch, validate, gives, |tr, batch| {
+        self.longest_first(batch, Check::Loss(spec), gives, |tr, batch| {
             tr.grads_in_order(batch, spec, micro)
         })
     }

@@ -17,7 +17,7 @@ use kernels::Float;
 
 use super::Trainer;
 use crate::batch::{Batch, Target};
-use crate::config::RnnConfig;
+use crate::config::{LossSpec, RnnConfig};
 use crate::error::Result;
 
 /// What a pass leaves in the workspace per sequence, put back in the batch's order when the
@@ -32,6 +32,17 @@ pub(super) enum PerSequence {
     Outputs { many_to_one: bool },
     /// Each sequence's loss, `[B]`.
     SequenceLosses,
+}
+
+/// What a pass checks of its batch, and [`Trainer::longest_first`] before copying it.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Check<'s> {
+    /// The inputs only ([`Batch::validate_inputs`]): a forward pass.
+    Inputs,
+    /// Inputs and targets against the trainer's own loss ([`Batch::validate`]).
+    TrainerLoss,
+    /// Inputs and targets against this loss.
+    Loss(&'s LossSpec),
 }
 
 /// A batch's buffers copied longest first, kept from step to step.
@@ -179,12 +190,12 @@ impl<T: Float> Reordered<T> {
 impl<T: Float> Trainer<T> {
     /// Runs `pass` on `batch` longest first when that saves rows (see the [module
     /// docs](self)), else on `batch` as it is, and puts what it `gives` per sequence back in
-    /// the batch's order. `validate` checks the batch first (what the pass would check):
-    /// an invalid batch is refused before anything is copied.
+    /// the batch's order. The batch is checked first as the pass would (`check`): an
+    /// invalid batch is refused before anything is copied.
     pub(super) fn longest_first<R>(
         &mut self,
         batch: &Batch<'_, T>,
-        validate: impl FnOnce(&Batch<'_, T>, &RnnConfig) -> Result<()>,
+        check: Check<'_>,
         gives: PerSequence,
         pass: impl FnOnce(&mut Self, &Batch<'_, T>) -> Result<R>,
     ) -> Result<R> {
@@ -195,7 +206,11 @@ impl<T: Float> Trainer<T> {
         if !saves_rows(batch) {
             return pass(self, batch);
         }
-        validate(batch, &self.config)?;
+        match check {
+            Check::Inputs => batch.validate_inputs(&self.config)?,
+            Check::TrainerLoss => batch.validate(&self.config, &self.loss)?,
+            Check::Loss(spec) => batch.validate(&self.config, spec)?,
+        }
         let mut reordered = std::mem::take(&mut self.reordered);
         let result = pass(self, &reordered.fill(batch, &self.config));
         if result.is_ok() {
