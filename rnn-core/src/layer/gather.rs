@@ -98,16 +98,22 @@ impl<'a, T: Float> LayerPass<'a, T> {
         }
     }
 
-    /// `dst (+)= aᵀ b` over the chunk's live rows (`a` `[rows, m]`, `b` `[rows, n]`, the
-    /// chunk's rows): a weight gradient without its padding.
-    pub(super) fn live_tn(
+    /// `dst (+)= aᵀ b` over the chunk's rows (`a` `[rows, m]`, `b` `[rows, n]`): one
+    /// product, or, when `gathered` ([`LayerPass::gathers`]), the live rows' only, gathered
+    /// into `scratch`. A weight gradient.
+    pub(super) fn rows_tn(
         &self,
+        gathered: bool,
         dst: &mut [T],
         accum: Accum,
         (a, m): (&[T], usize),
         (b, n): (&[T], usize),
         scratch: &mut [T],
     ) {
+        if !gathered {
+            let shape = GemmShape::new(m, n, a.len() / m);
+            return self.chunk_product(gemm_tn, dst, accum, a, b, shape);
+        }
         let (ga, gb) = scratch.split_at_mut(GATHER_ROWS.min(a.len() / m) * m);
         let mut first = Some(accum);
         self.live_blocks(|pieces, rows| {
@@ -123,11 +129,13 @@ impl<'a, T: Float> LayerPass<'a, T> {
         }
     }
 
-    /// `dst = a · w` on the chunk's live rows through `product` (`a` `[rows, k]`, `dst`
-    /// `[rows, n]`, `w` as `product` reads it): the input projection, or `dL/dx`. The other
-    /// rows of `dst` are zeroed when `zero_rest`, else left as they are.
-    pub(super) fn live_rows_product(
+    /// `dst = a · w` through `product` (`a` `[rows, k]`, `dst` `[rows, n]`, `w` as `product`
+    /// reads it) over the chunk's rows: one product, or, when `gathered`, on the live rows
+    /// only, the others of `dst` zeroed when `zero_rest`, else left as they are. The input
+    /// projection, or `dL/dx`.
+    pub(super) fn rows_product(
         &self,
+        gathered: bool,
         product: Product<'a, T>,
         (dst, n): (&mut [T], usize),
         (a, k): (&[T], usize),
@@ -135,6 +143,10 @@ impl<'a, T: Float> LayerPass<'a, T> {
         scratch: &mut [T],
         zero_rest: bool,
     ) {
+        if !gathered {
+            let shape = GemmShape::new(a.len() / k, n, k);
+            return self.chunk_product(product, dst, Accum::Replace, a, w, shape);
+        }
         if zero_rest {
             dst.fill(T::zero());
         }

@@ -29,7 +29,7 @@ pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>)
         let (h_prev, h_t) = (&past[t * step..], &mut future[..step]);
         // The rows past the live ones have all finished: carried, not computed.
         let live = p.batch.live_rows(t);
-        p.recurrent(t, zh_t, Accum::Replace, h_prev, &buf.w_hh_t);
+        p.recurrent(live, zh_t, Accum::Replace, h_prev, &buf.w_hh_t);
         let (n, g) = (live * h, live * gh);
         let (zx_live, zh_live) = (&mut zx_t[..g], &mut zh_t[..g]);
         gates::gru_forward(zx_live, zh_live, b_ih, b_hh, &h_prev[..n], &mut h_t[..n], h);
@@ -86,7 +86,7 @@ fn backward_steps<T: Float>(
                 reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
             }
         }
-        p.recurrent_backward(t, dh_prev, Accum::Add, dzh_t);
+        p.recurrent_backward(p.batch.live_rows(t), dh_prev, Accum::Add, dzh_t);
     }
 }
 

@@ -39,7 +39,7 @@ pub(super) fn forward<T: Float>(
         let (c_prev, c_t) = (&c_past[t * step..], &mut c_future[..step]);
         // The rows past the live ones have all finished: carried, not computed.
         let live = p.batch.live_rows(t);
-        p.recurrent(t, z_t, Accum::Add, h_prev, &buf.w_hh_t);
+        p.recurrent(live, z_t, Accum::Add, h_prev, &buf.w_hh_t);
         let (n, z_live) = (live * h, &mut z_t[..live * gh]);
         let (c_live, h_live) = (&mut c_t[..n], &mut h_t[..n]);
         gates::lstm_forward(z_live, &buf.bias, &c_prev[..n], c_live, h_live, h);
@@ -105,7 +105,7 @@ fn backward_steps<T: Float>(
                 reduce::axpy(&mut dh_prev[r.clone()], T::one(), &dh_t[r]);
             }
         }
-        p.recurrent_backward(t, dh_prev, Accum::Add, dz_t);
+        p.recurrent_backward(p.batch.live_rows(t), dh_prev, Accum::Add, dz_t);
     }
 }
 

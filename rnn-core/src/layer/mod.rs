@@ -33,7 +33,7 @@ use std::ops::Range;
 
 use faer::{Accum, Par};
 use kernels::Float;
-use kernels::gemm::{GemmShape, Threads, gemm_nn, gemm_nt, gemm_tn, transpose};
+use kernels::gemm::{GemmShape, Threads, gemm_nn, gemm_nt, transpose};
 use kernels::pair::Pair;
 use kernels::reduce;
 
@@ -435,12 +435,8 @@ impl<'a, T: Float> LayerPass<'a, T> {
             &mut z[r.start * gh..r.end * gh],
             &self.input[r.start * i..r.end * i],
         );
-        if self.gathers(scratch) {
-            let w = self.w_ih();
-            return self.live_rows_product(gemm_nt, (z, gh), (input, i), w, scratch, false);
-        }
-        let s = GemmShape::new(r.len(), gh, i);
-        self.chunk_product(gemm_nt, z, Accum::Replace, input, self.w_ih(), s);
+        let (gathered, w) = (self.gathers(scratch), self.w_ih());
+        self.rows_product(gathered, gemm_nt, (z, gh), (input, i), w, scratch, false);
     }
 
     /// One of the chunk's products, on the pass's threads ([`PassThreads::product`]).
@@ -456,12 +452,11 @@ impl<'a, T: Float> LayerPass<'a, T> {
         product(dst, accum, a, b, s, self.threads.product(s));
     }
 
-    /// `[B, H] → [B, G·H]`: step `t`'s recurrent product `dst (+)= h W_hhᵀ` on its live
-    /// rows ([`Batch::live_rows`]; the others are left as they are), with `w_hh_t` the
-    /// packed `W_hhᵀ` (whole steps of an unprojected cell; [`lstmp`] runs its own).
-    fn recurrent(&self, t: usize, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
+    /// `[B, H] → [B, G·H]`: a step's recurrent product `dst (+)= h W_hhᵀ` on its first
+    /// `live` rows ([`Batch::live_rows`]; the others are left as they are), with `w_hh_t`
+    /// the packed `W_hhᵀ` (whole steps of an unprojected cell; [`lstmp`] runs its own).
+    fn recurrent(&self, live: usize, dst: &mut [T], accum: Accum, h: &[T], w_hh_t: &[T]) {
         let (_, _, hd, gh) = self.dims();
-        let live = self.batch.live_rows(t);
         let (dst, h) = (&mut dst[..live * gh], &h[..live * hd]);
         let s = GemmShape::new(live, gh, hd);
         if self.packs_w_hh() {
@@ -476,11 +471,10 @@ impl<'a, T: Float> LayerPass<'a, T> {
         packs_w_hh(self.batch.seq_len)
     }
 
-    /// `[B, G·H] → [B, H]`: step `t`'s `dh_prev (+)= dZ W_hh` on its live rows (past them
-    /// `dZ` is zero).
-    fn recurrent_backward(&self, t: usize, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
+    /// `[B, G·H] → [B, H]`: a step's `dh_prev (+)= dZ W_hh` on its first `live` rows (past
+    /// them `dZ` is zero).
+    fn recurrent_backward(&self, live: usize, dh_prev: &mut [T], accum: Accum, dz: &[T]) {
         let (_, _, hd, gh) = self.dims();
-        let live = self.batch.live_rows(t);
         let (dh_prev, dz) = (&mut dh_prev[..live * hd], &dz[..live * gh]);
         let s = GemmShape::new(live, hd, gh);
         gemm_nn(dh_prev, accum, dz, self.w_hh(), s, Par::Seq);
@@ -520,14 +514,9 @@ impl<'a, T: Float> LayerPass<'a, T> {
         let accum = share_accum(&self.steps, self.batch.seq_len);
         let frozen = self.frozen.has(LayerFrozen::W_HR);
         let (dh, ms) = (&dh[r.start * s..r.end * s], &ms[r.start * h..r.end * h]);
-        let gathers = self.gathers(scratch);
+        let gathered = self.gathers(scratch);
         unless_frozen(frozen, &mut grads[w_hr], accum, |dst| {
-            if gathers {
-                self.live_tn(dst, accum, (dh, s), (ms, h), scratch);
-            } else {
-                let shape = GemmShape::new(s, h, r.len());
-                self.chunk_product(gemm_tn, dst, accum, dh, ms, shape);
-            }
+            self.rows_tn(gathered, dst, accum, (dh, s), (ms, h), scratch);
         });
     }
 
@@ -556,23 +545,15 @@ impl<'a, T: Float> LayerPass<'a, T> {
         let dh = dh_side.map_or(dx, |d| &d[r.start * gh..r.end * gh]);
         let input = &self.input[r.start * i..r.end * i];
         let frozen = |bit| self.frozen.has(bit);
-        // `dst (+)= dZᵀ b` over the chunk's rows, or its live ones only ([`gather`]).
-        let gathers = self.gathers(scratch);
-        let mut gradient = |dst: &mut [T], dz: &[T], (b, n): (&[T], usize)| {
-            if gathers {
-                self.live_tn(dst, accum, (dz, gh), (b, n), scratch);
-            } else {
-                let shape = GemmShape::new(gh, n, r.len());
-                self.chunk_product(gemm_tn, dst, accum, dz, b, shape);
-            }
-        };
+        // Over the chunk's rows, or its live ones only ([`gather`]).
+        let gathered = self.gathers(scratch);
         let hs = &hs[r.start * h..r.end * h];
         let (w_hh, w_ih) = (s.w_hh.clone(), s.w_ih.clone());
         unless_frozen(frozen(LayerFrozen::W_HH), &mut grads[w_hh], accum, |dst| {
-            gradient(dst, dh, (hs, h));
+            self.rows_tn(gathered, dst, accum, (dh, gh), (hs, h), scratch);
         });
         unless_frozen(frozen(LayerFrozen::W_IH), &mut grads[w_ih], accum, |dst| {
-            gradient(dst, dx, (input, i));
+            self.rows_tn(gathered, dst, accum, (dx, gh), (input, i), scratch);
         });
         if let (Some(b_ih), Some(b_hh)) = (s.b_ih.clone(), s.b_hh.clone()) {
             // Padding rows of dZ are zero: the column sums run over every row.
@@ -587,14 +568,8 @@ impl<'a, T: Float> LayerPass<'a, T> {
             }
         }
         if let Some(dinput) = dinput {
-            let dinput = &mut dinput[r.start * i..r.end * i];
-            if gathers {
-                let w = self.w_ih();
-                self.live_rows_product(gemm_nn, (dinput, i), (dx, gh), w, scratch, true);
-            } else {
-                let shape = GemmShape::new(r.len(), i, gh);
-                self.chunk_product(gemm_nn, dinput, Accum::Replace, dx, self.w_ih(), shape);
-            }
+            let (dinput, w) = (&mut dinput[r.start * i..r.end * i], self.w_ih());
+            self.rows_product(gathered, gemm_nn, (dinput, i), (dx, gh), w, scratch, true);
         }
     }
 }

@@ -29,9 +29,9 @@ pub(super) fn forward<T: Float>(p: &LayerPass<'_, T>, buf: &mut LayerBuffers<T>)
         let (past, future) = buf.hs.split_at_mut((t + 1) * step);
         let h_prev = &past[t * step..];
         let h_t = &mut future[..step];
-        let live = p.batch.live_rows(t) * h;
-        p.recurrent(t, z_t, Accum::Add, h_prev, &buf.w_hh_t);
-        let (z_live, h_live) = (&mut z_t[..live], &mut h_t[..live]);
+        let live = p.batch.live_rows(t);
+        p.recurrent(live, z_t, Accum::Add, h_prev, &buf.w_hh_t);
+        let (z_live, h_live) = (&mut z_t[..live * h], &mut h_t[..live * h]);
         match p.config.nonlinearity {
             Nonlinearity::Tanh => activation::bias_tanh(h_live, z_live, &buf.bias),
             Nonlinearity::Relu => activation::bias_relu(h_live, z_live, &buf.bias),
@@ -73,8 +73,8 @@ fn backward_steps<T: Float>(
             let rows = bb * h..(bb + 1) * h;
             reduce::axpy(&mut dh_prev[rows.clone()], T::one(), &dz_t[rows]);
         }
-        let live = p.batch.live_rows(t) * h;
-        let (dz_live, h_live) = (&mut dz_t[..live], &h_t[..live]);
+        let live = p.batch.live_rows(t);
+        let (dz_live, h_live) = (&mut dz_t[..live * h], &h_t[..live * h]);
         match p.config.nonlinearity {
             Nonlinearity::Tanh => activation::tanh_backward_in_place(dz_live, h_live),
             Nonlinearity::Relu => activation::relu_backward_in_place(dz_live, h_live),
@@ -84,7 +84,7 @@ fn backward_steps<T: Float>(
         }
         // dh_{t-1} += dZ_t W_hh, into G_{t-1} (or dh0, zeroed by the caller, at t = 0); the
         // rows past the live ones have a zero dZ_t.
-        p.recurrent_backward(t, dh_prev, Accum::Add, dz_t);
+        p.recurrent_backward(live, dh_prev, Accum::Add, dz_t);
     }
 }
 
