@@ -19,7 +19,7 @@ use std::ops::Range;
 use faer::{Accum, Par};
 use kernels::aligned::AlignedVec;
 use kernels::dropout::{drop_rows, drop_rows_backward};
-use kernels::gemm::{GemmShape, gemm_nn, gemm_nt, gemm_tn};
+use kernels::gemm::{gemm_nn, gemm_nt};
 use kernels::{Float, reduce};
 
 use crate::batch::{Batch, Target};
@@ -27,7 +27,8 @@ use crate::config::{LossSpec, RnnConfig};
 use crate::dropout::Dropout;
 use crate::error::Result;
 use crate::layer::{
-    self, InitialState, LayerGrads, LayerPass, PassThreads, share_accum, spans, unless_frozen,
+    self, ChunkRows, InitialState, LayerGrads, LayerPass, Padding, PassThreads, share_accum, spans,
+    unless_frozen,
 };
 pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
@@ -513,7 +514,7 @@ impl<'a, 's, T: Float> Pass<'a, 's, T> {
             dropout,
         );
         if batch.lengths.is_some() {
-            ws.ensure_gather(config, batch.seq_len, batch.batch);
+            ws.ensure_gather(config, batch.seq_len, batch.batch, many_to_one);
         }
     }
 
@@ -683,8 +684,17 @@ fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: Head
     for row in y.chunks_exact_mut(o) {
         row.copy_from_slice(b_y);
     }
-    let s = GemmShape::new(states.len() / w, o, w);
-    gemm_nt(y, Accum::Add, states, w_hy, s, p.threads.product(s));
+    let scratch = &mut ws.head_gather;
+    let chunk = head_chunk(p, &rows, scratch);
+    chunk.product(
+        gemm_nt,
+        (y, o),
+        Accum::Add,
+        (states, w),
+        w_hy,
+        scratch,
+        Padding::Keep,
+    );
     if rows.every_step {
         // PyTorch pads finished sequences' outputs with zeros, so their head output is b_y.
         for t in rows.steps {
@@ -693,6 +703,17 @@ fn head_forward<T: Float>(p: &Pass<'_, '_, T>, ws: &mut Workspace<T>, rows: Head
             }
         }
     }
+}
+
+/// The head's rows `rows` for its products: at every step, the live ones gathered when
+/// enough are padding (into `scratch`, `ws.head_gather`); the final states are all live.
+fn head_chunk<'c, T: Float>(
+    p: &Pass<'c, '_, T>,
+    rows: &HeadRows,
+    scratch: &[T],
+) -> ChunkRows<'c, T> {
+    let scratch = if rows.every_step { scratch } else { &[] };
+    ChunkRows::new(p.batch, rows.steps.clone(), p.threads, scratch)
 }
 
 /// Forward, loss and full backward in one call: returns the loss and writes the gradient of
@@ -894,23 +915,32 @@ fn head_backward<T: Float>(
     let (b, w, o) = (batch.batch, config.output_width(), config.output_size);
     let dy = &ws.dy[rows_of(rows.outputs(), b, o)];
     let (states, g_rows) = head_io(p, &mut ws.layers, &mut ws.bidi, &rows);
+    let scratch = &mut ws.head_gather;
+    let chunk = head_chunk(p, &rows, scratch);
     let accum = share_accum(&rows.steps, batch.seq_len);
     let w_hy = &p.params[layout.w_hy.clone()];
-    let n = states.len() / w;
     let frozen = &p.opts.frozen.tensors;
-    let s = GemmShape::new(o, w, n);
     let dw_hy = &mut grads[layout.w_hy.clone()];
     unless_frozen(frozen.head_weight(), dw_hy, accum, |dst| {
-        gemm_tn(dst, accum, dy, states, s, p.threads.product(s))
+        chunk.tn(dst, accum, (dy, o), (states, w), scratch)
     });
+    // Padding rows of dL/dy are zero: the column sums run over every row.
     let db_y = &mut grads[layout.b_y.clone()];
     unless_frozen(frozen.head_bias(), db_y, accum, |dst| {
         reduce::col_sums(dst, accum, dy)
     });
     // dL/dh of the top layer, unless the backward pass skips every layer (all frozen).
     if p.opts.skipped_layers(p.config.num_layers) < p.config.num_layers {
-        let s = GemmShape::new(n, w, o);
-        gemm_nn(g_rows, Accum::Replace, dy, w_hy, s, p.threads.product(s));
+        let (g_rows, dy) = ((g_rows, w), (dy, o));
+        chunk.product(
+            gemm_nn,
+            g_rows,
+            Accum::Replace,
+            dy,
+            w_hy,
+            scratch,
+            Padding::Zero,
+        );
     }
 }
 

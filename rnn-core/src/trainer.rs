@@ -124,7 +124,8 @@ impl Memory {
                         Workspace::<T>::bytes_for(config, s, batch, many_to_one, split, dropout);
                     if kept.ragged {
                         let room = Workspace::<T>::gather_room(config, s, batch);
-                        ws += config.passes() * room * T::BYTES;
+                        let head = Workspace::<T>::head_gather_room(config, s, batch, many_to_one);
+                        ws += (config.passes() * room + head) * T::BYTES;
                     }
                     if s >= seq_len {
                         ws + dx

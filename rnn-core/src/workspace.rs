@@ -123,6 +123,9 @@ pub struct Workspace<T> {
     pub y: AlignedVec<T>,
     /// `dL/dy`, same shape as `y`.
     pub dy: AlignedVec<T>,
+    /// Room for the head's every-step products over live rows only, when finished sequences
+    /// leave padding (`crate::layer::gather`).
+    pub head_gather: AlignedVec<T>,
     /// `[T, B, I]`: `dL/dx`, allocated and filled only when asked for.
     pub dx: AlignedVec<T>,
     /// `[L·D, B, H]` (`P` wide with projections): `dL/dh0`.
@@ -366,13 +369,34 @@ impl<T: Float> Workspace<T> {
         crate::layer::gather_len(seq_len * batch, config.gate_rows(), widest)
     }
 
-    /// Sizes every layer's room for products over live rows only, which a pass over a
-    /// batch with lengths may take (after [`Workspace::ensure`]; allocates only to grow).
-    pub(crate) fn ensure_gather(&mut self, config: &RnnConfig, seq_len: usize, batch: usize) {
+    /// Elements `head_gather` holds for such a pass: none when the loss is many-to-one (the
+    /// head reads the final states, all of them live).
+    pub(crate) fn head_gather_room(
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+    ) -> usize {
+        let rows = if many_to_one { 0 } else { seq_len * batch };
+        crate::layer::gather_len(rows, config.output_size, config.output_width())
+    }
+
+    /// Sizes every layer's and the head's room for products over live rows only, which a
+    /// pass over a batch with lengths may take (after [`Workspace::ensure`]; allocates only
+    /// to grow).
+    pub(crate) fn ensure_gather(
+        &mut self,
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+    ) {
         let room = Self::gather_room(config, seq_len, batch);
         for l in &mut self.layers {
             l.gather.resize(room);
         }
+        let head = Self::head_gather_room(config, seq_len, batch, many_to_one);
+        self.head_gather.resize(head);
     }
 
     /// Bytes [`Workspace::ensure`] would hold for this shape (without `dx`, checkpoints and
@@ -418,6 +442,7 @@ impl<T: Float> Workspace<T> {
             .sum();
         let rest = self.y.len()
             + self.dy.len()
+            + self.head_gather.len()
             + self.dx.len()
             + self.dh0.len()
             + self.dc0.len()

@@ -27,7 +27,7 @@ pub use blocks::UnitSplit;
 pub(crate) use blocks::halves;
 pub use chunks::TimeChunks;
 pub(crate) use chunks::{share_accum, spans};
-pub(crate) use gather::gather_len;
+pub(crate) use gather::{ChunkRows, Padding, gather_len};
 
 use std::ops::Range;
 
@@ -435,21 +435,22 @@ impl<'a, T: Float> LayerPass<'a, T> {
             &mut z[r.start * gh..r.end * gh],
             &self.input[r.start * i..r.end * i],
         );
-        let (gathered, w) = (self.gathers(scratch), self.w_ih());
-        self.rows_product(gathered, gemm_nt, (z, gh), (input, i), w, scratch, false);
+        let (chunk, w) = (self.chunk_rows(scratch), self.w_ih());
+        chunk.product(
+            gemm_nt,
+            (z, gh),
+            Accum::Replace,
+            (input, i),
+            w,
+            scratch,
+            Padding::Keep,
+        );
     }
 
-    /// One of the chunk's products, on the pass's threads ([`PassThreads::product`]).
-    fn chunk_product(
-        &self,
-        product: Product<'a, T>,
-        dst: &mut [T],
-        accum: Accum,
-        a: &[T],
-        b: &[T],
-        s: GemmShape,
-    ) {
-        product(dst, accum, a, b, s, self.threads.product(s));
+    /// The chunk's rows for its all-step products, gathering the live ones when enough are
+    /// padding and the layer has room (`scratch`, its `gather`).
+    fn chunk_rows(&self, scratch: &[T]) -> ChunkRows<'a, T> {
+        ChunkRows::new(self.batch, self.steps.clone(), self.threads, scratch)
     }
 
     /// `[B, H] → [B, G·H]`: a step's recurrent product `dst (+)= h W_hhᵀ` on its first
@@ -514,9 +515,9 @@ impl<'a, T: Float> LayerPass<'a, T> {
         let accum = share_accum(&self.steps, self.batch.seq_len);
         let frozen = self.frozen.has(LayerFrozen::W_HR);
         let (dh, ms) = (&dh[r.start * s..r.end * s], &ms[r.start * h..r.end * h]);
-        let gathered = self.gathers(scratch);
+        let chunk = self.chunk_rows(scratch);
         unless_frozen(frozen, &mut grads[w_hr], accum, |dst| {
-            self.rows_tn(gathered, dst, accum, (dh, s), (ms, h), scratch);
+            chunk.tn(dst, accum, (dh, s), (ms, h), scratch);
         });
     }
 
@@ -546,14 +547,14 @@ impl<'a, T: Float> LayerPass<'a, T> {
         let input = &self.input[r.start * i..r.end * i];
         let frozen = |bit| self.frozen.has(bit);
         // Over the chunk's rows, or its live ones only ([`gather`]).
-        let gathered = self.gathers(scratch);
+        let chunk = self.chunk_rows(scratch);
         let hs = &hs[r.start * h..r.end * h];
         let (w_hh, w_ih) = (s.w_hh.clone(), s.w_ih.clone());
         unless_frozen(frozen(LayerFrozen::W_HH), &mut grads[w_hh], accum, |dst| {
-            self.rows_tn(gathered, dst, accum, (dh, gh), (hs, h), scratch);
+            chunk.tn(dst, accum, (dh, gh), (hs, h), scratch);
         });
         unless_frozen(frozen(LayerFrozen::W_IH), &mut grads[w_ih], accum, |dst| {
-            self.rows_tn(gathered, dst, accum, (dx, gh), (input, i), scratch);
+            chunk.tn(dst, accum, (dx, gh), (input, i), scratch);
         });
         if let (Some(b_ih), Some(b_hh)) = (s.b_ih.clone(), s.b_hh.clone()) {
             // Padding rows of dZ are zero: the column sums run over every row.
@@ -569,7 +570,16 @@ impl<'a, T: Float> LayerPass<'a, T> {
         }
         if let Some(dinput) = dinput {
             let (dinput, w) = (&mut dinput[r.start * i..r.end * i], self.w_ih());
-            self.rows_product(gathered, gemm_nn, (dinput, i), (dx, gh), w, scratch, true);
+            let (dinput, dx) = ((dinput, i), (dx, gh));
+            chunk.product(
+                gemm_nn,
+                dinput,
+                Accum::Replace,
+                dx,
+                w,
+                scratch,
+                Padding::Zero,
+            );
         }
     }
 }
