@@ -3,7 +3,8 @@
 
     BENCH_WORKLOADS=loader cargo bench -p bench-suite --bench train_step -- loader
 
-    python3 scripts/torch_loader_bench.py [THREADS]   -> one JSON line per case, ms per epoch
+    python3 scripts/torch_loader_bench.py [THREADS] [--every-step]
+        -> one JSON line per case, ms per epoch
 
 256 sequences of 16-256 steps (I = 32), batches of 32 in a shuffled order: nn.LSTM(32, 128)
 over pack_padded_sequence(enforce_sorted=False) (PyTorch sorts each batch and computes only
@@ -12,6 +13,10 @@ cross-entropy (mean), Adam(1e-3). Cases: `packed` (the batch as it comes; PyTorc
 `padded` (no packing: every step computes every row, the loss read at each sequence's own
 last step), `packed_bucketed8` and `padded_bucketed8` (pools of 8 batches sorted by length, as
 `Loader::bucketed(8)`).
+
+With `--every-step` (the bench's `loader_lstm_lengths16to256_every_step_o1000_t1`): a label
+out of 1000 at every step, nn.Linear(128, 1000) on every output, cross-entropy (mean) over
+the sequences' own steps (padding ignored), the packed case on the packed outputs.
 """
 import json
 import sys
@@ -24,13 +29,18 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 
 def main():
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    args = [a for a in sys.argv[1:] if a != "--every-step"]
+    every_step = "--every-step" in sys.argv[1:]
+    threads = int(args[0]) if args else 1
     torch.set_num_threads(threads)
-    n, i, h, classes, batch = 256, 32, 128, 4, 32
+    n, i, h, batch = 256, 32, 128, 32
+    classes = 1000 if every_step else 4
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(16, 257, (n,), generator=g)
     xs = [torch.rand(int(l), i, generator=g) * 2 - 1 for l in lengths]
     labels = torch.randint(0, classes, (n,), generator=g)
+    g_steps = torch.Generator().manual_seed(1)  # leaves the shuffled order as it was
+    step_labels = [torch.randint(0, classes, (int(l),), generator=g_steps) for l in lengths]
     torch.manual_seed(0)
     rnn, head = nn.LSTM(i, h), nn.Linear(h, classes)
     opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
@@ -48,13 +58,23 @@ def main():
             x = pad_sequence([xs[j] for j in idx])  # [T, B, I]
             lens = lengths[idx]
             opt.zero_grad()
-            if packed:
+            if every_step and packed:
+                out, _ = rnn(pack_padded_sequence(x, lens, enforce_sorted=False))
+                ys = pack_padded_sequence(pad_sequence([step_labels[j] for j in idx]), lens,
+                                          enforce_sorted=False)
+                loss = F.cross_entropy(head(out.data), ys.data)
+            elif every_step:
+                out, _ = rnn(x)
+                ys = pad_sequence([step_labels[j] for j in idx], padding_value=-100)
+                loss = F.cross_entropy(head(out).flatten(0, 1), ys.flatten(), ignore_index=-100)
+            elif packed:
                 _, (h_n, _) = rnn(pack_padded_sequence(x, lens, enforce_sorted=False))
                 last = h_n[-1]
             else:
                 out, _ = rnn(x)
                 last = out[lens - 1, torch.arange(len(idx))]
-            loss = F.cross_entropy(head(last), labels[idx])
+            if not every_step:
+                loss = F.cross_entropy(head(last), labels[idx])
             loss.backward()
             opt.step()
 
@@ -68,7 +88,8 @@ def main():
             epoch(batches, packed)
             times.append(time.perf_counter() - start)
         times.sort()
-        print(json.dumps({"case": name, "threads": threads, "ms_per_epoch": 1e3 * times[2],
+        print(json.dumps({"case": name, "every_step": every_step, "threads": threads,
+                          "ms_per_epoch": 1e3 * times[2],
                           "torch": torch.__version__}))
 
 

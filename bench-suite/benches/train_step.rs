@@ -7,8 +7,9 @@
 //! input weights frozen (their gradient product skipped), and with only the head training
 //! (a linear probe: the whole backward pass is the head's). `loader` times epochs over
 //! sequences of 16-256 steps through `loader::Loader`: shuffled (in the loader's order, which
-//! the trainer copies longest first, then listed so by the loader) and bucketed by length:
-//! throughput counts the sequences' own steps, not the padding.
+//! the trainer copies longest first, then listed so by the loader) and bucketed by length,
+//! scored once per sequence and at every step (1000 classes): throughput counts the
+//! sequences' own steps, not the padding.
 
 use std::hint::black_box;
 
@@ -85,9 +86,12 @@ fn fine_tune(c: &mut Criterion) {
     group.finish();
 }
 
-/// Epochs of 256 sequences of 16-256 steps (I = 32, a class each, scored at each
-/// sequence's own last step) through an LSTM of H = 128, batches of 32: in shuffled batches
-/// and in shuffled batches of like lengths (pools of 4 batches and of all 8).
+/// Epochs of 256 sequences of 16-256 steps (I = 32) through an LSTM of H = 128, batches of
+/// 32: in shuffled batches (copied longest first by the trainer), listed longest first by
+/// the loader, and in shuffled batches of like lengths (pools of 4 batches and of all 8).
+/// Twice: a class per sequence scored at its own last step (4 classes), and a label at
+/// every step out of 1000 (a language model's head, which at every step costs more than
+/// the LSTM; only in shuffled and bucketed batches).
 fn loader(c: &mut Criterion) {
     if !picked("BENCH_WORKLOADS", "loader") {
         return;
@@ -99,54 +103,104 @@ fn loader(c: &mut Criterion) {
         .map(|&len| (0..len * i).map(|_| rng.random_range(-1.0..1.0)).collect())
         .collect();
     let labels: Vec<usize> = (0..n).map(|_| rng.random_range(0..classes)).collect();
-    let mut group = c.benchmark_group("loader_lstm_lengths16to256_t1");
-    group.throughput(Throughput::Elements(lengths.iter().sum::<usize>() as u64));
-    group.sample_size(10);
+    let vocab = 1000;
+    let step_labels: Vec<Vec<usize>> = (lengths.iter())
+        .map(|&len| (0..len).map(|_| rng.random_range(0..vocab)).collect())
+        .collect();
     let shuffled = Loader::new(&lengths, batch_size)
         .expect("a data set")
         .shuffled(0);
-    let cases = [
-        ("shuffled", shuffled.clone()),
-        ("shuffled_longest_first", shuffled.clone().longest_first()),
-        ("bucketed4", shuffled.clone().bucketed(4).expect("a pool")),
-        ("bucketed8", shuffled.bucketed(8).expect("a pool")),
+    let (bucketed4, bucketed8) = (
+        shuffled.clone().bucketed(4).expect("a pool"),
+        shuffled.clone().bucketed(8).expect("a pool"),
+    );
+    let runs = [
+        (
+            "loader_lstm_lengths16to256_t1",
+            Labels::Sequence(&labels, classes),
+            vec![
+                ("shuffled", shuffled.clone()),
+                ("shuffled_longest_first", shuffled.clone().longest_first()),
+                ("bucketed4", bucketed4.clone()),
+                ("bucketed8", bucketed8.clone()),
+            ],
+        ),
+        (
+            "loader_lstm_lengths16to256_every_step_o1000_t1",
+            Labels::Steps(&step_labels, vocab),
+            vec![("shuffled", shuffled), ("bucketed8", bucketed8)],
+        ),
     ];
-    for (id, loader) in cases {
-        let spec = LossSpec::last_step(LossKind::CrossEntropy);
-        let mut trainer = Trainer::new(
-            RnnConfig::lstm(i, h, classes),
-            spec,
-            OptimizerKind::adam(1e-3),
-            0,
-        )
-        .expect("a valid model")
-        .with_threads(1);
-        // What bucketing saves: the share of the positions a step computes that are padding.
-        let share = loader.padding_share(0);
-        eprintln!(
-            "loader/{id}: {:.1} % of an epoch's positions padding",
-            100.0 * share
-        );
-        let mut epoch = 0;
-        group.bench_function(id, |b| {
-            b.iter(|| {
-                for indices in loader.epoch(epoch) {
-                    let x = pad_batch(&xs, &indices, i, 0.0).unwrap();
-                    let y = gather_rows(&labels, &indices, 1).unwrap();
-                    let batch =
-                        Batch::new(x.seq_len, indices.len(), &x.values, Target::Classes(&y));
-                    trainer
-                        .step(black_box(&Batch {
-                            lengths: Some(&x.lengths),
-                            ..batch
-                        }))
-                        .unwrap();
-                }
-                epoch += 1;
-            })
-        });
+    for (name, labels, cases) in runs {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(lengths.iter().sum::<usize>() as u64));
+        group.sample_size(10);
+        for (id, loader) in cases {
+            let mut trainer = Trainer::new(
+                RnnConfig::lstm(i, h, labels.classes()),
+                labels.spec(),
+                OptimizerKind::adam(1e-3),
+                0,
+            )
+            .expect("a valid model")
+            .with_threads(1);
+            // What bucketing saves: the share of the positions a step computes that are padding.
+            let share = loader.padding_share(0);
+            eprintln!(
+                "{name}/{id}: {:.1} % of an epoch's positions padding",
+                100.0 * share
+            );
+            let mut epoch = 0;
+            group.bench_function(id, |b| {
+                b.iter(|| {
+                    for indices in loader.epoch(epoch) {
+                        let x = pad_batch(&xs, &indices, i, 0.0).unwrap();
+                        let y = labels.of(&indices);
+                        let batch =
+                            Batch::new(x.seq_len, indices.len(), &x.values, Target::Classes(&y));
+                        trainer
+                            .step(black_box(&Batch {
+                                lengths: Some(&x.lengths),
+                                ..batch
+                            }))
+                            .unwrap();
+                    }
+                    epoch += 1;
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
+}
+
+/// The loader bench's labels: a class per sequence, or one per step, and how many classes.
+#[derive(Clone, Copy)]
+enum Labels<'a> {
+    Sequence(&'a [usize], usize),
+    Steps(&'a [Vec<usize>], usize),
+}
+
+impl Labels<'_> {
+    fn classes(self) -> usize {
+        match self {
+            Labels::Sequence(_, n) | Labels::Steps(_, n) => n,
+        }
+    }
+
+    fn spec(self) -> LossSpec {
+        match self {
+            Labels::Sequence(..) => LossSpec::last_step(LossKind::CrossEntropy),
+            Labels::Steps(..) => LossSpec::every_step(LossKind::CrossEntropy),
+        }
+    }
+
+    /// The labels of the sequences `indices`: `[B]`, or padded `[T, B]`.
+    fn of(self, indices: &[usize]) -> Vec<usize> {
+        match self {
+            Labels::Sequence(labels, _) => gather_rows(labels, indices, 1).unwrap(),
+            Labels::Steps(labels, _) => pad_batch(labels, indices, 1, 0).unwrap().values,
+        }
+    }
 }
 
 fn gemm_reference(c: &mut Criterion) {
