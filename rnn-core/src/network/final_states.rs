@@ -71,12 +71,7 @@ pub(crate) fn backward_from_final_states<T: Float>(
     assert_eq!(grads.len(), layout.len, "grads length");
     // No targets or sequence weights: nothing here reads them.
     batch.validate_own_loss(config)?;
-    check_state("dh_n", dh_n, config, batch.batch, false)?;
-    if config.cell.has_cell_state() {
-        check_state("dc_n", dc_n, config, batch.batch, true)?;
-    } else if !dc_n.is_empty() {
-        return Err(shape("dc_n", "[] (the cell has no cell state)", dc_n.len()));
-    }
+    check_final_state_grads(config, batch.batch, (dh_n, dc_n))?;
     let kept = ws.kept_forward == Some(fingerprint);
     let opts = with_table_input_grad(batch, opts);
     with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
@@ -89,4 +84,25 @@ pub(crate) fn backward_from_final_states<T: Float>(
     ws.kept_forward = None;
     table_grads(config, layout, grads, ws, batch, opts);
     Ok(())
+}
+
+/// Checks the gradients of the final states of a batch of `b` sequences: `dh_n` `[L·D, B, S]`
+/// and, for an LSTM, `dc_n` `[L·D, B, H]` (else empty), every value finite.
+///
+/// # Errors
+/// [`crate::RnnError::ShapeMismatch`] for another length, [`crate::RnnError::NonFiniteInput`]
+/// for a NaN or infinity.
+pub(crate) fn check_final_state_grads<T: Float>(
+    config: &RnnConfig,
+    b: usize,
+    (dh_n, dc_n): (&[T], &[T]),
+) -> Result<()> {
+    check_state("dh_n", dh_n, config, b, false)?;
+    if config.cell.has_cell_state() {
+        check_state("dc_n", dc_n, config, b, true)
+    } else if dc_n.is_empty() {
+        Ok(())
+    } else {
+        Err(shape("dc_n", "[] (the cell has no cell state)", dc_n.len()))
+    }
 }

@@ -7,6 +7,7 @@ use std::fmt::Write;
 use kernels::Float;
 
 use super::Trainer;
+use super::longest_first::{Check, PerSequence};
 use crate::batch::Batch;
 use crate::error::Result;
 use crate::network::PassOptions;
@@ -24,7 +25,9 @@ impl<T: Float> Trainer<T> {
     /// and runs whole, whatever [`Trainer::with_memory`] says: its activations stay for the
     /// backward pass, which reuses them when nothing else ran on this trainer in between and
     /// the batch and parameters are as they were (checked by a CRC-32 of them: 0.33 ms for
-    /// 16 MiB of parameters on the AMD kind), and runs the forward pass again otherwise.
+    /// 16 MiB of parameters on the AMD kind), and runs the forward pass again otherwise. A
+    /// batch with lengths in any order runs longest first, as a packed sequence does (each
+    /// step computes only the sequences still running), its states given back in its order.
     ///
     /// A sequence-to-sequence model, trained as one (an encoder GRU's final state starts a
     /// decoder, which learns to give back the sum of the encoder's inputs):
@@ -63,10 +66,15 @@ impl<T: Float> Trainer<T> {
     pub fn final_states(&mut self, batch: &Batch<T>) -> Result<(&[T], &[T])> {
         let _flush = self.flush_scope();
         let fingerprint = self.final_state_fingerprint(batch);
-        self.in_step_threads(batch, |tr, par| {
-            let opts = tr.pass_options(par, 0);
-            let model = (&tr.config, &tr.layout, &tr.params[..]);
-            forward_final_states(model, &mut tr.workspace, batch, opts, Some(fingerprint))
+        // A ragged batch runs longest first: the same copy, the same pass, in
+        // `grads_from_final_states`, which the fingerprint of the batch as given lets reuse it.
+        let gives = PerSequence::FinalStates;
+        self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
+            tr.in_step_threads(batch, |tr, par| {
+                let opts = tr.pass_options(par, 0);
+                let model = (&tr.config, &tr.layout, &tr.params[..]);
+                forward_final_states(model, &mut tr.workspace, batch, opts, Some(fingerprint))
+            })
         })?;
         Ok((&self.workspace.final_h, &self.workspace.final_c))
     }
@@ -80,10 +88,13 @@ impl<T: Float> Trainer<T> {
     /// As [`Trainer::final_states`].
     pub fn eval_final_states(&mut self, batch: &Batch<T>) -> Result<(&[T], &[T])> {
         let _flush = self.flush_scope();
-        self.in_step_threads(batch, |tr, par| {
-            let opts = PassOptions::from(tr.exec(par));
-            let model = (&tr.config, &tr.layout, &tr.params[..]);
-            forward_final_states(model, &mut tr.workspace, batch, opts, None)
+        let gives = PerSequence::FinalStates;
+        self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
+            tr.in_step_threads(batch, |tr, par| {
+                let opts = PassOptions::from(tr.exec(par));
+                let model = (&tr.config, &tr.layout, &tr.params[..]);
+                forward_final_states(model, &mut tr.workspace, batch, opts, None)
+            })
         })?;
         Ok((&self.workspace.final_h, &self.workspace.final_c))
     }
@@ -109,11 +120,14 @@ impl<T: Float> Trainer<T> {
     ) -> Result<()> {
         let _flush = self.flush_scope();
         let fingerprint = self.final_state_fingerprint(batch);
-        self.in_step_threads(batch, |tr, par| {
-            let opts = tr.pass_options(par, 0);
-            let model = (&tr.config, &tr.layout, &tr.params[..]);
-            let (grads, ws) = (&mut tr.grads[..], &mut tr.workspace);
-            backward_from_final_states(model, grads, ws, batch, opts, (dh_n, dc_n), fingerprint)
+        let (check, gives) = (Check::NoTargets, PerSequence::InputGrads);
+        self.longest_first_from(batch, (dh_n, dc_n), check, gives, |tr, batch, states| {
+            tr.in_step_threads(batch, |tr, par| {
+                let opts = tr.pass_options(par, 0);
+                let model = (&tr.config, &tr.layout, &tr.params[..]);
+                let (grads, ws) = (&mut tr.grads[..], &mut tr.workspace);
+                backward_from_final_states(model, grads, ws, batch, opts, states, fingerprint)
+            })
         })?;
         self.zero_frozen_grads();
         Ok(())

@@ -5,9 +5,12 @@
 //! reused: no allocation from step to step), and the pass runs on the copy.
 //!
 //! The training passes reorder, and so do [`Trainer::evaluate`], [`Trainer::outputs`] (and
-//! [`Trainer::accuracy`] through it) and [`Trainer::sequence_losses`]; what they give per
-//! sequence (input gradients, outputs, sequence losses) is put back in the batch's order
-//! after the pass. The final states and a loss of the caller's own run the batch as it is.
+//! [`Trainer::accuracy`] through it), [`Trainer::sequence_losses`] and the final-state passes
+//! ([`Trainer::final_states`], [`Trainer::eval_final_states`],
+//! [`Trainer::grads_from_final_states`], whose `dL/dh_n` is copied longest first too); what
+//! they give per sequence (input gradients, outputs, sequence losses, final states) is put
+//! back in the batch's order after the pass. A loss of the caller's own runs the batch as it
+//! is.
 //! Reordering changes the results within rounding only (sums over the batch add in another
 //! order), and the same batch always runs the same way, at any thread count.
 
@@ -19,6 +22,7 @@ use super::Trainer;
 use crate::batch::{Batch, Target};
 use crate::config::{LossSpec, RnnConfig};
 use crate::error::Result;
+use crate::network::final_states::check_final_state_grads;
 
 /// What a pass leaves in the workspace per sequence, put back in the batch's order when the
 /// pass ran longest first.
@@ -32,6 +36,8 @@ pub(super) enum PerSequence {
     Outputs { many_to_one: bool },
     /// Each sequence's loss, `[B]`.
     SequenceLosses,
+    /// The final states `h_n`, `c_n`, `[L·D, B, ..]`.
+    FinalStates,
 }
 
 /// What a pass checks of its batch, and [`Trainer::longest_first`] before copying it.
@@ -43,6 +49,9 @@ pub(super) enum Check<'s> {
     TrainerLoss,
     /// Inputs and targets against this loss.
     Loss(&'s LossSpec),
+    /// Inputs, and neither targets nor sequence weights ([`Batch::validate_own_loss`]): a pass
+    /// to the final states.
+    NoTargets,
 }
 
 /// A batch's buffers copied longest first, kept from step to step.
@@ -58,6 +67,9 @@ pub(crate) struct Reordered<T> {
     h0: Vec<T>,
     c0: Vec<T>,
     weights: Vec<T>,
+    /// The gradients of the final states, `dL/dh_n` and `dL/dc_n`.
+    dh_n: Vec<T>,
+    dc_n: Vec<T>,
     /// A copy of an input gradient, to put back in the batch's order.
     scratch: Vec<T>,
 }
@@ -92,14 +104,19 @@ fn room<V>(v: &mut Vec<V>, n: usize) {
 impl<T: Float> Reordered<T> {
     /// Room for a copy of `batch` (with lengths), taken by every such batch, ordered or not:
     /// a trainer then allocates nothing once its largest batch has run, as its workspace.
-    fn reserve(&mut self, batch: &Batch<'_, T>, config: &RnnConfig, gives: PerSequence) {
+    fn reserve(
+        &mut self,
+        batch: &Batch<'_, T>,
+        config: &RnnConfig,
+        gives: PerSequence,
+        (dh_n, dc_n): (&[T], &[T]),
+    ) {
         let b = batch.batch;
+        let state = config.passes() * config.state_size().max(config.hidden_size);
         let per_sequence = match gives {
             PerSequence::Nothing => 0,
-            PerSequence::InputGrads => {
-                let dx = batch.seq_len * config.input_size;
-                dx.max(config.passes() * config.state_size().max(config.hidden_size))
-            }
+            PerSequence::InputGrads => state.max(batch.seq_len * config.input_size),
+            PerSequence::FinalStates => state,
             PerSequence::Outputs { many_to_one } => {
                 let steps = if many_to_one { 1 } else { batch.seq_len };
                 steps * config.output_size
@@ -109,6 +126,8 @@ impl<T: Float> Reordered<T> {
         room(&mut self.scratch, b * per_sequence);
         room(&mut self.order, b);
         room(&mut self.lengths, b);
+        room(&mut self.dh_n, dh_n.len());
+        room(&mut self.dc_n, dc_n.len());
         room(&mut self.x, batch.x.len());
         room(&mut self.tokens, batch.tokens.map_or(0, <[usize]>::len));
         room(&mut self.h0, batch.h0.map_or(0, <[T]>::len));
@@ -124,10 +143,16 @@ impl<T: Float> Reordered<T> {
         }
     }
 
-    /// `batch` longest first (equal lengths in their order) in these buffers. `batch` must
-    /// have lengths and be valid for `config` ([`Batch::validate`]): the copy reads it by
-    /// its shapes.
-    fn fill<'s>(&'s mut self, batch: &Batch<'_, T>, config: &RnnConfig) -> Batch<'s, T> {
+    /// `batch` longest first (equal lengths in their order) in these buffers, with the
+    /// gradients of its final states `(dh_n, dc_n)` (`[L·D, B, ..]`, or empty). `batch` must
+    /// have lengths and be valid for `config` ([`Batch::validate`]), and the gradients of
+    /// their shapes: the copy reads them by their shapes.
+    fn fill<'s>(
+        &'s mut self,
+        batch: &Batch<'_, T>,
+        config: &RnnConfig,
+        (dh_n, dc_n): (&[T], &[T]),
+    ) -> (Batch<'s, T>, (&'s [T], &'s [T])) {
         let b = batch.batch;
         let lengths = batch.lengths.expect("a batch with lengths");
         self.order.clear();
@@ -135,6 +160,21 @@ impl<T: Float> Reordered<T> {
         // Unstable with the index as a tie-break: the stable sort would allocate.
         (self.order).sort_unstable_by_key(|&k| (Reverse(lengths[k]), k));
         let order = &self.order[..];
+        let passes = config.passes();
+        gather(
+            &mut self.dh_n,
+            dh_n,
+            b,
+            dh_n.len() / (passes * b).max(1),
+            order,
+        );
+        gather(
+            &mut self.dc_n,
+            dc_n,
+            b,
+            dc_n.len() / (passes * b).max(1),
+            order,
+        );
         gather(&mut self.x, batch.x, b, config.input_size, order);
         gather(&mut self.tokens, batch.tokens.unwrap_or(&[]), b, 1, order);
         gather(&mut self.lengths, lengths, b, 1, order);
@@ -154,7 +194,7 @@ impl<T: Float> Reordered<T> {
             }
             Target::None => Target::None,
         };
-        Batch {
+        let sorted = Batch {
             x: &self.x,
             tokens: batch.tokens.map(|_| &self.tokens[..]),
             target,
@@ -163,7 +203,8 @@ impl<T: Float> Reordered<T> {
             c0: batch.c0.map(|_| &self.c0[..]),
             sequence_weights: batch.sequence_weights.map(|_| &self.weights[..]),
             ..*batch
-        }
+        };
+        (sorted, (&self.dh_n, &self.dc_n))
     }
 }
 
@@ -199,20 +240,42 @@ impl<T: Float> Trainer<T> {
         gives: PerSequence,
         pass: impl FnOnce(&mut Self, &Batch<'_, T>) -> Result<R>,
     ) -> Result<R> {
+        let no_states = (&[][..], &[][..]);
+        self.longest_first_from(batch, no_states, check, gives, |tr, batch, _| {
+            pass(tr, batch)
+        })
+    }
+
+    /// [`Trainer::longest_first`] for a pass that also takes the gradients of the batch's
+    /// final states `(dh_n, dc_n)` (`[L·D, B, ..]`), copied in the batch's order too; they
+    /// are checked with the batch.
+    pub(super) fn longest_first_from<R>(
+        &mut self,
+        batch: &Batch<'_, T>,
+        states: (&[T], &[T]),
+        check: Check<'_>,
+        gives: PerSequence,
+        pass: impl FnOnce(&mut Self, &Batch<'_, T>, (&[T], &[T])) -> Result<R>,
+    ) -> Result<R> {
         if batch.lengths.is_none() {
-            return pass(self, batch);
+            return pass(self, batch, states);
         }
-        self.reordered.reserve(batch, &self.config, gives);
+        self.reordered.reserve(batch, &self.config, gives, states);
         if !saves_rows(batch) {
-            return pass(self, batch);
+            return pass(self, batch, states);
         }
         match check {
             Check::Inputs => batch.validate_inputs(&self.config)?,
             Check::TrainerLoss => batch.validate(&self.config, &self.loss)?,
             Check::Loss(spec) => batch.validate(&self.config, spec)?,
+            Check::NoTargets => batch.validate_own_loss(&self.config)?,
+        }
+        if !states.0.is_empty() {
+            check_final_state_grads(&self.config, batch.batch, states)?;
         }
         let mut reordered = std::mem::take(&mut self.reordered);
-        let result = pass(self, &reordered.fill(batch, &self.config));
+        let (sorted, sorted_states) = reordered.fill(batch, &self.config, states);
+        let result = pass(self, &sorted, sorted_states);
         if result.is_ok() {
             let (ws, passes) = (&mut self.workspace, self.config.passes());
             match gives {
@@ -229,6 +292,10 @@ impl<T: Float> Trainer<T> {
                 }
                 PerSequence::SequenceLosses => {
                     reordered.restore_order(&mut ws.sequence_losses, 1);
+                }
+                PerSequence::FinalStates => {
+                    reordered.restore_order(&mut ws.final_h, passes);
+                    reordered.restore_order(&mut ws.final_c, passes);
                 }
             }
         }
@@ -269,7 +336,7 @@ mod tests {
             .unwrap();
         assert!(saves_rows(&batch));
         let mut reordered = Reordered::default();
-        let sorted = reordered.fill(&batch, &cfg);
+        let (sorted, _) = reordered.fill(&batch, &cfg, (&[], &[]));
         let order = [1, 3, 2, 0];
         let want = |outer: usize, width: usize| -> Vec<f64> {
             (0..outer)
@@ -293,7 +360,7 @@ mod tests {
             lengths: Some(&lengths),
             ..Batch::of_tokens(1, b, &[0, 1, 2, 3], Target::Classes(&labels))
         };
-        let sorted = reordered.fill(&classes, &cfg);
+        let (sorted, _) = reordered.fill(&classes, &cfg, (&[], &[]));
         assert_eq!(sorted.tokens, Some(&[1, 3, 2, 0][..]));
         assert!(matches!(sorted.target, Target::Classes(c) if c == [1, 1, 0, 0]));
         assert!(sorted.x.is_empty() && sorted.h0.is_none());

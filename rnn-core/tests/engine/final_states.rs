@@ -356,6 +356,26 @@ fn bad_input_is_refused() {
         tr.grads_from_final_states(&Batch::new(t, b, &short, Target::None), &dh, &dc)
             .is_err()
     );
+    // A ragged batch that would run longest first is checked before it is copied.
+    let lengths = [2, 4];
+    let ragged = Batch {
+        lengths: Some(&lengths),
+        ..batch
+    };
+    let err = (tr.grads_from_final_states(&ragged, &dh[1..], &dc)).unwrap_err();
+    assert!(err.to_string().contains("dh_n"), "{err}");
+    assert!(matches!(
+        tr.grads_from_final_states(&ragged, &dh, &nan),
+        Err(RnnError::NonFiniteInput { what: "dc_n", .. })
+    ));
+    let targets = Batch {
+        lengths: Some(&lengths),
+        ..targets
+    };
+    assert!(matches!(
+        tr.final_states(&targets),
+        Err(RnnError::Config(_))
+    ));
     assert!(tr.grads.iter().all(|&g| g == 7.0));
 }
 

@@ -12,7 +12,7 @@
 use std::num::NonZeroUsize;
 
 use faer::Par;
-use rand::{SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::batch::Batch;
 use rnn_core::config::{Cell, Nonlinearity};
 use rnn_core::network::{
@@ -143,7 +143,8 @@ struct Pass {
 
 /// The engine's passes over `data` as it is (the trainer's would run a batch longest
 /// first): loss and gradients straight from `forward_backward_checkpointed`, outputs from
-/// `forward`, the final states from a trainer's pass that keeps the batch's order.
+/// `forward`; the final states from the trainer (which runs a ragged batch longest first and
+/// puts them back in its order: [`each_alone`] checks them against each sequence's own).
 fn pass(case: &Case, data: &Data) -> Pass {
     let mut tr = case.trainer();
     let batch = case.batch(data);
@@ -208,6 +209,59 @@ fn pass(case: &Case, data: &Data) -> Pass {
         c_n,
         sequence_losses,
     }
+}
+
+/// What the final-state passes give for each sequence run alone (a batch of one, which
+/// nothing reorders), stacked in the batch's order: `h_n`, `c_n`, and from `dL/dh_n` and
+/// `dL/dc_n` the parameter gradients (summed over the sequences), `dL/dx` and `dL/dh0`.
+struct Alone {
+    h_n: Vec<f64>,
+    c_n: Vec<f64>,
+    grads: Vec<f64>,
+    dx: Vec<f64>,
+    dh0: Vec<f64>,
+}
+
+fn each_alone(case: &Case, data: &Data, dh_n: &[f64], dc_n: &[f64]) -> Alone {
+    let (t, b, cfg) = (case.t, case.b, &case.cfg);
+    let passes = cfg.passes();
+    let mut out = Alone {
+        h_n: vec![0.0; dh_n.len()],
+        c_n: vec![0.0; dc_n.len()],
+        grads: Vec::new(),
+        dx: vec![0.0; t * b * cfg.input_size],
+        dh0: vec![0.0; dh_n.len()],
+    };
+    // Row `k` of each of the `blocks` blocks of a `[blocks, B, width]` buffer.
+    let put = |dst: &mut [f64], src: &[f64], blocks: usize, k: usize| {
+        let width = src.len() / blocks;
+        for (p, row) in src.chunks_exact(width.max(1)).enumerate() {
+            dst[(p * b + k) * width..][..width].copy_from_slice(row);
+        }
+    };
+    for k in 0..b {
+        let one = data.pick(cfg, t, b, false, &[k]);
+        let batch = Batch {
+            target: Target::None,
+            ..one.batch(t, 1, LossKind::CrossEntropy, true, true)
+        };
+        let mut tr = case.trainer().with_input_grads();
+        let (h, c) = tr.final_states(&batch).unwrap();
+        put(&mut out.h_n, h, passes, k);
+        put(&mut out.c_n, c, passes, k);
+        let (dh, dc) = (
+            rows_in(dh_n, passes, b, &[k]),
+            rows_in(dc_n, passes, b, &[k]),
+        );
+        tr.grads_from_final_states(&batch, &dh, &dc).unwrap();
+        out.grads.resize(tr.grads.len(), 0.0);
+        for (sum, g) in out.grads.iter_mut().zip(tr.grads.iter()) {
+            *sum += g;
+        }
+        put(&mut out.dx, tr.input_grads(), t, k);
+        put(&mut out.dh0, tr.initial_state_grads().0, passes, k);
+    }
+    out
 }
 
 /// Sequence `order[k]`'s rows of a `[steps, B, width]` buffer, in `order`.
@@ -280,6 +334,14 @@ fn skipping_finished_rows_changes_nothing() {
     }
 }
 
+/// Random data for `case` in sequences of lengths in no order: 3, 7, 1, 7, 5, 2, ...
+fn ragged(case: &Case, rng: &mut StdRng) -> Data {
+    let mut data = Data::random(rng, &case.cfg, case.t, case.b, false);
+    let lengths = [3, 7, 1, 7, 5, 2];
+    data.lengths = (0..case.b).map(|k| lengths[k % lengths.len()]).collect();
+    data
+}
+
 /// The trainer runs a batch with lengths in any order longest first (copying it so), and
 /// hands back what it reports per sequence in the batch's order: its loss, gradients,
 /// `dL/dx`, `dL/dh0`, `evaluate`, outputs and sequence losses agree with the engine's passes
@@ -288,11 +350,7 @@ fn skipping_finished_rows_changes_nothing() {
 #[test]
 fn the_trainer_runs_batches_longest_first() {
     for case in cases().into_iter().filter(|c| c.t >= 7) {
-        let mut rng = StdRng::seed_from_u64(12);
-        let mut data = Data::random(&mut rng, &case.cfg, case.t, case.b, false);
-        // Ragged in no order: 3, 7, 1, 7, 5, 2, ...
-        let ragged = [3, 7, 1, 7, 5, 2];
-        data.lengths = (0..case.b).map(|k| ragged[k % ragged.len()]).collect();
+        let data = ragged(&case, &mut StdRng::seed_from_u64(12));
         let want = pass(&case, &data);
         let batch = case.batch(&data);
         let mut tr = case.trainer().with_input_grads();
@@ -311,5 +369,49 @@ fn the_trainer_runs_batches_longest_first() {
         tr.step(&batch).unwrap();
         let bits = |v: &[f64]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&tr.params), bits(&plain.params), "{}", case.name);
+    }
+}
+
+/// The final-state passes run a ragged batch longest first too: `h_n`, `c_n`, and from
+/// `dL/dh_n`, `dL/dc_n` (copied longest first) the gradients, `dL/dx` and `dL/dh0` match each
+/// sequence's own, in the batch's order, whether the backward pass reuses the forward pass
+/// of `final_states` or runs it again.
+#[test]
+fn final_states_run_batches_longest_first() {
+    for case in cases().into_iter().filter(|c| c.t >= 7) {
+        let mut rng = StdRng::seed_from_u64(13);
+        let data = ragged(&case, &mut rng);
+        let passes = case.cfg.passes();
+        let mut state = |width: usize| -> Vec<f64> {
+            (0..passes * case.b * width)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect()
+        };
+        let dh_n = state(case.cfg.state_size());
+        let dc_n = if case.cfg.cell == Cell::Lstm {
+            state(case.cfg.hidden_size)
+        } else {
+            Vec::new()
+        };
+        let want = each_alone(&case, &data, &dh_n, &dc_n);
+        let batch = Batch {
+            target: Target::None,
+            ..case.batch(&data)
+        };
+        let mut tr = case.trainer().with_input_grads();
+        let (h_n, c_n) = tr.eval_final_states(&batch).unwrap();
+        assert_close("eval h_n", &case, h_n, &want.h_n);
+        assert_close("eval c_n", &case, c_n, &want.c_n);
+        for kept in [true, false] {
+            if kept {
+                let (h_n, c_n) = tr.final_states(&batch).unwrap();
+                assert_close("h_n", &case, h_n, &want.h_n);
+                assert_close("c_n", &case, c_n, &want.c_n);
+            }
+            tr.grads_from_final_states(&batch, &dh_n, &dc_n).unwrap();
+            assert_close("grads", &case, &tr.grads, &want.grads);
+            assert_close("dL/dx", &case, tr.input_grads(), &want.dx);
+            assert_close("dL/dh0", &case, tr.initial_state_grads().0, &want.dh0);
+        }
     }
 }
