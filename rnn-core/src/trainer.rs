@@ -1009,7 +1009,9 @@ impl<T: Float> Trainer<T> {
     /// weights). With [`Batch::score_from`] they are those of the steps from it on. `dy` has
     /// the same shape and comes zeroed. Rows past a sequence's length
     /// hold `b_y` and take no gradient ([`crate::network::forward_backward_with`]): leave
-    /// them out of the loss. Under a [`Memory`] setting that checkpoints, the loss still
+    /// them out of the loss. A batch with lengths in any order runs longest first (each step
+    /// then computes only the sequences still running), and the closure still reads the
+    /// outputs and writes `dy` in the batch's order. Under a [`Memory`] setting that checkpoints, the loss still
     /// reads every output at once: the first forward pass keeps them (`[T, B, O]` more), and
     /// the gradients equal the whole pass's within rounding. The batch carries no targets ([`Target::None`](crate::batch::Target::None)): the loss reads
     /// its own.
@@ -1133,21 +1135,37 @@ impl<T: Float> Trainer<T> {
     ) -> Result<T> {
         let segment = self.training_segment(batch, true);
         let many_to_one = self.loss.many_to_one;
-        self.in_step_threads(batch, |tr, par| {
-            let opts = tr.pass_options(par, micro);
-            let value = network::forward_backward_with_segments(
-                (&tr.config, &tr.layout, &tr.params),
-                &mut tr.grads,
-                &mut tr.workspace,
-                batch,
-                many_to_one,
-                opts,
-                loss,
-                segment,
-            )?;
-            tr.zero_frozen_grads();
-            Ok(value)
-        })
+        let o = self.config.output_size;
+        if batch.lengths.is_some() {
+            let steps = if many_to_one { 1 } else { batch.seq_len };
+            self.reordered.reserve_own_loss(steps * batch.batch * o);
+        }
+        let (gives, no_states) = (self.grads_given(), (&[][..], &[][..]));
+        self.longest_first_from(
+            batch,
+            no_states,
+            Check::NoTargets,
+            gives,
+            |tr, batch, sorted| {
+                // The closure sees the outputs, and writes their gradient, in the batch's order.
+                let loss = sorted.own_loss(o, loss);
+                tr.in_step_threads(batch, |tr, par| {
+                    let opts = tr.pass_options(par, micro);
+                    let value = network::forward_backward_with_segments(
+                        (&tr.config, &tr.layout, &tr.params),
+                        &mut tr.grads,
+                        &mut tr.workspace,
+                        batch,
+                        many_to_one,
+                        opts,
+                        loss,
+                        segment,
+                    )?;
+                    tr.zero_frozen_grads();
+                    Ok(value)
+                })
+            },
+        )
     }
 
     /// The options of a training pass on `par`, dropping as micro-batch `micro` of the
@@ -1169,14 +1187,18 @@ impl<T: Float> Trainer<T> {
     /// The loss of `batch` under `spec` and its gradients into `self.grads`, dropping as
     /// micro-batch `micro` of the coming update.
     fn grads_of(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
-        let gives = if self.input_grad {
+        self.longest_first(batch, Check::Loss(spec), self.grads_given(), |tr, batch| {
+            tr.grads_in_order(batch, spec, micro)
+        })
+    }
+
+    /// What a training pass gives per sequence: its input gradients when asked for.
+    fn grads_given(&self) -> PerSequence {
+        if self.input_grad {
             PerSequence::InputGrads
         } else {
             PerSequence::Nothing
-        };
-        self.longest_first(batch, Check::Loss(spec), gives, |tr, batch| {
-            tr.grads_in_order(batch, spec, micro)
-        })
+        }
     }
 
     /// [`Trainer::grads_of`] with the batch's sequences in the order given.

@@ -121,7 +121,8 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let fingerprint = self.final_state_fingerprint(batch);
         let (check, gives) = (Check::NoTargets, PerSequence::InputGrads);
-        self.longest_first_from(batch, (dh_n, dc_n), check, gives, |tr, batch, states| {
+        self.longest_first_from(batch, (dh_n, dc_n), check, gives, |tr, batch, sorted| {
+            let states = sorted.states;
             tr.in_step_threads(batch, |tr, par| {
                 let opts = tr.pass_options(par, 0);
                 let model = (&tr.config, &tr.layout, &tr.params[..]);

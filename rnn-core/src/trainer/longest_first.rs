@@ -9,8 +9,9 @@
 //! ([`Trainer::final_states`], [`Trainer::eval_final_states`],
 //! [`Trainer::grads_from_final_states`], whose `dL/dh_n` is copied longest first too); what
 //! they give per sequence (input gradients, outputs, sequence losses, final states) is put
-//! back in the batch's order after the pass. A loss of the caller's own runs the batch as it
-//! is.
+//! back in the batch's order after the pass. A loss of the caller's own
+//! ([`Trainer::step_with`] and the like) is handed the outputs in the batch's order, and the
+//! gradient it writes is put in the pass's.
 //! Reordering changes the results within rounding only (sums over the batch add in another
 //! order), and the same batch always runs the same way, at any thread count.
 
@@ -70,6 +71,10 @@ pub(crate) struct Reordered<T> {
     /// The gradients of the final states, `dL/dh_n` and `dL/dc_n`.
     dh_n: Vec<T>,
     dc_n: Vec<T>,
+    /// The outputs a loss of the caller's own reads, and the gradient it writes, in the
+    /// batch's order.
+    own_y: Vec<T>,
+    own_dy: Vec<T>,
     /// A copy of an input gradient, to put back in the batch's order.
     scratch: Vec<T>,
 }
@@ -92,6 +97,28 @@ fn gather<V: Copy>(dst: &mut Vec<V>, src: &[V], b: usize, width: usize, order: &
     for block in src.chunks_exact(b * width) {
         for &k in order {
             dst.extend_from_slice(&block[k * width..(k + 1) * width]);
+        }
+    }
+}
+
+/// The inverse of [`gather`]: row `k` of each block of `src` (`order.len()` rows of
+/// `width`) to row `order[k]` of the same block of `dst`.
+fn scatter<V: Copy>(dst: &mut [V], src: &[V], width: usize, order: &[usize]) {
+    let block = order.len() * width;
+    for (to, from) in dst.chunks_exact_mut(block).zip(src.chunks_exact(block)) {
+        for (row, &k) in from.chunks_exact(width).zip(order) {
+            to[k * width..(k + 1) * width].copy_from_slice(row);
+        }
+    }
+}
+
+/// [`gather`] into a slice of `src`'s length: row `order[k]` of each block of `src` to
+/// row `k` of the same block of `dst`.
+fn gather_into<V: Copy>(dst: &mut [V], src: &[V], width: usize, order: &[usize]) {
+    let block = order.len() * width;
+    for (to, from) in dst.chunks_exact_mut(block).zip(src.chunks_exact(block)) {
+        for (row, &k) in to.chunks_exact_mut(width).zip(order) {
+            row.copy_from_slice(&from[k * width..(k + 1) * width]);
         }
     }
 }
@@ -152,7 +179,7 @@ impl<T: Float> Reordered<T> {
         batch: &Batch<'_, T>,
         config: &RnnConfig,
         (dh_n, dc_n): (&[T], &[T]),
-    ) -> (Batch<'s, T>, (&'s [T], &'s [T])) {
+    ) -> (Batch<'s, T>, Sorted<'s, T>) {
         let b = batch.batch;
         let lengths = batch.lengths.expect("a batch with lengths");
         self.order.clear();
@@ -160,21 +187,9 @@ impl<T: Float> Reordered<T> {
         // Unstable with the index as a tie-break: the stable sort would allocate.
         (self.order).sort_unstable_by_key(|&k| (Reverse(lengths[k]), k));
         let order = &self.order[..];
-        let passes = config.passes();
-        gather(
-            &mut self.dh_n,
-            dh_n,
-            b,
-            dh_n.len() / (passes * b).max(1),
-            order,
-        );
-        gather(
-            &mut self.dc_n,
-            dc_n,
-            b,
-            dc_n.len() / (passes * b).max(1),
-            order,
-        );
+        let state_width = |grads: &[T]| grads.len() / (config.passes() * b).max(1);
+        gather(&mut self.dh_n, dh_n, b, state_width(dh_n), order);
+        gather(&mut self.dc_n, dc_n, b, state_width(dc_n), order);
         gather(&mut self.x, batch.x, b, config.input_size, order);
         gather(&mut self.tokens, batch.tokens.unwrap_or(&[]), b, 1, order);
         gather(&mut self.lengths, lengths, b, 1, order);
@@ -183,28 +198,108 @@ impl<T: Float> Reordered<T> {
         gather(&mut self.c0, batch.c0.unwrap_or(&[]), b, h, order);
         let weights = batch.sequence_weights.unwrap_or(&[]);
         gather(&mut self.weights, weights, b, 1, order);
-        let target = match batch.target {
-            Target::Values(v) => {
-                gather(&mut self.values, v, b, config.output_size, order);
-                Target::Values(&self.values[..])
-            }
-            Target::Classes(c) => {
-                gather(&mut self.classes, c, b, 1, order);
-                Target::Classes(&self.classes[..])
-            }
-            Target::None => Target::None,
-        };
+        match batch.target {
+            Target::Values(v) => gather(&mut self.values, v, b, config.output_size, order),
+            Target::Classes(c) => gather(&mut self.classes, c, b, 1, order),
+            Target::None => {}
+        }
+        let Self {
+            order,
+            x,
+            tokens,
+            values,
+            classes,
+            lengths,
+            h0,
+            c0,
+            weights,
+            dh_n,
+            dc_n,
+            own_y,
+            own_dy,
+            ..
+        } = self;
         let sorted = Batch {
-            x: &self.x,
-            tokens: batch.tokens.map(|_| &self.tokens[..]),
-            target,
-            lengths: Some(&self.lengths),
-            h0: batch.h0.map(|_| &self.h0[..]),
-            c0: batch.c0.map(|_| &self.c0[..]),
-            sequence_weights: batch.sequence_weights.map(|_| &self.weights[..]),
+            x,
+            tokens: batch.tokens.map(|_| &tokens[..]),
+            target: match batch.target {
+                Target::Values(_) => Target::Values(values),
+                Target::Classes(_) => Target::Classes(classes),
+                Target::None => Target::None,
+            },
+            lengths: Some(lengths),
+            h0: batch.h0.map(|_| &h0[..]),
+            c0: batch.c0.map(|_| &c0[..]),
+            sequence_weights: batch.sequence_weights.map(|_| &weights[..]),
             ..*batch
         };
-        (sorted, (&self.dh_n, &self.dc_n))
+        let view = Sorted {
+            states: (dh_n, dc_n),
+            order,
+            own_y,
+            own_dy,
+        };
+        (sorted, view)
+    }
+
+    /// What a pass over a batch as it is gets: `states` as they are.
+    fn as_is<'s>(&'s mut self, states: (&'s [T], &'s [T])) -> Sorted<'s, T> {
+        Sorted {
+            states,
+            order: &[],
+            own_y: &mut self.own_y,
+            own_dy: &mut self.own_dy,
+        }
+    }
+
+    /// Room for the outputs a loss of the caller's own reads in a batch of `outputs` of them
+    /// (`[T, B, O]` or `[B, O]` elements), and their gradient.
+    pub(super) fn reserve_own_loss(&mut self, outputs: usize) {
+        room(&mut self.own_y, outputs);
+        room(&mut self.own_dy, outputs);
+    }
+}
+
+/// What a pass run by [`Trainer::longest_first_from`] gets besides its batch: the
+/// gradients of the batch's final states and a loss of the caller's own, each in the order
+/// of the pass.
+pub(super) struct Sorted<'s, T> {
+    /// `dL/dh_n`, `dL/dc_n` (empty when not given).
+    pub states: (&'s [T], &'s [T]),
+    /// `order[k]` is the batch's sequence at the pass's row `k` (empty: the batch's order).
+    order: &'s [usize],
+    own_y: &'s mut Vec<T>,
+    own_dy: &'s mut Vec<T>,
+}
+
+impl<T: Float> Sorted<'_, T> {
+    /// `loss`, a loss of the caller's own that reads outputs `o` wide (`[.., B, O]`) and
+    /// writes their gradient, as the pass calls it: the outputs it reads and the gradient
+    /// it writes are in the batch's order.
+    pub(super) fn own_loss(
+        self,
+        o: usize,
+        loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
+    ) -> impl FnOnce(&[T], &mut [T]) -> T + Send {
+        let Sorted {
+            order,
+            own_y,
+            own_dy,
+            ..
+        } = self;
+        move |y: &[T], dy: &mut [T]| {
+            if order.is_empty() {
+                return loss(y, dy);
+            }
+            own_y.clear();
+            own_y.resize(y.len(), T::zero());
+            scatter(own_y, y, o, order);
+            own_dy.clear();
+            own_dy.resize(dy.len(), T::zero());
+            let value = loss(own_y, own_dy);
+            gather_into(dy, own_dy, o, order);
+            value
+        }
     }
 }
 
@@ -219,12 +314,7 @@ impl<T: Float> Reordered<T> {
         let width = grads.len() / (blocks * b);
         self.scratch.clear();
         self.scratch.extend_from_slice(grads);
-        let rows = grads.chunks_exact_mut(b * width);
-        for (block, sorted) in rows.zip(self.scratch.chunks_exact(b * width)) {
-            for (row, &k) in sorted.chunks_exact(width).zip(&self.order) {
-                block[k * width..(k + 1) * width].copy_from_slice(row);
-            }
-        }
+        scatter(grads, &self.scratch, width, &self.order);
     }
 }
 
@@ -255,27 +345,35 @@ impl<T: Float> Trainer<T> {
         states: (&[T], &[T]),
         check: Check<'_>,
         gives: PerSequence,
-        pass: impl FnOnce(&mut Self, &Batch<'_, T>, (&[T], &[T])) -> Result<R>,
+        pass: impl FnOnce(&mut Self, &Batch<'_, T>, Sorted<'_, T>) -> Result<R>,
     ) -> Result<R> {
-        if batch.lengths.is_none() {
-            return pass(self, batch, states);
-        }
-        self.reordered.reserve(batch, &self.config, gives, states);
-        if !saves_rows(batch) {
-            return pass(self, batch, states);
-        }
-        match check {
-            Check::Inputs => batch.validate_inputs(&self.config)?,
-            Check::TrainerLoss => batch.validate(&self.config, &self.loss)?,
-            Check::Loss(spec) => batch.validate(&self.config, spec)?,
-            Check::NoTargets => batch.validate_own_loss(&self.config)?,
-        }
-        if !states.0.is_empty() {
-            check_final_state_grads(&self.config, batch.batch, states)?;
+        if batch.lengths.is_some() {
+            self.reordered.reserve(batch, &self.config, gives, states);
         }
         let mut reordered = std::mem::take(&mut self.reordered);
-        let (sorted, sorted_states) = reordered.fill(batch, &self.config, states);
-        let result = pass(self, &sorted, sorted_states);
+        if !saves_rows(batch) {
+            let result = pass(self, batch, reordered.as_is(states));
+            self.reordered = reordered;
+            return result;
+        }
+        let checked = match check {
+            Check::Inputs => batch.validate_inputs(&self.config),
+            Check::TrainerLoss => batch.validate(&self.config, &self.loss),
+            Check::Loss(spec) => batch.validate(&self.config, spec),
+            Check::NoTargets => batch.validate_own_loss(&self.config),
+        }
+        .and_then(|()| {
+            // Checked before they are copied by the shapes they should have.
+            if states.0.is_empty() && states.1.is_empty() {
+                Ok(())
+            } else {
+                check_final_state_grads(&self.config, batch.batch, states)
+            }
+        });
+        let result = checked.and_then(|()| {
+            let (sorted, view) = reordered.fill(batch, &self.config, states);
+            pass(self, &sorted, view)
+        });
         if result.is_ok() {
             let (ws, passes) = (&mut self.workspace, self.config.passes());
             match gives {

@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::batch::Batch;
 use rnn_core::config::{Cell, Nonlinearity};
 use rnn_core::network::{
-    Exec, PassOptions, TimeChunks, forward, forward_backward_checkpointed, sequence_losses,
+    Exec, PassOptions, TimeChunks, forward, forward_backward_checkpointed, forward_backward_with,
+    sequence_losses,
 };
 use rnn_core::prelude::*;
 use rnn_core::workspace::Workspace;
@@ -413,5 +414,63 @@ fn final_states_run_batches_longest_first() {
             assert_close("dL/dx", &case, tr.input_grads(), &want.dx);
             assert_close("dL/dh0", &case, tr.initial_state_grads().0, &want.dh0);
         }
+    }
+}
+
+/// `sum_i w_i y_i² / 2` with `w_i = 1 + i / 100` by the output's place `i`, the outputs it
+/// reads appended to `seen`.
+fn weighted_squares(seen: &mut Vec<f64>) -> impl FnOnce(&[f64], &mut [f64]) -> f64 + Send + '_ {
+    move |y: &[f64], dy: &mut [f64]| {
+        seen.extend_from_slice(y);
+        let w = |i: usize| 1.0 + i as f64 / 100.0;
+        for (i, (d, v)) in dy.iter_mut().zip(y).enumerate() {
+            *d = w(i) * v;
+        }
+        y.iter().enumerate().map(|(i, v)| w(i) * v * v / 2.0).sum()
+    }
+}
+
+/// A loss of the caller's own on a ragged batch in no order: the trainer runs it longest
+/// first, yet the closure reads the outputs and writes their gradient in the batch's order,
+/// as the engine over the batch as it is hands them. Each position weighs differently, so a
+/// row out of place changes the loss and the gradients.
+#[test]
+fn own_losses_see_the_batch_in_its_order() {
+    for case in cases().into_iter().filter(|c| c.t >= 7) {
+        let data = ragged(&case, &mut StdRng::seed_from_u64(14));
+        let batch = Batch {
+            target: Target::None,
+            ..case.batch(&data)
+        };
+        let loss = weighted_squares;
+        let mut tr = case.trainer().with_input_grads();
+        let (par, mut want_seen) = (Par::rayon(case.threads), Vec::new());
+        let opts = PassOptions {
+            par: if case.threads > 1 { par } else { Par::Seq },
+            input_grad: true,
+            split: case.split,
+            chunks: case.chunks,
+            ..Default::default()
+        };
+        let (mut grads, mut ws) = (vec![0.0; tr.layout.len], Workspace::new());
+        let want = forward_backward_with(
+            &tr.config,
+            &tr.layout,
+            &tr.params,
+            &mut grads,
+            &mut ws,
+            &batch,
+            false,
+            opts,
+            loss(&mut want_seen),
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        let got = tr.loss_and_grads_with(&batch, loss(&mut seen)).unwrap();
+        assert_close("outputs seen", &case, &seen, &want_seen);
+        assert_close("loss", &case, &[got], &[want]);
+        assert_close("grads", &case, &tr.grads, &grads);
+        assert_close("dL/dx", &case, tr.input_grads(), &ws.dx);
+        assert_close("dL/dh0", &case, tr.initial_state_grads().0, &ws.dh0);
     }
 }
