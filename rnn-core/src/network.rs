@@ -1040,7 +1040,7 @@ pub fn forward_backward_checkpointed<T: Float>(
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
         } else {
-            checkpointed_pass(&p, grads, ws, spec, segment, BuiltIn::BuiltIn)
+            checkpointed_pass(&p, grads, ws, spec, segment, NoClosure::BuiltIn)
         }
     });
     table_grads(config, layout, grads, ws, batch, opts);
@@ -1205,16 +1205,24 @@ fn table_grads<T: Float>(
     }
 }
 
-/// Where a pass's `dL/dy` comes from.
-enum Scorer<F> {
+/// Where a pass's gradient comes from.
+enum Scorer<'g, T, F> {
     /// The loss spec's built-in loss.
     BuiltIn,
     /// The caller's ([`forward_backward_with`]), called once with all the batch's outputs.
     Own(F),
+    /// No loss and no head: the gradients `(dL/dh_n, dL/dc_n)` of the final states, from
+    /// beyond the last step ([`final_states`]). `kept`: the forward pass of
+    /// [`final_states::forward_final_states`] left the segments' starting states and the
+    /// last segment's activations in the workspace.
+    FinalStates {
+        grads: (&'g [T], &'g [T]),
+        kept: bool,
+    },
 }
 
-/// The [`Scorer`] of the built-in losses (its closure type is never used).
-type BuiltIn<T> = Scorer<fn(&[T], &mut [T]) -> T>;
+/// A [`Scorer`] without a closure of the caller's (its closure type is never used).
+type NoClosure<'g, T> = Scorer<'g, T, fn(&[T], &mut [T]) -> T>;
 
 /// [`forward_backward_checkpointed`] of a validated batch, in segments shorter than it, its
 /// loss built in or the caller's (`scorer`; then `spec` says only where outputs are read).
@@ -1224,7 +1232,7 @@ fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
     ws: &mut Workspace<T>,
     spec: &LossSpec,
     segment: usize,
-    scorer: Scorer<F>,
+    scorer: Scorer<'_, T, F>,
 ) -> T {
     let (config, layout, batch, opts) = (p.config, p.layout, p.batch, p.opts);
     let (t_len, b, l) = (batch.seq_len, batch.batch, config.num_layers);
@@ -1254,10 +1262,14 @@ fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
     let scale = loss_scale(config, batch, spec);
     let o = config.output_size;
     let mut total = T::zero();
-    let mut own = match scorer {
-        Scorer::Own(loss) => Some(loss),
-        Scorer::BuiltIn => None,
+    let (mut own, final_states) = match scorer {
+        Scorer::Own(loss) => (Some(loss), None),
+        Scorer::BuiltIn => (None, None),
+        Scorer::FinalStates { grads, kept } => (None, Some((grads, kept))),
     };
+    // The forward pass to the final states is still in the workspace: its segment starts,
+    // and the last segment's activations, which the backward pass takes first.
+    let kept = final_states.is_some_and(|(_, kept)| kept);
     // A loss of the caller's own at every step reads all outputs at once: the first pass
     // keeps them, and the second feeds each segment its rows of the gradient.
     let own_every_step = own.is_some() && !spec.many_to_one;
@@ -1272,7 +1284,7 @@ fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
         if let Some(loss) = own.take() {
             total = own_loss(batch, false, o, &y_all, &mut dy_all, loss);
         }
-    } else {
+    } else if !kept {
         forward_segments(p, ws, &seg, states, &mut lengths, SegmentsRun::States);
     }
 
@@ -1284,13 +1296,15 @@ fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
         let r = seg.span(s);
         let seg_pass = p.over(&sub, r.start);
         seg_pass.size_workspace(ws, spec.many_to_one);
-        let scored = seg.scored(s);
+        let scored = final_states.is_none() && seg.scored(s);
         let head = if scored && !own_every_step {
             Head::of(spec.many_to_one)
         } else {
             Head::Skip
         };
-        forward_chunks(&seg_pass, ws, head);
+        if !(kept && s + 1 == n) {
+            forward_chunks(&seg_pass, ws, head);
+        }
         if own_every_step {
             let rows = rows_of(r.clone(), b, o);
             ws.dy[..rows.len()].copy_from_slice(&dy_all[rows]);
@@ -1301,7 +1315,12 @@ fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
         } else if scored {
             total += loss_forward_backward(&seg_pass, ws, spec, scale);
         }
-        let carry = (s + 1 < n).then_some((&carry_h[..], &carry_c[..]));
+        // From the next segment, or into the last from beyond it (the final states').
+        let carry = match final_states {
+            _ if s + 1 < n => Some((&carry_h[..], &carry_c[..])),
+            Some((grads, _)) => Some(grads),
+            None => None,
+        };
         backward(
             &seg_pass,
             &mut seg_grads,
@@ -1348,10 +1367,45 @@ fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
     total
 }
 
+/// The forward pass to the final states in segments of `segment` steps (fewer than the
+/// batch's; [`final_states::forward_final_states`]): every segment without the head, from
+/// the state the one before ended in, those states saved in `ws.checkpoints` as checkpointed
+/// BPTT's first pass saves them. Returns the last segment's length: the states it ends in
+/// are the batch's.
+fn forward_to_final_states<T: Float>(
+    p: &Pass<'_, '_, T>,
+    ws: &mut Workspace<T>,
+    segment: usize,
+) -> usize {
+    let spec = final_state_spec();
+    let seg = SegmentOf::new(p.config, p.batch, &spec, segment);
+    ws.checkpoints.size_states(&seg);
+    let mut kept = std::mem::take(&mut ws.checkpoints);
+    let states = (&mut kept.h[..], &mut kept.c[..]);
+    forward_segments(
+        p,
+        ws,
+        &seg,
+        states,
+        &mut kept.lengths,
+        SegmentsRun::FinalStates,
+    );
+    ws.checkpoints = kept;
+    seg.span(seg.count() - 1).len()
+}
+
+/// The spec of the segments of a pass to the final states, which score nothing: every
+/// step's outputs room, as a whole pass sizes its workspace.
+fn final_state_spec() -> LossSpec {
+    LossSpec::every_step(crate::config::LossKind::Mse)
+}
+
 /// What [`forward_segments`] does besides saving the states.
 enum SegmentsRun<'o, T> {
     /// Nothing: checkpointed BPTT's first pass, the last segment left for the second.
     States,
+    /// Every segment without the head: the last one's final states are the batch's.
+    FinalStates,
     /// The loss of the whole batch, its reduction factor given (every segment run, with the
     /// head and loss where scored, and the sum returned).
     Loss(T),
@@ -1384,7 +1438,7 @@ fn forward_segments<T: Float>(
         let seg_pass = p.over(&sub, r.start);
         seg_pass.size_workspace(ws, spec.many_to_one);
         let head = match run {
-            SegmentsRun::States => Head::Skip,
+            SegmentsRun::States | SegmentsRun::FinalStates => Head::Skip,
             _ if !seg.scored(s) => Head::Skip,
             _ => Head::of(spec.many_to_one),
         };

@@ -2,11 +2,15 @@
 //! passed on to a model of their own (a decoder, a head of the caller's), whose gradient
 //! comes back as `dL/dh_n`. The backward pass takes it where checkpointed BPTT takes the
 //! carry from a later segment: at the last step, from beyond it (a sequence that ended
-//! earlier passes it straight back to its own last step, as its state was carried on).
+//! earlier passes it straight back to its own last step, as its state was carried on). In
+//! checkpointed segments, the carry into the last segment is `dL/dh_n` itself.
 
 use kernels::Float;
 
-use super::{Head, backward, table_grads, with_embedded_pass, with_table_input_grad};
+use super::{
+    Head, NoClosure, backward, check_segment, checkpointed_pass, final_state_spec,
+    forward_to_final_states, table_grads, with_embedded_pass, with_table_input_grad,
+};
 use crate::batch::{Batch, check_state};
 use crate::config::RnnConfig;
 use crate::error::{Result, shape};
@@ -19,22 +23,31 @@ use crate::workspace::Workspace;
 /// reverse direction's after its own last step, the sequence's first) and `ws.final_c`
 /// (`[L·D, B, H]`, LSTM; empty otherwise), PyTorch's `h_n` and `c_n`. The activations stay in `ws`, marked
 /// with `fingerprint` when given, for [`backward_from_final_states`] to reuse (an inference
-/// pass, without the training step's dropout, gives none).
+/// pass, without the training step's dropout, gives none). In segments of `segment` steps
+/// when that is fewer than the batch's, as checkpointed BPTT runs them: only the last
+/// segment's activations and each segment's starting states stay.
 ///
 /// # Errors
-/// [`Batch::validate_own_loss`]'s; nothing is computed then.
+/// [`Batch::validate_own_loss`]'s; a bidirectional model in segments
+/// ([`crate::RnnError::Config`]). Nothing is computed then.
 pub(crate) fn forward_final_states<T: Float>(
     (config, layout, params): (&RnnConfig, &Layout, &[T]),
     ws: &mut Workspace<T>,
     batch: &Batch<T>,
     opts: PassOptions,
     fingerprint: Option<u32>,
+    segment: usize,
 ) -> Result<()> {
     // No targets or sequence weights: nothing here reads them.
     batch.validate_own_loss(config)?;
-    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    check_segment(config, batch, segment, "a pass to the final states")?;
+    let end = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        if segment < batch.seq_len {
+            return forward_to_final_states(&p, ws, segment);
+        }
         p.size_workspace(ws, false);
         super::forward_chunks(&p, ws, Head::Skip);
+        batch.seq_len
     });
     let (l, b) = (config.passes(), batch.batch);
     let lstm = config.cell.has_cell_state();
@@ -42,7 +55,7 @@ pub(crate) fn forward_final_states<T: Float>(
     let mut c = std::mem::take(&mut ws.final_c);
     h.resize(l * b * config.state_size());
     c.resize(if lstm { l * b * config.hidden_size } else { 0 });
-    ws.states_at(config, b, batch.seq_len, &mut h, &mut c);
+    ws.states_at(config, b, end, &mut h, &mut c);
     (ws.final_h, ws.final_c) = (h, c);
     ws.kept_forward = fingerprint;
     Ok(())
@@ -53,11 +66,13 @@ pub(crate) fn forward_final_states<T: Float>(
 /// backward pass with no loss of its own (the head's gradients are zero), `dL/dh0`,
 /// `dL/dc0` and, when asked, `dL/dx` left in `ws`. Reuses the forward pass of
 /// [`forward_final_states`] when `ws` still holds the one marked `fingerprint`, else runs it
-/// again (the same masks, the same states).
+/// again (the same masks, the same states). In segments of `segment` steps when that is
+/// fewer than the batch's, as checkpointed BPTT (the forward pass given the same).
 ///
 /// # Errors
 /// [`Batch::validate_own_loss`]'s; [`crate::RnnError::ShapeMismatch`] for a `dh_n` or `dc_n` of another length,
-/// [`crate::RnnError::NonFiniteInput`] for a NaN or infinity in them. Nothing is computed then.
+/// [`crate::RnnError::NonFiniteInput`] for a NaN or infinity in them; a bidirectional model
+/// in segments ([`crate::RnnError::Config`]). Nothing is computed then.
 pub(crate) fn backward_from_final_states<T: Float>(
     (config, layout, params): (&RnnConfig, &Layout, &[T]),
     grads: &mut [T],
@@ -65,16 +80,25 @@ pub(crate) fn backward_from_final_states<T: Float>(
     batch: &Batch<T>,
     opts: PassOptions,
     (dh_n, dc_n): (&[T], &[T]),
-    fingerprint: u32,
+    (fingerprint, segment): (u32, usize),
 ) -> Result<()> {
     assert_eq!(params.len(), layout.len, "params length");
     assert_eq!(grads.len(), layout.len, "grads length");
     // No targets or sequence weights: nothing here reads them.
     batch.validate_own_loss(config)?;
     check_final_state_grads(config, batch.batch, (dh_n, dc_n))?;
+    check_segment(config, batch, segment, "a pass to the final states")?;
     let kept = ws.kept_forward == Some(fingerprint);
     let opts = with_table_input_grad(batch, opts);
     with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+        if segment < batch.seq_len {
+            let scorer = NoClosure::FinalStates {
+                grads: (dh_n, dc_n),
+                kept,
+            };
+            checkpointed_pass(&p, grads, ws, &final_state_spec(), segment, scorer);
+            return;
+        }
         if !kept {
             p.size_workspace(ws, false);
             super::forward_chunks(&p, ws, Head::Skip);

@@ -6,8 +6,8 @@ use std::fmt::Write;
 
 use kernels::Float;
 
-use super::Trainer;
 use super::longest_first::{Check, PerSequence};
+use super::{Kept, Trainer};
 use crate::batch::Batch;
 use crate::error::Result;
 use crate::network::PassOptions;
@@ -22,10 +22,12 @@ impl<T: Float> Trainer<T> {
     /// with [`Trainer::grads_from_final_states`] on the same batch, and [`Trainer::update`].
     ///
     /// The pass drops units as the coming update's step does ([`Trainer::with_dropout`]),
-    /// and runs whole, whatever [`Trainer::with_memory`] says: its activations stay for the
-    /// backward pass, which reuses them when nothing else ran on this trainer in between and
-    /// the batch and parameters are as they were (checked by a CRC-32 of them: 0.33 ms for
-    /// 16 MiB of parameters on the AMD kind), and runs the forward pass again otherwise. A
+    /// and keeps memory as a training step does ([`Trainer::with_memory`]): whole, or in
+    /// checkpointed segments, of which the starting states and the last one's activations
+    /// stay. What it keeps serves the backward pass, which reuses it when nothing else ran
+    /// on this trainer in between and the batch and parameters are as they were (checked by
+    /// a CRC-32 of them: 0.33 ms for 16 MiB of parameters on the AMD kind), and runs the
+    /// forward pass again otherwise. A
     /// batch with lengths in any order runs longest first, as a packed sequence does (each
     /// step computes only the sequences still running), its states given back in its order.
     ///
@@ -62,7 +64,9 @@ impl<T: Float> Trainer<T> {
     ///
     /// # Errors
     /// The batch's input errors ([`Batch::validate_own_loss`]: targets and sequence weights
-    /// are refused, as nothing here reads them). Nothing is computed then.
+    /// are refused, as nothing here reads them); [`crate::RnnError::Config`] for a
+    /// bidirectional model under [`Memory::Checkpointed`](super::Memory::Checkpointed)
+    /// segments shorter than the batch, as [`Trainer::step`]. Nothing is computed then.
     pub fn final_states(&mut self, batch: &Batch<T>) -> Result<(&[T], &[T])> {
         let _flush = self.flush_scope();
         let fingerprint = self.final_state_fingerprint(batch);
@@ -70,10 +74,12 @@ impl<T: Float> Trainer<T> {
         // `grads_from_final_states`, which the fingerprint of the batch as given lets reuse it.
         let gives = PerSequence::FinalStates;
         self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
+            let segment = tr.training_segment(batch, false);
             tr.in_step_threads(batch, |tr, par| {
                 let opts = tr.pass_options(par, 0);
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
-                forward_final_states(model, &mut tr.workspace, batch, opts, Some(fingerprint))
+                let ws = &mut tr.workspace;
+                forward_final_states(model, ws, batch, opts, Some(fingerprint), segment)
             })
         })?;
         Ok((&self.workspace.final_h, &self.workspace.final_c))
@@ -90,10 +96,11 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let gives = PerSequence::FinalStates;
         self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
+            let segment = tr.segment_for(batch, Kept::default());
             tr.in_step_threads(batch, |tr, par| {
                 let opts = PassOptions::from(tr.exec(par));
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
-                forward_final_states(model, &mut tr.workspace, batch, opts, None)
+                forward_final_states(model, &mut tr.workspace, batch, opts, None, segment)
             })
         })?;
         Ok((&self.workspace.final_h, &self.workspace.final_c))
@@ -122,12 +129,13 @@ impl<T: Float> Trainer<T> {
         let fingerprint = self.final_state_fingerprint(batch);
         let (check, gives) = (Check::NoTargets, PerSequence::InputGrads);
         self.longest_first_from(batch, (dh_n, dc_n), check, gives, |tr, batch, sorted| {
-            let states = sorted.states;
+            let (states, segment) = (sorted.states, tr.training_segment(batch, false));
             tr.in_step_threads(batch, |tr, par| {
                 let opts = tr.pass_options(par, 0);
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
                 let (grads, ws) = (&mut tr.grads[..], &mut tr.workspace);
-                backward_from_final_states(model, grads, ws, batch, opts, states, fingerprint)
+                let marks = (fingerprint, segment);
+                backward_from_final_states(model, grads, ws, batch, opts, states, marks)
             })
         })?;
         self.zero_frozen_grads();
@@ -136,7 +144,7 @@ impl<T: Float> Trainer<T> {
 
     /// A CRC-32 of what a training forward pass over `batch` reads: the parameters, the
     /// batch, and what decides its dropout masks (the step count) and its rounding (the
-    /// unit split and time chunks).
+    /// unit split and time chunks, and the segments of its memory setting).
     fn final_state_fingerprint(&self, batch: &Batch<T>) -> u32 {
         let mut crc = crc32fast::Hasher::new();
         crc.update(bytemuck::cast_slice(&self.params[..]));
@@ -153,7 +161,13 @@ impl<T: Float> Trainer<T> {
         }
         let shape = [batch.seq_len, batch.batch].map(|v| v as u64);
         crc.update(bytemuck::cast_slice(&shape));
-        let how = (self.optimizer.steps, self.split, self.chunks, self.dropout);
+        let how = (
+            self.optimizer.steps,
+            self.split,
+            self.chunks,
+            self.dropout,
+            self.memory,
+        );
         write!(Crc(&mut crc), "{how:?}").expect("a CRC takes any text");
         crc.finalize()
     }

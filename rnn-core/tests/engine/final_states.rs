@@ -2,8 +2,9 @@
 //! `Trainer::grads_from_final_states`): an encoder whose `h_n` (and `c_n`) start a decoder,
 //! its gradients against finite differences of the decoder's loss (every cell, lengths,
 //! dropout, time chunks, projections, tokens, a frozen tensor, input gradients), the same
-//! bits whether the forward pass is reused or run again and on one thread or two, and bad
-//! input refused with the gradients left as they were.
+//! bits whether the forward pass is reused or run again and on one thread or two, in
+//! checkpointed segments what whole passes give, and bad input refused with the gradients
+//! left as they were.
 
 use std::num::NonZeroUsize;
 
@@ -217,6 +218,13 @@ fn encoder_grads_match_finite_differences() {
     }
 }
 
+/// Gradients for final states of the shapes of `h` and `c`, each value its own.
+fn state_grads(h: &[f64], c: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let dh = (0..h.len()).map(|k| ((k % 7) as f64 - 3.0) / 10.0);
+    let dc = (0..c.len()).map(|k| ((k % 5) as f64 - 2.0) / 10.0);
+    (dh.collect(), dc.collect())
+}
+
 /// The backward pass gives the same bits whether it reuses the forward pass or runs it
 /// again: right after `final_states`, without it, after another pass on the trainer, after
 /// a change of the parameters (then from the new ones, as a fresh trainer would), and on
@@ -237,13 +245,7 @@ fn reused_or_rerun_forward_passes_agree() {
         .encoder
         .final_states(&Seq2Seq::source_batch(&s.source, t, b))
         .unwrap();
-    let (h, c) = (h.to_vec(), c.to_vec());
-    let dh: Vec<f64> = (0..h.len())
-        .map(|k| ((k % 7) as f64 - 3.0) / 10.0)
-        .collect();
-    let dc: Vec<f64> = (0..c.len())
-        .map(|k| ((k % 5) as f64 - 2.0) / 10.0)
-        .collect();
+    let (dh, dc) = state_grads(h, c);
     let backward = |tr: &mut Trainer<f64>, source: &Data| {
         tr.grads_from_final_states(&Seq2Seq::source_batch(source, t, b), &dh, &dc)
             .unwrap();
@@ -288,6 +290,84 @@ fn reused_or_rerun_forward_passes_agree() {
         backward(&mut kept, &other_x) == backward(&mut fresh.clone(), &other_x),
         "the same bits"
     );
+}
+
+/// Under a memory setting that checkpoints, the passes to and from the final states run in
+/// segments (sequences ending in an earlier one included), and give what whole passes give:
+/// the states, the gradients, `dL/dx` and `dL/dh0`; the backward pass the same bits whether
+/// it reuses the segmented forward pass or runs it again. A bidirectional model cannot run
+/// in segments: refused, as a training step refuses it.
+#[test]
+fn checkpointed_segments_match_whole_passes() {
+    let cases: [(&str, RnnConfig); 5] = [
+        ("rnn, 2 layers", RnnConfig::new(2, 3, 1).layers(2)),
+        ("lstm, 2 layers", RnnConfig::lstm(2, 3, 1).layers(2)),
+        ("gru", RnnConfig::gru(2, 3, 1)),
+        ("lstm, projected", RnnConfig::lstm(2, 4, 1).projection(2)),
+        (
+            "gru, tokens, learned state",
+            RnnConfig::gru(3, 3, 1).embedding(6).learned_h0(),
+        ),
+    ];
+    let close = |name: &str, what: &str, a: &[f64], b: &[f64]| {
+        assert_eq!(a.len(), b.len(), "{name}: {what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let ok = (x - y).abs() <= 1e-12 * (1.0 + x.abs());
+            assert!(ok, "{name}: {what}[{i}]: {x} in segments, {y} whole");
+        }
+    };
+    for (k, (name, cfg)) in cases.into_iter().enumerate() {
+        for segment in [1, 2, 4] {
+            let setup: Setup = |tr| {
+                tr.with_dropout(Dropout::new(0.3, 2).unwrap())
+                    .with_input_grads()
+            };
+            let mut s = Seq2Seq::new(cfg, setup, 20 + k as u64);
+            // Sequences that end in the first segment, in a middle one and in the last.
+            s.source.lengths = vec![5, 1, 3];
+            let (t, b) = (s.t_in, s.b);
+            let source = Seq2Seq::source_batch(&s.source, t, b);
+            let mut whole = s.encoder.clone();
+            let mut parts = s
+                .encoder
+                .clone()
+                .with_memory(Memory::Checkpointed { segment });
+            let (h, c) = whole.final_states(&source).unwrap();
+            let (h, c) = (h.to_vec(), c.to_vec());
+            let (h_seg, c_seg) = parts.final_states(&source).unwrap();
+            close(name, "h_n", h_seg, &h);
+            close(name, "c_n", c_seg, &c);
+            let (dh, dc) = state_grads(&h, &c);
+            let rerun = parts.clone();
+            whole.grads_from_final_states(&source, &dh, &dc).unwrap();
+            parts.grads_from_final_states(&source, &dh, &dc).unwrap();
+            close(name, "grads", &parts.grads, &whole.grads);
+            close(name, "dL/dx", parts.input_grads(), whole.input_grads());
+            let (dh0, dh0_whole) = (parts.initial_state_grads().0, whole.initial_state_grads().0);
+            close(name, "dL/dh0", dh0, dh0_whole);
+            // Its workspace emptied: nothing kept to reuse.
+            let mut rerun = rerun;
+            rerun.workspace = Default::default();
+            rerun.grads_from_final_states(&source, &dh, &dc).unwrap();
+            let bits = |v: &[f64]| v.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&rerun.grads) == bits(&parts.grads),
+                "{name}: run again"
+            );
+            let (h_eval, _) = parts.eval_final_states(&source).unwrap();
+            let (h_eval, h_eval_whole) =
+                (h_eval.to_vec(), whole.eval_final_states(&source).unwrap().0);
+            close(name, "eval h_n", &h_eval, h_eval_whole);
+        }
+    }
+    let cfg = RnnConfig::gru(2, 3, 1).bidirectional();
+    let setup: Setup = |tr| tr.with_memory(Memory::Checkpointed { segment: 2 });
+    let mut s = Seq2Seq::new(cfg, setup, 30);
+    let source = Seq2Seq::source_batch(&s.source, s.t_in, s.b);
+    assert!(matches!(
+        s.encoder.final_states(&source),
+        Err(RnnError::Config(_))
+    ));
 }
 
 /// On two threads, where the encoder's steps split, the same bits as on one.
