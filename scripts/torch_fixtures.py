@@ -109,8 +109,9 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
     written, so the fixture also pins grad_dump's default). `ignore`: the share of scored
     labels replaced by PyTorch's ignore_index (-100), which grad_dump reads as IGNORED_LABEL.
     `label_smoothing`: CrossEntropyLoss's, written as metadata (None: 0, not written).
-    `class_weights`: CrossEntropyLoss's `weight`, one per class, written as the tensor
-    `class_weights` [O] (None: unweighted, not written). `smooth_l1_beta`: SmoothL1Loss's
+    `class_weights`: CrossEntropyLoss's `weight`, one per class (with loss="bce",
+    BCEWithLogitsLoss's `weight`, one per output), written as the tensor `class_weights` [O]
+    (None: unweighted, not written). `smooth_l1_beta`: SmoothL1Loss's
     beta, written as metadata (None: PyTorch's default, 1.0, not written). `bidirectional`:
     both directions in every layer; many-to-one reads both final states side by side
     (h_n[-2] and h_n[-1]), h0 / h_last are [2L, B, H]. `vocab`: token input through
@@ -170,7 +171,7 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
             "huber": lambda r: F.huber_loss(y, target, reduction=r, delta=delta),
             "smooth_l1": lambda r: F.smooth_l1_loss(y, target, reduction=r, beta=beta),
             "bce": lambda r: F.binary_cross_entropy_with_logits(y, target, reduction=r,
-                                                                 pos_weight=pw),
+                                                                 weight=weight, pos_weight=pw),
         }[loss]
         if bool(scored.all()):
             value = elementwise(reduction)
@@ -211,7 +212,7 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
                    "huber": lambda: F.huber_loss(y, target, reduction="none", delta=delta),
                    "smooth_l1": lambda: F.smooth_l1_loss(y, target, reduction="none", beta=beta),
                    "bce": lambda: F.binary_cross_entropy_with_logits(y, target, reduction="none",
-                                                                     pos_weight=pw),
+                                                                     weight=weight, pos_weight=pw),
                    }[loss]().sum(-1) * scored
             total = (scored * at).sum() * O
         value = (per * at).sum() / total if reduction == "mean" else (per * at).sum()
@@ -438,6 +439,16 @@ if __name__ == "__main__":
     case("rnn_ce_weights_sum_f32", 12, 8, 7, 33, 6, loss="ce", reduction="sum",
          dtype=torch.float32, ignore=0.25, class_weights=[0.3, 1.7, 1.0, 2.2, 0.0, 0.9], seed=98)
     print("fixtures written to", os.path.normpath(OUT))
+
+
+def bce_weight_fixtures():
+    # BCEWithLogitsLoss(weight=...): each output's terms rescaled, with pos_weight and packed
+    # lengths (a mean still over the elements), and summed many-to-one in f32.
+    case("gru_bce_weight_pos_weight_lengths", 6, 4, 3, 5, 3, loss="bce", lengths=[6, 2, 4, 1],
+         cell="gru", class_weights=[2.0, 0.25, 1.5], pos_weight=[0.5, 3.0, 1.0], seed=91)
+    case("lstm_bce_weight_many_to_one_sum_f32", 8, 5, 4, 16, 4, loss="bce", many_to_one=True,
+         reduction="sum", cell="lstm", class_weights=[0.5, 1.0, 3.0, 0.0], dtype=torch.float32,
+         seed=92)
 
 
 def tbptt(name, cell, k1, k2, chunks=6, reset=None, seed=40, proj=0):
@@ -669,3 +680,7 @@ if __name__ == "__main__":
     frozen_fixtures()
     group_fixtures()
     average_fixtures()
+
+
+if __name__ == "__main__":
+    bce_weight_fixtures()

@@ -473,3 +473,56 @@ pub fn bce_with_logits_weighted<T: Float>(
         sum + (T::one() - t) * y + log_weight * softplus
     })
 }
+
+/// [`bce_with_logits`] (with a `pos_weight`, [`bce_with_logits_weighted`]; empty: none)
+/// with each output's terms rescaled by its `weight` (PyTorch's `BCEWithLogitsLoss(weight=w)`
+/// of shape `[O]`, `y` and `target` rows of `O`): returns `Σ w·ℓ` and writes `dy` times `w`.
+///
+/// # Panics
+/// If the lengths differ, or `y` is not whole rows of `weight`'s length (and of
+/// `pos_weight`'s, when given).
+///
+/// ```
+/// let mut dy = [0.0f64; 2];
+/// let loss = kernels::loss::bce_with_logits_rescaled(&mut dy, &[0.0, 0.0], &[1.0, 0.0], &[], &[2.0, 0.5], 1.0);
+/// assert!((loss - 2.5 * 2f64.ln()).abs() < 1e-15);
+/// assert_eq!(dy, [-1.0, 0.25]);
+/// ```
+#[track_caller]
+pub fn bce_with_logits_rescaled<T: Float>(
+    dy: &mut [T],
+    y: &[T],
+    target: &[T],
+    pos_weight: &[T],
+    weight: &[T],
+    scale: T,
+) -> T {
+    assert!(
+        !weight.is_empty() && y.len().is_multiple_of(weight.len()),
+        "{} outputs are not whole rows of {} weights",
+        y.len(),
+        weight.len()
+    );
+    if pos_weight.is_empty() {
+        zip_rows(BceGrad(scale), dy, [y, target], None);
+    } else {
+        zip_rows(WeightedBceGrad(scale), dy, [y, target], Some(pos_weight));
+    }
+    for row in dy.chunks_exact_mut(weight.len()) {
+        for (d, &w) in row.iter_mut().zip(weight) {
+            *d *= w;
+        }
+    }
+    let one = [T::one()];
+    let pos = if pos_weight.is_empty() {
+        &one[..]
+    } else {
+        pos_weight
+    };
+    let weights = weight.iter().zip(pos.iter().cycle()).cycle();
+    (y.iter().zip(target).zip(weights)).fold(T::zero(), |sum, ((&y, &t), (&w, &p))| {
+        let log_weight = T::one() + (p - T::one()) * t;
+        let softplus = (-y.abs()).exp().ln_1p() + (-y).max(T::zero());
+        sum + w * ((T::one() - t) * y + log_weight * softplus)
+    })
+}

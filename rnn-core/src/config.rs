@@ -454,6 +454,12 @@ impl LossKind {
         self.label_smoothing().is_none()
     }
 
+    /// Whether the loss takes a weight per class or output ([`LossSpec::with_class_weights`]):
+    /// the cross-entropies and binary cross-entropy.
+    pub fn takes_class_weights(self) -> bool {
+        !self.takes_values() || self == Self::BceWithLogits
+    }
+
     /// For the cross-entropy losses, their label smoothing `ε` (0 for
     /// [`LossKind::CrossEntropy`]); `None` for the losses on float targets.
     pub fn label_smoothing(self) -> Option<f64> {
@@ -605,7 +611,9 @@ pub struct LossSpec {
     pub reduction: Reduction,
     /// Score only the final hidden state (`[B, O]` outputs) instead of every step.
     pub many_to_one: bool,
-    /// Cross-entropy only: a weight per class (`None`: every class weighs 1).
+    /// Cross-entropy: a weight per class; binary cross-entropy: a weight per output, each
+    /// output's terms rescaled (PyTorch's `weight` of either; `None`: every one weighs 1).
+    /// See [`LossSpec::with_class_weights`].
     pub class_weights: Option<ClassWeights>,
     /// [`LossKind::BceWithLogits`] only: a weight per output on its positive targets
     /// (PyTorch's `pos_weight`; `None`: 1 each). See [`LossSpec::with_pos_weights`].
@@ -632,22 +640,29 @@ impl LossSpec {
         }
     }
 
-    /// This cross-entropy weighted per class (PyTorch's `weight`; see [`ClassWeights`]).
+    /// This cross-entropy weighted per class (PyTorch's `weight`; see [`ClassWeights`]), or
+    /// this binary cross-entropy per output (PyTorch's `BCEWithLogitsLoss(weight=w)` with `w`
+    /// of shape `[O]`): each output's terms times its weight, a `mean` still dividing by the
+    /// number of elements, as PyTorch's does (with [`LossSpec::with_pos_weights`] too, both
+    /// apply).
     ///
     /// ```
     /// use rnn_core::config::{LossKind, LossSpec};
     /// let spec = LossSpec::every_step(LossKind::CrossEntropy).with_class_weights(&[1.0, 9.0])?;
     /// assert_eq!(spec.class_weights.unwrap().get(), &[1.0, 9.0]);
+    /// let bce = LossSpec::every_step(LossKind::BceWithLogits).with_class_weights(&[0.5, 2.0])?;
+    /// assert_eq!(bce.class_weights.unwrap().get(), &[0.5, 2.0]);
     /// assert!(LossSpec::every_step(LossKind::Mse).with_class_weights(&[1.0]).is_err());
     /// # Ok::<(), rnn_core::error::RnnError>(())
     /// ```
     ///
     /// # Errors
-    /// [`RnnError::Config`] for a loss on float targets, and [`ClassWeights::new`]'s errors.
+    /// [`RnnError::Config`] for a loss on float targets other than binary cross-entropy,
+    /// and [`ClassWeights::new`]'s errors.
     /// The number of weights is checked against the model's output size with each batch
     /// ([`crate::batch::Batch::validate`]).
     pub fn with_class_weights(self, weights: &[f64]) -> Result<Self> {
-        if self.kind.takes_values() {
+        if !self.kind.takes_class_weights() {
             return Err(class_weights_need_labels(self.kind));
         }
         Ok(Self {
@@ -685,15 +700,15 @@ impl LossSpec {
 }
 
 impl LossSpec {
-    /// Checks the spec fits `config`: class weights only on a cross-entropy, positive
-    /// weights only on a binary cross-entropy, one per output.
+    /// Checks the spec fits `config`: class weights only on a cross-entropy or a binary
+    /// cross-entropy, positive weights only on a binary cross-entropy, one per output.
     ///
     /// # Errors
-    /// [`RnnError::Config`] for class weights on a loss of float targets or positive
+    /// [`RnnError::Config`] for class weights on another loss of float targets or positive
     /// weights on another loss than [`LossKind::BceWithLogits`],
     /// [`RnnError::ShapeMismatch`] for a number of them other than `config.output_size`.
     pub fn validate(&self, config: &RnnConfig) -> Result<()> {
-        if self.class_weights.is_some() && self.kind.takes_values() {
+        if self.class_weights.is_some() && !self.kind.takes_class_weights() {
             return Err(class_weights_need_labels(self.kind));
         }
         if self.pos_weights.is_some() && self.kind != LossKind::BceWithLogits {
@@ -721,10 +736,10 @@ fn pos_weights_need_bce(kind: LossKind) -> RnnError {
     ))
 }
 
-/// The error for class weights on a loss of float targets.
+/// The error for class weights on a loss of float targets other than BCE.
 fn class_weights_need_labels(kind: LossKind) -> RnnError {
     RnnError::Config(format!(
-        "class weights apply to cross-entropy only, not {}",
+        "class weights apply to cross-entropy and BCE with logits only, not {}",
         kind.name()
     ))
 }

@@ -18,7 +18,8 @@
 //! with `loss` = ce, optional metadata `label_smoothing` (between 0 and 1, default 0 as PyTorch's)
 //! smooths the labels, and an optional float tensor `class_weights` `[O]` weighs each class
 //! (PyTorch's `weight`); with `loss` = bce, an optional float tensor `pos_weight` `[O]` weighs
-//! each output's positive targets (PyTorch's `pos_weight`). An LSTM also reads `c0` `[L·D,B,H]`. Optional metadata `dropout` (p in `[0,
+//! each output's positive targets (PyTorch's `pos_weight`), and an optional `class_weights`
+//! `[O]` rescales each output's terms (PyTorch's `weight`). An LSTM also reads `c0` `[L·D,B,H]`. Optional metadata `dropout` (p in `[0,
 //! 1)`, default 0) and `dropout_seed` (an integer, default 0) drop between stacked layers as
 //! [`Dropout::new(p, seed)`](crate::dropout::Dropout::new) does in one pass: element `j` of row
 //! `t·B + b` of layer `k`'s output is kept when `kernels::dropout::DropMask::new(p, mix64(seed +

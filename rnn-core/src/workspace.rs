@@ -137,9 +137,12 @@ pub struct Workspace<T> {
     pub dropped: AlignedVec<T>,
     /// `[L, T]`: `‖dL/dh_t‖` per layer and step, filled only when telemetry is asked for.
     pub grad_h_norms: Vec<T>,
-    /// `[O]`: a weighted cross-entropy's class weights in the pass's float type (empty when
-    /// the loss is unweighted).
+    /// `[O]`: a weighted cross-entropy's class weights, or a binary cross-entropy's weight
+    /// per output, in the pass's float type (empty when the loss has none).
     pub class_weights: Vec<T>,
+    /// `[O]`: a binary cross-entropy's positive weights in the pass's float type (empty when
+    /// it has none).
+    pub pos_weights: Vec<T>,
     /// `[B]`: each sequence's own loss, from [`crate::network::sequence_losses`].
     pub sequence_losses: Vec<T>,
     /// A bidirectional model's layer inputs and their gradients (empty otherwise).

@@ -448,6 +448,26 @@ fn bce_matches<T: Float>() {
             tol * 4.0,
             &format!("weighted bce grad {isa:?}"),
         );
+        // Each output's terms rescaled (PyTorch's `weight`), with and without those positive
+        // weights.
+        let rescale = [T::of(2.0), T::of(0.25), T::of(1.5)];
+        for pos in [&[][..], &w[..]] {
+            let mut dy = vec![T::zero(); whole];
+            let (y, t) = (&y[..whole], &t[..whole]);
+            let loss = loss::bce_with_logits_rescaled(&mut dy, y, t, pos, &rescale, T::of(0.5));
+            let (mut want, mut want_d) = (0.0, Vec::new());
+            for (k, (a, b)) in y.iter().zip(t).enumerate() {
+                let (y, t, r) = (a.f64(), b.f64(), rescale[k % 3].f64());
+                let w = pos.get(k % 3).map_or(1.0, |w| w.f64());
+                let log_weight = 1.0 + (w - 1.0) * t;
+                let term = (1.0 - t) * y + log_weight * ((-y.abs()).exp().ln_1p() + (-y).max(0.0));
+                want += r * term;
+                want_d.push(0.5 * r * (log_weight * sigmoid(y) - w * t));
+            }
+            assert_relative_eq!(loss.f64(), want, max_relative = tol * 10.0, epsilon = tol);
+            let what = format!("rescaled bce grad {isa:?}, {} pos weights", pos.len());
+            close(&dy, &want_d, tol * 4.0, &what);
+        }
     });
 }
 

@@ -76,6 +76,7 @@ pub(super) fn loss_forward_backward<T: Float>(
     let scoring = Scoring {
         spec,
         class_weights: &ws.class_weights,
+        pos_weights: &ws.pos_weights,
         scale,
     };
     let (mut first, mut second) = (T::zero(), T::zero());
@@ -104,6 +105,7 @@ pub(super) fn sequence_losses<T: Float>(
     let scoring = Scoring {
         spec,
         class_weights: &ws.class_weights,
+        pos_weights: &ws.pos_weights,
         scale: T::one(),
     };
     let sums = &mut ws.sequence_losses;
@@ -160,23 +162,27 @@ pub(crate) fn accuracy<T: Float>(
     (total > 0.0).then(|| right / total)
 }
 
-/// The per-output weights of `spec` (class weights, or BCE's positive weights) in the pass's
-/// float type into `ws.class_weights` (empty when the loss is unweighted).
+/// The per-output weights of `spec` (class weights, BCE's positive weights) in the pass's
+/// float type into `ws.class_weights` and `ws.pos_weights` (empty when it has none).
 fn set_class_weights<T: Float>(ws: &mut Workspace<T>, spec: &LossSpec) {
-    ws.class_weights.clear();
-    // A spec has one or the other (validated): a cross-entropy's class weights, or a binary
-    // cross-entropy's positive weights.
-    if let Some(w) = spec.class_weights.as_ref().or(spec.pos_weights.as_ref()) {
-        ws.class_weights.extend(w.get().iter().map(|&w| T::of(w)));
+    for (dst, weights) in [
+        (&mut ws.class_weights, &spec.class_weights),
+        (&mut ws.pos_weights, &spec.pos_weights),
+    ] {
+        dst.clear();
+        if let Some(w) = weights {
+            dst.extend(w.get().iter().map(|&w| T::of(w)));
+        }
     }
 }
 
-/// How the loss of each scored row is taken: the spec, its class weights in the pass's float
-/// type (empty: unweighted) and the reduction's factor.
+/// How the loss of each scored row is taken: the spec, its class and positive weights in
+/// the pass's float type (empty: none) and the reduction's factor.
 #[derive(Clone, Copy)]
 struct Scoring<'a, T> {
     spec: &'a LossSpec,
     class_weights: &'a [T],
+    pos_weights: &'a [T],
     scale: T,
 }
 
@@ -249,6 +255,7 @@ fn row_loss<T: Float>(
     let Scoring {
         spec,
         class_weights,
+        pos_weights,
         scale,
     } = *scoring;
     let r = positions.start * o..positions.end * o;
@@ -264,12 +271,11 @@ fn row_loss<T: Float>(
             let beta = T::of(beta.get());
             kloss::huber_error(dy, y, &v[r], beta, scale / beta) / beta
         }
-        (LossKind::BceWithLogits, Target::Values(v)) if class_weights.is_empty() => {
-            kloss::bce_with_logits(dy, y, &v[r], scale)
-        }
-        (LossKind::BceWithLogits, Target::Values(v)) => {
-            kloss::bce_with_logits_weighted(dy, y, &v[r], class_weights, scale)
-        }
+        (LossKind::BceWithLogits, Target::Values(v)) => match (class_weights, pos_weights) {
+            ([], []) => kloss::bce_with_logits(dy, y, &v[r], scale),
+            ([], pos) => kloss::bce_with_logits_weighted(dy, y, &v[r], pos, scale),
+            (weight, pos) => kloss::bce_with_logits_rescaled(dy, y, &v[r], pos, weight, scale),
+        },
         (kind, Target::Classes(c)) if !kind.takes_values() => {
             let labels = &c[positions];
             // ε = 0 (plain cross-entropy) runs the one-hot loss, bit for bit.

@@ -1860,7 +1860,7 @@ fn outputs_are_what_the_loss_scores() {
 }
 
 /// BCE's positive weights: only on `BceWithLogits`, one per output, finite and
-/// non-negative; a class weight on BCE is refused too.
+/// non-negative; its weights per output (`with_class_weights`) the same.
 #[test]
 fn bad_pos_weights_are_typed_errors() {
     let bce = LossSpec::every_step(LossKind::BceWithLogits);
@@ -1876,7 +1876,23 @@ fn bad_pos_weights_are_typed_errors() {
     for bad in [&[-1.0][..], &[f64::NAN], &[]] {
         assert!(bce.clone().with_pos_weights(bad).is_err());
     }
-    assert!(bce.clone().with_class_weights(&[1.0]).is_err());
+    assert!(bce.clone().with_class_weights(&[-1.0]).is_err());
+    let rescaled = bce.clone().with_class_weights(&[1.0, 2.0]).unwrap();
+    let e = Trainer::<f64>::new(
+        RnnConfig::new(2, 3, 3),
+        rescaled,
+        OptimizerKind::sgd(0.1),
+        0,
+    );
+    assert!(
+        matches!(e, Err(RnnError::ShapeMismatch { ref what, .. }) if what == "class weights"),
+        "{:?}",
+        e.err()
+    );
+    for kind in [LossKind::Mse, LossKind::L1] {
+        let e = LossSpec::every_step(kind).with_class_weights(&[1.0]);
+        assert!(matches!(e, Err(RnnError::Config(ref m)) if m.contains("BCE")));
+    }
     let spec = bce.with_pos_weights(&[1.0, 2.0]).unwrap();
     let e = Trainer::<f64>::new(
         RnnConfig::new(2, 3, 3),

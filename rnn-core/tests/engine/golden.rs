@@ -489,6 +489,15 @@ fn gru_bce_pos_weight_packed_lengths() {
     check("gru_bce_pos_weight_lengths", 1e-12);
 }
 
+/// `BCEWithLogitsLoss(weight=...)` of shape `[O]` (each output's terms rescaled; a mean
+/// still over the elements): with `pos_weight` and packed lengths, and summed many-to-one
+/// in f32 with a weight of 0.
+#[test]
+fn bce_weight_per_output() {
+    check("gru_bce_weight_pos_weight_lengths", 1e-12);
+    check("lstm_bce_weight_many_to_one_sum_f32", 2e-5);
+}
+
 /// Sequence weights (`sequence_weights` `[B]`, against PyTorch's `reduction="none"` losses
 /// weighted and reduced by hand): MSE with packed lengths and a weight of 0, weighted and
 /// smoothed many-to-one cross-entropy, Huber summed in f32, ignored labels.
@@ -724,7 +733,7 @@ fn grad_dump_rejects_bad_files_clearly() {
     let e = dump_error(&edited("gru_ce_weights_many_to_one", |_, m| {
         m.insert("loss".into(), "mse".into());
     }));
-    assert!(e.contains("cross-entropy only, not MSE"), "{e}");
+    assert!(e.contains("BCE with logits only, not MSE"), "{e}");
     let e = dump_error(&edited("tanh_mse", |t, _| {
         t.retain(|(n, _)| n != "rnn.bias_hh_l0")
     }));

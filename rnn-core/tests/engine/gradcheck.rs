@@ -349,8 +349,9 @@ fn bce_with_logits_matches_finite_differences() {
     }
 }
 
-/// Binary cross-entropy with positive weights per output (PyTorch's `pos_weight`), every
-/// cell, with lengths, both reductions.
+/// Binary cross-entropy with positive weights per output (PyTorch's `pos_weight`), with a
+/// weight per output (its `weight`), and with both, every cell, with lengths, both
+/// reductions.
 #[test]
 fn weighted_bce_matches_finite_differences() {
     for (k, cell) in CELLS.into_iter().enumerate() {
@@ -362,11 +363,21 @@ fn weighted_bce_matches_finite_differences() {
                 reduction,
                 ..base()
             };
-            let case = Case {
-                pos_weights: Some(ClassWeights::new(&[0.5, 3.0, 1.0][..case.o]).unwrap()),
-                ..case
-            };
-            check(&case, 1400 + 10 * k as u64 + reduction as u64);
+            let weights = |w: &[f64]| Some(ClassWeights::new(&w[..case.o]).unwrap());
+            let (pos, rescale) = (weights(&[0.5, 3.0, 1.0]), weights(&[2.0, 0.25, 1.5]));
+            for (p, (pos_weights, class_weights)) in
+                [(pos.clone(), None), (None, rescale.clone()), (pos, rescale)]
+                    .into_iter()
+                    .enumerate()
+            {
+                let case = Case {
+                    pos_weights,
+                    class_weights,
+                    ..case.clone()
+                };
+                let seed = 1400 + 10 * k as u64 + 3 * reduction as u64 + p as u64;
+                check(&case, seed);
+            }
         }
     }
 }
