@@ -7,14 +7,16 @@
 //! bidirectional layers, time chunks, and checkpointed segments (whose later segments see
 //! sequences that ended in an earlier one as length 0, so even a segment's first step skips
 //! rows). The trainer runs a batch in any order longest first and reports per sequence in
-//! the batch's order.
+//! the batch's order; a random ragged batch's summed loss, gradients and `dL/dx` are its
+//! sequences' own, each run alone (a property test).
 
 use std::num::NonZeroUsize;
 
 use faer::Par;
+use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::batch::Batch;
-use rnn_core::config::{Cell, Nonlinearity};
+use rnn_core::config::{Cell, Nonlinearity, Reduction};
 use rnn_core::network::{
     Exec, PassOptions, TimeChunks, forward, forward_backward_checkpointed, forward_backward_with,
     sequence_losses,
@@ -25,7 +27,7 @@ use rnn_core::workspace::Workspace;
 use crate::common::Data;
 
 /// One configuration of the model and of how its steps run.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Case {
     name: &'static str,
     cfg: RnnConfig,
@@ -472,5 +474,87 @@ fn own_losses_see_the_batch_in_its_order() {
         assert_close("grads", &case, &tr.grads, &grads);
         assert_close("dL/dx", &case, tr.input_grads(), &ws.dx);
         assert_close("dL/dh0", &case, tr.initial_state_grads().0, &ws.dh0);
+    }
+}
+
+/// A random ragged batch (cell, shape, lengths in any order, one or two threads, whole or
+/// split steps, loss at every step or the last) summed over: its loss, gradients and `dL/dx`
+/// are its sequences' own, each run alone (a batch of one, which nothing skips, gathers or
+/// reorders). Whatever the live rows, gathered blocks and longest-first copies do, they may
+/// not change what a sequence contributes.
+fn ragged_setup() -> impl Strategy<Value = (Case, [bool; 2], Vec<usize>, u64)> {
+    (
+        (0usize..3, 1usize..13, 1usize..11, 1usize..3, 1usize..10),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        (proptest::collection::vec(1usize..=12, 10), 0u64..10_000),
+    )
+        .prop_map(
+            |((cell, t, b, layers, h), (ce, last, two, halves), (lengths, seed))| {
+                let cell = [Cell::Rnn, Cell::Lstm, Cell::Gru][cell];
+                let cfg = RnnConfig::new(3, h, 3).cell(cell).layers(layers);
+                let case = Case {
+                    name: "ragged",
+                    cfg,
+                    t,
+                    b,
+                    split: if halves {
+                        UnitSplit::Halves
+                    } else {
+                        UnitSplit::Whole
+                    },
+                    threads: if two { 2 } else { 1 },
+                    chunks: TimeChunks::Auto,
+                    segment: None,
+                };
+                let lengths = lengths[..b].iter().map(|&l| l.min(t)).collect();
+                (case, [ce, last], lengths, seed)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn a_ragged_batch_sums_its_sequences((case, [ce, last], lengths, seed) in ragged_setup()) {
+        let kind = if ce { LossKind::CrossEntropy } else { LossKind::Mse };
+        let spec = LossSpec {
+            reduction: Reduction::Sum,
+            many_to_one: last,
+            ..LossSpec::every_step(kind)
+        };
+        let mut data = Data::random(&mut StdRng::seed_from_u64(seed), &case.cfg, case.t, case.b, last);
+        data.lengths = lengths;
+        let trainer = || {
+            Trainer::<f64>::new(case.cfg, spec.clone(), OptimizerKind::sgd(0.1), 5)
+                .unwrap()
+                .with_unit_split(case.split)
+                .with_threads(case.threads)
+                .with_input_grads()
+        };
+        let mut whole = trainer();
+        let loss = whole.loss_and_grads(&data.batch(case.t, case.b, kind, true, true)).unwrap();
+        let (mut want_loss, mut want_grads) = (0.0, vec![0.0; whole.grads.len()]);
+        let mut want_dx = vec![0.0; case.t * case.b * case.cfg.input_size];
+        let i = case.cfg.input_size;
+        for k in 0..case.b {
+            let one = data.pick(&case.cfg, case.t, case.b, last, &[k]);
+            let mut alone = trainer();
+            want_loss += alone.loss_and_grads(&one.batch(case.t, 1, kind, true, true)).unwrap();
+            for (w, g) in want_grads.iter_mut().zip(alone.grads.iter()) {
+                *w += g;
+            }
+            for (t, row) in alone.input_grads().chunks_exact(i).enumerate() {
+                want_dx[(t * case.b + k) * i..][..i].copy_from_slice(row);
+            }
+        }
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-10 * (1.0 + a.abs().max(b.abs()));
+        prop_assert!(near(loss, want_loss), "loss {loss} vs {want_loss}");
+        for (j, (a, b)) in whole.grads.iter().zip(&want_grads).enumerate() {
+            prop_assert!(near(*a, *b), "grad {j}: {a} vs {b}");
+        }
+        for (j, (a, b)) in whole.input_grads().iter().zip(&want_dx).enumerate() {
+            prop_assert!(near(*a, *b), "dL/dx {j}: {a} vs {b}");
+        }
     }
 }
