@@ -16,6 +16,7 @@
 //! order), and the same batch always runs the same way, at any thread count.
 
 use std::cmp::Reverse;
+use std::ops::Range;
 
 use kernels::Float;
 
@@ -87,39 +88,45 @@ pub(crate) fn saves_rows<T: Float>(batch: &Batch<'_, T>) -> bool {
         .is_some_and(|l| l.windows(2).any(|w| w[0] < w[1]))
 }
 
-/// `src`, blocks of `b` rows of `width` (`[.., B, width]`), with each block's rows in
-/// `order`, into `dst`.
-fn gather<V: Copy>(dst: &mut Vec<V>, src: &[V], b: usize, width: usize, order: &[usize]) {
-    dst.clear();
-    if src.is_empty() {
-        return;
-    }
-    for block in src.chunks_exact(b * width) {
-        for &k in order {
-            dst.extend_from_slice(&block[k * width..(k + 1) * width]);
-        }
-    }
+/// The rows of a `[.., B, width]` buffer of `len` elements taken in `order` within each
+/// block of `B = order.len()` rows: the `k`-th of a block is row `order[k]`. The one walk
+/// that [`gather`], [`gather_into`] and [`scatter`] copy along.
+fn rows_in_order(
+    len: usize,
+    width: usize,
+    order: &[usize],
+) -> impl Iterator<Item = Range<usize>> + '_ {
+    let block = order.len() * width;
+    let blocks = len.checked_div(block).unwrap_or(0);
+    (0..blocks).flat_map(move |p| {
+        let start = p * block;
+        (order.iter()).map(move |&k| start + k * width..start + (k + 1) * width)
+    })
 }
 
-/// The inverse of [`gather`]: row `k` of each block of `src` (`order.len()` rows of
-/// `width`) to row `order[k]` of the same block of `dst`.
-fn scatter<V: Copy>(dst: &mut [V], src: &[V], width: usize, order: &[usize]) {
-    let block = order.len() * width;
-    for (to, from) in dst.chunks_exact_mut(block).zip(src.chunks_exact(block)) {
-        for (row, &k) in from.chunks_exact(width).zip(order) {
-            to[k * width..(k + 1) * width].copy_from_slice(row);
-        }
+/// `src` (`[.., B, width]`) with each block's rows in `order`, into `dst`.
+fn gather<V: Copy>(dst: &mut Vec<V>, src: &[V], width: usize, order: &[usize]) {
+    dst.clear();
+    for rows in rows_in_order(src.len(), width, order) {
+        dst.extend_from_slice(&src[rows]);
     }
 }
 
 /// [`gather`] into a slice of `src`'s length: row `order[k]` of each block of `src` to
 /// row `k` of the same block of `dst`.
 fn gather_into<V: Copy>(dst: &mut [V], src: &[V], width: usize, order: &[usize]) {
-    let block = order.len() * width;
-    for (to, from) in dst.chunks_exact_mut(block).zip(src.chunks_exact(block)) {
-        for (row, &k) in to.chunks_exact_mut(width).zip(order) {
-            row.copy_from_slice(&from[k * width..(k + 1) * width]);
-        }
+    let dst_rows = dst.chunks_exact_mut(width.max(1));
+    for (row, rows) in dst_rows.zip(rows_in_order(src.len(), width, order)) {
+        row.copy_from_slice(&src[rows]);
+    }
+}
+
+/// The inverse of [`gather`]: row `k` of each block of `src` (`order.len()` rows of
+/// `width`) to row `order[k]` of the same block of `dst`.
+fn scatter<V: Copy>(dst: &mut [V], src: &[V], width: usize, order: &[usize]) {
+    let src_rows = src.chunks_exact(width.max(1));
+    for (row, rows) in src_rows.zip(rows_in_order(dst.len(), width, order)) {
+        dst[rows].copy_from_slice(row);
     }
 }
 
@@ -188,19 +195,19 @@ impl<T: Float> Reordered<T> {
         (self.order).sort_unstable_by_key(|&k| (Reverse(lengths[k]), k));
         let order = &self.order[..];
         let state_width = |grads: &[T]| grads.len() / (config.passes() * b).max(1);
-        gather(&mut self.dh_n, dh_n, b, state_width(dh_n), order);
-        gather(&mut self.dc_n, dc_n, b, state_width(dc_n), order);
-        gather(&mut self.x, batch.x, b, config.input_size, order);
-        gather(&mut self.tokens, batch.tokens.unwrap_or(&[]), b, 1, order);
-        gather(&mut self.lengths, lengths, b, 1, order);
+        gather(&mut self.dh_n, dh_n, state_width(dh_n), order);
+        gather(&mut self.dc_n, dc_n, state_width(dc_n), order);
+        gather(&mut self.x, batch.x, config.input_size, order);
+        gather(&mut self.tokens, batch.tokens.unwrap_or(&[]), 1, order);
+        gather(&mut self.lengths, lengths, 1, order);
         let (s, h) = (config.state_size(), config.hidden_size);
-        gather(&mut self.h0, batch.h0.unwrap_or(&[]), b, s, order);
-        gather(&mut self.c0, batch.c0.unwrap_or(&[]), b, h, order);
+        gather(&mut self.h0, batch.h0.unwrap_or(&[]), s, order);
+        gather(&mut self.c0, batch.c0.unwrap_or(&[]), h, order);
         let weights = batch.sequence_weights.unwrap_or(&[]);
-        gather(&mut self.weights, weights, b, 1, order);
+        gather(&mut self.weights, weights, 1, order);
         match batch.target {
-            Target::Values(v) => gather(&mut self.values, v, b, config.output_size, order),
-            Target::Classes(c) => gather(&mut self.classes, c, b, 1, order),
+            Target::Values(v) => gather(&mut self.values, v, config.output_size, order),
+            Target::Classes(c) => gather(&mut self.classes, c, 1, order),
             Target::None => {}
         }
         let Self {
