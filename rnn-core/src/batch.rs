@@ -236,19 +236,15 @@ impl<'a, T: Float> Batch<'a, T> {
         let i = config.input_size;
         match (config.num_embeddings, self.tokens) {
             (None, None) => {
-                if self.x.len() != t * b * i {
-                    return Err(shape(
-                        "x",
-                        format!("[T={t}, B={b}, I={i}] = {}", t * b * i),
-                        self.x.len(),
-                    ));
-                }
+                expect_len("x", self.x.len(), &[t, b, i], |n| {
+                    format!("[T={t}, B={b}, I={i}] = {n}")
+                })?;
                 finite("x", self.x)?;
             }
             (Some(v), Some(tokens)) => {
-                if tokens.len() != t * b {
-                    return Err(shape("tokens", format!("[T={t}, B={b}]"), tokens.len()));
-                }
+                expect_len("tokens", tokens.len(), &[t, b], |_| {
+                    format!("[T={t}, B={b}]")
+                })?;
                 if !self.x.is_empty() {
                     return Err(RnnError::Config(
                         "a batch of tokens takes no x: the embedding gives the inputs".into(),
@@ -303,6 +299,18 @@ impl<'a, T: Float> Batch<'a, T> {
         Ok(())
     }
 
+    /// Whether the batch's inputs hold the `[T, B]` rows it claims (`x` or `tokens`, the
+    /// one `config` reads): what must be so before anything is sized by `T` and `B`, for a
+    /// claim no memory could hold overflows the sizes. Checks nothing else.
+    pub(crate) fn holds_its_rows(&self, config: &RnnConfig) -> bool {
+        let (t, b) = (self.seq_len, self.batch);
+        let rows = t.checked_mul(b);
+        match (config.num_embeddings, self.tokens) {
+            (Some(_), Some(tokens)) => rows == Some(tokens.len()),
+            _ => rows.and_then(|r| r.checked_mul(config.input_size)) == Some(self.x.len()),
+        }
+    }
+
     /// Checks every shape, length, label and value against `config` and `loss`.
     ///
     /// # Errors
@@ -317,17 +325,17 @@ impl<'a, T: Float> Batch<'a, T> {
                 self.score_from
             )));
         }
+        // The inputs' shape checked, `T·B` counts real rows: only `·O` could overflow.
         let positions = if loss.many_to_one { b } else { t * b };
         match (loss.kind, self.target) {
             (kind, Target::Values(v)) if kind.takes_values() => {
-                if v.len() != positions * o {
-                    let want = if loss.many_to_one {
+                expect_len("target", v.len(), &[positions, o], |_| {
+                    if loss.many_to_one {
                         format!("[B={b}, O={o}]")
                     } else {
                         format!("[T={t}, B={b}, O={o}]")
-                    };
-                    return Err(shape("target", want, v.len()));
-                }
+                    }
+                })?;
                 finite("target", v)?;
             }
             (kind, Target::Classes(c)) if !kind.takes_values() => {
@@ -493,14 +501,27 @@ pub(crate) fn check_state<T: Float>(
         _ => (config.hidden_size, "H"),
     };
     let l = config.passes();
-    if state.len() != l * b * width {
-        return Err(shape(
-            what,
-            format!("[L·D={l}, B={b}, {named}={width}] = {}", l * b * width),
-            state.len(),
-        ));
-    }
+    expect_len(what, state.len(), &[l, b, width], |n| {
+        format!("[L·D={l}, B={b}, {named}={width}] = {n}")
+    })?;
     finite(what, state)
+}
+
+/// [`RnnError::ShapeMismatch`] for `what` unless its `len` elements are the product of
+/// `dims`, described by `expected` given that product's text. A product past `usize` is a
+/// mismatch like any other (no buffer holds that many), not an overflow.
+fn expect_len(
+    what: &'static str,
+    len: usize,
+    dims: &[usize],
+    expected: impl FnOnce(String) -> String,
+) -> Result<()> {
+    let want = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if want == Some(len) {
+        return Ok(());
+    }
+    let count = want.map_or_else(|| "more than usize::MAX".to_string(), |n| n.to_string());
+    Err(shape(what, expected(count), len))
 }
 
 /// [`RnnError::NonFiniteInput`] naming `what` and the first NaN or infinity in `v`.

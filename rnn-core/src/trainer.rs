@@ -1133,20 +1133,21 @@ impl<T: Float> Trainer<T> {
         loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
         micro: u64,
     ) -> Result<T> {
-        let segment = self.training_segment(batch, true);
         let many_to_one = self.loss.many_to_one;
         let o = self.config.output_size;
-        if batch.lengths.is_some() {
-            let steps = if many_to_one { 1 } else { batch.seq_len };
-            self.reordered.reserve_own_loss(steps * batch.batch * o);
-        }
         let (gives, no_states) = (self.grads_given(), (&[][..], &[][..]));
         self.longest_first_from(
             batch,
             no_states,
             Check::NoTargets,
             gives,
-            |tr, batch, sorted| {
+            |tr, batch, mut sorted| {
+                // Sized by the batch once it is checked.
+                let segment = tr.training_segment(batch, true);
+                if batch.lengths.is_some() {
+                    let steps = if many_to_one { 1 } else { batch.seq_len };
+                    sorted.reserve_own_loss(steps * batch.batch * o);
+                }
                 // The closure sees the outputs, and writes their gradient, in the batch's order.
                 let loss = sorted.own_loss(o, loss);
                 tr.in_step_threads(batch, |tr, par| {
@@ -1238,6 +1239,11 @@ impl<T: Float> Trainer<T> {
     /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:
     /// the whole batch), with room for what it keeps besides (`kept`).
     fn segment_for(&self, batch: &Batch<T>, kept: Kept) -> usize {
+        if !batch.holds_its_rows(&self.config) {
+            // Not sized by a claim its inputs do not hold (it could overflow): the pass
+            // refuses the batch before it reads the segment.
+            return batch.seq_len;
+        }
         let kept = Kept {
             ragged: batch.lengths.is_some(),
             ..kept

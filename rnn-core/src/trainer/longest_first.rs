@@ -138,6 +138,9 @@ fn room<V>(v: &mut Vec<V>, n: usize) {
 impl<T: Float> Reordered<T> {
     /// Room for a copy of `batch` (with lengths), taken by every such batch, ordered or not:
     /// a trainer then allocates nothing once its largest batch has run, as its workspace.
+    /// Sized by what the batch holds (its sequences' lengths, its inputs' rows), not by the
+    /// `T` and `B` it claims, which are checked only later: a claim no memory could hold
+    /// is then refused by the check, not met by an allocation.
     fn reserve(
         &mut self,
         batch: &Batch<'_, T>,
@@ -145,19 +148,21 @@ impl<T: Float> Reordered<T> {
         gives: PerSequence,
         (dh_n, dc_n): (&[T], &[T]),
     ) {
-        let b = batch.batch;
-        let state = config.passes() * config.state_size().max(config.hidden_size);
-        let per_sequence = match gives {
-            PerSequence::Nothing => 0,
-            PerSequence::InputGrads => state.max(batch.seq_len * config.input_size),
-            PerSequence::FinalStates => state,
-            PerSequence::Outputs { many_to_one } => {
-                let steps = if many_to_one { 1 } else { batch.seq_len };
-                steps * config.output_size
-            }
-            PerSequence::SequenceLosses => 1,
+        let b = batch.lengths.map_or(0, <[usize]>::len);
+        let rows = match batch.tokens {
+            Some(tokens) => tokens.len(),
+            None => batch.x.len() / config.input_size,
         };
-        room(&mut self.scratch, b * per_sequence);
+        let state = config.passes() * config.state_size().max(config.hidden_size);
+        let room_for_each = match gives {
+            PerSequence::Nothing => 0,
+            PerSequence::InputGrads => (b * state).max(rows * config.input_size),
+            PerSequence::FinalStates => b * state,
+            PerSequence::Outputs { many_to_one: true } => b * config.output_size,
+            PerSequence::Outputs { many_to_one: false } => rows * config.output_size,
+            PerSequence::SequenceLosses => b,
+        };
+        room(&mut self.scratch, room_for_each);
         room(&mut self.order, b);
         room(&mut self.lengths, b);
         room(&mut self.dh_n, dh_n.len());
@@ -258,13 +263,6 @@ impl<T: Float> Reordered<T> {
             own_dy: &mut self.own_dy,
         }
     }
-
-    /// Room for the outputs a loss of the caller's own reads in a batch of `outputs` of them
-    /// (`[T, B, O]` or `[B, O]` elements), and their gradient.
-    pub(super) fn reserve_own_loss(&mut self, outputs: usize) {
-        room(&mut self.own_y, outputs);
-        room(&mut self.own_dy, outputs);
-    }
 }
 
 /// What a pass run by [`Trainer::longest_first_from`] gets besides its batch: the
@@ -280,6 +278,14 @@ pub(super) struct Sorted<'s, T> {
 }
 
 impl<T: Float> Sorted<'_, T> {
+    /// Room for the outputs a loss of the caller's own reads in a batch of `outputs` of them
+    /// (`[T, B, O]` or `[B, O]` elements), and their gradient: taken by every batch with
+    /// lengths, ordered or not, as [`Reordered`]'s other buffers.
+    pub(super) fn reserve_own_loss(&mut self, outputs: usize) {
+        room(self.own_y, outputs);
+        room(self.own_dy, outputs);
+    }
+
     /// `loss`, a loss of the caller's own that reads outputs `o` wide (`[.., B, O]`) and
     /// writes their gradient, as the pass calls it: the outputs it reads and the gradient
     /// it writes are in the batch's order.

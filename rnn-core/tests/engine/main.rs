@@ -19,6 +19,7 @@ mod final_states;
 mod frozen;
 mod golden;
 mod gradcheck;
+mod huge_shapes;
 mod input_grads;
 mod live_rows;
 mod loader;
