@@ -101,6 +101,52 @@ impl<T: Copy + Default> AlignedVec<T> {
         v
     }
 
+    /// [`AlignedVec::zeros`] that reports an allocation failure instead of aborting: for
+    /// buffers whose size comes from a caller's shapes, which may not fit in memory.
+    ///
+    /// ```
+    /// use kernels::aligned::AlignedVec;
+    /// assert_eq!(AlignedVec::<f32>::try_zeros(3).unwrap(), [0.0; 3]);
+    /// // More bytes than an address space holds.
+    /// assert!(AlignedVec::<f32>::try_zeros(1 << 60).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError`] when the memory is not there.
+    pub fn try_zeros(len: usize) -> Result<Self, AllocError> {
+        let mut v = Self::new();
+        v.try_reserve(len)?;
+        v.resize(len);
+        Ok(v)
+    }
+
+    /// Room for `len` elements without changing the length or the values: a later
+    /// [`AlignedVec::resize`] up to `len` allocates nothing. Reports an allocation failure
+    /// instead of aborting (the buffer is then as it was).
+    ///
+    /// ```
+    /// use kernels::aligned::AlignedVec;
+    /// let mut v = AlignedVec::from_slice(&[1.0f32, 2.0]);
+    /// v.try_reserve(1000).unwrap();
+    /// let at = v.as_ptr();
+    /// assert_eq!(v, [1.0, 2.0]);
+    /// v.resize(1000);
+    /// assert_eq!(v.as_ptr(), at);
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError`] when the memory is not there.
+    pub fn try_reserve(&mut self, len: usize) -> Result<(), AllocError> {
+        if self.start + len <= self.data.len() {
+            return Ok(());
+        }
+        let mut grown = Self::try_allocate(len)?;
+        grown.data[grown.start..][..self.len].copy_from_slice(self);
+        grown.len = self.len;
+        *self = grown;
+        Ok(())
+    }
+
     /// Sets the length to `len`, like `Vec::resize(len, 0)`: the first `min(len, old len)`
     /// elements keep their values and new ones are zero. Allocates only when `len` exceeds
     /// every length held before.
@@ -120,12 +166,46 @@ impl<T: Copy + Default> AlignedVec<T> {
     /// pages ([`HUGE_PAGE`]) before it is first written, so that the kernel backs it with
     /// them as it faults in, rather than later, if ever, by collapsing small pages.
     fn allocate(len: usize) -> Self {
-        let mut data = Self::reserve(len);
+        Self::try_allocate(len).unwrap_or_else(|failed| failed.abort::<T>())
+    }
+
+    /// [`AlignedVec::allocate`], reporting a failure.
+    fn try_allocate(len: usize) -> Result<Self, AllocError> {
+        let mut data = Self::try_room(len)?;
         data.resize(len + Self::slack(), T::default());
         let start = Self::offset(data.as_ptr());
-        Self { data, start, len }
+        Ok(Self { data, start, len })
     }
 }
+
+/// An allocation of an [`AlignedVec`] that failed: the memory was not there, or the size
+/// asked for was past what one allocation can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocError {
+    /// The bytes asked for (`usize::MAX` when their count overflows).
+    pub bytes: usize,
+}
+
+impl AllocError {
+    /// What an infallible allocation does on failure, as `Vec` does: panics on a size past
+    /// what one allocation can be, else aborts through the allocation error handler.
+    fn abort<T>(self) -> ! {
+        match core::alloc::Layout::from_size_align(self.bytes, core::mem::align_of::<T>()) {
+            Ok(layout) if self.bytes <= isize::MAX as usize => {
+                std::alloc::handle_alloc_error(layout)
+            }
+            _ => panic!("capacity overflow"),
+        }
+    }
+}
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not allocate {} bytes", self.bytes)
+    }
+}
+
+impl std::error::Error for AllocError {}
 
 /// Asks the kernel to back the whole [`HUGE_PAGE`]s inside `memory` with huge pages. Only
 /// those can be: the kernel maps a huge page at an aligned address, wholly inside one
@@ -157,9 +237,21 @@ impl<T> AlignedVec<T> {
     /// An empty `Vec` with room for `len` elements and the slack to align them, its memory
     /// advised onto huge pages and not yet written.
     fn reserve(len: usize) -> Vec<T> {
-        let mut data = Vec::with_capacity(len + Self::slack());
+        Self::try_room(len).unwrap_or_else(|failed| failed.abort::<T>())
+    }
+
+    /// [`AlignedVec::reserve`], reporting a failure.
+    fn try_room(len: usize) -> Result<Vec<T>, AllocError> {
+        let failed = || AllocError {
+            bytes: len
+                .saturating_add(Self::slack())
+                .saturating_mul(Self::size()),
+        };
+        let cap = len.checked_add(Self::slack()).ok_or_else(failed)?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(cap).map_err(|_| failed())?;
         advise_huge_pages(data.spare_capacity_mut());
-        data
+        Ok(data)
     }
 }
 

@@ -282,11 +282,46 @@ impl RnnConfig {
         self.directions() * self.state_size()
     }
 
-    /// Checks every size is positive and the activation fits the cell.
+    /// The number of parameters ([`crate::params::Layout::new`]'s `len`), or `None` when it
+    /// is past `usize`: a model no memory could hold.
+    ///
+    /// ```
+    /// use rnn_core::config::RnnConfig;
+    /// // weight_ih 4·16·3, weight_hh 4·16·16, two biases 4·16, head 2·16 + 2.
+    /// assert_eq!(RnnConfig::lstm(3, 16, 2).parameter_count(), Some(1378));
+    /// assert_eq!(RnnConfig::lstm(1 << 40, 1 << 40, 2).parameter_count(), None);
+    /// ```
+    pub fn parameter_count(&self) -> Option<usize> {
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        let (h, s, o) = (self.hidden_size, self.state_size(), self.output_size);
+        let gh = mul(self.cell.gates(), h)?;
+        let width = mul(self.directions(), s)?;
+        let mut count = mul(self.num_embeddings.unwrap_or(0), self.input_size)?;
+        let biases = if self.bias { mul(2, gh)? } else { 0 };
+        let projection = self.proj_size.map_or(Some(0), |p| mul(p, h))?;
+        for k in 0..self.num_layers.min(2) {
+            let input = if k == 0 { self.input_size } else { width };
+            let weights = mul(gh, input)?.checked_add(mul(gh, s)?)?;
+            let pass = weights.checked_add(biases)?.checked_add(projection)?;
+            // Layer 0's passes, or those of every layer above it (all alike).
+            let layers = if k == 0 { 1 } else { self.num_layers - 1 };
+            count = count.checked_add(mul(mul(layers, self.directions())?, pass)?)?;
+        }
+        count = count.checked_add(mul(o, width)?.checked_add(o)?)?;
+        if self.learn_h0 {
+            let cell_state = if self.cell.has_cell_state() { h } else { 0 };
+            let passes = mul(self.num_layers, self.directions())?;
+            count = count.checked_add(mul(passes, s.checked_add(cell_state)?)?)?;
+        }
+        Some(count)
+    }
+
+    /// Checks every size is positive, the activation fits the cell and the parameters can
+    /// be counted.
     ///
     /// # Errors
     /// [`RnnError::Empty`] naming the zero size; [`RnnError::Config`] for a ReLU LSTM or GRU
-    /// (their activations are fixed, as in PyTorch).
+    /// (their activations are fixed, as in PyTorch) or more parameters than `usize` counts.
     pub fn validate(&self) -> Result<()> {
         if self.cell != Cell::Rnn && self.nonlinearity != Nonlinearity::Tanh {
             return Err(RnnError::Config(format!(
@@ -319,6 +354,13 @@ impl RnnConfig {
                     self.hidden_size
                 )));
             }
+        }
+        if self.parameter_count().is_none() {
+            return Err(RnnError::Config(format!(
+                "a model of input {}, hidden {}, {} layers and output {} has more parameters \
+                 than usize counts",
+                self.input_size, self.hidden_size, self.num_layers, self.output_size
+            )));
         }
         Ok(())
     }

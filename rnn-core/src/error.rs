@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use kernels::aligned::AllocError;
+
 /// Everything that can go wrong in `rnn-core`, each naming the offending thing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,6 +87,18 @@ pub enum RnnError {
     /// A configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The memory for a model or a batch's activations is not there: a step whose buffers
+    /// would not fit is refused before it computes anything (weights, optimizer state and
+    /// the trainer's buffers as they were), as PyTorch raises on a failed allocation instead
+    /// of ending the process. A smaller batch, shorter sequences or a memory setting that
+    /// keeps less ([`crate::trainer::Memory`]) may fit.
+    #[error("out of memory: {bytes} bytes for {what} could not be allocated")]
+    OutOfMemory {
+        /// What needed the memory (`"the parameters"`, `"layer 0's gate buffer"`, ...).
+        what: String,
+        /// The bytes asked for (`usize::MAX` when their count overflows).
+        bytes: usize,
+    },
     /// A file could not be read or written.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -96,6 +110,30 @@ pub enum RnnError {
     /// A weight or checkpoint file is malformed, or misses or misshapes a tensor.
     #[error("bad weight file: {0}")]
     Format(String),
+}
+
+/// [`RnnError::OutOfMemory`] for `what`, from the allocation that failed.
+pub(crate) fn out_of_memory(what: impl Into<String>) -> impl FnOnce(AllocError) -> RnnError {
+    move |failed| RnnError::OutOfMemory {
+        what: what.into(),
+        bytes: failed.bytes,
+    }
+}
+
+/// A `Vec` of `len` copies of `value`, `len` the product of `dims`, or
+/// [`RnnError::OutOfMemory`] for `what` when the memory is not there (a product past `usize`
+/// included): for buffers sized by a caller's counts, where `vec!` would end the process.
+pub(crate) fn filled_vec<V: Clone>(dims: &[usize], value: V, what: &str) -> Result<Vec<V>> {
+    let len = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let failed = || RnnError::OutOfMemory {
+        what: what.into(),
+        bytes: len.map_or(usize::MAX, |n| n.saturating_mul(size_of::<V>())),
+    };
+    let len = len.ok_or_else(failed)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| failed())?;
+    v.resize(len, value);
+    Ok(v)
 }
 
 /// `Result` with [`RnnError`].

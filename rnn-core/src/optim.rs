@@ -5,7 +5,7 @@ use std::ops::Range;
 use kernels::optim::{AdagradStep, AdamStep, RmsPropStep, SgdStep, adagrad, adam, rmsprop, sgd};
 use kernels::{Float, reduce};
 
-use crate::error::{Result, RnnError, shape};
+use crate::error::{Result, RnnError, filled_vec, shape};
 
 /// An optimizer and its hyper-parameters (PyTorch's defaults where it has them).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -295,18 +295,30 @@ impl<T: Float> Optimizer<T> {
     /// let opt = Optimizer::<f32>::new(kind, 10);
     /// assert_eq!((opt.state1.len(), opt.state2.len(), opt.state3.len()), (10, 10, 0));
     /// ```
+    ///
+    /// # Panics
+    /// When the memory for the state is not there ([`Optimizer::try_new`] reports it).
     pub fn new(kind: OptimizerKind<T>, n: usize) -> Self {
+        Self::try_new(kind, n).unwrap_or_else(|failed| panic!("optimizer state: {failed}"))
+    }
+
+    /// [`Optimizer::new`], reporting an allocation of its state that failed.
+    ///
+    /// # Errors
+    /// [`RnnError::OutOfMemory`] when the memory for the state is not there.
+    pub fn try_new(kind: OptimizerKind<T>, n: usize) -> Result<Self> {
         let [len1, len2, len3] = kind.uses_state().map(|used| if used { n } else { 0 });
-        Self {
+        let filled = |len: usize, value: T| filled_vec(&[len], value, "the optimizer state");
+        Ok(Self {
             kind,
-            state1: vec![kind.initial_state1(); len1],
-            state2: vec![T::zero(); len2],
-            state3: vec![T::zero(); len3],
+            state1: filled(len1, kind.initial_state1())?,
+            state2: filled(len2, T::zero())?,
+            state3: filled(len3, T::zero())?,
             steps: 0,
             state_family: kind.family(),
             state_start: 0,
             skipped: Vec::new(),
-        }
+        })
     }
 
     /// Whether the state buffers belong to [`Self::kind`]'s family: false after `kind`

@@ -178,12 +178,21 @@ impl Layout {
 /// assert!(learned[p.len()..].iter().all(|&x| x == 0.0));
 /// ```
 pub fn init_params<T: Float>(config: &RnnConfig, seed: u64) -> Vec<T> {
+    let mut params = vec![T::zero(); Layout::new(config).len];
+    init_params_into(config, seed, &mut params);
+    params
+}
+
+/// [`init_params`] into `params`, of [`Layout::new`]'s length: for a buffer the caller
+/// allocated (one whose allocation may fail).
+pub(crate) fn init_params_into<T: Float>(config: &RnnConfig, seed: u64, params: &mut [T]) {
     let layout = Layout::new(config);
+    assert_eq!(params.len(), layout.len, "params length");
     let bound = 1.0 / (config.hidden_size as f64).sqrt();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut params: Vec<T> = (0..layout.len)
-        .map(|_| T::of(rng.random_range(-bound..=bound)))
-        .collect();
+    for p in params.iter_mut() {
+        *p = T::of(rng.random_range(-bound..=bound));
+    }
     for state in [layout.h0, layout.c0].into_iter().flatten() {
         params[state].fill(T::zero());
     }
@@ -198,5 +207,33 @@ pub fn init_params<T: Float>(config: &RnnConfig, seed: u64) -> Vec<T> {
             }
         }
     }
-    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cell;
+
+    /// The count a config gives before any layout is built is the layout's, for every cell
+    /// and option.
+    #[test]
+    fn a_config_counts_its_layouts_parameters() {
+        for cell in [Cell::Rnn, Cell::Lstm, Cell::Gru] {
+            for layers in 1..=3 {
+                for option in 0..6 {
+                    let mut cfg = RnnConfig::new(3, 7, 5).cell(cell).layers(layers);
+                    cfg = match option {
+                        1 => cfg.bidirectional(),
+                        2 => cfg.bias(false),
+                        3 => cfg.embedding(11),
+                        4 => cfg.learned_h0().bidirectional(),
+                        5 if cell == Cell::Lstm => cfg.projection(4).bidirectional().learned_h0(),
+                        _ => cfg,
+                    };
+                    let count = cfg.parameter_count();
+                    assert_eq!(count, Some(Layout::new(&cfg).len), "{cfg:?}");
+                }
+            }
+        }
+    }
 }

@@ -6,8 +6,8 @@ use kernels::Float;
 
 use crate::batch::{Batch, Target};
 use crate::config::RnnConfig;
-use crate::error::{Result, RnnError, shape};
-use crate::network::forward;
+use crate::error::{Result, RnnError, filled_vec, shape};
+use crate::network::{Exec, forward};
 use crate::params::Layout;
 use crate::workspace::Workspace;
 
@@ -45,7 +45,8 @@ impl<'a, T: Float> Predictor<'a, T> {
     /// # Errors
     /// An invalid `config`, `batch = 0`, `params` of the wrong length or with a NaN or
     /// infinity ([`RnnError::NonFiniteInput`]); [`RnnError::Config`] for a bidirectional
-    /// model, whose outputs need whole sequences (run [`crate::network::forward`] on them).
+    /// model, whose outputs need whole sequences (run [`crate::network::forward`] on them);
+    /// [`RnnError::OutOfMemory`] when the states of `batch` sequences do not fit in memory.
     pub fn new(config: RnnConfig, params: &'a [T], batch: usize) -> Result<Self> {
         let layout = Layout::of_params(&config, params)?;
         if config.bidirectional {
@@ -61,25 +62,16 @@ impl<'a, T: Float> Predictor<'a, T> {
             });
         }
         // With projections the state `h` is `P` wide, the cell state `H`.
-        let (state, cell_state) = (
-            config.num_layers * batch * config.state_size(),
-            config.num_layers * batch * config.hidden_size,
-        );
+        let (l, h) = (config.num_layers, config.hidden_size);
+        let cell_state = if config.cell.has_cell_state() { h } else { 0 };
         Ok(Self {
             config,
             layout,
             params,
             batch,
             ws: Workspace::new(),
-            h: vec![T::zero(); state],
-            c: vec![
-                T::zero();
-                if config.cell.has_cell_state() {
-                    cell_state
-                } else {
-                    0
-                }
-            ],
+            h: filled_vec(&[l, batch, config.state_size()], T::zero(), "the states")?,
+            c: filled_vec(&[l, batch, cell_state], T::zero(), "the cell states")?,
         })
     }
 
@@ -157,6 +149,9 @@ impl<'a, T: Float> Predictor<'a, T> {
             c0: self.config.cell.has_cell_state().then_some(&self.c[..]),
             ..input
         };
+        // Room made where a failure can be reported, before the pass grows its buffers.
+        let how = (Exec::from(Par::Seq).split, false);
+        (self.ws).try_reserve(&self.config, &batch, (steps, false), how, false)?;
         forward(
             &self.config,
             &self.layout,

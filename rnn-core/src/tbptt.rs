@@ -19,7 +19,7 @@ use kernels::Float;
 
 use crate::batch::{Batch, Target};
 use crate::config::RnnConfig;
-use crate::error::{Result, RnnError, shape};
+use crate::error::{Result, RnnError, filled_vec, shape};
 use crate::trainer::{Memory, StepReport, Trainer};
 
 /// A trainer fed one chunk of `k1` steps of `B` streams at a time.
@@ -74,7 +74,8 @@ impl<T: Float> Tbptt<T> {
     /// # Errors
     /// [`RnnError::Config`] if `k1 = 0`, `k2 < k1`, `batch = 0`, the trainer's loss is
     /// many-to-one (a stream has no last step), or the model is bidirectional (a stream has
-    /// no end for its reverse direction to start from).
+    /// no end for its reverse direction to start from); [`RnnError::OutOfMemory`] when the
+    /// window of `k2` steps of `batch` streams does not fit in memory.
     pub fn new(trainer: Trainer<T>, k1: usize, k2: usize, batch: usize) -> Result<Self> {
         if k1 == 0 || k2 < k1 || batch == 0 {
             return Err(RnnError::Config(format!(
@@ -95,30 +96,30 @@ impl<T: Float> Tbptt<T> {
         }
         let cfg = trainer.config;
         // With projections the state `h` is `P` wide, the cell state `H`.
-        let state = cfg.num_layers * batch * cfg.state_size();
-        let cell_state = if cfg.cell.has_cell_state() {
-            cfg.num_layers * batch * cfg.hidden_size
-        } else {
-            0
-        };
-        let per_step = if trainer.loss.kind.takes_values() {
+        let (l, h) = (cfg.num_layers, cfg.hidden_size);
+        let state = [l, batch, cfg.state_size()];
+        let cell_state = [l, batch, if cfg.cell.has_cell_state() { h } else { 0 }];
+        let (values, classes) = if trainer.loss.kind.takes_values() {
             (cfg.output_size, 0)
         } else {
             (0, 1)
         };
+        let tokens = usize::from(cfg.num_embeddings.is_some());
+        let window = |width: usize| [k2, batch, width];
+        let zero = T::zero();
         Ok(Self {
             k1,
             k2,
             batch,
-            x: vec![T::zero(); k2 * batch * dense_width(&cfg)],
-            tokens: vec![0; k2 * batch * usize::from(cfg.num_embeddings.is_some())],
-            values: vec![T::zero(); k2 * batch * per_step.0],
-            classes: vec![0; k2 * batch * per_step.1],
+            x: filled_vec(&window(dense_width(&cfg)), zero, "the window's inputs")?,
+            tokens: filled_vec(&window(tokens), 0, "the window's tokens")?,
+            values: filled_vec(&window(values), zero, "the window's targets")?,
+            classes: filled_vec(&window(classes), 0, "the window's labels")?,
             held: 0,
-            h_start: vec![T::zero(); state],
-            c_start: vec![T::zero(); cell_state],
-            h_end: vec![T::zero(); state],
-            c_end: vec![T::zero(); cell_state],
+            h_start: filled_vec(&state, zero, "the streams' states")?,
+            c_start: filled_vec(&cell_state, zero, "the streams' cell states")?,
+            h_end: filled_vec(&state, zero, "the streams' states")?,
+            c_end: filled_vec(&cell_state, zero, "the streams' cell states")?,
             weights: Vec::new(),
             trainer,
         })

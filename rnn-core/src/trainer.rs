@@ -1,4 +1,10 @@
 //! One object that owns a model, its gradients, workspace and optimizer, and trains it.
+//!
+//! Memory that is not there is an error, not the end of the process: the trainer makes room
+//! for a batch's activations before a pass starts, and every pass (training step,
+//! evaluation, outputs, final states) refuses a batch whose buffers cannot be allocated with
+//! [`RnnError::OutOfMemory`], leaving weights, gradients and optimizer state as they were
+//! (a smaller batch, shorter sequences or a [`Memory`] setting that keeps less may fit).
 
 use std::sync::Arc;
 
@@ -10,13 +16,13 @@ use crate::accumulate::Accumulator;
 use crate::batch::Batch;
 use crate::config::{LossSpec, Reduction, RnnConfig};
 use crate::dropout::Dropout;
-use crate::error::{Result, RnnError};
+use crate::error::{Result, RnnError, out_of_memory};
 use crate::io::Extras;
 use crate::network::{
     self, Exec, PassOptions, TimeChunks, UnitSplit, forward_backward_checkpointed,
 };
 use crate::optim::{self, Clip, Optimizer, OptimizerKind, TensorRule};
-use crate::params::{Layout, init_params};
+use crate::params::{Layout, init_params_into};
 use crate::schedule::LrSchedule;
 use crate::workspace::Workspace;
 
@@ -157,6 +163,9 @@ struct Kept {
     own_loss: bool,
     /// The room of products over live rows only (a batch with lengths).
     ragged: bool,
+    /// A pass to the final states, whose workspace holds every step's outputs whatever
+    /// the loss ([`Trainer::final_states`]).
+    final_states: bool,
 }
 
 /// Restores the calling thread's flush-to-zero mode when dropped.
@@ -269,7 +278,9 @@ impl<T: Float> Trainer<T> {
     /// A trainer with PyTorch-style initial weights from `seed`.
     ///
     /// # Errors
-    /// [`RnnError::Empty`] if a size in `config` is zero; [`LossSpec::validate`]'s errors.
+    /// [`RnnError::Empty`] if a size in `config` is zero, [`RnnConfig::validate`]'s other
+    /// errors; [`LossSpec::validate`]'s errors; [`RnnError::OutOfMemory`] when the
+    /// parameters, their gradients or the optimizer's state do not fit in memory.
     pub fn new(
         config: RnnConfig,
         loss: LossSpec,
@@ -277,8 +288,11 @@ impl<T: Float> Trainer<T> {
         seed: u64,
     ) -> Result<Self> {
         config.validate()?;
-        let params = init_params(&config, seed);
-        Self::with_params(config, loss, optimizer, params)
+        let layout = Layout::new(&config);
+        let mut params =
+            AlignedVec::try_zeros(layout.len).map_err(out_of_memory("the parameters"))?;
+        init_params_into(&config, seed, &mut params);
+        Self::with_aligned_params(config, layout, loss, optimizer, params)
     }
 
     /// A trainer starting from given parameters (layout of [`Layout::new`]).
@@ -286,7 +300,7 @@ impl<T: Float> Trainer<T> {
     /// # Errors
     /// [`RnnError::ShapeMismatch`] if `params` has the wrong length,
     /// [`RnnError::NonFiniteInput`] if it holds a NaN or infinity; [`LossSpec::validate`]'s
-    /// errors.
+    /// errors; [`RnnError::OutOfMemory`] as [`Trainer::new`].
     pub fn with_params(
         config: RnnConfig,
         loss: LossSpec,
@@ -294,16 +308,33 @@ impl<T: Float> Trainer<T> {
         params: Vec<T>,
     ) -> Result<Self> {
         let layout = Layout::of_params(&config, &params)?;
+        let mut aligned =
+            AlignedVec::try_zeros(params.len()).map_err(out_of_memory("the parameters"))?;
+        aligned.copy_from_slice(&params);
+        drop(params);
+        Self::with_aligned_params(config, layout, loss, optimizer, aligned)
+    }
+
+    /// [`Trainer::with_params`] for valid parameters of `layout`, already on a cache line.
+    /// The gradients and optimizer state are allocated here, a failure reported as
+    /// [`RnnError::OutOfMemory`].
+    fn with_aligned_params(
+        config: RnnConfig,
+        layout: Layout,
+        loss: LossSpec,
+        optimizer: OptimizerKind<T>,
+        params: AlignedVec<T>,
+    ) -> Result<Self> {
         loss.validate(&config)?;
         let n = layout.len;
         Ok(Self {
             config,
             layout,
-            params: AlignedVec::from_slice(&params),
-            grads: AlignedVec::zeros(n),
+            params,
+            grads: AlignedVec::try_zeros(n).map_err(out_of_memory("the gradients"))?,
             workspace: Workspace::new(),
             loss,
-            optimizer: Optimizer::new(optimizer, n),
+            optimizer: Optimizer::try_new(optimizer, n)?,
             clip: Clip::None,
             par: par_for(available_threads()),
             split: UnitSplit::Auto,
@@ -717,6 +748,7 @@ impl<T: Float> Trainer<T> {
         let many_to_one = self.loss.many_to_one;
         let gives = PerSequence::Outputs { many_to_one };
         self.longest_first(batch, Check::Inputs, gives, |tr, batch| {
+            tr.reserve_whole(batch)?;
             tr.in_step_threads(batch, |tr, par| {
                 let exec = tr.exec(par);
                 let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -758,7 +790,7 @@ impl<T: Float> Trainer<T> {
             Check::TrainerLoss,
             PerSequence::Nothing,
             |tr, batch| {
-                let segment = tr.segment_for(batch, Kept::default());
+                let segment = tr.segment_for(batch, Kept::default())?;
                 tr.in_step_threads(batch, |tr, par| {
                     let exec = tr.exec(par);
                     let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -807,6 +839,7 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let gives = PerSequence::SequenceLosses;
         self.longest_first(batch, Check::TrainerLoss, gives, |tr, batch| {
+            tr.reserve_whole(batch)?;
             tr.in_step_threads(batch, |tr, par| {
                 let exec = tr.exec(par);
                 let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -1143,7 +1176,11 @@ impl<T: Float> Trainer<T> {
             gives,
             |tr, batch, mut sorted| {
                 // Sized by the batch once it is checked.
-                let segment = tr.training_segment(batch, true);
+                let kept = Kept {
+                    own_loss: true,
+                    ..tr.training_kept()
+                };
+                let segment = tr.segment_for(batch, kept)?;
                 if batch.lengths.is_some() {
                     let steps = if many_to_one { 1 } else { batch.seq_len };
                     sorted.reserve_own_loss(steps * batch.batch * o);
@@ -1204,7 +1241,7 @@ impl<T: Float> Trainer<T> {
 
     /// [`Trainer::grads_of`] with the batch's sequences in the order given.
     fn grads_in_order(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
-        let segment = self.training_segment(batch, false);
+        let segment = self.segment_for(batch, self.training_kept())?;
         self.in_step_threads(batch, |tr, par| {
             let opts = tr.pass_options(par, micro);
             let loss = forward_backward_checkpointed(
@@ -1223,40 +1260,60 @@ impl<T: Float> Trainer<T> {
         })
     }
 
-    /// The stretch a training pass over `batch` runs at a time ([`Trainer::segment_for`],
-    /// with dropout's buffers when it drops, its input gradients when asked for, and all
-    /// the outputs when its loss is the caller's own, `own_loss`).
-    fn training_segment(&self, batch: &Batch<T>, own_loss: bool) -> usize {
-        let kept = Kept {
+    /// What a training pass keeps besides its workspace: dropout's buffers when it drops
+    /// and its input gradients when asked for.
+    fn training_kept(&self) -> Kept {
+        Kept {
             dropout: self.dropout.is_some_and(|d| d.applies_to(&self.config)),
             input_grad: self.input_grad,
-            own_loss,
-            ragged: false, // segment_for sees the batch's lengths
-        };
-        self.segment_for(batch, kept)
+            ..Kept::default()
+        }
     }
 
     /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:
-    /// the whole batch), with room for what it keeps besides (`kept`).
-    fn segment_for(&self, batch: &Batch<T>, kept: Kept) -> usize {
+    /// the whole batch), with room for what it keeps besides (`kept`), and that room made
+    /// in the workspace ([`Trainer::reserve_for`]).
+    ///
+    /// # Errors
+    /// [`RnnError::OutOfMemory`] when the room is not there.
+    fn segment_for(&mut self, batch: &Batch<T>, kept: Kept) -> Result<usize> {
         if !batch.holds_its_rows(&self.config) {
             // Not sized by a claim its inputs do not hold (it could overflow): the pass
             // refuses the batch before it reads the segment.
-            return batch.seq_len;
+            return Ok(batch.seq_len);
         }
         let kept = Kept {
             ragged: batch.lengths.is_some(),
             ..kept
         };
-        self.memory.segment_with::<T>(
+        let segment = self.memory.segment_with::<T>(
             &self.config,
             batch.seq_len,
             batch.batch,
-            self.loss.many_to_one,
+            self.loss.many_to_one && !kept.final_states,
             self.split,
             kept,
             self.layout.len,
-        )
+        );
+        self.reserve_for(batch, segment, kept)?;
+        Ok(segment)
+    }
+
+    /// Room in the workspace for an inference pass over the whole of `batch`
+    /// ([`Trainer::reserve_for`]).
+    fn reserve_whole(&mut self, batch: &Batch<T>) -> Result<()> {
+        self.reserve_for(batch, batch.seq_len, Kept::default())
+    }
+
+    /// Room in the workspace for a pass over `batch` in stretches of `segment` steps that
+    /// keeps `kept` besides ([`Workspace::try_reserve`]): a batch that does not fit in
+    /// memory is refused before any pass starts ([`RnnError::OutOfMemory`]) rather than
+    /// ending the process where a buffer grows.
+    fn reserve_for(&mut self, batch: &Batch<T>, segment: usize, kept: Kept) -> Result<()> {
+        let many_to_one = self.loss.many_to_one && !kept.final_states;
+        let how = (self.split, kept.dropout);
+        let (config, ws) = (&self.config, &mut self.workspace);
+        ws.try_reserve(config, batch, (segment, many_to_one), how, kept.input_grad)
     }
 
     /// How a pass of this trainer runs on `par`: its unit split and time chunks.

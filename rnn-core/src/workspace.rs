@@ -15,7 +15,9 @@ use kernels::Float;
 use kernels::aligned::AlignedVec;
 use kernels::panels::Panels;
 
+use crate::batch::Batch;
 use crate::config::{Cell, RnnConfig};
+use crate::error::{Result, out_of_memory};
 use crate::network::UnitSplit;
 
 /// Buffers of one recurrent layer (`G` gates per unit: 1 RNN, 4 LSTM, 3 GRU).
@@ -201,16 +203,6 @@ impl<T: Float> BidiBuffers<T> {
         ]
     }
 
-    fn resize(&mut self, sizes: [usize; 6]) {
-        let [rev_x, fwd_in, rev_in, last, d_fwd, d_rev] = sizes;
-        self.rev_x.resize(rev_x);
-        self.fwd_in.resize(fwd_in);
-        self.rev_in.resize(rev_in);
-        self.last.resize(last);
-        self.d_fwd.resize(d_fwd);
-        self.d_rev.resize(d_rev);
-    }
-
     fn len(&self) -> usize {
         self.rev_x.len()
             + self.fwd_in.len()
@@ -328,21 +320,11 @@ impl<T: Float> Workspace<T> {
         }
         let sizes = Sizes::of(config, seq_len, batch, many_to_one, split, dropout);
         let (h, gates) = (config.hidden_size, config.cell.gates());
-        self.layers
-            .resize_with(config.passes(), LayerBuffers::default);
+        let bidi = BidiBuffers::<T>::sizes(config, seq_len, batch, many_to_one);
+        for (_, buffer, len) in self.buffers(config, &sizes, bidi) {
+            buffer.resize(len);
+        }
         for l in &mut self.layers {
-            let [hs, z, zh, cs, dh, dc, w_hh_t, bias, _, ms, dm, w_hr_t] = sizes.layer;
-            l.ms.resize(ms);
-            l.dm.resize(dm);
-            l.w_hr_t.resize(w_hr_t);
-            l.hs.resize(hs);
-            l.z.resize(z);
-            l.zh.resize(zh);
-            l.cs.resize(cs);
-            l.dh.resize(dh);
-            l.dc.resize(dc);
-            l.w_hh_t.resize(w_hh_t);
-            l.bias.resize(bias);
             let units = sizes.blocks.as_ref().map_or(&[][..], |b| &b[..]);
             let same_blocks = l.blocks.len() == units.len()
                 && l.blocks.iter().zip(units).all(|(b, units)| {
@@ -354,14 +336,110 @@ impl<T: Float> Workspace<T> {
                     .collect();
             }
         }
-        let [y, dh0, dc0, dropped] = sizes.shared;
-        self.y.resize(y);
-        self.dy.resize(y);
-        self.dh0.resize(dh0);
-        self.dc0.resize(dc0);
-        self.dropped.resize(dropped);
-        (self.bidi).resize(BidiBuffers::<T>::sizes(config, seq_len, batch, many_to_one));
         self.shape = Some(key);
+    }
+
+    /// Room for a pass over `batch` in stretches of `segment` steps (`seq_len` or more:
+    /// whole), without changing a length or a value: every buffer [`Workspace::ensure`]
+    /// sizes for a stretch, the room for products over live rows when the batch has lengths
+    /// ([`Workspace::ensure_gather`]), and the whole batch's embedded tokens and, with
+    /// `input_grad`, its `dL/dx`. The pass then allocates none of them. Where it would end
+    /// the process when the memory is not there, this reports it; the buffers keep what
+    /// they held (those grown before the failure keep their room). Nothing is sized by a
+    /// batch whose inputs do not hold its rows (the pass refuses it).
+    ///
+    /// # Errors
+    /// [`crate::RnnError::OutOfMemory`] naming the buffer that could not grow.
+    pub(crate) fn try_reserve(
+        &mut self,
+        config: &RnnConfig,
+        batch: &Batch<'_, T>,
+        (segment, many_to_one): (usize, bool),
+        (split, dropout): (UnitSplit, bool),
+        input_grad: bool,
+    ) -> Result<()> {
+        if !batch.holds_its_rows(config) {
+            return Ok(());
+        }
+        let (seq_len, b) = (segment.min(batch.seq_len), batch.batch);
+        let sizes = Sizes::of(config, seq_len, b, many_to_one, split, dropout);
+        let bidi = BidiBuffers::<T>::sizes(config, seq_len, b, many_to_one);
+        for (what, buffer, len) in self.buffers(config, &sizes, bidi) {
+            buffer.try_reserve(len).map_err(out_of_memory(what))?;
+        }
+        let reserve = |buffer: &mut AlignedVec<T>, len: usize, what: &'static str| {
+            buffer.try_reserve(len).map_err(out_of_memory(what))
+        };
+        if batch.lengths.is_some() {
+            let room = Self::gather_room(config, seq_len, b);
+            for l in &mut self.layers {
+                reserve(&mut l.gather, room, "a layer's live rows")?;
+            }
+            let head = Self::head_gather_room(config, seq_len, b, many_to_one);
+            reserve(&mut self.head_gather, head, "the head's live rows")?;
+        }
+        let inputs = batch.seq_len * b * config.input_size;
+        let only = |yes: bool| if yes { inputs } else { 0 };
+        reserve(&mut self.dx, only(input_grad), "dL/dx")?;
+        reserve(
+            &mut self.embedded,
+            only(batch.tokens.is_some()),
+            "the embedded tokens",
+        )
+    }
+
+    /// Every buffer whose length a shape decides (of `config`'s layers, grown to their
+    /// number), with its length for `sizes` and `bidi`, and its name: the one list that
+    /// [`Workspace::ensure`] sizes and [`Workspace::try_reserve`] grows.
+    fn buffers<'w>(
+        &'w mut self,
+        config: &RnnConfig,
+        sizes: &Sizes,
+        bidi: [usize; 6],
+    ) -> impl Iterator<Item = (&'static str, &'w mut AlignedVec<T>, usize)> {
+        self.layers
+            .resize_with(config.passes(), LayerBuffers::default);
+        let [hs, z, zh, cs, dh, dc, w_hh_t, bias, _, ms, dm, w_hr_t] = sizes.layer;
+        let [y, dh0, dc0, dropped] = sizes.shared;
+        let [rev_x, fwd_in, rev_in, last, d_fwd, d_rev] = bidi;
+        let Self {
+            layers,
+            y: ys,
+            dy,
+            dh0: dh0s,
+            dc0: dc0s,
+            dropped: dropped_rows,
+            bidi: b,
+            ..
+        } = self;
+        let per_layer = layers.iter_mut().flat_map(move |l| {
+            [
+                ("a layer's projection inputs", &mut l.ms, ms),
+                ("a layer's projection gradient", &mut l.dm, dm),
+                ("a layer's packed W_hr", &mut l.w_hr_t, w_hr_t),
+                ("a layer's states", &mut l.hs, hs),
+                ("a layer's gate buffer", &mut l.z, z),
+                ("a layer's recurrent products", &mut l.zh, zh),
+                ("a layer's cell states", &mut l.cs, cs),
+                ("a layer's state gradients", &mut l.dh, dh),
+                ("a layer's cell state gradient", &mut l.dc, dc),
+                ("a layer's packed W_hh", &mut l.w_hh_t, w_hh_t),
+                ("a layer's biases", &mut l.bias, bias),
+            ]
+        });
+        per_layer.chain([
+            ("the outputs", ys, y),
+            ("the output gradients", dy, y),
+            ("dL/dh0", dh0s, dh0),
+            ("dL/dc0", dc0s, dc0),
+            ("the dropped layer outputs", dropped_rows, dropped),
+            ("the reversed inputs", &mut b.rev_x, rev_x),
+            ("the layer inputs", &mut b.fwd_in, fwd_in),
+            ("the reversed layer inputs", &mut b.rev_in, rev_in),
+            ("the final states", &mut b.last, last),
+            ("the input gradients", &mut b.d_fwd, d_fwd),
+            ("the reversed input gradients", &mut b.d_rev, d_rev),
+        ])
     }
 
     /// Elements each layer's `gather` holds for a pass of `seq_len` steps of `batch` rows

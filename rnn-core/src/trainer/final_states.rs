@@ -74,7 +74,7 @@ impl<T: Float> Trainer<T> {
         // `grads_from_final_states`, which the fingerprint of the batch as given lets reuse it.
         let gives = PerSequence::FinalStates;
         self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
-            let segment = tr.training_segment(batch, false);
+            let segment = tr.segment_for(batch, tr.final_state_kept(true))?;
             tr.in_step_threads(batch, |tr, par| {
                 let opts = tr.pass_options(par, 0);
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
@@ -96,7 +96,7 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let gives = PerSequence::FinalStates;
         self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
-            let segment = tr.segment_for(batch, Kept::default());
+            let segment = tr.segment_for(batch, tr.final_state_kept(false))?;
             tr.in_step_threads(batch, |tr, par| {
                 let opts = PassOptions::from(tr.exec(par));
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
@@ -129,7 +129,8 @@ impl<T: Float> Trainer<T> {
         let fingerprint = self.final_state_fingerprint(batch);
         let (check, gives) = (Check::NoTargets, PerSequence::InputGrads);
         self.longest_first_from(batch, (dh_n, dc_n), check, gives, |tr, batch, sorted| {
-            let (states, segment) = (sorted.states, tr.training_segment(batch, false));
+            let states = sorted.states;
+            let segment = tr.segment_for(batch, tr.final_state_kept(true))?;
             tr.in_step_threads(batch, |tr, par| {
                 let opts = tr.pass_options(par, 0);
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
@@ -140,6 +141,20 @@ impl<T: Float> Trainer<T> {
         })?;
         self.zero_frozen_grads();
         Ok(())
+    }
+
+    /// What a pass to the final states keeps besides its workspace: a training pass's
+    /// (`training`), or nothing.
+    fn final_state_kept(&self, training: bool) -> Kept {
+        let kept = if training {
+            self.training_kept()
+        } else {
+            Kept::default()
+        };
+        Kept {
+            final_states: true,
+            ..kept
+        }
     }
 
     /// A CRC-32 of what a training forward pass over `batch` reads: the parameters, the

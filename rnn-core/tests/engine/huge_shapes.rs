@@ -1,6 +1,7 @@
 //! Shapes no memory could hold are typed errors, found before anything is sized by them:
 //! no overflow panic, no allocation of their size, no loop over their length.
 
+use rnn_core::optim::Optimizer;
 use rnn_core::prelude::*;
 
 /// What a batch claims against what it holds.
@@ -101,4 +102,111 @@ fn a_batch_claiming_more_than_it_holds_is_refused_everywhere() {
             }
         }
     }
+}
+
+/// A model, a stream window or a predictor's states past any address space are refused
+/// with [`RnnError::OutOfMemory`] (or [`RnnError::Config`] when the parameters cannot even
+/// be counted), not by ending the process.
+#[test]
+fn a_model_past_any_memory_is_refused() {
+    let mse = || LossSpec::every_step(LossKind::Mse);
+    let adam = OptimizerKind::adam(1e-2);
+    // 3·2^24·(2^24 + 3) parameters: 3 PiB of f32.
+    let big = RnnConfig::gru(1, 1 << 24, 1);
+    let result = Trainer::<f32>::new(big, mse(), adam, 0).map(drop);
+    assert!(
+        matches!(result, Err(RnnError::OutOfMemory { ref what, bytes }) if what == "the parameters" && bytes > 1 << 50),
+        "{result:?}"
+    );
+    let uncountable = RnnConfig::lstm(1 << 40, 1 << 40, 2);
+    let result = Trainer::<f32>::new(uncountable, mse(), adam, 0).map(drop);
+    assert!(matches!(result, Err(RnnError::Config(_))), "{result:?}");
+    let optimizer = Optimizer::<f32>::try_new(adam, 1 << 60).map(drop);
+    assert!(
+        matches!(optimizer, Err(RnnError::OutOfMemory { .. })),
+        "{optimizer:?}"
+    );
+
+    let cfg = RnnConfig::lstm(2, 5, 3);
+    let small = || Trainer::<f32>::new(cfg, mse(), adam, 0).unwrap();
+    // A window of 2^50 steps, and one whose size overflows.
+    for (k2, streams) in [(1 << 50, 2), (usize::MAX / 2, 4)] {
+        let result = rnn_core::tbptt::Tbptt::new(small(), 1, k2, streams).map(drop);
+        assert!(
+            matches!(result, Err(RnnError::OutOfMemory { ref what, .. }) if what == "the window's inputs"),
+            "k2 {k2}: {result:?}"
+        );
+    }
+    let params: Vec<f32> = rnn_core::params::init_params(&cfg, 0);
+    let result = rnn_core::predict::Predictor::new(cfg, &params, 1 << 60).map(drop);
+    assert!(
+        matches!(result, Err(RnnError::OutOfMemory { ref what, .. }) if what == "the states"),
+        "{result:?}"
+    );
+}
+
+const LIMIT_VAR: &str = "RNN_MEMORY_LIMIT_CHILD";
+
+/// Runs in a process limited to 1.5 GB of address space (`ulimit -v`): a batch of 2^21
+/// rows through an LSTM of 64 units (8 MiB of inputs) wants a 2 GiB gate buffer.
+#[test]
+#[ignore = "run by a_batch_past_the_memory_is_refused as a child process"]
+fn memory_limit_child() {
+    if std::env::var_os(LIMIT_VAR).is_none() {
+        return;
+    }
+    let cfg = RnnConfig::lstm(1, 64, 1);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let mut tr = Trainer::<f32>::new(cfg, spec, OptimizerKind::adam(1e-2), 0).unwrap();
+    let (t, b) = (1 << 15, 64);
+    let x = vec![0.5f32; t * b];
+    let huge = Batch::new(t, b, &x, Target::Values(&x));
+    let (t_small, b_small) = (8, 4);
+    let small = Batch::new(t_small, b_small, &x[..32], Target::Values(&x[..32]));
+    tr.step(&small).unwrap();
+    let (params, state) = (tr.params.to_vec(), tr.optimizer.state1.clone());
+    let refused = |what: &str, result: Result<(), RnnError>| {
+        assert!(
+            matches!(result, Err(RnnError::OutOfMemory { ref what, bytes }) if what == "a layer's gate buffer" && bytes >= 2 << 30),
+            "{what}: {result:?}"
+        );
+    };
+    refused("step", tr.step(&huge).map(drop));
+    refused("evaluate", tr.evaluate(&huge).map(drop));
+    let inputs = Batch::new(t, b, &x, Target::None);
+    refused("outputs", tr.outputs(&inputs).map(drop));
+    refused("final_states", tr.final_states(&inputs).map(drop));
+    assert_eq!(tr.params.to_vec(), params, "weights untouched");
+    assert_eq!(tr.optimizer.state1, state, "optimizer state untouched");
+    // The trainer goes on.
+    let before = tr.evaluate(&small).unwrap();
+    for _ in 0..5 {
+        tr.step(&small).unwrap();
+    }
+    assert!(tr.evaluate(&small).unwrap() < before);
+    println!("memory limit child: refused and went on");
+}
+
+/// A batch whose activations do not fit is refused by every pass with
+/// [`RnnError::OutOfMemory`], weights and optimizer state untouched, and the trainer trains
+/// on: checked in a child process whose address space is limited (so on any machine).
+#[test]
+fn a_batch_past_the_memory_is_refused() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1500000 && exec \"$0\" \"$@\"")
+        .arg(exe)
+        .args(["--ignored", "--exact", "huge_shapes::memory_limit_child"])
+        .args(["--nocapture", "--test-threads", "1"])
+        .env(LIMIT_VAR, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("refused and went on"),
+        "child: {}\n{stdout}\n{stderr}",
+        out.status
+    );
 }
