@@ -409,6 +409,7 @@ impl RnnConfig {
 /// # Ok::<(), rnn_core::error::RnnError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LossKind {
     /// Mean squared error against float targets (`nn.MSELoss`).
     Mse,

@@ -9,6 +9,7 @@ use crate::error::{Result, RnnError, filled_vec, shape};
 
 /// An optimizer and its hyper-parameters (PyTorch's defaults where it has them).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum OptimizerKind<T> {
     /// `torch.optim.SGD` (`dampening = 0`).
     Sgd {
@@ -913,6 +914,7 @@ impl<T: Float> Step<T> {
 
 /// Gradient clipping, applied before the update.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[non_exhaustive]
 pub enum Clip<T> {
     /// No clipping.
     #[default]

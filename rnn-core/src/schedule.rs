@@ -30,6 +30,7 @@ pub use plateau::{Plateau, PlateauMode, Threshold};
 
 /// How the rate decays after any warm-up, as a function of the updates since its start.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Decay {
     /// The base rate throughout (PyTorch: no scheduler).
     Constant,

@@ -36,6 +36,7 @@ use longest_first::{Check, PerSequence, Reordered};
 /// bidirectional model keeps everything: its steps run as whole sequences, and a step with a
 /// segment shorter than the batch is refused ([`crate::RnnError::Config`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Memory {
     /// Every step's activations: the fastest, memory grows with `T`.
     #[default]
