@@ -1184,7 +1184,7 @@ impl<T: Float> Trainer<T> {
                 let segment = tr.segment_for(batch, kept)?;
                 if batch.lengths.is_some() {
                     let steps = if many_to_one { 1 } else { batch.seq_len };
-                    sorted.reserve_own_loss(steps * batch.batch * o);
+                    sorted.reserve_own_loss(steps * batch.batch * o)?;
                 }
                 // The closure sees the outputs, and writes their gradient, in the batch's order.
                 let loss = sorted.own_loss(o, loss);

@@ -23,7 +23,7 @@ use kernels::Float;
 use super::Trainer;
 use crate::batch::{Batch, Target};
 use crate::config::{LossSpec, RnnConfig};
-use crate::error::Result;
+use crate::error::{Result, RnnError};
 use crate::network::final_states::check_final_state_grads;
 
 /// What a pass leaves in the workspace per sequence, put back in the batch's order when the
@@ -130,9 +130,14 @@ fn scatter<V: Copy>(dst: &mut [V], src: &[V], width: usize, order: &[usize]) {
     }
 }
 
-/// Grows `v` to hold `n` elements, unless it can.
-fn room<V>(v: &mut Vec<V>, n: usize) {
-    v.reserve(n.saturating_sub(v.len()));
+/// Grows `v` to hold `n` elements, unless it can; [`RnnError::OutOfMemory`] when the memory
+/// is not there.
+fn room<V>(v: &mut Vec<V>, n: usize) -> Result<()> {
+    v.try_reserve(n.saturating_sub(v.len()))
+        .map_err(|_| RnnError::OutOfMemory {
+            what: "a copy of the batch, longest first".into(),
+            bytes: n.saturating_mul(size_of::<V>()),
+        })
 }
 
 impl<T: Float> Reordered<T> {
@@ -140,14 +145,15 @@ impl<T: Float> Reordered<T> {
     /// a trainer then allocates nothing once its largest batch has run, as its workspace.
     /// Sized by what the batch holds (its sequences' lengths, its inputs' rows), not by the
     /// `T` and `B` it claims, which are checked only later: a claim no memory could hold
-    /// is then refused by the check, not met by an allocation.
+    /// is then refused by the check, not met by an allocation. Memory that is not there is
+    /// [`RnnError::OutOfMemory`], before anything is copied.
     fn reserve(
         &mut self,
         batch: &Batch<'_, T>,
         config: &RnnConfig,
         gives: PerSequence,
         (dh_n, dc_n): (&[T], &[T]),
-    ) {
+    ) -> Result<()> {
         let b = batch.lengths.map_or(0, <[usize]>::len);
         let rows = match batch.tokens {
             Some(tokens) => tokens.len(),
@@ -162,23 +168,23 @@ impl<T: Float> Reordered<T> {
             PerSequence::Outputs { many_to_one: false } => rows * config.output_size,
             PerSequence::SequenceLosses => b,
         };
-        room(&mut self.scratch, room_for_each);
-        room(&mut self.order, b);
-        room(&mut self.lengths, b);
-        room(&mut self.dh_n, dh_n.len());
-        room(&mut self.dc_n, dc_n.len());
-        room(&mut self.x, batch.x.len());
-        room(&mut self.tokens, batch.tokens.map_or(0, <[usize]>::len));
-        room(&mut self.h0, batch.h0.map_or(0, <[T]>::len));
-        room(&mut self.c0, batch.c0.map_or(0, <[T]>::len));
+        room(&mut self.scratch, room_for_each)?;
+        room(&mut self.order, b)?;
+        room(&mut self.lengths, b)?;
+        room(&mut self.dh_n, dh_n.len())?;
+        room(&mut self.dc_n, dc_n.len())?;
+        room(&mut self.x, batch.x.len())?;
+        room(&mut self.tokens, batch.tokens.map_or(0, <[usize]>::len))?;
+        room(&mut self.h0, batch.h0.map_or(0, <[T]>::len))?;
+        room(&mut self.c0, batch.c0.map_or(0, <[T]>::len))?;
         room(
             &mut self.weights,
             batch.sequence_weights.map_or(0, <[T]>::len),
-        );
+        )?;
         match batch.target {
             Target::Values(v) => room(&mut self.values, v.len()),
             Target::Classes(c) => room(&mut self.classes, c.len()),
-            Target::None => {}
+            Target::None => Ok(()),
         }
     }
 
@@ -281,9 +287,9 @@ impl<T: Float> Sorted<'_, T> {
     /// Room for the outputs a loss of the caller's own reads in a batch of `outputs` of them
     /// (`[T, B, O]` or `[B, O]` elements), and their gradient: taken by every batch with
     /// lengths, ordered or not, as [`Reordered`]'s other buffers.
-    pub(super) fn reserve_own_loss(&mut self, outputs: usize) {
-        room(self.own_y, outputs);
-        room(self.own_dy, outputs);
+    pub(super) fn reserve_own_loss(&mut self, outputs: usize) -> Result<()> {
+        room(self.own_y, outputs)?;
+        room(self.own_dy, outputs)
     }
 
     /// `loss`, a loss of the caller's own that reads outputs `o` wide (`[.., B, O]`) and
@@ -361,7 +367,7 @@ impl<T: Float> Trainer<T> {
         pass: impl FnOnce(&mut Self, &Batch<'_, T>, Sorted<'_, T>) -> Result<R>,
     ) -> Result<R> {
         if batch.lengths.is_some() {
-            self.reordered.reserve(batch, &self.config, gives, states);
+            self.reordered.reserve(batch, &self.config, gives, states)?;
         }
         let mut reordered = std::mem::take(&mut self.reordered);
         if !saves_rows(batch) {
@@ -419,6 +425,21 @@ impl<T: Float> Trainer<T> {
 mod tests {
     use super::*;
     use crate::config::{LossKind, LossSpec, RnnConfig};
+
+    /// Room the memory cannot give is an error naming the copy, not the end of the process;
+    /// room there is kept.
+    #[test]
+    fn room_past_the_memory_is_an_error() {
+        let mut v = vec![1.0f32; 3];
+        let err = room(&mut v, 1 << 60).unwrap_err();
+        assert!(
+            matches!(err, RnnError::OutOfMemory { ref what, bytes } if what.contains("copy") && bytes == 1 << 62),
+            "{err:?}"
+        );
+        assert_eq!(v, [1.0; 3]);
+        room(&mut v, 1000).unwrap();
+        assert!(v.capacity() >= 1000 && v == [1.0; 3]);
+    }
 
     /// Every buffer of a batch comes out with its rows in the order longest first, ties in
     /// their order, each step's block alike; a batch already longest first saves nothing.
