@@ -1394,10 +1394,11 @@ fn forward_to_final_states<T: Float>(
     seg.span(seg.count() - 1).len()
 }
 
-/// The spec of the segments of a pass to the final states, which score nothing: every
-/// step's outputs room, as a whole pass sizes its workspace.
+/// The spec of the segments of a pass to the final states, which score nothing and run no
+/// head: many-to-one, so that the outputs take the least room, `[B, O]`, as a whole pass
+/// sizes its workspace.
 fn final_state_spec() -> LossSpec {
-    LossSpec::every_step(crate::config::LossKind::Mse)
+    LossSpec::last_step(crate::config::LossKind::Mse)
 }
 
 /// What [`forward_segments`] does besides saving the states.

@@ -164,8 +164,8 @@ struct Kept {
     own_loss: bool,
     /// The room of products over live rows only (a batch with lengths).
     ragged: bool,
-    /// A pass to the final states, whose workspace holds every step's outputs whatever
-    /// the loss ([`Trainer::final_states`]).
+    /// A pass to the final states ([`Trainer::final_states`]), which runs no head: its
+    /// workspace holds the outputs of one step whatever the loss.
     final_states: bool,
 }
 
@@ -1291,7 +1291,7 @@ impl<T: Float> Trainer<T> {
             &self.config,
             batch.seq_len,
             batch.batch,
-            self.loss.many_to_one && !kept.final_states,
+            self.loss.many_to_one || kept.final_states,
             self.split,
             kept,
             self.layout.len,
@@ -1311,7 +1311,7 @@ impl<T: Float> Trainer<T> {
     /// memory is refused before any pass starts ([`RnnError::OutOfMemory`]) rather than
     /// ending the process where a buffer grows.
     fn reserve_for(&mut self, batch: &Batch<T>, segment: usize, kept: Kept) -> Result<()> {
-        let many_to_one = self.loss.many_to_one && !kept.final_states;
+        let many_to_one = self.loss.many_to_one || kept.final_states;
         let how = (self.split, kept.dropout);
         let (config, ws) = (&self.config, &mut self.workspace);
         ws.try_reserve(config, batch, (segment, many_to_one), how, kept.input_grad)

@@ -45,7 +45,9 @@ pub(crate) fn forward_final_states<T: Float>(
         if segment < batch.seq_len {
             return forward_to_final_states(&p, ws, segment);
         }
-        p.size_workspace(ws, false);
+        // Sized as a many-to-one pass: the head is not run, and `[B, O]` is the least room
+        // the outputs take (every step's would be `[T, B, O]`, and as much for `dy`).
+        p.size_workspace(ws, true);
         super::forward_chunks(&p, ws, Head::Skip);
         batch.seq_len
     });
@@ -100,7 +102,7 @@ pub(crate) fn backward_from_final_states<T: Float>(
             return;
         }
         if !kept {
-            p.size_workspace(ws, false);
+            p.size_workspace(ws, true);
             super::forward_chunks(&p, ws, Head::Skip);
         }
         backward(&p, grads, ws, false, false, Some((dh_n, dc_n)));

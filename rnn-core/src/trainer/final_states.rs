@@ -220,4 +220,30 @@ mod tests {
         tr.outputs(&batch).unwrap();
         assert!(tr.workspace.kept_forward.is_none());
     }
+
+    /// A pass to the final states runs no head: its workspace holds one step's outputs
+    /// and their gradient (`[B, O]`), not every step's, whole or in segments.
+    #[test]
+    fn final_state_passes_keep_no_room_for_every_steps_outputs() {
+        let (t, b, o) = (6, 3, 40);
+        let x = [0.5; 6 * 3 * 2];
+        let batch = Batch::new(t, b, &x, Target::None);
+        let dh = [0.1; 3 * 4];
+        for memory in [Memory::Full, Memory::Checkpointed { segment: 2 }] {
+            let spec = LossSpec::every_step(LossKind::Mse);
+            let cfg = RnnConfig::gru(2, 4, o);
+            let mut tr = Trainer::<f64>::new(cfg, spec, OptimizerKind::sgd(0.1), 0)
+                .unwrap()
+                .with_memory(memory);
+            tr.final_states(&batch).unwrap();
+            assert_eq!(
+                (tr.workspace.y.len(), tr.workspace.dy.len()),
+                (b * o, b * o)
+            );
+            tr.grads_from_final_states(&batch, &dh, &[]).unwrap();
+            assert_eq!(tr.workspace.dy.len(), b * o, "{memory:?}");
+            tr.eval_final_states(&batch).unwrap();
+            assert_eq!(tr.workspace.y.len(), b * o, "{memory:?}");
+        }
+    }
 }
