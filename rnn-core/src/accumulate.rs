@@ -18,7 +18,7 @@ use kernels::Float;
 use kernels::aligned::AlignedVec;
 use kernels::reduce::axpy;
 
-use crate::error::{Result, RnnError};
+use crate::error::{Result, RnnError, out_of_memory};
 use crate::io::Extras;
 
 /// The checkpoint extras that hold waiting micro-batches ([`Accumulator::save`]): the
@@ -74,6 +74,13 @@ impl<T: Float> Accumulator<T> {
              {this} cannot join their update (their means count different things)",
             self.micro_batches
         )))
+    }
+
+    /// Room for the sum of gradients of `params` parameters, made before a micro-batch's
+    /// pass so that memory that is not there refuses the micro-batch
+    /// ([`RnnError::OutOfMemory`]) before anything is computed or added.
+    pub(crate) fn reserve(&mut self, params: usize) -> Result<()> {
+        (self.grads.try_reserve(params)).map_err(out_of_memory("the accumulated gradients"))
     }
 
     /// Adds a micro-batch's summed loss, its gradient and its mean divisor (`own`: of a
@@ -173,5 +180,28 @@ impl<T: Float> Accumulator<T> {
         (self.micro_batches, self.loss, self.divisor) = (micro_batches, loss, divisor);
         self.own = own;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Room the memory cannot give refuses the micro-batch with an error naming the sum;
+    /// what was accumulated stays.
+    #[test]
+    fn room_past_the_memory_is_an_error() {
+        let mut acc = Accumulator::<f32>::default();
+        acc.reserve(3).unwrap();
+        acc.add(1.0, &[1.0, 2.0, 3.0], 1.0, false);
+        let err = acc.reserve(1 << 60).unwrap_err();
+        assert!(
+            matches!(err, RnnError::OutOfMemory { ref what, .. } if what == "the accumulated gradients"),
+            "{err:?}"
+        );
+        assert_eq!(
+            (acc.micro_batches(), &acc.grads[..]),
+            (1, &[1.0, 2.0, 3.0][..])
+        );
     }
 }

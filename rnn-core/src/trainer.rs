@@ -943,6 +943,7 @@ impl<T: Float> Trainer<T> {
     pub fn accumulate(&mut self, batch: &Batch<T>) -> Result<T> {
         let _flush = self.flush_scope();
         self.accumulated.admits(false)?;
+        self.accumulated.reserve(self.layout.len)?;
         let micro = self.accumulated.micro_batches();
         let sum = LossSpec {
             reduction: Reduction::Sum,
@@ -1139,6 +1140,7 @@ impl<T: Float> Trainer<T> {
     ) -> Result<T> {
         let _flush = self.flush_scope();
         self.accumulated.admits(true)?;
+        self.accumulated.reserve(self.layout.len)?;
         let micro = self.accumulated.micro_batches();
         let value = self.own_grads_of(batch, loss, micro)?;
         self.refuse_non_finite(value, micro)?;
