@@ -364,12 +364,12 @@ impl<T: Float> Workspace<T> {
         let (seq_len, b) = (segment.min(batch.seq_len), batch.batch);
         let sizes = Sizes::of(config, seq_len, b, many_to_one, split, dropout);
         let bidi = BidiBuffers::<T>::sizes(config, seq_len, b, many_to_one);
-        for (what, buffer, len) in self.buffers(config, &sizes, bidi) {
-            buffer.try_reserve(len).map_err(out_of_memory(what))?;
-        }
         let reserve = |buffer: &mut AlignedVec<T>, len: usize, what: &'static str| {
             buffer.try_reserve(len).map_err(out_of_memory(what))
         };
+        for (what, buffer, len) in self.buffers(config, &sizes, bidi) {
+            reserve(buffer, len, what)?;
+        }
         if batch.lengths.is_some() {
             let room = Self::gather_room(config, seq_len, b);
             for l in &mut self.layers {
