@@ -4,7 +4,8 @@
 //! for a batch's activations before a pass starts, and every pass (training step,
 //! evaluation, outputs, final states) refuses a batch whose buffers cannot be allocated with
 //! [`RnnError::OutOfMemory`], leaving weights, gradients and optimizer state as they were
-//! (a smaller batch, shorter sequences or a [`Memory`] setting that keeps less may fit).
+//! and giving back the activations' memory it held (a smaller batch, shorter sequences or a
+//! [`Memory`] setting that keeps less may fit).
 
 use std::sync::Arc;
 

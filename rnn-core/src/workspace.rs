@@ -344,9 +344,11 @@ impl<T: Float> Workspace<T> {
     /// sizes for a stretch, the room for products over live rows when the batch has lengths
     /// ([`Workspace::ensure_gather`]), and the whole batch's embedded tokens and, with
     /// `input_grad`, its `dL/dx`. The pass then allocates none of them. Where it would end
-    /// the process when the memory is not there, this reports it; the buffers keep what
-    /// they held (those grown before the failure keep their room). Nothing is sized by a
-    /// batch whose inputs do not hold its rows (the pass refuses it).
+    /// the process when the memory is not there, this reports it, and gives back all the
+    /// workspace holds (an empty workspace, as a new one: the room grown before the failure
+    /// would otherwise stay taken for a batch that never runs, and the next pass sizes what
+    /// it needs again). Nothing is sized by a batch whose inputs do not hold its rows (the
+    /// pass refuses it).
     ///
     /// # Errors
     /// [`crate::RnnError::OutOfMemory`] naming the buffer that could not grow.
@@ -354,13 +356,30 @@ impl<T: Float> Workspace<T> {
         &mut self,
         config: &RnnConfig,
         batch: &Batch<'_, T>,
-        (segment, many_to_one): (usize, bool),
-        (split, dropout): (UnitSplit, bool),
+        stretch: (usize, bool),
+        how: (UnitSplit, bool),
         input_grad: bool,
     ) -> Result<()> {
         if !batch.holds_its_rows(config) {
             return Ok(());
         }
+        let reserved = self.reserve_or_fail(config, batch, stretch, how, input_grad);
+        if reserved.is_err() {
+            *self = Self::new();
+        }
+        reserved
+    }
+
+    /// [`Workspace::try_reserve`] for a batch that holds its rows, leaving what it grew
+    /// when it fails.
+    fn reserve_or_fail(
+        &mut self,
+        config: &RnnConfig,
+        batch: &Batch<'_, T>,
+        (segment, many_to_one): (usize, bool),
+        (split, dropout): (UnitSplit, bool),
+        input_grad: bool,
+    ) -> Result<()> {
         let (seq_len, b) = (segment.min(batch.seq_len), batch.batch);
         let sizes = Sizes::of(config, seq_len, b, many_to_one, split, dropout);
         let bidi = BidiBuffers::<T>::sizes(config, seq_len, b, many_to_one);

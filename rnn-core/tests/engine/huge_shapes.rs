@@ -172,6 +172,15 @@ fn memory_limit_child() {
         );
     };
     refused("step", tr.step(&huge).map(drop));
+    // The room grown before the failure (the layer's states, 545 MB written) is given back.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap();
+    let resident_kib: usize = rss.trim().trim_end_matches("kB").trim().parse().unwrap();
+    let resident_mib = resident_kib / 1024;
+    assert!(resident_mib < 400, "{resident_mib} MiB resident");
     refused("evaluate", tr.evaluate(&huge).map(drop));
     let inputs = Batch::new(t, b, &x, Target::None);
     refused("outputs", tr.outputs(&inputs).map(drop));
