@@ -28,7 +28,7 @@ use kernels::Float;
 use kernels::aligned::AlignedVec;
 
 use crate::batch::finite;
-use crate::error::{Result, RnnError, shape};
+use crate::error::{Result, RnnError, out_of_memory, shape};
 use crate::io::Extras;
 
 /// How [`WeightAverage`] weighs the weights it is given.
@@ -120,11 +120,13 @@ impl<T: Float> WeightAverage<T> {
     ///
     /// # Errors
     /// [`RnnError::ShapeMismatch`] if `params` is not as long as the weights before;
-    /// [`RnnError::NonFiniteInput`] if it holds a NaN or infinity. The average is unchanged
-    /// then.
+    /// [`RnnError::NonFiniteInput`] if it holds a NaN or infinity;
+    /// [`RnnError::OutOfMemory`] when the first call's copy cannot be allocated. The average
+    /// is unchanged then.
     pub fn update(&mut self, params: &[T]) -> Result<()> {
         finite("weights to average", params)?;
         if self.count == 0 {
+            (self.params.try_reserve(params.len())).map_err(out_of_memory("the weight average"))?;
             self.params.resize(params.len());
             self.params.copy_from_slice(params);
         } else {
@@ -172,8 +174,8 @@ impl<T: Float> WeightAverage<T> {
     ///
     /// # Errors
     /// [`RnnError::Format`] naming an entry that is missing, malformed or inconsistent (an
-    /// average of another kind, weights for no count or none for some, a NaN); nothing
-    /// changes then.
+    /// average of another kind, weights for no count or none for some, a NaN);
+    /// [`RnnError::OutOfMemory`] when its copy cannot be allocated; nothing changes then.
     pub fn restore(&mut self, extras: &Extras<T>) -> Result<()> {
         let count: u64 = extras.value(COUNT)?;
         let kind: String = extras.value(KIND)?;
@@ -191,6 +193,7 @@ impl<T: Float> WeightAverage<T> {
                 params.len()
             )));
         }
+        (self.params.try_reserve(params.len())).map_err(out_of_memory("the weight average"))?;
         self.params.resize(params.len());
         self.params.copy_from_slice(params);
         self.count = count;

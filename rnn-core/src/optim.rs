@@ -355,14 +355,30 @@ impl<T: Float> Optimizer<T> {
 
     /// After a change of [`Self::kind`] to another family, a fresh optimizer's buffers for
     /// `n` parameters, its steps counted from now; the buffers as they are otherwise.
-    fn start_over_if_family_changed(&mut self, n: usize) {
+    fn start_over_if_family_changed(&mut self, n: usize) -> Result<()> {
         if !self.state_is_current() {
             *self = Self {
                 steps: self.steps,
                 state_start: self.steps,
-                ..Self::new(self.kind, n)
+                ..Self::try_new(self.kind, n)?
             };
         }
+        Ok(())
+    }
+
+    /// Readies the state for an update of `n` parameters as the update would (started over
+    /// after a change of family, a buffer the kind uses but lacks sized), reporting memory
+    /// that is not there as [`RnnError::OutOfMemory`] rather than ending the process: for a
+    /// caller that must refuse an update before anything changes.
+    pub(crate) fn try_prepare_state(&mut self, n: usize) -> Result<()> {
+        self.start_over_if_family_changed(n)?;
+        self.fill_missing_state(n)
+    }
+
+    /// [`Optimizer::try_prepare_state`] for the infallible public API, which panics (as
+    /// [`Optimizer::new`] does) when the memory is not there.
+    fn prepare_state(&mut self, n: usize) {
+        (self.try_prepare_state(n)).unwrap_or_else(|failed| panic!("optimizer state: {failed}"));
     }
 
     /// The state buffers this optimizer's update uses, each with PyTorch's name for it
@@ -408,7 +424,8 @@ impl<T: Float> Optimizer<T> {
     /// while a negative squared average written here makes the next update's weights NaN. A
     /// buffer the update uses but that is not yet sized (after [`Self::kind`] changed) is
     /// sized first, at its starting value, and after a change to another family the state
-    /// starts over first, as the next update would do.
+    /// starts over first, as the next update would do (panicking, as [`Self::update`], when
+    /// the memory for it is not there).
     ///
     /// ```
     /// use rnn_core::optim::{Optimizer, OptimizerKind};
@@ -424,9 +441,7 @@ impl<T: Float> Optimizer<T> {
             .state_names()
             .iter()
             .position(|&s| s == Some(name))?;
-        let n = self.parameter_count();
-        self.start_over_if_family_changed(n);
-        self.fill_missing_state(n);
+        self.prepare_state(self.parameter_count());
         let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
         buffers.into_iter().nth(slot).map(Vec::as_mut_slice)
     }
@@ -494,17 +509,23 @@ impl<T: Float> Optimizer<T> {
     /// Gives every buffer the update will use, but is empty, `n` zeros: after [`Self::kind`]
     /// changes to one of its family with more state (RMSprop gaining momentum), as PyTorch
     /// starts a missing state at zero.
-    fn fill_missing_state(&mut self, n: usize) {
+    fn fill_missing_state(&mut self, n: usize) -> Result<()> {
         let buffers = [&mut self.state1, &mut self.state2, &mut self.state3];
         let starts = [self.kind.initial_state1(), T::zero(), T::zero()];
         for ((used, buffer), start) in self.kind.uses_state().into_iter().zip(buffers).zip(starts) {
             if used && buffer.is_empty() {
-                buffer.resize(n, start);
+                *buffer = filled_vec(&[n], start, "the optimizer state")?;
             }
         }
+        Ok(())
     }
 
     /// Applies one update with every gradient element multiplied by `grad_scale`.
+    ///
+    /// # Panics
+    /// When the state a change of [`Self::kind`] needs cannot be allocated (a
+    /// [`crate::trainer::Trainer`] refuses such an update with
+    /// [`RnnError::OutOfMemory`] instead).
     pub fn update(&mut self, params: &mut [T], grads: &[T], grad_scale: T) {
         self.update_on(params, grads, grad_scale, false);
     }
@@ -543,8 +564,8 @@ impl<T: Float> Optimizer<T> {
         two_threads: bool,
     ) {
         let n = params.len();
-        self.start_over_if_family_changed(n);
-        self.fill_missing_state(n);
+        // A trainer readied the state already ([`Optimizer::try_prepare_state`]).
+        self.prepare_state(n);
         if self.steps < self.state_start {
             // The program moved `steps` back (to restart a schedule, say) past where the
             // state started: the state counts its updates from here on.
@@ -967,6 +988,20 @@ impl<T: Float> Clip<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// State a change of family needs but the memory cannot give is refused before
+    /// anything changes: the old state, its family and the step count stay.
+    #[test]
+    fn state_past_the_memory_is_refused_and_changes_nothing() {
+        let mut opt = Optimizer::<f32>::new(OptimizerKind::adam(0.1), 2);
+        opt.update(&mut [1.0, 2.0], &[0.5, 0.5], 1.0);
+        let (state1, state2) = (opt.state1.clone(), opt.state2.clone());
+        opt.kind = OptimizerKind::rmsprop(0.1);
+        let err = opt.try_prepare_state(1 << 60).unwrap_err();
+        assert!(matches!(err, RnnError::OutOfMemory { .. }), "{err:?}");
+        assert_eq!((opt.state1, opt.state2), (state1, state2));
+        assert_eq!((opt.steps, opt.state_family), (1, "adam"));
+    }
 
     /// `steps` set back past where the state started over (a change of family) restarts
     /// the state's count from there: no underflow, finite updates, counts that add up.

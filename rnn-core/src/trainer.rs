@@ -52,6 +52,13 @@ pub enum Memory {
     /// [`Memory::Full`] when the step's activations fit in `bytes`, else checkpointing with
     /// the longest stretch that fits (or the least memory when none does). A bidirectional
     /// model, which cannot run in segments, runs whole sequences whatever the budget.
+    ///
+    /// The budget counts what a pass sizes by its batch: the activations and their
+    /// gradients, the room for products over live rows, `dL/dx`, a loss of one's own's
+    /// outputs, and in segments the saved states and the segments' gradient buffer. It
+    /// does not count what the trainer holds whatever the batch (parameters, gradients,
+    /// optimizer state) nor a ragged batch's copy in longest-first order (the batch's own
+    /// inputs and targets once more).
     Budget {
         /// Bytes for activations and checkpoints.
         bytes: usize,
@@ -706,6 +713,8 @@ impl<T: Float> Trainer<T> {
             };
             return Err(RnnError::NonFinite { what, step });
         }
+        // The state a change of optimizer family starts over, made before anything changes.
+        self.optimizer.try_prepare_state(self.params.len())?;
         let clip_scale = self.clip.apply_on(&mut self.grads, grad_norm, two_threads);
         if let Some((schedule, base)) = self.lr_schedule {
             let lr = schedule.rate(base, self.optimizer.steps);
