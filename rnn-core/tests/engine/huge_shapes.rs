@@ -145,10 +145,12 @@ fn a_model_past_any_memory_is_refused() {
     );
 }
 
+#[cfg(target_os = "linux")]
 const LIMIT_VAR: &str = "RNN_MEMORY_LIMIT_CHILD";
 
 /// Runs in a process limited to 1.5 GB of address space (`ulimit -v`): a batch of 2^21
 /// rows through an LSTM of 64 units (8 MiB of inputs) wants a 2 GiB gate buffer.
+#[cfg(target_os = "linux")] // `ulimit -v` and `/proc/self/status`
 #[test]
 #[ignore = "run by a_batch_past_the_memory_is_refused as a child process"]
 fn memory_limit_child() {
@@ -199,6 +201,7 @@ fn memory_limit_child() {
 /// A batch whose activations do not fit is refused by every pass with
 /// [`RnnError::OutOfMemory`], weights and optimizer state untouched, and the trainer trains
 /// on: checked in a child process whose address space is limited (so on any machine).
+#[cfg(target_os = "linux")]
 #[test]
 fn a_batch_past_the_memory_is_refused() {
     let exe = std::env::current_exe().unwrap();
