@@ -983,6 +983,49 @@ impl<T: Float> Checkpoints<T> {
         self.lengths.resize(seg.dims.0, 0);
     }
 
+    /// Room for the segments of a batch of `(seq_len, b)` in stretches of `segment` steps
+    /// (fewer than `seq_len`) of a model of `params` parameters: the saved states, the
+    /// carries, a segment's gradients, and with `input_grad` the whole batch's `dL/dx`, with
+    /// `own_outputs` every step's outputs and their gradient. Lengths and values unchanged;
+    /// memory that is not there is [`crate::RnnError::OutOfMemory`].
+    pub(crate) fn try_reserve(
+        &mut self,
+        config: &RnnConfig,
+        (seq_len, b, segment): (usize, usize, usize),
+        params: usize,
+        (input_grad, own_outputs): (bool, bool),
+    ) -> Result<()> {
+        let (l, rows) = (config.num_layers, seq_len * b);
+        let block = l * b * config.state_size();
+        let block_c = if config.cell.has_cell_state() {
+            l * b * config.hidden_size
+        } else {
+            0
+        };
+        let n = seq_len.div_ceil(segment);
+        let only = |yes: bool, len: usize| if yes { len } else { 0 };
+        let outputs = only(own_outputs, rows * config.output_size);
+        let room = |v: &mut Vec<T>, len: usize| {
+            (v.try_reserve(len.saturating_sub(v.len()))).map_err(|_| crate::RnnError::OutOfMemory {
+                what: "the checkpointed segments".into(),
+                bytes: len.saturating_mul(T::BYTES),
+            })
+        };
+        for (v, len) in [
+            (&mut self.h, n * block),
+            (&mut self.c, n * block_c),
+            (&mut self.grads, params),
+            (&mut self.carry_h, block),
+            (&mut self.carry_c, block_c),
+            (&mut self.dx, only(input_grad, rows * config.input_size)),
+            (&mut self.y, outputs),
+            (&mut self.dy, outputs),
+        ] {
+            room(v, len)?;
+        }
+        Ok(())
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         (self.h.len()

@@ -9,7 +9,7 @@ use crate::config::RnnConfig;
 use crate::error::{Result, RnnError, filled_vec, shape};
 use crate::network::{Exec, forward};
 use crate::params::Layout;
-use crate::workspace::Workspace;
+use crate::workspace::{Room, Workspace};
 
 /// A model's forward pass, one step of `B` sequences at a time ([`Predictor::step`]) or
 /// many ([`Predictor::run`]), carrying the state between calls.
@@ -150,8 +150,16 @@ impl<'a, T: Float> Predictor<'a, T> {
             ..input
         };
         // Room made where a failure can be reported, before the pass grows its buffers.
-        let how = (Exec::from(Par::Seq).split, false);
-        (self.ws).try_reserve(&self.config, &batch, (steps, false), how, false)?;
+        let room = Room {
+            segment: steps,
+            many_to_one: false,
+            split: Exec::from(Par::Seq).split,
+            dropout: false,
+            input_grad: false,
+            own_loss: false,
+            params: 0,
+        };
+        self.ws.try_reserve(&self.config, &batch, room)?;
         forward(
             &self.config,
             &self.layout,

@@ -25,7 +25,7 @@ use crate::network::{
 use crate::optim::{self, Clip, Optimizer, OptimizerKind, TensorRule};
 use crate::params::{Layout, init_params_into};
 use crate::schedule::LrSchedule;
-use crate::workspace::Workspace;
+use crate::workspace::{Room, Workspace};
 
 mod final_states;
 mod longest_first;
@@ -1323,10 +1323,16 @@ impl<T: Float> Trainer<T> {
     /// memory is refused before any pass starts ([`RnnError::OutOfMemory`]) rather than
     /// ending the process where a buffer grows.
     fn reserve_for(&mut self, batch: &Batch<T>, segment: usize, kept: Kept) -> Result<()> {
-        let many_to_one = self.loss.many_to_one || kept.final_states;
-        let how = (self.split, kept.dropout);
-        let (config, ws) = (&self.config, &mut self.workspace);
-        ws.try_reserve(config, batch, (segment, many_to_one), how, kept.input_grad)
+        let room = Room {
+            segment,
+            many_to_one: self.loss.many_to_one || kept.final_states,
+            split: self.split,
+            dropout: kept.dropout,
+            input_grad: kept.input_grad,
+            own_loss: kept.own_loss,
+            params: self.layout.len,
+        };
+        self.workspace.try_reserve(&self.config, batch, room)
     }
 
     /// How a pass of this trainer runs on `par`: its unit split and time chunks.

@@ -213,6 +213,26 @@ impl<T: Float> BidiBuffers<T> {
     }
 }
 
+/// What a pass over a batch needs room for besides the batch's shape
+/// ([`Workspace::try_reserve`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Room {
+    /// The steps of a stretch (the batch's `seq_len` or more: the whole batch).
+    pub segment: usize,
+    /// Outputs of the last step only (`[B, O]`), or of every step.
+    pub many_to_one: bool,
+    /// How steps split between threads.
+    pub split: UnitSplit,
+    /// Dropout's buffers.
+    pub dropout: bool,
+    /// `dL/dx`.
+    pub input_grad: bool,
+    /// A loss of the caller's own, which in segments keeps every step's outputs.
+    pub own_loss: bool,
+    /// The model's parameter count (a segment's gradient buffer).
+    pub params: usize,
+}
+
 /// Element counts of every buffer for one shape: the one place they are decided.
 struct Sizes {
     /// Per layer: hs, z, zh, cs, dh, dc, w_hh_t, bias, unit blocks' packed weights, ms, dm,
@@ -339,16 +359,16 @@ impl<T: Float> Workspace<T> {
         self.shape = Some(key);
     }
 
-    /// Room for a pass over `batch` in stretches of `segment` steps (`seq_len` or more:
-    /// whole), without changing a length or a value: every buffer [`Workspace::ensure`]
-    /// sizes for a stretch, the room for products over live rows when the batch has lengths
-    /// ([`Workspace::ensure_gather`]), and the whole batch's embedded tokens and, with
-    /// `input_grad`, its `dL/dx`. The pass then allocates none of them. Where it would end
-    /// the process when the memory is not there, this reports it, and gives back all the
-    /// workspace holds (an empty workspace, as a new one: the room grown before the failure
-    /// would otherwise stay taken for a batch that never runs, and the next pass sizes what
-    /// it needs again). Nothing is sized by a batch whose inputs do not hold its rows (the
-    /// pass refuses it).
+    /// Room for a pass over `batch` as `room` says, without changing a length or a value:
+    /// every buffer [`Workspace::ensure`] sizes for a stretch of `room.segment` steps (the
+    /// whole batch when that is `seq_len` or more), the room for products over live rows
+    /// when the batch has lengths ([`Workspace::ensure_gather`]), the whole batch's
+    /// embedded tokens and, as asked, its `dL/dx`, and in segments the checkpoints. The
+    /// pass then allocates none of them. Where it would end the process when the memory is
+    /// not there, this reports it, and gives back all the workspace holds (an empty
+    /// workspace, as a new one: the room grown before the failure would otherwise stay
+    /// taken for a batch that never runs, and the next pass sizes what it needs again).
+    /// Nothing is sized by a batch whose inputs do not hold its rows (the pass refuses it).
     ///
     /// # Errors
     /// [`crate::RnnError::OutOfMemory`] naming the buffer that could not grow.
@@ -356,14 +376,12 @@ impl<T: Float> Workspace<T> {
         &mut self,
         config: &RnnConfig,
         batch: &Batch<'_, T>,
-        stretch: (usize, bool),
-        how: (UnitSplit, bool),
-        input_grad: bool,
+        room: Room,
     ) -> Result<()> {
         if !batch.holds_its_rows(config) {
             return Ok(());
         }
-        let reserved = self.reserve_or_fail(config, batch, stretch, how, input_grad);
+        let reserved = self.reserve_or_fail(config, batch, room);
         if reserved.is_err() {
             *self = Self::new();
         }
@@ -376,12 +394,11 @@ impl<T: Float> Workspace<T> {
         &mut self,
         config: &RnnConfig,
         batch: &Batch<'_, T>,
-        (segment, many_to_one): (usize, bool),
-        (split, dropout): (UnitSplit, bool),
-        input_grad: bool,
+        room: Room,
     ) -> Result<()> {
-        let (seq_len, b) = (segment.min(batch.seq_len), batch.batch);
-        let sizes = Sizes::of(config, seq_len, b, many_to_one, split, dropout);
+        let (seq_len, b) = (room.segment.min(batch.seq_len), batch.batch);
+        let many_to_one = room.many_to_one;
+        let sizes = Sizes::of(config, seq_len, b, many_to_one, room.split, room.dropout);
         let bidi = BidiBuffers::<T>::sizes(config, seq_len, b, many_to_one);
         let reserve = |buffer: &mut AlignedVec<T>, len: usize, what: &'static str| {
             buffer.try_reserve(len).map_err(out_of_memory(what))
@@ -390,21 +407,25 @@ impl<T: Float> Workspace<T> {
             reserve(buffer, len, what)?;
         }
         if batch.lengths.is_some() {
-            let room = Self::gather_room(config, seq_len, b);
+            let gather = Self::gather_room(config, seq_len, b);
             for l in &mut self.layers {
-                reserve(&mut l.gather, room, "a layer's live rows")?;
+                reserve(&mut l.gather, gather, "a layer's live rows")?;
             }
             let head = Self::head_gather_room(config, seq_len, b, many_to_one);
             reserve(&mut self.head_gather, head, "the head's live rows")?;
         }
         let inputs = batch.seq_len * b * config.input_size;
         let only = |yes: bool| if yes { inputs } else { 0 };
-        reserve(&mut self.dx, only(input_grad), "dL/dx")?;
-        reserve(
-            &mut self.embedded,
-            only(batch.tokens.is_some()),
-            "the embedded tokens",
-        )
+        reserve(&mut self.dx, only(room.input_grad), "dL/dx")?;
+        let tokens = only(batch.tokens.is_some());
+        reserve(&mut self.embedded, tokens, "the embedded tokens")?;
+        if seq_len < batch.seq_len {
+            let own_outputs = room.own_loss && !many_to_one;
+            let asked = (room.input_grad, own_outputs);
+            let shape = (batch.seq_len, b, seq_len);
+            (self.checkpoints).try_reserve(config, shape, room.params, asked)?;
+        }
+        Ok(())
     }
 
     /// Every buffer whose length a shape decides (of `config`'s layers, grown to their

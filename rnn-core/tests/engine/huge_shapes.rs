@@ -195,6 +195,25 @@ fn memory_limit_child() {
         tr.step(&small).unwrap();
     }
     assert!(tr.evaluate(&small).unwrap() < before);
+
+    // In segments the activations fit, but a loss of one's own keeps every step's 256
+    // outputs and their gradient (2 GiB each).
+    let cfg = RnnConfig::lstm(1, 64, 256);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let mut tr = Trainer::<f32>::new(cfg, spec, OptimizerKind::adam(1e-2), 0)
+        .unwrap()
+        .with_memory(Memory::Checkpointed { segment: 64 });
+    let result = tr.step_with(&inputs, |_, _| 0.0).map(drop);
+    assert!(
+        matches!(result, Err(RnnError::OutOfMemory { ref what, .. }) if what == "the checkpointed segments"),
+        "own loss in segments: {result:?}"
+    );
+    let small = Batch::new(t_small, b_small, &x[..32], Target::None);
+    tr.step_with(&small, |_, dy| {
+        dy.fill(0.01);
+        1.0
+    })
+    .unwrap();
     println!("memory limit child: refused and went on");
 }
 
