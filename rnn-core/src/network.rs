@@ -224,9 +224,7 @@ fn rows_of(steps: Range<usize>, batch: usize, width: usize) -> Range<usize> {
 ///
 /// # Errors
 /// The batch's input errors ([`Batch::validate_inputs`]); nothing is computed then.
-///
-/// # Panics
-/// If `params` does not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements.
 pub fn forward<'s, T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -236,7 +234,7 @@ pub fn forward<'s, T: Float>(
     many_to_one: bool,
     exec: impl Into<Exec>,
 ) -> Result<()> {
-    assert_eq!(params.len(), layout.len, "params length");
+    check_lengths(layout, params, None)?;
     batch.validate_inputs(config)?;
     let opts = PassOptions::from(exec.into());
     with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
@@ -322,9 +320,7 @@ fn embedding_grads<T: Float>(
 /// # Errors
 /// The batch's validation errors ([`Batch::validate`]); [`crate::RnnError::Config`] for
 /// `segment = 0`. Nothing is computed then.
-///
-/// # Panics
-/// If `params` does not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements.
 pub fn loss<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -369,9 +365,7 @@ pub fn loss<T: Float>(
 ///
 /// # Errors
 /// The batch's validation errors ([`Batch::validate`]); nothing is computed then.
-///
-/// # Panics
-/// If `params` does not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements.
 pub fn sequence_losses<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -391,9 +385,9 @@ pub fn sequence_losses<T: Float>(
     Ok(())
 }
 
-/// The checks every pass makes before it computes anything: `params` of the layout's length
-/// (a caller's bug: panics), a valid batch, and a segment of at least one step (`pass` names
-/// what needs it in the error).
+/// The checks every pass makes before it computes anything: `params` of the layout's
+/// length, a valid batch, and a segment of at least one step (`pass` names what needs it in
+/// the error).
 fn check_inputs<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -403,9 +397,21 @@ fn check_inputs<T: Float>(
     segment: usize,
     pass: &str,
 ) -> Result<()> {
-    assert_eq!(params.len(), layout.len, "params length");
+    check_lengths(layout, params, None)?;
     batch.validate(config, spec)?;
     check_segment(config, batch, segment, pass)
+}
+
+/// [`crate::RnnError::ShapeMismatch`] unless `params` (and `grads`, when given) hold
+/// `layout`'s parameters.
+fn check_lengths<T>(layout: &Layout, params: &[T], grads: Option<&[T]>) -> Result<()> {
+    let named = [("params", Some(params)), ("grads", grads)];
+    for (what, buffer) in named.into_iter().filter_map(|(w, b)| Some((w, b?))) {
+        if buffer.len() != layout.len {
+            return Err(crate::error::shape(what, layout.len, buffer.len()));
+        }
+    }
+    Ok(())
 }
 
 /// A segment of at least one step, and whole sequences for a bidirectional model.
@@ -722,9 +728,8 @@ fn head_chunk<'c, T: Float>(
 ///
 /// # Errors
 /// The batch's validation errors ([`Batch::validate`]); nothing is computed then.
-///
-/// # Panics
-/// If `params` or `grads` do not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` or `grads` do not have `layout.len`
+/// elements.
 pub fn forward_backward<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -1054,9 +1059,8 @@ impl<T: Float> Checkpoints<T> {
 ///
 /// # Errors
 /// The batch's validation errors; [`crate::RnnError::Config`] for `segment = 0`.
-///
-/// # Panics
-/// If `params` or `grads` do not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` or `grads` do not have `layout.len`
+/// elements.
 pub fn forward_backward_checkpointed<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -1068,7 +1072,7 @@ pub fn forward_backward_checkpointed<T: Float>(
     opts: PassOptions,
     segment: usize,
 ) -> Result<T> {
-    assert_eq!(grads.len(), layout.len, "grads length");
+    check_lengths(layout, params, Some(grads))?;
     check_inputs(
         config,
         layout,
@@ -1132,9 +1136,8 @@ pub fn forward_backward_checkpointed<T: Float>(
 ///
 /// # Errors
 /// The batch's input errors ([`Batch::validate_own_loss`]); nothing is computed then.
-///
-/// # Panics
-/// If `params` or `grads` do not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` or `grads` do not have `layout.len`
+/// elements.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_backward_with<T: Float>(
     config: &RnnConfig,
@@ -1166,8 +1169,7 @@ pub(crate) fn forward_backward_with_segments<T: Float>(
     loss: impl FnOnce(&[T], &mut [T]) -> T + Send,
     segment: usize,
 ) -> Result<T> {
-    assert_eq!(params.len(), layout.len, "params length");
-    assert_eq!(grads.len(), layout.len, "grads length");
+    check_lengths(layout, params, Some(grads))?;
     batch.validate_own_loss(config)?;
     check_segment(config, batch, segment, "checkpointed BPTT")?;
     let opts = with_table_input_grad(batch, opts);

@@ -8,7 +8,7 @@
 use kernels::Float;
 
 use super::{
-    Head, NoClosure, backward, check_segment, checkpointed_pass, final_state_spec,
+    Head, NoClosure, backward, check_lengths, check_segment, checkpointed_pass, final_state_spec,
     forward_to_final_states, table_grads, with_embedded_pass, with_table_input_grad,
 };
 use crate::batch::{Batch, check_state};
@@ -84,8 +84,7 @@ pub(crate) fn backward_from_final_states<T: Float>(
     (dh_n, dc_n): (&[T], &[T]),
     (fingerprint, segment): (u32, usize),
 ) -> Result<()> {
-    assert_eq!(params.len(), layout.len, "params length");
-    assert_eq!(grads.len(), layout.len, "grads length");
+    check_lengths(layout, params, Some(grads))?;
     // No targets or sequence weights: nothing here reads them.
     batch.validate_own_loss(config)?;
     check_final_state_grads(config, batch.batch, (dh_n, dc_n))?;

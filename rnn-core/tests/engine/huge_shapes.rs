@@ -241,3 +241,56 @@ fn a_batch_past_the_memory_is_refused() {
         out.status
     );
 }
+
+/// The passes of `rnn_core::network`, which take parameters and gradients apart from their
+/// layout, refuse buffers of another length with an error naming them (they panicked).
+#[test]
+fn network_passes_refuse_parameters_of_another_length() {
+    use rnn_core::network::{self, PassOptions};
+    let cfg = RnnConfig::gru(2, 3, 1);
+    let layout = rnn_core::params::Layout::new(&cfg);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let (x, y) = ([0.5; 2 * 2 * 2], [0.25; 2 * 2]);
+    let batch = Batch::new(2, 2, &x, Target::Values(&y));
+    let (good, short) = (vec![0.1; layout.len], vec![0.1; layout.len - 1]);
+    let mut ws = rnn_core::workspace::Workspace::new();
+    let opts = PassOptions::default();
+    let named = |r: Result<(), RnnError>, want: &str| {
+        assert!(
+            matches!(r, Err(RnnError::ShapeMismatch { ref what, .. }) if what == want),
+            "{want}: {r:?}"
+        );
+    };
+    let forward = network::forward(&cfg, &layout, &short, &mut ws, &batch, false, opts.exec());
+    named(forward, "params");
+    let loss = network::loss(
+        &cfg,
+        &layout,
+        &short,
+        &mut ws,
+        &batch,
+        &spec,
+        opts.exec(),
+        2,
+    );
+    named(loss.map(drop), "params");
+    let per_sequence =
+        network::sequence_losses(&cfg, &layout, &short, &mut ws, &batch, &spec, opts.exec());
+    named(per_sequence, "params");
+    for (params, grads, want) in [(&short, &good, "params"), (&good, &short, "grads")] {
+        let mut grads = grads.clone();
+        let r = network::forward_backward(
+            &cfg, &layout, params, &mut grads, &mut ws, &batch, &spec, opts,
+        );
+        named(r.map(drop), want);
+        let r = network::forward_backward_checkpointed(
+            &cfg, &layout, params, &mut grads, &mut ws, &batch, &spec, opts, 1,
+        );
+        named(r.map(drop), want);
+        let own = |_: &[f64], _: &mut [f64]| 0.0;
+        let r = network::forward_backward_with(
+            &cfg, &layout, params, &mut grads, &mut ws, &batch, false, opts, own,
+        );
+        named(r.map(drop), want);
+    }
+}
