@@ -13,6 +13,11 @@
 //! then the head; backward, last chunk first, the head's `dL/dh` of the chunk, then every
 //! layer top down with its weight gradients. What one phase writes is still in cache when the
 //! next reads it, where whole-sequence phases would stream `[T·B, G·H]` buffers from memory.
+//!
+//! These passes grow the workspace as they go, and a buffer the memory cannot give ends the
+//! process, as a `Vec` does. A [`crate::trainer::Trainer`] and a
+//! [`crate::predict::Predictor`] make the room first and report memory that is not there
+//! as [`crate::RnnError::OutOfMemory`].
 
 use std::ops::Range;
 
