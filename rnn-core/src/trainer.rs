@@ -1303,13 +1303,19 @@ impl<T: Float> Trainer<T> {
             &self.config,
             batch.seq_len,
             batch.batch,
-            self.loss.many_to_one || kept.final_states,
+            self.last_step_outputs(kept),
             self.split,
             kept,
             self.layout.len,
         );
         self.reserve_for(batch, segment, kept)?;
         Ok(segment)
+    }
+
+    /// Whether a pass that keeps `kept` holds the outputs of the last step only (`[B, O]`):
+    /// under a many-to-one loss, and in a pass to the final states, which runs no head.
+    fn last_step_outputs(&self, kept: Kept) -> bool {
+        self.loss.many_to_one || kept.final_states
     }
 
     /// Room in the workspace for an inference pass over the whole of `batch`
@@ -1325,7 +1331,7 @@ impl<T: Float> Trainer<T> {
     fn reserve_for(&mut self, batch: &Batch<T>, segment: usize, kept: Kept) -> Result<()> {
         let room = Room {
             segment,
-            many_to_one: self.loss.many_to_one || kept.final_states,
+            many_to_one: self.last_step_outputs(kept),
             split: self.split,
             dropout: kept.dropout,
             input_grad: kept.input_grad,
