@@ -213,6 +213,35 @@ pub(crate) fn init_params_into<T: Float>(config: &RnnConfig, seed: u64, params: 
 mod tests {
     use super::*;
     use crate::config::Cell;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any mix of the options: the count is the layout's.
+        #[test]
+        fn any_config_counts_its_layouts_parameters(
+            cell in 0usize..3,
+            (input, hidden, output) in (1usize..40, 2usize..40, 1usize..40),
+            layers in 1usize..5,
+            (bidirectional, bias, learned, embedded, projected) in
+                (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        ) {
+            let cell = [Cell::Rnn, Cell::Lstm, Cell::Gru][cell];
+            let mut cfg = RnnConfig::new(input, hidden, output).cell(cell).layers(layers).bias(bias);
+            if bidirectional {
+                cfg = cfg.bidirectional();
+            }
+            if learned {
+                cfg = cfg.learned_h0();
+            }
+            if embedded {
+                cfg = cfg.embedding(input + 3);
+            }
+            if projected && cell == Cell::Lstm {
+                cfg = cfg.projection(hidden / 2);
+            }
+            prop_assert_eq!(cfg.parameter_count(), Some(Layout::new(&cfg).len));
+        }
+    }
 
     /// The count a config gives before any layout is built is the layout's, for every cell
     /// and option.
