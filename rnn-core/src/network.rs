@@ -14,10 +14,10 @@
 //! layer top down with its weight gradients. What one phase writes is still in cache when the
 //! next reads it, where whole-sequence phases would stream `[T·B, G·H]` buffers from memory.
 //!
-//! These passes grow the workspace as they go, and a buffer the memory cannot give ends the
-//! process, as a `Vec` does. A [`crate::trainer::Trainer`] and a
-//! [`crate::predict::Predictor`] make the room first and report memory that is not there
-//! as [`crate::RnnError::OutOfMemory`].
+//! Every pass makes room in its workspace for the batch before it computes anything (the
+//! activations of a stretch, the live-row rooms, `dL/dx`, embedded tokens, checkpoints), so
+//! memory that is not there refuses the pass with [`crate::RnnError::OutOfMemory`] (the
+//! workspace then empty) instead of ending the process where a buffer grows.
 
 use std::ops::Range;
 
@@ -37,7 +37,7 @@ use crate::layer::{
 };
 pub use crate::layer::{TimeChunks, UnitSplit};
 use crate::params::Layout;
-use crate::workspace::{BidiBuffers, LayerBuffers, Workspace};
+use crate::workspace::{BidiBuffers, LayerBuffers, Room, Workspace};
 
 mod bidi;
 pub(crate) mod final_states;
@@ -229,7 +229,8 @@ fn rows_of(steps: Range<usize>, batch: usize, width: usize) -> Range<usize> {
 ///
 /// # Errors
 /// The batch's input errors ([`Batch::validate_inputs`]); nothing is computed then.
-/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements;
+/// [`crate::RnnError::OutOfMemory`] when the workspace cannot grow to the batch.
 pub fn forward<'s, T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -242,11 +243,11 @@ pub fn forward<'s, T: Float>(
     check_lengths(layout, params, None)?;
     batch.validate_inputs(config)?;
     let opts = PassOptions::from(exec.into());
-    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    let stretch = Stretch::whole(many_to_one, false);
+    with_embedded_pass(config, layout, params, ws, batch, opts, stretch, |p, ws| {
         p.size_workspace(ws, many_to_one);
         forward_chunks(&p, ws, Head::of(many_to_one))
-    });
-    Ok(())
+    })
 }
 
 /// `batch` with dense inputs: a batch of tokens as one whose `x` is their rows of
@@ -275,8 +276,39 @@ fn embed<'b, T: Float>(
     }
 }
 
+/// What of a pass decides its room besides the batch and its options.
+#[derive(Clone, Copy, Debug)]
+struct Stretch {
+    /// Steps at a time (the batch's `seq_len` or more: whole).
+    segment: usize,
+    /// Outputs of the last step only (`[B, O]`).
+    many_to_one: bool,
+    /// A loss of the caller's own (in segments, every step's outputs kept).
+    own_loss: bool,
+    /// A backward pass (in segments, a segment's gradient buffer).
+    backward: bool,
+}
+
+impl Stretch {
+    /// A pass over the whole batch.
+    fn whole(many_to_one: bool, backward: bool) -> Self {
+        Self {
+            segment: usize::MAX,
+            many_to_one,
+            own_loss: false,
+            backward,
+        }
+    }
+}
+
 /// [`with_pass`] over `batch` with dense inputs ([`embed`], into `ws.embedded`, which
-/// `body` gets back empty and must not touch).
+/// `body` gets back empty and must not touch), after making room in `ws` for the pass
+/// (`stretch`, [`Workspace::try_reserve`]): memory that is not there refuses the pass
+/// before it computes anything.
+///
+/// # Errors
+/// [`crate::RnnError::OutOfMemory`]; the workspace is then empty.
+#[allow(clippy::too_many_arguments)]
 fn with_embedded_pass<T: Float, R: Send>(
     config: &RnnConfig,
     layout: &Layout,
@@ -284,15 +316,26 @@ fn with_embedded_pass<T: Float, R: Send>(
     ws: &mut Workspace<T>,
     batch: &Batch<T>,
     opts: PassOptions,
+    stretch: Stretch,
     body: impl FnOnce(Pass<'_, '_, T>, &mut Workspace<T>) -> R + Send,
-) -> R {
+) -> Result<R> {
     // Whatever the pass, it overwrites the activations a final-state pass kept.
     ws.kept_forward = None;
+    let room = Room {
+        segment: stretch.segment,
+        many_to_one: stretch.many_to_one,
+        split: opts.split,
+        dropout: opts.dropout.is_some_and(|d| d.applies_to(config)),
+        input_grad: opts.input_grad,
+        own_loss: stretch.own_loss,
+        params: if stretch.backward { layout.len } else { 0 },
+    };
+    ws.try_reserve(config, batch, room)?;
     let mut embedded = std::mem::take(&mut ws.embedded);
     let dense = &embed(config, layout, params, batch, &mut embedded);
     let result = with_pass(config, layout, params, dense, opts, |p| body(p, ws));
     ws.embedded = embedded;
-    result
+    Ok(result)
 }
 
 /// The embedding table's gradient from `dL/dx` of the embedded batch (`dx`, `[T, B, I]`):
@@ -325,7 +368,8 @@ fn embedding_grads<T: Float>(
 /// # Errors
 /// The batch's validation errors ([`Batch::validate`]); [`crate::RnnError::Config`] for
 /// `segment = 0`. Nothing is computed then.
-/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements;
+/// [`crate::RnnError::OutOfMemory`] when the workspace cannot grow to the batch.
 pub fn loss<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -346,7 +390,11 @@ pub fn loss<T: Float>(
         "a segmented loss",
     )?;
     let opts = PassOptions::from(exec.into());
-    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    let stretch = Stretch {
+        segment,
+        ..Stretch::whole(spec.many_to_one, false)
+    };
+    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, stretch, |p, ws| {
         let batch = p.batch;
         if segment >= batch.seq_len {
             return forward_and_loss(&p, ws, spec);
@@ -359,7 +407,7 @@ pub fn loss<T: Float>(
         let total = forward_segments(&p, ws, &seg, states, &mut ck.lengths, scale);
         ws.checkpoints = ck;
         total
-    });
+    })?;
     Ok(loss)
 }
 
@@ -370,7 +418,8 @@ pub fn loss<T: Float>(
 ///
 /// # Errors
 /// The batch's validation errors ([`Batch::validate`]); nothing is computed then.
-/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements.
+/// [`crate::RnnError::ShapeMismatch`] when `params` does not have `layout.len` elements;
+/// [`crate::RnnError::OutOfMemory`] when the workspace cannot grow to the batch.
 pub fn sequence_losses<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -382,12 +431,12 @@ pub fn sequence_losses<T: Float>(
 ) -> Result<()> {
     check_inputs(config, layout, params, batch, spec, usize::MAX, "")?;
     let opts = PassOptions::from(exec.into());
-    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    let stretch = Stretch::whole(spec.many_to_one, false);
+    with_embedded_pass(config, layout, params, ws, batch, opts, stretch, |p, ws| {
         p.size_workspace(ws, spec.many_to_one);
         forward_chunks(&p, ws, Head::of(spec.many_to_one));
         scoring::sequence_losses(&p, ws, spec);
-    });
-    Ok(())
+    })
 }
 
 /// The checks every pass makes before it computes anything: `params` of the layout's
@@ -734,7 +783,7 @@ fn head_chunk<'c, T: Float>(
 /// # Errors
 /// The batch's validation errors ([`Batch::validate`]); nothing is computed then.
 /// [`crate::RnnError::ShapeMismatch`] when `params` or `grads` do not have `layout.len`
-/// elements.
+/// elements; [`crate::RnnError::OutOfMemory`] when the workspace cannot grow to the batch.
 pub fn forward_backward<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -1065,7 +1114,7 @@ impl<T: Float> Checkpoints<T> {
 /// # Errors
 /// The batch's validation errors; [`crate::RnnError::Config`] for `segment = 0`.
 /// [`crate::RnnError::ShapeMismatch`] when `params` or `grads` do not have `layout.len`
-/// elements.
+/// elements; [`crate::RnnError::OutOfMemory`] when the workspace cannot grow to the batch.
 pub fn forward_backward_checkpointed<T: Float>(
     config: &RnnConfig,
     layout: &Layout,
@@ -1088,13 +1137,17 @@ pub fn forward_backward_checkpointed<T: Float>(
         "checkpointed BPTT",
     )?;
     let opts = with_table_input_grad(batch, opts);
-    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    let stretch = Stretch {
+        segment,
+        ..Stretch::whole(spec.many_to_one, true)
+    };
+    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, stretch, |p, ws| {
         if segment >= batch.seq_len {
             full_pass(&p, grads, ws, spec)
         } else {
             checkpointed_pass(&p, grads, ws, spec, segment, NoClosure::BuiltIn)
         }
-    });
+    })?;
     table_grads(config, layout, grads, ws, batch, opts);
     Ok(loss)
 }
@@ -1142,7 +1195,7 @@ pub fn forward_backward_checkpointed<T: Float>(
 /// # Errors
 /// The batch's input errors ([`Batch::validate_own_loss`]); nothing is computed then.
 /// [`crate::RnnError::ShapeMismatch`] when `params` or `grads` do not have `layout.len`
-/// elements.
+/// elements; [`crate::RnnError::OutOfMemory`] when the workspace cannot grow to the batch.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_backward_with<T: Float>(
     config: &RnnConfig,
@@ -1178,7 +1231,13 @@ pub(crate) fn forward_backward_with_segments<T: Float>(
     batch.validate_own_loss(config)?;
     check_segment(config, batch, segment, "checkpointed BPTT")?;
     let opts = with_table_input_grad(batch, opts);
-    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    let stretch = Stretch {
+        segment,
+        many_to_one,
+        own_loss: true,
+        backward: true,
+    };
+    let loss = with_embedded_pass(config, layout, params, ws, batch, opts, stretch, |p, ws| {
         if segment < batch.seq_len {
             // Where the outputs are read: the segments' only use of a spec here.
             let spec = LossSpec {
@@ -1195,7 +1254,7 @@ pub(crate) fn forward_backward_with_segments<T: Float>(
         let value = own_loss(batch, many_to_one, o, y, dy, loss);
         backward(&p, grads, ws, many_to_one, true, None);
         value
-    });
+    })?;
     table_grads(config, layout, grads, ws, batch, opts);
     Ok(loss)
 }

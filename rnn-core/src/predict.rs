@@ -7,9 +7,9 @@ use kernels::Float;
 use crate::batch::{Batch, Target};
 use crate::config::RnnConfig;
 use crate::error::{Result, RnnError, filled_vec, shape};
-use crate::network::{Exec, forward};
+use crate::network::forward;
 use crate::params::Layout;
-use crate::workspace::{Room, Workspace};
+use crate::workspace::Workspace;
 
 /// A model's forward pass, one step of `B` sequences at a time ([`Predictor::step`]) or
 /// many ([`Predictor::run`]), carrying the state between calls.
@@ -149,17 +149,6 @@ impl<'a, T: Float> Predictor<'a, T> {
             c0: self.config.cell.has_cell_state().then_some(&self.c[..]),
             ..input
         };
-        // Room made where a failure can be reported, before the pass grows its buffers.
-        let room = Room {
-            segment: steps,
-            many_to_one: false,
-            split: Exec::from(Par::Seq).split,
-            dropout: false,
-            input_grad: false,
-            own_loss: false,
-            params: 0,
-        };
-        self.ws.try_reserve(&self.config, &batch, room)?;
         forward(
             &self.config,
             &self.layout,

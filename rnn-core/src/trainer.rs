@@ -1,8 +1,8 @@
 //! One object that owns a model, its gradients, workspace and optimizer, and trains it.
 //!
-//! Memory that is not there is an error, not the end of the process: the trainer makes room
-//! for a batch's activations before a pass starts, and every pass (training step,
-//! evaluation, outputs, final states) refuses a batch whose buffers cannot be allocated with
+//! Memory that is not there is an error, not the end of the process: every pass (training
+//! step, evaluation, outputs, final states) makes room for a batch's activations before it
+//! computes anything, and refuses a batch whose buffers cannot be allocated with
 //! [`RnnError::OutOfMemory`], leaving weights, gradients and optimizer state as they were
 //! and giving back the activations' memory it held (a smaller batch, shorter sequences or a
 //! [`Memory`] setting that keeps less may fit).
@@ -25,7 +25,7 @@ use crate::network::{
 use crate::optim::{self, Clip, Optimizer, OptimizerKind, TensorRule};
 use crate::params::{Layout, init_params_into};
 use crate::schedule::LrSchedule;
-use crate::workspace::{Room, Workspace};
+use crate::workspace::Workspace;
 
 mod final_states;
 mod longest_first;
@@ -759,7 +759,6 @@ impl<T: Float> Trainer<T> {
         let many_to_one = self.loss.many_to_one;
         let gives = PerSequence::Outputs { many_to_one };
         self.longest_first(batch, Check::Inputs, gives, |tr, batch| {
-            tr.reserve_whole(batch)?;
             tr.in_step_threads(batch, |tr, par| {
                 let exec = tr.exec(par);
                 let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -801,7 +800,7 @@ impl<T: Float> Trainer<T> {
             Check::TrainerLoss,
             PerSequence::Nothing,
             |tr, batch| {
-                let segment = tr.segment_for(batch, Kept::default())?;
+                let segment = tr.segment_for(batch, Kept::default());
                 tr.in_step_threads(batch, |tr, par| {
                     let exec = tr.exec(par);
                     let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -850,7 +849,6 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let gives = PerSequence::SequenceLosses;
         self.longest_first(batch, Check::TrainerLoss, gives, |tr, batch| {
-            tr.reserve_whole(batch)?;
             tr.in_step_threads(batch, |tr, par| {
                 let exec = tr.exec(par);
                 let (config, layout, ws) = (&tr.config, &tr.layout, &mut tr.workspace);
@@ -1193,7 +1191,7 @@ impl<T: Float> Trainer<T> {
                     own_loss: true,
                     ..tr.training_kept()
                 };
-                let segment = tr.segment_for(batch, kept)?;
+                let segment = tr.segment_for(batch, kept);
                 if batch.lengths.is_some() {
                     let steps = if many_to_one { 1 } else { batch.seq_len };
                     sorted.reserve_own_loss(steps * batch.batch * o)?;
@@ -1254,7 +1252,7 @@ impl<T: Float> Trainer<T> {
 
     /// [`Trainer::grads_of`] with the batch's sequences in the order given.
     fn grads_in_order(&mut self, batch: &Batch<T>, spec: &LossSpec, micro: u64) -> Result<T> {
-        let segment = self.segment_for(batch, self.training_kept())?;
+        let segment = self.segment_for(batch, self.training_kept());
         self.in_step_threads(batch, |tr, par| {
             let opts = tr.pass_options(par, micro);
             let loss = forward_backward_checkpointed(
@@ -1284,61 +1282,29 @@ impl<T: Float> Trainer<T> {
     }
 
     /// The stretch a pass over `batch` runs at a time under [`Trainer::memory`] (`seq_len`:
-    /// the whole batch), with room for what it keeps besides (`kept`), and that room made
-    /// in the workspace ([`Trainer::reserve_for`]).
-    ///
-    /// # Errors
-    /// [`RnnError::OutOfMemory`] when the room is not there.
-    fn segment_for(&mut self, batch: &Batch<T>, kept: Kept) -> Result<usize> {
+    /// the whole batch), with room for what it keeps besides (`kept`).
+    fn segment_for(&self, batch: &Batch<T>, kept: Kept) -> usize {
         if !batch.holds_its_rows(&self.config) {
             // Not sized by a claim its inputs do not hold (it could overflow): the pass
             // refuses the batch before it reads the segment.
-            return Ok(batch.seq_len);
+            return batch.seq_len;
         }
         let kept = Kept {
             ragged: batch.lengths.is_some(),
             ..kept
         };
-        let segment = self.memory.segment_with::<T>(
+        // The outputs of the last step only under a many-to-one loss, and in a pass to the
+        // final states, which runs no head.
+        let many_to_one = self.loss.many_to_one || kept.final_states;
+        self.memory.segment_with::<T>(
             &self.config,
             batch.seq_len,
             batch.batch,
-            self.last_step_outputs(kept),
+            many_to_one,
             self.split,
             kept,
             self.layout.len,
-        );
-        self.reserve_for(batch, segment, kept)?;
-        Ok(segment)
-    }
-
-    /// Whether a pass that keeps `kept` holds the outputs of the last step only (`[B, O]`):
-    /// under a many-to-one loss, and in a pass to the final states, which runs no head.
-    fn last_step_outputs(&self, kept: Kept) -> bool {
-        self.loss.many_to_one || kept.final_states
-    }
-
-    /// Room in the workspace for an inference pass over the whole of `batch`
-    /// ([`Trainer::reserve_for`]).
-    fn reserve_whole(&mut self, batch: &Batch<T>) -> Result<()> {
-        self.reserve_for(batch, batch.seq_len, Kept::default())
-    }
-
-    /// Room in the workspace for a pass over `batch` in stretches of `segment` steps that
-    /// keeps `kept` besides ([`Workspace::try_reserve`]): a batch that does not fit in
-    /// memory is refused before any pass starts ([`RnnError::OutOfMemory`]) rather than
-    /// ending the process where a buffer grows.
-    fn reserve_for(&mut self, batch: &Batch<T>, segment: usize, kept: Kept) -> Result<()> {
-        let room = Room {
-            segment,
-            many_to_one: self.last_step_outputs(kept),
-            split: self.split,
-            dropout: kept.dropout,
-            input_grad: kept.input_grad,
-            own_loss: kept.own_loss,
-            params: self.layout.len,
-        };
-        self.workspace.try_reserve(&self.config, batch, room)
+        )
     }
 
     /// How a pass of this trainer runs on `par`: its unit split and time chunks.

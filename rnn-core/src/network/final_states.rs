@@ -8,8 +8,9 @@
 use kernels::Float;
 
 use super::{
-    Head, NoClosure, backward, check_lengths, check_segment, checkpointed_pass, final_state_spec,
-    forward_to_final_states, table_grads, with_embedded_pass, with_table_input_grad,
+    Head, NoClosure, Stretch, backward, check_lengths, check_segment, checkpointed_pass,
+    final_state_spec, forward_to_final_states, table_grads, with_embedded_pass,
+    with_table_input_grad,
 };
 use crate::batch::{Batch, check_state};
 use crate::config::RnnConfig;
@@ -41,16 +42,20 @@ pub(crate) fn forward_final_states<T: Float>(
     // No targets or sequence weights: nothing here reads them.
     batch.validate_own_loss(config)?;
     check_segment(config, batch, segment, "a pass to the final states")?;
-    let end = with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    // Sized as a many-to-one pass: the head is not run, and `[B, O]` is the least room
+    // the outputs take (every step's would be `[T, B, O]`, and as much for `dy`).
+    let stretch = Stretch {
+        segment,
+        ..Stretch::whole(true, false)
+    };
+    let end = with_embedded_pass(config, layout, params, ws, batch, opts, stretch, |p, ws| {
         if segment < batch.seq_len {
             return forward_to_final_states(&p, ws, segment);
         }
-        // Sized as a many-to-one pass: the head is not run, and `[B, O]` is the least room
-        // the outputs take (every step's would be `[T, B, O]`, and as much for `dy`).
         p.size_workspace(ws, true);
         super::forward_chunks(&p, ws, Head::Skip);
         batch.seq_len
-    });
+    })?;
     let (l, b) = (config.passes(), batch.batch);
     let lstm = config.cell.has_cell_state();
     let mut h = std::mem::take(&mut ws.final_h);
@@ -91,7 +96,11 @@ pub(crate) fn backward_from_final_states<T: Float>(
     check_segment(config, batch, segment, "a pass to the final states")?;
     let kept = ws.kept_forward == Some(fingerprint);
     let opts = with_table_input_grad(batch, opts);
-    with_embedded_pass(config, layout, params, ws, batch, opts, |p, ws| {
+    let stretch = Stretch {
+        segment,
+        ..Stretch::whole(true, true)
+    };
+    with_embedded_pass(config, layout, params, ws, batch, opts, stretch, |p, ws| {
         if segment < batch.seq_len {
             let scorer = NoClosure::FinalStates {
                 grads: (dh_n, dc_n),
@@ -105,7 +114,7 @@ pub(crate) fn backward_from_final_states<T: Float>(
             super::forward_chunks(&p, ws, Head::Skip);
         }
         backward(&p, grads, ws, false, false, Some((dh_n, dc_n)));
-    });
+    })?;
     ws.kept_forward = None;
     table_grads(config, layout, grads, ws, batch, opts);
     Ok(())

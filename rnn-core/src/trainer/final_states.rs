@@ -74,7 +74,7 @@ impl<T: Float> Trainer<T> {
         // `grads_from_final_states`, which the fingerprint of the batch as given lets reuse it.
         let gives = PerSequence::FinalStates;
         self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
-            let segment = tr.segment_for(batch, tr.final_state_kept(true))?;
+            let segment = tr.segment_for(batch, tr.final_state_kept(true));
             tr.in_step_threads(batch, |tr, par| {
                 let opts = tr.pass_options(par, 0);
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
@@ -96,7 +96,7 @@ impl<T: Float> Trainer<T> {
         let _flush = self.flush_scope();
         let gives = PerSequence::FinalStates;
         self.longest_first(batch, Check::NoTargets, gives, |tr, batch| {
-            let segment = tr.segment_for(batch, tr.final_state_kept(false))?;
+            let segment = tr.segment_for(batch, tr.final_state_kept(false));
             tr.in_step_threads(batch, |tr, par| {
                 let opts = PassOptions::from(tr.exec(par));
                 let model = (&tr.config, &tr.layout, &tr.params[..]);
@@ -130,7 +130,7 @@ impl<T: Float> Trainer<T> {
         let (check, gives) = (Check::NoTargets, PerSequence::InputGrads);
         self.longest_first_from(batch, (dh_n, dc_n), check, gives, |tr, batch, sorted| {
             let states = sorted.states;
-            let segment = tr.segment_for(batch, tr.final_state_kept(true))?;
+            let segment = tr.segment_for(batch, tr.final_state_kept(true));
             tr.in_step_threads(batch, |tr, par| {
                 let opts = tr.pass_options(par, 0);
                 let model = (&tr.config, &tr.layout, &tr.params[..]);

@@ -196,6 +196,25 @@ fn memory_limit_child() {
     }
     assert!(tr.evaluate(&small).unwrap() < before);
 
+    // The passes a trainer runs make the room themselves: called directly, or by a
+    // predictor, they refuse the batch too.
+    let params = tr.params.to_vec();
+    let layout = rnn_core::params::Layout::new(&cfg);
+    let mut ws = rnn_core::workspace::Workspace::new();
+    let forward = rnn_core::network::forward(
+        &cfg,
+        &layout,
+        &params,
+        &mut ws,
+        &inputs,
+        false,
+        faer::Par::Seq,
+    );
+    refused("network::forward", forward);
+    let mut predictor = rnn_core::predict::Predictor::new(cfg, &params, b).unwrap();
+    refused("Predictor::run", predictor.run(&x, t).map(drop));
+    assert_eq!(predictor.run(&x[..2 * b], 2).unwrap().len(), 2 * b);
+
     // In segments the activations fit, but a loss of one's own keeps every step's 256
     // outputs and their gradient (2 GiB each).
     let cfg = RnnConfig::lstm(1, 64, 256);
