@@ -92,6 +92,18 @@ pub enum RnnError {
     /// the trainer's buffers as they were), as PyTorch raises on a failed allocation instead
     /// of ending the process. A smaller batch, shorter sequences or a memory setting that
     /// keeps less ([`crate::trainer::Memory`]) may fit.
+    ///
+    /// ```
+    /// use rnn_core::prelude::*;
+    /// let spec = LossSpec::every_step(LossKind::Mse);
+    /// let too_big = RnnConfig::gru(1, 1 << 24, 1); // 3 PiB of parameters
+    /// match Trainer::<f32>::new(too_big, spec, OptimizerKind::adam(1e-3), 0) {
+    ///     Err(RnnError::OutOfMemory { what, bytes }) => {
+    ///         assert!(what == "the parameters" && bytes > 1 << 50)
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
     #[error("out of memory: {bytes} bytes for {what} could not be allocated")]
     OutOfMemory {
         /// What needed the memory (`"the parameters"`, `"layer 0's gate buffer"`, ...).
