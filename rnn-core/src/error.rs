@@ -136,16 +136,26 @@ pub(crate) fn out_of_memory(what: impl Into<String>) -> impl FnOnce(AllocError) 
 /// [`RnnError::OutOfMemory`] for `what` when the memory is not there (a product past `usize`
 /// included): for buffers sized by a caller's counts, where `vec!` would end the process.
 pub(crate) fn filled_vec<V: Clone>(dims: &[usize], value: V, what: &str) -> Result<Vec<V>> {
-    let len = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-    let failed = || RnnError::OutOfMemory {
-        what: what.into(),
-        bytes: len.map_or(usize::MAX, |n| n.saturating_mul(size_of::<V>())),
+    let Some(len) = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+        return Err(RnnError::OutOfMemory {
+            what: what.into(),
+            bytes: usize::MAX,
+        });
     };
-    let len = len.ok_or_else(failed)?;
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| failed())?;
+    vec_room(&mut v, len, what)?;
     v.resize(len, value);
     Ok(v)
+}
+
+/// Grows `v` to hold `n` elements, unless it can, keeping its values; memory that is not
+/// there is [`RnnError::OutOfMemory`] for `what` (`v` then as it was).
+pub(crate) fn vec_room<V>(v: &mut Vec<V>, n: usize, what: &str) -> Result<()> {
+    v.try_reserve(n.saturating_sub(v.len()))
+        .map_err(|_| RnnError::OutOfMemory {
+            what: what.into(),
+            bytes: n.saturating_mul(size_of::<V>()),
+        })
 }
 
 /// `Result` with [`RnnError`].

@@ -30,7 +30,7 @@ use kernels::{Float, reduce};
 use crate::batch::{Batch, Target};
 use crate::config::{LossSpec, RnnConfig};
 use crate::dropout::Dropout;
-use crate::error::Result;
+use crate::error::{Result, vec_room};
 use crate::layer::{
     self, ChunkRows, InitialState, LayerGrads, LayerPass, Padding, PassThreads, share_accum, spans,
     unless_frozen,
@@ -1064,12 +1064,6 @@ impl<T: Float> Checkpoints<T> {
         let n = seq_len.div_ceil(segment);
         let only = |yes: bool, len: usize| if yes { len } else { 0 };
         let outputs = only(own_outputs, rows * config.output_size);
-        let room = |v: &mut Vec<T>, len: usize| {
-            (v.try_reserve(len.saturating_sub(v.len()))).map_err(|_| crate::RnnError::OutOfMemory {
-                what: "the checkpointed segments".into(),
-                bytes: len.saturating_mul(T::BYTES),
-            })
-        };
         for (v, len) in [
             (&mut self.h, n * block),
             (&mut self.c, n * block_c),
@@ -1080,7 +1074,7 @@ impl<T: Float> Checkpoints<T> {
             (&mut self.y, outputs),
             (&mut self.dy, outputs),
         ] {
-            room(v, len)?;
+            vec_room(v, len, "the checkpointed segments")?;
         }
         Ok(())
     }

@@ -407,12 +407,9 @@ impl<T: Float> Workspace<T> {
             reserve(buffer, len, what)?;
         }
         if batch.lengths.is_some() {
-            let gather = Self::gather_room(config, seq_len, b);
-            for l in &mut self.layers {
-                reserve(&mut l.gather, gather, "a layer's live rows")?;
+            for (what, buffer, len) in self.gather_buffers(config, seq_len, b, many_to_one) {
+                reserve(buffer, len, what)?;
             }
-            let head = Self::head_gather_room(config, seq_len, b, many_to_one);
-            reserve(&mut self.head_gather, head, "the head's live rows")?;
         }
         let inputs = batch.seq_len * b * config.input_size;
         let only = |yes: bool| if yes { inputs } else { 0 };
@@ -512,12 +509,26 @@ impl<T: Float> Workspace<T> {
         batch: usize,
         many_to_one: bool,
     ) {
-        let room = Self::gather_room(config, seq_len, batch);
-        for l in &mut self.layers {
-            l.gather.resize(room);
+        for (_, buffer, len) in self.gather_buffers(config, seq_len, batch, many_to_one) {
+            buffer.resize(len);
         }
+    }
+
+    /// Every layer's and the head's room for products over live rows, with its length for
+    /// this shape and its name: the list [`Workspace::ensure_gather`] sizes and
+    /// [`Workspace::try_reserve`] grows.
+    fn gather_buffers(
+        &mut self,
+        config: &RnnConfig,
+        seq_len: usize,
+        batch: usize,
+        many_to_one: bool,
+    ) -> impl Iterator<Item = (&'static str, &mut AlignedVec<T>, usize)> {
+        let room = Self::gather_room(config, seq_len, batch);
         let head = Self::head_gather_room(config, seq_len, batch, many_to_one);
-        self.head_gather.resize(head);
+        let layers =
+            (self.layers.iter_mut()).map(move |l| ("a layer's live rows", &mut l.gather, room));
+        layers.chain([("the head's live rows", &mut self.head_gather, head)])
     }
 
     /// Bytes [`Workspace::ensure`] would hold for this shape (without `dx`, checkpoints and

@@ -23,7 +23,7 @@ use kernels::Float;
 use super::Trainer;
 use crate::batch::{Batch, Target};
 use crate::config::{LossSpec, RnnConfig};
-use crate::error::{Result, RnnError};
+use crate::error::{Result, vec_room};
 use crate::network::final_states::check_final_state_grads;
 
 /// What a pass leaves in the workspace per sequence, put back in the batch's order when the
@@ -130,14 +130,9 @@ fn scatter<V: Copy>(dst: &mut [V], src: &[V], width: usize, order: &[usize]) {
     }
 }
 
-/// Grows `v` to hold `n` elements, unless it can; [`RnnError::OutOfMemory`] when the memory
-/// is not there.
+/// Grows `v` to hold `n` elements, unless it can ([`vec_room`], naming the copy).
 fn room<V>(v: &mut Vec<V>, n: usize) -> Result<()> {
-    v.try_reserve(n.saturating_sub(v.len()))
-        .map_err(|_| RnnError::OutOfMemory {
-            what: "a copy of the batch, longest first".into(),
-            bytes: n.saturating_mul(size_of::<V>()),
-        })
+    vec_room(v, n, "a copy of the batch, longest first")
 }
 
 impl<T: Float> Reordered<T> {
@@ -425,6 +420,7 @@ impl<T: Float> Trainer<T> {
 mod tests {
     use super::*;
     use crate::config::{LossKind, LossSpec, RnnConfig};
+    use crate::error::RnnError;
 
     /// Room the memory cannot give is an error naming the copy, not the end of the process;
     /// room there is kept.
