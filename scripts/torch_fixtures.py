@@ -8,7 +8,8 @@ For each case: rnn-core/tests/fixtures/<name>.in.safetensors (grad_dump's input)
 Variable lengths go through pack_padded_sequence, as a PyTorch user would write it.
 Also train_*.safetensors (optimizer steps), tbptt_*.safetensors (TBPTT training loops),
 half_*.safetensors (models saved in bf16 / f16, for loading) and plateau_*.safetensors
-(ReduceLROnPlateau's rates on a metric sequence).
+(ReduceLROnPlateau's rates on a metric sequence), ctc_*.safetensors (nn.CTCLoss's losses and
+gradients).
 """
 import os
 import torch
@@ -684,3 +685,39 @@ if __name__ == "__main__":
 
 if __name__ == "__main__":
     bce_weight_fixtures()
+
+
+def ctc(name, T, B, C, targets, lengths, blank=0, zero_infinity=False, seed=60):
+    """nn.CTCLoss on log_softmax of random logits [T, B, C] (f64): the loss under each
+    reduction and the gradient of the mean and sum losses with respect to the logits."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (2 * torch.randn(T, B, C, generator=g, dtype=torch.float64)).requires_grad_()
+    flat = torch.tensor([l for t in targets for l in t], dtype=torch.int64)
+    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.int64)
+    input_lengths = torch.tensor(lengths, dtype=torch.int64)
+    out = {"logits": logits.detach().clone(), "targets": flat,
+           "target_lengths": target_lengths, "input_lengths": input_lengths}
+    for reduction in ("mean", "sum", "none"):
+        loss = nn.CTCLoss(blank=blank, reduction=reduction, zero_infinity=zero_infinity)(
+            F.log_softmax(logits, dim=-1), flat, input_lengths, target_lengths)
+        out[f"loss_{reduction}"] = loss.detach().clone().reshape(-1)
+        if reduction != "none":
+            (grad,) = torch.autograd.grad(loss, logits)
+            out[f"grad_{reduction}"] = grad
+    meta = {"blank": str(blank), "zero_infinity": str(zero_infinity)}
+    save_file(out, os.path.join(OUT, f"ctc_{name}.safetensors"), metadata=meta)
+
+
+def ctc_fixtures():
+    # Repeats (which need a blank between them), an empty target, ragged lengths.
+    ctc("mixed", 12, 4, 6, [[1, 2, 2, 3], [5], [], [4, 4, 4]], [12, 7, 9, 10])
+    # Blank last, a target as long as its steps allow, an odd class count.
+    ctc("blank_last", 9, 3, 7, [[0, 1, 2, 3, 4], [5, 5], [2]], [9, 5, 1], blank=6, seed=61)
+    # An impossible target (3 labels with a repeat in 3 steps), counted as 0.
+    ctc("zero_infinity", 6, 3, 5, [[1, 1, 2], [2, 3], [4]], [3, 6, 4], zero_infinity=True,
+        seed=62)
+    print("CTC fixtures written")
+
+
+if __name__ == "__main__":
+    ctc_fixtures()

@@ -283,18 +283,7 @@ impl<'a, T: Float> Batch<'a, T> {
             }
         }
         if let Some(lengths) = self.lengths {
-            if lengths.len() != b {
-                return Err(shape("lengths", format!("[B={b}]"), lengths.len()));
-            }
-            if let Some((index, &length)) =
-                lengths.iter().enumerate().find(|&(_, &n)| n == 0 || n > t)
-            {
-                return Err(RnnError::LengthOutOfRange {
-                    index,
-                    length,
-                    seq_len: t,
-                });
-            }
+            check_lengths(lengths, t, b)?;
         }
         Ok(())
     }
@@ -538,6 +527,21 @@ pub(crate) fn finite<T: Float>(what: &'static str, v: &[T]) -> Result<()> {
             what,
             index,
             value: v[index].f64(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `lengths` holds one length in `1..=t` per sequence of `b`.
+pub(crate) fn check_lengths(lengths: &[usize], t: usize, b: usize) -> Result<()> {
+    if lengths.len() != b {
+        return Err(shape("lengths", format!("[B={b}]"), lengths.len()));
+    }
+    match lengths.iter().enumerate().find(|&(_, &n)| n == 0 || n > t) {
+        Some((index, &length)) => Err(RnnError::LengthOutOfRange {
+            index,
+            length,
+            seq_len: t,
         }),
         None => Ok(()),
     }

@@ -87,6 +87,10 @@
 //! takes any function of them: a Gaussian or quantile loss for a probabilistic forecast, a
 //! policy gradient.
 //!
+//! Unaligned labels: [`ctc::Ctc`] is PyTorch's `nn.CTCLoss` (a string of labels per
+//! sequence, read off its steps in any alignment: speech, handwriting), and
+//! [`ctc::greedy_decode`] reads a model's outputs back into labels.
+//!
 //! Weight averages: [`average::WeightAverage`] keeps PyTorch's `AveragedModel` (an EMA, or
 //! SWA's uniform mean) of a trainer's weights, to evaluate, save or predict with.
 //!
@@ -116,6 +120,7 @@ pub mod accumulate;
 pub mod average;
 pub mod batch;
 pub mod config;
+pub mod ctc;
 pub mod dropout;
 pub mod dump;
 pub mod error;

@@ -404,6 +404,11 @@ impl<T: Float> Trainer<T> {
         self.par.degree()
     }
 
+    /// The pool given by [`Trainer::with_thread_pool`], if any.
+    pub(crate) fn thread_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        self.pool.clone()
+    }
+
     /// The number of threads a step of `batch` sequences of `seq_len` steps will use:
     /// [`Trainer::threads`] when the shape gives a second thread enough work (its steps are
     /// split between two workers, or at least 40 % of its flops are in products big enough

@@ -15,6 +15,7 @@ mod api;
 mod average;
 mod checkpointed;
 mod crash;
+mod ctc;
 mod final_states;
 mod frozen;
 mod golden;
