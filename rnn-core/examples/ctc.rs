@@ -4,7 +4,9 @@
 //! (`rnn_core::ctc`, PyTorch's `nn.CTCLoss`; Graves et al. 2006's setting, as in speech or
 //! handwriting recognition). Strings of different lengths come in shuffled batches of like
 //! lengths (`loader::Loader`); the held-out strings are read by greedy decoding
-//! (`ctc::greedy_decode`: each frame's likeliest class, repeats merged, blanks dropped).
+//! (`ctc::greedy_decode`: each frame's likeliest class, repeats merged, blanks dropped) or,
+//! with `--beam N`, by prefix beam search (`ctc::beam_decode`); the last line compares the
+//! two.
 //!
 //! ```text
 //! cargo run --release --example ctc
@@ -15,7 +17,9 @@
 //! epochs of 4096 strings, 4.4 s on the AMD kind) it read 97.7 % of 512 held-out strings
 //! without a mistake (0.42 % of their digits wrong), from none before training; GRUs 99.0 %
 //! (0.18 %), plain RNNs 97.7 % (0.42 %, 2.0 s). At noise 0.5 some patterns are hard to tell
-//! apart and it reads 75 % (5 % of digits wrong), 80 % from 16384 strings.
+//! apart and it reads 75 % (5 % of digits wrong), 80 % from 16384 strings. A beam of 16
+//! reads a little more than greedy decoding, at ten times its cost: 97.9 % (0.39 %) at noise
+//! 0.3, 77.0 % (4.66 %) at 0.5, in 230 ms for the 512 strings against 21-26 ms.
 
 mod common;
 
@@ -25,7 +29,7 @@ use std::time::Instant;
 use clap::Parser;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rnn_core::config::Cell;
-use rnn_core::ctc::{Ctc, greedy_decode};
+use rnn_core::ctc::{Ctc, beam_decode, greedy_decode};
 use rnn_core::loader::{Loader, pad_batch};
 use rnn_core::prelude::*;
 
@@ -72,6 +76,9 @@ struct Args {
     /// Adam learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
+    /// Read the held-out strings by prefix beam search of this width (0: greedy decoding).
+    #[arg(long, default_value_t = 0)]
+    beam: usize,
     /// Seed of weights, data and batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -136,8 +143,14 @@ fn step(tr: &mut Trainer<f32>, data: &Signals, chosen: &[usize], channels: usize
     Ok(ctc.step(tr, &batch)?.loss)
 }
 
-/// The digits greedy decoding reads from each signal of `data`.
-fn read(tr: &mut Trainer<f32>, data: &Signals, channels: usize) -> Result<Vec<Vec<usize>>> {
+/// The digits read from each signal of `data`: by greedy decoding, or by a prefix beam
+/// search `beam` wide.
+fn decode(
+    tr: &mut Trainer<f32>,
+    data: &Signals,
+    channels: usize,
+    beam: usize,
+) -> Result<Vec<Vec<usize>>> {
     let all: Vec<usize> = (0..data.frames.len()).collect();
     let padded = pad_batch(&data.frames, &all, channels, 0.0)?;
     let (t, b) = (padded.seq_len, all.len());
@@ -146,7 +159,11 @@ fn read(tr: &mut Trainer<f32>, data: &Signals, channels: usize) -> Result<Vec<Ve
         ..Batch::new(t, b, &padded.values, Target::None)
     };
     let logits = tr.outputs(&batch)?;
-    let labels = greedy_decode(logits, t, b, CLASSES, BLANK, Some(&padded.lengths))?;
+    let lengths = Some(&padded.lengths[..]);
+    let labels = match beam {
+        0 => greedy_decode(logits, t, b, CLASSES, BLANK, lengths)?,
+        width => beam_decode(logits, t, b, CLASSES, BLANK, lengths, width)?,
+    };
     Ok(labels
         .into_iter()
         .map(|l| l.into_iter().map(|c| c - 1).collect())
@@ -248,7 +265,7 @@ fn run(args: &Args) -> Result<(), String> {
     );
     let (exact, errors) = score(
         &test,
-        &read(&mut tr, &test, args.channels).map_err(|e| e.to_string())?,
+        &decode(&mut tr, &test, args.channels, args.beam).map_err(|e| e.to_string())?,
     );
     println!(
         "before training: {:.1} % read exactly, {:.1} % of digits wrong",
@@ -262,7 +279,7 @@ fn run(args: &Args) -> Result<(), String> {
             losses.push(step(&mut tr, &train, &chosen, args.channels).map_err(|e| e.to_string())?);
         }
         let mean = losses.iter().sum::<f32>() / losses.len().max(1) as f32;
-        let read = read(&mut tr, &test, args.channels).map_err(|e| e.to_string())?;
+        let read = decode(&mut tr, &test, args.channels, args.beam).map_err(|e| e.to_string())?;
         let (exact, errors) = score(&test, &read);
         println!(
             "epoch {:>2}: training loss {mean:.3} per digit, held out {:.1} % read exactly, {:.2} % of digits wrong ({:.1} s)",
@@ -272,9 +289,20 @@ fn run(args: &Args) -> Result<(), String> {
             start.elapsed().as_secs_f64()
         );
     }
-    let read = read(&mut tr, &test, args.channels).map_err(|e| e.to_string())?;
+    let read = decode(&mut tr, &test, args.channels, args.beam).map_err(|e| e.to_string())?;
     for (sent, read) in test.digits.iter().zip(&read).take(3) {
         println!("  sent {} -> read {}", show(sent), show(read));
+    }
+    for (decoder, beam) in [("greedy decoding", 0), ("a beam of 16", 16)] {
+        let start = Instant::now();
+        let read = decode(&mut tr, &test, args.channels, beam).map_err(|e| e.to_string())?;
+        let (exact, errors) = score(&test, &read);
+        println!(
+            "held out, read by {decoder}: {:.1} % exactly, {:.2} % of digits wrong ({:.0} ms)",
+            100.0 * exact,
+            100.0 * errors,
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Connectionist temporal classification: PyTorch's `nn.CTCLoss`, for training a model whose
 //! steps outnumber its labels and are not aligned with them (speech to characters,
-//! handwriting, a sensor stream to events), and greedy decoding of its outputs.
+//! handwriting, a sensor stream to events), and decoding of its outputs (greedy or by
+//! prefix beam search).
 //!
 //! The model's head gives `C` logits per step, class `blank` among them; a target is a
 //! sequence of labels (none of them the blank) at most as long as the sequence. Its loss is
@@ -43,8 +44,11 @@
 //! # Ok::<(), RnnError>(())
 //! ```
 
+mod decode;
 mod log_space;
 mod scaled;
+
+pub use decode::{beam_decode, greedy_decode};
 
 use std::sync::Arc;
 
@@ -508,58 +512,6 @@ fn sequence_loss<T: Float>(
     }
     scaled::sequence_loss(rows, length, &path, with_grads)
         .unwrap_or_else(|| log_space::sequence_loss(rows, length, &path, with_grads))
-}
-
-/// The labels of time-major logits `[steps, batch, classes]` read by best path: each step's
-/// likeliest class (the first on a tie), repeats merged, blanks dropped; sequence `b` read
-/// over its first `lengths[b]` steps, or all of them.
-///
-/// ```
-/// use rnn_core::ctc::greedy_decode;
-/// // One sequence, 5 steps, classes {blank, a, b}: likeliest a a blank a b.
-/// let y = [0., 1., 0., /**/ 0., 1., 0., /**/ 1., 0., 0., /**/ 0., 1., 0., /**/ 0., 0., 1.];
-/// assert_eq!(greedy_decode(&y, 5, 1, 3, 0, None)?, [vec![1, 1, 2]]);
-/// # Ok::<(), rnn_core::RnnError>(())
-/// ```
-///
-/// # Errors
-/// [`RnnError::Empty`] for no steps, sequences or classes; [`RnnError::Config`] for a blank
-/// `>= classes`; [`RnnError::ShapeMismatch`] for logits not `steps · batch · classes` long or
-/// lengths not `batch`; [`RnnError::LengthOutOfRange`] for a length outside `1..=steps`.
-pub fn greedy_decode<T: Float>(
-    logits: &[T],
-    steps: usize,
-    batch: usize,
-    classes: usize,
-    blank: usize,
-    lengths: Option<&[usize]>,
-) -> Result<Vec<Vec<usize>>> {
-    check_shape(logits.len(), [steps, batch, classes], lengths)?;
-    if blank >= classes {
-        return Err(blank_not_a_class(blank, classes));
-    }
-    let decoded = (0..batch)
-        .map(|s| {
-            let rows = Rows {
-                logits,
-                sequences: batch,
-                classes,
-                s,
-            };
-            let mut labels = Vec::new();
-            let mut previous = blank;
-            for t in 0..lengths.map_or(steps, |l| l[s]) {
-                let y = rows.at(t);
-                let best = (1..classes).fold(0, |best, k| if y[k] > y[best] { k } else { best });
-                if best != blank && best != previous {
-                    labels.push(best);
-                }
-                previous = best;
-            }
-            labels
-        })
-        .collect();
-    Ok(decoded)
 }
 
 /// Logits of `len` elements are `[steps, batch, classes]`, none of them zero, and `lengths`

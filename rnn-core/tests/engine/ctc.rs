@@ -4,7 +4,9 @@
 //! differences, thread counts, impossible targets); greedy decoding.
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rnn_core::ctc::{Ctc, greedy_decode};
+use std::collections::HashMap;
+
+use rnn_core::ctc::{Ctc, beam_decode, greedy_decode};
 use rnn_core::io;
 use rnn_core::prelude::*;
 use safetensors::SafeTensors;
@@ -54,6 +56,41 @@ impl Case {
     }
 }
 
+/// Every path of `length` steps over `c` classes with the labelling it reads (blank 0) and
+/// its probability under `y`'s sequence `s`.
+fn every_path(y: &[f64], b: usize, c: usize, s: usize, length: usize) -> Vec<(Vec<usize>, f64)> {
+    let log_softmax = |step: usize, k: usize| {
+        let row = &y[(step * b + s) * c..][..c];
+        row[k] - row.iter().map(|v| v.exp()).sum::<f64>().ln()
+    };
+    let mut paths = Vec::new();
+    let mut path = vec![0usize; length];
+    loop {
+        let mut read = Vec::new();
+        let mut previous = 0;
+        for &k in &path {
+            if k != 0 && k != previous {
+                read.push(k);
+            }
+            previous = k;
+        }
+        let p = path
+            .iter()
+            .enumerate()
+            .map(|(step, &k)| log_softmax(step, k))
+            .sum::<f64>();
+        paths.push((read, p.exp()));
+        // The next path, as a number in base c.
+        match path.iter().position(|&k| k + 1 < c) {
+            Some(i) => {
+                path[i] += 1;
+                path[..i].fill(0);
+            }
+            None => return paths,
+        }
+    }
+}
+
 /// The CTC loss of one sequence by brute force: `-ln` of the summed probability of every
 /// path of `length` steps over `c` classes that collapses to `target` (blank 0).
 fn brute_force(
@@ -65,40 +102,14 @@ fn brute_force(
     length: usize,
     target: &[usize],
 ) -> f64 {
-    let log_softmax = |step: usize, k: usize| {
-        let row = &y[(step * b + s) * c..][..c];
-        let norm = row.iter().map(|v| v.exp()).sum::<f64>().ln();
-        row[k] - norm
-    };
     assert!(t >= length);
-    let mut total = 0.0;
-    let mut path = vec![0usize; length];
-    loop {
-        let mut read = Vec::new();
-        let mut previous = 0;
-        for &k in &path {
-            if k != 0 && k != previous {
-                read.push(k);
-            }
-            previous = k;
-        }
-        if read == target {
-            total += path
-                .iter()
-                .enumerate()
-                .map(|(step, &k)| log_softmax(step, k))
-                .sum::<f64>()
-                .exp();
-        }
-        // The next path, as a number in base c.
-        match path.iter().position(|&k| k + 1 < c) {
-            Some(i) => {
-                path[i] += 1;
-                path[..i].fill(0);
-            }
-            None => return -total.ln(),
-        }
-    }
+    let paths = every_path(y, b, c, s, length);
+    -paths
+        .iter()
+        .filter(|(read, _)| read == target)
+        .map(|(_, p)| p)
+        .sum::<f64>()
+        .ln()
 }
 
 #[test]
@@ -439,6 +450,91 @@ fn greedy_decoding_merges_repeats_and_drops_blanks() {
     assert!(matches!(
         greedy_decode::<f32>(&[], 0, 2, 4, 0, None),
         Err(RnnError::Empty { what: "steps" })
+    ));
+}
+
+#[test]
+fn a_wide_beam_finds_the_likeliest_labelling() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut greedy_missed = 0;
+    for case in 0..60 {
+        let Case {
+            t,
+            b,
+            c,
+            lengths,
+            y,
+            ..
+        } = Case::random(&mut rng, [6, 3, 4], 0);
+        let beam = beam_decode(&y, t, b, c, 0, Some(&lengths), 10_000).unwrap();
+        let greedy = greedy_decode(&y, t, b, c, 0, Some(&lengths)).unwrap();
+        for s in 0..b {
+            let mut by_labelling: HashMap<Vec<usize>, f64> = HashMap::new();
+            for (read, p) in every_path(&y, b, c, s, lengths[s]) {
+                *by_labelling.entry(read).or_default() += p;
+            }
+            let (best, p) = by_labelling
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap();
+            assert_eq!(
+                &beam[s], best,
+                "case {case}, sequence {s}: p {p} vs {}",
+                by_labelling[&beam[s]]
+            );
+            greedy_missed += usize::from(&greedy[s] != best);
+        }
+    }
+    // The cases include some where the likeliest path does not read the likeliest labelling.
+    assert!(greedy_missed > 0);
+}
+
+#[test]
+fn narrow_beams_and_their_refusals() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let (t, b, c) = (30, 4, 6);
+    let y: Vec<f32> = logits(&mut rng, t, b, c)
+        .iter()
+        .map(|&v| 3.0 * v as f32)
+        .collect();
+    let lengths = [30, 12, 1, 25];
+    // Width 1 keeps one prefix a step: it reads a labelling no likelier than a wider beam's.
+    let one = beam_decode(&y, t, b, c, 0, Some(&lengths), 1).unwrap();
+    let wide = beam_decode(&y, t, b, c, 0, Some(&lengths), 64).unwrap();
+    let y64: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+    let ctc = |labels: &[Vec<usize>]| {
+        Ctc::new(labels, c, 0)
+            .unwrap()
+            .sequence_losses(&y64, t, Some(&lengths))
+            .unwrap()
+    };
+    for (s, (narrow, wide)) in ctc(&one).iter().zip(ctc(&wide)).enumerate() {
+        assert!(wide <= narrow + 1e-9, "sequence {s}: {wide} vs {narrow}");
+    }
+    // Past a sequence's length nothing is read: sequence 2 reads at most one label.
+    assert!(wide[2].len() <= 1);
+    // Blank last: the same labelling, classes renamed.
+    let mut moved = vec![0.0f32; y.len()];
+    for (row, from) in moved.chunks_exact_mut(c).zip(y.chunks_exact(c)) {
+        row[c - 1] = from[0];
+        row[..c - 1].copy_from_slice(&from[1..]);
+    }
+    let renamed = beam_decode(&moved, t, b, c, c - 1, Some(&lengths), 64).unwrap();
+    let back: Vec<Vec<usize>> = renamed
+        .iter()
+        .map(|l| l.iter().map(|k| k + 1).collect())
+        .collect();
+    assert_eq!(back, wide);
+    assert!(
+        matches!(beam_decode(&y, t, b, c, 0, None, 0), Err(RnnError::Config(m)) if m.contains("width"))
+    );
+    assert!(matches!(
+        beam_decode(&y, t, b, c, c, None, 4),
+        Err(RnnError::Config(_))
+    ));
+    assert!(matches!(
+        beam_decode(&y[1..], t, b, c, 0, None, 4),
+        Err(RnnError::ShapeMismatch { .. })
     ));
 }
 
