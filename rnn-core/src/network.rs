@@ -1037,8 +1037,7 @@ impl<T: Float> Checkpoints<T> {
     fn size_states(&mut self, seg: &SegmentOf<'_, '_, T>) {
         let n = seg.count();
         self.h.resize(n * seg.block, T::zero());
-        self.c
-            .resize(if seg.lstm { n * seg.block_c } else { 0 }, T::zero());
+        self.c.resize(n * seg.block_c, T::zero());
         self.lengths.resize(seg.dims.0, 0);
     }
 
@@ -1054,13 +1053,8 @@ impl<T: Float> Checkpoints<T> {
         params: usize,
         (input_grad, own_outputs): (bool, bool),
     ) -> Result<()> {
-        let (l, rows) = (config.num_layers, seq_len * b);
-        let block = l * b * config.state_size();
-        let block_c = if config.cell.has_cell_state() {
-            l * b * config.hidden_size
-        } else {
-            0
-        };
+        let rows = seq_len * b;
+        let (block, block_c) = state_blocks(config, b);
         let n = seq_len.div_ceil(segment);
         let only = |yes: bool, len: usize| if yes { len } else { 0 };
         let outputs = only(own_outputs, rows * config.output_size);
@@ -1359,7 +1353,7 @@ fn checkpointed_pass<T: Float, F: FnOnce(&[T], &mut [T]) -> T>(
     } = std::mem::take(&mut ws.checkpoints);
     seg_grads.resize(layout.len, T::zero());
     carry_h.resize(block, T::zero());
-    carry_c.resize(if lstm { block_c } else { 0 }, T::zero());
+    carry_c.resize(block_c, T::zero());
     dx.resize(if opts.input_grad { t_len * b * i } else { 0 }, T::zero());
     norms.resize(if opts.telemetry { l * t_len } else { 0 }, T::zero());
     let scale = loss_scale(config, batch, spec);
@@ -1572,6 +1566,18 @@ fn forward_segments<T: Float>(
     total
 }
 
+/// The states a segment starts from, for `b` sequences: `L · B · H` hidden (`L · B · P` with
+/// projections) and `L · B · H` cell states (0 for a cell without them).
+fn state_blocks(config: &RnnConfig, b: usize) -> (usize, usize) {
+    let l = config.num_layers;
+    let cell = if config.cell.has_cell_state() {
+        config.hidden_size
+    } else {
+        0
+    };
+    (l * b * config.state_size(), l * b * cell)
+}
+
 /// Cuts a batch into segments for [`forward_backward_checkpointed`].
 struct SegmentOf<'a, 'b, T> {
     batch: &'a Batch<'b, T>,
@@ -1579,7 +1585,7 @@ struct SegmentOf<'a, 'b, T> {
     segment: usize,
     /// `L · B · H` (`L · B · P` with projections): one segment's saved states.
     block: usize,
-    /// `L · B · H`: one segment's saved cell states (LSTM).
+    /// `L · B · H`: one segment's saved cell states (LSTM; 0 for other cells).
     block_c: usize,
     lstm: bool,
     /// `(B, I, O)`.
@@ -1594,13 +1600,14 @@ impl<'a, 'b, T: Float> SegmentOf<'a, 'b, T> {
         spec: &'a LossSpec,
         segment: usize,
     ) -> Self {
-        let (b, l) = (batch.batch, config.num_layers);
+        let b = batch.batch;
+        let (block, block_c) = state_blocks(config, b);
         Self {
             batch,
             spec,
             segment,
-            block: l * b * config.state_size(),
-            block_c: l * b * config.hidden_size,
+            block,
+            block_c,
             lstm: config.cell.has_cell_state(),
             dims: (b, config.input_size, config.output_size),
         }
