@@ -54,6 +54,19 @@ pub enum Decay {
         /// The lowest rate (finite and non-negative).
         eta_min: f64,
     },
+    /// Cosine decay restarted at the base rate after every cycle, cycle `i` lasting
+    /// `t_0 · t_mult^i` updates: `eta_min + (base - eta_min) (1 + cos(π t_cur / t_i)) / 2`,
+    /// `t_cur` the updates into the current cycle and `t_i` its length
+    /// (`CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)`, SGDR: Loshchilov and Hutter,
+    /// 2017).
+    CosineRestarts {
+        /// The first cycle's updates (positive).
+        t_0: u64,
+        /// The factor each cycle's length grows by (positive; 1 repeats `t_0`).
+        t_mult: u64,
+        /// The lowest rate (finite and non-negative).
+        eta_min: f64,
+    },
 }
 
 impl Decay {
@@ -82,12 +95,34 @@ impl Decay {
     /// [`RnnError::Config`] unless `t_max > 0` and `eta_min` is finite and non-negative.
     pub fn cosine(t_max: u64, eta_min: f64) -> Result<Self> {
         positive_count("cosine t_max", t_max)?;
-        if !(eta_min.is_finite() && eta_min >= 0.0) {
-            return Err(RnnError::Config(format!(
-                "cosine eta_min = {eta_min}: it must be finite and non-negative"
-            )));
-        }
+        lowest_rate("cosine eta_min", eta_min)?;
         Ok(Self::Cosine { t_max, eta_min })
+    }
+
+    /// [`Decay::CosineRestarts`].
+    ///
+    /// ```
+    /// use rnn_core::schedule::Decay;
+    /// // Cycles of 2, 4, 8, ... updates, each from 0.1 down towards 0.
+    /// let d = Decay::cosine_restarts(2, 2, 0.0)?;
+    /// let rates: Vec<f64> = (0..7).map(|n| rnn_core::schedule::LrSchedule::new(d).rate(0.1, n)).collect();
+    /// assert_eq!([rates[0], rates[2], rates[6]], [0.1, 0.1, 0.1]); // cycles start at 0, 2, 6
+    /// assert!((rates[1] - 0.05).abs() < 1e-15 && (rates[4] - 0.05).abs() < 1e-15);
+    /// # Ok::<(), rnn_core::error::RnnError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] unless `t_0 > 0`, `t_mult > 0` and `eta_min` is finite and
+    /// non-negative.
+    pub fn cosine_restarts(t_0: u64, t_mult: u64, eta_min: f64) -> Result<Self> {
+        positive_count("cosine restarts t_0", t_0)?;
+        positive_count("cosine restarts t_mult", t_mult)?;
+        lowest_rate("cosine restarts eta_min", eta_min)?;
+        Ok(Self::CosineRestarts {
+            t_0,
+            t_mult,
+            eta_min,
+        })
     }
 
     /// The rate `n` updates into the decay, from `base`.
@@ -96,12 +131,32 @@ impl Decay {
             Self::Constant => base,
             Self::Step { every, gamma } => base * gamma.powf((n / every) as f64),
             Self::Exponential { gamma } => base * gamma.powf(n as f64),
-            Self::Cosine { t_max, eta_min } => {
-                let phase = PI * n as f64 / t_max as f64;
-                eta_min + (base - eta_min) * (1.0 + phase.cos()) / 2.0
+            Self::Cosine { t_max, eta_min } => cosine(base, eta_min, n, t_max),
+            Self::CosineRestarts {
+                t_0,
+                t_mult,
+                eta_min,
+            } => {
+                // The cycle update n falls in, as PyTorch steps through them.
+                let (mut t_cur, mut t_i) = (n, t_0);
+                if t_mult == 1 {
+                    t_cur %= t_0;
+                }
+                while t_cur >= t_i {
+                    t_cur -= t_i;
+                    // (Cycles grow geometrically: at most 64 turns before t_i saturates.)
+                    t_i = t_i.saturating_mul(t_mult);
+                }
+                cosine(base, eta_min, t_cur, t_i)
             }
         }
     }
+}
+
+/// `eta_min + (base - eta_min) (1 + cos(π n / t)) / 2`, in PyTorch's order of operations.
+fn cosine(base: f64, eta_min: f64, n: u64, t: u64) -> f64 {
+    let phase = PI * n as f64 / t as f64;
+    eta_min + (base - eta_min) * (1.0 + phase.cos()) / 2.0
 }
 
 /// A linear warm-up: the rate climbs from `start_factor · base` to `base` over `steps`
@@ -172,6 +227,15 @@ impl LrSchedule {
 fn positive_count(what: &str, n: u64) -> Result<()> {
     if n == 0 {
         return Err(RnnError::Config(format!("{what} = 0: it must be positive")));
+    }
+    Ok(())
+}
+
+fn lowest_rate(what: &str, eta_min: f64) -> Result<()> {
+    if !(eta_min.is_finite() && eta_min >= 0.0) {
+        return Err(RnnError::Config(format!(
+            "{what} = {eta_min}: it must be finite and non-negative"
+        )));
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use rnn_core::schedule::{Decay, EarlyStopping, LrSchedule, Plateau, Threshold, V
 
 /// `opt.param_groups[0]["lr"]` before each of 12 `opt.step(); sched.step()` rounds, base
 /// rate 0.1, printed by torch 2.15.
-const TORCH: [(&str, [f64; 12]); 5] = [
+const TORCH: [(&str, [f64; 12]); 7] = [
     // StepLR(step_size=3, gamma=0.5)
     (
         "step",
@@ -80,6 +80,42 @@ const TORCH: [(&str, [f64; 12]); 5] = [
             0.025,
         ],
     ),
+    // CosineAnnealingWarmRestarts(T_0=3, T_mult=2, eta_min=0.01): cycles of 3, 6, 12.
+    (
+        "restarts",
+        [
+            0.1,
+            0.0775,
+            0.032500000000000015,
+            0.1,
+            0.09397114317029975,
+            0.0775,
+            0.05500000000000001,
+            0.032500000000000015,
+            0.01602885682970026,
+            0.1,
+            0.09846666218300808,
+            0.09397114317029975,
+        ],
+    ),
+    // CosineAnnealingWarmRestarts(T_0=4, T_mult=1): cycles of 4.
+    (
+        "restarts_even",
+        [
+            0.1,
+            0.08535533905932738,
+            0.05,
+            0.014644660940672627,
+            0.1,
+            0.08535533905932738,
+            0.05,
+            0.014644660940672627,
+            0.1,
+            0.08535533905932738,
+            0.05,
+            0.014644660940672627,
+        ],
+    ),
 ];
 
 fn schedule(name: &str) -> LrSchedule {
@@ -90,6 +126,8 @@ fn schedule(name: &str) -> LrSchedule {
         "warmup" => LrSchedule::new(Decay::Constant)
             .with_warmup(4, 0.25)
             .unwrap(),
+        "restarts" => LrSchedule::new(Decay::cosine_restarts(3, 2, 0.01).unwrap()),
+        "restarts_even" => LrSchedule::new(Decay::cosine_restarts(4, 1, 0.0).unwrap()),
         "warmup_cosine" => LrSchedule::new(Decay::cosine(6, 0.0).unwrap())
             .with_warmup(3, 0.2)
             .unwrap(),
@@ -112,6 +150,24 @@ fn rates_match_pytorch() {
 }
 
 #[test]
+fn restarts_reach_any_update_count() {
+    for t_mult in [1, 2, 7] {
+        let s = LrSchedule::new(Decay::cosine_restarts(3, t_mult, 0.01).unwrap());
+        for n in [u64::MAX, u64::MAX / 3, 1 << 40] {
+            let rate = s.rate(0.1, n);
+            assert!(
+                (0.01..=0.1).contains(&rate),
+                "t_mult {t_mult}, update {n}: {rate}"
+            );
+        }
+    }
+    // Cycles of 3, 6, 12, ...: update 3 + 6 + 12 = 21 starts the fourth at the base rate.
+    let s = LrSchedule::new(Decay::cosine_restarts(3, 2, 0.0).unwrap());
+    assert_eq!(s.rate(0.1, 21), 0.1);
+    assert!(s.rate(0.1, 20) < 0.01);
+}
+
+#[test]
 fn bad_schedules_are_typed_errors() {
     for (e, says) in [
         (Decay::step(0, 0.5).unwrap_err(), "step decay every = 0"),
@@ -119,6 +175,12 @@ fn bad_schedules_are_typed_errors() {
         (Decay::exponential(f64::NAN).unwrap_err(), "gamma = NaN"),
         (Decay::cosine(0, 0.0).unwrap_err(), "cosine t_max = 0"),
         (Decay::cosine(5, -1.0).unwrap_err(), "eta_min = -1"),
+        (Decay::cosine_restarts(0, 2, 0.0).unwrap_err(), "t_0 = 0"),
+        (Decay::cosine_restarts(3, 0, 0.0).unwrap_err(), "t_mult = 0"),
+        (
+            Decay::cosine_restarts(3, 2, f64::INFINITY).unwrap_err(),
+            "eta_min = inf",
+        ),
         (
             LrSchedule::new(Decay::Constant)
                 .with_warmup(0, 0.5)
