@@ -361,10 +361,11 @@ impl Ctc {
             dlogits.fill(T::zero());
             let c = self.classes;
             for (s, seq) in per.iter().enumerate() {
+                let scale = scale(s);
                 for (t, grad) in seq.grads.chunks_exact(c).enumerate() {
                     let row = &mut dlogits[(t * b + s) * c..][..c];
                     for (d, g) in row.iter_mut().zip(grad) {
-                        *d = T::of(g * scale(s));
+                        *d = T::of(g * scale);
                     }
                 }
             }

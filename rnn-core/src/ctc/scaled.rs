@@ -1,7 +1,12 @@
 //! The CTC recursions on probabilities rescaled at every step (Graves et al., 2006, section
-//! 4.1): a multiply-add per state and step where log space pays an `exp` and a `ln`, about
-//! ten times faster. The loss is the sum of the logarithms of the scales. A sequence whose
-//! scaled values fall out of f64's range ([`TINY`]) goes to [`super::log_space`] instead.
+//! 4.1): a multiply-add per state and step where log space pays an `exp` and a `ln`. The
+//! loss is the sum of the logarithms of the scales. A sequence whose scaled values fall out
+//! of f64's range ([`TINY`]) goes to [`super::log_space`] instead.
+//!
+//! Each step visits only the states a path through it can be in ([`Lattice::window`]): at
+//! most `2(t + 1)` states in after `t + 1` steps, and within reach of the end in the steps
+//! left. Rows are padded with two zeros before (`α`) or after (`β`) so the recursions run
+//! without a branch per state.
 
 use kernels::Float;
 
@@ -22,21 +27,83 @@ pub(super) fn sequence_loss<T: Float>(
     path: &Extended<'_>,
     with_grads: bool,
 ) -> Option<SequenceLoss> {
-    let (c, states) = (rows.classes, path.states());
+    let lattice = Lattice::new(path, length);
     let probs = softmax(rows, length);
-    let (alpha, log_scale) = forward(&probs, c, path)?;
-    let last = &alpha[(length - 1) * states..];
-    let end = last[states - 1] + if states > 1 { last[states - 2] } else { 0.0 };
+    let emit = lattice.emissions(&probs);
+    let (alpha, log_scale) = forward(&emit, &lattice)?;
+    // A path ends at the trailing blank or the last label (the row's last two values).
+    let end: f64 = alpha[length * lattice.width() - 2..].iter().sum();
     if end < TINY {
         return None;
     }
     let loss = -(log_scale + end.ln());
     let mut grads = Vec::new();
     if with_grads {
-        grads = vec![0.0; length * c];
-        backward_gradient(&mut grads, &probs, &alpha, path)?;
+        grads = vec![0.0; length * rows.classes];
+        backward_gradient(&mut grads, &probs, &emit, &alpha, &lattice)?;
     }
     Some(SequenceLoss { loss, grads })
+}
+
+/// A target's states laid out for the recursions.
+struct Lattice {
+    /// Each state's class.
+    class: Vec<usize>,
+    /// 1 where a path may reach the state from two states back (skipping a blank between
+    /// different labels), else 0; two more zeros after the last state.
+    skip: Vec<f64>,
+    /// The sequence's steps.
+    length: usize,
+}
+
+impl Lattice {
+    fn new(path: &Extended<'_>, length: usize) -> Self {
+        let states = path.states();
+        let class = (0..states).map(|s| path.class(s)).collect();
+        let skip = (0..states + 2)
+            .map(|s| {
+                if s < states && path.skips_to(s) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Self {
+            class,
+            skip,
+            length,
+        }
+    }
+
+    fn states(&self) -> usize {
+        self.class.len()
+    }
+
+    /// A row of `α̂` or `β̂`: the states and two zeros of padding.
+    fn width(&self) -> usize {
+        self.states() + 2
+    }
+
+    /// Each state's probability at each step, `[length, states]`: `probs` (`[length, C]`)
+    /// at the state's class, gathered once for both recursions, which then stream.
+    fn emissions(&self, probs: &[f64]) -> Vec<f64> {
+        let c = probs.len() / self.length;
+        let mut emit = Vec::with_capacity(self.length * self.states());
+        for p in probs.chunks_exact(c) {
+            emit.extend(self.class.iter().map(|&k| p[k]));
+        }
+        emit
+    }
+
+    /// The states a path reading the target can be in at step `t`: those it reaches in
+    /// `t + 1` steps (two states a step at most) from which the end is reachable in the
+    /// steps left. Outside it `α̂` or `β̂` is 0, or the state takes no part.
+    fn window(&self, t: usize) -> (usize, usize) {
+        let states = self.states();
+        let from = states.saturating_sub(2 * (self.length - t));
+        (from, states.min(2 * (t + 1)))
+    }
 }
 
 /// `softmax` of each of the sequence's first `length` steps' logits, `[length, C]`, in f64.
@@ -54,9 +121,24 @@ fn softmax<T: Float>(rows: &Rows<'_, T>, length: usize) -> Vec<f64> {
     probs
 }
 
+/// The sum of `values`, in four running sums: one running sum is a chain of dependent adds,
+/// four latencies a value, and the recursions take several sums of a few hundred values
+/// each step.
+fn sum(values: &[f64]) -> f64 {
+    let mut lanes = [0.0; 4];
+    let chunks = values.chunks_exact(4);
+    let rest: f64 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + rest
+}
+
 /// Divides `values` by their sum and returns it, or `None` for a sum below [`TINY`].
 fn normalize(values: &mut [f64]) -> Option<f64> {
-    let sum: f64 = values.iter().sum();
+    let sum = sum(values);
     if sum < TINY {
         return None;
     }
@@ -65,32 +147,32 @@ fn normalize(values: &mut [f64]) -> Option<f64> {
     Some(sum)
 }
 
-/// `α̂_t(s)`, `[length, states]`: the probability of the paths through steps `0..=t` that
-/// end in state `s`, divided by the sum over `s` (each step's sum is 1); and `ln Π_t` of the
-/// sums divided by, to which the log probability of the target adds that of the last step's
-/// scaled end states.
-fn forward(probs: &[f64], c: usize, path: &Extended<'_>) -> Option<(Vec<f64>, f64)> {
-    let (length, states) = (probs.len() / c, path.states());
-    let p = |t: usize, state: usize| probs[t * c + path.class(state)];
-    let mut alpha = vec![0.0; length * states];
-    // A path starts at the leading blank or the first label.
-    for state in 0..states.min(2) {
-        alpha[state] = p(0, state);
-    }
-    let mut log_scale = normalize(&mut alpha[..states])?.ln();
-    for t in 1..length {
-        let (before, now) = alpha.split_at_mut(t * states);
-        let prev = &before[(t - 1) * states..];
-        let now = &mut now[..states];
-        for state in 0..states {
-            let mut a = prev[state];
-            if state >= 1 {
-                a += prev[state - 1];
+/// `α̂_t(s)`, `[length, 2 + states]` (two zeros, then the states): the probability of the
+/// paths through steps `0..=t` that end in state `s`, divided by the sum over the step's
+/// window; and `ln Π_t` of the sums divided by, to which the log probability of the target
+/// adds that of the last step's scaled end states.
+fn forward(emit: &[f64], lattice: &Lattice) -> Option<(Vec<f64>, f64)> {
+    let (length, w, states) = (lattice.length, lattice.width(), lattice.states());
+    let mut alpha = vec![0.0; length * w];
+    let mut log_scale = 0.0;
+    for t in 0..length {
+        let (from, to) = lattice.window(t);
+        let (before, now) = alpha.split_at_mut(t * w);
+        let e = &emit[t * states..][from..to];
+        let now = &mut now[2 + from..2 + to];
+        if t == 0 {
+            // A path starts at the leading blank or the first label.
+            let starts = to.min(2).saturating_sub(from);
+            now[..starts].copy_from_slice(&e[..starts]);
+        } else {
+            // State s at `2 + s`: from itself, the state before, and two before.
+            let prev = &before[(t - 1) * w..];
+            let skip = &lattice.skip[from..to];
+            let stays = prev[2 + from..2 + to].iter().zip(&prev[1 + from..1 + to]);
+            let comes = stays.zip(&prev[from..to]).zip(skip).zip(e);
+            for (now, ((((same, before), two_before), skip), e)) in now.iter_mut().zip(comes) {
+                *now = (same + before + skip * two_before) * e;
             }
-            if path.skips_to(state) {
-                a += prev[state - 2];
-            }
-            now[state] = a * p(t, state);
         }
         log_scale += normalize(now)?.ln();
     }
@@ -105,43 +187,63 @@ fn forward(probs: &[f64], c: usize, path: &Extended<'_>) -> Option<(Vec<f64>, f6
 fn backward_gradient(
     grads: &mut [f64],
     probs: &[f64],
+    emit: &[f64],
     alpha: &[f64],
-    path: &Extended<'_>,
+    lattice: &Lattice,
 ) -> Option<()> {
-    let states = path.states();
-    let length = alpha.len() / states;
+    let (length, w, states) = (lattice.length, lattice.width(), lattice.states());
     let c = probs.len() / length;
-    let mut beta = vec![0.0; states];
+    // `β̂` and the same times the next step's probabilities: the states, then two zeros.
+    let mut beta = vec![0.0; w];
+    let mut emitted = vec![0.0; w];
     // After the last step a path must be at the trailing blank or the last label.
-    for state in states.saturating_sub(2)..states {
-        beta[state] = 1.0;
-    }
-    let mut emitted = vec![0.0; states];
+    beta[states.saturating_sub(2)..states].fill(1.0);
     let mut through = vec![0.0; c];
+    let mut both = vec![0.0; states];
     for t in (0..length).rev() {
+        let (from, to) = lattice.window(t);
         if t + 1 < length {
             // β̂_t(s) = Σ over the states s' step t + 1 may move to of p_{t+1}(s') β̂_{t+1}(s').
-            for state in 0..states {
-                emitted[state] = beta[state] * probs[(t + 1) * c + path.class(state)];
+            let e = &emit[(t + 1) * states..][..states];
+            let (next_from, next_to) = lattice.window(t + 1);
+            emitted.fill(0.0);
+            let next = next_from..next_to;
+            for ((out, b), e) in emitted[next.clone()]
+                .iter_mut()
+                .zip(&beta[next.clone()])
+                .zip(&e[next])
+            {
+                *out = b * e;
             }
-            for state in 0..states {
-                let mut b = emitted[state];
-                if state + 1 < states {
-                    b += emitted[state + 1];
-                }
-                if state + 2 < states && path.skips_to(state + 2) {
-                    b += emitted[state + 2];
-                }
-                beta[state] = b;
+            let goes = emitted[from..to].iter().zip(&emitted[from + 1..to + 1]);
+            let goes = goes
+                .zip(&emitted[from + 2..to + 2])
+                .zip(&lattice.skip[from + 2..to + 2]);
+            for (beta, (((same, after), two_after), skip)) in beta[from..to].iter_mut().zip(goes) {
+                *beta = same + after + skip * two_after;
             }
-            normalize(&mut beta)?;
+            beta[..from].fill(0.0);
+            beta[to..].fill(0.0);
+            normalize(&mut beta[from..to])?;
         }
+        let a = &alpha[t * w + 2..][..states];
+        for s in from..to {
+            both[s] = a[s] * beta[s];
+        }
+        let overlap = sum(&both[from..to]);
+        // The blank states (2i) all go to one class: summed apart in two running sums, not
+        // added one by one into one slot of `through`, which chains each add to the store
+        // before. The label states (2i + 1) go to their labels' classes.
         through.fill(0.0);
-        let mut overlap = 0.0;
-        for (state, (a, b)) in alpha[t * states..][..states].iter().zip(&beta).enumerate() {
-            let both = a * b;
-            through[path.class(state)] += both;
-            overlap += both;
+        let blanks = &both[2 * from.div_ceil(2)..to];
+        let (mut even, mut odd) = (0.0, 0.0);
+        for pair in blanks.chunks(4) {
+            even += pair[0];
+            odd += pair.get(2).copied().unwrap_or(0.0);
+        }
+        through[lattice.class[0]] = even + odd;
+        for i in from / 2..to / 2 {
+            through[lattice.class[2 * i + 1]] += both[2 * i + 1];
         }
         if overlap < TINY {
             return None;
