@@ -10,7 +10,7 @@
 //! summed by the forward-backward recursions in f64 whatever `T` is: on probabilities
 //! rescaled at every step (a multiply-add per state and step), or in log space for a
 //! sequence whose rescaled values would leave f64's range (an `exp` and a `ln` each; about
-//! ten times slower, exact at any probability). Sequences run in parallel on the current
+//! an order of magnitude slower, exact at any probability). Sequences run in parallel on the current
 //! rayon pool (a trainer's threads in [`Ctc::step`]), with the same bits on any number of
 //! threads. CTC scores whole sequences: not [`crate::tbptt::Tbptt`]'s chunks.
 //! Reductions as PyTorch's: `mean` divides each sequence's loss by its target's length (at
