@@ -9,10 +9,10 @@
 //! the target once repeats are merged and blanks dropped (a blank must part two equal labels),
 //! summed by the forward-backward recursions in f64 whatever `T` is: on probabilities
 //! rescaled at every step (a multiply-add per state and step), or in log space for a
-//! sequence whose rescaled values would leave f64's range (an `exp` and a `ln` each; about
-//! an order of magnitude slower, exact at any probability). Sequences run in parallel on the current
-//! rayon pool (a trainer's threads in [`Ctc::step`]), with the same bits on any number of
-//! threads. CTC scores whole sequences: not [`crate::tbptt::Tbptt`]'s chunks.
+//! sequence whose rescaled values would leave f64's range (an `exp` and a `ln` each: an
+//! order of magnitude slower, exact at any probability). Sequences run in parallel on the
+//! current rayon pool (a trainer's threads in [`Ctc::step`]), with the same bits on any
+//! number of threads. CTC scores whole sequences: not [`crate::tbptt::Tbptt`]'s chunks.
 //! Reductions as PyTorch's: `mean` divides each sequence's loss by its target's length (at
 //! least 1) and averages over the batch, `sum` adds them up; [`Ctc::sequence_losses`] gives
 //! each one (`reduction="none"`). A target that no path of its sequence's steps can read
