@@ -669,3 +669,52 @@ fn trainers_and_batches_it_cannot_read_are_refused() {
     assert_eq!(tr.apply_accumulated().unwrap().loss, want.loss);
     assert_eq!(tr.params, once.params);
 }
+
+/// The fewest steps that read `target`: a step per label and one per blank between equal
+/// neighbours.
+fn fewest_steps(target: &[usize]) -> usize {
+    target.len() + target.windows(2).filter(|w| w[0] == w[1]).count()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// At any scale of logits (at 2000 every path's probability leaves f64's range and the
+    /// log-space recursions take over): a loss is infinite exactly when the target needs more
+    /// steps than its sequence has, else finite and non-negative; each scored step's
+    /// gradient is `softmax - γ` with `γ` a distribution (entries in [-1, 1], summing to 0);
+    /// steps past a length and impossible targets take none. (At 2000 the log-space
+    /// gradient subtracts exponents of 10^4-10^5, so it is exact to 1e-11, not 1e-16.)
+    #[test]
+    fn losses_and_gradients_keep_their_shape_at_any_scale(
+        (t, b, c) in (1usize..40, 1usize..5, 2usize..12),
+        scale in proptest::sample::select(vec![0.1, 3.0, 50.0, 2000.0]),
+        seed in 0u64..1000,
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let targets: Vec<Vec<usize>> = (0..b).map(|_| target(&mut rng, 15, c)).collect();
+        let lengths: Vec<usize> = (0..b).map(|_| rng.random_range(1..=t)).collect();
+        let y: Vec<f64> = logits(&mut rng, t, b, c).iter().map(|v| v * scale).collect();
+        let ctc = Ctc::new(&targets, c, 0).unwrap().with_reduction(Reduction::Sum);
+        let losses = ctc.sequence_losses(&y, t, Some(&lengths)).unwrap();
+        for s in 0..b {
+            let possible = fewest_steps(&targets[s]) <= lengths[s];
+            proptest::prop_assert_eq!(losses[s].is_finite(), possible, "sequence {}", s);
+            proptest::prop_assert!(!possible || losses[s] >= -1e-12, "{}", losses[s]);
+        }
+        let mut d = vec![f64::NAN; y.len()];
+        let total = ctc.zero_infinity().loss_and_grads(&y, t, Some(&lengths), &mut d).unwrap();
+        let finite: f64 = losses.iter().filter(|l| l.is_finite()).sum();
+        proptest::prop_assert!((total - finite).abs() <= 1e-9 * (1.0 + finite));
+        for (row, grad) in d.chunks_exact(c).enumerate() {
+            let (step, s) = (row / b, row % b);
+            let scored = step < lengths[s] && losses[s].is_finite();
+            let sum: f64 = grad.iter().sum();
+            proptest::prop_assert!(grad.iter().all(|g| (-1.0 - 1e-9..=1.0 + 1e-9).contains(g)), "{:?}", grad);
+            proptest::prop_assert!(sum.abs() <= 1e-9, "step {}, sequence {}: sums to {}", step, s, sum);
+            if !scored {
+                proptest::prop_assert!(grad.iter().all(|&g| g == 0.0), "step {}, sequence {}: {:?}", step, s, grad);
+            }
+        }
+    }
+}
