@@ -1,6 +1,7 @@
 //! The CTC loss (`cargo bench -p bench-suite --bench ctc`): its loss and gradient over
 //! logits of a speech-like shape (T = 500 steps, B = 32 sequences, C = 30 classes, targets of
-//! 100 labels), f32, on one thread and two; and a training step of an LSTM (I = 40,
+//! 100 labels), f32, on one thread and two; greedy and beam-search (16 wide) decoding of
+//! those logits, one thread; and a training step of an LSTM (I = 40,
 //! H = 256) through it against the same step through a loss of one's own that costs nothing,
 //! one thread: the loss's share of a step. `python3 scripts/torch_ctc_bench.py` times
 //! PyTorch's `F.ctc_loss` forward and backward on the same shape.
@@ -9,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rnn_core::ctc::Ctc;
+use rnn_core::ctc::{Ctc, beam_decode, greedy_decode};
 use rnn_core::prelude::*;
 
 const T: usize = 500;
@@ -44,6 +45,23 @@ fn ctc(c: &mut Criterion) {
             })
         });
     }
+
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    group.bench_function("greedy_decode_threads1", |bch| {
+        bch.iter(|| {
+            one.install(|| greedy_decode(black_box(&logits), T, B, C, 0, None))
+                .unwrap()
+        })
+    });
+    group.bench_function("beam_decode_w16_threads1", |bch| {
+        bch.iter(|| {
+            one.install(|| beam_decode(black_box(&logits), T, B, C, 0, None, 16))
+                .unwrap()
+        })
+    });
 
     let x: Vec<f32> = (0..T * B * I)
         .map(|_| rng.random_range(-1.0..1.0))

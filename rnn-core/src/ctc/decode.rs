@@ -1,12 +1,10 @@
 //! Reading a CTC model's outputs back into labels: by best path ([`greedy_decode`]) or by
 //! prefix beam search ([`beam_decode`]).
 
-use std::collections::HashMap;
-
 use kernels::Float;
 use rayon::prelude::*;
 
-use super::log_space::{log_add, log_softmax};
+use super::log_space::log_softmax;
 use super::{Rows, blank_not_a_class, check_shape};
 use crate::error::{Result, RnnError};
 
@@ -96,12 +94,19 @@ pub fn beam_decode<T: Float>(
         [steps, batch, classes],
         blank,
         lengths,
-        |rows, length| beam_search(&log_softmax(rows, length), classes, blank, width),
+        |rows, length| {
+            let probs: Vec<f64> = log_softmax(rows, length)
+                .iter()
+                .map(|lp| lp.exp())
+                .collect();
+            beam_search(&probs, classes, blank, width)
+        },
     )
 }
 
-/// A prefix's log probabilities over the paths so far that read as it: those ending in a
-/// blank, and those ending in its last label.
+/// A prefix's probabilities over the paths so far that read as it (relative to the
+/// likeliest prefix's at the step before): those ending in a blank, and those ending in its
+/// last label.
 #[derive(Clone, Copy)]
 struct Ends {
     blank: f64,
@@ -110,53 +115,171 @@ struct Ends {
 
 impl Ends {
     const NONE: Self = Self {
-        blank: f64::NEG_INFINITY,
-        label: f64::NEG_INFINITY,
+        blank: 0.0,
+        label: 0.0,
     };
 
     fn total(self) -> f64 {
-        log_add(self.blank, self.label)
+        self.blank + self.label
     }
 }
 
-/// The likeliest labelling of one sequence's `log_probs` (`[length, C]`) kept in a beam of
-/// `width` prefixes.
-fn beam_search(log_probs: &[f64], c: usize, blank: usize, width: usize) -> Vec<usize> {
-    let mut beam = vec![(
-        Vec::new(),
-        Ends {
-            blank: 0.0,
-            label: f64::NEG_INFINITY,
-        },
-    )];
-    let mut next: HashMap<Vec<usize>, Ends> = HashMap::new();
-    for lp in log_probs.chunks_exact(c) {
-        for (prefix, ends) in &beam {
-            let total = ends.total();
-            // A blank keeps the prefix.
-            let kept = next.entry(prefix.clone()).or_insert(Ends::NONE);
-            kept.blank = log_add(kept.blank, total + lp[blank]);
-            for k in (0..c).filter(|&k| k != blank) {
-                let repeats = prefix.last() == Some(&k);
-                if repeats {
-                    // The last label again, no blank between: the same prefix.
-                    let kept = next.entry(prefix.clone()).or_insert(Ends::NONE);
-                    kept.label = log_add(kept.label, ends.label + lp[k]);
-                }
-                // A longer prefix: after a blank, or after another label.
-                let from = if repeats { ends.blank } else { total };
-                let mut longer = prefix.clone();
-                longer.push(k);
-                let grown = next.entry(longer).or_insert(Ends::NONE);
-                grown.label = log_add(grown.label, from + lp[k]);
+/// The prefixes a beam has held, as a tree: a prefix is its parent and its last label, so
+/// growing one by a label is one entry, not a copy of the labels before it.
+struct Prefixes {
+    /// Each prefix's parent and last label; prefix 0 is the empty one.
+    nodes: Vec<(u32, usize)>,
+    /// Each prefix's children made so far, by label (a few at most: only prefixes that
+    /// entered the beam are made).
+    children: Vec<Vec<(usize, u32)>>,
+}
+
+impl Prefixes {
+    fn new() -> Self {
+        Self {
+            nodes: vec![(0, usize::MAX)],
+            children: vec![Vec::new()],
+        }
+    }
+
+    fn child(&self, prefix: u32, label: usize) -> Option<u32> {
+        let children = &self.children[prefix as usize];
+        children
+            .iter()
+            .find(|&&(l, _)| l == label)
+            .map(|&(_, child)| child)
+    }
+
+    /// Makes the prefix `prefix` and then `label` (not made before).
+    fn grow(&mut self, prefix: u32, label: usize) -> u32 {
+        let child = self.nodes.len() as u32;
+        self.nodes.push((prefix, label));
+        self.children.push(Vec::new());
+        self.children[prefix as usize].push((label, child));
+        child
+    }
+
+    fn last(&self, prefix: u32) -> Option<usize> {
+        (prefix != 0).then(|| self.nodes[prefix as usize].1)
+    }
+
+    fn labels(&self, mut prefix: u32) -> Vec<usize> {
+        let mut labels = Vec::new();
+        while prefix != 0 {
+            let (parent, label) = self.nodes[prefix as usize];
+            labels.push(label);
+            prefix = parent;
+        }
+        labels.reverse();
+        labels
+    }
+}
+
+/// A prefix a step reaches: one made before, or a new one, a prefix and a label more.
+#[derive(Clone, Copy)]
+enum Candidate {
+    Made(u32),
+    New(u32, usize),
+}
+
+/// The prefixes a step reaches, with their probabilities, in the order first reached.
+struct Reached {
+    candidates: Vec<(Candidate, Ends)>,
+    /// Each made prefix's place in `candidates`, `u32::MAX` when not reached this step.
+    slot: Vec<u32>,
+}
+
+impl Reached {
+    /// The probabilities of made prefix `prefix`.
+    fn made(&mut self, prefix: u32) -> &mut Ends {
+        let p = prefix as usize;
+        if p >= self.slot.len() {
+            self.slot.resize(p + 1, u32::MAX);
+        }
+        if self.slot[p] == u32::MAX {
+            self.slot[p] = self.candidates.len() as u32;
+            self.candidates.push((Candidate::Made(prefix), Ends::NONE));
+        }
+        &mut self.candidates[self.slot[p] as usize].1
+    }
+
+    /// The `width` likeliest candidates, likeliest first (the first reached first among
+    /// equals), their new prefixes made; nothing reached after.
+    fn likeliest(&mut self, width: usize, prefixes: &mut Prefixes) -> Vec<(u32, Ends)> {
+        for &(candidate, _) in &self.candidates {
+            if let Candidate::Made(p) = candidate {
+                self.slot[p as usize] = u32::MAX;
             }
         }
-        beam = next.drain().collect();
-        // Likeliest first; equal ones by prefix, so the hash order never decides.
-        beam.sort_by(|(p, a), (q, b)| b.total().total_cmp(&a.total()).then_with(|| p.cmp(q)));
-        beam.truncate(width);
+        let mut order: Vec<u32> = (0..self.candidates.len() as u32).collect();
+        let total = |i: &u32| self.candidates[*i as usize].1.total();
+        let likelier = |a: &u32, b: &u32| total(b).total_cmp(&total(a)).then(a.cmp(b));
+        if order.len() > width {
+            order.select_nth_unstable_by(width - 1, likelier);
+            order.truncate(width);
+        }
+        order.sort_unstable_by(likelier);
+        let beam = order
+            .iter()
+            .map(|&i| match self.candidates[i as usize] {
+                (Candidate::Made(p), ends) => (p, ends),
+                (Candidate::New(p, label), ends) => (prefixes.grow(p, label), ends),
+            })
+            .collect();
+        self.candidates.clear();
+        beam
     }
-    beam.swap_remove(0).0
+}
+
+/// The likeliest labelling of one sequence's probabilities `probs` (`[length, C]`) kept in a
+/// beam of `width` prefixes. Each step's probabilities are divided by the likeliest prefix's,
+/// so they stay in range whatever the length (a prefix that falls below f64's range beside
+/// the likeliest has no chance of being read anyway).
+fn beam_search(probs: &[f64], c: usize, blank: usize, width: usize) -> Vec<usize> {
+    let mut prefixes = Prefixes::new();
+    let mut reached = Reached {
+        candidates: Vec::new(),
+        slot: Vec::new(),
+    };
+    let start = Ends {
+        blank: 1.0,
+        label: 0.0,
+    };
+    let mut beam = vec![(0u32, start)];
+    for p in probs.chunks_exact(c) {
+        for &(prefix, ends) in &beam {
+            let total = ends.total();
+            // A blank keeps the prefix.
+            reached.made(prefix).blank += total * p[blank];
+            let last = prefixes.last(prefix);
+            for k in (0..c).filter(|&k| k != blank) {
+                let repeats = last == Some(k);
+                if repeats {
+                    // The last label again, no blank between: the same prefix.
+                    reached.made(prefix).label += ends.label * p[k];
+                }
+                // A longer prefix: after a blank, or after another label. One made before
+                // may be in the beam too, and the two must add up; a new one is reached
+                // from this prefix only.
+                let from = if repeats { ends.blank } else { total };
+                let label = from * p[k];
+                match prefixes.child(prefix, k) {
+                    Some(child) => reached.made(child).label += label,
+                    None => {
+                        let ends = Ends { blank: 0.0, label };
+                        reached.candidates.push((Candidate::New(prefix, k), ends));
+                    }
+                }
+            }
+        }
+        beam = reached.likeliest(width, &mut prefixes);
+        let scale = 1.0 / beam[0].1.total();
+        for (_, ends) in &mut beam {
+            ends.blank *= scale;
+            ends.label *= scale;
+        }
+    }
+    prefixes.labels(beam[0].0)
 }
 
 /// `decode(rows, length)` of each sequence of checked logits, in parallel.
