@@ -4,7 +4,7 @@
 use kernels::Float;
 use rayon::prelude::*;
 
-use super::log_space::log_softmax;
+use super::scaled::softmax;
 use super::{Rows, blank_not_a_class, check_shape};
 use crate::error::{Result, RnnError};
 
@@ -94,13 +94,7 @@ pub fn beam_decode<T: Float>(
         [steps, batch, classes],
         blank,
         lengths,
-        |rows, length| {
-            let probs: Vec<f64> = log_softmax(rows, length)
-                .iter()
-                .map(|lp| lp.exp())
-                .collect();
-            beam_search(&probs, classes, blank, width)
-        },
+        |rows, length| beam_search(&softmax(rows, length), classes, blank, width),
     )
 }
 

@@ -47,7 +47,7 @@ pub(super) fn sequence_loss<T: Float>(
 
 /// `log softmax` of each of the sequence's first `length` steps' logits, `[length, C]`, in
 /// f64.
-pub(super) fn log_softmax<T: Float>(rows: &Rows<'_, T>, length: usize) -> Vec<f64> {
+fn log_softmax<T: Float>(rows: &Rows<'_, T>, length: usize) -> Vec<f64> {
     let mut log_probs = vec![0.0; length * rows.classes];
     for (t, lp) in log_probs.chunks_exact_mut(rows.classes).enumerate() {
         let y = rows.at(t);
@@ -145,7 +145,7 @@ fn gradient(
 }
 
 /// `ln(e^a + e^b)`, exact at `-∞`.
-pub(super) fn log_add(a: f64, b: f64) -> f64 {
+fn log_add(a: f64, b: f64) -> f64 {
     let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
     if lo == f64::NEG_INFINITY {
         return hi;

@@ -107,7 +107,7 @@ impl Lattice {
 }
 
 /// `softmax` of each of the sequence's first `length` steps' logits, `[length, C]`, in f64.
-fn softmax<T: Float>(rows: &Rows<'_, T>, length: usize) -> Vec<f64> {
+pub(super) fn softmax<T: Float>(rows: &Rows<'_, T>, length: usize) -> Vec<f64> {
     let mut probs = vec![0.0; length * rows.classes];
     for (t, p) in probs.chunks_exact_mut(rows.classes).enumerate() {
         let y = rows.at(t);
