@@ -111,6 +111,8 @@ impl OptimizerArg {
 enum ScheduleArg {
     Constant,
     Cosine,
+    /// Cosine cycles of 1, 2 and 4 sevenths of the updates, each restarting at --lr.
+    Restarts,
     /// Halve the rate after two validations in a row without a better score.
     Plateau,
 }
@@ -122,6 +124,10 @@ fn lr_schedule(args: &Args) -> Result<LrSchedule, String> {
         ScheduleArg::Constant | ScheduleArg::Plateau => Decay::Constant,
         ScheduleArg::Cosine => {
             Decay::cosine(decay_steps, args.lr / 10.0).map_err(|e| e.to_string())?
+        }
+        ScheduleArg::Restarts => {
+            let first = decay_steps.div_ceil(7);
+            Decay::cosine_restarts(first, 2, args.lr / 10.0).map_err(|e| e.to_string())?
         }
     };
     let schedule = LrSchedule::new(decay);
@@ -188,8 +194,10 @@ struct Args {
     lr: f64,
     /// Learning-rate schedule after any warm-up: constant, cosine down to --lr / 10 at
     /// update --steps (PyTorch's CosineAnnealingLR; resuming with another --steps bends the
-    /// curve from there), or plateau: halved after two validations without a better score
-    /// (ReduceLROnPlateau; needs --validation and --eval-every).
+    /// curve from there), restarts: three such cycles, each twice the last and restarting at
+    /// --lr (CosineAnnealingWarmRestarts, T_mult = 2), or plateau: halved after two
+    /// validations without a better score (ReduceLROnPlateau; needs --validation and
+    /// --eval-every).
     #[arg(long, value_enum, default_value = "constant")]
     lr_schedule: ScheduleArg,
     /// Updates of linear warm-up from --lr / 10 to --lr (0: none; PyTorch's LinearLR).
