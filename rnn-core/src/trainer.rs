@@ -55,10 +55,10 @@ pub enum Memory {
     ///
     /// The budget counts what a pass sizes by its batch: the activations and their
     /// gradients, the room for products over live rows, `dL/dx`, a loss of one's own's
-    /// outputs, and in segments the saved states and the segments' gradient buffer. It
-    /// does not count what the trainer holds whatever the batch (parameters, gradients,
-    /// optimizer state) nor a ragged batch's copy in longest-first order (the batch's own
-    /// inputs and targets once more).
+    /// outputs, a batch with lengths' copy in longest-first order (its inputs, targets,
+    /// initial states and weights once more), and in segments the saved states and the
+    /// segments' gradient buffer. It does not count what the trainer holds whatever the
+    /// batch (parameters, gradients, optimizer state).
     Budget {
         /// Bytes for activations and checkpoints.
         bytes: usize,
@@ -142,6 +142,7 @@ impl Memory {
                         let head = Workspace::<T>::head_gather_room(config, s, batch, many_to_one);
                         ws += (config.passes() * room + head) * T::BYTES;
                     }
+                    let ws = ws + kept.copy;
                     if s >= seq_len {
                         ws + dx
                     } else {
@@ -172,6 +173,9 @@ struct Kept {
     own_loss: bool,
     /// The room of products over live rows only (a batch with lengths).
     ragged: bool,
+    /// The bytes of the batch's copy in longest-first order (a batch with lengths):
+    /// [`longest_first::copy_bytes`].
+    copy: usize,
     /// A pass to the final states ([`Trainer::final_states`]), which runs no head: its
     /// workspace holds the outputs of one step whatever the loss.
     final_states: bool,
@@ -1294,8 +1298,14 @@ impl<T: Float> Trainer<T> {
             // refuses the batch before it reads the segment.
             return batch.seq_len;
         }
+        let ragged = batch.lengths.is_some();
         let kept = Kept {
-            ragged: batch.lengths.is_some(),
+            ragged,
+            copy: if ragged {
+                longest_first::copy_bytes(batch)
+            } else {
+                0
+            },
             ..kept
         };
         // The outputs of the last step only under a many-to-one loss, and in a pass to the
@@ -1339,6 +1349,8 @@ impl<T: Float> Trainer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Target;
+    use crate::config::LossKind;
 
     /// A bidirectional model cannot run in segments: a budget it does not fit leaves it
     /// whole sequences (it used to pick segments the pass then refused).
@@ -1356,6 +1368,47 @@ mod tests {
     /// A memory budget counts what a pass keeps besides its workspace: with a loss of one's
     /// own (every output kept across segments) or input gradients, the segments it picks
     /// are never longer, and shorter once the budget is tight.
+    #[test]
+    fn a_budget_counts_the_longest_first_copy() {
+        let cfg = RnnConfig::lstm(64, 32, 8);
+        let (t, b) = (64, 8);
+        let (x, labels, lengths) = (vec![0.5f32; t * b * 64], vec![1; t * b], vec![t; b]);
+        let batch = Batch {
+            lengths: Some(&lengths),
+            ..Batch::new(t, b, &x, Target::Classes(&labels))
+        };
+        let copy = longest_first::copy_bytes(&batch);
+        assert_eq!(copy, t * b * 64 * 4 + (t * b + 2 * b) * 8);
+        let params = Layout::new(&cfg).len;
+        let segment = |bytes, copy| {
+            let kept = Kept {
+                ragged: true,
+                copy,
+                ..Kept::default()
+            };
+            let memory = Memory::Budget { bytes };
+            memory.segment_with::<f32>(&cfg, t, b, false, UnitSplit::Auto, kept, params)
+        };
+        // The least budget that holds a whole pass without the copy runs segments with it.
+        let fits = (1..)
+            .map(|k| k << 12)
+            .find(|&bytes| segment(bytes, 0) == t)
+            .unwrap();
+        assert!(segment(fits, copy) < t);
+        assert_eq!(segment(fits + copy, copy), t);
+        // The trainer counts it for a batch with lengths.
+        let loss = LossSpec::every_step(LossKind::CrossEntropy);
+        let tr = Trainer::<f32>::new(cfg, loss, OptimizerKind::sgd(0.1), 0)
+            .unwrap()
+            .with_memory(Memory::Budget { bytes: fits });
+        let dense = Batch {
+            lengths: None,
+            ..batch
+        };
+        assert_eq!(tr.segment_for(&dense, Kept::default()), t);
+        assert!(tr.segment_for(&batch, Kept::default()) < t);
+    }
+
     #[test]
     fn a_budget_counts_own_outputs_and_input_gradients() {
         let cfg = RnnConfig::lstm(64, 32, 256);

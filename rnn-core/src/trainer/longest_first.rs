@@ -135,6 +135,31 @@ fn room<V>(v: &mut Vec<V>, n: usize) -> Result<()> {
     vec_room(v, n, "a copy of the batch, longest first")
 }
 
+/// The bytes [`Reordered::reserve`] sizes by `batch`'s own buffers (its inputs, tokens,
+/// targets, initial states, sequence weights, order and lengths), for a
+/// [`Memory::Budget`](super::Memory::Budget) to count: the copy a batch with lengths takes,
+/// whether or not it runs on it. (The room for putting per-sequence results back is a few
+/// rows, or the size of results the budget counts already.)
+pub(super) fn copy_bytes<T: Float>(batch: &Batch<'_, T>) -> usize {
+    let index = size_of::<usize>();
+    let b = batch.lengths.map_or(0, <[usize]>::len);
+    let floats = batch.x.len()
+        + batch.h0.map_or(0, <[T]>::len)
+        + batch.c0.map_or(0, <[T]>::len)
+        + batch.sequence_weights.map_or(0, <[T]>::len)
+        + match batch.target {
+            Target::Values(v) => v.len(),
+            _ => 0,
+        };
+    let indices = batch.tokens.map_or(0, <[usize]>::len)
+        + 2 * b
+        + match batch.target {
+            Target::Classes(c) => c.len(),
+            _ => 0,
+        };
+    floats * T::BYTES + indices * index
+}
+
 impl<T: Float> Reordered<T> {
     /// Room for a copy of `batch` (with lengths), taken by every such batch, ordered or not:
     /// a trainer then allocates nothing once its largest batch has run, as its workspace.
