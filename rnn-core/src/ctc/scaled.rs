@@ -3,10 +3,11 @@
 //! loss is the sum of the logarithms of the scales. A sequence whose scaled values fall out
 //! of f64's range ([`TINY`]) goes to [`super::log_space`] instead.
 //!
-//! Each step visits only the states a path through it can be in ([`Lattice::window`]): at
-//! most `2(t + 1)` states in after `t + 1` steps, and within reach of the end in the steps
-//! left. Rows are padded with two zeros before (`α`) or after (`β`) so the recursions run
-//! without a branch per state.
+//! Each step visits only the states a path through it can be in ([`Lattice::window`]):
+//! after `t + 1` steps, one of the first `2(t + 1)`, and one from which the end is within
+//! reach in the steps left (a window never empty for a target its steps can read). Rows are
+//! padded with two zeros before (`α`) or after (`β`) so the recursions run without a branch
+//! per state.
 
 use kernels::Float;
 
