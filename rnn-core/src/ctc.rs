@@ -321,24 +321,7 @@ impl Ctc {
 
     /// Shapes, lengths and scored logits are what [`Ctc::reduce`] reads.
     fn check<T: Float>(&self, logits: &[T], steps: usize, lengths: Option<&[usize]>) -> Result<()> {
-        let (b, c) = (self.sequences(), self.classes);
-        check_shape(logits.len(), [steps, b, c], lengths)?;
-        let length = |s: usize| lengths.map_or(steps, |l| l[s]);
-        for (row, chunk) in logits.chunks_exact(c).enumerate() {
-            let (t, s) = (row / b, row % b);
-            if t >= length(s) {
-                continue;
-            }
-            if let Some(k) = chunk.iter().position(|v| !v.is_finite()) {
-                let (index, value) = (row * c + k, chunk[k].f64());
-                return Err(RnnError::NonFiniteInput {
-                    what: "CTC logits",
-                    index,
-                    value,
-                });
-            }
-        }
-        Ok(())
+        check_logits(logits, [steps, self.sequences(), self.classes], lengths)
     }
 
     /// The reduced loss of checked logits, and its gradient into `dlogits` when given.
@@ -542,6 +525,32 @@ fn check_shape(
         Some(lengths) => check_lengths(lengths, steps, batch),
         None => Ok(()),
     }
+}
+
+/// Logits `[steps, batch, classes]` (sequence `b` read over its first `lengths[b]` steps)
+/// of that shape ([`check_shape`]) and finite where read.
+fn check_logits<T: Float>(
+    logits: &[T],
+    [steps, b, c]: [usize; 3],
+    lengths: Option<&[usize]>,
+) -> Result<()> {
+    check_shape(logits.len(), [steps, b, c], lengths)?;
+    let length = |s: usize| lengths.map_or(steps, |l| l[s]);
+    for (row, chunk) in logits.chunks_exact(c).enumerate() {
+        let (t, s) = (row / b, row % b);
+        if t >= length(s) {
+            continue;
+        }
+        if let Some(k) = chunk.iter().position(|v| !v.is_finite()) {
+            let (index, value) = (row * c + k, chunk[k].f64());
+            return Err(RnnError::NonFiniteInput {
+                what: "CTC logits",
+                index,
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The error of a blank that is not a class.

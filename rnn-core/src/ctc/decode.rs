@@ -5,7 +5,7 @@ use kernels::Float;
 use rayon::prelude::*;
 
 use super::scaled::softmax;
-use super::{Rows, blank_not_a_class, check_shape};
+use super::{Rows, blank_not_a_class, check_logits};
 use crate::error::{Result, RnnError};
 
 /// The labels of time-major logits `[steps, batch, classes]` read by best path: each step's
@@ -23,7 +23,8 @@ use crate::error::{Result, RnnError};
 /// # Errors
 /// [`RnnError::Empty`] for no steps, sequences or classes; [`RnnError::Config`] for a blank
 /// `>= classes`; [`RnnError::ShapeMismatch`] for logits not `steps · batch · classes` long or
-/// lengths not `batch`; [`RnnError::LengthOutOfRange`] for a length outside `1..=steps`.
+/// lengths not `batch`; [`RnnError::LengthOutOfRange`] for a length outside `1..=steps`;
+/// [`RnnError::NonFiniteInput`] for a NaN or infinite logit at a step read.
 pub fn greedy_decode<T: Float>(
     logits: &[T],
     steps: usize,
@@ -284,7 +285,7 @@ fn each_sequence<T: Float>(
     lengths: Option<&[usize]>,
     decode: impl Fn(&Rows<'_, T>, usize) -> Vec<usize> + Sync,
 ) -> Result<Vec<Vec<usize>>> {
-    check_shape(logits.len(), [steps, batch, classes], lengths)?;
+    check_logits(logits, [steps, batch, classes], lengths)?;
     if blank >= classes {
         return Err(blank_not_a_class(blank, classes));
     }

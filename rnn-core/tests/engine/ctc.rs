@@ -451,6 +451,18 @@ fn greedy_decoding_merges_repeats_and_drops_blanks() {
         greedy_decode::<f32>(&[], 0, 2, 4, 0, None),
         Err(RnnError::Empty { what: "steps" })
     ));
+    // A NaN where a sequence is read is refused; past its length it is not read.
+    let mut bad = y.clone();
+    bad[(3 * 2 + 1) * 4] = f32::NAN; // step 3, sequence 1
+    assert!(matches!(
+        greedy_decode(&bad, 6, 2, 4, 0, None),
+        Err(RnnError::NonFiniteInput { index: 28, .. })
+    ));
+    assert!(matches!(
+        beam_decode(&bad, 6, 2, 4, 0, None, 4),
+        Err(RnnError::NonFiniteInput { .. })
+    ));
+    assert!(greedy_decode(&bad, 6, 2, 4, 0, Some(&[6, 2])).is_ok());
 }
 
 #[test]
