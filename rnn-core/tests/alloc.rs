@@ -236,6 +236,48 @@ fn training_steps_do_not_allocate() {
     }
     let n = allocations_of_varying_lengths();
     assert_eq!(n, 0, "allocations in steps of batches of varying lengths");
+    for memory in [Memory::Full, budget] {
+        let n = allocations_of_own_loss_steps(memory);
+        assert_eq!(
+            n, 0,
+            "allocations in steps with a loss of one's own, {memory:?}"
+        );
+    }
+}
+
+/// Steady steps through a loss of one's own (`Trainer::step_with`, as `ctc::Ctc::step` and a
+/// probabilistic forecast take them) on a ragged batch in no order, which runs longest first:
+/// the outputs handed to the closure in the batch's order and its gradient put back need
+/// buffers too, kept from step to step.
+fn allocations_of_own_loss_steps(memory: Memory) -> usize {
+    let cfg = RnnConfig::gru(5, 32, 3).layers(2);
+    let spec = LossSpec::every_step(LossKind::Mse);
+    let mut trainer = Trainer::<f32>::new(cfg, spec, OptimizerKind::adam(0.01), 0)
+        .unwrap()
+        .with_threads(1)
+        .with_memory(memory);
+    let (t, b) = (12, 6);
+    let x = vec![0.3f32; t * b * 5];
+    let lengths = [3, 12, 7, 12, 1, 9];
+    let batch = Batch {
+        lengths: Some(&lengths),
+        ..Batch::new(t, b, &x, Target::None)
+    };
+    // Half the squared outputs: writes dy = y, allocates nothing.
+    let mut step = || {
+        trainer
+            .step_with(&batch, |y, dy| {
+                dy.copy_from_slice(y);
+                y.iter().map(|v| v * v).sum::<f32>() / 2.0
+            })
+            .unwrap()
+    };
+    step();
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..STEADY_STEPS {
+        step();
+    }
+    ALLOCATIONS.load(Ordering::Relaxed) - before
 }
 
 /// Batches of another length every step (what `loader::Loader` gives, bucketed or not):
