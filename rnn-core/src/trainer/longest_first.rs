@@ -135,29 +135,50 @@ fn room<V>(v: &mut Vec<V>, n: usize) -> Result<()> {
     vec_room(v, n, "a copy of the batch, longest first")
 }
 
-/// The bytes [`Reordered::reserve`] sizes by `batch`'s own buffers (its inputs, tokens,
-/// targets, initial states, sequence weights, order and lengths), for a
-/// [`Memory::Budget`](super::Memory::Budget) to count: the copy a batch with lengths takes,
-/// whether or not it runs on it. (The room for putting per-sequence results back is a few
-/// rows, or the size of results the budget counts already.)
+/// The lengths of the copy of a batch's own buffers (its sequences' order and lengths,
+/// inputs, tokens, initial states, sequence weights and targets), which
+/// [`Reordered::reserve`] makes room for and a [`Memory::Budget`](super::Memory::Budget)
+/// counts ([`copy_bytes`]).
+struct CopyLens {
+    sequences: usize,
+    x: usize,
+    tokens: usize,
+    h0: usize,
+    c0: usize,
+    weights: usize,
+    values: usize,
+    classes: usize,
+}
+
+impl CopyLens {
+    fn of<T: Float>(batch: &Batch<'_, T>) -> Self {
+        let (values, classes) = match batch.target {
+            Target::Values(v) => (v.len(), 0),
+            Target::Classes(c) => (0, c.len()),
+            Target::None => (0, 0),
+        };
+        Self {
+            sequences: batch.lengths.map_or(0, <[usize]>::len),
+            x: batch.x.len(),
+            tokens: batch.tokens.map_or(0, <[usize]>::len),
+            h0: batch.h0.map_or(0, <[T]>::len),
+            c0: batch.c0.map_or(0, <[T]>::len),
+            weights: batch.sequence_weights.map_or(0, <[T]>::len),
+            values,
+            classes,
+        }
+    }
+}
+
+/// The bytes of the copy a batch with lengths takes, whether or not it runs on it
+/// ([`CopyLens`]), for a [`Memory::Budget`](super::Memory::Budget) to count. (The room for
+/// putting per-sequence results back is a few rows, or the size of results the budget
+/// counts already.)
 pub(super) fn copy_bytes<T: Float>(batch: &Batch<'_, T>) -> usize {
-    let index = size_of::<usize>();
-    let b = batch.lengths.map_or(0, <[usize]>::len);
-    let floats = batch.x.len()
-        + batch.h0.map_or(0, <[T]>::len)
-        + batch.c0.map_or(0, <[T]>::len)
-        + batch.sequence_weights.map_or(0, <[T]>::len)
-        + match batch.target {
-            Target::Values(v) => v.len(),
-            _ => 0,
-        };
-    let indices = batch.tokens.map_or(0, <[usize]>::len)
-        + 2 * b
-        + match batch.target {
-            Target::Classes(c) => c.len(),
-            _ => 0,
-        };
-    floats * T::BYTES + indices * index
+    let lens = CopyLens::of(batch);
+    let floats = lens.x + lens.h0 + lens.c0 + lens.weights + lens.values;
+    let indices = 2 * lens.sequences + lens.tokens + lens.classes;
+    floats * T::BYTES + indices * size_of::<usize>()
 }
 
 impl<T: Float> Reordered<T> {
@@ -174,7 +195,8 @@ impl<T: Float> Reordered<T> {
         gives: PerSequence,
         (dh_n, dc_n): (&[T], &[T]),
     ) -> Result<()> {
-        let b = batch.lengths.map_or(0, <[usize]>::len);
+        let lens = CopyLens::of(batch);
+        let b = lens.sequences;
         let rows = match batch.tokens {
             Some(tokens) => tokens.len(),
             None => batch.x.len() / config.input_size,
@@ -193,19 +215,13 @@ impl<T: Float> Reordered<T> {
         room(&mut self.lengths, b)?;
         room(&mut self.dh_n, dh_n.len())?;
         room(&mut self.dc_n, dc_n.len())?;
-        room(&mut self.x, batch.x.len())?;
-        room(&mut self.tokens, batch.tokens.map_or(0, <[usize]>::len))?;
-        room(&mut self.h0, batch.h0.map_or(0, <[T]>::len))?;
-        room(&mut self.c0, batch.c0.map_or(0, <[T]>::len))?;
-        room(
-            &mut self.weights,
-            batch.sequence_weights.map_or(0, <[T]>::len),
-        )?;
-        match batch.target {
-            Target::Values(v) => room(&mut self.values, v.len()),
-            Target::Classes(c) => room(&mut self.classes, c.len()),
-            Target::None => Ok(()),
-        }
+        room(&mut self.x, lens.x)?;
+        room(&mut self.tokens, lens.tokens)?;
+        room(&mut self.h0, lens.h0)?;
+        room(&mut self.c0, lens.c0)?;
+        room(&mut self.weights, lens.weights)?;
+        room(&mut self.values, lens.values)?;
+        room(&mut self.classes, lens.classes)
     }
 
     /// `batch` longest first (equal lengths in their order) in these buffers, with the
