@@ -223,8 +223,8 @@ fn backward_gradient(
             for (beta, (((same, after), two_after), skip)) in beta[from..to].iter_mut().zip(goes) {
                 *beta = same + after + skip * two_after;
             }
-            beta[..from].fill(0.0);
-            beta[to..].fill(0.0);
+            // (Outside the window `beta` keeps stale values: nothing reads them, as the
+            // next step back reads only this window, and so does the gradient.)
             normalize(&mut beta[from..to])?;
         }
         let a = &alpha[t * w + 2..][..states];
