@@ -498,43 +498,26 @@ fn sequence_loss<T: Float>(
         .unwrap_or_else(|| log_space::sequence_loss(rows, length, &path, with_grads))
 }
 
-/// Logits of `len` elements are `[steps, batch, classes]`, none of them zero, and `lengths`
-/// (when given) one in `1..=steps` per sequence.
-fn check_shape(
-    len: usize,
-    [steps, batch, classes]: [usize; 3],
-    lengths: Option<&[usize]>,
-) -> Result<()> {
-    for (what, n) in [("steps", steps), ("batch", batch), ("classes", classes)] {
-        if n == 0 {
-            return Err(RnnError::Empty { what });
-        }
-    }
-    if steps
-        .checked_mul(batch)
-        .and_then(|n| n.checked_mul(classes))
-        != Some(len)
-    {
-        return Err(shape(
-            "CTC logits",
-            format!("[T={steps}, B={batch}, C={classes}]"),
-            len,
-        ));
-    }
-    match lengths {
-        Some(lengths) => check_lengths(lengths, steps, batch),
-        None => Ok(()),
-    }
-}
-
-/// Logits `[steps, batch, classes]` (sequence `b` read over its first `lengths[b]` steps)
-/// of that shape ([`check_shape`]) and finite where read.
+/// Logits `[steps, batch, classes]`, none of those zero, with `lengths` (when given) one in
+/// `1..=steps` per sequence, and finite where read (sequence `b` over its first
+/// `lengths[b]` steps).
 fn check_logits<T: Float>(
     logits: &[T],
     [steps, b, c]: [usize; 3],
     lengths: Option<&[usize]>,
 ) -> Result<()> {
-    check_shape(logits.len(), [steps, b, c], lengths)?;
+    for (what, n) in [("steps", steps), ("batch", b), ("classes", c)] {
+        if n == 0 {
+            return Err(RnnError::Empty { what });
+        }
+    }
+    if steps.checked_mul(b).and_then(|n| n.checked_mul(c)) != Some(logits.len()) {
+        let expected = format!("[T={steps}, B={b}, C={c}]");
+        return Err(shape("CTC logits", expected, logits.len()));
+    }
+    if let Some(lengths) = lengths {
+        check_lengths(lengths, steps, b)?;
+    }
     let length = |s: usize| lengths.map_or(steps, |l| l[s]);
     for (row, chunk) in logits.chunks_exact(c).enumerate() {
         let (t, s) = (row / b, row % b);
