@@ -9,7 +9,7 @@ Variable lengths go through pack_padded_sequence, as a PyTorch user would write 
 Also train_*.safetensors (optimizer steps), tbptt_*.safetensors (TBPTT training loops),
 half_*.safetensors (models saved in bf16 / f16, for loading) and plateau_*.safetensors
 (ReduceLROnPlateau's rates on a metric sequence), ctc_*.safetensors (nn.CTCLoss's losses and
-gradients).
+gradients), one_cycle_*.safetensors (OneCycleLR's rates and momenta).
 """
 import os
 import torch
@@ -258,7 +258,7 @@ def case(name, T, B, I, H, O, layers=1, nonlinearity="tanh", loss="mse", many_to
 
 
 def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True, frozen=(),
-             groups=(), step_lr=None):
+             groups=(), step_lr=None, one_cycle=None):
     """Initial weights, a fixed batch, and the weights after `steps` optimizer steps.
 
     `frozen` holds `(parameter, first, end)`: the parameter has requires_grad=False in the
@@ -267,7 +267,8 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
 
     `groups` holds `(parameters, options)`: parameter groups with their own `lr` or
     `weight_decay`, the other parameters in a last group of the optimizer's own. `step_lr`,
-    `(step_size, gamma)`, adds a StepLR scheduler stepped after each update."""
+    `(step_size, gamma)`, adds a StepLR scheduler stepped after each update; `one_cycle`, a
+    dict of OneCycleLR's options, a OneCycleLR scheduler peaking at the optimizer's `lr`."""
     torch.manual_seed(seed)
     T, B, I, H, O = 6, 3, 4, 5, 3
     m = Model(I, H, O, 2, "tanh", cell, bias).double()
@@ -282,6 +283,8 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
     opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
            "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[kind](param_groups, **kw)
     sched = torch.optim.lr_scheduler.StepLR(opt, *step_lr) if step_lr else None
+    if one_cycle is not None:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=kw["lr"], **one_cycle)
     for step in range(steps):
         for pname, p in m.named_parameters():
             p.requires_grad_(not any(n == pname and first <= step < end for n, first, end in frozen))
@@ -322,6 +325,8 @@ def training(name, optimizer, clip=None, steps=4, seed=10, cell="rnn", bias=True
             for names, opts in groups for n in names)
     if step_lr:
         meta["step_lr"] = f"{step_lr[0]}:{step_lr[1]!r}"
+    if one_cycle is not None:
+        meta["one_cycle"] = one_cycle_meta(one_cycle)
     meta.update({k: str(v) for k, v in kw.items()})
     save_file(tensors, os.path.join(OUT, f"train_{name}.safetensors"), metadata=meta)
 
@@ -721,3 +726,57 @@ def ctc_fixtures():
 
 if __name__ == "__main__":
     ctc_fixtures()
+
+
+def one_cycle_meta(options):
+    """OneCycleLR's options as `key=value;...`, PyTorch's defaults filled in."""
+    full = {"pct_start": 0.3, "anneal_strategy": "cos", "cycle_momentum": True,
+            "base_momentum": 0.85, "max_momentum": 0.95, "div_factor": 25.0,
+            "final_div_factor": 1e4, "three_phase": False, **options}
+    return ";".join(f"{k}={v!r}".replace("'", "") for k, v in sorted(full.items()))
+
+
+def one_cycle(name, optimizer, **options):
+    """OneCycleLR's rate and momentum (SGD's `momentum`, Adam's `beta1`) before each of its
+    `total_steps` updates, peak rate 0.1."""
+    p = [nn.Parameter(torch.zeros(1))]
+    opt = {"sgd": lambda: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+           "adam": lambda: torch.optim.Adam(p, lr=0.1)}[optimizer]()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, **options)
+    rates, momenta = [], []
+    for _ in range(options["total_steps"]):
+        group = opt.param_groups[0]
+        rates.append(group["lr"])
+        momenta.append(group["betas"][0] if optimizer == "adam" else group["momentum"])
+        opt.step()
+        sched.step()
+    tensors = {"rates": torch.tensor(rates, dtype=torch.float64),
+               "momenta": torch.tensor(momenta, dtype=torch.float64)}
+    meta = {"one_cycle": one_cycle_meta(options)}
+    save_file(tensors, os.path.join(OUT, f"one_cycle_{name}.safetensors"), metadata=meta)
+
+
+def one_cycle_fixtures():
+    one_cycle("defaults", "sgd", total_steps=12)
+    one_cycle("linear_adam", "adam", total_steps=13, pct_start=0.25, anneal_strategy="linear",
+              div_factor=10.0, final_div_factor=100.0)
+    one_cycle("three_phase", "sgd", total_steps=15, pct_start=0.4, three_phase=True)
+    one_cycle("three_phase_linear", "adam", total_steps=11, pct_start=0.35, three_phase=True,
+              anneal_strategy="linear", base_momentum=0.8, max_momentum=0.9)
+    # The climb ends before the first update (pct_start * total_steps < 1).
+    one_cycle("short_climb", "sgd", total_steps=20, pct_start=0.03)
+    one_cycle("no_momentum", "sgd", total_steps=9, cycle_momentum=False, pct_start=0.5)
+    one_cycle("one_step", "adam", total_steps=1)
+    # Training through the schedule: the momentum turned on in plain SGD, and Adam's beta1
+    # moving under its bias correction.
+    training("sgd_one_cycle", ("sgd", {"lr": 0.2, "weight_decay": 0.01}), clip=0.5, steps=6,
+             cell="gru", seed=17, one_cycle={"total_steps": 6, "pct_start": 0.4})
+    training("adam_one_cycle", ("adam", {"lr": 0.02}), steps=7, cell="lstm", seed=18,
+             one_cycle={"total_steps": 7, "three_phase": True, "anneal_strategy": "linear"})
+    training("rmsprop_one_cycle", ("rmsprop", {"lr": 0.01, "momentum": 0.5}), steps=5, seed=19,
+             one_cycle={"total_steps": 5, "base_momentum": 0.7, "max_momentum": 0.8})
+    print("one-cycle fixtures written")
+
+
+if __name__ == "__main__":
+    one_cycle_fixtures()

@@ -33,7 +33,7 @@ use rnn_core::io::{self, Extras};
 use rnn_core::predict::Predictor;
 use rnn_core::prelude::*;
 use rnn_core::sampling::Sampler;
-use rnn_core::schedule::{Decay, LrSchedule, Plateau};
+use rnn_core::schedule::{Decay, LrSchedule, OneCycle, Plateau};
 use rnn_core::text::{CharCorpus, CharStreams};
 
 /// The built-in corpus: this project's documentation and sources.
@@ -113,6 +113,9 @@ enum ScheduleArg {
     Cosine,
     /// Cosine cycles of 1, 2 and 4 sevenths of the updates, each restarting at --lr.
     Restarts,
+    /// PyTorch's OneCycleLR peaking at --lr, the momentum (Adam's beta1) moving against the
+    /// rate (except for Adagrad, which has none).
+    OneCycle,
     /// Halve the rate after two validations in a row without a better score.
     Plateau,
 }
@@ -128,6 +131,13 @@ fn lr_schedule(args: &Args) -> Result<LrSchedule, String> {
         ScheduleArg::Restarts => {
             let first = decay_steps.div_ceil(7);
             Decay::cosine_restarts(first, 2, args.lr / 10.0).map_err(|e| e.to_string())?
+        }
+        ScheduleArg::OneCycle => {
+            let cycle = OneCycle::new(decay_steps).map_err(|e| e.to_string())?;
+            Decay::OneCycle(match args.optimizer {
+                OptimizerArg::Adagrad => cycle.without_momentum(),
+                _ => cycle,
+            })
         }
     };
     let schedule = LrSchedule::new(decay);

@@ -58,7 +58,8 @@
 //! bitwise the same on one thread or two.
 //!
 //! Learning rates: [`trainer::Trainer::with_lr_schedule`] sets each update's rate by a
-//! [`schedule::LrSchedule`] (PyTorch's step, exponential and cosine decays, linear warm-up);
+//! [`schedule::LrSchedule`] (PyTorch's step, exponential and cosine decays, linear warm-up,
+//! and the one-cycle policy, which moves the momentum too);
 //! [`schedule::Plateau`] lowers the rate when a validation metric stalls
 //! (`ReduceLROnPlateau`, through [`trainer::Trainer::set_base_lr`]), and
 //! [`schedule::EarlyStopping`] says when to stop (Keras' `EarlyStopping`).

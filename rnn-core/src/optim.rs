@@ -166,6 +166,43 @@ impl<T: Float> OptimizerKind<T> {
         }
     }
 
+    /// The momentum a one-cycle schedule moves ([`crate::schedule::OneCycle`]): SGD's and
+    /// RMSprop's `momentum`, Adam's and AdamW's `beta1`, as PyTorch's
+    /// `OneCycleLR(cycle_momentum=True)` picks it; `None` for Adagrad, which has none.
+    ///
+    /// ```
+    /// use rnn_core::optim::OptimizerKind;
+    /// assert_eq!(OptimizerKind::<f64>::adam(1e-3).momentum(), Some(0.9));
+    /// assert_eq!(OptimizerKind::<f64>::adagrad(1e-2).momentum(), None);
+    /// ```
+    pub fn momentum(&self) -> Option<T> {
+        match *self {
+            Self::Sgd { momentum, .. } | Self::RmsProp { momentum, .. } => Some(momentum),
+            Self::Adam { beta1, .. } => Some(beta1),
+            Self::Adagrad { .. } => None,
+        }
+    }
+
+    /// Sets the momentum [`Self::momentum`] names (between steps, for schedules).
+    ///
+    /// # Errors
+    /// [`RnnError::Config`] for Adagrad, which has no momentum (PyTorch's `OneCycleLR`
+    /// refuses it too); nothing changes.
+    pub fn set_momentum(&mut self, new: T) -> Result<()> {
+        match self {
+            Self::Sgd { momentum, .. } | Self::RmsProp { momentum, .. } => *momentum = new,
+            Self::Adam { beta1, .. } => *beta1 = new,
+            Self::Adagrad { .. } => {
+                return Err(RnnError::Config(
+                    "Adagrad has no momentum to cycle: build the one-cycle schedule \
+                     without_momentum()"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The family's name as checkpoints record it: `"sgd"`, `"adam"` (Adam and AdamW),
     /// `"rmsprop"` or `"adagrad"`.
     pub fn family(&self) -> &'static str {

@@ -1,5 +1,6 @@
 //! Learning-rate schedules: PyTorch's `torch.optim.lr_scheduler` rules, stepped once per
-//! update, as closed forms of the update count; and [`Plateau`], which follows a
+//! update, as closed forms of the update count (the one-cycle policy, [`OneCycle`], gives
+//! the momentum of each update too); and [`Plateau`], which follows a
 //! validation metric instead, as [`EarlyStopping`] does to end a run.
 //!
 //! A schedule gives the rate of update `n` (the updates applied before it, which a
@@ -24,8 +25,10 @@ use std::f64::consts::PI;
 use crate::error::{Result, RnnError};
 
 mod early_stopping;
+mod one_cycle;
 mod plateau;
 pub use early_stopping::{EarlyStopping, Verdict};
+pub use one_cycle::{Anneal, MomentumCycle, OneCycle};
 pub use plateau::{Plateau, PlateauMode, Threshold};
 
 /// How the rate decays after any warm-up, as a function of the updates since its start.
@@ -67,6 +70,9 @@ pub enum Decay {
         /// The lowest rate (finite and non-negative).
         eta_min: f64,
     },
+    /// The one-cycle policy with the base rate as its peak, which also moves the
+    /// optimizer's momentum ([`OneCycle`], `OneCycleLR`).
+    OneCycle(OneCycle),
 }
 
 impl Decay {
@@ -149,6 +155,15 @@ impl Decay {
                 }
                 cosine(base, eta_min, t_cur, t_i)
             }
+            Self::OneCycle(cycle) => cycle.rate(base, n),
+        }
+    }
+
+    /// The momentum `n` updates into the decay, for a decay that moves it.
+    fn momentum(self, n: u64) -> Option<f64> {
+        match self {
+            Self::OneCycle(cycle) => cycle.momentum(n),
+            _ => None,
         }
     }
 }
@@ -221,6 +236,16 @@ impl LrSchedule {
             Some(Warmup { steps, .. }) => self.decay.rate(base, n - steps),
             None => self.decay.rate(base, n),
         }
+    }
+
+    /// The momentum of update `n` (counted from 0), for a schedule that moves it
+    /// ([`Decay::OneCycle`]): SGD's and RMSprop's `momentum`, Adam's `beta1`
+    /// ([`OptimizerKind::set_momentum`](crate::optim::OptimizerKind::set_momentum)). A
+    /// warm-up holds the decay's first momentum. `None` for a schedule that leaves the
+    /// momentum alone.
+    pub fn momentum(&self, n: u64) -> Option<f64> {
+        let since_warmup = self.warmup.map_or(0, |w| w.steps);
+        self.decay.momentum(n.saturating_sub(since_warmup))
     }
 }
 

@@ -487,7 +487,10 @@ impl<T: Float> Trainer<T> {
     /// `steps`, which checkpoints keep), so a run resumed from a checkpoint, with a trainer
     /// built the same way, continues the schedule exactly. A rejected step changes nothing,
     /// the count included. The schedule sets the rate before each update: a rate set by hand
-    /// ([`crate::optim::OptimizerKind::set_lr`]) lasts only until the next.
+    /// ([`crate::optim::OptimizerKind::set_lr`]) lasts only until the next. A schedule that
+    /// moves the momentum too ([`crate::schedule::OneCycle`]) sets it the same way
+    /// ([`crate::optim::OptimizerKind::set_momentum`]); with an optimizer that has none
+    /// (Adagrad) the step is refused with [`RnnError::Config`] before anything changes.
     ///
     /// ```
     /// use rnn_core::prelude::*;
@@ -722,13 +725,21 @@ impl<T: Float> Trainer<T> {
             };
             return Err(RnnError::NonFinite { what, step });
         }
-        // The state a change of optimizer family starts over, made before anything changes.
-        self.optimizer.try_prepare_state(self.params.len())?;
-        let clip_scale = self.clip.apply_on(&mut self.grads, grad_norm, two_threads);
+        let unscheduled = self.optimizer.kind;
         if let Some((schedule, base)) = self.lr_schedule {
-            let lr = schedule.rate(base, self.optimizer.steps);
-            self.optimizer.kind.set_lr(T::of(lr));
+            let n = self.optimizer.steps;
+            if let Some(momentum) = schedule.momentum(n) {
+                self.optimizer.kind.set_momentum(T::of(momentum))?;
+            }
+            self.optimizer.kind.set_lr(T::of(schedule.rate(base, n)));
         }
+        // The state a change of optimizer family (or momentum a schedule turned on) needs,
+        // made before anything changes.
+        if let Err(no_memory) = self.optimizer.try_prepare_state(self.params.len()) {
+            self.optimizer.kind = unscheduled;
+            return Err(no_memory);
+        }
+        let clip_scale = self.clip.apply_on(&mut self.grads, grad_norm, two_threads);
         self.optimizer.update_with_rules(
             &mut self.params,
             &self.grads,

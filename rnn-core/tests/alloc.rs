@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rnn_core::config::Cell;
 use rnn_core::prelude::*;
+use rnn_core::schedule::{Decay, LrSchedule, OneCycle};
 
 struct Counting;
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
@@ -33,6 +34,11 @@ static GLOBAL: Counting = Counting;
 
 const STEADY_STEPS: usize = 40;
 
+/// A schedule that sets the rate and the momentum of every update.
+fn one_cycle() -> LrSchedule {
+    LrSchedule::new(Decay::OneCycle(OneCycle::new(1000).unwrap()))
+}
+
 fn allocations_of_steady_step(
     cfg: RnnConfig,
     loss: LossSpec,
@@ -49,7 +55,8 @@ fn allocations_of_steady_step(
         .with_threads(threads)
         .with_unit_split(split)
         .with_memory(memory)
-        .with_dropout(Dropout::new(dropout, 0).unwrap());
+        .with_dropout(Dropout::new(dropout, 0).unwrap())
+        .with_lr_schedule(one_cycle());
     // Four models (odd T) with frozen tensors and one of its own rate and decay: their
     // updates run in pieces around them, and the stacked ones skip their frozen bottom
     // layer's backward pass.

@@ -46,3 +46,31 @@ pub fn assert_weights_match(what: &str, layout: &Layout, got: &[f64], want: &[f6
         }
     }
 }
+
+/// A one-cycle schedule built as a fixture's `one_cycle` metadata says (`one_cycle_meta` in
+/// scripts/torch_fixtures.py: OneCycleLR's options as `key=value;...`).
+pub fn one_cycle(options: &str) -> rnn_core::schedule::OneCycle {
+    let options: std::collections::HashMap<&str, &str> = options
+        .split(';')
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    let num = |k: &str| options[k].parse::<f64>().unwrap();
+    let mut cycle = rnn_core::schedule::OneCycle::new(options["total_steps"].parse().unwrap())
+        .unwrap()
+        .with_pct_start(num("pct_start"))
+        .unwrap()
+        .with_div_factors(num("div_factor"), num("final_div_factor"))
+        .unwrap()
+        .with_momentum(num("base_momentum"), num("max_momentum"))
+        .unwrap();
+    if options["anneal_strategy"] == "linear" {
+        cycle = cycle.linear();
+    }
+    if options["three_phase"] == "True" {
+        cycle = cycle.three_phase();
+    }
+    if options["cycle_momentum"] == "False" {
+        cycle = cycle.without_momentum();
+    }
+    cycle
+}

@@ -773,7 +773,8 @@ fn grad_dump_rejects_bad_files_clearly() {
 /// starting accumulator; clip_grad_norm_ with its 1e-6 guard; frozen parameters
 /// (`requires_grad_(False)` for some of the steps: metadata `frozen`, `name:first:end;...`);
 /// parameter groups (metadata `rules`, `name:lr_scale:weight_decay;...`, `-` for the
-/// optimizer's decay) under a StepLR schedule (`step_lr`, `step_size:gamma`).
+/// optimizer's decay) under a StepLR schedule (`step_lr`, `step_size:gamma`); a OneCycleLR
+/// schedule moving the rate and the momentum (`one_cycle`, its options).
 fn check_training(name: &str) {
     use rnn_core::prelude::*;
     let bytes = io::read_bytes(&fixtures::path(&format!("train_{name}.safetensors"))).unwrap();
@@ -849,6 +850,11 @@ fn check_training(name: &str) {
         let (every, gamma) = step_lr.split_once(':').unwrap();
         let decay = Decay::step(every.parse().unwrap(), gamma.parse().unwrap()).unwrap();
         tr = tr.with_lr_schedule(LrSchedule::new(decay));
+    }
+    if let Some(options) = meta.get("one_cycle") {
+        use rnn_core::schedule::{Decay, LrSchedule};
+        let cycle = fixtures::one_cycle(options);
+        tr = tr.with_lr_schedule(LrSchedule::new(Decay::OneCycle(cycle)));
     }
     let (x, _) = io::float_tensor::<f64>(&st, "x").unwrap();
     let labels = fixtures::classes(&st, "target");
@@ -955,6 +961,21 @@ fn training_matches_pytorch_with_parameter_groups_and_frozen_tensors_sgd() {
 #[test]
 fn training_matches_pytorch_with_parameter_groups_adagrad() {
     check_training("adagrad_groups");
+}
+
+#[test]
+fn training_matches_pytorch_under_one_cycle_sgd_turning_momentum_on() {
+    check_training("sgd_one_cycle");
+}
+
+#[test]
+fn training_matches_pytorch_under_one_cycle_adam_moving_beta1() {
+    check_training("adam_one_cycle");
+}
+
+#[test]
+fn training_matches_pytorch_under_one_cycle_rmsprop() {
+    check_training("rmsprop_one_cycle");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use crate::common::scratch_dir;
 use crate::fixtures;
 use rnn_core::io;
 use rnn_core::prelude::*;
-use rnn_core::schedule::{Decay, EarlyStopping, LrSchedule, Plateau, Threshold, Verdict};
+use rnn_core::schedule::{Decay, EarlyStopping, LrSchedule, OneCycle, Plateau, Threshold, Verdict};
 
 /// `opt.param_groups[0]["lr"]` before each of 12 `opt.step(); sched.step()` rounds, base
 /// rate 0.1, printed by torch 2.15.
@@ -198,6 +198,163 @@ fn bad_schedules_are_typed_errors() {
             matches!(&e, RnnError::Config(m) if m.contains(says)),
             "{says}: {e}"
         );
+    }
+}
+
+const ONE_CYCLES: [&str; 7] = [
+    "defaults",
+    "linear_adam",
+    "three_phase",
+    "three_phase_linear",
+    "short_climb",
+    "no_momentum",
+    "one_step",
+];
+
+/// A one-cycle fixture (`one_cycle(...)` in scripts/torch_fixtures.py): the schedule, and
+/// PyTorch's rate and momentum before each of its updates at peak rate 0.1.
+fn one_cycle_fixture(name: &str) -> (OneCycle, Vec<f64>, Vec<f64>) {
+    let bytes = io::read_bytes(&fixtures::path(&format!("one_cycle_{name}.safetensors"))).unwrap();
+    let (st, meta) = io::parse_with_metadata(&bytes).unwrap();
+    let rates = io::float_tensor::<f64>(&st, "rates").unwrap().0;
+    let momenta = io::float_tensor::<f64>(&st, "momenta").unwrap().0;
+    (fixtures::one_cycle(&meta["one_cycle"]), rates, momenta)
+}
+
+/// `OneCycleLR`'s rates and momenta, bit for bit: both annealings, two and three phases,
+/// other factors and momenta, a climb over before the first update, one update in all, and
+/// no momentum cycle (the optimizer's own momentum stays).
+#[test]
+fn one_cycle_matches_pytorch() {
+    for name in ONE_CYCLES {
+        let (cycle, rates, momenta) = one_cycle_fixture(name);
+        let s = LrSchedule::new(Decay::OneCycle(cycle));
+        let n = rates.len() as u64;
+        assert_eq!(n, cycle.total_steps, "{name}");
+        let got: Vec<f64> = (0..n).map(|k| s.rate(0.1, k)).collect();
+        assert_eq!(got, rates, "{name} rates");
+        let got: Vec<Option<f64>> = (0..n).map(|k| s.momentum(k)).collect();
+        if name == "no_momentum" {
+            assert!(got.iter().all(Option::is_none), "{got:?}");
+            assert!(momenta.iter().all(|&m| m == 0.9), "the optimizer's own");
+        } else {
+            let want: Vec<Option<f64>> = momenta.iter().map(|&m| Some(m)).collect();
+            assert_eq!(got, want, "{name} momenta");
+        }
+        // Past the cycle, its last rate and momentum hold (PyTorch raises).
+        for past in [n, n + 1, u64::MAX] {
+            assert_eq!(
+                s.rate(0.1, past),
+                rates[rates.len() - 1],
+                "{name} at {past}"
+            );
+            assert_eq!(s.momentum(past), got[got.len() - 1], "{name} at {past}");
+        }
+    }
+    // A warm-up holds the cycle's first momentum, and the cycle starts after it.
+    let (cycle, rates, momenta) = one_cycle_fixture("defaults");
+    let s = LrSchedule::new(Decay::OneCycle(cycle))
+        .with_warmup(2, 0.5)
+        .unwrap();
+    assert_eq!((s.rate(0.1, 0), s.momentum(0)), (0.05, Some(momenta[0])));
+    assert!((s.rate(0.1, 1) - 0.075).abs() < 1e-16);
+    assert_eq!(s.momentum(1), Some(momenta[0]));
+    assert_eq!(
+        (s.rate(0.1, 5), s.momentum(5)),
+        (rates[3], Some(momenta[3]))
+    );
+    assert_eq!(
+        LrSchedule::new(Decay::cosine(4, 0.0).unwrap()).momentum(1),
+        None
+    );
+}
+
+/// The trainer moves the momentum the schedule names (Adam's `beta1`, SGD's and RMSprop's
+/// `momentum`) before each update, as setting it by hand would, bit for bit; Adagrad, with no
+/// momentum, is refused before anything changes unless the cycle leaves the momentum alone.
+#[test]
+fn the_trainer_moves_the_momentum_and_refuses_adagrad_with_a_cycle() {
+    let (x, y) = data();
+    let batch = Batch::new(6, 3, &x, Target::Values(&y));
+    let cycle = OneCycle::new(6).unwrap().with_pct_start(0.4).unwrap();
+    let s = LrSchedule::new(Decay::OneCycle(cycle));
+    for kind in [
+        OptimizerKind::adam(0.05),
+        OptimizerKind::sgd(0.05),
+        OptimizerKind::rmsprop(0.01),
+    ] {
+        let mut scheduled = trainer(kind).with_lr_schedule(s);
+        let mut by_hand = trainer(kind);
+        let base = kind.lr();
+        for n in 0..8 {
+            let report = scheduled.step(&batch).unwrap();
+            assert_eq!(report.lr, s.rate(base, n));
+            assert_eq!(scheduled.optimizer.kind.momentum(), s.momentum(n));
+            by_hand.optimizer.kind.set_lr(s.rate(base, n));
+            by_hand
+                .optimizer
+                .kind
+                .set_momentum(s.momentum(n).unwrap())
+                .unwrap();
+            by_hand.step(&batch).unwrap();
+        }
+        assert_eq!(scheduled.params, by_hand.params, "{}", kind.family());
+        assert_eq!(scheduled.optimizer.state1, by_hand.optimizer.state1);
+    }
+    let mut adagrad = trainer(OptimizerKind::adagrad(0.05)).with_lr_schedule(s);
+    let (params, kind) = (adagrad.params.clone(), adagrad.optimizer.kind);
+    let e = adagrad.step(&batch).unwrap_err();
+    assert!(
+        matches!(&e, RnnError::Config(m) if m.contains("without_momentum")),
+        "{e}"
+    );
+    assert_eq!(adagrad.params, params);
+    assert_eq!((adagrad.optimizer.kind, adagrad.optimizer.steps), (kind, 0));
+    let rate_only = LrSchedule::new(Decay::OneCycle(cycle.without_momentum()));
+    let mut adagrad = trainer(OptimizerKind::adagrad(0.05)).with_lr_schedule(rate_only);
+    assert_eq!(adagrad.step(&batch).unwrap().lr, s.rate(0.05, 0));
+}
+
+#[test]
+fn bad_one_cycles_are_typed_errors() {
+    let ok = OneCycle::new(10).unwrap();
+    for (e, says) in [
+        (OneCycle::new(0).unwrap_err(), "total_steps = 0"),
+        (ok.with_pct_start(1.5).unwrap_err(), "pct_start = 1.5"),
+        (ok.with_pct_start(f64::NAN).unwrap_err(), "pct_start = NaN"),
+        (ok.with_div_factors(0.0, 1e4).unwrap_err(), "div_factor = 0"),
+        (
+            ok.with_div_factors(25.0, f64::INFINITY).unwrap_err(),
+            "final_div_factor = inf",
+        ),
+        (
+            ok.with_momentum(-0.1, 0.9).unwrap_err(),
+            "base_momentum = -0.1",
+        ),
+        (ok.with_momentum(0.85, 1.0).unwrap_err(), "max_momentum = 1"),
+    ] {
+        assert!(
+            matches!(&e, RnnError::Config(m) if m.contains(says)),
+            "{says}: {e}"
+        );
+    }
+    // The edges are allowed: no climb (PyTorch's first phase ends at update -1, so the
+    // first update is a tenth of the way down), all climb (the peak at the last update).
+    for (pct, falls) in [(0.0, true), (1.0, false)] {
+        let s = LrSchedule::new(Decay::OneCycle(ok.with_pct_start(pct).unwrap()));
+        let rates: Vec<f64> = (0..10).map(|n| s.rate(0.1, n)).collect();
+        assert!(
+            rates.iter().all(|r| r.is_finite() && *r > 0.0 && *r <= 0.1),
+            "{rates:?}"
+        );
+        let steps_fall = rates.windows(2).all(|w| w[1] < w[0]);
+        let steps_climb = rates.windows(2).all(|w| w[1] > w[0]);
+        assert_eq!(
+            (steps_fall, steps_climb),
+            (falls, !falls),
+            "{pct}: {rates:?}"
+        );
+        assert_eq!(rates[9], if falls { 4e-7 } else { 0.1 });
     }
 }
 
