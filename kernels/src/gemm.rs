@@ -422,7 +422,21 @@ impl Leaf {
         }
     }
 
-    fn run<T: Float>(self, mut c: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>, b: MatRef<'_, T>) {
+    fn run<T: Float>(self, c: MatMut<'_, T>, accum: Accum, a: MatRef<'_, T>, b: MatRef<'_, T>) {
+        self.run_faer(c, accum, a, b);
+        // faer's kernels leave the vector registers' upper bits set, slowing the SSE code
+        // that runs next on this thread.
+        crate::arch::clear_upper_registers();
+    }
+
+    /// [`Leaf::run`]'s products.
+    fn run_faer<T: Float>(
+        self,
+        mut c: MatMut<'_, T>,
+        accum: Accum,
+        a: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+    ) {
         match self {
             Leaf::Faer => matmul(c, accum, a, b, T::one(), Par::Seq),
             Leaf::DepthBlocked => {
