@@ -226,8 +226,8 @@ impl Ctc {
         lengths: Option<&[usize]>,
     ) -> Result<Vec<T>> {
         self.check(logits, steps, lengths)?;
-        let per = self.per_sequence(logits, steps, lengths, false, &Spread::Current);
-        Ok(per.iter().map(|s| T::of(s.loss)).collect())
+        let per = self.per_sequence(logits, steps, lengths, None, &Spread::Current);
+        Ok(per.into_iter().map(T::of).collect())
     }
 
     /// One training step of `trainer` on `batch` under this loss ([`Trainer::step_with`]):
@@ -333,64 +333,72 @@ impl Ctc {
         dlogits: Option<&mut [T]>,
         spread: &Spread,
     ) -> T {
-        let b = self.sequences();
-        let per = self.per_sequence(logits, steps, lengths, dlogits.is_some(), spread);
-        // Each sequence's share of the reduced loss (and of its gradient).
-        let scale = |s: usize| match self.reduction {
-            Reduction::Mean => 1.0 / (self.target(s).len().max(1) * b) as f64,
-            Reduction::Sum => 1.0,
-        };
-        if let Some(dlogits) = dlogits {
-            dlogits.fill(T::zero());
-            let c = self.classes;
-            for (s, seq) in per.iter().enumerate() {
-                let scale = scale(s);
-                for (t, grad) in seq.grads.chunks_exact(c).enumerate() {
-                    let row = &mut dlogits[(t * b + s) * c..][..c];
-                    for (d, g) in row.iter_mut().zip(grad) {
-                        *d = T::of(g * scale);
-                    }
-                }
-            }
-        }
+        let per = self.per_sequence(logits, steps, lengths, dlogits, spread);
         // Summed in the batch's order, whatever the threads.
         T::of(
             per.iter()
                 .enumerate()
-                .map(|(s, seq)| seq.loss * scale(s))
+                .map(|(s, loss)| loss * self.share(s))
                 .sum(),
         )
     }
 
-    /// Every sequence's loss (and its gradient, `[length, C]`, when asked), one sequence per
-    /// task, spread over threads as `spread` says.
+    /// Sequence `s`'s share of the reduced loss (and of its gradient).
+    fn share(&self, s: usize) -> f64 {
+        match self.reduction {
+            Reduction::Mean => 1.0 / (self.target(s).len().max(1) * self.sequences()) as f64,
+            Reduction::Sum => 1.0,
+        }
+    }
+
+    /// Every sequence's unreduced loss, and into `dlogits` (when given) the reduced loss's
+    /// gradient, zero at padded steps; one sequence per task, spread over threads as
+    /// `spread` says.
     fn per_sequence<T: Float>(
         &self,
         logits: &[T],
         steps: usize,
         lengths: Option<&[usize]>,
-        with_grads: bool,
+        dlogits: Option<&mut [T]>,
         spread: &Spread,
-    ) -> Vec<SequenceLoss> {
-        let one = |s: usize| {
+    ) -> Vec<f64> {
+        let b = self.sequences();
+        // Each sequence's rows of `dlogits`, every `b`-th row from its own: the tasks write
+        // their gradients in place.
+        let mut sinks: Vec<GradRows<'_, T>> = (0..b)
+            .map(|s| GradRows {
+                rows: Vec::new(),
+                scale: self.share(s),
+            })
+            .collect();
+        let with_grads = dlogits.is_some();
+        if let Some(dlogits) = dlogits {
+            dlogits.fill(T::zero());
+            for (i, row) in dlogits.chunks_exact_mut(self.classes).enumerate() {
+                sinks[i % b].rows.push(row);
+            }
+        }
+        let one = |(s, mut sink): (usize, GradRows<'_, T>)| {
             let rows = Rows {
                 logits,
-                sequences: self.sequences(),
+                sequences: b,
                 classes: self.classes,
                 s,
             };
             let length = lengths.map_or(steps, |l| l[s]);
-            let mut seq = sequence_loss(&rows, length, self.target(s), self.blank, with_grads);
-            if self.zero_infinity && seq.loss.is_infinite() {
-                seq.loss = 0.0; // (an impossible target's gradient is 0 already)
+            let grads = with_grads.then_some(&mut sink);
+            let loss = sequence_loss(&rows, length, self.target(s), self.blank, grads);
+            match self.zero_infinity && loss.is_infinite() {
+                true => 0.0, // (an impossible target's gradient is 0 already)
+                false => loss,
             }
-            seq
         };
-        let all = 0..self.sequences();
         match spread {
-            Spread::Serial => all.map(one).collect(),
-            Spread::Current => all.into_par_iter().map(one).collect(),
-            Spread::Pool(pool) => pool.install(|| all.into_par_iter().map(one).collect()),
+            Spread::Serial => sinks.into_iter().enumerate().map(one).collect(),
+            Spread::Current => sinks.into_par_iter().enumerate().map(one).collect(),
+            Spread::Pool(pool) => {
+                pool.install(|| sinks.into_par_iter().enumerate().map(one).collect())
+            }
         }
     }
 }
@@ -439,6 +447,22 @@ struct SequenceLoss {
     grads: Vec<f64>,
 }
 
+/// Where a sequence's gradient goes: its rows of the batch's `dlogits` (one a step), each
+/// written as the sequence's gradient times its share of the reduced loss.
+struct GradRows<'a, T> {
+    rows: Vec<&'a mut [T]>,
+    scale: f64,
+}
+
+impl<T: Float> GradRows<'_, T> {
+    /// Writes step `t`'s gradient.
+    fn put(&mut self, t: usize, grad: &[f64]) {
+        for (d, g) in self.rows[t].iter_mut().zip(grad) {
+            *d = T::of(g * self.scale);
+        }
+    }
+}
+
 /// A target with a blank before, between and after its labels (`l'`, `2S + 1` states): the
 /// states a path moves through.
 struct Extended<'a> {
@@ -475,27 +499,32 @@ impl Extended<'_> {
 }
 
 /// The CTC loss of one sequence's first `length` steps against `target` (and its gradient,
-/// `[length, C]`, when asked): by the scaled recursions, or in log space where those would
-/// lose precision.
+/// `[length, C]`, into `grads`' rows, zero as they come, when given): by the scaled
+/// recursions, or in log space where those would lose precision.
 fn sequence_loss<T: Float>(
     rows: &Rows<'_, T>,
     length: usize,
     target: &[usize],
     blank: usize,
-    with_grads: bool,
-) -> SequenceLoss {
+    mut grads: Option<&mut GradRows<'_, T>>,
+) -> f64 {
     let path = Extended { target, blank };
     if length < path.fewest_steps() {
         // No path reads the target: an infinite loss and no gradient (zero_infinity counts
         // it as 0; a trainer rejects its step otherwise).
-        let grads = vec![0.0; if with_grads { length * rows.classes } else { 0 }];
-        return SequenceLoss {
-            loss: f64::INFINITY,
-            grads,
-        };
+        return f64::INFINITY;
     }
-    scaled::sequence_loss(rows, length, &path, with_grads)
-        .unwrap_or_else(|| log_space::sequence_loss(rows, length, &path, with_grads))
+    if let Some(loss) = scaled::sequence_loss(rows, length, &path, grads.as_deref_mut()) {
+        return loss;
+    }
+    // Every row of the gradient is written again here.
+    let exact = log_space::sequence_loss(rows, length, &path, grads.is_some());
+    if let Some(grads) = grads {
+        for (t, grad) in exact.grads.chunks_exact(rows.classes).enumerate() {
+            grads.put(t, grad);
+        }
+    }
+    exact.loss
 }
 
 /// Logits `[steps, batch, classes]`, none of those zero, with `lengths` (when given) one in
@@ -559,7 +588,13 @@ mod tests {
         };
         let path = Extended { target, blank: 0 };
         let length = y.len() / c;
-        let fast = scaled::sequence_loss(&rows, length, &path, true);
+        let mut grads = vec![0.0; y.len()];
+        let mut sink = GradRows {
+            rows: grads.chunks_exact_mut(c).collect(),
+            scale: 1.0,
+        };
+        let fast = scaled::sequence_loss(&rows, length, &path, Some(&mut sink));
+        let fast = fast.map(|loss| SequenceLoss { loss, grads });
         (fast, log_space::sequence_loss(&rows, length, &path, true))
     }
 

@@ -8,10 +8,17 @@
 //! reach in the steps left (a window never empty for a target its steps can read). Rows are
 //! padded with two zeros before (`α`) or after (`β`) so the recursions run without a branch
 //! per state.
+//!
+//! The buffers are each thread's own ([`Scratch`]), kept from sequence to sequence and call
+//! to call: a sequence's `α̂` and emissions are about a megabyte each at 500 steps and 100
+//! labels, and allocated afresh they came back from the allocator as pages the kernel
+//! faulted in and zeroed at every call.
+
+use std::cell::RefCell;
 
 use kernels::Float;
 
-use super::{Extended, Rows, SequenceLoss};
+use super::{Extended, GradRows, Rows};
 
 /// The smallest sum of a step's scaled values (and overlap of `α̂` and `β̂`) trusted. A value
 /// below f64's normal range (2.2e-308) has lost precision, but it can weigh more than
@@ -20,56 +27,151 @@ use super::{Extended, Rows, SequenceLoss};
 const TINY: f64 = 1e-280;
 
 /// The CTC loss of one sequence's first `length` steps through `path` (and its gradient,
-/// `[length, C]`, when asked), or `None` when a scaled sum falls below [`TINY`]. The target
-/// must be readable in `length` steps.
+/// `[length, C]`, into `grads` when given), or `None` when a scaled sum falls below
+/// [`TINY`] (some of the gradient's rows may be written by then). The target must be
+/// readable in `length` steps.
 pub(super) fn sequence_loss<T: Float>(
     rows: &Rows<'_, T>,
     length: usize,
     path: &Extended<'_>,
-    with_grads: bool,
-) -> Option<SequenceLoss> {
-    let lattice = Lattice::new(path, length);
-    let probs = softmax(rows, length);
-    let emit = lattice.emissions(&probs);
-    let (alpha, log_scale) = forward(&emit, &lattice)?;
-    // A path ends at the trailing blank or the last label (the row's last two values).
-    let end: f64 = alpha[length * lattice.width() - 2..].iter().sum();
-    if end < TINY {
-        return None;
+    grads: Option<&mut GradRows<'_, T>>,
+) -> Option<f64> {
+    SCRATCH.with(|kept| match kept.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let loss = scratch.sequence_loss(rows, length, path, grads);
+            scratch.let_go_of_large();
+            loss
+        }
+        // (Not reached: nothing in here runs another sequence on this thread.)
+        Err(_) => Scratch::default().sequence_loss(rows, length, path, grads),
+    })
+}
+
+thread_local! {
+    /// This thread's buffers for the recursions.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// The buffers of one sequence's recursions, kept by a thread between sequences.
+#[derive(Default)]
+struct Scratch {
+    /// The lattice's state classes ([`Lattice::class`]).
+    class: Vec<usize>,
+    /// The lattice's skips ([`Lattice::skip`]).
+    skip: Vec<f64>,
+    /// `softmax` of the logits, `[length, C]`.
+    probs: Vec<f64>,
+    /// [`Lattice::emissions`].
+    emit: Vec<f64>,
+    /// `α̂` ([`forward`]).
+    alpha: Vec<f64>,
+    /// [`backward_gradient`]'s rows.
+    backward: Backward,
+}
+
+/// [`backward_gradient`]'s buffers: a step's `β̂`, the same times the next step's
+/// probabilities, each class's share and each state's `α̂ β̂`, and a step's gradient.
+#[derive(Default)]
+struct Backward {
+    beta: Vec<f64>,
+    emitted: Vec<f64>,
+    through: Vec<f64>,
+    both: Vec<f64>,
+    row: Vec<f64>,
+}
+
+/// A buffer a thread keeps after a sequence holds at most this many values: a longer one (a
+/// very long sequence's lattice) goes back to the allocator rather than stay with the
+/// thread.
+const KEEP_VALUES: usize = 1 << 21;
+
+impl Scratch {
+    /// [`sequence_loss`] in these buffers.
+    fn sequence_loss<T: Float>(
+        &mut self,
+        rows: &Rows<'_, T>,
+        length: usize,
+        path: &Extended<'_>,
+        grads: Option<&mut GradRows<'_, T>>,
+    ) -> Option<f64> {
+        let lattice = Lattice::new(path, length, &mut self.class, &mut self.skip);
+        softmax_into(&mut self.probs, rows, length);
+        lattice.emissions(&self.probs, &mut self.emit);
+        let log_scale = forward(&mut self.alpha, &self.emit, &lattice)?;
+        // A path ends at the trailing blank or the last label (the row's last two values).
+        let end: f64 = self.alpha[length * lattice.width() - 2..].iter().sum();
+        if end < TINY {
+            return None;
+        }
+        if let Some(grads) = grads {
+            let (probs, emit, alpha) = (&self.probs, &self.emit, &self.alpha);
+            backward_gradient(grads, &mut self.backward, probs, emit, alpha, &lattice)?;
+        }
+        Some(-(log_scale + end.ln()))
     }
-    let loss = -(log_scale + end.ln());
-    let mut grads = Vec::new();
-    if with_grads {
-        grads = vec![0.0; length * rows.classes];
-        backward_gradient(&mut grads, &probs, &emit, &alpha, &lattice)?;
+
+    /// Drops the buffers longer than [`KEEP_VALUES`].
+    fn let_go_of_large(&mut self) {
+        fn trim<V>(buffer: &mut Vec<V>) {
+            if buffer.capacity() > KEEP_VALUES {
+                *buffer = Vec::new();
+            }
+        }
+        trim(&mut self.class);
+        let b = &mut self.backward;
+        for buffer in [
+            &mut self.skip,
+            &mut self.probs,
+            &mut self.emit,
+            &mut self.alpha,
+            &mut b.beta,
+            &mut b.emitted,
+            &mut b.through,
+            &mut b.both,
+            &mut b.row,
+        ] {
+            trim(buffer);
+        }
     }
-    Some(SequenceLoss { loss, grads })
+}
+
+/// `buffer` as `n` zeros, its memory reused.
+fn zeros(buffer: &mut Vec<f64>, n: usize) -> &mut [f64] {
+    buffer.clear();
+    buffer.resize(n, 0.0);
+    buffer
 }
 
 /// A target's states laid out for the recursions.
-struct Lattice {
+struct Lattice<'a> {
     /// Each state's class.
-    class: Vec<usize>,
+    class: &'a [usize],
     /// 1 where a path may reach the state from two states back (skipping a blank between
     /// different labels), else 0; two more zeros after the last state.
-    skip: Vec<f64>,
+    skip: &'a [f64],
     /// The sequence's steps.
     length: usize,
 }
 
-impl Lattice {
-    fn new(path: &Extended<'_>, length: usize) -> Self {
+impl<'a> Lattice<'a> {
+    /// The lattice of `path` over `length` steps, laid out in `class` and `skip`.
+    fn new(
+        path: &Extended<'_>,
+        length: usize,
+        class: &'a mut Vec<usize>,
+        skip: &'a mut Vec<f64>,
+    ) -> Self {
         let states = path.states();
-        let class = (0..states).map(|s| path.class(s)).collect();
-        let skip = (0..states + 2)
-            .map(|s| {
-                if s < states && path.skips_to(s) {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        class.clear();
+        class.extend((0..states).map(|s| path.class(s)));
+        skip.clear();
+        skip.extend((0..states + 2).map(|s| {
+            if s < states && path.skips_to(s) {
+                1.0
+            } else {
+                0.0
+            }
+        }));
         Self {
             class,
             skip,
@@ -86,15 +188,15 @@ impl Lattice {
         self.states() + 2
     }
 
-    /// Each state's probability at each step, `[length, states]`: `probs` (`[length, C]`)
-    /// at the state's class, gathered once for both recursions, which then stream.
-    fn emissions(&self, probs: &[f64]) -> Vec<f64> {
+    /// Each state's probability at each step, `[length, states]`, into `emit`: `probs`
+    /// (`[length, C]`) at the state's class, gathered once for both recursions, which then
+    /// stream.
+    fn emissions(&self, probs: &[f64], emit: &mut Vec<f64>) {
         let c = probs.len() / self.length;
-        let mut emit = Vec::with_capacity(self.length * self.states());
+        emit.clear();
         for p in probs.chunks_exact(c) {
             emit.extend(self.class.iter().map(|&k| p[k]));
         }
-        emit
     }
 
     /// The states a path reading the target can be in at step `t`: those it reaches in
@@ -109,7 +211,14 @@ impl Lattice {
 
 /// `softmax` of each of the sequence's first `length` steps' logits, `[length, C]`, in f64.
 pub(super) fn softmax<T: Float>(rows: &Rows<'_, T>, length: usize) -> Vec<f64> {
-    let mut probs = vec![0.0; length * rows.classes];
+    let mut probs = Vec::new();
+    softmax_into(&mut probs, rows, length);
+    probs
+}
+
+/// [`softmax`] into `probs`.
+fn softmax_into<T: Float>(probs: &mut Vec<f64>, rows: &Rows<'_, T>, length: usize) {
+    let probs = zeros(probs, length * rows.classes);
     for (t, p) in probs.chunks_exact_mut(rows.classes).enumerate() {
         let y = rows.at(t);
         let max = y.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f64()));
@@ -119,7 +228,6 @@ pub(super) fn softmax<T: Float>(rows: &Rows<'_, T>, length: usize) -> Vec<f64> {
         let scale = 1.0 / p.iter().sum::<f64>();
         p.iter_mut().for_each(|p| *p *= scale);
     }
-    probs
 }
 
 /// The sum of `values`, in four running sums: one running sum is a chain of dependent adds,
@@ -148,13 +256,14 @@ fn normalize(values: &mut [f64]) -> Option<f64> {
     Some(sum)
 }
 
-/// `α̂_t(s)`, `[length, 2 + states]` (two zeros, then the states): the probability of the
-/// paths through steps `0..=t` that end in state `s`, divided by the sum over the step's
-/// window; and `ln Π_t` of the sums divided by, to which the log probability of the target
-/// adds that of the last step's scaled end states.
-fn forward(emit: &[f64], lattice: &Lattice) -> Option<(Vec<f64>, f64)> {
+/// `α̂_t(s)` into `alpha`, `[length, 2 + states]` (two zeros, then the states): the
+/// probability of the paths through steps `0..=t` that end in state `s`, divided by the sum
+/// over the step's window; returns `ln Π_t` of the sums divided by, to which the log
+/// probability of the target adds that of the last step's scaled end states.
+fn forward(alpha: &mut Vec<f64>, emit: &[f64], lattice: &Lattice) -> Option<f64> {
     let (length, w, states) = (lattice.length, lattice.width(), lattice.states());
-    let mut alpha = vec![0.0; length * w];
+    // Zeros outside each step's window, which the next step reads.
+    let alpha = zeros(alpha, length * w);
     let mut log_scale = 0.0;
     for t in 0..length {
         let (from, to) = lattice.window(t);
@@ -177,16 +286,17 @@ fn forward(emit: &[f64], lattice: &Lattice) -> Option<(Vec<f64>, f64)> {
         }
         log_scale += normalize(now)?.ln();
     }
-    Some((alpha, log_scale))
+    Some(log_scale)
 }
 
 /// `β̂_t(s)`, the probability of reading the rest of the target from state `s` after step
 /// `t` (scaled as `α̂`), from the last step back, and with it each step's gradient
 /// `dL/dy_t(k) = softmax_t(k) - γ_t(k)`, `γ_t(k) = Σ_{class(s) = k} α̂_t(s) β̂_t(s) / Σ_s
 /// α̂_t(s) β̂_t(s)` (the posterior share of the paths through class `k` at step `t`), into
-/// `grads`, `[length, C]`.
-fn backward_gradient(
-    grads: &mut [f64],
+/// `grads`' rows, in the buffers of `rows`.
+fn backward_gradient<T: Float>(
+    grads: &mut GradRows<'_, T>,
+    rows: &mut Backward,
     probs: &[f64],
     emit: &[f64],
     alpha: &[f64],
@@ -195,12 +305,13 @@ fn backward_gradient(
     let (length, w, states) = (lattice.length, lattice.width(), lattice.states());
     let c = probs.len() / length;
     // `β̂` and the same times the next step's probabilities: the states, then two zeros.
-    let mut beta = vec![0.0; w];
-    let mut emitted = vec![0.0; w];
+    let beta = zeros(&mut rows.beta, w);
+    let emitted = zeros(&mut rows.emitted, w);
     // After the last step a path must be at the trailing blank or the last label.
     beta[states.saturating_sub(2)..states].fill(1.0);
-    let mut through = vec![0.0; c];
-    let mut both = vec![0.0; states];
+    let through = zeros(&mut rows.through, c);
+    let both = zeros(&mut rows.both, states);
+    let row = zeros(&mut rows.row, c);
     for t in (0..length).rev() {
         let (from, to) = lattice.window(t);
         if t + 1 < length {
@@ -250,10 +361,10 @@ fn backward_gradient(
             return None;
         }
         let share = 1.0 / overlap;
-        let row = &mut grads[t * c..][..c];
-        for ((g, p), through) in row.iter_mut().zip(&probs[t * c..][..c]).zip(&through) {
+        for ((g, p), through) in row.iter_mut().zip(&probs[t * c..][..c]).zip(&*through) {
             *g = p - through * share;
         }
+        grads.put(t, row);
     }
     Some(())
 }
