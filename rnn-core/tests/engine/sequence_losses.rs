@@ -188,6 +188,11 @@ fn accuracy_counts_the_scored_labelled_positions() {
         .accuracy(&Batch::new(2, 2, &x, Target::Classes(&none)))
         .unwrap_err();
     assert!(e.to_string().contains("no scored position"), "{e}");
+    // A label out of range is refused with the inputs' check, before the forward pass.
+    let e = summed
+        .accuracy(&Batch::new(2, 2, &x, Target::Classes(&[0, 1, 3, 2])))
+        .unwrap_err();
+    assert!(matches!(e, RnnError::LabelOutOfRange { .. }), "{e}");
 }
 
 /// Sequences of different lengths padded into one batch (`padding::pad`) score as each one
