@@ -193,6 +193,32 @@ fn accuracy_counts_the_scored_labelled_positions() {
         .accuracy(&Batch::new(2, 2, &x, Target::Classes(&[0, 1, 3, 2])))
         .unwrap_err();
     assert!(matches!(e, RnnError::LabelOutOfRange { .. }), "{e}");
+    // So is it by every other pass that reads labels, on a batch run as it is and on one
+    // run longest first.
+    // (Sequence 1's second step is scored under either.)
+    let lengths = [1, 2];
+    for bad in [
+        Batch::new(2, 2, &x, Target::Classes(&[0, 1, 2, 3])),
+        Batch {
+            lengths: Some(&lengths),
+            ..Batch::new(2, 2, &x, Target::Classes(&[0, 1, 2, 3]))
+        },
+    ] {
+        let before = summed.params.clone();
+        for (what, e) in [
+            ("evaluate", summed.evaluate(&bad).map(drop)),
+            ("sequence_losses", summed.sequence_losses(&bad).map(drop)),
+            ("loss_and_grads", summed.loss_and_grads(&bad).map(drop)),
+            ("step", summed.step(&bad).map(drop)),
+            ("accuracy", summed.accuracy(&bad).map(drop)),
+        ] {
+            assert!(
+                matches!(e, Err(RnnError::LabelOutOfRange { .. })),
+                "{what}: {e:?}"
+            );
+        }
+        assert_eq!(summed.params, before);
+    }
 }
 
 /// Sequences of different lengths padded into one batch (`padding::pad`) score as each one
