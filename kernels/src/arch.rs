@@ -100,7 +100,7 @@ pub fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
 /// faer's AVX-512 kernels return with those bits set. Until something clears them, every
 /// SSE-encoded instruction on the thread runs with a dependency on them: the scalar `f64`
 /// code of a crate built for baseline x86-64 and libm's `exp` wrapper ran 2.5x slower on
-/// Zen 4 (the CTC loss of a 500-step batch: 9 ms on a clean thread, 23 ms after a GEMM), and
+/// Zen 5 (the CTC loss of a 500-step batch: 9 ms on a clean thread, 23 ms after a GEMM), and
 /// threads created afterwards inherit the state. The GEMMs of [`crate::gemm`] call this after
 /// each of faer's products, on the thread that ran it.
 ///
