@@ -1571,16 +1571,15 @@ mod tests {
             for (t, b) in [(1, 1), (5, 3), (64, 4), (300, 2), (1000, 1)] {
                 for (k, kept) in kinds.iter().enumerate() {
                     for many_to_one in [false, true] {
-                        let cost = |s| {
-                            let split = UnitSplit::Auto;
-                            budget_cost::<f32>(&cfg, t, b, many_to_one, split, *kept, params)(s)
-                        };
-                        let most = (1..=t).map(cost).max().unwrap();
-                        let least = (1..=t).map(cost).min().unwrap();
+                        let split = UnitSplit::Auto;
+                        let cost =
+                            budget_cost::<f32>(&cfg, t, b, many_to_one, split, *kept, params);
+                        let most = (1..=t).map(&cost).max().unwrap();
+                        let least = (1..=t).map(&cost).min().unwrap();
                         for bytes in (least / 2..=most).step_by(1 + (most - least / 2) / 30) {
                             assert_eq!(
-                                longest_within(t, bytes, cost),
-                                scan(t, bytes, cost),
+                                longest_within(t, bytes, &cost),
+                                scan(t, bytes, &cost),
                                 "{cfg:?} T {t} B {b} kept {k} many-to-one {many_to_one}: {bytes}"
                             );
                         }
