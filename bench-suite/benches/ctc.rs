@@ -1,6 +1,6 @@
 //! The CTC loss (`cargo bench -p bench-suite --bench ctc`): its loss and gradient over
 //! logits of a speech-like shape (T = 500 steps, B = 32 sequences, C = 30 classes, targets of
-//! 100 labels), f32, on one thread and two; greedy and beam-search (16 wide) decoding of
+//! 100 labels), f32, on one thread and two, and the loss alone on one; greedy and beam-search (16 wide) decoding of
 //! those logits, one thread; and a training step of an LSTM (I = 40,
 //! H = 256) through it against the same step through a loss of one's own that costs nothing,
 //! one thread: the loss's share of a step. `python3 scripts/torch_ctc_bench.py` times
@@ -50,6 +50,12 @@ fn ctc(c: &mut Criterion) {
         .num_threads(1)
         .build()
         .unwrap();
+    group.bench_function("loss_threads1", |bch| {
+        bch.iter(|| {
+            one.install(|| ctc.loss(black_box(&logits), T, None))
+                .unwrap()
+        })
+    });
     group.bench_function("greedy_decode_threads1", |bch| {
         bch.iter(|| {
             one.install(|| greedy_decode(black_box(&logits), T, B, C, 0, None))

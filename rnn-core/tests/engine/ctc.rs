@@ -730,3 +730,33 @@ proptest::proptest! {
         }
     }
 }
+
+/// A path a dozen steps long that falls past f64's range behind the others (logits 50
+/// apart: 10^-21 a step) and is the one left when they die out: the scaled recursions lost
+/// it and gave sequence 1 a loss 95 nats too high (found by the property test below). The
+/// losses are PyTorch 2.15's (`ctc_loss` in f64, reduction "sum", one sequence at a time).
+#[test]
+fn a_path_that_falls_behind_and_then_leads_is_kept() {
+    let (t, b, c) = (25, 3, 7);
+    let mut rng = StdRng::seed_from_u64(453);
+    let targets: Vec<Vec<usize>> = (0..b).map(|_| target(&mut rng, 15, c)).collect();
+    let lengths: Vec<usize> = (0..b).map(|_| rng.random_range(1..=t)).collect();
+    let y: Vec<f64> = logits(&mut rng, t, b, c).iter().map(|v| v * 50.0).collect();
+    assert_eq!((targets[1].len(), lengths[1]), (14, 16));
+    let ctc = Ctc::new(&targets, c, 0)
+        .unwrap()
+        .with_reduction(Reduction::Sum);
+    let losses = ctc.sequence_losses(&y, t, Some(&lengths)).unwrap();
+    let torch = [156.50439908599975, 1374.2775233153013, f64::INFINITY];
+    for (s, (ours, torch)) in losses.iter().zip(torch).enumerate() {
+        assert!(
+            ours == &torch || (ours - torch).abs() <= 1e-9 * torch,
+            "sequence {s}: {ours} vs {torch}"
+        );
+    }
+    let mut d = vec![0.0; y.len()];
+    let total = ctc
+        .zero_infinity()
+        .loss_and_grads(&y, t, Some(&lengths), &mut d);
+    assert!((total.unwrap() - (torch[0] + torch[1])).abs() <= 1e-9 * torch[1]);
+}
