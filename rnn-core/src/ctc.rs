@@ -640,7 +640,7 @@ mod tests {
                 assert!((a - b).abs() <= 1e-10, "{what}: dlogits[{i}] = {a} vs {b}");
             }
         }
-        // Most of the widest cases left to log space: the scaled ones are still tried.
+        // Some of the widest cases go to log space; most are still the scaled ones'.
         assert!((1..20).contains(&gave_up), "{gave_up} of 100 gave up");
     }
 
@@ -677,6 +677,7 @@ mod tests {
         true
     }
 
+    /// Whether some path of `steps` steps reads `target`.
     fn readable(target: &[usize], steps: usize) -> bool {
         Extended { target, blank: 0 }.fewest_steps() <= steps
     }
@@ -701,7 +702,7 @@ mod tests {
     /// values were let underflow, their probability was lost from both recursions, and the
     /// bound, which weighs each recursion's losses by the other's values, missed them (a
     /// loss 2-540 nats off, gradients off by 1). Cases of [`wide_cases`] found among
-    /// 200 000 at spread 400 and 800.
+    /// 200 000 at each of spreads 400 and 800.
     #[test]
     fn paths_far_behind_at_both_ends_are_kept() {
         let found = [
