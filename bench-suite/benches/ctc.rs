@@ -1,7 +1,7 @@
 //! The CTC loss (`cargo bench -p bench-suite --bench ctc`): its loss and gradient over
 //! logits of a speech-like shape (T = 500 steps, B = 32 sequences, C = 30 classes, targets of
-//! 100 labels), f32, on one thread and two, and the loss alone on one; greedy and beam-search (16 wide) decoding of
-//! those logits, one thread; and a training step of an LSTM (I = 40,
+//! 100 labels), f32, on one thread and two, and the loss alone on one; greedy and beam-search
+//! (16 wide) decoding of those logits, one thread; and a training step of an LSTM (I = 40,
 //! H = 256) through it against the same step through a loss of one's own that costs nothing,
 //! one thread: the loss's share of a step. `python3 scripts/torch_ctc_bench.py` times
 //! PyTorch's `F.ctc_loss` forward and backward on the same shape.

@@ -11,7 +11,8 @@
 //!
 //! Scaling keeps each step's sum in range but not every state's value: a path far less
 //! likely than the others at a step falls below f64's normal range, and if the others die
-//! out later it was the one that mattered (logits 50 apart: a loss 95 nats too high). So
+//! out later it was the one that mattered (logits drawn from -100..100: a loss 95 nats too
+//! high). So
 //! no value is let fall: each gets [`UNDERFLOW`] added, more than underflow can take from
 //! it, and both recursions compute upper bounds of their probabilities, a path far behind
 //! kept at its bound rather than lost. What the additions may add is bounded in the

@@ -731,10 +731,10 @@ proptest::proptest! {
     }
 }
 
-/// A path a dozen steps long that falls past f64's range behind the others (logits 50
-/// apart: 10^-21 a step) and is the one left when they die out: the scaled recursions lost
-/// it and gave sequence 1 a loss 95 nats too high (found by the property test below). The
-/// losses are PyTorch 2.15's (`ctc_loss` in f64, reduction "sum", one sequence at a time).
+/// A path that falls past f64's range behind the others (logits drawn from -100..100) and
+/// is the one left when they die out: the scaled recursions lost it and gave sequence 1 a
+/// loss 95 nats too high (found by the property test above). The losses are PyTorch 2.15's
+/// (`ctc_loss` in f64, reduction "sum", one sequence at a time).
 #[test]
 fn a_path_that_falls_behind_and_then_leads_is_kept() {
     let (t, b, c) = (25, 3, 7);
