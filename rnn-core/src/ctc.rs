@@ -614,13 +614,7 @@ mod tests {
                 .collect();
             let n = rng.random_range(0..=t.min(20));
             let target: Vec<usize> = (0..n).map(|_| rng.random_range(1..c)).collect();
-            if (Extended {
-                target: &target,
-                blank: 0,
-            })
-            .fewest_steps()
-                > t
-            {
+            if !readable(&target, t) {
                 continue;
             }
             let (fast, exact) = both(&y, c, &target);

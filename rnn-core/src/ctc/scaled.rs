@@ -450,7 +450,9 @@ fn put_gradient<T: Float>(
         through[lattice.class[2 * i + 1]] += both[2 * i + 1];
     }
     let share = 1.0 / overlap;
-    let row = zeros(&mut rows.row, probs.len());
+    // (Every entry is written below: sized, not zeroed.)
+    rows.row.resize(probs.len(), 0.0);
+    let row = &mut rows.row[..];
     for ((g, p), through) in row.iter_mut().zip(probs).zip(&*through) {
         *g = p - through * share;
     }
